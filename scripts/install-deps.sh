@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian tools bake drives (build and verify) if they are missing.
+# Idempotent: does nothing when everything is present. Run as root.
+set -euo pipefail
+
+pkgs=(
+  mmdebstrap          # bootstraps the root tree
+  e2fsprogs           # mkfs.ext4 -d (root filesystem from the tree)
+  dosfstools mtools   # fixtures: FAT without mounting
+  gdisk fdisk         # sgdisk/sfdisk: inspection in tests, fixtures
+  qemu-utils          # qemu-img: qcow2 output
+  qemu-system-x86     # verify and VM tests
+  ovmf                # UEFI firmware for verify
+  grub-pc-bin grub-efi-amd64-bin grub2-common  # fixtures build their own boot chain
+  nmap iproute2 dnsmasq-base  # verify: outside scan, tap/netns, DHCP+RA
+  xorriso             # fixtures: ISO seeds without mounting
+  gpg gpgv            # signed apt repositories
+  reprepro            # local apt repositories for tests
+  apt-utils           # apt-ftparchive
+  zstd xz-utils
+  ca-certificates
+  openssh-client      # verify's ssh-keygen in tests
+  util-linux          # losetup, partx, findmnt, unshare
+  kmod
+  arch-test
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all tools present"
+fi
