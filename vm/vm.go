@@ -23,7 +23,7 @@ import (
 )
 
 // StopGrace is how long Stop waits after SIGTERM before SIGKILL.
-const StopGrace = 5 * time.Second
+var StopGrace = 5 * time.Second
 
 // serialTailLines is how much serial output an error carries.
 const serialTailLines = 40

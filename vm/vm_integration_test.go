@@ -1,0 +1,364 @@
+//go:build vm
+
+package vm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Boots under software emulation can be slow on a busy 2-core machine.
+const bootTimeout = 4 * time.Minute
+
+func needRootAndQEMU(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("VM tests need root (tap devices, network namespaces)")
+	}
+	for _, tool := range []string{DefaultQEMU, "qemu-img", "ip", "dnsmasq", "dpkg-deb", "apt-get"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// processesMentioning lists PIDs whose command line contains s.
+func processesMentioning(s string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(s)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func fileSHA(t *testing.T, p string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func assertStopped(t *testing.T, v *VM) {
+	t.Helper()
+	pid, dir := v.PID(), v.Dir()
+	if err := v.Stop(); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if err := v.Stop(); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+	if alive(pid) {
+		t.Errorf("qemu PID %d still alive after Stop", pid)
+	}
+	if left := processesMentioning(dir); len(left) > 0 {
+		t.Errorf("processes still mention %s after Stop: %v", dir, left)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temp dir %s still there: %v", dir, err)
+	}
+}
+
+// TestBootBIOSUserNet boots Debian's kernel with the busybox initramfs on
+// SeaBIOS with user-mode networking: the NIC sits in PCI slot 7, a host
+// forward reaches the guest's httpd, restrict=on keeps the guest from the
+// host, the snapshot overlay leaves the disk untouched, and Stop leaves no
+// process or file behind.
+func TestBootBIOSUserNet(t *testing.T) {
+	needRootAndQEMU(t)
+	k := testKernel(t)
+
+	// A host service the guest must NOT reach (restrict=on).
+	var hits atomic.Int32
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) })}
+	go srv.Serve(ln)
+	defer srv.Close()
+	probePort := ln.Addr().(*net.TCPAddr).Port
+
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "raw", disk, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v\n%s", err, out)
+	}
+	before := fileSHA(t, disk)
+	hostPort, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	v, err := Start(t.Context(), Config{
+		Kernel: k.Kernel, Initrd: k.Initramfs,
+		Append:   fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=4 bake.probe=%d", probePort),
+		Disk:     disk, Snapshot: true,
+		NoReboot: true, MemoryMiB: 512,
+		NICPCIAddr: "0x7",
+		Net:        NetConfig{Forwards: []Forward{{HostPort: hostPort, GuestPort: 8080}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop() })
+	t.Logf("accel %s, argv: %s", v.Config.Accel, strings.Join(v.Args, " "))
+	if v.Config.Disk == disk || !strings.HasPrefix(v.Config.Disk, v.Dir()) {
+		t.Errorf("snapshot overlay not used: disk %s", v.Config.Disk)
+	}
+
+	start := time.Now()
+	if err := v.WaitSerial(t.Context(), "Linux version", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel banner after %s", time.Since(start).Round(time.Millisecond))
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-LEASE: (\S+)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[1] != "10.0.2.15" {
+		t.Errorf("user-mode lease %s, want 10.0.2.15", m[1])
+	}
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-NIC-PATH: (\S+)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(m[1], "/0000:00:07.0/") {
+		t.Errorf("NIC at %s, want PCI slot 0000:00:07.0", m[1])
+	}
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-PROBE: (\w+)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[1] != "blocked" || hits.Load() != 0 {
+		t.Errorf("restrict=on: guest probe %s, host saw %d requests", m[1], hits.Load())
+	}
+	if err := v.WaitSerial(t.Context(), "BAKE-INIT: ready", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs ready after %s", time.Since(start).Round(time.Millisecond))
+
+	// The forward reaches the guest's httpd.
+	var body []byte
+	for i := 0; i < 20; i++ {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(fmt.Sprintf("http://127.0.0.1:%d/", hostPort))
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if strings.TrimSpace(string(body)) != "bake-hello" {
+		t.Errorf("GET via hostfwd: %q", body)
+	}
+
+	assertStopped(t, v)
+	if fileSHA(t, disk) != before {
+		t.Error("disk modified despite Snapshot")
+	}
+}
+
+// TestBootUEFI boots the kernel through OVMF: the vars template is copied,
+// never written, and the copy goes with Stop.
+func TestBootUEFI(t *testing.T) {
+	needRootAndQEMU(t)
+	if _, err := os.Stat(DefaultOVMFCode); err != nil {
+		t.Skipf("ovmf not installed: %v", err)
+	}
+	k := testKernel(t)
+	before := fileSHA(t, DefaultOVMFVars)
+	serial := filepath.Join(t.TempDir(), "serial.log")
+	v, err := Start(t.Context(), Config{
+		Firmware: UEFI, Kernel: k.Kernel, Initrd: k.Initramfs,
+		Append: "console=ttyS0 panic=-1", NoReboot: true, MemoryMiB: 512, SerialLog: serial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop() })
+	if !strings.HasPrefix(v.Config.OVMFVars, v.Dir()) {
+		t.Errorf("OVMF vars not copied into the temp dir: %s", v.Config.OVMFVars)
+	}
+	if err := v.WaitSerial(t.Context(), "BAKE-INIT: up", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	assertStopped(t, v)
+	if fileSHA(t, DefaultOVMFVars) != before {
+		t.Error("OVMF vars template modified")
+	}
+	if b, _ := os.ReadFile(serial); !bytes.Contains(b, []byte("Linux version")) {
+		t.Error("user-supplied serial log not kept after Stop")
+	}
+}
+
+func netnsExists(t *testing.T, name string) bool {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns list: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == name {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLinkLifecycle creates and closes a Link without a VM.
+func TestLinkLifecycle(t *testing.T) {
+	needRootAndQEMU(t)
+	l, err := NewLink(t.Context(), "life")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	pid := l.DNSMasqPID()
+	if pid == 0 || !alive(pid) {
+		t.Fatalf("dnsmasq not running (pid %d)", pid)
+	}
+	if !netnsExists(t, l.Netns) {
+		t.Fatalf("netns %s not listed", l.Netns)
+	}
+	out, err := l.Exec(t.Context(), "ip", "addr", "show", "dev", "tap0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"inet 10.77.0.1/24", "inet6 fd77::1/64"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("tap0 lacks %q:\n%s", want, out)
+		}
+	}
+	// The namespace has no route anywhere but the link.
+	routes, _ := l.Exec(t.Context(), "ip", "route", "show")
+	if strings.Contains(string(routes), "default") {
+		t.Errorf("namespace has a default route:\n%s", routes)
+	}
+	// And the host's namespace has no tap0 of ours.
+	if _, err := net.InterfaceByName("tap0"); err == nil {
+		t.Log("note: a tap0 exists in the host namespace (not ours)")
+	}
+	dir := l.dir
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if netnsExists(t, l.Netns) {
+		t.Errorf("netns %s still listed after Close", l.Netns)
+	}
+	if alive(pid) {
+		t.Errorf("dnsmasq %d still alive after Close", pid)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("link dir %s left behind", dir)
+	}
+}
+
+// TestLinkDHCPAndScan puts a VM on a Link: the guest takes a DHCPv4 lease
+// and a SLAAC address from dnsmasq, GuestIPv4/GuestIPv6 find them, and nmap
+// run inside the namespace sees the guest's port 8080 over both.
+func TestLinkDHCPAndScan(t *testing.T) {
+	needRootAndQEMU(t)
+	k := testKernel(t)
+	l, err := NewLink(t.Context(), "dhcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	v, err := Start(t.Context(), Config{
+		Kernel: k.Kernel, Initrd: k.Initramfs, Append: "console=ttyS0 panic=-1 quiet",
+		NoReboot: true, MemoryMiB: 512, Net: l.NetConfig(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop() })
+	t.Logf("accel %s, argv: %s", v.Config.Accel, strings.Join(v.Args, " "))
+
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-LEASE: (\S+)`), bootTimeout)
+	if err != nil {
+		b, _ := os.ReadFile(l.DNSMasqLog())
+		t.Fatalf("%v\ndnsmasq log:\n%s", err, b)
+	}
+	v4, err := l.GuestIPv4(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4.String() != m[1] {
+		t.Errorf("GuestIPv4 %s, guest says %s", v4, m[1])
+	}
+	if first, last := LinkDHCPFirst, LinkDHCPLast; v4.Less(first) || last.Less(v4) {
+		t.Errorf("lease %s outside %s-%s", v4, first, last)
+	}
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-IPV6: (\S*)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest6, err := netip.ParseAddr(m[1])
+	if err != nil || !LinkHostIPv6.Contains(guest6) {
+		t.Fatalf("guest has no SLAAC address in %s: %q", LinkHostIPv6, m[1])
+	}
+	if err := v.WaitSerial(t.Context(), "BAKE-INIT: ready", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	v6, err := l.GuestIPv6(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v6 != guest6 {
+		t.Errorf("GuestIPv6 %s, guest says %s", v6, guest6)
+	}
+
+	if _, err := exec.LookPath("nmap"); err != nil {
+		t.Skip("nmap not installed: scan part skipped")
+	}
+	for _, args := range [][]string{
+		{"nmap", "-n", "-Pn", "-p", "8080,8081", v4.String()},
+		{"nmap", "-6", "-n", "-Pn", "-p", "8080,8081", v6.String()},
+	} {
+		out, err := l.Exec(t.Context(), args...)
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		s := string(out)
+		if !regexp.MustCompile(`8080/tcp\s+open`).MatchString(s) || !regexp.MustCompile(`8081/tcp\s+closed`).MatchString(s) {
+			t.Errorf("%s:\n%s", strings.Join(args, " "), s)
+		}
+	}
+
+	qpid := v.PID()
+	assertStopped(t, v)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if netnsExists(t, l.Netns) || alive(qpid) {
+		t.Error("netns or qemu left after Stop/Close")
+	}
+}

@@ -1,0 +1,196 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeQEMU is a stand-in for qemu-system-x86_64: it writes to the serial
+// log named on its command line and then sleeps, so Start/WaitSerial/Stop
+// can be tested without QEMU or root.
+const fakeQEMU = `#!/bin/sh
+serial=
+for a in "$@"; do
+  case "$a" in file,id=serial0,path=*) serial=${a#file,id=serial0,path=} ;; esac
+done
+[ -n "$FAKE_FAIL" ] && { echo "qemu-system-x86_64: -drive x: Could not open" >&2; exit 1; }
+echo "SeaBIOS (fake)" >> "$serial"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45; do
+  echo "boot line $i" >> "$serial"
+done
+[ -n "$FAKE_IGNORE_TERM" ] && trap '' TERM
+sleep 0.5
+printf 'Linux version 6.1.0-fake (lease 10.77.0.51)\r\n' >> "$serial"
+[ -n "$FAKE_EXIT" ] && exit 3
+exec sleep 300
+`
+
+func fakeConfig(t *testing.T) Config {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fake-qemu")
+	if err := os.WriteFile(bin, []byte(fakeQEMU), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Config{QEMU: bin, Disk: disk, DiskFormat: "raw", Accel: AccelTCG}
+}
+
+func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
+
+func TestStartWaitStop(t *testing.T) {
+	v, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop() })
+	if err := v.WaitSerial(t.Context(), "Linux version", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`lease (\d+\.\d+\.\d+\.\d+)`), time.Second)
+	if err != nil || m[1] != "10.77.0.51" {
+		t.Fatalf("regexp match %q, %v", m, err)
+	}
+	// From past the match, the same text is not found again.
+	_, end, err := v.WaitSerialFrom(t.Context(), 0, regexp.MustCompile(`Linux version`), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := v.WaitSerialFrom(t.Context(), end, regexp.MustCompile(`Linux version`), 500*time.Millisecond); err == nil {
+		t.Error("WaitSerialFrom(end) found the match again")
+	}
+	// A timeout names what was awaited and carries the last 40 lines.
+	err = v.WaitSerial(t.Context(), "never printed", 300*time.Millisecond)
+	if err == nil {
+		t.Fatal("no error for text never printed")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, `"never printed"`) || !strings.Contains(msg, "Linux version 6.1.0-fake") ||
+		!strings.Contains(msg, "boot line 45") || !strings.Contains(msg, "boot line 7\n") || strings.Contains(msg, "boot line 6\n") ||
+		strings.Contains(msg, "\r") {
+		t.Errorf("timeout error lacks the last 40 serial lines:\n%s", msg)
+	}
+
+	pid, dir := v.PID(), v.Dir()
+	start := time.Now()
+	if err := v.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Errorf("SIGTERM stop took %s", time.Since(start))
+	}
+	if !gone(pid) {
+		t.Errorf("process %d still there after Stop", pid)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temp dir %s not removed: %v", dir, err)
+	}
+	if err := v.Stop(); err != nil { // idempotent
+		t.Fatal(err)
+	}
+}
+
+func TestStopEscalatesToSIGKILL(t *testing.T) {
+	t.Setenv("FAKE_IGNORE_TERM", "1")
+	old := StopGrace
+	StopGrace = 500 * time.Millisecond
+	t.Cleanup(func() { StopGrace = old })
+	v, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WaitSerial(t.Context(), "Linux version", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pid := v.PID()
+	done := make(chan struct{})
+	for range 3 { // concurrent Stops are fine
+		go func() { v.Stop(); done <- struct{}{} }()
+	}
+	for range 3 {
+		<-done
+	}
+	if !gone(pid) {
+		t.Errorf("process %d survived Stop", pid)
+	}
+}
+
+func TestStartReportsImmediateExit(t *testing.T) {
+	t.Setenv("FAKE_FAIL", "1")
+	c := fakeConfig(t)
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	_, err := Start(t.Context(), c)
+	if err == nil || !strings.Contains(err.Error(), "Could not open") {
+		t.Fatalf("err = %v, want QEMU's stderr in it", err)
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	if len(after) > len(before) {
+		t.Errorf("temp dir left behind: %v", after)
+	}
+}
+
+func TestWaitSerialReportsExit(t *testing.T) {
+	t.Setenv("FAKE_EXIT", "1")
+	v, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	err = v.WaitSerial(t.Context(), "login:", time.Minute)
+	if err == nil || !strings.Contains(err.Error(), "qemu exited") || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("err = %v", err)
+	}
+	if err := v.Wait(); err == nil {
+		t.Error("Wait: no exit error")
+	}
+}
+
+func TestContextEndStopsVM(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	v, err := Start(ctx, fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	cancel()
+	select {
+	case <-v.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("VM still running after its context ended")
+	}
+}
+
+func TestSnapshotNeverTouchesDisk(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	c := fakeConfig(t)
+	c.Snapshot = true
+	before, _ := os.ReadFile(c.Disk)
+	v, err := Start(t.Context(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	if v.Config.Disk == c.Disk || v.Config.DiskFormat != "qcow2" || !strings.HasPrefix(v.Config.Disk, v.Dir()) {
+		t.Errorf("snapshot not resolved to an overlay in the temp dir: %+v", v.Config)
+	}
+	if !strings.Contains(strings.Join(v.Args, " "), "file="+v.Config.Disk+",format=qcow2") {
+		t.Errorf("args don't use the overlay: %q", v.Args)
+	}
+	after, _ := os.ReadFile(c.Disk)
+	if string(before) != string(after) {
+		t.Error("disk modified")
+	}
+}
