@@ -219,6 +219,17 @@ func (r *Root) ReadDir(name string) ([]fs.DirEntry, error) {
 	return f.ReadDir(-1)
 }
 
+// IsDir reports whether name resolves (inside the tree, symlinks followed)
+// to a directory.
+func (r *Root) IsDir(name string) bool {
+	fd, err := r.openat2(name, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
 // MkdirAll creates name and its missing parents inside the tree. Directories
 // it creates get perm (umask ignored) and uid:gid; existing ones are left as
 // they are. A dangling symlink in the way is an error, as with mkdir -p.

@@ -1,0 +1,145 @@
+package rootfs
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+const hostDeb822 = `Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: https://deb.nodesource.com/node_20.x
+Suites: nodistro
+Components: main
+Signed-By: /usr/share/keyrings/nodesource.gpg
+
+Types: deb
+URIs: https://download.docker.com/linux/debian
+Suites: bookworm
+Components: stable
+Signed-By: /etc/apt/keyrings/docker.gpg
+
+Enabled: no
+Types: deb
+URIs: http://disabled.example/debian
+Suites: bookworm
+Components: main
+
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By:
+ -----BEGIN PGP PUBLIC KEY BLOCK-----
+ .
+ mQINBGPL0BUBEADmW5NdOOHwPIJlgPu6JDcKw/NZJPR8lsD9K7UgrTHdxwU/0Ja
+ -----END PGP PUBLIC KEY BLOCK-----
+`
+
+const hostOneLine = `# comment
+deb http://mirror.example.org/debian/ bookworm main contrib # trailing
+deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm-updates main
+deb http://security.debian.org/debian-security bookworm-security main
+deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main
+deb http://mirror.example.org/debian sid main
+deb http://ppa.example.org/ubuntu bookworm main
+`
+
+func TestParseDeb822Sources(t *testing.T) {
+	srcs, err := ParseDeb822Sources(strings.NewReader(hostDeb822))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(srcs) != 5 {
+		t.Fatalf("%d stanzas (disabled one must be skipped): %+v", len(srcs), srcs)
+	}
+	if srcs[0].SignedBy != "/usr/share/keyrings/debian-archive-keyring.gpg" || len(srcs[0].Suites) != 3 {
+		t.Errorf("%+v", srcs[0])
+	}
+	if srcs[4].SignedBy != "" || srcs[4].Types[0] != "deb-src" {
+		t.Errorf("inline key must not become a path: %+v", srcs[4])
+	}
+}
+
+func TestMapHostSourcesDeb822(t *testing.T) {
+	srcs, _ := ParseDeb822Sources(strings.NewReader(hostDeb822))
+	got, err := MapHostSources("bookworm", "trixie", []string{"main", "contrib"}, srcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main contrib",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-updates main contrib",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security trixie-security main contrib",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestMapHostSourcesOneLine(t *testing.T) {
+	srcs, err := ParseOneLineSources(strings.NewReader(hostOneLine))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := MapHostSources("bookworm", "bookworm", nil, srcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"deb http://mirror.example.org/debian/ bookworm main",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm-updates main",
+		"deb http://security.debian.org/debian-security bookworm-security main",
+		// the host's extra sid entry maps onto the same line: deduplicated
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// Old security layout and unstable suites.
+	got, _ = MapHostSources("bookworm", "buster", nil, srcs)
+	if !strings.Contains(strings.Join(got, "\n"), "debian-security buster/updates main") {
+		t.Errorf("buster security: %q", got)
+	}
+	got, _ = MapHostSources("bookworm", "sid", nil, srcs)
+	for _, l := range got {
+		if strings.Contains(l, "-updates") || strings.Contains(l, "security") {
+			t.Errorf("sid has no %q", l)
+		}
+	}
+}
+
+func TestMapHostSourcesNoDebian(t *testing.T) {
+	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://archive.ubuntu.com/ubuntu noble main\n"))
+	if _, err := MapHostSources("noble", "bookworm", nil, srcs); err == nil {
+		t.Fatal("an Ubuntu host has no Debian archive to map")
+	}
+}
+
+func TestHostCodename(t *testing.T) {
+	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://deb.debian.org/debian bookworm-updates main\n"))
+	if got := HostCodename(srcs); got != "bookworm" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestDebianSourcesFile(t *testing.T) {
+	got := DebianSourcesFile("http://deb.debian.org/debian", "bookworm", nil)
+	for _, want := range []string{"URIs: http://deb.debian.org/debian\n", "Suites: bookworm bookworm-updates\n", "Components: main\n", "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in\n%s", want, got)
+		}
+	}
+}

@@ -1,0 +1,351 @@
+package rootfs
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/rootfs/safepath"
+)
+
+// BootstrapOptions describe a Debian root tree made from packages.
+type BootstrapOptions struct {
+	Suite      string   // e.g. bookworm
+	Variant    string   // mmdebstrap variant; default minbase
+	Components []string // default [main]
+	// Packages are installed in the same mmdebstrap run as the base
+	// system: one dependency resolution and one dpkg run is much faster
+	// than a second apt step in a chroot.
+	Packages []string
+	// Mirror is the Debian archive the image's own apt sources name, and
+	// the one packages are fetched from when BuildMirror is empty. May be
+	// empty: the image gets no Debian sources entry then.
+	Mirror string
+	// BuildMirror is used only while building and never reaches the image.
+	BuildMirror string
+	// CacheDir keeps downloaded .debs between builds; empty disables it.
+	CacheDir string
+	// Tree is the directory to create; it must be missing or empty.
+	Tree   string
+	Runner execx.Runner // default execx.Default
+	Log    io.Writer    // receives mmdebstrap's output; may be nil
+}
+
+// DivertSuffix marks the dpkg diversions bake makes while building; Sysprep
+// undoes exactly those.
+const DivertSuffix = ".bake-diverted"
+
+// bootHookBinaries are the tools kernel and GRUB maintainer scripts call to
+// install a boot loader or regenerate grub.cfg. In a chroot they inspect the
+// build host: grub-probe reports the host's root device, grub-install writes
+// to the host's disks or wants /boot/efi mounted, update-grub writes a
+// grub.cfg naming the host's disk. bake writes grub.cfg and installs the boot
+// loader itself from the tree's grub-mkimage (not diverted) when it
+// assembles the disk.
+var bootHookBinaries = []string{
+	"/usr/sbin/update-grub",
+	"/usr/sbin/grub-mkconfig",
+	"/usr/sbin/grub-probe",
+	"/usr/sbin/grub-install",
+}
+
+// divertScript diverts each boot hook binary with dpkg-divert --local
+// --rename (so a package that ships it later installs it under the diverted
+// name) and puts a no-op in its place. Idempotent. Runs inside the tree.
+func divertScript() string {
+	var b strings.Builder
+	b.WriteString("set -eu\n")
+	b.WriteString("for f in " + strings.Join(bootHookBinaries, " ") + "; do\n")
+	b.WriteString(`  if [ "$(dpkg-divert --truename "$f")" = "$f` + DivertSuffix + `" ]; then continue; fi
+  dpkg-divert --quiet --local --rename --divert "$f` + DivertSuffix + `" --add "$f"
+  printf '#!/bin/sh\n# bake: %s does nothing while the image is built (see rootfs.DivertBootHooks); sysprep restores it.\nexit 0\n' "$f" > "$f"
+  chmod 0755 "$f"
+done
+`)
+	return b.String()
+}
+
+// noopMarker identifies the no-op scripts divertScript writes.
+const noopMarker = "# bake: "
+
+// DivertBootHooks neutralises the boot hook binaries in a tree that already
+// has packages (a cloud image base), before packages that trigger them are
+// installed. Bootstrap does the same through an mmdebstrap essential hook.
+func DivertBootHooks(ctx context.Context, ch *Chroot) error {
+	return ch.Run(ctx, "/bin/sh", "-c", divertScript())
+}
+
+// Bootstrap makes a Debian root tree at o.Tree with mmdebstrap (root mode,
+// directory format).
+//
+// Sources: BuildMirror if set, else Mirror, else the build host's own Debian
+// apt sources mapped onto o.Suite (MapHostSources): bake never names a
+// mirror host of its own. Afterwards the image's apt sources name only
+// o.Mirror (debian.sources, deb822) and no build-only source, proxy or host
+// file (resolv.conf, hostname) remains.
+//
+// Warm builds: with CacheDir, the .debs of earlier builds are synced into
+// the tree's apt archive before the download (setup hook sync-in), apt finds
+// them there and fetches only what is missing (download/empty is skipped so
+// they stay until the customize hook syncs them back out to CacheDir), so a
+// second build downloads nothing but the indexes. mmdebstrap's cleanup then
+// empties the tree's cache.
+func Bootstrap(ctx context.Context, o BootstrapOptions) error {
+	if o.Suite == "" || o.Tree == "" {
+		return errors.New("bootstrap: suite and tree are required")
+	}
+	if o.Runner == nil {
+		o.Runner = execx.Default
+	}
+	if o.Variant == "" {
+		o.Variant = "minbase"
+	}
+	if len(o.Components) == 0 {
+		o.Components = []string{"main"}
+	}
+	if ents, err := os.ReadDir(o.Tree); err == nil && len(ents) > 0 {
+		return fmt.Errorf("bootstrap: %s is not empty", o.Tree)
+	}
+	// mmdebstrap accepts an existing empty directory; making it here
+	// gives it the usual root directory mode.
+	if err := os.MkdirAll(o.Tree, 0o755); err != nil {
+		return err
+	}
+	var sources []string
+	switch {
+	case o.BuildMirror != "":
+		sources = MirrorSources(o.BuildMirror, o.Suite, o.Components)
+	case o.Mirror != "":
+		sources = MirrorSources(o.Mirror, o.Suite, o.Components)
+	default:
+		srcs, codename, err := HostAptSources("/")
+		if err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		if sources, err = MapHostSources(codename, o.Suite, o.Components, srcs); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+
+	tmp, err := os.MkdirTemp("", "bake-bootstrap-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	// The essential hook runs after the essential packages are unpacked
+	// and configured and before o.Packages (kernel, GRUB) are installed,
+	// so their maintainer scripts already meet the no-op boot hooks.
+	hook := filepath.Join(tmp, "divert-boot-hooks")
+	script := "#!/bin/sh\nset -eu\nchroot \"$1\" /bin/sh -s <<'BAKE_EOF'\n" + divertScript() + "BAKE_EOF\n"
+	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+		return err
+	}
+
+	args := []string{
+		"--mode=root",
+		"--format=directory",
+		"--variant=" + o.Variant,
+		"--components=" + strings.Join(o.Components, ","),
+		"--essential-hook=" + hook,
+	}
+	if pkgs := dedupe(o.Packages); len(pkgs) > 0 {
+		args = append(args, "--include="+strings.Join(pkgs, ","))
+	}
+	// Build-only apt settings (the host's proxy) go to 99mmdebstrap,
+	// which is removed below.
+	for _, opt := range HostAptProxies(ctx, o.Runner) {
+		k, v, _ := strings.Cut(opt, "=")
+		args = append(args, fmt.Sprintf("--aptopt=%s %q", k, v))
+	}
+	if o.CacheDir != "" {
+		cache, err := filepath.Abs(o.CacheDir)
+		if err != nil {
+			return err
+		}
+		if strings.ContainsAny(cache, " \t\n'\"\\") {
+			return fmt.Errorf("bootstrap: cache dir %q: mmdebstrap's sync hooks cannot take a path with spaces or quotes", cache)
+		}
+		if err := os.MkdirAll(cache, 0o755); err != nil {
+			return err
+		}
+		args = append(args,
+			"--skip=download/empty",
+			`--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
+			"--setup-hook=sync-in "+cache+" /var/cache/apt/archives/",
+			"--customize-hook=sync-out /var/cache/apt/archives "+cache,
+		)
+	}
+	args = append(args, o.Suite, o.Tree)
+	args = append(args, sources...)
+	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: o.Log, Stderr: o.Log}
+	if err := o.Runner.Run(ctx, cmd); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	return finishBootstrap(o)
+}
+
+// finishBootstrap replaces what mmdebstrap leaves for the build with what
+// the image should have.
+func finishBootstrap(o BootstrapOptions) error {
+	root, err := safepath.Open(o.Tree)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	// The sources mmdebstrap used (possibly the build mirror or the
+	// host's) are build-only.
+	if err := root.Remove("/etc/apt/sources.list"); err != nil {
+		return err
+	}
+	if o.Mirror != "" {
+		if err := root.WriteFile("/etc/apt/sources.list.d/debian.sources",
+			[]byte(DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, 0, 0); err != nil {
+			return err
+		}
+	}
+	// --aptopt settings (proxies) live here.
+	if err := root.Remove("/etc/apt/apt.conf.d/99mmdebstrap"); err != nil {
+		return err
+	}
+	// mmdebstrap copies the host's resolv.conf and hostname. A symlink
+	// (systemd-resolved's stub) belongs to the image and stays.
+	if st, err := root.Lstat("/etc/resolv.conf"); err == nil && st.Mode&0o170000 == 0o100000 {
+		if err := root.Remove("/etc/resolv.conf"); err != nil {
+			return err
+		}
+	}
+	return root.WriteFile("/etc/hostname", []byte("localhost\n"), 0o644, 0, 0)
+}
+
+func dedupe(in []string) []string {
+	var out []string
+	for _, s := range in {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// HostAptSources reads the apt sources of the system at root ("/" for the
+// build host): sources.list.d/*.sources (deb822), sources.list.d/*.list and
+// sources.list; and its codename from os-release, or guessed from the
+// sources.
+func HostAptSources(root string) ([]AptSource, string, error) {
+	var all []AptSource
+	d := filepath.Join(root, "etc/apt/sources.list.d")
+	files, _ := filepath.Glob(filepath.Join(d, "*.sources"))
+	lists, _ := filepath.Glob(filepath.Join(d, "*.list"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, "", err
+		}
+		s, err := ParseDeb822Sources(bytes.NewReader(b))
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", f, err)
+		}
+		all = append(all, s...)
+	}
+	for _, f := range append([]string{filepath.Join(root, "etc/apt/sources.list")}, lists...) {
+		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		s, err := ParseOneLineSources(bytes.NewReader(b))
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", f, err)
+		}
+		all = append(all, s...)
+	}
+	codename := osReleaseField(filepath.Join(root, "etc/os-release"), "VERSION_CODENAME")
+	if codename == "" {
+		codename = HostCodename(all)
+	}
+	return all, codename, nil
+}
+
+func osReleaseField(file, key string) string {
+	f, err := os.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok && k == key {
+			return strings.Trim(v, `"'`)
+		}
+	}
+	return ""
+}
+
+// HostAptProxies returns the build host's apt proxy settings as
+// "Acquire::http::Proxy=URL" pairs, from its apt configuration and from the
+// http_proxy/https_proxy environment. They are given to apt on the command
+// line (or to mmdebstrap as aptopts that are removed afterwards) and never
+// written into the image; the chroot's environment is clean, so without them
+// a build host behind a proxy could not fetch.
+func HostAptProxies(ctx context.Context, r execx.Runner) []string {
+	found := map[string]string{}
+	if out, err := r.Output(ctx, execx.Cmd{Name: "apt-config", Args: []string{"dump"}}); err == nil {
+		for k, v := range parseAptConfigProxies(out) {
+			found[k] = v
+		}
+	}
+	for env, key := range map[string]string{"http_proxy": "Acquire::http::Proxy", "https_proxy": "Acquire::https::Proxy"} {
+		if _, ok := found[key]; ok {
+			continue
+		}
+		if v := os.Getenv(env); v != "" {
+			found[key] = v
+		} else if v := os.Getenv(strings.ToUpper(env)); v != "" {
+			found[key] = v
+		}
+	}
+	var out []string
+	for _, k := range []string{"Acquire::http::Proxy", "Acquire::https::Proxy"} {
+		if v, ok := found[k]; ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
+// parseAptConfigProxies reads `apt-config dump` lines such as
+// `Acquire::http::Proxy "http://proxy:3142";` (the per-host form
+// Acquire::http::Proxy::HOST is not a global proxy and is ignored).
+func parseAptConfigProxies(out []byte) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			continue
+		}
+		if !strings.EqualFold(k, "Acquire::http::Proxy") && !strings.EqualFold(k, "Acquire::https::Proxy") {
+			continue
+		}
+		v = strings.Trim(strings.TrimSuffix(strings.TrimSpace(v), ";"), `"`)
+		if v == "" || strings.EqualFold(v, "DIRECT") || strings.EqualFold(v, "false") {
+			continue
+		}
+		if strings.EqualFold(k, "Acquire::http::Proxy") {
+			m["Acquire::http::Proxy"] = v
+		} else {
+			m["Acquire::https::Proxy"] = v
+		}
+	}
+	return m
+}

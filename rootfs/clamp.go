@@ -1,0 +1,46 @@
+package rootfs
+
+import (
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ClampTimes sets the access and modification times of every entry of the
+// tree that is newer than epoch (SOURCE_DATE_EPOCH) to epoch, symlinks
+// included (their own times, never their targets'), so that a filesystem
+// made from the tree does not depend on when it was built. Older times stay:
+// they come from the packages and are already reproducible. Change times
+// cannot be set; mkfs.ext4 -d gets E2FSPROGS_FAKE_TIME for those. The tree
+// must have no mounts, so the walk never reaches /proc or a bind.
+func ClampTimes(tree string, epoch time.Time) error {
+	if m, err := MountsUnder(tree); err != nil {
+		return err
+	} else if len(m) > 0 {
+		return fmt.Errorf("clamp times: %w %s: %s", ErrMounted, tree, strings.Join(m, ", "))
+	}
+	ts := unix.NsecToTimespec(epoch.UnixNano())
+	times := []unix.Timespec{ts, ts}
+	return filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if st.Mtim.Nano() <= epoch.UnixNano() && st.Atim.Nano() <= epoch.UnixNano() {
+			return nil
+		}
+		// WalkDir does not follow symlinks, so every directory on the
+		// way to p is a real directory of the tree.
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "lutimes", Path: p, Err: err}
+		}
+		return nil
+	})
+}
