@@ -7,26 +7,26 @@ import (
 )
 
 const hostDeb822 = `Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
+# http://snapshot.example.org/archive/debian/20250520T000000Z
+URIs: http://ftp.example.org/debian
 Suites: bookworm bookworm-updates bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: http://security.example.org/debian-security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: https://deb.nodesource.com/node_20.x
+URIs: https://node.example.com/node_20.x
 Suites: nodistro
 Components: main
-Signed-By: /usr/share/keyrings/nodesource.gpg
+Signed-By: /usr/share/keyrings/node.gpg
 
 Types: deb
-URIs: https://download.docker.com/linux/debian
+URIs: https://docker.example.com/linux/debian
 Suites: bookworm
 Components: stable
 Signed-By: /etc/apt/keyrings/docker.gpg
@@ -38,7 +38,7 @@ Suites: bookworm
 Components: main
 
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: http://ftp.example.org/debian
 Suites: bookworm
 Components: main
 Signed-By:
@@ -51,8 +51,8 @@ Signed-By:
 const hostOneLine = `# comment
 deb http://mirror.example.org/debian/ bookworm main contrib # trailing
 deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm-updates main
-deb http://security.debian.org/debian-security bookworm-security main
-deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main
+deb http://security.example.org/debian-security bookworm-security main
+deb https://cloud.example.com/apt cloud-sdk-bookworm main
 deb http://mirror.example.org/debian sid main
 deb http://ppa.example.org/ubuntu bookworm main
 `
@@ -80,9 +80,9 @@ func TestMapHostSourcesDeb822(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main contrib",
-		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-updates main contrib",
-		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security trixie-security main contrib",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://ftp.example.org/debian trixie main contrib",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://ftp.example.org/debian trixie-updates main contrib",
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://security.example.org/debian-security trixie-security main contrib",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -101,7 +101,7 @@ func TestMapHostSourcesOneLine(t *testing.T) {
 	want := []string{
 		"deb http://mirror.example.org/debian/ bookworm main",
 		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm-updates main",
-		"deb http://security.debian.org/debian-security bookworm-security main",
+		"deb http://security.example.org/debian-security bookworm-security main",
 		// the host's extra sid entry maps onto the same line: deduplicated
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -122,22 +122,22 @@ func TestMapHostSourcesOneLine(t *testing.T) {
 }
 
 func TestMapHostSourcesNoDebian(t *testing.T) {
-	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://archive.ubuntu.com/ubuntu noble main\n"))
+	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://ubuntu.example.com/ubuntu noble main\n"))
 	if _, err := MapHostSources("noble", "bookworm", nil, srcs); err == nil {
 		t.Fatal("an Ubuntu host has no Debian archive to map")
 	}
 }
 
 func TestHostCodename(t *testing.T) {
-	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://deb.debian.org/debian bookworm-updates main\n"))
+	srcs, _ := ParseOneLineSources(strings.NewReader("deb http://ftp.example.org/debian bookworm-updates main\n"))
 	if got := HostCodename(srcs); got != "bookworm" {
 		t.Errorf("got %q", got)
 	}
 }
 
 func TestDebianSourcesFile(t *testing.T) {
-	got := DebianSourcesFile("http://deb.debian.org/debian", "bookworm", nil)
-	for _, want := range []string{"URIs: http://deb.debian.org/debian\n", "Suites: bookworm bookworm-updates\n", "Components: main\n", "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"} {
+	got := DebianSourcesFile("http://ftp.example.org/debian", "bookworm", nil)
+	for _, want := range []string{"URIs: http://ftp.example.org/debian\n", "Suites: bookworm bookworm-updates\n", "Components: main\n", "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}

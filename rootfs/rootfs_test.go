@@ -253,7 +253,7 @@ func TestSysprep(t *testing.T) {
 		"var/log/dpkg.log.2.gz":                "old",
 		"var/log/apt/history.log":              "apt",
 		"var/log/journal/abc/system.journal":   "j",
-		"var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": "idx",
+		"var/lib/apt/lists/ftp.example.org_debian_dists_bookworm_InRelease": "idx",
 		"var/cache/apt/pkgcache.bin":                                       "bin",
 		"var/cache/apt/archives/libc6.deb":                                 "deb",
 		"var/lib/dpkg/status-old":                                          "old",
@@ -291,7 +291,7 @@ func TestSysprep(t *testing.T) {
 		"var/lib/dbus/machine-id", "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_ed25519_key.pub",
 		"var/lib/systemd/random-seed", "var/lib/systemd/credential.secret", "var/lib/cloud", "var/lib/tailscale",
 		"usr/sbin/policy-rc.d", "var/log/syslog.1", "var/log/dpkg.log.2.gz", "var/log/journal/abc/system.journal",
-		"var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "var/cache/apt/pkgcache.bin",
+		"var/lib/apt/lists/ftp.example.org_debian_dists_bookworm_InRelease", "var/cache/apt/pkgcache.bin",
 		"var/cache/apt/archives/libc6.deb", "var/lib/dpkg/status-old", "root/.bash_history",
 		"home/admin/.bash_history", "tmp/build-file", "var/tmp/x", "run/lock", "etc/resolv.conf",
 		"etc/apt/apt.conf.d/99mmdebstrap", "etc/apt/apt.conf.d/01proxy", "usr/sbin/update-grub.bake-diverted",
@@ -391,7 +391,7 @@ func TestBootstrapCommand(t *testing.T) {
 func TestHostAptSources(t *testing.T) {
 	root := t.TempDir()
 	write(t, root, "etc/apt/sources.list.d/debian.sources", hostDeb822, 0o644)
-	write(t, root, "etc/apt/sources.list.d/extra.list", "deb http://deb.debian.org/debian bookworm-backports main\n", 0o644)
+	write(t, root, "etc/apt/sources.list.d/extra.list", "deb http://ftp.example.org/debian bookworm-backports main\n", 0o644)
 	write(t, root, "etc/apt/sources.list.d/old.list.disabled", "deb http://x/debian bookworm main\n", 0o644)
 	write(t, root, "etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n", 0o644)
 	srcs, codename, err := HostAptSources(root)
