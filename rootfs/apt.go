@@ -120,10 +120,10 @@ func AddAptRepository(ctx context.Context, tree string, repo AptRepository) erro
 	}
 	defer root.Close()
 	keyPath := "/etc/apt/keyrings/" + repo.Name + ".gpg"
-	if err := root.MkdirAll("/etc/apt/keyrings", 0o755, 0, 0); err != nil {
+	if err := root.MkdirAll("/etc/apt/keyrings", 0o755, rootUID, rootGID); err != nil {
 		return err
 	}
-	if err := root.WriteFile(keyPath, keyring, 0o644, 0, 0); err != nil {
+	if err := root.WriteFile(keyPath, keyring, 0o644, rootUID, rootGID); err != nil {
 		return err
 	}
 	var b strings.Builder
@@ -132,7 +132,7 @@ func AddAptRepository(ctx context.Context, tree string, repo AptRepository) erro
 		fmt.Fprintf(&b, "Components: %s\n", strings.Join(repo.Components, " "))
 	}
 	fmt.Fprintf(&b, "Signed-By: %s\n", keyPath)
-	return root.WriteFile("/etc/apt/sources.list.d/"+repo.Name+".sources", []byte(b.String()), 0o644, 0, 0)
+	return root.WriteFile("/etc/apt/sources.list.d/"+repo.Name+".sources", []byte(b.String()), 0o644, rootUID, rootGID)
 }
 
 // binaryKeyring returns key as a binary OpenPGP keyring: an armored key is

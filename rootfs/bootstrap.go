@@ -207,7 +207,7 @@ func finishBootstrap(o BootstrapOptions) error {
 	}
 	if o.Mirror != "" {
 		if err := root.WriteFile("/etc/apt/sources.list.d/debian.sources",
-			[]byte(DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, 0, 0); err != nil {
+			[]byte(DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, rootUID, rootGID); err != nil {
 			return err
 		}
 	}
@@ -222,7 +222,7 @@ func finishBootstrap(o BootstrapOptions) error {
 			return err
 		}
 	}
-	return root.WriteFile("/etc/hostname", []byte("localhost\n"), 0o644, 0, 0)
+	return root.WriteFile("/etc/hostname", []byte("localhost\n"), 0o644, rootUID, rootGID)
 }
 
 func dedupe(in []string) []string {

@@ -139,7 +139,7 @@ func (c *Chroot) setup() error {
 	if err := c.mount("bake-run", "/run", "tmpfs", nosuid|nodev, "mode=0755"); err != nil {
 		return err
 	}
-	if err := c.root.MkdirAll("/run/lock", 0o777|fs.ModeSticky, 0, 0); err != nil {
+	if err := c.root.MkdirAll("/run/lock", 0o777|fs.ModeSticky, rootUID, rootGID); err != nil {
 		return err
 	}
 	if err := c.installResolvConf(); err != nil {
@@ -151,7 +151,7 @@ func (c *Chroot) setup() error {
 // mount mounts fstype on target (a directory inside the tree, created if
 // missing) through an fd opened inside the tree.
 func (c *Chroot) mount(source, target, fstype string, flags uintptr, data string) error {
-	if err := c.root.MkdirAll(target, 0o755, 0, 0); err != nil {
+	if err := c.root.MkdirAll(target, 0o755, rootUID, rootGID); err != nil {
 		return err
 	}
 	fd, err := c.root.OpenPath(target)
@@ -181,7 +181,7 @@ func (c *Chroot) mountFD(fd int, source, target, fstype string, flags uintptr, d
 // BindMount binds the host directory src onto target inside the tree until
 // the returned function is called (or Close). Used for the package cache.
 func (c *Chroot) BindMount(src, target string) (unmount func() error, err error) {
-	if err := c.root.MkdirAll(target, 0o755, 0, 0); err != nil {
+	if err := c.root.MkdirAll(target, 0o755, rootUID, rootGID); err != nil {
 		return nil, err
 	}
 	fd, err := c.root.OpenPath(target)
@@ -281,7 +281,7 @@ func (c *Chroot) installResolvConf() error {
 		return err
 	}
 	c.resolvWritten = append([]byte("# bake: build host's resolv.conf, removed after the build step\n"), host...)
-	return c.root.WriteFile("/etc/resolv.conf", c.resolvWritten, 0o644, 0, 0)
+	return c.root.WriteFile("/etc/resolv.conf", c.resolvWritten, 0o644, rootUID, rootGID)
 }
 
 // ensureResolvConf puts the build host's resolv.conf back in place if a
@@ -302,7 +302,7 @@ func (c *Chroot) ensureResolvConf() error {
 		return err
 	}
 	c.resolv = saved
-	return c.root.WriteFile("/etc/resolv.conf", c.resolvWritten, 0o644, 0, 0)
+	return c.root.WriteFile("/etc/resolv.conf", c.resolvWritten, 0o644, rootUID, rootGID)
 }
 
 // setResolvConfSymlink makes the image's /etc/resolv.conf a symlink to
@@ -313,14 +313,14 @@ func (c *Chroot) setResolvConfSymlink(target string) error {
 		c.resolv = fileState{exists: true, symlink: target}
 		return nil
 	}
-	return c.root.Symlink(target, "/etc/resolv.conf", 0, 0)
+	return c.root.Symlink(target, "/etc/resolv.conf", rootUID, rootGID)
 }
 
 func (c *Chroot) installPolicyRCD() error {
 	if ok, err := c.root.Exists("/usr/sbin/policy-rc.d"); err != nil || ok {
 		return err
 	}
-	if err := c.root.WriteFile("/usr/sbin/policy-rc.d", []byte(policyRCD), 0o755, 0, 0); err != nil {
+	if err := c.root.WriteFile("/usr/sbin/policy-rc.d", []byte(policyRCD), 0o755, rootUID, rootGID); err != nil {
 		return err
 	}
 	c.policyRCDAdded = true

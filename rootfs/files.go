@@ -13,6 +13,11 @@ import (
 	"github.com/bakeimg/bake/rootfs/safepath"
 )
 
+// rootUID and rootGID own the files bake itself writes into the tree
+// (configuration, sudoers, keyrings). Unit tests that run without root set
+// them to their own ids; nothing else changes them.
+var rootUID, rootGID = 0, 0
+
 // ParseMode parses an octal mode string ("0644", "4755", "0o750") into a Go
 // file mode, setuid, setgid and sticky bits included.
 func ParseMode(s string) (fs.FileMode, error) {
@@ -24,7 +29,7 @@ func ParseMode(s string) (fs.FileMode, error) {
 }
 
 // WriteFile writes one file into the tree at name (a path in the image)
-// with mode and owner, creating missing parents (0755 root:root). The path
+// with mode and owner, creating missing parents (0755, owned like the directory they are made in). The path
 // resolves inside the tree: a symlink on the way is followed as the image
 // would follow it, never out of the tree, and a symlink at name itself is
 // replaced.
@@ -96,7 +101,7 @@ func CopyOverlay(tree string, o OverlayOptions) error {
 		return fmt.Errorf("overlay source %s is not a directory", src)
 	}
 	// Parents of the target are the image's: create missing ones root-owned.
-	if err := root.MkdirAll(path.Dir(target), 0o755, 0, 0); err != nil {
+	if err := root.MkdirAll(path.Dir(target), 0o755, rootUID, rootGID); err != nil {
 		return err
 	}
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {

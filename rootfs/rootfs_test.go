@@ -15,6 +15,14 @@ import (
 	"github.com/bakeimg/bake/rootfs/safepath"
 )
 
+func init() {
+	// Unit tests run without root: what bake writes as root:root is
+	// written as the test's own user.
+	if os.Geteuid() != 0 {
+		rootUID, rootGID = os.Getuid(), os.Getgid()
+	}
+}
+
 func write(t *testing.T, root, name, content string, mode fs.FileMode) {
 	t.Helper()
 	p := filepath.Join(root, name)

@@ -39,7 +39,8 @@ var sysprepTable = []sysprepItem{
 			if !r.IsDir("/etc") {
 				return nil
 			}
-			return r.WriteFile("/etc/machine-id", nil, 0o444, 0, 0)
+			uid, gid := ownerOf(r, "/etc/machine-id")
+			return r.WriteFile("/etc/machine-id", nil, 0o444, uid, gid)
 		}},
 	{"/var/lib/dbus/machine-id removed unless it is the symlink to /etc/machine-id: D-Bus would otherwise give every instance the build's id",
 		func(r *safepath.Root, _ sysprepHost) error {
@@ -99,7 +100,8 @@ var sysprepTable = []sysprepItem{
 			if err != nil || h.hostname == "" || strings.TrimSpace(string(b)) != h.hostname || h.hostname == "localhost" {
 				return nil
 			}
-			return r.WriteFile("/etc/hostname", []byte(defaultHostname), 0o644, 0, 0)
+			uid, gid := ownerOf(r, "/etc/hostname")
+			return r.WriteFile("/etc/hostname", []byte(defaultHostname), 0o644, uid, gid)
 		}},
 	{"apt proxy settings removed (/etc/apt/apt.conf, apt.conf.d files naming a proxy, mmdebstrap's 99mmdebstrap): a build proxy means nothing to an instance",
 		func(r *safepath.Root, _ sysprepHost) error { return removeAptProxies(r) }},
@@ -287,7 +289,17 @@ func undoDiversions(r *safepath.Root) error {
 	if out != "" {
 		out += "\n"
 	}
-	return r.WriteFile(db, []byte(out), 0o644, 0, 0)
+	uid, gid := ownerOf(r, db)
+	return r.WriteFile(db, []byte(out), 0o644, uid, gid)
+}
+
+// ownerOf is the owner of an existing file, or root's for a new one: a file
+// rewritten by sysprep keeps the owner the image gave it.
+func ownerOf(r *safepath.Root, name string) (int, int) {
+	if st, err := r.Lstat(name); err == nil {
+		return int(st.Uid), int(st.Gid)
+	}
+	return rootUID, rootGID
 }
 
 var proxyRE = regexp.MustCompile(`(?i)acquire\s*(::|\{)[^;]*proxy`)

@@ -185,7 +185,7 @@ func BaseSystem(ctx context.Context, ch *Chroot) error {
 		{GrowrootUnit, growrootUnit, 0o644},
 	}
 	for _, f := range files {
-		if err := root.WriteFile(f.name, []byte(f.content), safepath.FileMode(f.mode), 0, 0); err != nil {
+		if err := root.WriteFile(f.name, []byte(f.content), safepath.FileMode(f.mode), rootUID, rootGID); err != nil {
 			return err
 		}
 	}
@@ -193,7 +193,7 @@ func BaseSystem(ctx context.Context, ch *Chroot) error {
 		if ok, err := root.Exists(name); err != nil {
 			return err
 		} else if !ok {
-			if err := root.WriteFile(name, []byte(content), 0o644, 0, 0); err != nil {
+			if err := root.WriteFile(name, []byte(content), 0o644, rootUID, rootGID); err != nil {
 				return err
 			}
 		}

@@ -277,7 +277,7 @@ func addSudoers(ctx context.Context, ch *Chroot, user string) error {
 	}
 	name := SudoersFile(user)
 	content := fmt.Sprintf("# Written by bake.\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n", user)
-	if err := root.WriteFile(name, []byte(content), 0o440, 0, 0); err != nil {
+	if err := root.WriteFile(name, []byte(content), 0o440, rootUID, rootGID); err != nil {
 		return err
 	}
 	// The tree's visudo checks the syntax with the tree's sudo version; a

@@ -234,6 +234,14 @@ func (r *Root) IsDir(name string) bool {
 // it creates get perm (umask ignored) and uid:gid; existing ones are left as
 // they are. A dangling symlink in the way is an error, as with mkdir -p.
 func (r *Root) MkdirAll(name string, perm fs.FileMode, uid, gid int) error {
+	return r.mkdirAll(name, perm, uid, gid)
+}
+
+// inherit as uid asks mkdirAll to give each directory it creates the owner
+// of the directory it is created in.
+const inherit = -2
+
+func (r *Root) mkdirAll(name string, perm fs.FileMode, uid, gid int) error {
 	c := Clean(name)
 	if c == "/" {
 		return nil
@@ -254,7 +262,16 @@ func (r *Root) MkdirAll(name string, perm fs.FileMode, uid, gid int) error {
 		if err != nil {
 			return r.err("mkdir", cur, err)
 		}
-		err = r.mkdirAt(pfd, comp, perm, uid, gid)
+		u, g := uid, gid
+		if uid == inherit {
+			var st unix.Stat_t
+			if err := unix.Fstat(pfd, &st); err != nil {
+				unix.Close(pfd)
+				return r.err("stat", cur, err)
+			}
+			u, g = int(st.Uid), int(st.Gid)
+		}
+		err = r.mkdirAt(pfd, comp, perm, u, g)
 		unix.Close(pfd)
 		if err != nil {
 			return r.err("mkdir", next, err)
@@ -333,7 +350,8 @@ func FileMode(u uint32) fs.FileMode {
 }
 
 // WriteFile writes data to name with mode perm and owner uid:gid, creating
-// missing parent directories (0755, root:root). The file is written beside
+// missing parent directories (0755, owned like the directory they are made
+// in). The file is written beside
 // its final name and renamed over it, so a symlink at name is replaced, not
 // followed, and a reader never sees half a file. A directory at name is an
 // error.
@@ -344,7 +362,7 @@ func (r *Root) WriteFile(name string, data []byte, perm fs.FileMode, uid, gid in
 // WriteFrom is WriteFile with the content read from src.
 func (r *Root) WriteFrom(name string, src io.Reader, perm fs.FileMode, uid, gid int) error {
 	c := Clean(name)
-	if err := r.MkdirAll(path.Dir(c), 0o755, 0, 0); err != nil {
+	if err := r.mkdirAll(path.Dir(c), 0o755, inherit, inherit); err != nil {
 		return err
 	}
 	dfd, base, err := r.parent(c)
@@ -398,10 +416,11 @@ func randHex() string {
 
 // Symlink creates name as a symlink to target (the target text is stored
 // as given and never resolved) owned by uid:gid, replacing a file or
-// symlink already at name. A directory at name is an error.
+// symlink already at name (missing parents as for WriteFile). A directory
+// at name is an error.
 func (r *Root) Symlink(target, name string, uid, gid int) error {
 	c := Clean(name)
-	if err := r.MkdirAll(path.Dir(c), 0o755, 0, 0); err != nil {
+	if err := r.mkdirAll(path.Dir(c), 0o755, inherit, inherit); err != nil {
 		return err
 	}
 	dfd, base, err := r.parent(c)
