@@ -36,6 +36,10 @@ type Recipe struct {
 	Digest string `yaml:"-"`
 	// Vars are the effective variable values (defaults overridden by --set).
 	Vars map[string]string `yaml:"-"`
+
+	// src remembers where each value came from in the YAML, so that
+	// Validate can point at it. Nil for recipes built in Go.
+	src *source
 }
 
 // Base is where the root tree comes from: exactly one of Debian or Image.

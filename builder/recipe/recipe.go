@@ -1,0 +1,194 @@
+package recipe
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// Diagnostic is one problem in a recipe. Line and Col are 1-based; both are
+// 0 when the problem has no place in the file (an unreadable file, a --set
+// without a variables block to point at).
+type Diagnostic struct {
+	File string // the recipe path as the user gave it
+	Line int
+	Col  int
+	Path string // field path, e.g. users[1].name; "" for the whole recipe
+	Msg  string // what is wrong
+	Hint string // what to write instead; may be empty
+}
+
+func (d Diagnostic) String() string {
+	var b strings.Builder
+	b.WriteString(d.File)
+	if d.Line > 0 {
+		fmt.Fprintf(&b, ":%d:%d", d.Line, d.Col)
+	}
+	b.WriteString(": ")
+	b.WriteString(d.Msg)
+	if d.Hint != "" {
+		b.WriteString(" (")
+		b.WriteString(d.Hint)
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+// Diagnostics is every problem found in a recipe, in file order. It is the
+// error type Load, Parse and Validate return, so that the CLI can print all
+// of them at once and a user fixes a recipe in one round.
+type Diagnostics []Diagnostic
+
+// Error prints one line per problem: FILE:LINE:COL: MSG (HINT).
+func (ds Diagnostics) Error() string {
+	lines := make([]string, len(ds))
+	for i, d := range ds {
+		lines[i] = d.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (ds Diagnostics) sort() {
+	slices.SortStableFunc(ds, func(a, b Diagnostic) int {
+		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
+	})
+}
+
+// err returns ds as an error, or a nil error (not a nil Diagnostics in an
+// interface, which would compare non-nil).
+func (ds Diagnostics) err() error {
+	if len(ds) == 0 {
+		return nil
+	}
+	ds.sort()
+	return ds
+}
+
+// Load reads, decodes and validates the recipe at path, with sets (from
+// --set NAME=VALUE) overriding variable defaults. Defaults are filled in
+// (see Defaults) only when the recipe is valid. Any problem, including an
+// unreadable file, comes back as Diagnostics.
+func Load(path string, sets map[string]string) (*Recipe, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Diagnostics{{File: path, Msg: fmt.Sprintf("cannot read recipe: %v", err),
+			Hint: "give the path of a bake/v1 YAML file"}}
+	}
+	return Parse(path, data, filepath.Dir(path), sets)
+}
+
+// Parse is Load for a recipe already in memory: name is what diagnostics
+// call the file, dir is the folder relative paths resolve against ("" is
+// the working directory).
+func Parse(name string, data []byte, dir string, sets map[string]string) (*Recipe, error) {
+	sum := sha256.Sum256(data)
+	r := &Recipe{Path: name, Digest: hex.EncodeToString(sum[:])}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot resolve the recipe folder: %v", err)}}
+	}
+	r.Dir = abs
+
+	src := &source{file: name, lines: strings.Split(string(data), "\n")}
+	r.src = src
+	doc, diags := parseDocument(name, data)
+	if doc != nil {
+		d := newDecoder(src)
+		d.decodeRecipe(r, doc, sets)
+		diags = append(diags, d.diags...)
+		if len(d.diags) == 0 {
+			diags = append(diags, crossCheck(name, doc)...)
+		}
+	}
+	if doc != nil {
+		diags = append(diags, r.validate()...)
+	}
+	if err := diags.err(); err != nil {
+		return nil, err
+	}
+	r.Defaults()
+	return r, nil
+}
+
+// parseDocument returns the body of the one YAML document in data, or nil
+// with the reason. goccy's parser has panicked on odd input in the past; a
+// recipe is user input, so a panic becomes a diagnostic, not a crash.
+func parseDocument(name string, data []byte) (body ast.Node, diags Diagnostics) {
+	defer func() {
+		if p := recover(); p != nil {
+			body = nil
+			diags = Diagnostics{{File: name, Msg: fmt.Sprintf("cannot parse YAML: %v", p)}}
+		}
+	}()
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return nil, Diagnostics{yamlDiagnostic(name, err)}
+	}
+	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
+		return nil, Diagnostics{{File: name, Line: 1, Col: 1, Msg: "the recipe is empty",
+			Hint: "start with apiVersion: bake/v1, name: and base:"}}
+	}
+	for _, doc := range f.Docs[1:] {
+		line, col := 0, 0
+		if doc.Start != nil {
+			line, col = doc.Start.Position.Line, doc.Start.Position.Column
+		} else if doc.Body != nil && doc.Body.GetToken() != nil {
+			line, col = doc.Body.GetToken().Position.Line, doc.Body.GetToken().Position.Column
+		}
+		diags = append(diags, Diagnostic{File: name, Line: line, Col: col,
+			Msg:  "a second YAML document; a recipe is one YAML document",
+			Hint: fmt.Sprintf("remove the `---` at line %d and everything after it, or merge it into the first document", line)})
+	}
+	return f.Docs[0].Body, diags
+}
+
+// yamlDiagnostic turns a goccy error into a Diagnostic at its token.
+func yamlDiagnostic(name string, err error) Diagnostic {
+	d := Diagnostic{File: name, Msg: err.Error()}
+	if ye, ok := err.(yaml.Error); ok {
+		d.Msg = ye.GetMessage()
+		if tk := ye.GetToken(); tk != nil && tk.Position != nil {
+			d.Line, d.Col = tk.Position.Line, tk.Position.Column
+		}
+	}
+	d.Msg = "YAML: " + d.Msg
+	if strings.Contains(d.Msg, "already defined") {
+		d.Hint = "write each key once; remove or merge the repeat"
+	} else {
+		d.Hint = "check the indentation: spaces, not tabs, keys of one mapping aligned, nested keys further in; " +
+			"quote text that contains \": \" or starts with * & ! { [ | > % @ or `"
+	}
+	return d
+}
+
+// crossCheck decodes the document with goccy's own strict decoder as well.
+// The schema walk in decode.go is what reports problems (goccy stops at the
+// first one and reports unknown keys in map order), but it must never be
+// laxer than the library the design names: anything goccy refuses and the
+// walk let through still fails here.
+func crossCheck(name string, body ast.Node) (diags Diagnostics) {
+	defer func() {
+		if p := recover(); p != nil {
+			diags = Diagnostics{{File: name, Msg: fmt.Sprintf("cannot decode YAML: %v", p)}}
+		}
+	}()
+	var r Recipe
+	// AllowDuplicateMapKey: the parser already refuses a key written twice;
+	// goccy's decoder would also refuse a key that overrides one from a
+	// `<<: *anchor` merge, which YAML's merge rules allow.
+	if err := yaml.NodeToValue(body, &r, yaml.Strict(), yaml.AllowDuplicateMapKey()); err != nil {
+		d := yamlDiagnostic(name, err)
+		d.Msg = strings.Replace(d.Msg, "YAML: ", "YAML (strict decoder): ", 1)
+		return Diagnostics{d}
+	}
+	return nil
+}
