@@ -24,9 +24,6 @@ func (r *Recipe) Resolve(rel string) (string, error) {
 	if filepath.IsAbs(rel) {
 		return "", fmt.Errorf("%s is absolute; write it relative to the recipe folder", rel)
 	}
-	if !filepath.IsLocal(rel) {
-		return "", fmt.Errorf("%s %w", rel, ErrEscapes)
-	}
 	dir := r.Dir
 	if dir == "" {
 		dir = "."
@@ -35,7 +32,14 @@ func (r *Recipe) Resolve(rel string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	realDir, err := filepath.EvalSymlinks(dir)
+	root, err := r.contextDir(dir)
+	if err != nil {
+		return "", err
+	}
+	if !within(root, filepath.Join(dir, rel)) {
+		return "", fmt.Errorf("%s %w", rel, ErrEscapes)
+	}
+	realDir, err := filepath.EvalSymlinks(root)
 	if err != nil {
 		return "", fmt.Errorf("recipe folder: %w", err)
 	}
@@ -52,4 +56,20 @@ func (r *Recipe) Resolve(rel string) (string, error) {
 func within(dir, path string) bool {
 	rel, err := filepath.Rel(dir, path)
 	return err == nil && (rel == "." || filepath.IsLocal(rel))
+}
+
+// contextDir is the folder relative paths may not leave: the recipe's
+// folder, or the ancestor of it that `context:` names.
+func (r *Recipe) contextDir(dir string) (string, error) {
+	if r.Context == "" || r.Context == "." {
+		return dir, nil
+	}
+	if filepath.IsAbs(r.Context) {
+		return "", fmt.Errorf("context %s is absolute; write it relative to the recipe folder, e.g. \"..\"", r.Context)
+	}
+	root := filepath.Join(dir, r.Context)
+	if !within(root, dir) {
+		return "", fmt.Errorf("context %s must contain the recipe folder (an ancestor such as \"..\")", r.Context)
+	}
+	return root, nil
 }

@@ -16,6 +16,11 @@ type Recipe struct {
 	Name        string            `yaml:"name"`
 	Description string            `yaml:"description,omitempty"`
 	Variables   map[string]string `yaml:"variables,omitempty"`
+	// Context is the folder that relative paths may not leave, written
+	// relative to the recipe's folder and containing it (like a container
+	// build context), e.g. ".." for recipes/x.yaml using overlays/x.
+	// Default: the recipe's own folder.
+	Context string `yaml:"context,omitempty"`
 
 	Base     Base      `yaml:"base"`
 	Apt      Apt       `yaml:"apt,omitempty"`

@@ -143,6 +143,14 @@ func (v *validator) top() {
 		v.errorf("apiVersion", "write apiVersion: "+APIVersion+", the only version this bake reads",
 			"%q is not a recipe version this bake reads", r.APIVersion)
 	}
+	if r.Context != "" {
+		dir, _ := filepath.Abs(r.Dir)
+		if root, err := r.contextDir(dir); err != nil {
+			v.errorf("context", "write context: .. when the recipe sits in a subfolder (recipes/) of the folder holding its overlays", "%v", err)
+		} else if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+			v.errorf("context", "name an existing folder that contains the recipe", "%s is not a folder", r.Context)
+		}
+	}
 	switch {
 	case r.Name == "":
 		v.errorf("name", "add name: my-appliance (lower-case letters, digits, ., _ and -)", "is missing")
@@ -309,7 +317,7 @@ func (v *validator) local(path, rel string, dir bool) {
 	real, err := v.r.Resolve(rel)
 	switch {
 	case errors.Is(err, ErrEscapes):
-		v.errorf(path, "keep everything the image needs inside the recipe folder "+v.r.Dir, "%v", err)
+		v.errorf(path, "keep everything the image needs inside the recipe folder "+v.r.Dir+" (or set context: to a folder containing both)", "%v", err)
 		return
 	case errors.Is(err, fs.ErrNotExist):
 		v.errorf(path, "paths are relative to the recipe folder "+v.r.Dir, "%s does not exist", rel)

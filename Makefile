@@ -1,0 +1,42 @@
+# bake: the two commands a newcomer needs are `make image` and `make test`.
+SHELL := /bin/bash
+export GOFLAGS ?= -mod=mod
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/bakeimg/bake/builder.Version=$(VERSION)
+RECIPE ?= recipes/openclaw.yaml
+OUT ?= out
+# Expensive test fixtures (bootstrapped trees, built images) live here, keyed
+# by their inputs, so a warm `make test` reuses them.
+export BAKE_TEST_CACHE ?= $(CURDIR)/.cache
+export BAKE_CACHE_DIR ?= $(CURDIR)/.cache/bake
+
+.PHONY: all deps bake image test unit integration vm bench clean
+
+all: bake
+
+deps:
+	@bash scripts/install-deps.sh
+
+bake:
+	go build -ldflags '$(LDFLAGS)' -o bake ./cmd/bake
+
+# First command: install what is missing, build bake, bake the default recipe.
+image: deps bake
+	./bake build $(RECIPE) -o $(OUT)
+
+# Second command: every test tier. Unit tests need nothing; integration and VM
+# tests need root and the tools deps installs, and start their own servers.
+test: deps bake
+	go vet ./...
+	go test -count=1 -timeout 10m ./...
+	go test -count=1 -tags integration -timeout 30m -p 1 ./...
+	go test -count=1 -tags vm -timeout 40m -p 1 -v ./test/vm/... 2>&1 | tee $(BAKE_TEST_CACHE)/vm-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+
+unit:
+	go test ./...
+
+bench: deps bake
+	bash scripts/bench.sh
+
+clean:
+	rm -f bake

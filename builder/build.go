@@ -1,0 +1,349 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/disk"
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/rootfs"
+)
+
+// Compile turns a validated recipe into a plan. It decides everything a
+// build will do (packages bake adds, sizes, identifiers) so `bake plan` shows
+// it before any work.
+func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
+	p := &Plan{Recipe: r, Opts: opts}
+	if r.Base.Image != nil {
+		return nil, errors.New("base.image (a cloud image base) is not supported by this bake yet; use base.debian")
+	}
+	deb := r.Base.Debian
+	if deb == nil {
+		return nil, errors.New("recipe has no base")
+	}
+	bios, uefi := firmware(r)
+
+	// Packages bake adds so the image boots and is a usable machine; the
+	// recipe may name its own kernel.
+	added := rootfs.BasePackages()
+	hasKernel := false
+	for _, pk := range append(append([]string{}, deb.Packages...), r.Apt.Packages...) {
+		if strings.HasPrefix(pk, "linux-image-") {
+			hasKernel = true
+		}
+	}
+	if !hasKernel {
+		added = append(added, "linux-image-amd64")
+	}
+	if bios {
+		added = append(added, "grub-pc-bin")
+	}
+	if uefi {
+		added = append(added, "grub-efi-amd64-bin")
+	}
+	for _, u := range r.Users {
+		if u.Sudo != "" {
+			added = append(added, "sudo")
+		}
+	}
+	added = uniqueSorted(added)
+	p.Notes = append(p.Notes, "bake adds packages: "+list(added))
+
+	// apt.packages join the bootstrap (one resolver run, faster) unless
+	// they may come from a repository the recipe adds later.
+	boot := append(append([]string{}, deb.Packages...), added...)
+	if len(r.Apt.Repositories) == 0 {
+		boot = append(boot, r.Apt.Packages...)
+	} else {
+		p.chrootPackages = uniqueSorted(r.Apt.Packages)
+	}
+	p.bootstrapPackages = uniqueSorted(boot)
+
+	variant := deb.Variant
+	if variant == "" {
+		variant = "minbase"
+	}
+	fetch := "the build host's apt sources"
+	if deb.BuildMirror != "" {
+		fetch = deb.BuildMirror + " (build only)"
+	} else if deb.Mirror != "" {
+		fetch = deb.Mirror
+	}
+	imageSrc := "none"
+	if deb.Mirror != "" {
+		imageSrc = deb.Mirror
+	}
+	add := func(name string, inputs []string, run func(context.Context, *State) error) {
+		p.Stages = append(p.Stages, Stage{Name: name, Inputs: inputs, Run: run})
+	}
+	add("bootstrap", []string{
+		"mmdebstrap suite=" + deb.Suite + " variant=" + variant + " components=" + list(componentsOf(deb)),
+		"fetch from: " + fetch,
+		"image apt source: " + imageSrc,
+		"packages: " + list(p.bootstrapPackages),
+	}, p.stageBootstrap)
+	if len(r.Apt.Repositories) > 0 || len(p.chrootPackages) > 0 {
+		var in []string
+		for _, repo := range r.Apt.Repositories {
+			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, repo.URI, repo.Suite, list(repo.Components), repo.Key))
+		}
+		in = append(in, "packages: "+list(p.chrootPackages))
+		add("packages", in, p.stagePackages)
+	}
+	add("system", []string{"networkd DHCPv4+RA on every ethernet NIC, resolved, timesyncd, grow root at first boot"}, p.stageSystem)
+	if len(r.Groups)+len(r.Users) > 0 {
+		var in []string
+		for _, g := range r.Groups {
+			in = append(in, "group "+g.Name)
+		}
+		for _, u := range r.Users {
+			s := "user " + u.Name
+			if u.System {
+				s += " (system)"
+			}
+			if len(u.Groups) > 0 {
+				s += " groups=" + strings.Join(u.Groups, ",")
+			}
+			if u.Sudo != "" {
+				s += " sudo=" + u.Sudo
+			}
+			in = append(in, s)
+		}
+		add("users", in, p.stageUsers)
+	}
+	if len(r.Overlays)+len(r.Files) > 0 {
+		var in []string
+		for _, o := range r.Overlays {
+			in = append(in, fmt.Sprintf("overlay %s -> %s", o.Source, orDefault(o.Target, "/")))
+		}
+		for _, f := range r.Files {
+			in = append(in, fmt.Sprintf("file %s mode %s", f.Path, orDefault(f.Mode, "0644")))
+		}
+		add("files", in, p.stageFiles)
+	}
+	if n := len(r.Systemd.Enable) + len(r.Systemd.Disable) + len(r.Systemd.Mask); n > 0 {
+		add("units", []string{
+			"enable: " + list(r.Systemd.Enable),
+			"disable: " + list(r.Systemd.Disable),
+			"mask: " + list(r.Systemd.Mask),
+		}, p.stageUnits)
+	}
+	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
+	layout := p.layout()
+	size := "content + headroom (decided after sysprep)"
+	if r.Disk.Size != "" {
+		size = r.Disk.Size
+	}
+	var fw []string
+	if bios {
+		fw = append(fw, "bios")
+	}
+	if uefi {
+		fw = append(fw, "uefi")
+	}
+	add("assemble", []string{
+		"GPT: p14 BIOS boot 1MiB, p15 ESP " + orDefault(r.Disk.ESPSize, "64MiB") + ", p1 root ext4 (mkfs.ext4 -d), no loop device",
+		"firmware: " + strings.Join(fw, "+") + " (GRUB from the tree's grub-mkimage)",
+		"size: " + size,
+		"disk GUID " + layout.DiskGUID + ", root fs UUID " + layout.RootFSUUID,
+	}, p.stageAssemble)
+	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	return p, nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func componentsOf(d *recipe.DebianBase) []string {
+	if len(d.Components) == 0 {
+		return []string{"main"}
+	}
+	return d.Components
+}
+
+func firmware(r *recipe.Recipe) (bios, uefi bool) {
+	if len(r.Disk.Firmware) == 0 {
+		return true, true
+	}
+	for _, f := range r.Disk.Firmware {
+		switch f {
+		case "bios":
+			bios = true
+		case "uefi":
+			uefi = true
+		}
+	}
+	return
+}
+
+func outputs(r *recipe.Recipe) []string {
+	if len(r.Outputs) == 0 {
+		return []string{"qcow2"}
+	}
+	return r.Outputs
+}
+
+// layout derives identifiers from the recipe digest so two builds of one
+// recipe agree, then applies the recipe's overrides.
+func (p *Plan) layout() disk.Layout {
+	r := p.Recipe
+	l := disk.DeriveLayout("bake/v1 " + r.Name + " " + r.Digest)
+	if r.Disk.DiskGUID != "" {
+		l.DiskGUID = r.Disk.DiskGUID
+	}
+	if r.Disk.RootUUID != "" {
+		l.RootFSUUID = r.Disk.RootUUID
+	}
+	if r.Disk.RootPartUUID != "" {
+		l.RootPartUUID = r.Disk.RootPartUUID
+	}
+	if r.Disk.ESPSerial != "" {
+		var v uint32
+		fmt.Sscanf(r.Disk.ESPSerial, "%x", &v)
+		l.ESPVolumeID = v
+	}
+	return l
+}
+
+// Build runs the plan of r. It must run as root inside bake's namespaces
+// (see RunIsolated).
+func Build(ctx context.Context, r *recipe.Recipe, opts Options) (err error) {
+	if opts.Stdout == nil {
+		opts.Stdout = io.Discard
+	}
+	if opts.SourceDateEpoch == 0 {
+		opts.SourceDateEpoch = sourceDateEpoch()
+	}
+	p, err := Compile(r, opts)
+	if err != nil {
+		return err
+	}
+	outDir, err := filepath.Abs(opts.OutputDir)
+	if err != nil {
+		return err
+	}
+	opts.OutputDir = outDir
+	p.Opts = opts
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	if opts.CacheDir != "" {
+		if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
+			return err
+		}
+	}
+	removeStaleWorkDirs(outDir, opts.Stdout)
+	work, err := os.MkdirTemp(outDir, ".bake-work-"+r.Name+"-")
+	if err != nil {
+		return err
+	}
+	lock, err := lockDir(work)
+	if err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(work, "build.log"))
+	if err != nil {
+		return err
+	}
+	s := &State{
+		Recipe:  r,
+		Opts:    opts,
+		Runner:  execx.Host{Log: logf},
+		Log:     logf,
+		WorkDir: work,
+		Tree:    filepath.Join(work, "tree"),
+		Started: time.Now(),
+	}
+	// The work dir goes last, after every mount is undone; RemoveAllSafe
+	// refuses to delete anything that still has a mount below it.
+	s.Defer("work dir", func() error {
+		defer lock.Close()
+		if s.Failed && opts.KeepWork {
+			fmt.Fprintf(opts.Stdout, "keeping work dir %s\n", work)
+			return nil
+		}
+		if s.Failed {
+			saveLog(logf.Name(), opts.CacheDir, r.Name, opts.Stdout)
+		}
+		logf.Close()
+		return rootfs.RemoveAllSafe(work)
+	})
+	fmt.Fprintf(opts.Stdout, "bake %s: building %s from %s\n", Version, r.Name, r.Path)
+	err = runStages(ctx, opts.Stdout, p.Stages, s)
+	if err == nil {
+		fmt.Fprintf(opts.Stdout, "done in %.1fs: %s\n", time.Since(s.Started).Seconds(), strings.Join(s.Files, " "))
+	}
+	return err
+}
+
+func sourceDateEpoch() int64 {
+	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+		var n int64
+		if _, err := fmt.Sscanf(v, "%d", &n); err == nil && n > 0 {
+			return n
+		}
+	}
+	return time.Now().Unix()
+}
+
+func saveLog(path, cacheDir, name string, out io.Writer) {
+	if cacheDir == "" {
+		return
+	}
+	dir := filepath.Join(cacheDir, "logs")
+	if os.MkdirAll(dir, 0o755) != nil {
+		return
+	}
+	dst := filepath.Join(dir, fmt.Sprintf("%s-%s.log", name, time.Now().Format("20060102-150405")))
+	if b, err := os.ReadFile(path); err == nil && os.WriteFile(dst, b, 0o644) == nil {
+		fmt.Fprintf(out, "build log: %s\n", dst)
+	}
+}
+
+// lockDir holds an exclusive flock on DIR/.lock for the life of the build, so
+// a later build can tell a stale work dir (its bake was killed) from a live one.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// removeStaleWorkDirs deletes work dirs left by builds that were killed
+// (SIGKILL leaves the directory, never a mount: mounts died with the
+// namespace). A dir whose lock is held belongs to a running build.
+func removeStaleWorkDirs(outDir string, out io.Writer) {
+	matches, _ := filepath.Glob(filepath.Join(outDir, ".bake-work-*"))
+	for _, m := range matches {
+		f, err := os.Open(filepath.Join(m, ".lock"))
+		if err == nil {
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+				f.Close()
+				continue // a build is running there
+			}
+			f.Close()
+		}
+		if err := rootfs.RemoveAllSafe(m); err != nil {
+			fmt.Fprintf(out, "warning: stale work dir %s not removed: %v\n", m, err)
+		} else {
+			fmt.Fprintf(out, "removed stale work dir %s\n", m)
+		}
+	}
+}

@@ -1,0 +1,348 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/disk"
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/rootfs"
+)
+
+// DefaultCmdline puts the kernel console on the first serial port (clouds
+// and `qemu -nographic` show it) and on the screen.
+const DefaultCmdline = "console=tty0 console=ttyS0,115200n8"
+
+func (p *Plan) stageBootstrap(ctx context.Context, s *State) error {
+	deb := p.Recipe.Base.Debian
+	cache := ""
+	if s.Opts.CacheDir != "" {
+		cache = filepath.Join(s.Opts.CacheDir, "apt", deb.Suite)
+	}
+	return rootfs.Bootstrap(ctx, rootfs.BootstrapOptions{
+		Suite:       deb.Suite,
+		Variant:     deb.Variant,
+		Components:  deb.Components,
+		Packages:    p.bootstrapPackages,
+		Mirror:      deb.Mirror,
+		BuildMirror: deb.BuildMirror,
+		CacheDir:    cache,
+		Tree:        s.Tree,
+		Runner:      s.Runner,
+	})
+}
+
+// withChroot opens a chroot of the tree (proc, sys, a private /dev, no
+// daemon may start) for one stage and always closes it, so the next stage
+// starts with nothing mounted.
+func withChroot(ctx context.Context, s *State, fn func(*rootfs.Chroot) error) (err error) {
+	ch, err := rootfs.Open(ctx, s.Tree, rootfs.WithRunner(s.Runner))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := ch.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return fn(ch)
+}
+
+func (p *Plan) stagePackages(ctx context.Context, s *State) error {
+	r := p.Recipe
+	for _, repo := range r.Apt.Repositories {
+		key, err := r.Resolve(repo.Key)
+		if err != nil {
+			return err
+		}
+		if err := rootfs.AddAptRepository(ctx, s.Tree, rootfs.AptRepository{
+			Name: repo.Name, URI: repo.URI, Suite: repo.Suite, Components: repo.Components,
+			KeyFile: key, Runner: s.Runner,
+		}); err != nil {
+			return err
+		}
+	}
+	if len(p.chrootPackages) == 0 {
+		return nil
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		cache := ""
+		if s.Opts.CacheDir != "" {
+			cache = filepath.Join(s.Opts.CacheDir, "apt", r.Base.Debian.Suite)
+		}
+		return rootfs.InstallPackages(ctx, ch, p.chrootPackages, cache)
+	})
+}
+
+func (p *Plan) stageSystem(ctx context.Context, s *State) error {
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.BaseSystem(ctx, ch)
+	})
+}
+
+func (p *Plan) stageUsers(ctx context.Context, s *State) error {
+	r := p.Recipe
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		for _, g := range r.Groups {
+			if err := rootfs.AddGroup(ctx, ch, g.Name, g.GID, g.System); err != nil {
+				return fmt.Errorf("group %s: %w", g.Name, err)
+			}
+		}
+		for _, u := range r.Users {
+			if err := rootfs.AddUser(ctx, ch, rootfs.UserOptions{
+				Name: u.Name, UID: u.UID, Groups: u.Groups, Shell: u.Shell, Home: u.Home,
+				System: u.System, SudoNopasswd: u.Sudo == "nopasswd", AuthorizedKeys: u.SSHAuthorizedKeys,
+			}); err != nil {
+				return fmt.Errorf("user %s: %w", u.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (p *Plan) stageFiles(ctx context.Context, s *State) error {
+	r := p.Recipe
+	for _, o := range r.Overlays {
+		src, err := r.Resolve(o.Source)
+		if err != nil {
+			return err
+		}
+		uid, gid, err := rootfs.LookupOwner(s.Tree, orDefault(o.Owner, "root:root"))
+		if err != nil {
+			return fmt.Errorf("overlay %s: %w", o.Source, err)
+		}
+		modes := map[string]fs.FileMode{}
+		for pat, m := range o.Modes {
+			mode, err := recipe.ParseMode(m)
+			if err != nil {
+				return fmt.Errorf("overlay %s: mode of %s: %w", o.Source, pat, err)
+			}
+			modes[pat] = mode
+		}
+		if err := rootfs.CopyOverlay(s.Tree, rootfs.OverlayOptions{
+			Source: src, Target: orDefault(o.Target, "/"), UID: uid, GID: gid, Modes: modes,
+		}); err != nil {
+			return fmt.Errorf("overlay %s: %w", o.Source, err)
+		}
+	}
+	for _, f := range r.Files {
+		content := []byte(f.Content)
+		if f.Source != "" {
+			src, err := r.Resolve(f.Source)
+			if err != nil {
+				return err
+			}
+			if content, err = os.ReadFile(src); err != nil {
+				return err
+			}
+		}
+		mode, err := recipe.ParseMode(orDefault(f.Mode, "0644"))
+		if err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
+		}
+		uid, gid, err := rootfs.LookupOwner(s.Tree, orDefault(f.Owner, "root:root"))
+		if err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
+		}
+		if err := rootfs.WriteFile(s.Tree, f.Path, content, mode, uid, gid); err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
+		}
+	}
+	return nil
+}
+
+func (p *Plan) stageUnits(ctx context.Context, s *State) error {
+	sd := p.Recipe.Systemd
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.Systemd(ctx, ch, sd.Enable, sd.Disable, sd.Mask)
+	})
+}
+
+func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
+	// The manifest reads the package list before sysprep empties apt's
+	// lists (dpkg's status stays, but read it while everything is there).
+	pkgs, err := rootfs.InstalledPackages(s.Tree)
+	if err != nil {
+		return err
+	}
+	s.Manifest = p.newManifest(s)
+	for _, pk := range pkgs {
+		s.Manifest.Packages = append(s.Manifest.Packages, ManifestPackage{Name: pk.Name, Version: pk.Version, Arch: pk.Arch})
+	}
+	if err := rootfs.Sysprep(s.Tree); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (p *Plan) kernelCmdline() string {
+	c := DefaultCmdline
+	if extra := strings.TrimSpace(p.Recipe.Kernel.Cmdline); extra != "" {
+		c += " " + extra
+	}
+	return c
+}
+
+func (p *Plan) stageAssemble(ctx context.Context, s *State) error {
+	r := p.Recipe
+	bios, uefi := firmware(r)
+	var size, esp int64
+	var err error
+	if r.Disk.Size != "" {
+		if size, err = recipe.ParseSize(r.Disk.Size); err != nil {
+			return err
+		}
+		size = roundMiB(size)
+	}
+	if r.Disk.ESPSize != "" {
+		if esp, err = recipe.ParseSize(r.Disk.ESPSize); err != nil {
+			return err
+		}
+		esp = roundMiB(esp)
+	}
+	spec := disk.Spec{
+		Tree:            s.Tree,
+		Output:          filepath.Join(s.WorkDir, r.Name+".raw"),
+		Size:            size,
+		BIOS:            bios,
+		UEFI:            uefi,
+		ESPSize:         esp,
+		Layout:          p.layout(),
+		KernelCmdline:   p.kernelCmdline(),
+		SourceDateEpoch: s.Opts.SourceDateEpoch,
+		Runner:          s.Runner,
+		Log:             s.Log,
+	}
+	if err := disk.PrepareTree(spec); err != nil {
+		return err
+	}
+	// Times last: everything written into the tree so far, PrepareTree's
+	// files included, gets at most SOURCE_DATE_EPOCH.
+	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
+		return err
+	}
+	res, err := disk.Assemble(ctx, spec)
+	if err != nil {
+		return err
+	}
+	s.Raw = res.Output
+	s.Manifest.Layout = res.Layout
+	s.Manifest.TreeBytes = res.TreeBytes
+	fmt.Fprintf(s.Opts.Stdout, "      disk %d MiB: root %d MiB, tree %d MiB\n", res.Size>>20, res.RootBlocks*4096>>20, res.TreeBytes>>20)
+	return nil
+}
+
+func roundMiB(n int64) int64 { return (n + (1<<20 - 1)) &^ (1<<20 - 1) }
+
+func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
+	r := p.Recipe
+	var outs []ManifestOutput
+	var files []string
+	wantRaw := false
+	for _, f := range outputs(r) {
+		switch f {
+		case "raw":
+			wantRaw = true
+		case "qcow2":
+			name := r.Name + ".qcow2"
+			if err := disk.ConvertQcow2(ctx, s.Runner, s.Raw, filepath.Join(s.WorkDir, name)); err != nil {
+				return err
+			}
+			files = append(files, name)
+		}
+	}
+	if wantRaw {
+		files = append(files, r.Name+".raw")
+	} else {
+		// Not an output: free the space before publishing.
+		os.Remove(s.Raw)
+	}
+	rawSize := int64(0)
+	if fi, err := os.Stat(s.Raw); err == nil {
+		rawSize = fi.Size()
+	}
+	for _, name := range files {
+		path := filepath.Join(s.WorkDir, name)
+		fi, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		sum, err := fileSHA256(path)
+		if err != nil {
+			return err
+		}
+		o := ManifestOutput{File: name, Format: strings.TrimPrefix(filepath.Ext(name), "."), SHA256: sum, Bytes: fi.Size(), VirtualSize: fi.Size()}
+		if o.Format == "qcow2" {
+			o.VirtualSize = s.Manifest.diskSize
+		} else {
+			o.AllocatedBytes = allocated(fi)
+		}
+		outs = append(outs, o)
+	}
+	_ = rawSize
+	s.Manifest.Outputs = outs
+	s.Manifest.Tools = toolVersions(ctx, s.Runner, s.Tree)
+	s.Manifest.BuildSeconds = time.Since(s.Started).Round(100 * time.Millisecond).Seconds()
+	manifest := r.Name + ".manifest.json"
+	if err := writeJSON(filepath.Join(s.WorkDir, manifest), s.Manifest); err != nil {
+		return err
+	}
+	msum, err := fileSHA256(filepath.Join(s.WorkDir, manifest))
+	if err != nil {
+		return err
+	}
+	if err := writeSums(s.WorkDir, outs, map[string]string{manifest: msum}); err != nil {
+		return err
+	}
+	// SHA256SUMS goes last: once it is at the output path, the set is whole.
+	files = append(files, manifest, "SHA256SUMS")
+	os.Remove(filepath.Join(s.Opts.OutputDir, "SHA256SUMS"))
+	if err := publish(s.WorkDir, s.Opts.OutputDir, files); err != nil {
+		return err
+	}
+	for _, f := range files {
+		s.Files = append(s.Files, filepath.Join(s.Opts.OutputDir, f))
+	}
+	return nil
+}
+
+func (p *Plan) newManifest(s *State) *Manifest {
+	r := p.Recipe
+	base := map[string]any{}
+	if d := r.Base.Debian; d != nil {
+		base["debian"] = map[string]any{"suite": d.Suite, "variant": orDefault(d.Variant, "minbase"), "mirror": d.Mirror, "packages": p.bootstrapPackages}
+	}
+	return &Manifest{
+		Bake:            Version,
+		Recipe:          ManifestRecipe{Name: r.Name, Path: r.Path, SHA256: r.Digest, Variables: r.Vars},
+		Base:            base,
+		SourceDateEpoch: s.Opts.SourceDateEpoch,
+		Packages:        []ManifestPackage{},
+		Containers:      []any{},
+	}
+}
+
+func toolVersions(ctx context.Context, run execx.Runner, tree string) map[string]string {
+	v := map[string]string{}
+	first := func(b []byte) string {
+		line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+		return line
+	}
+	if b, err := run.Output(ctx, execx.Cmd{Name: "mmdebstrap", Args: []string{"--version"}}); err == nil {
+		v["mmdebstrap"] = first(b)
+	}
+	if b, err := run.Output(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"--version"}}); err == nil {
+		v["qemu-img"] = first(b)
+	}
+	if b, err := run.Output(ctx, execx.Cmd{Name: "dpkg-query", Args: []string{"-W", "-f=${Version}", "e2fsprogs"}}); err == nil {
+		v["e2fsprogs"] = first(b)
+	}
+	v["go"] = goVersion()
+	return v
+}
