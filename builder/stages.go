@@ -234,6 +234,7 @@ func (p *Plan) stageAssemble(ctx context.Context, s *State) error {
 	s.Raw = res.Output
 	s.Manifest.Layout = res.Layout
 	s.Manifest.TreeBytes = res.TreeBytes
+	s.Manifest.diskSize = res.Size
 	fmt.Fprintf(s.Opts.Stdout, "      disk %d MiB: root %d MiB, tree %d MiB\n", res.Size>>20, res.RootBlocks*4096>>20, res.TreeBytes>>20)
 	return nil
 }

@@ -101,15 +101,37 @@ func TestConvertQcow2Command(t *testing.T) {
 	}
 }
 
-// fakeGrub answers grub-mkimage calls like the real one would, by format.
-func fakeGrub(c execx.Cmd) ([]byte, error) {
+// fakeRunner records commands and plays grub-mkimage: it writes an image of
+// the right kind to the --output path inside the chroot. A command named
+// fail fails.
+type fakeRunner struct {
+	execx.Recorder
+	fail      string
+	onMkimage func(c execx.Cmd)
+}
+
+func (r *fakeRunner) Run(ctx context.Context, c execx.Cmd) error {
+	r.Recorder.Run(ctx, c)
+	if c.Name == r.fail {
+		return errors.New("boom")
+	}
+	if c.Name != "chroot" || len(c.Args) < 2 || c.Args[1] != "/usr/bin/grub-mkimage" {
+		return nil
+	}
+	if r.onMkimage != nil {
+		r.onMkimage(c)
+	}
+	var img []byte
 	switch {
 	case slices.Contains(c.Args, "i386-pc"):
-		return syntheticCore(146935), nil
+		img = syntheticCore(146935)
 	case slices.Contains(c.Args, "x86_64-efi"):
-		return []byte(strings.Repeat("MZ-efi", 1000)), nil
+		img = []byte(strings.Repeat("MZ-efi", 1000))
+	default:
+		return errors.New("unexpected command " + c.String())
 	}
-	return nil, errors.New("unexpected command " + c.String())
+	out := c.Args[slices.Index(c.Args, "--output")+1]
+	return os.WriteFile(filepath.Join(c.Args[0], out), img, 0o644)
 }
 
 // TestAssembleWithoutTools runs the whole stage with a recording runner:
@@ -119,7 +141,7 @@ func TestAssembleWithoutTools(t *testing.T) {
 	tree := fakeTree(t)
 	spec := testSpec(tree)
 	spec.Size = 512 * mib
-	rec := &execx.Recorder{Respond: fakeGrub}
+	rec := &fakeRunner{}
 	spec.Runner = rec
 	if err := PrepareTree(spec); err != nil {
 		t.Fatal(err)
@@ -198,7 +220,7 @@ func TestAssembleRemovesOutputOnFailure(t *testing.T) {
 	tree := fakeTree(t)
 	spec := testSpec(tree)
 	spec.Size = 512 * mib
-	failMkfs := &failingRunner{Recorder: execx.Recorder{Respond: fakeGrub}, fail: "mkfs.ext4"}
+	failMkfs := &fakeRunner{fail: "mkfs.ext4"}
 	spec.Runner = failMkfs
 	if err := PrepareTree(spec); err != nil {
 		t.Fatal(err)
@@ -213,21 +235,8 @@ func TestAssembleRemovesOutputOnFailure(t *testing.T) {
 
 func TestAssembleRefusesUnpreparedTree(t *testing.T) {
 	spec := testSpec(fakeTree(t))
-	spec.Runner = &execx.Recorder{Respond: fakeGrub}
+	spec.Runner = &fakeRunner{}
 	if _, err := Assemble(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "PrepareTree") {
 		t.Errorf("err = %v", err)
 	}
-}
-
-type failingRunner struct {
-	execx.Recorder
-	fail string
-}
-
-func (r *failingRunner) Run(ctx context.Context, c execx.Cmd) error {
-	r.Recorder.Run(ctx, c)
-	if c.Name == r.fail {
-		return errors.New("boom")
-	}
-	return nil
 }

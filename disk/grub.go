@@ -54,10 +54,11 @@ func earlyConfig(rootFSUUID string) string {
 // tree's own grub-mkimage, in a chroot of the tree, and returns the image.
 //
 // grub-mkimage only reads the module directory and the -c file and writes
-// the image to stdout, so the chroot needs no /dev, /proc or /sys. The early
-// config has to be a file inside the chroot: it is written to a temporary
-// directory at the top of the tree and removed again, and the tree root's
-// times are restored so the root filesystem does not remember it.
+// the image, so the chroot needs no /dev, /proc or /sys. Both files have to
+// be inside the chroot (the image cannot go to stdout: grub-mkimage fsyncs
+// its output, which fails on a pipe): they live in a temporary directory at
+// the top of the tree that is removed again, and the tree root's times are
+// restored so the root filesystem does not remember it.
 func mkimage(ctx context.Context, r execx.Runner, tree, format, rootFSUUID string, modules []string) ([]byte, error) {
 	for _, p := range []string{"usr/bin/grub-mkimage", "usr/lib/grub/" + format + "/kernel.img"} {
 		if _, err := os.Stat(filepath.Join(tree, p)); err != nil {
@@ -80,16 +81,20 @@ func mkimage(ctx context.Context, r execx.Runner, tree, format, rootFSUUID strin
 	if err := os.WriteFile(cfg, []byte(earlyConfig(rootFSUUID)), 0o644); err != nil {
 		return nil, err
 	}
-	inChroot := "/" + filepath.Base(tmp) + "/early.cfg"
+	inChroot := "/" + filepath.Base(tmp)
 	args := []string{tree, "/usr/bin/grub-mkimage",
 		"--format", format,
 		"--directory", "/usr/lib/grub/" + format,
 		"--prefix", "/boot/grub",
-		"--config", inChroot,
+		"--config", inChroot + "/early.cfg",
+		"--output", inChroot + "/image",
 	}
 	args = append(args, modules...)
 	// LC_ALL=C: the tree may lack the host's locale; grub-mkimage would warn.
-	img, err := r.Output(ctx, execx.Cmd{Name: "chroot", Args: args, Env: []string{"LC_ALL=C"}})
+	if err := r.Run(ctx, execx.Cmd{Name: "chroot", Args: args, Env: []string{"LC_ALL=C"}}); err != nil {
+		return nil, fmt.Errorf("building GRUB %s image: %w", format, err)
+	}
+	img, err := os.ReadFile(filepath.Join(tmp, "image"))
 	if err != nil {
 		return nil, fmt.Errorf("building GRUB %s image: %w", format, err)
 	}

@@ -36,7 +36,9 @@ type BootstrapOptions struct {
 	// Tree is the directory to create; it must be missing or empty.
 	Tree   string
 	Runner execx.Runner // default execx.Default
-	Log    io.Writer    // receives mmdebstrap's output; may be nil
+	// Log also receives mmdebstrap's output; leave it nil when Runner
+	// already logs (execx.Host{Log: ...}), or lines appear twice.
+	Log io.Writer
 }
 
 // DivertSuffix marks the dpkg diversions bake makes while building; Sysprep

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/rootfs/safepath"
@@ -45,6 +47,7 @@ type Chroot struct {
 	// mounts are host paths of mounts this Chroot made, in mount order.
 	mounts []string
 
+	log            io.Writer
 	resolv         fileState
 	resolvWritten  []byte
 	policyRCDAdded bool
@@ -52,6 +55,10 @@ type Chroot struct {
 
 // ChrootOption configures Open.
 type ChrootOption func(*Chroot)
+
+// WithLog makes the chroot report what Close had to clean up (processes
+// left running in the tree) to w.
+func WithLog(w io.Writer) ChrootOption { return func(c *Chroot) { c.log = w } }
 
 // WithRunner makes the chroot run commands through r (default execx.Default).
 func WithRunner(r execx.Runner) ChrootOption { return func(c *Chroot) { c.runner = r } }
@@ -74,7 +81,7 @@ func Open(ctx context.Context, tree string, opts ...ChrootOption) (*Chroot, erro
 	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("chroot: %s is not a directory", abs)
 	}
-	if m, err := MountsUnder(abs); err != nil {
+	if m, err := MountsBelow(abs); err != nil {
 		return nil, err
 	} else if len(m) > 0 {
 		return nil, fmt.Errorf("chroot: %w %s already: %s", ErrMounted, abs, strings.Join(m, ", "))
@@ -387,6 +394,9 @@ func (c *Chroot) Close() error {
 		return nil
 	}
 	var errs []error
+	if pids := c.killStragglers(); len(pids) > 0 && c.log != nil {
+		fmt.Fprintf(c.log, "chroot %s: killed processes still running in it: %v\n", c.tree, pids)
+	}
 	for len(c.mounts) > 0 {
 		if err := c.unmount(c.mounts[len(c.mounts)-1]); err != nil {
 			errs = append(errs, err)
@@ -394,7 +404,7 @@ func (c *Chroot) Close() error {
 	}
 	// Mounts not made by us (for example binfmt_misc under /proc/sys):
 	// detach them deepest first.
-	if left, err := MountsUnder(c.tree); err != nil {
+	if left, err := MountsBelow(c.tree); err != nil {
 		errs = append(errs, err)
 	} else {
 		for i := len(left) - 1; i >= 0; i-- {
@@ -419,7 +429,7 @@ func (c *Chroot) Close() error {
 		}
 		c.policyRCDAdded = false
 	}
-	if left, err := MountsUnder(c.tree); err != nil {
+	if left, err := MountsBelow(c.tree); err != nil {
 		errs = append(errs, err)
 	} else if len(left) > 0 {
 		errs = append(errs, fmt.Errorf("chroot: %w %s after close: %s", ErrMounted, c.tree, strings.Join(left, ", ")))
@@ -431,3 +441,48 @@ func (c *Chroot) Close() error {
 
 // HostPath is the host path of a path inside the chroot.
 func (c *Chroot) HostPath(name string) string { return filepath.Join(c.tree, safepath.Clean(name)) }
+
+// killStragglers SIGKILLs every process whose root directory is the tree
+// and waits for them to exit. A daemon a maintainer script started despite
+// policy-rc.d (some call start-stop-daemon directly) would otherwise keep
+// running on the build host, with the tree's binaries, and keep its mounts
+// busy. Only processes chrooted into this tree are touched, by PID.
+func (c *Chroot) killStragglers() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var killed []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		root, err := os.Readlink("/proc/" + e.Name() + "/root")
+		if err != nil || !isBelow(root, c.tree) {
+			continue
+		}
+		if unix.Kill(pid, unix.SIGKILL) == nil {
+			killed = append(killed, pid)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range killed {
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+				break
+			}
+			// A zombie is gone for our purpose: it holds no mounts.
+			if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil && zombie(b) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return killed
+}
+
+func zombie(stat []byte) bool {
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+}

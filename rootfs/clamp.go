@@ -18,7 +18,7 @@ import (
 // cannot be set; mkfs.ext4 -d gets E2FSPROGS_FAKE_TIME for those. The tree
 // must have no mounts, so the walk never reaches /proc or a bind.
 func ClampTimes(tree string, epoch time.Time) error {
-	if m, err := MountsUnder(tree); err != nil {
+	if m, err := MountsBelow(tree); err != nil {
 		return err
 	} else if len(m) > 0 {
 		return fmt.Errorf("clamp times: %w %s: %s", ErrMounted, tree, strings.Join(m, ", "))

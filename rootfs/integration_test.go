@@ -162,7 +162,7 @@ func TestBootstrapColdWarm(t *testing.T) {
 	work := workDir(t)
 	cache := filepath.Join(work, "debs")
 	log := logWriter(t, "bootstrap-coldwarm")
-	o := BootstrapOptions{Suite: "bookworm", Packages: testPackages(false), CacheDir: cache, Log: log, Runner: execx.Host{Log: log}}
+	o := BootstrapOptions{Suite: "bookworm", Packages: testPackages(false), CacheDir: cache, Runner: execx.Host{Log: log}}
 
 	o.Tree = filepath.Join(work, "cold")
 	start := time.Now()
@@ -237,7 +237,7 @@ func TestTreeStages(t *testing.T) {
 	}
 	f := strings.Fields(lines[0])
 	mirror := f[len(f)-3]
-	cachedTree(t, BootstrapOptions{Suite: "bookworm", Packages: testPackages(true), Mirror: mirror, CacheDir: cache, Tree: tree, Log: log, Runner: runner})
+	cachedTree(t, BootstrapOptions{Suite: "bookworm", Packages: testPackages(true), Mirror: mirror, CacheDir: cache, Tree: tree, Runner: runner})
 
 	b, err := os.ReadFile(filepath.Join(tree, "etc/apt/sources.list.d/debian.sources"))
 	if err != nil || !strings.Contains(string(b), "URIs: "+mirror+"\n") {
@@ -250,7 +250,7 @@ func TestTreeStages(t *testing.T) {
 	}
 
 	t.Setenv("BAKE_HOST_ONLY", "leak")
-	ch, err := Open(ctx, tree, WithRunner(runner))
+	ch, err := Open(ctx, tree, WithRunner(runner), WithLog(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,6 +452,25 @@ func TestTreeStages(t *testing.T) {
 		}
 	})
 
+	t.Run("growroot", func(t *testing.T) {
+		growrootTest(t, tree, work)
+	})
+
+	var straggler int
+	t.Run("straggler process", func(t *testing.T) {
+		// A daemon that escaped policy-rc.d: Close must kill it, or it
+		// keeps running on the host and keeps /proc and /dev busy.
+		out, err := ch.Output(ctx, "sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// $! is the PID inside the same PID namespace as ours.
+		straggler, err = strconv.Atoi(strings.TrimSpace(string(out)))
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("failing command", func(t *testing.T) {
 		if err := ch.Run(ctx, "sh", "-c", "exit 3"); err == nil {
 			t.Fatal("exit 3 reported as success")
@@ -463,6 +482,11 @@ func TestTreeStages(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoMounts(t, tree)
+	if straggler > 0 {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", straggler)); err == nil && !zombie(b) {
+			t.Errorf("process %d still runs after Close", straggler)
+		}
+	}
 	if err := ch.Close(); err != nil {
 		t.Fatal("second Close:", err)
 	}
@@ -608,6 +632,17 @@ func repoTest(t *testing.T, ctx context.Context, ch *Chroot, cache string) {
 	os.Remove(filepath.Join(tree, "etc/apt/sources.list.d/bake-bad.sources"))
 	os.Remove(filepath.Join(tree, "etc/apt/keyrings/bake-bad.gpg"))
 
+	// An unreachable repository: apt-get update alone would only warn and
+	// exit 0; the build must fail.
+	if err := AddAptRepository(ctx, tree, AptRepository{Name: "bake-down", URI: "http://127.0.0.1:9/debian", Suite: "bookworm", KeyFile: keyFile}); err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallPackages(ctx, ch, []string{"hello"}, cache); err == nil {
+		t.Fatal("an unreachable repository did not fail apt-get update")
+	}
+	os.Remove(filepath.Join(tree, "etc/apt/sources.list.d/bake-down.sources"))
+	os.Remove(filepath.Join(tree, "etc/apt/keyrings/bake-down.gpg"))
+
 	if err := AddAptRepository(ctx, tree, AptRepository{Name: "bake-good", URI: "file:/srv/repo-good", Suite: "./", KeyFile: keyFile}); err != nil {
 		t.Fatal(err)
 	}
@@ -682,5 +717,69 @@ func TestChrootRefusesSymlinkedMountPoint(t *testing.T) {
 	assertNoMounts(t, tree)
 	if exists(filepath.Join(tree, "usr/sbin/policy-rc.d")) || exists(filepath.Join(tree, "etc/resolv.conf")) {
 		t.Error("a failed Open left files")
+	}
+}
+
+// growrootTest runs the growroot script BaseSystem wrote, with the tree's
+// growpart, against an ext4 partition on a loop device (a test fixture)
+// whose backing file then grows, as `qemu-img resize` grows a disk.
+func growrootTest(t *testing.T, tree, work string) {
+	for _, tool := range []string{"losetup", "partx", "sfdisk", "mkfs.ext4", "resize2fs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s missing", tool)
+		}
+	}
+	img := filepath.Join(work, "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 64<<20)
+	sf := exec.Command("sfdisk", "-q", img)
+	sf.Stdin = strings.NewReader("label: gpt\n,32MiB,L\n")
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", img).Output()
+	if err != nil {
+		t.Skipf("skipped: no loop device: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", loop).Run()
+	// max_part=0 here: partx adds the partition devices.
+	run(t, "partx", "-a", loop)
+	defer exec.Command("partx", "-d", loop).Run()
+	part := loop + "p1"
+	for i := 0; i < 50 && !exists(part); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	run(t, "mkfs.ext4", "-q", part)
+	mnt := filepath.Join(work, "mnt")
+	os.MkdirAll(mnt, 0o755)
+	if err := unix.Mount(part, mnt, "ext4", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mnt, 0)
+
+	os.Truncate(img, 128<<20)
+	run(t, "losetup", "-c", loop)
+	script := filepath.Join(tree, GrowrootScript)
+	env := append(os.Environ(), "PATH="+filepath.Join(tree, "usr/bin")+":"+os.Getenv("PATH"))
+	for i := 0; i < 2; i++ { // the second run has nothing to grow
+		cmd := exec.Command("sh", script, mnt)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		t.Logf("growroot run %d: %s", i+1, out)
+		if err != nil {
+			t.Fatalf("growroot: %v", err)
+		}
+	}
+	size, _ := strconv.ParseInt(strings.TrimSpace(run(t, "blockdev", "--getsize64", part)), 10, 64)
+	if size < 120<<20 {
+		t.Errorf("partition is %d bytes after growroot", size)
+	}
+	var fs unix.Statfs_t
+	unix.Statfs(mnt, &fs)
+	if total := int64(fs.Blocks) * fs.Bsize; total < 100<<20 {
+		t.Errorf("file system is %d bytes after growroot", total)
 	}
 }

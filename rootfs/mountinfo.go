@@ -104,6 +104,24 @@ func MountsUnder(dir string) ([]string, error) {
 	return mountsUnder(ms, canonical(dir)), nil
 }
 
+// MountsBelow returns the mount points strictly below dir: a tree that is
+// itself a mount point (a tmpfs work dir) is fine for a chroot, what matters
+// is what was mounted inside it.
+func MountsBelow(dir string) ([]string, error) {
+	all, err := MountsUnder(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := canonical(dir)
+	var out []string
+	for _, m := range all {
+		if m != c {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
 func mountsUnder(ms []Mount, dir string) []string {
 	var out []string
 	for _, m := range ms {

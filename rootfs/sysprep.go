@@ -129,7 +129,7 @@ func Sysprep(tree string) error {
 }
 
 func sysprep(tree string, h sysprepHost) error {
-	if m, err := MountsUnder(tree); err != nil {
+	if m, err := MountsBelow(tree); err != nil {
 		return err
 	} else if len(m) > 0 {
 		return fmt.Errorf("sysprep: %w %s: %s (close the chroot first)", ErrMounted, tree, strings.Join(m, ", "))

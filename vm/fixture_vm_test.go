@@ -22,8 +22,9 @@ import (
 
 // Modules the initramfs loads for its NIC, in dependency order.
 var initModules = []string{
-	"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-	"failover", "net_failover", "virtio_net", "e1000",
+	"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+	"failover", "net_failover", "virtio_net", "e1000", "virtio_blk",
+	"scsi_common", "scsi_mod", "libata", "libahci", "ahci", "cdrom", "sr_mod", "isofs",
 }
 
 const initScript = `#!/bin/busybox sh
@@ -34,13 +35,29 @@ mount -t devtmpfs devtmpfs /dev
 echo "BAKE-INIT: up"
 for m in ` + "$MODULES" + `; do insmod /lib/modules/$m.ko 2>/dev/null; done
 ip link set lo up
+# A NoCloud seed, if any: found by label as cloud-init does, read by the
+# kernel's own iso9660 driver.
+sleep 1
+for dev in /dev/vd? /dev/sr?; do
+  [ -b "$dev" ] || continue
+  info=$(blkid "$dev")
+  echo "BAKE-BLKID: $info"
+  case "$info" in *'LABEL="cidata"'*)
+    mkdir -p /seed && mount -t iso9660 -o ro "$dev" /seed && {
+      echo "BAKE-SEED-LS: $(ls /seed | tr '\n' ' ')"
+      echo "BAKE-SEED-META: $(cat /seed/meta-data | tr '\n' ' ')"
+      umount /seed
+    }
+  ;; esac
+done
 iface=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
 echo "BAKE-INIT: nic=$iface"
 if [ -n "$iface" ]; then
   ip link set "$iface" up
   udhcpc -i "$iface" -f -q -n -t 30 -T 1 -s /udhcpc.sh
   a=
-  for i in $(seq 1 60); do
+  v6wait=$(sed -n 's/.*bake\.v6wait=\([0-9]*\).*/\1/p' /proc/cmdline)
+  for i in $(seq 1 ${v6wait:-60}); do
     a=$(ip -6 addr show dev "$iface" scope global | sed -n 's/.*inet6 \([0-9a-f:]*\)\/64.*/\1/p' | head -n1)
     [ -n "$a" ] && break
     sleep 1
@@ -49,7 +66,8 @@ if [ -n "$iface" ]; then
   echo "BAKE-NIC-PATH: $(readlink -f /sys/class/net/$iface)"
   probe=$(sed -n 's/.*bake\.probe=\([0-9]*\).*/\1/p' /proc/cmdline)
   if [ -n "$probe" ]; then
-    if wget -q -T 3 -O /dev/null "http://10.0.2.2:$probe/"; then echo "BAKE-PROBE: reached"; else echo "BAKE-PROBE: blocked"; fi
+    r=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 10.0.2.2 "$probe" 2>&1)
+    case "$r" in *HTTP/*) echo "BAKE-PROBE: reached" ;; *) echo "BAKE-PROBE: blocked ($r)" ;; esac
   fi
   mkdir -p /www && echo bake-hello > /www/index.html
   httpd -p 8080 -h /www
@@ -148,7 +166,13 @@ func buildKernelFixture() kernelFixture {
 	kpkg := string(m[1])
 	kernel := filepath.Join(dir, "vmlinuz-"+strings.TrimPrefix(kpkg, "linux-image-"))
 	modDir := filepath.Join(dir, "modules-"+strings.TrimPrefix(kpkg, "linux-image-"))
-	if _, err := os.Stat(filepath.Join(modDir, "virtio_net.ko")); err != nil {
+	haveAll := true
+	for _, mod := range initModules {
+		if _, err := os.Stat(filepath.Join(modDir, mod+".ko")); err != nil {
+			haveAll = false
+		}
+	}
+	if !haveAll {
 		deb, err := aptDownload(dir, kpkg)
 		if err != nil {
 			return fail(err)

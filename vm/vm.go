@@ -73,7 +73,7 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	if c.Accel == AccelAuto {
 		if v := os.Getenv("BAKE_VM_ACCEL"); v == AccelKVM || v == AccelTCG {
 			c.Accel = v
-		} else if KVMUsable() {
+		} else if probeKVMCached(c.QEMU) == nil {
 			c.Accel = AccelKVM
 		} else {
 			c.Accel = AccelTCG
@@ -340,25 +340,97 @@ func (v *VM) Stop() error {
 	return v.stopErr
 }
 
-// KVMUsable reports whether /dev/kvm can really be used: it opens it, checks
-// the API version and creates (and drops) a VM.
-func KVMUsable() bool {
+var (
+	kvmMu    sync.Mutex
+	kvmProbe = map[string]error{} // by QEMU binary
+)
+
+// KVMUsable reports whether KVM really runs guests with the default QEMU
+// (see ProbeKVM). The answer is cached for the life of the process.
+func KVMUsable() bool { return probeKVMCached(DefaultQEMU) == nil }
+
+func probeKVMCached(qemu string) error {
+	kvmMu.Lock()
+	defer kvmMu.Unlock()
+	if err, ok := kvmProbe[qemu]; ok {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := ProbeKVM(ctx, qemu)
+	kvmProbe[qemu] = err
+	return err
+}
+
+// ProbeKVM checks that KVM can run a guest: /dev/kvm opens, answers the API
+// version and creates a VM, and then QEMU with "-accel kvm -cpu host" really
+// executes guest code (SeaBIOS prints its banner on the debug port within
+// seconds). A /dev/kvm that opens is not enough: nested or emulated KVM can
+// accept a VM and then abort on CPU state or never run it.
+func ProbeKVM(ctx context.Context, qemu string) error {
 	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false
+		return fmt.Errorf("kvm: %w", err)
 	}
-	defer unix.Close(fd)
 	const kvmGetAPIVersion, kvmCreateVM = 0xAE00, 0xAE01
 	ver, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmGetAPIVersion, 0)
 	if errno != 0 || ver != 12 {
-		return false
+		unix.Close(fd)
+		return fmt.Errorf("kvm: API version %d (%v)", ver, errno)
 	}
 	vmfd, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCreateVM, 0)
+	unix.Close(fd)
 	if errno != 0 {
-		return false
+		return fmt.Errorf("kvm: create VM: %v", errno)
 	}
 	unix.Close(int(vmfd))
-	return true
+
+	dir, err := os.MkdirTemp("", "bake-kvm-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	dbg := filepath.Join(dir, "debugcon")
+	cmd := exec.Command(qemu, "-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "64",
+		"-chardev", "file,id=dbg,path="+qemuEscape(dbg), "-device", "isa-debugcon,iobase=0x402,chardev=dbg",
+		"-no-reboot")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	err = cmd.Start()
+	runtime.UnlockOSThread()
+	if err != nil {
+		return fmt.Errorf("kvm probe: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		if b, _ := os.ReadFile(dbg); bytes.Contains(b, []byte("SeaBIOS")) {
+			return nil
+		}
+		select {
+		case err := <-done:
+			done <- err // for the deferred wait
+			return fmt.Errorf("kvm probe: qemu -accel kvm exited (%v): %s", err, strings.TrimSpace(lastLines(out.String(), 5)))
+		case <-deadline.C:
+			return fmt.Errorf("kvm probe: no guest output after 10s with -accel kvm")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago (for

@@ -113,11 +113,16 @@ func TestBootBIOSUserNet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	seed := filepath.Join(t.TempDir(), "seed.iso")
+	if err := WriteNoCloudSeed(seed, []byte("instance-id: iid-bios\n"), []byte("#cloud-config\n"),
+		map[string][]byte{"network-config": []byte("version: 2\n")}); err != nil {
+		t.Fatal(err)
+	}
 
 	v, err := Start(t.Context(), Config{
 		Kernel: k.Kernel, Initrd: k.Initramfs,
-		Append:   fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=4 bake.probe=%d", probePort),
-		Disk:     disk, Snapshot: true,
+		Append:   fmt.Sprintf("console=ttyS0 panic=-1 bake.v6wait=0 bake.probe=%d", probePort),
+		Disk:     disk, Snapshot: true, SeedISO: seed,
 		NoReboot: true, MemoryMiB: 512,
 		NICPCIAddr: "0x7",
 		Net:        NetConfig{Forwards: []Forward{{HostPort: hostPort, GuestPort: 8080}}},
@@ -136,6 +141,7 @@ func TestBootBIOSUserNet(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("kernel banner after %s", time.Since(start).Round(time.Millisecond))
+	checkSeed(t, v, "iid-bios")
 	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-LEASE: (\S+)`), bootTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -150,10 +156,11 @@ func TestBootBIOSUserNet(t *testing.T) {
 	if !strings.Contains(m[1], "/0000:00:07.0/") {
 		t.Errorf("NIC at %s, want PCI slot 0000:00:07.0", m[1])
 	}
-	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-PROBE: (\w+)`), bootTimeout)
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-PROBE: (\w+).*`), bootTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("guest -> host 10.0.2.2:%d: %s", probePort, m[0])
 	if m[1] != "blocked" || hits.Load() != 0 {
 		t.Errorf("restrict=on: guest probe %s, host saw %d requests", m[1], hits.Load())
 	}
@@ -183,6 +190,26 @@ func TestBootBIOSUserNet(t *testing.T) {
 	}
 }
 
+// checkSeed waits for the initramfs to report the seed: found by blkid as
+// LABEL=cidata, mounted by the guest kernel's iso9660 with Rock Ridge names.
+func checkSeed(t *testing.T, v *VM, iid string) {
+	t.Helper()
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-LS: (.*)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(m[1]); strings.Join(got, " ") != "meta-data network-config user-data" {
+		t.Errorf("guest sees seed files %q", got)
+	}
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-META: (.*)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(m[1]) != "instance-id: "+iid {
+		t.Errorf("guest reads meta-data %q", m[1])
+	}
+}
+
 // TestBootUEFI boots the kernel through OVMF: the vars template is copied,
 // never written, and the copy goes with Stop.
 func TestBootUEFI(t *testing.T) {
@@ -193,9 +220,15 @@ func TestBootUEFI(t *testing.T) {
 	k := testKernel(t)
 	before := fileSHA(t, DefaultOVMFVars)
 	serial := filepath.Join(t.TempDir(), "serial.log")
+	seed := filepath.Join(t.TempDir(), "seed.iso")
+	if err := WriteNoCloudSeed(seed, []byte("instance-id: iid-uefi\n"), []byte("#cloud-config\n"),
+		map[string][]byte{"network-config": []byte("version: 2\n")}); err != nil {
+		t.Fatal(err)
+	}
 	v, err := Start(t.Context(), Config{
 		Firmware: UEFI, Kernel: k.Kernel, Initrd: k.Initramfs,
 		Append: "console=ttyS0 panic=-1", NoReboot: true, MemoryMiB: 512, SerialLog: serial,
+		SeedISO: seed, SeedCDROM: true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +240,7 @@ func TestBootUEFI(t *testing.T) {
 	if err := v.WaitSerial(t.Context(), "BAKE-INIT: up", bootTimeout); err != nil {
 		t.Fatal(err)
 	}
+	checkSeed(t, v, "iid-uefi") // as an IDE CD-ROM this time
 	assertStopped(t, v)
 	if fileSHA(t, DefaultOVMFVars) != before {
 		t.Error("OVMF vars template modified")
