@@ -529,11 +529,38 @@ func TestTreeStages(t *testing.T) {
 	if err := ch2.Run(ctx, "false"); err == nil {
 		t.Error("false succeeded")
 	}
+	// DivertBootHooks (for trees that already have GRUB, as a cloud
+	// image does) renames the real files away, twice is once, and
+	// Sysprep puts them back.
+	for i := 0; i < 2; i++ {
+		if err := DivertBootHooks(ctx, ch2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(tree, "var/lib/dpkg/diversions")); strings.Count(string(b), DivertSuffix) != len(bootHookBinaries) {
+		t.Errorf("diversions after DivertBootHooks: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(tree, "usr/sbin/update-grub")); !strings.Contains(string(b), noopMarker) {
+		t.Errorf("update-grub is not the no-op: %q", b)
+	}
 	if err := ch2.Close(); err != nil {
 		t.Fatal(err)
 	}
 	assertNoMounts(t, tree)
-	if err := Sysprep(tree); err != nil { // the second chroot's traces
+	if err := Sysprep(tree); err != nil {
+		t.Fatal(err)
+	}
+	ch3, err := Open(ctx, tree, WithRunner(runner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ch3.Output(ctx, "dpkg", "--verify", "grub2-common", "grub-pc", "grub-common"); err != nil || len(out) > 0 {
+		t.Errorf("dpkg --verify after DivertBootHooks + Sysprep: %q %v", out, err)
+	}
+	if err := ch3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Sysprep(tree); err != nil { // the last chroot's traces
 		t.Fatal(err)
 	}
 
