@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// The plans of the shipped recipes are golden files: a change to what a
+// build does shows up in review as a diff of these files.
+func TestPlanGolden(t *testing.T) {
+	for _, name := range []string{"openclaw", "minimal"} {
+		t.Run(name, func(t *testing.T) {
+			// Run from the repository root so the printed path is stable.
+			wd, _ := os.Getwd()
+			if err := os.Chdir(".."); err != nil {
+				t.Fatal(err)
+			}
+			defer os.Chdir(wd)
+			out, errs, code := run(t, "plan", "recipes/"+name+".yaml")
+			if code != 0 {
+				t.Fatalf("plan exited %d: %s", code, errs)
+			}
+			golden := filepath.Join(wd, "testdata", name+".plan.golden")
+			if *update {
+				os.WriteFile(golden, []byte(out), 0o644)
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./cli -update)", err)
+			}
+			if out != string(want) {
+				t.Errorf("plan differs from %s (go test ./cli -update to accept):\n--- got\n%s--- want\n%s", golden, out, want)
+			}
+		})
+	}
+}
+
+// A bad recipe is reported with every problem and exit status 2, and build
+// creates nothing: not the output dir, not a file in it.
+func TestBadRecipeBuildsNothing(t *testing.T) {
+	dir := t.TempDir()
+	recipe := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(recipe, []byte(`apiVersion: bake/v1
+name: Bad Name
+base:
+  debian:
+    suite: bookworm
+    pakages: [vim]
+disk:
+  size: 4 gigs
+users:
+  - name: a
+  - name: a
+`), 0o644)
+	out := filepath.Join(dir, "out")
+	for _, cmd := range []string{"validate", "plan", "build"} {
+		args := []string{cmd, recipe}
+		if cmd == "build" {
+			args = append(args, "-o", out)
+		}
+		_, errs, code := run(t, args...)
+		if code != 2 {
+			t.Errorf("%s: exit %d, want 2\n%s", cmd, code, errs)
+		}
+		for _, want := range []string{
+			recipe + ":2:7:",  // name
+			recipe + ":6:5:",  // pakages
+			recipe + ":8:9:",  // size
+			recipe + ":11:11:", // duplicate user
+			"did you mean",
+		} {
+			if !strings.Contains(errs, want) {
+				t.Errorf("%s: stderr lacks %q:\n%s", cmd, want, errs)
+			}
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("build of a bad recipe created %s", out)
+	}
+}
+
+func TestSetUndeclaredIsUsageError(t *testing.T) {
+	_, errs, code := run(t, "validate", "../recipes/minimal.yaml", "--set", "nosuch=1")
+	if code != 2 || !strings.Contains(errs, "nosuch") {
+		t.Errorf("exit %d, stderr %s", code, errs)
+	}
+	_, errs, code = run(t, "validate", "../recipes/minimal.yaml", "--set", "novalue")
+	if code != 2 || !strings.Contains(errs, "NAME=VALUE") {
+		t.Errorf("exit %d, stderr %s", code, errs)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	if _, _, code := run(t, "build"); code != 2 {
+		t.Errorf("build without a recipe: exit %d, want 2", code)
+	}
+	if _, _, code := run(t, "validate", "--nosuch", "x"); code != 2 {
+		t.Errorf("unknown flag: exit %d, want 2", code)
+	}
+	if _, _, code := run(t, "validate", "/nonexistent/recipe.yaml"); code != 2 {
+		t.Errorf("missing recipe: exit %d, want 2", code)
+	}
+	out, _, code := run(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "bake ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	out, _, code = run(t, "completion", "bash")
+	if code != 0 || !strings.Contains(out, "bash completion") {
+		t.Errorf("completion: %d", code)
+	}
+}
