@@ -38,18 +38,15 @@ ip link set lo up
 # A NoCloud seed, if any: found by label as cloud-init does, read by the
 # kernel's own iso9660 driver.
 sleep 1
-for dev in /dev/vd? /dev/sr?; do
-  [ -b "$dev" ] || continue
-  info=$(blkid "$dev")
-  echo "BAKE-BLKID: $info"
-  case "$info" in *'LABEL="cidata"'*)
-    mkdir -p /seed && mount -t iso9660 -o ro "$dev" /seed && {
-      echo "BAKE-SEED-LS: $(ls /seed | tr '\n' ' ')"
-      echo "BAKE-SEED-META: $(cat /seed/meta-data | tr '\n' ' ')"
-      umount /seed
-    }
-  ;; esac
-done
+dev=$(findfs LABEL=cidata 2>/dev/null)
+echo "BAKE-SEED-DEV: ${dev:-none}"
+if [ -n "$dev" ]; then
+  mkdir -p /seed && mount -t iso9660 -o ro "$dev" /seed && {
+    echo "BAKE-SEED-LS: $(ls /seed | tr '\n' ' ')"
+    echo "BAKE-SEED-META: $(cat /seed/meta-data | tr '\n' ' ')"
+    umount /seed
+  }
+fi
 iface=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
 echo "BAKE-INIT: nic=$iface"
 if [ -n "$iface" ]; then

@@ -80,6 +80,14 @@ func WriteNoCloudSeed(path string, metaData, userData []byte, extra map[string][
 	if err := tidyPVD(tmp); err != nil {
 		return fmt.Errorf("vm: seed: %w", err)
 	}
+	// Pad with 150 zero sectors as mkisofs -pad and xorriso do: readers
+	// that probe a fixed-size window (busybox findfs wants 68 KiB) or read
+	// ahead (CD-ROM drivers) must not hit the end of a tiny image.
+	if st, err := tmp.Stat(); err != nil {
+		return err
+	} else if err := tmp.Truncate(st.Size() + 150*2048); err != nil {
+		return err
+	}
 	if err := tmp.Sync(); err != nil {
 		return err
 	}

@@ -194,14 +194,19 @@ func TestBootBIOSUserNet(t *testing.T) {
 // LABEL=cidata, mounted by the guest kernel's iso9660 with Rock Ridge names.
 func checkSeed(t *testing.T, v *VM, iid string) {
 	t.Helper()
-	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-LS: (.*)`), bootTimeout)
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-DEV: (\S+)`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest found LABEL=cidata on %s", m[1])
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-LS: (.*)`), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Fields(m[1]); strings.Join(got, " ") != "meta-data network-config user-data" {
 		t.Errorf("guest sees seed files %q", got)
 	}
-	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-META: (.*)`), bootTimeout)
+	m, err = v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-SEED-META: (.*)`), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,6 +334,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 	v, err := Start(t.Context(), Config{
 		Kernel: k.Kernel, Initrd: k.Initramfs, Append: "console=ttyS0 panic=-1 quiet",
 		NoReboot: true, MemoryMiB: 512, Net: l.NetConfig(),
+		NICModel: "e1000", NICPCIAddr: "0x9", // the other NIC model, another slot
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -369,6 +375,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 	if v6 != guest6 {
 		t.Errorf("GuestIPv6 %s, guest says %s", v6, guest6)
 	}
+	t.Logf("guest on the link: %s and %s", v4, v6)
 
 	if _, err := exec.LookPath("nmap"); err != nil {
 		t.Skip("nmap not installed: scan part skipped")
@@ -382,6 +389,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 			t.Fatalf("%v", err)
 		}
 		s := string(out)
+		t.Logf("%s:\n%s", strings.Join(args, " "), s)
 		if !regexp.MustCompile(`8080/tcp\s+open`).MatchString(s) || !regexp.MustCompile(`8081/tcp\s+closed`).MatchString(s) {
 			t.Errorf("%s:\n%s", strings.Join(args, " "), s)
 		}
