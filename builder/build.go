@@ -54,6 +54,7 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 			added = append(added, "sudo")
 		}
 	}
+	added = append(added, p.appliancePackages()...)
 	added = uniqueSorted(added)
 	p.Notes = append(p.Notes, "bake adds packages: "+list(added))
 
@@ -129,6 +130,7 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 		}
 		add("files", in, p.stageFiles)
 	}
+	p.addApplianceStages(add)
 	if n := len(r.Systemd.Enable) + len(r.Systemd.Disable) + len(r.Systemd.Mask); n > 0 {
 		add("units", []string{
 			"enable: " + list(r.Systemd.Enable),
