@@ -47,6 +47,7 @@ type VM struct {
 	stopOnce sync.Once
 	stopErr  error
 	stopCtx  context.CancelFunc
+	logMu    sync.Mutex
 	keptLog  string // QEMU's log, read by Stop before removing dir
 }
 
@@ -188,6 +189,8 @@ func (v *VM) Serial() ([]byte, error) { return os.ReadFile(v.Config.SerialLog) }
 
 // QEMULog returns QEMU's own stdout/stderr so far.
 func (v *VM) QEMULog() string {
+	v.logMu.Lock()
+	defer v.logMu.Unlock()
 	if v.keptLog != "" {
 		return v.keptLog
 	}
@@ -332,10 +335,12 @@ func (v *VM) Stop() error {
 				<-v.done
 			}
 		}
+		v.logMu.Lock()
 		if b, err := os.ReadFile(v.qemuLog); err == nil {
 			v.keptLog = string(b)
 		}
 		v.stopErr = os.RemoveAll(v.dir)
+		v.logMu.Unlock()
 	})
 	return v.stopErr
 }

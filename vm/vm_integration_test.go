@@ -121,8 +121,8 @@ func TestBootBIOSUserNet(t *testing.T) {
 
 	v, err := Start(t.Context(), Config{
 		Kernel: k.Kernel, Initrd: k.Initramfs,
-		Append:   fmt.Sprintf("console=ttyS0 panic=-1 bake.v6wait=0 bake.probe=%d", probePort),
-		Disk:     disk, Snapshot: true, SeedISO: seed,
+		Append: fmt.Sprintf("console=ttyS0 panic=-1 bake.v6wait=0 bake.probe=%d", probePort),
+		Disk:   disk, Snapshot: true, SeedISO: seed,
 		NoReboot: true, MemoryMiB: 512,
 		NICPCIAddr: "0x7",
 		Net:        NetConfig{Forwards: []Forward{{HostPort: hostPort, GuestPort: 8080}}},

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,4 +194,48 @@ func TestSnapshotNeverTouchesDisk(t *testing.T) {
 	if string(before) != string(after) {
 		t.Error("disk modified")
 	}
+}
+
+// TestPdeathsig: a test process that starts a VM and dies without Stop
+// takes QEMU with it.
+func TestPdeathsig(t *testing.T) {
+	if os.Getenv("BAKE_VM_HELPER") == "start-and-exit" {
+		c := fakeConfig(t)
+		v, err := Start(context.Background(), c)
+		if err != nil {
+			os.Stderr.WriteString(err.Error())
+			os.Exit(2)
+		}
+		os.Stdout.WriteString(fmt.Sprintf("PID %d\n", v.PID()))
+		os.Exit(0) // no Stop
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPdeathsig$")
+	cmd.Env = append(os.Environ(), "BAKE_VM_HELPER=start-and-exit", "TMPDIR="+t.TempDir())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(out), "PID %d", &pid); err != nil || pid <= 0 {
+		t.Fatalf("helper said %q", out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !gone(pid) && !zombie(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("fake qemu %d outlived its parent", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) S ...
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
