@@ -193,6 +193,7 @@ func buildKernelFixture() kernelFixture {
 		if err != nil {
 			return fail(err)
 		}
+		os.Remove(deb) // 70 MB; what the tests need is extracted
 	}
 	busybox := filepath.Join(dir, "busybox")
 	if _, err := os.Stat(busybox); err != nil {
@@ -237,10 +238,7 @@ func buildKernelFixture() kernelFixture {
 	}
 	w.trailer()
 	initramfs := filepath.Join(dir, "initramfs-test.cpio")
-	if err := os.WriteFile(initramfs+".tmp", w.buf.Bytes(), 0o644); err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(initramfs+".tmp", initramfs); err != nil {
+	if err := writeAtomic(initramfs, bytes.NewReader(w.buf.Bytes())); err != nil {
 		return fail(err)
 	}
 	return kernelFixture{Kernel: kernel, Initramfs: initramfs}
@@ -276,19 +274,7 @@ func extractDeb(deb string, dest func(name string) string) error {
 		if to == "" {
 			continue
 		}
-		f, err := os.OpenFile(to+".tmp", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-		if err != nil {
-			terr = err
-			break
-		}
-		_, err = io.Copy(f, tr)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(to+".tmp", to)
-		}
-		if err != nil {
+		if err := writeAtomic(to, tr); err != nil {
 			terr = err
 			break
 		}
@@ -298,6 +284,27 @@ func extractDeb(deb string, dest func(name string) string) error {
 		terr = fmt.Errorf("dpkg-deb --fsys-tarfile %s: %v: %s", deb, err, stderr.String())
 	}
 	return terr
+}
+
+// writeAtomic writes r to path through a unique temp file, so concurrent
+// test processes sharing the cache never see a half-written file.
+func writeAtomic(path string, r io.Reader) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o755)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	return err
 }
 
 // cpioWriter writes the "newc" cpio format the kernel unpacks as initramfs.
