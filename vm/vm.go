@@ -54,7 +54,8 @@ type VM struct {
 // Start launches c. Any temporary file (overlay, OVMF_VARS copy, serial log
 // when SerialLog is empty, QEMU's own log) lives in one temp dir that Stop
 // removes. QEMU gets SIGKILL if this process dies (Pdeathsig), and is
-// stopped when ctx is done. The caller must call Stop (safe from
+// stopped when ctx is done. AccelAuto becomes KVM only when ProbeKVM finds
+// it really runs guests (else TCG); BAKE_VM_ACCEL=kvm|tcg overrides that. The caller must call Stop (safe from
 // t.Cleanup, idempotent) even after the guest powered off.
 func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	if err := ctx.Err(); err != nil {
