@@ -232,7 +232,8 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
 	}
-	for _, not := range []string{"etc/resolv.conf", "var/lib/dpkg/status-old", "usr/local/include/node/node.h"} {
+	for _, not := range []string{"etc/resolv.conf", "var/lib/dpkg/status-old", "usr/local/include/node/node.h",
+		"app/node_modules/.package-lock.json"} {
 		if _, ok := fsys[not]; ok {
 			t.Errorf("%s is in the image", not)
 		}

@@ -290,6 +290,9 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 	}
 	es, err := treeEntries(filepath.Join(tmp, "node_modules"), treeOptions{
 		Prefix: appDir + "/node_modules", Normalize: true,
+		// npm's hidden lockfile is a cache for npm itself (the image never
+		// runs npm) and its content follows the build host's npm config.
+		Skip: func(name string, _ bool) bool { return name == appDir+"/node_modules/.package-lock.json" },
 	})
 	if err != nil {
 		return layerFile{}, info, fmt.Errorf("app layer: %w", err)
