@@ -23,6 +23,7 @@ pkgs=(
   util-linux          # losetup, partx, findmnt, unshare
   kmod
   arch-test
+  bc                  # scripts/bench.sh arithmetic
 )
 
 missing=()
