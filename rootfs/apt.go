@@ -30,6 +30,8 @@ var AptGetOptions = []string{
 	"-o", "Dpkg::Options::=--force-confdef",
 	"-o", "Dpkg::Options::=--force-confold",
 	"-o", "Dpkg::Use-Pty=0",
+	// No fsync per unpacked file: a failed build is discarded whole.
+	"-o", "Dpkg::Options::=--force-unsafe-io",
 }
 
 // InstallPackages runs apt-get update and apt-get install

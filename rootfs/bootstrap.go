@@ -157,6 +157,11 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) error {
 		"--variant=" + o.Variant,
 		"--components=" + strings.Join(o.Components, ","),
 		"--essential-hook=" + hook,
+		// dpkg fsyncs every file it unpacks; a build interrupted halfway
+		// is thrown away anyway, so that safety only costs time.
+		// mmdebstrap writes this to dpkg.cfg.d/99mmdebstrap, removed
+		// below.
+		"--dpkgopt=force-unsafe-io",
 	}
 	if pkgs := dedupe(o.Packages); len(pkgs) > 0 {
 		args = append(args, "--include="+strings.Join(pkgs, ","))
@@ -213,9 +218,11 @@ func finishBootstrap(o BootstrapOptions) error {
 			return err
 		}
 	}
-	// --aptopt settings (proxies) live here.
-	if err := root.Remove("/etc/apt/apt.conf.d/99mmdebstrap"); err != nil {
-		return err
+	// --aptopt settings (proxies) and --dpkgopt settings live here.
+	for _, f := range []string{"/etc/apt/apt.conf.d/99mmdebstrap", "/etc/dpkg/dpkg.cfg.d/99mmdebstrap"} {
+		if err := root.Remove(f); err != nil {
+			return err
+		}
 	}
 	// mmdebstrap copies the host's resolv.conf and hostname. A symlink
 	// (systemd-resolved's stub) belongs to the image and stays.

@@ -192,7 +192,7 @@ func TestBootstrapColdWarm(t *testing.T) {
 
 	tree := o.Tree
 	// No build-only sources, no debs left, no host files.
-	for _, gone := range []string{"etc/apt/sources.list", "etc/apt/apt.conf.d/99mmdebstrap", "etc/apt/sources.list.d/debian.sources"} {
+	for _, gone := range []string{"etc/apt/sources.list", "etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap", "etc/apt/sources.list.d/debian.sources"} {
 		if exists(filepath.Join(tree, gone)) {
 			t.Errorf("%s left in the image", gone)
 		}

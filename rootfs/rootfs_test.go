@@ -275,6 +275,7 @@ func TestSysprep(t *testing.T) {
 		"etc/hostname":                                                      "buildhost\n",
 		"etc/apt/apt.conf.d/99mmdebstrap":                                   "Acquire::http::Proxy \"http://proxy:3142\";\n",
 		"etc/apt/apt.conf.d/01proxy":                                        "Acquire {\n  https {\n    Proxy \"http://p\";\n  };\n};\n",
+		"etc/dpkg/dpkg.cfg.d/99mmdebstrap":                                  "force-unsafe-io\n",
 		"etc/apt/apt.conf.d/01autoremove":                                   "APT { NeverAutoRemove { \"^linux-image.*\"; }; };\n",
 		"var/lib/dpkg/diversions": "/usr/sbin/update-grub\n/usr/sbin/update-grub.bake-diverted\n:\n" +
 			"/usr/sbin/grub-probe\n/usr/sbin/grub-probe.bake-diverted\n:\n" +
@@ -303,7 +304,7 @@ func TestSysprep(t *testing.T) {
 		"var/cache/apt/archives/libc6.deb", "var/lib/dpkg/status-old", "root/.bash_history",
 		"home/admin/.bash_history", "tmp/build-file", "var/tmp/x", "run/lock", "etc/resolv.conf",
 		"etc/apt/apt.conf.d/99mmdebstrap", "etc/apt/apt.conf.d/01proxy", "usr/sbin/update-grub.bake-diverted",
-		"usr/sbin/grub-probe", "tmp/evil",
+		"usr/sbin/grub-probe", "tmp/evil", "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
 	}
 	for _, g := range gone {
 		if exists(filepath.Join(tree, g)) {
@@ -370,7 +371,7 @@ func TestBootstrapCommand(t *testing.T) {
 	line := strings.Join(mm.Args, "\n")
 	for _, want := range []string{
 		"--mode=root", "--format=directory", "--variant=minbase", "--components=main",
-		"--include=systemd,linux-image-amd64", "--skip=download/empty",
+		"--include=systemd,linux-image-amd64", "--skip=download/empty", "--dpkgopt=force-unsafe-io",
 		"--setup-hook=sync-in " + cache + " /var/cache/apt/archives/",
 		"--customize-hook=sync-out /var/cache/apt/archives " + cache,
 		"bookworm\n" + tree + "\ndeb http://build.example/debian bookworm main\ndeb http://build.example/debian bookworm-updates main",

@@ -73,6 +73,8 @@ var sysprepTable = []sysprepItem{
 			return removeGlobs("/var/cache/apt/*.bin", "/var/cache/apt/archives/*.deb",
 				"/var/cache/apt/archives/partial/*", "/var/cache/apt/archives/lock")(r, h)
 		}},
+	{"mmdebstrap's build-time dpkg and apt option files (99mmdebstrap) removed",
+		removeGlobs("/etc/dpkg/dpkg.cfg.d/99mmdebstrap", "/etc/apt/apt.conf.d/99mmdebstrap")},
 	{"dpkg and debconf backups (*-old) and the ldconfig aux cache removed: build leftovers that differ build to build",
 		removeGlobs("/var/lib/dpkg/*-old", "/var/cache/debconf/*-old", "/var/cache/ldconfig/aux-cache")},
 	{"shell and tool histories of root and home directories removed",

@@ -110,20 +110,18 @@ const growrootScript = `#!/bin/sh
 # system to fill the disk.
 set -eu
 mnt=${1:-/}
-src=$(findmnt -n -v -o SOURCE -M "$mnt")
 fstype=$(findmnt -n -o FSTYPE -M "$mnt")
-dev=$(readlink -f "$src" 2>/dev/null || true)
-case "$dev" in
-/dev/*) ;;
-*) echo "bake-growroot: $mnt is on $src, not a block device: nothing to grow"; exit 0 ;;
-esac
-name=${dev##*/}
-if [ ! -e "/sys/class/block/$name/partition" ]; then
-	echo "bake-growroot: $dev is not a partition: nothing to grow"
+# By device number, not by the mount source: a root mounted by the kernel
+# itself shows up as /dev/root, which has no node and no sysfs entry.
+majmin=$(findmnt -n -o MAJ:MIN -M "$mnt" | tr -d ' ')
+sys=$(readlink -f "/sys/dev/block/$majmin" 2>/dev/null || true)
+if [ -z "$sys" ] || [ ! -e "$sys/partition" ]; then
+	echo "bake-growroot: $mnt ($fstype, device $majmin) is not on a disk partition: nothing to grow"
 	exit 0
 fi
-part=$(cat "/sys/class/block/$name/partition")
-disk=/dev/$(basename "$(readlink -f "/sys/class/block/$name/..")")
+dev=/dev/${sys##*/}
+part=$(cat "$sys/partition")
+disk=/dev/$(basename "$(dirname "$sys")")
 if out=$(growpart "$disk" "$part" 2>&1); then
 	echo "bake-growroot: $out"
 else
