@@ -110,7 +110,7 @@ func cachedTree(t *testing.T, o BootstrapOptions) {
 		O      BootstrapOptions
 		Script string
 		V      int
-	}{o, divertScript(), 3}
+	}{o, divertScript(), 4}
 	key.O.Tree, key.O.Runner, key.O.Log, key.O.CacheDir = "", nil, nil, ""
 	b, _ := json.Marshal(key)
 	sum := sha256.Sum256(b)
