@@ -21,8 +21,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/signal"
@@ -32,6 +34,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/aptrepo"
+	"github.com/bakeimg/bake/internal/execx"
 )
 
 type debList []string
@@ -40,48 +43,66 @@ func (d *debList) String() string     { return strings.Join(*d, ",") }
 func (d *debList) Set(v string) error { *d = append(*d, v); return nil }
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if errors.Is(err, errUsage) {
+		os.Exit(2)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mkrepo:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+var errUsage = errors.New("usage")
+
+// run is main without the process: it serves until ctx is done.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	fl := flag.NewFlagSet("mkrepo", flag.ContinueOnError)
 	var (
-		out       = flag.String("out", "", "output directory (required)")
-		version   = flag.String("tailscale", aptrepo.DefaultTailscaleVersion, `tailscale.com module version to build and publish ("none": publish only -deb files)`)
-		suite     = flag.String("suite", "bookworm", "suite (and codename)")
-		cache     = flag.String("cache", defaultCache(), "cache for the tailscale binaries and .deb")
-		serve     = flag.String("serve", "", "serve OUT/debian on this loopback address (127.0.0.1:0 picks a port) until killed")
-		serveOnly = flag.Bool("serve-only", false, "with -serve: serve what an earlier run built, build nothing")
+		out       = fl.String("out", "", "output directory (required)")
+		version   = fl.String("tailscale", aptrepo.DefaultTailscaleVersion, `tailscale.com module version to build and publish ("none": publish only -deb files)`)
+		suite     = fl.String("suite", "bookworm", "suite (and codename)")
+		cache     = fl.String("cache", defaultCache(), "cache for the tailscale binaries and .deb")
+		serve     = fl.String("serve", "", "serve OUT/debian on this loopback address (127.0.0.1:0 picks a port) until killed")
+		serveOnly = fl.Bool("serve-only", false, "with -serve: serve what an earlier run built, build nothing")
+		verbose   = fl.Bool("v", false, "log every command and its output to stderr")
 		debs      debList
 	)
-	flag.Var(&debs, "deb", "additional .deb to publish (repeatable)")
-	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: mkrepo -out DIR [flags]\n\n")
-		flag.PrintDefaults()
+	fl.Var(&debs, "deb", "additional .deb to publish (repeatable)")
+	fl.Usage = func() {
+		fmt.Fprintf(fl.Output(), "usage: mkrepo -out DIR [flags]\n\n")
+		fl.PrintDefaults()
 	}
-	flag.Parse()
-	if *out == "" || flag.NArg() != 0 {
-		flag.Usage()
-		os.Exit(2)
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" || fl.NArg() != 0 {
+		fl.Usage()
+		return errUsage
+	}
+	if *verbose {
+		execx.Default = execx.Host{Log: os.Stderr}
 	}
 	outDir, err := filepath.Abs(*out)
 	if err != nil {
 		return err
 	}
 	repoDir := filepath.Join(outDir, "debian")
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 
 	if !*serveOnly {
-		if err := build(ctx, outDir, repoDir, *suite, *version, *cache, debs); err != nil {
+		if err := build(ctx, stdout, outDir, repoDir, *suite, *version, *cache, debs); err != nil {
 			return err
 		}
 	} else if _, err := os.Stat(filepath.Join(repoDir, "dists", *suite, "InRelease")); err != nil {
 		return fmt.Errorf("-serve-only: no repository built in %s: %w", repoDir, err)
 	}
 	if *serve == "" {
+		fmt.Fprintf(stdout, "serve it on 127.0.0.1 with -serve ADDR (scripts/tailscale-mirror.sh --serve), or with any static HTTP server rooted at %s\n", repoDir)
 		return nil
 	}
 
@@ -100,20 +121,21 @@ func run() error {
 	}
 	defer os.Remove(pidFile)
 	defer os.Remove(urlFile)
-	fmt.Printf("serving %s at %s (pid %d) until SIGINT/SIGTERM\n", repoDir, srv.URL(), os.Getpid())
-	printRecipe(srv.URL(), *suite, filepath.Join(outDir, "tailscale.gpg"))
+	fmt.Fprintf(stdout, "serving %s at %s (pid %d) until SIGINT/SIGTERM\n", repoDir, srv.URL(), os.Getpid())
+	printRecipe(stdout, srv.URL(), *suite, filepath.Join(outDir, "tailscale.gpg"))
 	<-ctx.Done()
 	return nil
 }
 
-func build(ctx context.Context, outDir, repoDir, suite, version, cache string, debs []string) error {
+func build(ctx context.Context, stdout io.Writer, outDir, repoDir, suite, version, cache string, debs []string) error {
 	if version != "none" {
+		fmt.Fprintf(stdout, "tailscale %s: building from the tailscale.com module, or reusing %s (a cold build takes minutes)\n", strings.TrimPrefix(version, "v"), cache)
 		start := time.Now()
 		deb, err := aptrepo.BuildTailscaleDeb(ctx, version, cache, "")
 		if err != nil {
 			return err
 		}
-		fmt.Printf("tailscale %s: %s (%.1fs)\n", strings.TrimPrefix(version, "v"), deb, time.Since(start).Seconds())
+		fmt.Fprintf(stdout, "tailscale %s: %s (%.1fs)\n", strings.TrimPrefix(version, "v"), deb, time.Since(start).Seconds())
 		debs = append([]string{deb}, debs...)
 	}
 	if len(debs) == 0 {
@@ -143,20 +165,20 @@ func build(ctx context.Context, outDir, repoDir, suite, version, cache string, d
 			return err
 		}
 	}
-	fmt.Printf("signed repository (key %s) in %s:\n", key.Fingerprint, repoDir)
+	fmt.Fprintf(stdout, "signed repository (key %s) in %s:\n", key.Fingerprint, repoDir)
 	filepath.WalkDir(repoDir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			rel, _ := filepath.Rel(repoDir, p)
-			fmt.Println("  " + rel)
+			fmt.Fprintln(stdout, "  "+rel)
 		}
 		return nil
 	})
-	fmt.Printf("keyring for Signed-By: %s\n", filepath.Join(outDir, "tailscale.gpg"))
+	fmt.Fprintf(stdout, "keyring for Signed-By: %s\n", filepath.Join(outDir, "tailscale.gpg"))
 	return nil
 }
 
-func printRecipe(url, suite, key string) {
-	fmt.Printf(`recipe:
+func printRecipe(w io.Writer, url, suite, key string) {
+	fmt.Fprintf(w, `recipe:
   apt:
     repositories:
       - name: tailscale
