@@ -3,13 +3,17 @@ package disk
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,9 +36,11 @@ type Spec struct {
 	// "console=tty0 console=ttyS0,115200n8". GRUB script characters
 	// (quotes, $, ;, {, }, ...) are refused.
 	KernelCmdline string
-	// SourceDateEpoch, when non-zero, is the time of everything the stage
-	// writes: ext4 metadata (E2FSPROGS_FAKE_TIME), FAT entries and the files
-	// PrepareTree writes. File times inside the tree are the tree's.
+	// SourceDateEpoch, when non-zero, makes the image reproducible: it is
+	// the time of ext4 metadata (E2FSPROGS_FAKE_TIME), of FAT entries and of
+	// the files PrepareTree writes, and in the root filesystem every
+	// inode's atime and ctime become it and mtimes later than it are
+	// clamped to it (a debugfs pass after mkfs). 0 means "now".
 	SourceDateEpoch int64
 	Runner          execx.Runner // default execx.Default
 	Log             io.Writer    // progress and warnings; default io.Discard
@@ -112,7 +118,7 @@ func Assemble(ctx context.Context, spec Spec) (res *Result, err error) {
 		return nil, fmt.Errorf("assemble: /boot/grub/grub.cfg in the tree does not boot root filesystem %s: run PrepareTree with the same Spec first", spec.Layout.RootFSUUID)
 	}
 
-	treeBytes, err := treeSize(spec.Tree)
+	treeBytes, entries, err := walkTree(spec.Tree)
 	if err != nil {
 		return nil, fmt.Errorf("assemble: measuring the tree: %w", err)
 	}
@@ -178,6 +184,15 @@ func Assemble(ctx context.Context, spec Spec) (res *Result, err error) {
 	fmt.Fprintf(spec.Log, "disk: making ext4 root filesystem (%d MiB) from %s\n", p.root.Size/mib, spec.Tree)
 	if res.RootBlocks, err = mkfsRoot(ctx, spec, p.root); err != nil {
 		return nil, fmt.Errorf("assemble: %w", err)
+	}
+	if spec.SourceDateEpoch != 0 {
+		fmt.Fprintf(spec.Log, "disk: clamping times of %d inodes to %d\n", len(entries), spec.SourceDateEpoch)
+		if err := clampTimes(ctx, spec, p.root, entries); err != nil {
+			return nil, fmt.Errorf("assemble: %w", err)
+		}
+		if err := setSuperblockWriteTime(f, p.root.Offset, spec.SourceDateEpoch); err != nil {
+			return nil, fmt.Errorf("assemble: %w", err)
+		}
 	}
 
 	espFiles := []espFile{}
@@ -274,14 +289,21 @@ func mkfsArgs(spec Spec, root PartitionInfo, conf string) (args, env []string) {
 	return args, env
 }
 
-// treeSize estimates the bytes the tree takes in ext4 with 4 KiB blocks:
-// every regular file rounded up to whole blocks (hard links once), a block
-// per directory and per long symlink, and an inode each.
-func treeSize(tree string) (int64, error) {
+// treeEntry is a path in the tree (relative, "." for the top) and its mtime.
+type treeEntry struct {
+	rel   string
+	mtime time.Time
+}
+
+// walkTree lists the tree and estimates the bytes it takes in ext4 with
+// 4 KiB blocks: every regular file rounded up to whole blocks (hard links
+// once), a block per directory and per long symlink, and an inode each.
+func walkTree(tree string) (int64, []treeEntry, error) {
 	const block = 4096
 	type key struct{ dev, ino uint64 }
 	seen := map[key]bool{}
 	var total int64
+	var entries []treeEntry
 	err := filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -290,6 +312,11 @@ func treeSize(tree string) (int64, error) {
 		if err != nil {
 			return err
 		}
+		rel, err := filepath.Rel(tree, p)
+		if err != nil {
+			return err
+		}
+		entries = append(entries, treeEntry{rel: rel, mtime: fi.ModTime()})
 		total += 256 // inode
 		switch {
 		case fi.Mode().IsRegular():
@@ -308,7 +335,118 @@ func treeSize(tree string) (int64, error) {
 		}
 		return nil
 	})
-	return total, err
+	return total, entries, err
+}
+
+// treeSize is walkTree's size estimate alone.
+func treeSize(tree string) (int64, error) {
+	n, _, err := walkTree(tree)
+	return n, err
+}
+
+// clampScript is a debugfs script that sets atime and ctime of every
+// entry to epoch and clamps mtime to it.
+//
+// mke2fs -d copies atime, mtime and ctime from the tree. ctime cannot be set
+// from user space at all, and mke2fs's own reads update atime (relatime
+// updates when atime <= ctime, which a tree just clamped always has), so
+// without this pass no two builds give the same filesystem. Paths are
+// double-quoted, with " doubled, as debugfs's parser expects; a name with a
+// newline cannot be written in the script and is reported back.
+func clampScript(entries []treeEntry, epoch int64) (script []byte, skipped []string) {
+	var b bytes.Buffer
+	for _, e := range entries {
+		p := "/" + filepath.ToSlash(e.rel)
+		if e.rel == "." {
+			p = "/"
+		}
+		if strings.ContainsAny(p, "\n\r") {
+			skipped = append(skipped, p)
+			continue
+		}
+		q := `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
+		fmt.Fprintf(&b, "sif %s atime @%d\nsif %s ctime @%d\n", q, epoch, q, epoch)
+		if e.mtime.After(time.Unix(epoch, 0)) {
+			fmt.Fprintf(&b, "sif %s mtime @%d\n", q, epoch)
+		}
+	}
+	return b.Bytes(), skipped
+}
+
+// setSuperblockWriteTime sets the ext4 superblock's last write time, which
+// debugfs sets to the wall clock when it closes the filesystem (unlike
+// mke2fs it ignores E2FSPROGS_FAKE_TIME), and updates the superblock
+// checksum. Only the primary superblock is touched, as debugfs only
+// rewrote that one.
+func setSuperblockWriteTime(f *os.File, fsOffset, epoch int64) error {
+	const (
+		sbOffset     = 1024
+		sWtime       = 0x30
+		sRoCompat    = 0x64
+		sMagic       = 0x38
+		sWtimeHi     = 0x274
+		sChecksum    = 0x3fc
+		metadataCsum = 0x400
+	)
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, fsOffset+sbOffset); err != nil {
+		return fmt.Errorf("reading the ext4 superblock: %w", err)
+	}
+	if binary.LittleEndian.Uint16(sb[sMagic:]) != 0xef53 {
+		return fmt.Errorf("no ext4 superblock at byte %d", fsOffset+sbOffset)
+	}
+	binary.LittleEndian.PutUint32(sb[sWtime:], uint32(epoch))
+	sb[sWtimeHi] = byte(epoch >> 32)
+	if binary.LittleEndian.Uint32(sb[sRoCompat:])&metadataCsum != 0 {
+		// crc32c seeded with ~0 and not inverted at the end, as ext4 does.
+		binary.LittleEndian.PutUint32(sb[sChecksum:], ^crc32.Checksum(sb[:sChecksum], crc32.MakeTable(crc32.Castagnoli)))
+	}
+	if _, err := f.WriteAt(sb, fsOffset+sbOffset); err != nil {
+		return fmt.Errorf("writing the ext4 superblock: %w", err)
+	}
+	return nil
+}
+
+// clampTimes runs the clampScript on the root filesystem inside the image.
+func clampTimes(ctx context.Context, spec Spec, root PartitionInfo, entries []treeEntry) error {
+	script, skipped := clampScript(entries, spec.SourceDateEpoch)
+	for _, p := range skipped {
+		fmt.Fprintf(spec.Log, "disk: warning: %q has a newline in its name; its times are not clamped\n", p)
+	}
+	f, err := os.CreateTemp("", "bake-clamp-*.debugfs")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(script); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// debugfs reports a failed command on stderr and still exits 0: any
+	// stderr line but its version banner is an error.
+	var stderr bytes.Buffer
+	dev := fmt.Sprintf("%s?offset=%d", spec.Output, root.Offset)
+	err = quietDebugfs(spec.Runner).Run(ctx, execx.Cmd{Name: "debugfs", Args: []string{"-w", "-f", f.Name(), dev},
+		Env: []string{"LC_ALL=C"}, Stdout: io.Discard, Stderr: &stderr})
+	if err != nil {
+		return fmt.Errorf("clamping file times: %w", err)
+	}
+	var problems []string
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "debugfs ") {
+			problems = append(problems, l)
+		}
+	}
+	if len(problems) > 0 {
+		if len(problems) > 10 {
+			problems = append(problems[:10], "...")
+		}
+		return fmt.Errorf("clamping file times with debugfs:\n  %s", strings.Join(problems, "\n  "))
+	}
+	return nil
 }
 
 // autoSize is the default disk size for a tree: root = tree * 1.25 + 1 GiB,
@@ -318,6 +456,52 @@ func autoSize(treeBytes, espSize int64) int64 {
 	root := treeBytes + treeBytes/4 + gib
 	total := mib + biosPartSize + espSize + root + mib
 	return (total + mib - 1) / mib * mib
+}
+
+// quietDebugfs keeps debugfs's echo of every script line ("debugfs: sif
+// ...", two or three per file) out of the build log of a Host runner; the
+// command line and any error still go there.
+func quietDebugfs(r execx.Runner) execx.Runner {
+	switch h := r.(type) {
+	case execx.Host:
+		if h.Log != nil {
+			h.Log = &dropLines{w: h.Log, prefix: "debugfs: "}
+		}
+		return h
+	case *execx.Host:
+		if h != nil && h.Log != nil {
+			return execx.Host{Log: &dropLines{w: h.Log, prefix: "debugfs: "}}
+		}
+	}
+	return r
+}
+
+// dropLines passes whole lines to w, except those starting with prefix.
+type dropLines struct {
+	w      io.Writer
+	prefix string
+	buf    []byte
+	mu     sync.Mutex
+}
+
+func (d *dropLines) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.buf = append(d.buf, p...)
+	for {
+		i := bytes.IndexByte(d.buf, '\n')
+		if i < 0 {
+			break
+		}
+		line := d.buf[:i+1]
+		if !bytes.HasPrefix(line, []byte(d.prefix)) {
+			if _, err := d.w.Write(line); err != nil {
+				return len(p), err
+			}
+		}
+		d.buf = d.buf[i+1:]
+	}
+	return len(p), nil
 }
 
 // statAtime returns a file's access time.

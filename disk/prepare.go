@@ -299,7 +299,7 @@ func renderFstab(l Layout, old []byte) []byte {
 	b.WriteString("# /etc/fstab written by bake: filesystems are found by UUID, never by device name.\n")
 	b.WriteString("# <file system> <mount point> <type> <options> <dump> <pass>\n")
 	fmt.Fprintf(&b, "UUID=%s / ext4 rw,discard,errors=remount-ro,x-systemd.growfs 0 1\n", l.RootFSUUID)
-	fmt.Fprintf(&b, "PARTUUID=%s /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=10s 0 0\n", strings.ToLower(l.ESPPartUUID))
+	fmt.Fprintf(&b, "PARTUUID=%s /boot/efi vfat umask=0077,nofail 0 0\n", strings.ToLower(l.ESPPartUUID))
 	sc := bufio.NewScanner(bytes.NewReader(old))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
