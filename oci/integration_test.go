@@ -183,6 +183,18 @@ func TestOpenClawGatewayImage(t *testing.T) {
 			t.Errorf("removing the rootfs: %v", err)
 		}
 	}()
+	for _, p := range []string{"app/node_modules/@openclaw/fs-safe-linux-x64-gnu/package.json", "usr/bin/tini",
+		"usr/local/bin/node", "etc/ssl/certs/ca-certificates.crt", "usr/lib/x86_64-linux-gnu/libstdc++.so.6"} {
+		if _, err := os.Stat(filepath.Join(rootDir, p)); err != nil {
+			t.Errorf("image lacks %s", p)
+		}
+	}
+	for _, p := range []string{"app/node_modules/openclaw/.openclaw-lifecycle-pending", "etc/resolv.conf",
+		"usr/share/doc/libc6/changelog.Debian.gz", "var/lib/apt/lists/lock", "app/node_modules/.package-lock.json"} {
+		if _, err := os.Lstat(filepath.Join(rootDir, p)); err == nil {
+			t.Errorf("image has %s", p)
+		}
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -319,6 +331,13 @@ exec "$@"`
 		t.Fatalf("health with a wrong token: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
 	}
 	t.Logf("probe (wrong token): %s", strings.TrimSpace(strings.SplitN(strings.TrimSpace(stderr), "\n", 2)[0]))
+
+	// The image's HEALTHCHECK command works in the image.
+	if hc := c.Healthcheck; hc == nil || len(hc.Test) < 2 || hc.Test[0] != "CMD" {
+		t.Errorf("healthcheck %+v", hc)
+	} else if out, err := nsenter(inChroot(hc.Test[1:]...)...).CombinedOutput(); err != nil {
+		t.Errorf("healthcheck %q: %v\n%s", hc.Test, err, out)
+	}
 
 	// The gateway's node process: uid 4242, no new privileges, no
 	// capabilities.

@@ -153,6 +153,46 @@ func (b *builder) nodeLayer(ctx context.Context) (layerFile, error) {
 	return lf, nil
 }
 
+// hostNode returns the directory of a copy of the image's Node binary that
+// the build host can run, for running npm under the image's Node: npm skips
+// optional dependencies whose engines the running Node does not satisfy
+// (the gateway's native fs-safe addon wants node >= 22; the build host may
+// have Node 20), and the app's own install scripts must run under the
+// Node that will run the app. "" when the build host cannot run it (not
+// linux/amd64): npm then runs under the host's Node.
+func (b *builder) hostNode(ctx context.Context) (string, error) {
+	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+		return "", nil
+	}
+	n := b.spec.Node
+	dir := filepath.Join(b.downloads, "node", n.pkg()+"-"+n.Version+"-bin")
+	bin := filepath.Join(dir, "node")
+	if out, err := b.runner.Output(ctx, execx.Cmd{Name: bin, Args: []string{"--version"}}); err == nil &&
+		strings.TrimSpace(string(out)) == "v"+n.Version {
+		return dir, nil
+	}
+	tgz, err := b.nodeTarball(ctx)
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".bin-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	if err := extractFiles(tgz, tmp, map[string]string{"package/bin/node": "node"}); err != nil {
+		return "", err
+	}
+	if err := b.checkNodeBinary(ctx, filepath.Join(tmp, "node")); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
 // checkNodeBinary runs the binary when the build host can (linux/amd64)
 // and compares its version with the pinned one: a package whose name
 // promises 24.21.0 but carries something else is caught here, not in the VM.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -28,6 +29,13 @@ type NpmApp struct {
 	// Lockfile is the package-lock.json that Lock wrote (a package.json
 	// declaring the single dependency sits beside it).
 	Lockfile string
+	// Scripts names the packages whose own install scripts run at build
+	// time (`npm rebuild PKG`, under the image's Node), after `npm ci
+	// --ignore-scripts` installed the tree without running any. OpenClaw
+	// needs its own: its postinstall completes the package lifecycle, which
+	// it would otherwise try at first start, writing into the read-only
+	// /app as whatever uid runs the container.
+	Scripts []string
 }
 
 func (a NpmApp) spec() string { return a.Package + "@" + a.Version }
@@ -221,7 +229,9 @@ type appInputs struct {
 	Package, Version string
 	Lockfile         string // sha256
 	PackageJSON      string // sha256
-	Npm              string // npm's version: it writes node_modules/.package-lock.json
+	Npm              string // npm's version
+	Node             string // the Node npm and the scripts run under ("" = the host's)
+	Scripts          []string
 	Target           string // os/cpu/libc npm installs for
 	Epoch            int64
 	Home             string
@@ -253,11 +263,15 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 	pj := appPackageJSON(app)
 	lockSum := sha256.Sum256(lockb)
 	pjSum := sha256.Sum256(pj)
+	runNode := ""
+	if runtime.GOOS == "linux" && runtime.GOARCH == "amd64" {
+		runNode = b.spec.Node.Version
+	}
 	key := cacheKey("app", appInputs{
 		Package: app.Package, Version: app.Version,
 		Lockfile: hex.EncodeToString(lockSum[:]), PackageJSON: hex.EncodeToString(pjSum[:]),
-		Npm: info.Npm, Target: strings.Join(npmTarget, " "), Epoch: b.spec.SourceDateEpoch,
-		Home: b.user.Home, WritableDirs: b.spec.WritableDirs,
+		Npm: info.Npm, Node: runNode, Scripts: app.Scripts, Target: strings.Join(npmTarget, " "),
+		Epoch: b.spec.SourceDateEpoch, Home: b.user.Home, WritableDirs: b.spec.WritableDirs,
 	})
 	if lf, ok := b.cache.get(key, &info); ok {
 		b.logf("app layer: cached %s", lf.Digest)
@@ -268,27 +282,55 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		return layerFile{}, info, err
 	}
 	defer rootfs.RemoveAllSafe(tmp)
-	if err := os.WriteFile(filepath.Join(tmp, "package.json"), pj, 0o644); err != nil {
-		return layerFile{}, info, err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, "package-lock.json"), lockb, 0o644); err != nil {
-		return layerFile{}, info, err
-	}
 	// npm's download cache is content-addressed (every tarball is checked
 	// against the lockfile's integrity), keyed here by the lockfile so it
 	// holds one app's tree and can be dropped with it.
 	npmCache := filepath.Join(b.downloads, "npm-"+hex.EncodeToString(lockSum[:8]))
+	// npm runs under the image's Node (see hostNode), with a HOME of its
+	// own: nothing of the build host's user reaches the scripts.
+	home := filepath.Join(tmp, "home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		return layerFile{}, info, err
+	}
+	env := []string{"HOME=" + home, "npm_config_update_notifier=false"}
+	if runNode != "" {
+		nodeDir, err := b.hostNode(ctx)
+		if err != nil {
+			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
+		}
+		env = append(env, "PATH="+nodeDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	} else {
+		b.logf("app layer: npm runs under the build host's Node: optional packages whose engines it does not satisfy are skipped")
+	}
+	dir := filepath.Join(tmp, "app")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return layerFile{}, info, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "package.json"), pj, 0o644); err != nil {
+		return layerFile{}, info, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "package-lock.json"), lockb, 0o644); err != nil {
+		return layerFile{}, info, err
+	}
 	b.logf("app layer: npm ci %s (%d packages)", app.spec(), al.Packages)
 	args := npmArgs(npmCache, append([]string{"ci", "--omit=dev", "--ignore-scripts",
 		"--prefer-offline", "--engine-strict=false", "--loglevel=warn"}, npmTarget...)...)
-	cmd := execx.Cmd{Name: "npm", Dir: tmp, Args: args, Stdout: b.log, Stderr: b.log}
+	cmd := execx.Cmd{Name: "npm", Dir: dir, Args: args, Env: env, Stdout: b.log, Stderr: b.log}
 	if err := b.runner.Run(ctx, cmd); err != nil {
 		if npmNotFound(err) {
 			return layerFile{}, info, &NotFoundError{Spec: app.spec()}
 		}
 		return layerFile{}, info, fmt.Errorf("app layer: %w", err)
 	}
-	es, err := treeEntries(filepath.Join(tmp, "node_modules"), treeOptions{
+	if len(app.Scripts) > 0 {
+		b.logf("app layer: install scripts of %s", strings.Join(app.Scripts, " "))
+		args := npmArgs(npmCache, append([]string{"rebuild", "--foreground-scripts", "--ignore-scripts=false"}, app.Scripts...)...)
+		cmd := execx.Cmd{Name: "npm", Dir: dir, Args: args, Env: env, Stdout: b.log, Stderr: b.log}
+		if err := b.runner.Run(ctx, cmd); err != nil {
+			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
+		}
+	}
+	es, err := treeEntries(filepath.Join(dir, "node_modules"), treeOptions{
 		Prefix: appDir + "/node_modules", Normalize: true,
 		// npm's hidden lockfile is a cache for npm itself (the image never
 		// runs npm) and its content follows the build host's npm config.
@@ -308,7 +350,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		if strings.ContainsAny(name, "/\\") || name == "" || name[0] == '.' {
 			return layerFile{}, info, fmt.Errorf("app layer: %s declares an odd executable name %q", app.spec(), name)
 		}
-		if _, err := os.Lstat(filepath.Join(tmp, "node_modules/.bin", name)); err != nil {
+		if _, err := os.Lstat(filepath.Join(dir, "node_modules/.bin", name)); err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: npm did not link %s's executable %q: %w", app.spec(), name, err)
 		}
 		es = append(es, symlinkEntry("usr/local/bin/"+name, "/"+appDir+"/node_modules/.bin/"+name))

@@ -69,7 +69,11 @@ func OpenClawGatewaySpec(recipeDir string, epoch int64) BuildSpec {
 		},
 		Node: NodeRuntime{Version: NodeVersion, Integrity: NodeIntegrity},
 		App: NpmApp{Package: "openclaw", Version: OpenClawVersion,
-			Lockfile: filepath.Join(recipeDir, "package-lock.json")},
+			Lockfile: filepath.Join(recipeDir, "package-lock.json"),
+			// Its postinstall completes the package lifecycle (and checks
+			// the native fs-safe addon); skipped, the gateway would try at
+			// first start and fail to write into the read-only /app.
+			Scripts: []string{"openclaw"}},
 		User:         DefaultUser,
 		Home:         DefaultHome,
 		WritableDirs: []string{GatewayStateDir},
