@@ -392,4 +392,7 @@ func (c *cancelOnCopy) Output(ctx context.Context, cmd execx.Cmd) ([]byte, error
 
 type testLog struct{ t *testing.T }
 
-func (w testLog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -269,7 +269,7 @@ func TestPrepareCloudBoot(t *testing.T) {
 		"boot/vmlinuz-6.1.0-28-cloud-amd64":    "new",
 		"boot/initrd.img-6.1.0-28-cloud-amd64": "i",
 		"etc/os-release":                       "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
-		"boot/grub/grub.cfg": "menuentry 'Debian' {\n\tlinux\t/boot/vmlinuz-6.1.0-9-cloud-amd64 BOOT_IMAGE=/x root=PARTUUID=d5b1a5e0-0001-4f1e-9a3b-000000000001 ro console=tty0 console=ttyS0,115200 $vt_handoff\n}\n",
+		"boot/grub/grub.cfg":                   "menuentry 'Debian' {\n\tlinux\t/boot/vmlinuz-6.1.0-9-cloud-amd64 BOOT_IMAGE=/x root=PARTUUID=d5b1a5e0-0001-4f1e-9a3b-000000000001 ro console=tty0 console=ttyS0,115200 $vt_handoff\n}\n",
 	})
 	l := &cloudimg.Layout{Root: 1, Table: cloudimg.Table{Partitions: []cloudimg.Partition{{Number: 1, FS: cloudimg.Filesystem{UUID: "d5b1a5e0-0002-4f1e-9a3b-0000000000f1"}}}}}
 	if err := PrepareCloudBoot(CloudBootSpec{Tree: tree, Layout: l, KernelCmdline: "console=ttyS0,115200 quiet", SourceDateEpoch: 1700000000}); err != nil {
@@ -301,4 +301,7 @@ func TestPrepareCloudBoot(t *testing.T) {
 
 type testLog struct{ t *testing.T }
 
-func (w testLog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
