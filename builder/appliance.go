@@ -1,14 +1,690 @@
 package builder
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/oci"
+	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/rootfs/safepath"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
 
 // addStage appends a stage to the plan.
 type addStage func(name string, inputs []string, run func(context.Context, *State) error)
 
+// BuildContainerImage makes the image of a container whose recipe has a
+// build: block (package oci, issue 6). Nil until that is wired in; a
+// recipe with build: then fails at the containers stage, after planning.
+var BuildContainerImage func(ctx context.Context, s *State, c recipe.Container) (v1.Image, error)
+
 // appliancePackages are the packages the recipe's appliance sections (ssh,
 // firewall, containers, gateway, first boot) need in the bootstrap.
-func (p *Plan) appliancePackages() []string { return nil }
+// Tailscale is not among them: it comes from a repository the recipe adds,
+// which the bootstrap does not know, so the tailscale stage installs it.
+func (p *Plan) appliancePackages() []string {
+	r := p.Recipe
+	var pk []string
+	if r.SSH != nil || r.Firstboot != nil {
+		pk = append(pk, "openssh-server")
+	}
+	if f := r.Firewall; f != nil {
+		switch backend(r) {
+		case appliance.BackendUFW:
+			pk = append(pk, "ufw", "iptables")
+		case appliance.BackendIptables:
+			pk = append(pk, "iptables-persistent", "iptables")
+		}
+	}
+	if len(r.Containers) > 0 {
+		pk = append(pk, "docker.io", "iptables")
+	}
+	if r.Firstboot.HasSeed("cloud-init") {
+		pk = append(pk, "cloud-init")
+	}
+	return pk
+}
+
+func backend(r *recipe.Recipe) string {
+	if r.Firewall == nil || r.Firewall.Backend == "" {
+		return appliance.BackendUFW
+	}
+	return r.Firewall.Backend
+}
+
+// applianceResults keeps, per plan, what the appliance stages learnt while
+// building (resolved container images) for the build manifest.
+var applianceResults sync.Map // *Plan → []appliance.ContainerRecord
+
+// ContainerRecords are the containers the build resolved and stored in the
+// image (digest, image ID, unit): for the build manifest's "containers".
+func (p *Plan) ContainerRecords() []any {
+	v, ok := applianceResults.Load(p)
+	if !ok {
+		return []any{}
+	}
+	var out []any
+	for _, r := range v.([]appliance.ContainerRecord) {
+		out = append(out, r)
+	}
+	return out
+}
 
 // addApplianceStages appends the stages of the appliance sections; they run
 // after files and before units, so units they install can be enabled.
-func (p *Plan) addApplianceStages(add addStage) {}
+func (p *Plan) addApplianceStages(add addStage) {
+	r := p.Recipe
+	if r.SSH != nil {
+		add("ssh", p.sshInputs(), p.stageSSH)
+	}
+	if r.Firewall != nil {
+		add("firewall", p.firewallInputs(), p.stageFirewall)
+	}
+	if len(r.Containers) > 0 {
+		add("containers", p.containerInputs(), p.stageContainers)
+	}
+	if r.Gateway != nil {
+		add("gateway", p.gatewayInputs(), p.stageGateway)
+	}
+	if t := r.Tailscale; t != nil && t.Enabled {
+		add("tailscale", p.tailscaleInputs(), p.stageTailscale)
+	}
+	if r.Firstboot != nil {
+		add("firstboot", p.firstbootInputs(), p.stageFirstboot)
+	}
+	if r.SSH != nil || r.Firewall != nil || len(r.Containers) > 0 || r.Firstboot != nil {
+		in := []string{"journald: " + appliance.JournaldDropIn + " (SystemMaxUse=200M)"}
+		if len(r.Containers) > 0 {
+			in = append(in, "docker: "+appliance.DaemonJSON+" (json-file logs max-size 10m, max-file 3; userland-proxy false)")
+		}
+		add("log limits", in, p.stageLogLimits)
+	}
+	if r.Firstboot != nil && r.Firstboot.AllowBakedSecrets && (r.Gateway != nil && r.Gateway.Token != "" || r.Tailscale != nil && r.Tailscale.AuthKey != "") {
+		p.Notes = append(p.Notes, "warning: the recipe bakes secrets (allow_baked_secrets): every instance of this image shares them, and anyone with the image can read them")
+	}
+}
+
+// --- ssh ---
+
+func (p *Plan) sshOptions() appliance.SSHOptions {
+	r := p.Recipe
+	o := appliance.SSHOptions{CloudInit: r.Firstboot.HasSeed("cloud-init")}
+	if r.SSH.Port != nil {
+		o.Port = *r.SSH.Port
+	}
+	if fb := r.Firstboot; fb != nil {
+		o.AdminUser = fb.AdminUser
+		if u := r.UserByName(fb.AdminUser); u != nil {
+			o.AdminGroups = u.Groups
+		}
+	}
+	return o
+}
+
+func (p *Plan) sshInputs() []string {
+	o := p.sshOptions()
+	port := o.Port
+	if port == 0 {
+		port = 22
+	}
+	in := []string{
+		fmt.Sprintf("%s (sorts first): PasswordAuthentication no, KbdInteractiveAuthentication no, PermitRootLogin no, AuthenticationMethods publickey, Port %d", appliance.SSHDropIn, port),
+		"host keys: none in the image; " + appliance.HostKeysUnitName + " makes them before sshd at every boot, independent of first boot",
+		"check: the tree's sshd -T (any connection, root, the admin) must show those values",
+	}
+	if o.CloudInit {
+		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ","))
+	}
+	return in
+}
+
+func (p *Plan) stageSSH(ctx context.Context, s *State) error {
+	o := p.sshOptions()
+	if err := writeFiles(s.Tree, appliance.SSHFiles(o)); err != nil {
+		return err
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		if err := rootfs.Systemd(ctx, ch, []string{"ssh.service", appliance.HostKeysUnitName}, nil, nil); err != nil {
+			return err
+		}
+		out, err := ch.Output(ctx, "/bin/sh", "-c", appliance.SSHDCheckScript(o.AdminUser))
+		if err != nil {
+			return fmt.Errorf("sshd -T in the tree: %w\n%s", err, out)
+		}
+		if err := appliance.CheckSSHDCheckOutput(string(out), o.Port); err != nil {
+			return err
+		}
+		fmt.Fprintf(s.Log, "effective sshd configuration checked:\n%s\n", out)
+		return nil
+	})
+}
+
+// --- firewall ---
+
+// allows are layer 1's allow rules: the recipe's, the SSH port (always:
+// an instance must never lock its admin out), and the gateway port from
+// the allowed networks.
+func (p *Plan) allows() []appliance.Allow {
+	r := p.Recipe
+	var out []appliance.Allow
+	seen := map[string]bool{}
+	addPort := func(rule recipe.PortRule) {
+		if !seen[rule.String()] {
+			seen[rule.String()] = true
+			out = append(out, appliance.Allow{Proto: rule.Proto, Ports: rule.Ports()})
+		}
+	}
+	if r.SSH != nil || r.Firstboot != nil {
+		port := recipe.DefaultSSHPort
+		if r.SSH != nil && r.SSH.Port != nil {
+			port = *r.SSH.Port
+		}
+		addPort(recipe.PortRule{Low: port, High: port, Proto: "tcp"})
+	}
+	for _, a := range r.Firewall.Allow {
+		if rule, err := recipe.ParsePortRule(a); err == nil {
+			addPort(rule)
+		}
+	}
+	if g := r.Gateway; g != nil {
+		port := g.GatewayPublish().HostPort
+		for _, n := range r.GatewayNetworks() {
+			if pf, err := netip.ParsePrefix(n.CIDR); err == nil {
+				out = append(out, appliance.Allow{Proto: "tcp", Ports: fmt.Sprint(port), Source: pf.Masked(), Comment: n.Comment})
+			}
+		}
+	}
+	return out
+}
+
+func (p *Plan) isolation() (appliance.IsolationOptions, bool) {
+	r := p.Recipe
+	if !r.Firewall.DockerIsolationOn() || len(r.Containers) == 0 {
+		return appliance.IsolationOptions{}, false
+	}
+	o := appliance.IsolationOptions{MetadataAccess: r.Firewall.MetadataAccess}
+	switch backend(r) {
+	case appliance.BackendUFW:
+		o.After = []string{"ufw.service"}
+	case appliance.BackendIptables:
+		o.After = []string{"netfilter-persistent.service"}
+	}
+	if g := r.Gateway; g != nil && g.Mode == "network" {
+		port := g.GatewayPublish().HostPort
+		for _, n := range r.GatewayNetworks() {
+			if pf, err := netip.ParsePrefix(n.CIDR); err == nil {
+				o.Exceptions = append(o.Exceptions, appliance.Exception{Source: pf.Masked(), Port: port, Comment: n.Comment})
+			}
+		}
+	}
+	return o, true
+}
+
+func (p *Plan) firewallInputs() []string {
+	var allows, from []string
+	for _, a := range p.allows() {
+		if a.Source.IsValid() {
+			s := fmt.Sprintf("%s/%s from %s", a.Ports, a.Proto, a.Source)
+			if a.Comment != "" {
+				s += " (" + a.Comment + ")"
+			}
+			from = append(from, s)
+		} else {
+			allows = append(allows, a.Ports+"/"+a.Proto)
+		}
+	}
+	in := []string{
+		"backend " + backend(p.Recipe) + ": incoming deny, outgoing allow, routed deny; IPv4 and IPv6; active at first boot",
+		"allow: " + list(allows),
+	}
+	if len(from) > 0 {
+		in = append(in, "allow: "+strings.Join(from, ", "))
+	}
+	if o, ok := p.isolation(); ok {
+		meta := "containers cannot reach " + appliance.MetadataV4.String() + " / " + appliance.MetadataV6.String()
+		if o.MetadataAccess {
+			meta = "containers may reach the metadata service"
+		}
+		in = append(in, "DOCKER-USER ("+appliance.DockerUserUnitName+", IPv4+IPv6, any NIC name): replies accepted, container traffic to Docker's rules, "+meta+", everything else dropped")
+		for _, e := range o.Exceptions {
+			in = append(in, fmt.Sprintf("DOCKER-USER exception: %s to original port %d/tcp", e.Source, e.Port))
+		}
+		in = append(in, "raw PREROUTING: packets to 127.0.0.0/8 and ::1 from any interface but lo dropped (moby#45610, userland-proxy off)")
+	} else if len(p.Recipe.Containers) > 0 {
+		in = append(in, "DOCKER-USER: not managed (docker_isolation: false): published ports are reachable from outside")
+	}
+	return in
+}
+
+func (p *Plan) stageFirewall(ctx context.Context, s *State) error {
+	var files []appliance.File
+	var enable []string
+	switch backend(p.Recipe) {
+	case appliance.BackendUFW:
+		root, err := safeRead(s.Tree, appliance.UFWDefaults)
+		if err != nil {
+			return fmt.Errorf("%s (from the ufw package): %w", appliance.UFWDefaults, err)
+		}
+		files = appliance.UFWFiles(p.allows(), root)
+		enable = append(enable, "ufw.service")
+	case appliance.BackendIptables:
+		files = appliance.IptablesFiles(p.allows())
+		enable = append(enable, "netfilter-persistent.service")
+	}
+	if o, ok := p.isolation(); ok {
+		files = append(files, appliance.IsolationFiles(o)...)
+		enable = append(enable, appliance.DockerUserUnitName)
+	}
+	if err := writeFiles(s.Tree, files); err != nil {
+		return err
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.Systemd(ctx, ch, enable, nil, nil)
+	})
+}
+
+// --- containers ---
+
+// containerSpec is what a container runs with, before its image is
+// resolved (ImageID, Digest) and its user looked up (UID, GID).
+func (p *Plan) containerSpec(c recipe.Container) appliance.ContainerSpec {
+	r := p.Recipe
+	spec := appliance.ContainerSpec{
+		Name: c.Name, Ref: c.Image, Env: c.Env, Command: c.Command, Restart: c.Restart,
+	}
+	if c.Image == "" {
+		spec.Ref = "build"
+	}
+	for _, pub := range c.Publish {
+		if pb, err := recipe.ParsePublish(pub); err == nil {
+			spec.Publish = append(spec.Publish, pb.String())
+		}
+	}
+	for _, vol := range c.Volumes {
+		if v, err := recipe.ParseVolume(vol); err == nil {
+			spec.Volumes = append(spec.Volumes, v.String())
+		}
+	}
+	if _, ok := p.isolation(); ok {
+		spec.Requires = append(spec.Requires, appliance.DockerUserUnitName)
+	}
+	if g := r.Gateway; g != nil && g.Container == c.Name {
+		gw := p.gatewayOptions()
+		pub := g.GatewayPublish().String()
+		if !slices.Contains(spec.Publish, pub) {
+			spec.Publish = append(spec.Publish, pub)
+		}
+		if !slices.ContainsFunc(spec.Volumes, func(v string) bool {
+			parsed, err := recipe.ParseVolume(v)
+			return err == nil && parsed.Container == appliance.GatewayContainerStateDir
+		}) {
+			spec.Volumes = append(spec.Volumes, gw.Volume())
+		}
+		if r.Firstboot != nil {
+			spec.After = append(spec.After, firstboot.UnitName)
+		}
+	}
+	return spec
+}
+
+func (p *Plan) containerInputs() []string {
+	var in []string
+	for _, c := range p.Recipe.Containers {
+		spec := p.containerSpec(c)
+		src := c.Image + " (resolved and pinned by digest at build, stored as a docker archive in " + appliance.ImageArchive(c.Name) + ")"
+		if c.Image == "" {
+			src = "built by bake (build:)"
+		}
+		in = append(in, fmt.Sprintf("%s: %s", c.Name, src))
+		in = append(in, fmt.Sprintf("%s: %s: docker run --user %s --security-opt no-new-privileges --cap-drop ALL, publish %s, volumes %s, restart %s",
+			c.Name, appliance.ContainerUnitName(c.Name), c.User, list(spec.Publish), list(spec.Volumes), orDefault(c.Restart, recipe.DefaultRestart)))
+	}
+	return in
+}
+
+// containerUser resolves a container's user to ids in the tree and
+// refuses a uid that a login account of the image has.
+func containerUser(tree, user string) (uid, gid int, err error) {
+	if u, g, ok := recipe.ParseUIDGID(user); ok {
+		uid, gid = u, g
+	} else if uid, gid, err = rootfs.LookupOwner(tree, user); err != nil {
+		return 0, 0, err
+	}
+	if uid == 0 {
+		return 0, 0, errors.New("runs as root")
+	}
+	pw, err := rootfs.ReadPasswd(tree)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range pw {
+		if e.UID == uid && canLogin(e.Shell) && e.Name != user {
+			return 0, 0, fmt.Errorf("uid %d is also login user %s's", uid, e.Name)
+		}
+		if e.UID == uid && e.Name == user && canLogin(e.Shell) {
+			return 0, 0, fmt.Errorf("user %s has a login shell (%s)", user, e.Shell)
+		}
+	}
+	return uid, gid, nil
+}
+
+func canLogin(shell string) bool {
+	switch filepath.Base(shell) {
+	case "nologin", "false", "sync", "":
+		return false
+	}
+	return true
+}
+
+func (p *Plan) stageContainers(ctx context.Context, s *State) error {
+	var specs []appliance.ContainerSpec
+	imgDir := filepath.Join(s.WorkDir, "images")
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(imgDir)
+	for _, c := range p.Recipe.Containers {
+		spec := p.containerSpec(c)
+		var err error
+		if spec.UID, spec.GID, err = containerUser(s.Tree, c.User); err != nil {
+			return fmt.Errorf("container %s: user %s: %w", c.Name, c.User, err)
+		}
+		img, digest, err := p.containerImage(ctx, s, c)
+		if err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		id, err := img.ConfigName()
+		if err != nil {
+			return fmt.Errorf("container %s: image config: %w", c.Name, err)
+		}
+		spec.ImageID, spec.Digest = id.String(), digest
+		tmp := filepath.Join(imgDir, c.Name+".tar")
+		fmt.Fprintf(s.Opts.Stdout, "      %s: %s (image %s)\n", c.Name, digest, spec.ImageID)
+		if err := oci.WriteDockerArchive(img, "bake/"+c.Name+":pinned", tmp); err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		if err := copyIntoTree(s.Tree, tmp, appliance.ImageArchive(c.Name)); err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		os.Remove(tmp)
+		specs = append(specs, spec)
+	}
+	if err := writeFiles(s.Tree, appliance.ContainerFiles(specs)); err != nil {
+		return err
+	}
+	var recs []appliance.ContainerRecord
+	enable := []string{"docker.service"}
+	for _, sp := range specs {
+		recs = append(recs, sp.Record())
+		enable = append(enable, appliance.ContainerUnitName(sp.Name))
+	}
+	applianceResults.Store(p, recs)
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.Systemd(ctx, ch, enable, nil, nil)
+	})
+}
+
+// containerImage resolves (or builds) a container's image. Local
+// references (docker-archive:, oci-layout:) are relative to the recipe.
+func (p *Plan) containerImage(ctx context.Context, s *State, c recipe.Container) (v1.Image, string, error) {
+	if c.Image == "" {
+		if BuildContainerImage == nil {
+			return nil, "", errors.New("build: is not supported by this bake yet (issue 6); write image: REF@sha256:... instead")
+		}
+		img, err := BuildContainerImage(ctx, s, c)
+		if err != nil {
+			return nil, "", err
+		}
+		d, err := img.Digest()
+		return img, d.String(), err
+	}
+	ref := c.Image
+	for _, prefix := range []string{oci.DockerArchivePrefix, oci.OCILayoutPrefix} {
+		if rest, ok := strings.CutPrefix(ref, prefix); ok {
+			pin := ""
+			if i := strings.LastIndex(rest, "@"); i >= 0 {
+				rest, pin = rest[:i], rest[i:]
+			}
+			file, tag := rest, ""
+			if _, err := p.Recipe.Resolve(file); err != nil {
+				if i := strings.LastIndex(rest, ":"); i > 0 {
+					file, tag = rest[:i], rest[i:]
+				}
+			}
+			abs, err := p.Recipe.Resolve(file)
+			if err != nil {
+				return nil, "", err
+			}
+			ref = prefix + abs + tag + pin
+		}
+	}
+	return oci.Resolve(ctx, ref)
+}
+
+// --- gateway ---
+
+func (p *Plan) gatewayOptions() appliance.GatewayOptions {
+	r := p.Recipe
+	g := r.Gateway
+	o := appliance.GatewayOptions{Port: g.GatewayPublish().HostPort}
+	c := r.ContainerByName(g.Container)
+	if c == nil {
+		return o
+	}
+	// The state dir is the one the recipe mounts at the image's state
+	// dir, else ~USER/.openclaw of the container's user.
+	for _, v := range c.Volumes {
+		if parsed, err := recipe.ParseVolume(v); err == nil && parsed.Container == appliance.GatewayContainerStateDir {
+			o.StateDir = parsed.Host
+		}
+	}
+	o.Owner = c.User
+	if u := r.UserByName(c.User); u != nil && o.StateDir == "" {
+		o.StateDir = u.HomeDir() + "/.openclaw"
+	}
+	if o.StateDir == "" {
+		o.StateDir = appliance.StateDir + "/" + c.Name
+	}
+	return o
+}
+
+func (p *Plan) gatewayInputs() []string {
+	r := p.Recipe
+	g := r.Gateway
+	o := p.gatewayOptions()
+	pub := g.GatewayPublish()
+	in := []string{
+		fmt.Sprintf("mode %s, bind %s: container %s publishes %s", g.Mode, g.Bind, g.Container, pub),
+	}
+	if g.Mode == "network" {
+		var ns []string
+		for _, n := range r.GatewayNetworks() {
+			ns = append(ns, n.CIDR)
+		}
+		in = append(in, fmt.Sprintf("DOCKER-USER: accept %s to original port %d, drop the rest", strings.Join(ns, ", "), pub.HostPort))
+	} else {
+		in = append(in, "DOCKER-USER: no exception (the port is on 127.0.0.1 only)")
+	}
+	in = append(in,
+		fmt.Sprintf("%s (first boot, 0600, owner %s): gateway.mode local, gateway.bind lan, gateway.port %d, gateway.auth.mode token, gateway.auth.token from the seed or 64 random characters, gateway.tailscale.mode off", o.ConfigPath(), o.Owner, o.Port),
+		fmt.Sprintf("state dir %s (0700 %s) mounted at %s", o.StateDir, o.Owner, appliance.GatewayContainerStateDir),
+	)
+	switch g.TailscaleMode {
+	case "serve":
+		in = append(in, fmt.Sprintf("tailscale serve --bg http://127.0.0.1:%d (HTTPS on the tailnet, from the host)", pub.HostPort))
+	case "funnel":
+		in = append(in, fmt.Sprintf("tailscale funnel --bg http://127.0.0.1:%d (PUBLIC: allow_public_exposure)", pub.HostPort))
+	}
+	return in
+}
+
+func (p *Plan) stageGateway(ctx context.Context, s *State) error {
+	return writeFiles(s.Tree, appliance.GatewayFiles(p.gatewayOptions()))
+}
+
+// --- tailscale ---
+
+func (p *Plan) tailscaleOptions() appliance.TailscaleOptions {
+	r := p.Recipe
+	o := appliance.TailscaleOptions{Operator: r.Tailscale.Operator, Mode: "off"}
+	if g := r.Gateway; g != nil {
+		o.Mode = g.TailscaleMode
+		o.GatewayPort = g.GatewayPublish().HostPort
+	}
+	return o
+}
+
+func (p *Plan) tailscaleInputs() []string {
+	o := p.tailscaleOptions()
+	in := []string{
+		"package tailscale (from the recipe's apt repositories), tailscaled.service enabled, 41641/udp",
+		appliance.TailscaleUpUnitName + " (after network-online, only with an auth key in the seed): tailscale up, set --operator=" + o.Operator,
+	}
+	if o.Mode == "serve" || o.Mode == "funnel" {
+		in = append(in, fmt.Sprintf("tailscale %s --bg http://127.0.0.1:%d", o.Mode, o.GatewayPort))
+	}
+	return in
+}
+
+func (p *Plan) stageTailscale(ctx context.Context, s *State) error {
+	r := p.Recipe
+	if err := writeFiles(s.Tree, appliance.TailscaleFiles(p.tailscaleOptions())); err != nil {
+		return err
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		pkgs, err := rootfs.InstalledPackages(s.Tree)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(pkgs, func(pk rootfs.Package) bool { return pk.Name == "tailscale" }) {
+			cache := ""
+			if s.Opts.CacheDir != "" {
+				cache = filepath.Join(s.Opts.CacheDir, "apt", r.Base.Debian.Suite)
+			}
+			if err := rootfs.InstallPackages(ctx, ch, []string{"tailscale"}, cache); err != nil {
+				return fmt.Errorf("tailscale: %w (is Tailscale's repository in apt.repositories?)", err)
+			}
+		}
+		return rootfs.Systemd(ctx, ch, []string{"tailscaled.service", appliance.TailscaleUpUnitName}, nil, nil)
+	})
+}
+
+// --- first boot ---
+
+func (p *Plan) firstbootOptions() firstboot.Options {
+	r := p.Recipe
+	fb := r.Firstboot
+	o := firstboot.Options{AdminUser: fb.AdminUser, Seeds: fb.Seed}
+	if len(o.Seeds) == 0 {
+		o.Seeds = recipe.DefaultSeed
+	}
+	if g := r.Gateway; g != nil {
+		gw := p.gatewayOptions()
+		o.GatewayConfig = gw.ConfigPath()
+		o.GatewayOwner = gw.Owner
+		o.GatewayUnit = appliance.ContainerUnitName(g.Container)
+	}
+	o.Tailscale = r.Tailscale != nil && r.Tailscale.Enabled
+	return o
+}
+
+func (p *Plan) firstbootInputs() []string {
+	o := p.firstbootOptions()
+	in := []string{
+		firstboot.UnitName + ": once per instance (machine-id), before ssh, ssh.socket" + map[bool]string{true: ", " + o.GatewayUnit, false: ""}[o.GatewayUnit != ""],
+		"seed sources (first wins): " + strings.Join(o.Seeds, ", ") + " (docs/seed.md: " + strings.Join(firstboot.SeedNames, ", ") + ")",
+		"admin " + o.AdminUser + ": authorized_keys from the seed",
+	}
+	if o.GatewayConfig != "" {
+		in = append(in, "gateway token: from the seed or 64 random [A-Za-z0-9] -> "+o.GatewayConfig)
+	}
+	if o.Tailscale {
+		in = append(in, "tailscale auth key from the seed -> "+appliance.TailscaleAuthKeyFile+" (used once by "+appliance.TailscaleUpUnitName+")")
+	}
+	if baked := p.bakedSecrets(); len(baked) > 0 {
+		var names []string
+		for n := range baked {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		in = append(in, "BAKED SECRETS (shared by every instance): "+strings.Join(names, ", "))
+	}
+	return in
+}
+
+func (p *Plan) bakedSecrets() map[string]string {
+	r := p.Recipe
+	v := map[string]string{}
+	if r.Firstboot == nil || !r.Firstboot.AllowBakedSecrets {
+		return v
+	}
+	if r.Gateway != nil && r.Gateway.Token != "" {
+		v[firstboot.GatewayToken] = r.Gateway.Token
+	}
+	if r.Tailscale != nil && r.Tailscale.AuthKey != "" {
+		v[firstboot.TailscaleAuthKey] = r.Tailscale.AuthKey
+	}
+	return v
+}
+
+func (p *Plan) stageFirstboot(ctx context.Context, s *State) error {
+	files := append(firstboot.Files(p.firstbootOptions()), firstboot.BakedSeedFiles(p.bakedSecrets())...)
+	if err := writeFiles(s.Tree, files); err != nil {
+		return err
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.Systemd(ctx, ch, []string{firstboot.UnitName}, nil, nil)
+	})
+}
+
+// --- logs ---
+
+func (p *Plan) stageLogLimits(ctx context.Context, s *State) error {
+	return writeFiles(s.Tree, appliance.LogLimitFiles(len(p.Recipe.Containers) > 0))
+}
+
+// --- helpers ---
+
+func writeFiles(tree string, files []appliance.File) error {
+	return appliance.Write(tree, files, func(owner string) (int, int, error) {
+		return rootfs.LookupOwner(tree, owner)
+	})
+}
+
+func safeRead(tree, name string) (string, error) {
+	r, err := openTree(tree)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	b, err := r.ReadFile(name)
+	return string(b), err
+}
+
+// copyIntoTree streams a host file into the tree (root-owned, 0600),
+// resolving the path inside the tree.
+func copyIntoTree(tree, src, dst string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := openTree(tree)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.WriteFrom(dst, f, 0o600, 0, 0)
+}
+
+func openTree(tree string) (*safepath.Root, error) { return safepath.Open(tree) }

@@ -449,6 +449,14 @@ func (d *decoder) decode(v reflect.Value, written ast.Node, path string, depth i
 			if ok {
 				v.Set(reflect.ValueOf(&i))
 			}
+		case reflect.Bool:
+			// *bool: a setting whose default is true, so that
+			// `false` can be told from "not written".
+			b := reflect.New(v.Type().Elem())
+			d.decode(b.Elem(), written, path, depth)
+			if !d.src.bad[path] {
+				v.Set(b)
+			}
 		case reflect.Struct:
 			m, ok := n.(*ast.MappingNode)
 			if !ok || tag != "" {
@@ -508,9 +516,75 @@ func (d *decoder) decode(v reflect.Value, written ast.Node, path string, depth i
 			out.SetMapIndex(reflect.ValueOf(k), ev)
 		}
 		v.Set(out)
+	case reflect.Interface:
+		// An opaque value (containers[].build): kept as plain Go values,
+		// positions recorded, variables substituted in text.
+		if val, ok := d.generic(n, path, depth); ok && val != nil {
+			v.Set(reflect.ValueOf(val))
+		}
 	default:
 		panic("recipe: unsupported field type " + v.Type().String())
 	}
+}
+
+// generic decodes any YAML value into map[string]any, []any, string, int,
+// float64, bool or nil.
+func (d *decoder) generic(n ast.Node, path string, depth int) (any, bool) {
+	if depth > maxDepth {
+		d.errAt(n, path, "values nest too deeply", "simplify the value")
+		return nil, false
+	}
+	switch x := n.(type) {
+	case *ast.MappingNode:
+		out := map[string]any{}
+		for _, mv := range d.entries(x, path, depth) {
+			k, ok := d.keyText(mv.Key)
+			if !ok {
+				d.errAt(mv.Key, path, fmt.Sprintf("keys in %s must be plain text, found %s", path, describe(mv.Key)), "")
+				continue
+			}
+			kp := childPath(path, k)
+			d.record(kp, path, mv.Key, mv.Value)
+			if c, tag := d.resolve(mv.Value, kp); c != nil {
+				if tag == "!!str" {
+					s, _ := d.scalarQuiet(c)
+					out[k] = s
+				} else if val, ok := d.generic(c, kp, depth+1); ok {
+					out[k] = val
+				}
+			}
+		}
+		return out, true
+	case *ast.SequenceNode:
+		out := make([]any, 0, len(x.Values))
+		for i, item := range x.Values {
+			ip := indexPath(path, i)
+			d.record(ip, path, nil, item)
+			if c, _ := d.resolve(item, ip); c != nil {
+				if val, ok := d.generic(c, ip, depth+1); ok {
+					out = append(out, val)
+				}
+			}
+		}
+		return out, true
+	case *ast.NullNode:
+		return nil, true
+	case *ast.BoolNode:
+		return x.Value, true
+	case *ast.IntegerNode:
+		i, ok := d.integer(x, x, "", path)
+		return i, ok
+	case *ast.FloatNode:
+		return x.Value, true
+	case *ast.StringNode, *ast.LiteralNode:
+		s, _ := d.scalarQuiet(x)
+		if d.vars != nil {
+			s = d.expand(s, x, path)
+		}
+		return s, true
+	}
+	d.errAt(n, path, fmt.Sprintf("%s: cannot read %s", path, describe(n)), "write a mapping, list or plain value")
+	return nil, false
 }
 
 // decodeStruct decodes mapping entries into the struct v by yaml tag.

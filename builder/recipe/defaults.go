@@ -89,4 +89,5 @@ func (r *Recipe) Defaults() {
 	if r.Vars == nil {
 		r.Vars = map[string]string{}
 	}
+	r.applianceDefaults()
 }

@@ -33,6 +33,15 @@ type Recipe struct {
 	Disk     Disk      `yaml:"disk,omitempty"`
 	Outputs  []string  `yaml:"outputs,omitempty"` // raw, qcow2
 
+	// Appliance sections (see the types below). Each is optional; the
+	// builder's appliance stages act only on the sections a recipe has.
+	SSH        *SSH        `yaml:"ssh,omitempty"`
+	Firewall   *Firewall   `yaml:"firewall,omitempty"`
+	Containers []Container `yaml:"containers,omitempty"`
+	Gateway    *Gateway    `yaml:"gateway,omitempty"`
+	Tailscale  *Tailscale  `yaml:"tailscale,omitempty"`
+	Firstboot  *Firstboot  `yaml:"firstboot,omitempty"`
+
 	// Path is the recipe file as given; Dir is its folder (absolute).
 	// Relative paths in the recipe resolve against Dir.
 	Path string `yaml:"-"`
@@ -154,4 +163,111 @@ type Disk struct {
 	RootUUID     string `yaml:"root_uuid,omitempty"`
 	RootPartUUID string `yaml:"root_partuuid,omitempty"`
 	ESPSerial    string `yaml:"esp_serial,omitempty"` // FAT volume id, 8 hex digits
+}
+
+// SSH is the OpenSSH server of an appliance. Key-only authentication, no
+// root login and no keyboard-interactive authentication are not options:
+// bake always writes them, in a drop-in that OpenSSH reads first, and checks
+// the effective configuration (sshd -T) at build time.
+type SSH struct {
+	Port *int `yaml:"port,omitempty"` // default 22
+}
+
+// Firewall is the host firewall (layer 1) and Docker's DOCKER-USER chain
+// (layer 2), written as files into the image and active from the first boot.
+type Firewall struct {
+	// Backend: ufw (default) or iptables-persistent.
+	Backend string `yaml:"backend,omitempty"`
+	// Allow lists what may reach the host: PORT/PROTO or LOW:HIGH/PROTO,
+	// e.g. 22/tcp, 41641/udp. The SSH port is always allowed.
+	Allow []string `yaml:"allow,omitempty"`
+	// AllowedNetworks may reach the gateway port (gateway.port) on the
+	// host (INPUT). With gateway.mode network they are also the
+	// DOCKER-USER exception, together with gateway.allowed_networks.
+	AllowedNetworks []Network `yaml:"allowed_networks,omitempty"`
+	// DockerIsolation keeps published container ports unreachable from
+	// every non-loopback interface (DOCKER-USER), and drops packets to
+	// 127.0.0.0/8 arriving from outside. Default true.
+	DockerIsolation *bool `yaml:"docker_isolation,omitempty"`
+	// MetadataAccess lets containers reach the cloud metadata service
+	// (169.254.169.254). Default false.
+	MetadataAccess bool `yaml:"metadata_access,omitempty"`
+}
+
+// Network is a CIDR with a comment (the seed's allowed_networks).
+type Network struct {
+	CIDR    string `yaml:"cidr"`
+	Comment string `yaml:"comment,omitempty"`
+}
+
+// Container runs one container image from a systemd unit, from an image
+// stored in the disk (nothing is pulled at boot), as its own non-root uid,
+// with no new privileges and no capabilities.
+type Container struct {
+	Name string `yaml:"name"`
+	// Image is a reference resolved at build time and pinned by digest:
+	// HOST/REPO@sha256:..., docker-archive:FILE[@sha256:...] or
+	// oci-layout:DIR[:TAG][@sha256:...] (paths relative to the recipe).
+	Image string `yaml:"image,omitempty"`
+	// Build makes the image instead of pulling one (package oci).
+	// TODO(issue 6): its shape belongs to the image builder; until it is
+	// wired in, any mapping is accepted here and the build stops at the
+	// containers stage.
+	Build map[string]any `yaml:"build,omitempty"`
+	// User runs the container: a user of the recipe (its uid and primary
+	// gid in the image) or UID:GID. Never root.
+	User string `yaml:"user"`
+	// Publish: HOSTADDR:HOSTPORT:CONTAINERPORT[/PROTO], e.g.
+	// 127.0.0.1:18789:18789. A port without a host address would listen
+	// on every interface and is refused unless AllowAllInterfaces.
+	Publish            []string          `yaml:"publish,omitempty"`
+	AllowAllInterfaces bool              `yaml:"allow_all_interfaces,omitempty"`
+	Env                map[string]string `yaml:"env,omitempty"`
+	// Volumes: HOSTPATH:CONTAINERPATH[:ro], absolute paths.
+	Volumes []string `yaml:"volumes,omitempty"`
+	// Command replaces the image's CMD.
+	Command []string `yaml:"command,omitempty"`
+	// Restart: always (default), on-failure or no (systemd's Restart=).
+	Restart string `yaml:"restart,omitempty"`
+}
+
+// Gateway is the OpenClaw gateway, in the seed playbook's vocabulary. bake
+// maps it to the gateway container's host publish address, the DOCKER-USER
+// exception and the gateway's openclaw.json (written at first boot).
+type Gateway struct {
+	Container string `yaml:"container"`      // a name in containers
+	Port      *int   `yaml:"port,omitempty"` // default 18789
+	Mode      string `yaml:"mode,omitempty"` // local (default) | network
+	Bind      string `yaml:"bind,omitempty"` // loopback (mode local) | lan (mode network)
+	// TailscaleMode: serve (default with tailscale enabled), off, or
+	// funnel (public; needs AllowPublicExposure).
+	TailscaleMode       string    `yaml:"tailscale_mode,omitempty"`
+	AllowPublicExposure bool      `yaml:"allow_public_exposure,omitempty"`
+	AllowedNetworks     []Network `yaml:"allowed_networks,omitempty"`
+	// Token is refused unless firstboot.allow_baked_secrets: the token
+	// comes from the instance's seed or is generated at first boot.
+	Token string `yaml:"token,omitempty"`
+}
+
+// Tailscale installs tailscaled and, given an auth key in the seed, joins
+// the tailnet after the network is online.
+type Tailscale struct {
+	Enabled  bool   `yaml:"enabled"`
+	Operator string `yaml:"operator,omitempty"` // default firstboot.admin_user
+	// AuthKey is refused unless firstboot.allow_baked_secrets.
+	AuthKey string `yaml:"auth_key,omitempty"`
+}
+
+// Firstboot is the per-instance step at the first boot: seed, admin keys,
+// gateway token.
+type Firstboot struct {
+	AdminUser string `yaml:"admin_user"`
+	// Seed sources, in order of precedence: nocloud (a cidata/CIDATA
+	// volume), credentials (systemd credentials, SMBIOS type 11),
+	// cloud-init (installs cloud-init; the instance's user-data and
+	// metadata). Default [nocloud, credentials].
+	Seed []string `yaml:"seed,omitempty"`
+	// AllowBakedSecrets permits gateway.token and tailscale.auth_key in
+	// the recipe: every instance then shares them. Warned about.
+	AllowBakedSecrets bool `yaml:"allow_baked_secrets,omitempty"`
 }

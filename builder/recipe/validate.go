@@ -82,6 +82,7 @@ func (r *Recipe) validate() Diagnostics {
 	v.kernel()
 	v.disk()
 	v.outputs()
+	v.appliance()
 	return v.diags
 }
 

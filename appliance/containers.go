@@ -1,0 +1,175 @@
+package appliance
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Container file locations.
+const (
+	ContainerImageScript = LibDir + "/container-image"
+	ContainersRecord     = ShareDir + "/containers.json"
+	containerEnvDir      = EtcDir + "/containers"
+)
+
+// ContainerUnitName is the systemd unit that runs container name.
+func ContainerUnitName(name string) string { return "bake-container-" + name + ".service" }
+
+// ImageArchive is where the image of container name is stored in the disk,
+// as a `docker save` tarball that `docker load` reads at boot.
+func ImageArchive(name string) string { return ImagesDir + "/" + name + ".tar" }
+
+// ContainerEnvFile holds the container's environment (docker --env-file).
+func ContainerEnvFile(name string) string { return containerEnvDir + "/" + name + ".env" }
+
+// ContainerSpec is one container as it runs on the appliance.
+type ContainerSpec struct {
+	Name string
+	Ref  string // as the recipe wrote it
+	// ImageID is the image's config digest (sha256:...), which `docker
+	// load` keeps as the image ID: the unit runs exactly this image.
+	ImageID string
+	// Digest is the manifest digest the reference resolved to (recorded).
+	Digest   string
+	UID, GID int
+	Publish  []string // docker -p values, e.g. 127.0.0.1:18789:18789
+	Env      map[string]string
+	Volumes  []string // docker -v values
+	Command  []string
+	Restart  string // always, on-failure, no
+	// Requires are units that must be active first (bake-docker-user:
+	// no port is published before isolation is in place).
+	Requires []string
+	// After are further units ordered before it (first boot, which
+	// writes the gateway's config).
+	After []string
+}
+
+// RunArgs is the `docker run` command line (without the program): the
+// pinned image ID, never a name that could resolve to something else; the
+// container's own uid; no new privileges; no capabilities; --rm so that a
+// restart starts from the image again.
+func (c ContainerSpec) RunArgs() []string {
+	a := []string{"run", "--rm", "--name", c.Name,
+		"--user", fmt.Sprintf("%d:%d", c.UID, c.GID),
+		"--security-opt", "no-new-privileges",
+		"--cap-drop", "ALL",
+	}
+	for _, p := range c.Publish {
+		a = append(a, "--publish", p)
+	}
+	if len(c.Env) > 0 {
+		a = append(a, "--env-file", ContainerEnvFile(c.Name))
+	}
+	for _, v := range c.Volumes {
+		a = append(a, "--volume", v)
+	}
+	a = append(a, c.ImageID)
+	return append(a, c.Command...)
+}
+
+// EnvFile is docker's env-file format: NAME=VALUE lines, taken literally.
+func (c ContainerSpec) EnvFile() string {
+	keys := make([]string, 0, len(c.Env))
+	for k := range c.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString(Header)
+	for _, k := range keys {
+		b.WriteString(k + "=" + c.Env[k] + "\n")
+	}
+	return b.String()
+}
+
+// Unit renders the container's systemd unit.
+func (c ContainerSpec) Unit() string {
+	requires := append([]string{"docker.service"}, c.Requires...)
+	after := append(append([]string{}, requires...), c.After...)
+	var b strings.Builder
+	b.WriteString(Header)
+	b.WriteString("[Unit]\n")
+	fmt.Fprintf(&b, "Description=bake: container %s (%s)\n", c.Name, c.Ref)
+	fmt.Fprintf(&b, "Requires=%s\n", strings.Join(requires, " "))
+	fmt.Fprintf(&b, "After=%s\n", strings.Join(after, " "))
+	b.WriteString("StartLimitIntervalSec=0\n")
+	b.WriteString("\n[Service]\nType=exec\n")
+	// docker load of a large image under software emulation takes minutes.
+	b.WriteString("TimeoutStartSec=30min\n")
+	fmt.Fprintf(&b, "ExecStartPre=%s %s %s\n", ContainerImageScript, c.Name, c.ImageID)
+	// A container left by an unclean stop would hold the name.
+	fmt.Fprintf(&b, "ExecStartPre=-/usr/bin/docker rm --force %s\n", c.Name)
+	args := []string{"/usr/bin/docker"}
+	for _, a := range c.RunArgs() {
+		args = append(args, unitQuote(a))
+	}
+	fmt.Fprintf(&b, "ExecStart=%s\n", strings.Join(args, " "))
+	fmt.Fprintf(&b, "ExecStop=/usr/bin/docker stop --time 20 %s\n", c.Name)
+	restart := c.Restart
+	if restart == "" {
+		restart = "always"
+	}
+	fmt.Fprintf(&b, "Restart=%s\n", restart)
+	if restart != "no" {
+		b.WriteString("RestartSec=5s\n")
+	}
+	b.WriteString("\n[Install]\nWantedBy=multi-user.target\n")
+	return b.String()
+}
+
+// containerImageScript loads a container's image from the disk when Docker
+// does not have it (first boot, or /var/lib/docker wiped), and checks that
+// the archive really held the pinned image ID. Nothing is ever pulled.
+const containerImageScript = `#!/bin/sh
+# bake: make sure Docker has the pinned image of a container.
+# usage: container-image NAME IMAGE_ID
+set -eu
+name=$1 id=$2
+archive=` + ImagesDir + `/$name.tar
+if docker image inspect --format '{{.Id}}' "$id" >/dev/null 2>&1; then
+	exit 0
+fi
+echo "bake: loading $id for $name from $archive"
+docker load --quiet --input "$archive"
+if ! docker image inspect --format '{{.Id}}' "$id" >/dev/null 2>&1; then
+	echo "bake: $archive does not hold image $id" >&2
+	exit 1
+fi
+`
+
+// ContainerRecord is what the image records about each container
+// (/usr/share/bake/containers.json), for checks run against the instance.
+type ContainerRecord struct {
+	Name    string `json:"name"`
+	Ref     string `json:"ref"`
+	Digest  string `json:"digest"`
+	ImageID string `json:"image_id"`
+	Unit    string `json:"unit"`
+	User    string `json:"user"`
+}
+
+// Record returns c's record.
+func (c ContainerSpec) Record() ContainerRecord {
+	return ContainerRecord{Name: c.Name, Ref: c.Ref, Digest: c.Digest, ImageID: c.ImageID,
+		Unit: ContainerUnitName(c.Name), User: fmt.Sprintf("%d:%d", c.UID, c.GID)}
+}
+
+// ContainerFiles are the files of the containers stage (the image
+// archives are written separately: they are streamed, not rendered).
+func ContainerFiles(specs []ContainerSpec) []File {
+	fs := []File{file(ContainerImageScript, containerImageScript, execMode), Dir(ImagesDir, 0o700, "")}
+	var recs []ContainerRecord
+	for _, c := range specs {
+		fs = append(fs, file(UnitDir+"/"+ContainerUnitName(c.Name), c.Unit(), unitMode))
+		if len(c.Env) > 0 {
+			fs = append(fs, file(ContainerEnvFile(c.Name), c.EnvFile(), privMode))
+		}
+		recs = append(recs, c.Record())
+	}
+	b, _ := json.MarshalIndent(recs, "", "  ")
+	fs = append(fs, file(ContainersRecord, string(b)+"\n", unitMode))
+	return fs
+}

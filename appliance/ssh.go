@@ -1,0 +1,244 @@
+package appliance
+
+import (
+	"bufio"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// SSH file locations.
+const (
+	// SSHDropIn sorts first in sshd_config.d: OpenSSH keeps the first
+	// value it reads for most keywords, so nothing read later (cloud-init's
+	// 50-cloud-init.conf, a package's drop-in) can weaken it.
+	SSHDropIn = "/etc/ssh/sshd_config.d/00-bake.conf"
+	// CloudInitSSH sorts last in cloud.cfg.d, where the last value wins.
+	CloudInitSSH = "/etc/cloud/cloud.cfg.d/99-bake.cfg"
+	// HostKeysUnitName makes missing host keys before sshd starts, on
+	// every boot, independently of the first-boot unit: an instance must
+	// never be locked out because something else failed.
+	HostKeysUnitName = "bake-hostkeys.service"
+	HostKeysUnit     = UnitDir + "/" + HostKeysUnitName
+	SSHServiceDropIn = UnitDir + "/ssh.service.d/00-bake-hostkeys.conf"
+)
+
+// SSHOptions are the SSH settings of an appliance.
+type SSHOptions struct {
+	Port int // 22 when 0
+	// CloudInit: cloud-init is in the image; its configuration must not
+	// turn password login back on.
+	CloudInit bool
+	// AdminUser becomes cloud-init's default user, which receives the
+	// keys of the cloud's metadata service and of user-data.
+	AdminUser string
+	// AdminGroups are the admin's supplementary groups (cloud-init would
+	// otherwise add its distro defaults).
+	AdminGroups []string
+	// CloudInitDatasources limit cloud-init to the clouds the image is
+	// meant for (ds-identify disables cloud-init when none is found).
+	CloudInitDatasources []string
+}
+
+// DefaultDatasources: NoCloud (local seeds), OpenStack and its ConfigDrive,
+// AWS, GCP, Azure. None is last so that cloud-init still runs its
+// modules when no datasource is found by a full search.
+var DefaultDatasources = []string{"NoCloud", "ConfigDrive", "OpenStack", "Ec2", "GCE", "Azure", "None"}
+
+// SSHRequired are the effective settings (sshd -T, lower-case) every
+// appliance must have, whatever else is in the tree's configuration.
+var SSHRequired = map[string]string{
+	"passwordauthentication":       "no",
+	"kbdinteractiveauthentication": "no",
+	"permitrootlogin":              "no",
+	"pubkeyauthentication":         "yes",
+	"authenticationmethods":        "publickey",
+	"permitemptypasswords":         "no",
+}
+
+func (o SSHOptions) port() int {
+	if o.Port == 0 {
+		return 22
+	}
+	return o.Port
+}
+
+// SSHDConfig is the drop-in: key-only login, no root, no
+// keyboard-interactive (PAM could otherwise ask for a password that way).
+// AuthenticationMethods publickey closes every other method even if a
+// later file turns one on.
+func SSHDConfig(o SSHOptions) string {
+	var b strings.Builder
+	b.WriteString(Header)
+	b.WriteString(`# It sorts first in sshd_config.d: OpenSSH keeps the first value it reads,
+# so nothing later (cloud-init's 50-cloud-init.conf) can undo it. The build
+# checked the effective configuration with sshd -T.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+PermitEmptyPasswords no
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+`)
+	if p := o.port(); p != 22 {
+		fmt.Fprintf(&b, "Port %d\n", p)
+	}
+	return b.String()
+}
+
+// CloudInitConfig keeps cloud-init from weakening SSH (ssh_pwauth: false,
+// no root login), makes the admin the default user (so a cloud's metadata
+// keys land in its authorized_keys), leaves host keys to bake-hostkeys
+// (no deletion of keys sshd may already use), leaves networking to the
+// image's networkd configuration, and limits the datasources.
+func CloudInitConfig(o SSHOptions) string {
+	ds := o.CloudInitDatasources
+	if len(ds) == 0 {
+		ds = DefaultDatasources
+	}
+	var b strings.Builder
+	b.WriteString(Header)
+	b.WriteString("# Sorts last in cloud.cfg.d, where the last value wins.\n")
+	b.WriteString("ssh_pwauth: false\n")
+	b.WriteString("disable_root: true\n")
+	b.WriteString("ssh_deletekeys: false\n")
+	b.WriteString("datasource_list: [" + strings.Join(ds, ", ") + "]\n")
+	b.WriteString("network:\n  config: disabled\n")
+	if o.AdminUser != "" {
+		b.WriteString("system_info:\n  default_user:\n")
+		fmt.Fprintf(&b, "    name: %s\n", o.AdminUser)
+		b.WriteString("    lock_passwd: true\n")
+		b.WriteString("    shell: /bin/bash\n")
+		groups := append([]string{}, o.AdminGroups...)
+		sort.Strings(groups)
+		fmt.Fprintf(&b, "    groups: [%s]\n", strings.Join(groups, ", "))
+	}
+	return b.String()
+}
+
+// hostKeysUnit makes whatever host keys are missing (ssh-keygen -A) before
+// sshd starts. It has no dependency on anything that can fail at first
+// boot, and sshd wants it through a drop-in, so keys exist even when the
+// first-boot unit fails.
+const hostKeysUnit = `[Unit]
+Description=bake: make missing SSH host keys
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=ssh.service ssh.socket sshd.service shutdown.target
+Conflicts=shutdown.target
+ConditionPathExists=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+`
+
+const sshServiceDropIn = `[Unit]
+Wants=bake-hostkeys.service
+After=bake-hostkeys.service
+`
+
+// SSHFiles are the files of the ssh stage.
+func SSHFiles(o SSHOptions) []File {
+	fs := []File{
+		file(SSHDropIn, SSHDConfig(o), unitMode),
+		file(HostKeysUnit, Header+hostKeysUnit, unitMode),
+		file(SSHServiceDropIn, Header+sshServiceDropIn, unitMode),
+	}
+	if o.CloudInit {
+		fs = append(fs, file(CloudInitSSH, CloudInitConfig(o), unitMode))
+	}
+	return fs
+}
+
+// ParseSSHDT parses `sshd -T` output: one "keyword value" per line,
+// keywords in lower case. A keyword that appears on several lines (port,
+// listenaddress, hostkey) keeps every value, space-separated.
+func ParseSSHDT(out string) map[string]string {
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		if k == "" {
+			continue
+		}
+		k = strings.ToLower(k)
+		if old, ok := m[k]; ok {
+			m[k] = old + " " + v
+		} else {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// CheckSSHDT checks sshd -T output against SSHRequired and the port;
+// it returns every difference.
+func CheckSSHDT(out string, port int) error {
+	if port == 0 {
+		port = 22
+	}
+	m := ParseSSHDT(out)
+	var bad []string
+	keys := make([]string, 0, len(SSHRequired))
+	for k := range SSHRequired {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if got := m[k]; got != SSHRequired[k] {
+			bad = append(bad, fmt.Sprintf("%s is %q, want %q", k, got, SSHRequired[k]))
+		}
+	}
+	if got := m["port"]; got != strconv.Itoa(port) {
+		bad = append(bad, fmt.Sprintf("port is %q, want %d", got, port))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("effective sshd configuration: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// SSHDCheckScript runs in a chroot of the tree: it checks the effective
+// configuration with the tree's own sshd for a plain connection, for root
+// and for the admin (Match blocks apply per user). bookworm's sshd -T
+// needs a host key and /run/sshd: a throwaway key is made under /run (a
+// tmpfs in bake's chroot) and both are removed afterwards. Output: the
+// three sshd -T outputs separated by "@@@" lines.
+func SSHDCheckScript(admin string) string {
+	if admin == "" {
+		admin = "nobody"
+	}
+	return `set -eu
+d=$(mktemp -d /run/bake-sshd-check.XXXXXX)
+made_run=
+if [ ! -d /run/sshd ]; then mkdir -m 0755 /run/sshd; made_run=1; fi
+cleanup() { rm -rf "$d"; if [ -n "$made_run" ]; then rmdir /run/sshd; fi; }
+trap cleanup EXIT
+ssh-keygen -q -t ed25519 -N '' -C bake-check -f "$d/key" >/dev/null
+/usr/sbin/sshd -T -h "$d/key"
+echo @@@
+/usr/sbin/sshd -T -h "$d/key" -C user=root,host=bake-check,addr=192.0.2.1
+echo @@@
+/usr/sbin/sshd -T -h "$d/key" -C user=` + admin + `,host=bake-check,addr=192.0.2.1
+`
+}
+
+// CheckSSHDCheckOutput checks the output of SSHDCheckScript.
+func CheckSSHDCheckOutput(out string, port int) error {
+	parts := strings.Split(out, "@@@\n")
+	if len(parts) != 3 {
+		return fmt.Errorf("sshd -T check: unexpected output:\n%s", out)
+	}
+	for i, who := range []string{"any connection", "root", "the admin"} {
+		if err := CheckSSHDT(parts[i], port); err != nil {
+			return fmt.Errorf("%s: %w", who, err)
+		}
+	}
+	return nil
+}

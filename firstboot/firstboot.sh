@@ -1,0 +1,332 @@
+#!/bin/sh
+# bake first boot: the per-instance step of an appliance image.
+#
+# Once per instance (keyed by /etc/machine-id, stamped under
+# /var/lib/bake/firstboot), before sshd and the gateway start, it reads the
+# instance's seed (docs/seed.md) from the sources listed in
+# /etc/bake/firstboot.conf, in order of precedence:
+#   nocloud      a volume labelled cidata or CIDATA (ISO9660 or FAT), mounted
+#                read-only: files bake.* and user-data's ssh_authorized_keys
+#   credentials  systemd credentials bake.* ($CREDENTIALS_DIRECTORY; SMBIOS
+#                type 11 or fw_cfg io.systemd.credential:bake.NAME=VALUE)
+#   cloud-init   files bake.* that cloud-init's write_files put into
+#                /run/bake/cloud-init-seed (cloud-init itself installs the
+#                cloud's keys for the admin, its default user)
+# and the image's baked values last (/etc/bake/seed.d, only when the recipe
+# allowed baked secrets). It installs the admin's authorized keys, sets the
+# gateway token (given, or 64 random [A-Za-z0-9] from the kernel's CSPRNG),
+# writes the gateway's openclaw.json (0600, owned by the gateway's user) and
+# leaves a Tailscale auth key for bake-tailscale-up.service.
+#
+# It logs what it does and where values came from, never a secret: no
+# secret is ever put on a command line (other users can read those).
+# SSH host keys are not made here but by bake-hostkeys.service, which
+# does not depend on this script succeeding.
+
+set -u
+umask 077
+export LC_ALL=C
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+CONF=${BAKE_FIRSTBOOT_CONF:-/etc/bake/firstboot.conf}
+STATE=/var/lib/bake/firstboot
+WORK=/run/bake/firstboot
+MACHINE_ID_FILE=/etc/machine-id
+BAKED_SEED=/etc/bake/seed.d
+CLOUD_INIT_SEED=/run/bake/cloud-init-seed
+SECRETS=/var/lib/bake/secrets
+PLACEHOLDER=@BAKE_GATEWAY_TOKEN@
+NAMES="admin_ssh_keys gateway_token tailscale_authkey"
+
+# Settings from the image (firstboot.conf overrides these defaults).
+ADMIN_USER=
+SEEDS="nocloud credentials"
+GATEWAY_CONFIG=
+GATEWAY_TEMPLATE=/etc/bake/openclaw.json.in
+GATEWAY_OWNER=
+TAILSCALE=
+
+failed=0
+log() { echo "bake-firstboot: $*"; }
+warn() { echo "bake-firstboot: warning: $*" >&2; }
+err() {
+	echo "bake-firstboot: error: $*" >&2
+	failed=1
+}
+
+# collect SOURCE DIR: takes bake.NAME files from DIR. Keys from every
+# source are kept; for the other values the first source (highest
+# precedence) wins.
+collect() {
+	src=$1 dir=$2
+	for name in $NAMES; do
+		f=$dir/bake.$name
+		[ -f "$f" ] || continue
+		if [ "$name" = admin_ssh_keys ]; then
+			cat "$f" >>"$WORK/keys.$src"
+			echo >>"$WORK/keys.$src"
+			log "seed $src: bake.$name"
+		elif [ -s "$WORK/value.$name" ]; then
+			log "seed $src: bake.$name ignored (already given by $(cat "$WORK/from.$name"))"
+		elif [ -s "$f" ]; then
+			cat "$f" >"$WORK/value.$name"
+			echo "$src" >"$WORK/from.$name"
+			log "seed $src: bake.$name"
+		fi
+	done
+}
+
+# user_data_keys FILE: the items of the top-level ssh_authorized_keys list of
+# a #cloud-config document (block or flow style, plain or quoted). A seed
+# written for cloud-init thus works on images without it.
+user_data_keys() {
+	awk '
+	NR == 1 && $0 !~ /^#cloud-config/ { exit }
+	function unquote(s) {
+		sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s)
+		if (s ~ /^".*"$/) { s = substr(s, 2, length(s) - 2); gsub(/\\"/, "\"", s) }
+		else if (s ~ /^'\''.*'\''$/) { s = substr(s, 2, length(s) - 2); gsub(/'\'\''/, "'\''", s) }
+		return s
+	}
+	/^ssh_authorized_keys:/ {
+		rest = substr($0, index($0, ":") + 1)
+		if (rest ~ /^[ \t]*\[/) {
+			sub(/^[ \t]*\[/, "", rest); sub(/\][ \t]*$/, "", rest)
+			n = split(rest, items, ",")
+			for (i = 1; i <= n; i++) { k = unquote(items[i]); if (k != "") print k }
+			next
+		}
+		inlist = 1; next
+	}
+	inlist && /^[ \t]*-[ \t]/ { item = $0; sub(/^[ \t]*-[ \t]+/, "", item); print unquote(item); next }
+	inlist && /^[ \t]*(#.*)?$/ { next }
+	inlist { inlist = 0 }
+	' "$1"
+}
+
+seed_nocloud() {
+	if command -v udevadm >/dev/null 2>&1; then
+		udevadm settle --timeout=10 2>/dev/null || true
+	fi
+	dev=
+	for label in cidata CIDATA; do
+		[ -n "$dev" ] || dev=$(blkid -c /dev/null -o device -t "LABEL=$label" 2>/dev/null | head -n 1)
+	done
+	if [ -z "$dev" ]; then
+		log "seed nocloud: no volume labelled cidata or CIDATA"
+		return 0
+	fi
+	mnt=$WORK/nocloud
+	mkdir -p "$mnt"
+	if ! mount -o ro,nosuid,nodev,noexec "$dev" "$mnt"; then
+		err "seed nocloud: cannot mount $dev read-only"
+		return 0
+	fi
+	log "seed nocloud: reading $dev"
+	collect nocloud "$mnt"
+	if [ -f "$mnt/user-data" ]; then
+		user_data_keys "$mnt/user-data" >>"$WORK/keys.nocloud-user-data"
+	fi
+	umount "$mnt" || warn "seed nocloud: cannot unmount $mnt"
+}
+
+seed_credentials() {
+	dir=${CREDENTIALS_DIRECTORY:-}
+	if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+		log "seed credentials: none passed"
+		return 0
+	fi
+	collect credentials "$dir"
+}
+
+seed_cloud_init() {
+	if [ ! -d "$CLOUD_INIT_SEED" ]; then
+		log "seed cloud-init: no bake values in user-data (keys from cloud-init go to the admin directly)"
+		return 0
+	fi
+	collect cloud-init "$CLOUD_INIT_SEED"
+	rm -rf "$CLOUD_INIT_SEED"
+}
+
+# valid_keys: public keys from stdin, one per line, that ssh-keygen accepts;
+# anything else is dropped with a warning (never echoed: it might be a
+# secret pasted by mistake).
+valid_keys() {
+	while IFS= read -r line || [ -n "$line" ]; do
+		line=$(printf '%s' "$line" | tr -d '\r')
+		case $line in
+		'' | '#'*) continue ;;
+		*PRIVATE\ KEY*)
+			warn "ignored private key material in the seed"
+			continue
+			;;
+		esac
+		if printf '%s\n' "$line" | ssh-keygen -l -f /dev/stdin >/dev/null 2>&1; then
+			printf '%s\n' "$line"
+		else
+			warn "ignored a line that is not an SSH public key"
+		fi
+	done
+}
+
+# install_keys USER: merges the seed's keys into USER's authorized_keys
+# (keys already there, from the recipe or cloud-init, stay).
+install_keys() {
+	user=$1
+	home=$(getent passwd "$user" | cut -d: -f6)
+	if [ -z "$home" ] || [ ! -d "$home" ]; then
+		err "admin user $user has no home directory"
+		return 0
+	fi
+	group=$(id -gn "$user")
+	ak=$home/.ssh/authorized_keys
+	cat "$WORK"/keys.* 2>/dev/null | valid_keys >"$WORK/seed_keys"
+	{
+		[ -f "$ak" ] && cat "$ak"
+		cat "$WORK/seed_keys"
+	} | awk 'NF && !seen[$0]++' >"$WORK/authorized_keys"
+	n=$(grep -c . "$WORK/seed_keys" || true)
+	if [ ! -s "$WORK/authorized_keys" ]; then
+		warn "no SSH key for $user: nobody can log in over SSH (give bake.admin_ssh_keys or user-data ssh_authorized_keys in the seed)"
+		return 0
+	fi
+	mkdir -p "$home/.ssh"
+	chown "$user:$group" "$home/.ssh"
+	chmod 0700 "$home/.ssh"
+	chown "$user:$group" "$WORK/authorized_keys"
+	chmod 0600 "$WORK/authorized_keys"
+	mv -f "$WORK/authorized_keys" "$ak"
+	log "installed $n key(s) from the seed for $user; $ak now holds:"
+	ssh-keygen -l -f "$ak" 2>/dev/null | while IFS= read -r fp; do log "  $fp"; done
+}
+
+# gen_token: 64 characters [A-Za-z0-9] from the kernel's CSPRNG.
+gen_token() {
+	tr -dc 'A-Za-z0-9' </dev/urandom | head -c 64
+}
+
+# render_config TEMPLATE TOKEN OUT: the template with the token in place,
+# written with shell builtins only, so the token is on no command line.
+render_config() {
+	tpl=$(cat "$1") || return 1
+	case $tpl in
+	*"$PLACEHOLDER"*) ;;
+	*) return 1 ;;
+	esac
+	printf '%s%s%s\n' "${tpl%%"$PLACEHOLDER"*}" "$2" "${tpl#*"$PLACEHOLDER"}" >"$3"
+}
+
+setup_gateway() {
+	[ -n "$GATEWAY_CONFIG" ] || return 0
+	if [ -s "$WORK/value.gateway_token" ]; then
+		token=$(head -n 1 "$WORK/value.gateway_token" | tr -d '\r\n')
+		from="the seed ($(cat "$WORK/from.gateway_token"))"
+		case $token in
+		'' | *[!A-Za-z0-9._~+/=-]*)
+			err "the seed's bake.gateway_token may hold only A-Z a-z 0-9 . _ ~ + / = -; the gateway is not configured"
+			return 0
+			;;
+		esac
+		if [ ${#token} -lt 16 ]; then
+			err "the seed's bake.gateway_token is shorter than 16 characters; the gateway is not configured"
+			return 0
+		fi
+	else
+		token=$(gen_token)
+		from="generated from /dev/urandom"
+		if [ ${#token} -ne 64 ]; then
+			err "could not generate a gateway token"
+			return 0
+		fi
+	fi
+	dir=${GATEWAY_CONFIG%/*}
+	owner=$GATEWAY_OWNER
+	group=$(id -gn "$owner") || {
+		err "gateway user $owner does not exist"
+		return 0
+	}
+	mkdir -p "$dir"
+	chown "$owner:$group" "$dir"
+	chmod 0700 "$dir"
+	tmp=$dir/.openclaw.json.bake-new
+	if ! render_config "$GATEWAY_TEMPLATE" "$token" "$tmp"; then
+		rm -f "$tmp"
+		err "cannot render $GATEWAY_TEMPLATE"
+		return 0
+	fi
+	chown "$owner:$group" "$tmp"
+	chmod 0600 "$tmp"
+	mv -f "$tmp" "$GATEWAY_CONFIG"
+	log "gateway token: ${#token} characters, $from"
+	log "wrote $GATEWAY_CONFIG (0600, $owner); read the token with: sudo grep -o '\"token\": *\"[^\"]*\"' $GATEWAY_CONFIG"
+}
+
+setup_tailscale() {
+	[ -s "$WORK/value.tailscale_authkey" ] || return 0
+	if [ -z "$TAILSCALE" ]; then
+		warn "the seed has a Tailscale auth key, but this image has no Tailscale; ignored"
+		return 0
+	fi
+	mkdir -p "$SECRETS"
+	chmod 0700 "$SECRETS"
+	tr -d ' \t\r\n' <"$WORK/value.tailscale_authkey" >"$SECRETS/tailscale_authkey"
+	chmod 0600 "$SECRETS/tailscale_authkey"
+	log "tailscale auth key from the seed ($(cat "$WORK/from.tailscale_authkey")): bake-tailscale-up.service joins once the network is online"
+}
+
+main() {
+	if [ -r "$CONF" ]; then
+		. "$CONF"
+	else
+		warn "$CONF missing; using defaults"
+	fi
+	mid=$(cat "$MACHINE_ID_FILE" 2>/dev/null || true)
+	case $mid in
+	'' | *[!0-9a-f]*)
+		echo "bake-firstboot: error: $MACHINE_ID_FILE holds no machine ID ('$mid'); systemd sets it up at boot" >&2
+		exit 1
+		;;
+	esac
+	if [ ${#mid} -ne 32 ]; then
+		echo "bake-firstboot: error: $MACHINE_ID_FILE holds no valid machine ID" >&2
+		exit 1
+	fi
+	stamp=$STATE/$mid.done
+	if [ -e "$stamp" ]; then
+		log "instance $mid was set up on $(cat "$stamp"); nothing to do"
+		exit 0
+	fi
+	log "first boot of instance $mid; seed sources: $SEEDS"
+	rm -rf "$WORK"
+	mkdir -p "$WORK"
+	chmod 0700 "$WORK"
+	for src in $SEEDS; do
+		case $src in
+		nocloud) seed_nocloud ;;
+		credentials) seed_credentials ;;
+		cloud-init) seed_cloud_init ;;
+		*) warn "unknown seed source $src" ;;
+		esac
+	done
+	if [ -d "$BAKED_SEED" ]; then
+		collect baked "$BAKED_SEED"
+	fi
+	if [ -n "$ADMIN_USER" ]; then
+		install_keys "$ADMIN_USER"
+	fi
+	setup_gateway
+	setup_tailscale
+	rm -rf "$WORK"
+	if [ "$failed" -ne 0 ]; then
+		echo "bake-firstboot: error: first boot is incomplete; it runs again at the next boot" >&2
+		exit 1
+	fi
+	mkdir -p "$STATE"
+	date -u +%Y-%m-%dT%H:%M:%SZ >"$stamp"
+	log "done for instance $mid"
+}
+
+# Tests source this file with BAKE_FIRSTBOOT_LIB=1 to call its functions.
+if [ "${BAKE_FIRSTBOOT_LIB:-}" != 1 ]; then
+	main "$@"
+fi
