@@ -20,4 +20,38 @@
 // with filesystems made from the tree; ReadBootChain tells whether the
 // steps changed the kernel or the boot loader, i.e. whether grub.cfg (and the
 // boot loader images) must be made anew.
+//
+// How the builder runs it (stages of a recipe with base.image; everything
+// runs inside bake's private mount namespace, as the Debian path does):
+//
+//	// [base image] fetch + verify: before anything else, refused on mismatch
+//	path, err := cloudimg.Fetch(ctx, cloudimg.Source{Path: im.Path, URL: im.URL,
+//		SHA256: im.SHA256, SHA512: im.SHA512}, filepath.Join(cacheDir, "images"), stdout)
+//	img, err := cloudimg.Open(path)              // refusals with reasons
+//	raw := filepath.Join(workDir, "base.raw")
+//	err = cloudimg.ToRaw(ctx, img, raw); img.Close()
+//	layout, err := cloudimg.Inspect(ctx, raw, cloudimg.WithRunner(runner))
+//	err = layout.Supported()                     // xfs/btrfs root: "not supported yet"
+//
+//	// [extract] root (and /boot) into the tree; needs root
+//	err = cloudimg.Extract(ctx, raw, layout, tree, cloudimg.WithRunner(runner), cloudimg.WithLog(log))
+//	before, err := cloudimg.ReadBootChain(tree)
+//	// chroot stages as for a Debian base; call rootfs.DivertBootHooks before
+//	// the first apt step (the base has GRUB and kernel hooks installed).
+//
+//	// [assemble] instead of disk.PrepareTree + disk.Assemble (PrepareTree
+//	// would rewrite fstab and grub.cfg for bake's own layout):
+//	after, err := cloudimg.ReadBootChain(tree)
+//	kernel, loader := before.Changes(after)
+//	if kernel || loader {
+//		err = disk.PrepareCloudBoot(disk.CloudBootSpec{Tree: tree, Layout: layout,
+//			KernelCmdline: extra, SourceDateEpoch: epoch, Log: log})
+//	}
+//	err = rootfs.ClampTimes(tree, time.Unix(epoch, 0))
+//	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{Base: raw, Layout: layout,
+//		Tree: tree, Output: out, Size: size, RebuildBoot: loader,
+//		SourceDateEpoch: epoch, Runner: runner, Log: log})
+//
+// The manifest's base entry: the Source's algorithm and digest, and from the
+// Layout the OS release, kernels and partition identifiers.
 package cloudimg
