@@ -82,6 +82,11 @@ func (s Spec) validate(needOutput bool) error {
 	}
 	if needOutput && s.Output == "" {
 		errs = append(errs, errors.New("spec.Output is empty"))
+	} else if needOutput && s.Tree != "" {
+		// mkfs -d would copy the half-written image into itself.
+		if rel, err := filepath.Rel(s.Tree, s.Output); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			errs = append(errs, fmt.Errorf("spec.Output %s is inside spec.Tree", s.Output))
+		}
 	}
 	if !s.BIOS && !s.UEFI {
 		errs = append(errs, errors.New("spec: neither BIOS nor UEFI is enabled, the disk would not boot"))

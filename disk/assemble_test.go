@@ -32,6 +32,11 @@ func TestSpecValidate(t *testing.T) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}
 	}
+	inside := testSpec(fakeTree(t)).withDefaults()
+	inside.Output = filepath.Join(inside.Tree, "var/tmp/disk.raw")
+	if err := inside.validate(true); err == nil || !strings.Contains(err.Error(), "inside spec.Tree") {
+		t.Errorf("output inside the tree: err = %v", err)
+	}
 	good := testSpec(fakeTree(t)).withDefaults()
 	if err := good.validate(true); err != nil {
 		t.Errorf("good spec refused: %v", err)
@@ -141,6 +146,19 @@ func TestMkfsArgs(t *testing.T) {
 	s.SourceDateEpoch = 0
 	if _, env := mkfsArgs(s, root, "c"); slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "E2FSPROGS_FAKE_TIME") }) {
 		t.Error("E2FSPROGS_FAKE_TIME set without an epoch")
+	}
+}
+
+func TestQuietDebugfs(t *testing.T) {
+	var log strings.Builder
+	r := quietDebugfs(execx.Host{Log: &log}).(execx.Host)
+	io.WriteString(r.Log, "+ debugfs -w -f x\ndebugfs 1.47.0\ndebu")
+	io.WriteString(r.Log, "gfs: sif \"/a\" atime @1\nsif: File not found\n")
+	if got, want := log.String(), "+ debugfs -w -f x\ndebugfs 1.47.0\nsif: File not found\n"; got != want {
+		t.Errorf("log = %q, want %q", got, want)
+	}
+	if _, ok := quietDebugfs(&execx.Recorder{}).(*execx.Recorder); !ok {
+		t.Error("a non-Host runner must be returned unchanged")
 	}
 }
 

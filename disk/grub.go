@@ -26,10 +26,12 @@ const (
 )
 
 // Modules built into core.img and BOOTX64.EFI: what is needed to find the
-// root filesystem by UUID and read grub.cfg from it, plus serial so the
-// early messages reach a serial console. Everything else (linux, gzio,
+// root filesystem by UUID, read grub.cfg and load Linux, plus serial and
+// terminal so GRUB talks on a serial console. Everything else (gzio,
 // all_video, ...) is loaded on demand by normal mode from
 // /boot/grub/<platform>, which PrepareTree fills from the same tree.
+// core.img comes to about 144 KiB with these (Debian 12's GRUB 2.06),
+// BOOTX64.EFI to about 644 KiB.
 var (
 	biosModules = []string{
 		"biosdisk", "part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid",

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func requireIntegration(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: needs root (chroot, mmdebstrap, file owners in the tree)")
 	}
-	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "debugfs", "dumpe2fs", "e2fsck", "chroot", "sgdisk", "blkid",
+	for _, tool := range []string{"mmdebstrap", "unshare", "mkfs.ext4", "debugfs", "dumpe2fs", "e2fsck", "chroot", "sgdisk", "blkid",
 		"losetup", "qemu-system-x86_64", "qemu-img", "mdir", "fsck.vfat", "tar"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("skipped: %s not installed", tool)
@@ -84,8 +85,11 @@ func testTree(t *testing.T) string {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
-		err := execx.Host{}.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: []string{
-			"--variant=" + treeVariant, "--include=" + strings.Join(treeIncludes, ","), "--format=tar",
+		// In a private mount namespace: the mounts mmdebstrap makes in its
+		// chroot (/proc, /sys, /dev) vanish with it even if it is killed.
+		err := execx.Host{}.Run(ctx, execx.Cmd{Name: "unshare", Args: []string{
+			"--mount", "--propagation", "private", "--",
+			"mmdebstrap", "--variant=" + treeVariant, "--include=" + strings.Join(treeIncludes, ","), "--format=tar",
 			treeSuite, partial,
 		}, Stdin: strings.NewReader("")})
 		if err != nil {
@@ -474,6 +478,9 @@ func bootImage(t *testing.T, img string, uefi bool) (string, time.Duration) {
 			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
 	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
+	// If the test binary dies without running its cleanups (go test
+	// -timeout panics), the kernel kills QEMU too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qout, &qout
 	start := time.Now()
