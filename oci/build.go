@@ -85,8 +85,8 @@ type BuildInfo struct {
 	UncompressedSize int64             `json:"uncompressed_size"`
 	Versions         map[string]string `json:"versions"` // debian suite, node, the app
 	DebianPackages   []string          `json:"debian_packages"`
-	NpmPackages      int               `json:"npm_packages"`
-	Npm              string            `json:"npm"` // npm version that installed the app
+	NpmPackages      int               `json:"npm_packages"` // installed in the image
+	Npm              string            `json:"npm"`          // npm version that installed the app
 	Layers           []LayerInfo       `json:"layers"`
 	Duration         time.Duration     `json:"duration_ns"`
 }

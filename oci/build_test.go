@@ -111,6 +111,7 @@ func (f *fakeWorld) Run(_ context.Context, c execx.Cmd) error {
 		write(f.t, nm, "openclaw/package.json", `{"name":"openclaw","version":"2026.9.6","bin":{"openclaw":"openclaw.mjs"}}`, 0o644)
 		write(f.t, nm, "openclaw/openclaw.mjs", "#!/usr/bin/env node\nconsole.log('hi')\n", 0o775)
 		write(f.t, nm, "ws/package.json", `{"name":"ws"}`, 0o600)
+		write(f.t, nm, "openclaw/node_modules/ignored/index.js", "", 0o644)
 		write(f.t, nm, ".package-lock.json", `{}`, 0o644)
 		os.MkdirAll(filepath.Join(nm, ".bin"), 0o755)
 		os.Symlink("../openclaw/openclaw.mjs", filepath.Join(nm, ".bin/openclaw"))

@@ -155,7 +155,7 @@ func mmdebstrapArgs(d DebianLayer, sources []string, proxies []string, debCache,
 	return append(args, sources...)
 }
 
-// buildDebianLayer bootstraps the base tree and turns it into a layer, or
+// debianLayer bootstraps the base tree and turns it into a layer, or
 // returns the cached layer for the same inputs.
 func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error) {
 	d := b.spec.Debian

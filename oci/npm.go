@@ -176,7 +176,8 @@ type lockfile struct {
 type appLock struct {
 	Engine   string            // engines.node of the app, "" if none
 	Bin      map[string]string // the app's executables
-	Packages int               // packages in the tree
+	Packages int               // packages in the lockfile, for every platform
+	Paths    []string          // their node_modules/... paths
 }
 
 // parseLockfile checks that a lockfile pins app at its version (a recipe
@@ -198,6 +199,11 @@ func parseLockfile(b []byte, app NpmApp) (appLock, error) {
 		return appLock{}, fmt.Errorf("package-lock.json pins %s@%s, the recipe asks for %s: regenerate the lockfile", app.Package, p.Version, app.spec())
 	}
 	out := appLock{Bin: p.Bin, Packages: len(lf.Packages) - 1}
+	for k := range lf.Packages {
+		if k != "" {
+			out.Paths = append(out.Paths, k)
+		}
+	}
 	if len(p.Engines) > 0 {
 		// engines is an object in current packages, an array in some
 		// ancient ones (ignored: it cannot name node).
@@ -328,6 +334,14 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		cmd := execx.Cmd{Name: "npm", Dir: dir, Args: args, Env: env, Stdout: b.log, Stderr: b.log}
 		if err := b.runner.Run(ctx, cmd); err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
+		}
+	}
+	// What npm installed for the image's platform (a lockfile lists the
+	// native packages of every platform).
+	info.Packages = 0
+	for _, p := range al.Paths {
+		if _, err := os.Stat(filepath.Join(dir, p, "package.json")); err == nil {
+			info.Packages++
 		}
 	}
 	es, err := treeEntries(filepath.Join(dir, "node_modules"), treeOptions{

@@ -57,8 +57,9 @@ func symlinkEntry(name, target string) entry {
 }
 
 // withParents adds a directory entry (0755 root:root) for every parent of
-// an entry that has none, so each layer extracts on its own even where the
-// extractor does not create missing parents.
+// an entry that has none. Only for a layer that stands alone (the test
+// gateway's): in a layer above another, such an entry would override the
+// lower layer's owner and mode of that directory.
 func withParents(es []entry) []entry {
 	have := map[string]bool{}
 	for _, e := range es {
@@ -161,8 +162,8 @@ type treeOptions struct {
 	// Skip is called with the image path (no leading slash) of every
 	// entry; true drops it, and a directory's whole subtree with it.
 	Skip func(name string, isDir bool) bool
-	// KeepContents, for a directory Skip dropped, keeps the directory
-	// itself (empty): /proc, /dev, /tmp.
+	// KeepDir, for a directory Skip dropped, keeps the directory itself
+	// (empty): /proc, /dev, /tmp.
 	KeepDir func(name string) bool
 	// Normalize, when set, replaces owners by root and modes by 0755 for
 	// directories and executables and 0644 for other files: for trees
