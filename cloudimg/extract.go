@@ -224,7 +224,9 @@ func unmount(ctx context.Context, r execx.Runner, mnt string) error {
 func waitLoopFree(ctx context.Context, loop, raw string) error {
 	backing := filepath.Join("/sys/block", filepath.Base(loop), "loop/backing_file")
 	abs, _ := filepath.Abs(raw)
-	for i := 0; i < 50; i++ {
+	// The kernel releases an autoclear loop device from a work queue after
+	// the last close; under heavy I/O that took over 5 s here.
+	for i := 0; i < 600; i++ {
 		b, err := os.ReadFile(backing)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -238,5 +240,5 @@ func waitLoopFree(ctx context.Context, loop, raw string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("loop device %s still attached 5 s after the unmount", loop)
+	return fmt.Errorf("loop device %s still attached 60 s after the unmount", loop)
 }

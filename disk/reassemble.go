@@ -553,9 +553,14 @@ func replaceEFIBinary(ctx context.Context, spec ReassembleSpec, offset int64, ef
 	}
 	img := fmt.Sprintf("%s@@%d", spec.Output, offset)
 	env := []string{"MTOOLS_SKIP_CHECK=1", "TZ=UTC", "LC_ALL=C"}
-	// -D s: an existing directory is fine.
-	if err := spec.Runner.Run(ctx, execx.Cmd{Name: "mmd", Args: []string{"-D", "s", "-i", img, "::/EFI", "::/EFI/BOOT"}, Env: env}); err != nil {
-		return fmt.Errorf("ESP: %w", err)
+	for _, dir := range []string{"::/EFI", "::/EFI/BOOT"} {
+		// mmd fails on an existing directory: make only missing ones.
+		if _, err := spec.Runner.Output(ctx, execx.Cmd{Name: "mdir", Args: []string{"-b", "-i", img, dir}, Env: env}); err == nil {
+			continue
+		}
+		if err := spec.Runner.Run(ctx, execx.Cmd{Name: "mmd", Args: []string{"-i", img, dir}, Env: env}); err != nil {
+			return fmt.Errorf("ESP: %w", err)
+		}
 	}
 	fmt.Fprintf(spec.Log, "disk: writing the rebuilt EFI/BOOT/BOOTX64.EFI (%d bytes) into the ESP\n", len(efi))
 	if err := spec.Runner.Run(ctx, execx.Cmd{Name: "mcopy", Args: []string{"-o", "-m", "-i", img, tmp.Name(), "::/EFI/BOOT/BOOTX64.EFI"}, Env: env}); err != nil {

@@ -305,3 +305,62 @@ func (w testLog) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// The ESP keeps its FAT type, volume ID, label and other files when the
+// rebuilt BOOTX64.EFI replaces the old one (mtools, in place).
+func TestReplaceEFIBinary(t *testing.T) {
+	needTools(t, "mkfs.vfat", "mcopy", "mmd", "mdir", "mtype")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 200*mib)
+	const off = 8192 * 512
+	if out, err := exec.Command("mkfs.vfat", "-F", "16", "-n", "UEFI", "-i", "0B0A7B15", "--offset", "8192", img, fmt.Sprint(124*1024)).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.vfat: %v\n%s", err, out)
+	}
+	env := append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	at := fmt.Sprintf("%s@@%d", img, off)
+	old := filepath.Join(dir, "shim")
+	os.WriteFile(old, []byte("shim"), 0o644)
+	for _, args := range [][]string{{"mmd", "-i", at, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"}, {"mcopy", "-i", at, old, "::/EFI/BOOT/BOOTX64.EFI"}, {"mcopy", "-i", at, old, "::/EFI/debian/shimx64.efi"}} {
+		c := exec.Command(args[0], args[1:]...)
+		c.Env = env
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	before, _ := os.ReadFile(img)
+	spec := ReassembleSpec{Output: img, SourceDateEpoch: 1700000000, Runner: execx.Host{}, Log: testLog{t}}
+	if err := replaceEFIBinary(context.Background(), spec, off, []byte("new grub image")); err != nil {
+		t.Fatal(err)
+	}
+	mtype := func(p string) string {
+		c := exec.Command("mtype", "-i", at, p)
+		c.Env = env
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("mtype %s: %v", p, err)
+		}
+		return string(out)
+	}
+	if got := mtype("::/EFI/BOOT/BOOTX64.EFI"); got != "new grub image" {
+		t.Errorf("BOOTX64.EFI = %q", got)
+	}
+	if got := mtype("::/EFI/debian/shimx64.efi"); got != "shim" {
+		t.Errorf("other file = %q", got)
+	}
+	after, _ := os.ReadFile(img)
+	// Boot sector (FAT type, volume ID, label) unchanged.
+	if !bytes.Equal(after[off:off+62], before[off:off+62]) {
+		t.Error("ESP boot sector changed")
+	}
+	// Once more with the directories already there and a second file name.
+	if err := replaceEFIBinary(context.Background(), spec, off, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if got := mtype("::/EFI/BOOT/BOOTX64.EFI"); got != "again" {
+		t.Errorf("BOOTX64.EFI = %q", got)
+	}
+}
