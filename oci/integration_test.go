@@ -454,3 +454,26 @@ func extractImage(img v1.Image, dir string) error {
 	}
 	return nil
 }
+
+// TestGatewayImageColdBuild measures a build from nothing: empty layer
+// cache and empty download cache (every .deb, the Node tarball and all npm
+// packages fetched). Opt-in, for BENCHMARKS.md: BAKE_OCI_COLD=1.
+func TestGatewayImageColdBuild(t *testing.T) {
+	if os.Getenv("BAKE_OCI_COLD") == "" {
+		t.Skip("set BAKE_OCI_COLD=1 to measure a build with no caches at all")
+	}
+	needTools(t, "mmdebstrap", "npm")
+	spec := OpenClawGatewaySpec(filepath.Join(moduleRoot(t), "recipes/openclaw-gateway"), integrationEpoch)
+	spec.CacheDir = t.TempDir()
+	start := time.Now()
+	_, info, err := Build(context.Background(), spec, execx.Host{}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cold build, no caches: %s -> %s", time.Since(start).Round(time.Second), info.Digest)
+	start = time.Now()
+	if _, info2, err := Build(context.Background(), spec, execx.Host{}, io.Discard); err != nil || info2.Digest != info.Digest {
+		t.Fatalf("warm: %v %s", err, info2.Digest)
+	}
+	t.Logf("warm build: %s", time.Since(start).Round(time.Millisecond))
+}
