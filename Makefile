@@ -5,10 +5,10 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/bakeimg/bake/builder.Version=$(VERSION)
 RECIPE ?= recipes/openclaw.yaml
 OUT ?= out
-# Expensive test fixtures (bootstrapped trees, built images) live here, keyed
-# by their inputs, so a warm `make test` reuses them.
-export BAKE_TEST_CACHE ?= $(CURDIR)/.cache
-export BAKE_CACHE_DIR ?= $(CURDIR)/.cache/bake
+# Expensive test fixtures (bootstrapped trees, cloud-image fixtures, the
+# tailscale build, npm downloads) live here, keyed by their inputs, outside the
+# checkout so that CI's fresh clone reuses them.
+export BAKE_TEST_CACHE ?= /var/cache/bake-test
 
 .PHONY: all deps bake image test unit integration vm bench clean
 
@@ -30,7 +30,8 @@ test: deps bake
 	go vet ./...
 	go test -count=1 -timeout 10m ./...
 	go test -count=1 -tags integration -timeout 30m -p 1 ./...
-	go test -count=1 -tags vm -timeout 40m -p 1 -v ./test/vm/... 2>&1 | tee $(BAKE_TEST_CACHE)/vm-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+	mkdir -p $(BAKE_TEST_CACHE)
+	go test -count=1 -tags vm -timeout 40m -p 1 -v ./... 2>&1 | tee $(BAKE_TEST_CACHE)/vm-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
 
 unit:
 	go test ./...

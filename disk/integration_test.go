@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
@@ -62,11 +63,7 @@ func cacheDir(t *testing.T) string {
 	if d := os.Getenv("BAKE_TESTTREES"); d != "" {
 		return d
 	}
-	d, err := filepath.Abs("../.cache/testtrees")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return testcache.Dir("testtrees")
 }
 
 // testTree returns a fresh copy of the cached test tree, building the cache

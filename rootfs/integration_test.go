@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
@@ -49,8 +50,7 @@ func requireIntegration(t *testing.T, tools ...string) {
 }
 
 func moduleCache(t *testing.T) string {
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".cache", "rootfs")
+	dir := testcache.Dir("rootfs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
@@ -99,22 +100,13 @@ func testKernel(t *testing.T) kernelFixture {
 	t.Helper()
 	fixtureOnce.Do(func() { fixture = buildKernelFixture() })
 	if fixture.err != nil {
-		t.Skipf("no test kernel: %v", fixture.err)
+		t.Fatalf("no test kernel: %v", fixture.err)
 	}
 	return fixture
 }
 
 func cacheDir() (string, error) {
-	dir := os.Getenv("BAKE_TEST_CACHE")
-	if dir == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			return "", err
-		}
-		dir = filepath.Join(base, "bake")
-	}
-	dir = filepath.Join(dir, "vmtest")
-	return dir, os.MkdirAll(dir, 0o755)
+	return testcache.Dir("vmtest"), nil
 }
 
 // aptDownload fetches pkg's .deb into dir unless a matching one is there.

@@ -8,6 +8,7 @@ package vmtest
 import (
 	"bytes"
 	"context"
+	"github.com/bakeimg/bake/internal/testcache"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,7 +81,7 @@ func cacheDir() string {
 	if d := os.Getenv("BAKE_CACHE_DIR"); d != "" {
 		return d
 	}
-	return filepath.Join(repoRoot(), ".cache", "bake")
+	return testcache.Dir("bake")
 }
 
 // runBake runs the bake binary and returns combined output and exit code.
