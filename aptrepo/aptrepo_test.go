@@ -39,7 +39,7 @@ func tinyDeb(t *testing.T, dir, name, version string) string {
 		}
 	}
 	deb := filepath.Join(dir, name+".deb")
-	if err := execx.Default.Run(context.Background(), execx.Cmd{
+	if err := run(context.Background(), execx.Cmd{
 		Name: "dpkg-deb", Args: []string{"--root-owner-group", "--build", root, deb},
 	}); err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestRepoSignedAndVerifiedByApt(t *testing.T) {
 		{"--keyring", key.Keyring, filepath.Join(repo, "dists/bookworm/InRelease")},
 		{"--keyring", key.Keyring, filepath.Join(repo, "dists/bookworm/Release.gpg"), filepath.Join(repo, "dists/bookworm/Release")},
 	} {
-		if err := execx.Default.Run(ctx, execx.Cmd{Name: "gpgv", Args: args}); err != nil {
+		if err := run(ctx, execx.Cmd{Name: "gpgv", Args: args}); err != nil {
 			t.Error(err)
 		}
 	}

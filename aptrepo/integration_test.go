@@ -98,7 +98,7 @@ func TestTailscaleFromLocalRepo(t *testing.T) {
 		t.Fatal(err)
 	}
 	tarball := bookwormTree(t, ctx, filepath.Join(cache, "aptrepo"))
-	if err := execx.Default.Run(ctx, execx.Cmd{Name: "tar", Args: []string{"--numeric-owner", "-xpf", tarball, "-C", tree}}); err != nil {
+	if err := run(ctx, execx.Cmd{Name: "tar", Args: []string{"--numeric-owner", "-xpf", tarball, "-C", tree}}); err != nil {
 		t.Fatal(err)
 	}
 	write := func(p, content string, mode os.FileMode) {
@@ -123,14 +123,14 @@ func TestTailscaleFromLocalRepo(t *testing.T) {
 	keyring, _ := os.ReadFile(key.Keyring)
 	write("etc/apt/keyrings/tailscale.gpg", string(keyring), 0o644)
 	chroot := func(args ...string) (string, error) {
-		var out strings.Builder
-		err := execx.Default.Run(ctx, execx.Cmd{
-			Name:   "chroot",
-			Args:   append([]string{tree}, args...),
-			Env:    []string{"DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-			Stdout: &out, Stderr: &out,
-		})
-		return out.String(), err
+		// Combined output, in order, for the logs.
+		cmd := exec.CommandContext(ctx, "chroot", append([]string{tree}, args...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("chroot %s: %w", strings.Join(args, " "), err)
+		}
+		return string(out), err
 	}
 	source := func(uri string) string {
 		return fmt.Sprintf("Types: deb\nURIs: %s\nSuites: bookworm\nComponents: main\nSigned-By: /etc/apt/keyrings/tailscale.gpg\n", uri)
@@ -179,6 +179,11 @@ func TestTailscaleFromLocalRepo(t *testing.T) {
 	link, err := os.Readlink(filepath.Join(tree, "etc/systemd/system/multi-user.target.wants/tailscaled.service"))
 	if err != nil || link != "/lib/systemd/system/tailscaled.service" {
 		t.Errorf("tailscaled.service not enabled: %q %v", link, err)
+	}
+	// Systemd does not really run in the chroot: without the marker,
+	// systemctl works offline on the tree.
+	if err := os.RemoveAll(filepath.Join(tree, "run/systemd/system")); err != nil {
+		t.Fatal(err)
 	}
 	if out, err := chroot("systemctl", "is-enabled", "tailscaled.service"); err != nil || strings.TrimSpace(out) != "enabled" {
 		t.Errorf("systemctl is-enabled tailscaled: %v %q", err, out)
@@ -233,7 +238,7 @@ func bookwormTree(t *testing.T, ctx context.Context, dir string) string {
 	if mirror != "" {
 		args = append(args, mirror)
 	}
-	if err := execx.Default.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: args}); err != nil {
+	if err := run(ctx, execx.Cmd{Name: "mmdebstrap", Args: args}); err != nil {
 		os.Remove(tmp)
 		t.Fatal(err)
 	}
@@ -242,4 +247,62 @@ func bookwormTree(t *testing.T, ctx context.Context, dir string) string {
 	}
 	t.Logf("bootstrapped %s in %v", tarball, time.Since(start).Round(time.Second))
 	return tarball
+}
+
+// TestTailscaleMirrorScript runs scripts/tailscale-mirror.sh --serve as the
+// README's offline path does (the tailscale build comes from the cache the
+// test above fills) and checks the served repository with apt.
+func TestTailscaleMirrorScript(t *testing.T) {
+	for _, tool := range []string{"go", "gpg", "apt-get", "apt-ftparchive", "dpkg-deb", "sh"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s not installed: %v", tool, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	out := filepath.Join(t.TempDir(), "mirror")
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "sh", "../scripts/tailscale-mirror.sh", "--serve", out, DefaultTailscaleVersion)
+	cmd.Env = append(os.Environ(), "BAKE_CACHE="+cacheRoot(t))
+	// The background server keeps no pipe open (its output goes to
+	// OUT/serve.log), so CombinedOutput returns when the script does.
+	log, err := cmd.CombinedOutput()
+	// The server runs on in the background: stop it by its PID file.
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(out, "serve.pid")); err == nil {
+			var pid int
+			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 {
+				if p, err := os.FindProcess(pid); err == nil {
+					p.Signal(os.Interrupt)
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	t.Logf("tailscale-mirror.sh in %v:\n%s", time.Since(start).Round(time.Millisecond), log)
+	url, err := os.ReadFile(filepath.Join(out, "serve.url"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewApt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddSource("tailscale", strings.TrimSpace(string(url)), "bookworm", []string{"main"}, filepath.Join(out, "tailscale.gpg")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := a.Run(ctx, "apt-cache", "policy", "tailscale")
+	if err != nil || !strings.Contains(string(pol), "Candidate: "+DefaultTailscaleVersion) {
+		t.Errorf("apt-cache policy tailscale: %v\n%s", err, pol)
+	}
+	for _, f := range []string{"debian/bookworm.noarmor.gpg", "debian/dists/bookworm/Release.gpg", "debian/dists/bookworm/main/binary-amd64/Packages.gz"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -173,17 +173,24 @@ func (k *Key) gpg(ctx context.Context, stdout *bytes.Buffer, args ...string) err
 		return err
 	}
 	defer cleanup()
-	defer execx.Default.Run(context.WithoutCancel(ctx), execx.Cmd{
+	defer run(context.WithoutCancel(ctx), execx.Cmd{
 		Name: "gpgconf", Args: []string{"--homedir", home, "--kill", "gpg-agent"},
 	})
 	base := []string{"--homedir", home, "--batch", "--no-tty", "--yes",
 		"--pinentry-mode", "loopback", "--passphrase", ""}
 	c := execx.Cmd{Name: "gpg", Args: append(base, args...)}
-	if stdout == nil {
-		return execx.Default.Run(ctx, c)
-	}
 	out, err := execx.Default.Output(ctx, c)
-	stdout.Write(out)
+	if stdout != nil {
+		stdout.Write(out)
+	}
+	return err
+}
+
+// run runs c and keeps its stderr for the error. It uses Output, not
+// execx's Run: Host.Run hands stdout and stderr to two goroutines that
+// write into one unsynchronised buffer (a data race under -race).
+func run(ctx context.Context, c execx.Cmd) error {
+	_, err := execx.Default.Output(ctx, c)
 	return err
 }
 

@@ -116,7 +116,7 @@ func buildTailscale(ctx context.Context, v, entry, deb string) error {
 		// binaries call themselves "1.x.y-ERR-BuildInfo" (a module build has no
 		// VCS information).
 		ldflags := fmt.Sprintf("-X tailscale.com/version.longStamp=%s-gomod -X tailscale.com/version.shortStamp=%s", v, v)
-		err := execx.Default.Run(ctx, execx.Cmd{
+		err := run(ctx, execx.Cmd{
 			Name: "go",
 			Args: []string{"install", "-trimpath", "-ldflags=" + ldflags,
 				"tailscale.com/cmd/tailscale@v" + v, "tailscale.com/cmd/tailscaled@v" + v},
@@ -226,7 +226,7 @@ Description: The easiest, most secure, cross platform way to use WireGuard + oau
 		return err
 	}
 	tmpDeb := filepath.Join(work, filepath.Base(deb))
-	err = execx.Default.Run(ctx, execx.Cmd{
+	err = run(ctx, execx.Cmd{
 		Name: "dpkg-deb",
 		// gzip, like Tailscale's packages (nfpm): xz would cost half a
 		// minute on ~60 MB of binaries and save little.

@@ -70,7 +70,7 @@ func TestPackageTailscale(t *testing.T) {
 	}
 
 	x := filepath.Join(tmp, "x")
-	if err := execx.Default.Run(ctx, execx.Cmd{Name: "dpkg-deb", Args: []string{"--raw-extract", deb, x}}); err != nil {
+	if err := run(ctx, execx.Cmd{Name: "dpkg-deb", Args: []string{"--raw-extract", deb, x}}); err != nil {
 		t.Fatal(err)
 	}
 	read := func(p string) string {

@@ -1,7 +1,6 @@
 package aptrepo
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -106,20 +105,19 @@ func Verify(ctx context.Context, uri, suite string, components []string, keyring
 // (an unsigned or badly signed repository, a hash mismatch, a fetch that
 // failed), as "apt-get update --error-on=any" does on newer apt.
 func (a *Apt) Update(ctx context.Context) error {
-	var out bytes.Buffer
-	c := execx.Cmd{
-		Name:   "apt-get",
-		Args:   []string{"-q", "--error-on=any", "update"},
-		Env:    []string{"APT_CONFIG=" + a.Config, "LC_ALL=C.UTF-8"},
-		Stdout: &out,
-		Stderr: &out,
+	// --error-on=any makes apt-get exit non-zero on the warnings too (W:
+	// and E: go to stderr, which the error carries); Err: lines are on stdout.
+	out, err := execx.Default.Output(ctx, execx.Cmd{
+		Name: "apt-get",
+		Args: []string{"-q", "--error-on=any", "update"},
+		Env:  []string{"APT_CONFIG=" + a.Config, "LC_ALL=C.UTF-8"},
+	})
+	if err != nil {
+		return fmt.Errorf("aptrepo: %w\n%s", err, out)
 	}
-	if err := execx.Default.Run(ctx, c); err != nil {
-		return fmt.Errorf("aptrepo: %w", err)
-	}
-	for _, line := range strings.Split(out.String(), "\n") {
+	for _, line := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(line, "W:") || strings.HasPrefix(line, "E:") || strings.HasPrefix(line, "Err:") {
-			return fmt.Errorf("aptrepo: apt-get update: %s\n%s", line, out.String())
+			return fmt.Errorf("aptrepo: apt-get update: %s\n%s", line, out)
 		}
 	}
 	return nil
