@@ -59,6 +59,19 @@ func (b BootChain) Changes(a BootChain) (kernel, loader bool) {
 	return kernel, loader
 }
 
+// NewKernels lists the kernel versions in a (after the steps) that b (the
+// base) did not have: what disk.CloudBootSpec.Kernel should boot when there
+// is exactly one.
+func (b BootChain) NewKernels(a BootChain) []string {
+	var n []string
+	for _, k := range a.Kernels {
+		if !slices.Contains(b.Kernels, k) {
+			n = append(n, k)
+		}
+	}
+	return n
+}
+
 func mapsEqual(x, y map[string]string) bool {
 	if len(x) != len(y) {
 		return false

@@ -602,3 +602,33 @@ func TestInspectXFSRootNotSupported(t *testing.T) {
 	wantErr(t, l.Supported(), "xfs is not supported yet")
 	wantErr(t, Extract(context.Background(), img, l, filepath.Join(t.TempDir(), "tree")), "")
 }
+
+func TestBootChainChanges(t *testing.T) {
+	tree := t.TempDir()
+	writeTree(t, tree, map[string]string{
+		"boot/vmlinuz-6.1.0-28-cloud-amd64": "k",
+		"var/lib/dpkg/status": "Package: grub-pc-bin\nStatus: install ok installed\nVersion: 2.06-13\nArchitecture: amd64\n\n" +
+			"Package: linux-image-6.1.0-28-cloud-amd64\nStatus: install ok installed\nVersion: 6.1.119-1\nArchitecture: amd64\n\n" +
+			"Package: curl\nStatus: install ok installed\nVersion: 7.88\nArchitecture: amd64\n",
+	})
+	before, err := ReadBootChain(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, l := before.Changes(before); k || l {
+		t.Error("unchanged chain reported as changed")
+	}
+	writeTree(t, tree, map[string]string{"boot/vmlinuz-6.1.0-28-amd64": "k2"})
+	after, _ := ReadBootChain(tree)
+	if k, l := before.Changes(after); !k || l {
+		t.Errorf("new kernel: kernel %v loader %v", k, l)
+	}
+	if n := before.NewKernels(after); len(n) != 1 || n[0] != "6.1.0-28-amd64" {
+		t.Errorf("NewKernels = %v", n)
+	}
+	os.WriteFile(filepath.Join(tree, "var/lib/dpkg/status"), []byte("Package: grub-pc-bin\nStatus: install ok installed\nVersion: 2.06-14\nArchitecture: amd64\n"), 0o644)
+	after, _ = ReadBootChain(tree)
+	if _, l := before.Changes(after); !l {
+		t.Error("GRUB upgrade not seen")
+	}
+}

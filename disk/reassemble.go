@@ -577,7 +577,13 @@ type CloudBootSpec struct {
 	// KernelCmdline is appended to the arguments the base's grub.cfg gave
 	// its kernel (root=..., console=...); an argument already there is not
 	// repeated.
-	KernelCmdline   string
+	KernelCmdline string
+	// Kernel is the version to boot (/boot/vmlinuz-<Kernel>); empty means
+	// the newest in the tree. A recipe that installs another flavour next
+	// to the base's kernel wants that one even when it sorts lower
+	// (6.1.0-28-amd64 < 6.1.0-28-cloud-amd64): cloudimg.BootChain's
+	// NewKernels names it.
+	Kernel          string
 	SourceDateEpoch int64
 	Log             io.Writer
 }
@@ -611,9 +617,15 @@ func PrepareCloudBoot(spec CloudBootSpec) error {
 		return fmt.Errorf("prepare cloud boot: %w", err)
 	}
 	defer r.Close()
-	kver, err := newestKernel(r)
-	if err != nil {
-		return fmt.Errorf("prepare cloud boot: %w", err)
+	kver := spec.Kernel
+	if kver == "" {
+		if kver, err = newestKernel(r); err != nil {
+			return fmt.Errorf("prepare cloud boot: %w", err)
+		}
+	} else if kernelArgSafe(kver) != nil || strings.ContainsAny(kver, " /") {
+		return fmt.Errorf("prepare cloud boot: %q is not a kernel version", kver)
+	} else if fi, err := r.Stat("boot/vmlinuz-" + kver); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("prepare cloud boot: the tree has no /boot/vmlinuz-%s", kver)
 	}
 	old, err := r.ReadFile("boot/grub/grub.cfg")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -286,6 +286,17 @@ func TestPrepareCloudBoot(t *testing.T) {
 			t.Errorf("grub.cfg lacks %q:\n%s", want, cfg)
 		}
 	}
+	// An explicit kernel wins over the newest.
+	if err := PrepareCloudBoot(CloudBootSpec{Tree: tree, Layout: l, Kernel: "6.1.0-9-cloud-amd64"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ = os.ReadFile(filepath.Join(tree, "boot/grub/grub.cfg"))
+	if !strings.Contains(string(cfg), "linux /boot/vmlinuz-6.1.0-9-cloud-amd64 root=PARTUUID=d5b1a5e0-0001-4f1e-9a3b-000000000001 ro") {
+		t.Errorf("explicit kernel:\n%s", cfg)
+	}
+	if err := PrepareCloudBoot(CloudBootSpec{Tree: tree, Layout: l, Kernel: "9.9"}); err == nil {
+		t.Error("a missing kernel was accepted")
+	}
 	// Separate /boot: paths relative to it, searched by its UUID.
 	l.Boot = 16
 	l.Table.Partitions = append(l.Table.Partitions, cloudimg.Partition{Number: 16, FS: cloudimg.Filesystem{UUID: "0b0a7b00-0002-4c2d-8e4f-0000000000f6"}})

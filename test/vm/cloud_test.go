@@ -16,6 +16,7 @@ import (
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/rootfs"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -79,7 +80,7 @@ func cloudFixtures(t *testing.T) []cloudFixture {
 
 // bootToLogin boots a disk under the firmware and waits for the login
 // prompt on the serial console.
-func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string) {
+func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string, expect ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -102,6 +103,12 @@ func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string) {
 		t.Fatalf("%s: no %q prompt: %v\n--- serial tail\n%s", firmware, hostname+" login:", err, tail)
 	}
 	t.Logf("%s %s: login prompt after %s", filepath.Base(diskPath), firmware, since(t0))
+	b, _ := v.Serial()
+	for _, e := range expect {
+		if !strings.Contains(string(b), e) {
+			t.Errorf("%s: serial console lacks %q", firmware, e)
+		}
+	}
 	v.Stop()
 }
 
@@ -245,4 +252,75 @@ type testLogWriter struct{ t *testing.T }
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// TestCloudNewKernelBoots: a recipe that installs another kernel flavour
+// (linux-image-amd64 next to the base's cloud kernel) in a chroot of the
+// extracted tree: the boot chain notices, grub.cfg is written for the new
+// kernel with the base's own kernel arguments, and the reassembled image
+// boots that kernel under SeaBIOS and OVMF.
+func TestCloudNewKernelBoots(t *testing.T) {
+	for _, fx := range cloudFixtures(t) {
+		t.Run(fx.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			img, err := cloudimg.Open(fx.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := filepath.Join(dir, "base.raw")
+			if err := cloudimg.ToRaw(ctx, img, base); err != nil {
+				t.Fatal(err)
+			}
+			img.Close()
+			l, err := cloudimg.Inspect(ctx, base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree := filepath.Join(dir, "tree")
+			if err := cloudimg.Extract(ctx, base, l, tree); err != nil {
+				t.Fatal(err)
+			}
+			before, err := cloudimg.ReadBootChain(tree)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			ch, err := rootfs.Open(ctx, tree, rootfs.WithRunner(execx.Host{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = rootfs.DivertBootHooks(ctx, ch)
+			if err == nil {
+				err = rootfs.InstallPackages(ctx, ch, []string{"linux-image-amd64"}, filepath.Join(cacheDir(), "apt", "bookworm"))
+			}
+			if cerr := ch.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("installed linux-image-amd64 in %s", since(t0))
+			after, err := cloudimg.ReadBootChain(tree)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kernel, loader := before.Changes(after)
+			nk := before.NewKernels(after)
+			if !kernel || len(nk) != 1 {
+				t.Fatalf("boot chain: kernel changed %v, new kernels %v", kernel, nk)
+			}
+			if err := disk.PrepareCloudBoot(disk.CloudBootSpec{Tree: tree, Layout: l, Kernel: nk[0], Log: testLogWriter{t}}); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(dir, "out.raw")
+			if _, err := disk.Reassemble(ctx, disk.ReassembleSpec{Base: base, Layout: l, Tree: tree, Output: out,
+				RebuildBoot: loader, Runner: execx.Host{}, Log: testLogWriter{t}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, fw := range []string{vm.BIOS, vm.UEFI} {
+				bootToLogin(t, out, "raw", fw, fx.name+"-fixture", "Linux version "+nk[0])
+			}
+		})
+	}
 }
