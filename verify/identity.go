@@ -1,0 +1,282 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/internal/execx"
+)
+
+// ident is what makes an instance itself.
+type ident struct {
+	MachineID string
+	BootID    string
+	HostKeys  []string // fingerprints of /etc/ssh/ssh_host_*_key.pub
+	Presented string   // fingerprint of the host key sshd presented
+	Token     string   // gateway token ("" without a gateway)
+}
+
+var machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+func (r *runner) collectIdentity(ctx context.Context, in *instance) (ident, string, error) {
+	var id ident
+	res, err := in.sudo(ctx, `echo "machine-id $(cat /etc/machine-id)"; echo "boot-id $(cat /proc/sys/kernel/random/boot_id)"
+for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf "$f"; done`)
+	if err != nil {
+		return id, "", err
+	}
+	for _, l := range strings.Split(res.Stdout, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "machine-id":
+			id.MachineID = f[1]
+		case len(f) == 2 && f[0] == "boot-id":
+			id.BootID = f[1]
+		case len(f) >= 2 && strings.HasPrefix(f[1], "SHA256:"):
+			id.HostKeys = append(id.HostKeys, f[1]+" "+f[len(f)-1])
+		}
+	}
+	sort.Strings(id.HostKeys)
+	if in.hostKey != nil {
+		id.Presented = ssh.FingerprintSHA256(in.hostKey)
+	}
+	if r.o.Spec.Gateway != nil {
+		c := &checker{r: r, in: in, spec: r.o.Spec}
+		if t, _, err := c.readToken(ctx, in); err == nil {
+			id.Token = t
+		}
+	}
+	ev := fmt.Sprintf("%s: machine-id %s, host keys %s, gateway token %s", in.name(), orDash(id.MachineID), orDash(strings.Join(id.HostKeys, ", ")), redactOrNone(id.Token, r.o.Spec.Gateway != nil))
+	return id, ev, nil
+}
+
+func redactOrNone(t string, want bool) string {
+	if !want {
+		return "(no gateway)"
+	}
+	if t == "" {
+		return "NONE"
+	}
+	return redact(t)
+}
+
+// identity records identity.unique (the instances differ) and
+// identity.reboot (the last instance keeps its identity over a reboot).
+func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
+	t0 := time.Now()
+	ids := make([]ident, len(insts))
+	var ev evidence
+	var problems []string
+	for i, in := range insts {
+		if in.sess == nil {
+			problems = append(problems, fmt.Sprintf("instance %s: no SSH login (%s)", in.name(), firstLine(in.loginEv)))
+			continue
+		}
+		id, line, err := r.collectIdentity(ctx, in)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("instance %s: %v", in.name(), err))
+			continue
+		}
+		ids[i] = id
+		ev.add("%s", line)
+		if !machineIDRE.MatchString(id.MachineID) {
+			problems = append(problems, fmt.Sprintf("instance %s: machine-id %q is not 32 hex digits", in.name(), id.MachineID))
+		}
+		if len(id.HostKeys) == 0 {
+			problems = append(problems, fmt.Sprintf("instance %s: no SSH host keys", in.name()))
+		}
+		if r.o.Spec.Gateway != nil && !ValidToken(id.Token) {
+			problems = append(problems, fmt.Sprintf("instance %s: gateway token %s is not 64 characters of [A-Za-z0-9]", in.name(), redactOrNone(id.Token, true)))
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	for i := range ids {
+		for j := i + 1; j < len(ids); j++ {
+			a, b := ids[i], ids[j]
+			if a.MachineID == "" || b.MachineID == "" {
+				continue
+			}
+			pair := insts[i].name() + " and " + insts[j].name()
+			if a.MachineID == b.MachineID {
+				problems = append(problems, pair+" share machine-id "+a.MachineID)
+			}
+			for _, k := range a.HostKeys {
+				for _, l := range b.HostKeys {
+					if k == l {
+						problems = append(problems, pair+" share the SSH host key "+k)
+					}
+				}
+			}
+			if a.Presented != "" && a.Presented == b.Presented {
+				problems = append(problems, pair+" present the same SSH host key "+a.Presented)
+			}
+			if r.o.Spec.Gateway != nil && a.Token != "" && a.Token == b.Token {
+				problems = append(problems, pair+" share the gateway token")
+			}
+		}
+	}
+	if len(insts) > 1 {
+		ev.add("instance %s was seeded with a token, the others generated theirs at first boot", insts[0].name())
+	}
+	st, text := verdict(problems, ev)
+	if len(insts) < 2 {
+		st, text = Skip, "not run: needs --instances 2 or more"
+	}
+	r.record(fw, "identity.unique", st, text, time.Since(t0))
+
+	last := insts[len(insts)-1]
+	if len(insts) < 2 {
+		r.record(fw, "identity.reboot", Skip, "not run: needs --instances 2 or more", 0)
+		return
+	}
+	if last.sess == nil {
+		r.record(fw, "identity.reboot", Skip, fmt.Sprintf("not run: no SSH session on instance %s", last.name()), 0)
+		return
+	}
+	t1 := time.Now()
+	st, text = r.reboot(ctx, last, ids[len(ids)-1])
+	if ctx.Err() != nil {
+		return
+	}
+	r.record(fw, "identity.reboot", st, text, time.Since(t1))
+}
+
+// reboot reboots in and compares its identity before and after.
+func (r *runner) reboot(ctx context.Context, in *instance, before ident) (Status, string) {
+	var ev evidence
+	ev.add("before: machine-id %s, host keys %s, presented %s, token %s, boot %s", before.MachineID, strings.Join(before.HostKeys, ", "), before.Presented, redactOrNone(before.Token, r.o.Spec.Gateway != nil), before.BootID)
+	mark, _ := os.Stat(in.serial)
+	in.runT(ctx, "sudo -n systemctl reboot", nil, 20*time.Second)
+	in.sess.Close()
+	in.sess = nil
+	t0 := time.Now()
+	deadline := t0.Add(sshWaitMax)
+	var lastErr error
+	for {
+		if ctx.Err() != nil {
+			return Skip, "interrupted"
+		}
+		select {
+		case <-in.vm.Exited():
+			return Fail, fmt.Sprintf("QEMU exited during the reboot (%v)\n%s", in.vm.Wait(), in.serialTail(40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return Fail, fmt.Sprintf("no SSH login within %s of the reboot: %v\n%s\n%s", sshWaitMax, lastErr, ev, in.serialTail(40))
+		}
+		s, err := sshLogin(ctx, in.dialSSH, in.sshTarget(), r.o.Spec.AdminUser, 20*time.Second, ssh.PublicKeys(in.key.Signer))
+		if err == nil {
+			res, err := s.Run(ctx, "cat /proc/sys/kernel/random/boot_id", nil, 30*time.Second)
+			if err == nil && strings.TrimSpace(res.Stdout) != before.BootID && strings.TrimSpace(res.Stdout) != "" {
+				in.sess, in.hostKey = s, s.hostKey
+				break
+			}
+			s.Close() // still the old boot, shutting down
+			lastErr = fmt.Errorf("still the first boot")
+		} else {
+			lastErr = err
+		}
+		sleepCtx(ctx, 3*time.Second)
+	}
+	ev.add("rebooted: logged in again after %s", time.Since(t0).Round(time.Second))
+	if mark != nil {
+		ev.add("(serial console of the second boot from byte %d of serial-%s.log)", mark.Size(), in.name())
+	}
+	after, line, err := r.collectIdentity(ctx, in)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.add("after: %s, boot %s", line, after.BootID)
+	var problems []string
+	if after.MachineID != before.MachineID {
+		problems = append(problems, fmt.Sprintf("machine-id changed: %s -> %s", before.MachineID, after.MachineID))
+	}
+	if strings.Join(after.HostKeys, ",") != strings.Join(before.HostKeys, ",") {
+		problems = append(problems, "SSH host keys changed")
+	}
+	if before.Presented != "" && after.Presented != before.Presented {
+		problems = append(problems, fmt.Sprintf("sshd presents another host key: %s -> %s", before.Presented, after.Presented))
+	}
+	if r.o.Spec.Gateway != nil && after.Token != before.Token {
+		problems = append(problems, "the gateway token changed")
+	}
+	return verdict(problems, ev)
+}
+
+// secrets scans the image's raw disk and records secrets.disk.
+func (r *runner) secrets(ctx context.Context) {
+	t0 := time.Now()
+	raw := r.o.Image
+	if r.rep.Format != "raw" {
+		raw = filepath.Join(r.work, "disk.raw")
+		r.logf("converting the image to raw for the secret scan (%s)", raw)
+		err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"convert", "-O", "raw", "-S", "4k", r.o.Image, raw}})
+		defer os.Remove(raw)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.record("", "secrets.disk", Skip, "not run: converting the image to raw (needs free space in $TMPDIR for its data): "+err.Error(), time.Since(t0))
+			return
+		}
+	}
+	s := NewScanner(r.o.Spec.Needles...)
+	r.logf("scanning the raw disk for secrets")
+	if err := s.ScanFile(ctx, raw); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		r.record("", "secrets.disk", Skip, "not run: "+err.Error(), time.Since(t0))
+		return
+	}
+	st := s.Stats()
+	var ev evidence
+	for _, f := range s.Findings() {
+		ev.add("FOUND %s at %s: %s", f.Rule, f.Where, f.Excerpt)
+	}
+	if st.Findings > len(s.Findings()) {
+		ev.add("... and %d more", st.Findings-len(s.Findings()))
+	}
+	incomplete := st.Streams - st.Complete
+	ev.add("scanned %d MiB of disk data (holes skipped: zeros) and %d compressed streams starting on 512-byte boundaries (%d MiB decompressed; %d decoded to their verified end, %d cut short: deleted or fragmented data, scanned as far as it decodes)",
+		st.RawBytes>>20, st.Streams, st.StreamBytes>>20, st.Complete, incomplete)
+	if st.Dropped > 0 {
+		ev.add("%d candidate streams not decoded (too many at once)", st.Dropped)
+	}
+	for _, l := range st.Large {
+		state := "complete"
+		if !l.Complete {
+			state = "cut short: " + l.Err
+		}
+		ev.add("  %s %s: %d MiB, sha256 of content %s (%s)", l.Kind, l.Where, l.Size>>20, orDash(l.SHA256), state)
+	}
+	if st.EmbeddedCount > 0 {
+		ev.add("not findings: %d key constants inside program data (NUL before, not a file of their own), e.g. %s", st.EmbeddedCount, strings.Join(st.Embedded, ", "))
+	}
+	rules := map[string]bool{}
+	for _, ru := range s.Rules {
+		rules[ru.Name] = true
+	}
+	var names []string
+	for n := range rules {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	ev.add("rules: %s", strings.Join(names, ", "))
+	status := Pass
+	if st.Findings > 0 {
+		status = Fail
+		ev = append(evidence{fmt.Sprintf("%d secret(s) in the image", st.Findings)}, ev...)
+	}
+	r.record("", "secrets.disk", status, ev.String(), time.Since(t0))
+}

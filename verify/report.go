@@ -1,0 +1,445 @@
+package verify
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Status is the outcome of one check.
+type Status string
+
+const (
+	Pass Status = "pass"
+	Fail Status = "fail"
+	Skip Status = "skip" // not decided, with the reason in the evidence
+)
+
+// Exit statuses of a verification.
+const (
+	ExitPass        = 0   // every check passed (skips allowed unless Strict)
+	ExitFail        = 1   // a check failed: the image is at fault
+	ExitHost        = 2   // the host could not run the VM (or bad usage)
+	ExitInterrupted = 130 // Ctrl-C or SIGTERM: nothing was decided
+)
+
+// Result is one check on one firmware (and instance, for checks about
+// several instances). ID names the claim (e.g. "ssh.password-refused");
+// Firmware is empty for checks of the image file itself.
+type Result struct {
+	ID       string        `json:"id"`
+	Title    string        `json:"title"`
+	Firmware string        `json:"firmware,omitempty"`
+	Status   Status        `json:"status"`
+	Evidence string        `json:"evidence"`
+	Duration time.Duration `json:"-"`
+	Seconds  float64       `json:"seconds"`
+}
+
+// Key is the check's unique name in a report: "bios/ssh.key-login" or
+// "image/secrets.disk".
+func (r Result) Key() string {
+	if r.Firmware == "" {
+		return "image/" + r.ID
+	}
+	return r.Firmware + "/" + r.ID
+}
+
+// Report is the outcome of one verification.
+type Report struct {
+	Image        string    `json:"image"`
+	SHA256       string    `json:"sha256"`
+	Size         int64     `json:"size"`
+	Format       string    `json:"format,omitempty"`
+	Recipe       string    `json:"recipe,omitempty"`
+	RecipeDigest string    `json:"recipe_sha256,omitempty"`
+	BakeVersion  string    `json:"bake_version,omitempty"`
+	Firmwares    []string  `json:"firmwares"`
+	Instances    int       `json:"instances"`
+	Accel        string    `json:"accel,omitempty"`
+	Outside      string    `json:"outside,omitempty"` // how "outside" was reached
+	Started      time.Time `json:"started"`
+	Finished     time.Time `json:"finished"`
+	Seconds      float64   `json:"seconds"`
+	// HostError says why the host could not run the VM (exit status 2).
+	HostError string `json:"host_error,omitempty"`
+	// Interrupted says what stopped the run early (a signal).
+	Interrupted string   `json:"interrupted,omitempty"`
+	Strict      bool     `json:"strict,omitempty"`
+	Results     []Result `json:"results"`
+	// Evidence files written beside the report (serial console logs).
+	Files    []string `json:"files,omitempty"`
+	Counts   Counts   `json:"counts"`
+	ExitCode int      `json:"exit_code"`
+	Verdict  string   `json:"verdict"`
+}
+
+// Counts of results by status.
+type Counts struct {
+	Pass int `json:"pass"`
+	Fail int `json:"fail"`
+	Skip int `json:"skip"`
+}
+
+// Tally returns the counts of r's results.
+func (r *Report) Tally() Counts {
+	var c Counts
+	for _, x := range r.Results {
+		switch x.Status {
+		case Pass:
+			c.Pass++
+		case Fail:
+			c.Fail++
+		default:
+			c.Skip++
+		}
+	}
+	return c
+}
+
+// Exit is the exit status the report calls for: 2 when the host could not
+// run the VM, 130 when interrupted, 1 when a check failed (or, with Strict,
+// was skipped), else 0.
+func (r *Report) Exit() int {
+	c := r.Tally()
+	switch {
+	case r.HostError != "":
+		return ExitHost
+	case r.Interrupted != "":
+		return ExitInterrupted
+	case c.Fail > 0:
+		return ExitFail
+	case r.Strict && c.Skip > 0:
+		return ExitFail
+	}
+	return ExitPass
+}
+
+// Finish sorts nothing (results keep the order the checks ran in), fills in
+// the counts, exit code, verdict and durations.
+func (r *Report) Finish(now time.Time) {
+	r.Finished = now
+	r.Seconds = round(now.Sub(r.Started).Seconds())
+	for i := range r.Results {
+		r.Results[i].Seconds = round(r.Results[i].Duration.Seconds())
+	}
+	r.Counts = r.Tally()
+	r.ExitCode = r.Exit()
+	r.Verdict = r.verdict()
+}
+
+func round(s float64) float64 { return float64(int64(s*10+0.5)) / 10 }
+
+func (r *Report) verdict() string {
+	c := r.Tally()
+	switch r.Exit() {
+	case ExitHost:
+		return "host cannot run the VM: " + firstLine(r.HostError)
+	case ExitInterrupted:
+		return "interrupted: " + r.Interrupted
+	case ExitFail:
+		var names []string
+		for _, x := range r.Results {
+			if x.Status == Fail || (r.Strict && x.Status == Skip) {
+				names = append(names, x.Key())
+			}
+		}
+		what := "the image failed"
+		if c.Fail == 0 {
+			what = "checks were skipped (strict)"
+		}
+		return fmt.Sprintf("%s: %s", what, strings.Join(names, ", "))
+	}
+	if c.Skip > 0 {
+		return fmt.Sprintf("every check that ran passed; %d skipped", c.Skip)
+	}
+	return "every check passed"
+}
+
+// Failed lists the keys of failed results.
+func (r *Report) Failed() []string {
+	var out []string
+	for _, x := range r.Results {
+		if x.Status == Fail {
+			out = append(out, x.Key())
+		}
+	}
+	return out
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// JUnit XML (the schema Jenkins, GitLab and GitHub reporters read).
+type junitSuites struct {
+	XMLName  xml.Name     `xml:"testsuites"`
+	Name     string       `xml:"name,attr"`
+	Tests    int          `xml:"tests,attr"`
+	Failures int          `xml:"failures,attr"`
+	Errors   int          `xml:"errors,attr"`
+	Skipped  int          `xml:"skipped,attr"`
+	Time     string       `xml:"time,attr"`
+	Suites   []junitSuite `xml:"testsuite"`
+}
+
+type junitSuite struct {
+	Name       string          `xml:"name,attr"`
+	Tests      int             `xml:"tests,attr"`
+	Failures   int             `xml:"failures,attr"`
+	Errors     int             `xml:"errors,attr"`
+	Skipped    int             `xml:"skipped,attr"`
+	Time       string          `xml:"time,attr"`
+	Timestamp  string          `xml:"timestamp,attr"`
+	Properties []junitProperty `xml:"properties>property"`
+	Cases      []junitCase     `xml:"testcase"`
+}
+
+type junitProperty struct {
+	Name  string `xml:"name,attr"`
+	Value string `xml:"value,attr"`
+}
+
+type junitCase struct {
+	Name      string        `xml:"name,attr"`
+	Classname string        `xml:"classname,attr"`
+	Time      string        `xml:"time,attr"`
+	Failure   *junitMessage `xml:"failure,omitempty"`
+	Error     *junitMessage `xml:"error,omitempty"`
+	Skipped   *junitMessage `xml:"skipped,omitempty"`
+	SystemOut string        `xml:"system-out,omitempty"`
+}
+
+type junitMessage struct {
+	Message string `xml:"message,attr"`
+	Type    string `xml:"type,attr,omitempty"`
+	Text    string `xml:",chardata"`
+}
+
+// WriteJUnit writes the report as JUnit XML: a test suite per firmware (and
+// one, "image", for the checks of the image file), a test case per check.
+// A host error is an <error> test case; with Strict a skip is a failure.
+func (r *Report) WriteJUnit(w io.Writer) error {
+	groups := map[string][]Result{}
+	var order []string
+	for _, x := range r.Results {
+		g := x.Firmware
+		if g == "" {
+			g = "image"
+		}
+		if _, ok := groups[g]; !ok {
+			order = append(order, g)
+		}
+		groups[g] = append(groups[g], x)
+	}
+	props := []junitProperty{
+		{"image", r.Image},
+		{"image.sha256", r.SHA256},
+	}
+	if r.Recipe != "" {
+		props = append(props, junitProperty{"recipe", r.Recipe}, junitProperty{"recipe.sha256", r.RecipeDigest})
+	}
+	props = append(props,
+		junitProperty{"instances", fmt.Sprint(r.Instances)},
+		junitProperty{"accel", r.Accel},
+		junitProperty{"outside", r.Outside},
+		junitProperty{"exit_code", fmt.Sprint(r.Exit())},
+		junitProperty{"verdict", r.verdict()})
+	all := junitSuites{Name: "bake verify " + filepath.Base(r.Image) + " sha256:" + r.SHA256, Time: secs(r.Finished.Sub(r.Started))}
+	if r.HostError != "" || r.Interrupted != "" {
+		msg, kind := r.HostError, "host"
+		if msg == "" {
+			msg, kind = r.Interrupted, "interrupted"
+		}
+		s := junitSuite{Name: "host", Tests: 1, Errors: 1, Timestamp: r.Started.UTC().Format(time.RFC3339), Properties: props,
+			Cases: []junitCase{{Name: "host can run the VM", Classname: "bake.verify." + kind, Time: "0",
+				Error: &junitMessage{Message: firstLine(msg), Type: kind, Text: msg}}}}
+		all.Suites = append(all.Suites, s)
+		all.Tests++
+		all.Errors++
+	}
+	for _, g := range order {
+		s := junitSuite{Name: g, Timestamp: r.Started.UTC().Format(time.RFC3339), Properties: props}
+		var total time.Duration
+		for _, x := range groups[g] {
+			c := junitCase{Name: x.ID + ": " + x.Title, Classname: "bake.verify." + g, Time: secs(x.Duration), SystemOut: x.Evidence}
+			switch {
+			case x.Status == Fail:
+				c.Failure = &junitMessage{Message: firstLine(x.Evidence), Type: "fail", Text: x.Evidence}
+				s.Failures++
+			case x.Status == Skip && r.Strict:
+				c.Failure = &junitMessage{Message: "skipped (a skip is a failure with --strict): " + firstLine(x.Evidence), Type: "skip", Text: x.Evidence}
+				s.Failures++
+			case x.Status == Skip:
+				c.Skipped = &junitMessage{Message: firstLine(x.Evidence)}
+				s.Skipped++
+			}
+			total += x.Duration
+			s.Cases = append(s.Cases, c)
+			s.Tests++
+		}
+		s.Time = secs(total)
+		all.Tests += s.Tests
+		all.Failures += s.Failures
+		all.Skipped += s.Skipped
+		all.Suites = append(all.Suites, s)
+	}
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return err
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(all); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "\n")
+	return err
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
+
+// WriteSummary writes the human summary: a line per check (with the first
+// line of evidence for a pass, and the evidence for a failure or skip), and
+// the verdict.
+func (r *Report) WriteSummary(w io.Writer) {
+	fmt.Fprintf(w, "bake verify %s\n", r.Image)
+	fmt.Fprintf(w, "  sha256:%s  (%d bytes%s)\n", r.SHA256, r.Size, suffix(", ", r.Format))
+	if r.Recipe != "" {
+		fmt.Fprintf(w, "  recipe %s (sha256:%s)\n", r.Recipe, r.RecipeDigest)
+	}
+	fmt.Fprintf(w, "  firmware %s, %d instance(s), accel %s, outside: %s\n",
+		strings.Join(r.Firmwares, "+"), r.Instances, orDash(r.Accel), orDash(r.Outside))
+	if r.HostError != "" {
+		fmt.Fprintf(w, "\nHOST ERROR: %s\n", indentRest(r.HostError, "  "))
+	}
+	width := 0
+	for _, x := range r.Results {
+		if n := len(x.Key()); n > width {
+			width = n
+		}
+	}
+	if len(r.Results) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, x := range r.Results {
+		fmt.Fprintf(w, "%-4s  %-*s  %s (%s)\n", strings.ToUpper(string(x.Status)), width, x.Key(), x.Title, x.Duration.Round(100*time.Millisecond))
+		ev := strings.TrimSpace(x.Evidence)
+		if ev == "" {
+			continue
+		}
+		if x.Status == Pass {
+			fmt.Fprintf(w, "      %s\n", truncate(firstLine(ev), 160))
+			continue
+		}
+		lines := strings.Split(ev, "\n")
+		if len(lines) > 30 {
+			lines = append(lines[:30], fmt.Sprintf("... (%d more lines in report.json)", len(lines)-30))
+		}
+		for _, l := range lines {
+			fmt.Fprintf(w, "      %s\n", truncate(l, 240))
+		}
+	}
+	c := r.Tally()
+	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped in %s; image sha256:%s\n", c.Pass, c.Fail, c.Skip,
+		r.Finished.Sub(r.Started).Round(time.Second), r.SHA256)
+	fmt.Fprintf(w, "verdict: %s (exit %d)\n", r.verdict(), r.Exit())
+}
+
+// WriteFiles writes report.json and junit.xml into dir (created if needed).
+func (r *Report) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name  string
+		write func(io.Writer) error
+	}{{"report.json", r.WriteJSON}, {"junit.xml", r.WriteJUnit}} {
+		tmp, err := os.CreateTemp(dir, "."+f.name+".*")
+		if err != nil {
+			return err
+		}
+		if err := f.write(tmp); err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := tmp.Close(); err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, f.name)); err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
+	}
+	return nil
+}
+
+// SortResults orders results by firmware (image checks last), keeping the
+// order checks ran in within a firmware.
+func (r *Report) SortResults() {
+	rank := map[string]int{}
+	for _, f := range r.Firmwares {
+		if _, ok := rank[f]; !ok {
+			rank[f] = len(rank)
+		}
+	}
+	sort.SliceStable(r.Results, func(i, j int) bool {
+		ri, ok := rank[r.Results[i].Firmware]
+		if !ok {
+			ri = len(rank)
+		}
+		rj, ok := rank[r.Results[j].Firmware]
+		if !ok {
+			rj = len(rank)
+		}
+		return ri < rj
+	})
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func suffix(sep, s string) string {
+	if s == "" {
+		return ""
+	}
+	return sep + s
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func indentRest(s, prefix string) string {
+	return strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+prefix)
+}
+
+func itoa(i int) string { return fmt.Sprint(i) }

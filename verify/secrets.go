@@ -1,0 +1,535 @@
+package verify
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// ChunkSize is how much the scanner reads at a time. A secret that
+// straddles two chunks is still found: each chunk is scanned together with
+// the tail of the previous one (Rule.MaxLen bytes).
+const ChunkSize = 1 << 20
+
+// Rule is one kind of secret. A match starts with Literal (found with a
+// fast substring search) and then must match Pattern (anchored there,
+// over at most MaxLen bytes), so that a program that merely contains the
+// words (ssh-keygen holds "-----BEGIN OPENSSH PRIVATE KEY-----") is not a
+// finding; only a key with its body is.
+type Rule struct {
+	Name    string
+	Literal []byte
+	Pattern *regexp.Regexp // must start with ^
+	MaxLen  int
+	// Show is how many bytes of a match the report may show (the rest is
+	// redacted).
+	Show int
+	// Before, when set, lists the bytes that may precede a match (a match
+	// at the very start of a stream always may): "_auth=" is an .npmrc
+	// setting at the start of a line or after "//host/:", not the end of
+	// a program's "proxy_auth = ...".
+	Before string
+	// Near, when set, must appear within the first 64 bytes of a match: a
+	// cheap test before the pattern (most "-----BEGIN " are certificates).
+	Near []byte
+	// InBinary: a match preceded by a NUL byte and not at the start of a
+	// 512-byte block is a constant in a program's data (GnuTLS carries
+	// self-test keys, OpenSSH its key format's header), not a file or a
+	// line of text someone left behind; it is listed as Embedded, not
+	// reported as a finding.
+	InBinary bool
+}
+
+// DefaultRules are the secrets no image may carry: private keys (PEM,
+// OpenSSH, PGP, GnuPG's key store), Tailscale auth keys, npm credentials,
+// GitHub tokens.
+func DefaultRules() []Rule {
+	b64 := `[A-Za-z0-9+/=]`
+	nl := `(?:\r?\n|(?:\\r)?\\n)` // a newline, or its escape in JSON or YAML
+	return []Rule{
+		{Name: "private-key", Literal: []byte("-----BEGIN "),
+			Pattern: regexp.MustCompile(`^-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----` + nl + `(?:[A-Za-z-]{1,40}: [^\r\n\\]{0,100}` + nl + `){0,4}(?:` + nl + `)?` + b64 + `{48}`),
+			MaxLen:  1024, Show: 40, InBinary: true, Near: []byte("PRIVATE KEY")},
+		{Name: "gnupg-private-key", Literal: []byte("(11:private-key("), Pattern: regexp.MustCompile(`^\(11:private-key\(`), MaxLen: 64, Show: 16},
+		{Name: "gnupg-private-key", Literal: []byte("(21:protected-private-key("), Pattern: regexp.MustCompile(`^\(21:protected-private-key\(`), MaxLen: 64, Show: 26},
+		{Name: "tailscale-auth-key", Literal: []byte("tskey-"),
+			Pattern: regexp.MustCompile(`^tskey-(?:(?:auth|client|api|scim|webhook)-)?[A-Za-z0-9]{6,40}-[A-Za-z0-9]{16,128}`),
+			MaxLen:  200, Show: 12},
+		{Name: "npm-auth-token", Literal: []byte("_auth"),
+			Pattern: regexp.MustCompile(`^_auth(?:Token)?[ \t]*=[ \t]*["']?[A-Za-z0-9+/=._~-]{8,300}(?:["'\s]|$)`),
+			MaxLen:  340, Show: 12, Before: ":\n\r \t\"'"},
+		{Name: "npm-token", Literal: []byte("npm_"), Pattern: regexp.MustCompile(`^npm_[A-Za-z0-9]{36}(?:[^A-Za-z0-9_]|$)`), MaxLen: 41, Show: 8},
+		{Name: "github-token", Literal: []byte("ghp_"), Pattern: regexp.MustCompile(`^ghp_[A-Za-z0-9]{36}(?:[^A-Za-z0-9_]|$)`), MaxLen: 41, Show: 8},
+		{Name: "github-token", Literal: []byte("gho_"), Pattern: regexp.MustCompile(`^gho_[A-Za-z0-9]{36}(?:[^A-Za-z0-9_]|$)`), MaxLen: 41, Show: 8},
+		{Name: "github-token", Literal: []byte("ghs_"), Pattern: regexp.MustCompile(`^ghs_[A-Za-z0-9]{36}(?:[^A-Za-z0-9_]|$)`), MaxLen: 41, Show: 8},
+		{Name: "github-token", Literal: []byte("github_pat_"), Pattern: regexp.MustCompile(`^github_pat_[A-Za-z0-9_]{60,100}`), MaxLen: 112, Show: 14},
+	}
+}
+
+// NeedleRule makes a rule for one exact secret known in advance (a token
+// or key written literally in the recipe, the build's throwaway material).
+func NeedleRule(name, secret string) Rule {
+	return Rule{Name: name, Literal: []byte(secret), Pattern: regexp.MustCompile("^" + regexp.QuoteMeta(secret)), MaxLen: len(secret), Show: min(6, len(secret)/4)}
+}
+
+// Finding is one secret found.
+type Finding struct {
+	Rule string `json:"rule"`
+	// Where: "disk+0x1a2b000" for bytes of the raw disk,
+	// "disk+0x1a2b000/gzip+0x5c3" for bytes inside a compressed stream
+	// that starts at that disk offset.
+	Where   string `json:"where"`
+	Excerpt string `json:"excerpt"` // redacted
+}
+
+// Stream is a compressed stream the scanner decoded.
+type Stream struct {
+	Where    string `json:"where"`
+	Kind     string `json:"kind"` // gzip or zstd
+	Size     int64  `json:"size"` // decompressed bytes scanned
+	Complete bool   `json:"complete"`
+	Err      string `json:"error,omitempty"`
+	// SHA256 of the decompressed bytes: for an OCI layer, its diff ID.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// ScanStats sums up a scan.
+type ScanStats struct {
+	RawBytes    int64    `json:"raw_bytes"`    // bytes of the disk scanned (holes skipped: they are zeros)
+	Streams     int      `json:"streams"`      // compressed streams decoded
+	StreamBytes int64    `json:"stream_bytes"` // decompressed bytes scanned
+	Complete    int      `json:"complete"`     // streams decoded to their verified end
+	Large       []Stream `json:"large"`        // streams of at least LargeStream bytes
+	Findings    int      `json:"findings"`     // total, including those not listed
+	// Embedded are matches inside program data (Rule.InBinary), listed
+	// for the record (at most 20) and not findings.
+	Embedded      []string `json:"embedded,omitempty"`
+	EmbeddedCount int      `json:"embedded_count"`
+	Dropped       int      `json:"dropped"`        // candidate streams not decoded (too many at once)
+	MaxDepthSeen  int      `json:"max_depth_seen"` // deepest nesting decoded
+}
+
+// LargeStream is the size from which a decoded stream is listed by itself
+// in the stats (container layers, initramfs).
+const LargeStream = 1 << 20
+
+// Scanner finds secrets in bytes, and in every gzip or zstd stream that
+// starts on a 512-byte boundary of them (nested up to MaxDepth): container
+// layers, compressed files, deleted ones in free blocks too.
+type Scanner struct {
+	Rules []Rule
+	// MaxDepth of nested compressed streams (a gzip'd tar in a layer is
+	// depth 2). Default 2.
+	MaxDepth int
+	// MaxActive bounds the streams decoded at once; candidates beyond it
+	// are counted in ScanStats.Dropped. Default 64.
+	MaxActive int
+	// MaxFindings listed (all are counted). Default 100.
+	MaxFindings int
+
+	mu       sync.Mutex
+	findings []Finding
+	stats    ScanStats
+	seen     map[string]bool
+	active   int
+}
+
+// NewScanner returns a scanner with DefaultRules plus extra.
+func NewScanner(extra ...Rule) *Scanner {
+	return &Scanner{Rules: append(DefaultRules(), extra...)}
+}
+
+func (s *Scanner) init() {
+	if s.MaxDepth == 0 {
+		s.MaxDepth = 2
+	}
+	if s.MaxActive == 0 {
+		s.MaxActive = 64
+	}
+	if s.MaxFindings == 0 {
+		s.MaxFindings = 100
+	}
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
+}
+
+// Findings returns what was found so far, sorted by location.
+func (s *Scanner) Findings() []Finding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]Finding(nil), s.findings...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Where < out[j].Where })
+	return out
+}
+
+// Stats returns the scan's statistics.
+func (s *Scanner) Stats() ScanStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Large = append([]Stream(nil), s.stats.Large...)
+	st.Embedded = append([]string(nil), s.stats.Embedded...)
+	sort.Slice(st.Large, func(i, j int) bool { return st.Large[i].Where < st.Large[j].Where })
+	return st
+}
+
+func (s *Scanner) maxLen() int {
+	m := 0
+	for _, r := range s.Rules {
+		if r.MaxLen > m {
+			m = r.MaxLen
+		}
+	}
+	return m
+}
+
+// ScanReader scans r as one stream; where names it in findings and base is
+// the offset of its first byte.
+func (s *Scanner) ScanReader(ctx context.Context, r io.Reader, where string, base int64) error {
+	s.init()
+	_, err := s.scan(ctx, r, where, base, 0, func(n int) {
+		s.mu.Lock()
+		s.stats.RawBytes += int64(n)
+		s.mu.Unlock()
+	})
+	return err
+}
+
+// scan reads r in chunks and looks for every rule in each chunk (with the
+// previous chunk's tail), and for compressed streams at 512-byte aligned
+// offsets, which it decodes concurrently, fed from this same pass.
+func (s *Scanner) scan(ctx context.Context, r io.Reader, where string, base int64, depth int, count func(int)) (int64, error) {
+	keep := s.maxLen()
+	buf := make([]byte, keep+ChunkSize)
+	carry := 0    // bytes of the previous chunk kept at buf[:carry]
+	var off int64 // stream offset of buf[carry]
+	var nested []*nestedStream
+	var wg sync.WaitGroup
+	defer func() {
+		for _, n := range nested {
+			n.pw.Close()
+		}
+		wg.Wait()
+	}()
+	for {
+		if err := ctx.Err(); err != nil {
+			return off, err
+		}
+		n, rerr := io.ReadFull(r, buf[carry:carry+ChunkSize])
+		data := buf[carry : carry+n]
+		if n > 0 {
+			count(n)
+			// Feed the streams already being decoded; drop finished ones.
+			live := nested[:0]
+			for _, ns := range nested {
+				if _, err := ns.pw.Write(data); err == nil {
+					live = append(live, ns)
+				}
+			}
+			nested = live
+			// New streams starting in this chunk.
+			if depth < s.MaxDepth {
+				first := (off + 511) &^ 511
+				for p := first; p+4 <= off+int64(n); p += 512 {
+					i := int(p - off)
+					kind := magic(data[i:])
+					if kind == "" {
+						continue
+					}
+					ns, ok := s.startNested(ctx, &wg, kind, fmt.Sprintf("%s+%#x/%s", where, base+p, kind), depth+1)
+					if !ok {
+						continue
+					}
+					if _, err := ns.pw.Write(data[i:]); err == nil {
+						nested = append(nested, ns)
+					}
+				}
+			}
+			s.match(buf[:carry+n], carry, where, base+off-int64(carry))
+			off += int64(n)
+			// Keep the tail for matches that straddle the boundary.
+			total := carry + n
+			k := min(keep, total)
+			copy(buf, buf[total-k:total])
+			carry = k
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return off, nil
+		}
+		if rerr != nil {
+			return off, rerr
+		}
+	}
+}
+
+// match runs every rule over b. Matches lying wholly in b[:fresh] were
+// reported with the previous chunk; start is the offset of b[0].
+func (s *Scanner) match(b []byte, fresh int, where string, start int64) {
+	for _, r := range s.Rules {
+		from := 0
+		for {
+			i := bytes.Index(b[from:], r.Literal)
+			if i < 0 {
+				break
+			}
+			i += from
+			from = i + 1
+			at := start + int64(i)
+			var prev byte = '\n'
+			if i > 0 {
+				prev = b[i-1]
+			} else if at > 0 {
+				prev = 0xff // unknown: never at a chunk's start (carry)
+			}
+			if r.Before != "" && at > 0 && strings.IndexByte(r.Before, prev) < 0 {
+				continue
+			}
+			end := min(len(b), i+r.MaxLen)
+			if r.Near != nil && !bytes.Contains(b[i:min(end, i+64)], r.Near) {
+				continue
+			}
+			loc := r.Pattern.FindIndex(b[i:end])
+			if loc == nil {
+				continue
+			}
+			if i+loc[1] <= fresh {
+				continue // seen with the previous chunk
+			}
+			if r.InBinary && prev == 0 && at%512 != 0 {
+				s.embedded(r, where, at)
+				continue
+			}
+			s.report(r, where, at, b[i:i+loc[1]])
+		}
+	}
+}
+
+func (s *Scanner) report(r Rule, where string, at int64, m []byte) {
+	key := fmt.Sprintf("%s+%#x", where, at)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen[key+r.Name] {
+		return
+	}
+	s.seen[key+r.Name] = true
+	s.stats.Findings++
+	if len(s.findings) >= s.MaxFindings {
+		return
+	}
+	show := min(r.Show, len(m))
+	ex := strings.ToValidUTF8(string(m[:show]), "?")
+	ex = strings.NewReplacer("\r", "\\r", "\n", "\\n").Replace(ex)
+	s.findings = append(s.findings, Finding{Rule: r.Name, Where: key, Excerpt: ex + fmt.Sprintf("...[%d bytes redacted]", len(m)-show)})
+}
+
+func (s *Scanner) embedded(r Rule, where string, at int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := fmt.Sprintf("%s+%#x", where, at)
+	if s.seen[key+r.Name] {
+		return
+	}
+	s.seen[key+r.Name] = true
+	s.stats.EmbeddedCount++
+	if len(s.stats.Embedded) < 20 {
+		s.stats.Embedded = append(s.stats.Embedded, r.Name+"@"+key)
+	}
+}
+
+// magic names the compressed format starting at b, if any.
+func magic(b []byte) string {
+	switch {
+	case len(b) >= 4 && b[0] == 0x1f && b[1] == 0x8b && b[2] == 8 && b[3]&0xe0 == 0:
+		return "gzip"
+	case len(b) >= 4 && b[0] == 0x28 && b[1] == 0xb5 && b[2] == 0x2f && b[3] == 0xfd:
+		return "zstd"
+	}
+	return ""
+}
+
+type nestedStream struct {
+	pw *io.PipeWriter
+}
+
+// startNested decodes a stream fed through a pipe in a goroutine of its
+// own, scanning what comes out (and streams nested in it).
+func (s *Scanner) startNested(ctx context.Context, wg *sync.WaitGroup, kind, where string, depth int) (*nestedStream, bool) {
+	s.mu.Lock()
+	if s.active >= s.MaxActive {
+		s.stats.Dropped++
+		s.mu.Unlock()
+		return nil, false
+	}
+	s.active++
+	s.mu.Unlock()
+	pr, pw := io.Pipe()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			s.mu.Lock()
+			s.active--
+			s.mu.Unlock()
+		}()
+		st := s.decode(ctx, pr, kind, where, depth)
+		// Stop the feeder: it sees an error on its next write.
+		pr.CloseWithError(errStreamDone)
+		if st.Size == 0 && !st.Complete {
+			return // not a stream after all (a chance match of the magic)
+		}
+		s.mu.Lock()
+		s.stats.Streams++
+		s.stats.StreamBytes += st.Size
+		if st.Complete {
+			s.stats.Complete++
+		}
+		if depth > s.stats.MaxDepthSeen {
+			s.stats.MaxDepthSeen = depth
+		}
+		if st.Size >= LargeStream {
+			s.stats.Large = append(s.stats.Large, st)
+		}
+		s.mu.Unlock()
+	}()
+	return &nestedStream{pw: pw}, true
+}
+
+var errStreamDone = errors.New("stream decoded")
+
+func (s *Scanner) decode(ctx context.Context, r io.Reader, kind, where string, depth int) Stream {
+	st := Stream{Where: where, Kind: kind}
+	br := bufio.NewReaderSize(r, 64<<10)
+	var dec io.Reader
+	var closeDec func()
+	switch kind {
+	case "gzip":
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			st.Err = err.Error()
+			return st
+		}
+		zr.Multistream(false)
+		dec, closeDec = zr, func() { zr.Close() }
+	case "zstd":
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(1<<27))
+		if err != nil {
+			st.Err = err.Error()
+			return st
+		}
+		dec, closeDec = zr, zr.Close
+	}
+	defer closeDec()
+	h := sha256.New()
+	tee := io.TeeReader(dec, h)
+	n, err := s.scan(ctx, &errReader{r: tee}, where, 0, depth, func(int) {})
+	st.Size = n
+	var er *decodeErr
+	switch {
+	case err == nil:
+		st.Complete = true
+		st.SHA256 = hex.EncodeToString(h.Sum(nil))
+	case errors.As(err, &er):
+		st.Err = er.err.Error()
+		if kind == "zstd" && n > 0 && strings.Contains(st.Err, "magic number mismatch") {
+			// The frame ended; what follows on the disk is not another frame.
+			st.Complete, st.Err = true, ""
+			st.SHA256 = hex.EncodeToString(h.Sum(nil))
+		}
+	default:
+		st.Err = err.Error()
+	}
+	return st
+}
+
+// errReader turns a decoder's errors other than EOF into decodeErr, so
+// scan stops and reports them, and EOF ends the scan normally.
+type errReader struct{ r io.Reader }
+
+type decodeErr struct{ err error }
+
+func (e *decodeErr) Error() string { return e.err.Error() }
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		return n, &decodeErr{err}
+	}
+	return n, err
+}
+
+// ScanFile scans a raw disk image: only its data extents (holes are zeros
+// and cannot hold a secret), and the compressed streams in them.
+func (s *Scanner) ScanFile(ctx context.Context, path string) error {
+	s.init()
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	extents, err := dataExtents(f, st.Size())
+	if err != nil {
+		return err
+	}
+	for _, e := range extents {
+		sr := io.NewSectionReader(f, e[0], e[1]-e[0])
+		// Each extent is its own stream: offsets stay disk offsets.
+		if _, err := s.scan(ctx, sr, "disk", e[0], 0, func(n int) {
+			s.mu.Lock()
+			s.stats.RawBytes += int64(n)
+			s.mu.Unlock()
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dataExtents lists [start, end) ranges holding data (SEEK_DATA/SEEK_HOLE),
+// merged when adjacent; the whole file when the filesystem cannot say.
+func dataExtents(f *os.File, size int64) ([][2]int64, error) {
+	fd := int(f.Fd())
+	var out [][2]int64
+	var off int64
+	for off < size {
+		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // only a hole remains
+		}
+		if err != nil {
+			return [][2]int64{{0, size}}, nil
+		}
+		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+		if err != nil {
+			return [][2]int64{{0, size}}, nil
+		}
+		if n := len(out); n > 0 && out[n-1][1] == start {
+			out[n-1][1] = end
+		} else {
+			out = append(out, [2]int64{start, end})
+		}
+		off = end
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,0 +1,179 @@
+package verify
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/vm"
+)
+
+// TokenLength is the length of a gateway token: 64 characters of
+// [A-Za-z0-9], as the appliance's first boot generates them.
+const TokenLength = 64
+
+const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// NewToken returns a fresh 64-character token from crypto/rand.
+func NewToken() (string, error) {
+	b := make([]byte, TokenLength)
+	max := big.NewInt(int64(len(tokenAlphabet)))
+	for i := range b {
+		n, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return "", err
+		}
+		b[i] = tokenAlphabet[n.Int64()]
+	}
+	return string(b), nil
+}
+
+// ValidToken reports whether s looks like a first-boot token.
+func ValidToken(s string) bool {
+	if len(s) != TokenLength {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune(tokenAlphabet, rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// Key is a throwaway SSH key pair.
+type Key struct {
+	Signer ssh.Signer
+	// AuthorizedKey is the public key in authorized_keys form, with a
+	// comment that says what it is.
+	AuthorizedKey string
+	// PrivatePEM is the OpenSSH private key (written only with --keep).
+	PrivatePEM []byte
+}
+
+// NewKey generates a throwaway ed25519 key.
+func NewKey(comment string) (*Key, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		return nil, err
+	}
+	ak := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
+	if comment != "" {
+		ak += " " + comment
+	}
+	return &Key{Signer: signer, AuthorizedKey: ak, PrivatePEM: pem.EncodeToMemory(block)}, nil
+}
+
+// Seed is what one instance is given at its first boot.
+type Seed struct {
+	InstanceID string // NoCloud instance-id: a new one makes cloud-init run again
+	Hostname   string
+	AdminUser  string
+	// AuthorizedKeys of the admin user.
+	AuthorizedKeys []string
+	// Token for the gateway; empty lets first boot generate one.
+	Token string
+}
+
+// Bake's own seed values are files of their own on the NoCloud volume,
+// beside meta-data and user-data (docs/seed.md; package firstboot reads
+// them): not user-data keys, because recent cloud-init reports "degraded"
+// for unknown top-level user-data keys.
+const (
+	SeedAdminKeysFile = "bake.admin_ssh_keys" // authorized_keys lines
+	SeedTokenFile     = "bake.gateway_token"  // the gateway token, one line
+)
+
+// MetaData is the NoCloud meta-data file.
+func (s Seed) MetaData() []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "instance-id: %s\n", yamlString(s.InstanceID))
+	if s.Hostname != "" {
+		fmt.Fprintf(&b, "local-hostname: %s\n", yamlString(s.Hostname))
+	}
+	return []byte(b.String())
+}
+
+// UserData is the #cloud-config user-data. Only keys cloud-init knows
+// appear, so that it never reports degraded: the keys at the top level
+// (cloud-init gives them to its default user, which bake's appliance makes
+// the admin; bake's first boot reads them from here too), and the admin as
+// a user of its own with the keys and passwordless sudo, so that an image
+// whose default user is someone else (a plain cloud image) still lets the
+// admin in; no password authentication, no root login.
+func (s Seed) UserData() []byte {
+	var b strings.Builder
+	b.WriteString("#cloud-config\n")
+	b.WriteString("# Written by bake verify for a throwaway instance.\n")
+	if s.Hostname != "" {
+		fmt.Fprintf(&b, "hostname: %s\n", yamlString(s.Hostname))
+	}
+	b.WriteString("ssh_authorized_keys:\n")
+	for _, k := range s.AuthorizedKeys {
+		fmt.Fprintf(&b, "  - %s\n", yamlString(k))
+	}
+	b.WriteString("users:\n")
+	b.WriteString("  - default\n")
+	fmt.Fprintf(&b, "  - name: %s\n", yamlString(s.AdminUser))
+	b.WriteString("    shell: /bin/bash\n")
+	b.WriteString("    lock_passwd: true\n")
+	b.WriteString("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n")
+	b.WriteString("    ssh_authorized_keys:\n")
+	for _, k := range s.AuthorizedKeys {
+		fmt.Fprintf(&b, "      - %s\n", yamlString(k))
+	}
+	b.WriteString("ssh_pwauth: false\n")
+	b.WriteString("disable_root: true\n")
+	return []byte(b.String())
+}
+
+// BakeFiles are bake's own files of the seed: the admin's keys, and the
+// gateway token when one is given (without it first boot generates one).
+func (s Seed) BakeFiles() map[string][]byte {
+	m := map[string][]byte{SeedAdminKeysFile: []byte(strings.Join(s.AuthorizedKeys, "\n") + "\n")}
+	if s.Token != "" {
+		m[SeedTokenFile] = []byte(s.Token + "\n")
+	}
+	return m
+}
+
+// Files returns every file of the seed volume by name.
+func (s Seed) Files() map[string][]byte {
+	m := s.BakeFiles()
+	m["meta-data"] = s.MetaData()
+	m["user-data"] = s.UserData()
+	return m
+}
+
+// WriteSeed writes s as a NoCloud ISO9660 volume labelled cidata.
+func WriteSeed(path string, s Seed) error {
+	if s.InstanceID == "" || s.AdminUser == "" || len(s.AuthorizedKeys) == 0 {
+		return fmt.Errorf("verify: seed needs an instance id, an admin user and a key")
+	}
+	return vm.WriteNoCloudSeed(path, s.MetaData(), s.UserData(), s.BakeFiles())
+}
+
+// yamlString quotes s as a YAML double-quoted scalar (JSON's escapes are
+// valid YAML).
+func yamlString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}

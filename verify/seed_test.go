@@ -1,0 +1,128 @@
+package verify
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/goccy/go-yaml"
+	"golang.org/x/crypto/ssh"
+)
+
+func TestNewTokenAndKey(t *testing.T) {
+	a, _ := NewToken()
+	b, _ := NewToken()
+	if !ValidToken(a) || !ValidToken(b) || a == b {
+		t.Fatalf("tokens %q %q", a, b)
+	}
+	for _, bad := range []string{"", strings.Repeat("a", 63), strings.Repeat("a", 63) + "-", strings.Repeat("a", 65)} {
+		if ValidToken(bad) {
+			t.Errorf("ValidToken(%q)", bad)
+		}
+	}
+	k, err := NewKey("bake-verify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(k.AuthorizedKey))
+	if err != nil || pub.Type() != "ssh-ed25519" || comment != "bake-verify" {
+		t.Fatalf("authorized key %q: %v", k.AuthorizedKey, err)
+	}
+	if string(pub.Marshal()) != string(k.Signer.PublicKey().Marshal()) {
+		t.Error("authorized key is not the signer's")
+	}
+	if _, err := ssh.ParsePrivateKey(k.PrivatePEM); err != nil {
+		t.Errorf("private key PEM: %v", err)
+	}
+}
+
+// cloud-init knows these top-level keys (its schema); any other key would
+// make recent cloud-init report "degraded".
+var cloudInitKeys = map[string]bool{"hostname": true, "users": true, "ssh_authorized_keys": true, "ssh_pwauth": true, "disable_root": true}
+
+func TestSeedRendering(t *testing.T) {
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn0kKk0PWQnRkKTuXb7F6vQ6ThW0jU1QZ6g2l3m4n5o bake-verify"
+	s := Seed{InstanceID: "iid-bake-verify-0123", Hostname: "bake-verify-0", AdminUser: "admin", AuthorizedKeys: []string{key}, Token: strings.Repeat("T", 64)}
+
+	if got := string(s.MetaData()); got != "instance-id: \"iid-bake-verify-0123\"\nlocal-hostname: \"bake-verify-0\"\n" {
+		t.Errorf("meta-data:\n%s", got)
+	}
+	ud := s.UserData()
+	if !strings.HasPrefix(string(ud), "#cloud-config\n") {
+		t.Fatalf("user-data does not start with #cloud-config:\n%s", ud)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(ud, &doc); err != nil {
+		t.Fatalf("user-data is not YAML: %v\n%s", err, ud)
+	}
+	for k := range doc {
+		if !cloudInitKeys[k] {
+			t.Errorf("user-data has top-level key %q, unknown to cloud-init", k)
+		}
+	}
+	if doc["ssh_pwauth"] != false || doc["disable_root"] != true {
+		t.Errorf("ssh_pwauth/disable_root: %v %v", doc["ssh_pwauth"], doc["disable_root"])
+	}
+	if ks, _ := doc["ssh_authorized_keys"].([]any); len(ks) != 1 || ks[0] != key {
+		t.Errorf("top-level keys %v", doc["ssh_authorized_keys"])
+	}
+	users, _ := doc["users"].([]any)
+	if len(users) != 2 || users[0] != "default" {
+		t.Fatalf("users %v", users)
+	}
+	admin, _ := users[1].(map[string]any)
+	if admin["name"] != "admin" || admin["lock_passwd"] != true {
+		t.Errorf("admin user %v", admin)
+	}
+	if ks, _ := admin["ssh_authorized_keys"].([]any); len(ks) != 1 || ks[0] != key {
+		t.Errorf("admin keys %v", admin["ssh_authorized_keys"])
+	}
+	if g, ok := admin["groups"]; ok {
+		t.Errorf("admin given groups %v (never docker)", g)
+	}
+
+	files := s.Files()
+	if string(files[SeedAdminKeysFile]) != key+"\n" || string(files[SeedTokenFile]) != s.Token+"\n" {
+		t.Errorf("bake files %q", files)
+	}
+	// Without a token, first boot generates one: no token file at all.
+	s.Token = ""
+	if _, ok := s.Files()[SeedTokenFile]; ok {
+		t.Error("token file written without a token")
+	}
+}
+
+func TestWriteSeed(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "seed.iso")
+	s := Seed{InstanceID: "iid-x", AdminUser: "ops", AuthorizedKeys: []string{"ssh-ed25519 AAAA x"}, Token: strings.Repeat("a", 64)}
+	if err := WriteSeed(p, s); err != nil {
+		t.Fatal(err)
+	}
+	d, err := diskfs.Open(p, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	fs, err := d.GetFilesystem(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(fs.Label()) != "cidata" {
+		t.Errorf("label %q", fs.Label())
+	}
+	ents, err := fs.ReadDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "bake.admin_ssh_keys bake.gateway_token meta-data user-data" {
+		t.Errorf("seed files %v", names)
+	}
+	if err := WriteSeed(p, Seed{AdminUser: "ops"}); err == nil {
+		t.Error("seed without instance id and keys accepted")
+	}
+}

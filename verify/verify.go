@@ -1,0 +1,699 @@
+package verify
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/vm"
+)
+
+// Defaults of a run.
+const (
+	DefaultTimeout   = 45 * time.Minute
+	DefaultMemoryMiB = 2048
+	// sshWaitMax bounds the wait for SSH after power-on (TCG boots of an
+	// appliance that loads its container image at first boot are slow).
+	sshWaitMax = 15 * time.Minute
+	// authGrace is how long key refusals are retried after the first one:
+	// keys may be installed a moment after sshd starts (cloud-init).
+	authGrace = 90 * time.Second
+	// refusedGrace: once the console shows a login prompt, an SSH port
+	// that keeps refusing connections this long has no sshd behind it.
+	refusedGrace = 3 * time.Minute
+)
+
+// Options of a verification.
+type Options struct {
+	Image        string
+	Spec         Spec
+	Recipe       string // recipe path, for the report
+	RecipeDigest string
+	Firmwares    []string // vm.BIOS, vm.UEFI
+	Instances    int      // VMs per firmware, from the same image
+	ReportDir    string   // report.json, junit.xml, serial logs; "" = none
+	// Keep keeps the work directory (overlays, seeds, the throwaway key,
+	// serial logs) and says where it is.
+	Keep    bool
+	Timeout time.Duration // the whole run
+	// Strict makes a skipped check a failure (the project's own tests).
+	Strict    bool
+	MemoryMiB int
+	// UserNet forces user-mode networking even as root (the checks from
+	// outside then Skip).
+	UserNet     bool
+	Log         io.Writer // progress lines; nil = none
+	BakeVersion string
+}
+
+type runner struct {
+	o    Options
+	rep  *Report
+	work string
+	mu   sync.Mutex
+
+	netns      bool   // outside = a Link's namespace
+	outsideWhy string // why not, when !netns
+	nmap       string // path of nmap, "" when missing
+	probeTar   []byte
+}
+
+func (r *runner) logf(format string, args ...any) {
+	if r.o.Log == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fmt.Fprintf(r.o.Log, "verify: "+format+"\n", args...)
+}
+
+// hostError records why the host cannot run the VM.
+func (r *runner) hostError(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	msg := fmt.Sprintf(format, args...)
+	if r.rep.HostError == "" {
+		r.rep.HostError = msg
+	} else {
+		r.rep.HostError += "\n" + msg
+	}
+}
+
+func (r *runner) record(fw, id string, st Status, evidence string, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.rep.Results {
+		if x.ID == id && x.Firmware == fw {
+			return // first word counts
+		}
+	}
+	r.rep.Results = append(r.rep.Results, Result{ID: id, Title: title(r.o.Spec, id), Firmware: fw, Status: st, Evidence: strings.TrimSpace(evidence), Duration: d})
+	if r.o.Log != nil {
+		fmt.Fprintf(r.o.Log, "verify: %s %s/%s: %s\n", strings.ToUpper(string(st)), orDash(fw), id, truncate(firstLine(evidence), 200))
+	}
+}
+
+func (r *runner) has(fw, id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.rep.Results {
+		if x.ID == id && x.Firmware == fw {
+			return true
+		}
+	}
+	return false
+}
+
+// Run verifies an image and returns the report (never nil). Host problems
+// are in Report.HostError, an interruption (ctx cancelled by a signal) in
+// Report.Interrupted.
+func Run(ctx context.Context, o Options) *Report {
+	if o.Instances < 1 {
+		o.Instances = 1
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = DefaultMemoryMiB
+	}
+	if len(o.Firmwares) == 0 {
+		o.Firmwares = []string{vm.BIOS}
+	}
+	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances,
+		Strict: o.Strict, Started: time.Now(), BakeVersion: o.BakeVersion}
+	r := &runner{o: o, rep: rep}
+	defer func() { rep.SortResults(); rep.Finish(time.Now()) }()
+
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	interrupted := func() bool {
+		if parent.Err() != nil {
+			rep.Interrupted = "stopped by a signal"
+			return true
+		}
+		return false
+	}
+
+	if abs, err := filepath.Abs(o.Image); err == nil {
+		o.Image = abs
+		r.o.Image = abs
+	}
+	sum, size, err := fileSHA256(ctx, o.Image)
+	if err != nil {
+		if interrupted() {
+			return rep
+		}
+		r.hostError("cannot read the image: %v", err)
+		return rep
+	}
+	rep.SHA256, rep.Size = sum, size
+	r.logf("image %s sha256:%s", o.Image, sum)
+
+	if !r.preflight(ctx) {
+		return rep
+	}
+	work, err := os.MkdirTemp("", "bake-verify-")
+	if err != nil {
+		r.hostError("work directory: %v", err)
+		return rep
+	}
+	r.work = work
+	defer func() {
+		if o.Keep {
+			fmt.Fprintf(os.Stderr, "verify: kept the work directory %s (overlays, seeds, the throwaway key id_ed25519, serial logs)\n", work)
+			return
+		}
+		os.RemoveAll(work)
+	}()
+
+	for _, fw := range o.Firmwares {
+		if ctx.Err() != nil {
+			break
+		}
+		r.firmware(ctx, fw)
+		if rep.HostError != "" {
+			return rep
+		}
+	}
+	if interrupted() {
+		r.fillSkipped("not run: verification interrupted")
+		return rep
+	}
+	if ctx.Err() == nil {
+		r.secrets(ctx)
+	}
+	if ctx.Err() != nil && !interrupted() {
+		r.fillSkipped(fmt.Sprintf("not run: the verification's time limit (--timeout %s) ran out", o.Timeout))
+		// Running out of time is the image's doing (it would not boot or
+		// answer in time): a failure, not a host problem.
+		r.record("", "verify.timeout", Fail, fmt.Sprintf("the verification did not finish within --timeout %s", o.Timeout), 0)
+	}
+	r.fillSkipped("not run")
+	return rep
+}
+
+// preflight finds what the host has. Missing QEMU, qemu-img or OVMF means
+// the host cannot run the VM (exit 2); missing nmap or namespace tools
+// make the checks that need them Skip.
+func (r *runner) preflight(ctx context.Context) bool {
+	ok := true
+	for _, tool := range []string{vm.DefaultQEMU, "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			r.hostError("%s is not installed (Debian: apt-get install qemu-system-x86 qemu-utils)", tool)
+			ok = false
+		}
+	}
+	for _, fw := range r.o.Firmwares {
+		if fw == vm.UEFI {
+			for _, f := range []string{vm.DefaultOVMFCode, vm.DefaultOVMFVars} {
+				if _, err := os.Stat(f); err != nil {
+					r.hostError("UEFI firmware %s missing (Debian: apt-get install ovmf)", f)
+					ok = false
+				}
+			}
+		}
+	}
+	if !ok {
+		return false
+	}
+	format, err := vm.DiskFormat(ctx, r.o.Image)
+	if err != nil {
+		r.hostError("qemu-img cannot read the image: %v", err)
+		return false
+	}
+	r.rep.Format = format
+
+	switch {
+	case r.o.UserNet:
+		r.outsideWhy = "user-mode networking was asked for (--user-net): there is no outside network to probe from"
+	case os.Geteuid() != 0:
+		r.outsideWhy = "not root: the outside network namespace (tap device, DHCP/RA, port scan) needs root; ran with QEMU user-mode networking (restrict=on)"
+	default:
+		r.netns = true
+		for _, tool := range []string{"ip", "dnsmasq"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				r.netns = false
+				r.outsideWhy = tool + " is not installed (Debian: apt-get install iproute2 dnsmasq-base): no outside network namespace"
+			}
+		}
+	}
+	if r.netns {
+		r.rep.Outside = "network namespace with a tap device (DHCPv4 10.77.0.0/24, SLAAC fd77::/64)"
+	} else {
+		r.rep.Outside = "none (QEMU user-mode networking, restrict=on): " + r.outsideWhy
+	}
+	if p, err := exec.LookPath("nmap"); err == nil {
+		r.nmap = p
+	}
+	return true
+}
+
+// instance is one VM of one firmware.
+type instance struct {
+	r      *runner
+	fw     string
+	idx    int
+	link   *vm.Link
+	vm     *vm.VM
+	mac    net.HardwareAddr
+	key    *Key
+	token  string // the seed's token; "" lets first boot generate one
+	serial string
+
+	fwdPort    int // user mode: host port forwarded to the guest's SSH
+	ipv4, ipv6 netip.Addr
+	sess       *sshSession
+	hostKey    ssh.PublicKey
+	loginEv    string // evidence of the login (or of its failure)
+	loginOK    bool
+}
+
+func (in *instance) name() string { return fmt.Sprintf("%s-%d", in.fw, in.idx) }
+
+func (in *instance) sshTarget() string {
+	if in.link != nil {
+		return net.JoinHostPort(in.ipv4.String(), fmt.Sprint(in.r.o.Spec.SSHPort))
+	}
+	return net.JoinHostPort("127.0.0.1", fmt.Sprint(in.fwdPort))
+}
+
+func (in *instance) dialSSH(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+	ns := ""
+	if in.link != nil {
+		ns = in.link.Netns
+	}
+	return dialIn(ctx, ns, "tcp", in.sshTarget(), timeout)
+}
+
+// dialOutside connects from the outside namespace.
+func (in *instance) dialOutside(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	if in.link == nil {
+		return nil, errors.New("no outside namespace")
+	}
+	return dialIn(ctx, in.link.Netns, "tcp", addr, timeout)
+}
+
+// sudo runs script as root in the guest (sudo -n sh -c SCRIPT).
+func (in *instance) sudo(ctx context.Context, script string) (cmdResult, error) {
+	return in.runT(ctx, "sudo -n sh -c "+shellQuote(script), nil, 2*time.Minute)
+}
+
+func (in *instance) runT(ctx context.Context, cmd string, stdin []byte, timeout time.Duration) (cmdResult, error) {
+	if in.sess == nil {
+		return cmdResult{Cmd: cmd, Exit: -1}, errors.New("no SSH session")
+	}
+	return in.sess.Run(ctx, cmd, stdin, timeout)
+}
+
+// firmware boots the instances of one firmware, runs the checks and always
+// powers the VMs off and removes their links.
+func (r *runner) firmware(ctx context.Context, fw string) {
+	key, err := NewKey("bake-verify@" + fw)
+	if err != nil {
+		r.hostError("generating a key: %v", err)
+		return
+	}
+	if r.o.Keep {
+		os.WriteFile(filepath.Join(r.work, "id_ed25519"), key.PrivatePEM, 0o600)
+		os.WriteFile(filepath.Join(r.work, "id_ed25519.pub"), []byte(key.AuthorizedKey+"\n"), 0o644)
+	}
+	insts := make([]*instance, r.o.Instances)
+	defer func() {
+		var wg sync.WaitGroup
+		for _, in := range insts {
+			if in != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); in.shutdown(ctx) }()
+			}
+		}
+		wg.Wait()
+		r.keepSerials(insts)
+	}()
+	for i := range insts {
+		in, err := r.start(ctx, fw, i, key)
+		insts[i] = in // may be partly made: shutdown cleans up
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.hostError("%s: %v", fw, err)
+			return
+		}
+	}
+	var wg sync.WaitGroup
+	for _, in := range insts {
+		wg.Add(1)
+		go func() { defer wg.Done(); in.waitSSH(ctx); in.findIPv6(ctx) }()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	main := insts[0]
+	r.record(fw, "ssh.key-login", status(main.loginOK), main.loginEv, 0)
+	c := &checker{r: r, in: main, spec: r.o.Spec, fw: fw}
+
+	// Identity of several instances runs beside the main checks: the
+	// reboot of the last instance takes as long as a boot.
+	var idwg sync.WaitGroup
+	if len(insts) >= 2 {
+		idwg.Add(1)
+		go func() { defer idwg.Done(); r.identity(ctx, fw, insts) }()
+	} else {
+		for _, id := range []string{"identity.unique", "identity.reboot"} {
+			r.record(fw, id, Skip, "not run: needs --instances 2 or more (two VMs of the image, one of them rebooted)", 0)
+		}
+	}
+	c.runAll(ctx)
+	idwg.Wait()
+}
+
+func status(ok bool) Status {
+	if ok {
+		return Pass
+	}
+	return Fail
+}
+
+// start makes the link, seed and overlay of one instance and starts QEMU.
+// Errors are host problems.
+func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*instance, error) {
+	in := &instance{r: r, fw: fw, idx: idx, key: key}
+	mac := make([]byte, 6)
+	rand.Read(mac)
+	in.mac = net.HardwareAddr{0x52, 0x54, 0x00, 0xbe, mac[4], byte(idx)}
+	in.serial = filepath.Join(r.work, "serial-"+in.name()+".log")
+	if idx == 0 {
+		// The first instance is given a token (first boot must use it);
+		// the others generate their own.
+		t, err := NewToken()
+		if err != nil {
+			return in, err
+		}
+		in.token = t
+	}
+	id := make([]byte, 8)
+	rand.Read(id)
+	seed := Seed{
+		InstanceID:     "iid-bake-verify-" + hex.EncodeToString(id),
+		Hostname:       "bake-verify-" + in.name(),
+		AdminUser:      r.o.Spec.AdminUser,
+		AuthorizedKeys: []string{key.AuthorizedKey},
+		Token:          in.token,
+	}
+	seedPath := filepath.Join(r.work, "seed-"+in.name()+".iso")
+	if err := WriteSeed(seedPath, seed); err != nil {
+		return in, fmt.Errorf("writing the seed: %w", err)
+	}
+	overlay := filepath.Join(r.work, "disk-"+in.name()+".qcow2")
+	if err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"create", "-q", "-f", "qcow2",
+		"-b", r.o.Image, "-F", r.rep.Format, overlay}}); err != nil {
+		return in, fmt.Errorf("copy-on-write overlay: %w", err)
+	}
+	cfg := vm.Config{
+		Firmware:  fw,
+		Disk:      overlay,
+		MemoryMiB: r.o.MemoryMiB,
+		CPUs:      2,
+		SeedISO:   seedPath,
+		SerialLog: in.serial,
+	}
+	cfg.DiskFormat = "qcow2"
+	if r.netns {
+		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx))
+		if err != nil {
+			return in, fmt.Errorf("outside network namespace: %w", err)
+		}
+		in.link = link
+		cfg.Net = link.NetConfig()
+		cfg.Net.MAC = in.mac.String()
+	} else {
+		port, err := vm.FreePort()
+		if err != nil {
+			return in, err
+		}
+		in.fwdPort = port
+		cfg.Net = vm.NetConfig{Mode: vm.NetUser, MAC: in.mac.String(),
+			Forwards: []vm.Forward{{HostPort: port, GuestPort: r.o.Spec.SSHPort}}}
+	}
+	v, err := vm.Start(ctx, cfg)
+	if err != nil {
+		return in, fmt.Errorf("starting QEMU: %w", err)
+	}
+	in.vm = v
+	r.mu.Lock()
+	r.rep.Accel = v.Config.Accel
+	r.mu.Unlock()
+	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s", in.name(), v.PID(), v.Config.Accel, in.mac,
+		map[bool]string{true: ", netns " + cfgNetns(cfg), false: fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)}[in.link != nil])
+	return in, nil
+}
+
+func cfgNetns(c vm.Config) string { return c.Net.Netns }
+
+// waitSSH waits for the admin's key login, keeping what it saw as
+// evidence. It never returns an error: a failure is the image's.
+func (in *instance) waitSSH(ctx context.Context) {
+	t0 := time.Now()
+	limit := sshWaitMax
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < limit {
+		limit = time.Until(d)
+	}
+	deadline := t0.Add(limit)
+	user := in.r.o.Spec.AdminUser
+	var lastErr error
+	var firstRefusal, refusedSince time.Time
+	lastLog := time.Now()
+	tries := 0
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-in.vm.Exited():
+			in.loginEv = fmt.Sprintf("QEMU exited (%v) before %s could log in\n%s", in.vm.Wait(), user, in.serialTail(40))
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			in.loginEv = fmt.Sprintf("no SSH login as %s with the seed's key within %s (%d attempts)\nlast error: %v\n%s\n%s",
+				user, limit.Round(time.Second), tries, lastErr, in.leaseInfo(), in.serialTail(40))
+			return
+		}
+		if in.link != nil && !in.ipv4.IsValid() {
+			if ls, _ := in.link.Leases(); len(ls) > 0 {
+				for _, l := range ls {
+					if l.MAC.String() == in.mac.String() {
+						in.ipv4 = l.IP
+					}
+				}
+			}
+			if !in.ipv4.IsValid() {
+				lastErr = errors.New("the guest has no DHCPv4 lease yet")
+				sleepCtx(ctx, time.Second)
+				continue
+			}
+			in.r.logf("%s: DHCPv4 lease %s after %s", in.name(), in.ipv4, time.Since(t0).Round(time.Second))
+		}
+		tries++
+		s, err := sshLogin(ctx, in.dialSSH, in.sshTarget(), user, 20*time.Second, ssh.PublicKeys(in.key.Signer))
+		if err == nil {
+			in.sess, in.hostKey = s, s.hostKey
+			break
+		}
+		lastErr = err
+		if strings.Contains(err.Error(), "connection refused") && in.link != nil {
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			}
+			if time.Since(refusedSince) > refusedGrace && in.sawLoginPrompt() {
+				in.loginEv = fmt.Sprintf("nothing listens on %s: connections refused for %s while the console showed a login prompt (no sshd, or on another port)\n%s\n%s",
+					in.sshTarget(), refusedGrace, in.leaseInfo(), in.serialTail(40))
+				return
+			}
+		} else {
+			refusedSince = time.Time{}
+		}
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			if firstRefusal.IsZero() {
+				firstRefusal = time.Now()
+			}
+			if time.Since(firstRefusal) > authGrace {
+				in.loginEv = fmt.Sprintf("sshd on %s answers but refuses %s's key from the seed (for %s): %v\n%s",
+					in.sshTarget(), user, authGrace, err, in.serialTail(40))
+				return
+			}
+		}
+		if time.Since(lastLog) > time.Minute {
+			in.r.logf("%s: waiting for SSH on %s (%s): %v", in.name(), in.sshTarget(), time.Since(t0).Round(time.Second), err)
+			lastLog = time.Now()
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
+	res, err := in.runT(ctx, "id; hostname; sudo -n true && echo 'sudo: ok'; systemctl is-system-running || true", nil, time.Minute)
+	if err != nil {
+		in.loginEv = fmt.Sprintf("logged in as %s on %s but could not run a command: %v", user, in.sshTarget(), err)
+		in.sess.Close()
+		in.sess = nil
+		return
+	}
+	in.loginOK = strings.Contains(res.Stdout, "("+user+")")
+	in.loginEv = fmt.Sprintf("logged in as %s with the seed's ed25519 key on %s after %s (host key %s)\n%s",
+		user, in.sshTarget(), time.Since(t0).Round(time.Second), ssh.FingerprintSHA256(in.hostKey), res.Evidence())
+	if !in.loginOK {
+		in.loginEv = "logged in, but not as " + user + ":\n" + in.loginEv
+	}
+	in.r.logf("%s: SSH login after %s", in.name(), time.Since(t0).Round(time.Second))
+}
+
+// findIPv6 finds the guest's SLAAC address on the link (all-nodes ping).
+func (in *instance) findIPv6(ctx context.Context) {
+	if in.link == nil || in.ipv6.IsValid() || !in.ipv4.IsValid() {
+		return
+	}
+	c6, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if a, err := in.link.GuestIPv6(c6); err == nil {
+		in.ipv6 = a
+		in.r.logf("%s: IPv6 (SLAAC) %s", in.name(), a)
+	}
+}
+
+// sawLoginPrompt: the serial console shows a getty login prompt (boot
+// reached multi-user).
+func (in *instance) sawLoginPrompt() bool {
+	b, err := os.ReadFile(in.serial)
+	return err == nil && strings.Contains(string(b), " login: ")
+}
+
+func (in *instance) leaseInfo() string {
+	switch {
+	case in.link == nil:
+		return fmt.Sprintf("user-mode networking; SSH forwarded from 127.0.0.1:%d", in.fwdPort)
+	case in.ipv4.IsValid():
+		return "DHCPv4 lease: " + in.ipv4.String()
+	}
+	return "the guest never took a DHCPv4 lease on the link (no network configuration, or it did not boot)"
+}
+
+// serialTail is the end of the serial console log, as evidence.
+func (in *instance) serialTail(n int) string {
+	b, err := os.ReadFile(in.serial)
+	if err != nil {
+		return "serial console: " + err.Error()
+	}
+	s := ansiRE.ReplaceAllString(strings.ReplaceAll(string(b), "\r", ""), "")
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return fmt.Sprintf("serial console (last %d lines, full log serial-%s.log):\n%s", len(lines), in.name(), strings.Join(lines, "\n"))
+}
+
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// shutdown powers the VM off (through the guest when possible), stops
+// QEMU and removes the link: tap, namespace, dnsmasq.
+func (in *instance) shutdown(ctx context.Context) {
+	if in.vm != nil {
+		if in.sess != nil && ctx.Err() == nil {
+			c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			in.sess.Run(c, "sudo -n systemctl poweroff", nil, 10*time.Second)
+			cancel()
+			select {
+			case <-in.vm.Exited():
+			case <-time.After(90 * time.Second):
+			case <-ctx.Done():
+			}
+		}
+		if in.sess != nil {
+			in.sess.Close()
+		}
+		in.vm.Stop()
+	}
+	if in.link != nil {
+		in.link.Close()
+	}
+}
+
+// keepSerials copies the serial logs into the report directory.
+func (r *runner) keepSerials(insts []*instance) {
+	if r.o.ReportDir == "" {
+		return
+	}
+	if err := os.MkdirAll(r.o.ReportDir, 0o755); err != nil {
+		return
+	}
+	for _, in := range insts {
+		if in == nil {
+			continue
+		}
+		b, err := os.ReadFile(in.serial)
+		if err != nil {
+			continue
+		}
+		name := "serial-" + in.name() + ".log"
+		if os.WriteFile(filepath.Join(r.o.ReportDir, name), b, 0o644) == nil {
+			r.mu.Lock()
+			r.rep.Files = append(r.rep.Files, name)
+			r.mu.Unlock()
+		}
+	}
+}
+
+// fileSHA256 hashes a file.
+func fileSHA256(ctx context.Context, path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", 0, err
+	}
+	if !st.Mode().IsRegular() {
+		return "", 0, fmt.Errorf("%s is not a regular file", path)
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", 0, err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", 0, err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), st.Size(), nil
+}
