@@ -257,13 +257,25 @@ exec "$@"`
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var initPid int
 	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM) // unshare --kill-child takes the namespace down
+		// unshare's --kill-child is not enough: its death signal is
+		// cleared when chroot --userspec changes the uid. SIGKILL to the
+		// pid namespace's init (tini) kills every process in it; unshare,
+		// still waiting for it, reaps it and exits.
+		if initPid != 0 {
+			syscall.Kill(initPid, syscall.SIGKILL)
+		}
 		select {
 		case <-done:
 		case <-time.After(20 * time.Second):
 			cmd.Process.Kill()
 			<-done
+		}
+		if initPid != 0 {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", initPid)); err == nil {
+				t.Errorf("the gateway's namespace (init pid %d) outlived the test", initPid)
+			}
 		}
 		if m, _ := rootfs.MountsUnder(rootDir); len(m) > 0 {
 			t.Errorf("mounts left under the rootfs: %v", m)
@@ -278,7 +290,6 @@ exec "$@"`
 	}
 
 	// The namespaces' first process (sh, then tini) is unshare's child.
-	var initPid int
 	for i := 0; i < 100 && initPid == 0; i++ {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
 		if f := strings.Fields(string(b)); len(f) > 0 {
