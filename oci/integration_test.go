@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
@@ -68,7 +69,7 @@ func TestRelock(t *testing.T) {
 	dir := filepath.Join(moduleRoot(t), "recipes/openclaw-gateway")
 	app := NpmApp{Package: "openclaw", Version: OpenClawVersion}
 	if err := lock(context.Background(), execx.Default, app, dir,
-		filepath.Join(moduleRoot(t), ".cache/oci-downloads/npm-lock")); err != nil {
+		filepath.Join(testcache.Dir("oci-downloads"), "npm-lock")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -76,7 +77,7 @@ func TestRelock(t *testing.T) {
 func TestLockUnknownVersion(t *testing.T) {
 	needTools(t, "npm")
 	err := lock(context.Background(), execx.Default, NpmApp{Package: "openclaw", Version: "1999.1.1"}, t.TempDir(),
-		filepath.Join(moduleRoot(t), ".cache/oci-downloads/npm-lock"))
+		filepath.Join(testcache.Dir("oci-downloads"), "npm-lock"))
 	var nf *NotFoundError
 	if !errors.As(err, &nf) || err.Error() != "npm package openclaw@1999.1.1 not found" {
 		t.Fatalf("got %v", err)
@@ -112,7 +113,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	needTools(t, "mmdebstrap", "npm", "unshare", "nsenter", "chroot", "setpriv", "ip", "curl")
 	ctx := context.Background()
 	root := moduleRoot(t)
-	logPath := filepath.Join(root, ".cache/oci-logs", "gateway-image-"+time.Now().Format("20060102-150405")+".log")
+	logPath := filepath.Join(testcache.Dir("oci-logs"), "gateway-image-"+time.Now().Format("20060102-150405")+".log")
 	os.MkdirAll(filepath.Dir(logPath), 0o755)
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -122,7 +123,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	t.Logf("build log: %s", logPath)
 
 	spec := OpenClawGatewaySpec(filepath.Join(root, "recipes/openclaw-gateway"), integrationEpoch)
-	spec.DownloadDir = filepath.Join(root, ".cache/oci-downloads")
+	spec.DownloadDir = testcache.Dir("oci-downloads")
 	build := func(cache string) (v1.Image, BuildInfo, time.Duration) {
 		t.Helper()
 		s := spec
