@@ -215,11 +215,39 @@ func TestRepoSignedAndVerifiedByApt(t *testing.T) {
 		}
 	})
 
-	// No gpg-agent outlives the calls.
-	out, _ := exec.Command("pgrep", "-af", "gpg-agent.*"+tmp).CombinedOutput()
-	if strings.Contains(string(out), tmp) {
-		t.Errorf("gpg-agent left running:\n%s", out)
+	// No gpg-agent outlives the calls (it may take a moment to exit after
+	// its socket closed; an unreaped zombie is gone already).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := agentsUnder(tmp)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("gpg-agent left running: %q", left)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// agentsUnder lists live (not zombie) gpg-agent processes whose command line
+// names dir.
+func agentsUnder(dir string) []string {
+	var found []string
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), "gpg-agent") || !strings.Contains(string(cmdline), dir) {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join(p, "stat"))
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok && strings.HasPrefix(rest, "Z") {
+			continue
+		}
+		found = append(found, p+" "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+	}
+	return found
 }
 
 // plainUpdateFails checks that apt-get update without --error-on=any, as a

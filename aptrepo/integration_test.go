@@ -15,17 +15,15 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/testcache"
 )
 
-// cacheRoot is the repository's .cache (ignored by git), shared with the
-// other packages' integration tests.
+// cacheRoot is the project's fixture cache ($BAKE_TEST_CACHE, outside the
+// checkout): the tailscale build lives in its tailscale/, the bookworm tree in
+// aptrepo/.
 func cacheRoot(t *testing.T) string {
 	t.Helper()
-	d, err := filepath.Abs("../.cache")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return filepath.Dir(testcache.Dir("aptrepo"))
 }
 
 // TestTailscaleFromLocalRepo builds the tailscale .deb from the tailscale.com

@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
@@ -27,6 +29,9 @@ type Key struct {
 	Fingerprint string // primary key fingerprint, upper-case hex
 	Keyring     string // binary public keyring: DIR/public.gpg
 	Armored     string // armored public key: DIR/public.asc
+
+	mu   sync.Mutex // one gpg session at a time
+	home string     // the --homedir of the current session
 }
 
 // keyUID is the user ID of generated keys. The address is deliberately not
@@ -51,15 +56,15 @@ func NewKey(dir string) (*Key, error) {
 	if err := os.Mkdir(k.Home, 0o700); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), gpgTimeout)
-	defer cancel()
-	err := k.gpg(ctx, nil, "--quick-generate-key", keyUID, "ed25519", "sign", "never")
-	if err == nil {
-		err = k.load(ctx)
-	}
-	if err == nil {
-		err = k.export(ctx)
-	}
+	err := k.session(func(ctx context.Context) error {
+		if err := k.gpg(ctx, nil, "--quick-generate-key", keyUID, "ed25519", "sign", "never"); err != nil {
+			return err
+		}
+		if err := k.load(ctx); err != nil {
+			return err
+		}
+		return k.export(ctx)
+	})
 	if err != nil {
 		os.RemoveAll(k.Home)
 		return nil, fmt.Errorf("aptrepo: new key in %s: %w", dir, err)
@@ -75,12 +80,13 @@ func OpenKey(dir string) (*Key, error) {
 	if _, err := os.Stat(k.Home); err != nil {
 		return nil, fmt.Errorf("aptrepo: open key: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), gpgTimeout)
-	defer cancel()
-	if err := k.load(ctx); err != nil {
-		return nil, fmt.Errorf("aptrepo: open key in %s: %w", dir, err)
-	}
-	if err := k.export(ctx); err != nil {
+	err := k.session(func(ctx context.Context) error {
+		if err := k.load(ctx); err != nil {
+			return err
+		}
+		return k.export(ctx)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("aptrepo: open key in %s: %w", dir, err)
 	}
 	return k, nil
@@ -107,14 +113,15 @@ func keyIn(dir string) *Key {
 // inline-signed InRelease beside it and a detached, armored release+".gpg"
 // (Release.gpg), both with SHA512.
 func (k *Key) Sign(release string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), gpgTimeout)
-	defer cancel()
 	inRelease := filepath.Join(filepath.Dir(release), "InRelease")
 	common := []string{"--local-user", k.Fingerprint, "--digest-algo", "SHA512"}
-	if err := k.gpg(ctx, nil, append(common, "--clearsign", "--output", inRelease, release)...); err != nil {
-		return fmt.Errorf("aptrepo: sign %s: %w", release, err)
-	}
-	if err := k.gpg(ctx, nil, append(common, "--armor", "--detach-sign", "--output", release+".gpg", release)...); err != nil {
+	err := k.session(func(ctx context.Context) error {
+		if err := k.gpg(ctx, nil, append(common, "--clearsign", "--output", inRelease, release)...); err != nil {
+			return err
+		}
+		return k.gpg(ctx, nil, append(common, "--armor", "--detach-sign", "--output", release+".gpg", release)...)
+	})
+	if err != nil {
 		return fmt.Errorf("aptrepo: sign %s: %w", release, err)
 	}
 	return nil
@@ -165,17 +172,55 @@ func (k *Key) export(ctx context.Context) error {
 	return nil
 }
 
-// gpg runs gpg in the key's home, non-interactively, and stops the gpg-agent
-// it started afterwards so that no agent outlives the call.
-func (k *Key) gpg(ctx context.Context, stdout *bytes.Buffer, args ...string) error {
+// session runs fn, whose gpg calls share the one gpg-agent that the first
+// of them starts, then stops that agent and waits until it is gone: no agent
+// outlives the call, and the next session never reaches a dying agent (gpg
+// then fails with "can't connect to the agent: End of file").
+func (k *Key) session(fn func(ctx context.Context) error) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), gpgTimeout)
+	defer cancel()
 	home, cleanup, err := shortHome(k.Home)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	defer run(context.WithoutCancel(ctx), execx.Cmd{
-		Name: "gpgconf", Args: []string{"--homedir", home, "--kill", "gpg-agent"},
+	k.home = home
+	defer func() { k.home = "" }()
+	defer stopAgent(home)
+	return fn(ctx)
+}
+
+// stopAgent stops the gpg-agent of home, if one runs, and waits (up to
+// 10 s) until its socket no longer accepts connections.
+func stopAgent(home string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sock, err := execx.Default.Output(ctx, execx.Cmd{
+		Name: "gpgconf", Args: []string{"--homedir", home, "--list-dirs", "agent-socket"},
 	})
+	run(ctx, execx.Cmd{Name: "gpgconf", Args: []string{"--homedir", home, "--kill", "gpg-agent"}})
+	path := strings.TrimSpace(string(sock))
+	if err != nil || path == "" {
+		return
+	}
+	for ctx.Err() == nil {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// gpg runs gpg non-interactively in the key's home; only within a session.
+func (k *Key) gpg(ctx context.Context, stdout *bytes.Buffer, args ...string) error {
+	home := k.home
+	if home == "" {
+		return errors.New("aptrepo: gpg outside a session")
+	}
 	base := []string{"--homedir", home, "--batch", "--no-tty", "--yes",
 		"--pinentry-mode", "loopback", "--passphrase", ""}
 	c := execx.Cmd{Name: "gpg", Args: append(base, args...)}
