@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -92,7 +93,7 @@ func (h Host) Run(ctx context.Context, c Cmd) error {
 	outs := []io.Writer{&buf}
 	if h.Log != nil {
 		fmt.Fprintf(h.Log, "+ %s\n", c)
-		outs = append(outs, h.Log)
+		outs = append(outs, lockedWriter{w: h.Log, mu: &logMu})
 	}
 	if c.Stdout != nil {
 		cmd.Stdout = io.MultiWriter(append(outs, c.Stdout)...)
@@ -119,7 +120,7 @@ func (h Host) Output(ctx context.Context, c Cmd) ([]byte, error) {
 	cmd.Stderr = &stderr
 	if h.Log != nil {
 		fmt.Fprintf(h.Log, "+ %s\n", c)
-		cmd.Stderr = io.MultiWriter(&stderr, h.Log)
+		cmd.Stderr = io.MultiWriter(&stderr, lockedWriter{w: h.Log, mu: &logMu})
 	}
 	if err := cmd.Run(); err != nil {
 		return stdout.Bytes(), &Error{Cmd: c.String(), Err: err, Output: stderr.String()}
@@ -127,10 +128,16 @@ func (h Host) Output(ctx context.Context, c Cmd) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// tailBuffer keeps the last 64 KiB written to it.
-type tailBuffer struct{ b []byte }
+// tailBuffer keeps the last 64 KiB written to it. exec.Cmd copies stdout
+// and stderr in two goroutines, so writes are serialised.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.b = append(t.b, p...)
 	if len(t.b) > 64<<10 {
 		t.b = t.b[len(t.b)-64<<10:]
@@ -138,7 +145,25 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string { return string(t.b) }
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
+
+// logMu serialises writes to build logs from concurrent output copiers.
+var logMu sync.Mutex
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
 
 // Recorder is a Runner for tests: it records commands and runs nothing.
 type Recorder struct {
