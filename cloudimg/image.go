@@ -1,6 +1,7 @@
 package cloudimg
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 	"github.com/lima-vm/go-qcow2reader/convert"
 	"github.com/lima-vm/go-qcow2reader/image"
@@ -274,6 +276,37 @@ func checkQcow2Extents(f io.ReaderAt, h qcow2Header, fileSize int64) error {
 
 func init() {
 	qcow2.SetDecompressor(qcow2.CompressionTypeZstd, newZstdReader)
+	qcow2.SetDecompressor(qcow2.CompressionTypeZlib, newFlateReader)
+}
+
+// Deflate readers are reused too: go-qcow2reader's default makes a new
+// compress/flate reader (and a bufio.Reader for it) for every cluster,
+// which made converting Debian's zlib-compressed images 4x slower than
+// zstd ones here. klauspost's flate is a drop-in, faster decoder.
+var flateReaders sync.Pool
+
+type flateReader struct {
+	br *bufio.Reader
+	fr io.ReadCloser
+}
+
+func (f *flateReader) Read(p []byte) (int, error) { return f.fr.Read(p) }
+
+func (f *flateReader) Close() error {
+	f.br.Reset(nil)
+	flateReaders.Put(f)
+	return nil
+}
+
+func newFlateReader(r io.Reader) (io.ReadCloser, error) {
+	if f, ok := flateReaders.Get().(*flateReader); ok {
+		f.br.Reset(r)
+		if err := f.fr.(flate.Resetter).Reset(f.br, nil); err == nil {
+			return f, nil
+		}
+	}
+	br := bufio.NewReaderSize(r, 64<<10)
+	return &flateReader{br: br, fr: flate.NewReader(br)}, nil
 }
 
 // zstd decoders are reused: one is needed per compressed cluster read, and
