@@ -44,8 +44,12 @@
 //	after, err := cloudimg.ReadBootChain(tree)
 //	kernel, loader := before.Changes(after)
 //	if kernel || loader {
+//		k := ""                                  // newest
+//		if nk := before.NewKernels(after); len(nk) == 1 {
+//			k = nk[0]                            // the flavour the recipe installed
+//		}
 //		err = disk.PrepareCloudBoot(disk.CloudBootSpec{Tree: tree, Layout: layout,
-//			KernelCmdline: extra, SourceDateEpoch: epoch, Log: log})
+//			Kernel: k, KernelCmdline: extra, SourceDateEpoch: epoch, Log: log})
 //	}
 //	err = rootfs.ClampTimes(tree, time.Unix(epoch, 0))
 //	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{Base: raw, Layout: layout,
