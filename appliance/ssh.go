@@ -91,7 +91,8 @@ AuthenticationMethods publickey
 // no root login), makes the admin the default user (so a cloud's metadata
 // keys land in its authorized_keys), leaves host keys to bake-hostkeys
 // (no deletion of keys sshd may already use), leaves networking to the
-// image's networkd configuration, and limits the datasources.
+// image's networkd configuration, keeps the locale the image has
+// (C.UTF-8), and limits the datasources.
 func CloudInitConfig(o SSHOptions) string {
 	ds := o.CloudInitDatasources
 	if len(ds) == 0 {
@@ -103,8 +104,13 @@ func CloudInitConfig(o SSHOptions) string {
 	b.WriteString("ssh_pwauth: false\n")
 	b.WriteString("disable_root: true\n")
 	b.WriteString("ssh_deletekeys: false\n")
+	// Only the key types sshd uses (cloud-init 22.4 also makes DSA).
+	b.WriteString("ssh_genkeytypes: [ed25519, ecdsa, rsa]\n")
 	b.WriteString("datasource_list: [" + strings.Join(ds, ", ") + "]\n")
 	b.WriteString("network:\n  config: disabled\n")
+	// The image has no generated locales; cloud-init's default
+	// (en_US.UTF-8) would fail its locale module and mark the boot failed.
+	b.WriteString("locale: C.UTF-8\n")
 	if o.AdminUser != "" {
 		b.WriteString("system_info:\n  default_user:\n")
 		fmt.Fprintf(&b, "    name: %s\n", o.AdminUser)

@@ -47,7 +47,10 @@ func (p *Plan) appliancePackages() []string {
 		}
 	}
 	if len(r.Containers) > 0 {
-		pk = append(pk, "docker.io", "iptables")
+		// apparmor: Debian's kernel has AppArmor on, and dockerd refuses
+		// to start containers when it cannot load its docker-default
+		// profile (apparmor_parser is only a Recommends of docker.io).
+		pk = append(pk, "docker.io", "iptables", "apparmor")
 	}
 	if r.Firstboot.HasSeed("cloud-init") {
 		pk = append(pk, "cloud-init")
