@@ -23,7 +23,7 @@ import (
 func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	p := &Plan{Recipe: r, Opts: opts}
 	if r.Base.Image != nil {
-		return nil, errors.New("base.image (a cloud image base) is not supported by this bake yet; use base.debian")
+		return compileImage(p)
 	}
 	deb := r.Base.Debian
 	if deb == nil {
@@ -100,6 +100,76 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 		add("packages", in, p.stagePackages)
 	}
 	add("system", []string{"networkd DHCPv4+RA on every ethernet NIC, resolved, timesyncd, grow root at first boot"}, p.stageSystem)
+	p.addCustomizeStages(add)
+	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
+	layout := p.layout()
+	size := "content + headroom (decided after sysprep)"
+	if r.Disk.Size != "" {
+		size = r.Disk.Size
+	}
+	var fw []string
+	if bios {
+		fw = append(fw, "bios")
+	}
+	if uefi {
+		fw = append(fw, "uefi")
+	}
+	add("assemble", []string{
+		"GPT: p14 BIOS boot 1MiB, p15 ESP " + orDefault(r.Disk.ESPSize, "64MiB") + ", p1 root ext4 (mkfs.ext4 -d), no loop device",
+		"firmware: " + strings.Join(fw, "+") + " (GRUB from the tree's grub-mkimage)",
+		"size: " + size,
+		"disk GUID " + layout.DiskGUID + ", root fs UUID " + layout.RootFSUUID,
+	}, p.stageAssemble)
+	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	return p, nil
+}
+
+// compileImage plans a build from a cloud image: fetch and check the base,
+// extract its root, run the same steps, and reassemble around the base's
+// own boot chain.
+func compileImage(p *Plan) (*Plan, error) {
+	r := p.Recipe
+	im := r.Base.Image
+	add := func(name string, inputs []string, run func(context.Context, *State) error) {
+		p.Stages = append(p.Stages, Stage{Name: name, Inputs: inputs, Run: run})
+	}
+	src := im.Path
+	if src == "" {
+		src = im.URL
+	}
+	p.chrootPackages = uniqueSorted(append(append([]string{}, r.Apt.Packages...), p.appliancePackages()...))
+	add("base-image", []string{
+		"image: " + src,
+		"digest: " + imageDigest(im) + " (checked before anything else)",
+		"qcow2 or raw -> sparse raw; refuses backing files, encryption, truncation, no Linux root",
+	}, p.stageBaseImage)
+	add("extract", []string{"root (and /boot) copied with owners, modes, hard links, device nodes, xattrs (read-only loop mount, ro,noload)"}, p.stageExtract)
+	if len(r.Apt.Repositories) > 0 || len(p.chrootPackages) > 0 {
+		var in []string
+		for _, repo := range r.Apt.Repositories {
+			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, repo.URI, repo.Suite, list(repo.Components), repo.Key))
+		}
+		in = append(in, "packages: "+list(p.chrootPackages))
+		add("packages", in, p.stagePackages)
+	}
+	p.addCustomizeStages(add)
+	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
+	size := "the base's size, or more when the tree needs it"
+	if r.Disk.Size != "" {
+		size = r.Disk.Size
+	}
+	add("reassemble", []string{
+		"keep the base's GPT, disk and partition GUIDs, MBR boot code, BIOS boot partition, ESP, filesystem UUIDs and labels",
+		"rebuild root (and /boot) with mkfs.ext4 -d from the tree; grub.cfg and loader images anew only if the steps changed kernel or GRUB",
+		"size: " + size,
+	}, p.stageReassemble)
+	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	return p, nil
+}
+
+// addCustomizeStages appends the steps both bases share.
+func (p *Plan) addCustomizeStages(add addStage) {
+	r := p.Recipe
 	if len(r.Groups)+len(r.Users) > 0 {
 		var in []string
 		for _, g := range r.Groups {
@@ -138,27 +208,6 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 			"mask: " + list(r.Systemd.Mask),
 		}, p.stageUnits)
 	}
-	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
-	layout := p.layout()
-	size := "content + headroom (decided after sysprep)"
-	if r.Disk.Size != "" {
-		size = r.Disk.Size
-	}
-	var fw []string
-	if bios {
-		fw = append(fw, "bios")
-	}
-	if uefi {
-		fw = append(fw, "uefi")
-	}
-	add("assemble", []string{
-		"GPT: p14 BIOS boot 1MiB, p15 ESP " + orDefault(r.Disk.ESPSize, "64MiB") + ", p1 root ext4 (mkfs.ext4 -d), no loop device",
-		"firmware: " + strings.Join(fw, "+") + " (GRUB from the tree's grub-mkimage)",
-		"size: " + size,
-		"disk GUID " + layout.DiskGUID + ", root fs UUID " + layout.RootFSUUID,
-	}, p.stageAssemble)
-	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
-	return p, nil
 }
 
 func orDefault(s, d string) string {

@@ -21,6 +21,7 @@ type Plan struct {
 
 	bootstrapPackages []string
 	chrootPackages    []string
+	cloud             *cloudState // base.image builds
 }
 
 // Print writes the plan in a stable, human-readable form (golden-tested).

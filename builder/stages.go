@@ -74,7 +74,11 @@ func (p *Plan) stagePackages(ctx context.Context, s *State) error {
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
 		cache := ""
 		if s.Opts.CacheDir != "" {
-			cache = filepath.Join(s.Opts.CacheDir, "apt", r.Base.Debian.Suite)
+			suite := "image"
+			if r.Base.Debian != nil {
+				suite = r.Base.Debian.Suite
+			}
+			cache = filepath.Join(s.Opts.CacheDir, "apt", suite)
 		}
 		return rootfs.InstallPackages(ctx, ch, p.chrootPackages, cache)
 	})

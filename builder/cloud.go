@@ -1,0 +1,145 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/cloudimg"
+	"github.com/bakeimg/bake/disk"
+	"github.com/bakeimg/bake/rootfs"
+)
+
+// cloudState is what the cloud-image stages share: the base as a sparse raw
+// file in the work dir, its layout and its boot chain before the steps.
+type cloudState struct {
+	raw    string
+	layout *cloudimg.Layout
+	before cloudimg.BootChain
+	digest string
+}
+
+func imageSource(im *recipe.ImageBase) cloudimg.Source {
+	return cloudimg.Source{Path: im.Path, URL: im.URL, SHA256: im.SHA256, SHA512: im.SHA512}
+}
+
+func imageDigest(im *recipe.ImageBase) string {
+	if im.SHA512 != "" {
+		return "sha512:" + im.SHA512
+	}
+	return "sha256:" + im.SHA256
+}
+
+// stageBaseImage fetches and checks the base before any other work: the
+// digest first (a mismatch is refused before the file is parsed), then the
+// format (backing files, encryption, truncation) and the layout (a Linux
+// root must be there).
+func (p *Plan) stageBaseImage(ctx context.Context, s *State) error {
+	r := p.Recipe
+	im := *r.Base.Image
+	if im.Path != "" && !filepath.IsAbs(im.Path) {
+		abs, err := r.Resolve(im.Path)
+		if err != nil {
+			return err
+		}
+		im.Path = abs
+	}
+	cache := ""
+	if s.Opts.CacheDir != "" {
+		cache = filepath.Join(s.Opts.CacheDir, "images")
+	}
+	path, err := cloudimg.Fetch(ctx, imageSource(&im), cache, s.Opts.Stdout)
+	if err != nil {
+		return err
+	}
+	img, err := cloudimg.Open(path)
+	if err != nil {
+		return err
+	}
+	raw := filepath.Join(s.WorkDir, "base.raw")
+	err = cloudimg.ToRaw(ctx, img, raw)
+	img.Close()
+	if err != nil {
+		return err
+	}
+	layout, err := cloudimg.Inspect(ctx, raw, cloudimg.WithRunner(s.Runner))
+	if err != nil {
+		return err
+	}
+	if err := layout.Supported(); err != nil {
+		return err
+	}
+	layout.Print(s.Log)
+	p.cloud = &cloudState{raw: raw, layout: layout, digest: imageDigest(&im)}
+	return nil
+}
+
+func (p *Plan) stageExtract(ctx context.Context, s *State) error {
+	if err := cloudimg.Extract(ctx, p.cloud.raw, p.cloud.layout, s.Tree, cloudimg.WithRunner(s.Runner), cloudimg.WithLog(s.Log)); err != nil {
+		return err
+	}
+	before, err := cloudimg.ReadBootChain(s.Tree)
+	if err != nil {
+		return err
+	}
+	p.cloud.before = before
+	// The base has GRUB and kernel hooks installed; they would probe the
+	// build host's disks when a package step triggers them.
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.DivertBootHooks(ctx, ch)
+	})
+}
+
+// stageReassemble keeps the base's boot chain and identifiers and rebuilds
+// root (and /boot) from the tree; grub.cfg and the loader images are made
+// anew only when the steps changed the kernel or the boot loader.
+func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
+	r := p.Recipe
+	after, err := cloudimg.ReadBootChain(s.Tree)
+	if err != nil {
+		return err
+	}
+	kernel, loader := p.cloud.before.Changes(after)
+	if kernel || loader {
+		k := ""
+		if nk := p.cloud.before.NewKernels(after); len(nk) == 1 {
+			k = nk[0]
+		}
+		if err := disk.PrepareCloudBoot(disk.CloudBootSpec{
+			Tree: s.Tree, Layout: p.cloud.layout, Kernel: k, KernelCmdline: r.Kernel.Cmdline,
+			SourceDateEpoch: s.Opts.SourceDateEpoch, Log: s.Log,
+		}); err != nil {
+			return err
+		}
+		fmt.Fprintf(s.Opts.Stdout, "      boot chain changed (kernel %v, loader %v): grub.cfg made anew\n", kernel, loader)
+	}
+	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
+		return err
+	}
+	var size int64
+	if r.Disk.Size != "" {
+		if size, err = recipe.ParseSize(r.Disk.Size); err != nil {
+			return err
+		}
+		size = roundMiB(size)
+	}
+	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{
+		Base: p.cloud.raw, Layout: p.cloud.layout, Tree: s.Tree,
+		Output: filepath.Join(s.WorkDir, r.Name+".raw"), Size: size, RebuildBoot: loader,
+		SourceDateEpoch: s.Opts.SourceDateEpoch, Runner: s.Runner, Log: s.Log,
+	})
+	if err != nil {
+		return err
+	}
+	s.Raw = res.Output
+	s.Manifest.diskSize = res.Size
+	s.Manifest.Layout = p.cloud.layout
+	s.Manifest.Base = map[string]any{"image": map[string]any{
+		"path": r.Base.Image.Path, "url": r.Base.Image.URL, "digest": p.cloud.digest,
+		"kernel_changed": kernel, "loader_rebuilt": loader,
+	}}
+	fmt.Fprintf(s.Opts.Stdout, "      disk %d MiB (identifiers of the base kept)\n", res.Size>>20)
+	return nil
+}
