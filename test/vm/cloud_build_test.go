@@ -45,6 +45,12 @@ func TestBakeFromCloudImage(t *testing.T) {
 			if out, err := exec.Command("cp", "-a", src, filepath.Join(dir, "overlay")).CombinedOutput(); err != nil {
 				t.Fatalf("%v: %s", err, out)
 			}
+			// The Ubuntu-shaped fixture (separate /boot) also gets another
+			// kernel flavour: the boot chain must follow it.
+			pkgs, newKernel := "[tree]", false
+			if fx.name == "ubuntu" {
+				pkgs, newKernel = "[tree, linux-image-amd64]", true
+			}
 			recipe := filepath.Join(dir, "recipe.yaml")
 			os.WriteFile(recipe, []byte(fmt.Sprintf(`apiVersion: bake/v1
 name: cloudtest
@@ -53,7 +59,7 @@ base:
     path: %s
     sha256: %s
 apt:
-  packages: [tree]
+  packages: %s
 users:
   - name: bakeuser
 overlays:
@@ -68,7 +74,7 @@ files:
 systemd:
   enable: [bake-cloud-report.service]
 outputs: [raw]
-`, fx.path, sha256File(t, fx.path))), 0o644)
+`, fx.path, sha256File(t, fx.path), pkgs)), 0o644)
 			out := filepath.Join(dir, "out")
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			defer cancel()
@@ -140,6 +146,11 @@ outputs: [raw]
 						if !strings.HasSuffix(line, " ok") {
 							t.Errorf("%s: %s", fw, line)
 						}
+					}
+					if m := regexp.MustCompile(`BAKE-KERNEL (\S+)`).FindSubmatch(serial); m == nil {
+						t.Errorf("%s: no kernel reported", fw)
+					} else if k := string(m[1]); newKernel == strings.Contains(k, "cloud") {
+						t.Errorf("%s: running kernel %s (new kernel installed by the recipe: %v)", fw, k, newKernel)
 					}
 					if checks != 8 {
 						t.Errorf("%s: %d checks reported, want 8", fw, checks)
