@@ -22,7 +22,7 @@ bake:
 
 # First command: install what is missing, build bake, bake the default recipe.
 image: deps bake
-	./bake build $(RECIPE) -o $(OUT)
+	RECIPE=$(RECIPE) OUT=$(OUT) bash scripts/make-image.sh
 
 # Second command: every test tier. Unit tests need nothing; integration and VM
 # tests need root and the tools deps installs, and start their own servers.

@@ -56,17 +56,8 @@ func withChroot(ctx context.Context, s *State, fn func(*rootfs.Chroot) error) (e
 
 func (p *Plan) stagePackages(ctx context.Context, s *State) error {
 	r := p.Recipe
-	for _, repo := range r.Apt.Repositories {
-		key, err := r.Resolve(repo.Key)
-		if err != nil {
-			return err
-		}
-		if err := rootfs.AddAptRepository(ctx, s.Tree, rootfs.AptRepository{
-			Name: repo.Name, URI: repo.URI, Suite: repo.Suite, Components: repo.Components,
-			KeyFile: key, Runner: s.Runner,
-		}); err != nil {
-			return err
-		}
+	if err := p.addRepositories(ctx, s, true); err != nil {
+		return err
 	}
 	if len(p.chrootPackages) == 0 {
 		return nil
@@ -82,6 +73,36 @@ func (p *Plan) stagePackages(ctx context.Context, s *State) error {
 		}
 		return rootfs.InstallPackages(ctx, ch, p.chrootPackages, cache)
 	})
+}
+
+// addRepositories writes the recipe's apt repositories into the tree. While
+// building (build=true) a repository's build_uri and build_key, when set,
+// stand in for its uri and key (a local mirror); sysprep calls it again with
+// build=false so the image names the real repository and trusts its key.
+func (p *Plan) addRepositories(ctx context.Context, s *State, build bool) error {
+	r := p.Recipe
+	for _, repo := range r.Apt.Repositories {
+		uri, keyRel := repo.URI, repo.Key
+		if build && repo.BuildURI != "" {
+			uri = repo.BuildURI
+			if repo.BuildKey != "" {
+				keyRel = repo.BuildKey
+			}
+		} else if !build && repo.BuildURI == "" {
+			continue
+		}
+		key, err := r.Resolve(keyRel)
+		if err != nil {
+			return err
+		}
+		if err := rootfs.AddAptRepository(ctx, s.Tree, rootfs.AptRepository{
+			Name: repo.Name, URI: uri, Suite: repo.Suite, Components: repo.Components,
+			KeyFile: key, Runner: s.Runner,
+		}); err != nil {
+			return fmt.Errorf("repository %s: %w", repo.Name, err)
+		}
+	}
+	return nil
 }
 
 func (p *Plan) stageSystem(ctx context.Context, s *State) error {
@@ -178,6 +199,10 @@ func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
 	s.Manifest = p.newManifest(s)
 	for _, pk := range pkgs {
 		s.Manifest.Packages = append(s.Manifest.Packages, ManifestPackage{Name: pk.Name, Version: pk.Version, Arch: pk.Arch})
+	}
+	// Build-only mirrors never reach the image.
+	if err := p.addRepositories(ctx, s, false); err != nil {
+		return err
 	}
 	if err := rootfs.Sysprep(s.Tree); err != nil {
 		return err

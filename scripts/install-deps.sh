@@ -18,7 +18,7 @@ pkgs=(
   reprepro            # local apt repositories for tests
   apt-utils           # apt-ftparchive
   zstd xz-utils
-  ca-certificates
+  ca-certificates curl
   openssh-client      # verify's ssh-keygen in tests
   util-linux          # losetup, partx, findmnt, unshare
   kmod

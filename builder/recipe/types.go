@@ -98,6 +98,12 @@ type AptRepository struct {
 	Suite      string   `yaml:"suite"`
 	Components []string `yaml:"components,omitempty"`
 	Key        string   `yaml:"key"` // file beside the recipe, armored or binary
+	// BuildURI and BuildKey are used only while building (a local mirror
+	// on a build network that cannot reach URI); the image's sources name
+	// URI and trust Key. BuildKey defaults to Key (a mirror of the same
+	// signed repository).
+	BuildURI string `yaml:"build_uri,omitempty"`
+	BuildKey string `yaml:"build_key,omitempty"`
 }
 
 // Group is created in the tree.

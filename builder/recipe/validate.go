@@ -389,6 +389,15 @@ func (v *validator) apt() {
 		} else {
 			v.local(p+".key", repo.Key, false)
 		}
+		if repo.BuildURI != "" {
+			v.url(p+".build_uri", repo.BuildURI, "http://127.0.0.1:8080/debian")
+		}
+		if repo.BuildKey != "" {
+			v.local(p+".build_key", repo.BuildKey, false)
+		}
+		if (repo.BuildURI == "") != (repo.BuildKey == "") && repo.BuildKey != "" {
+			v.errorf(p+".build_uri", "add build_uri: the mirror build_key signs", "build_key without build_uri")
+		}
 	}
 }
 
