@@ -248,3 +248,14 @@ func CheckSSHDCheckOutput(out string, port int) error {
 	}
 	return nil
 }
+
+// HostKeyFiles are the unit that makes missing SSH host keys before sshd
+// starts and the ssh.service drop-in that wants it. Sysprep removes host
+// keys from every image, so every image with sshd needs them, appliance or
+// not (the builder adds them when the recipe has no ssh section).
+func HostKeyFiles() []File {
+	return []File{
+		file(HostKeysUnit, Header+hostKeysUnit, unitMode),
+		file(SSHServiceDropIn, Header+sshServiceDropIn, unitMode),
+	}
+}

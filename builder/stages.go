@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
@@ -199,6 +200,15 @@ func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
 	s.Manifest = p.newManifest(s)
 	for _, pk := range pkgs {
 		s.Manifest.Packages = append(s.Manifest.Packages, ManifestPackage{Name: pk.Name, Version: pk.Version, Arch: pk.Arch})
+	}
+	// Sysprep removes SSH host keys; an image with sshd must make new ones
+	// at boot (the ssh section of an appliance recipe brings its own).
+	if p.Recipe.SSH == nil {
+		if _, err := os.Lstat(filepath.Join(s.Tree, "usr/sbin/sshd")); err == nil {
+			if err := writeFiles(s.Tree, appliance.HostKeyFiles()); err != nil {
+				return err
+			}
+		}
 	}
 	// Build-only mirrors never reach the image.
 	if err := p.addRepositories(ctx, s, false); err != nil {
