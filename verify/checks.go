@@ -207,10 +207,14 @@ func (e *evidence) add(format string, args ...any) { *e = append(*e, fmt.Sprintf
 func (e *evidence) cmd(r cmdResult)                { *e = append(*e, r.Evidence()) }
 func (e evidence) String() string                  { return strings.Join(e, "\n") }
 
-// verdict: the problems found, or Pass.
-func verdict(problems []string, ev evidence) (Status, string) {
+// verdict: the problems found (Fail), or Pass with summary (the first
+// line of a pass) and the evidence.
+func verdict(problems []string, ev evidence, summary string) (Status, string) {
 	if len(problems) == 0 {
-		return Pass, ev.String()
+		if summary == "" {
+			return Pass, ev.String()
+		}
+		return Pass, summary + "\n\n" + ev.String()
 	}
 	return Fail, strings.Join(problems, "\n") + "\n\n" + ev.String()
 }
@@ -263,7 +267,7 @@ if command -v cloud-init >/dev/null 2>&1; then echo "cloud-init:"; cloud-init st
 	if ciStatus != "" && ciStatus != "done" {
 		problems = append(problems, fmt.Sprintf("cloud-init status is %q, not \"done\"", ciStatus))
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "the system is running: no failed units"+map[bool]string{true: "; cloud-init done", false: ""}[ciStatus == "done"])
 }
 
 // guestAddr is the address the guest's SSH connections come from and go
@@ -314,7 +318,7 @@ func (c *checker) sshdEffective(ctx context.Context) (Status, string) {
 			problems = append(problems, what+": permitemptypasswords yes")
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, pubkeyauthentication yes (sshd -T, and -C for "+c.spec.AdminUser+" and for root)")
 }
 
 func randomPassword() string {
@@ -387,7 +391,7 @@ func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
 	if err != nil || !res.OK() || !ok {
 		ev.add("could not set a password for %s to try the right one: %v %s", user, err, res.Stderr)
 		problems = append(problems, "could not set a known password (sudo chpasswd) to try it")
-		return verdict(problems, ev)
+		return verdict(problems, ev, "")
 	}
 	ev.add("set a throwaway password for %s (sudo chpasswd, from stdin)", user)
 	a, err = tryLogin(ctx, c.in.dialSSH, c.in.sshTarget(), user, 20*time.Second, passwordMethods(pw)...)
@@ -397,7 +401,7 @@ func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
 	} else {
 		ev.add("restored %s's password hash", user)
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("%s refused with a wrong and with the right password; the server never offered password or keyboard-interactive", user))
 }
 
 func (c *checker) rootRefused(ctx context.Context) (Status, string) {
@@ -446,7 +450,7 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 	} else {
 		ev.add("could not set a root password to try it")
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "root refused with an authorized key and with its password")
 }
 
 var ufwRuleRE = regexp.MustCompile(`^(\S+(?: \(v6\))?)\s+(ALLOW|DENY|REJECT|LIMIT)(?: (IN|OUT|FWD))?\s+(.+)$`)
@@ -502,7 +506,7 @@ func (c *checker) firewallRules(ctx context.Context) (Status, string) {
 			problems = append(problems, fmt.Sprintf("unexpected rule: %s %s %s", r.to, r.action, r.from))
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("ufw active: deny (incoming), allow (outgoing), deny (routed); allowed over IPv4 and IPv6: %s; nothing else from anywhere", strings.Join(c.spec.Firewall.Allow, ", ")))
 }
 
 func (c *checker) iptablesRules(ctx context.Context) (Status, string) {
@@ -527,7 +531,7 @@ func (c *checker) iptablesRules(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("INPUT and FORWARD drop by default; ACCEPT rules for %s", strings.Join(c.spec.Firewall.Allow, ", ")))
 }
 
 // listener is a listening or bound socket from /proc/net.
@@ -653,7 +657,7 @@ func (c *checker) tailscaled(ctx context.Context) (Status, string) {
 			problems = append(problems, fmt.Sprintf("%s %s is held by %s, not tailscaled", s.Proto, s.Addr, orDash(o)))
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("tailscaled is active and holds %d/udp", TailscalePort))
 }
 
 func summarizeSockets(socks []listener, proto string) string {
@@ -739,20 +743,18 @@ func (c *checker) gatewayConfig(ctx context.Context) (Status, string) {
 	if strings.Contains(cres.Stdout, TokenPlaceholderHint) {
 		problems = append(problems, "openclaw.json still holds the template's placeholder")
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("%s: mode 600, owner %s, token of 64 characters%s", g.ConfigPath, g.User, map[bool]string{true: " (the seed's)", false: " (generated)"}[c.in.token != ""]))
 }
 
 // TokenPlaceholderHint is how the image's template marks the token (a
 // first boot that did not run leaves it in place).
 const TokenPlaceholderHint = "@BAKE_GATEWAY_TOKEN@"
 
-// status lines of a process.
+// procStatus is what /proc/PID/status says of a gateway process.
 type procStatus struct {
-	PID                  string
-	Name                 string
-	UIDs                 []string
-	NoNewPrivs, CapEff   string
-	CapPrm, CapBnd, Line string
+	PID, Name          string
+	UIDs               []string
+	NoNewPrivs, CapEff string
 }
 
 func (c *checker) gatewayProcess(ctx context.Context) (Status, string) {
@@ -827,7 +829,19 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 			}
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (not root, not a login user)", len(procs), procUIDs(procs)))
+}
+
+func procUIDs(procs []*procStatus) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range procs {
+		if len(p.UIDs) > 0 && !seen[p.UIDs[0]] {
+			seen[p.UIDs[0]] = true
+			out = append(out, p.UIDs[0])
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // guestConnect connects from inside the guest (bash's /dev/tcp) and says
@@ -950,10 +964,10 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 	} else {
 		ev.add("(not probed from outside: %s)", c.r.outsideWhy)
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("published on %s:%d only; answers on the guest's loopback, not on its own address nor from outside", wantHost, g.Port))
 }
 
-func (c *checker) probeCmd(argv []string, token string) string {
+func (c *checker) probeCmd(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
 		q[i] = shellQuote(a)
@@ -987,10 +1001,15 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	}
 	wrong, _ := NewToken()
 	run := func(argv []string) (cmdResult, error) {
-		r, err := c.in.sudo(ctx, c.probeCmd(argv, tok))
+		r, err := c.in.sudo(ctx, c.probeCmd(argv))
 		r.Cmd = hide(r.Cmd, tok, wrong)
 		r.Stdout, r.Stderr = hide(r.Stdout, tok, wrong), hide(r.Stderr, tok, wrong)
 		return r, err
+	}
+	if r, err := c.in.sudo(ctx, "docker inspect -f '{{.State.Status}}' "+shellQuote(g.Container)); err != nil {
+		return Fail, err.Error()
+	} else if strings.TrimSpace(r.Stdout) != "running" {
+		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s", g.Container, r.Evidence())
 	}
 	// The right token first, retried while the gateway starts.
 	var good cmdResult
@@ -1031,7 +1050,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 			problems = append(problems, fmt.Sprintf("a client %s is not refused with %q (it failed otherwise: the gateway may not be answering)", v.what, g.ProbeRefused))
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("right token: %q; wrong token and no token: %q", g.ProbeOK, g.ProbeRefused))
 }
 
 // noTokenArgv drops "--token T" and, for docker exec, hides any config the
@@ -1082,7 +1101,7 @@ done`
 	} else {
 		ev.add("user-mode networking with restrict=on: the guest has no route beyond QEMU")
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "the gateway container runs; the guest reaches nothing beyond its link, and the link has no route out")
 }
 
 func (c *checker) networkScan(ctx context.Context) (Status, string) {
@@ -1160,7 +1179,7 @@ func (c *checker) networkScan(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "only "+portList(c.spec.ExpectedOpenTCP(vm.LinkHostIPv4.Addr()))+" open, over IPv4 and IPv6 (nmap -p-)")
 }
 
 const (
@@ -1257,7 +1276,7 @@ func (c *checker) isolation(ctx context.Context) {
 		}
 	}
 	loopOK := len(problems) == 0
-	st, text := verdict(problems, append(lev, ev...))
+	st, text := verdict(problems, append(lev, ev...), "the probe containers answer on 127.0.0.1:80, :8080 and :8081 in the guest")
 	c.r.record(c.fw, "isolation.loopback", st, text, time.Since(t0))
 
 	// 2. None answers from outside, over IPv4 or IPv6.
@@ -1314,7 +1333,7 @@ func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, "no published port reachable from outside over IPv4 or IPv6 (the SSH port is: the control)")
 }
 
 func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
@@ -1366,7 +1385,7 @@ func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("no answer to SYNs for %d loopback targets sent to the guest's MAC (the control SYN to its SSH port was answered)", len(keys)))
 }
 
 func describeAnswers(as []synAnswer) string {

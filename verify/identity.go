@@ -128,7 +128,7 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
 	if len(insts) > 1 {
 		ev.add("instance %s was seeded with a token, the others generated theirs at first boot", insts[0].name())
 	}
-	st, text := verdict(problems, ev)
+	st, text := verdict(problems, ev, fmt.Sprintf("%d instances differ in machine-id, SSH host keys%s", len(insts), map[bool]string{true: " and gateway token", false: ""}[r.o.Spec.Gateway != nil]))
 	if len(insts) < 2 {
 		st, text = Skip, "not run: needs --instances 2 or more"
 	}
@@ -210,7 +210,7 @@ func (r *runner) reboot(ctx context.Context, in *instance, before ident) (Status
 	if r.o.Spec.Gateway != nil && after.Token != before.Token {
 		problems = append(problems, "the gateway token changed")
 	}
-	return verdict(problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("%s kept its machine-id, SSH host keys%s over a reboot", in.name(), map[bool]string{true: " and gateway token", false: ""}[r.o.Spec.Gateway != nil]))
 }
 
 // secrets scans the image's raw disk and records secrets.disk.

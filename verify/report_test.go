@@ -197,3 +197,24 @@ func TestPlanAndTitles(t *testing.T) {
 		}
 	}
 }
+
+// A host without QEMU cannot run the VM: exit 2, saying why.
+func TestRunWithoutQEMUIsAHostError(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", t.TempDir())
+	r := Run(t.Context(), Options{Image: img, Spec: DefaultSpec(), Firmwares: []string{"bios", "uefi"}})
+	if r.ExitCode != ExitHost || !strings.Contains(r.HostError, "qemu-system-x86_64 is not installed") {
+		t.Fatalf("exit %d, host error %q", r.ExitCode, r.HostError)
+	}
+	if r.SHA256 != "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58" {
+		t.Errorf("sha256 %s", r.SHA256)
+	}
+	var b bytes.Buffer
+	r.WriteSummary(&b)
+	if !strings.Contains(b.String(), "HOST ERROR: qemu-system-x86_64 is not installed") || !strings.Contains(b.String(), "(exit 2)") {
+		t.Errorf("summary:\n%s", b.String())
+	}
+}

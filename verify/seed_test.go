@@ -8,6 +8,8 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/goccy/go-yaml"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/firstboot"
 )
 
 func TestNewTokenAndKey(t *testing.T) {
@@ -125,4 +127,32 @@ func TestWriteSeed(t *testing.T) {
 	if err := WriteSeed(p, Seed{AdminUser: "ops"}); err == nil {
 		t.Error("seed without instance id and keys accepted")
 	}
+}
+
+// The seed says what first boot reads (package firstboot defines the
+// format, docs/seed.md describes it): the same files with the same bytes.
+func TestSeedMatchesFirstboot(t *testing.T) {
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn0kKk0PWQnRkKTuXb7F6vQ6ThW0jU1QZ6g2l3m4n5o bake-verify"
+	tok := strings.Repeat("Ab1", 21) + "x"
+	mine := Seed{InstanceID: "iid-x", AdminUser: "admin", AuthorizedKeys: []string{key}, Token: tok}.BakeFiles()
+	theirs := firstboot.Seed{InstanceID: "iid-x", AdminKeys: []string{key}, GatewayToken: tok}.NoCloudFiles()
+	if len(mine) != len(theirs) {
+		t.Fatalf("files %v, first boot's %v", keys(mine), keys(theirs))
+	}
+	for n, b := range theirs {
+		if string(mine[n]) != string(b) {
+			t.Errorf("%s: %q, first boot's %q", n, mine[n], b)
+		}
+	}
+	if err := (firstboot.Seed{AdminKeys: []string{key}, GatewayToken: tok}).Check(); err != nil {
+		t.Errorf("first boot refuses verify's token: %v", err)
+	}
+}
+
+func keys(m map[string][]byte) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }

@@ -103,9 +103,10 @@ func (r *runner) record(fw, id string, st Status, evidence string, d time.Durati
 			return // first word counts
 		}
 	}
-	r.rep.Results = append(r.rep.Results, Result{ID: id, Title: title(r.o.Spec, id), Firmware: fw, Status: st, Evidence: strings.TrimSpace(evidence), Duration: d})
+	res := Result{ID: id, Title: title(r.o.Spec, id), Firmware: fw, Status: st, Evidence: strings.TrimSpace(evidence), Duration: d}
+	r.rep.Results = append(r.rep.Results, res)
 	if r.o.Log != nil {
-		fmt.Fprintf(r.o.Log, "verify: %s %s/%s: %s\n", strings.ToUpper(string(st)), orDash(fw), id, truncate(firstLine(evidence), 200))
+		fmt.Fprintf(r.o.Log, "verify: %s %s: %s\n", strings.ToUpper(string(st)), res.Key(), truncate(firstLine(evidence), 200))
 	}
 }
 
@@ -176,6 +177,7 @@ func Run(ctx context.Context, o Options) *Report {
 		return rep
 	}
 	r.work = work
+	r.logf("work directory %s", work)
 	defer func() {
 		if o.Keep {
 			fmt.Fprintf(os.Stderr, "verify: kept the work directory %s (overlays, seeds, the throwaway key id_ed25519, serial logs)\n", work)
@@ -462,12 +464,13 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	r.mu.Lock()
 	r.rep.Accel = v.Config.Accel
 	r.mu.Unlock()
-	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s", in.name(), v.PID(), v.Config.Accel, in.mac,
-		map[bool]string{true: ", netns " + cfgNetns(cfg), false: fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)}[in.link != nil])
+	where := fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)
+	if in.link != nil {
+		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
+	}
+	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s", in.name(), v.PID(), v.Config.Accel, in.mac, where)
 	return in, nil
 }
-
-func cfgNetns(c vm.Config) string { return c.Net.Netns }
 
 // waitSSH waits for the admin's key login, keeping what it saw as
 // evidence. It never returns an error: a failure is the image's.

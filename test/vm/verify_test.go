@@ -1,0 +1,246 @@
+//go:build vm
+
+package vmtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// verifyRun is one `bake verify` run.
+type verifyRun struct {
+	out    string // stdout and stderr
+	code   int
+	report verifyReport
+}
+
+type verifyReport struct {
+	Image       string `json:"image"`
+	SHA256      string `json:"sha256"`
+	HostError   string `json:"host_error"`
+	Interrupted string `json:"interrupted"`
+	ExitCode    int    `json:"exit_code"`
+	Verdict     string `json:"verdict"`
+	Results     []struct {
+		ID       string `json:"id"`
+		Firmware string `json:"firmware"`
+		Status   string `json:"status"`
+		Evidence string `json:"evidence"`
+	} `json:"results"`
+}
+
+func (r verifyReport) status(fw, id string) string {
+	for _, x := range r.Results {
+		if x.ID == id && x.Firmware == fw {
+			return x.Status
+		}
+	}
+	return ""
+}
+
+// startVerify starts `bake verify ARGS --report DIR`; onLine sees each
+// line of output as it comes. wait returns the run.
+func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ...string) (cmd *exec.Cmd, wait func() verifyRun) {
+	t.Helper()
+	report := t.TempDir()
+	cmd = exec.CommandContext(ctx, bake(t), append(append([]string{"verify"}, args...), "--report", report)...)
+	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())
+	cmd.WaitDelay = time.Minute
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			mu.Lock()
+			buf.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if onLine != nil {
+				onLine(sc.Text())
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting bake verify: %v", err)
+	}
+	return cmd, func() verifyRun {
+		err := cmd.Wait()
+		pw.Close()
+		<-done
+		run := verifyRun{out: buf.String()}
+		if err != nil {
+			ee, ok := err.(*exec.ExitError)
+			if !ok {
+				t.Fatalf("bake verify: %v\n%s", err, run.out)
+			}
+			run.code = ee.ExitCode()
+		}
+		b, err := os.ReadFile(filepath.Join(report, "report.json"))
+		if err != nil {
+			t.Fatalf("no report.json: %v\n%s", err, run.out)
+		}
+		if err := json.Unmarshal(b, &run.report); err != nil {
+			t.Fatalf("report.json: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(report, "junit.xml")); err != nil {
+			t.Errorf("no junit.xml: %v", err)
+		}
+		return run
+	}
+}
+
+func runVerify(t *testing.T, ctx context.Context, args ...string) verifyRun {
+	t.Helper()
+	t0 := time.Now()
+	_, wait := startVerify(t, ctx, nil, args...)
+	run := wait()
+	t.Logf("bake verify %s: exit %d after %s", strings.Join(args, " "), run.code, since(t0))
+	return run
+}
+
+func fileSum(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+var (
+	verifyPIDRE  = regexp.MustCompile(`QEMU pid (\d+) .*netns (\S+), dnsmasq pid (\d+)`)
+	verifyWorkRE = regexp.MustCompile(`work directory (\S+)`)
+)
+
+// assertVerifyCleanedUp: every QEMU and dnsmasq verify started is gone,
+// and so are its namespaces (with their tap devices) and its work dir.
+func assertVerifyCleanedUp(t *testing.T, out string) {
+	t.Helper()
+	ms := verifyPIDRE.FindAllStringSubmatch(out, -1)
+	if len(ms) == 0 {
+		t.Errorf("no QEMU was started (no \"QEMU pid\" line):\n%s", out)
+	}
+	netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+	for _, m := range ms {
+		for _, p := range []string{m[1], m[3]} {
+			pid, _ := strconv.Atoi(p)
+			if pid > 0 && syscall.Kill(pid, 0) == nil {
+				cmdline, _ := os.ReadFile("/proc/" + p + "/cmdline")
+				t.Errorf("process %d is still alive after bake verify: %s", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
+			}
+		}
+		if strings.Contains(string(netns), m[2]) {
+			t.Errorf("network namespace %s (and its tap device) left behind", m[2])
+		}
+	}
+	for _, m := range verifyWorkRE.FindAllStringSubmatch(out, -1) {
+		if _, err := os.Stat(m[1]); err == nil {
+			t.Errorf("work directory %s left behind", m[1])
+		}
+	}
+}
+
+// TestVerifyPlainImage: an image that is not an appliance (the boot test's:
+// no sshd, no firewall, no Docker) makes bake verify exit 1 naming the
+// failing checks, without a crash, within its timeout, leaving no QEMU,
+// dnsmasq, namespace, tap device or work file behind and the image as it
+// was.
+func TestVerifyPlainImage(t *testing.T) {
+	dir := bootImage(t)
+	requireTools(t, "nmap", "dnsmasq", "ip")
+	img := filepath.Join(dir, "boottest.qcow2")
+	sum := fileSum(t, img)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	run := runVerify(t, ctx, img, "--timeout", "25m")
+	t.Logf("output:\n%s", run.out)
+	if run.code != 1 {
+		t.Errorf("exit status %d, want 1 (the image fails)", run.code)
+	}
+	if strings.Contains(run.out, "panic:") || strings.Contains(run.out, "goroutine ") {
+		t.Errorf("bake verify crashed")
+	}
+	r := run.report
+	if r.SHA256 != sum || !strings.Contains(run.out, "sha256:"+sum) {
+		t.Errorf("report names sha256 %q, the image's is %s", r.SHA256, sum)
+	}
+	if r.HostError != "" {
+		t.Errorf("host error on a host that runs VMs: %s", r.HostError)
+	}
+	if st := r.status("bios", "ssh.key-login"); st != "fail" {
+		t.Errorf("bios/ssh.key-login is %q, want fail (there is no sshd)", st)
+	}
+	if !strings.Contains(run.out, "FAIL  bios/ssh.key-login") || !strings.Contains(r.Verdict, "bios/ssh.key-login") {
+		t.Errorf("the summary or verdict does not name bios/ssh.key-login: %q", r.Verdict)
+	}
+	// Checks that need no login still run and see the image as it is:
+	// systemd-resolved's LLMNR port is open, no SSH is.
+	if st := r.status("bios", "network.scan"); st != "fail" {
+		t.Errorf("bios/network.scan is %q, want fail", st)
+	}
+	if st := r.status("", "secrets.disk"); st != "pass" {
+		t.Errorf("secrets.disk is %q, want pass", st)
+	}
+	if got := fileSum(t, img); got != sum {
+		t.Errorf("the image changed: sha256 %s -> %s", sum, got)
+	}
+	assertVerifyCleanedUp(t, run.out)
+}
+
+// TestVerifyInterrupted: Ctrl-C while the VM boots stops bake verify at
+// once with status 130, a report saying so, and nothing left behind.
+func TestVerifyInterrupted(t *testing.T) {
+	dir := bootImage(t)
+	requireTools(t, "dnsmasq", "ip")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	started := make(chan struct{})
+	var once sync.Once
+	cmd, wait := startVerify(t, ctx, func(line string) {
+		if strings.Contains(line, "QEMU pid") {
+			once.Do(func() { close(started) })
+		}
+	}, filepath.Join(dir, "boottest.qcow2"))
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("QEMU never started")
+	}
+	time.Sleep(10 * time.Second) // booting
+	t0 := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	run := wait()
+	t.Logf("exit %d %s after SIGINT:\n%s", run.code, since(t0), run.out)
+	if d := time.Since(t0); d > 90*time.Second {
+		t.Errorf("bake verify took %s to stop after SIGINT", d)
+	}
+	if run.code != 130 || run.report.Interrupted == "" {
+		t.Errorf("exit %d, interrupted %q; want 130 and a reason", run.code, run.report.Interrupted)
+	}
+	assertVerifyCleanedUp(t, run.out)
+}
