@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/aptrepo"
+	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/firstboot"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/vm"
@@ -90,9 +92,52 @@ func applianceImage(t *testing.T) string {
 			applDir = d
 			return
 		}
+		// Tailscale's repository is not reachable here: a local one,
+		// signed with a key of its own, stands in during the build.
+		deb, err := aptrepo.BuildTailscaleDeb(ctx, aptrepo.DefaultTailscaleVersion,
+			filepath.Join(filepath.Dir(testcache.Dir("tailscale")), "tailscale"), filepath.Join(work, "debs"))
+		if err != nil {
+			applErr = "tailscale .deb: " + err.Error()
+			return
+		}
+		key, err := aptrepo.NewKey(filepath.Join(work, "aptkey"))
+		if err != nil {
+			applErr = err.Error()
+			return
+		}
+		if err := aptrepo.Build(ctx, filepath.Join(work, "aptrepo"), "bookworm", []string{deb}, key); err != nil {
+			applErr = "tailscale repository: " + err.Error()
+			return
+		}
+		aptSrv, err := aptrepo.Serve(filepath.Join(work, "aptrepo"))
+		if err != nil {
+			applErr = err.Error()
+			return
+		}
+		defer aptSrv.Close()
+		// The build key must be inside the recipe's context: the
+		// git-ignored test/vm/.cache.
+		os.MkdirAll(filepath.Join(repoRoot(), "test/vm/.cache"), 0o755)
+		keyDir, err := os.MkdirTemp(filepath.Join(repoRoot(), "test/vm/.cache"), "appliance-")
+		if err != nil {
+			applErr = err.Error()
+			return
+		}
+		defer os.RemoveAll(keyDir)
+		b, err := os.ReadFile(key.Keyring)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(keyDir, "tailscale.gpg"), b, 0o644)
+		}
+		if err != nil {
+			applErr = err.Error()
+			return
+		}
+		buildKey, _ := filepath.Rel(filepath.Join(repoRoot(), "test/vm/testdata"), filepath.Join(keyDir, "tailscale.gpg"))
 		t0 := time.Now()
 		out, code := runBake(t, ctx, "build", filepath.Join(repoRoot(), applianceRecipe),
-			"--set", "gateway_image="+applImg.ref, "-o", work)
+			"--set", "gateway_image="+applImg.ref,
+			"--set", "tailscale_build_uri="+aptSrv.URL(), "--set", "tailscale_build_key="+buildKey,
+			"-o", work)
 		t.Logf("bake build (%s):\n%s", since(t0), out)
 		if code != 0 {
 			applErr = "bake build failed with status " + strconv.Itoa(code) + ":\n" + out
@@ -114,6 +159,31 @@ type guest struct {
 	port   int
 	signer ssh.Signer
 	priv   ed25519.PrivateKey
+	// hostKey is the SHA256 fingerprint sshd showed at login.
+	hostKey string
+	started time.Time // QEMU started (power-on)
+}
+
+// reboot reboots the guest and logs in again.
+func (g *guest) reboot() {
+	g.t.Helper()
+	before := strings.TrimSpace(g.must("cat /proc/sys/kernel/random/boot_id"))
+	g.run("sudo systemctl reboot")
+	g.c.Close()
+	time.Sleep(10 * time.Second)
+	for i := 0; ; i++ {
+		c, hk := login(g.t, g.v, g.port, g.signer, 10*time.Minute)
+		g.c = c
+		if after := strings.TrimSpace(g.must("cat /proc/sys/kernel/random/boot_id")); after != before {
+			if hk != g.hostKey {
+				g.t.Errorf("host key changed across a reboot: %s, then %s", g.hostKey, hk)
+			}
+			return
+		}
+		// Still the old boot (sshd not yet stopped).
+		c.Close()
+		time.Sleep(5 * time.Second)
+	}
 }
 
 func (g *guest) run(cmd string) (string, error) {
@@ -137,12 +207,45 @@ func (g *guest) must(cmd string) string {
 }
 
 func dialSSH(port int, user string, auth ...ssh.AuthMethod) (*ssh.Client, error) {
-	return ssh.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &ssh.ClientConfig{
+	c, _, err := dialSSHKey(port, user, auth...)
+	return c, err
+}
+
+// dialSSHKey also returns the host key the server showed.
+func dialSSHKey(port int, user string, auth ...ssh.AuthMethod) (*ssh.Client, string, error) {
+	var hostKey string
+	c, err := ssh.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &ssh.ClientConfig{
 		User: user, Auth: auth, Timeout: 20 * time.Second,
 		// The host key is made at first boot; the test has no way to
 		// know it beforehand (bake verify pins it from the console).
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+		// It is recorded to compare across a reboot.
+		HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+			hostKey = ssh.FingerprintSHA256(k)
+			return nil
+		},
 	})
+	return c, hostKey, err
+}
+
+// login waits for SSH and logs in as the admin.
+func login(t *testing.T, v *vm.VM, port int, signer ssh.Signer, max time.Duration) (*ssh.Client, string) {
+	t.Helper()
+	deadline := time.Now().Add(max)
+	for {
+		c, hk, err := dialSSHKey(port, "admin", ssh.PublicKeys(signer))
+		if err == nil {
+			return c, hk
+		}
+		select {
+		case <-v.Exited():
+			t.Fatalf("QEMU exited before SSH answered: %v", v.Wait())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no SSH login as admin within %s: %v", max, err)
+		}
+		time.Sleep(5 * time.Second)
+	}
 }
 
 // bootAppliance boots the image with a NoCloud seed carrying a fresh key
@@ -196,26 +299,11 @@ func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 		}
 		v.Stop()
 	})
-	deadline := time.Now().Add(10 * time.Minute)
-	var c *ssh.Client
-	for {
-		c, err = dialSSH(port, "admin", ssh.PublicKeys(signer))
-		if err == nil {
-			break
-		}
-		select {
-		case <-v.Exited():
-			t.Fatalf("QEMU exited before SSH answered: %v", v.Wait())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no SSH login as admin within 10 min: %v", err)
-		}
-		time.Sleep(5 * time.Second)
-	}
-	t.Logf("%s: SSH login as admin after %s", firmware, since(t0))
-	t.Cleanup(func() { c.Close() })
-	return &guest{t: t, c: c, v: v, port: port, signer: signer, priv: priv}
+	c, hk := login(t, v, port, signer, 10*time.Minute)
+	t.Logf("%s: SSH login as admin after %s (host key %s)", firmware, since(t0), hk)
+	g := &guest{t: t, c: c, v: v, port: port, signer: signer, priv: priv, hostKey: hk, started: t0}
+	t.Cleanup(func() { g.c.Close() })
+	return g
 }
 
 func lastN(s string, n int) string {
@@ -330,14 +418,14 @@ sudo ip -n outside -6 addr add fd77:1::2/64 dev ext9p nodad
 sudo ip -n outside link set ext9p up
 sudo ip -n outside link set lo up
 for i in $(seq 30); do curl -s -o /dev/null -m 2 http://127.0.0.1:8080/healthz && break; sleep 1; done
-echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8080/healthz || true)"
-echo "outside-v4: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:8080/healthz || true)"
+echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8080/healthz; true)"
+echo "outside-v4: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:8080/healthz; true)"
 echo "outside-v6: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:1::1]:8080/healthz' || true)"
 echo "outside-gateway: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:18789/healthz || true)"
 # moby#45610: a neighbour sends to 127.0.0.1:18789 through the guest's MAC.
 mac=$(cat /sys/class/net/ext9/address)
 sudo ip netns exec outside sh -c "ip addr flush dev lo && ip link set lo down && echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet && echo 1 >/proc/sys/net/ipv4/conf/ext9p/route_localnet && ip route add 127.0.0.1/32 dev ext9p src 192.0.2.2 && ip neigh add 127.0.0.1 lladdr $mac dev ext9p nud permanent"
-echo "outside-loopback: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz || true)"
+echo "outside-loopback: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz; true)"
 echo "guard-drops: $(sudo iptables -t raw -L BAKE-LOCALNET -n -v -x | awk '$3 == "DROP" {print $1}')"
 sudo docker stop probe >/dev/null
 sudo ip netns del outside
@@ -363,6 +451,13 @@ sudo ip netns del outside
 		if out := g.must("systemctl is-active bake-container-openclaw-gateway.service"); strings.TrimSpace(out) != "active" {
 			t.Fatalf("gateway unit: %s", out)
 		}
+		g.must("for i in $(seq 120); do curl -s -o /dev/null -m 2 http://127.0.0.1:18789/healthz && exit 0; sleep 2; done; exit 1")
+		up := g.must(`btime=$(awk '/^btime/ {print $2}' /proc/stat); ts=$(sudo docker logs -t openclaw-gateway 2>&1 | grep -m1 listening | cut -d' ' -f1); echo $(( $(date -d "$ts" +%s) - btime ))`)
+		t.Logf("kernel start to the gateway listening: %ss (power-on to SSH login: see above)", strings.TrimSpace(up))
+		// Restart=always would hide a crash loop from is-system-running.
+		if out := strings.TrimSpace(g.must("systemctl show -p NRestarts --value bake-container-openclaw-gateway.service")); out != "0" {
+			t.Errorf("the gateway unit restarted %s times", out)
+		}
 		// Layer 4: the openclaw uid, no new privileges, no capabilities.
 		pid := strings.TrimSpace(g.must("sudo docker inspect -f '{{.State.Pid}}' openclaw-gateway"))
 		status := g.must("cat /proc/" + pid + "/status")
@@ -385,14 +480,17 @@ sudo ip netns del outside
 				t.Errorf("something listens on %s", l)
 			}
 		}
-		ip := strings.TrimSpace(g.must("ip -4 -o route get 192.0.2.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'"))
+		ip := strings.TrimSpace(g.must("ip -4 -o addr show scope global | awk '$2 !~ /^(docker|br-|veth)/ {sub(/\\/.*/, \"\", $4); print $4; exit}'"))
+		if net.ParseIP(ip) == nil {
+			t.Fatalf("no IPv4 address on the guest's NIC: %q", ip)
+		}
 		probe := g.must(`for i in $(seq 60); do curl -s -o /dev/null -m 2 http://127.0.0.1:18789/healthz && break; sleep 2; done
 echo "health-right: $(curl -s -m 5 -H 'Authorization: Bearer ` + token + `' http://127.0.0.1:18789/health)"
 echo "health-wrong: $(curl -s -m 5 -H 'Authorization: Bearer wrong-token-0123456789' http://127.0.0.1:18789/health)"
-echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip + `:18789/healthz || true)"
+echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip + `:18789/healthz; true)"
 `)
 		t.Logf("gateway probe (NIC address %s):\n%s", ip, probe)
-		for _, want := range []string{"health-right: OK", "health-wrong: unauthorized: gateway token mismatch", "nic-address: 000"} {
+		for _, want := range []string{"health-right: OK\n", "health-wrong: unauthorized: gateway token mismatch", "nic-address: 000\n"} {
 			if !strings.Contains(probe, want) {
 				t.Errorf("gateway: want %q", want)
 			}
@@ -419,6 +517,23 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 		// The image runs from the pinned ID, loaded from the disk.
 		if out := strings.TrimSpace(g.must("sudo docker inspect -f '{{.Image}}' openclaw-gateway")); out != applImg.id {
 			t.Errorf("container image %s, want the pinned %s", out, applImg.id)
+		}
+	})
+
+	t.Run("tailscale", func(t *testing.T) {
+		g.t = t
+		if out := strings.TrimSpace(g.must("systemctl is-active tailscaled.service")); out != "active" {
+			t.Errorf("tailscaled: %s", out)
+		}
+		if out := g.must("sudo ss -Hulnp"); !regexp.MustCompile(`:41641\s.*tailscaled`).MatchString(out) {
+			t.Errorf("tailscaled does not listen on 41641/udp:\n%s", out)
+		}
+		// No auth key in this seed: the join unit stays out of the way.
+		if out, _ := g.run("systemctl show -p ConditionResult,ActiveState --value bake-tailscale-up.service"); !strings.Contains(out, "no") || strings.Contains(out, "failed") {
+			t.Errorf("bake-tailscale-up without an auth key: %s", out)
+		}
+		if out := g.must("cat /etc/apt/sources.list.d/tailscale.sources"); !strings.Contains(out, "URIs: https://pkgs.tailscale.com/stable/debian") {
+			t.Errorf("the image's tailscale source is not Tailscale's:\n%s", out)
 		}
 	})
 
@@ -477,9 +592,21 @@ func TestApplianceCredentialsUEFI(t *testing.T) {
 	if fw := g.must("test -d /sys/firmware/efi && echo uefi || echo bios"); strings.TrimSpace(fw) != "uefi" {
 		t.Errorf("firmware %s", fw)
 	}
-	if state := g.waitRunning(6 * time.Minute); state != "running" {
-		out, _ := g.run("systemctl --failed --no-legend")
-		t.Errorf("systemctl is-system-running = %q\n%s", state, out)
+	// Once per instance: after a reboot the token, the machine ID and the
+	// host keys are the same, and first boot did nothing.
+	cfg := g.must("sudo cat /home/openclaw/.openclaw/openclaw.json")
+	mid := g.must("cat /etc/machine-id")
+	t0 := time.Now()
+	g.reboot()
+	t.Logf("rebooted and logged in again after %s", since(t0))
+	if again := g.must("sudo cat /home/openclaw/.openclaw/openclaw.json"); again != cfg {
+		t.Error("openclaw.json changed across a reboot")
+	}
+	if again := g.must("cat /etc/machine-id"); again != mid {
+		t.Errorf("machine-id changed across a reboot: %s -> %s", mid, again)
+	}
+	if log := g.must("sudo journalctl -b -u bake-firstboot --no-pager"); !strings.Contains(log, "nothing to do") {
+		t.Errorf("first boot acted again after a reboot:\n%s", log)
 	}
 }
 
