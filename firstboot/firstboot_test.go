@@ -110,12 +110,12 @@ func TestUserDataKeys(t *testing.T) {
 		doc  string
 		want []string
 	}{
-		"block": {"#cloud-config\nhostname: x\nssh_authorized_keys:\n  - " + k1 + "\n  - \"" + k2 + "\"\n\n  # comment\n  - '" + k3 + "'\nusers: [default]\n", []string{k1, k2, k3}},
-		"unindented": {"#cloud-config\nssh_authorized_keys:\n- " + k1 + "\nruncmd: [ls]\n", []string{k1}},
-		"flow":       {"#cloud-config\nssh_authorized_keys: [\"" + k1 + "\", " + k2 + "]\n", []string{k1, k2}},
+		"block":            {"#cloud-config\nhostname: x\nssh_authorized_keys:\n  - " + k1 + "\n  - \"" + k2 + "\"\n\n  # comment\n  - '" + k3 + "'\nusers: [default]\n", []string{k1, k2, k3}},
+		"unindented":       {"#cloud-config\nssh_authorized_keys:\n- " + k1 + "\nruncmd: [ls]\n", []string{k1}},
+		"flow":             {"#cloud-config\nssh_authorized_keys: [\"" + k1 + "\", " + k2 + "]\n", []string{k1, k2}},
 		"not cloud-config": {"#!/bin/sh\nssh_authorized_keys:\n  - " + k1 + "\n", nil},
 		"nested users keys are not the default user's": {"#cloud-config\nusers:\n  - name: x\n    ssh_authorized_keys:\n      - " + k1 + "\n", nil},
-		"from Seed.UserData": {string(Seed{AdminKeys: []string{k1, k2}}.UserData()), []string{k1, k2}},
+		"from Seed.UserData":                           {string(Seed{AdminKeys: []string{k1, k2}}.UserData()), []string{k1, k2}},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -247,7 +247,9 @@ TAILSCALE=yes
 	}
 	// Token: NoCloud comes first in SEEDS, so it wins over credentials
 	// and the baked value.
-	var cfg struct{ Gateway struct{ Auth struct{ Token string } } }
+	var cfg struct {
+		Gateway struct{ Auth struct{ Token string } }
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "home/openclaw/.openclaw/openclaw.json"))
 	if err != nil {
 		t.Fatal(err)

@@ -25,8 +25,8 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/aptrepo"
-	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/vm"
 	"github.com/google/go-containerregistry/pkg/name"
