@@ -54,8 +54,15 @@ func applianceImage(t *testing.T) string {
 	applOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		work, err := os.MkdirTemp("", "bake-vmtest-appliance-")
-		if err != nil {
+		// One fixed directory, emptied by the next run: the image (about
+		// 400 MiB) outlives the test that made it (tests share it) and
+		// there is no hook after the last test of the package.
+		work := filepath.Join(os.TempDir(), "bake-vmtest-appliance")
+		if err := os.RemoveAll(work); err != nil {
+			applErr = err.Error()
+			return
+		}
+		if err := os.MkdirAll(work, 0o700); err != nil {
 			applErr = err.Error()
 			return
 		}
@@ -142,6 +149,9 @@ func applianceImage(t *testing.T) string {
 		if code != 0 {
 			applErr = "bake build failed with status " + strconv.Itoa(code) + ":\n" + out
 			return
+		}
+		for _, d := range []string{"debs", "aptrepo", "aptkey", "testgateway"} {
+			os.RemoveAll(filepath.Join(work, d))
 		}
 		applDir = work
 	})
