@@ -572,7 +572,11 @@ func (p *Plan) stageTailscale(ctx context.Context, s *State) error {
 		if !slices.ContainsFunc(pkgs, func(pk rootfs.Package) bool { return pk.Name == "tailscale" }) {
 			cache := ""
 			if s.Opts.CacheDir != "" {
-				cache = filepath.Join(s.Opts.CacheDir, "apt", r.Base.Debian.Suite)
+				suite := "image" // a cloud-image base, as stagePackages names it
+				if r.Base.Debian != nil {
+					suite = r.Base.Debian.Suite
+				}
+				cache = filepath.Join(s.Opts.CacheDir, "apt", suite)
 			}
 			if err := rootfs.InstallPackages(ctx, ch, []string{"tailscale"}, cache); err != nil {
 				return fmt.Errorf("tailscale: %w (is Tailscale's repository in apt.repositories?)", err)
