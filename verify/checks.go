@@ -91,8 +91,9 @@ func portList(ports []int) string {
 	return strings.Join(s, ", ")
 }
 
-// plan lists the checks of one firmware, in the order they run.
-func plan(s Spec, instances int) []string {
+// Plan lists the checks of one firmware for spec, in the order they run
+// (identity.* need two instances or more, else they are skipped).
+func Plan(s Spec, instances int) []string {
 	ids := []string{"ssh.key-login", "system.running", "ssh.effective-config", "ssh.password-refused", "ssh.root-refused"}
 	if s.Firewall != nil {
 		ids = append(ids, "firewall.rules")
@@ -118,7 +119,7 @@ func (s Spec) isolation() bool {
 // fillSkipped records every planned check that has no result yet as Skip.
 func (r *runner) fillSkipped(reason string) {
 	for _, fw := range r.o.Firmwares {
-		for _, id := range plan(r.o.Spec, r.o.Instances) {
+		for _, id := range Plan(r.o.Spec, r.o.Instances) {
 			if !r.has(fw, id) {
 				r.record(fw, id, Skip, reason, 0)
 			}
@@ -148,7 +149,7 @@ type step struct {
 
 func (c *checker) runAll(ctx context.Context) {
 	planned := map[string]bool{}
-	for _, id := range plan(c.spec, c.r.o.Instances) {
+	for _, id := range Plan(c.spec, c.r.o.Instances) {
 		planned[id] = true
 	}
 	steps := []step{
@@ -465,8 +466,15 @@ func (c *checker) firewallRules(ctx context.Context) (Status, string) {
 	}
 	var ev evidence
 	ev.cmd(res)
+	problems := ufwProblems(res.Stdout, c.spec.Firewall.Allow)
+	return verdict(problems, ev, fmt.Sprintf("ufw active: deny (incoming), allow (outgoing), deny (routed); allowed over IPv4 and IPv6: %s; nothing else from anywhere", strings.Join(c.spec.Firewall.Allow, ", ")))
+}
+
+// ufwProblems reads `ufw status verbose`: active, the default policies,
+// each allowed PORT/PROTO allowed from anywhere over IPv4 and IPv6, and
+// nothing else allowed from anywhere.
+func ufwProblems(out string, allow []string) []string {
 	var problems []string
-	out := res.Stdout
 	if !strings.Contains(out, "Status: active") {
 		problems = append(problems, "ufw is not active")
 	}
@@ -477,11 +485,12 @@ func (c *checker) firewallRules(ctx context.Context) (Status, string) {
 	var rules []rule
 	for _, l := range strings.Split(out, "\n") {
 		if m := ufwRuleRE.FindStringSubmatch(strings.TrimSpace(l)); m != nil && m[1] != "To" {
-			rules = append(rules, rule{m[1], m[2] + " " + m[3], strings.TrimSpace(m[4])})
+			from, _, _ := strings.Cut(m[4], "#") // a rule's comment
+			rules = append(rules, rule{m[1], strings.TrimSpace(m[2] + " " + m[3]), strings.TrimSpace(from)})
 		}
 	}
 	allowed := map[string]bool{}
-	for _, a := range c.spec.Firewall.Allow {
+	for _, a := range allow {
 		allowed[a] = true
 		for _, v6 := range []bool{false, true} {
 			to, from := a, "Anywhere"
@@ -506,7 +515,7 @@ func (c *checker) firewallRules(ctx context.Context) (Status, string) {
 			problems = append(problems, fmt.Sprintf("unexpected rule: %s %s %s", r.to, r.action, r.from))
 		}
 	}
-	return verdict(problems, ev, fmt.Sprintf("ufw active: deny (incoming), allow (outgoing), deny (routed); allowed over IPv4 and IPv6: %s; nothing else from anywhere", strings.Join(c.spec.Firewall.Allow, ", ")))
+	return problems
 }
 
 func (c *checker) iptablesRules(ctx context.Context) (Status, string) {

@@ -113,8 +113,50 @@ func TestSpecFromRecipeSections(t *testing.T) {
 	if strings.Join(names, " ") != "recipe-gateway-token recipe-tailscale-auth-key" {
 		t.Errorf("needles %v", names)
 	}
-	ids := strings.Join(plan(s, 2), " ")
+	ids := strings.Join(Plan(s, 2), " ")
 	if strings.Contains(ids, "firewall.rules") || !strings.Contains(ids, "tailscale.daemon") || !strings.Contains(ids, "isolation.outside") {
 		t.Errorf("plan %s", ids)
+	}
+}
+
+// ufw status verbose as the appliance prints it (captured from a run).
+const ufwAppliance = `Status: active
+Logging: on (low)
+Default: deny (incoming), allow (outgoing), deny (routed)
+New profiles: skip
+
+To                         Action      From
+--                         ------      ----
+22/tcp                     ALLOW IN    Anywhere                  
+41641/udp                  ALLOW IN    Anywhere                  
+22/tcp (v6)                ALLOW IN    Anywhere (v6)             
+41641/udp (v6)             ALLOW IN    Anywhere (v6)             
+`
+
+func TestUFWProblems(t *testing.T) {
+	allow := []string{"22/tcp", "41641/udp"}
+	if p := ufwProblems(ufwAppliance, allow); len(p) != 0 {
+		t.Errorf("appliance: %v", p)
+	}
+	for name, c := range map[string]struct{ out, want string }{
+		"inactive":     {"Status: inactive\n", "ufw is not active"},
+		"allow routed": {strings.Replace(ufwAppliance, "deny (routed)", "allow (routed)", 1), "default policies"},
+		"no v6":        {strings.Replace(ufwAppliance, "41641/udp (v6)             ALLOW IN    Anywhere (v6)", "", 1), "no rule 41641/udp (v6) ALLOW IN Anywhere (v6)"},
+		"extra port":   {ufwAppliance + "18789/tcp                  ALLOW IN    Anywhere                   # gateway\n", "unexpected rule: 18789/tcp ALLOW IN Anywhere"},
+	} {
+		p := ufwProblems(c.out, allow)
+		if !strings.Contains(strings.Join(p, "\n"), c.want) {
+			t.Errorf("%s: problems %v, want %q", name, p, c.want)
+		}
+	}
+	// A rule limited to a network is not "from anywhere"; a comment does
+	// not hide a rule.
+	out := ufwAppliance + "18789/tcp                  ALLOW IN    192.168.1.0/24             # home\n"
+	if p := ufwProblems(out, allow); len(p) != 0 {
+		t.Errorf("network-limited rule: %v", p)
+	}
+	out = strings.Replace(ufwAppliance, "22/tcp                     ALLOW IN    Anywhere                  ", "22/tcp                     ALLOW IN    Anywhere                   # ssh", 1)
+	if p := ufwProblems(out, allow); len(p) != 0 {
+		t.Errorf("commented rule: %v", p)
 	}
 }

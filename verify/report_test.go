@@ -181,7 +181,7 @@ func TestSortResultsKeepsOrderWithinFirmware(t *testing.T) {
 // Every planned check has a title, and the plan follows the spec: no
 // gateway section, no gateway checks.
 func TestPlanAndTitles(t *testing.T) {
-	full := plan(DefaultSpec(), 2)
+	full := Plan(DefaultSpec(), 2)
 	for _, id := range append(full, "secrets.disk") {
 		if title(DefaultSpec(), id) == id {
 			t.Errorf("no title for %s", id)
@@ -191,7 +191,7 @@ func TestPlanAndTitles(t *testing.T) {
 		t.Errorf("default plan has %d checks: %v", len(full), full)
 	}
 	bare := Spec{AdminUser: "admin", SSHPort: 22}
-	for _, id := range plan(bare, 1) {
+	for _, id := range Plan(bare, 1) {
 		if strings.HasPrefix(id, "gateway.") || strings.HasPrefix(id, "isolation.") || id == "firewall.rules" || id == "tailscale.daemon" {
 			t.Errorf("plan of a spec without those sections has %s", id)
 		}

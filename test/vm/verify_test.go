@@ -20,6 +20,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/verify"
 )
 
 // verifyRun is one `bake verify` run.
@@ -241,6 +244,56 @@ func TestVerifyInterrupted(t *testing.T) {
 	}
 	if run.code != 130 || run.report.Interrupted == "" {
 		t.Errorf("exit %d, interrupted %q; want 130 and a reason", run.code, run.report.Interrupted)
+	}
+	assertVerifyCleanedUp(t, run.out)
+}
+
+// TestVerifyAppliance: bake verify passes on the OpenClaw test image
+// (appliance_test.go bakes it) under SeaBIOS and OVMF, with two instances
+// each (identity and reboot), with every check the recipe calls for run:
+// --strict makes a skip a failure, as everywhere in this project.
+func TestVerifyAppliance(t *testing.T) {
+	dir := applianceImage(t)
+	requireTools(t, "nmap", "dnsmasq", "ip")
+	// A copy of its own: the image must not change under verify, and the
+	// shared image dir is emptied by the next run of the appliance tests.
+	img := filepath.Join(t.TempDir(), "openclaw-test.qcow2")
+	if out, err := exec.Command("cp", "--sparse=always", filepath.Join(dir, "openclaw-test.qcow2"), img).CombinedOutput(); err != nil {
+		t.Fatalf("copying the image: %v %s", err, out)
+	}
+	sum := fileSum(t, img)
+	recipePath := filepath.Join(repoRoot(), applianceRecipe)
+	rec, err := recipe.Load(recipePath, map[string]string{"gateway_image": applImg.ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := verify.Plan(verify.SpecFromRecipe(rec), 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
+	defer cancel()
+	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
+		"--firmware", "both", "--instances", "2", "--strict", "--timeout", "80m")
+	t.Logf("output:\n%s", run.out)
+	if run.code != 0 {
+		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
+	}
+	for _, x := range run.report.Results {
+		if x.Status != "pass" {
+			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
+		}
+	}
+	// Every check of the plan ran on both firmwares, and the image scan.
+	for _, fw := range []string{"bios", "uefi"} {
+		for _, id := range plan {
+			if st := run.report.status(fw, id); st != "pass" {
+				t.Errorf("%s/%s: %q", fw, id, st)
+			}
+		}
+	}
+	if st := run.report.status("", "secrets.disk"); st != "pass" {
+		t.Errorf("secrets.disk: %q", st)
+	}
+	if run.report.SHA256 != sum || fileSum(t, img) != sum {
+		t.Errorf("report sha256 %s, image %s (it must not change)", run.report.SHA256, sum)
 	}
 	assertVerifyCleanedUp(t, run.out)
 }
