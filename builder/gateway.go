@@ -1,0 +1,84 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/oci"
+)
+
+// gatewayEpoch is 2026-01-01T00:00:00Z.
+const gatewayEpoch = 1767225600
+
+func init() { BuildContainerImage = buildContainerImage }
+
+// buildContainerImage makes a container's image from its recipe build:
+// block (issue 6) without a Docker daemon: a minimal Debian layer, Node from
+// the npm registry (integrity-checked) and the app installed from the
+// lockfile kept beside the recipe. Layers are deterministic and cached by
+// their inputs in the cache dir, so a rebuild is fast and gives the same
+// digest. Today the app must be openclaw at the version bake pins
+// (oci.OpenClawVersion); its lockfile is the recipe's.
+//
+//	build:
+//	  app: openclaw@2026.9.6
+//	  lockfile: openclaw-gateway/package-lock.json
+func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.Image, error) {
+	var app, lock string
+	var unknown []string
+	for k, v := range c.Build {
+		str, _ := v.(string)
+		switch k {
+		case "app":
+			app = str
+		case "lockfile":
+			lock = str
+		default:
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("build: unknown keys %s (known: app, lockfile)", strings.Join(unknown, ", "))
+	}
+	name, version, ok := strings.Cut(app, "@")
+	if !ok || name == "" || version == "" {
+		return nil, fmt.Errorf("build.app %q: write PACKAGE@VERSION, e.g. openclaw@%s", app, oci.OpenClawVersion)
+	}
+	if name != "openclaw" || version != oci.OpenClawVersion {
+		return nil, fmt.Errorf("build.app %s: this bake builds openclaw@%s (its Node runtime and lockfile are pinned together); for another app use image: REF@sha256:...", app, oci.OpenClawVersion)
+	}
+	if lock == "" {
+		return nil, fmt.Errorf("build.lockfile is missing: keep the package-lock.json of %s beside the recipe", app)
+	}
+	lockPath, err := s.Recipe.Resolve(lock)
+	if err != nil {
+		return nil, fmt.Errorf("build.lockfile: %w", err)
+	}
+	// The image's file times come from SOURCE_DATE_EPOCH when it is set, and
+	// otherwise from a fixed date (not the build's start), so the same
+	// inputs give the same image digest and the layer cache is reused.
+	epoch := gatewayEpoch
+	if os.Getenv("SOURCE_DATE_EPOCH") != "" {
+		epoch = s.Opts.SourceDateEpoch
+	}
+	spec := oci.OpenClawGatewaySpec(filepath.Dir(lockPath), epoch)
+	spec.App.Lockfile = lockPath
+	if s.Opts.CacheDir != "" {
+		spec.CacheDir = filepath.Join(s.Opts.CacheDir, "oci")
+		spec.DownloadDir = filepath.Join(s.Opts.CacheDir, "oci-downloads")
+	}
+	img, info, err := oci.Build(ctx, spec, s.Runner, s.Log)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(s.Opts.Stdout, "      %s: built %s (%d MiB compressed, %s)\n", c.Name, info.Digest, info.Size>>20, info.Duration.Round(100e6))
+	return img, nil
+}
