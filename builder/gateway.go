@@ -15,7 +15,7 @@ import (
 )
 
 // gatewayEpoch is 2026-01-01T00:00:00Z.
-const gatewayEpoch = 1767225600
+const gatewayEpoch int64 = 1767225600
 
 func init() { BuildContainerImage = buildContainerImage }
 
