@@ -523,17 +523,17 @@ func (in *instance) waitSSH(ctx context.Context) {
 			break
 		}
 		lastErr = err
-		if strings.Contains(err.Error(), "connection refused") && in.link != nil {
+		if refused(err, in.link == nil) {
 			if refusedSince.IsZero() {
 				refusedSince = time.Now()
 			}
 			if time.Since(refusedSince) > refusedGrace && in.sawLoginPrompt() {
-				in.loginEv = fmt.Sprintf("nothing listens on %s: connections refused for %s while the console showed a login prompt (no sshd, or on another port)\n%s\n%s",
-					in.sshTarget(), refusedGrace, in.leaseInfo(), in.serialTail(40))
+				in.loginEv = fmt.Sprintf("nothing listens on the guest's port %d: connections refused for %s while the console showed a login prompt (no sshd, or on another port)\n%s\n%s",
+					in.r.o.Spec.SSHPort, refusedGrace, in.leaseInfo(), in.serialTail(40))
 				return
 			}
-		} else {
-			refusedSince = time.Time{}
+		} else if strings.Contains(err.Error(), "unable to authenticate") || strings.Contains(err.Error(), "handshake failed: ssh:") {
+			refusedSince = time.Time{} // an SSH server answered
 		}
 		if strings.Contains(err.Error(), "unable to authenticate") {
 			if firstRefusal.IsZero() {
@@ -578,6 +578,16 @@ func (in *instance) findIPv6(ctx context.Context) {
 		in.ipv6 = a
 		in.r.logf("%s: IPv6 (SLAAC) %s", in.name(), a)
 	}
+}
+
+// refused: nothing listens on the guest's SSH port. Through a user-mode
+// forward that shows as a connection QEMU accepts and closes at once.
+func refused(err error, userNet bool) bool {
+	msg := err.Error()
+	if strings.Contains(msg, "connection refused") {
+		return true
+	}
+	return userNet && (strings.HasSuffix(msg, ": EOF") || strings.Contains(msg, "connection reset by peer"))
 }
 
 // sawLoginPrompt: the serial console shows a getty login prompt (boot
