@@ -58,6 +58,13 @@ func applianceImage(t *testing.T) string {
 		// 400 MiB) outlives the test that made it (tests share it) and
 		// there is no hook after the last test of the package.
 		work := filepath.Join(os.TempDir(), "bake-vmtest-appliance")
+		reuse := os.Getenv("BAKE_VMTEST_APPLIANCE_DIR")
+		if reuse != "" {
+			// Iterating on the checks: reuse an image baked earlier
+			// from the same recipe and test gateway.
+			work = filepath.Join(os.TempDir(), fmt.Sprintf("bake-vmtest-gw-%d", os.Getpid()))
+			defer os.RemoveAll(work)
+		}
 		if err := os.RemoveAll(work); err != nil {
 			applErr = err.Error()
 			return
@@ -93,10 +100,8 @@ func applianceImage(t *testing.T) string {
 		digest, _ := img.Digest()
 		id, _ := img.ConfigName()
 		applImg.ref, applImg.id = repo+"@"+digest.String(), id.String()
-		if d := os.Getenv("BAKE_VMTEST_APPLIANCE_DIR"); d != "" {
-			// Iterating on the checks: reuse an image baked earlier
-			// from the same recipe and test gateway.
-			applDir = d
+		if reuse != "" {
+			applDir = reuse
 			return
 		}
 		// Tailscale's repository is not reachable here: a local one,
@@ -356,7 +361,10 @@ func TestApplianceBIOS(t *testing.T) {
 
 	// For BENCHMARKS.md: from the kernel's start to the gateway's first
 	// "listening" line (before any test restarts it).
-	if up, err := g.run(`btime=$(awk '/^btime/ {print $2}' /proc/stat); ts=$(sudo docker logs -t openclaw-gateway 2>&1 | grep -m1 listening | cut -d' ' -f1); echo $(( $(date -d "$ts" +%s) - btime ))`); err == nil {
+	// The wall clock may jump during boot; the journal's monotonic time
+	// does not (docker run is attached, so the gateway's own output is in
+	// its unit's journal).
+	if up, err := g.run(`sudo journalctl -b -o short-monotonic -u bake-container-openclaw-gateway.service --no-pager | grep -m1 listening | sed 's/^\[ *\([0-9.]*\)\].*/\1/'`); err == nil {
 		t.Logf("kernel start to the gateway listening on 127.0.0.1:18789: %ss", strings.TrimSpace(up))
 	}
 
