@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -286,6 +287,16 @@ func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 		}
 	case "smbios":
 		extra = seed.SMBIOSArgs()
+	case "fat":
+		// A FAT volume labelled CIDATA, made without mounting anything;
+		// the key only in user-data, as a cloud-init seed carries it.
+		seedPath = filepath.Join(t.TempDir(), "seed.img")
+		files := seed.NoCloudFiles()
+		delete(files, firstboot.AdminSSHKeys)
+		files["meta-data"], files["user-data"] = seed.MetaData(), seed.UserData()
+		if err := writeFATSeed(seedPath, files); err != nil {
+			t.Fatal(err)
+		}
 	}
 	port, err := vm.FreePort()
 	if err != nil {
@@ -294,15 +305,21 @@ func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	t.Cleanup(cancel)
 	t0 := time.Now()
+	nic, slot := "", ""
+	if via == "fat" {
+		nic, slot = "e1000", "0x7"
+	}
 	v, err := vm.Start(ctx, vm.Config{
-		Firmware:  firmware,
-		Disk:      filepath.Join(dir, "openclaw-test.qcow2"),
-		Snapshot:  true,
-		SeedISO:   seedPath,
-		ExtraArgs: extra,
-		MemoryMiB: 2048,
-		CPUs:      2,
-		Net:       vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
+		Firmware:   firmware,
+		NICModel:   nic,
+		NICPCIAddr: slot,
+		Disk:       filepath.Join(dir, "openclaw-test.qcow2"),
+		Snapshot:   true,
+		SeedISO:    seedPath,
+		ExtraArgs:  extra,
+		MemoryMiB:  2048,
+		CPUs:       2,
+		Net:        vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
 	})
 	if err != nil {
 		t.Fatalf("starting QEMU: %v", err)
@@ -644,6 +661,55 @@ func TestApplianceCredentialsUEFI(t *testing.T) {
 	}
 	if log := g.must("sudo journalctl -b -u bake-firstboot --no-pager"); !strings.Contains(log, "nothing to do") {
 		t.Errorf("first boot acted again after a reboot:\n%s", log)
+	}
+}
+
+// writeFATSeed writes a FAT volume labelled CIDATA holding files, with
+// dosfstools and mtools (nothing is mounted).
+func writeFATSeed(path string, files map[string][]byte) error {
+	if out, err := exec.Command("mkfs.vfat", "-C", "-n", "CIDATA", path, "8192").CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.vfat: %v: %s", err, out)
+	}
+	dir, err := os.MkdirTemp("", "bake-fatseed-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for name, data := range files {
+		src := filepath.Join(dir, name)
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			return err
+		}
+		if out, err := exec.Command("mcopy", "-i", path, src, "::"+name).CombinedOutput(); err != nil {
+			return fmt.Errorf("mcopy %s: %v: %s", name, err, out)
+		}
+	}
+	return nil
+}
+
+// TestApplianceFATSeed boots with the seed on a FAT volume labelled CIDATA
+// (the admin's key only in user-data's ssh_authorized_keys) and an e1000
+// NIC in another PCI slot, so the NIC has another name.
+func TestApplianceFATSeed(t *testing.T) {
+	requireTools(t, "mkfs.vfat", "mcopy")
+	token := "fat-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
+	g := bootAppliance(t, vm.BIOS, token, "fat")
+	log := g.must("sudo journalctl -b -u bake-firstboot --no-pager")
+	for _, want := range []string{"seed nocloud: reading", "seed nocloud: bake.gateway_token", "the seed (nocloud)", "done for instance"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("first boot log lacks %q:\n%s", want, log)
+		}
+	}
+	if out := g.must("sudo grep -c . /home/admin/.ssh/authorized_keys"); strings.TrimSpace(out) != "1" {
+		t.Errorf("authorized_keys has %s lines, want the one key from user-data", out)
+	}
+	if out := g.must("sudo grep -o '\"token\": *\"[^\"]*\"' /home/openclaw/.openclaw/openclaw.json"); !strings.Contains(out, token) {
+		t.Errorf("openclaw.json token: %s", out)
+	}
+	nic := g.must("ip -o link show | awk -F': ' '$2 !~ /^(lo|docker|br-|veth)/ {print $2}'")
+	t.Logf("NIC: %s", strings.TrimSpace(nic))
+	if out := g.must("sudo ufw status"); !strings.Contains(out, "Status: active") {
+		t.Errorf("ufw: %s", out)
 	}
 }
 
