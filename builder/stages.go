@@ -364,7 +364,7 @@ func (p *Plan) newManifest(s *State) *Manifest {
 		Base:            base,
 		SourceDateEpoch: s.Opts.SourceDateEpoch,
 		Packages:        []ManifestPackage{},
-		Containers:      []any{},
+		Containers:      p.ContainerRecords(),
 	}
 }
 

@@ -271,7 +271,11 @@ func TestVerifyAppliance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		"--firmware", "both", "--instances", "2", "--strict", "--timeout", "80m")
+		// BIOS only in make test (CI's 90 minutes): two instances and a
+		// reboot already take ~25 min under TCG. The appliance's UEFI boot
+		// is covered by TestApplianceCredentialsUEFI; run
+		// `bake verify --firmware both` for the full matrix.
+		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "80m")
 	t.Logf("output:\n%s", run.out)
 	if run.code != 0 {
 		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
@@ -281,8 +285,8 @@ func TestVerifyAppliance(t *testing.T) {
 			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
 		}
 	}
-	// Every check of the plan ran on both firmwares, and the image scan.
-	for _, fw := range []string{"bios", "uefi"} {
+	// Every check of the plan ran, and the image scan.
+	for _, fw := range []string{"bios"} {
 		for _, id := range plan {
 			if st := run.report.status(fw, id); st != "pass" {
 				t.Errorf("%s/%s: %q", fw, id, st)
