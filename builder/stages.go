@@ -17,8 +17,10 @@ import (
 )
 
 // DefaultCmdline puts the kernel console on the first serial port (clouds
-// and `qemu -nographic` show it) and on the screen.
-const DefaultCmdline = "console=tty0 console=ttyS0,115200n8"
+// and `qemu -nographic` show it) and on the screen. no_timer_check: under
+// software emulation on a loaded host the kernel's IO-APIC timer check can
+// fail and panic the boot; virtual machines do not need it.
+const DefaultCmdline = "console=tty0 console=ttyS0,115200n8 no_timer_check"
 
 func (p *Plan) stageBootstrap(ctx context.Context, s *State) error {
 	deb := p.Recipe.Base.Debian
