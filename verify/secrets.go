@@ -46,6 +46,9 @@ type Rule struct {
 	// Near, when set, must appear within the first 64 bytes of a match: a
 	// cheap test before the pattern (most "-----BEGIN " are certificates).
 	Near []byte
+	// Valid, when set, must accept the match (e.g. the random part of a
+	// token mixes upper case, lower case and digits; words do not).
+	Valid func(match []byte) bool
 	// InBinary: a match preceded by a NUL byte and not at the start of a
 	// 512-byte block is a constant in a program's data (GnuTLS carries
 	// self-test keys, OpenSSH its key format's header), not a file or a
@@ -64,11 +67,16 @@ func DefaultRules() []Rule {
 		{Name: "private-key", Literal: []byte("-----BEGIN "),
 			Pattern: regexp.MustCompile(`^-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----` + nl + `(?:[A-Za-z-]{1,40}: [^\r\n\\]{0,100}` + nl + `){0,4}(?:` + nl + `)?` + b64 + `{48}`),
 			MaxLen:  1024, Show: 40, InBinary: true, Near: []byte("PRIVATE KEY")},
-		{Name: "gnupg-private-key", Literal: []byte("(11:private-key("), Pattern: regexp.MustCompile(`^\(11:private-key\(`), MaxLen: 64, Show: 16},
-		{Name: "gnupg-private-key", Literal: []byte("(21:protected-private-key("), Pattern: regexp.MustCompile(`^\(21:protected-private-key\(`), MaxLen: 64, Show: 26},
+		// GnuPG's key store (private-keys-v1.d): the canonical
+		// S-expression, "(21:protected-private-key(3:rsa(1:n257:...", and
+		// the extended format, "Key: (protected-private-key (rsa (n #...".
+		// gpg-agent itself holds "(21:protected-private-key(" alone.
+		{Name: "gnupg-private-key", Literal: []byte("(11:private-key("), Pattern: regexp.MustCompile(`^\(11:private-key\(\d{1,2}:[a-z0-9-]{2,12}\(\d{1,3}:`), MaxLen: 64, Show: 16, InBinary: true},
+		{Name: "gnupg-private-key", Literal: []byte("(21:protected-private-key("), Pattern: regexp.MustCompile(`^\(21:protected-private-key\(\d{1,2}:[a-z0-9-]{2,12}\(\d{1,3}:`), MaxLen: 64, Show: 26, InBinary: true},
+		{Name: "gnupg-private-key", Literal: []byte("Key: ("), Pattern: regexp.MustCompile(`^Key: \((?:protected-)?private-key \([a-z0-9-]{2,12} \([a-z]{1,5} #[0-9A-Fa-f]{16}`), MaxLen: 100, Show: 30, InBinary: true},
 		{Name: "tailscale-auth-key", Literal: []byte("tskey-"),
-			Pattern: regexp.MustCompile(`^tskey-(?:(?:auth|client|api|scim|webhook)-)?[A-Za-z0-9]{6,40}-[A-Za-z0-9]{16,128}`),
-			MaxLen:  200, Show: 12},
+			Pattern: regexp.MustCompile(`^tskey-(?:(?:auth|client|api|scim|webhook)-)?[A-Za-z0-9]{6,40}-[A-Za-z0-9]{20,128}`),
+			MaxLen:  200, Show: 12, Valid: randomTail},
 		{Name: "npm-auth-token", Literal: []byte("_auth"),
 			Pattern: regexp.MustCompile(`^_auth(?:Token)?[ \t]*=[ \t]*["']?[A-Za-z0-9+/=._~-]{8,300}(?:["'\s]|$)`),
 			MaxLen:  340, Show: 12, Before: ":\n\r \t\"'"},
@@ -78,6 +86,26 @@ func DefaultRules() []Rule {
 		{Name: "github-token", Literal: []byte("ghs_"), Pattern: regexp.MustCompile(`^ghs_[A-Za-z0-9]{36}(?:[^A-Za-z0-9_]|$)`), MaxLen: 41, Show: 8},
 		{Name: "github-token", Literal: []byte("github_pat_"), Pattern: regexp.MustCompile(`^github_pat_[A-Za-z0-9_]{60,100}`), MaxLen: 112, Show: 14},
 	}
+}
+
+// randomTail: the part after the last '-' looks random (upper and lower
+// case letters and digits), as the secret part of a Tailscale key does. A
+// Go program's packed string table holds "tskey-client-" right before
+// words such as "tailscale-clipreauthorized", which do not.
+func randomTail(m []byte) bool {
+	tail := m[bytes.LastIndexByte(m, '-')+1:]
+	var up, low, dig bool
+	for _, c := range tail {
+		switch {
+		case c >= 'A' && c <= 'Z':
+			up = true
+		case c >= 'a' && c <= 'z':
+			low = true
+		case c >= '0' && c <= '9':
+			dig = true
+		}
+	}
+	return up && low && dig
 }
 
 // NeedleRule makes a rule for one exact secret known in advance (a token
@@ -304,7 +332,7 @@ func (s *Scanner) match(b []byte, fresh int, where string, start int64) {
 				continue
 			}
 			loc := r.Pattern.FindIndex(b[i:end])
-			if loc == nil {
+			if loc == nil || (r.Valid != nil && !r.Valid(b[i:i+loc[1]])) {
 				continue
 			}
 			if i+loc[1] <= fresh {
