@@ -270,12 +270,17 @@ func TestVerifyAppliance(t *testing.T) {
 	plan := verify.Plan(verify.SpecFromRecipe(rec), 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
+	// BIOS only in make test (CI's 90 minutes): two instances and a
+	// reboot already take ~25 min under TCG. The appliance's UEFI boot is
+	// covered by TestApplianceCredentialsUEFI;
+	// BAKE_VMTEST_VERIFY_FIRMWARE=both (or uefi) runs the full matrix.
+	firmware := "bios"
+	if f := os.Getenv("BAKE_VMTEST_VERIFY_FIRMWARE"); f == "uefi" || f == "both" {
+		firmware = f
+	}
+	fws := map[string][]string{"bios": {"bios"}, "uefi": {"uefi"}, "both": {"bios", "uefi"}}[firmware]
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		// BIOS only in make test (CI's 90 minutes): two instances and a
-		// reboot already take ~25 min under TCG. The appliance's UEFI boot
-		// is covered by TestApplianceCredentialsUEFI; run
-		// `bake verify --firmware both` for the full matrix.
-		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "80m")
+		"--firmware", firmware, "--instances", "2", "--strict", "--timeout", "80m")
 	t.Logf("output:\n%s", run.out)
 	if run.code != 0 {
 		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
@@ -286,7 +291,7 @@ func TestVerifyAppliance(t *testing.T) {
 		}
 	}
 	// Every check of the plan ran, and the image scan.
-	for _, fw := range []string{"bios"} {
+	for _, fw := range fws {
 		for _, id := range plan {
 			if st := run.report.status(fw, id); st != "pass" {
 				t.Errorf("%s/%s: %q", fw, id, st)
