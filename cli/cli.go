@@ -150,8 +150,8 @@ func newPlan() *cobra.Command {
 	var sets []string
 	var out string
 	c := &cobra.Command{
-		Use:   "plan RECIPE",
-		Short: "Print the stages a build would run, with their inputs, without running them",
+		Use:     "plan RECIPE",
+		Short:   "Print the stages a build would run, with their inputs, without running them",
 		Example: `  bake plan recipes/openclaw.yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -76,9 +76,9 @@ users:
 			t.Errorf("%s: exit %d, want 2\n%s", cmd, code, errs)
 		}
 		for _, want := range []string{
-			recipe + ":2:7:",  // name
-			recipe + ":6:5:",  // pakages
-			recipe + ":8:9:",  // size
+			recipe + ":2:7:",   // name
+			recipe + ":6:5:",   // pakages
+			recipe + ":8:9:",   // size
 			recipe + ":11:11:", // duplicate user
 			"did you mean",
 		} {

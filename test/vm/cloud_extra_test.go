@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/cloudimg"
+	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/rootfs"
-	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/vm"
 )
 

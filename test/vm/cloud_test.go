@@ -109,7 +109,6 @@ func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string, expe
 	v.Stop()
 }
 
-
 // identity is what must survive a reassembly: sgdisk's view of the table
 // and blkid's view of each filesystem.
 func identity(t *testing.T, raw string, l *cloudimg.Layout, rootGrown bool) map[string]string {
@@ -157,11 +156,9 @@ func identity(t *testing.T, raw string, l *cloudimg.Layout, rootGrown bool) map[
 	return id
 }
 
-
 type testLogWriter struct{ t *testing.T }
 
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
-
