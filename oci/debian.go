@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -220,6 +221,17 @@ type imageUser struct {
 	Name     string
 	UID, GID int
 	Home     string
+}
+
+// lowerDir is the owner and mode a directory has in the Debian layer, for
+// the parents the layers above it repeat (withParents): the user's home is
+// 1777 and the user's (addImageUser); every other directory an upper layer
+// reaches into (usr, usr/local/bin, home) is Debian's 0755 root:root.
+func (b *builder) lowerDir(dir string) entry {
+	if dir == strings.Trim(path.Clean(b.user.Home), "/") && b.user.UID != 0 {
+		return dirEntry(dir, 0o1777, b.user.UID, b.user.GID)
+	}
+	return dirEntry(dir, 0o755, 0, 0)
 }
 
 // addImageUser adds the user and its group to the tree's passwd and group

@@ -160,6 +160,8 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	manifest, _ := json.MarshalIndent(info1, "", "  ")
 	os.WriteFile(filepath.Join(filepath.Dir(logPath), "gateway-image-buildinfo.json"), manifest, 0o644)
 
+	checkLayerParents(t, img)
+
 	// A docker archive of it resolves to the same image ID.
 	archive := filepath.Join(tmp, "gateway.tar")
 	if err := WriteDockerArchive(img, "openclaw-gateway:"+OpenClawVersion, archive); err != nil {
@@ -386,6 +388,70 @@ func gatewayStatus(t *testing.T, pid int) string {
 
 // extractImage writes the image's flattened filesystem into dir with
 // owners, modes, symlinks and hard links (as root).
+// checkLayerParents reads the layers one by one, as Docker's overlay2
+// store extracts them, and requires that every layer carries each parent
+// directory of its entries, with the owner and mode the layers below give
+// it: a parent a layer leaves out becomes 0755 root:root in the merged
+// view (the gateway then cannot write its 1777 $HOME as another uid).
+func checkLayerParents(t *testing.T, img v1.Image) {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type attrs struct {
+		mode     int64
+		uid, gid int
+	}
+	merged := map[string]attrs{}
+	for i, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		names := map[string]bool{}
+		dirs := map[string]attrs{}
+		var all []string
+		for {
+			h, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("layer %d: %v", i, err)
+			}
+			n := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")
+			names[n] = true
+			all = append(all, n)
+			if h.Typeflag == tar.TypeDir {
+				dirs[n] = attrs{h.Mode & 0o7777, h.Uid, h.Gid}
+			}
+		}
+		rc.Close()
+		missing := 0
+		for _, n := range all {
+			for d := filepath.Dir(n); d != "." && d != "/"; d = filepath.Dir(d) {
+				if !names[d] {
+					if missing++; missing <= 5 {
+						t.Errorf("layer %d: %s has no entry for its parent %s (overlay2 makes it 0755 root)", i, n, d)
+					}
+				}
+			}
+		}
+		for d, a := range dirs {
+			if low, ok := merged[d]; ok && low != a {
+				t.Errorf("layer %d: directory %s is %o %d:%d, the layers below make it %o %d:%d", i, d, a.mode, a.uid, a.gid, low.mode, low.uid, low.gid)
+			}
+			merged[d] = a
+		}
+	}
+	home := merged[strings.TrimPrefix(DefaultHome, "/")]
+	if home.mode != 0o1777 {
+		t.Errorf("%s in the merged view: mode %o, want 1777", DefaultHome, home.mode)
+	}
+}
+
 func extractImage(img v1.Image, dir string) error {
 	rc := mutate.Extract(img)
 	defer rc.Close()

@@ -18,7 +18,7 @@ import (
 // layerFormat is part of every layer cache key: bump it whenever the bytes
 // a layer is made of change for the same inputs (tar writer, gzip level,
 // strip rules), so stale cache entries are never reused.
-const layerFormat = "bake-oci-layer/1"
+const layerFormat = "bake-oci-layer/2"
 
 // fileLayer is a v1.Layer backed by a gzip blob that bake wrote (or found
 // in its cache) with both digests already known: gcr's LayerFromOpener would

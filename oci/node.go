@@ -143,8 +143,9 @@ func (b *builder) nodeLayer(ctx context.Context) (layerFile, error) {
 		{Name: "usr/local/share/doc/node/LICENSE", Type: tar.TypeReg, Mode: 0o644,
 			Size: fileSize(filepath.Join(tmp, "LICENSE")), Open: opener(filepath.Join(tmp, "LICENSE"))},
 	}
-	// usr/local/bin is the Debian layer's; usr/local/share/doc/node is new.
-	es = append(es, dirEntry("usr/local/share/doc/node", 0o755, 0, 0))
+	// usr/local/share/doc/node is new; the other parents as the Debian
+	// layer has them.
+	es = withParents(append(es, dirEntry("usr/local/share/doc/node", 0o755, 0, 0)), b.lowerDir)
 	lf, err := b.cache.put(key, es, b.spec.SourceDateEpoch, nil)
 	if err != nil {
 		return layerFile{}, fmt.Errorf("node layer: %w", err)

@@ -372,8 +372,8 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 	for _, d := range b.spec.WritableDirs {
 		es = append(es, dirEntry(strings.TrimPrefix(path.Clean(d), "/"), 0o1777, b.user.UID, b.user.GID))
 	}
-	// No entries for parents that the Debian layer has (usr/local/bin,
-	// the home): an entry here would override their owner and mode.
+	// Parents (the home, usr/local/bin) as the Debian layer has them.
+	es = withParents(es, b.lowerDir)
 	lf, err := b.cache.put(key, es, b.spec.SourceDateEpoch, info)
 	if err != nil {
 		return layerFile{}, info, fmt.Errorf("app layer: %w", err)

@@ -56,11 +56,17 @@ func symlinkEntry(name, target string) entry {
 	return entry{Name: name, Type: tar.TypeSymlink, Mode: 0o777, Linkname: target}
 }
 
-// withParents adds a directory entry (0755 root:root) for every parent of
-// an entry that has none. Only for a layer that stands alone (the test
-// gateway's): in a layer above another, such an entry would override the
-// lower layer's owner and mode of that directory.
-func withParents(es []entry) []entry {
+// withParents adds a directory entry for every parent of an entry that has
+// none, with the owner and mode that parent has in the layers below (lower;
+// nil: 0755 root:root, for a layer that stands alone).
+//
+// Every layer must carry its parents explicitly: Docker's layer store
+// (overlay2) extracts each layer into a directory of its own and makes a
+// missing parent 0755 root:root there, and in the merged view the upper
+// layer's directory wins. Without the entries, a 1777 home in the Debian
+// layer turns into 0755 root under the app layer's home/node/.openclaw,
+// and a gateway run as another uid cannot write $HOME.
+func withParents(es []entry, lower func(dir string) entry) []entry {
 	have := map[string]bool{}
 	for _, e := range es {
 		have[e.Name] = true
@@ -69,7 +75,12 @@ func withParents(es []entry) []entry {
 	for _, e := range es {
 		for d := path.Dir(e.Name); d != "." && d != "/" && !have[d]; d = path.Dir(d) {
 			have[d] = true
-			out = append(out, dirEntry(d, 0o755, 0, 0))
+			pe := dirEntry(d, 0o755, 0, 0)
+			if lower != nil {
+				pe = lower(d)
+				pe.Name, pe.Type = d, tar.TypeDir
+			}
+			out = append(out, pe)
 		}
 	}
 	return out

@@ -191,7 +191,7 @@ func TestWriteTarRejects(t *testing.T) {
 }
 
 func TestWithParents(t *testing.T) {
-	es := withParents([]entry{symlinkEntry("usr/local/bin/x", "/y"), dirEntry("usr", 0o755, 0, 0)})
+	es := withParents([]entry{symlinkEntry("usr/local/bin/x", "/y"), dirEntry("usr", 0o755, 0, 0)}, nil)
 	var names []string
 	for _, e := range es {
 		names = append(names, e.Name)
@@ -199,6 +199,25 @@ func TestWithParents(t *testing.T) {
 	got := strings.Join(names, " ")
 	if got != "usr/local/bin/x usr usr/local/bin usr/local" {
 		t.Errorf("got %q", got)
+	}
+}
+
+// TestWithParentsLower: a layer above the Debian one repeats the home as
+// that layer has it (1777, the image user's), not as 0755 root.
+func TestWithParentsLower(t *testing.T) {
+	b := &builder{user: imageUser{Name: "node", UID: 1000, GID: 1000, Home: "/home/node"}}
+	es := withParents([]entry{dirEntry("home/node/.openclaw", 0o1777, 1000, 1000), symlinkEntry("usr/local/bin/x", "/y")}, b.lowerDir)
+	got := map[string]entry{}
+	for _, e := range es {
+		got[e.Name] = e
+	}
+	for name, want := range map[string][3]int64{
+		"home": {0o755, 0, 0}, "home/node": {0o1777, 1000, 1000}, "usr": {0o755, 0, 0}, "usr/local/bin": {0o755, 0, 0},
+	} {
+		e, ok := got[name]
+		if !ok || e.Type != tar.TypeDir || e.Mode != want[0] || int64(e.UID) != want[1] || int64(e.GID) != want[2] {
+			t.Errorf("%s: %+v (present %v), want dir %o %d:%d", name, e, ok, want[0], want[1], want[2])
+		}
 	}
 }
 

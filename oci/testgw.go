@@ -58,7 +58,7 @@ func BuildTestGatewayImage(ctx context.Context, binPath string, epoch int64) (v1
 		dirEntry("home/node", 0o1777, 1000, 1000),
 		dirEntry("home/node/.openclaw", 0o1777, 1000, 1000),
 		dirEntry("tmp", 0o1777, 0, 0),
-	})
+	}, nil)
 	dir, err := os.MkdirTemp("", "bake-testgw-")
 	if err != nil {
 		return nil, err

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 RECIPES=${RECIPES:-"recipes/minimal.yaml recipes/openclaw.yaml"}
 W=$(mktemp -d /var/tmp/bake-bench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), kvm: $([ -w /dev/kvm ] && echo yes || echo no)"
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), kvm: $(if [ -w /dev/kvm ]; then echo "device present (bake probes it; TCG when guests hang)"; else echo no; fi)"
 echo "# date: $(date -u +%F)  bake: $(./bake version)"
 for r in $RECIPES; do
   name=$(basename "$r" .yaml)

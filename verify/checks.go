@@ -138,6 +138,10 @@ type checker struct {
 	fw   string
 
 	token string // the gateway's token as read from openclaw.json
+
+	gwWaited bool     // waitGateway ran
+	gwReady  bool     // the gateway answered on its port
+	gwNote   evidence // how long it took, or the container's state and logs
 }
 
 type step struct {
@@ -766,7 +770,59 @@ type procStatus struct {
 	NoNewPrivs, CapEff string
 }
 
+// GatewayStartTimeout bounds the wait for the gateway to answer on its
+// port after the system is running. Under software emulation the appliance
+// loads the gateway image into Docker at first boot (minutes for the real
+// gateway) and Node starts slowly; on KVM it is seconds.
+const GatewayStartTimeout = 8 * time.Minute
+
+// waitGateway waits, once per instance, until something answers on
+// 127.0.0.1:PORT in the guest, so that the gateway checks judge a gateway
+// that had the time to start rather than one still loading. When it never
+// answers, the container's state, its unit's journal and its logs become
+// the evidence of every gateway check.
+func (c *checker) waitGateway(ctx context.Context) {
+	if c.gwWaited {
+		return
+	}
+	c.gwWaited = true
+	g := c.spec.Gateway
+	t0 := time.Now()
+	deadline := t0.Add(GatewayStartTimeout)
+	probe := fmt.Sprintf(`docker inspect -f 'status={{.State.Status}} restarts={{.RestartCount}} health={{if .State.Health}}{{.State.Health.Status}}{{end}}' %s 2>&1
+timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, shellQuote(g.Container), g.Port)
+	var last cmdResult
+	for ctx.Err() == nil {
+		r, err := c.in.sudo(ctx, probe)
+		if err != nil {
+			c.gwNote.add("waiting for the gateway: %v", err)
+			return
+		}
+		last = r
+		if strings.Contains(r.Stdout, "ANSWERS") {
+			c.gwReady = true
+			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after the system was running (%s)",
+				g.Port, time.Since(t0).Round(time.Second), strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		sleepCtx(ctx, 5*time.Second)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	c.gwNote.add("nothing answered on 127.0.0.1:%d within %s of the system running; last state:", g.Port, GatewayStartTimeout)
+	c.gwNote.cmd(last)
+	unit := "bake-container-" + g.Container + ".service"
+	if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 0 "+shellQuote(unit)+" 2>&1 | head -12; journalctl -b --no-pager -n 30 -u "+shellQuote(unit)+" 2>&1; docker logs --tail 30 "+shellQuote(g.Container)+" 2>&1"); err == nil {
+		c.gwNote.cmd(r)
+	}
+}
+
 func (c *checker) gatewayProcess(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
 	g := c.spec.Gateway
 	script := `n=` + shellQuote(g.Container) + `
 id=$(docker inspect -f '{{.Id}}' "$n") || exit 3
@@ -780,7 +836,7 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 	if err != nil {
 		return Fail, err.Error()
 	}
-	var ev evidence
+	ev := append(evidence{}, c.gwNote...)
 	ev.cmd(res)
 	if res.Exit == 3 {
 		return Fail, fmt.Sprintf("no container %q\n\n%s", g.Container, ev)
@@ -896,8 +952,9 @@ func (c *checker) guestIPv4() string {
 }
 
 func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
 	g := c.spec.Gateway
-	var ev evidence
+	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	res, err := c.in.sudo(ctx, "docker inspect -f '{{json .HostConfig.PortBindings}}' "+shellQuote(g.Container))
 	if err != nil {
@@ -998,7 +1055,8 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	if tok == "" {
 		return Fail, "no token to probe with: openclaw.json has none and the seed gave none"
 	}
-	var ev evidence
+	c.waitGateway(ctx)
+	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	hide := func(s string, secrets ...string) string {
 		for _, x := range secrets {
@@ -1018,7 +1076,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	if r, err := c.in.sudo(ctx, "docker inspect -f '{{.State.Status}}' "+shellQuote(g.Container)); err != nil {
 		return Fail, err.Error()
 	} else if strings.TrimSpace(r.Stdout) != "running" {
-		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s", g.Container, r.Evidence())
+		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
 	}
 	// The right token first, retried while the gateway starts.
 	var good cmdResult
@@ -1080,8 +1138,9 @@ func noTokenArgv(argv []string, tok string) []string {
 }
 
 func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
 	g := c.spec.Gateway
-	var ev evidence
+	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
 echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
