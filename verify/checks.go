@@ -830,6 +830,7 @@ docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}} user={{.Config.Us
 pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
 [ -n "$pids" ] || pids=$(docker inspect -f '{{.State.Pid}}' "$n")
 for p in $pids; do echo "pid $p"; grep -E '^(Name|Uid|Gid|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/$p/status; done
+echo "gateway user: $(getent passwd ` + shellQuote(g.User) + ` | cut -d: -f3)"
 echo "login users:"
 getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" "$3" "$7}'`
 	res, err := c.in.sudo(ctx, script)
@@ -844,10 +845,13 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 	var procs []*procStatus
 	login := map[string]string{}
 	inLogin := false
+	gwUID := ""
 	for _, l := range strings.Split(res.Stdout, "\n") {
 		f := strings.Fields(l)
 		switch {
 		case len(f) == 0:
+		case strings.HasPrefix(l, "gateway user:"):
+			gwUID = strings.TrimSpace(strings.TrimPrefix(l, "gateway user:"))
 		case l == "login users:":
 			inLogin = true
 		case inLogin && len(f) >= 2:
@@ -893,8 +897,15 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 				break
 			}
 		}
+		if g.User != "" && len(p.UIDs) > 0 && p.UIDs[0] != gwUID {
+			problems = append(problems, fmt.Sprintf("%s runs as uid %s, not as %s (uid %q)", who, p.UIDs[0], g.User, gwUID))
+		}
 	}
-	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (not root, not a login user)", len(procs), procUIDs(procs)))
+	who := "not root, not a login user"
+	if g.User != "" {
+		who = g.User + ", " + who
+	}
+	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (%s)", len(procs), procUIDs(procs), who))
 }
 
 func procUIDs(procs []*procStatus) string {
@@ -1143,6 +1154,7 @@ func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
+echo "baked:"; cat ` + ContainersRecord + ` 2>/dev/null || echo none
 echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
 for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
   if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "REACHED $a"; else echo "unreachable: $a"; fi
@@ -1154,6 +1166,11 @@ done`
 	ev.cmd(res)
 	if !strings.Contains(res.Stdout, "running=true") {
 		problems = append(problems, "the gateway container is not running")
+	}
+	if id, baked, ok := bakedImage(res.Stdout, g.Container); ok && id != baked {
+		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, ContainersRecord))
+	} else if ok {
+		ev.add("the container runs the image baked into the disk: %s", baked)
 	}
 	if strings.Contains(res.Stdout, "REACHED") {
 		problems = append(problems, "the guest reaches the internet: this run cannot show the gateway needs no network (check the host's isolation)")
@@ -1170,6 +1187,39 @@ done`
 		ev.add("user-mode networking with restrict=on: the guest has no route beyond QEMU")
 	}
 	return verdict(problems, ev, "the gateway container runs; the guest reaches nothing beyond its link, and the link has no route out")
+}
+
+// ContainersRecord is where bake's appliance stage records the images it
+// baked (appliance.ContainersRecord).
+const ContainersRecord = "/usr/share/bake/containers.json"
+
+// bakedImage reads the gateway check's output: the image the container
+// runs (image=...) and the one the disk's record names for it. ok is
+// false when the disk has no record (an image not made by bake).
+func bakedImage(out, container string) (running, baked string, ok bool) {
+	if i := strings.Index(out, "image="); i >= 0 {
+		if f := strings.Fields(out[i+len("image="):]); len(f) > 0 {
+			running = f[0]
+		}
+	}
+	_, rest, found := strings.Cut(out, "baked:\n")
+	if !found {
+		return running, "", false
+	}
+	rest, _, _ = strings.Cut(rest, "\nroutes:")
+	var recs []struct {
+		Name    string `json:"name"`
+		ImageID string `json:"image_id"`
+	}
+	if json.Unmarshal([]byte(rest), &recs) != nil {
+		return running, "", false
+	}
+	for _, r := range recs {
+		if r.Name == container {
+			return running, r.ImageID, true
+		}
+	}
+	return running, "", false
 }
 
 func (c *checker) networkScan(ctx context.Context) (Status, string) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 )
 
@@ -158,5 +159,29 @@ func TestUFWProblems(t *testing.T) {
 	out = strings.Replace(ufwAppliance, "22/tcp                     ALLOW IN    Anywhere                  ", "22/tcp                     ALLOW IN    Anywhere                   # ssh", 1)
 	if p := ufwProblems(out, allow); len(p) != 0 {
 		t.Errorf("commented rule: %v", p)
+	}
+}
+
+func TestBakedImage(t *testing.T) {
+	if ContainersRecord != appliance.ContainersRecord {
+		t.Fatalf("ContainersRecord %q, appliance writes %q", ContainersRecord, appliance.ContainersRecord)
+	}
+	out := `status=running running=true started=2026-11-25T16:56:07Z restarts=0 image=sha256:aaa
+baked:
+[{"name":"other","image_id":"sha256:bbb"},{"name":"openclaw-gateway","ref":"x","image_id":"sha256:aaa"}]
+routes:
+10.77.0.0/24 dev enp0s9`
+	run, baked, ok := bakedImage(out, "openclaw-gateway")
+	if !ok || run != "sha256:aaa" || baked != "sha256:aaa" {
+		t.Errorf("got %q %q %v", run, baked, ok)
+	}
+	if _, baked, ok := bakedImage(strings.Replace(out, `"image_id":"sha256:aaa"`, `"image_id":"sha256:ccc"`, 1), "openclaw-gateway"); !ok || baked != "sha256:ccc" {
+		t.Errorf("other image: %q %v", baked, ok)
+	}
+	if _, _, ok := bakedImage(strings.Replace(out, "baked:\n[", "baked:\nnone\n[", 1), "openclaw-gateway"); ok {
+		t.Error("a disk without a record gave a baked image")
+	}
+	if _, _, ok := bakedImage("image=", "openclaw-gateway"); ok {
+		t.Error("empty output")
 	}
 }
