@@ -17,7 +17,9 @@ args=(build "$RECIPE" -o "$OUT")
 if [ "$RECIPE" = recipes/openclaw.yaml ] &&
    ! curl -fsS --max-time 15 -o /dev/null https://pkgs.tailscale.com/stable/debian/bookworm.noarmor.gpg 2>/dev/null; then
   echo "make-image: Tailscale's repository is unreachable from here; using a local mirror built from the tailscale.com Go module"
-  mirror=.cache/tailscale-mirror
+  # TAILSCALE_MIRROR: where the mirror lives, relative to the repository
+  # root (the recipe's context); the VM test uses its own.
+  mirror=${TAILSCALE_MIRROR:-.cache/tailscale-mirror}
   scripts/tailscale-mirror.sh --serve "$mirror"
   trap 'kill "$(cat "$mirror/serve.pid")" 2>/dev/null || true' EXIT
   # Paths in the recipe are relative to recipes/ (its context is the repo root).

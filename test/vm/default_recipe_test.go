@@ -1,0 +1,142 @@
+//go:build vm
+
+package vmtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bakeimg/bake/internal/testcache"
+)
+
+// TestDefaultRecipe bakes recipes/openclaw.yaml exactly as the README's
+// first command does (scripts/make-image.sh: the gateway image built from
+// OpenClaw's npm release with the lockfile beside the recipe, Tailscale
+// from a local signed mirror because pkgs.tailscale.com is unreachable
+// here) and runs `bake verify` on it with the recipe's claims: the real
+// gateway must come up in the VM from the image in the disk, with no route
+// out, as the openclaw uid, published on 127.0.0.1:18789 only, answer
+// `openclaw gateway health` with the seed's token and refuse a wrong one
+// with the mismatch error, next to every other check of the appliance.
+//
+// One instance under SeaBIOS: the test appliance covers two instances and
+// the reboot, and UEFI is booted by the other appliance tests; this one is
+// about the real gateway, and costs the first-boot `docker load` of its
+// 750 MiB image under TCG (about 3 minutes).
+func TestDefaultRecipe(t *testing.T) {
+	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "go", "npm", "nmap", "dnsmasq")
+	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+
+	// The mirror must live inside the recipe's context (the repository);
+	// test/vm/.cache is git-ignored. Its tailscale build is the one the
+	// other tests cache.
+	mirror, err := os.MkdirTemp(filepath.Join(repoRoot(), "test/vm/.cache"), "tailscale-mirror-")
+	if os.IsNotExist(err) {
+		os.MkdirAll(filepath.Join(repoRoot(), "test/vm/.cache"), 0o755)
+		mirror, err = os.MkdirTemp(filepath.Join(repoRoot(), "test/vm/.cache"), "tailscale-mirror-")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(mirror)
+	relMirror, _ := filepath.Rel(repoRoot(), mirror)
+
+	t0 := time.Now()
+	cmd := exec.CommandContext(ctx, "bash", "scripts/make-image.sh")
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(),
+		"BAKE="+bake(t), "OUT="+out, "RECIPE=recipes/openclaw.yaml",
+		"BAKE_CACHE_DIR="+cacheDir(),
+		"BAKE_CACHE="+filepath.Dir(testcache.Dir("tailscale")),
+		"TAILSCALE_MIRROR="+relMirror)
+	cmd.WaitDelay = time.Minute
+	b, err := cmd.CombinedOutput()
+	t.Logf("scripts/make-image.sh (%s):\n%s", since(t0), tailLines(string(b), 60))
+	if err != nil {
+		t.Fatalf("baking the default recipe: %v", err)
+	}
+	// make-image.sh stops its mirror server on exit.
+	if pid, err := os.ReadFile(filepath.Join(mirror, "serve.pid")); err == nil {
+		if _, err := os.Stat("/proc/" + strings.TrimSpace(string(pid))); err == nil {
+			t.Errorf("the mirror server (pid %s) outlived make-image.sh", strings.TrimSpace(string(pid)))
+		}
+	}
+	img := filepath.Join(out, "openclaw.qcow2")
+
+	// The build manifest names the gateway image it baked.
+	var m struct {
+		Containers []struct {
+			Name, Digest string
+			ImageID      string `json:"image_id"`
+		} `json:"containers"`
+	}
+	mb, err := os.ReadFile(filepath.Join(out, "openclaw.manifest.json"))
+	if err == nil {
+		err = json.Unmarshal(mb, &m)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Containers) != 1 || m.Containers[0].Name != "openclaw-gateway" || !strings.HasPrefix(m.Containers[0].Digest, "sha256:") {
+		t.Errorf("manifest containers: %+v", m.Containers)
+	}
+
+	run := runVerify(t, ctx, img, "--recipe", filepath.Join(repoRoot(), "recipes/openclaw.yaml"),
+		"--firmware", "bios", "--instances", "1", "--timeout", "40m")
+	t.Logf("bake verify:\n%s", run.out)
+	if run.code != 0 {
+		t.Errorf("bake verify exit %d, want 0 (every check passes on the default image)", run.code)
+	}
+	for _, id := range []string{"gateway.config", "gateway.process", "gateway.listen", "gateway.auth", "gateway.offline",
+		"ssh.key-login", "system.running", "network.scan", "isolation.outside"} {
+		if st := run.report.status("bios", id); st != "pass" {
+			t.Errorf("%s: %q, want pass", id, st)
+		}
+	}
+	for _, x := range run.report.Results {
+		switch x.ID {
+		case "gateway.auth":
+			// The real gateway's own words, not only the probe's keyword.
+			for _, want := range []string{"OK", "gateway token mismatch"} {
+				if !strings.Contains(x.Evidence, want) {
+					t.Errorf("gateway.auth evidence lacks %q:\n%s", want, x.Evidence)
+				}
+			}
+		case "gateway.process":
+			if !strings.Contains(x.Evidence, "openclaw") {
+				t.Errorf("gateway.process does not name the openclaw user:\n%s", x.Evidence)
+			}
+		case "gateway.offline":
+			if len(m.Containers) == 1 && !strings.Contains(x.Evidence, m.Containers[0].ImageID) {
+				t.Errorf("gateway.offline does not show the baked image %s:\n%s", m.Containers[0].ImageID, x.Evidence)
+			}
+		}
+	}
+	for _, x := range run.report.Results {
+		if x.ID == "gateway.process" || x.ID == "gateway.auth" {
+			t.Logf("%s: %s", x.ID, firstLine(x.Evidence))
+		}
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... (%d lines)", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
