@@ -149,6 +149,9 @@ type ContainerRecord struct {
 	ImageID string `json:"image_id"`
 	Unit    string `json:"unit"`
 	User    string `json:"user"`
+	// Versions are what the image's bake labels say it holds (an image
+	// bake built: npm package and version, node, Debian suite).
+	Versions map[string]string `json:"versions,omitempty"`
 }
 
 // Record returns c's record.

@@ -391,6 +391,7 @@ func canLogin(shell string) bool {
 
 func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 	var specs []appliance.ContainerSpec
+	var versions []map[string]string
 	imgDir := filepath.Join(s.WorkDir, "images")
 	if err := os.MkdirAll(imgDir, 0o700); err != nil {
 		return err
@@ -411,6 +412,7 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 			return fmt.Errorf("container %s: image config: %w", c.Name, err)
 		}
 		spec.ImageID, spec.Digest = id.String(), digest
+		versions = append(versions, bakeLabels(img))
 		tmp := filepath.Join(imgDir, c.Name+".tar")
 		fmt.Fprintf(s.Opts.Stdout, "      %s: %s (image %s)\n", c.Name, digest, spec.ImageID)
 		if err := oci.WriteDockerArchive(img, "bake/"+c.Name+":pinned", tmp); err != nil {
@@ -427,14 +429,35 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 	}
 	var recs []appliance.ContainerRecord
 	enable := []string{"docker.service"}
-	for _, sp := range specs {
-		recs = append(recs, sp.Record())
+	for i, sp := range specs {
+		rec := sp.Record()
+		rec.Versions = versions[i]
+		recs = append(recs, rec)
 		enable = append(enable, appliance.ContainerUnitName(sp.Name))
 	}
 	applianceResults.Store(p, recs)
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
 		return rootfs.Systemd(ctx, ch, enable, nil, nil)
 	})
+}
+
+// bakeLabels are the image's labels under oci.LabelPrefix (what an image
+// bake built says it holds), without the prefix; nil for other images.
+func bakeLabels(img v1.Image) map[string]string {
+	cf, err := img.ConfigFile()
+	if err != nil || cf == nil {
+		return nil
+	}
+	var out map[string]string
+	for k, v := range cf.Config.Labels {
+		if rest, ok := strings.CutPrefix(k, oci.LabelPrefix); ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[rest] = v
+		}
+	}
+	return out
 }
 
 // containerImage resolves (or builds) a container's image. Local

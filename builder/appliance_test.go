@@ -9,6 +9,10 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/oci"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
 const applianceRecipe = `apiVersion: bake/v1
@@ -145,5 +149,21 @@ loginsvc:x:1001:1001::/home/x:/bin/sh
 		if _, _, err := containerUser(tree, user); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", user, err, want)
 		}
+	}
+}
+
+func TestBakeLabels(t *testing.T) {
+	img, err := mutate.Config(empty.Image, v1.Config{Labels: map[string]string{
+		oci.LabelPrefix + "npm.version": "2026.9.6", oci.LabelPrefix + "node.version": "24.21.0",
+		"org.opencontainers.image.version": "x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := bakeLabels(img)
+	if len(got) != 2 || got["npm.version"] != "2026.9.6" || got["node.version"] != "24.21.0" {
+		t.Errorf("bakeLabels: %v", got)
+	}
+	if bakeLabels(empty.Image) != nil {
+		t.Error("an image without bake labels has versions")
 	}
 }

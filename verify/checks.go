@@ -801,8 +801,10 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 		last = r
 		if strings.Contains(r.Stdout, "ANSWERS") {
 			c.gwReady = true
-			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after the system was running (%s)",
-				g.Port, time.Since(t0).Round(time.Second), strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
+			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after power-on (waited %s here; %s)",
+				g.Port, time.Since(c.in.poweredOn).Round(time.Second), time.Since(t0).Round(time.Second),
+				strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
+			c.r.logf("%s: the gateway answered on 127.0.0.1:%d %s after power-on", c.in.name(), g.Port, time.Since(c.in.poweredOn).Round(time.Second))
 			return
 		}
 		if time.Now().After(deadline) {

@@ -286,6 +286,7 @@ type instance struct {
 	hostKey    ssh.PublicKey
 	loginEv    string // evidence of the login (or of its failure)
 	loginOK    bool
+	poweredOn  time.Time // QEMU started
 }
 
 func (in *instance) name() string { return fmt.Sprintf("%s-%d", in.fw, in.idx) }
@@ -468,6 +469,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	if in.link != nil {
 		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
 	}
+	in.poweredOn = time.Now()
 	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s", in.name(), v.PID(), v.Config.Accel, in.mac, where)
 	return in, nil
 }
