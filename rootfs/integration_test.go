@@ -451,6 +451,9 @@ func TestTreeStages(t *testing.T) {
 				t.Errorf("%s -> %q %v", link, tgt, err)
 			}
 		}
+		if b, err := os.ReadFile(filepath.Join(tree, ResolvedConfFile)); err != nil || !strings.Contains(string(b), "LLMNR=no") {
+			t.Errorf("%s: %q %v", ResolvedConfFile, b, err)
+		}
 		if exists(filepath.Join(tree, "etc/systemd/system/multi-user.target.wants/e2scrub_reap.service")) {
 			t.Error("e2scrub_reap still enabled")
 		}

@@ -49,6 +49,7 @@ const (
 	NetworkFile       = "/etc/systemd/network/80-bake-ether.network"
 	NetworkdConfFile  = "/etc/systemd/networkd.conf.d/80-bake.conf"
 	WaitOnlineDropIn  = "/etc/systemd/system/systemd-networkd-wait-online.service.d/80-bake-any.conf"
+	ResolvedConfFile  = "/etc/systemd/resolved.conf.d/80-bake.conf"
 	GrowrootScript    = "/usr/lib/bake/growroot"
 	GrowrootUnit      = "/etc/systemd/system/bake-growroot.service"
 	GrowrootUnitName  = "bake-growroot.service"
@@ -89,6 +90,15 @@ UseDomains=yes
 const networkdConf = baseSystemMessage + `[Network]
 ManageForeignRoutes=no
 ManageForeignRoutingPolicyRules=no
+`
+
+// resolvedConf turns off systemd-resolved's multicast name services: LLMNR
+// answers on 5355/udp and tcp and mDNS on 5353/udp on every link by default,
+// announcing the host's name to its neighbours and listening where an
+// appliance has no business listening. Unicast DNS is unaffected.
+const resolvedConf = baseSystemMessage + `[Resolve]
+LLMNR=no
+MulticastDNS=no
 `
 
 // waitOnlineDropIn: online as soon as one link is configured. Without it,
@@ -179,6 +189,7 @@ func BaseSystem(ctx context.Context, ch *Chroot) error {
 		{NetworkFile, networkFile, 0o644},
 		{NetworkdConfFile, networkdConf, 0o644},
 		{WaitOnlineDropIn, waitOnlineDropIn, 0o644},
+		{ResolvedConfFile, resolvedConf, 0o644},
 		{GrowrootScript, growrootScript, 0o755},
 		{GrowrootUnit, growrootUnit, 0o644},
 	}
