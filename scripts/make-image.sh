@@ -21,7 +21,9 @@ if [ "$RECIPE" = recipes/openclaw.yaml ] &&
   # root (the recipe's context); the VM test uses its own.
   mirror=${TAILSCALE_MIRROR:-.cache/tailscale-mirror}
   scripts/tailscale-mirror.sh --serve "$mirror"
-  trap 'kill "$(cat "$mirror/serve.pid")" 2>/dev/null || true' EXIT
+  # Stop the server and wait (up to 5 s) until it is gone.
+  trap 'p=$(cat "$mirror/serve.pid" 2>/dev/null) && kill "$p" 2>/dev/null &&
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; true' EXIT
   # Paths in the recipe are relative to recipes/ (its context is the repo root).
   args+=(--set "tailscale_build_uri=$(cat "$mirror/serve.url")" --set "tailscale_build_key=../$mirror/tailscale.gpg")
 fi
