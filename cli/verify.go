@@ -29,6 +29,7 @@ func newVerify() *cobra.Command {
 		strict     bool
 		userNet    bool
 		memory     int
+		userData   string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -51,12 +52,25 @@ with DHCP and router advertisements; without root QEMU's user-mode network
 The VMs are always powered off and every process, tap device and namespace
 removed, also on Ctrl-C.
 
+--user-data FILE boots the VMs with the user-data your cloud will pass: FILE
+(a #cloud-config mapping; MIME multi-part, scripts and templates are refused
+with exit 2) is merged into verify's seed. Verify's items come first in
+ssh_authorized_keys and users (its throwaway key; the admin with that key
+and passwordless sudo, which it needs to log in and check), FILE's items
+follow; every other key of FILE is copied as written and wins over
+verify's (ssh_pwauth, disable_root, hostname): the image must hold against
+it. bake's own seed files (keys, token) are not affected.
+
+Checks of instance identity (two VMs differ, a reboot keeps them) run with
+--instances 2 or more; with 1 they are not part of the run (not skipped).
+
 Exit status: 0 every check passed (skips allowed unless --strict), 1 a check
 failed (the image is at fault; an image that never lets the key log in has
 failed), 2 the host cannot run the VM (QEMU, qemu-img or OVMF missing) or bad
 usage, 130 interrupted.`,
 		Example: `  sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --report out/verify
   sudo bake verify out/openclaw.qcow2 --firmware both --instances 2 --strict
+  sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --user-data my-cloud.yaml
   bake verify out/boottest.qcow2 --timeout 20m   # not root: no outside checks`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -101,6 +115,17 @@ usage, 130 interrupted.`,
 				MemoryMiB:   memory,
 				Log:         cmd.ErrOrStderr(),
 				BakeVersion: builder.Version,
+			}
+			if userData != "" {
+				b, err := os.ReadFile(userData)
+				if err != nil {
+					return usageErr(fmt.Errorf("--user-data: %w", err))
+				}
+				ud, err := verify.ParseUserData(userData, b)
+				if err != nil {
+					return usageErr(fmt.Errorf("--user-data: %w", err))
+				}
+				opts.UserData = ud
 			}
 			if recipePath != "" {
 				r, err := loadRecipe(recipePath, sets)
@@ -148,5 +173,6 @@ usage, 130 interrupted.`,
 	f.BoolVar(&strict, "strict", false, "count a skipped check as a failure (exit 1)")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
+	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
 	return c
 }

@@ -67,6 +67,9 @@ type Report struct {
 	Started      time.Time `json:"started"`
 	Finished     time.Time `json:"finished"`
 	Seconds      float64   `json:"seconds"`
+	// UserData is the --user-data file merged into the seeds' user-data.
+	UserData       string `json:"user_data,omitempty"`
+	UserDataSHA256 string `json:"user_data_sha256,omitempty"`
 	// HostError says why the host could not run the VM (exit status 2).
 	HostError string `json:"host_error,omitempty"`
 	// Interrupted says what stopped the run early (a signal).
@@ -248,6 +251,9 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	if r.Recipe != "" {
 		props = append(props, junitProperty{"recipe", r.Recipe}, junitProperty{"recipe.sha256", r.RecipeDigest})
 	}
+	if r.UserData != "" {
+		props = append(props, junitProperty{"user_data", r.UserData}, junitProperty{"user_data.sha256", r.UserDataSHA256})
+	}
 	props = append(props,
 		junitProperty{"instances", fmt.Sprint(r.Instances)},
 		junitProperty{"accel", r.Accel},
@@ -316,8 +322,14 @@ func (r *Report) WriteSummary(w io.Writer) {
 	if r.Recipe != "" {
 		fmt.Fprintf(w, "  recipe %s (sha256:%s)\n", r.Recipe, r.RecipeDigest)
 	}
+	if r.UserData != "" {
+		fmt.Fprintf(w, "  user-data merged from %s (sha256:%s)\n", r.UserData, r.UserDataSHA256)
+	}
 	fmt.Fprintf(w, "  firmware %s, %d instance(s), accel %s, outside: %s\n",
 		strings.Join(r.Firmwares, "+"), r.Instances, orDash(r.Accel), orDash(r.Outside))
+	if r.Instances < 2 && r.HostError == "" {
+		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) not run: they need --instances 2\n")
+	}
 	if r.HostError != "" {
 		fmt.Fprintf(w, "\nHOST ERROR: %s\n", indentRest(r.HostError, "  "))
 	}

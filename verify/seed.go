@@ -91,6 +91,9 @@ type Seed struct {
 	AuthorizedKeys []string
 	// Token for the gateway; empty lets first boot generate one.
 	Token string
+	// Extra is the user's cloud-config merged into user-data
+	// (--user-data); nil for none.
+	Extra *UserData
 }
 
 // Bake's own seed values are files of their own on the NoCloud volume,
@@ -112,14 +115,30 @@ func (s Seed) MetaData() []byte {
 	return []byte(b.String())
 }
 
-// UserData is the #cloud-config user-data. Only keys cloud-init knows
+// UserData is the #cloud-config user-data: verify's own (below), with
+// Extra merged in when there is one (see UserData the type). It is nil only
+// when Extra cannot be merged, which ParseUserData has already ruled out;
+// WriteSeed says why.
+func (s Seed) UserData() []byte {
+	b, _ := s.userData()
+	return b
+}
+
+func (s Seed) userData() ([]byte, error) {
+	if s.Extra == nil {
+		return s.ownUserData(), nil
+	}
+	return s.Extra.merge(s)
+}
+
+// ownUserData is verify's own #cloud-config user-data. Only keys cloud-init knows
 // appear, so that it never reports degraded: the keys at the top level
 // (cloud-init gives them to its default user, which bake's appliance makes
 // the admin; bake's first boot reads them from here too), and the admin as
 // a user of its own with the keys and passwordless sudo, so that an image
 // whose default user is someone else (a plain cloud image) still lets the
 // admin in; no password authentication, no root login.
-func (s Seed) UserData() []byte {
+func (s Seed) ownUserData() []byte {
 	var b strings.Builder
 	b.WriteString("#cloud-config\n")
 	b.WriteString("# Written by bake verify for a throwaway instance.\n")
@@ -132,17 +151,23 @@ func (s Seed) UserData() []byte {
 	}
 	b.WriteString("users:\n")
 	b.WriteString("  - default\n")
-	fmt.Fprintf(&b, "  - name: %s\n", yamlString(s.AdminUser))
-	b.WriteString("    shell: /bin/bash\n")
-	b.WriteString("    lock_passwd: true\n")
-	b.WriteString("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n")
-	b.WriteString("    ssh_authorized_keys:\n")
-	for _, k := range s.AuthorizedKeys {
-		fmt.Fprintf(&b, "      - %s\n", yamlString(k))
-	}
+	writeAdminUser(&b, "  ", s)
 	b.WriteString("ssh_pwauth: false\n")
 	b.WriteString("disable_root: true\n")
 	return []byte(b.String())
+}
+
+// writeAdminUser writes the admin's entry of users, its "- " at column
+// len(pad).
+func writeAdminUser(b *strings.Builder, pad string, s Seed) {
+	fmt.Fprintf(b, "%s- name: %s\n", pad, yamlString(s.AdminUser))
+	fmt.Fprintf(b, "%s  shell: /bin/bash\n", pad)
+	fmt.Fprintf(b, "%s  lock_passwd: true\n", pad)
+	fmt.Fprintf(b, "%s  sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n", pad)
+	fmt.Fprintf(b, "%s  ssh_authorized_keys:\n", pad)
+	for _, k := range s.AuthorizedKeys {
+		fmt.Fprintf(b, "%s    - %s\n", pad, yamlString(k))
+	}
 }
 
 // BakeFiles are bake's own files of the seed: the admin's keys, and the
@@ -168,7 +193,11 @@ func WriteSeed(path string, s Seed) error {
 	if s.InstanceID == "" || s.AdminUser == "" || len(s.AuthorizedKeys) == 0 {
 		return fmt.Errorf("verify: seed needs an instance id, an admin user and a key")
 	}
-	return vm.WriteNoCloudSeed(path, s.MetaData(), s.UserData(), s.BakeFiles())
+	ud, err := s.userData()
+	if err != nil {
+		return err
+	}
+	return vm.WriteNoCloudSeed(path, s.MetaData(), ud, s.BakeFiles())
 }
 
 // yamlString quotes s as a YAML double-quoted scalar (JSON's escapes are

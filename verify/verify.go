@@ -57,7 +57,10 @@ type Options struct {
 	MemoryMiB int
 	// UserNet forces user-mode networking even as root (the checks from
 	// outside then Skip).
-	UserNet     bool
+	UserNet bool
+	// UserData is the user's cloud-config merged into each seed's
+	// user-data (--user-data); nil for none.
+	UserData    *UserData
 	Log         io.Writer // progress lines; nil = none
 	BakeVersion string
 }
@@ -139,6 +142,9 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances,
 		Strict: o.Strict, Started: time.Now(), BakeVersion: o.BakeVersion}
+	if o.UserData != nil {
+		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
+	}
 	r := &runner{o: o, rep: rep}
 	defer func() { rep.SortResults(); rep.Finish(time.Now()) }()
 
@@ -375,15 +381,12 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 	c := &checker{r: r, in: main, spec: r.o.Spec, fw: fw}
 
 	// Identity of several instances runs beside the main checks: the
-	// reboot of the last instance takes as long as a boot.
+	// reboot of the last instance takes as long as a boot. With one
+	// instance it is not part of the run (Plan).
 	var idwg sync.WaitGroup
 	if len(insts) >= 2 {
 		idwg.Add(1)
 		go func() { defer idwg.Done(); r.identity(ctx, fw, insts) }()
-	} else {
-		for _, id := range []string{"identity.unique", "identity.reboot"} {
-			r.record(fw, id, Skip, "not run: needs --instances 2 or more (two VMs of the image, one of them rebooted)", 0)
-		}
 	}
 	c.runAll(ctx)
 	idwg.Wait()
@@ -421,6 +424,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		AdminUser:      r.o.Spec.AdminUser,
 		AuthorizedKeys: []string{key.AuthorizedKey},
 		Token:          in.token,
+		Extra:          r.o.UserData,
 	}
 	seedPath := filepath.Join(r.work, "seed-"+in.name()+".iso")
 	if err := WriteSeed(seedPath, seed); err != nil {
