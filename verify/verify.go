@@ -163,6 +163,8 @@ func Run(ctx context.Context, o Options) *Report {
 		o.Image = abs
 		r.o.Image = abs
 	}
+	// First, whatever this run turns out to be: a killed run's leftovers.
+	r.removeStale(ctx)
 	sum, size, err := fileSHA256(ctx, o.Image)
 	if err != nil {
 		if interrupted() {
@@ -177,10 +179,15 @@ func Run(ctx context.Context, o Options) *Report {
 	if !r.preflight(ctx) {
 		return rep
 	}
-	work, err := os.MkdirTemp("", "bake-verify-")
+	work, err := newWorkDir()
 	if err != nil {
 		r.hostError("work directory: %v", err)
 		return rep
+	}
+	if o.Keep {
+		// Kept whatever happens to this run: a later run must not take
+		// it for a killed run's.
+		os.WriteFile(filepath.Join(work, keptMarker), nil, 0o644)
 	}
 	r.work = work
 	r.logf("work directory %s", work)

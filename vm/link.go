@@ -35,6 +35,8 @@ var (
 	linkNameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,30}$`)
 	errLinkClosed  = errors.New("vm: link closed")
 	linkPollPeriod = 250 * time.Millisecond
+	linkDirPrefix  = "bake-link-"
+	netnsDir       = "/run/netns"
 )
 
 // Link is the "outside" of a VM: a network namespace of its own holding a
@@ -89,7 +91,9 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 			l.Close()
 		}
 	}()
-	if l.dir, err = os.MkdirTemp("", "bake-link-"); err != nil {
+	// The owner's PID in the name: RemoveStaleLinks tells a dir left by a
+	// killed process from a live one's.
+	if l.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", linkDirPrefix, os.Getpid())); err != nil {
 		return nil, err
 	}
 	ns := []string{"-n", l.Netns}

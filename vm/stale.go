@@ -1,0 +1,143 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/rootfs"
+)
+
+// PIDAlive reports whether process pid exists. A zombie counts (its parent
+// has not reaped it yet), and so does a process of another user (EPERM).
+func PIDAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// TrailingPID is the PID that ends name after prefix: "bake-verify-bios-0-
+// 1234" with prefix "bake-verify-" is 1234. A Link's namespace is named
+// so (bake-NAME-PID).
+func TrailingPID(name, prefix string) (int, bool) {
+	if !strings.HasPrefix(name, prefix) {
+		return 0, false
+	}
+	i := strings.LastIndexByte(name, '-')
+	if i < len(prefix)-1 || i == len(name)-1 {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(name[i+1:])
+	if err != nil || pid <= 0 || strconv.Itoa(pid) != name[i+1:] {
+		return 0, false
+	}
+	return pid, true
+}
+
+// LeadingPID is the PID right after prefix in a temp dir made with
+// os.MkdirTemp("", PREFIX+PID+"-"): "bake-link-1234-98765" with prefix
+// "bake-link-" is 1234. A name without the second field (made before
+// owners were recorded) has none: there is no telling whose it is.
+func LeadingPID(name, prefix string) (int, bool) {
+	if !strings.HasPrefix(name, prefix) {
+		return 0, false
+	}
+	f, rest, ok := strings.Cut(name[len(prefix):], "-")
+	if !ok || rest == "" {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(f)
+	if err != nil || pid <= 0 || strconv.Itoa(pid) != f {
+		return 0, false
+	}
+	return pid, true
+}
+
+// RemoveStaleLinks removes what the Links of processes that are gone left
+// behind: the namespaces bake-PREFIX...-PID (with their tap devices, and
+// any process still inside them, which was started for that Link) and the
+// Links' temp dirs (bake-link-PID-*). QEMU and dnsmasq die with their
+// owner (Pdeathsig); a SIGKILL of the owner leaves the rest. Nothing whose
+// PID is alive is touched, nor a dir with a mount below it. It returns what
+// it removed; errors are what it could not.
+func RemoveStaleLinks(ctx context.Context, prefix string) ([]string, error) {
+	return removeStaleLinks(ctx, staleEnv{
+		netnsDir: netnsDir, tmpDir: os.TempDir(), prefix: "bake-" + prefix,
+		alive: PIDAlive, deleteNetns: deleteStaleNetns,
+		removeDir: rootfs.RemoveAllSafe,
+	})
+}
+
+type staleEnv struct {
+	netnsDir, tmpDir, prefix string
+	alive                    func(int) bool
+	deleteNetns              func(ctx context.Context, name string) error
+	removeDir                func(string) error
+}
+
+func removeStaleLinks(ctx context.Context, e staleEnv) ([]string, error) {
+	var removed []string
+	var errs []error
+	self := os.Getpid()
+	stale := func(pid int) bool { return pid != self && !e.alive(pid) }
+	if ents, err := os.ReadDir(e.netnsDir); err == nil && e.deleteNetns != nil {
+		for _, ent := range ents {
+			pid, ok := TrailingPID(ent.Name(), e.prefix)
+			if !ok || !stale(pid) {
+				continue
+			}
+			if err := e.deleteNetns(ctx, ent.Name()); err != nil {
+				errs = append(errs, fmt.Errorf("stale network namespace %s: %w", ent.Name(), err))
+				continue
+			}
+			removed = append(removed, "network namespace "+ent.Name())
+		}
+	}
+	if ents, err := os.ReadDir(e.tmpDir); err == nil {
+		for _, ent := range ents {
+			pid, ok := LeadingPID(ent.Name(), linkDirPrefix)
+			if !ok || !ent.IsDir() || !stale(pid) {
+				continue
+			}
+			p := filepath.Join(e.tmpDir, ent.Name())
+			if err := e.removeDir(p); err != nil {
+				errs = append(errs, fmt.Errorf("stale link dir: %w", err))
+				continue
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// deleteStaleNetns ends the processes left in a dead owner's namespace (by
+// PID: they were started for its Link) and deletes it with its devices.
+func deleteStaleNetns(ctx context.Context, name string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("deleting a network namespace needs root")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if out, err := execx.Default.Output(ctx, execx.Cmd{Name: "ip", Args: []string{"netns", "pids", name}}); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	if err := ipCmd(ctx, "netns", "delete", name); err != nil {
+		if _, serr := os.Stat(filepath.Join(netnsDir, name)); serr == nil {
+			return err
+		}
+	}
+	return nil
+}
