@@ -2,8 +2,12 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/bakeimg/bake/builder/recipe"
@@ -102,7 +106,19 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 		return err
 	}
 	kernel, loader := p.cloud.before.Changes(after)
-	if kernel || loader {
+	// The recipe's kernel.cmdline reaches the kernel only through a
+	// grub.cfg that names it: the base's is rewritten when it lacks one of
+	// the arguments (as for a new kernel), else a recipe's no_timer_check
+	// or console= would be dropped without a word.
+	missing := []string{}
+	if extra := strings.Fields(r.Kernel.Cmdline); len(extra) > 0 {
+		cfg, err := safeRead(s.Tree, "boot/grub/grub.cfg")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		missing = missingKernelArgs(cfg, extra)
+	}
+	if kernel || loader || len(missing) > 0 {
 		k := ""
 		if nk := p.cloud.before.NewKernels(after); len(nk) == 1 {
 			k = nk[0]
@@ -113,7 +129,11 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 		}); err != nil {
 			return err
 		}
-		fmt.Fprintf(s.Opts.Stdout, "      boot chain changed (kernel %v, loader %v): grub.cfg made anew\n", kernel, loader)
+		if len(missing) > 0 && !kernel && !loader {
+			fmt.Fprintf(s.Opts.Stdout, "      kernel.cmdline adds %s: grub.cfg made anew\n", strings.Join(missing, " "))
+		} else {
+			fmt.Fprintf(s.Opts.Stdout, "      boot chain changed (kernel %v, loader %v): grub.cfg made anew\n", kernel, loader)
+		}
 	}
 	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
 		return err
@@ -138,8 +158,28 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	s.Manifest.Layout = p.cloud.layout
 	s.Manifest.Base = map[string]any{"image": map[string]any{
 		"path": r.Base.Image.Path, "url": r.Base.Image.URL, "digest": p.cloud.digest,
-		"kernel_changed": kernel, "loader_rebuilt": loader,
+		"kernel_changed": kernel, "loader_rebuilt": loader, "cmdline_added": missing,
 	}}
 	fmt.Fprintf(s.Opts.Stdout, "      disk %d MiB (identifiers of the base kept)\n", res.Size>>20)
 	return nil
+}
+
+// missingKernelArgs returns the arguments of want that the first linux
+// line of a grub.cfg lacks (all of them when there is none).
+func missingKernelArgs(grubCfg string, want []string) []string {
+	var have []string
+	for _, line := range strings.Split(grubCfg, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "linux" || f[0] == "linuxefi" || f[0] == "linux16") {
+			have = f[2:]
+			break
+		}
+	}
+	missing := []string{}
+	for _, a := range want {
+		if !slices.Contains(have, a) {
+			missing = append(missing, a)
+		}
+	}
+	return missing
 }

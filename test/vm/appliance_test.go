@@ -73,97 +73,138 @@ func applianceImage(t *testing.T) string {
 			applErr = err.Error()
 			return
 		}
-		bin := filepath.Join(work, "testgateway")
-		if err := oci.BuildTestGatewayBinary(ctx, nil, repoRoot(), bin); err != nil {
-			applErr = "building the test gateway: " + err.Error()
-			return
-		}
-		img, err := oci.BuildTestGatewayImage(ctx, bin, 1700000000)
-		if err != nil {
-			applErr = "test gateway image: " + err.Error()
-			return
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		in, err := startApplianceInputs(ctx, work, reuse == "")
 		if err != nil {
 			applErr = err.Error()
 			return
 		}
-		srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
-		go srv.Serve(ln)
-		defer srv.Close()
-		repo := ln.Addr().String() + "/bake/testgateway"
-		tag, _ := name.ParseReference(repo+":test", name.Insecure)
-		if err := remote.Write(tag, img, remote.WithContext(ctx)); err != nil {
-			applErr = "pushing the test gateway: " + err.Error()
-			return
-		}
-		digest, _ := img.Digest()
-		id, _ := img.ConfigName()
-		applImg.ref, applImg.id = repo+"@"+digest.String(), id.String()
+		defer in.Close()
+		applImg.ref, applImg.id = in.ref, in.id
 		if reuse != "" {
 			applDir = reuse
 			return
 		}
-		// Tailscale's repository is not reachable here: a local one,
-		// signed with a key of its own, stands in during the build.
-		deb, err := aptrepo.BuildTailscaleDeb(ctx, aptrepo.DefaultTailscaleVersion,
-			filepath.Join(filepath.Dir(testcache.Dir("tailscale")), "tailscale"), filepath.Join(work, "debs"))
-		if err != nil {
-			applErr = "tailscale .deb: " + err.Error()
-			return
-		}
-		key, err := aptrepo.NewKey(filepath.Join(work, "aptkey"))
-		if err != nil {
-			applErr = err.Error()
-			return
-		}
-		if err := aptrepo.Build(ctx, filepath.Join(work, "aptrepo"), "bookworm", []string{deb}, key); err != nil {
-			applErr = "tailscale repository: " + err.Error()
-			return
-		}
-		aptSrv, err := aptrepo.Serve(filepath.Join(work, "aptrepo"))
-		if err != nil {
-			applErr = err.Error()
-			return
-		}
-		defer aptSrv.Close()
-		// The build key must be inside the recipe's context: the
-		// git-ignored test/vm/.cache.
-		os.MkdirAll(filepath.Join(repoRoot(), "test/vm/.cache"), 0o755)
-		keyDir, err := os.MkdirTemp(filepath.Join(repoRoot(), "test/vm/.cache"), "appliance-")
-		if err != nil {
-			applErr = err.Error()
-			return
-		}
-		defer os.RemoveAll(keyDir)
-		b, err := os.ReadFile(key.Keyring)
-		if err == nil {
-			err = os.WriteFile(filepath.Join(keyDir, "tailscale.gpg"), b, 0o644)
-		}
-		if err != nil {
-			applErr = err.Error()
-			return
-		}
-		buildKey, _ := filepath.Rel(filepath.Join(repoRoot(), "test/vm/testdata"), filepath.Join(keyDir, "tailscale.gpg"))
 		t0 := time.Now()
-		out, code := runBake(t, ctx, "build", filepath.Join(repoRoot(), applianceRecipe),
-			"--set", "gateway_image="+applImg.ref,
-			"--set", "tailscale_build_uri="+aptSrv.URL(), "--set", "tailscale_build_key="+buildKey,
-			"-o", work)
+		args := append([]string{"build", filepath.Join(repoRoot(), applianceRecipe)}, in.sets...)
+		out, code := runBake(t, ctx, append(args, "-o", work)...)
 		t.Logf("bake build (%s):\n%s", since(t0), out)
 		if code != 0 {
 			applErr = "bake build failed with status " + strconv.Itoa(code) + ":\n" + out
 			return
 		}
-		for _, d := range []string{"debs", "aptrepo", "aptkey", "testgateway"} {
-			os.RemoveAll(filepath.Join(work, d))
-		}
+		in.removeFiles()
 		applDir = work
 	})
 	if applErr != "" {
 		t.Fatal(applErr)
 	}
 	return applDir
+}
+
+// applianceInputs are what a build of an appliance test recipe fetches
+// from, each served on 127.0.0.1 for the build only: the test gateway
+// image (oci/testgateway) in a registry, and Tailscale's stand-in
+// repository (not reachable here), signed with a key of its own.
+type applianceInputs struct {
+	work    string
+	ref, id string // the gateway image: reference by digest, image ID
+	// sets are bake build's --set arguments naming them (gateway_image,
+	// tailscale_build_uri, tailscale_build_key).
+	sets    []string
+	closers []func()
+}
+
+// Close stops the servers and removes the build key, in reverse order.
+func (in *applianceInputs) Close() {
+	for i := len(in.closers) - 1; i >= 0; i-- {
+		in.closers[i]()
+	}
+	in.closers = nil
+}
+
+// removeFiles removes what startApplianceInputs wrote into work (after
+// the build, so that only the image stays).
+func (in *applianceInputs) removeFiles() {
+	for _, d := range []string{"debs", "aptrepo", "aptkey", "testgateway"} {
+		os.RemoveAll(filepath.Join(in.work, d))
+	}
+}
+
+// startApplianceInputs builds the test gateway image and serves it; with
+// tailscale, also the tailscale .deb (cached) in a signed repository. Files
+// go into work; the build key into the git-ignored test/vm/.cache (inside
+// the recipes' context). On an error everything started is stopped again.
+func startApplianceInputs(ctx context.Context, work string, tailscale bool) (_ *applianceInputs, err error) {
+	in := &applianceInputs{work: work}
+	defer func() {
+		if err != nil {
+			in.Close()
+		}
+	}()
+	bin := filepath.Join(work, "testgateway")
+	if err := oci.BuildTestGatewayBinary(ctx, nil, repoRoot(), bin); err != nil {
+		return nil, fmt.Errorf("building the test gateway: %w", err)
+	}
+	img, err := oci.BuildTestGatewayImage(ctx, bin, 1700000000)
+	if err != nil {
+		return nil, fmt.Errorf("test gateway image: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	go srv.Serve(ln)
+	in.closers = append(in.closers, func() { srv.Close() })
+	repo := ln.Addr().String() + "/bake/testgateway"
+	tag, _ := name.ParseReference(repo+":test", name.Insecure)
+	if err := remote.Write(tag, img, remote.WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("pushing the test gateway: %w", err)
+	}
+	digest, _ := img.Digest()
+	id, _ := img.ConfigName()
+	in.ref, in.id = repo+"@"+digest.String(), id.String()
+	in.sets = []string{"--set", "gateway_image=" + in.ref}
+	if !tailscale {
+		return in, nil
+	}
+	// Tailscale's repository is not reachable here: a local one,
+	// signed with a key of its own, stands in during the build.
+	deb, err := aptrepo.BuildTailscaleDeb(ctx, aptrepo.DefaultTailscaleVersion,
+		filepath.Join(filepath.Dir(testcache.Dir("tailscale")), "tailscale"), filepath.Join(work, "debs"))
+	if err != nil {
+		return nil, fmt.Errorf("tailscale .deb: %w", err)
+	}
+	key, err := aptrepo.NewKey(filepath.Join(work, "aptkey"))
+	if err != nil {
+		return nil, err
+	}
+	if err := aptrepo.Build(ctx, filepath.Join(work, "aptrepo"), "bookworm", []string{deb}, key); err != nil {
+		return nil, fmt.Errorf("tailscale repository: %w", err)
+	}
+	aptSrv, err := aptrepo.Serve(filepath.Join(work, "aptrepo"))
+	if err != nil {
+		return nil, err
+	}
+	in.closers = append(in.closers, func() { aptSrv.Close() })
+	// The build key must be inside the recipe's context: the
+	// git-ignored test/vm/.cache.
+	os.MkdirAll(filepath.Join(repoRoot(), "test/vm/.cache"), 0o755)
+	keyDir, err := os.MkdirTemp(filepath.Join(repoRoot(), "test/vm/.cache"), "appliance-")
+	if err != nil {
+		return nil, err
+	}
+	in.closers = append(in.closers, func() { os.RemoveAll(keyDir) })
+	b, err := os.ReadFile(key.Keyring)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(keyDir, "tailscale.gpg"), b, 0o644)
+	}
+	if err != nil {
+		return nil, err
+	}
+	buildKey, _ := filepath.Rel(filepath.Join(repoRoot(), "test/vm/testdata"), filepath.Join(keyDir, "tailscale.gpg"))
+	in.sets = append(in.sets, "--set", "tailscale_build_uri="+aptSrv.URL(), "--set", "tailscale_build_key="+buildKey)
+	return in, nil
 }
 
 // guest is an SSH connection to a booted appliance.

@@ -30,6 +30,7 @@ type verifyRun struct {
 	out    string // stdout and stderr
 	code   int
 	report verifyReport
+	dir    string // the report directory (report.json, junit.xml, serial logs)
 }
 
 type verifyReport struct {
@@ -90,7 +91,7 @@ func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ..
 		err := cmd.Wait()
 		pw.Close()
 		<-done
-		run := verifyRun{out: buf.String()}
+		run := verifyRun{out: buf.String(), dir: report}
 		if err != nil {
 			ee, ok := err.(*exec.ExitError)
 			if !ok {

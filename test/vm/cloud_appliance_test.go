@@ -1,0 +1,185 @@
+//go:build vm
+
+package vmtest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/verify"
+)
+
+const cloudApplianceRecipe = "test/vm/testdata/openclaw-cloud-test.yaml"
+
+// cloudUserData is what a cloud's user-data may say, against the image's
+// claims: password login on (cloud-init then writes "PasswordAuthentication
+// yes" into sshd's configuration) and root's authorized keys without the
+// "Please login as" restriction. The runcmd line shows on the serial
+// console what cloud-init made of sshd's configuration.
+const cloudUserData = `#cloud-config
+# A cloud's user-data, merged by bake verify --user-data into its seed.
+ssh_pwauth: true
+disable_root: false
+runcmd:
+  - [sh, -c, 'echo "BAKE-USERDATA sshd: $(grep -rhi "^ *passwordauthentication" /etc/ssh/sshd_config /etc/ssh/sshd_config.d | tr "\n" ";")" >/dev/ttyS0']
+`
+
+// TestCloudApplianceVerify bakes the OpenClaw test appliance on the
+// Debian-12-genericcloud-shaped fixture (whose cloud-init is live at boot)
+// and runs bake verify on it under OVMF, strict, with user-data that turns
+// password login on: the image must hold (password and root logins
+// refused, every other claim too). With TestVerifyAppliance (the
+// packages-built appliance under SeaBIOS), make test verifies both
+// firmwares.
+func TestCloudApplianceVerify(t *testing.T) {
+	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
+	var fx cloudFixture
+	for _, f := range cloudFixtures(t) {
+		if f.name == "debian" {
+			fx = f
+		}
+	}
+	if fx.path == "" {
+		t.Fatal("no Debian-shaped cloud fixture")
+	}
+	rp := filepath.Join(repoRoot(), cloudApplianceRecipe)
+	baseSum := sha256File(t, fx.path)
+	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + baseSum}
+	recipesInStep(t, fx.path, baseSum)
+
+	// A work dir of this test's own: applianceImage's shared one belongs
+	// to the packages-built appliance. BAKE_VMTEST_CLOUD_APPLIANCE_DIR
+	// (iterating on the checks) keeps the image there and reuses it.
+	work := t.TempDir()
+	keep := os.Getenv("BAKE_VMTEST_CLOUD_APPLIANCE_DIR")
+	if keep != "" {
+		work = keep
+		os.MkdirAll(work, 0o700)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	in, err := startApplianceInputs(ctx, work, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	t.Logf("test gateway image and tailscale repository ready in %s", since(t0))
+	out := filepath.Join(work, "out")
+	img := filepath.Join(out, "openclaw-cloud-test.qcow2")
+	if _, err := os.Stat(img); keep == "" || err != nil {
+		t0 = time.Now()
+		args := append(append([]string{"build", rp}, in.sets...), baseSets...)
+		log, code := runBake(t, ctx, append(args, "-o", out)...)
+		t.Logf("bake build on the Debian-shaped cloud image (%s):\n%s", since(t0), log)
+		if code != 0 {
+			t.Fatalf("bake build failed (%d)", code)
+		}
+	}
+	in.Close()
+	in.removeFiles()
+	sum := fileSum(t, img)
+
+	ud := filepath.Join(work, "user-data")
+	if err := os.WriteFile(ud, []byte(cloudUserData), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
+		"--user-data", ud, "--firmware", "uefi", "--instances", "1", "--strict", "--timeout", "40m")...)...)
+	t.Logf("output:\n%s", run.out)
+	if run.code != 0 {
+		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
+	}
+	for _, x := range run.report.Results {
+		if x.Status != "pass" {
+			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
+		}
+	}
+	rec, err := recipe.Load(rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range verify.Plan(verify.SpecFromRecipe(rec), 1) {
+		if st := run.report.status("uefi", id); st != "pass" {
+			t.Errorf("uefi/%s: %q", id, st)
+		}
+	}
+	if st := run.report.status("", "secrets.disk"); st != "pass" {
+		t.Errorf("secrets.disk: %q", st)
+	}
+	if run.report.SHA256 != sum || fileSum(t, img) != sum {
+		t.Errorf("report sha256 %s, image %s (it must not change)", run.report.SHA256, sum)
+	}
+	// The user-data reached cloud-init, which did turn password login on
+	// in sshd's files: the checks above passed in spite of it.
+	serial, err := os.ReadFile(filepath.Join(run.dir, "serial-uefi-0.log"))
+	if err != nil {
+		t.Fatalf("serial log: %v", err)
+	}
+	m := regexp.MustCompile(`BAKE-USERDATA sshd: ([^\r\n]*)`).FindSubmatch(serial)
+	switch {
+	case m == nil:
+		t.Error("no BAKE-USERDATA line on the serial console: the user-data's runcmd did not run")
+	case !regexp.MustCompile(`(?i)passwordauthentication\s+yes`).Match(m[1]):
+		t.Errorf("cloud-init did not write PasswordAuthentication yes (ssh_pwauth: true): %s", m[1])
+	default:
+		t.Logf("sshd's files after cloud-init: %s", m[1])
+	}
+	assertVerifyCleanedUp(t, run.out)
+}
+
+// recipesInStep: the cloud-image recipe is the packages-built one with
+// another base; everything else must stay the same in both files.
+func recipesInStep(t *testing.T, baseImage, baseSHA string) {
+	t.Helper()
+	sets := map[string]string{"base_image": baseImage, "base_sha256": baseSHA}
+	c, err := recipe.Load(filepath.Join(repoRoot(), cloudApplianceRecipe), sets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := recipe.Load(filepath.Join(repoRoot(), applianceRecipe), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Base.Debian == nil || c.Base.Image == nil {
+		t.Fatal("bases: want debian in " + applianceRecipe + " and image in " + cloudApplianceRecipe)
+	}
+	same := map[string][2]any{
+		"apt.packages (base.debian.packages)": {c.Apt.Packages, p.Base.Debian.Packages},
+		"apt.repositories":                    {c.Apt.Repositories, p.Apt.Repositories},
+		"context":                             {c.Context, p.Context},
+		"groups":                              {c.Groups, p.Groups},
+		"users":                               {c.Users, p.Users},
+		"overlays":                            {c.Overlays, p.Overlays},
+		"files":                               {c.Files, p.Files},
+		"systemd":                             {c.Systemd, p.Systemd},
+		"kernel":                              {c.Kernel, p.Kernel},
+		"disk":                                {c.Disk, p.Disk},
+		"outputs":                             {c.Outputs, p.Outputs},
+		"ssh":                                 {c.SSH, p.SSH},
+		"firewall":                            {c.Firewall, p.Firewall},
+		"containers":                          {c.Containers, p.Containers},
+		"gateway":                             {c.Gateway, p.Gateway},
+		"tailscale":                           {c.Tailscale, p.Tailscale},
+		"firstboot":                           {c.Firstboot, p.Firstboot},
+	}
+	for what, v := range same {
+		if !reflect.DeepEqual(v[0], v[1]) {
+			t.Errorf("%s differs between %s and %s:\n%#v\n%#v", what, cloudApplianceRecipe, applianceRecipe, v[0], v[1])
+		}
+	}
+	for k, v := range p.Variables {
+		if k == "mirror" || k == "build_mirror" {
+			continue // base.debian's
+		}
+		if cv, ok := c.Variables[k]; !ok || cv != v {
+			t.Errorf("variable %s: %q in %s, %q in %s", k, cv, cloudApplianceRecipe, v, applianceRecipe)
+		}
+	}
+}
