@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -41,10 +42,11 @@ type verifyReport struct {
 	ExitCode    int    `json:"exit_code"`
 	Verdict     string `json:"verdict"`
 	Results     []struct {
-		ID       string `json:"id"`
-		Firmware string `json:"firmware"`
-		Status   string `json:"status"`
-		Evidence string `json:"evidence"`
+		ID       string  `json:"id"`
+		Firmware string  `json:"firmware"`
+		Status   string  `json:"status"`
+		Evidence string  `json:"evidence"`
+		Seconds  float64 `json:"seconds"`
 	} `json:"results"`
 }
 
@@ -247,6 +249,144 @@ func TestVerifyInterrupted(t *testing.T) {
 		t.Errorf("exit %d, interrupted %q; want 130 and a reason", run.code, run.report.Interrupted)
 	}
 	assertVerifyCleanedUp(t, run.out)
+}
+
+// TestVerifyKilled: SIGKILL gives bake verify no chance to clean up. Its
+// QEMU and dnsmasq die with it (Pdeathsig); its network namespace (with
+// the tap device in it), its Link's dir and its work dir stay, and the
+// next bake verify removes them, because the PID in their names is gone.
+// The next run here is one that stops at once (an image qemu-img cannot
+// read, exit 2): the cleanup comes first, whatever the run turns out to be.
+func TestVerifyKilled(t *testing.T) {
+	dir := bootImage(t)
+	requireTools(t, "dnsmasq", "ip")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	var lines []string
+	started := make(chan struct{})
+	var once sync.Once
+	cmd, _ := startVerify(t, ctx, func(line string) {
+		mu.Lock()
+		lines = append(lines, line)
+		mu.Unlock()
+		if strings.Contains(line, "QEMU pid") {
+			once.Do(func() { close(started) })
+		}
+	}, filepath.Join(dir, "boottest.qcow2"))
+	killed := false
+	defer func() {
+		if !killed { // a failure before the kill: let it clean up
+			cmd.Process.Signal(syscall.SIGINT)
+			cmd.Wait()
+		}
+	}()
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("QEMU never started")
+	}
+	time.Sleep(5 * time.Second) // booting
+	bakePID := cmd.Process.Pid
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait() // reaped: its PID is gone
+	killed = true
+	mu.Lock()
+	out := strings.Join(lines, "\n")
+	mu.Unlock()
+	t.Logf("bake verify (pid %d) killed:\n%s", bakePID, out)
+	m := verifyPIDRE.FindStringSubmatch(out)
+	w := verifyWorkRE.FindStringSubmatch(out)
+	if m == nil || w == nil {
+		t.Fatalf("no QEMU or work directory line in the output")
+	}
+	qemuPID, _ := strconv.Atoi(m[1])
+	dnsmasqPID, _ := strconv.Atoi(m[3])
+	netns, work := m[2], w[1]
+	if !strings.HasSuffix(netns, "-"+strconv.Itoa(bakePID)) {
+		t.Fatalf("namespace %s is not named after bake's PID %d", netns, bakePID)
+	}
+	linkDirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-link-%d-*", bakePID)))
+	t.Cleanup(func() {
+		// Should the next run not clean up (the test fails), this does.
+		if _, err := os.Stat(filepath.Join("/run/netns", netns)); err == nil {
+			exec.Command("ip", "netns", "delete", netns).Run()
+		}
+		for _, d := range append(linkDirs, work) {
+			os.RemoveAll(d)
+		}
+	})
+
+	// QEMU and dnsmasq die with bake (Pdeathsig).
+	deadline := time.Now().Add(30 * time.Second)
+	for _, pid := range []int{qemuPID, dnsmasqPID} {
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	// What SIGKILL leaves: the test is only worth something if it is there.
+	if _, err := os.Stat(filepath.Join("/run/netns", netns)); err != nil {
+		t.Fatalf("the killed run left no namespace %s (%v): nothing for the next run to clean up", netns, err)
+	}
+	if _, err := os.Stat(work); err != nil {
+		t.Fatalf("the killed run left no work dir %s (%v)", work, err)
+	}
+	if len(linkDirs) == 0 {
+		t.Errorf("the killed run left no link dir bake-link-%d-*", bakePID)
+	}
+
+	// The next run removes them.
+	bad := filepath.Join(t.TempDir(), "unreadable.qcow2")
+	os.WriteFile(bad, append([]byte("QFI\xfb\x00\x00\x00\x63"), make([]byte, 504)...), 0o644)
+	next := runVerify(t, ctx, bad)
+	t.Logf("next bake verify: exit %d\n%s", next.code, next.out)
+	if next.code != 2 {
+		t.Errorf("exit %d for an image qemu-img cannot read, want 2", next.code)
+	}
+	for _, want := range []string{"removed network namespace " + netns, "removed " + work} {
+		if !strings.Contains(next.out, want) {
+			t.Errorf("the next run did not say %q", want)
+		}
+	}
+	assertKilledRunGone(t, bakePID, netns, work, append(linkDirs, work), qemuPID, dnsmasqPID)
+}
+
+// assertKilledRunGone: nothing of the killed run is left: no namespace
+// (so no tap device: it lived in it), no dir, no process (QEMU, dnsmasq,
+// or anything else that names its namespace or work dir).
+func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []string, pids ...int) {
+	t.Helper()
+	if list, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Contains(string(list), netns) {
+		t.Errorf("namespace %s still listed", netns)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", netns)); err == nil {
+		t.Errorf("namespace %s left behind", netns)
+	}
+	if out, err := exec.Command("ip", "-n", netns, "link", "show", "tap0").CombinedOutput(); err == nil {
+		t.Errorf("tap0 of %s still exists:\n%s", netns, out)
+	}
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("%s left behind", d)
+		}
+	}
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("process %d of the killed run is alive", pid)
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cl, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		c := string(bytes.ReplaceAll(cl, []byte{0}, []byte{' '}))
+		if strings.Contains(c, netns) || strings.Contains(c, work) || strings.Contains(c, fmt.Sprintf("bake-link-%d-", bakePID)) {
+			t.Errorf("process %d of the killed run is alive: %s", pid, c)
+		}
+	}
 }
 
 // TestVerifyAppliance: bake verify passes on the OpenClaw test image

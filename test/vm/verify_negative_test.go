@@ -1,0 +1,293 @@
+//go:build vm
+
+package vmtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/verify"
+)
+
+// TestVerifyNegative: a verifier that cannot fail proves nothing. From the
+// good test appliance (applianceImage) bake itself bakes a broken one, with
+// ordinary recipe steps on the good image as a cloud-image base (extract,
+// files, reassemble: about a minute), carrying five defects at once:
+//
+//  1. password login allowed: an sshd drop-in that sorts before bake's
+//     00-bake.conf (sshd keeps the first value it reads);
+//  2. no Docker isolation: DOCKER-USER and the loopback guard emptied (the
+//     rule files bake-docker-user.service loads), so published container
+//     ports bypass ufw, as with docker_isolation off;
+//  3. the gateway published on 0.0.0.0 and
+//  5. run as root (uid 0, Docker's default capabilities): one drop-in
+//     replacing the ExecStart of bake-container-openclaw-gateway.service;
+//  4. a token baked into the disk (a Tailscale auth key in a file).
+//
+// bake verify (--recipe: the claims of the good recipe) must exit 1 with
+// exactly the checks below failing, each with the evidence of its defect,
+// and every other check passing: the failures are specific, not a boot
+// gone wrong.
+//
+// One combined image, verified once, because of cost: under TCG a verify
+// boots the appliance and runs an nmap of all 65535 ports over IPv4 and
+// IPv6 (minutes each); five images would be five builds and five verifies,
+// and make test must stay under an hour. Combining is sound because the
+// defects change disjoint things and the checks observe them separately:
+// sshd's settings and logins (ssh.*), the container's port bindings and
+// sockets (gateway.listen), its processes' /proc status (gateway.process),
+// bytes on the disk (secrets.disk), and the DOCKER-USER path measured with
+// verify's own probe containers (isolation.*), which do not involve the
+// gateway at all. The one overlap is deliberate and named: the gateway on
+// 0.0.0.0 is reachable from outside only because isolation is gone too, so
+// network.scan (18789/tcp open) fails from 2 and 3 together, and
+// gateway.listen reports the binding (3) and, besides, the reachability.
+// The checks that must still pass (SSH key login, a settled system, ufw,
+// tailscaled, the gateway's config, token auth and offline start, the
+// probe containers on loopback) show the broken image is otherwise whole;
+// the good image passes every one of these checks (TestVerifyAppliance).
+func TestVerifyNegative(t *testing.T) {
+	dir := applianceImage(t)
+	requireTools(t, "nmap", "dnsmasq", "ip")
+	t0 := time.Now()
+	good := filepath.Join(dir, "openclaw-test.qcow2")
+	recipePath := filepath.Join(repoRoot(), applianceRecipe)
+	rec, err := recipe.Load(recipePath, map[string]string{"gateway_image": applImg.ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := verify.SpecFromRecipe(rec)
+	if spec.Gateway == nil {
+		t.Fatal("the test recipe has no gateway")
+	}
+	imageID := containerImageID(t, filepath.Join(dir, "openclaw-test.manifest.json"), spec.Gateway.Container)
+
+	work := t.TempDir()
+	token := fakeTailscaleKey(t)
+	recipeFile := filepath.Join(work, "broken.yaml")
+	if err := os.WriteFile(recipeFile, []byte(brokenRecipe(good, fileSum(t, good), spec, imageID, token)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	defer cancel()
+	out := filepath.Join(work, "out")
+	tb := time.Now()
+	log, code := runBake(t, ctx, "build", recipeFile, "-o", out)
+	buildTime := since(tb)
+	if code != 0 {
+		t.Fatalf("bake build of the broken image failed (%d):\n%s", code, log)
+	}
+	t.Logf("bake build of the broken image: %s", buildTime)
+	img := filepath.Join(out, "openclaw-broken.raw")
+
+	tv := time.Now()
+	// --strict: with one instance no check is skipped (the identity checks
+	// are not part of the run), and none may be.
+	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
+		"--firmware", "bios", "--instances", "1", "--strict", "--timeout", "35m")
+	t.Logf("output:\n%s", run.out)
+	t.Logf("times: build %s, verify %s, test %s", buildTime, since(tv), since(t0))
+	if run.code != 1 {
+		t.Errorf("exit status %d, want 1 (the image fails): %s", run.code, run.report.Verdict)
+	}
+	if run.report.HostError != "" {
+		t.Errorf("host error: %s", run.report.HostError)
+	}
+
+	// Each failing check, with what its evidence must say: the defect it
+	// caught, not some other trouble.
+	wantFail := map[string][]string{
+		// 1. password login
+		"bios/ssh.effective-config": {`passwordauthentication is "yes"`},
+		"bios/ssh.password-refused": {"admin logged in with the right password"},
+		// sshd offers password authentication to root too; root itself
+		// is still refused (PermitRootLogin no stays): checked below.
+		"bios/ssh.root-refused": {"offers password"},
+		// 2. no Docker isolation
+		"bios/isolation.outside":          {"reachable from outside"},
+		"bios/isolation.loopback-via-mac": {"answered a packet from outside to 127.0.0.1"},
+		// 3. the gateway on 0.0.0.0 (and, with 2, reachable from outside)
+		"bios/gateway.listen": {`published on "0.0.0.0"`},
+		"bios/network.scan":   {fmt.Sprintf("%d/tcp is open", spec.Gateway.Port)},
+		// 4. a token in the image
+		"image/secrets.disk": {"FOUND tailscale-auth-key"},
+		// 5. the gateway as root
+		"bios/gateway.process": {"runs as root"},
+	}
+	var failed []string
+	seen := map[string]bool{}
+	for _, x := range run.report.Results {
+		key := x.Firmware + "/" + x.ID
+		if x.Firmware == "" {
+			key = "image/" + x.ID
+		}
+		seen[key] = true
+		t.Logf("%-34s %-4s %6.1fs", key, x.Status, x.Seconds)
+		switch {
+		case wantFail[key] != nil:
+			if x.Status != "fail" {
+				t.Errorf("%s: %s, want fail (its defect went unnoticed)\n%s", key, x.Status, x.Evidence)
+				continue
+			}
+			failed = append(failed, key)
+			for _, s := range wantFail[key] {
+				if !strings.Contains(x.Evidence, s) {
+					t.Errorf("%s failed, but its evidence does not say %q:\n%s", key, s, x.Evidence)
+				}
+			}
+		default:
+			if x.Status != "pass" {
+				t.Errorf("%s: %s, want pass (no defect of the image touches it)\n%s", key, x.Status, x.Evidence)
+			}
+		}
+		if key == "bios/ssh.root-refused" && strings.Contains(x.Evidence, "root logged in") {
+			t.Errorf("root logged in on the broken image: PermitRootLogin no was not touched\n%s", x.Evidence)
+		}
+		if strings.Contains(x.Evidence, token) {
+			t.Errorf("%s: the report shows the baked token unredacted", key)
+		}
+	}
+	for _, id := range verify.Plan(spec, 1) {
+		if !seen["bios/"+id] {
+			t.Errorf("bios/%s: no result", id)
+		}
+	}
+	for k := range wantFail {
+		if !seen[k] {
+			t.Errorf("%s: no result", k)
+		}
+	}
+	sort.Strings(failed)
+	t.Logf("failing checks: %s", strings.Join(failed, ", "))
+	for k := range wantFail {
+		if !slices.Contains(failed, k) {
+			continue
+		}
+		if !strings.Contains(run.report.Verdict, k) {
+			t.Errorf("the verdict does not name %s: %q", k, run.report.Verdict)
+		}
+	}
+	assertVerifyCleanedUp(t, run.out)
+}
+
+// brokenRecipe is the recipe of the broken image: the good one as its base
+// and the five defects as files.
+func brokenRecipe(base, sum string, spec verify.Spec, imageID, token string) string {
+	g := spec.Gateway
+	// What bake's unit runs (appliance.ContainerSpec.RunArgs), with the
+	// gateway published on every address and run as root with Docker's
+	// default capabilities (as root with --cap-drop ALL it could not even
+	// read its 0600 config, owned by its user: it would not start, and
+	// the test would prove less).
+	execStart := strings.Join([]string{"/usr/bin/docker", "run", "--rm", "--name", g.Container,
+		"--user", "0:0", "--security-opt", "no-new-privileges",
+		"--publish", fmt.Sprintf("0.0.0.0:%d:%d", g.Port, g.Port),
+		"--volume", filepath.Dir(g.ConfigPath) + ":/home/node/.openclaw",
+		imageID}, " ")
+	noIsolation := `# DOCKER-USER returns everything to Docker; no loopback guard.
+*raw
+:BAKE-LOCALNET - [0:0]
+COMMIT
+*filter
+:DOCKER-USER - [0:0]
+-A DOCKER-USER -j RETURN
+COMMIT
+`
+	return fmt.Sprintf(`apiVersion: bake/v1
+name: openclaw-broken
+description: the test appliance with five defects bake verify must find
+base:
+  image:
+    path: %s
+    sha256: %s
+files:
+  - path: /etc/ssh/sshd_config.d/0-allow-password.conf
+    content: |
+      # sorts before 00-bake.conf: sshd keeps the first value
+      PasswordAuthentication yes
+      KbdInteractiveAuthentication yes
+      AuthenticationMethods any
+  - path: /etc/bake/docker-user.rules.v4
+    content: |
+%s
+  - path: /etc/bake/docker-user.rules.v6
+    content: |
+%s
+  - path: /etc/systemd/system/bake-container-%s.service.d/90-exposed-root.conf
+    content: |
+      [Service]
+      ExecStart=
+      ExecStart=%s
+  - path: /etc/openclaw/deploy.env
+    mode: "0600"
+    content: |
+      TS_AUTHKEY=%s
+outputs: [raw]
+`, base, sum, indent(noIsolation, 6), indent(noIsolation, 6), g.Container, execStart, token)
+}
+
+func indent(s string, n int) string {
+	pad := strings.Repeat(" ", n)
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = pad + l
+	}
+	return strings.Join(lines, "\n")
+}
+
+// containerImageID is the image ID the good image's unit runs, from its
+// build manifest.
+func containerImageID(t *testing.T, manifest, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Containers []struct {
+			Name    string `json:"name"`
+			ImageID string `json:"image_id"`
+		} `json:"containers"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range m.Containers {
+		if c.Name == name && strings.HasPrefix(c.ImageID, "sha256:") {
+			return c.ImageID
+		}
+	}
+	t.Fatalf("%s: no image ID for container %s", manifest, name)
+	return ""
+}
+
+// fakeTailscaleKey is a made-up auth key of the real shape (made per run:
+// no key-like string sits in the source).
+func fakeTailscaleKey(t *testing.T) string {
+	t.Helper()
+	const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	pick := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			k, err := rand.Int(rand.Reader, big.NewInt(int64(len(alnum))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[i] = alnum[k.Int64()]
+		}
+		return string(b)
+	}
+	// Upper and lower case and digits in the secret part, as in a real key.
+	return "tskey-auth-k" + pick(9) + "-Ab3" + pick(37)
+}
