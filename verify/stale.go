@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/bakeimg/bake/rootfs"
 	"github.com/bakeimg/bake/vm"
@@ -16,6 +17,20 @@ const workDirPrefix = "bake-verify-"
 
 // keptMarker marks a work dir kept on purpose (--keep): never stale.
 const keptMarker = ".bake-verify-kept"
+
+// ownedByUs: root may remove any user's leftovers; a user only their own.
+func ownedByUs(p string) bool {
+	euid := os.Geteuid()
+	if euid == 0 {
+		return true
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == euid
+}
 
 func newWorkDir() (string, error) {
 	return os.MkdirTemp("", fmt.Sprintf("%s%d-", workDirPrefix, os.Getpid()))
@@ -57,6 +72,9 @@ func removeStaleWorkDirs(tmp string, alive func(int) bool, remove func(string) e
 			continue
 		}
 		p := filepath.Join(tmp, e.Name())
+		if !ownedByUs(p) {
+			continue // another user's (not root): theirs to clean
+		}
 		if _, err := os.Lstat(filepath.Join(p, keptMarker)); err == nil {
 			continue
 		}
