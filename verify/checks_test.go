@@ -1,8 +1,13 @@
 package verify
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -183,5 +188,40 @@ routes:
 	}
 	if _, _, ok := bakedImage("image=", "openclaw-gateway"); ok {
 		t.Error("empty output")
+	}
+}
+
+// The owners script, run here against this test's own listening socket,
+// names this process; the find path and the shell loop agree.
+func TestOwnersScript(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil || !strings.HasPrefix(target, "socket:[") {
+		t.Skipf("no socket link in /proc: %q %v", target, err)
+	}
+	inode := strings.Trim(strings.TrimPrefix(target, "socket:"), "[]")
+	comm, _ := os.ReadFile("/proc/self/comm")
+	want := fmt.Sprintf("[%s] %d/%s", inode, os.Getpid(), strings.TrimSpace(string(comm)))
+	script := ownersScript([]string{inode, "1; rm -rf /", ""})
+	if strings.Contains(script, "rm -rf") {
+		t.Fatalf("a non-numeric inode reached the script:\n%s", script)
+	}
+	for name, s := range map[string]string{"find": script, "loop": script[strings.Index(script, "else\n")+5 : strings.LastIndex(script, "\nfi")]} {
+		out, err := exec.Command("sh", "-c", s).Output()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !slices.Contains(strings.Split(string(out), "\n"), want) {
+			t.Errorf("%s: no line %q in:\n%.2000s", name, want, out)
+		}
 	}
 }
