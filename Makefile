@@ -39,7 +39,9 @@ unit:
 	go test ./...
 
 bench: deps bake
+	bash scripts/install-deps.sh --bench
 	bash scripts/bench.sh
+	bash scripts/bench-cloud.sh
 
 clean:
 	rm -f bake

@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian tools bake drives (build and verify) if they are missing.
 # Idempotent: does nothing when everything is present. Run as root.
+#
+#   --bench   also what `make bench` compares bake with: virt-customize from
+#             libguestfs-tools (large: ~110 packages with a supermin
+#             appliance, so not for every user).
 set -euo pipefail
+
+bench=no
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=yes ;;
+    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+  esac
+done
 
 pkgs=(
   mmdebstrap          # bootstraps the root tree
@@ -25,6 +37,9 @@ pkgs=(
   arch-test
   bc                  # scripts/bench.sh arithmetic
 )
+if [ "$bench" = yes ]; then
+  pkgs+=(libguestfs-tools)  # virt-customize, for scripts/bench-cloud.sh
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
