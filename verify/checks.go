@@ -1146,6 +1146,10 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 		ev.add("%s:", v.what)
 		ev.cmd(r)
 		out := r.Stdout + r.Stderr
+		if v.what == "with no token" && !r.OK() && g.ProbeNoCredentials != "" && strings.Contains(out, g.ProbeNoCredentials) {
+			ev.add("(the client itself will not connect without credentials; the wrong token above is refused by the gateway)")
+			continue
+		}
 		if r.OK() || (strings.Contains(r.Stdout, g.ProbeOK) && !strings.Contains(out, g.ProbeRefused)) {
 			problems = append(problems, "a client "+v.what+" is accepted")
 		} else if !strings.Contains(out, g.ProbeRefused) {

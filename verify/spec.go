@@ -64,6 +64,12 @@ type GatewaySpec struct {
 	Probe        []string
 	ProbeOK      string
 	ProbeRefused string
+	// ProbeNoCredentials is what the probe's client prints when it will
+	// not even connect without credentials (OpenClaw's CLI: "gateway url
+	// override requires explicit credentials"). The no-token case then
+	// shows the client's refusal; the wrong-token case is what proves the
+	// server checks the token.
+	ProbeNoCredentials string
 }
 
 // DefaultSpec is the OpenClaw appliance as bake's default recipe makes it.
@@ -89,6 +95,8 @@ func defaultGateway(container string, port int) *GatewaySpec {
 		Probe:        []string{"docker", "exec", "{container}", "openclaw", "gateway", "health", "--url", "ws://127.0.0.1:{port}", "--token", "{token}"},
 		ProbeOK:      "OK",
 		ProbeRefused: "unauthorized",
+		// OpenClaw 2026.9's CLI with --url and no token.
+		ProbeNoCredentials: "requires explicit credentials",
 	}
 }
 
