@@ -39,6 +39,12 @@ type SSHOptions struct {
 	// CloudInitDatasources limit cloud-init to the clouds the image is
 	// meant for (ds-identify disables cloud-init when none is found).
 	CloudInitDatasources []string
+	// CloudInitNetwork leaves the network to cloud-init: an image made
+	// from a cloud image keeps its own network stack (ifupdown, netplan),
+	// which cloud-init configures. Otherwise (a tree bootstrapped from
+	// packages, networked by bake's systemd-networkd files) cloud-init's
+	// network configuration is disabled.
+	CloudInitNetwork bool
 }
 
 // DefaultDatasources: NoCloud (local seeds), OpenStack and its ConfigDrive,
@@ -107,7 +113,11 @@ func CloudInitConfig(o SSHOptions) string {
 	// Only the key types sshd uses (cloud-init 22.4 also makes DSA).
 	b.WriteString("ssh_genkeytypes: [ed25519, ecdsa, rsa]\n")
 	b.WriteString("datasource_list: [" + strings.Join(ds, ", ") + "]\n")
-	b.WriteString("network:\n  config: disabled\n")
+	if o.CloudInitNetwork {
+		b.WriteString("# network: cloud-init configures the base cloud image's own network stack.\n")
+	} else {
+		b.WriteString("network:\n  config: disabled\n")
+	}
 	// The image has no generated locales; cloud-init's default
 	// (en_US.UTF-8) would fail its locale module and mark the boot failed.
 	b.WriteString("locale: C.UTF-8\n")

@@ -121,7 +121,7 @@ func (p *Plan) addApplianceStages(add addStage) {
 
 func (p *Plan) sshOptions() appliance.SSHOptions {
 	r := p.Recipe
-	o := appliance.SSHOptions{CloudInit: r.Firstboot.HasSeed("cloud-init")}
+	o := appliance.SSHOptions{CloudInit: r.Firstboot.HasSeed("cloud-init"), CloudInitNetwork: r.Base.Image != nil}
 	if r.SSH.Port != nil {
 		o.Port = *r.SSH.Port
 	}
@@ -156,14 +156,7 @@ func (p *Plan) sshInputs() []string {
 
 func (p *Plan) stageSSH(ctx context.Context, s *State) error {
 	o := p.sshOptions()
-	files := appliance.SSHFiles(o)
-	if p.Recipe.Base.Image != nil {
-		var err error
-		if files, err = keepCloudInitNetwork(files); err != nil {
-			return err
-		}
-	}
-	if err := writeFiles(s.Tree, files); err != nil {
+	if err := writeFiles(s.Tree, appliance.SSHFiles(o)); err != nil {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
@@ -180,34 +173,6 @@ func (p *Plan) stageSSH(ctx context.Context, s *State) error {
 		fmt.Fprintf(s.Log, "effective sshd configuration checked:\n%s\n", out)
 		return nil
 	})
-}
-
-// cloudInitNetworkOff is the stanza of appliance.CloudInitConfig that
-// leaves networking to the networkd configuration the system stage writes
-// into a tree bootstrapped from packages.
-const cloudInitNetworkOff = "network:\n  config: disabled\n"
-
-// keepCloudInitNetwork drops that stanza from the cloud-init drop-in for a
-// cloud-image base. There the system stage does not run: the image keeps
-// its own network stack (ifupdown on Debian's images, netplan on Ubuntu's),
-// which cloud-init configures from the cloud's metadata, or by DHCP on the
-// first NIC when there is none. With the stanza, the appliance built on
-// Debian 12 genericcloud booted with its NIC down (no SSH, no checks).
-func keepCloudInitNetwork(files []appliance.File) ([]appliance.File, error) {
-	out := slices.Clone(files)
-	for i, f := range out {
-		if f.Path != appliance.CloudInitSSH {
-			continue
-		}
-		c := string(f.Content)
-		if strings.Count(c, cloudInitNetworkOff) != 1 {
-			return nil, fmt.Errorf("ssh: %s does not hold %q once: cannot leave the cloud image's network to cloud-init", f.Path, cloudInitNetworkOff)
-		}
-		f.Content = []byte(strings.Replace(c, cloudInitNetworkOff,
-			"# network: cloud-init configures the base cloud image's own network stack.\n", 1))
-		out[i] = f
-	}
-	return out, nil
 }
 
 // --- firewall ---

@@ -13,61 +13,18 @@ import (
 
 // On a cloud-image base the appliance leaves the image's network to
 // cloud-init: the system stage (networkd on every NIC) does not run there,
-// so "network: config: disabled" would leave the NIC down. Everything else
-// of the cloud-init drop-in stays.
-func TestKeepCloudInitNetwork(t *testing.T) {
-	files := appliance.SSHFiles(appliance.SSHOptions{CloudInit: true, AdminUser: "admin"})
-	var before string
-	for _, f := range files {
-		if f.Path == appliance.CloudInitSSH {
-			before = string(f.Content)
-		}
+// so "network: config: disabled" would leave the NIC down.
+func TestCloudInitNetwork(t *testing.T) {
+	const off = "network:\n  config: disabled\n"
+	if c := appliance.CloudInitConfig(appliance.SSHOptions{CloudInit: true, AdminUser: "admin"}); !strings.Contains(c, off) {
+		t.Errorf("packages-built: cloud-init's network is not disabled:\n%s", c)
 	}
-	if !strings.Contains(before, cloudInitNetworkOff) {
-		t.Fatalf("the appliance's cloud-init drop-in no longer has %q:\n%s", cloudInitNetworkOff, before)
+	on := appliance.CloudInitConfig(appliance.SSHOptions{CloudInit: true, AdminUser: "admin", CloudInitNetwork: true})
+	if strings.Contains(on, "network:") && strings.Contains(on, "config: disabled") {
+		t.Errorf("cloud image: cloud-init's network disabled:\n%s", on)
 	}
-	out, err := keepCloudInitNetwork(files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(out) != len(files) {
-		t.Fatalf("%d files, want %d", len(out), len(files))
-	}
-	for i, f := range out {
-		if f.Path != appliance.CloudInitSSH {
-			if string(f.Content) != string(files[i].Content) {
-				t.Errorf("%s changed", f.Path)
-			}
-			continue
-		}
-		c := string(f.Content)
-		if strings.Contains(c, "config: disabled") || strings.Contains(c, "\nnetwork:") {
-			t.Errorf("network configuration still disabled:\n%s", c)
-		}
-		if c != strings.Replace(before, cloudInitNetworkOff, "# network: cloud-init configures the base cloud image's own network stack.\n", 1) {
-			t.Errorf("more than the network stanza changed:\n%s", c)
-		}
-		for _, want := range []string{"ssh_pwauth: false\n", "disable_root: true\n", "datasource_list: ["} {
-			if !strings.Contains(c, want) {
-				t.Errorf("lacks %q", want)
-			}
-		}
-	}
-	// The input is not modified.
-	for _, f := range files {
-		if f.Path == appliance.CloudInitSSH && string(f.Content) != before {
-			t.Error("keepCloudInitNetwork modified its input")
-		}
-	}
-	// A drop-in without the stanza is an error, not a silent no-op.
-	bad := slices.Clone(files)
-	for i := range bad {
-		if bad[i].Path == appliance.CloudInitSSH {
-			bad[i].Content = []byte("ssh_pwauth: false\n")
-		}
-	}
-	if _, err := keepCloudInitNetwork(bad); err == nil {
-		t.Error("a drop-in without the network stanza was accepted")
+	if !strings.Contains(on, "ssh_pwauth: false") {
+		t.Errorf("cloud image: the rest of the drop-in is gone:\n%s", on)
 	}
 }
 
@@ -92,6 +49,9 @@ func TestCloudImageAppliancePlan(t *testing.T) {
 	const note = "cloud image base: cloud-init keeps configuring the image's own network stack"
 	if ssh := sshInputs(p); !slices.Contains(ssh, note) {
 		t.Errorf("ssh stage inputs %q", ssh)
+	}
+	if !p.sshOptions().CloudInitNetwork {
+		t.Error("cloud image base: sshOptions().CloudInitNetwork is false")
 	}
 	if ssh := sshInputs(compileAppliance(t, "local", "[]")); len(ssh) == 0 || slices.Contains(ssh, note) {
 		t.Errorf("packages-built appliance's ssh stage inputs %q", ssh)
