@@ -308,7 +308,13 @@ func login(t *testing.T, v *vm.VM, port int, signer ssh.Signer, max time.Duratio
 // and token, and logs in as the admin.
 func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 	t.Helper()
-	dir := applianceImage(t)
+	return bootApplianceDisk(t, filepath.Join(applianceImage(t), "openclaw-test.qcow2"), firmware, token, via)
+}
+
+// bootApplianceDisk is bootAppliance for another disk made from the
+// appliance (never modified: the VM writes to a snapshot).
+func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
+	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +359,7 @@ func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 		Firmware:   firmware,
 		NICModel:   nic,
 		NICPCIAddr: slot,
-		Disk:       filepath.Join(dir, "openclaw-test.qcow2"),
+		Disk:       disk,
 		Snapshot:   true,
 		SeedISO:    seedPath,
 		ExtraArgs:  extra,
@@ -481,50 +487,7 @@ func TestApplianceBIOS(t *testing.T) {
 		if out := g.must("sudo iptables -t raw -S"); !strings.Contains(out, "-A PREROUTING -j BAKE-LOCALNET") || !strings.Contains(out, "-A BAKE-LOCALNET -d 127.0.0.0/8 ! -i lo -j DROP") {
 			t.Errorf("loopback guard missing:\n%s", out)
 		}
-		// Behaviour: a port published on every address is reachable on
-		// the guest's loopback and not from a link whose name nobody
-		// knew at build time (a veth into a network namespace stands for
-		// the outside network), over IPv4 and IPv6.
-		img := g.must("sudo docker inspect -f '{{.Image}}' openclaw-gateway")
-		img = strings.TrimSpace(img)
-		script := `set -e
-sudo docker run -d --rm --name probe -p 8080:18789 --user "$(id -u openclaw):$(id -g openclaw)" --security-opt no-new-privileges --cap-drop ALL -v /home/openclaw/.openclaw:/home/node/.openclaw ` + img + ` >/dev/null
-sudo ip netns add outside
-sudo ip link add ext9 type veth peer name ext9p netns outside
-sudo ip addr add 192.0.2.1/24 dev ext9
-sudo ip -6 addr add fd77:1::1/64 dev ext9 nodad
-sudo ip link set ext9 up
-sudo ip -n outside addr add 192.0.2.2/24 dev ext9p
-sudo ip -n outside -6 addr add fd77:1::2/64 dev ext9p nodad
-sudo ip -n outside link set ext9p up
-sudo ip -n outside link set lo up
-for i in $(seq 30); do curl -s -o /dev/null -m 2 http://127.0.0.1:8080/healthz && break; sleep 1; done
-echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8080/healthz; true)"
-echo "outside-v4: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:8080/healthz; true)"
-echo "outside-v6: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:1::1]:8080/healthz' || true)"
-echo "outside-gateway: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:18789/healthz || true)"
-# moby#45610: a neighbour sends to 127.0.0.1:18789 through the guest's MAC.
-mac=$(cat /sys/class/net/ext9/address)
-sudo ip netns exec outside sh -c "ip addr flush dev lo && ip link set lo down && echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet && echo 1 >/proc/sys/net/ipv4/conf/ext9p/route_localnet && ip route add 127.0.0.1/32 dev ext9p src 192.0.2.2 && ip neigh add 127.0.0.1 lladdr $mac dev ext9p nud permanent"
-echo "outside-loopback: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz; true)"
-echo "guard-drops: $(sudo iptables -t raw -L BAKE-LOCALNET -n -v -x | awk '$3 == "DROP" {print $1}')"
-sudo docker stop probe >/dev/null
-sudo ip netns del outside
-`
-		out = g.must(script)
-		t.Logf("isolation probe:\n%s", out)
-		for _, want := range []string{"loopback: 200", "outside-v4: 000", "outside-v6: 000", "outside-gateway: 000", "outside-loopback: 000"} {
-			if !strings.Contains(out, want+"\n") {
-				t.Errorf("isolation: want %q", want)
-			}
-		}
-		if regexp.MustCompile(`guard-drops: 0?\n`).MatchString(out) {
-			t.Error("the loopback guard dropped nothing: the probe to 127.0.0.1 did not reach it")
-		}
-		if out := g.must("sudo iptables -L DOCKER-USER -n -v -x"); !regexp.MustCompile(`\n\s*[1-9]\d*\s+\d+\s+DROP\s+\S+\s+--\s+\*\s+\*`).MatchString(out) {
-			t.Logf("DOCKER-USER counters:\n%s", out)
-			t.Error("DOCKER-USER's final DROP matched no packet: the probe did not go through it")
-		}
+		checkIsolation(t, g)
 	})
 
 	t.Run("docker restart", func(t *testing.T) {
@@ -750,5 +713,54 @@ func TestApplianceFATSeed(t *testing.T) {
 	t.Logf("NIC: %s", strings.TrimSpace(nic))
 	if out := g.must("sudo ufw status"); !strings.Contains(out, "Status: active") {
 		t.Errorf("ufw: %s", out)
+	}
+}
+
+// checkIsolation: a port published on every address is reachable on the
+// guest's loopback and not from a link whose name nobody knew at build time
+// (a veth into a network namespace stands for the outside network), over
+// IPv4 and IPv6; the gateway's port is not reachable either, nor through
+// the guest's MAC to 127.0.0.1 (moby#45610).
+func checkIsolation(t *testing.T, g *guest) {
+	t.Helper()
+	img := g.must("sudo docker inspect -f '{{.Image}}' openclaw-gateway")
+	img = strings.TrimSpace(img)
+	script := `set -e
+sudo docker run -d --rm --name probe -p 8080:18789 --user "$(id -u openclaw):$(id -g openclaw)" --security-opt no-new-privileges --cap-drop ALL -v /home/openclaw/.openclaw:/home/node/.openclaw ` + img + ` >/dev/null
+sudo ip netns add outside
+sudo ip link add ext9 type veth peer name ext9p netns outside
+sudo ip addr add 192.0.2.1/24 dev ext9
+sudo ip -6 addr add fd77:1::1/64 dev ext9 nodad
+sudo ip link set ext9 up
+sudo ip -n outside addr add 192.0.2.2/24 dev ext9p
+sudo ip -n outside -6 addr add fd77:1::2/64 dev ext9p nodad
+sudo ip -n outside link set ext9p up
+sudo ip -n outside link set lo up
+for i in $(seq 30); do curl -s -o /dev/null -m 2 http://127.0.0.1:8080/healthz && break; sleep 1; done
+echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8080/healthz; true)"
+echo "outside-v4: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:8080/healthz; true)"
+echo "outside-v6: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:1::1]:8080/healthz' || true)"
+echo "outside-gateway: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://192.0.2.1:18789/healthz || true)"
+# moby#45610: a neighbour sends to 127.0.0.1:18789 through the guest's MAC.
+mac=$(cat /sys/class/net/ext9/address)
+sudo ip netns exec outside sh -c "ip addr flush dev lo && ip link set lo down && echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet && echo 1 >/proc/sys/net/ipv4/conf/ext9p/route_localnet && ip route add 127.0.0.1/32 dev ext9p src 192.0.2.2 && ip neigh add 127.0.0.1 lladdr $mac dev ext9p nud permanent"
+echo "outside-loopback: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz; true)"
+echo "guard-drops: $(sudo iptables -t raw -L BAKE-LOCALNET -n -v -x | awk '$3 == "DROP" {print $1}')"
+sudo docker stop probe >/dev/null
+sudo ip netns del outside
+`
+	out := g.must(script)
+	t.Logf("isolation probe:\n%s", out)
+	for _, want := range []string{"loopback: 200", "outside-v4: 000", "outside-v6: 000", "outside-gateway: 000", "outside-loopback: 000"} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("isolation: want %q", want)
+		}
+	}
+	if regexp.MustCompile(`guard-drops: 0?\n`).MatchString(out) {
+		t.Error("the loopback guard dropped nothing: the probe to 127.0.0.1 did not reach it")
+	}
+	if out := g.must("sudo iptables -L DOCKER-USER -n -v -x"); !regexp.MustCompile(`\n\s*[1-9]\d*\s+\d+\s+DROP\s+\S+\s+--\s+\*\s+\*`).MatchString(out) {
+		t.Logf("DOCKER-USER counters:\n%s", out)
+		t.Error("DOCKER-USER's final DROP matched no packet: the probe did not go through it")
 	}
 }
