@@ -5,7 +5,6 @@ package vmtest
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,19 +34,10 @@ kernel:
   cmdline: net.ifnames=0
 outputs: [qcow2]
 `, good, fileSum(t, good))
-	recipeFile := filepath.Join(work, "ifnames.yaml")
-	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	out := filepath.Join(work, "out")
-	t0 := time.Now()
-	log, code := runBake(t, ctx, "build", recipeFile, "-o", out)
-	if code != 0 {
-		t.Fatalf("bake build (%d):\n%s", code, log)
-	}
-	t.Logf("bake build from the appliance with net.ifnames=0: %s", since(t0))
+	out, log, took := bakeRecipeText(t, ctx, work, "ifnames", rec)
+	t.Logf("bake build from the appliance with net.ifnames=0: %s", took)
 	if !strings.Contains(log, "net.ifnames=0") {
 		t.Errorf("the build does not say it added net.ifnames=0 to the kernel command line:\n%s", log)
 	}

@@ -92,15 +92,7 @@ func TestCloudApplianceVerify(t *testing.T) {
 	}
 	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
 		"--user-data", ud, "--firmware", "uefi", "--instances", "1", "--strict", "--timeout", "40m")...)...)
-	t.Logf("output:\n%s", run.out)
-	if run.code != 0 {
-		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
-	}
-	for _, x := range run.report.Results {
-		if x.Status != "pass" {
-			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
-		}
-	}
+	requireAllPass(t, run)
 	rec, err := recipe.Load(rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
 	if err != nil {
 		t.Fatal(err)

@@ -136,3 +136,21 @@ func newMounts(before, after map[string]bool) []string {
 }
 
 func since(t0 time.Time) string { return time.Since(t0).Round(100 * time.Millisecond).String() }
+
+// bakeRecipeText writes recipe text into dir as name.yaml, bakes it into
+// dir/out and fails the test when the build fails. It returns the output
+// dir, the build's output and how long it took.
+func bakeRecipeText(t *testing.T, ctx context.Context, dir, name, text string) (out, log, took string) {
+	t.Helper()
+	recipeFile := filepath.Join(dir, name+".yaml")
+	if err := os.WriteFile(recipeFile, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = filepath.Join(dir, "out")
+	t0 := time.Now()
+	log, code := runBake(t, ctx, "build", recipeFile, "-o", out)
+	if code != 0 {
+		t.Fatalf("bake build of %s failed (%d):\n%s", recipeFile, code, log)
+	}
+	return out, log, since(t0)
+}

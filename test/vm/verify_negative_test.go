@@ -75,19 +75,9 @@ func TestVerifyNegative(t *testing.T) {
 
 	work := t.TempDir()
 	token := fakeTailscaleKey(t)
-	recipeFile := filepath.Join(work, "broken.yaml")
-	if err := os.WriteFile(recipeFile, []byte(brokenRecipe(good, fileSum(t, good), spec, imageID, token)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	out := filepath.Join(work, "out")
-	tb := time.Now()
-	log, code := runBake(t, ctx, "build", recipeFile, "-o", out)
-	buildTime := since(tb)
-	if code != 0 {
-		t.Fatalf("bake build of the broken image failed (%d):\n%s", code, log)
-	}
+	out, _, buildTime := bakeRecipeText(t, ctx, work, "broken", brokenRecipe(good, fileSum(t, good), spec, imageID, token))
 	t.Logf("bake build of the broken image: %s", buildTime)
 	img := filepath.Join(out, "openclaw-broken.raw")
 

@@ -115,6 +115,21 @@ func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ..
 	}
 }
 
+// requireAllPass logs the run's output and fails the test unless it exited
+// 0 with every check passing.
+func requireAllPass(t *testing.T, run verifyRun) {
+	t.Helper()
+	t.Logf("output:\n%s", run.out)
+	if run.code != 0 {
+		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
+	}
+	for _, x := range run.report.Results {
+		if x.Status != "pass" {
+			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
+		}
+	}
+}
+
 func runVerify(t *testing.T, ctx context.Context, args ...string) verifyRun {
 	t.Helper()
 	t0 := time.Now()
@@ -422,15 +437,7 @@ func TestVerifyAppliance(t *testing.T) {
 	fws := map[string][]string{"bios": {"bios"}, "uefi": {"uefi"}, "both": {"bios", "uefi"}}[firmware]
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
 		"--firmware", firmware, "--instances", "2", "--strict", "--timeout", "80m")
-	t.Logf("output:\n%s", run.out)
-	if run.code != 0 {
-		t.Errorf("exit status %d, want 0: %s", run.code, run.report.Verdict)
-	}
-	for _, x := range run.report.Results {
-		if x.Status != "pass" {
-			t.Errorf("%s/%s: %s\n%s", x.Firmware, x.ID, x.Status, x.Evidence)
-		}
-	}
+	requireAllPass(t, run)
 	// Every check of the plan ran, and the image scan.
 	for _, fw := range fws {
 		for _, id := range plan {
