@@ -143,7 +143,6 @@ type checker struct {
 	token string // the gateway's token as read from openclaw.json
 
 	gwWaited bool     // waitGateway ran
-	gwReady  bool     // the gateway answered on its port
 	gwNote   evidence // how long it took, or the container's state and logs
 }
 
@@ -822,7 +821,6 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 		}
 		last = r
 		if strings.Contains(r.Stdout, "ANSWERS") {
-			c.gwReady = true
 			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after power-on (waited %s here; %s)",
 				g.Port, time.Since(c.in.poweredOn).Round(time.Second), time.Since(t0).Round(time.Second),
 				strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
