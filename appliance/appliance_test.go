@@ -494,11 +494,8 @@ func TestContainerFiles(t *testing.T) {
 		if f.Path == ContainerEnvFile("openclaw-gateway") && f.Mode != 0o600 {
 			t.Errorf("env file mode %v", f.Mode)
 		}
-		if f.Path == ImagesDir && f.Mode.Perm() != 0o700 {
-			t.Errorf("images dir mode %v", f.Mode)
-		}
 	}
-	for _, want := range []string{ContainerImageScript, UnitDir + "/bake-container-openclaw-gateway.service", ContainersRecord, ImagesDir} {
+	for _, want := range []string{ContainerImageScript, UnitDir + "/bake-container-openclaw-gateway.service", ContainersRecord} {
 		if !slices.Contains(paths, want) {
 			t.Errorf("no %s in %v", want, paths)
 		}

@@ -17,10 +17,6 @@ const (
 // ContainerUnitName is the systemd unit that runs container name.
 func ContainerUnitName(name string) string { return "bake-container-" + name + ".service" }
 
-// ImageArchive is where the image of container name is stored in the disk,
-// as a `docker save` tarball that `docker load` reads at boot.
-func ImageArchive(name string) string { return ImagesDir + "/" + name + ".tar" }
-
 // ContainerEnvFile holds the container's environment (docker --env-file).
 func ContainerEnvFile(name string) string { return containerEnvDir + "/" + name + ".env" }
 
@@ -28,8 +24,9 @@ func ContainerEnvFile(name string) string { return containerEnvDir + "/" + name 
 type ContainerSpec struct {
 	Name string
 	Ref  string // as the recipe wrote it
-	// ImageID is the image's config digest (sha256:...), which `docker
-	// load` keeps as the image ID: the unit runs exactly this image.
+	// ImageID is the image's config digest (sha256:...), which Docker
+	// keeps as the image ID: the unit runs exactly this image, which the
+	// build preloaded into Docker's store in the disk.
 	ImageID string
 	// Digest is the manifest digest the reference resolved to (recorded).
 	Digest   string
@@ -97,8 +94,9 @@ func (c ContainerSpec) Unit() string {
 	fmt.Fprintf(&b, "After=%s\n", strings.Join(after, " "))
 	b.WriteString("StartLimitIntervalSec=0\n")
 	b.WriteString("\n[Service]\nType=exec\n")
-	// docker load of a large image under software emulation takes minutes.
-	b.WriteString("TimeoutStartSec=30min\n")
+	// Pulling an image is never needed (it is in Docker's store), but
+	// dockerd's first start under software emulation is slow.
+	b.WriteString("TimeoutStartSec=10min\n")
 	fmt.Fprintf(&b, "ExecStartPre=%s %s %s\n", ContainerImageScript, c.Name, c.ImageID)
 	// A container left by an unclean stop would hold the name.
 	fmt.Fprintf(&b, "ExecStartPre=-/usr/bin/docker rm --force %s\n", c.Name)
@@ -120,24 +118,20 @@ func (c ContainerSpec) Unit() string {
 	return b.String()
 }
 
-// containerImageScript loads a container's image from the disk when Docker
-// does not have it (first boot, or /var/lib/docker wiped), and checks that
-// the archive really held the pinned image ID. Nothing is ever pulled.
+// containerImageScript checks, before the container starts, that Docker
+// has the pinned image ID. The build preloaded it into Docker's store in the
+// disk; nothing is ever pulled, so a missing image (/var/lib/docker wiped
+// or replaced) is an error that says so instead of a silent pull.
 const containerImageScript = `#!/bin/sh
 # bake: make sure Docker has the pinned image of a container.
 # usage: container-image NAME IMAGE_ID
 set -eu
 name=$1 id=$2
-archive=` + ImagesDir + `/$name.tar
 if docker image inspect --format '{{.Id}}' "$id" >/dev/null 2>&1; then
 	exit 0
 fi
-echo "bake: loading $id for $name from $archive"
-docker load --quiet --input "$archive"
-if ! docker image inspect --format '{{.Id}}' "$id" >/dev/null 2>&1; then
-	echo "bake: $archive does not hold image $id" >&2
-	exit 1
-fi
+echo "bake: Docker's store has no image $id for container $name; it was preloaded into /var/lib/docker when the image was built, and bake never pulls: rebuild the disk image" >&2
+exit 1
 `
 
 // ContainerRecord is what the image records about each container
@@ -160,10 +154,10 @@ func (c ContainerSpec) Record() ContainerRecord {
 		Unit: ContainerUnitName(c.Name), User: fmt.Sprintf("%d:%d", c.UID, c.GID)}
 }
 
-// ContainerFiles are the files of the containers stage (the image
-// archives are written separately: they are streamed, not rendered).
+// ContainerFiles are the files of the containers stage (the images are
+// preloaded into Docker's store separately).
 func ContainerFiles(specs []ContainerSpec) []File {
-	fs := []File{file(ContainerImageScript, containerImageScript, execMode), Dir(ImagesDir, 0o700, "")}
+	fs := []File{file(ContainerImageScript, containerImageScript, execMode)}
 	var recs []ContainerRecord
 	for _, c := range specs {
 		fs = append(fs, file(UnitDir+"/"+ContainerUnitName(c.Name), c.Unit(), unitMode))

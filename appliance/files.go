@@ -28,14 +28,13 @@ const (
 	EtcDir    = "/etc/bake"                 // configuration read at boot
 	UnitDir   = "/etc/systemd/system"       // units
 	StateDir  = "/var/lib/bake"             // per-instance state
-	ImagesDir = "/var/lib/bake/images"      // container images (docker-archive tarballs)
 	SecretDir = "/var/lib/bake/secrets"     // secrets waiting to be used once (0700)
 	ShareDir  = "/usr/share/bake"           // records of the build (image digests)
 	LogPrefix = "bake"                      // syslog identifier prefix
 	rootOwner = ""                          // root:root
 	unitMode  = fs.FileMode(0o644)          // units and configuration
 	execMode  = fs.FileMode(0o755)          // scripts
-	privMode  = fs.FileMode(0o600)          // secrets and docker archives
+	privMode  = fs.FileMode(0o600)          // secrets
 	dirMarker = fs.ModeDir | fs.FileMode(0) // File.Mode of a directory entry
 )
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
@@ -347,10 +348,11 @@ func (p *Plan) containerInputs() []string {
 	var in []string
 	for _, c := range p.Recipe.Containers {
 		spec := p.containerSpec(c)
-		src := c.Image + " (resolved and pinned by digest at build, stored as a docker archive in " + appliance.ImageArchive(c.Name) + ")"
+		src := c.Image + " (resolved and pinned by digest at build)"
 		if c.Image == "" {
 			src = "built by bake (build:)"
 		}
+		src += ", " + dockerStoreNote
 		in = append(in, fmt.Sprintf("%s: %s", c.Name, src))
 		in = append(in, fmt.Sprintf("%s: %s: docker run --user %s --security-opt no-new-privileges --cap-drop ALL, publish %s, volumes %s, restart %s",
 			c.Name, appliance.ContainerUnitName(c.Name), c.User, list(spec.Publish), list(spec.Volumes), orDefault(c.Restart, recipe.DefaultRestart)))
@@ -400,6 +402,7 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 		return err
 	}
 	defer os.RemoveAll(imgDir)
+	var archives, ids []string
 	for _, c := range p.Recipe.Containers {
 		spec := p.containerSpec(c)
 		var err error
@@ -421,11 +424,15 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 		if err := oci.WriteDockerArchive(img, "bake/"+c.Name+":pinned", tmp); err != nil {
 			return fmt.Errorf("container %s: %w", c.Name, err)
 		}
-		if err := copyIntoTree(s.Tree, tmp, appliance.ImageArchive(c.Name)); err != nil {
-			return fmt.Errorf("container %s: %w", c.Name, err)
-		}
-		os.Remove(tmp)
+		archives, ids = append(archives, tmp), append(ids, spec.ImageID)
 		specs = append(specs, spec)
+	}
+	if len(archives) > 0 {
+		t0 := time.Now()
+		if err := preloadDockerImages(ctx, s, imgDir, archives, ids); err != nil {
+			return err
+		}
+		fmt.Fprintf(s.Opts.Stdout, "      loaded into Docker's store in %s\n", time.Since(t0).Round(100*time.Millisecond))
 	}
 	if err := writeFiles(s.Tree, appliance.ContainerFiles(specs)); err != nil {
 		return err
