@@ -37,6 +37,12 @@ pkgs=(
   arch-test
   bc                  # scripts/bench.sh arithmetic
 )
+# npm installs the gateway image's app (the default recipe's build: block).
+# A Node.js that brings its own npm (NodeSource's nodejs) counts: Debian's
+# npm package would conflict with it.
+if ! command -v npm >/dev/null 2>&1; then
+  pkgs+=(npm)
+fi
 if [ "$bench" = yes ]; then
   pkgs+=(libguestfs-tools)  # virt-customize, for scripts/bench-cloud.sh
 fi

@@ -142,6 +142,14 @@ func recipesInStep(t *testing.T, baseImage, baseSHA string) {
 	if p.Base.Debian == nil || c.Base.Image == nil {
 		t.Fatal("bases: want debian in " + applianceRecipe + " and image in " + cloudApplianceRecipe)
 	}
+	// The one deliberate difference: the firewall backend, so that make
+	// test boots and verifies the iptables-persistent backend too (here)
+	// and ufw (the packages-built appliance).
+	if c.Firewall == nil || p.Firewall == nil || c.Firewall.Backend != "iptables-persistent" || p.Firewall.Backend != "ufw" {
+		t.Fatalf("firewall backends: want iptables-persistent in %s and ufw in %s", cloudApplianceRecipe, applianceRecipe)
+	}
+	cfw := *c.Firewall
+	cfw.Backend = p.Firewall.Backend
 	same := map[string][2]any{
 		"apt.packages (base.debian.packages)": {c.Apt.Packages, p.Base.Debian.Packages},
 		"apt.repositories":                    {c.Apt.Repositories, p.Apt.Repositories},
@@ -155,7 +163,7 @@ func recipesInStep(t *testing.T, baseImage, baseSHA string) {
 		"disk":                                {c.Disk, p.Disk},
 		"outputs":                             {c.Outputs, p.Outputs},
 		"ssh":                                 {c.SSH, p.SSH},
-		"firewall":                            {c.Firewall, p.Firewall},
+		"firewall (but its backend)":          {&cfw, p.Firewall},
 		"containers":                          {c.Containers, p.Containers},
 		"gateway":                             {c.Gateway, p.Gateway},
 		"tailscale":                           {c.Tailscale, p.Tailscale},
