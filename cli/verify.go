@@ -19,17 +19,18 @@ import (
 
 func newVerify() *cobra.Command {
 	var (
-		recipePath string
-		sets       []string
-		firmware   string
-		reportDir  string
-		keep       bool
-		instances  int
-		timeout    time.Duration
-		strict     bool
-		userNet    bool
-		memory     int
-		userData   string
+		recipePath     string
+		sets           []string
+		firmware       string
+		reportDir      string
+		keep           bool
+		instances      int
+		timeout        time.Duration
+		gatewayTimeout time.Duration
+		strict         bool
+		userNet        bool
+		memory         int
+		userData       string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -103,18 +104,19 @@ usage, 130 interrupted.`,
 				return usageErr(fmt.Errorf("image %s is not a file", image))
 			}
 			opts := verify.Options{
-				Image:       image,
-				Spec:        verify.DefaultSpec(),
-				Firmwares:   fws,
-				Instances:   instances,
-				ReportDir:   reportDir,
-				Keep:        keep,
-				Timeout:     timeout,
-				Strict:      strict,
-				UserNet:     userNet,
-				MemoryMiB:   memory,
-				Log:         cmd.ErrOrStderr(),
-				BakeVersion: builder.Version,
+				Image:          image,
+				Spec:           verify.DefaultSpec(),
+				Firmwares:      fws,
+				Instances:      instances,
+				ReportDir:      reportDir,
+				Keep:           keep,
+				Timeout:        timeout,
+				GatewayTimeout: gatewayTimeout,
+				Strict:         strict,
+				UserNet:        userNet,
+				MemoryMiB:      memory,
+				Log:            cmd.ErrOrStderr(),
+				BakeVersion:    builder.Version,
 			}
 			if userData != "" {
 				b, err := os.ReadFile(userData)
@@ -170,6 +172,7 @@ usage, 130 interrupted.`,
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")
 	f.IntVar(&instances, "instances", 1, "VMs to boot per firmware from the same image (2 or more checks that instances differ and survive a reboot)")
 	f.DurationVar(&timeout, "timeout", verify.DefaultTimeout, "time limit of the whole verification")
+	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running")
 	f.BoolVar(&strict, "strict", false, "count a skipped check as a failure (exit 1)")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")

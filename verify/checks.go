@@ -791,10 +791,11 @@ type procStatus struct {
 	NoNewPrivs, CapEff string
 }
 
-// GatewayStartTimeout bounds the wait for the gateway to answer on its
-// port after the system is running. Under software emulation the appliance
-// loads the gateway image into Docker at first boot (minutes for the real
-// gateway) and Node starts slowly; on KVM it is seconds.
+// GatewayStartTimeout is the default bound (--gateway-timeout) of the wait
+// for the gateway to answer on its port after the system is running. The
+// image is in Docker's store from the build, but under software emulation
+// Node starts the real gateway in minutes (and OpenClaw restarts it when a
+// start misses one of its fixed deadlines); on KVM it is seconds.
 const GatewayStartTimeout = 8 * time.Minute
 
 // waitGateway waits, once per instance, until something answers on
@@ -809,7 +810,11 @@ func (c *checker) waitGateway(ctx context.Context) {
 	c.gwWaited = true
 	g := c.spec.Gateway
 	t0 := time.Now()
-	deadline := t0.Add(GatewayStartTimeout)
+	limit := c.r.o.GatewayTimeout
+	if limit <= 0 {
+		limit = GatewayStartTimeout
+	}
+	deadline := t0.Add(limit)
 	probe := fmt.Sprintf(`docker inspect -f 'status={{.State.Status}} restarts={{.RestartCount}} health={{if .State.Health}}{{.State.Health.Status}}{{end}}' %s 2>&1
 timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, shellQuote(g.Container), g.Port)
 	var last cmdResult
@@ -835,7 +840,7 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 	if ctx.Err() != nil {
 		return
 	}
-	c.gwNote.add("nothing answered on 127.0.0.1:%d within %s of the system running; last state:", g.Port, GatewayStartTimeout)
+	c.gwNote.add("nothing answered on 127.0.0.1:%d within %s of the system running (--gateway-timeout); last state:", g.Port, limit)
 	c.gwNote.cmd(last)
 	unit := "bake-container-" + g.Container + ".service"
 	if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 0 "+shellQuote(unit)+" 2>&1 | head -12; journalctl -b --no-pager -n 30 -u "+shellQuote(unit)+" 2>&1; docker logs --tail 30 "+shellQuote(g.Container)+" 2>&1"); err == nil {

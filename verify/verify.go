@@ -52,6 +52,9 @@ type Options struct {
 	// serial logs) and says where it is.
 	Keep    bool
 	Timeout time.Duration // the whole run
+	// GatewayTimeout bounds the wait for the gateway to answer after the
+	// system is running; GatewayStartTimeout when 0.
+	GatewayTimeout time.Duration
 	// Strict makes a skipped check a failure (the project's own tests).
 	Strict    bool
 	MemoryMiB int

@@ -20,7 +20,7 @@ import (
 	"github.com/bakeimg/bake/vm"
 )
 
-// TestApplianceHold boots the appliance and keeps it up for manual
+// TestApplianceHold boots the appliance (or BAKE_VMTEST_HOLD_DISK) and keeps it up for manual
 // inspection when BAKE_VMTEST_HOLD is set (a duration): the SSH port and
 // key are printed. Not part of the suite otherwise.
 func TestApplianceHold(t *testing.T) {
@@ -28,7 +28,13 @@ func TestApplianceHold(t *testing.T) {
 	if err != nil {
 		t.Fatal("set BAKE_VMTEST_HOLD=20m to boot the appliance and keep it up")
 	}
-	g := bootAppliance(t, vm.BIOS, "hold-0123456789abcdef", "nocloud")
+	// BAKE_VMTEST_HOLD_DISK: boot that image (e.g. make image's) instead.
+	var g *guest
+	if disk := os.Getenv("BAKE_VMTEST_HOLD_DISK"); disk != "" {
+		g = bootApplianceDisk(t, disk, vm.BIOS, "hold-0123456789abcdef", "nocloud")
+	} else {
+		g = bootAppliance(t, vm.BIOS, "hold-0123456789abcdef", "nocloud")
+	}
 	key := filepath.Join(os.TempDir(), "bake-vmtest-hold.key")
 	block, _ := ssh.MarshalPrivateKey(g.priv, "")
 	os.WriteFile(key, pem.EncodeToMemory(block), 0o600)
