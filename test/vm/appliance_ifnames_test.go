@@ -20,6 +20,7 @@ import (
 // itself (cloud-image base, kernel.cmdline added: grub.cfg rewritten), so
 // the appliance is not baked twice.
 func TestApplianceNetIfnames0(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	dir := applianceImage(t)
 	good := filepath.Join(dir, "openclaw-test.qcow2")
 	work := t.TempDir()

@@ -630,6 +630,7 @@ func contains(list []string, s string) bool {
 // credentials in SMBIOS type 11 strings (what a hypervisor passes without
 // any disk).
 func TestApplianceCredentialsUEFI(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	token := "smbios-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
 	g := bootAppliance(t, vm.UEFI, token, "smbios")
 	log := g.must("sudo journalctl -b -u bake-firstboot --no-pager")
@@ -694,6 +695,7 @@ func writeFATSeed(path string, files map[string][]byte) error {
 // (the admin's key only in user-data's ssh_authorized_keys) and an e1000
 // NIC in another PCI slot, so the NIC has another name.
 func TestApplianceFATSeed(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	requireTools(t, "mkfs.vfat", "mcopy")
 	token := "fat-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
 	g := bootAppliance(t, vm.BIOS, token, "fat")

@@ -161,6 +161,7 @@ func TestBootBIOSVirtioAnySlot(t *testing.T) {
 // TestBootUEFIE1000Grown: OVMF, an e1000 NIC, and a disk enlarged by 2 GiB
 // with `qemu-img resize`: the root filesystem must fill it at first boot.
 func TestBootUEFIE1000Grown(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	dir := bootImage(t)
 	grown := filepath.Join(t.TempDir(), "grown.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", "-b", filepath.Join(dir, "boottest.qcow2"), "-F", "qcow2", grown).CombinedOutput(); err != nil {

@@ -38,6 +38,7 @@ runcmd:
 // packages-built appliance under SeaBIOS), make test verifies both
 // firmwares.
 func TestCloudApplianceVerify(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
 	var fx cloudFixture
 	for _, f := range cloudFixtures(t) {

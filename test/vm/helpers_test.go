@@ -3,6 +3,18 @@
 // Package vmtest is bake's end-to-end tier: it builds images with the real
 // bake binary (mmdebstrap, mkfs, grub-mkimage) and boots them in QEMU under
 // SeaBIOS and OVMF. Run with `go test -tags vm ./test/vm/` as root.
+//
+// Two phases, to keep `make test` inside CI's time on a 2-core machine
+// where each VM runs in software emulation:
+//   - first, one at a time: the tests that compare the host's mounts, loop
+//     devices or network namespaces before and after (a build interrupted,
+//     a verify killed, the boot image's build), the default recipe (the
+//     real gateway's first start is the most load-sensitive thing here),
+//     and TestApplianceBIOS, which bakes the appliance image the others
+//     share;
+//   - then the tests marked t.Parallel, two at a time (`-parallel 2`):
+//     they only boot, bake into their own directories and verify, each
+//     with its own QEMU, ports and namespaces named after its process.
 package vmtest
 
 import (

@@ -192,6 +192,7 @@ func assertVerifyCleanedUp(t *testing.T, out string) {
 // dnsmasq, namespace, tap device or work file behind and the image as it
 // was.
 func TestVerifyPlainImage(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	dir := bootImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	img := filepath.Join(dir, "boottest.qcow2")
@@ -409,6 +410,7 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // each (identity and reboot), with every check the recipe calls for run:
 // --strict makes a skip a failure, as everywhere in this project.
 func TestVerifyAppliance(t *testing.T) {
+	t.Parallel() // see the package doc: runs beside one other test
 	dir := applianceImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	// A copy of its own: the image must not change under verify, and the
