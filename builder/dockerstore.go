@@ -25,8 +25,9 @@ import (
 //
 // The daemon runs chrooted into the tree, in network and mount namespaces
 // of its own (no bridge, no iptables, nothing it does reaches the build
-// host's network; its overlay mounts vanish with it), with a configuration file of its own (the image's daemon.json is
-// for the instance) and its sockets and state under the chroot's tmpfs /run.
+// host's network; its overlay mounts vanish with it), with a configuration
+// file of its own (the image's daemon.json is for the instance) and its
+// sockets and state under the chroot's tmpfs /run.
 // Only image/ and overlay2/ are kept below /var/lib/docker: containerd's
 // state, the network database, and the trust key dockerd makes at start
 // (/etc/docker/key.json, a private key that must not be shared by every
@@ -35,10 +36,9 @@ import (
 // dockerPreloadHost runs on the build host in the preload's own mount and
 // network namespaces (both vanish with it, and with them every mount
 // dockerd made): it makes the tree a mount point, shows dockerd the host's
-// cgroup hierarchy, read-only
-// (Docker refuses to start without its cgroup controllers, but loading
-// images creates no cgroup), then enters the chroot. Arguments: TREE SCRIPT
-// ARGS...
+// cgroup hierarchy read-only (Docker refuses to start without its cgroup
+// controllers, but loading images creates no cgroup), then enters the
+// chroot. Arguments: TREE SCRIPT ARGS...
 const dockerPreloadHost = `set -eu
 tree=$1 script=$2
 shift 2
