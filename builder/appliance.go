@@ -711,20 +711,4 @@ func safeRead(tree, name string) (string, error) {
 	return string(b), err
 }
 
-// copyIntoTree streams a host file into the tree (root-owned, 0600),
-// resolving the path inside the tree.
-func copyIntoTree(tree, src, dst string) error {
-	f, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r, err := openTree(tree)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	return r.WriteFrom(dst, f, 0o600, 0, 0)
-}
-
 func openTree(tree string) (*safepath.Root, error) { return safepath.Open(tree) }

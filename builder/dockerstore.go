@@ -167,7 +167,7 @@ func tidyDockerStore(tree string, hadKey bool) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{"image", "overlay2"} {
+	for k := range dockerStoreKeep {
 		if st, err := os.Lstat(filepath.Join(root, k)); err != nil || !st.IsDir() {
 			return fmt.Errorf("preloading Docker's store: /var/lib/docker/%s is missing after the load", k)
 		}
