@@ -6,8 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"syscall"
+
+	"github.com/bakeimg/bake/internal/execx"
 )
 
 // IsolatedEnv marks a process that already runs in bake's private mount and
@@ -42,27 +43,23 @@ func RunIsolated(args []string) (int, error) {
 		// (MS_REC|MS_PRIVATE on /) when Unshareflags has CLONE_NEWNS, so no
 		// mount propagates back to the host.
 		Unshareflags: syscall.CLONE_NEWNS,
-		Pdeathsig:    syscall.SIGKILL,
+		// Pdeathsig is set by execx.StartPinned.
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	// Pdeathsig fires when the thread that forked the child exits, so keep
-	// this goroutine on its thread until the child is gone.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := cmd.Start(); err != nil {
+	child, err := execx.StartPinned(cmd)
+	if err != nil {
 		return 1, fmt.Errorf("entering a private mount namespace: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	for {
 		select {
 		case s := <-sigs:
 			// A second Ctrl-C is forwarded too; the child decides.
 			_ = cmd.Process.Signal(s)
-		case err := <-done:
+		case <-child.Done():
+			err := child.Wait()
 			if err == nil {
 				return 0, nil
 			}

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -477,15 +476,15 @@ func bootImage(t *testing.T, img string, uefi bool) (string, time.Duration) {
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	// If the test binary dies without running its cleanups (go test
 	// -timeout panics), the kernel kills QEMU too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// (execx.StartPinned sets Pdeathsig and keeps the forking thread.)
 	var qout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qout, &qout
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	child, err := execx.StartPinned(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := child.Done()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
@@ -511,9 +510,8 @@ func bootImage(t *testing.T, img string, uefi bool) (string, time.Duration) {
 	defer tick.Stop()
 	for {
 		select {
-		case err := <-exited:
-			exited <- err // for stop()
-			t.Fatalf("qemu exited before the marker (%v) after %s\nqemu: %s\nserial:\n%s", err, time.Since(start).Round(time.Second), qout.String(), tail())
+		case <-exited:
+			t.Fatalf("qemu exited before the marker (%v) after %s\nqemu: %s\nserial:\n%s", child.Wait(), time.Since(start).Round(time.Second), qout.String(), tail())
 		case <-deadline:
 			t.Fatalf("no %s on the serial console within %s\nserial:\n%s", bootMarker, bootTimeout, tail())
 		case <-tick.C:

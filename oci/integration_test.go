@@ -253,13 +253,13 @@ exec "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--net", "--pid", "--fork", "--kill-child",
 		"sh", "-c", script, "sh", rootDir}, gw...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	child, err := execx.StartPinned(cmd) // Pdeathsig from a thread that stays
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	done := child.Done()
 	var initPid int
 	defer func() {
 		// unshare's --kill-child is not enough: its death signal is
@@ -310,9 +310,8 @@ exec "$@"`
 	var healthz time.Duration
 	for deadline := time.Now().Add(5 * time.Minute); healthz == 0; {
 		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("gateway exited: %v\n%s", err, tail())
+		case <-done:
+			t.Fatalf("gateway exited: %v\n%s", child.Wait(), tail())
 		default:
 		}
 		out, _ := nsenter("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2",

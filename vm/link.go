@@ -51,7 +51,7 @@ type Link struct {
 
 	dir         string // leases, dnsmasq log; removed by Close
 	dnsmasq     *exec.Cmd
-	dnsmasqDone chan struct{}
+	dnsmasqDone <-chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -155,16 +155,12 @@ func (l *Link) startDNSMasq() error {
 	defer out.Close()
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	runtime.LockOSThread()
-	err = cmd.Start()
-	runtime.UnlockOSThread()
+	child, err := execx.StartPinned(cmd) // dies with us, and only then
 	if err != nil {
 		return fmt.Errorf("vm: starting dnsmasq: %w", err)
 	}
 	l.dnsmasq = cmd
-	l.dnsmasqDone = make(chan struct{})
-	go func() { cmd.Wait(); close(l.dnsmasqDone) }()
+	l.dnsmasqDone = child.Done()
 
 	// Ready once it logs its DHCP range; an early exit is an error.
 	deadline := time.Now().Add(10 * time.Second)

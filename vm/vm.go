@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -140,19 +139,15 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Dir = dir
-	// Pdeathsig fires when the *thread* that forked dies, so fork from a
-	// locked thread that goes back to the pool afterwards instead of one a
-	// locked goroutine might be about to take down with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	runtime.LockOSThread()
-	err = cmd.Start()
-	runtime.UnlockOSThread()
+	// QEMU dies with this process (Pdeathsig), and only then: see
+	// execx.StartPinned for why the forking thread must stay put.
+	child, err := execx.StartPinned(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
 	v.cmd = cmd
 	go func() {
-		v.waitErr = cmd.Wait()
+		v.waitErr = child.Wait()
 		close(v.done)
 	}()
 
@@ -403,22 +398,13 @@ func ProbeKVM(ctx context.Context, qemu string) error {
 		"-no-reboot")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	runtime.LockOSThread()
-	err = cmd.Start()
-	runtime.UnlockOSThread()
+	child, err := execx.StartPinned(cmd)
 	if err != nil {
 		return fmt.Errorf("kvm probe: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	defer func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill()
-			<-done
-		}
+		cmd.Process.Kill() // this PID only; a no-op once it has exited
+		child.Wait()
 	}()
 	deadline := time.NewTimer(10 * time.Second)
 	defer deadline.Stop()
@@ -427,9 +413,8 @@ func ProbeKVM(ctx context.Context, qemu string) error {
 			return nil
 		}
 		select {
-		case err := <-done:
-			done <- err // for the deferred wait
-			return fmt.Errorf("kvm probe: qemu -accel kvm exited (%v): %s", err, strings.TrimSpace(lastLines(out.String(), 5)))
+		case <-child.Done():
+			return fmt.Errorf("kvm probe: qemu -accel kvm exited (%v): %s", child.Wait(), strings.TrimSpace(lastLines(out.String(), 5)))
 		case <-deadline.C:
 			return fmt.Errorf("kvm probe: no guest output after 10s with -accel kvm")
 		case <-ctx.Done():

@@ -1,0 +1,70 @@
+package execx
+
+import (
+	"os/exec"
+	"runtime"
+	"syscall"
+)
+
+// StartPinned starts cmd with SIGKILL as its parent-death signal and returns
+// the running child; its Done channel is closed once the child has exited
+// and been reaped.
+//
+// Linux sends the parent-death signal when the *thread* that forked the
+// child exits, not the process. A Go program's threads come and go: a
+// goroutine that locks its thread and returns without unlocking (every
+// network-namespace switch in bake does, so that no other goroutine ever
+// runs in that namespace) takes its thread down with it. If the runtime had
+// earlier forked a child from that very thread and handed the thread back
+// to its pool, the child dies with it: QEMU "killed" in the middle of a
+// verify, for nothing. So the child is forked from a goroutine that locks
+// its thread before the fork and keeps it locked, blocked in Wait, for the
+// child's whole life; no other goroutine can run on that thread, so none can
+// take it down. The thread goes back to the pool only after the child has
+// been reaped. One idle OS thread per running child is the price.
+//
+// cmd.SysProcAttr is kept (or made) and its Pdeathsig set to SIGKILL.
+func StartPinned(cmd *exec.Cmd) (*Child, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	started := make(chan error, 1)
+	c := &Child{Cmd: cmd, done: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			// Nothing was forked, and this thread's state was not
+			// changed: it may go back to the pool.
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		started <- nil
+		c.err = cmd.Wait()
+		// The child is reaped: its parent-death signal no longer matters.
+		runtime.UnlockOSThread()
+		close(c.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Child is a command started by StartPinned.
+type Child struct {
+	Cmd  *exec.Cmd
+	done chan struct{}
+	err  error // cmd.Wait's result, set before done is closed
+}
+
+// Done is closed when the child has exited and been reaped.
+func (c *Child) Done() <-chan struct{} { return c.done }
+
+// Wait blocks until the child has exited and returns cmd.Wait's result.
+// It may be called any number of times, from any goroutine.
+func (c *Child) Wait() error {
+	<-c.done
+	return c.err
+}

@@ -1,0 +1,112 @@
+package execx
+
+import (
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// threadKillers runs n goroutines that each lock their OS thread and return
+// without unlocking, as every network-namespace switch in bake does: the
+// Go runtime then ends each of those threads. Before StartPinned, one of
+// them was often the thread that had forked QEMU, and the kernel sent QEMU
+// its parent-death SIGKILL (issue 11: 19 of 20 trials of a 40-line repro).
+func threadKillers(n int) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // no Unlock: the thread exits with this goroutine
+			time.Sleep(time.Millisecond)
+		}()
+	}
+	wg.Wait()
+}
+
+// procState is the state letter of pid from /proc (Z for a zombie), "" when
+// the process is gone.
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
+}
+
+func TestStartPinnedSurvivesThreadExits(t *testing.T) {
+	// Several children and several rounds, so that the runtime has many
+	// chances to reuse a forking thread for a locked goroutine.
+	const children, rounds = 4, 10
+	var kids []*Child
+	t.Cleanup(func() {
+		// Kill by PID (only our own children) and reap them. A child
+		// that already died was reaped by StartPinned's Wait.
+		for _, k := range kids {
+			k.Cmd.Process.Kill()
+		}
+		for _, k := range kids {
+			select {
+			case <-k.Done():
+			case <-time.After(10 * time.Second):
+			}
+		}
+	})
+	for i := 0; i < children; i++ {
+		cmd := exec.Command("sleep", "300")
+		k, err := StartPinned(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kids = append(kids, k)
+		// Let the runtime juggle threads between the forks.
+		threadKillers(20)
+	}
+	for r := 0; r < rounds; r++ {
+		threadKillers(50)
+		runtime.Gosched()
+	}
+	time.Sleep(200 * time.Millisecond) // a SIGKILL, if sent, has landed
+	for i, k := range kids {
+		select {
+		case <-k.Done():
+			t.Fatalf("child %d (pid %d) died while other goroutines' threads exited: %v", i, k.Cmd.Process.Pid, k.Wait())
+		default:
+		}
+		if st := procState(k.Cmd.Process.Pid); st == "" || st == "Z" {
+			t.Fatalf("child %d (pid %d) is gone or a zombie (state %q)", i, k.Cmd.Process.Pid, st)
+		}
+	}
+}
+
+func TestStartPinnedParentDeathSignalSet(t *testing.T) {
+	cmd := exec.Command("true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	k, err := StartPinned(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !cmd.SysProcAttr.Setpgid || cmd.SysProcAttr.Pdeathsig != syscall.SIGKILL {
+		t.Fatalf("SysProcAttr = %+v, want Setpgid kept and Pdeathsig SIGKILL", cmd.SysProcAttr)
+	}
+}
+
+func TestStartPinnedStartError(t *testing.T) {
+	if _, err := StartPinned(exec.Command("/nonexistent/bake-no-such-binary")); err == nil {
+		t.Fatal("want an error for a missing binary")
+	}
+}
