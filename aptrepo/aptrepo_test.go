@@ -2,8 +2,8 @@ package aptrepo
 
 import (
 	"context"
+	"github.com/bakeimg/bake/internal/testenv"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,11 +14,7 @@ import (
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian packages gpg, apt, apt-utils, dpkg): %v", tool, err)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 // tinyDeb builds a minimal package with dpkg-deb.

@@ -33,11 +33,11 @@ func cacheRoot(t *testing.T) string {
 // fails apt-get update in the same tree.
 func TestTailscaleFromLocalRepo(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (mmdebstrap --mode=root, chroot)")
+		t.Fatal("the integration tier needs root (mmdebstrap --mode=root, chroot): run `make test` as root")
 	}
 	for _, tool := range []string{"go", "gpg", "gpgconf", "apt-ftparchive", "dpkg-deb", "mmdebstrap", "chroot", "tar"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed: %v", tool, err)
+			t.Fatalf("%s not installed (scripts/install-deps.sh): %v", tool, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
@@ -253,7 +253,7 @@ func bookwormTree(t *testing.T, ctx context.Context, dir string) string {
 func TestTailscaleMirrorScript(t *testing.T) {
 	for _, tool := range []string{"go", "gpg", "apt-get", "apt-ftparchive", "dpkg-deb", "sh"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed: %v", tool, err)
+			t.Fatalf("%s not installed (scripts/install-deps.sh): %v", tool, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testenv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -354,11 +355,7 @@ func TestFetchURLResumesAndCaches(t *testing.T) {
 // needTool skips when an external tool is missing (unit tests run anywhere).
 func needTool(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed", tool)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 func TestToRawMatchesQemuImg(t *testing.T) {

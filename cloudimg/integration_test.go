@@ -102,11 +102,11 @@ func fixtures(t *testing.T) (fixture, fixture) {
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (loop devices, mounts)")
+		t.Fatal("the integration tier needs root (loop devices, mounts): run `make test` as root")
 	}
 	for _, tool := range []string{"mmdebstrap", "losetup", "mount", "cp", "getcap", "debugfs", "qemu-img", "grub-install", "mcopy", "mkfs.vfat"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed", tool)
+			t.Fatalf("%s not installed: run scripts/install-deps.sh", tool)
 		}
 	}
 }

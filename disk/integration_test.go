@@ -43,17 +43,17 @@ const (
 func requireIntegration(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (chroot, mmdebstrap, file owners in the tree)")
+		t.Fatal("the integration tier needs root (chroot, mmdebstrap, file owners in the tree): run `make test` as root")
 	}
 	for _, tool := range []string{"mmdebstrap", "unshare", "mkfs.ext4", "debugfs", "dumpe2fs", "e2fsck", "chroot", "sgdisk", "blkid",
 		"losetup", "qemu-system-x86_64", "qemu-img", "mdir", "fsck.vfat", "tar"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed", tool)
+			t.Fatalf("%s not installed: run scripts/install-deps.sh", tool)
 		}
 	}
 	for _, f := range []string{ovmfCode, ovmfVars} {
 		if _, err := os.Stat(f); err != nil {
-			t.Skipf("skipped: %s missing (install ovmf)", f)
+			t.Fatalf("%s missing: run scripts/install-deps.sh (ovmf)", f)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +18,7 @@ import (
 
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s not installed", tool)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 type basePart struct {

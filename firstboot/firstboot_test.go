@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"flag"
+	"github.com/bakeimg/bake/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,11 +55,7 @@ func newKey(t *testing.T, comment string) string {
 
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 // run runs shell code with the first-boot script loaded as a library

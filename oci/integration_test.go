@@ -52,11 +52,11 @@ func moduleRoot(t *testing.T) string {
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (mmdebstrap, chroot)")
+		t.Fatal("the integration tier needs root (mmdebstrap, chroot): run `make test` as root")
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
+			t.Fatalf("%s is not installed: run scripts/install-deps.sh", tool)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"github.com/bakeimg/bake/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -20,9 +21,7 @@ import (
 // (static) and runs it as a real process: the server and the probe
 // command line, right and wrong token, SIGTERM.
 func TestTestGatewayProcess(t *testing.T) {
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("needs the go command")
-	}
+	testenv.NeedTools(t, "go")
 	ctx := context.Background()
 	bin := filepath.Join(t.TempDir(), "openclaw")
 	if err := BuildTestGatewayBinary(ctx, execx.Host{}, "..", bin); err != nil {

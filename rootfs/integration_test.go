@@ -39,11 +39,11 @@ import (
 func requireIntegration(t *testing.T, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (mounts, chroot, mmdebstrap --mode=root)")
+		t.Fatal("the integration tier needs root (mounts, chroot, mmdebstrap --mode=root): run `make test` as root")
 	}
 	for _, tool := range append([]string{"mmdebstrap"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s is not installed (scripts/install-deps.sh)", tool)
+			t.Fatalf("%s is not installed: run scripts/install-deps.sh", tool)
 		}
 	}
 }
@@ -251,7 +251,7 @@ func TestTreeStages(t *testing.T) {
 	}
 	lines, err := MapHostSources(codename, "bookworm", nil, srcs)
 	if err != nil {
-		t.Skipf("skipped: %v", err)
+		t.Fatalf("the host's apt sources cannot be mapped to bookworm (the test bootstraps from the host's own Debian mirror): %v", err)
 	}
 	f := strings.Fields(lines[0])
 	mirror := f[len(f)-3]
@@ -774,7 +774,7 @@ func TestChrootRefusesSymlinkedMountPoint(t *testing.T) {
 func growrootTest(t *testing.T, tree, work string) {
 	for _, tool := range []string{"losetup", "partx", "sfdisk", "mkfs.ext4", "resize2fs"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s missing", tool)
+			t.Fatalf("%s missing: run scripts/install-deps.sh", tool)
 		}
 	}
 	img := filepath.Join(work, "disk.img")
@@ -789,7 +789,7 @@ func growrootTest(t *testing.T, tree, work string) {
 	}
 	out, err := exec.Command("losetup", "-f", "--show", img).Output()
 	if err != nil {
-		t.Skipf("skipped: no loop device: %v", err)
+		t.Fatalf("no loop device: %v", err)
 	}
 	loop := strings.TrimSpace(string(out))
 	defer exec.Command("losetup", "-d", loop).Run()

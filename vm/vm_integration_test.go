@@ -27,11 +27,11 @@ const bootTimeout = 4 * time.Minute
 func needRootAndQEMU(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("VM tests need root (tap devices, network namespaces)")
+		t.Fatal("VM tests need root (tap devices, network namespaces): run `make test` as root")
 	}
 	for _, tool := range []string{DefaultQEMU, "qemu-img", "ip", "dnsmasq", "dpkg-deb", "apt-get"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			t.Fatalf("%s not installed: run scripts/install-deps.sh", tool)
 		}
 	}
 }
@@ -220,7 +220,7 @@ func checkSeed(t *testing.T, v *VM, iid string) {
 func TestBootUEFI(t *testing.T) {
 	needRootAndQEMU(t)
 	if _, err := os.Stat(DefaultOVMFCode); err != nil {
-		t.Skipf("ovmf not installed: %v", err)
+		t.Fatalf("ovmf not installed (scripts/install-deps.sh): %v", err)
 	}
 	k := testKernel(t)
 	before := fileSHA(t, DefaultOVMFVars)
@@ -378,7 +378,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 	t.Logf("guest on the link: %s and %s", v4, v6)
 
 	if _, err := exec.LookPath("nmap"); err != nil {
-		t.Skip("nmap not installed: scan part skipped")
+		t.Fatal("nmap not installed: run scripts/install-deps.sh")
 	}
 	for _, args := range [][]string{
 		{"nmap", "-n", "-Pn", "-p", "8080,8081", v4.String()},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bakeimg/bake/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -173,9 +174,7 @@ func TestContextEndStopsVM(t *testing.T) {
 }
 
 func TestSnapshotNeverTouchesDisk(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	testenv.NeedTools(t, "qemu-img")
 	c := fakeConfig(t)
 	c.Snapshot = true
 	before, _ := os.ReadFile(c.Disk)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/bakeimg/bake/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,11 +15,7 @@ import (
 )
 
 func TestMkrepoServe(t *testing.T) {
-	for _, tool := range []string{"gpg", "gpgconf", "apt-get", "apt-ftparchive", "dpkg-deb"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: %v", tool, err)
-		}
-	}
+	testenv.NeedTools(t, "gpg", "gpgconf", "apt-get", "apt-ftparchive", "dpkg-deb")
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "pkg")
 	os.MkdirAll(filepath.Join(root, "DEBIAN"), 0o755)
