@@ -34,9 +34,10 @@ runcmd:
 // Debian-12-genericcloud-shaped fixture (whose cloud-init is live at boot)
 // and runs bake verify on it under OVMF, strict, with user-data that turns
 // password login on: the image must hold (password and root logins
-// refused, every other claim too). With TestVerifyAppliance (the
-// packages-built appliance under SeaBIOS), make test verifies both
-// firmwares.
+// refused, every other claim too). Two instances, so that identity (the
+// instances differ) and a reboot (each keeps its identity) are proven
+// under OVMF too; TestVerifyAppliance (the packages-built appliance under
+// SeaBIOS) proves them under SeaBIOS.
 func TestCloudApplianceVerify(t *testing.T) {
 	t.Parallel() // see the package doc: runs beside one other test
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
@@ -92,13 +93,13 @@ func TestCloudApplianceVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
-		"--user-data", ud, "--firmware", "uefi", "--instances", "1", "--strict", "--timeout", "40m")...)...)
+		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m")...)...)
 	requireAllPass(t, run)
 	rec, err := recipe.Load(rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range verify.Plan(verify.SpecFromRecipe(rec), 1) {
+	for _, id := range verify.Plan(verify.SpecFromRecipe(rec), 2) {
 		if st := run.report.status("uefi", id); st != "pass" {
 			t.Errorf("uefi/%s: %q", id, st)
 		}
