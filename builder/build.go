@@ -94,7 +94,7 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	if len(r.Apt.Repositories) > 0 || len(p.chrootPackages) > 0 {
 		var in []string
 		for _, repo := range r.Apt.Repositories {
-			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, repo.URI, repo.Suite, list(repo.Components), repo.Key))
+			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, q(repo.URI), q(repo.Suite), list(repo.Components), q(repo.Key)))
 		}
 		in = append(in, "packages: "+list(p.chrootPackages))
 		add("packages", in, p.stagePackages)
@@ -139,7 +139,7 @@ func compileImage(p *Plan) (*Plan, error) {
 	}
 	p.chrootPackages = uniqueSorted(append(append([]string{}, r.Apt.Packages...), p.appliancePackages()...))
 	add("base-image", []string{
-		"image: " + src,
+		"image: " + q(src),
 		"digest: " + imageDigest(im) + " (checked before anything else)",
 		"qcow2 or raw -> sparse raw; refuses backing files, encryption, truncation, no Linux root",
 	}, p.stageBaseImage)
@@ -147,7 +147,7 @@ func compileImage(p *Plan) (*Plan, error) {
 	if len(r.Apt.Repositories) > 0 || len(p.chrootPackages) > 0 {
 		var in []string
 		for _, repo := range r.Apt.Repositories {
-			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, repo.URI, repo.Suite, list(repo.Components), repo.Key))
+			in = append(in, fmt.Sprintf("repository %s: %s %s %s (key %s)", repo.Name, q(repo.URI), q(repo.Suite), list(repo.Components), q(repo.Key)))
 		}
 		in = append(in, "packages: "+list(p.chrootPackages))
 		add("packages", in, p.stagePackages)
@@ -193,10 +193,10 @@ func (p *Plan) addCustomizeStages(add addStage) {
 	if len(r.Overlays)+len(r.Files) > 0 {
 		var in []string
 		for _, o := range r.Overlays {
-			in = append(in, fmt.Sprintf("overlay %s -> %s", o.Source, orDefault(o.Target, "/")))
+			in = append(in, fmt.Sprintf("overlay %s -> %s", q(o.Source), q(orDefault(o.Target, "/"))))
 		}
 		for _, f := range r.Files {
-			in = append(in, fmt.Sprintf("file %s mode %s", f.Path, orDefault(f.Mode, "0644")))
+			in = append(in, fmt.Sprintf("file %s mode %s", q(f.Path), q(orDefault(f.Mode, "0644"))))
 		}
 		add("files", in, p.stageFiles)
 	}

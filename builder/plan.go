@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/bakeimg/bake/builder/recipe"
 )
@@ -27,7 +30,7 @@ type Plan struct {
 // Print writes the plan in a stable, human-readable form (golden-tested).
 func (p *Plan) Print(w io.Writer) {
 	r := p.Recipe
-	fmt.Fprintf(w, "recipe %s (%s)\n", r.Name, r.Path)
+	fmt.Fprintf(w, "recipe %s (%s)\n", q(r.Name), q(r.Path))
 	fmt.Fprintf(w, "recipe sha256 %s\n", r.Digest)
 	if len(r.Vars) > 0 {
 		names := make([]string, 0, len(r.Vars))
@@ -36,19 +39,56 @@ func (p *Plan) Print(w io.Writer) {
 		}
 		sort.Strings(names)
 		for _, k := range names {
-			fmt.Fprintf(w, "variable %s=%s\n", k, r.Vars[k])
+			fmt.Fprintf(w, "variable %s=%s\n", q(k), q(r.Vars[k]))
 		}
+	}
+	// Everything the build takes from this machine, so that a reviewer
+	// of a recipe sees what it reads (a context or a source outside the
+	// project would show here).
+	fmt.Fprintln(w, "reads from the build host:")
+	for _, hp := range r.HostPaths() {
+		fmt.Fprintf(w, "        %s: %s\n", hp.What, q(hp.Path))
 	}
 	fmt.Fprintf(w, "%d stages:\n", len(p.Stages))
 	for i, s := range p.Stages {
 		fmt.Fprintf(w, "[%d/%d] %s\n", i+1, len(p.Stages), s.Name)
 		for _, in := range s.Inputs {
-			fmt.Fprintf(w, "        %s\n", in)
+			fmt.Fprintf(w, "        %s\n", line(in))
 		}
 	}
 	for _, n := range p.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
+		fmt.Fprintf(w, "note: %s\n", line(n))
 	}
+}
+
+// q prints a value from the recipe (or the command line) as it is when it
+// is plain, and quoted (Go syntax, escapes visible) when it holds anything
+// else: a newline in a path must not print as another line of the plan.
+func q(s string) string {
+	if plain(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// line is q for a whole printed line that was put together from recipe
+// values: a line that is not plain is printed quoted, on one line. The
+// values that reach it are refused by validation already when they are
+// paths; this keeps any other one from forging a line of the plan.
+func line(s string) string { return q(s) }
+
+// plain: printable, valid UTF-8, no space other than ' ', no quote that a
+// quoted value could be confused with at its start.
+func plain(s string) bool {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) {
+		return false
+	}
+	for _, c := range s {
+		if c != ' ' && !unicode.IsPrint(c) {
+			return false
+		}
+	}
+	return true
 }
 
 func list(xs []string) string {

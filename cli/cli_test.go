@@ -33,6 +33,12 @@ func TestPlanGolden(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("plan exited %d: %s", code, errs)
 			}
+			// The host paths the build reads are absolute: the
+			// checkout's folder is $REPO in the golden file.
+			repo, _ := os.Getwd()
+			repo, _ = filepath.EvalSymlinks(repo)
+			out = strings.ReplaceAll(out, repo+"/", "$REPO/")
+			out = strings.ReplaceAll(out, repo+"\n", "$REPO\n")
 			golden := filepath.Join(wd, "testdata", name+".plan.golden")
 			if *update {
 				os.WriteFile(golden, []byte(out), 0o644)

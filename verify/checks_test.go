@@ -59,7 +59,8 @@ func TestNoTokenArgv(t *testing.T) {
 
 // The claims of the flagship recipe are the appliance's defaults.
 func TestSpecFromFlagshipRecipe(t *testing.T) {
-	r, err := recipe.Load("../recipes/openclaw.yaml", nil)
+	// Its context is the repository, above this package's folder.
+	r, err := recipe.LoadIn("..", "../recipes/openclaw.yaml", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

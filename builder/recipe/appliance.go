@@ -484,6 +484,11 @@ func (v *validator) containersSection() {
 		case hasImage:
 			v.imageRef(p+".image", c.Image)
 		}
+		if lock, ok := c.Build["lockfile"].(string); ok && lock != "" {
+			// Read from the build host at build time: it must be a file
+			// inside the recipe's context.
+			v.local(p+".build.lockfile", lock, false)
+		}
 		v.containerUser(p+".user", c.User)
 		for j, pub := range c.Publish {
 			pp := indexPath(p+".publish", j)
@@ -509,6 +514,9 @@ func (v *validator) containersSection() {
 		targets := map[string]string{}
 		for j, vol := range c.Volumes {
 			vp := indexPath(p+".volumes", j)
+			if !v.plainPath(vp, vol) {
+				continue
+			}
 			vv, err := ParseVolume(vol)
 			if err != nil {
 				v.errorf(vp, "write HOSTPATH:CONTAINERPATH or HOSTPATH:CONTAINERPATH:ro with absolute paths, e.g. /srv/data:/data", "%v", err)

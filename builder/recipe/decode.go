@@ -198,20 +198,25 @@ func (a anchorCollector) Visit(n ast.Node) ast.Visitor {
 }
 
 // decodeRecipe decodes body into r. Variables are decoded first, wherever
-// the block is, because every other string may refer to them.
-func (d *decoder) decodeRecipe(r *Recipe, body ast.Node, sets map[string]string) {
+// the block is, because every other string may refer to them. It returns
+// false, having decoded nothing, for a document over the value budget
+// (MaxNodes), which would cost exponential time to expand.
+func (d *decoder) decodeRecipe(r *Recipe, body ast.Node, sets map[string]string) bool {
 	ast.Walk(anchorCollector{d}, body)
+	if !d.checkBudget(body) {
+		return false
+	}
 	d.record("", "", nil, body)
 
 	root, tag := d.resolve(body, "")
 	if root == nil {
-		return
+		return true
 	}
 	m, ok := root.(*ast.MappingNode)
 	if !ok || tag != "" {
 		d.errAt(body, "", fmt.Sprintf("a recipe is a YAML mapping, found %s", describe(root)),
 			"start with apiVersion: bake/v1, then name:, base: and the other sections")
-		return
+		return true
 	}
 	entries := d.entries(m, "", 0)
 
@@ -224,6 +229,7 @@ func (d *decoder) decodeRecipe(r *Recipe, body ast.Node, sets map[string]string)
 	d.applyVariables(r, sets)
 
 	d.decodeStruct(reflect.ValueOf(r).Elem(), entries, "", func(key string) bool { return key == "variables" })
+	return true
 }
 
 // applyVariables computes r.Vars from the declared defaults and sets.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,19 +78,43 @@ func (ds Diagnostics) err() error {
 // --set NAME=VALUE) overriding variable defaults. Defaults are filled in
 // (see Defaults) only when the recipe is valid. Any problem, including an
 // unreadable file, comes back as Diagnostics.
+//
+// A recipe's context (see Recipe.Context) may reach up to the working
+// directory; LoadIn names another folder for that bound.
 func Load(path string, sets map[string]string) (*Recipe, error) {
-	data, err := os.ReadFile(path)
+	return LoadIn("", path, sets)
+}
+
+// LoadIn is Load with workDir standing for the working directory as the
+// highest folder a recipe's context may name ("" is the working directory).
+// It is for callers that know which folder the person running bake chose,
+// such as a test running in its package folder that loads a recipe of the
+// repository.
+func LoadIn(workDir, path string, sets map[string]string) (*Recipe, error) {
+	data, err := readFile(path)
 	if err != nil {
-		return nil, Diagnostics{{File: path, Msg: fmt.Sprintf("cannot read recipe: %v", err),
-			Hint: "give the path of a bake/v1 YAML file"}}
+		hint := "give the path of a bake/v1 YAML file"
+		if errors.Is(err, errSize) {
+			hint = "a recipe is a few KiB of YAML; keep large content in files beside it (files: source, overlays)"
+		}
+		return nil, Diagnostics{{File: path, Msg: fmt.Sprintf("cannot read recipe: %v", err), Hint: hint}}
 	}
-	return Parse(path, data, filepath.Dir(path), sets)
+	return parse(path, data, filepath.Dir(path), workDir, sets)
 }
 
 // Parse is Load for a recipe already in memory: name is what diagnostics
 // call the file, dir is the folder relative paths resolve against ("" is
 // the working directory).
+// The working directory bounds the recipe's context (see LoadIn).
 func Parse(name string, data []byte, dir string, sets map[string]string) (*Recipe, error) {
+	return parse(name, data, dir, "", sets)
+}
+
+func parse(name string, data []byte, dir, workDir string, sets map[string]string) (*Recipe, error) {
+	if len(data) > MaxSize {
+		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot read recipe: %v", errTooLarge(int64(len(data)))),
+			Hint: "a recipe is a few KiB of YAML; keep large content in files beside it (files: source, overlays)"}}
+	}
 	sum := sha256.Sum256(data)
 	r := &Recipe{Path: name, Digest: hex.EncodeToString(sum[:])}
 	abs, err := filepath.Abs(dir)
@@ -97,19 +122,33 @@ func Parse(name string, data []byte, dir string, sets map[string]string) (*Recip
 		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot resolve the recipe folder: %v", err)}}
 	}
 	r.Dir = abs
+	if workDir != "" {
+		if r.workDir, err = filepath.Abs(workDir); err != nil {
+			return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot resolve the working folder: %v", err)}}
+		}
+	} else if r.workDir, err = os.Getwd(); err != nil {
+		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot find the working directory: %v", err),
+			Hint: "run bake from an existing folder"}}
+	}
 
 	src := &source{file: name, lines: strings.Split(string(data), "\n")}
 	r.src = src
+	if diags := checkNesting(name, data); diags != nil {
+		return nil, diags
+	}
 	doc, diags := parseDocument(name, data)
 	if doc != nil {
 		d := newDecoder(src)
-		d.decodeRecipe(r, doc, sets)
+		if !d.decodeRecipe(r, doc, sets) {
+			// Over the value budget: nothing was decoded, and
+			// validating the empty recipe would only add noise.
+			diags = append(diags, d.diags...)
+			return nil, diags.err()
+		}
 		diags = append(diags, d.diags...)
 		if len(d.diags) == 0 {
 			diags = append(diags, crossCheck(name, doc)...)
 		}
-	}
-	if doc != nil {
 		diags = append(diags, r.validate()...)
 	}
 	if err := diags.err(); err != nil {

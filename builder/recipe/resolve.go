@@ -3,7 +3,9 @@ package recipe
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 )
 
 // ErrEscapes is returned (wrapped) by Resolve for a path that leaves the
@@ -59,17 +61,94 @@ func within(dir, path string) bool {
 }
 
 // contextDir is the folder relative paths may not leave: the recipe's
-// folder, or the ancestor of it that `context:` names.
+// folder, or the ancestor of it that `context:` names. The context, resolved
+// through symlinks, must lie inside the recipe's folder or inside the
+// working directory (the folder the person running bake chose: a recipe
+// from a pull request cannot name the build host's / or /root), and is
+// never / or a home directory. A context that does not exist is left to
+// the callers (validation says it is not a folder; Resolve fails).
 func (r *Recipe) contextDir(dir string) (string, error) {
 	if r.Context == "" || r.Context == "." {
+		if real, err := filepath.EvalSymlinks(dir); err == nil && real == "/" {
+			return "", &contextError{"the recipe folder is /: every file of the build host would be in reach",
+				"move the recipe and the files it names into a folder of their own"}
+		}
 		return dir, nil
 	}
+	if c, bad := badChar(r.Context); bad {
+		return "", &contextError{fmt.Sprintf("context %q contains the character %U", r.Context, c),
+			"write a relative folder such as \"..\", without control characters"}
+	}
 	if filepath.IsAbs(r.Context) {
-		return "", fmt.Errorf("context %s is absolute; write it relative to the recipe folder, e.g. \"..\"", r.Context)
+		return "", &contextError{fmt.Sprintf("context %s is absolute; write it relative to the recipe folder, e.g. \"..\"", r.Context),
+			"write context: .. when the recipe sits in a subfolder (recipes/) of the folder holding its overlays"}
 	}
 	root := filepath.Join(dir, r.Context)
 	if !within(root, dir) {
-		return "", fmt.Errorf("context %s must contain the recipe folder (an ancestor such as \"..\")", r.Context)
+		return "", &contextError{fmt.Sprintf("context %s must contain the recipe folder (an ancestor such as \"..\")", r.Context),
+			"write context: .. when the recipe sits in a subfolder (recipes/) of the folder holding its overlays"}
 	}
-	return root, nil
+	return root, r.confine(dir, root)
+}
+
+// contextError is a refused context, with what to write instead.
+type contextError struct{ msg, hint string }
+
+func (e *contextError) Error() string { return e.msg }
+
+// confine checks the context root (see contextDir).
+func (r *Recipe) confine(dir, root string) error {
+	realRoot, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil
+	}
+	const keep = "keep the files the recipe needs beside it (in its folder or below) and remove context:"
+	if realRoot == "/" {
+		return &contextError{fmt.Sprintf("context %s is / (the whole build host)", r.Context),
+			"name the project folder that holds the recipe and its files, or " + keep}
+	}
+	if isHome(realRoot) {
+		return &contextError{fmt.Sprintf("context %s is %s, a home directory", r.Context, realRoot),
+			"move the recipe and its files into a project folder and name that, or " + keep}
+	}
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		realDir = dir
+	}
+	if within(realDir, realRoot) {
+		return nil
+	}
+	wd := r.workDir
+	if wd == "" {
+		if wd, err = os.Getwd(); err != nil {
+			return &contextError{fmt.Sprintf("context %s: cannot find the working directory: %v", r.Context, err), "run bake from an existing folder"}
+		}
+	}
+	realWD, err := filepath.EvalSymlinks(wd)
+	if err != nil {
+		realWD = wd
+	}
+	if within(realWD, realRoot) {
+		return nil
+	}
+	via := ""
+	if lexical, _ := filepath.Abs(root); lexical != realRoot {
+		via = " (through a symlink)"
+	}
+	return &contextError{
+		fmt.Sprintf("context %s resolves to %s%s, outside both the recipe folder %s and the working directory %s", r.Context, realRoot, via, realDir, realWD),
+		fmt.Sprintf("a context may reach up to the folder bake runs in: run bake from %s (cd %s), or %s", realRoot, realRoot, keep)}
+}
+
+// isHome reports whether dir is a home directory: the user's, root's or one
+// directly under /home.
+func isHome(dir string) bool {
+	homes := []string{"/root"}
+	if h, err := os.UserHomeDir(); err == nil && h != "" {
+		homes = append(homes, h)
+		if real, err := filepath.EvalSymlinks(h); err == nil {
+			homes = append(homes, real)
+		}
+	}
+	return slices.Contains(homes, dir) || filepath.Dir(dir) == "/home"
 }

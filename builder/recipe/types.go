@@ -19,7 +19,10 @@ type Recipe struct {
 	// Context is the folder that relative paths may not leave, written
 	// relative to the recipe's folder and containing it (like a container
 	// build context), e.g. ".." for recipes/x.yaml using overlays/x.
-	// Default: the recipe's own folder.
+	// Default: the recipe's own folder. Resolved through symlinks, it must
+	// lie inside the recipe's folder or inside the working directory (the
+	// folder the person running bake chose), and is never / or a home
+	// directory.
 	Context string `yaml:"context,omitempty"`
 
 	Base     Base      `yaml:"base"`
@@ -54,6 +57,11 @@ type Recipe struct {
 	// src remembers where each value came from in the YAML, so that
 	// Validate can point at it. Nil for recipes built in Go.
 	src *source
+	// workDir is the highest folder Context may name besides the
+	// recipe's own (see contextDir): the working directory when the recipe
+	// was read, or what LoadIn was given. "" (recipes built in Go): the
+	// working directory at the time of the check.
+	workDir string
 }
 
 // Base is where the root tree comes from: exactly one of Debian or Image.

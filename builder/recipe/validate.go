@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/goccy/go-yaml/ast"
 	"golang.org/x/crypto/ssh"
@@ -144,13 +146,19 @@ func (v *validator) top() {
 		v.errorf("apiVersion", "write apiVersion: "+APIVersion+", the only version this bake reads",
 			"%q is not a recipe version this bake reads", r.APIVersion)
 	}
-	if r.Context != "" {
-		dir, _ := filepath.Abs(r.Dir)
-		if root, err := r.contextDir(dir); err != nil {
-			v.errorf("context", "write context: .. when the recipe sits in a subfolder (recipes/) of the folder holding its overlays", "%v", err)
-		} else if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
-			v.errorf("context", "name an existing folder that contains the recipe", "%s is not a folder", r.Context)
+	dir, _ := filepath.Abs(r.Dir)
+	if root, err := r.contextDir(dir); err != nil {
+		hint := ""
+		if ce, ok := err.(*contextError); ok {
+			hint = ce.hint
 		}
+		path := "context"
+		if r.Context == "" {
+			path = ""
+		}
+		v.errorf(path, hint, "%v", err)
+	} else if fi, err := os.Stat(root); r.Context != "" && (err != nil || !fi.IsDir()) {
+		v.errorf("context", "name an existing folder that contains the recipe", "%s is not a folder", r.Context)
 	}
 	switch {
 	case r.Name == "":
@@ -307,16 +315,51 @@ func (v *validator) image(im *ImageBase) {
 	}
 }
 
+// badChar finds a character that has no place in a path: a control
+// character (a newline would print as another line of `bake plan`), an
+// invisible formatting character (bidirectional overrides reorder what a
+// reviewer sees) or invalid UTF-8.
+func badChar(s string) (rune, bool) {
+	for i, c := range s {
+		if c == utf8.RuneError {
+			if _, n := utf8.DecodeRuneInString(s[i:]); n == 1 {
+				return c, true
+			}
+		}
+		if c != ' ' && !unicode.IsPrint(c) {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// plainPath reports a path-like value with a character badChar refuses.
+func (v *validator) plainPath(path, s string) bool {
+	if c, bad := badChar(s); bad {
+		v.errorf(path, "write the path on one line, with printable characters only (no newline, tab or other control character)",
+			"%q contains the character %U", s, c)
+		return false
+	}
+	return true
+}
+
 // local checks that rel is a path inside the recipe folder that exists and
 // is a directory (dir) or a regular file.
 func (v *validator) local(path, rel string, dir bool) {
+	if !v.plainPath(path, rel) {
+		return
+	}
 	if filepath.IsAbs(rel) {
 		v.errorf(path, "copy it beside the recipe and write the path relative to the recipe folder",
 			"%s is absolute; recipes take files from their own folder", rel)
 		return
 	}
 	real, err := v.r.Resolve(rel)
+	var ce *contextError
 	switch {
+	case errors.As(err, &ce):
+		// A refused context: reported once, at context:.
+		return
 	case errors.Is(err, ErrEscapes):
 		v.errorf(path, "keep everything the image needs inside the recipe folder "+v.r.Dir+" (or set context: to a folder containing both)", "%v", err)
 		return
@@ -332,6 +375,9 @@ func (v *validator) local(path, rel string, dir bool) {
 
 // exists checks an absolute path outside the recipe folder.
 func (v *validator) exists(path, p string, dir bool) {
+	if !v.plainPath(path, p) {
+		return
+	}
 	if _, err := os.Stat(p); err != nil {
 		v.errorf(path, "", "%s does not exist", p)
 		return
@@ -427,10 +473,10 @@ func (v *validator) accounts() {
 			}
 			seen[g] = gp
 		}
-		if u.Shell != "" && !path.IsAbs(u.Shell) {
+		if v.plainPath(p+".shell", u.Shell) && u.Shell != "" && !path.IsAbs(u.Shell) {
 			v.errorf(p+".shell", "write an absolute path, e.g. /bin/bash or /usr/sbin/nologin", "shell %q is not an absolute path", u.Shell)
 		}
-		if u.Home != "" && (!path.IsAbs(u.Home) || path.Clean(u.Home) != u.Home || u.Home == "/") {
+		if v.plainPath(p+".home", u.Home) && u.Home != "" && (!path.IsAbs(u.Home) || path.Clean(u.Home) != u.Home || u.Home == "/") {
 			v.errorf(p+".home", "write an absolute, clean path, e.g. /home/"+u.Name, "home %q is not an absolute, clean path", u.Home)
 		}
 		if u.Sudo != "" && u.Sudo != "nopasswd" {
@@ -511,6 +557,9 @@ func (v *validator) overlays() {
 		v.owner(p+".owner", o.Owner)
 		for pattern, mode := range o.Modes {
 			mp := childPath(p+".modes", pattern)
+			if !v.plainPath(mp, pattern) {
+				continue
+			}
 			if _, err := filepath.Match(pattern, ""); err != nil || pattern == "" || path.IsAbs(pattern) || !filepath.IsLocal(pattern) {
 				v.errorf(mp, "write a path below the overlay target, glob allowed, e.g. usr/local/bin/*: \"0755\"", "%q is not a relative path pattern", pattern)
 			}
@@ -522,6 +571,7 @@ func (v *validator) overlays() {
 // imagePath checks an absolute path inside the image.
 func (v *validator) imagePath(p, s string, dirOK bool) {
 	switch {
+	case !v.plainPath(p, s):
 	case !path.IsAbs(s):
 		v.errorf(p, "write an absolute path in the image, e.g. /"+strings.TrimLeft(s, "./"), "%q is not an absolute path", s)
 	case path.Clean(s) != s:

@@ -95,7 +95,7 @@ func TestCloudApplianceVerify(t *testing.T) {
 	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
 		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m")...)...)
 	requireAllPass(t, run)
-	rec, err := recipe.Load(rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
+	rec, err := recipe.LoadIn(repoRoot(), rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,11 +133,12 @@ func TestCloudApplianceVerify(t *testing.T) {
 func recipesInStep(t *testing.T, baseImage, baseSHA string) {
 	t.Helper()
 	sets := map[string]string{"base_image": baseImage, "base_sha256": baseSHA}
-	c, err := recipe.Load(filepath.Join(repoRoot(), cloudApplianceRecipe), sets)
+	// Their context is the repository, above this package's folder.
+	c, err := recipe.LoadIn(repoRoot(), filepath.Join(repoRoot(), cloudApplianceRecipe), sets)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := recipe.Load(filepath.Join(repoRoot(), applianceRecipe), nil)
+	p, err := recipe.LoadIn(repoRoot(), filepath.Join(repoRoot(), applianceRecipe), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

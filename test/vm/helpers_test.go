@@ -101,6 +101,10 @@ func runBake(t *testing.T, ctx context.Context, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, bake(t), args...)
 	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())
+	// From the repository root, as a user runs it (make image): a
+	// recipe's context may reach up to the working directory, and the
+	// test recipes' context is the repository.
+	cmd.Dir = repoRoot()
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	err := cmd.Run()

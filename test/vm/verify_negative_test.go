@@ -64,7 +64,7 @@ func TestVerifyNegative(t *testing.T) {
 	t0 := time.Now()
 	good := filepath.Join(dir, "openclaw-test.qcow2")
 	recipePath := filepath.Join(repoRoot(), applianceRecipe)
-	rec, err := recipe.Load(recipePath, map[string]string{"gateway_image": applImg.ref})
+	rec, err := recipe.LoadIn(repoRoot(), recipePath, map[string]string{"gateway_image": applImg.ref})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,6 +66,7 @@ func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ..
 	report := t.TempDir()
 	cmd = exec.CommandContext(ctx, bake(t), append(append([]string{"verify"}, args...), "--report", report)...)
 	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())
+	cmd.Dir = repoRoot() // see runBake
 	cmd.WaitDelay = time.Minute
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -421,7 +422,7 @@ func TestVerifyAppliance(t *testing.T) {
 	}
 	sum := fileSum(t, img)
 	recipePath := filepath.Join(repoRoot(), applianceRecipe)
-	rec, err := recipe.Load(recipePath, map[string]string{"gateway_image": applImg.ref})
+	rec, err := recipe.LoadIn(repoRoot(), recipePath, map[string]string{"gateway_image": applImg.ref})
 	if err != nil {
 		t.Fatal(err)
 	}
