@@ -54,11 +54,8 @@ func (p *Plan) stageBaseImage(ctx context.Context, s *State) error {
 	if s.Opts.CacheDir != "" {
 		cache = filepath.Join(s.Opts.CacheDir, "images")
 	}
-	path, err := cloudimg.Fetch(ctx, imageSource(&im), cache, s.Opts.Stdout)
-	if err != nil {
-		return err
-	}
-	img, err := cloudimg.Open(path)
+	// The Image reads the very file descriptor whose digest was checked.
+	img, err := cloudimg.FetchOpen(ctx, imageSource(&im), cache, s.Opts.Stdout)
 	if err != nil {
 		return err
 	}

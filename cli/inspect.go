@@ -27,7 +27,7 @@ sparse raw file first.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			img, err := cloudimg.Open(args[0])
+			img, err := cloudimg.Open(ctx, args[0])
 			if err != nil {
 				return &exitError{ExitFailure, err}
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bakeimg/bake/builder"
+	"github.com/bakeimg/bake/internal/imgfile"
 	"github.com/bakeimg/bake/verify"
 	"github.com/bakeimg/bake/vm"
 )
@@ -96,13 +97,16 @@ usage, 130 interrupted.`,
 				return usageErr(fmt.Errorf("--memory %d: want at least 512 (MiB)", memory))
 			}
 			image := args[0]
-			st, err := os.Stat(image)
+			// Opened without blocking and checked on the descriptor: a
+			// FIFO or device named as the image is refused at once.
+			f, _, err := imgfile.OpenRegular(image)
 			if err != nil {
+				if errors.Is(err, imgfile.ErrNotRegular) {
+					return usageErr(fmt.Errorf("image %s is not a file: %w", image, err))
+				}
 				return usageErr(fmt.Errorf("image: %w", err))
 			}
-			if !st.Mode().IsRegular() {
-				return usageErr(fmt.Errorf("image %s is not a file", image))
-			}
+			f.Close()
 			opts := verify.Options{
 				Image:          image,
 				Spec:           verify.DefaultSpec(),

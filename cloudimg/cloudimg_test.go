@@ -136,7 +136,7 @@ func TestOpenRefusesQcow2(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := qcow2File(t, dir, c.size, c.mutate)
 			before, _ := os.ReadFile(p)
-			_, err := Open(p)
+			_, err := Open(context.Background(), p)
 			wantErr(t, err, c.want...)
 			after, _ := os.ReadFile(p)
 			if !bytes.Equal(before, after) {
@@ -153,7 +153,7 @@ func TestOpenRefusesDisks(t *testing.T) {
 	if err := os.WriteFile(empty, make([]byte, 4*mib), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(empty)
+	_, err := Open(context.Background(), empty)
 	wantErr(t, err, "no partition table", "neither a GPT nor an MBR")
 	if !errors.Is(err, ErrNoPartitionTable) {
 		t.Errorf("error %v is not ErrNoPartitionTable", err)
@@ -163,7 +163,7 @@ func TestOpenRefusesDisks(t *testing.T) {
 	makeGPT(t, noLinux, 64*mib,
 		testPart{num: 1, typ: TypeMicrosoftData, start: 40960, end: 100000},
 		testPart{num: 15, typ: TypeESP, start: 2048, end: 40959})
-	_, err = Open(noLinux)
+	_, err = Open(context.Background(), noLinux)
 	wantErr(t, err, "no Linux root partition", "1 Microsoft basic data, 15 EFI system")
 
 	// A raw disk cut short: its GPT describes 64 MiB, the file has 32.
@@ -172,7 +172,7 @@ func TestOpenRefusesDisks(t *testing.T) {
 	if err := os.Truncate(trunc, 32*mib); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Open(trunc)
+	_, err = Open(context.Background(), trunc)
 	wantErr(t, err, "truncated image", "backup GPT header at LBA 131071", "65536 sectors")
 
 	// A damaged entry array.
@@ -181,7 +181,7 @@ func TestOpenRefusesDisks(t *testing.T) {
 	f, _ := os.OpenFile(bad, os.O_RDWR, 0)
 	f.WriteAt([]byte{0xff}, 2*512+40)
 	f.Close()
-	_, err = Open(bad)
+	_, err = Open(context.Background(), bad)
 	wantErr(t, err, "entry array's CRC does not match")
 
 	// MBR disks are read too.
@@ -196,7 +196,7 @@ func TestOpenRefusesDisks(t *testing.T) {
 	if err := os.WriteFile(mbr, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	img, err := Open(mbr)
+	img, err := Open(context.Background(), mbr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestOpenGPT(t *testing.T) {
 		testPart{num: 1, typ: TypeRootX8664, start: 40960, end: 131038, guid: "AAAAAAAA-BBBB-CCCC-DDDD-000000000001"},
 		testPart{num: 14, typ: TypeBIOSBoot, start: 2048, end: 8191},
 		testPart{num: 15, typ: TypeESP, start: 8192, end: 40959})
-	img, err := Open(p)
+	img, err := Open(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestToRawMatchesQemuImg(t *testing.T) {
 			if err != nil {
 				t.Fatalf("qemu-img: %v\n%s", err, out)
 			}
-			img, err := Open(q)
+			img, err := Open(context.Background(), q)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -409,12 +409,12 @@ func TestToRawMatchesQemuImg(t *testing.T) {
 			qb, _ := os.ReadFile(q)
 			cutp := filepath.Join(dir, comp+"-cut.qcow2")
 			os.WriteFile(cutp, qb[:len(qb)*2/3], 0o644)
-			_, err = Open(cutp)
+			_, err = Open(context.Background(), cutp)
 			wantErr(t, err, "truncated")
 		})
 	}
 	// Raw input: a sparse copy, same bytes, and never onto itself.
-	img, err := Open(raw)
+	img, err := Open(context.Background(), raw)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,9 +25,10 @@
 // runs inside bake's private mount namespace, as the Debian path does):
 //
 //	// [base image] fetch + verify: before anything else, refused on mismatch
-//	path, err := cloudimg.Fetch(ctx, cloudimg.Source{Path: im.Path, URL: im.URL,
+//	// FetchOpen = Fetch (digest, hashed while downloading, size limit) +
+//	// Open (refusals with reasons) on the one file descriptor that was hashed
+//	img, err := cloudimg.FetchOpen(ctx, cloudimg.Source{Path: im.Path, URL: im.URL,
 //		SHA256: im.SHA256, SHA512: im.SHA512}, filepath.Join(cacheDir, "images"), stdout)
-//	img, err := cloudimg.Open(path)              // refusals with reasons
 //	raw := filepath.Join(workDir, "base.raw")
 //	err = cloudimg.ToRaw(ctx, img, raw); img.Close()
 //	layout, err := cloudimg.Inspect(ctx, raw, cloudimg.WithRunner(runner))

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // Layout is what Inspect finds on a base image: the partition table with
@@ -123,7 +124,7 @@ func makeOptions(opts []Option) options {
 // Needs no root. The image is only read.
 func Inspect(ctx context.Context, path string, opts ...Option) (*Layout, error) {
 	o := makeOptions(opts)
-	img, err := Open(path)
+	img, err := Open(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -152,16 +153,12 @@ func Inspect(ctx context.Context, path string, opts ...Option) (*Layout, error) 
 }
 
 func inspectRaw(ctx context.Context, raw string, o options) (*Layout, error) {
-	f, err := os.Open(raw)
+	f, fi, err := imgfile.OpenRegular(raw)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	t, err := readTable(f, fi.Size())
+	t, err := readTable(ctx, f, fi.Size())
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", raw, err)
 	}

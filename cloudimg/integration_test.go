@@ -155,7 +155,7 @@ func extractMounts(t *testing.T) []string {
 
 func toRaw(t *testing.T, fx fixture) string {
 	t.Helper()
-	img, err := Open(fx.Path)
+	img, err := Open(context.Background(), fx.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

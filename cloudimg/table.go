@@ -2,6 +2,7 @@ package cloudimg
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -157,7 +158,7 @@ func parseGPTHeader(b []byte) (*gptHeader, bool) {
 // checks the GPT's CRCs and that every partition and the backup GPT lie
 // inside the disk: a disk image cut short (an interrupted download or copy)
 // fails here with "truncated" instead of later inside a filesystem.
-func readTable(r io.ReaderAt, diskSize int64) (*Table, error) {
+func readTable(ctx context.Context, r io.ReaderAt, diskSize int64) (*Table, error) {
 	sectors := uint64(diskSize / SectorSize)
 	if sectors < 2 {
 		return nil, fmt.Errorf("%w: the disk is only %d bytes", ErrNoPartitionTable, diskSize)
@@ -171,7 +172,7 @@ func readTable(r io.ReaderAt, diskSize int64) (*Table, error) {
 		return nil, fmt.Errorf("reading the GPT header: %w", err)
 	}
 	if h, ok := parseGPTHeader(lba1); ok {
-		return readGPT(r, h, sectors)
+		return readGPT(ctx, r, h, sectors)
 	}
 	if mbr[510] != 0x55 || mbr[511] != 0xaa {
 		return nil, fmt.Errorf("%w: neither a GPT nor an MBR at the start of the disk (is this a filesystem image rather than a disk image?)", ErrNoPartitionTable)
@@ -184,15 +185,35 @@ func readTable(r io.ReaderAt, diskSize int64) (*Table, error) {
 	return readMBR(mbr, sectors)
 }
 
-func readGPT(r io.ReaderAt, h *gptHeader, sectors uint64) (*Table, error) {
+// Limits of a GPT entry array bake reads. The UEFI specification allows
+// entries of 128 * 2^n bytes; every partitioning tool writes 128 entries of
+// 128 bytes (16 KiB). 1 MiB is 8192 entries of 128 bytes.
+const (
+	maxGPTEntrySize  = 4096
+	maxGPTArrayBytes = 1 << 20
+	// maxPartitions is the most used entries bake reads: Inspect probes
+	// every partition's superblock and may run debugfs on each Linux one.
+	// A GPT has 128 entries by default; cloud images use 1 to 15.
+	maxPartitions = 128
+)
+
+func readGPT(ctx context.Context, r io.ReaderAt, h *gptHeader, sectors uint64) (*Table, error) {
 	if !h.headerCRCValid {
 		return nil, errors.New("the primary GPT header's CRC does not match: the partition table is damaged")
 	}
 	if h.currentLBA != 1 {
 		return nil, fmt.Errorf("the primary GPT header says it is at LBA %d, not 1: the partition table is damaged", h.currentLBA)
 	}
-	if h.entrySize < 128 || h.entrySize%8 != 0 || h.numEntries == 0 || h.numEntries > 4096 {
-		return nil, fmt.Errorf("GPT header: %d entries of %d bytes is not a valid entry array", h.numEntries, h.entrySize)
+	if h.entrySize < 128 || h.entrySize > maxGPTEntrySize || h.entrySize&(h.entrySize-1) != 0 {
+		return nil, fmt.Errorf("GPT header: a partition entry size of %d bytes is not valid (128, 256, ... up to %d)", h.entrySize, maxGPTEntrySize)
+	}
+	arrBytes := uint64(h.numEntries) * uint64(h.entrySize)
+	if h.numEntries == 0 || arrBytes > maxGPTArrayBytes {
+		return nil, fmt.Errorf("GPT header: %d entries of %d bytes is not a valid entry array (at most %d bytes)", h.numEntries, h.entrySize, maxGPTArrayBytes)
+	}
+	arrSectors := (arrBytes + SectorSize - 1) / SectorSize
+	if h.entriesLBA < 2 || h.entriesLBA >= sectors || arrSectors > sectors-h.entriesLBA {
+		return nil, fmt.Errorf("GPT header: the partition entry array at LBA %d (%d sectors) does not lie inside the disk of %d sectors after the header", h.entriesLBA, arrSectors, sectors)
 	}
 	// Truncation: the header describes the whole disk, the file must hold it.
 	if h.alternateLBA >= sectors || h.lastUsable >= sectors {
@@ -213,6 +234,11 @@ func readGPT(r io.ReaderAt, h *gptHeader, sectors uint64) (*Table, error) {
 	}
 	var zero [16]byte
 	for i := 0; i < int(h.numEntries); i++ {
+		if i%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
 		e := arr[i*int(h.entrySize) : (i+1)*int(h.entrySize)]
 		if bytes.Equal(e[0:16], zero[:]) {
 			continue
@@ -236,6 +262,9 @@ func readGPT(r io.ReaderAt, h *gptHeader, sectors uint64) (*Table, error) {
 		}
 		p.Offset = int64(first) * SectorSize
 		p.Size = int64(last-first+1) * SectorSize
+		if len(t.Partitions) == maxPartitions {
+			return nil, fmt.Errorf("the GPT has more than %d partitions, more than bake reads", maxPartitions)
+		}
 		t.Partitions = append(t.Partitions, p)
 	}
 	return t, nil

@@ -79,6 +79,8 @@ func title(s Spec, id string) string {
 		return "no secret from the build in the image (raw disk with free blocks, every compressed stream and layer)"
 	case "verify.timeout":
 		return "the verification finished in time"
+	case "image.format":
+		return "the image is a regular file, raw or a self-contained qcow2 (no backing or data file, no snapshots, tables and clusters inside the file, none shared)"
 	}
 	return id
 }

@@ -220,7 +220,7 @@ func (r *runner) secrets(ctx context.Context) {
 	if r.rep.Format != "raw" {
 		raw = filepath.Join(r.work, "disk.raw")
 		r.logf("converting the image to raw for the secret scan (%s)", raw)
-		err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"convert", "-O", "raw", "-S", "4k", r.o.Image, raw}})
+		err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"convert", "-f", r.rep.Format, "-O", "raw", "-S", "4k", r.o.Image, raw}})
 		defer os.Remove(raw)
 		if err != nil {
 			if ctx.Err() != nil {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // ChunkSize is how much the scanner reads at a time. A secret that
@@ -504,15 +506,11 @@ func (e *errReader) Read(p []byte) (int, error) {
 // and cannot hold a secret), and the compressed streams in them.
 func (s *Scanner) ScanFile(ctx context.Context, path string) error {
 	s.init()
-	f, err := os.Open(path)
+	f, st, err := imgfile.OpenRegular(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	extents, err := dataExtents(f, st.Size())
 	if err != nil {
 		return err

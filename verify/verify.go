@@ -20,7 +20,9 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/imgfile"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -178,6 +180,10 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	rep.SHA256, rep.Size = sum, size
 	r.logf("image %s sha256:%s", o.Image, sum)
+	if r.imageRefused(ctx) {
+		interrupted()
+		return rep
+	}
 
 	if !r.preflight(ctx) {
 		return rep
@@ -228,6 +234,23 @@ func Run(ctx context.Context, o Options) *Report {
 	return rep
 }
 
+// imageRefused checks the image before QEMU or qemu-img reads it: bake
+// reads its structure itself, bounded by the file's size (a qcow2 must be
+// self-contained: no backing or external data file, no snapshots, tables
+// inside the file, no cluster used twice). A refusal is the image's
+// failure (image.format, exit 1); every check is then "not run".
+func (r *runner) imageRefused(ctx context.Context) bool {
+	if _, err := cloudimg.CheckFile(ctx, r.o.Image); err != nil {
+		if ctx.Err() != nil {
+			return true
+		}
+		r.record("", "image.format", Fail, "refused: "+err.Error(), 0)
+		r.fillSkipped("not run: the image was refused")
+		return true
+	}
+	return false
+}
+
 // preflight finds what the host has. Missing QEMU, qemu-img or OVMF means
 // the host cannot run the VM (exit 2); missing nmap or namespace tools
 // make the checks that need them Skip.
@@ -253,6 +276,11 @@ func (r *runner) preflight(ctx context.Context) bool {
 		return false
 	}
 	format, err := vm.DiskFormat(ctx, r.o.Image)
+	if errors.Is(err, vm.ErrRefused) {
+		r.record("", "image.format", Fail, err.Error(), 0)
+		r.fillSkipped("not run: the image was refused")
+		return false
+	}
 	if err != nil {
 		r.hostError("qemu-img cannot read the image: %v", err)
 		return false
@@ -697,18 +725,11 @@ func (r *runner) keepSerials(insts []*instance) {
 
 // fileSHA256 hashes a file.
 func fileSHA256(ctx context.Context, path string) (string, int64, error) {
-	f, err := os.Open(path)
+	f, st, err := imgfile.OpenRegular(path)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("%s is not a regular file", path)
-	}
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	for {

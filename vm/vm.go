@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // StopGrace is how long Stop waits after SIGTERM before SIGKILL.
@@ -435,20 +437,58 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// DiskFormat asks qemu-img for the format of an image.
+// DiskFormat tells the format of a disk image, "qcow2" or "raw", by its
+// magic, never by qemu-img's probing (which guesses among dozens of
+// formats, some of which name other files). The image must be a regular
+// file (opened without blocking: a FIFO cannot hang it). A qcow2 that
+// refers to another file of the host (a backing file or an external data
+// file) is refused, by its header and again by `qemu-img info -f qcow2`
+// (told the format, so it does not probe): booting it would have QEMU open
+// a host file the image names. The error then wraps ErrRefused.
 func DiskFormat(ctx context.Context, path string) (string, error) {
-	out, err := execx.Default.Output(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"info", "--output=json", path}})
+	f, _, err := imgfile.OpenRegular(path)
+	if err != nil {
+		return "", fmt.Errorf("vm: disk: %w", err)
+	}
+	info, err := imgfile.Sniff(f)
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("vm: disk %s: %w", path, err)
+	}
+	if info.Format == imgfile.Raw {
+		return imgfile.Raw, nil
+	}
+	if err := info.Refuse(); err != nil {
+		return "", fmt.Errorf("vm: disk %s: %w: %w", path, ErrRefused, err)
+	}
+	out, err := execx.Default.Output(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"info", "-f", "qcow2", "--output=json", path}})
 	if err != nil {
 		return "", fmt.Errorf("vm: disk format: %w", err)
 	}
-	var info struct {
-		Format string `json:"format"`
+	var qi struct {
+		Format          string `json:"format"`
+		BackingFilename string `json:"backing-filename"`
+		FormatSpecific  struct {
+			Data struct {
+				DataFile string `json:"data-file"`
+			} `json:"data"`
+		} `json:"format-specific"`
 	}
-	if err := json.Unmarshal(out, &info); err != nil || info.Format == "" {
+	if err := json.Unmarshal(out, &qi); err != nil || qi.Format == "" {
 		return "", fmt.Errorf("vm: disk format of %s: cannot parse qemu-img info: %v", path, err)
 	}
-	return info.Format, nil
+	if qi.BackingFilename != "" {
+		return "", fmt.Errorf("vm: disk %s: %w: %w", path, ErrRefused, imgfile.Info{HasBacking: true, Backing: qi.BackingFilename}.Refuse())
+	}
+	if qi.FormatSpecific.Data.DataFile != "" {
+		return "", fmt.Errorf("vm: disk %s: %w: %w", path, ErrRefused, imgfile.Info{ExternalData: true}.Refuse())
+	}
+	return imgfile.Qcow2, nil
 }
+
+// ErrRefused is wrapped by DiskFormat's error for an image that names
+// other files of the host.
+var ErrRefused = errors.New("refused")
 
 func createOverlay(ctx context.Context, dir, disk, format string) (string, error) {
 	abs, err := filepath.Abs(disk)

@@ -90,7 +90,7 @@ outputs: [raw]
 			// Identifiers: the same disk GUID, partition GUIDs and numbers,
 			// filesystem UUIDs and labels as the base.
 			baseRaw := filepath.Join(dir, "base.raw")
-			bimg, err := cloudimg.Open(fx.path)
+			bimg, err := cloudimg.Open(ctx, fx.path)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -50,7 +50,7 @@ func TestCloudReassembleBoots(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				ctx := context.Background()
 				dir := t.TempDir()
-				img, err := cloudimg.Open(fx.path)
+				img, err := cloudimg.Open(ctx, fx.path)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -121,7 +121,7 @@ func TestCloudNewKernelBoots(t *testing.T) {
 		t.Run(fx.name, func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			img, err := cloudimg.Open(fx.path)
+			img, err := cloudimg.Open(ctx, fx.path)
 			if err != nil {
 				t.Fatal(err)
 			}
