@@ -22,6 +22,7 @@ var (
 	bootImgOnce sync.Once
 	bootImgDir  string
 	bootImgErr  string
+	bootImgTemp string // made by bootImage, built or not
 )
 
 // bootImage bakes testdata/boot once per run and returns the output dir.
@@ -34,6 +35,7 @@ func bootImage(t *testing.T) string {
 			bootImgErr = err.Error()
 			return
 		}
+		bootImgTemp = dir // TestMain removes it after the last test
 		beforeM, beforeL := mounts(t), loopDevices(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
