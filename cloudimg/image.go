@@ -373,6 +373,20 @@ func checkQcow2(ctx context.Context, f io.ReaderAt, fileSize int64) (qcow2Header
 		return h, fmt.Errorf("reading the qcow2 L1 table: %w", err)
 	}
 	x := 62 - (h.clusterBits - 8) // compressed descriptor: offset bits below x
+	// hostCluster checks one host cluster a table points at: aligned,
+	// inside the file, and not used by anything else.
+	hostCluster := func(what, use string, off uint64) error {
+		if off%cluster != 0 {
+			return fmt.Errorf("qcow2 %s at byte %d is not on a cluster boundary: the image is damaged", what, off)
+		}
+		if !inside(off, cluster) {
+			return truncated(what, off, cluster)
+		}
+		if !claim(off, cluster) {
+			return twice(use, off)
+		}
+		return nil
+	}
 	l2 := make([]byte, cluster)
 	var compressed []uint64 // start offsets of compressed clusters
 	for i := uint64(0); i < uint64(h.l1Size); i++ {
@@ -383,14 +397,8 @@ func checkQcow2(ctx context.Context, f io.ReaderAt, fileSize int64) (qcow2Header
 		if l2Off == 0 {
 			continue
 		}
-		if l2Off%cluster != 0 {
-			return h, fmt.Errorf("qcow2 L2 table %d at byte %d is not on a cluster boundary: the image is damaged", i, l2Off)
-		}
-		if !inside(l2Off, cluster) {
-			return h, truncated(fmt.Sprintf("L2 table %d", i), l2Off, cluster)
-		}
-		if !claim(l2Off, cluster) {
-			return h, twice(fmt.Sprintf("L2 table %d", i), l2Off)
+		if err := hostCluster(fmt.Sprintf("L2 table %d", i), fmt.Sprintf("L2 table %d", i), l2Off); err != nil {
+			return h, err
 		}
 		if _, err := f.ReadAt(l2, int64(l2Off)); err != nil {
 			return h, fmt.Errorf("reading qcow2 L2 table %d: %w", i, err)
@@ -422,14 +430,8 @@ func checkQcow2(ctx context.Context, f io.ReaderAt, fileSize int64) (qcow2Header
 			if off == 0 {
 				continue
 			}
-			if off%cluster != 0 {
-				return h, fmt.Errorf("qcow2 cluster %d at byte %d is not on a cluster boundary: the image is damaged", n, off)
-			}
-			if !inside(off, cluster) {
-				return h, truncated(fmt.Sprintf("cluster %d", n), off, cluster)
-			}
-			if !claim(off, cluster) {
-				return h, twice(fmt.Sprintf("data cluster %d", n), off)
+			if err := hostCluster(fmt.Sprintf("cluster %d", n), fmt.Sprintf("data cluster %d", n), off); err != nil {
+				return h, err
 			}
 		}
 	}
