@@ -59,8 +59,8 @@ test: deps bake
 	go test -json -count=1 -timeout 10m ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/unit.json -log $(BAKE_TEST_CACHE)/unit-test.log; $(TIER_STATUS)
 	go test -json -count=1 -tags integration -timeout 30m -p 1 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/integration.json -log $(BAKE_TEST_CACHE)/integration-test.log; $(TIER_STATUS)
 	@$(VM_TIMEOUT); \
-	echo "go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 2 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET)"; \
-	go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 2 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET); $(TIER_STATUS)
+	echo "go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET)"; \
+	go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET); $(TIER_STATUS)
 
 unit:
 	go test ./...

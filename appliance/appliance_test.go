@@ -328,7 +328,7 @@ func TestHostKeysUnit(t *testing.T) {
 			t.Errorf("host key unit depends on %s:\n%s", bad, unit)
 		}
 	}
-	if !strings.Contains(unit, "ExecStart=/usr/bin/ssh-keygen -A") || !strings.Contains(unit, "Before=ssh.service ssh.socket") {
+	if !strings.Contains(unit, "for t in "+strings.Join(HostKeyTypes, " ")+"; do") || !strings.Contains(unit, "Before=ssh.service ssh.socket") {
 		t.Errorf("host key unit:\n%s", unit)
 	}
 	if !strings.Contains(dropin, "Wants=bake-hostkeys.service") || !strings.Contains(dropin, "After=bake-hostkeys.service") {

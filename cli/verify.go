@@ -31,6 +31,7 @@ func newVerify() *cobra.Command {
 		strict         bool
 		userNet        bool
 		memory         int
+		cpus           int
 		userData       string
 	)
 	c := &cobra.Command{
@@ -107,6 +108,9 @@ usage, 130 interrupted.`,
 				return usageErr(fmt.Errorf("image: %w", err))
 			}
 			f.Close()
+			if cpus < 0 || cpus > 64 {
+				return usageErr(fmt.Errorf("--cpus %d: want 0 (automatic) or 1 to 64", cpus))
+			}
 			opts := verify.Options{
 				Image:          image,
 				Spec:           verify.DefaultSpec(),
@@ -119,6 +123,7 @@ usage, 130 interrupted.`,
 				Strict:         strict,
 				UserNet:        userNet,
 				MemoryMiB:      memory,
+				CPUs:           cpus,
 				Log:            cmd.ErrOrStderr(),
 				BakeVersion:    builder.Version,
 			}
@@ -180,6 +185,7 @@ usage, 130 interrupted.`,
 	f.BoolVar(&strict, "strict", false, "count a skipped check as a failure (exit 1)")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
+	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
 	return c
 }

@@ -132,7 +132,18 @@ fi
 dev=/dev/${sys##*/}
 part=$(cat "$sys/partition")
 disk=/dev/$(basename "$(dirname "$sys")")
-if out=$(growpart "$disk" "$part" 2>&1); then
+# Sizes in 512-byte sectors from sysfs. When less than 1 MiB past the
+# partition's end is free (GPT keeps its backup table in the last 33
+# sectors), growpart would find nothing to do: it is not run at all, since
+# it costs a boot seconds of CPU on a small or emulated machine. The file
+# system is still resized, in case an earlier boot grew the partition and
+# stopped before that.
+start=$(cat "$sys/start")
+size=$(cat "$sys/size")
+disksize=$(cat "$(dirname "$sys")/size")
+if [ $((disksize - start - size)) -lt $((2048 + 34)) ]; then
+	echo "bake-growroot: $dev already fills $disk"
+elif out=$(growpart "$disk" "$part" 2>&1); then
 	echo "bake-growroot: $out"
 else
 	rc=$?

@@ -62,6 +62,7 @@ type Report struct {
 	BakeVersion  string    `json:"bake_version,omitempty"`
 	Firmwares    []string  `json:"firmwares"`
 	Instances    int       `json:"instances"`
+	CPUs         int       `json:"cpus,omitempty"` // vCPUs of each VM
 	Accel        string    `json:"accel,omitempty"`
 	Outside      string    `json:"outside,omitempty"` // how "outside" was reached
 	Started      time.Time `json:"started"`
@@ -325,8 +326,8 @@ func (r *Report) WriteSummary(w io.Writer) {
 	if r.UserData != "" {
 		fmt.Fprintf(w, "  user-data merged from %s (sha256:%s)\n", r.UserData, r.UserDataSHA256)
 	}
-	fmt.Fprintf(w, "  firmware %s, %d instance(s), accel %s, outside: %s\n",
-		strings.Join(r.Firmwares, "+"), r.Instances, orDash(r.Accel), orDash(r.Outside))
+	fmt.Fprintf(w, "  firmware %s, %d instance(s) of %d vCPU(s), accel %s, outside: %s\n",
+		strings.Join(r.Firmwares, "+"), r.Instances, r.CPUs, orDash(r.Accel), orDash(r.Outside))
 	if r.Instances < 2 && r.HostError == "" {
 		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) not run: they need --instances 2\n")
 	}

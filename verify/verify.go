@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -60,6 +61,8 @@ type Options struct {
 	// Strict makes a skipped check a failure (the project's own tests).
 	Strict    bool
 	MemoryMiB int
+	// CPUs is each VM's vCPU count; 0 picks it (AutoCPUs).
+	CPUs int
 	// UserNet forces user-mode networking even as root (the checks from
 	// outside then Skip).
 	UserNet bool
@@ -142,10 +145,13 @@ func Run(ctx context.Context, o Options) *Report {
 	if o.MemoryMiB == 0 {
 		o.MemoryMiB = DefaultMemoryMiB
 	}
+	if o.CPUs == 0 {
+		o.CPUs = AutoCPUs(o.Instances, vm.KVMUsable(), runtime.NumCPU())
+	}
 	if len(o.Firmwares) == 0 {
 		o.Firmwares = []string{vm.BIOS}
 	}
-	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances,
+	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances, CPUs: o.CPUs,
 		Strict: o.Strict, Started: time.Now(), BakeVersion: o.BakeVersion}
 	if o.UserData != nil {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
@@ -437,6 +443,21 @@ func status(ok bool) Status {
 	return Fail
 }
 
+// AutoCPUs is the vCPU count of each of n VMs booted at once: two under
+// KVM; under software emulation (TCG) the host's cores shared out, one or
+// two each. A TCG vCPU is a host thread that spins while it has work: two
+// VMs of two vCPUs on a 2-core host booted 15-20% slower than two of one
+// (BENCHMARKS.md, "TCG: the guest CPU model and vCPU count").
+func AutoCPUs(n int, kvm bool, hostCPUs int) int {
+	if kvm {
+		return 2
+	}
+	if n < 1 {
+		n = 1
+	}
+	return max(1, min(2, hostCPUs/n))
+}
+
 // start makes the link, seed and overlay of one instance and starts QEMU.
 // Errors are host problems.
 func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*instance, error) {
@@ -477,7 +498,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		Firmware:  fw,
 		Disk:      overlay,
 		MemoryMiB: r.o.MemoryMiB,
-		CPUs:      2,
+		CPUs:      r.o.CPUs,
 		SeedISO:   seedPath,
 		SerialLog: in.serial,
 	}

@@ -4,6 +4,7 @@ package vmtest
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -19,8 +20,13 @@ import (
 // names an interface. The image is made from the test appliance with bake
 // itself (cloud-image base, kernel.cmdline added: grub.cfg rewritten), so
 // the appliance is not baked twice.
+//
+// The same boot proves the FAT seed (it was TestApplianceFATSeed's own
+// boot): the seed is a FAT volume labelled CIDATA with the admin's key only
+// in user-data, and the NIC an e1000 in PCI slot 7 (eth0 all the same:
+// other NIC names are TestBootBIOSVirtioAnySlot's and every verify boot's).
 func TestApplianceNetIfnames0(t *testing.T) {
-	t.Parallel() // see the package doc: runs beside one other test
+	parallel(t, 420*time.Second) // budget: BENCHMARKS.md
 	dir := applianceImage(t)
 	good := filepath.Join(dir, "openclaw-test.qcow2")
 	work := t.TempDir()
@@ -43,7 +49,9 @@ outputs: [qcow2]
 		t.Errorf("the build does not say it added net.ifnames=0 to the kernel command line:\n%s", log)
 	}
 
-	g := bootApplianceDisk(t, filepath.Join(out, "openclaw-ifnames.qcow2"), vm.BIOS, "", "nocloud")
+	requireTools(t, "mkfs.vfat", "mcopy")
+	token := "fat-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
+	g := bootApplianceDisk(t, filepath.Join(out, "openclaw-ifnames.qcow2"), vm.BIOS, token, "fat")
 	if cmdline := g.must("cat /proc/cmdline"); !strings.Contains(cmdline, "net.ifnames=0") {
 		t.Fatalf("kernel command line: %s", cmdline)
 	}
@@ -59,6 +67,7 @@ outputs: [qcow2]
 		o, _ := g.run("systemctl --failed --no-legend")
 		t.Errorf("systemctl is-system-running = %q\n%s", state, o)
 	}
+	checkFATSeed(t, g, token)
 	if o := g.must("sudo ufw status"); !strings.Contains(o, "Status: active") {
 		t.Errorf("ufw: %s", o)
 	}

@@ -6,15 +6,17 @@
 //
 // Two phases, to keep `make test` inside CI's time on a 2-core machine
 // where each VM runs in software emulation:
-//   - first, one at a time: the tests that compare the host's mounts, loop
-//     devices or network namespaces before and after (a build interrupted,
-//     a verify killed, the boot image's build), the default recipe (the
-//     real gateway's first start is the most load-sensitive thing here),
-//     and TestApplianceBIOS, which bakes the appliance image the others
-//     share;
-//   - then the tests marked t.Parallel, two at a time (`-parallel 2`):
-//     they only boot, bake into their own directories and verify, each
-//     with its own QEMU, ports and namespaces named after its process.
+//   - first, one at a time: the tests that compare the host's mounts,
+//     processes or network namespaces before and after (a build
+//     interrupted, a verify interrupted or killed);
+//   - then every other test, through parallel(t, weight): they only boot,
+//     bake into their own directories and verify, each with its own QEMU,
+//     ports and namespaces named after its process. vmSlots of them run at
+//     once (two: one per core, each VM with one vCPU), and a free slot
+//     goes to the waiting test with the largest weight (its time in
+//     BENCHMARKS.md's budget table), so the longest start first and the
+//     run does not end with one long test alone. go test's own -parallel
+//     must be at least the number of these tests (make test: 64).
 package vmtest
 
 import (
@@ -25,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +53,91 @@ var (
 	bakeBin  string
 	bakeErr  error
 )
+
+// vmSlots: VM tests running at once (BAKE_VMTEST_SLOTS, default 2).
+func vmSlots() int {
+	if n, err := strconv.Atoi(os.Getenv("BAKE_VMTEST_SLOTS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}
+
+// vmCPUs is the vCPU count of the tests' own VMs and of the verify runs
+// they start: the host's cores shared among the slots (under TCG a vCPU
+// is a host thread that spins while the guest has work; two VMs of one
+// vCPU each booted 15-20% faster on two cores than two of two).
+func vmCPUs() int { return max(1, runtime.NumCPU()/vmSlots()) }
+
+var sched = struct {
+	mu      sync.Mutex
+	busy    int
+	gather  *time.Timer
+	waiting []*slotWaiter
+}{}
+
+type slotWaiter struct {
+	name   string
+	weight time.Duration
+	ready  chan struct{}
+}
+
+// parallel marks t parallel and waits for a VM slot, which it holds until
+// t ends. All parallel tests are released together once the sequential
+// ones end; the first grant waits a moment for all of them to queue up.
+func parallel(t *testing.T, weight time.Duration) {
+	t.Parallel()
+	w := &slotWaiter{name: t.Name(), weight: weight, ready: make(chan struct{})}
+	sched.mu.Lock()
+	sched.waiting = append(sched.waiting, w)
+	if sched.gather == nil {
+		sched.gather = time.AfterFunc(300*time.Millisecond, func() {
+			sched.mu.Lock()
+			defer sched.mu.Unlock()
+			grantLocked()
+		})
+	} else {
+		select {
+		case <-gatherDone():
+			grantLocked()
+		default:
+		}
+	}
+	sched.mu.Unlock()
+	t0 := time.Now()
+	<-w.ready
+	if d := time.Since(t0); d > time.Second {
+		t.Logf("waited %s for a VM slot", since(t0))
+	}
+	t.Cleanup(func() {
+		sched.mu.Lock()
+		defer sched.mu.Unlock()
+		sched.busy--
+		grantLocked()
+	})
+}
+
+var gatherClosed = make(chan struct{})
+var gatherOnce sync.Once
+
+// gatherDone is closed once the first grant has happened.
+func gatherDone() <-chan struct{} { return gatherClosed }
+
+// grantLocked gives free slots to the heaviest waiting tests.
+func grantLocked() {
+	gatherOnce.Do(func() { close(gatherClosed) })
+	for sched.busy < vmSlots() && len(sched.waiting) > 0 {
+		best := 0
+		for i, w := range sched.waiting {
+			if w.weight > sched.waiting[best].weight {
+				best = i
+			}
+		}
+		w := sched.waiting[best]
+		sched.waiting = append(sched.waiting[:best], sched.waiting[best+1:]...)
+		sched.busy++
+		close(w.ready)
+	}
+}
 
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)

@@ -58,7 +58,7 @@ import (
 // probe containers on loopback) show the broken image is otherwise whole;
 // the good image passes every one of these checks (TestVerifyAppliance).
 func TestVerifyNegative(t *testing.T) {
-	t.Parallel() // see the package doc: runs beside one other test
+	parallel(t, 470*time.Second) // budget: BENCHMARKS.md
 	dir := applianceImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	t0 := time.Now()

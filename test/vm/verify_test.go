@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +65,11 @@ func (r verifyReport) status(fw, id string) string {
 func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ...string) (cmd *exec.Cmd, wait func() verifyRun) {
 	t.Helper()
 	report := t.TempDir()
+	// Each VM gets the test's share of the host's cores (vmCPUs), not
+	// what verify would pick for a host it had to itself.
+	if !slices.Contains(args, "--cpus") {
+		args = append(args, "--cpus", strconv.Itoa(vmCPUs()))
+	}
 	cmd = exec.CommandContext(ctx, bake(t), append(append([]string{"verify"}, args...), "--report", report)...)
 	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())
 	cmd.Dir = repoRoot() // see runBake
@@ -193,7 +199,7 @@ func assertVerifyCleanedUp(t *testing.T, out string) {
 // dnsmasq, namespace, tap device or work file behind and the image as it
 // was.
 func TestVerifyPlainImage(t *testing.T) {
-	t.Parallel() // see the package doc: runs beside one other test
+	parallel(t, 260*time.Second) // budget: BENCHMARKS.md
 	dir := bootImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	img := filepath.Join(dir, "boottest.qcow2")
@@ -248,7 +254,7 @@ func TestVerifyInterrupted(t *testing.T) {
 		if strings.Contains(line, "QEMU pid") {
 			once.Do(func() { close(started) })
 		}
-	}, filepath.Join(dir, "boottest.qcow2"))
+	}, filepath.Join(dir, "boottest.qcow2"), "--cpus", "0") // verify's own choice: this test runs alone
 	select {
 	case <-started:
 	case <-ctx.Done():
@@ -413,7 +419,7 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // each (identity and reboot), with every check the recipe calls for run:
 // --strict makes a skip a failure, as everywhere in this project.
 func TestVerifyAppliance(t *testing.T) {
-	t.Parallel() // see the package doc: runs beside one other test
+	parallel(t, 430*time.Second) // budget: BENCHMARKS.md
 	dir := applianceImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	// A copy of its own: the image must not change under verify, and the
