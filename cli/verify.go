@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -17,6 +18,9 @@ import (
 	"github.com/bakeimg/bake/verify"
 	"github.com/bakeimg/bake/vm"
 )
+
+// runVerify runs a verification: verify.Run, replaced in tests.
+var runVerify = verify.Run
 
 func newVerify() *cobra.Command {
 	var (
@@ -29,6 +33,7 @@ func newVerify() *cobra.Command {
 		timeout        time.Duration
 		gatewayTimeout time.Duration
 		strict         bool
+		allowSkip      []string
 		userNet        bool
 		memory         int
 		cpus           int
@@ -51,9 +56,21 @@ appliance's defaults.
 
 As root, "outside" is a network namespace joined to the VM by a tap device,
 with DHCP and router advertisements; without root QEMU's user-mode network
-(restrict=on) is used and the checks from outside are skipped, saying why.
+(restrict=on) is used and the checks from outside cannot run, saying why.
 The VMs are always powered off and every process, tap device and namespace
 removed, also on Ctrl-C.
+
+Verify fails closed: a check that could not run (SKIP: not root, no
+dnsmasq or nmap, no SSH session, nothing to decide on) is a failure, named
+in the verdict, unless --allow-skip names it. --allow-skip ID (repeatable)
+accepts the skip of one check: ID as the report names checks, either bare
+(network.scan: on every firmware; secrets.disk) or as a key
+(bios/network.scan, uefi/isolation.outside, image/secrets.disk). An ID that
+names no check is a usage error (exit 2). Each accepted skip is listed,
+with the reason it could not run, in the summary, report.json ("accepted":
+"allow-skip") and junit.xml (<skipped>); a check it names that does run
+must still pass. --strict is kept for old scripts and changes nothing: a
+skip is always a failure unless accepted.
 
 --user-data FILE boots the VMs with the user-data your cloud will pass: FILE
 (a #cloud-config mapping; MIME multi-part, scripts and templates are refused
@@ -64,17 +81,24 @@ follow; every other key of FILE is copied as written and wins over
 verify's (ssh_pwauth, disable_root, hostname): the image must hold against
 it. bake's own seed files (keys, token) are not affected.
 
-Checks of instance identity (two VMs differ, a reboot keeps them) run with
---instances 2 or more; with 1 they are not part of the run (not skipped).
+Checks of instance identity (identity.unique: two VMs differ;
+identity.reboot: a reboot keeps them) run with --instances 2 or more. With
+1, the default, they are not run and the report lists them as "not run:
+needs --instances 2 (skipped by request)" ("accepted": "by-request" in
+report.json): the user's choice, not a failure.
 
-Exit status: 0 every check passed (skips allowed unless --strict), 1 a check
-failed (the image is at fault; an image that never lets the key log in has
-failed), 2 the host cannot run the VM (QEMU, qemu-img or OVMF missing) or bad
-usage, 130 interrupted.`,
+Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
+or by request); 1 a check failed or could not run without being accepted (the
+image is not proven; an image that never lets the key log in has failed); 2
+the host cannot run the VM (QEMU, qemu-img or OVMF missing) or bad usage (an
+unknown --allow-skip ID among them); 130 interrupted.`,
 		Example: `  sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --report out/verify
-  sudo bake verify out/openclaw.qcow2 --firmware both --instances 2 --strict
+  sudo bake verify out/openclaw.qcow2 --firmware both --instances 2
+  sudo bake verify out/openclaw.qcow2 --allow-skip bios/network.scan   # no nmap here: accepted, listed
   sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --user-data my-cloud.yaml
-  bake verify out/boottest.qcow2 --timeout 20m   # not root: no outside checks`,
+  bake verify out/boottest.qcow2 --timeout 20m \
+      --allow-skip network.scan --allow-skip isolation.outside \
+      --allow-skip isolation.loopback-via-mac   # not root: no outside checks`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var fws []string
@@ -96,6 +120,16 @@ usage, 130 interrupted.`,
 			}
 			if memory < 512 {
 				return usageErr(fmt.Errorf("--memory %d: want at least 512 (MiB)", memory))
+			}
+			var allowed []string
+			for _, id := range allowSkip {
+				id, err := verify.ResolveAllowSkip(id)
+				if err != nil {
+					return usageErr(fmt.Errorf("--allow-skip %w", err))
+				}
+				if !slices.Contains(allowed, id) {
+					allowed = append(allowed, id)
+				}
 			}
 			image := args[0]
 			// Opened without blocking and checked on the descriptor: a
@@ -120,7 +154,7 @@ usage, 130 interrupted.`,
 				Keep:           keep,
 				Timeout:        timeout,
 				GatewayTimeout: gatewayTimeout,
-				Strict:         strict,
+				AllowSkip:      allowed,
 				UserNet:        userNet,
 				MemoryMiB:      memory,
 				CPUs:           cpus,
@@ -155,7 +189,7 @@ usage, 130 interrupted.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
-			rep := verify.Run(ctx, opts)
+			rep := runVerify(ctx, opts)
 			rep.WriteSummary(cmd.OutOrStdout())
 			if opts.ReportDir != "" {
 				if err := rep.WriteFiles(opts.ReportDir); err != nil {
@@ -179,10 +213,11 @@ usage, 130 interrupted.`,
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")
-	f.IntVar(&instances, "instances", 1, "VMs to boot per firmware from the same image (2 or more checks that instances differ and survive a reboot)")
+	f.IntVar(&instances, "instances", 1, "VMs to boot per firmware from the same image (2 or more checks that instances differ and survive a reboot; with 1 those are skipped by request)")
 	f.DurationVar(&timeout, "timeout", verify.DefaultTimeout, "time limit of the whole verification")
 	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running")
-	f.BoolVar(&strict, "strict", false, "count a skipped check as a failure (exit 1)")
+	f.BoolVar(&strict, "strict", false, "no-op, kept for old scripts: a skipped check is always a failure (exit 1) unless --allow-skip names it")
+	f.StringArrayVar(&allowSkip, "allow-skip", nil, "accept the skip of check `ID` (network.scan; bios/network.scan for one firmware; repeatable): listed with the reason it could not run, not a failure")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")

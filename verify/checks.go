@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -94,8 +95,9 @@ func portList(ports []int) string {
 }
 
 // Plan lists the checks of one firmware for spec, in the order they run.
-// identity.* need two instances or more: with one they are not asked for
-// (not part of the run, so --strict does not count them as skipped).
+// identity.* need two instances or more: with one they are not run, and
+// the report lists them as skipped by request (ByRequest), not as
+// failures.
 func Plan(s Spec, instances int) []string {
 	ids := []string{"ssh.key-login", "system.running", "ssh.effective-config", "ssh.password-refused", "ssh.root-refused"}
 	if s.Firewall != nil {
@@ -117,6 +119,59 @@ func Plan(s Spec, instances int) []string {
 	return ids
 }
 
+// ByRequest lists the checks of one firmware that a run of that many
+// instances leaves out by the user's choice: identity.* with one.
+func ByRequest(instances int) []string {
+	if instances < 2 {
+		return []string{"identity.unique", "identity.reboot"}
+	}
+	return nil
+}
+
+// imageChecks are the checks of the image file itself (no firmware).
+var imageChecks = []string{"secrets.disk"}
+
+// Catalog lists every check verify has that can be skipped: those of a
+// firmware (each run once per firmware) and those of the image file.
+// image.format and verify.timeout are not in it: they pass or fail.
+func Catalog() (firmware, image []string) {
+	return Plan(DefaultSpec(), 2), append([]string(nil), imageChecks...)
+}
+
+// ResolveAllowSkip checks an --allow-skip ID against the catalog: a check
+// ID ("network.scan", "secrets.disk") or a key as the report names it
+// ("bios/network.scan", "uefi/identity.reboot", "image/secrets.disk").
+// It returns the ID trimmed, or an error naming the valid IDs.
+func ResolveAllowSkip(id string) (string, error) {
+	id = strings.TrimSpace(id)
+	fwChecks, imgChecks := Catalog()
+	prefix, check, keyed := strings.Cut(id, "/")
+	if !keyed {
+		check = id
+	}
+	switch {
+	case !keyed && (slices.Contains(fwChecks, check) || slices.Contains(imgChecks, check)):
+		return id, nil
+	case keyed && (prefix == vm.BIOS || prefix == vm.UEFI) && slices.Contains(fwChecks, check):
+		return id, nil
+	case keyed && prefix == "image" && slices.Contains(imgChecks, check):
+		return id, nil
+	}
+	why := "names no check of bake verify"
+	switch {
+	case check == "image.format" || check == "verify.timeout":
+		why = "names a check that never skips (it passes or fails)"
+	case keyed && prefix != vm.BIOS && prefix != vm.UEFI && prefix != "image":
+		why = fmt.Sprintf("%q is no firmware (%s, %s) nor \"image\"", prefix, vm.BIOS, vm.UEFI)
+	case keyed && slices.Contains(fwChecks, check):
+		why = fmt.Sprintf("%s is a check of each firmware: prefix it with %s/ or %s/, or give it bare", check, vm.BIOS, vm.UEFI)
+	case keyed && slices.Contains(imgChecks, check):
+		why = fmt.Sprintf("%s is a check of the image file: image/%s, or give it bare", check, check)
+	}
+	return "", fmt.Errorf("%q %s; the checks: %s (each firmware's, as CHECK or FIRMWARE/CHECK), %s (the image's, as CHECK or image/CHECK)",
+		id, why, strings.Join(fwChecks, ", "), strings.Join(imgChecks, ", "))
+}
+
 func (s Spec) isolation() bool {
 	return s.Docker && (s.Firewall == nil || s.Firewall.DockerIsolation)
 }
@@ -130,8 +185,10 @@ func (r *runner) fillSkipped(reason string) {
 			}
 		}
 	}
-	if !r.has("", "secrets.disk") {
-		r.record("", "secrets.disk", Skip, reason, 0)
+	for _, id := range imageChecks {
+		if !r.has("", id) {
+			r.record("", id, Skip, reason, 0)
+		}
 	}
 }
 

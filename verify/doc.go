@@ -23,9 +23,14 @@
 //     keys and tokens (Scanner).
 //  4. A Report: a human summary, report.json and junit.xml, each naming the
 //     image's sha256, and an exit status: 0 every check passed, 1 a check
-//     failed (the image is at fault; an image that never lets the throwaway
-//     key log in has failed), 2 the host could not run the VM.
+//     failed or could not run (the image is not proven; an image that never
+//     lets the throwaway key log in has failed), 2 the host could not run
+//     the VM.
 //
 // Every check states a claim and is Pass, Fail or Skip with evidence: the
 // commands run and what they printed, addresses probed and what answered.
+// Verify fails closed: a Skip is a failure unless it is accepted, because
+// Options.AllowSkip (--allow-skip) names it or because the run's options
+// left the check out (identity.* with one instance: "skipped by request",
+// Report.ListByRequest).
 package verify

@@ -18,13 +18,24 @@ type Status string
 const (
 	Pass Status = "pass"
 	Fail Status = "fail"
-	Skip Status = "skip" // not decided, with the reason in the evidence
+	Skip Status = "skip" // not run or not decided, with the reason in the evidence
+)
+
+// Why a Skip is accepted (Result.Accepted). A skip that is not accepted is
+// a failure: verify fails closed, a claim that was not proven is not taken
+// as holding.
+const (
+	// AcceptedAllowSkip: --allow-skip named the check (Report.AllowSkip).
+	AcceptedAllowSkip = "allow-skip"
+	// AcceptedByRequest: the run's options left the check out (identity.*
+	// with --instances 1); it was never attempted.
+	AcceptedByRequest = "by-request"
 )
 
 // Exit statuses of a verification.
 const (
-	ExitPass        = 0   // every check passed (skips allowed unless Strict)
-	ExitFail        = 1   // a check failed: the image is at fault
+	ExitPass        = 0   // every check passed, or was skipped and accepted (--allow-skip, by request)
+	ExitFail        = 1   // a check failed, or could not run and was not accepted: the image is not proven
 	ExitHost        = 2   // the host could not run the VM (or bad usage)
 	ExitInterrupted = 130 // Ctrl-C or SIGTERM: nothing was decided
 )
@@ -33,10 +44,14 @@ const (
 // several instances). ID names the claim (e.g. "ssh.password-refused");
 // Firmware is empty for checks of the image file itself.
 type Result struct {
-	ID       string        `json:"id"`
-	Title    string        `json:"title"`
-	Firmware string        `json:"firmware,omitempty"`
-	Status   Status        `json:"status"`
+	ID       string `json:"id"`
+	Title    string `json:"title"`
+	Firmware string `json:"firmware,omitempty"`
+	Status   Status `json:"status"`
+	// Accepted is set on a Skip that does not fail the run:
+	// AcceptedAllowSkip or AcceptedByRequest. A skip without it is a
+	// failure (Report.Exit).
+	Accepted string        `json:"accepted,omitempty"`
 	Evidence string        `json:"evidence"`
 	Duration time.Duration `json:"-"`
 	Seconds  float64       `json:"seconds"`
@@ -74,9 +89,12 @@ type Report struct {
 	// HostError says why the host could not run the VM (exit status 2).
 	HostError string `json:"host_error,omitempty"`
 	// Interrupted says what stopped the run early (a signal).
-	Interrupted string   `json:"interrupted,omitempty"`
-	Strict      bool     `json:"strict,omitempty"`
-	Results     []Result `json:"results"`
+	Interrupted string `json:"interrupted,omitempty"`
+	// AllowSkip are the --allow-skip IDs: "network.scan" (every firmware)
+	// or a key, "bios/network.scan". A skip they name is accepted; any
+	// other skip fails the run.
+	AllowSkip []string `json:"allow_skip,omitempty"`
+	Results   []Result `json:"results"`
 	// Evidence files written beside the report (serial console logs).
 	Files    []string `json:"files,omitempty"`
 	Counts   Counts   `json:"counts"`
@@ -84,11 +102,15 @@ type Report struct {
 	Verdict  string   `json:"verdict"`
 }
 
-// Counts of results by status.
+// Counts of results by status. Skip counts every skip; SkipAllowed and
+// SkipByRequest are the accepted ones, SkipFailing the rest (failures).
 type Counts struct {
-	Pass int `json:"pass"`
-	Fail int `json:"fail"`
-	Skip int `json:"skip"`
+	Pass          int `json:"pass"`
+	Fail          int `json:"fail"`
+	Skip          int `json:"skip"`
+	SkipAllowed   int `json:"skip_allowed"`    // accepted by --allow-skip
+	SkipByRequest int `json:"skip_by_request"` // left out by the run's options
+	SkipFailing   int `json:"skip_failing"`    // could not run, not accepted: failures
 }
 
 // Tally returns the counts of r's results.
@@ -102,14 +124,50 @@ func (r *Report) Tally() Counts {
 			c.Fail++
 		default:
 			c.Skip++
+			switch r.accepted(x) {
+			case AcceptedAllowSkip:
+				c.SkipAllowed++
+			case AcceptedByRequest:
+				c.SkipByRequest++
+			default:
+				c.SkipFailing++
+			}
 		}
 	}
 	return c
 }
 
+// accepted says why x, a skip, does not fail the run ("" when it does, or
+// when x is no skip): by request when the run left it out, allowed when
+// an --allow-skip ID names it.
+func (r *Report) accepted(x Result) string {
+	if x.Status != Skip {
+		return ""
+	}
+	if x.Accepted == AcceptedByRequest {
+		return AcceptedByRequest
+	}
+	for _, id := range r.AllowSkip {
+		if AllowSkipMatches(id, x) {
+			return AcceptedAllowSkip
+		}
+	}
+	return ""
+}
+
+// AllowSkipMatches: the --allow-skip ID names x. A bare check ID
+// ("network.scan") names the check on every firmware, a key
+// ("bios/network.scan", "image/secrets.disk") that one result.
+func AllowSkipMatches(id string, x Result) bool {
+	if strings.Contains(id, "/") {
+		return id == x.Key()
+	}
+	return id == x.ID
+}
+
 // Exit is the exit status the report calls for: 2 when the host could not
-// run the VM, 130 when interrupted, 1 when a check failed (or, with Strict,
-// was skipped), else 0.
+// run the VM, 130 when interrupted, 1 when a check failed or was skipped
+// without being accepted (--allow-skip, by request), else 0.
 func (r *Report) Exit() int {
 	c := r.Tally()
 	switch {
@@ -117,53 +175,103 @@ func (r *Report) Exit() int {
 		return ExitHost
 	case r.Interrupted != "":
 		return ExitInterrupted
-	case c.Fail > 0:
-		return ExitFail
-	case r.Strict && c.Skip > 0:
+	case c.Fail > 0 || c.SkipFailing > 0:
 		return ExitFail
 	}
 	return ExitPass
 }
 
-// Finish sorts nothing (results keep the order the checks ran in), fills in
-// the counts, exit code, verdict and durations.
+// Finish lists the checks the run's options left out (ListByRequest),
+// marks the accepted skips, and fills in the counts, exit code, verdict
+// and durations. It sorts nothing: results keep the order the checks ran
+// in.
 func (r *Report) Finish(now time.Time) {
+	r.ListByRequest()
 	r.Finished = now
 	r.Seconds = round(now.Sub(r.Started).Seconds())
 	for i := range r.Results {
 		r.Results[i].Seconds = round(r.Results[i].Duration.Seconds())
+		r.Results[i].Accepted = r.accepted(r.Results[i])
 	}
 	r.Counts = r.Tally()
 	r.ExitCode = r.Exit()
 	r.Verdict = r.verdict()
 }
 
+// ByRequestReason is the evidence of a check the run's options left out.
+const ByRequestReason = "not run: needs --instances 2 (skipped by request)"
+
+// ListByRequest adds, for each firmware of the run, a Skip accepted by
+// request for every check the run's options leave out (ByRequest): with
+// one instance, identity.unique and identity.reboot. Each goes after the
+// last result of its firmware. Nothing is added after a host error
+// (nothing ran), nor for a check that already has a result.
+func (r *Report) ListByRequest() {
+	if r.HostError != "" {
+		return
+	}
+	for _, fw := range r.Firmwares {
+		for _, id := range ByRequest(r.Instances) {
+			at, seen := len(r.Results), false
+			for i, x := range r.Results {
+				if x.Firmware == fw {
+					at = i + 1
+					seen = seen || x.ID == id
+				}
+			}
+			if seen {
+				continue
+			}
+			x := Result{ID: id, Title: title(DefaultSpec(), id), Firmware: fw, Status: Skip, Accepted: AcceptedByRequest, Evidence: ByRequestReason}
+			r.Results = append(r.Results[:at], append([]Result{x}, r.Results[at:]...)...)
+		}
+	}
+}
+
 func round(s float64) float64 { return float64(int64(s*10+0.5)) / 10 }
 
 func (r *Report) verdict() string {
-	c := r.Tally()
 	switch r.Exit() {
 	case ExitHost:
 		return "host cannot run the VM: " + firstLine(r.HostError)
 	case ExitInterrupted:
 		return "interrupted: " + r.Interrupted
-	case ExitFail:
-		var names []string
-		for _, x := range r.Results {
-			if x.Status == Fail || (r.Strict && x.Status == Skip) {
-				names = append(names, x.Key())
-			}
-		}
-		what := "the image failed"
-		if c.Fail == 0 {
-			what = "checks were skipped (strict)"
-		}
-		return fmt.Sprintf("%s: %s", what, strings.Join(names, ", "))
 	}
-	if c.Skip > 0 {
-		return fmt.Sprintf("every check that ran passed; %d skipped", c.Skip)
+	var failed, unrun, allowed, byRequest []string
+	for _, x := range r.Results {
+		switch {
+		case x.Status == Fail:
+			failed = append(failed, x.Key())
+		case x.Status == Pass:
+		case r.accepted(x) == AcceptedAllowSkip:
+			allowed = append(allowed, x.Key())
+		case r.accepted(x) == AcceptedByRequest:
+			byRequest = append(byRequest, x.Key())
+		default:
+			unrun = append(unrun, x.Key())
+		}
 	}
-	return "every check passed"
+	var parts []string
+	if len(failed) > 0 {
+		parts = append(parts, "the image failed: "+strings.Join(failed, ", "))
+	}
+	if len(unrun) > 0 {
+		parts = append(parts, "could not run (a failure unless --allow-skip names it): "+strings.Join(unrun, ", "))
+	}
+	if len(parts) > 0 {
+		return strings.Join(parts, "; ")
+	}
+	if len(allowed) == 0 && len(byRequest) == 0 {
+		return "every check passed"
+	}
+	parts = []string{"every check that ran passed"}
+	if len(allowed) > 0 {
+		parts = append(parts, "skipped, accepted by --allow-skip: "+strings.Join(allowed, ", "))
+	}
+	if len(byRequest) > 0 {
+		parts = append(parts, "skipped by request: "+strings.Join(byRequest, ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Failed lists the keys of failed results.
@@ -231,7 +339,8 @@ type junitMessage struct {
 
 // WriteJUnit writes the report as JUnit XML: a test suite per firmware (and
 // one, "image", for the checks of the image file), a test case per check.
-// A host error is an <error> test case; with Strict a skip is a failure.
+// A host error is an <error> test case; a skip that is not accepted is a
+// <failure> (type "skip"), an accepted one <skipped> saying why.
 func (r *Report) WriteJUnit(w io.Writer) error {
 	groups := map[string][]Result{}
 	var order []string
@@ -254,6 +363,9 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	}
 	if r.UserData != "" {
 		props = append(props, junitProperty{"user_data", r.UserData}, junitProperty{"user_data.sha256", r.UserDataSHA256})
+	}
+	if len(r.AllowSkip) > 0 {
+		props = append(props, junitProperty{"allow_skip", strings.Join(r.AllowSkip, " ")})
 	}
 	props = append(props,
 		junitProperty{"instances", fmt.Sprint(r.Instances)},
@@ -283,12 +395,15 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			case x.Status == Fail:
 				c.Failure = &junitMessage{Message: firstLine(x.Evidence), Type: "fail", Text: x.Evidence}
 				s.Failures++
-			case x.Status == Skip && r.Strict:
-				c.Failure = &junitMessage{Message: "skipped (a skip is a failure with --strict): " + firstLine(x.Evidence), Type: "skip", Text: x.Evidence}
-				s.Failures++
-			case x.Status == Skip:
-				c.Skipped = &junitMessage{Message: firstLine(x.Evidence)}
+			case x.Status == Skip && r.accepted(x) == AcceptedAllowSkip:
+				c.Skipped = &junitMessage{Message: "accepted by --allow-skip: " + firstLine(x.Evidence), Text: x.Evidence}
 				s.Skipped++
+			case x.Status == Skip && r.accepted(x) == AcceptedByRequest:
+				c.Skipped = &junitMessage{Message: firstLine(x.Evidence), Text: x.Evidence}
+				s.Skipped++
+			case x.Status == Skip:
+				c.Failure = &junitMessage{Message: "could not run (a failure unless --allow-skip names it): " + firstLine(x.Evidence), Type: "skip", Text: x.Evidence}
+				s.Failures++
 			}
 			total += x.Duration
 			s.Cases = append(s.Cases, c)
@@ -328,8 +443,11 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  firmware %s, %d instance(s) of %d vCPU(s), accel %s, outside: %s\n",
 		strings.Join(r.Firmwares, "+"), r.Instances, r.CPUs, orDash(r.Accel), orDash(r.Outside))
-	if r.Instances < 2 && r.HostError == "" {
-		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) not run: they need --instances 2\n")
+	if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
+		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) skipped by request: they need --instances 2\n")
+	}
+	if len(r.AllowSkip) > 0 {
+		fmt.Fprintf(w, "  --allow-skip %s\n", strings.Join(r.AllowSkip, " --allow-skip "))
 	}
 	if r.HostError != "" {
 		fmt.Fprintf(w, "\nHOST ERROR: %s\n", indentRest(r.HostError, "  "))
@@ -360,9 +478,34 @@ func (r *Report) WriteSummary(w io.Writer) {
 		for _, l := range lines {
 			fmt.Fprintf(w, "      %s\n", truncate(l, 240))
 		}
+		if x.Status == Skip {
+			switch r.accepted(x) {
+			case AcceptedAllowSkip:
+				fmt.Fprintf(w, "      => accepted: --allow-skip names it\n")
+			case AcceptedByRequest:
+			default:
+				fmt.Fprintf(w, "      => a failure: it could not run (--allow-skip %s accepts it)\n", x.Key())
+			}
+		}
 	}
 	c := r.Tally()
-	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped in %s; image sha256:%s\n", c.Pass, c.Fail, c.Skip,
+	var accepted []string
+	for _, x := range r.Results {
+		switch r.accepted(x) {
+		case AcceptedAllowSkip:
+			accepted = append(accepted, fmt.Sprintf("  %s (--allow-skip): %s", x.Key(), truncate(firstLine(x.Evidence), 200)))
+		case AcceptedByRequest:
+			accepted = append(accepted, fmt.Sprintf("  %s (by request): %s", x.Key(), truncate(firstLine(x.Evidence), 200)))
+		}
+	}
+	if len(accepted) > 0 {
+		fmt.Fprintf(w, "\naccepted skips (not proven, not failures):\n%s\n", strings.Join(accepted, "\n"))
+	}
+	skipped := fmt.Sprintf("%d skipped", c.Skip)
+	if c.Skip > 0 {
+		skipped += fmt.Sprintf(" (%d accepted by --allow-skip, %d by request, %d failing)", c.SkipAllowed, c.SkipByRequest, c.SkipFailing)
+	}
+	fmt.Fprintf(w, "\n%d passed, %d failed, %s in %s; image sha256:%s\n", c.Pass, c.Fail, skipped,
 		r.Finished.Sub(r.Started).Round(time.Second), r.SHA256)
 	fmt.Fprintf(w, "verdict: %s (exit %d)\n", r.verdict(), r.Exit())
 }

@@ -36,9 +36,16 @@ func TestExitCodes(t *testing.T) {
 		verdict string
 	}{
 		{"all pass", Report{Results: []Result{pass, pass}}, 0, "every check passed"},
-		{"skips allowed", Report{Results: []Result{pass, skip}}, 0, "every check that ran passed; 1 skipped"},
-		{"strict skip", Report{Strict: true, Results: []Result{pass, skip}}, 1, "checks were skipped (strict): bios/c"},
-		{"a failure", Report{Results: []Result{pass, fail, skip}}, 1, "the image failed: bios/b"},
+		// Fail closed: a check that could not run is a failure.
+		{"a skip fails", Report{Results: []Result{pass, skip}}, 1, "could not run (a failure unless --allow-skip names it): bios/c"},
+		{"a skip allowed", Report{AllowSkip: []string{"c"}, Results: []Result{pass, skip}}, 0, "every check that ran passed; skipped, accepted by --allow-skip: bios/c"},
+		{"a skip allowed by key", Report{AllowSkip: []string{"bios/c"}, Results: []Result{pass, skip}}, 0, "every check that ran passed; skipped, accepted by --allow-skip: bios/c"},
+		{"another firmware's skip allowed", Report{AllowSkip: []string{"uefi/c"}, Results: []Result{pass, skip}}, 1, "could not run (a failure unless --allow-skip names it): bios/c"},
+		{"another check's skip allowed", Report{AllowSkip: []string{"a"}, Results: []Result{pass, skip}}, 1, "could not run (a failure unless --allow-skip names it): bios/c"},
+		{"a failure", Report{Results: []Result{pass, fail, skip}}, 1, "the image failed: bios/b; could not run (a failure unless --allow-skip names it): bios/c"},
+		{"a failure, its skip allowed", Report{AllowSkip: []string{"c"}, Results: []Result{pass, fail, skip}}, 1, "the image failed: bios/b"},
+		// --allow-skip accepts a skip, never a failure.
+		{"a failure allowed", Report{AllowSkip: []string{"b"}, Results: []Result{pass, fail}}, 1, "the image failed: bios/b"},
 		{"host", Report{HostError: "qemu-system-x86_64 is not installed", Results: []Result{fail}}, 2, "host cannot run the VM: qemu-system-x86_64 is not installed"},
 		{"interrupted", Report{Interrupted: "stopped by a signal", Results: []Result{fail}}, 130, "interrupted: stopped by a signal"},
 		{"nothing ran", Report{}, 0, "every check passed"},
@@ -86,7 +93,8 @@ func TestReportJUnit(t *testing.T) {
 	if err := xml.Unmarshal(b.Bytes(), &s); err != nil {
 		t.Fatalf("%v\n%s", err, b.String())
 	}
-	if s.Tests != 4 || s.Failures != 1 || s.Skipped != 1 || !strings.Contains(s.Name, r.SHA256) {
+	// The skip of uefi/network.scan is not accepted: a failure.
+	if s.Tests != 4 || s.Failures != 2 || s.Skipped != 0 || !strings.Contains(s.Name, r.SHA256) {
 		t.Errorf("suites: tests %d failures %d skipped %d name %q", s.Tests, s.Failures, s.Skipped, s.Name)
 	}
 	if len(s.Suites) != 3 || s.Suites[0].Name != "bios" || s.Suites[1].Name != "uefi" || s.Suites[2].Name != "image" {
@@ -103,17 +111,25 @@ func TestReportJUnit(t *testing.T) {
 	if f.Failure == nil || f.Failure.Message != "admin logged in with the right password" || !strings.Contains(f.Failure.Text, `<xml & "quotes">`) {
 		t.Errorf("failure case %+v", f)
 	}
-	if sk := s.Suites[1].Cases[0]; sk.Skipped == nil || sk.Failure != nil {
+	if sk := s.Suites[1].Cases[0]; sk.Failure == nil || sk.Skipped != nil || sk.Failure.Type != "skip" ||
+		sk.Failure.Message != "could not run (a failure unless --allow-skip names it): not run: nmap is not installed" {
 		t.Errorf("skipped case %+v", sk)
 	}
-	// With --strict a skip is a failure in JUnit too.
-	r.Strict = true
+	// Accepted with --allow-skip: <skipped>, saying so.
+	r.AllowSkip = []string{"network.scan"}
 	r.Finish(r.Finished)
 	b.Reset()
 	r.WriteJUnit(&b)
+	s = junitSuites{}
 	xml.Unmarshal(b.Bytes(), &s)
-	if s.Failures != 2 || s.Skipped != 0 {
-		t.Errorf("strict: failures %d skipped %d", s.Failures, s.Skipped)
+	if s.Failures != 1 || s.Skipped != 1 {
+		t.Errorf("--allow-skip: failures %d skipped %d", s.Failures, s.Skipped)
+	}
+	if sk := s.Suites[1].Cases[0]; sk.Skipped == nil || sk.Failure != nil || sk.Skipped.Message != "accepted by --allow-skip: not run: nmap is not installed" {
+		t.Errorf("allowed skip case %+v", sk)
+	}
+	if !strings.Contains(b.String(), `<property name="allow_skip" value="network.scan">`) {
+		t.Errorf("junit does not name --allow-skip:\n%s", b.String())
 	}
 	// A host error is an <error>.
 	h := &Report{Image: "x.qcow2", SHA256: "00", HostError: "OVMF missing", Started: r.Started}
@@ -136,9 +152,10 @@ func TestReportSummaryAndFiles(t *testing.T) {
 		"FAIL  bios/ssh.password-refused",
 		"      admin logged in with the right password",
 		"SKIP  uefi/network.scan",
+		"      => a failure: it could not run (--allow-skip uefi/network.scan accepts it)",
 		"PASS  image/secrets.disk",
-		"2 passed, 1 failed, 1 skipped",
-		"verdict: the image failed: bios/ssh.password-refused (exit 1)",
+		"2 passed, 1 failed, 1 skipped (0 accepted by --allow-skip, 0 by request, 1 failing)",
+		"verdict: the image failed: bios/ssh.password-refused; could not run (a failure unless --allow-skip names it): uefi/network.scan (exit 1)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
@@ -205,6 +222,10 @@ func TestRunWithoutQEMUIsAHostError(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", t.TempDir())
+	// Run first sweeps $TMPDIR for work dirs of killed runs: not the
+	// host's /tmp from a unit test (it once removed the dir a VM test had
+	// just left there on purpose, TestVerifyKilled).
+	t.Setenv("TMPDIR", t.TempDir())
 	r := Run(t.Context(), Options{Image: img, Spec: DefaultSpec(), Firmwares: []string{"bios", "uefi"}})
 	if r.ExitCode != ExitHost || !strings.Contains(r.HostError, "qemu-system-x86_64 is not installed") {
 		t.Fatalf("exit %d, host error %q", r.ExitCode, r.HostError)

@@ -218,7 +218,7 @@ func TestWriteSeedWithUserData(t *testing.T) {
 }
 
 // The report names the user-data file and its digest; with one instance
-// the summary says the identity checks were not part of the run.
+// the summary says the identity checks were skipped by request.
 func TestReportNamesUserData(t *testing.T) {
 	u := mustParseUserData(t, "#cloud-config\nssh_pwauth: true\n")
 	r := &Report{Image: "x.qcow2", Firmwares: []string{"uefi"}, Instances: 1, UserData: u.Name, UserDataSHA256: u.SHA256,
@@ -228,7 +228,7 @@ func TestReportNamesUserData(t *testing.T) {
 	if !strings.Contains(b.String(), "user-data merged from cloud.yaml (sha256:"+u.SHA256+")") {
 		t.Errorf("summary:\n%s", b.String())
 	}
-	if !strings.Contains(b.String(), "identity checks (two instances differ, a reboot keeps them) not run: they need --instances 2") {
+	if !strings.Contains(b.String(), "identity checks (two instances differ, a reboot keeps them) skipped by request: they need --instances 2") {
 		t.Errorf("summary does not say the identity checks were not run:\n%s", b.String())
 	}
 	var j strings.Builder

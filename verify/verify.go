@@ -58,8 +58,10 @@ type Options struct {
 	// GatewayTimeout bounds the wait for the gateway to answer after the
 	// system is running; GatewayStartTimeout when 0.
 	GatewayTimeout time.Duration
-	// Strict makes a skipped check a failure (the project's own tests).
-	Strict    bool
+	// AllowSkip names the skips the user accepts (--allow-skip): check
+	// IDs ("network.scan") or keys ("bios/network.scan"), each checked
+	// with ResolveAllowSkip. Any other skip fails the run.
+	AllowSkip []string
 	MemoryMiB int
 	// CPUs is each VM's vCPU count; 0 picks it (AutoCPUs).
 	CPUs int
@@ -151,11 +153,7 @@ func Run(ctx context.Context, o Options) *Report {
 	if len(o.Firmwares) == 0 {
 		o.Firmwares = []string{vm.BIOS}
 	}
-	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances, CPUs: o.CPUs,
-		Strict: o.Strict, Started: time.Now(), BakeVersion: o.BakeVersion}
-	if o.UserData != nil {
-		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
-	}
+	rep := NewReport(o)
 	r := &runner{o: o, rep: rep}
 	defer func() { rep.SortResults(); rep.Finish(time.Now()) }()
 
@@ -237,6 +235,18 @@ func Run(ctx context.Context, o Options) *Report {
 		r.record("", "verify.timeout", Fail, fmt.Sprintf("the verification did not finish within --timeout %s", o.Timeout), 0)
 	}
 	r.fillSkipped("not run")
+	return rep
+}
+
+// NewReport is the report of a run of o before any check has a result
+// (Run fills in o's defaults first). Exported so that a stand-in for Run
+// (the CLI's tests) reports exactly as Run does.
+func NewReport(o Options) *Report {
+	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances, CPUs: o.CPUs,
+		AllowSkip: o.AllowSkip, Started: time.Now(), BakeVersion: o.BakeVersion}
+	if o.UserData != nil {
+		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
+	}
 	return rep
 }
 
@@ -426,7 +436,8 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 
 	// Identity of several instances runs beside the main checks: the
 	// reboot of the last instance takes as long as a boot. With one
-	// instance it is not part of the run (Plan).
+	// instance it is not part of the run (Plan): the report lists it as
+	// skipped by request (Report.ListByRequest).
 	var idwg sync.WaitGroup
 	if len(insts) >= 2 {
 		idwg.Add(1)

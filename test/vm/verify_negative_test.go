@@ -83,8 +83,9 @@ func TestVerifyNegative(t *testing.T) {
 	img := filepath.Join(out, "openclaw-broken.raw")
 
 	tv := time.Now()
-	// --strict: with one instance no check is skipped (the identity checks
-	// are not part of the run), and none may be.
+	// No check may be skipped: a skip fails the run (fail closed; --strict
+	// is a no-op alias). With one instance the identity checks are not
+	// run: the report lists them as skipped by request, checked below.
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
 		"--firmware", "bios", "--instances", "1", "--strict", "--timeout", "35m")
 	t.Logf("output:\n%s", run.out)
@@ -136,6 +137,11 @@ func TestVerifyNegative(t *testing.T) {
 				if !strings.Contains(x.Evidence, s) {
 					t.Errorf("%s failed, but its evidence does not say %q:\n%s", key, s, x.Evidence)
 				}
+			}
+		case strings.HasPrefix(x.ID, "identity."):
+			// --instances 1: listed as skipped by request, not a failure.
+			if x.Status != "skip" || x.Accepted != "by-request" || !strings.Contains(x.Evidence, "needs --instances 2") {
+				t.Errorf("%s: %s (%q), want a skip by request (--instances 1)\n%s", key, x.Status, x.Accepted, x.Evidence)
 			}
 		default:
 			if x.Status != "pass" {
