@@ -138,16 +138,20 @@ func ruleLines(rules, chain string) []string {
 // few packets against the rendered chain.
 func TestDockerUserRulesBehaviour(t *testing.T) {
 	o := IsolationOptions{Exceptions: []Exception{{Source: netip.MustParsePrefix("192.168.1.0/24"), Port: 18789, Comment: "Home"}}}
-	v4 := DockerUserRules(o, false)
+	v4, v6 := DockerUserRules(o, false), DockerUserRules(o, true)
 	golden(t, "docker-user.rules.v4.golden", v4)
-	golden(t, "docker-user.rules.v6.golden", DockerUserRules(o, true))
-	chain := ruleLines(v4, "DOCKER-USER")
+	golden(t, "docker-user.rules.v6.golden", v6)
 	type pkt struct {
 		in, dst, src string
+		proto        string // tcp (default) or udp
+		dport        int    // destination port as the packet has it now
 		established  bool
 		origPort     int
 	}
-	verdict := func(p pkt) string {
+	verdict := func(chain []string, p pkt) string {
+		if p.proto == "" {
+			p.proto = "tcp"
+		}
 		for _, r := range chain {
 			f := strings.Fields(r)
 			match := true
@@ -168,6 +172,17 @@ func TestDockerUserRulesBehaviour(t *testing.T) {
 				case "-s":
 					i++
 					match = match && netip.MustParsePrefix(f[i]).Contains(netip.MustParseAddr(p.src))
+				case "-p":
+					i++
+					match = match && p.proto == f[i]
+				case "-m":
+					i++
+					if f[i] == "udp" || f[i] == "tcp" {
+						match = match && p.proto == f[i]
+					}
+				case "--dport":
+					i++
+					match = match && f[i] == itoa(p.dport)
 				case "--ctstate":
 					i++
 					if f[i] == "RELATED,ESTABLISHED" {
@@ -183,6 +198,8 @@ func TestDockerUserRulesBehaviour(t *testing.T) {
 					target = f[i]
 				case "--comment":
 					i++
+				default:
+					t.Fatalf("the simulation does not know %q in %q", f[i], r)
 				}
 			}
 			if match {
@@ -191,44 +208,148 @@ func TestDockerUserRulesBehaviour(t *testing.T) {
 		}
 		return "end of chain"
 	}
+	const c4, c18 = "172.17.0.2", "172.18.0.2"
 	cases := []struct {
 		name string
 		p    pkt
 		want string
 	}{
-		{"outside to a published port, any NIC name (ens3)", pkt{in: "ens3", src: "203.0.113.9", dst: "172.17.0.2", origPort: 80}, "DROP"},
-		{"outside to a published port (eth0)", pkt{in: "eth0", src: "203.0.113.9", dst: "172.17.0.2", origPort: 8080}, "DROP"},
+		{"outside to a published port, any NIC name (ens3)", pkt{in: "ens3", src: "203.0.113.9", dst: c4, origPort: 80}, "DROP"},
+		{"outside to a published port (eth0)", pkt{in: "eth0", src: "203.0.113.9", dst: c4, origPort: 8080}, "DROP"},
 		{"outside to a published port (enp1s0)", pkt{in: "enp1s0", src: "10.0.0.7", dst: "172.18.0.5", origPort: 80}, "DROP"},
-		{"tailnet to a published port", pkt{in: "tailscale0", src: "100.64.0.1", dst: "172.17.0.2", origPort: 80}, "DROP"},
-		{"allowed network to the gateway port", pkt{in: "ens3", src: "192.168.1.20", dst: "172.17.0.2", origPort: 18789}, "RETURN"},
-		{"allowed network to another port", pkt{in: "ens3", src: "192.168.1.20", dst: "172.17.0.2", origPort: 22}, "DROP"},
-		{"other network to the gateway port", pkt{in: "ens3", src: "192.168.2.20", dst: "172.17.0.2", origPort: 18789}, "DROP"},
-		{"reply to a container's connection", pkt{in: "ens3", src: "198.51.100.1", dst: "172.17.0.2", established: true}, "ACCEPT"},
-		{"container to the internet", pkt{in: "docker0", src: "172.17.0.2", dst: "198.51.100.1"}, "RETURN"},
-		{"container on a user network to the internet", pkt{in: "br-0a1b2c", src: "172.18.0.2", dst: "198.51.100.1"}, "RETURN"},
-		{"container to the metadata service", pkt{in: "docker0", src: "172.17.0.2", dst: "169.254.169.254"}, "DROP"},
-		{"user-network container to the metadata service", pkt{in: "br-0a1b2c", src: "172.18.0.2", dst: "169.254.169.254"}, "DROP"},
+		{"tailnet to a published port", pkt{in: "tailscale0", src: "100.64.0.1", dst: c4, origPort: 80}, "DROP"},
+		{"allowed network to the gateway port", pkt{in: "ens3", src: "192.168.1.20", dst: c4, origPort: 18789}, "RETURN"},
+		{"allowed network to another port", pkt{in: "ens3", src: "192.168.1.20", dst: c4, origPort: 22}, "DROP"},
+		{"other network to the gateway port", pkt{in: "ens3", src: "192.168.2.20", dst: c4, origPort: 18789}, "DROP"},
+		{"reply to a container's connection", pkt{in: "ens3", src: "198.51.100.1", dst: c4, established: true}, "ACCEPT"},
+		{"container to the internet", pkt{in: "docker0", src: c4, dst: "198.51.100.1", dport: 443}, "RETURN"},
+		{"container on a user network to the internet", pkt{in: "br-0a1b2c", src: c18, dst: "198.51.100.1", dport: 443}, "RETURN"},
+		{"container to a public resolver", pkt{in: "docker0", src: c4, dst: "9.9.9.9", proto: "udp", dport: 53}, "RETURN"},
+		// The metadata endpoints.
+		{"container to the metadata service", pkt{in: "docker0", src: c4, dst: "169.254.169.254", dport: 80}, "DROP"},
+		{"user-network container to the metadata service", pkt{in: "br-0a1b2c", src: c18, dst: "169.254.169.254", dport: 80}, "DROP"},
+		{"container to ECS task metadata", pkt{in: "docker0", src: c4, dst: "169.254.170.2", dport: 80}, "DROP"},
+		{"container to elsewhere in link-local", pkt{in: "br-0a1b2c", src: c18, dst: "169.254.1.1", dport: 80}, "DROP"},
+		{"container to Azure's wireserver", pkt{in: "docker0", src: c4, dst: "168.63.129.16", dport: 80}, "DROP"},
+		{"container to Azure's wireserver agent port", pkt{in: "br-0a1b2c", src: c18, dst: "168.63.129.16", dport: 32526}, "DROP"},
+		{"container to Alibaba's metadata service", pkt{in: "docker0", src: c4, dst: "100.100.100.200", dport: 80}, "DROP"},
+		{"user-network container to Alibaba's metadata service", pkt{in: "br-0a1b2c", src: c18, dst: "100.100.100.200", dport: 80}, "DROP"},
+		// Not metadata: the tailnet (100.64.0.0/10, Tailscale's resolver
+		// 100.100.100.100) and Azure's neighbours.
+		{"container to a tailnet peer", pkt{in: "docker0", src: c4, dst: "100.64.0.7", dport: 443}, "RETURN"},
+		{"container to Tailscale's resolver", pkt{in: "docker0", src: c4, dst: "100.100.100.100", proto: "udp", dport: 53}, "RETURN"},
+		{"container next to Alibaba's address", pkt{in: "docker0", src: c4, dst: "100.100.100.201", dport: 80}, "RETURN"},
+		{"container next to Azure's address", pkt{in: "docker0", src: c4, dst: "168.63.129.17", dport: 80}, "RETURN"},
+		// DNS to the resolvers on metadata addresses, and nothing else.
+		{"container DNS/udp to GCE's resolver", pkt{in: "docker0", src: c4, dst: "169.254.169.254", proto: "udp", dport: 53}, "RETURN"},
+		{"container DNS/tcp to GCE's resolver", pkt{in: "docker0", src: c4, dst: "169.254.169.254", dport: 53}, "RETURN"},
+		{"user-network DNS/udp to Azure's resolver", pkt{in: "br-0a1b2c", src: c18, dst: "168.63.129.16", proto: "udp", dport: 53}, "RETURN"},
+		{"user-network DNS/tcp to Azure's resolver", pkt{in: "br-0a1b2c", src: c18, dst: "168.63.129.16", dport: 53}, "RETURN"},
+		{"container NTP to the metadata address", pkt{in: "docker0", src: c4, dst: "169.254.169.254", proto: "udp", dport: 123}, "DROP"},
+		{"container DNS to another link-local address", pkt{in: "docker0", src: c4, dst: "169.254.169.253", proto: "udp", dport: 53}, "DROP"},
+		{"container DNS to Alibaba's metadata address", pkt{in: "docker0", src: c4, dst: "100.100.100.200", proto: "udp", dport: 53}, "DROP"},
+		{"outside DNS to a metadata address (no container)", pkt{in: "ens3", src: "203.0.113.9", dst: "169.254.169.254", proto: "udp", dport: 53}, "DROP"},
 	}
+	chain := ruleLines(v4, "DOCKER-USER")
 	for _, c := range cases {
-		if got := verdict(c.p); got != c.want {
+		if got := verdict(chain, c.p); got != c.want {
 			t.Errorf("%s: %s, want %s", c.name, got, c.want)
 		}
 	}
-	// With metadata access, containers reach it.
-	chain = ruleLines(DockerUserRules(IsolationOptions{MetadataAccess: true}, false), "DOCKER-USER")
-	if got := verdict(pkt{in: "docker0", src: "172.17.0.2", dst: "169.254.169.254"}); got != "RETURN" {
-		t.Errorf("metadata_access: container to the metadata service: %s, want RETURN", got)
+	chain6 := ruleLines(v6, "DOCKER-USER")
+	for _, c := range []struct {
+		name string
+		p    pkt
+		want string
+	}{
+		{"container to AWS's IPv6 metadata service", pkt{in: "docker0", src: "fd00:172:17::2", dst: "fd00:ec2::254", dport: 80}, "DROP"},
+		{"user-network container to AWS's IPv6 metadata service", pkt{in: "br-0a1b2c", src: "fd00:172:18::2", dst: "fd00:ec2::254", dport: 80}, "DROP"},
+		{"container to AWS's IPv6 resolver", pkt{in: "docker0", src: "fd00:172:17::2", dst: "fd00:ec2::253", proto: "udp", dport: 53}, "RETURN"},
+		{"container to the IPv6 internet", pkt{in: "docker0", src: "fd00:172:17::2", dst: "2001:db8::1", dport: 443}, "RETURN"},
+		{"outside to a published port over IPv6", pkt{in: "ens3", src: "2001:db8::9", dst: "fd00:172:17::2", origPort: 80}, "DROP"},
+	} {
+		if got := verdict(chain6, c.p); got != c.want {
+			t.Errorf("v6: %s: %s, want %s", c.name, got, c.want)
+		}
+	}
+	// The order the chain promises: replies, the DNS exceptions, the
+	// metadata drops, the containers' RETURNs, the allowed networks, DROP.
+	kind := func(r string) string {
+		switch {
+		case strings.Contains(r, "RELATED,ESTABLISHED"):
+			return "replies"
+		case strings.Contains(r, "--dport 53 -j RETURN"):
+			return "dns"
+		case strings.HasPrefix(r, "-d ") && strings.HasSuffix(r, " -j DROP"):
+			return "metadata"
+		case strings.HasPrefix(r, "-i ") && strings.HasSuffix(r, " -j RETURN"):
+			return "containers"
+		case strings.HasPrefix(r, "-s "):
+			return "allowed networks"
+		case r == "-j DROP":
+			return "drop"
+		}
+		return "?" + r
+	}
+	var kinds []string
+	for _, r := range chain {
+		if k := kind(r); len(kinds) == 0 || kinds[len(kinds)-1] != k {
+			kinds = append(kinds, k)
+		}
+	}
+	if want := []string{"replies", "dns", "metadata", "containers", "allowed networks", "drop"}; !slices.Equal(kinds, want) {
+		t.Errorf("DOCKER-USER's order: %q, want %q", kinds, want)
+	}
+	// Exact addresses, never the tailnet's range.
+	for _, bad := range []string{"100.64.0.0/10", "100.100.100.0/24", "100.100.0.0/16"} {
+		if strings.Contains(v4, bad) {
+			t.Errorf("the metadata block names %s: that is the tailnet", bad)
+		}
+	}
+	// With metadata access, containers reach it: no exception, no drop.
+	open := DockerUserRules(IsolationOptions{MetadataAccess: true}, false)
+	for _, dst := range []string{"169.254.169.254", "169.254.170.2", "168.63.129.16", "100.100.100.200"} {
+		if got := verdict(ruleLines(open, "DOCKER-USER"), pkt{in: "docker0", src: c4, dst: dst, dport: 80}); got != "RETURN" {
+			t.Errorf("metadata_access: container to %s: %s, want RETURN", dst, got)
+		}
+	}
+	if strings.Contains(open, "--dport 53") || strings.Contains(open, "169.254") {
+		t.Errorf("metadata_access: rules still name the metadata service:\n%s", open)
+	}
+	if got := verdict(ruleLines(DockerUserRules(IsolationOptions{MetadataAccess: true}, true), "DOCKER-USER"), pkt{in: "docker0", src: "fd00:172:17::2", dst: "fd00:ec2::254", dport: 80}); got != "RETURN" {
+		t.Errorf("metadata_access: container to fd00:ec2::254: %s, want RETURN", got)
 	}
 	// The loopback guard: packets to 127/8 from anywhere but lo.
 	raw := ruleLines(v4, "BAKE-LOCALNET")
 	if !slices.Equal(raw, []string{"! -i lo -d 127.0.0.0/8 -j DROP"}) {
 		t.Errorf("BAKE-LOCALNET = %q", raw)
 	}
-	if raw := ruleLines(DockerUserRules(o, true), "BAKE-LOCALNET"); !slices.Equal(raw, []string{"! -i lo -d ::1/128 -j DROP"}) {
+	if raw := ruleLines(v6, "BAKE-LOCALNET"); !slices.Equal(raw, []string{"! -i lo -d ::1/128 -j DROP"}) {
 		t.Errorf("v6 BAKE-LOCALNET = %q", raw)
 	}
-	if strings.Contains(DockerUserRules(o, true), "192.168.1.0/24") {
-		t.Error("an IPv4 exception in the IPv6 rules")
+	if strings.Contains(v6, "192.168.1.0/24") || strings.Contains(v6, "169.254") || strings.Contains(v6, "168.63") {
+		t.Error("IPv4 addresses in the IPv6 rules")
+	}
+}
+
+// The container rules are written as iptables -S prints them, so the VM
+// test's expectations (test/vm/appliance_test.go) are lines of this file.
+func TestDockerUserRulesAsPrinted(t *testing.T) {
+	v4 := DockerUserRules(IsolationOptions{}, false)
+	for _, want := range []string{
+		"-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -p udp -m udp --dport 53 -j RETURN",
+		"-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 53 -j RETURN",
+		"-A DOCKER-USER -d 168.63.129.16/32 -i br-+ -p udp -m udp --dport 53 -j RETURN",
+		"-A DOCKER-USER -d 169.254.0.0/16 -i docker0 -j DROP",
+		"-A DOCKER-USER -d 168.63.129.16/32 -i docker0 -j DROP",
+		"-A DOCKER-USER -d 100.100.100.200/32 -i br-+ -j DROP",
+	} {
+		if !slices.Contains(strings.Split(v4, "\n"), want) {
+			t.Errorf("no line %q in\n%s", want, v4)
+		}
+	}
+	if v6 := DockerUserRules(IsolationOptions{}, true); !slices.Contains(strings.Split(v6, "\n"), "-A DOCKER-USER -d fd00:ec2::254/128 -i docker0 -j DROP") {
+		t.Errorf("v6:\n%s", v6)
 	}
 }
 

@@ -19,12 +19,38 @@ const (
 	JournaldDropIn     = "/etc/systemd/journald.conf.d/90-bake-limits.conf"
 )
 
-// Metadata service addresses containers must not reach unless allowed:
-// the link-local address every major cloud uses, and AWS's IPv6 one.
+// Cloud metadata endpoints containers must not reach unless the recipe
+// allows it (metadata_access), as exact prefixes:
+//   - 169.254.0.0/16, all of IPv4 link-local: 169.254.169.254 (AWS, GCE,
+//     OpenStack, Oracle, DigitalOcean, Azure IMDS), ECS task metadata
+//     169.254.170.2, and whatever a cloud puts there next;
+//   - 168.63.129.16, Azure's wireserver (host agent, health probes, DNS);
+//   - 100.100.100.200, Alibaba Cloud's metadata service: that one address,
+//     never 100.64.0.0/10 around it, which is the tailnet (Tailscale hands
+//     out CGNAT addresses);
+//   - fd00:ec2::254, AWS's IPv6 metadata service.
 var (
-	MetadataV4 = netip.MustParseAddr("169.254.169.254")
-	MetadataV6 = netip.MustParseAddr("fd00:ec2::254")
+	MetadataV4 = []netip.Prefix{
+		netip.MustParsePrefix("169.254.0.0/16"),
+		netip.MustParsePrefix("168.63.129.16/32"),
+		netip.MustParsePrefix("100.100.100.200/32"),
+	}
+	MetadataV6 = []netip.Prefix{netip.MustParsePrefix("fd00:ec2::254/128")}
 )
+
+// MetadataDNS are the cloud resolvers that sit on a metadata address: GCE's
+// 169.254.169.254 and Azure's 168.63.129.16. Docker hands a container the
+// host's upstream resolvers, so containers keep DNS there (port 53, udp
+// and tcp, to exactly these addresses) while the rest of the metadata
+// service stays out of reach.
+var MetadataDNS = []netip.Addr{
+	netip.MustParseAddr("169.254.169.254"),
+	netip.MustParseAddr("168.63.129.16"),
+}
+
+// containerBridges are the interfaces container traffic enters by: Docker's
+// default bridge and the bridges of user-defined networks (br-<id>).
+var containerBridges = []string{"docker0", "br-+"}
 
 // IsolationOptions are the settings of layer 2.
 type IsolationOptions struct {
@@ -54,14 +80,26 @@ type Exception struct {
 //
 // The chain, in order:
 //   - replies to connections that were allowed are accepted;
+//   - unless metadata_access: DNS (53/udp, 53/tcp) from containers to the
+//     cloud resolvers on metadata addresses (MetadataDNS) returns to
+//     Docker's rules, then container traffic to the metadata endpoints
+//     (MetadataV4, MetadataV6) is dropped;
 //   - traffic from containers (docker0, br-+: a bridge interface is
 //     named by Docker, not by the host's hardware) returns to Docker's own
-//     rules, except to the metadata service, which is dropped;
+//     rules;
 //   - in network mode, new connections from each allowed network to the
 //     gateway's original destination port return to Docker's rules;
 //   - everything else, from whatever interface it arrives on (ens3, eth0,
 //     enp1s0, tailscale0: no interface name is known when the image is
 //     built), is dropped.
+//
+// The DNS exception returns (to Docker's rules) rather than accepts, like
+// all container traffic here: Docker's own isolation (an --internal
+// network, one bridge from another) still applies to it.
+//
+// The container rules are written the way iptables -S prints them
+// (-d before -i, -p udp -m udp --dport 53), so a line of this file is the
+// line a live host shows.
 //
 // Docker 20.10 appends "-j RETURN" to DOCKER-USER when it creates the
 // chain; rules after it would never match, hence a chain we fill
@@ -75,19 +113,33 @@ type Exception struct {
 func DockerUserRules(o IsolationOptions, v6 bool) string {
 	var b strings.Builder
 	b.WriteString(Header)
-	loop, meta := "127.0.0.0/8", MetadataV4.String()+"/32"
+	loop, meta := "127.0.0.0/8", MetadataV4
 	if v6 {
-		loop, meta = "::1/128", MetadataV6.String()+"/128"
+		loop, meta = "::1/128", MetadataV6
 	}
 	b.WriteString("*raw\n:BAKE-LOCALNET - [0:0]\n")
 	fmt.Fprintf(&b, "-A BAKE-LOCALNET ! -i lo -d %s -j DROP\n", loop)
 	b.WriteString("COMMIT\n")
 	b.WriteString("*filter\n:DOCKER-USER - [0:0]\n")
 	b.WriteString("-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
-	for _, br := range []string{"docker0", "br-+"} {
-		if !o.MetadataAccess {
-			fmt.Fprintf(&b, "-A DOCKER-USER -i %s -d %s -j DROP\n", br, meta)
+	if !o.MetadataAccess {
+		for _, br := range containerBridges {
+			for _, dns := range MetadataDNS {
+				if dns.Is6() != v6 {
+					continue
+				}
+				for _, proto := range []string{"udp", "tcp"} {
+					fmt.Fprintf(&b, "-A DOCKER-USER -d %s -i %s -p %s -m %s --dport 53 -j RETURN\n", netip.PrefixFrom(dns, dns.BitLen()), br, proto, proto)
+				}
+			}
 		}
+		for _, br := range containerBridges {
+			for _, m := range meta {
+				fmt.Fprintf(&b, "-A DOCKER-USER -d %s -i %s -j DROP\n", m, br)
+			}
+		}
+	}
+	for _, br := range containerBridges {
 		fmt.Fprintf(&b, "-A DOCKER-USER -i %s -j RETURN\n", br)
 	}
 	for _, e := range o.Exceptions {

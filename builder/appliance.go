@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -113,7 +114,7 @@ func (p *Plan) addApplianceStages(add addStage) {
 		}
 		add("log limits", in, p.stageLogLimits)
 	}
-	if r.Firstboot != nil && r.Firstboot.AllowBakedSecrets && (r.Gateway != nil && r.Gateway.Token != "" || r.Tailscale != nil && r.Tailscale.AuthKey != "") {
+	if r.AllowsBakedSecrets() && (r.Gateway != nil && r.Gateway.Token != "" || r.Tailscale != nil && r.Tailscale.AuthKey != "" || slices.ContainsFunc(r.Containers, func(c recipe.Container) bool { return len(c.SecretEnv()) > 0 })) {
 		p.Notes = append(p.Notes, "warning: the recipe bakes secrets (allow_baked_secrets): every instance of this image shares them, and anyone with the image can read them")
 	}
 }
@@ -258,7 +259,14 @@ func (p *Plan) firewallInputs() []string {
 		in = append(in, "allow: "+strings.Join(from, ", "))
 	}
 	if o, ok := p.isolation(); ok {
-		meta := "containers cannot reach " + appliance.MetadataV4.String() + " / " + appliance.MetadataV6.String()
+		var blocked, dns []string
+		for _, m := range slices.Concat(appliance.MetadataV4, appliance.MetadataV6) {
+			blocked = append(blocked, m.String())
+		}
+		for _, a := range appliance.MetadataDNS {
+			dns = append(dns, a.String())
+		}
+		meta := "containers cannot reach the cloud metadata endpoints (" + strings.Join(blocked, ", ") + ") except DNS (53/udp, 53/tcp) to " + strings.Join(dns, ", ")
 		if o.MetadataAccess {
 			meta = "containers may reach the metadata service"
 		}
@@ -356,8 +364,27 @@ func (p *Plan) containerInputs() []string {
 		in = append(in, fmt.Sprintf("%s: %s", c.Name, src))
 		in = append(in, fmt.Sprintf("%s: %s: docker run --user %s --security-opt no-new-privileges --cap-drop ALL, publish %s, volumes %s, restart %s",
 			c.Name, appliance.ContainerUnitName(c.Name), c.User, list(spec.Publish), list(spec.Volumes), orDefault(c.Restart, recipe.DefaultRestart)))
+		if len(c.Env) > 0 {
+			in = append(in, fmt.Sprintf("%s: env (%s, 0600, in the image): %s", c.Name, appliance.ContainerEnvFile(c.Name), strings.Join(envShown(c), " ")))
+		}
 	}
 	return in
+}
+
+// envShown is a container's environment as the plan shows it: NAME=VALUE,
+// with the value of a variable whose name looks like a secret redacted
+// (only allow_baked_secrets lets such a value into a recipe; the plan is
+// printed in CI logs).
+func envShown(c recipe.Container) []string {
+	var out []string
+	for _, n := range c.EnvNames() {
+		if v := c.Env[n]; v != "" && recipe.SecretEnvName(n) {
+			out = append(out, n+"=(redacted)")
+		} else {
+			out = append(out, n+"="+strconv.Quote(v))
+		}
+	}
+	return out
 }
 
 // containerUser resolves a container's user to ids in the tree and

@@ -167,3 +167,33 @@ func TestBakeLabels(t *testing.T) {
 		t.Error("an image without bake labels has versions")
 	}
 }
+
+// The plan names every variable of a container's environment (it is in
+// the image) and redacts the value of one that looks like a secret, which
+// only allow_baked_secrets lets in, and warns about it.
+func TestPlanContainerEnv(t *testing.T) {
+	src := strings.Replace(strings.NewReplacer("MODE", "local", "NETS", "[]").Replace(applianceRecipe),
+		"    user: openclaw\n", "    user: openclaw\n    env: {OPENCLAW_GATEWAY_TOKEN: Tok3nValue0123456789, NODE_ENV: production, EMPTY_SECRET: \"\"}\n", 1)
+	src = strings.Replace(src, "  seed: [nocloud, cloud-init]\n", "  seed: [nocloud, cloud-init]\n  allow_baked_secrets: true\n", 1)
+	r, err := recipe.Parse("gw.yaml", []byte(src), t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Compile(r, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	p.Print(&b)
+	out := b.String()
+	want := `openclaw-gateway: env (/etc/bake/containers/openclaw-gateway.env, 0600, in the image): EMPTY_SECRET="" NODE_ENV="production" OPENCLAW_GATEWAY_TOKEN=(redacted)`
+	if !strings.Contains(out, want) {
+		t.Errorf("plan lacks %s:\n%s", want, out)
+	}
+	if strings.Contains(out, "Tok3nValue") {
+		t.Errorf("the plan shows the secret:\n%s", out)
+	}
+	if !strings.Contains(out, "warning: the recipe bakes secrets (allow_baked_secrets)") {
+		t.Errorf("no warning about the baked secret:\n%s", out)
+	}
+}

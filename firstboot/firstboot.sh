@@ -15,8 +15,9 @@
 # and the image's baked values last (/etc/bake/seed.d, only when the recipe
 # allowed baked secrets). It installs the admin's authorized keys, sets the
 # gateway token (given, or 64 random [A-Za-z0-9] from the kernel's CSPRNG),
-# writes the gateway's openclaw.json (0600, owned by the gateway's user) and
-# leaves a Tailscale auth key for bake-tailscale-up.service.
+# writes the gateway's openclaw.json (0600, owned by the gateway's user,
+# written as that user and never through a symlink) and leaves a
+# Tailscale auth key for bake-tailscale-up.service.
 #
 # It logs what it does and where values came from, never a secret: no
 # secret is ever put on a command line (other users can read those).
@@ -216,6 +217,140 @@ render_config() {
 	printf '%s%s%s\n' "${tpl%%"$PLACEHOLDER"*}" "$2" "${tpl#*"$PLACEHOLDER"}" >"$3"
 }
 
+# owner_of PATH: the uid that owns PATH itself (a symlink is not followed).
+owner_of() {
+	stat -c %u -- "$1"
+}
+
+# The gateway's own files (its state dir, openclaw.json) live where the
+# gateway's uid can write: a compromised gateway may have planted symlinks
+# there, or swap one in while first boot runs. So first boot, as root,
+# only looks (lstat: no symlink anywhere from the user's home down to the
+# target, everything owned as expected, else it refuses and fails), and
+# does every write, chmod and rename there as the gateway's uid
+# (setpriv, no capabilities, no new privileges): a link swapped in after
+# the check then gets the gateway nothing it could not do itself. The file
+# is made by mktemp in the state dir and renamed over openclaw.json
+# (mv -T: rename(2) replaces a name, never follows it or moves into it).
+
+# gateway_ids: sets gw_uid, gw_gid and gw_home from GATEWAY_OWNER (a user
+# name, or UID:GID).
+gateway_ids() {
+	owner=$GATEWAY_OWNER
+	case $owner in
+	*:*) ouser=${owner%%:*} ogroup=${owner#*:} ;;
+	*) ouser=$owner ogroup= ;;
+	esac
+	case $ouser in
+	'' | *[!0-9]*) gw_uid=$(id -u "$ouser" 2>/dev/null) || gw_uid= ;;
+	*) gw_uid=$ouser ;;
+	esac
+	case $ogroup in
+	'') gw_gid=$(id -g "$ouser" 2>/dev/null) || gw_gid= ;;
+	*[!0-9]*) gw_gid=$(getent group "$ogroup" | cut -d: -f3) ;;
+	*) gw_gid=$ogroup ;;
+	esac
+	case $gw_uid:$gw_gid in
+	*[!0-9:]* | :* | *:)
+		err "gateway user $owner does not exist"
+		return 1
+		;;
+	esac
+	if [ "$gw_uid" -eq 0 ]; then
+		err "the gateway's user $owner is root; refusing to write its files"
+		return 1
+	fi
+	gw_home=$(getent passwd "$ouser" | cut -d: -f6)
+	return 0
+}
+
+# as_gateway CMD...: runs CMD as the gateway's uid and gid, without
+# supplementary groups, capabilities or a way to regain them.
+as_gateway() {
+	setpriv --reuid="$gw_uid" --regid="$gw_gid" --clear-groups --inh-caps=-all --no-new-privs -- "$@"
+}
+
+# check_gateway_path DIR TARGET: refuses (an error, status 1) unless every
+# component of DIR from the gateway's home down (every component, when
+# DIR is not below the home) is a directory and no symlink, owned by root
+# or the gateway, DIR itself owned by the gateway, and TARGET, if it
+# exists, a regular file owned by the gateway and no symlink. A missing
+# DIR passes when its parent is the gateway's: the writer makes it.
+check_gateway_path() {
+	d=$1 target=$2
+	gwh=${gw_home%/} base=
+	case $d/ in
+	"$gwh"/*) base=${gwh%/*} ;;
+	esac
+	p=$base
+	rest=${d#"$base"}
+	while [ -n "$rest" ]; do
+		rest=${rest#/}
+		comp=${rest%%/*}
+		rest=${rest#"$comp"}
+		[ -n "$comp" ] || continue
+		p=$p/$comp
+		if [ -L "$p" ]; then
+			err "$p is a symlink (planted where the gateway can write?): refusing to write through it; the gateway is not configured"
+			return 1
+		fi
+		if [ ! -e "$p" ]; then
+			if [ -n "${rest#/}" ] || [ "$(owner_of "${p%/*}")" != "$gw_uid" ]; then
+				err "$p is missing, and the gateway's user cannot make it; the gateway is not configured"
+				return 1
+			fi
+			return 0
+		fi
+		if [ ! -d "$p" ]; then
+			err "$p is not a directory; the gateway is not configured"
+			return 1
+		fi
+		o=$(owner_of "$p")
+		want="root or the gateway's user ($gw_uid)"
+		ok=
+		if [ "$p" = "$d" ]; then
+			want="the gateway's user ($gw_uid)"
+			[ "$o" = "$gw_uid" ] && ok=1
+		elif [ "$o" = 0 ] || [ "$o" = "$gw_uid" ]; then
+			ok=1
+		fi
+		if [ -z "$ok" ]; then
+			err "$p is owned by uid $o, not by $want; the gateway is not configured"
+			return 1
+		fi
+	done
+	if [ -L "$target" ]; then
+		err "$target is a symlink (planted where the gateway can write?): refusing to write through it; the gateway is not configured"
+		return 1
+	fi
+	if [ -e "$target" ]; then
+		if [ ! -f "$target" ]; then
+			err "$target is not a regular file; the gateway is not configured"
+			return 1
+		fi
+		o=$(owner_of "$target")
+		if [ "$o" != "$gw_uid" ]; then
+			err "$target is owned by uid $o, not by the gateway's user ($gw_uid); the gateway is not configured"
+			return 1
+		fi
+	fi
+	return 0
+}
+
+# The writer, run as the gateway's uid: makes the state dir if missing,
+# keeps it private, writes stdin into a new mktemp file beside the target
+# and renames it over the target.
+GATEWAY_WRITER='set -eu
+umask 077
+[ -d "$1" ] || mkdir -m 0700 -- "$1"
+chmod 0700 -- "$1"
+tmp=$(mktemp -- "$1/.openclaw.json.XXXXXXXXXX")
+if cat >"$tmp" && chmod 0600 -- "$tmp" && mv -fT -- "$tmp" "$2"; then
+	exit 0
+fi
+rm -f -- "$tmp"
+exit 1'
+
 setup_gateway() {
 	[ -n "$GATEWAY_CONFIG" ] || return 0
 	if [ -s "$WORK/value.gateway_token" ]; then
@@ -239,26 +374,23 @@ setup_gateway() {
 			return 0
 		fi
 	fi
+	gateway_ids || return 0
 	dir=${GATEWAY_CONFIG%/*}
-	owner=$GATEWAY_OWNER
-	group=$(id -gn "$owner") || {
-		err "gateway user $owner does not exist"
-		return 0
-	}
-	mkdir -p "$dir"
-	chown "$owner:$group" "$dir"
-	chmod 0700 "$dir"
-	tmp=$dir/.openclaw.json.bake-new
-	if ! render_config "$GATEWAY_TEMPLATE" "$token" "$tmp"; then
-		rm -f "$tmp"
+	check_gateway_path "$dir" "$GATEWAY_CONFIG" || return 0
+	# Rendered in first boot's own private dir (root's), handed to the
+	# gateway's writer on stdin: the token is on no command line.
+	if ! render_config "$GATEWAY_TEMPLATE" "$token" "$WORK/openclaw.json"; then
 		err "cannot render $GATEWAY_TEMPLATE"
 		return 0
 	fi
-	chown "$owner:$group" "$tmp"
-	chmod 0600 "$tmp"
-	mv -f "$tmp" "$GATEWAY_CONFIG"
+	if ! as_gateway sh -c "$GATEWAY_WRITER" bake-firstboot-gateway "$dir" "$GATEWAY_CONFIG" <"$WORK/openclaw.json"; then
+		rm -f "$WORK/openclaw.json"
+		err "cannot write $GATEWAY_CONFIG as the gateway's user ($GATEWAY_OWNER, uid $gw_uid); the gateway is not configured"
+		return 0
+	fi
+	rm -f "$WORK/openclaw.json"
 	log "gateway token: ${#token} characters, $from"
-	log "wrote $GATEWAY_CONFIG (0600, $owner); read the token with: sudo grep -o '\"token\": *\"[^\"]*\"' $GATEWAY_CONFIG"
+	log "wrote $GATEWAY_CONFIG (0600, $GATEWAY_OWNER, written as uid $gw_uid); read the token with: sudo grep -o '\"token\": *\"[^\"]*\"' $GATEWAY_CONFIG"
 }
 
 setup_tailscale() {

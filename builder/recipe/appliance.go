@@ -2,6 +2,7 @@ package recipe
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"path"
 	"regexp"
@@ -38,6 +39,49 @@ var (
 	uidGidRe        = regexp.MustCompile(`^([0-9]{1,10}):([0-9]{1,10})$`)
 	digestRe        = regexp.MustCompile(`@sha256:[0-9a-f]{64}$`)
 )
+
+// SecretEnvWords are what the name of an environment variable that holds
+// a secret contains (compared in upper case). A false alarm costs a rename
+// or an empty value; a missed secret is in every copy of the image.
+var SecretEnvWords = []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "PRIVATE_KEY", "ACCESS_KEY", "CREDENTIAL"}
+
+// secretEnvParts are whole _-separated parts of a name that mark a secret
+// (AUTH as a part: OPENCLAW_AUTH, OAUTH_..., not GIT_AUTHOR_NAME).
+var secretEnvParts = []string{"AUTH", "OAUTH", "AUTHKEY"}
+
+// SecretEnvName reports whether an environment variable's name looks like
+// it holds a secret.
+func SecretEnvName(name string) bool {
+	u := strings.ToUpper(name)
+	if slices.ContainsFunc(SecretEnvWords, func(w string) bool { return strings.Contains(u, w) }) {
+		return true
+	}
+	return slices.ContainsFunc(strings.Split(u, "_"), func(p string) bool { return slices.Contains(secretEnvParts, p) })
+}
+
+// EnvNames are the container's environment variable names, sorted.
+func (c *Container) EnvNames() []string {
+	return slices.Sorted(maps.Keys(c.Env))
+}
+
+// SecretEnv are the names of the container's environment variables that
+// look like secrets and have a value (which the image would carry),
+// sorted.
+func (c *Container) SecretEnv() []string {
+	var out []string
+	for _, n := range c.EnvNames() {
+		if c.Env[n] != "" && SecretEnvName(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// AllowsBakedSecrets reports whether the recipe accepts secrets in the
+// image (firstboot.allow_baked_secrets).
+func (r *Recipe) AllowsBakedSecrets() bool {
+	return r.Firstboot != nil && r.Firstboot.AllowBakedSecrets
+}
 
 // PortRule is a firewall allow entry: ports Low..High (equal for one port)
 // of Proto (tcp or udp).
@@ -502,13 +546,20 @@ func (v *validator) containersSection() {
 					"%q names no host address: it would listen on every interface", pub)
 			}
 		}
-		for name, val := range c.Env {
+		for _, name := range c.EnvNames() {
+			val := c.Env[name]
 			ep := childPath(p+".env", name)
 			if !envNameRe.MatchString(name) {
 				v.errorf(ep, "an environment variable name is letters, digits and _, not starting with a digit", "%q is not a variable name", name)
 			}
 			if strings.ContainsAny(val, "\n\r\x00") {
 				v.errorf(ep, "write the value on one line", "spans several lines")
+			}
+			// The value would sit in /etc/bake/containers/NAME.env of
+			// every copy of the image. Never echo it.
+			if val != "" && SecretEnvName(name) && !v.r.AllowsBakedSecrets() {
+				v.errorf(ep, "remove the value: secrets come with each instance, not the image (docs/seed.md); the gateway's token, for one, comes from the seed (bake.gateway_token), which first boot writes into openclaw.json; to bake it into every instance anyway set firstboot.allow_baked_secrets: true",
+					"%s looks like a secret: its value would be baked into the image (/etc/bake/containers/%s.env), shared by every instance and readable by anyone with the image", name, c.Name)
 			}
 		}
 		targets := map[string]string{}
@@ -659,7 +710,7 @@ func (v *validator) gatewaySection() {
 	if g.Mode != "network" && len(g.AllowedNetworks) > 0 {
 		v.errorf(p+".allowed_networks", "write mode: network to let these networks reach the gateway, or remove them", "has no effect in mode local: the gateway listens on 127.0.0.1 only")
 	}
-	if g.Token != "" && (v.r.Firstboot == nil || !v.r.Firstboot.AllowBakedSecrets) {
+	if g.Token != "" && !v.r.AllowsBakedSecrets() {
 		v.errorf(p+".token", "remove it: give each instance its token in its seed (bake.gateway_token), or let first boot generate one; to bake it anyway set firstboot.allow_baked_secrets: true",
 			"a literal token would be shared by every instance of the image")
 	}
@@ -719,7 +770,7 @@ func (v *validator) tailscaleSection() {
 	} else if t.Enabled && (v.r.Firstboot == nil || v.r.Firstboot.AdminUser == "") {
 		v.errorf("tailscale.operator", "write operator: ADMIN, or add firstboot: {admin_user: ADMIN}", "is missing")
 	}
-	if t.AuthKey != "" && (v.r.Firstboot == nil || !v.r.Firstboot.AllowBakedSecrets) {
+	if t.AuthKey != "" && !v.r.AllowsBakedSecrets() {
 		v.errorf("tailscale.auth_key", "remove it: give each instance its key in its seed (bake.tailscale_authkey); to bake it anyway set firstboot.allow_baked_secrets: true",
 			"a literal auth key would be shared by every instance of the image")
 	}

@@ -1,8 +1,10 @@
 package recipe
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -128,5 +130,66 @@ func TestValidateApplianceInGo(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("no %q in:\n%v", want, err)
 		}
+	}
+}
+
+func TestSecretEnvName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"OPENCLAW_GATEWAY_TOKEN": true, "token": true, "ANTHROPIC_API_KEY": true, "OpenAI_ApiKey": true,
+		"AWS_SECRET_ACCESS_KEY": true, "AWS_ACCESS_KEY_ID": true, "DB_PASSWORD": true, "LDAP_PASSWD": true,
+		"SSH_PRIVATE_KEY": true, "OAUTH_CLIENT_ID": true, "BASIC_AUTH": true, "GOOGLE_APPLICATION_CREDENTIALS": true,
+		"NODE_ENV": false, "NODE_COMPILE_CACHE": false, "GIT_AUTHOR_NAME": false, "OPENCLAW_AUTH": true, "TAILSCALE_AUTHKEY": true, "HOME": false, "PORT": false, "TZ": false, "KEYBOARD": false,
+	} {
+		if got := SecretEnvName(name); got != want {
+			t.Errorf("SecretEnvName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// A secret in containers[].env would be in every copy of the image: it is
+// refused, with where and what to do instead, and without echoing the
+// value; allow_baked_secrets lets it through; an empty value is no secret.
+func TestContainerEnvSecrets(t *testing.T) {
+	const head = `apiVersion: bake/v1
+name: x
+base: {debian: {suite: bookworm}}
+users:
+  - {name: admin, groups: [sudo]}
+  - {name: svc, system: true}
+containers:
+  - name: web
+    image: "r.example/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    user: svc
+    env:
+      OPENCLAW_GATEWAY_TOKEN: Tok3nValue0123456789
+      ANTHROPIC_API_KEY: sk-ant-secretvalue
+      EMPTY_PASSWORD: ""
+      NODE_ENV: production
+`
+	_, err := Parse("x.yaml", []byte(head), t.TempDir(), nil)
+	var diags Diagnostics
+	if !errors.As(err, &diags) || len(diags) != 2 {
+		t.Fatalf("got %v, want two diagnostics", err)
+	}
+	for i, want := range []string{"x.yaml:12:31: containers[0].env.OPENCLAW_GATEWAY_TOKEN: OPENCLAW_GATEWAY_TOKEN looks like a secret",
+		"x.yaml:13:26: containers[0].env.ANTHROPIC_API_KEY: ANTHROPIC_API_KEY looks like a secret"} {
+		if !strings.HasPrefix(diags[i].String(), want) {
+			t.Errorf("diagnostic %d = %s\nwant prefix %s", i, diags[i], want)
+		}
+		for _, hint := range []string{"docs/seed.md", "bake.gateway_token", "firstboot.allow_baked_secrets: true"} {
+			if !strings.Contains(diags[i].Hint, hint) {
+				t.Errorf("diagnostic %d's hint lacks %q: %s", i, hint, diags[i].Hint)
+			}
+		}
+	}
+	if s := diags.Error(); strings.Contains(s, "Tok3nValue") || strings.Contains(s, "secretvalue") {
+		t.Errorf("the diagnostics show the secret:\n%s", s)
+	}
+	r, err := Parse("x.yaml", []byte(head+"firstboot: {admin_user: admin, allow_baked_secrets: true}\n"), t.TempDir(), nil)
+	if err != nil {
+		t.Fatalf("with allow_baked_secrets: %v", err)
+	}
+	if got := r.Containers[0].SecretEnv(); !slices.Equal(got, []string{"ANTHROPIC_API_KEY", "OPENCLAW_GATEWAY_TOKEN"}) {
+		t.Errorf("SecretEnv = %q", got)
 	}
 }

@@ -203,8 +203,10 @@ type Firewall struct {
 	// every non-loopback interface (DOCKER-USER), and drops packets to
 	// 127.0.0.0/8 arriving from outside. Default true.
 	DockerIsolation *bool `yaml:"docker_isolation,omitempty"`
-	// MetadataAccess lets containers reach the cloud metadata service
-	// (169.254.169.254). Default false.
+	// MetadataAccess lets containers reach the cloud metadata services
+	// (169.254.0.0/16, 168.63.129.16, 100.100.100.200, fd00:ec2::254;
+	// see appliance.MetadataV4). Default false: they are dropped, except
+	// DNS to the resolvers that sit on metadata addresses.
 	MetadataAccess bool `yaml:"metadata_access,omitempty"`
 }
 
@@ -234,9 +236,12 @@ type Container struct {
 	// Publish: HOSTADDR:HOSTPORT:CONTAINERPORT[/PROTO], e.g.
 	// 127.0.0.1:18789:18789. A port without a host address would listen
 	// on every interface and is refused unless AllowAllInterfaces.
-	Publish            []string          `yaml:"publish,omitempty"`
-	AllowAllInterfaces bool              `yaml:"allow_all_interfaces,omitempty"`
-	Env                map[string]string `yaml:"env,omitempty"`
+	Publish            []string `yaml:"publish,omitempty"`
+	AllowAllInterfaces bool     `yaml:"allow_all_interfaces,omitempty"`
+	// Env is written into the image (docker --env-file): a variable
+	// whose name looks like a secret (SecretEnvName) may have a value
+	// only with firstboot.allow_baked_secrets.
+	Env map[string]string `yaml:"env,omitempty"`
 	// Volumes: HOSTPATH:CONTAINERPATH[:ro], absolute paths.
 	Volumes []string `yaml:"volumes,omitempty"`
 	// Command replaces the image's CMD.
@@ -281,7 +286,8 @@ type Firstboot struct {
 	// cloud-init (installs cloud-init; the instance's user-data and
 	// metadata). Default [nocloud, credentials].
 	Seed []string `yaml:"seed,omitempty"`
-	// AllowBakedSecrets permits gateway.token and tailscale.auth_key in
-	// the recipe: every instance then shares them. Warned about.
+	// AllowBakedSecrets permits gateway.token, tailscale.auth_key and
+	// secret-looking containers[].env values in the recipe: every
+	// instance then shares them. Warned about.
 	AllowBakedSecrets bool `yaml:"allow_baked_secrets,omitempty"`
 }

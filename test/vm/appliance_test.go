@@ -484,13 +484,44 @@ func TestApplianceBIOS(t *testing.T) {
 		du := g.must("sudo iptables -S DOCKER-USER")
 		t.Logf("iptables -S DOCKER-USER:\n%s", du)
 		rules := strings.Split(strings.TrimSpace(du), "\n")
-		if len(rules) < 2 || !strings.Contains(rules[1], "RELATED,ESTABLISHED -j ACCEPT") || !contains(rules, "-A DOCKER-USER -j DROP") ||
-			!contains(rules, "-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -j DROP") {
+		if len(rules) < 2 || !strings.Contains(rules[1], "RELATED,ESTABLISHED -j ACCEPT") || !contains(rules, "-A DOCKER-USER -j DROP") {
 			t.Errorf("DOCKER-USER:\n%s", du)
 		}
-		if out := g.must("sudo ip6tables -S DOCKER-USER"); !strings.Contains(out, "-A DOCKER-USER -j DROP") {
-			t.Errorf("ip6tables DOCKER-USER:\n%s", out)
+		// The metadata block (appliance.MetadataV4/V6, MetadataDNS), in
+		// this order: DNS to the resolvers on metadata addresses, the
+		// metadata drops, the containers' RETURNs, the final DROP.
+		inOrder(t, "iptables -S DOCKER-USER", rules, []string{
+			"-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -p udp -m udp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i docker0 -p udp -m udp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i docker0 -p tcp -m tcp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -p udp -m udp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 169.254.169.254/32 -i br-+ -p tcp -m tcp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i br-+ -p udp -m udp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i br-+ -p tcp -m tcp --dport 53 -j RETURN",
+			"-A DOCKER-USER -d 169.254.0.0/16 -i docker0 -j DROP",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i docker0 -j DROP",
+			"-A DOCKER-USER -d 100.100.100.200/32 -i docker0 -j DROP",
+			"-A DOCKER-USER -d 169.254.0.0/16 -i br-+ -j DROP",
+			"-A DOCKER-USER -d 168.63.129.16/32 -i br-+ -j DROP",
+			"-A DOCKER-USER -d 100.100.100.200/32 -i br-+ -j DROP",
+			"-A DOCKER-USER -i docker0 -j RETURN",
+			"-A DOCKER-USER -i br-+ -j RETURN",
+			"-A DOCKER-USER -j DROP",
+		})
+		if strings.Contains(du, "100.64.0.0/10") {
+			t.Errorf("DOCKER-USER drops the tailnet's range:\n%s", du)
 		}
+		out6 := g.must("sudo ip6tables -S DOCKER-USER")
+		inOrder(t, "ip6tables -S DOCKER-USER", strings.Split(strings.TrimSpace(out6), "\n"), []string{
+			"-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A DOCKER-USER -d fd00:ec2::254/128 -i docker0 -j DROP",
+			"-A DOCKER-USER -d fd00:ec2::254/128 -i br-+ -j DROP",
+			"-A DOCKER-USER -i docker0 -j RETURN",
+			"-A DOCKER-USER -i br-+ -j RETURN",
+			"-A DOCKER-USER -j DROP",
+		})
 		if out := g.must("sudo iptables -t raw -S"); !strings.Contains(out, "-A PREROUTING -j BAKE-LOCALNET") || !strings.Contains(out, "-A BAKE-LOCALNET -d 127.0.0.0/8 ! -i lo -j DROP") {
 			t.Errorf("loopback guard missing:\n%s", out)
 		}
@@ -628,6 +659,23 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 			t.Logf("cloud-init status --long:\n%s", out)
 		}
 	})
+}
+
+// inOrder fails t unless every line of want is in got, in want's order
+// (other lines may come between: Docker 20.10 appends its own
+// "-A DOCKER-USER -j RETURN" when it finds none, after our DROP, where it
+// never matches).
+func inOrder(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	i := 0
+	for _, l := range got {
+		if i < len(want) && l == want[i] {
+			i++
+		}
+	}
+	if i < len(want) {
+		t.Errorf("%s lacks %q (or has it out of order); want, in this order:\n%s\ngot:\n%s", what, want[i], strings.Join(want, "\n"), strings.Join(got, "\n"))
+	}
 }
 
 func contains(list []string, s string) bool {
