@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -414,13 +415,14 @@ func offered(a authAttempt, methods ...string) []string {
 	return out
 }
 
-// shadowHash reads user's password hash (to put it back afterwards).
-func (c *checker) shadowHash(ctx context.Context, user string) (string, bool) {
+// shadowHash reads user's password hash (to put it back afterwards). err
+// is Run's (a connection problem, or output cut).
+func (c *checker) shadowHash(ctx context.Context, user string) (string, bool, error) {
 	r, err := c.in.sudo(ctx, "getent shadow "+shellQuote(user)+" | cut -d: -f2")
 	if err != nil || !r.OK() {
-		return "", false
+		return "", false, err
 	}
-	return strings.TrimSpace(r.Stdout), true
+	return strings.TrimSpace(r.Stdout), true, nil
 }
 
 // setPassword gives user a known password (through stdin: never on a
@@ -452,7 +454,7 @@ func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
 
 	// Now give the admin a password and try it: refusing a wrong password
 	// proves nothing about the right one.
-	old, ok := c.shadowHash(ctx, user)
+	old, ok, _ := c.shadowHash(ctx, user)
 	res, err := c.setPassword(ctx, user, pw)
 	if err != nil || !res.OK() || !ok {
 		ev.add("could not set a password for %s to try the right one: %v %s", user, err, res.Stderr)
@@ -501,7 +503,7 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 			ev.add("restored root's authorized_keys")
 		}
 	}
-	old, ok := c.shadowHash(ctx, "root")
+	old, ok, herr := c.shadowHash(ctx, "root")
 	pw := randomPassword()
 	if r, err := c.setPassword(ctx, "root", pw); err == nil && r.OK() && ok {
 		a, err := tryLogin(ctx, c.in.dialSSH, c.in.sshTarget(), "root", 20*time.Second, passwordMethods(pw)...)
@@ -515,6 +517,11 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 		c.in.sudo(ctx, "usermod -p "+shellQuote(old)+" root")
 	} else {
 		ev.add("could not set a root password to try it")
+		for _, e := range []error{herr, err} {
+			if errors.Is(e, errOutputCut) {
+				problems = append(problems, "could not try root's password: "+e.Error())
+			}
+		}
 	}
 	return verdict(problems, ev, "root refused with an authorized key and with its password")
 }
@@ -1428,8 +1435,16 @@ func (c *checker) isolation(ctx context.Context) {
 		}
 		c.r.probeTar = b
 	}
+	// An error of Run (connection lost, output cut) fails the three checks;
+	// an interrupted run records nothing (the run says why).
+	runFailed := func(err error) {
+		if ctx.Err() == nil {
+			fail(err.Error())
+		}
+	}
 	res, err := c.in.runT(ctx, "sudo -n docker load", c.r.probeTar, 5*time.Minute)
 	if err != nil {
+		runFailed(err)
 		return
 	}
 	ev.cmd(res)
@@ -1443,6 +1458,7 @@ func (c *checker) isolation(ctx context.Context) {
 	}
 	res, err = c.in.sudo(ctx, strings.Join(run, "\n"))
 	if err != nil {
+		runFailed(err)
 		return
 	}
 	ev.cmd(res)
@@ -1470,6 +1486,7 @@ func (c *checker) isolation(ctx context.Context) {
 			script := fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3'`, p.port)
 			r, err = c.in.runT(ctx, script, nil, 30*time.Second)
 			if err != nil {
+				runFailed(err)
 				return
 			}
 			if strings.Contains(r.Stdout, ProbeBody) || time.Now().After(deadline) {
@@ -1574,6 +1591,10 @@ func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
 				}
 			}
 		}
+	} else {
+		// Without the guest's list, its own loopback listeners go untried:
+		// silence on the rest would not prove the claim.
+		problems = append(problems, "could not list the guest's listening sockets: "+err.Error())
 	}
 	keys := make([]netip.AddrPort, 0, len(targets))
 	for k := range targets {

@@ -33,4 +33,13 @@
 // Options.AllowSkip (--allow-skip) names it or because the run's options
 // left the check out (identity.* with one instance: "skipped by request",
 // Report.ListByRequest).
+//
+// The guest is hostile: nothing it sends back is unbounded. QEMU runs
+// under its seccomp sandbox (vm.Sandbox) and is stopped when the serial
+// console passes vm.DefaultSerialLogMax (64 MiB); the serial tails in the
+// evidence read only the log's last vm.SerialTailMax bytes, and the copy
+// kept in the report directory at most its last 64 MiB. A command run over
+// SSH keeps at most 8 MiB of stdout and of stderr: past that it is killed
+// and its result is cut, which is an error of the command, never evidence
+// a check can pass on.
 package verify

@@ -77,7 +77,7 @@ type Report struct {
 	BakeVersion  string    `json:"bake_version,omitempty"`
 	Firmwares    []string  `json:"firmwares"`
 	Instances    int       `json:"instances"`
-	CPUs         int       `json:"cpus,omitempty"` // vCPUs of each VM
+	CPUs         map[string]int `json:"cpus,omitempty"` // vCPUs of each VM, by firmware
 	Accel        string    `json:"accel,omitempty"`
 	Outside      string    `json:"outside,omitempty"` // how "outside" was reached
 	Started      time.Time `json:"started"`
@@ -441,8 +441,14 @@ func (r *Report) WriteSummary(w io.Writer) {
 	if r.UserData != "" {
 		fmt.Fprintf(w, "  user-data merged from %s (sha256:%s)\n", r.UserData, r.UserDataSHA256)
 	}
-	fmt.Fprintf(w, "  firmware %s, %d instance(s) of %d vCPU(s), accel %s, outside: %s\n",
-		strings.Join(r.Firmwares, "+"), r.Instances, r.CPUs, orDash(r.Accel), orDash(r.Outside))
+	var cpus []string
+	for _, fw := range r.Firmwares {
+		if n := r.CPUs[fw]; n > 0 {
+			cpus = append(cpus, fmt.Sprintf("%s %d", fw, n))
+		}
+	}
+	fmt.Fprintf(w, "  firmware %s, %d instance(s), vCPUs each: %s, accel %s, outside: %s\n",
+		strings.Join(r.Firmwares, "+"), r.Instances, orDash(strings.Join(cpus, ", ")), orDash(r.Accel), orDash(r.Outside))
 	if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
 		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) skipped by request: they need --instances 2\n")
 	}

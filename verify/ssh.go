@@ -8,6 +8,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -66,7 +67,23 @@ type cmdResult struct {
 	Stdout string
 	Stderr string
 	Exit   int // -1: no exit status (killed, connection lost)
+	// Cut: the command printed more than maxCmdOutput on stdout or stderr;
+	// Stdout/Stderr hold the first maxCmdOutput bytes only, Stderr ends
+	// with a note saying so, the command was killed, and Run returned an
+	// error wrapping errOutputCut. A cut result is never OK.
+	Cut bool
 }
+
+// maxCmdOutput is the most of a guest command's stdout, and of its stderr,
+// that bake verify keeps (the guest is hostile: it can print without end).
+// Beyond it the command is killed and its result is cut: cut evidence is
+// never judged (a check passing on what is missing could pass on a lie),
+// the check fails.
+const maxCmdOutput = 8 << 20
+
+// errOutputCut is wrapped by Run's error for a command whose output passed
+// maxCmdOutput.
+var errOutputCut = errors.New("output cut")
 
 // Evidence renders the command and its output for a report.
 func (r cmdResult) Evidence() string {
@@ -86,12 +103,15 @@ func (r cmdResult) Evidence() string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-// OK reports a zero exit status.
-func (r cmdResult) OK() bool { return r.Exit == 0 }
+// OK reports a zero exit status and output that was not cut.
+func (r cmdResult) OK() bool { return r.Exit == 0 && !r.Cut }
 
 // Run runs cmd (a shell command line) with stdin, bounded by timeout and
 // ctx. A command that fails is not an error: its exit status is in the
-// result. Errors are for the connection.
+// result. Errors are for the connection, and for output beyond
+// maxCmdOutput on stdout or stderr: the command is then killed at once and
+// the error wraps errOutputCut (the result, marked Cut, keeps the first
+// maxCmdOutput bytes of each stream as evidence).
 func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout time.Duration) (cmdResult, error) {
 	res := cmdResult{Cmd: cmd, Exit: -1}
 	sess, err := s.client.NewSession()
@@ -99,9 +119,10 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 		return res, fmt.Errorf("ssh session: %w", err)
 	}
 	defer sess.Close()
-	var out, errb limitedBuffer
-	out.max, errb.max = 4<<20, 1<<20
-	sess.Stdout, sess.Stderr = &out, &errb
+	full := &overflow{C: make(chan struct{})}
+	out := &cappedBuffer{max: maxCmdOutput, full: full}
+	errb := &cappedBuffer{max: maxCmdOutput, full: full}
+	sess.Stdout, sess.Stderr = out, errb
 	if stdin != nil {
 		sess.Stdin = bytes.NewReader(stdin)
 	}
@@ -110,6 +131,8 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	var werr error
 	select {
 	case werr = <-done:
@@ -117,14 +140,23 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 		sess.Signal(ssh.SIGKILL)
 		sess.Close()
 		return res, ctx.Err()
-	case <-time.After(timeout):
+	case <-full.C:
+		sess.Signal(ssh.SIGKILL)
+		sess.Close()
+	case <-timer.C:
 		sess.Signal(ssh.SIGKILL)
 		sess.Close()
 		res.Stdout, res.Stderr = out.String(), errb.String()
 		res.Stderr += fmt.Sprintf("\n(bake verify: no answer after %s; command killed)", timeout)
+		if err := cutResult(&res, out, errb); err != nil {
+			return res, err
+		}
 		return res, nil
 	}
 	res.Stdout, res.Stderr = out.String(), errb.String()
+	if err := cutResult(&res, out, errb); err != nil {
+		return res, err
+	}
 	var ee *ssh.ExitError
 	var missing *ssh.ExitMissingError
 	switch {
@@ -140,21 +172,80 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 	return res, nil
 }
 
-type limitedBuffer struct {
-	bytes.Buffer
-	max       int
-	truncated bool
+// cutResult marks res as cut when either stream passed its cap, with a
+// note at the end of Stderr, and returns the error Run returns for it.
+func cutResult(res *cmdResult, out, errb *cappedBuffer) error {
+	var cut []string
+	for _, b := range []struct {
+		name string
+		buf  *cappedBuffer
+	}{{"stdout", out}, {"stderr", errb}} {
+		if b.buf.Cut() {
+			cut = append(cut, b.name)
+		}
+	}
+	if len(cut) == 0 {
+		return nil
+	}
+	what := strings.Join(cut, " and ")
+	res.Cut, res.Exit = true, -1
+	res.Stderr += fmt.Sprintf("\n(bake verify: the command printed more than %d MiB on %s: killed, its output CUT there; nothing is judged on cut output)", maxCmdOutput>>20, what)
+	return fmt.Errorf("the guest command %q printed more than %d MiB on %s: killed, output cut, so it proves nothing: %w", res.Cmd, maxCmdOutput>>20, what, errOutputCut)
 }
 
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := b.max - b.Len(); room < len(p) {
+// cappedBuffer keeps the first max bytes written to it and counts, without
+// keeping, the rest; the first write past max fires full (which a
+// command's two streams share, so that Run kills the command at once). The
+// SSH library writes stdout and stderr from goroutines of their own, which
+// can still be running when Run gives up on a command: it is locked.
+type cappedBuffer struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	max   int
+	total int64     // bytes written, kept or not
+	full  *overflow // optional
+}
+
+// overflow is closed (C) once, by the first buffer that overflows.
+type overflow struct {
+	once sync.Once
+	C    chan struct{}
+}
+
+func (o *overflow) fire() { o.once.Do(func() { close(o.C) }) }
+
+// Write always reports success (a failing writer would make the SSH
+// library stop reading the channel, and the guest's writes would block
+// rather than end).
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.total += int64(len(p))
+	if room := b.max - b.buf.Len(); room < len(p) {
 		if room > 0 {
-			b.Buffer.Write(p[:room])
+			b.buf.Write(p[:room])
 		}
-		b.truncated = true
+		if b.full != nil {
+			b.full.fire()
+		}
 		return len(p), nil
 	}
-	return b.Buffer.Write(p)
+	b.buf.Write(p)
+	return len(p), nil
+}
+
+// String is what was kept: the first max bytes at most.
+func (b *cappedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Cut reports whether more than max bytes were written.
+func (b *cappedBuffer) Cut() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total > int64(b.max)
 }
 
 var attemptedRE = regexp.MustCompile(`attempted methods \[([^\]]*)\]`)

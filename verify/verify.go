@@ -85,6 +85,7 @@ type runner struct {
 	outsideWhy string // why not, when !netns
 	nmap       string // path of nmap, "" when missing
 	probeTar   []byte
+	cpus       map[string]int // vCPUs of each VM, by firmware
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -147,14 +148,19 @@ func Run(ctx context.Context, o Options) *Report {
 	if o.MemoryMiB == 0 {
 		o.MemoryMiB = DefaultMemoryMiB
 	}
-	if o.CPUs == 0 {
-		o.CPUs = AutoCPUs(o.Instances, vm.KVMUsable(), runtime.NumCPU())
-	}
 	if len(o.Firmwares) == 0 {
 		o.Firmwares = []string{vm.BIOS}
 	}
+	cpus := map[string]int{}
+	for _, fw := range o.Firmwares {
+		cpus[fw] = o.CPUs
+		if o.CPUs == 0 {
+			cpus[fw] = AutoCPUs(o.Instances, vm.KVMUsable(), runtime.NumCPU(), fw)
+		}
+	}
 	rep := NewReport(o)
-	r := &runner{o: o, rep: rep}
+	rep.CPUs = cpus
+	r := &runner{o: o, rep: rep, cpus: cpus}
 	defer func() { rep.SortResults(); rep.Finish(time.Now()) }()
 
 	parent := ctx
@@ -242,7 +248,7 @@ func Run(ctx context.Context, o Options) *Report {
 // (Run fills in o's defaults first). Exported so that a stand-in for Run
 // (the CLI's tests) reports exactly as Run does.
 func NewReport(o Options) *Report {
-	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances, CPUs: o.CPUs,
+	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances,
 		AllowSkip: o.AllowSkip, Started: time.Now(), BakeVersion: o.BakeVersion}
 	if o.UserData != nil {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
@@ -458,9 +464,13 @@ func status(ok bool) Status {
 // KVM; under software emulation (TCG) the host's cores shared out, one or
 // two each. A TCG vCPU is a host thread that spins while it has work: two
 // VMs of two vCPUs on a 2-core host booted 15-20% slower than two of one
-// (BENCHMARKS.md, "TCG: the guest CPU model and vCPU count").
-func AutoCPUs(n int, kvm bool, hostCPUs int) int {
-	if kvm {
+// (BENCHMARKS.md, "TCG: the guest CPU model and vCPU count"). Except
+// under OVMF: with one vCPU under TCG (QEMU 7.2, Debian's OVMF 4M) a guest
+// reboot never comes back (the kernel says "reboot: machine restart" and
+// the firmware spins; reproduced with a Debian cloud image), with two it
+// does, so UEFI VMs get two.
+func AutoCPUs(n int, kvm bool, hostCPUs int, firmware string) int {
+	if kvm || firmware == vm.UEFI {
 		return 2
 	}
 	if n < 1 {
@@ -509,7 +519,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		Firmware:  fw,
 		Disk:      overlay,
 		MemoryMiB: r.o.MemoryMiB,
-		CPUs:      r.o.CPUs,
+		CPUs:      r.cpus[fw],
 		SeedISO:   seedPath,
 		SerialLog: in.serial,
 	}
@@ -666,10 +676,11 @@ func refused(err error, userNet bool) bool {
 	return userNet && (strings.HasSuffix(msg, ": EOF") || strings.Contains(msg, "connection reset by peer"))
 }
 
-// sawLoginPrompt: the serial console shows a getty login prompt (boot
-// reached multi-user).
+// sawLoginPrompt: the end of the serial console (its last
+// vm.SerialTailMax bytes) shows a getty login prompt (boot reached
+// multi-user).
 func (in *instance) sawLoginPrompt() bool {
-	b, err := os.ReadFile(in.serial)
+	b, err := vm.ReadTail(in.serial, vm.SerialTailMax)
 	return err == nil && strings.Contains(string(b), " login: ")
 }
 
@@ -683,9 +694,11 @@ func (in *instance) leaseInfo() string {
 	return "the guest never took a DHCPv4 lease on the link (no network configuration, or it did not boot)"
 }
 
-// serialTail is the end of the serial console log, as evidence.
+// serialTail is the end of the serial console log, as evidence: its last
+// n lines, from its last vm.SerialTailMax bytes at most (the guest writes
+// it: it is never read whole).
 func (in *instance) serialTail(n int) string {
-	b, err := os.ReadFile(in.serial)
+	b, err := vm.ReadTail(in.serial, vm.SerialTailMax)
 	if err != nil {
 		return "serial console: " + err.Error()
 	}
@@ -742,17 +755,38 @@ func (r *runner) keepSerials(insts []*instance) {
 		if in == nil {
 			continue
 		}
-		b, err := os.ReadFile(in.serial)
-		if err != nil {
-			continue
-		}
 		name := "serial-" + in.name() + ".log"
-		if os.WriteFile(filepath.Join(r.o.ReportDir, name), b, 0o644) == nil {
+		if copyTail(in.serial, filepath.Join(r.o.ReportDir, name), vm.DefaultSerialLogMax) == nil {
 			r.mu.Lock()
 			r.rep.Files = append(r.rep.Files, name)
 			r.mu.Unlock()
 		}
 	}
+}
+
+// copyTail copies the regular file src to a new dst, streaming, and at
+// most its last max bytes (a serial log is bounded by vm's watcher, which
+// can let it pass its limit by what the guest writes between two checks).
+func copyTail(src, dst string, max int64) error {
+	in, st, err := imgfile.OpenRegular(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	off := int64(0)
+	if st.Size() > max {
+		off = st.Size() - max
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, io.NewSectionReader(in, off, st.Size()-off)); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
 }
 
 // fileSHA256 hashes a file.

@@ -9,6 +9,14 @@
 // always has restrict=on (only the listed host forwards on 127.0.0.1 reach
 // the guest), and a Link's namespace holds nothing but the 10.77.0.0/24 and
 // fd77::/64 link to the guest.
+//
+// The guest is hostile (bake verify boots images it did not build, as
+// root). QEMU always runs confined by its seccomp filter (Sandbox on every
+// command line; Start refuses to go on unless the running QEMU has the
+// filter in force), and everything read back from the guest is bounded:
+// the serial log may grow to Config.SerialLogMax before Start's watcher
+// stops the VM, and no reader of it (Serial, WaitSerial, the tails in
+// errors, ReadTail) holds more than a fixed window of it in memory.
 package vm
 
 import (
@@ -53,7 +61,28 @@ const (
 	DefaultMemoryMiB = 1024
 	DefaultCPUs      = 1
 	DefaultNICModel  = "virtio-net-pci"
+
+	// DefaultSerialLogMax is how much the guest may write to its serial
+	// console (Config.SerialLogMax) before Start's watcher stops QEMU.
+	DefaultSerialLogMax = 64 << 20
 )
+
+// Sandbox is the value of QEMU's -sandbox option on every command line
+// Cmdline makes: QEMU's seccomp filter (QEMU 7.2 has it, Debian builds it
+// in), with obsolete system calls, set*uid/set*gid, fork/exec and
+// affinity/priority changes denied. A guest that escapes into QEMU cannot
+// spawn a shell, regain privileges or reach syscalls QEMU never makes.
+//
+// It fails closed. Cmdline has no way to leave it out, and refuses
+// ExtraArgs that name -sandbox (a later "-sandbox off" would merge with and
+// override it). A QEMU built without seccomp (or on a kernel without it)
+// refuses the option and exits at once, which Start reports as a QEMU that
+// cannot confine itself; and Start does not return a VM until the running
+// QEMU process has a seccomp filter of its own in force (more filters in
+// /proc/PID/status than bake's own), so a binary that accepts the option
+// and ignores it (a wrapper, a patched build) is stopped and refused too.
+// There is no switch to run a guest unconfined.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 // Config describes one VM. The zero value of most fields means the default.
 type Config struct {
@@ -86,6 +115,15 @@ type Config struct {
 	// SerialLog receives the first serial port (ttyS0). Start uses a file in
 	// its temp dir when empty.
 	SerialLog string
+	// SerialLogMax bounds SerialLog in bytes (DefaultSerialLogMax, 64 MiB,
+	// when 0; there is no "unlimited"). A guest can write gigabytes to its
+	// console: when the log passes the limit, Start's watcher stops QEMU
+	// and Wait, WaitSerial and friends report "the guest wrote more than N
+	// MiB to its serial console" (errors.Is ErrSerialLogMax). The check
+	// runs every 200 ms, so the file can pass the limit by what the guest
+	// writes in that time. QEMU's own log (stdout/stderr) has the same
+	// bound.
+	SerialLogMax int64
 
 	// SeedISO is attached read-only: a virtio disk by default, an IDE
 	// CD-ROM with SeedCDROM. Cloud-init finds it by its "cidata" label.
@@ -160,6 +198,9 @@ func (c Config) withDefaults() Config {
 	if c.CPUs == 0 {
 		c.CPUs = DefaultCPUs
 	}
+	if c.SerialLogMax == 0 {
+		c.SerialLogMax = DefaultSerialLogMax
+	}
 	if c.NICModel == "" || c.NICModel == "virtio" {
 		c.NICModel = DefaultNICModel
 	}
@@ -186,7 +227,8 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // it reads no file and probes nothing, so the same Config always gives the
 // same arguments. With Net.Netns set, argv starts with `ip netns exec NS`.
 // AccelAuto becomes "-accel kvm -accel tcg" (QEMU falls back by itself);
-// Start resolves it to one accelerator before calling Cmdline.
+// Start resolves it to one accelerator before calling Cmdline. Every
+// command line has "-sandbox "+Sandbox (see Sandbox).
 func Cmdline(c Config) ([]string, error) {
 	c = c.withDefaults()
 	var a []string
@@ -204,6 +246,14 @@ func Cmdline(c Config) ([]string, error) {
 	if c.CPUs < 1 || c.CPUs > 64 {
 		return nil, fmt.Errorf("vm: CPUs %d out of range", c.CPUs)
 	}
+	if c.SerialLogMax < 0 {
+		return nil, fmt.Errorf("vm: SerialLogMax %d is negative (0 means the default, %d MiB)", c.SerialLogMax, DefaultSerialLogMax>>20)
+	}
+	for _, x := range c.ExtraArgs {
+		if x == "-sandbox" || x == "--sandbox" || strings.HasPrefix(x, "-sandbox=") || strings.HasPrefix(x, "--sandbox=") {
+			return nil, fmt.Errorf("vm: ExtraArgs may not set %s: QEMU always runs with -sandbox %s", x, Sandbox)
+		}
+	}
 
 	if c.Net.Mode == NetTap && c.Net.Netns != "" {
 		if !netnsRE.MatchString(c.Net.Netns) {
@@ -213,7 +263,7 @@ func Cmdline(c Config) ([]string, error) {
 	} else if c.Net.Netns != "" {
 		return nil, fmt.Errorf("vm: Net.Netns needs Net.Mode %q", NetTap)
 	}
-	add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none")
+	add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
 
 	add("-machine", "q35")
 	switch c.Accel {

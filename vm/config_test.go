@@ -6,7 +6,8 @@ import (
 )
 
 func TestCmdlineGolden(t *testing.T) {
-	base := "qemu-system-x86_64 -nodefaults -no-user-config -display none -machine q35"
+	base := "qemu-system-x86_64 -nodefaults -no-user-config -display none" +
+		" -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -machine q35"
 	for _, tc := range []struct {
 		name string
 		c    Config
@@ -70,7 +71,9 @@ func TestCmdlineGolden(t *testing.T) {
 				QEMU: "/opt/qemu", Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Append: "console=ttyS0 panic=-1",
 				Accel: AccelTCG, SerialLog: "/s", NoReboot: true,
 			},
-			want: "/opt/qemu -nodefaults -no-user-config -display none -machine q35 -accel tcg -cpu max -smp 1 -m 1024" +
+			want: "/opt/qemu -nodefaults -no-user-config -display none" +
+				" -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" +
+				" -machine q35 -accel tcg -cpu max -smp 1 -m 1024" +
 				" -kernel /k/vmlinuz -initrd /k/initrd -append console=ttyS0 panic=-1" +
 				" -device virtio-rng-pci -nic none -chardev file,id=serial0,path=/s -serial chardev:serial0 -no-reboot",
 		},
@@ -133,6 +136,9 @@ func TestCmdlineErrors(t *testing.T) {
 		{"drive iface", func(c *Config) { c.ExtraDrives = []Drive{{Path: "/x", Interface: "floppy"}} }, "interface"},
 		{"drive path", func(c *Config) { c.ExtraDrives = []Drive{{}} }, "no Path"},
 		{"uuid", func(c *Config) { c.UUID = "nope" }, "UUID"},
+		{"sandbox off in ExtraArgs", func(c *Config) { c.ExtraArgs = []string{"-sandbox", "off"} }, "may not set -sandbox"},
+		{"--sandbox in ExtraArgs", func(c *Config) { c.ExtraArgs = []string{"--sandbox", "on"} }, "may not set --sandbox"},
+		{"negative serial limit", func(c *Config) { c.SerialLogMax = -1 }, "SerialLogMax"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok
@@ -149,5 +155,35 @@ func TestFreePort(t *testing.T) {
 	p, err := FreePort()
 	if err != nil || p <= 0 || p > 65535 {
 		t.Fatalf("FreePort = %d, %v", p, err)
+	}
+}
+
+// Every command line is confined, whatever the Config: there is no field
+// that leaves -sandbox out.
+func TestCmdlineAlwaysSandboxed(t *testing.T) {
+	for _, c := range []Config{
+		{Disk: "/d", DiskFormat: "raw"},
+		{Kernel: "/k", Accel: AccelKVM, Firmware: UEFI, OVMFVars: "/v"},
+		{Disk: "/d", Net: NetConfig{Tap: "tap0", Netns: "ns"}, ExtraArgs: []string{"-S"}},
+	} {
+		got, err := Cmdline(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for i, a := range got {
+			if a == "-sandbox" {
+				n++
+				if i+1 >= len(got) || got[i+1] != Sandbox {
+					t.Errorf("-sandbox value in %q", got)
+				}
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d -sandbox options in %q, want 1", n, got)
+		}
+	}
+	if Sandbox != "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
+		t.Errorf("Sandbox = %q", Sandbox)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +30,33 @@ var StopGrace = 5 * time.Second
 // serialTailLines is how much serial output an error carries.
 const serialTailLines = 40
 
+// Bounds on what is read back from the guest's serial log (and QEMU's own
+// log) into memory. The log itself is bounded by Config.SerialLogMax.
+const (
+	// SerialReadMax is the most Serial returns: the end of the log.
+	SerialReadMax = 4 << 20
+	// SerialTailMax is the most read for the tail an error carries, and
+	// for QEMULog.
+	SerialTailMax = 1 << 20
+	// serialWindow is what WaitSerial keeps of the log while it scans it
+	// incrementally: a match must fit in it (minus one read chunk), so a
+	// pattern split across two reads is still found. A match longer than
+	// serialWindow-serialChunk bytes (768 KiB) is not.
+	serialWindow = 1 << 20
+	serialChunk  = 256 << 10
+)
+
+// ErrSerialLogMax is wrapped by the error of a VM that Start's watcher
+// stopped because the guest (or QEMU) wrote more than Config.SerialLogMax.
+var ErrSerialLogMax = errors.New("serial console limit")
+
+// Test hooks: how often the watcher checks the logs' sizes, and how long
+// Start waits for QEMU's seccomp filter to be in force.
+var (
+	logWatchEvery = 200 * time.Millisecond
+	confineWait   = 10 * time.Second
+)
+
 // VM is a running QEMU process and the temporary files it owns.
 type VM struct {
 	// Config is the resolved configuration QEMU was started with: the
@@ -45,6 +73,9 @@ type VM struct {
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // set before done is closed
 
+	limitMu  sync.Mutex
+	limitErr error // set by the watcher before it stops QEMU
+
 	stopOnce sync.Once
 	stopErr  error
 	stopCtx  context.CancelFunc
@@ -58,6 +89,13 @@ type VM struct {
 // stopped when ctx is done. AccelAuto becomes KVM only when ProbeKVM finds
 // it really runs guests (else TCG); BAKE_VM_ACCEL=kvm|tcg overrides that. The caller must call Stop (safe from
 // t.Cleanup, idempotent) even after the guest powered off.
+//
+// QEMU runs confined (-sandbox, see Sandbox): Start fails with a clear
+// error, and leaves nothing running, when this QEMU cannot confine itself
+// or its process shows no seccomp filter of its own within a few seconds.
+// A watcher checks the sizes of the serial log and of QEMU's own log for
+// the VM's whole life and stops QEMU when one passes Config.SerialLogMax
+// (the error then wraps ErrSerialLogMax).
 func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -135,6 +173,17 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, err
 	}
 	defer logf.Close()
+	// The watcher's own descriptors of the logs: QEMU writes the same
+	// files, whatever happens to their paths later.
+	serialf, _, err := imgfile.OpenRegular(c.SerialLog)
+	if err != nil {
+		return nil, fmt.Errorf("vm: serial log: %w", err)
+	}
+	qlogf, err := os.Open(v.qemuLog)
+	if err != nil {
+		serialf.Close()
+		return nil, err
+	}
 
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdin = nil
@@ -145,6 +194,8 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	// execx.StartPinned for why the forking thread must stay put.
 	child, err := execx.StartPinned(cmd)
 	if err != nil {
+		serialf.Close()
+		qlogf.Close()
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
 	v.cmd = cmd
@@ -152,13 +203,16 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		v.waitErr = child.Wait()
 		close(v.done)
 	}()
+	go v.watchLogs(serialf, qlogf)
 
 	// Bad arguments make QEMU exit at once: report that from Start.
 	select {
 	case <-v.done:
-		v.Stop()
-		return nil, fmt.Errorf("vm: qemu exited at start (%v): %s\n%s", v.waitErr, strings.Join(args, " "), indent(lastLines(v.QEMULog(), 20)))
+		return nil, v.exitedAtStart()
 	case <-time.After(300 * time.Millisecond):
+	}
+	if err := v.waitConfined(ctx, confineWait); err != nil {
+		return nil, err
 	}
 
 	stopCtx, cancel := context.WithCancel(context.Background())
@@ -182,17 +236,20 @@ func (v *VM) Dir() string { return v.dir }
 // SerialLog is the path of the serial console log.
 func (v *VM) SerialLog() string { return v.Config.SerialLog }
 
-// Serial returns the serial output so far.
-func (v *VM) Serial() ([]byte, error) { return os.ReadFile(v.Config.SerialLog) }
+// Serial returns the serial output so far: all of it up to SerialReadMax
+// bytes, else its last SerialReadMax bytes from a line start. The guest
+// writes it: it is never read whole into memory.
+func (v *VM) Serial() ([]byte, error) { return ReadTail(v.Config.SerialLog, SerialReadMax) }
 
-// QEMULog returns QEMU's own stdout/stderr so far.
+// QEMULog returns QEMU's own stdout/stderr so far (its last SerialTailMax
+// bytes at most).
 func (v *VM) QEMULog() string {
 	v.logMu.Lock()
 	defer v.logMu.Unlock()
 	if v.keptLog != "" {
 		return v.keptLog
 	}
-	b, _ := os.ReadFile(v.qemuLog)
+	b, _ := ReadTail(v.qemuLog, SerialTailMax)
 	return string(b)
 }
 
@@ -200,10 +257,207 @@ func (v *VM) QEMULog() string {
 func (v *VM) Exited() <-chan struct{} { return v.done }
 
 // Wait blocks until QEMU exits (e.g. the guest powered off) and returns its
-// exit status. Stop is still needed to remove the temp files.
+// exit status, or the watcher's error (wrapping ErrSerialLogMax) when it
+// stopped QEMU for writing too much. Stop is still needed to remove the
+// temp files.
 func (v *VM) Wait() error {
 	<-v.done
+	if err := v.overLimit(); err != nil {
+		return err
+	}
 	return v.waitErr
+}
+
+func (v *VM) overLimit() error {
+	v.limitMu.Lock()
+	defer v.limitMu.Unlock()
+	return v.limitErr
+}
+
+// exitedAtStart is Start's error for a QEMU that exited before Start
+// returned; it stops the VM (removing the temp dir).
+func (v *VM) exitedAtStart() error {
+	log := v.QEMULog()
+	v.Stop()
+	if strings.Contains(log, "sandbox") || strings.Contains(log, "seccomp") {
+		return fmt.Errorf("vm: %s cannot confine itself with -sandbox %s (a QEMU built without seccomp, or a kernel without it); bake does not run a guest unconfined:\n%s",
+			v.Config.QEMU, Sandbox, indent(lastLines(log, 20)))
+	}
+	return fmt.Errorf("vm: qemu exited at start (%v): %s\n%s", v.waitErr, strings.Join(v.Args, " "), indent(lastLines(log, 20)))
+}
+
+// waitConfined waits until QEMU's process has a seccomp filter of its own
+// in force (QEMU installs it before it creates the machine, so before any
+// guest code runs). When it has none after wait, or QEMU exits, Start
+// fails and QEMU is stopped: a guest never runs unconfined.
+func (v *VM) waitConfined(ctx context.Context, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := confined(v.PID())
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-v.done:
+			return v.exitedAtStart()
+		default:
+		}
+		if time.Now().After(deadline) {
+			v.Stop()
+			return fmt.Errorf("vm: %s (pid %d) runs without its seccomp sandbox %s after %s (%v); bake does not run a guest unconfined",
+				v.Config.QEMU, v.cmd.Process.Pid, wait, Sandbox, err)
+		}
+		select {
+		case <-v.done:
+		case <-ctx.Done():
+			v.Stop()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// confined checks /proc/PID/status: seccomp filter mode, with more filters
+// than this process has (a child inherits its parent's filters: bake run
+// under a container runtime's filter must not take those for QEMU's).
+func confined(pid int) error {
+	mode, n, err := seccompStatus(strconv.Itoa(pid))
+	if err != nil {
+		return err
+	}
+	selfMode, self, err := seccompStatus("self")
+	if err != nil {
+		return err
+	}
+	switch {
+	case mode != 2:
+		return fmt.Errorf("Seccomp: %d, not 2 (filter)", mode)
+	case n >= 0 && self >= 0 && n <= self:
+		return fmt.Errorf("Seccomp_filters: %d, no more than bake's own %d", n, self)
+	case (n < 0 || self < 0) && selfMode == 2:
+		return errors.New("bake itself runs under a seccomp filter and this kernel has no Seccomp_filters count to tell QEMU's own filter from it")
+	}
+	return nil
+}
+
+// seccompStatus reads "Seccomp:" and "Seccomp_filters:" (-1 when the kernel
+// has no such line, before Linux 5.9) from /proc/PID/status.
+func seccompStatus(pid string) (mode, filters int, err error) {
+	b, err := ReadTail("/proc/"+pid+"/status", 64<<10)
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseSeccompStatus(string(b))
+}
+
+func parseSeccompStatus(s string) (mode, filters int, err error) {
+	mode, filters = -1, -1
+	for _, l := range strings.Split(s, "\n") {
+		k, val, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "Seccomp":
+			if mode, err = strconv.Atoi(strings.TrimSpace(val)); err != nil {
+				return 0, 0, fmt.Errorf("Seccomp: %q", val)
+			}
+		case "Seccomp_filters":
+			if filters, err = strconv.Atoi(strings.TrimSpace(val)); err != nil {
+				return 0, 0, fmt.Errorf("Seccomp_filters: %q", val)
+			}
+		}
+	}
+	if mode < 0 {
+		return 0, 0, errors.New("no Seccomp line in /proc/PID/status (a kernel without seccomp)")
+	}
+	return mode, filters, nil
+}
+
+// watchLogs stops QEMU when the serial log or QEMU's own log passes
+// Config.SerialLogMax, checking their sizes on the descriptors Start
+// opened every logWatchEvery until QEMU exits.
+func (v *VM) watchLogs(serial, ql *os.File) {
+	defer serial.Close()
+	defer ql.Close()
+	max := v.Config.SerialLogMax
+	tick := time.NewTicker(logWatchEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-v.done:
+			return
+		case <-tick.C:
+		}
+		what := ""
+		if st, err := serial.Stat(); err == nil && st.Size() > max {
+			what = fmt.Sprintf("the guest wrote more than %s to its serial console (%s)", sizeString(max), v.Config.SerialLog)
+		} else if st, err := ql.Stat(); err == nil && st.Size() > max {
+			what = fmt.Sprintf("QEMU wrote more than %s to its own log (stdout and stderr)", sizeString(max))
+		}
+		if what == "" {
+			continue
+		}
+		v.limitMu.Lock()
+		v.limitErr = fmt.Errorf("vm: %s; QEMU stopped: %w", what, ErrSerialLogMax)
+		v.limitMu.Unlock()
+		v.terminate()
+		return
+	}
+}
+
+// sizeString is n in MiB when it is a whole number of them.
+func sizeString(n int64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// ReadTail returns the last max bytes of the regular file at path (all of
+// it when it is shorter): the one way bake reads a log a guest writes. A
+// file that was cut starts at its first whole line (when the kept part has
+// a line break). It never blocks on a FIFO nor reads a device.
+func ReadTail(path string, max int) ([]byte, error) {
+	f, _, err := imgfile.OpenRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readTail(f, max)
+}
+
+func readTail(f *os.File, max int) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size, off := st.Size(), int64(0)
+	if size > int64(max) {
+		off = size - int64(max)
+	}
+	var buf []byte
+	if size == 0 {
+		// /proc files say size 0: read them as a stream, up to max.
+		buf, err = io.ReadAll(io.LimitReader(f, int64(max)))
+	} else {
+		buf = make([]byte, size-off)
+		var n int
+		n, err = io.ReadFull(io.NewSectionReader(f, off, size-off), buf)
+		buf = buf[:n]
+		if err == io.ErrUnexpectedEOF {
+			err = nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if off > 0 {
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 && i+1 < len(buf) {
+			buf = buf[i+1:]
+		}
+	}
+	return buf, nil
 }
 
 // WaitSerial waits until substr appears on the serial console.
@@ -243,17 +497,20 @@ func (v *VM) WaitSerialFrom(ctx context.Context, from int64, re *regexp.Regexp, 
 	}, "/"+re.String()+"/", timeout)
 }
 
-// waitSerial polls the serial log from offset from until match returns
-// non-nil, QEMU exits, ctx is done or timeout passes.
+// waitSerial scans the serial log from offset from until match returns
+// non-nil, QEMU exits, ctx is done or timeout passes. It reads only what is
+// new since its last read, in chunks, and keeps a window of at most
+// serialWindow bytes of the log (the newest): memory stays bounded however
+// much the guest writes, and a match that straddles two reads is still
+// found as long as it fits in the window.
 func (v *VM) waitSerial(ctx context.Context, from int64, match func([]byte) ([]string, int), what string, timeout time.Duration) ([]string, int64, error) {
 	deadline := time.Now().Add(timeout)
-	var buf []byte
-	var off int64 = from
-	f, err := os.Open(v.Config.SerialLog)
+	f, _, err := imgfile.OpenRegular(v.Config.SerialLog)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
+	w := serialScanner{off: from, winStart: from}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -264,18 +521,20 @@ func (v *VM) waitSerial(ctx context.Context, from int64, match func([]byte) ([]s
 		default:
 		}
 		// Read whatever is new (after an exit too: the final lines count).
-		chunk, err := readFrom(f, off)
+		m, end, err := w.scan(f, match)
 		if err != nil {
 			return nil, 0, err
 		}
-		off += int64(len(chunk))
-		buf = append(buf, chunk...)
-		if m, end := match(buf); m != nil {
-			return m, from + int64(end), nil
+		if m != nil {
+			return m, end, nil
 		}
 		var reason string
 		switch {
 		case exited:
+			if lerr := v.overLimit(); lerr != nil {
+				reason = fmt.Sprintf("%v (before %s appeared on the serial console)", strings.TrimPrefix(lerr.Error(), "vm: "), what)
+				break
+			}
 			reason = fmt.Sprintf("qemu exited (%v) before %s appeared on the serial console", v.waitErr, what)
 			if ql := strings.TrimSpace(v.QEMULog()); ql != "" {
 				reason += "\nqemu said:\n" + indent(lastLines(ql, 20))
@@ -286,9 +545,13 @@ func (v *VM) waitSerial(ctx context.Context, from int64, match func([]byte) ([]s
 			reason = fmt.Sprintf("%v while waiting for %s on the serial console", ctx.Err(), what)
 		}
 		if reason != "" {
-			all, _ := os.ReadFile(v.Config.SerialLog)
-			return nil, 0, fmt.Errorf("vm: %s\nlast %d lines of serial output (%s):\n%s",
-				reason, serialTailLines, v.Config.SerialLog, indent(lastLines(string(all), serialTailLines)))
+			tail, _ := readTail(f, SerialTailMax)
+			msg := fmt.Sprintf("vm: %s\nlast %d lines of serial output (%s):\n%s",
+				reason, serialTailLines, v.Config.SerialLog, indent(lastLines(string(tail), serialTailLines)))
+			if lerr := v.overLimit(); exited && lerr != nil {
+				return nil, 0, &wrapped{msg, lerr}
+			}
+			return nil, 0, errors.New(msg)
 		}
 		select {
 		case <-tick.C:
@@ -298,18 +561,50 @@ func (v *VM) waitSerial(ctx context.Context, from int64, match func([]byte) ([]s
 	}
 }
 
-func readFrom(f *os.File, off int64) ([]byte, error) {
-	var out []byte
-	buf := make([]byte, 64<<10)
+// wrapped is an error with a message of its own that wraps err.
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (w *wrapped) Error() string { return w.msg }
+func (w *wrapped) Unwrap() error { return w.err }
+
+// serialScanner is WaitSerial's bounded view of the growing serial log.
+type serialScanner struct {
+	off      int64  // the next byte of the file to read
+	win      []byte // the newest bytes read, at most serialWindow
+	winStart int64  // the file offset of win[0]
+	buf      []byte // one read chunk
+}
+
+// scan reads from the file what is new since the last call, at most
+// serialChunk at a time; after each chunk it drops the oldest bytes beyond
+// serialWindow and runs match over the window. It returns the match and
+// the file offset just past it, or nil once it has read up to the end.
+func (w *serialScanner) scan(f *os.File, match func([]byte) ([]string, int)) ([]string, int64, error) {
+	if w.buf == nil {
+		w.buf = make([]byte, serialChunk)
+	}
 	for {
-		n, err := f.ReadAt(buf, off)
-		out = append(out, buf[:n]...)
-		off += int64(n)
-		if err == io.EOF || n == 0 {
-			return out, nil
+		n, err := f.ReadAt(w.buf, w.off)
+		if err != nil && err != io.EOF {
+			return nil, 0, err
 		}
-		if err != nil {
-			return out, err
+		if n == 0 {
+			return nil, 0, nil
+		}
+		w.off += int64(n)
+		if drop := len(w.win) + n - serialWindow; drop > 0 {
+			w.win = append(w.win[:0], w.win[drop:]...)
+			w.winStart += int64(drop)
+		}
+		w.win = append(w.win, w.buf[:n]...)
+		if m, end := match(w.win); m != nil {
+			return m, w.winStart + int64(end), nil
+		}
+		if n < len(w.buf) {
+			return nil, 0, nil
 		}
 	}
 }
@@ -322,25 +617,32 @@ func (v *VM) Stop() error {
 		if v.stopCtx != nil {
 			v.stopCtx()
 		}
-		select {
-		case <-v.done:
-		default:
-			_ = v.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-v.done:
-			case <-time.After(StopGrace):
-				_ = v.cmd.Process.Kill()
-				<-v.done
-			}
-		}
+		v.terminate()
 		v.logMu.Lock()
-		if b, err := os.ReadFile(v.qemuLog); err == nil {
+		if b, err := ReadTail(v.qemuLog, SerialTailMax); err == nil {
 			v.keptLog = string(b)
 		}
 		v.stopErr = os.RemoveAll(v.dir)
 		v.logMu.Unlock()
 	})
 	return v.stopErr
+}
+
+// terminate ends QEMU (SIGTERM, SIGKILL after StopGrace) and waits for it
+// to exit. Safe to call concurrently and after QEMU has exited.
+func (v *VM) terminate() {
+	select {
+	case <-v.done:
+		return
+	default:
+	}
+	_ = v.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-v.done:
+	case <-time.After(StopGrace):
+		_ = v.cmd.Process.Kill()
+		<-v.done
+	}
 }
 
 var (

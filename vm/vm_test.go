@@ -17,12 +17,14 @@ import (
 
 // fakeQEMU is a stand-in for qemu-system-x86_64: it writes to the serial
 // log named on its command line and then sleeps, so Start/WaitSerial/Stop
-// can be tested without QEMU or root.
+// can be tested without QEMU or root. fakeConfig runs it under a seccomp
+// filter of its own (seccompWrapper), as Start demands of QEMU.
 const fakeQEMU = `#!/bin/sh
 serial=
 for a in "$@"; do
   case "$a" in file,id=serial0,path=*) serial=${a#file,id=serial0,path=} ;; esac
 done
+[ -n "$FAKE_NOSANDBOX" ] && { echo "qemu-system-x86_64: -sandbox support is not enabled in this QEMU binary" >&2; exit 1; }
 [ -n "$FAKE_FAIL" ] && { echo "qemu-system-x86_64: -drive x: Could not open" >&2; exit 1; }
 echo "SeaBIOS (fake)" >> "$serial"
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45; do
@@ -38,10 +40,11 @@ exec sleep 300
 func fakeConfig(t *testing.T) Config {
 	t.Helper()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "fake-qemu")
-	if err := os.WriteFile(bin, []byte(fakeQEMU), 0o755); err != nil {
+	inner := filepath.Join(dir, "fake-qemu-unconfined")
+	if err := os.WriteFile(inner, []byte(fakeQEMU), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	bin := seccompWrapper(t, dir, inner)
 	disk := filepath.Join(dir, "disk.raw")
 	if err := os.WriteFile(disk, make([]byte, 4096), 0o644); err != nil {
 		t.Fatal(err)

@@ -364,7 +364,7 @@ func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
 		SeedISO:    seedPath,
 		ExtraArgs:  extra,
 		MemoryMiB:  2048,
-		CPUs:       vmCPUs(),
+		CPUs:       vmCPUs(firmware),
 		Net:        vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
 	})
 	if err != nil {

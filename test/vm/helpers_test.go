@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"context"
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/vm"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,8 +66,15 @@ func vmSlots() int {
 // vmCPUs is the vCPU count of the tests' own VMs and of the verify runs
 // they start: the host's cores shared among the slots (under TCG a vCPU
 // is a host thread that spins while the guest has work; two VMs of one
-// vCPU each booted 15-20% faster on two cores than two of two).
-func vmCPUs() int { return max(1, runtime.NumCPU()/vmSlots()) }
+// vCPU each booted 15-20% faster on two cores than two of two). OVMF VMs
+// get two: with one, OVMF under TCG never comes back from a guest reboot
+// (verify.AutoCPUs).
+func vmCPUs(firmware string) int {
+	if firmware == vm.UEFI {
+		return 2
+	}
+	return max(1, runtime.NumCPU()/vmSlots())
+}
 
 var sched = struct {
 	mu      sync.Mutex

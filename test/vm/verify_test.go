@@ -25,6 +25,7 @@ import (
 
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/verify"
+	"github.com/bakeimg/bake/vm"
 )
 
 // verifyRun is one `bake verify` run.
@@ -68,8 +69,8 @@ func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ..
 	report := t.TempDir()
 	// Each VM gets the test's share of the host's cores (vmCPUs), not
 	// what verify would pick for a host it had to itself.
-	if !slices.Contains(args, "--cpus") {
-		args = append(args, "--cpus", strconv.Itoa(vmCPUs()))
+	if !slices.Contains(args, "--cpus") && !slices.Contains(args, vm.UEFI) && !slices.Contains(args, "both") {
+		args = append(args, "--cpus", strconv.Itoa(vmCPUs(vm.BIOS)))
 	}
 	cmd = exec.CommandContext(ctx, bake(t), append(append([]string{"verify"}, args...), "--report", report)...)
 	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())

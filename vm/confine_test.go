@@ -1,0 +1,155 @@
+package vm
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// seccompExecEnv makes the test binary a seccomp wrapper: it installs an
+// allow-everything seccomp filter on itself and executes its arguments, so
+// that a fake QEMU (a shell script) runs with a filter of its own, as Start
+// demands of a real QEMU started with -sandbox.
+const seccompExecEnv = "BAKE_VM_TEST_SECCOMP_EXEC"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(seccompExecEnv) == "1" {
+		os.Unsetenv(seccompExecEnv)
+		seccompExec(os.Args[1:])
+	}
+	os.Exit(m.Run())
+}
+
+func seccompExec(argv []string) {
+	fail := func(what string, err error) {
+		os.Stderr.WriteString("seccomp wrapper: " + what + ": " + err.Error() + "\n")
+		os.Exit(97)
+	}
+	if len(argv) == 0 {
+		fail("usage", syscall.EINVAL)
+	}
+	// A seccomp filter is per thread: install it on this one, and execve
+	// from it (the new program keeps the filter of the thread that ran
+	// execve).
+	runtime.LockOSThread()
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		fail("no_new_privs", err)
+	}
+	filter := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if err := unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&prog)), 0, 0); err != nil {
+		fail("seccomp", err)
+	}
+	fail("exec", syscall.Exec(argv[0], argv, os.Environ()))
+}
+
+// seccompWrapper writes dir/fake-qemu: a script that runs inner under a
+// seccomp filter (this test binary as the wrapper).
+func seccompWrapper(t *testing.T, dir, inner string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "fake-qemu")
+	script := "#!/bin/sh\n" + seccompExecEnv + "=1 exec '" + self + "' '" + inner + "' \"$@\"\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// Start's own check: the fake QEMU runs with a filter of its own, and the
+// argv it was given carries -sandbox.
+func TestStartChecksConfinement(t *testing.T) {
+	v, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	if err := confined(v.PID()); err != nil {
+		t.Errorf("the fake QEMU Start returned is not confined: %v", err)
+	}
+	if !strings.Contains(strings.Join(v.Args, " "), " -sandbox "+Sandbox+" ") {
+		t.Errorf("argv lacks -sandbox %s: %q", Sandbox, v.Args)
+	}
+	// This very test process has no filter of its own: not confined.
+	if err := confined(os.Getpid()); err == nil {
+		t.Error("confined(self) = nil: a process is never more confined than itself")
+	}
+}
+
+// A QEMU that accepts -sandbox and runs without a filter (here the fake
+// without its wrapper) is stopped, and Start fails, leaving nothing.
+func TestStartRefusesUnconfinedQEMU(t *testing.T) {
+	old := confineWait
+	confineWait = time.Second
+	t.Cleanup(func() { confineWait = old })
+	c := fakeConfig(t)
+	c.QEMU = filepath.Join(filepath.Dir(c.QEMU), "fake-qemu-unconfined")
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	t0 := time.Now()
+	v, err := Start(t.Context(), c)
+	if err == nil {
+		v.Stop()
+		t.Fatal("Start ran a QEMU without a seccomp filter")
+	}
+	if msg := err.Error(); !strings.Contains(msg, "runs without its seccomp sandbox") || !strings.Contains(msg, "Seccomp: 0") ||
+		!strings.Contains(msg, "does not run a guest unconfined") {
+		t.Errorf("error %q", msg)
+	}
+	if d := time.Since(t0); d > 10*time.Second {
+		t.Errorf("refusal took %s", d)
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	if len(after) > len(before) {
+		t.Errorf("temp dir left behind: %v", after)
+	}
+}
+
+// A QEMU built without seccomp refuses -sandbox and exits: Start says so.
+func TestStartReportsQEMUWithoutSeccomp(t *testing.T) {
+	t.Setenv("FAKE_NOSANDBOX", "1")
+	_, err := Start(t.Context(), fakeConfig(t))
+	if err == nil {
+		t.Fatal("Start went on with a QEMU that refused -sandbox")
+	}
+	msg := err.Error()
+	for _, want := range []string{"cannot confine itself with -sandbox " + Sandbox, "without seccomp", "-sandbox support is not enabled", "does not run a guest unconfined"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+}
+
+func TestParseSeccompStatus(t *testing.T) {
+	for _, tc := range []struct {
+		in            string
+		mode, filters int
+		err           string
+	}{
+		{"Name:\tqemu\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\nSpeculation_Store_Bypass:\tx\n", 2, 1, ""},
+		{"Seccomp:\t0\nSeccomp_filters:\t0\n", 0, 0, ""},
+		{"Seccomp:\t2\n", 2, -1, ""}, // before Linux 5.9
+		{"Name:\tx\n", 0, 0, "no Seccomp line"},
+		{"Seccomp:\tlots\n", 0, 0, "Seccomp"},
+	} {
+		m, f, err := parseSeccompStatus(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || m != tc.mode || f != tc.filters {
+			t.Errorf("%q: %d %d %v, want %d %d", tc.in, m, f, err, tc.mode, tc.filters)
+		}
+	}
+}
