@@ -10,7 +10,7 @@ OUT ?= out
 # checkout so that CI's fresh clone reuses them.
 export BAKE_TEST_CACHE ?= /var/cache/bake-test
 
-.PHONY: all deps bake image test unit integration vm bench clean
+.PHONY: all deps bake image test unit integration vm bench fuzz clean
 
 all: bake
 
@@ -57,13 +57,22 @@ test: deps bake
 	go test -race -count=1 -run 'TestStartPinned' ./internal/execx/
 	go test -race -count=1 -tags vm -run 'TestLinkChildrenSurviveNetnsSwitches' ./vm/
 	go test -json -count=1 -timeout 10m ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/unit.json -log $(BAKE_TEST_CACHE)/unit-test.log; $(TIER_STATUS)
-	go test -json -count=1 -tags integration -timeout 30m -p 1 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/integration.json -log $(BAKE_TEST_CACHE)/integration-test.log; $(TIER_STATUS)
+	go test -json -count=1 -tags integration -timeout 30m -p 2 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/integration.json -log $(BAKE_TEST_CACHE)/integration-test.log; $(TIER_STATUS)
 	@$(VM_TIMEOUT); \
 	echo "go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET)"; \
 	go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET); $(TIER_STATUS)
 
 unit:
 	go test ./...
+
+# Every native fuzz target (func FuzzXxx in a *_test.go), one go test -fuzz
+# run each for FUZZTIME, under a memory cap per process (FUZZMEM MiB);
+# fails on any failing input and prints where go saved it
+# (PKG/testdata/fuzz/FuzzXxx/...). See scripts/fuzz.sh for FUZZPARALLEL,
+# FUZZ (a name filter) and the rest; results in BENCHMARKS.md.
+FUZZTIME ?= 60s
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 bench: deps bake
 	bash scripts/install-deps.sh --bench

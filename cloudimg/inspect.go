@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/imgfile"
@@ -295,6 +297,16 @@ func (d *debugfsReader) ls(p *Partition, dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	names := lsNames(out)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("partition %d: %s not found or empty", p.Number, dir)
+	}
+	return names, nil
+}
+
+// lsNames reads the entry names of debugfs's `ls -p` output
+// (/ino/mode/uid/gid/name/size/), except . and ..
+func lsNames(out []byte) []string {
 	var names []string
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Split(line, "/")
@@ -302,10 +314,7 @@ func (d *debugfsReader) ls(p *Partition, dir string) ([]string, error) {
 			names = append(names, f[5])
 		}
 	}
-	if len(names) == 0 {
-		return nil, fmt.Errorf("partition %d: %s not found or empty", p.Number, dir)
-	}
-	return names, nil
+	return names
 }
 
 // osRelease reads /etc/os-release, or /usr/lib/os-release when the former is
@@ -427,10 +436,14 @@ func (l *Layout) Print(w io.Writer) {
 		}
 	}
 	if l.OS.PrettyName != "" {
-		fmt.Fprintf(w, "os %s (%s %s)\n", l.OS.PrettyName, l.OS.ID, l.OS.VersionID)
+		fmt.Fprintf(w, "os %s (%s %s)\n", shown(l.OS.PrettyName), shown(l.OS.ID), shown(l.OS.VersionID))
 	}
 	if len(l.Kernels) > 0 {
-		fmt.Fprintf(w, "kernels %s\n", strings.Join(l.Kernels, " "))
+		ks := make([]string, len(l.Kernels))
+		for i, k := range l.Kernels {
+			ks[i] = shown(k)
+		}
+		fmt.Fprintf(w, "kernels %s\n", strings.Join(ks, " "))
 	}
 	if l.Packages > 0 {
 		fmt.Fprintf(w, "packages %d installed\n", l.Packages)
@@ -438,4 +451,21 @@ func (l *Layout) Print(w io.Writer) {
 	for _, n := range l.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
+}
+
+// shown is a string read from the image (os-release, a file name) as Print
+// writes it: as it is when it is valid UTF-8 of printable characters, and
+// quoted (Go syntax, escapes visible) otherwise, so that an image cannot put
+// a terminal escape sequence, a carriage return or another line into the
+// output of bake inspect or a build's log.
+func shown(s string) string {
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if r != ' ' && !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

@@ -60,6 +60,16 @@ func TestSatisfies(t *testing.T) {
 	if _, err := satisfies("24.0.0", ">=abc"); err == nil {
 		t.Error("bad range accepted")
 	}
+	// A part above node-semver's limit is an error, not a wrapped-around
+	// bound (every version satisfied ">9223372036854775807").
+	for _, r := range []string{">9223372036854775807", "<=9223372036854775807", "^9007199254740992.0.0"} {
+		if ok, err := satisfies("24.0.0", r); err == nil {
+			t.Errorf("range %q accepted (satisfied: %v)", r, ok)
+		}
+	}
+	if ok, err := satisfies("24.0.0", "<9007199254740991"); !ok || err != nil {
+		t.Errorf("range up to node-semver's largest part: %v %v", ok, err)
+	}
 }
 
 func TestParseLockfile(t *testing.T) {

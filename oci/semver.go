@@ -36,6 +36,12 @@ func parseVersion(s string) (semver, error) {
 	return p, nil
 }
 
+// maxPart is the largest version part node-semver accepts
+// (Number.MAX_SAFE_INTEGER). It also keeps bump from wrapping around: a
+// range such as ">9223372036854775807" from a package's engines.node must
+// not read as ">= -9223372036854775808.0.0", which every version satisfies.
+const maxPart = 1<<53 - 1
+
 // parsePartial parses "24", "24.16", "24.16.0", "24.x", "*", with an
 // optional leading v/= and ignoring prerelease and build suffixes. n is the
 // number of parts given (0 for "*" or "").
@@ -58,7 +64,7 @@ func parsePartial(s string) (semver, int, error) {
 			break
 		}
 		x, err := strconv.Atoi(p)
-		if err != nil || x < 0 {
+		if err != nil || x < 0 || x > maxPart {
 			return v, 0, fmt.Errorf("bad version %q", s)
 		}
 		v[i] = x

@@ -68,21 +68,21 @@ func (r Result) Key() string {
 
 // Report is the outcome of one verification.
 type Report struct {
-	Image        string    `json:"image"`
-	SHA256       string    `json:"sha256"`
-	Size         int64     `json:"size"`
-	Format       string    `json:"format,omitempty"`
-	Recipe       string    `json:"recipe,omitempty"`
-	RecipeDigest string    `json:"recipe_sha256,omitempty"`
-	BakeVersion  string    `json:"bake_version,omitempty"`
-	Firmwares    []string  `json:"firmwares"`
-	Instances    int       `json:"instances"`
+	Image        string         `json:"image"`
+	SHA256       string         `json:"sha256"`
+	Size         int64          `json:"size"`
+	Format       string         `json:"format,omitempty"`
+	Recipe       string         `json:"recipe,omitempty"`
+	RecipeDigest string         `json:"recipe_sha256,omitempty"`
+	BakeVersion  string         `json:"bake_version,omitempty"`
+	Firmwares    []string       `json:"firmwares"`
+	Instances    int            `json:"instances"`
 	CPUs         map[string]int `json:"cpus,omitempty"` // vCPUs of each VM, by firmware
-	Accel        string    `json:"accel,omitempty"`
-	Outside      string    `json:"outside,omitempty"` // how "outside" was reached
-	Started      time.Time `json:"started"`
-	Finished     time.Time `json:"finished"`
-	Seconds      float64   `json:"seconds"`
+	Accel        string         `json:"accel,omitempty"`
+	Outside      string         `json:"outside,omitempty"` // how "outside" was reached
+	Started      time.Time      `json:"started"`
+	Finished     time.Time      `json:"finished"`
+	Seconds      float64        `json:"seconds"`
 	// UserData is the --user-data file merged into the seeds' user-data.
 	UserData       string `json:"user_data,omitempty"`
 	UserDataSHA256 string `json:"user_data_sha256,omitempty"`

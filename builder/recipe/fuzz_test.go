@@ -10,7 +10,8 @@ import (
 
 // FuzzParse: Parse must never panic, must answer every input with a recipe
 // or with Diagnostics naming the file, and a recipe it accepts must still
-// be valid once defaults are filled in. Its seeds run with `go test`; fuzz
+// be valid once defaults are filled in, with its context inside the
+// working directory. Its seeds run with `go test`; fuzz
 // with `go test -fuzz FuzzParse ./builder/recipe` (under a memory cap:
 // -fuzz has none of its own).
 func FuzzParse(f *testing.F) {
@@ -40,6 +41,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(append([]byte("apiVersion: bake/v1\n#"), strings.Repeat("x", MaxSize)...), "", "")
 	f.Add([]byte("apiVersion: bake/v1\nname: n\nbase: {debian: {suite: sid}}\nfiles: [{path: \"/a\\n[2/2] x\", content: x}]\n"), "", "")
 	f.Add([]byte("apiVersion: bake/v1\nname: n\ncontext: ../../../../../../../../../..\nbase: {debian: {suite: sid}}\n"), "", "")
+	f.Add([]byte("apiVersion: bake/v1\nname: n\ncontext: ../..\nbase: {debian: {suite: sid}}\n"), "", "")
 	f.Add([]byte("apiVersion: bake/v1\nname: ${n}\nvariables: {n: a}\nbase: {debian: {suite: sid}}\n"), "n", "x\ny")
 	f.Fuzz(func(t *testing.T, data []byte, setName, setValue string) {
 		var sets map[string]string
@@ -71,6 +73,17 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := r.Validate(); err != nil {
 			t.Fatalf("accepted recipe is invalid after Defaults: %v\n%q", err, data)
+		}
+		// Its context stays inside the working directory (the recipe
+		// folder, testdata/good, is inside it too).
+		root, err := r.contextDir(r.Dir)
+		if err != nil {
+			t.Fatalf("accepted recipe with a refused context: %v\n%q", err, data)
+		}
+		realRoot, err1 := filepath.EvalSymlinks(root)
+		realWD, err2 := filepath.EvalSymlinks(r.workDir)
+		if err1 == nil && err2 == nil && !within(realWD, realRoot) {
+			t.Fatalf("accepted context %s outside the working directory %s\n%q", realRoot, realWD, data)
 		}
 	})
 }
