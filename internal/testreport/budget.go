@@ -184,6 +184,9 @@ func ParseDuration(cell string) (time.Duration, error) {
 	return secondsDuration(d), nil
 }
 
+// Find returns the row for test in package pkg (an import path), as find.
+func (b *Budget) Find(pkg, test string) (BudgetRow, bool) { return b.find(pkg, test) }
+
 // find returns the row for test in package pkg (an import path): a row
 // whose qualifier is a path suffix of pkg wins over a bare one.
 func (b *Budget) find(pkg, test string) (BudgetRow, bool) {

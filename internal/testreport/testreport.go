@@ -160,6 +160,7 @@ type testState struct {
 	start   time.Time
 	ended   bool
 	resumed time.Time // its last === CONT (a parallel test waited until then)
+	queued  float64   // seconds it said it waited for a slot (QueuedLine)
 	result  string
 	elapsed float64 // as go test reports it
 	seconds float64 // for the table: see endTest
@@ -470,6 +471,11 @@ func splitLines(s string) []string {
 	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
 }
 
+// QueuedLine is what a test logs after waiting for a slot of a scheduler of
+// its own ("waited 7m59.3s for a VM slot", test/vm): that time is taken out
+// of its line in the table and in the budget check.
+var QueuedLine = regexp.MustCompile(`waited ([0-9][0-9hmsµun.]*) for a [A-Za-z]+ slot$`)
+
 var crashStart = regexp.MustCompile(`^(panic: |fatal error: |SIG[A-Z]+: |\*\*\* Test killed|unexpected fault address)`)
 
 func (r *Report) outputLine(p *pkgState, test, text string) {
@@ -491,6 +497,11 @@ func (r *Report) outputLine(p *pkgState, test, text string) {
 	// The line belongs to test and to each of its running parents.
 	if t := p.tests[test]; t != nil && !t.ended {
 		t.tail.push(l)
+		if m := QueuedLine.FindStringSubmatch(text); m != nil {
+			if d, err := time.ParseDuration(m[1]); err == nil {
+				t.queued += d.Seconds()
+			}
+		}
 	}
 	r.forEachParent(p, test, func(parent *testState) { parent.tail.push(l) })
 }
@@ -550,6 +561,12 @@ func (r *Report) endTest(p *pkgState, ev *Event) {
 		if wall-t.elapsed >= 1 && t.depth == 0 {
 			report = fmt.Sprintf("%s--- %s: %s (%.2fs; wall %.2fs)", indent, t.result, t.name, t.elapsed, wall)
 		}
+	}
+	// Time spent queued for a slot of the test's own scheduler (test/vm)
+	// is not the test's: the table and the budget get what it ran.
+	if t.queued > 0 && t.seconds > t.queued {
+		t.seconds -= t.queued
+		report = fmt.Sprintf("%s (%.0fs of it queued for a slot)", report, t.queued)
 	}
 	if t.result != "PASS" || t.depth == 0 || secondsDuration(t.elapsed) >= r.cfg.Quick {
 		r.println(report)

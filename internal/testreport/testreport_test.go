@@ -421,3 +421,19 @@ func TestLooksLikeFailure(t *testing.T) {
 		}
 	}
 }
+
+// A test that waited for a slot of test/vm's own scheduler: that time is
+// not its own, in the table and the budget.
+func TestQueuedForSlot(t *testing.T) {
+	s := newStream().start(pkgVM).
+		run(pkgVM, "TestQueued").ev("pause", pkgVM, "TestQueued", 0, "").ev("cont", pkgVM, "TestQueued", 0, "").
+		wait(480*time.Second).out(pkgVM, "TestQueued", "    helpers_test.go:117: waited 8m0s for a VM slot").
+		wait(300*time.Second).end(pkgVM, "TestQueued", "pass", 780).
+		pkgEnd(pkgVM, "pass", 781)
+	res := feed(t, s.String())
+	wantLines(t, res.out, "--- PASS: TestQueued (780.00s) (480s of it queued for a slot)\n")
+	got := res.r.Results()
+	if len(got) != 1 || got[0].Seconds < 300 || got[0].Seconds > 300.1 {
+		t.Errorf("results %+v, want 300 s", got)
+	}
+}

@@ -26,7 +26,7 @@ import (
 // in user-data, and the NIC an e1000 in PCI slot 7 (eth0 all the same:
 // other NIC names are TestBootBIOSVirtioAnySlot's and every verify boot's).
 func TestApplianceNetIfnames0(t *testing.T) {
-	parallel(t, 420*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := applianceImage(t)
 	good := filepath.Join(dir, "openclaw-test.qcow2")
 	work := t.TempDir()

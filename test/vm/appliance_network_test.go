@@ -22,7 +22,7 @@ import (
 // The rest of the appliance's isolation holds too (checkIsolation's probe
 // of a published port; the guest's loopback guard).
 func TestApplianceNetworkMode(t *testing.T) {
-	parallel(t, 250*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "go")
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()

@@ -409,7 +409,7 @@ func (g *guest) waitRunning(max time.Duration) string {
 // TestApplianceBIOS boots the appliance under SeaBIOS with a NoCloud seed
 // and checks each layer from inside the guest.
 func TestApplianceBIOS(t *testing.T) {
-	parallel(t, 240*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	tok := make([]byte, 24)
 	rand.Read(tok)
 	token := "seed-" + hex.EncodeToString(tok)
@@ -692,7 +692,7 @@ func contains(list []string, s string) bool {
 // credentials in SMBIOS type 11 strings (what a hypervisor passes without
 // any disk).
 func TestApplianceCredentialsUEFI(t *testing.T) {
-	parallel(t, 270*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	token := "smbios-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
 	g := bootAppliance(t, vm.UEFI, token, "smbios")
 	log := g.must("sudo journalctl -b -u bake-firstboot --no-pager")

@@ -143,7 +143,7 @@ func firstLease(r report) (string, string) {
 // TestBootBIOSVirtioAnySlot: SeaBIOS, a virtio NIC in a non-default PCI slot
 // (so its name is not the usual one), DHCP lease through user networking.
 func TestBootBIOSVirtioAnySlot(t *testing.T) {
-	parallel(t, 130*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := bootImage(t)
 	r := boot(t, vm.Config{
 		Firmware:   vm.BIOS,
@@ -170,7 +170,7 @@ func TestBootBIOSVirtioAnySlot(t *testing.T) {
 // TestBootUEFIE1000Grown: OVMF, an e1000 NIC, and a disk enlarged by 2 GiB
 // with `qemu-img resize`: the root filesystem must fill it at first boot.
 func TestBootUEFIE1000Grown(t *testing.T) {
-	parallel(t, 65*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := bootImage(t)
 	grown := filepath.Join(t.TempDir(), "grown.qcow2")
 	// A copy, not an overlay: vm (like bake verify) refuses a qcow2 that

@@ -39,7 +39,7 @@ runcmd:
 // under OVMF too; TestVerifyAppliance (the packages-built appliance under
 // SeaBIOS) proves them under SeaBIOS.
 func TestCloudApplianceVerify(t *testing.T) {
-	parallel(t, 570*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
 	var fx cloudFixture
 	for _, f := range cloudFixtures(t) {

@@ -38,7 +38,7 @@ func sha256File(t *testing.T, p string) string {
 // changes are there and that the base's setuid bits, file capabilities,
 // hard links and device nodes survived.
 func TestBakeFromCloudImage(t *testing.T) {
-	parallel(t, 210*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	for _, fx := range cloudFixtures(t) {
 		t.Run(fx.name, func(t *testing.T) {
 			dir := t.TempDir()

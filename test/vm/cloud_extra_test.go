@@ -32,7 +32,7 @@ import (
 // TestCloudFixturesBoot: the fixtures themselves boot to a login prompt
 // under SeaBIOS and OVMF (so a failure of a reassembled image is bake's).
 func TestCloudFixturesBoot(t *testing.T) {
-	parallel(t, 200*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	for _, fx := range cloudFixtures(t) {
 		for _, fw := range []string{vm.BIOS, vm.UEFI} {
 			t.Run(fx.name+"/"+fw, func(t *testing.T) {
@@ -50,7 +50,7 @@ func TestCloudFixturesBoot(t *testing.T) {
 // identifiers are the base's, sgdisk -v finds no problem, and the image
 // boots the new kernel under SeaBIOS and OVMF.
 func TestCloudRebuiltBootNewKernel(t *testing.T) {
-	parallel(t, 330*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	for _, fx := range cloudFixtures(t) {
 		t.Run(fx.name, func(t *testing.T) {
 			ctx := context.Background()

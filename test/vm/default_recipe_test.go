@@ -42,7 +42,7 @@ import (
 // the reboot, and UEFI is booted by the other appliance tests; this one is
 // about the real gateway.
 func TestDefaultRecipe(t *testing.T) {
-	parallel(t, 700*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "go", "npm", "nmap", "dnsmasq")
 	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)
 	defer cancel()

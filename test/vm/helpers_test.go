@@ -9,11 +9,11 @@
 //   - first, one at a time: the tests that compare the host's mounts,
 //     processes or network namespaces before and after (a build
 //     interrupted, a verify interrupted or killed);
-//   - then every other test, through parallel(t, weight): they only boot,
+//   - then every other test, through parallel(t): they only boot,
 //     bake into their own directories and verify, each with its own QEMU,
 //     ports and namespaces named after its process. vmSlots of them run at
 //     once (two: one per core, each VM with one vCPU), and a free slot
-//     goes to the waiting test with the largest weight (its time in
+//     goes to the waiting test with the largest budget (its warm time in
 //     BENCHMARKS.md's budget table), so the longest start first and the
 //     run does not end with one long test alone. go test's own -parallel
 //     must be at least the number of these tests (make test: 64).
@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"context"
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/internal/testreport"
 	"github.com/bakeimg/bake/vm"
 	"os"
 	"os/exec"
@@ -89,11 +90,42 @@ type slotWaiter struct {
 	ready  chan struct{}
 }
 
+var (
+	budgetOnce sync.Once
+	budget     *testreport.Budget
+)
+
+// budgetWeight is t's line in BENCHMARKS.md's budget table: its warm time,
+// else its cold time, else 5 minutes (a new test without a line; CI warns
+// about it).
+func budgetWeight(t *testing.T) time.Duration {
+	budgetOnce.Do(func() {
+		b, err := os.ReadFile(filepath.Join(repoRoot(), "BENCHMARKS.md"))
+		if err == nil {
+			budget = testreport.ParseBudget("BENCHMARKS.md", b)
+		}
+	})
+	if budget != nil {
+		if row, ok := budget.Find("github.com/bakeimg/bake/test/vm", t.Name()); ok {
+			if row.Warm > 0 {
+				return row.Warm
+			}
+			if row.Cold > 0 {
+				return row.Cold
+			}
+		}
+	}
+	t.Logf("no budget line in BENCHMARKS.md: scheduled as a 5-minute test")
+	return 5 * time.Minute
+}
+
 // parallel marks t parallel and waits for a VM slot, which it holds until
 // t ends. All parallel tests are released together once the sequential
 // ones end; the first grant waits a moment for all of them to queue up.
-func parallel(t *testing.T, weight time.Duration) {
+// A slot goes to the waiting test with the largest budget (budgetWeight).
+func parallel(t *testing.T) {
 	t.Parallel()
+	weight := budgetWeight(t)
 	w := &slotWaiter{name: t.Name(), weight: weight, ready: make(chan struct{})}
 	sched.mu.Lock()
 	sched.waiting = append(sched.waiting, w)

@@ -201,7 +201,7 @@ func assertVerifyCleanedUp(t *testing.T, out string) {
 // dnsmasq, namespace, tap device or work file behind and the image as it
 // was.
 func TestVerifyPlainImage(t *testing.T) {
-	parallel(t, 260*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := bootImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	img := filepath.Join(dir, "boottest.qcow2")
@@ -422,7 +422,7 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // a skip is a failure (verify fails closed; --strict, kept here, is a
 // no-op alias), as everywhere in this project.
 func TestVerifyAppliance(t *testing.T) {
-	parallel(t, 430*time.Second) // budget: BENCHMARKS.md
+	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := applianceImage(t)
 	requireTools(t, "nmap", "dnsmasq", "ip")
 	// A copy of its own: the image must not change under verify, and the
