@@ -49,6 +49,12 @@ func InstallPackages(ctx context.Context, ch *Chroot, pkgs []string, cacheDir st
 		if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 			return err
 		}
+		// One apt at a time on the shared cache (debcache.go).
+		unlock, err := lockDebCache(ctx, cacheDir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		unmount, err := ch.BindMount(cacheDir, aptArchives)
 		if err != nil {
 			return err

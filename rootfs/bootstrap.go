@@ -100,7 +100,7 @@ func DivertBootHooks(ctx context.Context, ch *Chroot) error {
 // they stay until the customize hook syncs them back out to CacheDir), so a
 // second build downloads nothing but the indexes. mmdebstrap's cleanup then
 // empties the tree's cache.
-func Bootstrap(ctx context.Context, o BootstrapOptions) error {
+func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 	if o.Suite == "" || o.Tree == "" {
 		return errors.New("bootstrap: suite and tree are required")
 	}
@@ -173,9 +173,9 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) error {
 		args = append(args, fmt.Sprintf("--aptopt=%s %q", k, v))
 	}
 	if o.CacheDir != "" {
-		cache, err := filepath.Abs(o.CacheDir)
-		if err != nil {
-			return err
+		cache, aerr := filepath.Abs(o.CacheDir)
+		if aerr != nil {
+			return aerr
 		}
 		if strings.ContainsAny(cache, " \t\n'\"\\") {
 			return fmt.Errorf("bootstrap: cache dir %q: mmdebstrap's sync hooks cannot take a path with spaces or quotes", cache)
@@ -183,11 +183,28 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) error {
 		if err := os.MkdirAll(cache, 0o755); err != nil {
 			return err
 		}
+		// Other builds share the cache: sync in from a snapshot, out into
+		// a directory of this build's (see debcache.go).
+		snap, serr := debCacheSnapshot(cache)
+		if serr != nil {
+			return fmt.Errorf("bootstrap: %w", serr)
+		}
+		defer os.RemoveAll(snap)
+		incoming, ierr := debCacheIncoming(cache)
+		if ierr != nil {
+			return fmt.Errorf("bootstrap: %w", ierr)
+		}
+		// Even after a failure: what was fetched is good.
+		defer func() {
+			if _, perr := publishDebs(incoming, cache); perr != nil && err == nil {
+				err = fmt.Errorf("bootstrap: %w", perr)
+			}
+		}()
 		args = append(args,
 			"--skip=download/empty",
 			`--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
-			"--setup-hook=sync-in "+cache+" /var/cache/apt/archives/",
-			"--customize-hook=sync-out /var/cache/apt/archives "+cache,
+			"--setup-hook=sync-in "+snap+" /var/cache/apt/archives/",
+			"--customize-hook=sync-out /var/cache/apt/archives "+incoming,
 		)
 	}
 	args = append(args, o.Suite, o.Tree)

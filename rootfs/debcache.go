@@ -1,0 +1,134 @@
+package rootfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The build's .deb cache (BAKE_CACHE_DIR/apt/SUITE) is shared by every
+// build on the machine, and builds run at the same time (CI, make test's
+// VM tests two at a time). mmdebstrap's sync-in and sync-out hooks copy the
+// whole directory with tar: a sync-out writing a .deb that another build's
+// sync-out is writing too fails ("Cannot open: File exists"), and a
+// sync-in could copy a .deb half written. So a bootstrap syncs in from a
+// snapshot of hard links (debCacheSnapshot: stable whatever others add)
+// and out into a directory of its own, whose new .debs are then renamed
+// into the cache one by one (publishDebs: rename is atomic, and a .deb's
+// name carries its version, so two builds never publish different bytes
+// under one name). InstallPackages, which bind-mounts the cache as the
+// tree's apt archive, holds lockDebCache while apt runs (apt refuses a
+// second apt on the same archive directory).
+
+// debCacheTempAge: snapshot and sync-out directories older than this were
+// left by a build that was killed, and are removed.
+const debCacheTempAge = 6 * time.Hour
+
+const (
+	debSnapshotPrefix = ".bake-in-"
+	debIncomingPrefix = ".bake-out-"
+	debCacheLock      = ".bake-lock"
+)
+
+// debCacheSnapshot makes cache/.bake-in-XXXX holding a hard link to every
+// .deb in cache. The caller removes it.
+func debCacheSnapshot(cache string) (string, error) {
+	removeStaleDebCacheDirs(cache)
+	snap, err := os.MkdirTemp(cache, debSnapshotPrefix)
+	if err != nil {
+		return "", err
+	}
+	ents, err := os.ReadDir(cache)
+	if err != nil {
+		os.RemoveAll(snap)
+		return "", err
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".deb") {
+			continue
+		}
+		err := os.Link(filepath.Join(cache, e.Name()), filepath.Join(snap, e.Name()))
+		if err != nil && !errors.Is(err, os.ErrNotExist) { // renamed over meanwhile: skip it
+			os.RemoveAll(snap)
+			return "", fmt.Errorf("snapshot of the .deb cache: %w", err)
+		}
+	}
+	return snap, nil
+}
+
+// debCacheIncoming makes cache/.bake-out-XXXX for a bootstrap's sync-out.
+func debCacheIncoming(cache string) (string, error) {
+	return os.MkdirTemp(cache, debIncomingPrefix)
+}
+
+// publishDebs moves the .debs of incoming that cache lacks into cache, each
+// by one rename, and removes incoming. It returns how many it added.
+func publishDebs(incoming, cache string) (int, error) {
+	defer os.RemoveAll(incoming)
+	ents, err := os.ReadDir(incoming)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".deb") {
+			continue
+		}
+		dst := filepath.Join(cache, e.Name())
+		if _, err := os.Lstat(dst); err == nil {
+			continue
+		}
+		if err := os.Rename(filepath.Join(incoming, e.Name()), dst); err != nil {
+			return n, fmt.Errorf("adding %s to the .deb cache: %w", e.Name(), err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// removeStaleDebCacheDirs removes snapshot and sync-out directories that
+// killed builds left in cache.
+func removeStaleDebCacheDirs(cache string) {
+	ents, err := os.ReadDir(cache)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !(strings.HasPrefix(e.Name(), debSnapshotPrefix) || strings.HasPrefix(e.Name(), debIncomingPrefix)) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > debCacheTempAge {
+			os.RemoveAll(filepath.Join(cache, e.Name()))
+		}
+	}
+}
+
+// lockDebCache takes an exclusive lock on cache for InstallPackages,
+// waiting for another build's apt to finish; unlock releases it.
+func lockDebCache(ctx context.Context, cache string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(cache, debCacheLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("locking the .deb cache %s: %w", cache, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package rootfs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestDebCacheSnapshotAndPublish(t *testing.T) {
+	cache := t.TempDir()
+	os.WriteFile(filepath.Join(cache, "a_1_amd64.deb"), []byte("a"), 0o644)
+	os.WriteFile(filepath.Join(cache, "lock"), nil, 0o640)
+	os.Mkdir(filepath.Join(cache, "partial"), 0o700)
+	snap, err := debCacheSnapshot(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(snap)
+	if len(ents) != 1 || ents[0].Name() != "a_1_amd64.deb" {
+		t.Fatalf("snapshot holds %v, want the one .deb", ents)
+	}
+	// A build that publishes after the snapshot does not change it.
+	os.WriteFile(filepath.Join(cache, "c_1_all.deb"), []byte("c"), 0o644)
+	if ents, _ := os.ReadDir(snap); len(ents) != 1 {
+		t.Errorf("snapshot changed: %v", ents)
+	}
+
+	in, err := debCacheIncoming(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(in, "a_1_amd64.deb"), []byte("other copy"), 0o644)
+	os.WriteFile(filepath.Join(in, "b_2_amd64.deb"), []byte("b"), 0o644)
+	os.Mkdir(filepath.Join(in, "partial"), 0o700)
+	n, err := publishDebs(in, cache)
+	if err != nil || n != 1 {
+		t.Fatalf("publishDebs = %d, %v; want 1 new", n, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(cache, "a_1_amd64.deb")); string(b) != "a" {
+		t.Errorf("a cached .deb was replaced: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(cache, "b_2_amd64.deb")); string(b) != "b" {
+		t.Errorf("the new .deb is not in the cache: %q", b)
+	}
+	if _, err := os.Stat(in); !os.IsNotExist(err) {
+		t.Errorf("the sync-out dir is left: %v", err)
+	}
+}
+
+func TestDebCacheStaleDirsRemoved(t *testing.T) {
+	cache := t.TempDir()
+	old := filepath.Join(cache, debIncomingPrefix+"killed")
+	fresh := filepath.Join(cache, debSnapshotPrefix+"running")
+	os.Mkdir(old, 0o755)
+	os.Mkdir(fresh, 0o755)
+	past := time.Now().Add(-2 * debCacheTempAge)
+	os.Chtimes(old, past, past)
+	snap, err := debCacheSnapshot(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(snap)
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Error("a killed build's sync-out dir was kept")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Error("a running build's snapshot was removed")
+	}
+}
+
+func TestLockDebCacheWaits(t *testing.T) {
+	cache := t.TempDir()
+	unlock, err := lockDebCache(context.Background(), cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	if _, err := lockDebCache(ctx, cache); err == nil {
+		t.Fatal("a second lock was granted while the first was held")
+	}
+	unlock()
+	u2, err := lockDebCache(context.Background(), cache)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	u2()
+}
