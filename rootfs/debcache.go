@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bakeimg/bake/internal/flock"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -111,24 +111,9 @@ func removeStaleDebCacheDirs(cache string) {
 // lockDebCache takes an exclusive lock on cache for InstallPackages,
 // waiting for another build's apt to finish; unlock releases it.
 func lockDebCache(ctx context.Context, cache string) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(cache, debCacheLock), os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err = flock.Lock(ctx, filepath.Join(cache, debCacheLock))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("locking the .deb cache %s: %w", cache, err)
 	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("locking the .deb cache %s: %w", cache, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+	return unlock, nil
 }
