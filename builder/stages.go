@@ -24,9 +24,12 @@ const DefaultCmdline = "console=tty0 console=ttyS0,115200n8 no_timer_check"
 
 func (p *Plan) stageBootstrap(ctx context.Context, s *State) error {
 	deb := p.Recipe.Base.Debian
-	cache := ""
+	cache, trees := "", ""
 	if s.Opts.CacheDir != "" {
 		cache = filepath.Join(s.Opts.CacheDir, "apt", deb.Suite)
+		if !s.Opts.NoBootstrapCache {
+			trees = filepath.Join(s.Opts.CacheDir, "bootstrap")
+		}
 	}
 	return rootfs.Bootstrap(ctx, rootfs.BootstrapOptions{
 		Suite:       deb.Suite,
@@ -36,9 +39,23 @@ func (p *Plan) stageBootstrap(ctx context.Context, s *State) error {
 		Mirror:      deb.Mirror,
 		BuildMirror: deb.BuildMirror,
 		CacheDir:    cache,
+		TreeCache:   trees,
+		Notes:       noteWriter{s},
 		Tree:        s.Tree,
 		Runner:      s.Runner,
 	})
+}
+
+// noteWriter sends a stage's note lines to the build log and, indented, to
+// the progress output.
+type noteWriter struct{ s *State }
+
+func (w noteWriter) Write(p []byte) (int, error) {
+	w.s.Log.Write(p)
+	if w.s.Opts.Stdout != nil {
+		w.s.Opts.Stdout.Write(append([]byte("      "), p...))
+	}
+	return len(p), nil
 }
 
 // withChroot opens a chroot of the tree (proc, sys, a private /dev, no

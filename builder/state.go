@@ -25,7 +25,11 @@ type Options struct {
 	SourceDateEpoch int64
 	Stdout          io.Writer // progress lines
 	KeepWork        bool      // keep the work dir on failure (debugging)
+	// NoBootstrapCache makes the bootstrap run mmdebstrap even when the
+	// cache holds a tree made from the same inputs and archive state.
+	NoBootstrapCache bool
 }
+
 
 // State is what stages share while a build runs.
 type State struct {

@@ -231,6 +231,7 @@ namespaces).`,
 	c.Flags().StringVarP(&opts.OutputDir, "output", "o", "out", "output directory")
 	c.Flags().StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "cache for apt archives and downloads (env BAKE_CACHE_DIR)")
 	c.Flags().BoolVar(&opts.KeepWork, "keep-work", false, "keep the work directory after a failed build (for debugging)")
+	c.Flags().BoolVar(&opts.NoBootstrapCache, "no-bootstrap-cache", false, "run mmdebstrap even when the cache has a tree made from the same inputs and archive state")
 	return c
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/rootfs/safepath"
@@ -33,6 +34,12 @@ type BootstrapOptions struct {
 	BuildMirror string
 	// CacheDir keeps downloaded .debs between builds; empty disables it.
 	CacheDir string
+	// TreeCache keeps finished trees keyed by every input, the archive's
+	// state included (treecache.go); empty disables it.
+	TreeCache string
+	// Notes receives one line about the tree cache (hit, stored, or why it
+	// was not used); may be nil.
+	Notes io.Writer
 	// Tree is the directory to create; it must be missing or empty.
 	Tree   string
 	Runner execx.Runner // default execx.Default
@@ -137,6 +144,73 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 		}
 	}
 
+	if o.TreeCache != "" {
+		tc, err := openTreeCache(ctx, o, sources)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o.note("bootstrap: tree cache not used: %v", err)
+			return bootstrap(ctx, o, sources)
+		}
+		defer tc.unlock()
+		if tc.hit() {
+			t0 := time.Now()
+			err := tc.restore(ctx, o.Runner, o.Tree)
+			if err == nil {
+				o.note("bootstrap: copied the cached tree %s (%s)", tc.key[:16], time.Since(t0).Round(100*time.Millisecond))
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// A cache entry that cannot be copied is dropped and the tree
+			// made afresh.
+			o.note("bootstrap: the cached tree %s could not be copied (%v): dropped it", tc.key[:16], err)
+			tc.drop()
+			if err := emptyDir(o.Tree); err != nil {
+				return fmt.Errorf("bootstrap: %w", err)
+			}
+		}
+		if err := bootstrap(ctx, o, sources); err != nil {
+			return err
+		}
+		if err := tc.store(ctx, o.Runner, o.Tree); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o.note("bootstrap: tree not cached: %v", err)
+		} else {
+			o.note("bootstrap: cached the tree as %s", tc.key[:16])
+		}
+		return nil
+	}
+	return bootstrap(ctx, o, sources)
+}
+
+func (o BootstrapOptions) note(format string, args ...any) {
+	if o.Notes != nil {
+		fmt.Fprintf(o.Notes, format+"\n", args...)
+	}
+}
+
+// emptyDir removes what is in dir (a tree being made: nothing is mounted
+// below it yet), keeping dir.
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := RemoveAllSafe(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bootstrap runs mmdebstrap into o.Tree and finishes the tree.
+func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err error) {
 	tmp, err := os.MkdirTemp("", "bake-bootstrap-")
 	if err != nil {
 		return err

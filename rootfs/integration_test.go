@@ -225,6 +225,11 @@ func TestBootstrapColdWarm(t *testing.T) {
 	}
 
 	o.Tree = filepath.Join(work, "warm")
+	// The warm run also stores its tree in a tree cache (a miss: the
+	// cache is empty), which a third run below copies.
+	o.TreeCache = filepath.Join(work, "trees")
+	var notes bytes.Buffer
+	o.Notes = &notes
 	fmt.Fprintf(log, "\n===== warm =====\n")
 	start = time.Now()
 	log.start = start
@@ -241,7 +246,28 @@ func TestBootstrapColdWarm(t *testing.T) {
 			t.Errorf("%s was downloaded again by the warm bootstrap", d)
 		}
 	}
-	msg := fmt.Sprintf("bootstrap bookworm minbase + %d packages (%d .debs): cold %.1fs, warm %.1fs", len(o.Packages), len(after), cold.Seconds(), warm.Seconds())
+	if !strings.Contains(notes.String(), "cached the tree as") {
+		t.Errorf("the warm run did not store its tree: %q", notes.String())
+	}
+
+	// The third run copies the tree the warm run made, and the copy is
+	// the tree: every path's type, mode, owner, size, mtime, device
+	// number, link target, xattrs, hard links and contents.
+	notes.Reset()
+	o.Tree = filepath.Join(work, "cached")
+	start = time.Now()
+	if err := Bootstrap(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	hit := time.Since(start)
+	if !strings.Contains(notes.String(), "copied the cached tree") {
+		t.Errorf("the third run did not use the tree cache: %q", notes.String())
+	}
+	if diff := compareTrees(t, filepath.Join(work, "warm"), o.Tree); len(diff) > 0 {
+		t.Errorf("the cached tree differs from the tree it was made from (%d paths):\n%s", len(diff), strings.Join(diff[:min(len(diff), 20)], "\n"))
+	}
+	o.Tree = filepath.Join(work, "warm")
+	msg := fmt.Sprintf("bootstrap bookworm minbase + %d packages (%d .debs): cold %.1fs, warm %.1fs, from the tree cache %.1fs", len(o.Packages), len(after), cold.Seconds(), warm.Seconds(), hit.Seconds())
 	t.Log(msg)
 	os.WriteFile(filepath.Join(moduleCache(t), "bootstrap-times.txt"), []byte(time.Now().Format(time.RFC3339)+" "+msg+"\n"), 0o644)
 
@@ -914,4 +940,111 @@ func (s *stampWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// compareTrees lists every difference between two root trees that a copy
+// could introduce.
+func compareTrees(t *testing.T, a, b string) []string {
+	t.Helper()
+	type info struct {
+		mode       os.FileMode
+		uid, gid   uint32
+		size       int64
+		mtime      int64
+		rdev       uint64
+		target     string
+		xattrs     string
+		linkedWith string // the first path of its inode, for nlink > 1
+		sum        string
+	}
+	walk := func(root string) map[string]info {
+		m := map[string]info{}
+		inodes := map[uint64]string{}
+		err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			var st syscall.Stat_t
+			if err := syscall.Lstat(p, &st); err != nil {
+				return err
+			}
+			fi, _ := d.Info()
+			in := info{mode: fi.Mode(), uid: st.Uid, gid: st.Gid, mtime: st.Mtim.Nano(), rdev: st.Rdev}
+			if !fi.IsDir() {
+				in.size = st.Size
+			}
+			if fi.Mode()&os.ModeSymlink != 0 {
+				in.target, _ = os.Readlink(p)
+			}
+			in.xattrs = listXattrs(p)
+			if fi.Mode().IsRegular() {
+				if st.Nlink > 1 {
+					if first, ok := inodes[st.Ino]; ok {
+						in.linkedWith = first
+					} else {
+						inodes[st.Ino] = rel
+						in.linkedWith = rel
+					}
+				}
+				f, err := os.Open(p)
+				if err != nil {
+					return err
+				}
+				h := sha256.New()
+				io.Copy(h, f)
+				f.Close()
+				in.sum = hex.EncodeToString(h.Sum(nil))
+			}
+			m[rel] = in
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ma, mb := walk(a), walk(b)
+	var diff []string
+	for p, x := range ma {
+		y, ok := mb[p]
+		switch {
+		case !ok:
+			diff = append(diff, "missing in the copy: "+p)
+		case x != y:
+			diff = append(diff, fmt.Sprintf("%s: %+v != %+v", p, x, y))
+		}
+	}
+	for p := range mb {
+		if _, ok := ma[p]; !ok {
+			diff = append(diff, "only in the copy: "+p)
+		}
+	}
+	slices.Sort(diff)
+	if len(ma) < 1000 {
+		diff = append(diff, fmt.Sprintf("only %d paths compared: not a root tree", len(ma)))
+	}
+	return diff
+}
+
+// listXattrs is every extended attribute of p (not followed), sorted.
+func listXattrs(p string) string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil || n <= 0 {
+		return ""
+	}
+	names := strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00")
+	slices.Sort(names)
+	var out string
+	for _, name := range names {
+		v := make([]byte, 64<<10)
+		m, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			out += name + "=?;"
+			continue
+		}
+		out += name + "=" + hex.EncodeToString(v[:m]) + ";"
+	}
+	return out
 }
