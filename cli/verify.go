@@ -215,7 +215,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")
 	f.IntVar(&instances, "instances", 1, "VMs to boot per firmware from the same image (2 or more checks that instances differ and survive a reboot; with 1 those are skipped by request)")
 	f.DurationVar(&timeout, "timeout", verify.DefaultTimeout, "time limit of the whole verification")
-	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running")
+	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running; also the bound of each gateway client call in gateway.auth")
 	f.BoolVar(&strict, "strict", false, "no-op, kept for old scripts: a skipped check is always a failure (exit 1) unless --allow-skip names it")
 	f.StringArrayVar(&allowSkip, "allow-skip", nil, "accept the skip of check `ID` (network.scan; bios/network.scan for one firmware; repeatable): listed with the reason it could not run, not a failure")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")

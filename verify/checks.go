@@ -864,6 +864,14 @@ type procStatus struct {
 // start misses one of its fixed deadlines); on KVM it is seconds.
 const GatewayStartTimeout = 8 * time.Minute
 
+// gatewayLimit is --gateway-timeout, or its default.
+func (c *checker) gatewayLimit() time.Duration {
+	if c.r.o.GatewayTimeout > 0 {
+		return c.r.o.GatewayTimeout
+	}
+	return GatewayStartTimeout
+}
+
 // waitGateway waits, once per instance, until something answers on
 // 127.0.0.1:PORT in the guest, so that the gateway checks judge a gateway
 // that had the time to start rather than one still loading. When it never
@@ -876,10 +884,7 @@ func (c *checker) waitGateway(ctx context.Context) {
 	c.gwWaited = true
 	g := c.spec.Gateway
 	t0 := time.Now()
-	limit := c.r.o.GatewayTimeout
-	if limit <= 0 {
-		limit = GatewayStartTimeout
-	}
+	limit := c.gatewayLimit()
 	deadline := t0.Add(limit)
 	probe := fmt.Sprintf(`docker inspect -f 'status={{.State.Status}} restarts={{.RestartCount}} health={{if .State.Health}}{{.State.Health.Status}}{{end}}' %s 2>&1
 timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, shellQuote(g.Container), g.Port)
@@ -1171,8 +1176,13 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 		return s
 	}
 	wrong, _ := NewToken()
+	// The gateway's own client is Node too: under software emulation on a
+	// busy host one call can take minutes. Its bounds follow the
+	// gateway's (--gateway-timeout): a call may take that long, and the
+	// right token is retried for that long while the gateway settles.
+	limit := c.gatewayLimit()
 	run := func(argv []string) (cmdResult, error) {
-		r, err := c.in.sudo(ctx, c.probeCmd(argv))
+		r, err := c.in.runT(ctx, "sudo -n sh -c "+shellQuote(c.probeCmd(argv)), nil, max(2*time.Minute, limit))
 		r.Cmd = hide(r.Cmd, tok, wrong)
 		r.Stdout, r.Stderr = hide(r.Stdout, tok, wrong), hide(r.Stderr, tok, wrong)
 		return r, err
@@ -1184,7 +1194,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	}
 	// The right token first, retried while the gateway starts.
 	var good cmdResult
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(max(3*time.Minute, limit))
 	for {
 		r, err := run(g.ProbeArgv(g.Container, tok))
 		if err != nil {

@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/vm"
 )
 
 // TestDefaultRecipe bakes recipes/openclaw.yaml exactly as the README's
@@ -26,8 +28,7 @@ import (
 // `openclaw gateway health` with the seed's token and refuse a wrong one
 // with the mismatch error, next to every other check of the appliance.
 //
-// Part of `make test`, in its first phase, alone (see the package doc):
-// 13 minutes on a quiet host (build 4 min: the gateway image from npm,
+// Part of `make test`: 13 minutes on a quiet host (build 4 min: the gateway image from npm,
 // cached by its lockfile, preloaded into Docker's store in the disk by the
 // image's own dockerd, so nothing is loaded at first boot; the gateway
 // answering 3m54s after power-on; verify 8m46s). Under software emulation
@@ -42,13 +43,16 @@ import (
 // the reboot, and UEFI is booted by the other appliance tests; this one is
 // about the real gateway.
 //
-// Alone, not beside another VM test (see the package doc): the real
-// gateway under TCG is the most load-sensitive thing here. Beside
+// Beside another VM test, like the others (parallel), with one vCPU. The
+// real gateway under TCG is the most load-sensitive thing here: beside
 // TestCloudApplianceVerify's two OVMF VMs its `openclaw gateway health`
-// client once took more than verify's 2 minutes per call and
-// gateway.auth failed (once in two runs).
+// client once took more than the 2 minutes verify then allowed per call,
+// and gateway.auth failed (once in two runs), so it ran alone for a
+// while. Now gateway.auth's client calls are bounded by --gateway-timeout
+// (15 minutes here) like the wait for the gateway itself.
 func TestDefaultRecipe(t *testing.T) {
 	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "go", "npm", "nmap", "dnsmasq")
+	parallel(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)
 	defer cancel()
 	out := t.TempDir()
@@ -109,7 +113,7 @@ func TestDefaultRecipe(t *testing.T) {
 
 	run := runVerify(t, ctx, img, "--recipe", filepath.Join(repoRoot(), "recipes/openclaw.yaml"),
 		"--firmware", "bios", "--instances", "1", "--timeout", "40m", "--gateway-timeout", "15m",
-		"--cpus", "0") // verify's own choice: alone on the host, two vCPUs
+		"--cpus", strconv.Itoa(vmCPUs(vm.BIOS)))
 	t.Logf("bake verify:\n%s", run.out)
 	if run.code != 0 {
 		t.Errorf("bake verify exit %d, want 0 (every check passes on the default image)", run.code)
