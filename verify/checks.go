@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/vm"
 )
@@ -1251,7 +1252,7 @@ func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
-echo "baked:"; cat ` + ContainersRecord + ` 2>/dev/null || echo none
+echo "baked:"; cat ` + appliance.ContainersRecord + ` 2>/dev/null || echo none
 echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
 for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
   if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "REACHED $a"; else echo "unreachable: $a"; fi
@@ -1265,7 +1266,7 @@ done`
 		problems = append(problems, "the gateway container is not running")
 	}
 	if id, baked, ok := bakedImage(res.Stdout, g.Container); ok && id != baked {
-		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, ContainersRecord))
+		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, appliance.ContainersRecord))
 	} else if ok {
 		ev.add("the container runs the image baked into the disk: %s", baked)
 	}
@@ -1286,10 +1287,6 @@ done`
 	return verdict(problems, ev, "the gateway container runs; the guest reaches nothing beyond its link, and the link has no route out")
 }
 
-// ContainersRecord is where bake's appliance stage records the images it
-// baked (appliance.ContainersRecord).
-const ContainersRecord = "/usr/share/bake/containers.json"
-
 // bakedImage reads the gateway check's output: the image the container
 // runs (image=...) and the one the disk's record names for it. ok is
 // false when the disk has no record (an image not made by bake).
@@ -1304,10 +1301,7 @@ func bakedImage(out, container string) (running, baked string, ok bool) {
 		return running, "", false
 	}
 	rest, _, _ = strings.Cut(rest, "\nroutes:")
-	var recs []struct {
-		Name    string `json:"name"`
-		ImageID string `json:"image_id"`
-	}
+	var recs []appliance.ContainerRecord
 	if json.Unmarshal([]byte(rest), &recs) != nil {
 		return running, "", false
 	}
