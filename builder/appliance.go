@@ -510,29 +510,11 @@ func (p *Plan) containerImage(ctx context.Context, s *State, c recipe.Container)
 
 // --- gateway ---
 
+// gatewayOptions are the gateway's files as the recipe resolved them
+// (recipe.Gateway.StateDir, Owner; verify expects the same).
 func (p *Plan) gatewayOptions() appliance.GatewayOptions {
-	r := p.Recipe
-	g := r.Gateway
-	o := appliance.GatewayOptions{Port: g.GatewayPublish().HostPort}
-	c := r.ContainerByName(g.Container)
-	if c == nil {
-		return o
-	}
-	// The state dir is the one the recipe mounts at the image's state
-	// dir, else ~USER/.openclaw of the container's user.
-	for _, v := range c.Mounts {
-		if v.Container == appliance.GatewayContainerStateDir {
-			o.StateDir = v.Host
-		}
-	}
-	o.Owner = c.User
-	if u := r.UserByName(c.User); u != nil && o.StateDir == "" {
-		o.StateDir = u.HomeDir() + "/.openclaw"
-	}
-	if o.StateDir == "" {
-		o.StateDir = appliance.StateDir + "/" + c.Name
-	}
-	return o
+	g := p.Recipe.Gateway
+	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner}
 }
 
 func (p *Plan) gatewayInputs() []string {

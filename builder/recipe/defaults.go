@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/bakeimg/bake/appliance"
 )
 
 // Default values Defaults fills in.
@@ -207,10 +210,38 @@ func (r *Recipe) parseValues() error {
 			c.Mounts = append(c.Mounts, v)
 		}
 	}
+	r.gatewayPaths()
 	if len(errs) > 0 {
 		return fmt.Errorf("recipe %s was not validated: %w", r.Path, errors.Join(errs...))
 	}
 	return nil
+}
+
+// gatewayPaths fills Gateway.StateDir, ConfigPath and Owner (see Gateway)
+// from the gateway container's user and mounts.
+func (r *Recipe) gatewayPaths() {
+	g := r.Gateway
+	if g == nil {
+		return
+	}
+	g.StateDir, g.Owner = "", ""
+	c := r.ContainerByName(g.Container)
+	if c == nil {
+		return // refused by validation
+	}
+	g.Owner = c.User
+	for _, m := range c.Mounts {
+		if m.Container == appliance.GatewayContainerStateDir {
+			g.StateDir = m.Host
+		}
+	}
+	if u := r.UserByName(c.User); u != nil && g.StateDir == "" {
+		g.StateDir = path.Join(u.HomeDir(), ".openclaw")
+	}
+	if g.StateDir == "" {
+		g.StateDir = path.Join(appliance.StateDir, c.Name)
+	}
+	g.ConfigPath = appliance.GatewayOptions{StateDir: g.StateDir}.ConfigPath()
 }
 
 // KernelArgs is a kernel command line: defaults, then the recipe's own

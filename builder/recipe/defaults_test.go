@@ -127,6 +127,9 @@ func TestParsedValues(t *testing.T) {
 	if p := r.Containers[1].Ports; len(p) != 2 || p[0].String() != "8080:80" || p[1].String() != "[::1]:8081:81/udp" {
 		t.Errorf("ports %v", p)
 	}
+	if g := r.Gateway; g.StateDir != "/home/openclaw/.openclaw" || g.ConfigPath != "/home/openclaw/.openclaw/openclaw.json" || g.Owner != "openclaw" {
+		t.Errorf("gateway paths %q %q %q", g.StateDir, g.ConfigPath, g.Owner)
+	}
 	if !r.Disk.BIOS || !r.Disk.UEFI || r.Disk.ESPBytes != 64<<20 || r.Disk.SizeBytes != 0 {
 		t.Errorf("disk %+v", r.Disk)
 	}

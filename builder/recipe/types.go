@@ -311,6 +311,22 @@ type Gateway struct {
 	// Token is refused unless firstboot.allow_baked_secrets: the token
 	// comes from the instance's seed or is generated at first boot.
 	Token string `yaml:"token,omitempty"`
+
+	// Filled by Defaults (never written in YAML): where the gateway's
+	// files are, which the build writes and verify checks.
+
+	// StateDir is the gateway's state directory on the host, which its
+	// container mounts at appliance.GatewayContainerStateDir: the host
+	// path the recipe mounts there itself, else ~USER/.openclaw of the
+	// container's user when it is a user of the recipe, else
+	// appliance.StateDir/CONTAINER (a UID:GID has no home).
+	StateDir string `yaml:"-"`
+	// ConfigPath is openclaw.json on the host, in StateDir: first boot
+	// writes it.
+	ConfigPath string `yaml:"-"`
+	// Owner is the container's user (a name or UID:GID): it owns
+	// StateDir and ConfigPath and runs the gateway.
+	Owner string `yaml:"-"`
 }
 
 // Tailscale installs tailscaled and, given an auth key in the seed, joins
