@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,7 +40,7 @@ func (p *Plan) appliancePackages() []string {
 		pk = append(pk, "openssh-server")
 	}
 	if f := r.Firewall; f != nil {
-		switch backend(r) {
+		switch f.Backend {
 		case appliance.BackendUFW:
 			pk = append(pk, "ufw", "iptables")
 		case appliance.BackendIptables:
@@ -58,13 +57,6 @@ func (p *Plan) appliancePackages() []string {
 		pk = append(pk, "cloud-init")
 	}
 	return pk
-}
-
-func backend(r *recipe.Recipe) string {
-	if r.Firewall == nil || r.Firewall.Backend == "" {
-		return appliance.BackendUFW
-	}
-	return r.Firewall.Backend
 }
 
 // applianceResults keeps, per plan, what the appliance stages learnt while
@@ -123,10 +115,7 @@ func (p *Plan) addApplianceStages(add addStage) {
 
 func (p *Plan) sshOptions() appliance.SSHOptions {
 	r := p.Recipe
-	o := appliance.SSHOptions{CloudInit: r.Firstboot.HasSeed("cloud-init"), CloudInitNetwork: r.Base.Image != nil}
-	if r.SSH.Port != nil {
-		o.Port = *r.SSH.Port
-	}
+	o := appliance.SSHOptions{Port: *r.SSH.Port, CloudInit: r.Firstboot.HasSeed("cloud-init"), CloudInitNetwork: r.Base.Image != nil}
 	if fb := r.Firstboot; fb != nil {
 		o.AdminUser = fb.AdminUser
 		if u := r.UserByName(fb.AdminUser); u != nil {
@@ -138,12 +127,8 @@ func (p *Plan) sshOptions() appliance.SSHOptions {
 
 func (p *Plan) sshInputs() []string {
 	o := p.sshOptions()
-	port := o.Port
-	if port == 0 {
-		port = 22
-	}
 	in := []string{
-		fmt.Sprintf("%s (sorts first): PasswordAuthentication no, KbdInteractiveAuthentication no, PermitRootLogin no, AuthenticationMethods publickey, Port %d", appliance.SSHDropIn, port),
+		fmt.Sprintf("%s (sorts first): PasswordAuthentication no, KbdInteractiveAuthentication no, PermitRootLogin no, AuthenticationMethods publickey, Port %d", appliance.SSHDropIn, o.Port),
 		"host keys: none in the image; " + appliance.HostKeysUnitName + " makes them before sshd at every boot, independent of first boot",
 		"check: the tree's sshd -T (any connection, root, the admin) must show those values",
 	}
@@ -193,23 +178,21 @@ func (p *Plan) allows() []appliance.Allow {
 		}
 	}
 	if r.SSH != nil || r.Firstboot != nil {
+		// An appliance with first boot and no ssh section still runs
+		// sshd on the default port (the admin logs in).
 		port := recipe.DefaultSSHPort
-		if r.SSH != nil && r.SSH.Port != nil {
+		if r.SSH != nil {
 			port = *r.SSH.Port
 		}
 		addPort(recipe.PortRule{Low: port, High: port, Proto: "tcp"})
 	}
-	for _, a := range r.Firewall.Allow {
-		if rule, err := recipe.ParsePortRule(a); err == nil {
-			addPort(rule)
-		}
+	for _, rule := range r.Firewall.Rules {
+		addPort(rule)
 	}
 	if g := r.Gateway; g != nil {
 		port := g.GatewayPublish().HostPort
 		for _, n := range r.GatewayNetworks() {
-			if pf, err := netip.ParsePrefix(n.CIDR); err == nil {
-				out = append(out, appliance.Allow{Proto: "tcp", Ports: fmt.Sprint(port), Source: pf.Masked(), Comment: n.Comment})
-			}
+			out = append(out, appliance.Allow{Proto: "tcp", Ports: fmt.Sprint(port), Source: n.Prefix, Comment: n.Comment})
 		}
 	}
 	return out
@@ -221,7 +204,7 @@ func (p *Plan) isolation() (appliance.IsolationOptions, bool) {
 		return appliance.IsolationOptions{}, false
 	}
 	o := appliance.IsolationOptions{MetadataAccess: r.Firewall.MetadataAccess}
-	switch backend(r) {
+	switch r.Firewall.Backend {
 	case appliance.BackendUFW:
 		o.After = []string{"ufw.service"}
 	case appliance.BackendIptables:
@@ -230,9 +213,7 @@ func (p *Plan) isolation() (appliance.IsolationOptions, bool) {
 	if g := r.Gateway; g != nil && g.Mode == "network" {
 		port := g.GatewayPublish().HostPort
 		for _, n := range r.GatewayNetworks() {
-			if pf, err := netip.ParsePrefix(n.CIDR); err == nil {
-				o.Exceptions = append(o.Exceptions, appliance.Exception{Source: pf.Masked(), Port: port, Comment: n.Comment})
-			}
+			o.Exceptions = append(o.Exceptions, appliance.Exception{Source: n.Prefix, Port: port, Comment: n.Comment})
 		}
 	}
 	return o, true
@@ -252,7 +233,7 @@ func (p *Plan) firewallInputs() []string {
 		}
 	}
 	in := []string{
-		"backend " + backend(p.Recipe) + ": incoming deny, outgoing allow, routed deny; IPv4 and IPv6; active at first boot",
+		"backend " + p.Recipe.Firewall.Backend + ": incoming deny, outgoing allow, routed deny; IPv4 and IPv6; active at first boot",
 		"allow: " + list(allows),
 	}
 	if len(from) > 0 {
@@ -284,7 +265,7 @@ func (p *Plan) firewallInputs() []string {
 func (p *Plan) stageFirewall(ctx context.Context, s *State) error {
 	var files []appliance.File
 	var enable []string
-	switch backend(p.Recipe) {
+	switch p.Recipe.Firewall.Backend {
 	case appliance.BackendUFW:
 		root, err := safeRead(s.Tree, appliance.UFWDefaults)
 		if err != nil {
@@ -320,15 +301,11 @@ func (p *Plan) containerSpec(c recipe.Container) appliance.ContainerSpec {
 	if c.Image == "" {
 		spec.Ref = "build"
 	}
-	for _, pub := range c.Publish {
-		if pb, err := recipe.ParsePublish(pub); err == nil {
-			spec.Publish = append(spec.Publish, pb.String())
-		}
+	for _, pb := range c.Ports {
+		spec.Publish = append(spec.Publish, pb.String())
 	}
-	for _, vol := range c.Volumes {
-		if v, err := recipe.ParseVolume(vol); err == nil {
-			spec.Volumes = append(spec.Volumes, v.String())
-		}
+	for _, v := range c.Mounts {
+		spec.Volumes = append(spec.Volumes, v.String())
 	}
 	if _, ok := p.isolation(); ok {
 		spec.Requires = append(spec.Requires, appliance.DockerUserUnitName)
@@ -339,10 +316,7 @@ func (p *Plan) containerSpec(c recipe.Container) appliance.ContainerSpec {
 		if !slices.Contains(spec.Publish, pub) {
 			spec.Publish = append(spec.Publish, pub)
 		}
-		if !slices.ContainsFunc(spec.Volumes, func(v string) bool {
-			parsed, err := recipe.ParseVolume(v)
-			return err == nil && parsed.Container == appliance.GatewayContainerStateDir
-		}) {
+		if !slices.ContainsFunc(c.Mounts, func(v recipe.Volume) bool { return v.Container == appliance.GatewayContainerStateDir }) {
 			spec.Volumes = append(spec.Volumes, gw.Volume())
 		}
 		if r.Firstboot != nil {
@@ -363,7 +337,7 @@ func (p *Plan) containerInputs() []string {
 		src += ", " + dockerStoreNote
 		in = append(in, fmt.Sprintf("%s: %s", c.Name, src))
 		in = append(in, fmt.Sprintf("%s: %s: docker run --user %s --security-opt no-new-privileges --cap-drop ALL, publish %s, volumes %s, restart %s",
-			c.Name, appliance.ContainerUnitName(c.Name), c.User, list(spec.Publish), list(spec.Volumes), orDefault(c.Restart, recipe.DefaultRestart)))
+			c.Name, appliance.ContainerUnitName(c.Name), c.User, list(spec.Publish), list(spec.Volumes), c.Restart))
 		if len(c.Env) > 0 {
 			in = append(in, fmt.Sprintf("%s: env (%s, 0600, in the image): %s", c.Name, appliance.ContainerEnvFile(c.Name), strings.Join(envShown(c), " ")))
 		}
@@ -536,29 +510,11 @@ func (p *Plan) containerImage(ctx context.Context, s *State, c recipe.Container)
 
 // --- gateway ---
 
+// gatewayOptions are the gateway's files as the recipe resolved them
+// (recipe.Gateway.StateDir, Owner; verify expects the same).
 func (p *Plan) gatewayOptions() appliance.GatewayOptions {
-	r := p.Recipe
-	g := r.Gateway
-	o := appliance.GatewayOptions{Port: g.GatewayPublish().HostPort}
-	c := r.ContainerByName(g.Container)
-	if c == nil {
-		return o
-	}
-	// The state dir is the one the recipe mounts at the image's state
-	// dir, else ~USER/.openclaw of the container's user.
-	for _, v := range c.Volumes {
-		if parsed, err := recipe.ParseVolume(v); err == nil && parsed.Container == appliance.GatewayContainerStateDir {
-			o.StateDir = parsed.Host
-		}
-	}
-	o.Owner = c.User
-	if u := r.UserByName(c.User); u != nil && o.StateDir == "" {
-		o.StateDir = u.HomeDir() + "/.openclaw"
-	}
-	if o.StateDir == "" {
-		o.StateDir = appliance.StateDir + "/" + c.Name
-	}
-	return o
+	g := p.Recipe.Gateway
+	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner}
 }
 
 func (p *Plan) gatewayInputs() []string {
@@ -652,9 +608,6 @@ func (p *Plan) firstbootOptions() firstboot.Options {
 	r := p.Recipe
 	fb := r.Firstboot
 	o := firstboot.Options{AdminUser: fb.AdminUser, Seeds: fb.Seed}
-	if len(o.Seeds) == 0 {
-		o.Seeds = recipe.DefaultSeed
-	}
 	if g := r.Gateway; g != nil {
 		gw := p.gatewayOptions()
 		o.GatewayConfig = gw.ConfigPath()

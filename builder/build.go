@@ -17,10 +17,15 @@ import (
 	"github.com/bakeimg/bake/rootfs"
 )
 
-// Compile turns a validated recipe into a plan. It decides everything a
-// build will do (packages bake adds, sizes, identifiers) so `bake plan` shows
-// it before any work.
+// Compile turns a validated recipe, with its defaults applied (recipe.Load
+// and Parse do both), into a plan. It decides everything a build will do
+// (packages bake adds, sizes, identifiers) so `bake plan` shows it before
+// any work. It reads the recipe's defaults and parsed values and never
+// works them out again.
 func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
+	if !r.HasDefaults() {
+		return nil, errors.New("recipe " + r.Path + ": its defaults are not applied (load it with recipe.Load or recipe.Parse, or call Validate and Defaults)")
+	}
 	p := &Plan{Recipe: r, Opts: opts}
 	if r.Base.Image != nil {
 		return compileImage(p)
@@ -29,7 +34,7 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	if deb == nil {
 		return nil, errors.New("recipe has no base")
 	}
-	bios, uefi := firmware(r)
+	bios, uefi := r.Disk.BIOS, r.Disk.UEFI
 
 	// Packages bake adds so the image boots and is a usable machine; the
 	// recipe may name its own kernel.
@@ -68,10 +73,6 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	}
 	p.bootstrapPackages = uniqueSorted(boot)
 
-	variant := deb.Variant
-	if variant == "" {
-		variant = "minbase"
-	}
 	fetch := "the build host's apt sources"
 	if deb.BuildMirror != "" {
 		fetch = deb.BuildMirror + " (build only)"
@@ -86,7 +87,7 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 		p.Stages = append(p.Stages, Stage{Name: name, Inputs: inputs, Run: run})
 	}
 	add("bootstrap", []string{
-		"mmdebstrap suite=" + deb.Suite + " variant=" + variant + " components=" + list(componentsOf(deb)),
+		"mmdebstrap suite=" + deb.Suite + " variant=" + deb.Variant + " components=" + list(deb.Components),
 		"fetch from: " + fetch,
 		"image apt source: " + imageSrc,
 		"packages: " + list(p.bootstrapPackages),
@@ -115,12 +116,13 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 		fw = append(fw, "uefi")
 	}
 	add("assemble", []string{
-		"GPT: p14 BIOS boot 1MiB, p15 ESP " + orDefault(r.Disk.ESPSize, "64MiB") + ", p1 root ext4 (mkfs.ext4 -d), no loop device",
+		"GPT: p14 BIOS boot 1MiB, p15 ESP " + r.Disk.ESPSize + ", p1 root ext4 (mkfs.ext4 -d), no loop device",
 		"firmware: " + strings.Join(fw, "+") + " (GRUB from the tree's grub-mkimage)",
+		"kernel command line: root=UUID=" + layout.RootFSUUID + " ro " + strings.Join(r.Kernel.Args, " "),
 		"size: " + size,
 		"disk GUID " + layout.DiskGUID + ", root fs UUID " + layout.RootFSUUID,
 	}, p.stageAssemble)
-	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	add("outputs", []string{"formats: " + list(r.Outputs), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
 	return p, nil
 }
 
@@ -161,9 +163,10 @@ func compileImage(p *Plan) (*Plan, error) {
 	add("reassemble", []string{
 		"keep the base's GPT, disk and partition GUIDs, MBR boot code, BIOS boot partition, ESP, filesystem UUIDs and labels",
 		"rebuild root (and /boot) with mkfs.ext4 -d from the tree; grub.cfg and loader images anew only if the steps changed kernel or GRUB",
+		"kernel command line: the base's own" + map[bool]string{true: ", plus (grub.cfg made anew if it lacks one) " + strings.Join(r.Kernel.RecipeArgs, " "), false: ""}[len(r.Kernel.RecipeArgs) > 0],
 		"size: " + size,
 	}, p.stageReassemble)
-	add("outputs", []string{"formats: " + list(outputs(r)), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	add("outputs", []string{"formats: " + list(r.Outputs), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
 	return p, nil
 }
 
@@ -193,10 +196,10 @@ func (p *Plan) addCustomizeStages(add addStage) {
 	if len(r.Overlays)+len(r.Files) > 0 {
 		var in []string
 		for _, o := range r.Overlays {
-			in = append(in, fmt.Sprintf("overlay %s -> %s", q(o.Source), q(orDefault(o.Target, "/"))))
+			in = append(in, fmt.Sprintf("overlay %s -> %s", q(o.Source), q(o.Target)))
 		}
 		for _, f := range r.Files {
-			in = append(in, fmt.Sprintf("file %s mode %s", q(f.Path), q(orDefault(f.Mode, "0644"))))
+			in = append(in, fmt.Sprintf("file %s mode %s", q(f.Path), q(f.Mode)))
 		}
 		add("files", in, p.stageFiles)
 	}
@@ -208,42 +211,6 @@ func (p *Plan) addCustomizeStages(add addStage) {
 			"mask: " + list(r.Systemd.Mask),
 		}, p.stageUnits)
 	}
-}
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
-}
-
-func componentsOf(d *recipe.DebianBase) []string {
-	if len(d.Components) == 0 {
-		return []string{"main"}
-	}
-	return d.Components
-}
-
-func firmware(r *recipe.Recipe) (bios, uefi bool) {
-	if len(r.Disk.Firmware) == 0 {
-		return true, true
-	}
-	for _, f := range r.Disk.Firmware {
-		switch f {
-		case "bios":
-			bios = true
-		case "uefi":
-			uefi = true
-		}
-	}
-	return
-}
-
-func outputs(r *recipe.Recipe) []string {
-	if len(r.Outputs) == 0 {
-		return []string{"qcow2"}
-	}
-	return r.Outputs
 }
 
 // layout derives identifiers from the recipe digest so two builds of one
@@ -261,9 +228,7 @@ func (p *Plan) layout() disk.Layout {
 		l.RootPartUUID = r.Disk.RootPartUUID
 	}
 	if r.Disk.ESPSerial != "" {
-		var v uint32
-		fmt.Sscanf(r.Disk.ESPSerial, "%x", &v)
-		l.ESPVolumeID = v
+		l.ESPVolumeID = r.Disk.ESPVolumeID
 	}
 	return l
 }

@@ -106,9 +106,11 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	// The recipe's kernel.cmdline reaches the kernel only through a
 	// grub.cfg that names it: the base's is rewritten when it lacks one of
 	// the arguments (as for a new kernel), else a recipe's no_timer_check
-	// or console= would be dropped without a word.
+	// or console= would be dropped without a word. Only the recipe's own
+	// arguments count: bake's DefaultCmdline is for disks it assembles,
+	// and a base keeps the console settings its makers chose.
 	missing := []string{}
-	if extra := strings.Fields(r.Kernel.Cmdline); len(extra) > 0 {
+	if extra := r.Kernel.RecipeArgs; len(extra) > 0 {
 		cfg, err := safeRead(s.Tree, "boot/grub/grub.cfg")
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -121,7 +123,7 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 			k = nk[0]
 		}
 		if err := disk.PrepareCloudBoot(disk.CloudBootSpec{
-			Tree: s.Tree, Layout: p.cloud.layout, Kernel: k, KernelCmdline: r.Kernel.Cmdline,
+			Tree: s.Tree, Layout: p.cloud.layout, Kernel: k, KernelCmdline: strings.Join(r.Kernel.RecipeArgs, " "),
 			SourceDateEpoch: s.Opts.SourceDateEpoch, Log: s.Log,
 		}); err != nil {
 			return err
@@ -135,16 +137,9 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
 		return err
 	}
-	var size int64
-	if r.Disk.Size != "" {
-		if size, err = recipe.ParseSize(r.Disk.Size); err != nil {
-			return err
-		}
-		size = roundMiB(size)
-	}
 	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{
 		Base: p.cloud.raw, Layout: p.cloud.layout, Tree: s.Tree,
-		Output: filepath.Join(s.WorkDir, r.Name+".raw"), Size: size, RebuildBoot: loader,
+		Output: filepath.Join(s.WorkDir, r.Name+".raw"), Size: roundMiB(r.Disk.SizeBytes), RebuildBoot: loader,
 		SourceDateEpoch: s.Opts.SourceDateEpoch, Runner: s.Runner, Log: s.Log,
 	})
 	if err != nil {

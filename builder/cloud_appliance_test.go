@@ -97,3 +97,87 @@ menuentry 'other' {
 		t.Errorf("nothing wanted: %#v (want an empty list for the manifest)", got)
 	}
 }
+
+// On a cloud base only the recipe's own kernel arguments count: bake's
+// DefaultCmdline is not the recipe asking for anything, so a base whose
+// grub.cfg writes console=ttyS0,115200 (Debian's genericcloud) keeps its
+// grub.cfg when the recipe has no kernel.cmdline.
+func TestCloudBaseKernelArgs(t *testing.T) {
+	const genericcloud = "menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-6.1.0-28-cloud-amd64 root=PARTUUID=d5b1 ro console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0\n}\n"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "base.qcow2"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ kernel, missing, input string }{
+		{"", "", "kernel command line: the base's own"},
+		{"kernel: {cmdline: no_timer_check}\n", "no_timer_check", "kernel command line: the base's own, plus (grub.cfg made anew if it lacks one) no_timer_check"},
+		{"kernel: {cmdline: console=tty0}\n", "", "kernel command line: the base's own, plus (grub.cfg made anew if it lacks one) console=tty0"},
+	} {
+		src := "apiVersion: bake/v1\nname: c\nbase: {image: {path: base.qcow2, sha256: " + strings.Repeat("a", 64) + "}}\n" + c.kernel
+		r, err := recipe.Parse("c.yaml", []byte(src), dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(missingKernelArgs(genericcloud, r.Kernel.RecipeArgs), " "); got != c.missing {
+			t.Errorf("%q: missing %q, want %q", c.kernel, got, c.missing)
+		}
+		p, err := Compile(r, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in := stageInputs(p, "reassemble"); !slices.Contains(in, c.input) {
+			t.Errorf("%q: reassemble inputs %q, want %q", c.kernel, in, c.input)
+		}
+	}
+}
+
+// A disk bake assembles boots with each argument once: DefaultCmdline's,
+// then the recipe's (recipes/minimal.yaml had console=tty0
+// console=ttyS0,115200n8 twice).
+func TestAssembleKernelArgsOnce(t *testing.T) {
+	for kernel, want := range map[string]string{
+		"":                                    "console=tty0 console=ttyS0,115200n8 no_timer_check",
+		"kernel: {cmdline: no_timer_check}\n": "console=tty0 console=ttyS0,115200n8 no_timer_check",
+		"kernel: {cmdline: quiet no_timer_check}\n": "console=tty0 console=ttyS0,115200n8 quiet no_timer_check",
+	} {
+		r, err := recipe.Parse("m.yaml", []byte("apiVersion: bake/v1\nname: m\nbase: {debian: {suite: bookworm}}\n"+kernel), t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Compile(r, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := "kernel command line: root=UUID=" + p.layout().RootFSUUID + " ro " + want
+		if in := stageInputs(p, "assemble"); !slices.Contains(in, line) {
+			t.Errorf("%q: assemble inputs %q, want %q", kernel, in, line)
+		}
+	}
+}
+
+// Compile reads the recipe's defaults and parsed values; a recipe that
+// never had them applied is refused, not built with zeros.
+func TestCompileNeedsDefaults(t *testing.T) {
+	r := &recipe.Recipe{APIVersion: recipe.APIVersion, Name: "x", Path: "go", Base: recipe.Base{Debian: &recipe.DebianBase{Suite: "bookworm"}}}
+	if _, err := Compile(r, Options{}); err == nil || !strings.Contains(err.Error(), "defaults are not applied") {
+		t.Errorf("Compile without Defaults: %v", err)
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Compile(r, Options{}); err != nil {
+		t.Errorf("after Validate and Defaults: %v", err)
+	}
+}
+
+func stageInputs(p *Plan, name string) []string {
+	for _, s := range p.Stages {
+		if s.Name == name {
+			return s.Inputs
+		}
+	}
+	return nil
+}

@@ -16,12 +16,6 @@ import (
 	"github.com/bakeimg/bake/rootfs"
 )
 
-// DefaultCmdline puts the kernel console on the first serial port (clouds
-// and `qemu -nographic` show it) and on the screen. no_timer_check: under
-// software emulation on a loaded host the kernel's IO-APIC timer check can
-// fail and panic the boot; virtual machines do not need it.
-const DefaultCmdline = "console=tty0 console=ttyS0,115200n8 no_timer_check"
-
 func (p *Plan) stageBootstrap(ctx context.Context, s *State) error {
 	deb := p.Recipe.Base.Debian
 	cache, trees := "", ""
@@ -158,7 +152,7 @@ func (p *Plan) stageFiles(ctx context.Context, s *State) error {
 		if err != nil {
 			return err
 		}
-		uid, gid, err := rootfs.LookupOwner(s.Tree, orDefault(o.Owner, "root:root"))
+		uid, gid, err := rootfs.LookupOwner(s.Tree, o.Owner)
 		if err != nil {
 			return fmt.Errorf("overlay %s: %w", o.Source, err)
 		}
@@ -171,7 +165,7 @@ func (p *Plan) stageFiles(ctx context.Context, s *State) error {
 			modes[pat] = mode
 		}
 		if err := rootfs.CopyOverlay(s.Tree, rootfs.OverlayOptions{
-			Source: src, Target: orDefault(o.Target, "/"), UID: uid, GID: gid, Modes: modes,
+			Source: src, Target: o.Target, UID: uid, GID: gid, Modes: modes,
 		}); err != nil {
 			return fmt.Errorf("overlay %s: %w", o.Source, err)
 		}
@@ -187,11 +181,11 @@ func (p *Plan) stageFiles(ctx context.Context, s *State) error {
 				return err
 			}
 		}
-		mode, err := recipe.ParseMode(orDefault(f.Mode, "0644"))
+		mode, err := recipe.ParseMode(f.Mode)
 		if err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
-		uid, gid, err := rootfs.LookupOwner(s.Tree, orDefault(f.Owner, "root:root"))
+		uid, gid, err := rootfs.LookupOwner(s.Tree, f.Owner)
 		if err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
@@ -239,40 +233,17 @@ func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
 	return nil
 }
 
-func (p *Plan) kernelCmdline() string {
-	c := DefaultCmdline
-	if extra := strings.TrimSpace(p.Recipe.Kernel.Cmdline); extra != "" {
-		c += " " + extra
-	}
-	return c
-}
-
 func (p *Plan) stageAssemble(ctx context.Context, s *State) error {
 	r := p.Recipe
-	bios, uefi := firmware(r)
-	var size, esp int64
-	var err error
-	if r.Disk.Size != "" {
-		if size, err = recipe.ParseSize(r.Disk.Size); err != nil {
-			return err
-		}
-		size = roundMiB(size)
-	}
-	if r.Disk.ESPSize != "" {
-		if esp, err = recipe.ParseSize(r.Disk.ESPSize); err != nil {
-			return err
-		}
-		esp = roundMiB(esp)
-	}
 	spec := disk.Spec{
 		Tree:            s.Tree,
 		Output:          filepath.Join(s.WorkDir, r.Name+".raw"),
-		Size:            size,
-		BIOS:            bios,
-		UEFI:            uefi,
-		ESPSize:         esp,
+		Size:            roundMiB(r.Disk.SizeBytes),
+		BIOS:            r.Disk.BIOS,
+		UEFI:            r.Disk.UEFI,
+		ESPSize:         roundMiB(r.Disk.ESPBytes),
 		Layout:          p.layout(),
-		KernelCmdline:   p.kernelCmdline(),
+		KernelCmdline:   strings.Join(r.Kernel.Args, " "),
 		SourceDateEpoch: s.Opts.SourceDateEpoch,
 		Runner:          s.Runner,
 		Log:             s.Log,
@@ -304,7 +275,7 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 	var outs []ManifestOutput
 	var files []string
 	wantRaw := false
-	for _, f := range outputs(r) {
+	for _, f := range r.Outputs {
 		switch f {
 		case "raw":
 			wantRaw = true
@@ -375,7 +346,7 @@ func (p *Plan) newManifest(s *State) *Manifest {
 	r := p.Recipe
 	base := map[string]any{}
 	if d := r.Base.Debian; d != nil {
-		base["debian"] = map[string]any{"suite": d.Suite, "variant": orDefault(d.Variant, "minbase"), "mirror": d.Mirror, "packages": p.bootstrapPackages}
+		base["debian"] = map[string]any{"suite": d.Suite, "variant": d.Variant, "mirror": d.Mirror, "packages": p.bootstrapPackages}
 	}
 	return &Manifest{
 		Bake:            Version,

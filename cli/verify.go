@@ -177,7 +177,9 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 				if err != nil {
 					return err
 				}
-				opts.Spec = verify.SpecFromRecipe(r)
+				if opts.Spec, err = verify.SpecFromRecipe(r); err != nil {
+					return err
+				}
 				opts.Recipe, opts.RecipeDigest = recipePath, r.Digest
 			} else if len(sets) > 0 {
 				return usageErr(errors.New("--set needs --recipe"))

@@ -3,10 +3,14 @@ package firstboot
 import (
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/bakeimg/bake/internal/cloudconfig"
 )
 
 // Seed is one instance's seed (docs/seed.md). Every field is optional.
@@ -26,9 +30,14 @@ func (s Seed) Check() error {
 		return fmt.Errorf("seed: the gateway token must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -")
 	}
 	for _, k := range s.AdminKeys {
-		if strings.ContainsAny(k, "\n\r") || strings.Contains(k, "PRIVATE KEY") {
+		if strings.ContainsAny(k, "\n\r") || strings.Contains(k, "PRIVATE KEY") || !utf8.ValidString(k) {
 			return fmt.Errorf("seed: an admin key must be one public key on one line")
 		}
+	}
+	// YAML (meta-data, user-data) is Unicode text: invalid UTF-8 cannot
+	// be written as it is.
+	if !utf8.ValidString(s.InstanceID) || !utf8.ValidString(s.Hostname) {
+		return fmt.Errorf("seed: the instance id and host name must be UTF-8 text")
 	}
 	return nil
 }
@@ -53,12 +62,11 @@ func (s Seed) MetaData() []byte {
 	if id == "" {
 		id = "iid-bake"
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "instance-id: %s\n", yamlString(id))
+	m := cloudconfig.Map{{Key: "instance-id", Value: id}}
 	if s.Hostname != "" {
-		fmt.Fprintf(&b, "local-hostname: %s\n", yamlString(s.Hostname))
+		m = append(m, cloudconfig.Item{Key: "local-hostname", Value: s.Hostname})
 	}
-	return []byte(b.String())
+	return cloudconfig.Marshal(m)
 }
 
 // UserData is a #cloud-config with only standard keys, so cloud-init (when
@@ -68,15 +76,15 @@ func (s Seed) MetaData() []byte {
 // Bake's own values travel beside it as files (NoCloud) or as
 // write_files entries (CloudUserData).
 func (s Seed) UserData() []byte {
-	var b strings.Builder
-	b.WriteString("#cloud-config\n")
+	return cloudconfig.Document(nil, s.userData())
+}
+
+func (s Seed) userData() cloudconfig.Map {
+	var m cloudconfig.Map
 	if len(s.AdminKeys) > 0 {
-		b.WriteString("ssh_authorized_keys:\n")
-		for _, k := range s.AdminKeys {
-			fmt.Fprintf(&b, "  - %s\n", yamlString(k))
-		}
+		m = append(m, cloudconfig.Item{Key: "ssh_authorized_keys", Value: s.AdminKeys})
 	}
-	return []byte(b.String())
+	return m
 }
 
 // CloudUserData is user-data for a cloud instance, where there is no
@@ -85,24 +93,23 @@ func (s Seed) UserData() []byte {
 // (a tmpfs: nothing is left on disk), which first boot reads once
 // cloud-init's network stage is done. Needs cloud-init in firstboot.seed.
 func (s Seed) CloudUserData() []byte {
-	b := strings.Builder{}
-	b.Write(s.UserData())
+	m := s.userData()
 	v := s.values()
 	delete(v, AdminSSHKeys)
-	if len(v) == 0 {
-		return []byte(b.String())
+	if len(v) > 0 {
+		var files []any
+		for _, n := range slices.Sorted(maps.Keys(v)) {
+			files = append(files, cloudconfig.Map{
+				{Key: "path", Value: CloudInitSeedDir + "/" + n},
+				{Key: "permissions", Value: "0600"},
+				{Key: "owner", Value: "root:root"},
+				{Key: "encoding", Value: "b64"},
+				{Key: "content", Value: base64.StdEncoding.EncodeToString([]byte(v[n]))},
+			})
+		}
+		m = append(m, cloudconfig.Item{Key: "write_files", Value: files})
 	}
-	b.WriteString("write_files:\n")
-	names := make([]string, 0, len(v))
-	for n := range v {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(&b, "  - path: %s/%s\n    permissions: '0600'\n    owner: root:root\n    encoding: b64\n    content: %s\n",
-			CloudInitSeedDir, n, base64.StdEncoding.EncodeToString([]byte(v[n])))
-	}
-	return []byte(b.String())
+	return cloudconfig.Document(nil, m)
 }
 
 // NoCloudFiles are bake's values as files for a NoCloud volume (beside
@@ -131,20 +138,4 @@ func (s Seed) SMBIOSArgs() []string {
 		args = append(args, "-smbios", "type=11,value="+strings.ReplaceAll(val, ",", ",,"))
 	}
 	return args
-}
-
-// yamlString writes s as a YAML scalar: plain when that is safe, else
-// double-quoted (strconv's escapes are valid YAML).
-func yamlString(s string) string {
-	if s != "" && !strings.ContainsAny(s, ":#'\"{}[],&*!|>%@`\\\n\t") && strings.TrimSpace(s) == s &&
-		!strings.HasPrefix(s, "-") && !strings.HasPrefix(s, "?") {
-		switch strings.ToLower(s) {
-		case "true", "false", "yes", "no", "on", "off", "null", "~":
-		default:
-			if _, err := strconv.ParseFloat(s, 64); err != nil {
-				return s
-			}
-		}
-	}
-	return strconv.Quote(s)
 }

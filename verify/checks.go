@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/vm"
 )
@@ -800,7 +802,7 @@ func (c *checker) gatewayConfig(ctx context.Context) (Status, string) {
 	g := c.spec.Gateway
 	var ev evidence
 	var problems []string
-	res, err := c.in.sudo(ctx, "stat -c '%a %U:%G %s %n' "+shellQuote(g.ConfigPath)+" "+shellQuote(filepath.Dir(g.ConfigPath)))
+	res, err := c.in.sudo(ctx, "stat -c '%a %U:%G %u:%g %s %n' "+shellQuote(g.ConfigPath)+" "+shellQuote(filepath.Dir(g.ConfigPath)))
 	if err != nil {
 		return Fail, err.Error()
 	}
@@ -810,12 +812,19 @@ func (c *checker) gatewayConfig(ctx context.Context) (Status, string) {
 		return Fail, fmt.Sprintf("%s does not exist\n\n%s", g.ConfigPath, ev)
 	}
 	f := strings.Fields(lines[0])
-	if len(f) >= 2 {
+	if len(f) >= 3 {
 		if f[0] != "600" {
 			problems = append(problems, fmt.Sprintf("%s is mode %s, want 600", g.ConfigPath, f[0]))
 		}
-		if owner, _, _ := strings.Cut(f[1], ":"); owner != g.User {
-			problems = append(problems, fmt.Sprintf("%s is owned by %s, want %s", g.ConfigPath, f[1], g.User))
+		// A gateway run as UID:GID has no name: compare the number.
+		owner, _, _ := strings.Cut(f[1], ":")
+		want := g.User
+		if uid, _, ok := recipe.ParseUIDGID(g.User); ok {
+			owner, _, _ = strings.Cut(f[2], ":")
+			want = strconv.Itoa(uid)
+		}
+		if owner != want {
+			problems = append(problems, fmt.Sprintf("%s is owned by %s (%s), want %s", g.ConfigPath, f[1], f[2], g.User))
 		}
 	}
 	tok, cres, err := c.readToken(ctx, c.in)
@@ -928,7 +937,7 @@ docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}} user={{.Config.Us
 pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
 [ -n "$pids" ] || pids=$(docker inspect -f '{{.State.Pid}}' "$n")
 for p in $pids; do echo "pid $p"; grep -E '^(Name|Uid|Gid|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/$p/status; done
-echo "gateway user: $(getent passwd ` + shellQuote(g.User) + ` | cut -d: -f3)"
+echo "gateway user: $(getent passwd ` + shellQuote(gatewayUserName(g.User)) + ` | cut -d: -f3)"
 echo "login users:"
 getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" "$3" "$7}'`
 	res, err := c.in.sudo(ctx, script)
@@ -950,6 +959,9 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 		case len(f) == 0:
 		case strings.HasPrefix(l, "gateway user:"):
 			gwUID = strings.TrimSpace(strings.TrimPrefix(l, "gateway user:"))
+			if uid, _, ok := recipe.ParseUIDGID(g.User); ok {
+				gwUID = strconv.Itoa(uid) // run by number: no passwd entry to ask
+			}
 		case l == "login users:":
 			inLogin = true
 		case inLogin && len(f) >= 2:
@@ -1004,6 +1016,15 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 		who = g.User + ", " + who
 	}
 	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (%s)", len(procs), procUIDs(procs), who))
+}
+
+// gatewayUserName is the name getent looks up for the gateway's user; a
+// UID:GID is looked up by its uid.
+func gatewayUserName(user string) string {
+	if uid, _, ok := recipe.ParseUIDGID(user); ok {
+		return strconv.Itoa(uid)
+	}
+	return user
 }
 
 func procUIDs(procs []*procStatus) string {
@@ -1261,7 +1282,7 @@ func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
-echo "baked:"; cat ` + ContainersRecord + ` 2>/dev/null || echo none
+echo "baked:"; cat ` + appliance.ContainersRecord + ` 2>/dev/null || echo none
 echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
 for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
   if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "REACHED $a"; else echo "unreachable: $a"; fi
@@ -1275,7 +1296,7 @@ done`
 		problems = append(problems, "the gateway container is not running")
 	}
 	if id, baked, ok := bakedImage(res.Stdout, g.Container); ok && id != baked {
-		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, ContainersRecord))
+		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, appliance.ContainersRecord))
 	} else if ok {
 		ev.add("the container runs the image baked into the disk: %s", baked)
 	}
@@ -1296,10 +1317,6 @@ done`
 	return verdict(problems, ev, "the gateway container runs; the guest reaches nothing beyond its link, and the link has no route out")
 }
 
-// ContainersRecord is where bake's appliance stage records the images it
-// baked (appliance.ContainersRecord).
-const ContainersRecord = "/usr/share/bake/containers.json"
-
 // bakedImage reads the gateway check's output: the image the container
 // runs (image=...) and the one the disk's record names for it. ok is
 // false when the disk has no record (an image not made by bake).
@@ -1314,10 +1331,7 @@ func bakedImage(out, container string) (running, baked string, ok bool) {
 		return running, "", false
 	}
 	rest, _, _ = strings.Cut(rest, "\nroutes:")
-	var recs []struct {
-		Name    string `json:"name"`
-		ImageID string `json:"image_id"`
-	}
+	var recs []appliance.ContainerRecord
 	if json.Unmarshal([]byte(rest), &recs) != nil {
 		return running, "", false
 	}

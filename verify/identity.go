@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/cloudimg"
 )
 
 // ident is what makes an instance itself.
@@ -220,7 +220,7 @@ func (r *runner) secrets(ctx context.Context) {
 	if r.rep.Format != "raw" {
 		raw = filepath.Join(r.work, "disk.raw")
 		r.logf("converting the image to raw for the secret scan (%s)", raw)
-		err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"convert", "-f", r.rep.Format, "-O", "raw", "-S", "4k", r.o.Image, raw}})
+		err := toRaw(ctx, r.o.Image, raw)
 		defer os.Remove(raw)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -279,4 +279,18 @@ func (r *runner) secrets(ctx context.Context) {
 		ev = append(evidence{fmt.Sprintf("%d secret(s) in the image", st.Findings)}, ev...)
 	}
 	r.record("", "secrets.disk", status, ev.String(), time.Since(t0))
+}
+
+// toRaw writes the virtual disk of the image at path to dst as a sparse raw
+// file, with the reader the build uses for base images (cloudimg.ToRaw:
+// go-qcow2reader, no qemu-img): it refuses what the build refuses in a
+// qcow2 (backing files, encryption, tables out of bounds, compression
+// bombs), which verify then reports as a scan that could not run.
+func toRaw(ctx context.Context, path, dst string) error {
+	img, err := cloudimg.Open(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	return cloudimg.ToRaw(ctx, img, dst)
 }

@@ -13,13 +13,17 @@ import (
 	"fmt"
 	mrand "math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/internal/testenv"
 )
 
 func opensshKey(t *testing.T) []byte {
@@ -283,5 +287,48 @@ func TestGnuPGKeyFormats(t *testing.T) {
 		if len(fs) != 1 || fs[0].Rule != "gnupg-private-key" {
 			t.Errorf("%q: %v", k, rules(fs))
 		}
+	}
+}
+
+// The scan of a qcow2 reads its virtual disk through cloudimg.ToRaw (the
+// reader the build uses, no qemu-img at verify time): a key in a cluster
+// of a compressed qcow2 is found at its disk offset.
+func TestSecretsQcow2ToRaw(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img") // only to make the qcow2
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk.raw")
+	const size = 16 << 20
+	f, err := os.Create(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "11111111-2222-3333-4444-555555555555",
+		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: size/512 - 34, Size: (size/512 - 34 - 2048 + 1) * 512,
+			Type: gpt.LinuxFilesystem, GUID: "11111111-2222-3333-4444-000000000001", Name: "root"}}}
+	if err := tbl.Write(f, size); err != nil {
+		t.Fatal(err)
+	}
+	at := int64(5<<20 + 4096)
+	if _, err := f.WriteAt(opensshKey(t), at); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	q := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, q).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v\n%s", err, out)
+	}
+	back := filepath.Join(dir, "back.raw")
+	if err := toRaw(context.Background(), q, back); err != nil {
+		t.Fatal(err)
+	}
+	s := NewScanner()
+	if err := s.ScanFile(context.Background(), back); err != nil {
+		t.Fatal(err)
+	}
+	if fs := s.Findings(); len(fs) != 1 || fs[0].Where != fmt.Sprintf("disk+%#x", at) {
+		t.Fatalf("findings %v", fs)
 	}
 }

@@ -3,7 +3,6 @@ package verify
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -11,6 +10,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/cloudconfig"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -97,23 +98,22 @@ type Seed struct {
 }
 
 // Bake's own seed values are files of their own on the NoCloud volume,
-// beside meta-data and user-data (docs/seed.md; package firstboot reads
-// them): not user-data keys, because recent cloud-init reports "degraded"
-// for unknown top-level user-data keys.
+// beside meta-data and user-data (docs/seed.md; package firstboot defines
+// and reads them): not user-data keys, because recent cloud-init reports
+// "degraded" for unknown top-level user-data keys.
 const (
-	SeedAdminKeysFile = "bake.admin_ssh_keys" // authorized_keys lines
-	SeedTokenFile     = "bake.gateway_token"  // the gateway token, one line
+	SeedAdminKeysFile = firstboot.AdminSSHKeys // authorized_keys lines
+	SeedTokenFile     = firstboot.GatewayToken // the gateway token, one line
 )
 
-// MetaData is the NoCloud meta-data file.
-func (s Seed) MetaData() []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "instance-id: %s\n", yamlString(s.InstanceID))
-	if s.Hostname != "" {
-		fmt.Fprintf(&b, "local-hostname: %s\n", yamlString(s.Hostname))
-	}
-	return []byte(b.String())
+// firstboot is the seed as package firstboot writes it (meta-data, bake's
+// files): one writer of the format the image reads.
+func (s Seed) firstboot() firstboot.Seed {
+	return firstboot.Seed{InstanceID: s.InstanceID, Hostname: s.Hostname, AdminKeys: s.AuthorizedKeys, GatewayToken: s.Token}
 }
+
+// MetaData is the NoCloud meta-data file.
+func (s Seed) MetaData() []byte { return s.firstboot().MetaData() }
 
 // UserData is the #cloud-config user-data: verify's own (below), with
 // Extra merged in when there is one (see UserData the type). It is nil only
@@ -139,46 +139,33 @@ func (s Seed) userData() ([]byte, error) {
 // whose default user is someone else (a plain cloud image) still lets the
 // admin in; no password authentication, no root login.
 func (s Seed) ownUserData() []byte {
-	var b strings.Builder
-	b.WriteString("#cloud-config\n")
-	b.WriteString("# Written by bake verify for a throwaway instance.\n")
+	var m cloudconfig.Map
 	if s.Hostname != "" {
-		fmt.Fprintf(&b, "hostname: %s\n", yamlString(s.Hostname))
+		m = append(m, cloudconfig.Item{Key: "hostname", Value: s.Hostname})
 	}
-	b.WriteString("ssh_authorized_keys:\n")
-	for _, k := range s.AuthorizedKeys {
-		fmt.Fprintf(&b, "  - %s\n", yamlString(k))
-	}
-	b.WriteString("users:\n")
-	b.WriteString("  - default\n")
-	writeAdminUser(&b, "  ", s)
-	b.WriteString("ssh_pwauth: false\n")
-	b.WriteString("disable_root: true\n")
-	return []byte(b.String())
+	m = append(m,
+		cloudconfig.Item{Key: "ssh_authorized_keys", Value: s.AuthorizedKeys},
+		cloudconfig.Item{Key: "users", Value: []any{"default", s.adminUser()}},
+		cloudconfig.Item{Key: "ssh_pwauth", Value: false},
+		cloudconfig.Item{Key: "disable_root", Value: true},
+	)
+	return cloudconfig.Document([]string{"Written by bake verify for a throwaway instance."}, m)
 }
 
-// writeAdminUser writes the admin's entry of users, its "- " at column
-// len(pad).
-func writeAdminUser(b *strings.Builder, pad string, s Seed) {
-	fmt.Fprintf(b, "%s- name: %s\n", pad, yamlString(s.AdminUser))
-	fmt.Fprintf(b, "%s  shell: /bin/bash\n", pad)
-	fmt.Fprintf(b, "%s  lock_passwd: true\n", pad)
-	fmt.Fprintf(b, "%s  sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n", pad)
-	fmt.Fprintf(b, "%s  ssh_authorized_keys:\n", pad)
-	for _, k := range s.AuthorizedKeys {
-		fmt.Fprintf(b, "%s    - %s\n", pad, yamlString(k))
+// adminUser is the admin's entry of users.
+func (s Seed) adminUser() cloudconfig.Map {
+	return cloudconfig.Map{
+		{Key: "name", Value: s.AdminUser},
+		{Key: "shell", Value: "/bin/bash"},
+		{Key: "lock_passwd", Value: true},
+		{Key: "sudo", Value: "ALL=(ALL) NOPASSWD:ALL"},
+		{Key: "ssh_authorized_keys", Value: s.AuthorizedKeys},
 	}
 }
 
 // BakeFiles are bake's own files of the seed: the admin's keys, and the
 // gateway token when one is given (without it first boot generates one).
-func (s Seed) BakeFiles() map[string][]byte {
-	m := map[string][]byte{SeedAdminKeysFile: []byte(strings.Join(s.AuthorizedKeys, "\n") + "\n")}
-	if s.Token != "" {
-		m[SeedTokenFile] = []byte(s.Token + "\n")
-	}
-	return m
-}
+func (s Seed) BakeFiles() map[string][]byte { return s.firstboot().NoCloudFiles() }
 
 // Files returns every file of the seed volume by name.
 func (s Seed) Files() map[string][]byte {
@@ -193,16 +180,12 @@ func WriteSeed(path string, s Seed) error {
 	if s.InstanceID == "" || s.AdminUser == "" || len(s.AuthorizedKeys) == 0 {
 		return fmt.Errorf("verify: seed needs an instance id, an admin user and a key")
 	}
+	if err := s.firstboot().Check(); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
 	ud, err := s.userData()
 	if err != nil {
 		return err
 	}
 	return vm.WriteNoCloudSeed(path, s.MetaData(), ud, s.BakeFiles())
-}
-
-// yamlString quotes s as a YAML double-quoted scalar (JSON's escapes are
-// valid YAML).
-func yamlString(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b)
 }

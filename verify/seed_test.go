@@ -156,3 +156,56 @@ func keys(m map[string][]byte) []string {
 	}
 	return out
 }
+
+// Values that YAML 1.1 (cloud-init's PyYAML) would read as a date, an
+// int, a float, a bool, null, an alias, an anchor or a tag when written
+// plain come back as the same strings from every seed document, verify's
+// and first boot's (one writer, package cloudconfig).
+func TestSeedHostileValues(t *testing.T) {
+	for _, v := range []string{"2024-01-01", "0x1F", "0644", ".inf", "yes", "off", "~", "null", "a: b", "*x", "&y", "!z", "#c", "- d", "[e]"} {
+		s := Seed{InstanceID: v, Hostname: v, AdminUser: v, AuthorizedKeys: []string{v}}
+		var md map[string]any
+		if err := yaml.Unmarshal(s.MetaData(), &md); err != nil || md["instance-id"] != v || md["local-hostname"] != v {
+			t.Errorf("%q: meta-data %#v (%v)\n%s", v, md, err, s.MetaData())
+		}
+		u := mustParseUserData(t, "#cloud-config\ntimezone: UTC\n")
+		for name, ud := range map[string][]byte{"verify's": s.UserData(), "merged": testSeedWith(s, u).UserData()} {
+			var m map[string]any
+			if err := yaml.Unmarshal(ud, &m); err != nil {
+				t.Errorf("%q: %s user-data: %v\n%s", v, name, err, ud)
+				continue
+			}
+			users, _ := m["users"].([]any)
+			admin, _ := func() (map[string]any, bool) {
+				if len(users) < 2 {
+					return nil, false
+				}
+				a, ok := users[1].(map[string]any)
+				return a, ok
+			}()
+			if m["hostname"] != v || len(users) < 2 || admin["name"] != v {
+				t.Errorf("%q: %s user-data %#v\n%s", v, name, m, ud)
+			}
+			if ks, _ := m["ssh_authorized_keys"].([]any); len(ks) != 1 || ks[0] != v {
+				t.Errorf("%q: %s keys %#v", v, name, m["ssh_authorized_keys"])
+			}
+		}
+		fb := firstboot.Seed{InstanceID: v, Hostname: v, AdminKeys: []string{v}, GatewayToken: strings.Repeat("a", 16)}
+		for name, ud := range map[string][]byte{"first boot's": fb.UserData(), "cloud": fb.CloudUserData()} {
+			var m map[string]any
+			if err := yaml.Unmarshal(ud, &m); err != nil {
+				t.Errorf("%q: %s user-data: %v\n%s", v, name, err, ud)
+			} else if ks, _ := m["ssh_authorized_keys"].([]any); len(ks) != 1 || ks[0] != v {
+				t.Errorf("%q: %s keys %#v\n%s", v, name, m["ssh_authorized_keys"], ud)
+			}
+		}
+		if err := yaml.Unmarshal(fb.MetaData(), &md); err != nil || md["local-hostname"] != v {
+			t.Errorf("%q: first boot's meta-data %#v (%v)", v, md, err)
+		}
+	}
+}
+
+func testSeedWith(s Seed, u *UserData) Seed {
+	s.Extra = u
+	return s
+}

@@ -52,11 +52,13 @@ type FirewallSpec struct {
 
 // GatewaySpec is the gateway's expected state.
 type GatewaySpec struct {
-	Container  string // docker container name
-	Port       int
-	Mode       string // local or network
-	Allowed    []netip.Prefix
-	User       string // the system user that owns the config and runs it
+	Container string // docker container name
+	Port      int
+	Mode      string // local or network
+	Allowed   []netip.Prefix
+	// User owns the config and runs the gateway: a user name, or UID:GID
+	// for a container the recipe runs by number.
+	User       string
 	ConfigPath string // on the host
 	// Probe is the health command run in the guest, with {container},
 	// {port} and {token} replaced: it must print ProbeOK with the right
@@ -100,22 +102,28 @@ func defaultGateway(container string, port int) *GatewaySpec {
 	}
 }
 
-// SpecFromRecipe derives the claims from a (validated, defaulted) recipe:
-// a section the recipe does not have makes no claim.
-func SpecFromRecipe(r *recipe.Recipe) Spec {
+// SpecFromRecipe derives the claims from a recipe with its defaults
+// applied (recipe.Load does that), reading the values the build reads
+// (the gateway's paths and networks, the firewall's rules and backend, the
+// SSH port), never working them out anew: a section the recipe does not
+// have makes no claim. A recipe built in Go gets its defaults here; an
+// error is a value that validation refuses.
+func SpecFromRecipe(r *recipe.Recipe) (Spec, error) {
+	if !r.HasDefaults() {
+		if err := r.Defaults(); err != nil {
+			return Spec{}, fmt.Errorf("verify: %w", err)
+		}
+	}
 	s := Spec{Source: "recipe " + r.Path, SSHPort: DefaultSSHPort}
-	if r.SSH != nil && r.SSH.Port != nil {
+	if r.SSH != nil {
 		s.SSHPort = *r.SSH.Port
 	}
 	s.AdminUser = adminUser(r)
 	if fw := r.Firewall; fw != nil {
-		f := &FirewallSpec{Backend: fw.Backend, DockerIsolation: fw.DockerIsolation == nil || *fw.DockerIsolation}
-		if f.Backend == "" {
-			f.Backend = "ufw"
-		}
+		f := &FirewallSpec{Backend: fw.Backend, DockerIsolation: fw.DockerIsolationOn()}
 		allow := map[string]bool{fmt.Sprintf("%d/tcp", s.SSHPort): true}
-		for _, a := range fw.Allow {
-			allow[strings.ToLower(a)] = true
+		for _, a := range fw.Rules {
+			allow[a.String()] = true
 		}
 		for a := range allow {
 			f.Allow = append(f.Allow, a)
@@ -125,30 +133,15 @@ func SpecFromRecipe(r *recipe.Recipe) Spec {
 	}
 	s.Docker = len(r.Containers) > 0 || r.Gateway != nil
 	if g := r.Gateway; g != nil {
-		port := DefaultGatewayPort
-		if g.Port != nil {
-			port = *g.Port
+		gs := defaultGateway(g.Container, *g.Port)
+		gs.Mode = g.Mode
+		for _, n := range r.GatewayNetworks() {
+			gs.Allowed = append(gs.Allowed, n.Prefix)
 		}
-		gs := defaultGateway(g.Container, port)
-		if g.Mode != "" {
-			gs.Mode = g.Mode
-		}
-		for _, n := range append(append([]recipe.Network(nil), g.AllowedNetworks...), firewallNetworks(r)...) {
-			if p, err := netip.ParsePrefix(n.CIDR); err == nil {
-				gs.Allowed = append(gs.Allowed, p.Masked())
-			}
-		}
-		for _, c := range r.Containers {
-			if c.Name == g.Container && c.User != "" && !strings.ContainsAny(c.User[:1], "0123456789") {
-				gs.User = c.User
-				gs.ConfigPath = "/home/" + c.User + "/.openclaw/openclaw.json"
-			}
-		}
-		for _, u := range r.Users {
-			if u.Name == gs.User && u.Home != "" {
-				gs.ConfigPath = strings.TrimSuffix(u.Home, "/") + "/.openclaw/openclaw.json"
-			}
-		}
+		// Where the build put the gateway's state dir and config, and
+		// whose they are: the recipe's resolved values (a mounted state
+		// dir, the user's home, or /var/lib/bake/NAME for a UID:GID).
+		gs.User, gs.ConfigPath = g.Owner, g.ConfigPath
 		s.Gateway = gs
 		if g.Token != "" {
 			s.Needles = append(s.Needles, NeedleRule("recipe-gateway-token", g.Token))
@@ -160,14 +153,7 @@ func SpecFromRecipe(r *recipe.Recipe) Spec {
 			s.Needles = append(s.Needles, NeedleRule("recipe-tailscale-auth-key", t.AuthKey))
 		}
 	}
-	return s
-}
-
-func firewallNetworks(r *recipe.Recipe) []recipe.Network {
-	if r.Firewall == nil {
-		return nil
-	}
-	return r.Firewall.AllowedNetworks
+	return s, nil
 }
 
 // adminUser is the recipe's admin login user: firstboot.admin_user, else

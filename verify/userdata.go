@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
+
+	"github.com/bakeimg/bake/internal/cloudconfig"
 )
 
 // UserData is extra cloud-config for the seed (bake verify --user-data
@@ -205,32 +206,34 @@ func (u *UserData) items(k string) (lines []string, indent int) {
 func (u *UserData) merge(s Seed) ([]byte, error) {
 	base := s.ownUserData()
 	var b strings.Builder
-	b.WriteString("#cloud-config\n")
-	fmt.Fprintf(&b, "# Written by bake verify for a throwaway instance, with %s (sha256 %s)\n", yamlComment(u.Name), u.SHA256)
-	b.WriteString("# merged in: verify's items of ssh_authorized_keys and users first, then\n")
-	b.WriteString("# the file's; the file's other keys as written, its values winning.\n")
+	b.Write(cloudconfig.Document([]string{
+		fmt.Sprintf("Written by bake verify for a throwaway instance, with %s (sha256 %s)", u.Name, u.SHA256),
+		"merged in: verify's items of ssh_authorized_keys and users first, then",
+		"the file's; the file's other keys as written, its values winning.",
+	}, nil))
 	if s.Hostname != "" && !u.Has("hostname") {
-		fmt.Fprintf(&b, "hostname: %s\n", yamlString(s.Hostname))
+		b.Write(cloudconfig.Marshal(cloudconfig.Map{{Key: "hostname", Value: s.Hostname}}))
 	}
 	keys, ind := u.items("ssh_authorized_keys")
-	pad := strings.Repeat(" ", ind)
 	b.WriteString("ssh_authorized_keys:\n")
+	var ours []any
 	for _, k := range s.AuthorizedKeys {
-		fmt.Fprintf(&b, "%s- %s\n", pad, yamlString(k))
+		ours = append(ours, k)
 	}
+	b.Write(cloudconfig.Items(ind, ours...))
 	writeLines(&b, keys)
 	users, ind := u.items("users")
-	pad = strings.Repeat(" ", ind)
 	b.WriteString("users:\n")
-	fmt.Fprintf(&b, "%s- default\n", pad)
-	writeAdminUser(&b, pad, s)
+	b.Write(cloudconfig.Items(ind, "default", s.adminUser()))
 	writeLines(&b, users)
+	var defaults cloudconfig.Map
 	if !u.Has("ssh_pwauth") {
-		b.WriteString("ssh_pwauth: false\n")
+		defaults = append(defaults, cloudconfig.Item{Key: "ssh_pwauth", Value: false})
 	}
 	if !u.Has("disable_root") {
-		b.WriteString("disable_root: true\n")
+		defaults = append(defaults, cloudconfig.Item{Key: "disable_root", Value: true})
 	}
+	b.Write(cloudconfig.Marshal(defaults))
 	for _, e := range u.entries {
 		if isMergedKey(e.key) {
 			continue
@@ -303,14 +306,4 @@ func (u *UserData) checkMerge(merged, base []byte) error {
 		return errors.New(strings.Join(bad, "; "))
 	}
 	return nil
-}
-
-// yamlComment makes s safe inside a YAML comment line.
-func yamlComment(s string) string {
-	return string(bytes.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
-		}
-		return r
-	}, []byte(s)))
 }

@@ -154,7 +154,9 @@ func parse(name string, data []byte, dir, workDir string, sets map[string]string
 	if err := diags.err(); err != nil {
 		return nil, err
 	}
-	r.Defaults()
+	if err := r.Defaults(); err != nil {
+		return nil, Diagnostics{{File: name, Msg: err.Error()}}
+	}
 	return r, nil
 }
 

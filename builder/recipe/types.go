@@ -6,6 +6,8 @@
 // Diagnostics.
 package recipe
 
+import "net/netip"
+
 // APIVersion is the only recipe format this bake reads.
 const APIVersion = "bake/v1"
 
@@ -57,6 +59,8 @@ type Recipe struct {
 	// src remembers where each value came from in the YAML, so that
 	// Validate can point at it. Nil for recipes built in Go.
 	src *source
+	// hasDefaults: Defaults has run and succeeded (HasDefaults).
+	hasDefaults bool
 	// workDir is the highest folder Context may name besides the
 	// recipe's own (see contextDir): the working directory when the recipe
 	// was read, or what LoadIn was given. "" (recipes built in Go): the
@@ -163,8 +167,27 @@ type Systemd struct {
 
 // Kernel settings for the boot entry bake writes.
 type Kernel struct {
-	// Cmdline is appended after root=...; default "console=tty0 console=ttyS0,115200n8".
+	// Cmdline is what the recipe adds to the kernel command line. On a
+	// Debian base bake writes root=... ro, then DefaultCmdline, then
+	// these; on a cloud-image base these are added to the base's own
+	// arguments. Default (left empty): DefaultCmdline. An argument may
+	// not be written twice (the ones after "--" are init's, and may).
 	Cmdline string `yaml:"cmdline,omitempty"`
+
+	// Filled by Defaults (never written in YAML):
+
+	// Args is the command line after root=... ro of a disk bake
+	// assembles: DefaultCmdline's arguments, then the recipe's own as
+	// written. An argument of DefaultCmdline that the recipe writes too
+	// is given once, where the recipe puts it (for console= the last
+	// one wins, so the recipe's order is kept).
+	Args []string `yaml:"-"`
+	// RecipeArgs are the recipe's own arguments: none when Cmdline was
+	// left empty (DefaultCmdline is not the recipe asking for anything).
+	// A cloud-image base's grub.cfg is rewritten only when it lacks one.
+	RecipeArgs []string `yaml:"-"`
+	// defaulted: Defaults filled Cmdline with DefaultCmdline.
+	defaulted bool
 }
 
 // Disk is how the tree becomes a disk.
@@ -177,6 +200,19 @@ type Disk struct {
 	RootUUID     string `yaml:"root_uuid,omitempty"`
 	RootPartUUID string `yaml:"root_partuuid,omitempty"`
 	ESPSerial    string `yaml:"esp_serial,omitempty"` // FAT volume id, 8 hex digits
+
+	// Filled by Defaults (never written in YAML): the values above
+	// parsed once.
+
+	// SizeBytes is Size in bytes; 0 when Size is empty (fit the content).
+	SizeBytes int64 `yaml:"-"`
+	// ESPBytes is ESPSize in bytes.
+	ESPBytes int64 `yaml:"-"`
+	// BIOS and UEFI are Firmware as a set.
+	BIOS bool `yaml:"-"`
+	UEFI bool `yaml:"-"`
+	// ESPVolumeID is ESPSerial as a number; 0 when ESPSerial is empty.
+	ESPVolumeID uint32 `yaml:"-"`
 }
 
 // SSH is the OpenSSH server of an appliance. Key-only authentication, no
@@ -199,6 +235,8 @@ type Firewall struct {
 	// host (INPUT). With gateway.mode network they are also the
 	// DOCKER-USER exception, together with gateway.allowed_networks.
 	AllowedNetworks []Network `yaml:"allowed_networks,omitempty"`
+	// Rules are Allow parsed (filled by Defaults).
+	Rules []PortRule `yaml:"-"`
 	// DockerIsolation keeps published container ports unreachable from
 	// every non-loopback interface (DOCKER-USER), and drops packets to
 	// 127.0.0.0/8 arriving from outside. Default true.
@@ -214,6 +252,8 @@ type Firewall struct {
 type Network struct {
 	CIDR    string `yaml:"cidr"`
 	Comment string `yaml:"comment,omitempty"`
+	// Prefix is CIDR parsed (filled by Defaults).
+	Prefix netip.Prefix `yaml:"-"`
 }
 
 // Container runs one container image from a systemd unit, from an image
@@ -248,6 +288,11 @@ type Container struct {
 	Command []string `yaml:"command,omitempty"`
 	// Restart: always (default), on-failure or no (systemd's Restart=).
 	Restart string `yaml:"restart,omitempty"`
+
+	// Ports and Mounts are Publish and Volumes parsed (filled by
+	// Defaults).
+	Ports  []Publish `yaml:"-"`
+	Mounts []Volume  `yaml:"-"`
 }
 
 // Gateway is the OpenClaw gateway, in the seed playbook's vocabulary. bake
@@ -266,6 +311,22 @@ type Gateway struct {
 	// Token is refused unless firstboot.allow_baked_secrets: the token
 	// comes from the instance's seed or is generated at first boot.
 	Token string `yaml:"token,omitempty"`
+
+	// Filled by Defaults (never written in YAML): where the gateway's
+	// files are, which the build writes and verify checks.
+
+	// StateDir is the gateway's state directory on the host, which its
+	// container mounts at appliance.GatewayContainerStateDir: the host
+	// path the recipe mounts there itself, else ~USER/.openclaw of the
+	// container's user when it is a user of the recipe, else
+	// appliance.StateDir/CONTAINER (a UID:GID has no home).
+	StateDir string `yaml:"-"`
+	// ConfigPath is openclaw.json on the host, in StateDir: first boot
+	// writes it.
+	ConfigPath string `yaml:"-"`
+	// Owner is the container's user (a name or UID:GID): it owns
+	// StateDir and ConfigPath and runs the gateway.
+	Owner string `yaml:"-"`
 }
 
 // Tailscale installs tailscaled and, given an auth key in the seed, joins

@@ -698,11 +698,22 @@ func (v *validator) kernel() {
 	if strings.ContainsAny(c, "\n\r") {
 		v.errorf("kernel.cmdline", "write the command line on one line", "spans several lines")
 	}
+	seen := map[string]bool{}
 	for _, arg := range strings.Fields(c) {
+		if arg == "--" {
+			break // the rest is init's (its argv), not the kernel's
+		}
 		if strings.HasPrefix(arg, "root=") {
 			v.errorf("kernel.cmdline", "remove "+arg+"; bake sets root= to the root filesystem it builds",
 				"must not set root=")
 		}
+		// The same argument twice sets nothing more than once, and
+		// bake gives each argument once (Kernel.Args): say so rather
+		// than drop one of the recipe's without a word.
+		if seen[arg] {
+			v.errorf("kernel.cmdline", "remove the repeat", "%s is written twice", arg)
+		}
+		seen[arg] = true
 	}
 }
 

@@ -99,7 +99,11 @@ func TestCloudApplianceVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range verify.Plan(verify.SpecFromRecipe(rec), 2) {
+	spec, err := verify.SpecFromRecipe(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range verify.Plan(spec, 2) {
 		if st := run.report.status("uefi", id); st != "pass" {
 			t.Errorf("uefi/%s: %q", id, st)
 		}

@@ -68,7 +68,10 @@ func TestVerifyNegative(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := verify.SpecFromRecipe(rec)
+	spec, err := verify.SpecFromRecipe(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if spec.Gateway == nil {
 		t.Fatal("the test recipe has no gateway")
 	}

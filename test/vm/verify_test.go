@@ -437,7 +437,11 @@ func TestVerifyAppliance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := verify.Plan(verify.SpecFromRecipe(rec), 2)
+	spec, err := verify.SpecFromRecipe(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := verify.Plan(spec, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
 	// BIOS only in make test (CI's 90 minutes): two instances and a
