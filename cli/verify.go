@@ -35,6 +35,7 @@ func newVerify() *cobra.Command {
 		strict         bool
 		allowSkip      []string
 		userNet        bool
+		list           bool
 		memory         int
 		cpus           int
 		userData       string
@@ -99,8 +100,26 @@ unknown --allow-skip ID among them); 130 interrupted.`,
   bake verify out/boottest.qcow2 --timeout 20m \
       --allow-skip network.scan --allow-skip isolation.outside \
       --allow-skip isolation.loopback-via-mac   # not root: no outside checks`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if list {
+				return cobra.NoArgs(cmd, args)
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if list {
+				spec := verify.DefaultSpec()
+				if recipePath != "" {
+					r, err := loadRecipe(recipePath, sets)
+					if err != nil {
+						return err
+					}
+					if spec, err = verify.SpecFromRecipe(r); err != nil {
+						return err
+					}
+				}
+				return verify.List(cmd.OutOrStdout(), spec, instances)
+			}
 			var fws []string
 			switch firmware {
 			case "bios":
@@ -220,6 +239,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running; also the bound of each gateway client call in gateway.auth")
 	f.BoolVar(&strict, "strict", false, "no-op, kept for old scripts: a skipped check is always a failure (exit 1) unless --allow-skip names it")
 	f.StringArrayVar(&allowSkip, "allow-skip", nil, "accept the skip of check `ID` (network.scan; bios/network.scan for one firmware; repeatable): listed with the reason it could not run, not a failure")
+	f.BoolVar(&list, "list", false, "print the check catalog (ID, whether this recipe and --instances plan it, where it runs, what it needs, its claim; for --recipe if given) and exit")
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")

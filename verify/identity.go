@@ -132,15 +132,15 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
 	if len(insts) < 2 {
 		st, text = Skip, "not run: needs --instances 2 or more"
 	}
-	r.record(fw, "identity.unique", st, text, time.Since(t0))
+	r.record(fw, checkIdentityUnique.ID, st, text, time.Since(t0))
 
 	last := insts[len(insts)-1]
 	if len(insts) < 2 {
-		r.record(fw, "identity.reboot", Skip, "not run: needs --instances 2 or more", 0)
+		r.record(fw, checkIdentityReboot.ID, Skip, "not run: needs --instances 2 or more", 0)
 		return
 	}
 	if last.sess == nil {
-		r.record(fw, "identity.reboot", Skip, fmt.Sprintf("not run: no SSH session on instance %s", last.name()), 0)
+		r.record(fw, checkIdentityReboot.ID, Skip, fmt.Sprintf("not run: no SSH session on instance %s", last.name()), 0)
 		return
 	}
 	t1 := time.Now()
@@ -148,7 +148,7 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
 	if ctx.Err() != nil {
 		return
 	}
-	r.record(fw, "identity.reboot", st, text, time.Since(t1))
+	r.record(fw, checkIdentityReboot.ID, st, text, time.Since(t1))
 }
 
 // reboot reboots in and compares its identity before and after.
@@ -226,7 +226,7 @@ func (r *runner) secrets(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.record("", "secrets.disk", Skip, "not run: converting the image to raw (needs free space in $TMPDIR for its data): "+err.Error(), time.Since(t0))
+			r.record("", checkSecretsDisk.ID, Skip, "not run: converting the image to raw (needs free space in $TMPDIR for its data): "+err.Error(), time.Since(t0))
 			return
 		}
 	}
@@ -236,7 +236,7 @@ func (r *runner) secrets(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		r.record("", "secrets.disk", Skip, "not run: "+err.Error(), time.Since(t0))
+		r.record("", checkSecretsDisk.ID, Skip, "not run: "+err.Error(), time.Since(t0))
 		return
 	}
 	st := s.Stats()
@@ -278,7 +278,7 @@ func (r *runner) secrets(ctx context.Context) {
 		status = Fail
 		ev = append(evidence{fmt.Sprintf("%d secret(s) in the image", st.Findings)}, ev...)
 	}
-	r.record("", "secrets.disk", status, ev.String(), time.Since(t0))
+	r.record("", checkSecretsDisk.ID, status, ev.String(), time.Since(t0))
 }
 
 // toRaw writes the virtual disk of the image at path to dst as a sparse raw
@@ -294,3 +294,19 @@ func toRaw(ctx context.Context, path, dst string) error {
 	defer img.Close()
 	return cloudimg.ToRaw(ctx, img, dst)
 }
+
+// The identity checks: with one instance they are skipped by request.
+var (
+	checkIdentityUnique = Check{ID: "identity.unique", Scope: ScopeFirmware, Needs: "--instances 2 or more",
+		claim: func(Spec, *GatewaySpec) string {
+			return "instances of one image differ in gateway token, SSH host keys and machine-id"
+		},
+		planned: twoInstances, byRequest: true}
+	checkIdentityReboot = Check{ID: "identity.reboot", Scope: ScopeFirmware, Needs: "--instances 2 or more",
+		claim: func(Spec, *GatewaySpec) string {
+			return "a rebooted instance keeps its gateway token, SSH host keys and machine-id"
+		},
+		planned: twoInstances, byRequest: true}
+)
+
+func twoInstances(_ Spec, instances int) bool { return instances >= 2 }

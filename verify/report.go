@@ -41,7 +41,7 @@ const (
 )
 
 // Result is one check on one firmware (and instance, for checks about
-// several instances). ID names the claim (e.g. "ssh.password-refused");
+// several instances). ID names the claim (e.g. ssh.password-refused);
 // Firmware is empty for checks of the image file itself.
 type Result struct {
 	ID       string `json:"id"`
@@ -90,7 +90,7 @@ type Report struct {
 	HostError string `json:"host_error,omitempty"`
 	// Interrupted says what stopped the run early (a signal).
 	Interrupted string `json:"interrupted,omitempty"`
-	// AllowSkip are the --allow-skip IDs: "network.scan" (every firmware)
+	// AllowSkip are the --allow-skip IDs: network.scan (every firmware)
 	// or a key, "bios/network.scan". A skip they name is accepted; any
 	// other skip fails the run.
 	AllowSkip []string `json:"allow_skip,omitempty"`
@@ -156,7 +156,7 @@ func (r *Report) accepted(x Result) string {
 }
 
 // AllowSkipMatches: the --allow-skip ID names x. A bare check ID
-// ("network.scan") names the check on every firmware, a key
+// (network.scan) names the check on every firmware, a key
 // ("bios/network.scan", "image/secrets.disk") that one result.
 func AllowSkipMatches(id string, x Result) bool {
 	if strings.Contains(id, "/") {

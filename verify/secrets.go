@@ -559,3 +559,8 @@ func dataExtents(f *os.File, size int64) ([][2]int64, error) {
 	}
 	return out, nil
 }
+
+var checkSecretsDisk = Check{ID: "secrets.disk", Scope: ScopeImage, Needs: "free space in $TMPDIR (a qcow2 is read as raw)",
+	claim: func(Spec, *GatewaySpec) string {
+		return "no secret from the build in the image (raw disk with free blocks, every compressed stream and layer)"
+	}}

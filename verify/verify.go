@@ -59,7 +59,7 @@ type Options struct {
 	// system is running; GatewayStartTimeout when 0.
 	GatewayTimeout time.Duration
 	// AllowSkip names the skips the user accepts (--allow-skip): check
-	// IDs ("network.scan") or keys ("bios/network.scan"), each checked
+	// IDs (network.scan) or keys ("bios/network.scan"), each checked
 	// with ResolveAllowSkip. Any other skip fails the run.
 	AllowSkip []string
 	MemoryMiB int
@@ -238,7 +238,7 @@ func Run(ctx context.Context, o Options) *Report {
 		r.fillSkipped(fmt.Sprintf("not run: the verification's time limit (--timeout %s) ran out", o.Timeout))
 		// Running out of time is the image's doing (it would not boot or
 		// answer in time): a failure, not a host problem.
-		r.record("", "verify.timeout", Fail, fmt.Sprintf("the verification did not finish within --timeout %s", o.Timeout), 0)
+		r.record("", checkVerifyTimeout.ID, Fail, fmt.Sprintf("the verification did not finish within --timeout %s", o.Timeout), 0)
 	}
 	r.fillSkipped("not run")
 	return rep
@@ -266,7 +266,7 @@ func (r *runner) imageRefused(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return true
 		}
-		r.record("", "image.format", Fail, "refused: "+err.Error(), 0)
+		r.record("", checkImageFormat.ID, Fail, "refused: "+err.Error(), 0)
 		r.fillSkipped("not run: the image was refused")
 		return true
 	}
@@ -299,7 +299,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 	}
 	format, err := vm.DiskFormat(ctx, r.o.Image)
 	if errors.Is(err, vm.ErrRefused) {
-		r.record("", "image.format", Fail, err.Error(), 0)
+		r.record("", checkImageFormat.ID, Fail, err.Error(), 0)
 		r.fillSkipped("not run: the image was refused")
 		return false
 	}
@@ -437,7 +437,7 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 		return
 	}
 	main := insts[0]
-	r.record(fw, "ssh.key-login", status(main.loginOK), main.loginEv, 0)
+	r.record(fw, checkSSHKeyLogin.ID, status(main.loginOK), main.loginEv, 0)
 	c := &checker{r: r, in: main, spec: r.o.Spec, fw: fw}
 
 	// Identity of several instances runs beside the main checks: the

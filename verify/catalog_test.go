@@ -1,0 +1,116 @@
+package verify
+
+import (
+	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestCatalogIDsWrittenOnce: each check's ID is a string literal exactly
+// once in the package's code, in its Check, in the file of its area
+// (checks_AREA.go or AREA.go; the run's own checks in catalog.go); no
+// other literal looks like a check ID.
+func TestCatalogIDsWrittenOnce(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	fset := token.NewFileSet()
+	where := map[string][]string{}
+	idLike := regexp.MustCompile(`^(ssh|system|firewall|tailscale|gateway|network|isolation|identity|secrets|image|verify)\.[a-z][a-z-]*$`)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(af, func(n ast.Node) bool {
+			if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				if s, err := strconv.Unquote(lit.Value); err == nil && idLike.MatchString(s) {
+					where[s] = append(where[s], f)
+				}
+			}
+			return true
+		})
+	}
+	seen := map[string]bool{}
+	for _, k := range catalog {
+		if seen[k.ID] {
+			t.Errorf("%s is twice in the catalog", k.ID)
+		}
+		seen[k.ID] = true
+		files := where[k.ID]
+		if len(files) != 1 {
+			t.Errorf("%s is written %d times (%v), want once, in its Check", k.ID, len(files), files)
+			continue
+		}
+		ok := files[0] == "checks_"+k.Area()+".go" || files[0] == k.Area()+".go" || (k.Scope == ScopeRun && files[0] == "catalog.go")
+		if !ok {
+			t.Errorf("%s is defined in %s, not in its area's file (checks_%s.go)", k.ID, files[0], k.Area())
+		}
+		if k.Title(DefaultSpec()) == "" || k.Title(DefaultSpec()) == k.ID {
+			t.Errorf("%s has no claim", k.ID)
+		}
+		if k.Scope == ScopeFirmware && k.run == nil {
+			switch k.Area() {
+			case "ssh", "isolation", "identity": // recorded by the login, the probe containers, the identity pass
+			default:
+				t.Errorf("%s has no run and no group that records it", k.ID)
+			}
+		}
+	}
+	for id, files := range where {
+		if !seen[id] {
+			t.Errorf("%q (in %v) looks like a check ID but is not in the catalog", id, files)
+		}
+	}
+}
+
+// TestPlanFollowsTheCatalog: a plan is the catalog's firmware checks in
+// catalog order, the ones the spec does not call for left out.
+func TestPlanFollowsTheCatalog(t *testing.T) {
+	full := Plan(DefaultSpec(), 2)
+	fw, img := Catalog()
+	if strings.Join(full, " ") != strings.Join(fw, " ") {
+		t.Errorf("the default spec's plan %v is not every firmware check %v", full, fw)
+	}
+	if len(img) != 1 || img[0] != checkSecretsDisk.ID {
+		t.Errorf("image checks %v", img)
+	}
+	bare := Plan(Spec{AdminUser: "admin", SSHPort: 22}, 1)
+	for _, id := range bare {
+		k := lookup(id)
+		if k.planned != nil && !k.planned(Spec{AdminUser: "admin", SSHPort: 22}, 1) {
+			t.Errorf("%s planned for a spec that does not call for it", id)
+		}
+	}
+	for _, gone := range []*Check{&checkGatewayAuth, &checkFirewallRules, &checkIsolationOutside, &checkIdentityUnique} {
+		for _, id := range bare {
+			if id == gone.ID {
+				t.Errorf("%s planned with no gateway, firewall, Docker or second instance", id)
+			}
+		}
+	}
+}
+
+func TestListPrintsEveryCheck(t *testing.T) {
+	var b bytes.Buffer
+	if err := List(&b, DefaultSpec(), 1); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, k := range catalog {
+		if !strings.Contains(out, k.ID+" ") || !strings.Contains(out, k.Title(DefaultSpec())) {
+			t.Errorf("--list lacks %s or its claim:\n%s", k.ID, out)
+		}
+	}
+	if testing.Verbose() {
+		os.Stdout.WriteString(out)
+	}
+}

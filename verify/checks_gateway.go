@@ -1,0 +1,621 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/vm"
+)
+
+var tokenRE = regexp.MustCompile(`"token"\s*:\s*"([^"]*)"`)
+
+// redact shows the start of a secret only.
+func redact(s string) string {
+	if len(s) <= 8 {
+		return strings.Repeat("*", len(s))
+	}
+	return s[:4] + "..." + fmt.Sprintf("(%d characters)", len(s))
+}
+
+// readToken reads the gateway token from openclaw.json.
+func (c *checker) readToken(ctx context.Context, in *instance) (string, cmdResult, error) {
+	res, err := in.sudo(ctx, "cat "+shellQuote(c.spec.Gateway.ConfigPath))
+	if err != nil || !res.OK() {
+		return "", res, err
+	}
+	m := tokenRE.FindStringSubmatch(res.Stdout)
+	if m == nil {
+		return "", res, nil
+	}
+	return m[1], res, nil
+}
+
+func (c *checker) gatewayConfig(ctx context.Context) (Status, string) {
+	g := c.spec.Gateway
+	var ev evidence
+	var problems []string
+	res, err := c.in.sudo(ctx, "stat -c '%a %U:%G %u:%g %s %n' "+shellQuote(g.ConfigPath)+" "+shellQuote(filepath.Dir(g.ConfigPath)))
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	if !res.OK() || len(lines) < 1 {
+		return Fail, fmt.Sprintf("%s does not exist\n\n%s", g.ConfigPath, ev)
+	}
+	f := strings.Fields(lines[0])
+	if len(f) >= 3 {
+		if f[0] != "600" {
+			problems = append(problems, fmt.Sprintf("%s is mode %s, want 600", g.ConfigPath, f[0]))
+		}
+		// A gateway run as UID:GID has no name: compare the number.
+		owner, _, _ := strings.Cut(f[1], ":")
+		want := g.User
+		if uid, _, ok := recipe.ParseUIDGID(g.User); ok {
+			owner, _, _ = strings.Cut(f[2], ":")
+			want = strconv.Itoa(uid)
+		}
+		if owner != want {
+			problems = append(problems, fmt.Sprintf("%s is owned by %s (%s), want %s", g.ConfigPath, f[1], f[2], g.User))
+		}
+	}
+	tok, cres, err := c.readToken(ctx, c.in)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	if !cres.OK() {
+		problems = append(problems, "cannot read "+g.ConfigPath)
+	}
+	c.token = tok
+	switch {
+	case tok == "":
+		problems = append(problems, "no gateway.auth.token in "+g.ConfigPath)
+	case !ValidToken(tok):
+		problems = append(problems, fmt.Sprintf("the token is %d characters, not 64 of [A-Za-z0-9]", len(tok)))
+	}
+	ev.add("gateway.auth.token: %s", redact(tok))
+	if c.in.token != "" {
+		if tok == c.in.token {
+			ev.add("the token is the one the seed gave")
+		} else {
+			problems = append(problems, "the token is not the one the seed gave")
+		}
+	}
+	if strings.Contains(cres.Stdout, TokenPlaceholderHint) {
+		problems = append(problems, "openclaw.json still holds the template's placeholder")
+	}
+	return verdict(problems, ev, fmt.Sprintf("%s: mode 600, owner %s, token of 64 characters%s", g.ConfigPath, g.User, map[bool]string{true: " (the seed's)", false: " (generated)"}[c.in.token != ""]))
+}
+
+// TokenPlaceholderHint is how the image's template marks the token (a
+// first boot that did not run leaves it in place).
+const TokenPlaceholderHint = "@BAKE_GATEWAY_TOKEN@"
+
+// procStatus is what /proc/PID/status says of a gateway process.
+type procStatus struct {
+	PID, Name          string
+	UIDs               []string
+	NoNewPrivs, CapEff string
+}
+
+// GatewayStartTimeout is the default bound (--gateway-timeout) of the wait
+// for the gateway to answer on its port after the system is running. The
+// image is in Docker's store from the build, but under software emulation
+// Node starts the real gateway in minutes (and OpenClaw restarts it when a
+// start misses one of its fixed deadlines); on KVM it is seconds.
+const GatewayStartTimeout = 8 * time.Minute
+
+// gatewayLimit is --gateway-timeout, or its default.
+func (c *checker) gatewayLimit() time.Duration {
+	if c.r.o.GatewayTimeout > 0 {
+		return c.r.o.GatewayTimeout
+	}
+	return GatewayStartTimeout
+}
+
+// waitGateway waits, once per instance, until something answers on
+// 127.0.0.1:PORT in the guest, so that the gateway checks judge a gateway
+// that had the time to start rather than one still loading. When it never
+// answers, the container's state, its unit's journal and its logs become
+// the evidence of every gateway check.
+func (c *checker) waitGateway(ctx context.Context) {
+	if c.gwWaited {
+		return
+	}
+	c.gwWaited = true
+	g := c.spec.Gateway
+	t0 := time.Now()
+	limit := c.gatewayLimit()
+	deadline := t0.Add(limit)
+	probe := fmt.Sprintf(`docker inspect -f 'status={{.State.Status}} restarts={{.RestartCount}} health={{if .State.Health}}{{.State.Health.Status}}{{end}}' %s 2>&1
+timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, shellQuote(g.Container), g.Port)
+	var last cmdResult
+	for ctx.Err() == nil {
+		r, err := c.in.sudo(ctx, probe)
+		if err != nil {
+			c.gwNote.add("waiting for the gateway: %v", err)
+			return
+		}
+		last = r
+		if strings.Contains(r.Stdout, "ANSWERS") {
+			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after power-on (waited %s here; %s)",
+				g.Port, time.Since(c.in.poweredOn).Round(time.Second), time.Since(t0).Round(time.Second),
+				strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
+			c.r.logf("%s: the gateway answered on 127.0.0.1:%d %s after power-on", c.in.name(), g.Port, time.Since(c.in.poweredOn).Round(time.Second))
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		sleepCtx(ctx, 5*time.Second)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	c.gwNote.add("nothing answered on 127.0.0.1:%d within %s of the system running (--gateway-timeout); last state:", g.Port, limit)
+	c.gwNote.cmd(last)
+	unit := "bake-container-" + g.Container + ".service"
+	if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 0 "+shellQuote(unit)+" 2>&1 | head -12; journalctl -b --no-pager -n 30 -u "+shellQuote(unit)+" 2>&1; docker logs --tail 30 "+shellQuote(g.Container)+" 2>&1"); err == nil {
+		c.gwNote.cmd(r)
+	}
+}
+
+func (c *checker) gatewayProcess(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
+	g := c.spec.Gateway
+	script := `n=` + shellQuote(g.Container) + `
+id=$(docker inspect -f '{{.Id}}' "$n") || exit 3
+docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}} user={{.Config.User}} restarts={{.RestartCount}}' "$n"
+pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
+[ -n "$pids" ] || pids=$(docker inspect -f '{{.State.Pid}}' "$n")
+for p in $pids; do echo "pid $p"; grep -E '^(Name|Uid|Gid|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/$p/status; done
+echo "gateway user: $(getent passwd ` + shellQuote(gatewayUserName(g.User)) + ` | cut -d: -f3)"
+echo "login users:"
+getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" "$3" "$7}'`
+	res, err := c.in.sudo(ctx, script)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev := append(evidence{}, c.gwNote...)
+	ev.cmd(res)
+	if res.Exit == 3 {
+		return Fail, fmt.Sprintf("no container %q\n\n%s", g.Container, ev)
+	}
+	var procs []*procStatus
+	login := map[string]string{}
+	inLogin := false
+	gwUID := ""
+	for _, l := range strings.Split(res.Stdout, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 0:
+		case strings.HasPrefix(l, "gateway user:"):
+			gwUID = strings.TrimSpace(strings.TrimPrefix(l, "gateway user:"))
+			if uid, _, ok := recipe.ParseUIDGID(g.User); ok {
+				gwUID = strconv.Itoa(uid) // run by number: no passwd entry to ask
+			}
+		case l == "login users:":
+			inLogin = true
+		case inLogin && len(f) >= 2:
+			login[f[1]] = f[0]
+		case f[0] == "pid" && len(f) == 2:
+			procs = append(procs, &procStatus{PID: f[1]})
+		case len(procs) > 0:
+			p := procs[len(procs)-1]
+			switch strings.TrimSuffix(f[0], ":") {
+			case "Name":
+				p.Name = strings.Join(f[1:], " ")
+			case "Uid":
+				p.UIDs = f[1:]
+			case "NoNewPrivs":
+				p.NoNewPrivs = f[len(f)-1]
+			case "CapEff":
+				p.CapEff = f[len(f)-1]
+			}
+		}
+	}
+	var problems []string
+	if len(procs) == 0 {
+		problems = append(problems, "the gateway container has no running process")
+	}
+	for _, p := range procs {
+		who := fmt.Sprintf("pid %s (%s)", p.PID, p.Name)
+		if p.NoNewPrivs != "1" {
+			problems = append(problems, fmt.Sprintf("%s: NoNewPrivs %q, want 1", who, p.NoNewPrivs))
+		}
+		if strings.Trim(p.CapEff, "0") != "" || p.CapEff == "" {
+			problems = append(problems, fmt.Sprintf("%s: CapEff %q, want 0000000000000000", who, p.CapEff))
+		}
+		if len(p.UIDs) == 0 {
+			problems = append(problems, who+": no Uid line")
+		}
+		for _, u := range p.UIDs {
+			if u == "0" {
+				problems = append(problems, fmt.Sprintf("%s runs as root (Uid %s)", who, strings.Join(p.UIDs, " ")))
+				break
+			}
+			if name, ok := login[u]; ok {
+				problems = append(problems, fmt.Sprintf("%s runs as uid %s, the login user %s", who, u, name))
+				break
+			}
+		}
+		if g.User != "" && len(p.UIDs) > 0 && p.UIDs[0] != gwUID {
+			problems = append(problems, fmt.Sprintf("%s runs as uid %s, not as %s (uid %q)", who, p.UIDs[0], g.User, gwUID))
+		}
+	}
+	who := "not root, not a login user"
+	if g.User != "" {
+		who = g.User + ", " + who
+	}
+	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (%s)", len(procs), procUIDs(procs), who))
+}
+
+// gatewayUserName is the name getent looks up for the gateway's user; a
+// UID:GID is looked up by its uid.
+func gatewayUserName(user string) string {
+	if uid, _, ok := recipe.ParseUIDGID(user); ok {
+		return strconv.Itoa(uid)
+	}
+	return user
+}
+
+func procUIDs(procs []*procStatus) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range procs {
+		if len(p.UIDs) > 0 && !seen[p.UIDs[0]] {
+			seen[p.UIDs[0]] = true
+			out = append(out, p.UIDs[0])
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// guestConnect connects from inside the guest (bash's /dev/tcp) and says
+// whether host:port accepted the connection.
+func (c *checker) guestConnect(ctx context.Context, host string, port int) (bool, cmdResult, error) {
+	script := fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d' 2>&1 && echo connected`, host, port)
+	res, err := c.in.runT(ctx, script, nil, 30*time.Second)
+	return err == nil && strings.Contains(res.Stdout, "connected"), res, err
+}
+
+// outsideProbe connects from the outside namespace and describes what
+// happened; true when the connection was accepted.
+func (c *checker) outsideProbe(ctx context.Context, addr netip.Addr, port int) (bool, string) {
+	target := net.JoinHostPort(addr.String(), strconv.Itoa(port))
+	conn, err := c.in.dialOutside(ctx, target, 4*time.Second)
+	if err != nil {
+		msg := err.Error()
+		switch {
+		case strings.Contains(msg, "refused"):
+			msg = "refused (RST)"
+		case strings.Contains(msg, "timeout"), strings.Contains(msg, "i/o timeout"):
+			msg = "no answer (dropped)"
+		}
+		return false, fmt.Sprintf("outside -> %s: %s", target, msg)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(4 * time.Second))
+	fmt.Fprintf(conn, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", target)
+	buf := make([]byte, 512)
+	n, _ := conn.Read(buf)
+	answer := strings.TrimSpace(strings.SplitN(string(buf[:n]), "\r\n", 2)[0])
+	if strings.Contains(string(buf[:n]), ProbeBody) {
+		answer += " (the probe container)"
+	}
+	return true, fmt.Sprintf("outside -> %s: CONNECTED; answered %q", target, answer)
+}
+
+func (c *checker) guestIPv4() string {
+	if c.in.ipv4.IsValid() {
+		return c.in.ipv4.String()
+	}
+	return "10.0.2.15"
+}
+
+func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
+	g := c.spec.Gateway
+	ev := append(evidence{}, c.gwNote...)
+	var problems []string
+	res, err := c.in.sudo(ctx, "docker inspect -f '{{json .HostConfig.PortBindings}}' "+shellQuote(g.Container))
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	var bindings map[string][]struct{ HostIp, HostPort string }
+	if res.OK() {
+		json.Unmarshal([]byte(strings.TrimSpace(res.Stdout)), &bindings)
+	} else {
+		problems = append(problems, "no container "+g.Container)
+	}
+	wantHost := "127.0.0.1"
+	if g.Mode == "network" {
+		wantHost = "0.0.0.0"
+	}
+	for port, bs := range bindings {
+		for _, b := range bs {
+			if b.HostIp != wantHost && !(g.Mode == "network" && b.HostIp == "") {
+				problems = append(problems, fmt.Sprintf("container port %s published on %q:%s, want %s", port, b.HostIp, b.HostPort, wantHost))
+			}
+		}
+	}
+	socks, _, err := c.sockets(ctx)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	for _, s := range socks {
+		if strings.HasPrefix(s.Proto, "tcp") && int(s.Addr.Port()) == g.Port {
+			ev.add("listening: %s %s", s.Proto, s.Addr)
+			if g.Mode != "network" && !s.Addr.Addr().IsLoopback() {
+				problems = append(problems, fmt.Sprintf("a socket listens on %s (not loopback)", s.Addr))
+			}
+		}
+	}
+	ok, r, err := c.guestConnect(ctx, "127.0.0.1", g.Port)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.add("guest -> 127.0.0.1:%d: %s", g.Port, map[bool]string{true: "connected", false: "not connected: " + strings.TrimSpace(r.Stdout+r.Stderr)}[ok])
+	if !ok && g.Mode != "network" {
+		problems = append(problems, fmt.Sprintf("nothing answers on 127.0.0.1:%d in the guest", g.Port))
+	}
+	if g.Mode != "network" {
+		ip := c.guestIPv4()
+		ok, _, err := c.guestConnect(ctx, ip, g.Port)
+		if err != nil {
+			return Fail, err.Error()
+		}
+		ev.add("guest -> %s:%d (its own external address): %s", ip, g.Port, map[bool]string{true: "CONNECTED", false: "not connected"}[ok])
+		if ok {
+			problems = append(problems, fmt.Sprintf("the gateway answers on the guest's external address %s:%d", ip, g.Port))
+		}
+	}
+	if c.in.link != nil {
+		from := vm.LinkHostIPv4.Addr()
+		expect := false
+		for _, p := range g.Allowed {
+			if g.Mode == "network" && p.Contains(from) {
+				expect = true
+			}
+		}
+		for _, a := range []netip.Addr{c.in.ipv4, c.in.ipv6} {
+			if !a.IsValid() {
+				continue
+			}
+			ok, line := c.outsideProbe(ctx, a, g.Port)
+			ev.add("%s", line)
+			if ok && !expect {
+				problems = append(problems, fmt.Sprintf("the gateway port is reachable from outside on %s", a))
+			}
+		}
+	} else {
+		ev.add("(not probed from outside: %s)", c.r.outsideWhy)
+	}
+	return verdict(problems, ev, fmt.Sprintf("published on %s:%d only; answers on the guest's loopback, not on its own address nor from outside", wantHost, g.Port))
+}
+
+func (c *checker) probeCmd(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = shellQuote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
+	g := c.spec.Gateway
+	tok := c.token
+	if tok == "" {
+		if t, _, err := c.readToken(ctx, c.in); err == nil {
+			tok = t
+		}
+	}
+	if tok == "" {
+		tok = c.in.token
+	}
+	if tok == "" {
+		return Fail, "no token to probe with: openclaw.json has none and the seed gave none"
+	}
+	c.waitGateway(ctx)
+	ev := append(evidence{}, c.gwNote...)
+	var problems []string
+	hide := func(s string, secrets ...string) string {
+		for _, x := range secrets {
+			if x != "" {
+				s = strings.ReplaceAll(s, x, "<"+redact(x)+">")
+			}
+		}
+		return s
+	}
+	wrong, _ := NewToken()
+	// The gateway's own client is Node too: under software emulation on a
+	// busy host one call can take minutes. Its bounds follow the
+	// gateway's (--gateway-timeout): a call may take that long, and the
+	// right token is retried for that long while the gateway settles.
+	limit := c.gatewayLimit()
+	run := func(argv []string) (cmdResult, error) {
+		r, err := c.in.runT(ctx, "sudo -n sh -c "+shellQuote(c.probeCmd(argv)), nil, max(2*time.Minute, limit))
+		r.Cmd = hide(r.Cmd, tok, wrong)
+		r.Stdout, r.Stderr = hide(r.Stdout, tok, wrong), hide(r.Stderr, tok, wrong)
+		return r, err
+	}
+	if r, err := c.in.sudo(ctx, "docker inspect -f '{{.State.Status}}' "+shellQuote(g.Container)); err != nil {
+		return Fail, err.Error()
+	} else if strings.TrimSpace(r.Stdout) != "running" {
+		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
+	}
+	// The right token first, retried while the gateway starts.
+	var good cmdResult
+	deadline := time.Now().Add(max(3*time.Minute, limit))
+	for {
+		r, err := run(g.ProbeArgv(g.Container, tok))
+		if err != nil {
+			return Fail, err.Error()
+		}
+		good = r
+		if r.OK() && strings.Contains(r.Stdout, g.ProbeOK) || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 5*time.Second)
+	}
+	ev.add("with the right token:")
+	ev.cmd(good)
+	if !(good.OK() && strings.Contains(good.Stdout, g.ProbeOK)) {
+		problems = append(problems, fmt.Sprintf("the right token is not accepted (no %q)", g.ProbeOK))
+	}
+	for _, v := range []struct {
+		what string
+		argv []string
+	}{
+		{"with a wrong token", g.ProbeArgv(g.Container, wrong)},
+		{"with no token", noTokenArgv(g.ProbeArgv(g.Container, tok), tok)},
+	} {
+		r, err := run(v.argv)
+		if err != nil {
+			return Fail, err.Error()
+		}
+		ev.add("%s:", v.what)
+		ev.cmd(r)
+		out := r.Stdout + r.Stderr
+		if v.what == "with no token" && !r.OK() && g.ProbeNoCredentials != "" && strings.Contains(out, g.ProbeNoCredentials) {
+			ev.add("(the client itself will not connect without credentials; the wrong token above is refused by the gateway)")
+			continue
+		}
+		if r.OK() || (strings.Contains(r.Stdout, g.ProbeOK) && !strings.Contains(out, g.ProbeRefused)) {
+			problems = append(problems, "a client "+v.what+" is accepted")
+		} else if !strings.Contains(out, g.ProbeRefused) {
+			problems = append(problems, fmt.Sprintf("a client %s is not refused with %q (it failed otherwise: the gateway may not be answering)", v.what, g.ProbeRefused))
+		}
+	}
+	return verdict(problems, ev, fmt.Sprintf("right token: %q; wrong token and no token: %q", g.ProbeOK, g.ProbeRefused))
+}
+
+// noTokenArgv drops "--token T" and, for docker exec, hides any config the
+// CLI could take a token from.
+func noTokenArgv(argv []string, tok string) []string {
+	var out []string
+	for i := 0; i < len(argv); i++ {
+		if argv[i] == "--token" && i+1 < len(argv) && argv[i+1] == tok {
+			i++
+			continue
+		}
+		out = append(out, argv[i])
+		if len(out) == 2 && out[0] == "docker" && out[1] == "exec" {
+			out = append(out, "-e", "OPENCLAW_CONFIG_PATH=/nonexistent/openclaw.json", "-e", "OPENCLAW_GATEWAY_TOKEN=")
+		}
+	}
+	return out
+}
+
+func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
+	c.waitGateway(ctx)
+	g := c.spec.Gateway
+	ev := append(evidence{}, c.gwNote...)
+	var problems []string
+	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
+echo "baked:"; cat ` + appliance.ContainersRecord + ` 2>/dev/null || echo none
+echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
+for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
+  if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "REACHED $a"; else echo "unreachable: $a"; fi
+done`
+	res, err := c.in.sudo(ctx, script)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	if !strings.Contains(res.Stdout, "running=true") {
+		problems = append(problems, "the gateway container is not running")
+	}
+	if id, baked, ok := bakedImage(res.Stdout, g.Container); ok && id != baked {
+		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, appliance.ContainersRecord))
+	} else if ok {
+		ev.add("the container runs the image baked into the disk: %s", baked)
+	}
+	if strings.Contains(res.Stdout, "REACHED") {
+		problems = append(problems, "the guest reaches the internet: this run cannot show the gateway needs no network (check the host's isolation)")
+	}
+	if c.in.link != nil {
+		for _, fam := range []string{"-4", "-6"} {
+			out, err := execx.Default.Output(ctx, execx.Cmd{Name: "ip", Args: []string{"-n", c.in.link.Netns, fam, "route"}})
+			ev.add("$ ip -n %s %s route   (the outside namespace: the guest's only link)\n%s", c.in.link.Netns, fam, strings.TrimSpace(string(out)))
+			if err == nil && strings.Contains(string(out), "default") {
+				problems = append(problems, "the outside namespace has a default route")
+			}
+		}
+	} else {
+		ev.add("user-mode networking with restrict=on: the guest has no route beyond QEMU")
+	}
+	return verdict(problems, ev, "the gateway container runs; the guest reaches nothing beyond its link, and the link has no route out")
+}
+
+// bakedImage reads the gateway check's output: the image the container
+// runs (image=...) and the one the disk's record names for it. ok is
+// false when the disk has no record (an image not made by bake).
+func bakedImage(out, container string) (running, baked string, ok bool) {
+	if i := strings.Index(out, "image="); i >= 0 {
+		if f := strings.Fields(out[i+len("image="):]); len(f) > 0 {
+			running = f[0]
+		}
+	}
+	_, rest, found := strings.Cut(out, "baked:\n")
+	if !found {
+		return running, "", false
+	}
+	rest, _, _ = strings.Cut(rest, "\nroutes:")
+	var recs []appliance.ContainerRecord
+	if json.Unmarshal([]byte(rest), &recs) != nil {
+		return running, "", false
+	}
+	for _, r := range recs {
+		if r.Name == container {
+			return running, r.ImageID, true
+		}
+	}
+	return running, "", false
+}
+
+// The gateway checks: planned when the spec has a gateway.
+var (
+	checkGatewayConfig = Check{ID: "gateway.config", Scope: ScopeFirmware, Needs: "an SSH session",
+		claim: func(_ Spec, gw *GatewaySpec) string {
+			return fmt.Sprintf("%s is mode 0600, owned by %s, with a 64-character token (the seed's when given)", gw.ConfigPath, gw.User)
+		},
+		planned: hasGateway, run: (*checker).gatewayConfig, ssh: true}
+	checkGatewayProcess = Check{ID: "gateway.process", Scope: ScopeFirmware, Needs: "an SSH session",
+		claim: func(Spec, *GatewaySpec) string {
+			return "gateway processes: NoNewPrivs 1, CapEff 0, uid neither root nor a login user"
+		},
+		planned: hasGateway, run: (*checker).gatewayProcess, ssh: true}
+	checkGatewayListen = Check{ID: "gateway.listen", Scope: ScopeFirmware, Needs: "an SSH session, the outside namespace",
+		claim: func(_ Spec, gw *GatewaySpec) string {
+			if gw.Mode == "network" {
+				return fmt.Sprintf("gateway port %d reachable only from its allowed networks", gw.Port)
+			}
+			return fmt.Sprintf("gateway listens on 127.0.0.1:%d only", gw.Port)
+		},
+		planned: hasGateway, run: (*checker).gatewayListen, ssh: true}
+	checkGatewayAuth = Check{ID: "gateway.auth", Scope: ScopeFirmware, Needs: "an SSH session",
+		claim: func(Spec, *GatewaySpec) string {
+			return "gateway refuses a client without the token or with a wrong one, accepts the right one"
+		},
+		planned: hasGateway, run: (*checker).gatewayAuth, ssh: true}
+	checkGatewayOffline = Check{ID: "gateway.offline", Scope: ScopeFirmware, Needs: "an SSH session",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the gateway came up with no route to the outside (its image is in the disk)"
+		},
+		planned: hasGateway, run: (*checker).gatewayOffline, ssh: true}
+)
+
+func hasGateway(s Spec, _ int) bool { return s.Gateway != nil }

@@ -1,0 +1,276 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bakeimg/bake/vm"
+)
+
+const (
+	probeLoopPort = 8081
+)
+
+var probeContainers = []struct {
+	name, publish string
+	port          int
+}{
+	{"bake-verify-p80", "80:80", 80},
+	{"bake-verify-p8080", "0.0.0.0:8080:80", 8080},
+	{"bake-verify-lo", fmt.Sprintf("127.0.0.1:%d:80", probeLoopPort), probeLoopPort},
+}
+
+// isolation runs the probe containers and records isolation.loopback,
+// isolation.outside and isolation.loopback-via-mac.
+func (c *checker) isolation(ctx context.Context) {
+	ids := []string{checkIsolationLoopback.ID, checkIsolationOutside.ID, checkIsolationViaMAC.ID}
+	if c.in.sess == nil {
+		for _, id := range ids {
+			c.r.record(c.fw, id, Skip, c.noSSH(), 0)
+		}
+		return
+	}
+	t0 := time.Now()
+	var ev evidence
+	fail := func(msg string) {
+		for _, id := range ids {
+			c.r.record(c.fw, id, Fail, msg+"\n\n"+ev.String(), time.Since(t0))
+		}
+	}
+	if c.r.probeTar == nil {
+		b, err := ProbeImageTar()
+		if err != nil {
+			fail("building the probe image: " + err.Error())
+			return
+		}
+		c.r.probeTar = b
+	}
+	// An error of Run (connection lost, output cut) fails the three checks;
+	// an interrupted run records nothing (the run says why).
+	runFailed := func(err error) {
+		if ctx.Err() == nil {
+			fail(err.Error())
+		}
+	}
+	res, err := c.in.runT(ctx, "sudo -n docker load", c.r.probeTar, 5*time.Minute)
+	if err != nil {
+		runFailed(err)
+		return
+	}
+	ev.cmd(res)
+	if !res.OK() {
+		fail("cannot load the probe image into Docker (is Docker installed and running?)")
+		return
+	}
+	var run []string
+	for _, p := range probeContainers {
+		run = append(run, fmt.Sprintf("docker rm -f %s >/dev/null 2>&1; docker run -d --name %s -p %s %s", p.name, p.name, p.publish, ProbeImageRef))
+	}
+	res, err = c.in.sudo(ctx, strings.Join(run, "\n"))
+	if err != nil {
+		runFailed(err)
+		return
+	}
+	ev.cmd(res)
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var names []string
+		for _, p := range probeContainers {
+			names = append(names, p.name)
+		}
+		c.in.sudo(cctx, "docker rm -f "+strings.Join(names, " ")+" >/dev/null 2>&1; docker rmi "+ProbeImageRef+" >/dev/null 2>&1")
+	}()
+	if !res.OK() {
+		fail("docker run of the probe containers failed")
+		return
+	}
+
+	// 1. Each answers on the guest's loopback.
+	var problems []string
+	var lev evidence
+	for _, p := range probeContainers {
+		var r cmdResult
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			script := fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3'`, p.port)
+			r, err = c.in.runT(ctx, script, nil, 30*time.Second)
+			if err != nil {
+				runFailed(err)
+				return
+			}
+			if strings.Contains(r.Stdout, ProbeBody) || time.Now().After(deadline) {
+				break
+			}
+			sleepCtx(ctx, 2*time.Second)
+		}
+		ok := strings.Contains(r.Stdout, ProbeBody)
+		lev.add("guest -> 127.0.0.1:%d (-p %s): %s", p.port, p.publish, map[bool]string{true: "answered " + ProbeBody, false: "NO ANSWER " + strings.TrimSpace(r.Stderr)}[ok])
+		if !ok {
+			problems = append(problems, fmt.Sprintf("the container published with -p %s does not answer on 127.0.0.1:%d", p.publish, p.port))
+		}
+	}
+	loopOK := len(problems) == 0
+	st, text := verdict(problems, append(lev, ev...), "the probe containers answer on 127.0.0.1:80, :8080 and :8081 in the guest")
+	c.r.record(c.fw, checkIsolationLoopback.ID, st, text, time.Since(t0))
+
+	// 2. None answers from outside, over IPv4 or IPv6.
+	t1 := time.Now()
+	switch {
+	case c.in.link == nil:
+		c.r.record(c.fw, checkIsolationOutside.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+	case !loopOK:
+		c.r.record(c.fw, checkIsolationOutside.ID, Skip, "not decided: the probe containers do not even answer on the guest's loopback, so their being unreachable from outside proves nothing", 0)
+	default:
+		st, text := c.isolationOutside(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		c.r.record(c.fw, checkIsolationOutside.ID, st, text, time.Since(t1))
+	}
+
+	// 3. moby#45610: packets to 127.0.0.0/8 through the NIC.
+	t2 := time.Now()
+	if c.in.link == nil {
+		c.r.record(c.fw, checkIsolationViaMAC.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+		return
+	}
+	st, text = c.loopbackViaMAC(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	c.r.record(c.fw, checkIsolationViaMAC.ID, st, text, time.Since(t2))
+}
+
+func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
+	var ev evidence
+	var problems []string
+	addrs := []netip.Addr{c.in.ipv4}
+	if c.in.ipv6.IsValid() {
+		addrs = append(addrs, c.in.ipv6)
+	} else {
+		problems = append(problems, "the guest has no IPv6 address on the link: IPv6 not probed")
+	}
+	// Control: the outside reaches the guest at all (its SSH port).
+	for _, a := range addrs {
+		ok, line := c.outsideProbe(ctx, a, c.spec.SSHPort)
+		ev.add("control: %s", line)
+		if !ok {
+			return Skip, "not decided: the outside cannot reach the guest's SSH port either, so unreachable container ports prove nothing\n\n" + ev.String()
+		}
+	}
+	for _, a := range addrs {
+		for _, p := range probeContainers {
+			ok, line := c.outsideProbe(ctx, a, p.port)
+			ev.add("%s", line)
+			if ok {
+				problems = append(problems, fmt.Sprintf("the container published with -p %s is reachable from outside on %s", p.publish, net.JoinHostPort(a.String(), strconv.Itoa(p.port))))
+			}
+		}
+	}
+	return verdict(problems, ev, "no published port reachable from outside over IPv4 or IPv6 (the SSH port is: the control)")
+}
+
+func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
+	var ev evidence
+	var problems []string
+	src := vm.LinkHostIPv4.Addr()
+	// Control: the same hand-made SYN to the guest's own address and SSH
+	// port must be answered, or the probe itself is broken.
+	ans, err := sendSYN(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, c.in.ipv4, c.spec.SSHPort, 2, 4*time.Second)
+	if err != nil {
+		return Skip, "not decided: cannot send raw frames on the link: " + err.Error()
+	}
+	ev.add("control: SYN to %s:%d via %s: %s", c.in.ipv4, c.spec.SSHPort, c.in.mac, describeAnswers(ans))
+	if !hasSYNACK(ans) {
+		return Skip, "not decided: the control SYN to the guest's SSH port got no SYN-ACK, so silence on 127.0.0.1 would prove nothing\n\n" + ev.String()
+	}
+	// Targets: every TCP socket listening on a loopback address, and the
+	// ports Docker publishes on 127.0.0.1 (DNAT rules, maybe no socket).
+	targets := map[netip.AddrPort]string{}
+	loop := netip.MustParseAddr("127.0.0.1")
+	targets[netip.AddrPortFrom(loop, probeLoopPort)] = "probe container -p 127.0.0.1:8081:80"
+	if g := c.spec.Gateway; g != nil {
+		targets[netip.AddrPortFrom(loop, uint16(g.Port))] = "gateway " + g.Container
+	}
+	if socks, _, err := c.sockets(ctx); err == nil {
+		for _, s := range socks {
+			if s.Proto == "tcp" && s.Addr.Addr().IsLoopback() {
+				if _, ok := targets[s.Addr]; !ok {
+					targets[s.Addr] = "listening socket"
+				}
+			}
+		}
+	} else {
+		// Without the guest's list, its own loopback listeners go untried:
+		// silence on the rest would not prove the claim.
+		problems = append(problems, "could not list the guest's listening sockets: "+err.Error())
+	}
+	keys := make([]netip.AddrPort, 0, len(targets))
+	for k := range targets {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, t := range keys {
+		ans, err := sendSYN(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, t.Addr(), int(t.Port()), 3, 4*time.Second)
+		if err != nil {
+			return Skip, "not decided: " + err.Error()
+		}
+		ev.add("SYN to %s (%s) via the guest's MAC %s: %s", t, targets[t], c.in.mac, describeAnswers(ans))
+		for _, a := range ans {
+			if !strings.HasPrefix(a.Flags, "ICMP") {
+				problems = append(problems, fmt.Sprintf("%s answered a packet from outside to %s (%s)", a.From, t, a.Flags))
+				break
+			}
+		}
+	}
+	return verdict(problems, ev, fmt.Sprintf("no answer to SYNs for %d loopback targets sent to the guest's MAC (the control SYN to its SSH port was answered)", len(keys)))
+}
+
+func describeAnswers(as []synAnswer) string {
+	if len(as) == 0 {
+		return "no answer"
+	}
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+func hasSYNACK(as []synAnswer) bool {
+	for _, a := range as {
+		if a.Flags == "SYN-ACK" {
+			return true
+		}
+	}
+	return false
+}
+
+// The isolation checks, run together by (*checker).isolation with the
+// probe containers: planned when the image runs Docker with isolation on.
+var (
+	checkIsolationLoopback = Check{ID: "isolation.loopback", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image",
+		claim: func(Spec, *GatewaySpec) string {
+			return "published container ports (-p 80:80, -p 0.0.0.0:8080:80, -p 127.0.0.1:8081:80) answer on the guest's loopback"
+		},
+		planned: isolationOn}
+	checkIsolationOutside = Check{ID: "isolation.outside", Scope: ScopeFirmware, Needs: "the outside namespace, isolation.loopback passing",
+		claim: func(Spec, *GatewaySpec) string {
+			return "published container ports are unreachable from outside over IPv4 and IPv6"
+		},
+		planned: isolationOn}
+	checkIsolationViaMAC = Check{ID: "isolation.loopback-via-mac", Scope: ScopeFirmware, Needs: "the outside namespace (raw frames)",
+		claim: func(Spec, *GatewaySpec) string {
+			return "packets to 127.0.0.0/8 sent to the guest's MAC from outside get no answer (moby#45610)"
+		},
+		planned: isolationOn}
+)
+
+func isolationOn(s Spec, _ int) bool { return s.isolation() }
