@@ -67,7 +67,7 @@ var catalog = []*Check{
 	&checkTailscaleDaemon,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
 	&checkNetworkScan,
-	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC,
+	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
 	&checkSecretsDisk,
 	&checkImageFormat, &checkVerifyTimeout,

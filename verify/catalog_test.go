@@ -114,3 +114,26 @@ func TestListPrintsEveryCheck(t *testing.T) {
 		os.Stdout.WriteString(out)
 	}
 }
+
+func TestDockerGroupVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		name, out string
+		want      Status
+	}{
+		{"not a member", "groups: 1000 27\nnames: admin sudo\ndocker:x:998:\n", Pass},
+		{"no docker group", "groups: 1000 27\nnames: admin sudo\ndocker group: none\n", Pass},
+		{"supplementary", "groups: 1000 27 998\nnames: admin sudo docker\ndocker:x:998:admin\n", Fail},
+		{"primary", "groups: 998 27\nnames: docker sudo\ndocker:x:998:\n", Fail},
+		{"listed only", "groups: 1000 27\nnames: admin sudo\ndocker:x:998:someone,admin\n", Fail},
+		{"other members", "groups: 1000 27\nnames: admin sudo\ndocker:x:998:someone\n", Pass},
+		{"no output", "", Fail},
+		{"no docker line", "groups: 1000 27\n", Fail},
+	} {
+		if got, ev := dockerGroupVerdict("admin", tc.out, true, nil); got != tc.want {
+			t.Errorf("%s: %s, want %s\n%s", tc.name, got, tc.want, ev)
+		}
+	}
+	if got, _ := dockerGroupVerdict("admin", "groups: 1000\ndocker:x:998:\n", false, nil); got != Fail {
+		t.Error("a failed command passed")
+	}
+}

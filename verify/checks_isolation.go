@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -274,3 +275,67 @@ var (
 )
 
 func isolationOn(s Spec, _ int) bool { return s.isolation() }
+
+// checkIsolationDockerGroup: the docker group can run any container with
+// the host's root filesystem mounted, so membership is root without a
+// password; the admin gets root through sudo, which asks (or at least
+// logs), never through the group (security architecture: "not in the
+// docker group").
+var checkIsolationDockerGroup = Check{ID: "isolation.docker-group", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image",
+	claim: func(s Spec, _ *GatewaySpec) string {
+		return fmt.Sprintf("%s is not in the docker group, neither as primary nor as supplementary group (the group is root without a password)", s.AdminUser)
+	},
+	planned: isolationOn, run: (*checker).dockerGroup, ssh: true}
+
+func (c *checker) dockerGroup(ctx context.Context) (Status, string) {
+	u := shellQuote(c.spec.AdminUser)
+	res, err := c.in.sudo(ctx, "echo \"groups: $(id -G "+u+")\"; echo \"names: $(id -Gn "+u+")\"; getent group docker || echo 'docker group: none'")
+	if err != nil {
+		return Fail, err.Error()
+	}
+	var ev evidence
+	ev.cmd(res)
+	return dockerGroupVerdict(c.spec.AdminUser, res.Stdout, res.OK(), ev)
+}
+
+// dockerGroupVerdict judges the output of dockerGroup's script.
+func dockerGroupVerdict(user, out string, ok bool, ev evidence) (Status, string) {
+	if !ok {
+		return Fail, "could not read the groups of " + user + "\n\n" + ev.String()
+	}
+	var groups []string
+	dockerGID, members := "", []string{}
+	seenGroups, seenDocker := false, false
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, "groups: "):
+			groups = strings.Fields(strings.TrimPrefix(line, "groups: "))
+			seenGroups = true
+		case strings.HasPrefix(line, "docker group: none"):
+			seenDocker = true
+		case strings.HasPrefix(line, "docker:"):
+			f := strings.Split(line, ":")
+			if len(f) == 4 {
+				dockerGID = f[2]
+				if f[3] != "" {
+					members = strings.Split(f[3], ",")
+				}
+				seenDocker = true
+			}
+		}
+	}
+	if !seenGroups || len(groups) == 0 || !seenDocker {
+		return Fail, "could not read the groups of " + user + " or the docker group\n\n" + ev.String()
+	}
+	if dockerGID == "" {
+		return Pass, "there is no docker group\n\n" + ev.String()
+	}
+	var problems []string
+	if slices.Contains(groups, dockerGID) {
+		problems = append(problems, fmt.Sprintf("%s is in the docker group (gid %s): root without a password", user, dockerGID))
+	}
+	if slices.Contains(members, user) && !slices.Contains(groups, dockerGID) {
+		problems = append(problems, fmt.Sprintf("/etc/group names %s in the docker group", user))
+	}
+	return verdict(problems, ev, fmt.Sprintf("%s's groups (%s) do not include docker (gid %s)", user, strings.Join(groups, " "), dockerGID))
+}

@@ -23,7 +23,7 @@ import (
 // TestVerifyNegative: a verifier that cannot fail proves nothing. From the
 // good test appliance (applianceImage) bake itself bakes a broken one, with
 // ordinary recipe steps on the good image as a cloud-image base (extract,
-// files, reassemble: about a minute), carrying five defects at once:
+// files, reassemble: about a minute), carrying six defects at once:
 //
 //  1. password login allowed: an sshd drop-in that sorts before bake's
 //     00-bake.conf (sshd keeps the first value it reads);
@@ -33,7 +33,9 @@ import (
 //  3. the gateway published on 0.0.0.0 and
 //  5. run as root (uid 0, Docker's default capabilities): one drop-in
 //     replacing the ExecStart of bake-container-openclaw-gateway.service;
-//  4. a token baked into the disk (a Tailscale auth key in a file).
+//  4. a token baked into the disk (a Tailscale auth key in a file);
+//  6. the admin in the docker group: an ExecStartPre in the same drop-in
+//     (usermod -aG docker, as root).
 //
 // bake verify (--recipe: the claims of the good recipe) must exit 1 with
 // exactly the checks below failing, each with the evidence of its defect,
@@ -119,6 +121,8 @@ func TestVerifyNegative(t *testing.T) {
 		"image/secrets.disk": {"FOUND tailscale-auth-key"},
 		// 5. the gateway as root
 		"bios/gateway.process": {"runs as root"},
+		// 6. the admin in the docker group (the same drop-in adds it)
+		"bios/isolation.docker-group": {spec.AdminUser + " is in the docker group"},
 	}
 	var failed []string
 	seen := map[string]bool{}
@@ -206,7 +210,7 @@ COMMIT
 `
 	return fmt.Sprintf(`apiVersion: bake/v1
 name: openclaw-broken
-description: the test appliance with five defects bake verify must find
+description: the test appliance with six defects bake verify must find
 base:
   image:
     path: %s
@@ -227,6 +231,7 @@ files:
   - path: /etc/systemd/system/bake-container-%s.service.d/90-exposed-root.conf
     content: |
       [Service]
+      ExecStartPre=+/usr/sbin/usermod -aG docker %s
       ExecStart=
       ExecStart=%s
   - path: /etc/openclaw/deploy.env
@@ -234,7 +239,7 @@ files:
     content: |
       TS_AUTHKEY=%s
 outputs: [raw]
-`, base, sum, indent(noIsolation, 6), indent(noIsolation, 6), g.Container, execStart, token)
+`, base, sum, indent(noIsolation, 6), indent(noIsolation, 6), g.Container, spec.AdminUser, execStart, token)
 }
 
 func indent(s string, n int) string {
