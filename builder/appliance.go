@@ -16,9 +16,9 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/safepath"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/rootfs"
-	"github.com/bakeimg/bake/rootfs/safepath"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 

@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // aptArchives is where apt keeps downloaded .debs in the tree.

@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // BootstrapOptions describe a Debian root tree made from packages.

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 

@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // Package is an installed Debian package, for the build manifest.

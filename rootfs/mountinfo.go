@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 func init() {

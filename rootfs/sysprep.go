@@ -10,7 +10,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 
