@@ -14,6 +14,7 @@ import (
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -329,7 +330,7 @@ func Build(ctx context.Context, r *recipe.Recipe, opts Options) (err error) {
 			saveLog(logf.Name(), opts.CacheDir, r.Name, opts.Stdout)
 		}
 		logf.Close()
-		return rootfs.RemoveAllSafe(work)
+		return mounts.RemoveAllSafe(work)
 	})
 	fmt.Fprintf(opts.Stdout, "bake %s: building %s from %s\n", Version, r.Name, r.Path)
 	err = runStages(ctx, opts.Stdout, p.Stages, s)
@@ -391,7 +392,7 @@ func removeStaleWorkDirs(outDir string, out io.Writer) {
 			}
 			f.Close()
 		}
-		if err := rootfs.RemoveAllSafe(m); err != nil {
+		if err := mounts.RemoveAllSafe(m); err != nil {
 			fmt.Fprintf(out, "warning: stale work dir %s not removed: %v\n", m, err)
 		} else {
 			fmt.Fprintf(out, "removed stale work dir %s\n", m)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -195,7 +195,7 @@ func unmount(ctx context.Context, r execx.Runner, mnt string) error {
 		if err = r.Run(ctx, execx.Cmd{Name: "umount", Args: []string{mnt}}); err == nil {
 			break
 		}
-		if left, _ := rootfs.MountsUnder(mnt); len(left) == 0 {
+		if left, _ := mounts.Under(mnt); len(left) == 0 {
 			err = nil
 			break
 		}
@@ -213,7 +213,7 @@ func unmount(ctx context.Context, r execx.Runner, mnt string) error {
 		}
 		return fmt.Errorf("unmounting %s: %w", mnt, err)
 	}
-	if left, merr := rootfs.MountsUnder(mnt); merr == nil && len(left) > 0 {
+	if left, merr := mounts.Under(mnt); merr == nil && len(left) > 0 {
 		return fmt.Errorf("unmounting %s: still mounted: %s", mnt, strings.Join(left, " "))
 	}
 	return nil

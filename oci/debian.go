@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -177,7 +178,7 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 	if err != nil {
 		return layerFile{}, info, err
 	}
-	defer rootfs.RemoveAllSafe(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	tree := filepath.Join(tmp, "root")
 	debCache := filepath.Join(b.downloads, "debs", d.Suite)
 	if strings.ContainsAny(debCache, " \t\n'\"\\") {

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -49,7 +49,7 @@ func (r *runner) removeStale(ctx context.Context) {
 			r.logf("warning: %v", err)
 		}
 	}
-	rm, err := removeStaleWorkDirs(os.TempDir(), vm.PIDAlive, rootfs.RemoveAllSafe)
+	rm, err := removeStaleWorkDirs(os.TempDir(), vm.PIDAlive, mounts.RemoveAllSafe)
 	removed = append(removed, rm...)
 	if err != nil {
 		r.logf("warning: %v", err)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 )
 
 // PIDAlive reports whether process pid exists. A zombie counts (its parent
@@ -73,7 +73,7 @@ func RemoveStaleLinks(ctx context.Context, prefix string) ([]string, error) {
 	return removeStaleLinks(ctx, staleEnv{
 		netnsDir: netnsDir, tmpDir: os.TempDir(), prefix: "bake-" + prefix,
 		alive: PIDAlive, deleteNetns: deleteStaleNetns,
-		removeDir: rootfs.RemoveAllSafe,
+		removeDir: mounts.RemoveAllSafe,
 	})
 }
 
