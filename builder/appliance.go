@@ -16,6 +16,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/safepath"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/rootfs"
@@ -625,11 +626,11 @@ func (p *Plan) stageTailscale(ctx context.Context, s *State) error {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
-		pkgs, err := rootfs.InstalledPackages(s.Tree)
+		pkgs, err := dpkg.InstalledPackages(s.Tree)
 		if err != nil {
 			return err
 		}
-		if !slices.ContainsFunc(pkgs, func(pk rootfs.Package) bool { return pk.Name == "tailscale" }) {
+		if !slices.ContainsFunc(pkgs, func(pk dpkg.Package) bool { return pk.Name == "tailscale" }) {
 			cache := ""
 			if s.Opts.CacheDir != "" {
 				suite := "image" // a cloud-image base, as stagePackages names it

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/safepath"
 )
@@ -65,7 +66,7 @@ func InstallPackages(ctx context.Context, ch *Chroot, pkgs []string, cacheDir st
 		return err
 	}
 	opts := append([]string(nil), AptGetOptions...)
-	for _, p := range HostAptProxies(ctx, ch.runner) {
+	for _, p := range apt.HostProxies(ctx, ch.runner) {
 		opts = append(opts, "-o", p)
 	}
 	if err := ch.Run(ctx, append(append([]string{"apt-get"}, opts...), "update")...); err != nil {

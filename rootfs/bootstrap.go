@@ -1,8 +1,6 @@
 package rootfs
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/safepath"
 )
@@ -89,7 +88,7 @@ func DivertBootHooks(ctx context.Context, ch *Chroot) error {
 // directory format).
 //
 // Sources: BuildMirror if set, else Mirror, else the build host's own Debian
-// apt sources mapped onto o.Suite (MapHostSources): bake never names a
+// apt sources mapped onto o.Suite (apt.MapHostSources): bake never names a
 // mirror host of its own. Afterwards the image's apt sources name only
 // o.Mirror (debian.sources, deb822) and no build-only source, proxy or host
 // file (resolv.conf, hostname) remains.
@@ -124,15 +123,15 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 	var sources []string
 	switch {
 	case o.BuildMirror != "":
-		sources = MirrorSources(o.BuildMirror, o.Suite, o.Components)
+		sources = apt.MirrorSources(o.BuildMirror, o.Suite, o.Components)
 	case o.Mirror != "":
-		sources = MirrorSources(o.Mirror, o.Suite, o.Components)
+		sources = apt.MirrorSources(o.Mirror, o.Suite, o.Components)
 	default:
-		srcs, codename, err := HostAptSources("/")
+		srcs, codename, err := apt.HostSources("/")
 		if err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
-		if sources, err = MapHostSources(codename, o.Suite, o.Components, srcs); err != nil {
+		if sources, err = apt.MapHostSources(codename, o.Suite, o.Components, srcs); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
 	}
@@ -168,7 +167,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 	}
 	// Build-only apt settings (the host's proxy) go to 99mmdebstrap,
 	// which is removed below.
-	for _, opt := range HostAptProxies(ctx, o.Runner) {
+	for _, opt := range apt.HostProxies(ctx, o.Runner) {
 		k, v, _ := strings.Cut(opt, "=")
 		args = append(args, fmt.Sprintf("--aptopt=%s %q", k, v))
 	}
@@ -231,7 +230,7 @@ func finishBootstrap(o BootstrapOptions) error {
 	}
 	if o.Mirror != "" {
 		if err := root.WriteFile("/etc/apt/sources.list.d/debian.sources",
-			[]byte(DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, rootUID, rootGID); err != nil {
+			[]byte(apt.DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, rootUID, rootGID); err != nil {
 			return err
 		}
 	}
@@ -259,119 +258,4 @@ func dedupe(in []string) []string {
 		}
 	}
 	return out
-}
-
-// HostAptSources reads the apt sources of the system at root ("/" for the
-// build host): sources.list.d/*.sources (deb822), sources.list.d/*.list and
-// sources.list; and its codename from os-release, or guessed from the
-// sources.
-func HostAptSources(root string) ([]AptSource, string, error) {
-	var all []AptSource
-	d := filepath.Join(root, "etc/apt/sources.list.d")
-	files, _ := filepath.Glob(filepath.Join(d, "*.sources"))
-	lists, _ := filepath.Glob(filepath.Join(d, "*.list"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, "", err
-		}
-		s, err := ParseDeb822Sources(bytes.NewReader(b))
-		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", f, err)
-		}
-		all = append(all, s...)
-	}
-	for _, f := range append([]string{filepath.Join(root, "etc/apt/sources.list")}, lists...) {
-		b, err := os.ReadFile(f)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, "", err
-		}
-		s, err := ParseOneLineSources(bytes.NewReader(b))
-		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", f, err)
-		}
-		all = append(all, s...)
-	}
-	codename := osReleaseField(filepath.Join(root, "etc/os-release"), "VERSION_CODENAME")
-	if codename == "" {
-		codename = HostCodename(all)
-	}
-	return all, codename, nil
-}
-
-func osReleaseField(file, key string) string {
-	f, err := os.Open(file)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if ok && k == key {
-			return strings.Trim(v, `"'`)
-		}
-	}
-	return ""
-}
-
-// HostAptProxies returns the build host's apt proxy settings as
-// "Acquire::http::Proxy=URL" pairs, from its apt configuration and from the
-// http_proxy/https_proxy environment. They are given to apt on the command
-// line (or to mmdebstrap as aptopts that are removed afterwards) and never
-// written into the image; the chroot's environment is clean, so without them
-// a build host behind a proxy could not fetch.
-func HostAptProxies(ctx context.Context, r execx.Runner) []string {
-	found := map[string]string{}
-	if out, err := r.Output(ctx, execx.Cmd{Name: "apt-config", Args: []string{"dump"}}); err == nil {
-		for k, v := range parseAptConfigProxies(out) {
-			found[k] = v
-		}
-	}
-	for env, key := range map[string]string{"http_proxy": "Acquire::http::Proxy", "https_proxy": "Acquire::https::Proxy"} {
-		if _, ok := found[key]; ok {
-			continue
-		}
-		if v := os.Getenv(env); v != "" {
-			found[key] = v
-		} else if v := os.Getenv(strings.ToUpper(env)); v != "" {
-			found[key] = v
-		}
-	}
-	var out []string
-	for _, k := range []string{"Acquire::http::Proxy", "Acquire::https::Proxy"} {
-		if v, ok := found[k]; ok {
-			out = append(out, k+"="+v)
-		}
-	}
-	return out
-}
-
-// parseAptConfigProxies reads `apt-config dump` lines such as
-// `Acquire::http::Proxy "http://proxy:3142";` (the per-host form
-// Acquire::http::Proxy::HOST is not a global proxy and is ignored).
-func parseAptConfigProxies(out []byte) map[string]string {
-	m := map[string]string{}
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok {
-			continue
-		}
-		if !strings.EqualFold(k, "Acquire::http::Proxy") && !strings.EqualFold(k, "Acquire::https::Proxy") {
-			continue
-		}
-		v = strings.Trim(strings.TrimSuffix(strings.TrimSpace(v), ";"), `"`)
-		if v == "" || strings.EqualFold(v, "DIRECT") || strings.EqualFold(v, "false") {
-			continue
-		}
-		if strings.EqualFold(k, "Acquire::http::Proxy") {
-			m["Acquire::http::Proxy"] = v
-		} else {
-			m["Acquire::https::Proxy"] = v
-		}
-	}
-	return m
 }

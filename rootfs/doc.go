@@ -15,7 +15,6 @@
 //	BaseSystem       networking on any NIC, DNS, time, root grows at boot
 //	Sysprep          remove per-instance identity and build traces
 //	ClampTimes       file times clamped to SOURCE_DATE_EPOCH
-//	InstalledPackages the manifest's package list from dpkg's status file
 //
 // Every write into a tree goes through package internal/safepath, which
 // resolves paths with openat2(RESOLVE_IN_ROOT): a symlink inside the tree
@@ -24,6 +23,10 @@
 // (mounts.RemoveAllSafe, safepath.RemoveAll), and Chroot.Close checks
 // /proc/self/mountinfo (internal/mounts) that nothing is left mounted below
 // the tree.
+//
+// What other stages share with it lives in internal packages: the host's
+// apt sources and proxies (internal/apt), the installed package list
+// (internal/dpkg), the mount table and RemoveAllSafe (internal/mounts).
 //
 // The package takes plain option structs; the builder maps a recipe onto
 // them. Root is needed for Bootstrap, Chroot and the steps that run in it;

@@ -31,6 +31,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bakeimg/bake/internal/apt"
+	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/mounts"
 	"golang.org/x/sys/unix"
@@ -282,11 +284,11 @@ func TestTreeStages(t *testing.T) {
 
 	// The image's mirror is the host's own first Debian URI: tests name
 	// no mirror host either.
-	srcs, codename, err := HostAptSources("/")
+	srcs, codename, err := apt.HostSources("/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines, err := MapHostSources(codename, "bookworm", nil, srcs)
+	lines, err := apt.MapHostSources(codename, "bookworm", nil, srcs)
 	if err != nil {
 		t.Fatalf("the host's apt sources cannot be mapped to bookworm (the test bootstraps from the host's own Debian mirror): %v", err)
 	}
@@ -622,7 +624,7 @@ func TestTreeStages(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pkgs, err := InstalledPackages(tree)
+	pkgs, err := dpkg.InstalledPackages(tree)
 	if err != nil {
 		t.Fatal(err)
 	}

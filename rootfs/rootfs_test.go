@@ -175,51 +175,6 @@ func TestParseMode(t *testing.T) {
 	}
 }
 
-const dpkgStatus = `Package: libc6
-Status: install ok installed
-Priority: optional
-Architecture: amd64
-Multi-Arch: same
-Version: 2.36-9+deb12u10
-Description: GNU C Library: Shared libraries
- Contains the standard libraries
- .
- Status: not a field
-
-Package: removed-pkg
-Status: deinstall ok config-files
-Architecture: amd64
-Version: 1.0
-
-Package: base-files
-Essential: yes
-Status: hold ok installed
-Architecture: amd64
-Version: 12.4+deb12u11
-
-Package: libc6
-Status: install ok installed
-Architecture: i386
-Version: 2.36-9+deb12u10
-`
-
-func TestInstalledPackages(t *testing.T) {
-	tree := t.TempDir()
-	write(t, tree, "var/lib/dpkg/status", dpkgStatus, 0o644)
-	got, err := InstalledPackages(tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Package{
-		{"base-files", "12.4+deb12u11", "amd64"},
-		{"libc6", "2.36-9+deb12u10", "amd64"},
-		{"libc6", "2.36-9+deb12u10", "i386"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %+v", got)
-	}
-}
-
 func TestClampTimes(t *testing.T) {
 	tree := t.TempDir()
 	write(t, tree, "etc/new", "x", 0o644)
@@ -407,25 +362,6 @@ func TestBootstrapCommand(t *testing.T) {
 	// Not empty: refused.
 	if err := Bootstrap(context.Background(), BootstrapOptions{Suite: "bookworm", Tree: tree, Runner: rec, Mirror: "http://m/debian"}); err == nil {
 		t.Error("bootstrap into a non-empty tree")
-	}
-}
-
-func TestHostAptSources(t *testing.T) {
-	root := t.TempDir()
-	write(t, root, "etc/apt/sources.list.d/debian.sources", hostDeb822, 0o644)
-	write(t, root, "etc/apt/sources.list.d/extra.list", "deb http://ftp.example.org/debian bookworm-backports main\n", 0o644)
-	write(t, root, "etc/apt/sources.list.d/old.list.disabled", "deb http://x/debian bookworm main\n", 0o644)
-	write(t, root, "etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n", 0o644)
-	srcs, codename, err := HostAptSources(root)
-	if err != nil || codename != "bookworm" || len(srcs) != 6 {
-		t.Fatalf("%d sources, %q, %v", len(srcs), codename, err)
-	}
-}
-
-func TestAptProxies(t *testing.T) {
-	got := parseAptConfigProxies([]byte("APT \"\";\nAcquire::http::Proxy \"http://proxy:3142\";\nAcquire::http::Proxy::deb.example \"DIRECT\";\nAcquire::https::Proxy \"DIRECT\";\n"))
-	if !reflect.DeepEqual(got, map[string]string{"Acquire::http::Proxy": "http://proxy:3142"}) {
-		t.Errorf("%v", got)
 	}
 }
 
