@@ -189,8 +189,12 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 	}
 	b.logf("debian layer: mmdebstrap %s %s", d.Suite, strings.Join(d.packages(), " "))
 	args := mmdebstrapArgs(d, sources, apt.HostProxies(ctx, b.runner), debCache, tree)
+	// TMPDIR: mmdebstrap's main process makes its mmdebstrap.gpghome.XXXX
+	// there and removes it only when it exits normally; killed, it leaves
+	// it (see rootfs.Bootstrap). tmp is removed below, or swept by the next
+	// build when this one is killed.
 	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: b.log, Stderr: b.log,
-		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.spec.SourceDateEpoch, 10)}}
+		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.spec.SourceDateEpoch, 10), "TMPDIR=" + tmp}}
 	if err := b.runner.Run(ctx, cmd); err != nil {
 		return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
 	}

@@ -12,7 +12,9 @@ import (
 
 	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/internal/safepath"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 // BootstrapOptions describe a Debian root tree made from packages.
@@ -39,6 +41,10 @@ type BootstrapOptions struct {
 	// already logs (execx.Host{Log: ...}), or lines appear twice.
 	Log io.Writer
 }
+
+// bootstrapTempPrefix names Bootstrap's temp dir beside the tree: the
+// essential hook script, and mmdebstrap's TMPDIR.
+const bootstrapTempPrefix = ".bake-bootstrap-"
 
 // DivertSuffix marks the dpkg diversions bake makes while building; Sysprep
 // undoes exactly those.
@@ -136,11 +142,18 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 		}
 	}
 
-	tmp, err := os.MkdirTemp("", "bake-bootstrap-")
+	// Bootstrap's own temp dir sits beside the tree (in a build, in its
+	// work dir), never in the host's /tmp: a build killed with SIGKILL
+	// cannot remove it, and there the next build removes the whole work
+	// dir. Named after its owner, it is swept here too when another
+	// caller's process died.
+	parent := filepath.Dir(filepath.Clean(o.Tree))
+	sweep.Sweep{Dir: parent, Prefix: bootstrapTempPrefix}.Run()
+	tmp, err := sweep.MkdirTemp(parent, bootstrapTempPrefix)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	// The essential hook runs after the essential packages are unpacked
 	// and configured and before o.Packages (kernel, GRUB) are installed,
 	// so their maintainer scripts already meet the no-op boot hooks.
@@ -208,7 +221,15 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 	}
 	args = append(args, o.Suite, o.Tree)
 	args = append(args, sources...)
-	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: o.Log, Stderr: o.Log}
+	// TMPDIR: mmdebstrap's main process makes mmdebstrap.gpghome.XXXX
+	// there while it reads its options (to check the suite's keyring) and
+	// removes it only when it exits normally (File::Temp's CLEANUP runs at
+	// exit). Killed, it leaves it: by SIGKILL, and by the SIGTERM of an
+	// interrupted build too, which its main process ignores while it waits
+	// for its setup child, until the runner's grace time ends in SIGKILL.
+	// So it goes into bake's own temp dir, never the host's /tmp.
+	// (mmdebstrap points TMPDIR into the tree itself for what follows.)
+	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: o.Log, Stderr: o.Log, Env: []string{"TMPDIR=" + tmp}}
 	if err := o.Runner.Run(ctx, cmd); err != nil {
 		return fmt.Errorf("bootstrap: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/safepath"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 func init() {
@@ -350,6 +351,23 @@ func TestBootstrapCommand(t *testing.T) {
 	}
 	if strings.Contains(line, "mirror.example") {
 		t.Error("the image's mirror is not the build mirror")
+	}
+	// Its temp dir (the essential hook, mmdebstrap's TMPDIR for its
+	// gpghome) is beside the tree, named after its owner, and gone after.
+	tmp := ""
+	for _, e := range mm.Env {
+		if v, ok := strings.CutPrefix(e, "TMPDIR="); ok {
+			tmp = v
+		}
+	}
+	if want := filepath.Join(filepath.Dir(tree), bootstrapTempPrefix+strconv.Itoa(sweep.OwnerPID())+"-"); !strings.HasPrefix(tmp, want) {
+		t.Errorf("mmdebstrap's TMPDIR %q, want %s*", tmp, want)
+	}
+	if !strings.Contains(line, "--essential-hook="+filepath.Join(tmp, "divert-boot-hooks")) {
+		t.Errorf("the essential hook is not in %s:\n%s", tmp, line)
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Errorf("bootstrap's temp dir %s is left: %v", tmp, err)
 	}
 	// The image names Mirror only.
 	b, err := os.ReadFile(filepath.Join(tree, "etc/apt/sources.list.d/debian.sources"))
