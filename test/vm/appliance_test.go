@@ -62,8 +62,9 @@ func applianceImage(t *testing.T) string {
 		prefix := applDirPrefix
 		if reuse != "" {
 			// Iterating on the checks: reuse an image baked earlier
-			// from the same recipe and test gateway; work holds only
-			// the servers' files.
+			// from the same recipe and test gateway (a run with
+			// BAKE_VMTEST_KEEP_APPLIANCE=1 keeps its own); work holds
+			// only the servers' files.
 			prefix = applReusePrefix
 		}
 		work, err := sweep.MkdirTemp("", prefix)

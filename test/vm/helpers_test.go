@@ -45,13 +45,23 @@ import (
 // $TMPDIR: the bake binary (bake), the boot image (bootImage, about 1.1
 // GiB) and the appliance image (applianceImage, about 440 MiB), unless
 // something is still mounted below them (mounts.RemoveAllSafe). The
-// binary and the appliance image used to stay behind after every run. Before the tests it removes what earlier
-// runs left when they were killed (a go test -timeout panic ends the
-// binary without this cleanup): their dirs are named after their process
-// (sweep.MkdirTemp), and go once it is gone.
+// binary and the appliance image used to stay behind after every run.
+// Before the tests it removes what earlier runs left when they were killed
+// (a go test -timeout panic ends the binary without this cleanup): their
+// dirs are named after their process (sweep.MkdirTemp), and go once it is
+// gone.
+//
+// BAKE_VMTEST_KEEP_APPLIANCE=1 keeps the appliance image (marked kept, so
+// no later run sweeps it) for BAKE_VMTEST_APPLIANCE_DIR to reuse.
 func TestMain(m *testing.M) {
 	removeStaleTestDirs()
 	code := m.Run()
+	if applTemp != "" && applDir == applTemp && os.Getenv("BAKE_VMTEST_KEEP_APPLIANCE") == "1" {
+		if err := os.WriteFile(filepath.Join(applTemp, keptMarker), nil, 0o644); err == nil {
+			fmt.Fprintf(os.Stderr, "vmtest: kept %s (BAKE_VMTEST_APPLIANCE_DIR=%s reuses it; remove it when done)\n", applTemp, applTemp)
+			applTemp = ""
+		}
+	}
 	for _, dir := range []string{bakeBinDir, bootImgTemp, applTemp} {
 		if dir != "" {
 			if err := mountsafe.RemoveAllSafe(dir); err != nil {
@@ -68,6 +78,8 @@ const (
 	bootDirPrefix   = "bake-vmtest-boot-"
 	applDirPrefix   = "bake-vmtest-appliance-"
 	applReusePrefix = "bake-vmtest-gw-"
+	// keptMarker marks a dir kept on purpose: no sweep removes it.
+	keptMarker = ".bake-vmtest-kept"
 )
 
 // removeStaleTestDirs sweeps the dirs of earlier runs that are gone (and
@@ -76,7 +88,7 @@ const (
 // versions of applianceImage left for the next run to empty.
 func removeStaleTestDirs() {
 	for _, prefix := range []string{binDirPrefix, bootDirPrefix, applDirPrefix, applReusePrefix} {
-		rm, err := sweep.Sweep{Prefix: prefix, MaxAge: sweep.DefaultMaxAge}.Run()
+		rm, err := sweep.Sweep{Prefix: prefix, MaxAge: sweep.DefaultMaxAge, Keep: keptMarker}.Run()
 		for _, d := range rm {
 			fmt.Fprintf(os.Stderr, "vmtest: removed %s, left by a run that was killed\n", d)
 		}
