@@ -75,7 +75,7 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 		}
 	}
 	l := &Link{
-		Netns:  fmt.Sprintf("bake-%s-%d", name, os.Getpid()),
+		Netns:  fmt.Sprintf("bake-%s-%d", name, sweep.OwnerPID()),
 		Tap:    linkTap,
 		closed: make(chan struct{}),
 	}

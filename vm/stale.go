@@ -92,7 +92,7 @@ type staleEnv struct {
 func removeStaleLinks(ctx context.Context, e staleEnv) ([]string, error) {
 	var removed []string
 	var errs []error
-	self := os.Getpid()
+	self := sweep.OwnerPID() // the numbering of the names and of sweep.Alive
 	stale := func(pid int) bool { return pid != self && !e.alive(pid) }
 	if ents, err := os.ReadDir(e.netnsDir); err == nil && e.deleteNetns != nil {
 		for _, ent := range ents {
