@@ -214,7 +214,8 @@ func mayRemove(fi fs.FileInfo) bool {
 // holds an flock on it. A missing file holds nothing; a lock file that
 // cannot be opened or tried counts as held (a sweep waits rather than guess).
 func lockHeld(path string) bool {
-	f, err := os.Open(path)
+	// Never through a symlink, never blocking on a FIFO put there.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false
 	}
