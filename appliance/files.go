@@ -15,7 +15,7 @@ import (
 	"io/fs"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // Header starts every file bake writes, so an operator on the instance can

@@ -15,9 +15,10 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/dpkg"
+	"github.com/bakeimg/bake/internal/safepath"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/rootfs"
-	"github.com/bakeimg/bake/rootfs/safepath"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -581,11 +582,11 @@ func (p *Plan) stageTailscale(ctx context.Context, s *State) error {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
-		pkgs, err := rootfs.InstalledPackages(s.Tree)
+		pkgs, err := dpkg.InstalledPackages(s.Tree)
 		if err != nil {
 			return err
 		}
-		if !slices.ContainsFunc(pkgs, func(pk rootfs.Package) bool { return pk.Name == "tailscale" }) {
+		if !slices.ContainsFunc(pkgs, func(pk dpkg.Package) bool { return pk.Name == "tailscale" }) {
 			cache := ""
 			if s.Opts.CacheDir != "" {
 				suite := "image" // a cloud-image base, as stagePackages names it

@@ -14,6 +14,8 @@ import (
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/sweep"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -261,7 +263,10 @@ func Build(ctx context.Context, r *recipe.Recipe, opts Options) (err error) {
 		}
 	}
 	removeStaleWorkDirs(outDir, opts.Stdout)
-	work, err := os.MkdirTemp(outDir, ".bake-work-"+r.Name+"-")
+	// .bake-work-PID-NAME-RANDOM: the PID (the host's, though the build
+	// runs in a PID namespace of its own: sweep.OwnerPID) and the lock
+	// below tell a later build whether this one is still running.
+	work, err := os.MkdirTemp(outDir, sweep.Pattern(workDirPrefix)+r.Name+"-")
 	if err != nil {
 		return err
 	}
@@ -294,7 +299,7 @@ func Build(ctx context.Context, r *recipe.Recipe, opts Options) (err error) {
 			saveLog(logf.Name(), opts.CacheDir, r.Name, opts.Stdout)
 		}
 		logf.Close()
-		return rootfs.RemoveAllSafe(work)
+		return mounts.RemoveAllSafe(work)
 	})
 	fmt.Fprintf(opts.Stdout, "bake %s: building %s from %s\n", Version, r.Name, r.Path)
 	err = runStages(ctx, opts.Stdout, p.Stages, s)
@@ -342,24 +347,19 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
+// workDirPrefix starts the name of a build's work dir in the output dir.
+const workDirPrefix = ".bake-work-"
+
 // removeStaleWorkDirs deletes work dirs left by builds that were killed
 // (SIGKILL leaves the directory, never a mount: mounts died with the
-// namespace). A dir whose lock is held belongs to a running build.
+// namespace), with package sweep's policy: a dir whose lock is held, or
+// whose owner's PID runs, belongs to a running build.
 func removeStaleWorkDirs(outDir string, out io.Writer) {
-	matches, _ := filepath.Glob(filepath.Join(outDir, ".bake-work-*"))
-	for _, m := range matches {
-		f, err := os.Open(filepath.Join(m, ".lock"))
-		if err == nil {
-			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-				f.Close()
-				continue // a build is running there
-			}
-			f.Close()
-		}
-		if err := rootfs.RemoveAllSafe(m); err != nil {
-			fmt.Fprintf(out, "warning: stale work dir %s not removed: %v\n", m, err)
-		} else {
-			fmt.Fprintf(out, "removed stale work dir %s\n", m)
-		}
+	removed, err := sweep.Sweep{Dir: outDir, Prefix: workDirPrefix, Lock: ".lock", MaxAge: sweep.DefaultMaxAge}.Run()
+	for _, m := range removed {
+		fmt.Fprintf(out, "removed stale work dir %s\n", m)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "warning: %v\n", err)
 	}
 }

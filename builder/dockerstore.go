@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -177,7 +178,7 @@ func tidyDockerStore(tree string, hadKey bool) error {
 			continue
 		}
 		p := filepath.Join(root, e.Name())
-		if left, err := rootfs.MountsBelow(p); err != nil || len(left) > 0 {
+		if left, err := mounts.Below(p); err != nil || len(left) > 0 {
 			return fmt.Errorf("preloading Docker's store: %s still has mounts below it: %v %v", p, left, err)
 		}
 		if err := os.RemoveAll(p); err != nil {

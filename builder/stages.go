@@ -12,6 +12,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/disk"
+	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/rootfs"
 )
@@ -206,7 +207,7 @@ func (p *Plan) stageUnits(ctx context.Context, s *State) error {
 func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
 	// The manifest reads the package list before sysprep empties apt's
 	// lists (dpkg's status stays, but read it while everything is there).
-	pkgs, err := rootfs.InstalledPackages(s.Tree)
+	pkgs, err := dpkg.InstalledPackages(s.Tree)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/dpkg"
 )
 
 // BootChain is the part of a tree that the kept boot chain depends on: the
@@ -33,7 +33,7 @@ func ReadBootChain(tree string) (BootChain, error) {
 		names = append(names, e.Name())
 	}
 	bc.Kernels = kernelVersions(names)
-	pkgs, err := rootfs.InstalledPackages(tree)
+	pkgs, err := dpkg.InstalledPackages(tree)
 	if err != nil {
 		return bc, fmt.Errorf("boot chain: %w", err)
 	}

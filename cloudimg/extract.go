@@ -13,7 +13,8 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/sweep"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,6 +80,9 @@ func Extract(ctx context.Context, raw string, l *Layout, tree string, opts ...Op
 	return nil
 }
 
+// extractDirPrefix names the temp mount points of extractPartition.
+const extractDirPrefix = "bake-extract-"
+
 // extractPartition mounts one partition read-only and copies its content
 // into dst; everything it attaches and mounts is undone before it returns.
 func extractPartition(ctx context.Context, o options, raw string, p *Partition, dst string) (err error) {
@@ -86,7 +90,11 @@ func extractPartition(ctx context.Context, o options, raw string, p *Partition, 
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	}
-	mnt, err := os.MkdirTemp("", "bake-extract-")
+	// Named after its owner: a build killed while it extracts loses the
+	// mount (it lived in the build's namespace) but leaves the dir, which
+	// the next extraction removes (never while a mount is below it).
+	sweep.Sweep{Prefix: extractDirPrefix, MaxAge: sweep.DefaultMaxAge}.Run()
+	mnt, err := sweep.MkdirTemp("", extractDirPrefix)
 	if err != nil {
 		return err
 	}
@@ -195,7 +203,7 @@ func unmount(ctx context.Context, r execx.Runner, mnt string) error {
 		if err = r.Run(ctx, execx.Cmd{Name: "umount", Args: []string{mnt}}); err == nil {
 			break
 		}
-		if left, _ := rootfs.MountsUnder(mnt); len(left) == 0 {
+		if left, _ := mounts.Under(mnt); len(left) == 0 {
 			err = nil
 			break
 		}
@@ -213,7 +221,7 @@ func unmount(ctx context.Context, r execx.Runner, mnt string) error {
 		}
 		return fmt.Errorf("unmounting %s: %w", mnt, err)
 	}
-	if left, merr := rootfs.MountsUnder(mnt); merr == nil && len(left) > 0 {
+	if left, merr := mounts.Under(mnt); merr == nil && len(left) > 0 {
 		return fmt.Errorf("unmounting %s: still mounted: %s", mnt, strings.Join(left, " "))
 	}
 	return nil

@@ -10,7 +10,6 @@ import (
 	"path"
 	"sort"
 	"strings"
-	"text/template"
 	"time"
 )
 
@@ -81,10 +80,12 @@ func PrepareTree(spec Spec) error {
 	}
 
 	cfg, err := renderGrubCfg(grubCfg{
+		Modules:       []string{"part_gpt", "ext2", "all_video"},
 		Title:         osName(root) + ", with Linux " + kver,
 		KernelVersion: kver,
-		RootFSUUID:    spec.Layout.RootFSUUID,
-		Cmdline:       strings.Join(strings.Fields(spec.KernelCmdline), " "),
+		SearchUUID:    spec.Layout.RootFSUUID,
+		Dir:           "/boot",
+		Args:          append([]string{"root=UUID=" + spec.Layout.RootFSUUID, "ro"}, strings.Fields(spec.KernelCmdline)...),
 		Initrd:        hasInitrd,
 	})
 	if err != nil {
@@ -312,48 +313,6 @@ func renderFstab(l Layout, old []byte) []byte {
 		b.WriteString(line + "\n")
 	}
 	return b.Bytes()
-}
-
-type grubCfg struct {
-	Title         string
-	KernelVersion string
-	RootFSUUID    string
-	Cmdline       string // extra arguments, already checked by kernelArgSafe
-	Initrd        bool
-}
-
-var grubCfgTemplate = template.Must(template.New("grub.cfg").Parse(`# /boot/grub/grub.cfg written by bake; rebuilt with every image, do not edit.
-serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
-terminal_input serial console
-terminal_output serial console
-set timeout_style=menu
-set timeout=1
-set default=0
-
-insmod part_gpt
-insmod ext2
-insmod all_video
-search --no-floppy --fs-uuid --set=root {{.RootFSUUID}}
-
-menuentry '{{.Title}}' --id bake-default {
-	echo 'Loading Linux {{.KernelVersion}} ...'
-	linux /boot/vmlinuz-{{.KernelVersion}} root=UUID={{.RootFSUUID}} ro{{if .Cmdline}} {{.Cmdline}}{{end}}
-{{- if .Initrd}}
-	echo 'Loading initial ramdisk ...'
-	initrd /boot/initrd.img-{{.KernelVersion}}
-{{- end}}
-}
-`))
-
-func renderGrubCfg(c grubCfg) ([]byte, error) {
-	if err := kernelArgSafe(c.Cmdline); err != nil {
-		return nil, err
-	}
-	var b bytes.Buffer
-	if err := grubCfgTemplate.Execute(&b, c); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
 }
 
 // compareVersions compares two version strings the way dpkg compares the

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/template"
 	"time"
 
 	"github.com/bakeimg/bake/cloudimg"
@@ -646,12 +645,15 @@ func PrepareCloudBoot(spec CloudBootSpec) error {
 			args = append(args, a)
 		}
 	}
-	c := cloudGrubCfg{
+	c := grubCfg{
+		Note:          " for a cloud image base",
+		Modules:       []string{"part_gpt", "ext2"},
+		EntryModules:  []string{"gzio"},
 		Title:         osName(r) + ", with Linux " + kver,
 		KernelVersion: kver,
 		SearchUUID:    l.RootPartition().FS.UUID,
 		Dir:           "/boot",
-		Args:          strings.Join(args, " "),
+		Args:          args,
 	}
 	if b := l.BootPartition(); b != nil {
 		c.SearchUUID, c.Dir = b.FS.UUID, ""
@@ -661,12 +663,12 @@ func PrepareCloudBoot(spec CloudBootSpec) error {
 	} else {
 		fmt.Fprintf(spec.Log, "disk: warning: /boot/initrd.img-%s not found, grub.cfg boots the kernel without an initrd\n", kver)
 	}
-	var b bytes.Buffer
-	if err := cloudGrubCfgTemplate.Execute(&b, c); err != nil {
-		return err
+	cfg, err := renderGrubCfg(c)
+	if err != nil {
+		return fmt.Errorf("prepare cloud boot: %w", err)
 	}
 	t := &treeWriter{root: r, epoch: spec.SourceDateEpoch}
-	if err := t.writeFile("boot/grub/grub.cfg", b.Bytes(), 0o644); err != nil {
+	if err := t.writeFile("boot/grub/grub.cfg", cfg, 0o644); err != nil {
 		return err
 	}
 	return t.touchParents()
@@ -711,31 +713,3 @@ func containsString(xs []string, s string) bool {
 	}
 	return false
 }
-
-type cloudGrubCfg struct {
-	Title, KernelVersion, SearchUUID, Dir, Args string
-	Initrd                                      bool
-}
-
-var cloudGrubCfgTemplate = template.Must(template.New("grub.cfg").Parse(`# /boot/grub/grub.cfg written by bake for a cloud image base; rebuilt with every image.
-serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
-terminal_input serial console
-terminal_output serial console
-set timeout_style=menu
-set timeout=1
-set default=0
-
-insmod part_gpt
-insmod ext2
-search --no-floppy --fs-uuid --set=root {{.SearchUUID}}
-
-menuentry '{{.Title}}' --id bake-default {
-	insmod gzio
-	echo 'Loading Linux {{.KernelVersion}} ...'
-	linux {{.Dir}}/vmlinuz-{{.KernelVersion}} {{.Args}}
-{{- if .Initrd}}
-	echo 'Loading initial ramdisk ...'
-	initrd {{.Dir}}/initrd.img-{{.KernelVersion}}
-{{- end}}
-}
-`))

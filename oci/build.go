@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/sweep"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -111,12 +112,30 @@ func (b *builder) logf(format string, args ...any) {
 	fmt.Fprintf(b.log, "oci: "+format+"\n", args...)
 }
 
-func (b *builder) tempDir(prefix string) (string, error) {
+// tempDirPrefix starts the names of the builder's temp dirs in
+// CACHE/tmp: work-PID-KIND-RANDOM (sweep.Pattern), so that a build killed
+// before it removed them (they hold whole Debian trees) is told from a
+// running one and removeStaleTempDirs removes them at the next build.
+const tempDirPrefix = "work-"
+
+// tempDir makes a temp dir for kind ("debian-", "node-", "app-").
+func (b *builder) tempDir(kind string) (string, error) {
 	d := filepath.Join(b.cache.dir, "tmp")
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return "", err
 	}
-	return os.MkdirTemp(d, prefix)
+	return os.MkdirTemp(d, sweep.Pattern(tempDirPrefix)+kind)
+}
+
+// removeStaleTempDirs removes the temp dirs of builds that are gone
+// (package sweep's policy), and those named before owners were recorded
+// (KIND-RANDOM) once they are older than sweep.DefaultMaxAge.
+func removeStaleTempDirs(cacheDir string) {
+	d := filepath.Join(cacheDir, "tmp")
+	sweep.Sweep{Dir: d, Prefix: tempDirPrefix}.Run()
+	for _, kind := range []string{"debian-", "node-", "app-"} {
+		sweep.Sweep{Dir: d, Prefix: kind, MaxAge: sweep.DefaultMaxAge}.Run()
+	}
 }
 
 // Validate checks the spec without touching the network: every problem at
@@ -238,6 +257,7 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	}
 	b := &builder{spec: spec, runner: runner, log: &syncWriter{w: log}, cache: layerCache{dir: spec.CacheDir},
 		downloads: spec.DownloadDir, user: user}
+	removeStaleTempDirs(spec.CacheDir)
 	defer os.Remove(filepath.Join(spec.CacheDir, "tmp"))
 
 	// Cheap checks first: a wrong pin fails in seconds, not after the

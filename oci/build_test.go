@@ -13,8 +13,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/sweep"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
@@ -91,6 +93,11 @@ func (f *fakeWorld) Run(_ context.Context, c execx.Cmd) error {
 	case c.Name == "mmdebstrap":
 		i := slices.Index(c.Args, "bookworm")
 		tree := c.Args[i+1]
+		// mmdebstrap's own temp files (its gpghome) go into the build's
+		// temp dir, which the build (or the next one) removes.
+		if !slices.Contains(c.Env, "TMPDIR="+filepath.Dir(tree)) {
+			f.t.Errorf("mmdebstrap's TMPDIR is not its temp dir %s: env %q", filepath.Dir(tree), c.Env)
+		}
 		write(f.t, tree, "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n", 0o644)
 		write(f.t, tree, "etc/group", "root:x:0:\n", 0o644)
 		write(f.t, tree, "etc/resolv.conf", "nameserver 10.0.0.1\n", 0o644)
@@ -359,5 +366,38 @@ func TestMmdebstrapArgs(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in %s", want, got)
 		}
+	}
+}
+
+// The temp dirs of builds that are gone go at the next build: those named
+// after a dead owner at once, those named before owners were recorded once
+// they are old; a running build's stay.
+func TestStaleTempDirsRemoved(t *testing.T) {
+	cache := t.TempDir()
+	tmp := filepath.Join(cache, "tmp")
+	dead := filepath.Join(tmp, fmt.Sprintf("%s%d-debian-1", tempDirPrefix, 1<<30)) // above any pid_max
+	ours := filepath.Join(tmp, sweep.Pattern(tempDirPrefix)+"node-2")
+	oldUnnamed := filepath.Join(tmp, "debian-3")
+	newUnnamed := filepath.Join(tmp, "app-4")
+	for _, d := range []string{dead, ours, oldUnnamed, newUnnamed} {
+		if err := os.MkdirAll(filepath.Join(d, "root"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * sweep.DefaultMaxAge)
+	os.Chtimes(oldUnnamed, past, past)
+	removeStaleTempDirs(cache)
+	for d, want := range map[string]bool{dead: false, ours: true, oldUnnamed: false, newUnnamed: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", d, err == nil, want)
+		}
+	}
+	b := &builder{cache: layerCache{dir: cache}}
+	d, err := b.tempDir("debian-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, ok := sweep.LeadingPID(filepath.Base(d), tempDirPrefix); !ok || pid != sweep.OwnerPID() {
+		t.Errorf("temp dir %s does not name its owner", d)
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/bakeimg/bake/internal/apt"
+	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 )
 
 // DebianLayer is the image's base: a minimal Debian root made from
@@ -109,13 +111,13 @@ func (s *DebianLayer) packages() []string {
 // debianSources returns the apt sources mmdebstrap fetches from.
 func debianSources(ctx context.Context, d DebianLayer) ([]string, error) {
 	if d.Mirror == "" {
-		srcs, codename, err := rootfs.HostAptSources("/")
+		srcs, codename, err := apt.HostSources("/")
 		if err != nil {
 			return nil, err
 		}
-		return rootfs.MapHostSources(codename, d.Suite, []string{"main"}, srcs)
+		return apt.MapHostSources(codename, d.Suite, []string{"main"}, srcs)
 	}
-	out := rootfs.MirrorSources(d.Mirror, d.Suite, []string{"main"})
+	out := apt.MirrorSources(d.Mirror, d.Suite, []string{"main"})
 	if d.SecurityMirror != "" {
 		out = append(out, "deb "+d.SecurityMirror+" "+d.Suite+"-security main")
 	}
@@ -177,7 +179,7 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 	if err != nil {
 		return layerFile{}, info, err
 	}
-	defer rootfs.RemoveAllSafe(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	tree := filepath.Join(tmp, "root")
 	debCache := filepath.Join(b.downloads, "debs", d.Suite)
 	if strings.ContainsAny(debCache, " \t\n'\"\\") {
@@ -186,16 +188,20 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 		return layerFile{}, info, err
 	}
 	b.logf("debian layer: mmdebstrap %s %s", d.Suite, strings.Join(d.packages(), " "))
-	args := mmdebstrapArgs(d, sources, rootfs.HostAptProxies(ctx, b.runner), debCache, tree)
+	args := mmdebstrapArgs(d, sources, apt.HostProxies(ctx, b.runner), debCache, tree)
+	// TMPDIR: mmdebstrap's main process makes its mmdebstrap.gpghome.XXXX
+	// there and removes it only when it exits normally; killed, it leaves
+	// it (see rootfs.Bootstrap). tmp is removed below, or swept by the next
+	// build when this one is killed.
 	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: b.log, Stderr: b.log,
-		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.spec.SourceDateEpoch, 10)}}
+		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.spec.SourceDateEpoch, 10), "TMPDIR=" + tmp}}
 	if err := b.runner.Run(ctx, cmd); err != nil {
 		return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
 	}
 	if err := addImageUser(tree, b.user); err != nil {
 		return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
 	}
-	pkgs, err := rootfs.InstalledPackages(tree)
+	pkgs, err := dpkg.InstalledPackages(tree)
 	if err != nil {
 		return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
 	}

@@ -29,7 +29,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
@@ -182,7 +182,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	}
 	t.Logf("rootfs extracted in %s", time.Since(start).Round(time.Second))
 	defer func() {
-		if err := rootfs.RemoveAllSafe(rootDir); err != nil {
+		if err := mounts.RemoveAllSafe(rootDir); err != nil {
 			t.Errorf("removing the rootfs: %v", err)
 		}
 	}()
@@ -280,7 +280,7 @@ exec "$@"`
 				t.Errorf("the gateway's namespace (init pid %d) outlived the test", initPid)
 			}
 		}
-		if m, _ := rootfs.MountsUnder(rootDir); len(m) > 0 {
+		if m, _ := mounts.Under(rootDir); len(m) > 0 {
 			t.Errorf("mounts left under the rootfs: %v", m)
 		}
 	}()

@@ -16,7 +16,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 )
 
 // NodeRuntime is the Node.js runtime, taken from the npm registry's
@@ -129,7 +129,7 @@ func (b *builder) nodeLayer(ctx context.Context) (layerFile, error) {
 	if err != nil {
 		return layerFile{}, err
 	}
-	defer rootfs.RemoveAllSafe(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	files := map[string]string{"package/bin/node": "node", "package/LICENSE": "LICENSE"}
 	if err := extractFiles(tgz, tmp, files); err != nil {
 		return layerFile{}, fmt.Errorf("node layer: %s: %w", n.spec(), err)

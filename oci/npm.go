@@ -17,7 +17,7 @@ import (
 	"strings"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
 )
 
 // NpmApp is the application: one npm package at a pinned version,
@@ -287,7 +287,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 	if err != nil {
 		return layerFile{}, info, err
 	}
-	defer rootfs.RemoveAllSafe(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	// npm's download cache is content-addressed (every tarball is checked
 	// against the lockfile's integrity), keyed here by the lockfile so it
 	// holds one app's tree and can be dropped with it.

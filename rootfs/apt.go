@@ -9,8 +9,9 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // aptArchives is where apt keeps downloaded .debs in the tree.
@@ -65,7 +66,7 @@ func InstallPackages(ctx context.Context, ch *Chroot, pkgs []string, cacheDir st
 		return err
 	}
 	opts := append([]string(nil), AptGetOptions...)
-	for _, p := range HostAptProxies(ctx, ch.runner) {
+	for _, p := range apt.HostProxies(ctx, ch.runner) {
 		opts = append(opts, "-o", p)
 	}
 	if err := ch.Run(ctx, append(append([]string{"apt-get"}, opts...), "update")...); err != nil {

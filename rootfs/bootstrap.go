@@ -1,8 +1,6 @@
 package rootfs
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,8 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/safepath"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 // BootstrapOptions describe a Debian root tree made from packages.
@@ -47,6 +48,10 @@ type BootstrapOptions struct {
 	// already logs (execx.Host{Log: ...}), or lines appear twice.
 	Log io.Writer
 }
+
+// bootstrapTempPrefix names Bootstrap's temp dir beside the tree: the
+// essential hook script, and mmdebstrap's TMPDIR.
+const bootstrapTempPrefix = ".bake-bootstrap-"
 
 // DivertSuffix marks the dpkg diversions bake makes while building; Sysprep
 // undoes exactly those.
@@ -96,7 +101,7 @@ func DivertBootHooks(ctx context.Context, ch *Chroot) error {
 // directory format).
 //
 // Sources: BuildMirror if set, else Mirror, else the build host's own Debian
-// apt sources mapped onto o.Suite (MapHostSources): bake never names a
+// apt sources mapped onto o.Suite (apt.MapHostSources): bake never names a
 // mirror host of its own. Afterwards the image's apt sources name only
 // o.Mirror (debian.sources, deb822) and no build-only source, proxy or host
 // file (resolv.conf, hostname) remains.
@@ -131,15 +136,15 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (err error) {
 	var sources []string
 	switch {
 	case o.BuildMirror != "":
-		sources = MirrorSources(o.BuildMirror, o.Suite, o.Components)
+		sources = apt.MirrorSources(o.BuildMirror, o.Suite, o.Components)
 	case o.Mirror != "":
-		sources = MirrorSources(o.Mirror, o.Suite, o.Components)
+		sources = apt.MirrorSources(o.Mirror, o.Suite, o.Components)
 	default:
-		srcs, codename, err := HostAptSources("/")
+		srcs, codename, err := apt.HostSources("/")
 		if err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
-		if sources, err = MapHostSources(codename, o.Suite, o.Components, srcs); err != nil {
+		if sources, err = apt.MapHostSources(codename, o.Suite, o.Components, srcs); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
 	}
@@ -202,7 +207,7 @@ func emptyDir(dir string) error {
 		return err
 	}
 	for _, e := range ents {
-		if err := RemoveAllSafe(filepath.Join(dir, e.Name())); err != nil {
+		if err := mounts.RemoveAllSafe(filepath.Join(dir, e.Name())); err != nil {
 			return err
 		}
 	}
@@ -211,11 +216,18 @@ func emptyDir(dir string) error {
 
 // bootstrap runs mmdebstrap into o.Tree and finishes the tree.
 func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err error) {
-	tmp, err := os.MkdirTemp("", "bake-bootstrap-")
+	// Bootstrap's own temp dir sits beside the tree (in a build, in its
+	// work dir), never in the host's /tmp: a build killed with SIGKILL
+	// cannot remove it, and there the next build removes the whole work
+	// dir. Named after its owner, it is swept here too when another
+	// caller's process died.
+	parent := filepath.Dir(filepath.Clean(o.Tree))
+	sweep.Sweep{Dir: parent, Prefix: bootstrapTempPrefix}.Run()
+	tmp, err := sweep.MkdirTemp(parent, bootstrapTempPrefix)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer mounts.RemoveAllSafe(tmp)
 	// The essential hook runs after the essential packages are unpacked
 	// and configured and before o.Packages (kernel, GRUB) are installed,
 	// so their maintainer scripts already meet the no-op boot hooks.
@@ -242,7 +254,7 @@ func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err e
 	}
 	// Build-only apt settings (the host's proxy) go to 99mmdebstrap,
 	// which is removed below.
-	for _, opt := range HostAptProxies(ctx, o.Runner) {
+	for _, opt := range apt.HostProxies(ctx, o.Runner) {
 		k, v, _ := strings.Cut(opt, "=")
 		args = append(args, fmt.Sprintf("--aptopt=%s %q", k, v))
 	}
@@ -283,7 +295,15 @@ func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err e
 	}
 	args = append(args, o.Suite, o.Tree)
 	args = append(args, sources...)
-	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: o.Log, Stderr: o.Log}
+	// TMPDIR: mmdebstrap's main process makes mmdebstrap.gpghome.XXXX
+	// there while it reads its options (to check the suite's keyring) and
+	// removes it only when it exits normally (File::Temp's CLEANUP runs at
+	// exit). Killed, it leaves it: by SIGKILL, and by the SIGTERM of an
+	// interrupted build too, which its main process ignores while it waits
+	// for its setup child, until the runner's grace time ends in SIGKILL.
+	// So it goes into bake's own temp dir, never the host's /tmp.
+	// (mmdebstrap points TMPDIR into the tree itself for what follows.)
+	cmd := execx.Cmd{Name: "mmdebstrap", Args: args, Stdout: o.Log, Stderr: o.Log, Env: []string{"TMPDIR=" + tmp}}
 	if err := o.Runner.Run(ctx, cmd); err != nil {
 		return fmt.Errorf("bootstrap: %w", err)
 	}
@@ -305,7 +325,7 @@ func finishBootstrap(o BootstrapOptions) error {
 	}
 	if o.Mirror != "" {
 		if err := root.WriteFile("/etc/apt/sources.list.d/debian.sources",
-			[]byte(DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, rootUID, rootGID); err != nil {
+			[]byte(apt.DebianSourcesFile(o.Mirror, o.Suite, o.Components)), 0o644, rootUID, rootGID); err != nil {
 			return err
 		}
 	}
@@ -333,119 +353,4 @@ func dedupe(in []string) []string {
 		}
 	}
 	return out
-}
-
-// HostAptSources reads the apt sources of the system at root ("/" for the
-// build host): sources.list.d/*.sources (deb822), sources.list.d/*.list and
-// sources.list; and its codename from os-release, or guessed from the
-// sources.
-func HostAptSources(root string) ([]AptSource, string, error) {
-	var all []AptSource
-	d := filepath.Join(root, "etc/apt/sources.list.d")
-	files, _ := filepath.Glob(filepath.Join(d, "*.sources"))
-	lists, _ := filepath.Glob(filepath.Join(d, "*.list"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, "", err
-		}
-		s, err := ParseDeb822Sources(bytes.NewReader(b))
-		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", f, err)
-		}
-		all = append(all, s...)
-	}
-	for _, f := range append([]string{filepath.Join(root, "etc/apt/sources.list")}, lists...) {
-		b, err := os.ReadFile(f)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, "", err
-		}
-		s, err := ParseOneLineSources(bytes.NewReader(b))
-		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", f, err)
-		}
-		all = append(all, s...)
-	}
-	codename := osReleaseField(filepath.Join(root, "etc/os-release"), "VERSION_CODENAME")
-	if codename == "" {
-		codename = HostCodename(all)
-	}
-	return all, codename, nil
-}
-
-func osReleaseField(file, key string) string {
-	f, err := os.Open(file)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if ok && k == key {
-			return strings.Trim(v, `"'`)
-		}
-	}
-	return ""
-}
-
-// HostAptProxies returns the build host's apt proxy settings as
-// "Acquire::http::Proxy=URL" pairs, from its apt configuration and from the
-// http_proxy/https_proxy environment. They are given to apt on the command
-// line (or to mmdebstrap as aptopts that are removed afterwards) and never
-// written into the image; the chroot's environment is clean, so without them
-// a build host behind a proxy could not fetch.
-func HostAptProxies(ctx context.Context, r execx.Runner) []string {
-	found := map[string]string{}
-	if out, err := r.Output(ctx, execx.Cmd{Name: "apt-config", Args: []string{"dump"}}); err == nil {
-		for k, v := range parseAptConfigProxies(out) {
-			found[k] = v
-		}
-	}
-	for env, key := range map[string]string{"http_proxy": "Acquire::http::Proxy", "https_proxy": "Acquire::https::Proxy"} {
-		if _, ok := found[key]; ok {
-			continue
-		}
-		if v := os.Getenv(env); v != "" {
-			found[key] = v
-		} else if v := os.Getenv(strings.ToUpper(env)); v != "" {
-			found[key] = v
-		}
-	}
-	var out []string
-	for _, k := range []string{"Acquire::http::Proxy", "Acquire::https::Proxy"} {
-		if v, ok := found[k]; ok {
-			out = append(out, k+"="+v)
-		}
-	}
-	return out
-}
-
-// parseAptConfigProxies reads `apt-config dump` lines such as
-// `Acquire::http::Proxy "http://proxy:3142";` (the per-host form
-// Acquire::http::Proxy::HOST is not a global proxy and is ignored).
-func parseAptConfigProxies(out []byte) map[string]string {
-	m := map[string]string{}
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok {
-			continue
-		}
-		if !strings.EqualFold(k, "Acquire::http::Proxy") && !strings.EqualFold(k, "Acquire::https::Proxy") {
-			continue
-		}
-		v = strings.Trim(strings.TrimSuffix(strings.TrimSpace(v), ";"), `"`)
-		if v == "" || strings.EqualFold(v, "DIRECT") || strings.EqualFold(v, "false") {
-			continue
-		}
-		if strings.EqualFold(k, "Acquire::http::Proxy") {
-			m["Acquire::http::Proxy"] = v
-		} else {
-			m["Acquire::https::Proxy"] = v
-		}
-	}
-	return m
 }

@@ -14,7 +14,8 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,14 +78,14 @@ type fileState struct {
 // resolv.conf (apt needs DNS) and policy-rc.d. On error everything done so
 // far is undone.
 func Open(ctx context.Context, tree string, opts ...ChrootOption) (*Chroot, error) {
-	abs := canonical(tree)
+	abs := mounts.Canonical(tree)
 	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("chroot: %s is not a directory", abs)
 	}
-	if m, err := MountsBelow(abs); err != nil {
+	if m, err := mounts.Below(abs); err != nil {
 		return nil, err
 	} else if len(m) > 0 {
-		return nil, fmt.Errorf("chroot: %w %s already: %s", ErrMounted, abs, strings.Join(m, ", "))
+		return nil, fmt.Errorf("chroot: %w %s already: %s", mounts.ErrMounted, abs, strings.Join(m, ", "))
 	}
 	root, err := safepath.Open(abs)
 	if err != nil {
@@ -175,7 +176,7 @@ func (c *Chroot) mountFD(fd int, source, target, fstype string, flags uintptr, d
 	if err != nil {
 		return err
 	}
-	if !isBelow(host, c.tree) {
+	if !mounts.Within(host, c.tree) {
 		return fmt.Errorf("mount target %s resolved to %s, outside the tree", target, host)
 	}
 	if err := unix.Mount(source, proc, fstype, flags, data); err != nil {
@@ -388,7 +389,7 @@ func (c *Chroot) unmount(host string) error {
 // tree's resolv.conf, removes the policy-rc.d it added, and then checks
 // /proc/self/mountinfo: anything still mounted below the tree (also mounts a
 // maintainer script made itself) is detached, and if that fails Close
-// returns ErrMounted. Close is safe to call twice.
+// returns mounts.ErrMounted. Close is safe to call twice.
 func (c *Chroot) Close() error {
 	if c == nil || c.root == nil {
 		return nil
@@ -404,7 +405,7 @@ func (c *Chroot) Close() error {
 	}
 	// Mounts not made by us (for example binfmt_misc under /proc/sys):
 	// detach them deepest first.
-	if left, err := MountsBelow(c.tree); err != nil {
+	if left, err := mounts.Below(c.tree); err != nil {
 		errs = append(errs, err)
 	} else {
 		for i := len(left) - 1; i >= 0; i-- {
@@ -429,10 +430,10 @@ func (c *Chroot) Close() error {
 		}
 		c.policyRCDAdded = false
 	}
-	if left, err := MountsBelow(c.tree); err != nil {
+	if left, err := mounts.Below(c.tree); err != nil {
 		errs = append(errs, err)
 	} else if len(left) > 0 {
-		errs = append(errs, fmt.Errorf("chroot: %w %s after close: %s", ErrMounted, c.tree, strings.Join(left, ", ")))
+		errs = append(errs, fmt.Errorf("chroot: %w %s after close: %s", mounts.ErrMounted, c.tree, strings.Join(left, ", ")))
 	}
 	errs = append(errs, c.root.Close())
 	c.root = nil
@@ -459,7 +460,7 @@ func (c *Chroot) killStragglers() []int {
 			continue
 		}
 		root, err := os.Readlink("/proc/" + e.Name() + "/root")
-		if err != nil || !isBelow(root, c.tree) {
+		if err != nil || !mounts.Within(root, c.tree) {
 			continue
 		}
 		if unix.Kill(pid, unix.SIGKILL) == nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bakeimg/bake/internal/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,10 +19,10 @@ import (
 // cannot be set; mkfs.ext4 -d gets E2FSPROGS_FAKE_TIME for those. The tree
 // must have no mounts, so the walk never reaches /proc or a bind.
 func ClampTimes(tree string, epoch time.Time) error {
-	if m, err := MountsBelow(tree); err != nil {
+	if m, err := mounts.Below(tree); err != nil {
 		return err
 	} else if len(m) > 0 {
-		return fmt.Errorf("clamp times: %w %s: %s", ErrMounted, tree, strings.Join(m, ", "))
+		return fmt.Errorf("clamp times: %w %s: %s", mounts.ErrMounted, tree, strings.Join(m, ", "))
 	}
 	ts := unix.NsecToTimespec(epoch.UnixNano())
 	omit := unix.Timespec{Nsec: unix.UTIME_OMIT}

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"github.com/bakeimg/bake/internal/flock"
+	"github.com/bakeimg/bake/internal/sweep"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // The build's .deb cache (BAKE_CACHE_DIR/apt/SUITE) is shared by every
@@ -25,9 +25,11 @@ import (
 // tree's apt archive, holds lockDebCache while apt runs (apt refuses a
 // second apt on the same archive directory).
 
-// debCacheTempAge: snapshot and sync-out directories older than this were
-// left by a build that was killed, and are removed.
-const debCacheTempAge = 6 * time.Hour
+// debCacheTempAge: snapshot and sync-out directories whose names record no
+// owner (made by an older bake) and older than this were left by a build
+// that was killed, and are removed. Those named after their owner
+// (sweep.MkdirTemp) go as soon as it is gone.
+const debCacheTempAge = sweep.DefaultMaxAge
 
 const (
 	debSnapshotPrefix = ".bake-in-"
@@ -35,11 +37,11 @@ const (
 	debCacheLock      = ".bake-lock"
 )
 
-// debCacheSnapshot makes cache/.bake-in-XXXX holding a hard link to every
+// debCacheSnapshot makes cache/.bake-in-PID-XXXX holding a hard link to every
 // .deb in cache. The caller removes it.
 func debCacheSnapshot(cache string) (string, error) {
 	removeStaleDebCacheDirs(cache)
-	snap, err := os.MkdirTemp(cache, debSnapshotPrefix)
+	snap, err := sweep.MkdirTemp(cache, debSnapshotPrefix)
 	if err != nil {
 		return "", err
 	}
@@ -61,9 +63,10 @@ func debCacheSnapshot(cache string) (string, error) {
 	return snap, nil
 }
 
-// debCacheIncoming makes cache/.bake-out-XXXX for a bootstrap's sync-out.
+// debCacheIncoming makes cache/.bake-out-PID-XXXX for a bootstrap's
+// sync-out.
 func debCacheIncoming(cache string) (string, error) {
-	return os.MkdirTemp(cache, debIncomingPrefix)
+	return sweep.MkdirTemp(cache, debIncomingPrefix)
 }
 
 // publishDebs moves the .debs of incoming that cache lacks into cache, each
@@ -92,19 +95,10 @@ func publishDebs(incoming, cache string) (int, error) {
 }
 
 // removeStaleDebCacheDirs removes snapshot and sync-out directories that
-// killed builds left in cache.
+// killed builds left in cache (package sweep's policy).
 func removeStaleDebCacheDirs(cache string) {
-	ents, err := os.ReadDir(cache)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if !e.IsDir() || !(strings.HasPrefix(e.Name(), debSnapshotPrefix) || strings.HasPrefix(e.Name(), debIncomingPrefix)) {
-			continue
-		}
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > debCacheTempAge {
-			os.RemoveAll(filepath.Join(cache, e.Name()))
-		}
+	for _, prefix := range []string{debSnapshotPrefix, debIncomingPrefix} {
+		sweep.Sweep{Dir: cache, Prefix: prefix, MaxAge: debCacheTempAge}.Run()
 	}
 }
 

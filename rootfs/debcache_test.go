@@ -2,10 +2,13 @@ package rootfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 func TestDebCacheSnapshotAndPublish(t *testing.T) {
@@ -53,8 +56,12 @@ func TestDebCacheStaleDirsRemoved(t *testing.T) {
 	cache := t.TempDir()
 	old := filepath.Join(cache, debIncomingPrefix+"killed")
 	fresh := filepath.Join(cache, debSnapshotPrefix+"running")
-	os.Mkdir(old, 0o755)
-	os.Mkdir(fresh, 0o755)
+	// Named after their owner: gone with it, at once; kept while it runs.
+	deadOwner := filepath.Join(cache, fmt.Sprintf("%s%d-x", debIncomingPrefix, 1<<30)) // above any pid_max
+	ours := filepath.Join(cache, fmt.Sprintf("%s%d-y", debSnapshotPrefix, sweep.OwnerPID()))
+	for _, d := range []string{old, fresh, deadOwner, ours} {
+		os.Mkdir(d, 0o755)
+	}
 	past := time.Now().Add(-2 * debCacheTempAge)
 	os.Chtimes(old, past, past)
 	snap, err := debCacheSnapshot(cache)
@@ -67,6 +74,12 @@ func TestDebCacheStaleDirsRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Error("a running build's snapshot was removed")
+	}
+	if _, err := os.Stat(deadOwner); !os.IsNotExist(err) {
+		t.Error("the sync-out dir of a build that is gone was kept")
+	}
+	if _, err := os.Stat(ours); err != nil {
+		t.Error("this process's own snapshot was removed")
 	}
 }
 

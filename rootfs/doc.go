@@ -15,14 +15,18 @@
 //	BaseSystem       networking on any NIC, DNS, time, root grows at boot
 //	Sysprep          remove per-instance identity and build traces
 //	ClampTimes       file times clamped to SOURCE_DATE_EPOCH
-//	InstalledPackages the manifest's package list from dpkg's status file
 //
-// Every write into a tree goes through package safepath, which resolves
-// paths with openat2(RESOLVE_IN_ROOT): a symlink inside the tree means what
-// it means when the tree is "/", and never leads onto the build host.
-// Nothing here removes a directory across a mount point (RemoveAllSafe,
-// safepath.RemoveAll), and Chroot.Close checks /proc/self/mountinfo that
-// nothing is left mounted below the tree.
+// Every write into a tree goes through package internal/safepath, which
+// resolves paths with openat2(RESOLVE_IN_ROOT): a symlink inside the tree
+// means what it means when the tree is "/", and never leads onto the build
+// host. Nothing here removes a directory across a mount point
+// (mounts.RemoveAllSafe, safepath.RemoveAll), and Chroot.Close checks
+// /proc/self/mountinfo (internal/mounts) that nothing is left mounted below
+// the tree.
+//
+// What other stages share with it lives in internal packages: the host's
+// apt sources and proxies (internal/apt), the installed package list
+// (internal/dpkg), the mount table and RemoveAllSafe (internal/mounts).
 //
 // The package takes plain option structs; the builder maps a recipe onto
 // them. Root is needed for Bootstrap, Chroot and the steps that run in it;

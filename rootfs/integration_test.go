@@ -31,8 +31,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bakeimg/bake/internal/apt"
+	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,7 +66,7 @@ func workDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := RemoveAllSafe(dir); err != nil {
+		if err := mounts.RemoveAllSafe(dir); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -82,7 +84,7 @@ func logWriter(t *testing.T, name string) *os.File {
 
 func assertNoMounts(t *testing.T, tree string) {
 	t.Helper()
-	m, err := MountsUnder(tree)
+	m, err := mounts.Under(tree)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,11 +310,11 @@ func TestTreeStages(t *testing.T) {
 
 	// The image's mirror is the host's own first Debian URI: tests name
 	// no mirror host either.
-	srcs, codename, err := HostAptSources("/")
+	srcs, codename, err := apt.HostSources("/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines, err := MapHostSources(codename, "bookworm", nil, srcs)
+	lines, err := apt.MapHostSources(codename, "bookworm", nil, srcs)
 	if err != nil {
 		t.Fatalf("the host's apt sources cannot be mapped to bookworm (the test bootstraps from the host's own Debian mirror): %v", err)
 	}
@@ -341,7 +343,7 @@ func TestTreeStages(t *testing.T) {
 			ch.Close()
 		}
 	}()
-	m, _ := MountsUnder(tree)
+	m, _ := mounts.Under(tree)
 	for _, want := range []string{"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run"} {
 		if !slices.Contains(m, ch.Tree()+want) {
 			t.Errorf("%s not mounted: %v", want, m)
@@ -389,7 +391,7 @@ func TestTreeStages(t *testing.T) {
 		if !slices.ContainsFunc(debNames(t, cache), func(s string) bool { return strings.HasPrefix(s, "hello_") }) {
 			t.Error("hello not in the shared cache")
 		}
-		m, _ := MountsUnder(tree)
+		m, _ := mounts.Under(tree)
 		if slices.Contains(m, ch.Tree()+aptArchives) {
 			t.Error("cache still bound")
 		}
@@ -648,7 +650,7 @@ func TestTreeStages(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pkgs, err := InstalledPackages(tree)
+	pkgs, err := dpkg.InstalledPackages(tree)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -764,47 +766,8 @@ func repoTest(t *testing.T, ctx context.Context, ch *Chroot, cache string) {
 		t.Fatal("bake-test-pkg not installed")
 	}
 	os.Remove(filepath.Join(tree, "etc/apt/sources.list.d/bake-good.sources"))
-	RemoveAllSafe(filepath.Join(tree, "srv/repo-good"))
-	RemoveAllSafe(filepath.Join(tree, "srv/repo-bad"))
-}
-
-// TestRemoveAllSafeMounted: with a real mount below, RemoveAllSafe refuses,
-// and even the fd-based removal itself (no mountinfo check) stops at the
-// mount point instead of emptying the mounted filesystem.
-func TestRemoveAllSafeMounted(t *testing.T) {
-	requireIntegration(t)
-	work := workDir(t)
-	dir := filepath.Join(work, "with space", "d")
-	mnt := filepath.Join(dir, "mnt")
-	os.MkdirAll(mnt, 0o755)
-	if err := unix.Mount("bake-test", mnt, "tmpfs", 0, "size=1m"); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(mnt, unix.MNT_DETACH)
-	os.WriteFile(filepath.Join(mnt, "precious"), []byte("x"), 0o644)
-	os.WriteFile(filepath.Join(dir, "other"), []byte("x"), 0o644)
-
-	if err := RemoveAllSafe(filepath.Join(work, "with space")); !errors.Is(err, ErrMounted) {
-		t.Fatalf("got %v, want ErrMounted", err)
-	}
-	r, err := safepath.Open(work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	err = r.RemoveAll("with space")
-	if err == nil || !strings.Contains(err.Error(), "mount point") {
-		t.Errorf("RemoveAll across a mount: %v", err)
-	}
-	if !exists(filepath.Join(mnt, "precious")) {
-		t.Fatal("removal crossed the mount point")
-	}
-	if err := unix.Unmount(mnt, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := RemoveAllSafe(filepath.Join(work, "with space")); err != nil {
-		t.Fatal(err)
-	}
+	mounts.RemoveAllSafe(filepath.Join(tree, "srv/repo-good"))
+	mounts.RemoveAllSafe(filepath.Join(tree, "srv/repo-bad"))
 }
 
 // TestChrootRefusesSymlinkedMountPoint: a tree whose /proc is a symlink to
@@ -816,12 +779,12 @@ func TestChrootRefusesSymlinkedMountPoint(t *testing.T) {
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
 	os.MkdirAll(filepath.Join(tree, "usr/sbin"), 0o755)
 	os.Symlink("/proc", filepath.Join(tree, "proc"))
-	before, _ := MountsUnder("/")
+	before, _ := mounts.Under("/")
 	_, err := Open(context.Background(), tree)
 	if err == nil {
 		t.Fatal("Open accepted a symlinked /proc")
 	}
-	after, _ := MountsUnder("/")
+	after, _ := mounts.Under("/")
 	if len(after) != len(before) {
 		t.Errorf("mounts changed: %d -> %d", len(before), len(after))
 	}

@@ -13,7 +13,8 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 func init() {
@@ -172,51 +173,6 @@ func TestParseMode(t *testing.T) {
 		if _, err := ParseMode(bad); err == nil {
 			t.Errorf("ParseMode(%q) accepted", bad)
 		}
-	}
-}
-
-const dpkgStatus = `Package: libc6
-Status: install ok installed
-Priority: optional
-Architecture: amd64
-Multi-Arch: same
-Version: 2.36-9+deb12u10
-Description: GNU C Library: Shared libraries
- Contains the standard libraries
- .
- Status: not a field
-
-Package: removed-pkg
-Status: deinstall ok config-files
-Architecture: amd64
-Version: 1.0
-
-Package: base-files
-Essential: yes
-Status: hold ok installed
-Architecture: amd64
-Version: 12.4+deb12u11
-
-Package: libc6
-Status: install ok installed
-Architecture: i386
-Version: 2.36-9+deb12u10
-`
-
-func TestInstalledPackages(t *testing.T) {
-	tree := t.TempDir()
-	write(t, tree, "var/lib/dpkg/status", dpkgStatus, 0o644)
-	got, err := InstalledPackages(tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Package{
-		{"base-files", "12.4+deb12u11", "amd64"},
-		{"libc6", "2.36-9+deb12u10", "amd64"},
-		{"libc6", "2.36-9+deb12u10", "i386"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %+v", got)
 	}
 }
 
@@ -396,6 +352,23 @@ func TestBootstrapCommand(t *testing.T) {
 	if strings.Contains(line, "mirror.example") {
 		t.Error("the image's mirror is not the build mirror")
 	}
+	// Its temp dir (the essential hook, mmdebstrap's TMPDIR for its
+	// gpghome) is beside the tree, named after its owner, and gone after.
+	tmp := ""
+	for _, e := range mm.Env {
+		if v, ok := strings.CutPrefix(e, "TMPDIR="); ok {
+			tmp = v
+		}
+	}
+	if want := filepath.Join(filepath.Dir(tree), bootstrapTempPrefix+strconv.Itoa(sweep.OwnerPID())+"-"); !strings.HasPrefix(tmp, want) {
+		t.Errorf("mmdebstrap's TMPDIR %q, want %s*", tmp, want)
+	}
+	if !strings.Contains(line, "--essential-hook="+filepath.Join(tmp, "divert-boot-hooks")) {
+		t.Errorf("the essential hook is not in %s:\n%s", tmp, line)
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Errorf("bootstrap's temp dir %s is left: %v", tmp, err)
+	}
 	// The image names Mirror only.
 	b, err := os.ReadFile(filepath.Join(tree, "etc/apt/sources.list.d/debian.sources"))
 	if err != nil || !strings.Contains(string(b), "URIs: http://mirror.example/debian\n") || strings.Contains(string(b), "build.example") {
@@ -407,25 +380,6 @@ func TestBootstrapCommand(t *testing.T) {
 	// Not empty: refused.
 	if err := Bootstrap(context.Background(), BootstrapOptions{Suite: "bookworm", Tree: tree, Runner: rec, Mirror: "http://m/debian"}); err == nil {
 		t.Error("bootstrap into a non-empty tree")
-	}
-}
-
-func TestHostAptSources(t *testing.T) {
-	root := t.TempDir()
-	write(t, root, "etc/apt/sources.list.d/debian.sources", hostDeb822, 0o644)
-	write(t, root, "etc/apt/sources.list.d/extra.list", "deb http://ftp.example.org/debian bookworm-backports main\n", 0o644)
-	write(t, root, "etc/apt/sources.list.d/old.list.disabled", "deb http://x/debian bookworm main\n", 0o644)
-	write(t, root, "etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n", 0o644)
-	srcs, codename, err := HostAptSources(root)
-	if err != nil || codename != "bookworm" || len(srcs) != 6 {
-		t.Fatalf("%d sources, %q, %v", len(srcs), codename, err)
-	}
-}
-
-func TestAptProxies(t *testing.T) {
-	got := parseAptConfigProxies([]byte("APT \"\";\nAcquire::http::Proxy \"http://proxy:3142\";\nAcquire::http::Proxy::deb.example \"DIRECT\";\nAcquire::https::Proxy \"DIRECT\";\n"))
-	if !reflect.DeepEqual(got, map[string]string{"Acquire::http::Proxy": "http://proxy:3142"}) {
-		t.Errorf("%v", got)
 	}
 }
 

@@ -10,7 +10,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,10 +132,10 @@ func Sysprep(tree string) error {
 }
 
 func sysprep(tree string, h sysprepHost) error {
-	if m, err := MountsBelow(tree); err != nil {
+	if m, err := mounts.Below(tree); err != nil {
 		return err
 	} else if len(m) > 0 {
-		return fmt.Errorf("sysprep: %w %s: %s (close the chroot first)", ErrMounted, tree, strings.Join(m, ", "))
+		return fmt.Errorf("sysprep: %w %s: %s (close the chroot first)", mounts.ErrMounted, tree, strings.Join(m, ", "))
 	}
 	r, err := safepath.Open(tree)
 	if err != nil {

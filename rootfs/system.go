@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // Systemd enables, disables and masks units with the tree's own systemctl

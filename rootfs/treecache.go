@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/flock"
 )
@@ -129,7 +130,7 @@ func openTreeCache(ctx context.Context, o BootstrapOptions, sources []string) (*
 		return nil, fmt.Errorf("mmdebstrap --version: %w", err)
 	}
 	in.Mmdebstrap = strings.TrimSpace(string(out))
-	proxies := proxyMap(HostAptProxies(ctx, o.Runner))
+	proxies := proxyMap(apt.HostProxies(ctx, o.Runner))
 	for _, s := range sources {
 		u, err := inReleaseURL(s)
 		if err != nil {
@@ -322,7 +323,7 @@ func inReleaseURL(source string) (string, error) {
 }
 
 // proxyMap maps "http" and "https" to apt's proxy for them
-// (HostAptProxies' Acquire::SCHEME::Proxy=VALUE).
+// (apt.HostProxies' Acquire::SCHEME::Proxy=VALUE).
 func proxyMap(opts []string) map[string]string {
 	m := map[string]string{}
 	for _, o := range opts {

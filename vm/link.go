@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 // The addresses of a Link. They exist only inside the Link's namespace:
@@ -74,7 +75,7 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 		}
 	}
 	l := &Link{
-		Netns:  fmt.Sprintf("bake-%s-%d", name, os.Getpid()),
+		Netns:  fmt.Sprintf("bake-%s-%d", name, sweep.OwnerPID()),
 		Tap:    linkTap,
 		closed: make(chan struct{}),
 	}
@@ -93,7 +94,7 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 	}()
 	// The owner's PID in the name: RemoveStaleLinks tells a dir left by a
 	// killed process from a live one's.
-	if l.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", linkDirPrefix, os.Getpid())); err != nil {
+	if l.dir, err = sweep.MkdirTemp("", linkDirPrefix); err != nil {
 		return nil, err
 	}
 	ns := []string{"-n", l.Netns}

@@ -8,22 +8,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
+	"github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/sweep"
 )
-
-// PIDAlive reports whether process pid exists. A zombie counts (its parent
-// has not reaped it yet), and so does a process of another user (EPERM).
-func PIDAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
 
 // TrailingPID is the PID that ends name after prefix: "bake-verify-bios-0-
 // 1234" with prefix "bake-verify-" is 1234. A Link's namespace is named
@@ -43,25 +35,6 @@ func TrailingPID(name, prefix string) (int, bool) {
 	return pid, true
 }
 
-// LeadingPID is the PID right after prefix in a temp dir made with
-// os.MkdirTemp("", PREFIX+PID+"-"): "bake-link-1234-98765" with prefix
-// "bake-link-" is 1234. A name without the second field (made before
-// owners were recorded) has none: there is no telling whose it is.
-func LeadingPID(name, prefix string) (int, bool) {
-	if !strings.HasPrefix(name, prefix) {
-		return 0, false
-	}
-	f, rest, ok := strings.Cut(name[len(prefix):], "-")
-	if !ok || rest == "" {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(f)
-	if err != nil || pid <= 0 || strconv.Itoa(pid) != f {
-		return 0, false
-	}
-	return pid, true
-}
-
 // RemoveStaleLinks removes what the Links of processes that are gone left
 // behind: the namespaces bake-PREFIX...-PID (with their tap devices, and
 // any process still inside them, which was started for that Link) and the
@@ -72,10 +45,42 @@ func LeadingPID(name, prefix string) (int, bool) {
 func RemoveStaleLinks(ctx context.Context, prefix string) ([]string, error) {
 	return removeStaleLinks(ctx, staleEnv{
 		netnsDir: netnsDir, tmpDir: os.TempDir(), prefix: "bake-" + prefix,
-		alive: PIDAlive, deleteNetns: deleteStaleNetns,
-		removeDir: rootfs.RemoveAllSafe,
+		alive: sweep.Alive, deleteNetns: deleteStaleNetns,
+		removeDir: mounts.RemoveAllSafe,
 	})
 }
+
+// vmDirPrefix and probeDirPrefix name the temp dirs of Start and ProbeKVM
+// (sweep.MkdirTemp): a VM's overlay, UEFI vars, logs; the probe's debug
+// console file.
+const (
+	vmDirPrefix    = "bake-vm-"
+	probeDirPrefix = "bake-kvm-probe-"
+)
+
+// RemoveStaleDirs removes the temp dirs of VMs and KVM probes whose
+// process is gone (package sweep's policy). A process killed with SIGKILL
+// takes its QEMU with it (Pdeathsig) but never runs Stop, which removes
+// them; no root is needed. Start calls it once per process. It returns
+// what it removed; errors are what it could not.
+func RemoveStaleDirs() ([]string, error) {
+	var removed []string
+	var errs []error
+	for _, prefix := range []string{vmDirPrefix, probeDirPrefix} {
+		rm, err := sweep.Sweep{Prefix: prefix, MaxAge: sweep.DefaultMaxAge}.Run()
+		removed = append(removed, rm...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+var sweepOnce sync.Once
+
+// sweepStaleDirs runs RemoveStaleDirs once per process, before its first
+// VM; what it cannot remove is left for bake verify to report.
+func sweepStaleDirs() { sweepOnce.Do(func() { RemoveStaleDirs() }) }
 
 type staleEnv struct {
 	netnsDir, tmpDir, prefix string
@@ -87,7 +92,7 @@ type staleEnv struct {
 func removeStaleLinks(ctx context.Context, e staleEnv) ([]string, error) {
 	var removed []string
 	var errs []error
-	self := os.Getpid()
+	self := sweep.OwnerPID() // the numbering of the names and of sweep.Alive
 	stale := func(pid int) bool { return pid != self && !e.alive(pid) }
 	if ents, err := os.ReadDir(e.netnsDir); err == nil && e.deleteNetns != nil {
 		for _, ent := range ents {
@@ -102,19 +107,11 @@ func removeStaleLinks(ctx context.Context, e staleEnv) ([]string, error) {
 			removed = append(removed, "network namespace "+ent.Name())
 		}
 	}
-	if ents, err := os.ReadDir(e.tmpDir); err == nil {
-		for _, ent := range ents {
-			pid, ok := LeadingPID(ent.Name(), linkDirPrefix)
-			if !ok || !ent.IsDir() || !stale(pid) {
-				continue
-			}
-			p := filepath.Join(e.tmpDir, ent.Name())
-			if err := e.removeDir(p); err != nil {
-				errs = append(errs, fmt.Errorf("stale link dir: %w", err))
-				continue
-			}
-			removed = append(removed, p)
-		}
+	rm, err := sweep.Sweep{Dir: e.tmpDir, Prefix: linkDirPrefix, MaxAge: sweep.DefaultMaxAge,
+		Alive: e.alive, Remove: e.removeDir}.Run()
+	removed = append(removed, rm...)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("link dirs: %w", err))
 	}
 	return removed, errors.Join(errs...)
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-func TestTrailingLeadingPID(t *testing.T) {
+func TestTrailingPID(t *testing.T) {
 	for _, c := range []struct {
 		name, prefix string
 		pid          int
@@ -27,32 +27,7 @@ func TestTrailingLeadingPID(t *testing.T) {
 			t.Errorf("TrailingPID(%q, %q) = %d, %v; want %d, %v", c.name, c.prefix, pid, ok, c.pid, c.ok)
 		}
 	}
-	for _, c := range []struct {
-		name, prefix string
-		pid          int
-		ok           bool
-	}{
-		{"bake-link-1234-98765", "bake-link-", 1234, true},
-		{"bake-link-3490247584", "bake-link-", 0, false}, // before owners were recorded
-		{"bake-link-1234-", "bake-link-", 0, false},
-		{"bake-link-x-1", "bake-link-", 0, false},
-		{"bake-verify-1234-5", "bake-link-", 0, false},
-	} {
-		pid, ok := LeadingPID(c.name, c.prefix)
-		if pid != c.pid || ok != c.ok {
-			t.Errorf("LeadingPID(%q, %q) = %d, %v; want %d, %v", c.name, c.prefix, pid, ok, c.pid, c.ok)
-		}
-	}
-}
-
-func TestPIDAlive(t *testing.T) {
-	if !PIDAlive(os.Getpid()) {
-		t.Error("this process is not alive")
-	}
-	// Above any pid_max (at most 2^22): no such process.
-	if PIDAlive(1<<30) || PIDAlive(0) || PIDAlive(-1) {
-		t.Error("a PID that cannot exist is alive")
-	}
+	// LeadingPID (work dirs' names) is sweep's: sweep.TestLeadingPID.
 }
 
 // Only what belongs to a dead owner goes: namespaces of the prefix with a

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/imgfile"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 // StopGrace is how long Stop waits after SIGTERM before SIGKILL.
@@ -101,7 +102,11 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, err
 	}
 	c = c.withDefaults()
-	dir, err := os.MkdirTemp("", "bake-vm-")
+	// The owner's PID in the name: a process killed with SIGKILL takes
+	// QEMU with it but never runs Stop, and the next Start (or bake
+	// verify) of any process removes the dir (RemoveStaleDirs).
+	sweepStaleDirs()
+	dir, err := sweep.MkdirTemp("", vmDirPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -690,7 +695,7 @@ func ProbeKVM(ctx context.Context, qemu string) error {
 	}
 	unix.Close(int(vmfd))
 
-	dir, err := os.MkdirTemp("", "bake-kvm-probe-")
+	dir, err := sweep.MkdirTemp("", probeDirPrefix)
 	if err != nil {
 		return err
 	}

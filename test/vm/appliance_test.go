@@ -26,6 +26,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/aptrepo"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/sweep"
 	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/oci"
 	"github.com/bakeimg/bake/vm"
@@ -38,6 +39,7 @@ import (
 var (
 	applOnce sync.Once
 	applDir  string
+	applTemp string // made by applianceImage, built or not; TestMain removes it
 	applErr  string
 	applImg  struct{ ref, id string }
 )
@@ -54,24 +56,26 @@ func applianceImage(t *testing.T) string {
 	applOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		// One fixed directory, emptied by the next run: the image (about
-		// 400 MiB) outlives the test that made it (tests share it) and
-		// there is no hook after the last test of the package.
-		work := filepath.Join(os.TempDir(), "bake-vmtest-appliance")
+		// The image (about 400 MiB) outlives the test that made it
+		// (tests share it): TestMain removes it after the last test.
 		reuse := os.Getenv("BAKE_VMTEST_APPLIANCE_DIR")
+		prefix := applDirPrefix
 		if reuse != "" {
 			// Iterating on the checks: reuse an image baked earlier
-			// from the same recipe and test gateway.
-			work = filepath.Join(os.TempDir(), fmt.Sprintf("bake-vmtest-gw-%d", os.Getpid()))
+			// from the same recipe and test gateway (a run with
+			// BAKE_VMTEST_KEEP_APPLIANCE=1 keeps its own); work holds
+			// only the servers' files.
+			prefix = applReusePrefix
+		}
+		work, err := sweep.MkdirTemp("", prefix)
+		if err != nil {
+			applErr = err.Error()
+			return
+		}
+		if reuse != "" {
 			defer os.RemoveAll(work)
-		}
-		if err := os.RemoveAll(work); err != nil {
-			applErr = err.Error()
-			return
-		}
-		if err := os.MkdirAll(work, 0o700); err != nil {
-			applErr = err.Error()
-			return
+		} else {
+			applTemp = work
 		}
 		in, err := startApplianceInputs(ctx, work, reuse == "")
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bakeimg/bake/internal/sweep"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -30,7 +31,7 @@ func bootImage(t *testing.T) string {
 	t.Helper()
 	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64")
 	bootImgOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bake-vmtest-boot-")
+		dir, err := sweep.MkdirTemp("", bootDirPrefix)
 		if err != nil {
 			bootImgErr = err.Error()
 			return

@@ -22,6 +22,9 @@ package vmtest
 import (
 	"bytes"
 	"context"
+	"fmt"
+	mountsafe "github.com/bakeimg/bake/internal/mounts"
+	"github.com/bakeimg/bake/internal/sweep"
 	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/internal/testreport"
 	"github.com/bakeimg/bake/vm"
@@ -36,24 +39,74 @@ import (
 	"time"
 )
 
-// TestMain removes, once every test is done, the boot image this run baked
-// (about 1.1 GiB in $TMPDIR; each run used to leave its copy behind), unless
-// something is still mounted below it.
+// TestMain removes, once every test is done, what this run made in
+// $TMPDIR: the bake binary (bake), the boot image (bootImage, about 1.1
+// GiB) and the appliance image (applianceImage, about 440 MiB), unless
+// something is still mounted below them (mounts.RemoveAllSafe). The
+// binary and the appliance image used to stay behind after every run.
+// Before the tests it removes what earlier runs left when they were killed
+// (a go test -timeout panic ends the binary without this cleanup): their
+// dirs are named after their process (sweep.MkdirTemp), and go once it is
+// gone.
+//
+// BAKE_VMTEST_KEEP_APPLIANCE=1 keeps the appliance image (marked kept, so
+// no later run sweeps it) for BAKE_VMTEST_APPLIANCE_DIR to reuse.
 func TestMain(m *testing.M) {
+	removeStaleTestDirs()
 	code := m.Run()
-	if dir := bootImgTemp; dir != "" {
-		mi, err := os.ReadFile("/proc/self/mountinfo")
-		if err == nil && !bytes.Contains(mi, []byte(" "+dir+"/")) && !bytes.Contains(mi, []byte(" "+dir+" ")) {
-			os.RemoveAll(dir)
+	if applTemp != "" && applDir == applTemp && os.Getenv("BAKE_VMTEST_KEEP_APPLIANCE") == "1" {
+		if err := os.WriteFile(filepath.Join(applTemp, keptMarker), nil, 0o644); err == nil {
+			fmt.Fprintf(os.Stderr, "vmtest: kept %s (BAKE_VMTEST_APPLIANCE_DIR=%s reuses it; remove it when done)\n", applTemp, applTemp)
+			applTemp = ""
+		}
+	}
+	for _, dir := range []string{bakeBinDir, bootImgTemp, applTemp} {
+		if dir != "" {
+			if err := mountsafe.RemoveAllSafe(dir); err != nil {
+				fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+			}
 		}
 	}
 	os.Exit(code)
 }
 
+// The prefixes of this package's dirs in $TMPDIR.
+const (
+	binDirPrefix    = "bake-vmtest-bin-"
+	bootDirPrefix   = "bake-vmtest-boot-"
+	applDirPrefix   = "bake-vmtest-appliance-"
+	applReusePrefix = "bake-vmtest-gw-"
+	// keptMarker marks a dir kept on purpose: no sweep removes it.
+	keptMarker = ".bake-vmtest-kept"
+)
+
+// removeStaleTestDirs sweeps the dirs of earlier runs that are gone (and
+// those named before owners were recorded, once older than
+// sweep.DefaultMaxAge), and the fixed bake-vmtest-appliance dir earlier
+// versions of applianceImage left for the next run to empty.
+func removeStaleTestDirs() {
+	for _, prefix := range []string{binDirPrefix, bootDirPrefix, applDirPrefix, applReusePrefix} {
+		rm, err := sweep.Sweep{Prefix: prefix, MaxAge: sweep.DefaultMaxAge, Keep: keptMarker}.Run()
+		for _, d := range rm {
+			fmt.Fprintf(os.Stderr, "vmtest: removed %s, left by a run that was killed\n", d)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		}
+	}
+	legacy := filepath.Join(os.TempDir(), "bake-vmtest-appliance")
+	if _, err := os.Lstat(legacy); err == nil {
+		if err := mountsafe.RemoveAllSafe(legacy); err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		}
+	}
+}
+
 var (
-	bakeOnce sync.Once
-	bakeBin  string
-	bakeErr  error
+	bakeOnce   sync.Once
+	bakeBin    string
+	bakeBinDir string // removed by TestMain
+	bakeErr    error
 )
 
 // vmSlots: VM tests running at once (BAKE_VMTEST_SLOTS, default 2).
@@ -203,11 +256,12 @@ func requireTools(t *testing.T, tools ...string) {
 func bake(t *testing.T) string {
 	t.Helper()
 	bakeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bake-vmtest-bin-")
+		dir, err := sweep.MkdirTemp("", binDirPrefix)
 		if err != nil {
 			bakeErr = err
 			return
 		}
+		bakeBinDir = dir
 		bakeBin = filepath.Join(dir, "bake")
 		cmd := exec.Command("go", "build", "-o", bakeBin, "./cmd/bake")
 		cmd.Dir = repoRoot()

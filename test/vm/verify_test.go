@@ -278,8 +278,9 @@ func TestVerifyInterrupted(t *testing.T) {
 
 // TestVerifyKilled: SIGKILL gives bake verify no chance to clean up. Its
 // QEMU and dnsmasq die with it (Pdeathsig); its network namespace (with
-// the tap device in it), its Link's dir and its work dir stay, and the
-// next bake verify removes them, because the PID in their names is gone.
+// the tap device in it), its Link's dir, its VM's dir and its work dir
+// stay, and the next bake verify removes them, because the PID in their
+// names is gone.
 // The next run here is one that stops at once (an image qemu-img cannot
 // read, exit 2): the cleanup comes first, whatever the run turns out to be.
 func TestVerifyKilled(t *testing.T) {
@@ -332,12 +333,14 @@ func TestVerifyKilled(t *testing.T) {
 		t.Fatalf("namespace %s is not named after bake's PID %d", netns, bakePID)
 	}
 	linkDirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-link-%d-*", bakePID)))
+	// QEMU's own temp dir (vm.Start: its log), which only Stop removed.
+	vmDirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-vm-%d-*", bakePID)))
 	t.Cleanup(func() {
 		// Should the next run not clean up (the test fails), this does.
 		if _, err := os.Stat(filepath.Join("/run/netns", netns)); err == nil {
 			exec.Command("ip", "netns", "delete", netns).Run()
 		}
-		for _, d := range append(linkDirs, work) {
+		for _, d := range append(append(linkDirs, vmDirs...), work) {
 			os.RemoveAll(d)
 		}
 	})
@@ -355,6 +358,9 @@ func TestVerifyKilled(t *testing.T) {
 	}
 	if _, err := os.Stat(work); err != nil {
 		t.Fatalf("the killed run left no work dir %s (%v)", work, err)
+	}
+	if len(vmDirs) == 0 {
+		t.Errorf("the killed run left no VM dir bake-vm-%d-*", bakePID)
 	}
 	if len(linkDirs) == 0 {
 		t.Errorf("the killed run left no link dir bake-link-%d-*", bakePID)
@@ -375,7 +381,7 @@ func TestVerifyKilled(t *testing.T) {
 			t.Errorf("the next run did not say %q", want)
 		}
 	}
-	assertKilledRunGone(t, bakePID, netns, work, append(linkDirs, work), qemuPID, dnsmasqPID)
+	assertKilledRunGone(t, bakePID, netns, work, append(append(linkDirs, vmDirs...), work), qemuPID, dnsmasqPID)
 }
 
 // assertKilledRunGone: nothing of the killed run is left: no namespace

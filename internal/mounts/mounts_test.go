@@ -1,4 +1,4 @@
-package rootfs
+package mounts
 
 import (
 	"errors"
@@ -20,8 +20,8 @@ const mountinfoFixture = `22 27 0:21 / /proc rw,relatime - proc proc rw
 106 27 0:55 / /work/my\040builds/treex rw - tmpfs tmpfs rw
 `
 
-func TestParseMountinfo(t *testing.T) {
-	ms, err := ParseMountinfo(strings.NewReader(mountinfoFixture))
+func TestParse(t *testing.T) {
+	ms, err := Parse(strings.NewReader(mountinfoFixture))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,15 +41,15 @@ func TestParseMountinfo(t *testing.T) {
 	if ms[7].MountPoint != "/work/tab\tand\nnl" {
 		t.Errorf("mount point %q", ms[7].MountPoint)
 	}
-	got := mountsUnder(ms, "/work/my builds/tree")
+	got := under(ms, "/work/my builds/tree")
 	want := []string{"/work/my builds/tree/proc", "/work/my builds/tree/dev", "/work/my builds/tree/dev/pts"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("under tree: %q", got)
 	}
-	if got := mountsUnder(ms, "/work/my builds/tree2"); len(got) != 1 {
+	if got := under(ms, "/work/my builds/tree2"); len(got) != 1 {
 		t.Errorf("tree2 itself is a mount point: %q", got)
 	}
-	if _, err := ParseMountinfo(strings.NewReader("garbage line\n")); err == nil {
+	if _, err := Parse(strings.NewReader("garbage line\n")); err == nil {
 		t.Error("malformed line accepted")
 	}
 }

@@ -1,4 +1,8 @@
-package rootfs
+// Package dpkg reads a Debian tree's package database: what is installed,
+// for the build manifest and for the stages that decide from it (a cloud
+// base's boot chain, a container layer's package list). It reads
+// /var/lib/dpkg/status in Go, through internal/safepath, and runs nothing.
+package dpkg
 
 import (
 	"bufio"
@@ -7,7 +11,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 )
 
 // Package is an installed Debian package, for the build manifest.
@@ -30,12 +34,12 @@ func InstalledPackages(tree string) ([]Package, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ParseDpkgStatus(bytes.NewReader(b))
+	return ParseStatus(bytes.NewReader(b))
 }
 
-// ParseDpkgStatus parses dpkg's status file and returns the packages whose
+// ParseStatus parses dpkg's status file and returns the packages whose
 // Status is "installed" (not config-files, half-installed and so on).
-func ParseDpkgStatus(rd io.Reader) ([]Package, error) {
+func ParseStatus(rd io.Reader) ([]Package, error) {
 	var out []Package
 	fields := map[string]string{}
 	flush := func() {

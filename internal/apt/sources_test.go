@@ -1,6 +1,8 @@
-package rootfs
+package apt
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -141,5 +143,34 @@ func TestDebianSourcesFile(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
+	}
+}
+
+func TestHostSources(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "etc/apt/sources.list.d/debian.sources"), hostDeb822)
+	writeFile(t, filepath.Join(root, "etc/apt/sources.list.d/extra.list"), "deb http://ftp.example.org/debian bookworm-backports main\n")
+	writeFile(t, filepath.Join(root, "etc/apt/sources.list.d/old.list.disabled"), "deb http://x/debian bookworm main\n")
+	writeFile(t, filepath.Join(root, "etc/os-release"), "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n")
+	srcs, codename, err := HostSources(root)
+	if err != nil || codename != "bookworm" || len(srcs) != 6 {
+		t.Fatalf("%d sources, %q, %v", len(srcs), codename, err)
+	}
+}
+
+func TestAptProxies(t *testing.T) {
+	got := parseAptConfigProxies([]byte("APT \"\";\nAcquire::http::Proxy \"http://proxy:3142\";\nAcquire::http::Proxy::deb.example \"DIRECT\";\nAcquire::https::Proxy \"DIRECT\";\n"))
+	if !reflect.DeepEqual(got, map[string]string{"Acquire::http::Proxy": "http://proxy:3142"}) {
+		t.Errorf("%v", got)
+	}
+}
+
+func writeFile(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,4 +1,10 @@
-package rootfs
+// Package apt knows the build host's apt configuration and writes apt
+// source lines: the host's sources (deb822 and one-line) and codename, their
+// mapping onto the suite being built, a mirror's lines, the image's own
+// debian.sources, and the host's proxy settings. The tree stage
+// (mmdebstrap, apt-get in a chroot) and the container layer builder both
+// fetch Debian packages the same way through it.
+package apt
 
 import (
 	"bufio"
@@ -10,9 +16,9 @@ import (
 	"strings"
 )
 
-// AptSource is one apt source entry, from a deb822 stanza
+// Source is one apt source entry, from a deb822 stanza
 // (sources.list.d/*.sources) or a one-line entry (sources.list).
-type AptSource struct {
+type Source struct {
 	Types      []string // deb, deb-src
 	URIs       []string
 	Suites     []string
@@ -24,8 +30,8 @@ type AptSource struct {
 
 // ParseDeb822Sources parses a deb822 .sources file. Stanzas with
 // "Enabled: no" are left out.
-func ParseDeb822Sources(r io.Reader) ([]AptSource, error) {
-	var out []AptSource
+func ParseDeb822Sources(r io.Reader) ([]Source, error) {
+	var out []Source
 	fields := map[string]string{}
 	last := ""
 	flush := func() {
@@ -36,7 +42,7 @@ func ParseDeb822Sources(r io.Reader) ([]AptSource, error) {
 		if strings.EqualFold(strings.TrimSpace(fields["enabled"]), "no") {
 			return
 		}
-		s := AptSource{
+		s := Source{
 			Types:      strings.Fields(fields["types"]),
 			URIs:       strings.Fields(fields["uris"]),
 			Suites:     strings.Fields(fields["suites"]),
@@ -86,8 +92,8 @@ func ParseDeb822Sources(r io.Reader) ([]AptSource, error) {
 // ParseOneLineSources parses the classic sources.list format:
 //
 //	deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] URI SUITE COMPONENT...
-func ParseOneLineSources(r io.Reader) ([]AptSource, error) {
-	var out []AptSource
+func ParseOneLineSources(r io.Reader) ([]Source, error) {
+	var out []Source
 	sc := bufio.NewScanner(r)
 	n := 0
 	for sc.Scan() {
@@ -102,7 +108,7 @@ func ParseOneLineSources(r io.Reader) ([]AptSource, error) {
 		}
 		typ, rest, _ := strings.Cut(line, " ")
 		rest = strings.TrimSpace(rest)
-		var s AptSource
+		var s Source
 		s.Types = []string{typ}
 		if strings.HasPrefix(rest, "[") {
 			end := strings.Index(rest, "]")
@@ -143,7 +149,7 @@ var (
 // third-party repository that merely uses Debian codenames as suites (for
 // example a Docker repository at .../linux/debian with suite "bookworm" and
 // component "stable").
-func isDebianArchive(s AptSource) bool {
+func isDebianArchive(s Source) bool {
 	if !slices.Contains(s.Types, "deb") || len(s.URIs) == 0 {
 		return false
 	}
@@ -181,7 +187,7 @@ func splitSuite(s string) (base, suffix string) {
 
 // HostCodename guesses the build host's codename from its sources when
 // /etc/os-release does not say: the base suite of the first Debian entry.
-func HostCodename(srcs []AptSource) string {
+func HostCodename(srcs []Source) string {
 	for _, s := range srcs {
 		if isDebianArchive(s) && len(s.Suites) > 0 {
 			b, _ := splitSuite(s.Suites[0])
@@ -205,7 +211,7 @@ func HostCodename(srcs []AptSource) string {
 // exist for the requested suite, which would fail the update. Unstable
 // suites get the base suite only. components replaces the host's
 // components: the recipe decides what the image may use.
-func MapHostSources(hostCodename, suite string, components []string, srcs []AptSource) ([]string, error) {
+func MapHostSources(hostCodename, suite string, components []string, srcs []Source) ([]string, error) {
 	if len(components) == 0 {
 		components = []string{"main"}
 	}

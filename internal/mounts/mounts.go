@@ -1,4 +1,13 @@
-package rootfs
+// Package mounts reads the mount table (/proc/self/mountinfo) and removes
+// directories without ever crossing a mount point.
+//
+// Why a package of its own: the build's tree stage, the verifier, the VM
+// runner, the cloud image reader and the container layer builder all make
+// work directories and must never delete through a mount left below one (a
+// chroot's /dev bound under a work dir turns "rm -rf workdir" into "empty
+// the build host's /dev"). They share this one check instead of importing
+// the tree stage for it.
+package mounts
 
 import (
 	"bufio"
@@ -11,7 +20,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/bakeimg/bake/rootfs/safepath"
+	"github.com/bakeimg/bake/internal/safepath"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,11 +32,11 @@ type Mount struct {
 	Source     string
 }
 
-// ParseMountinfo parses the proc(5) mountinfo format. Mount points are
+// Parse parses the proc(5) mountinfo format. Mount points are
 // unescaped: the kernel writes space, tab, newline and backslash in a path
 // as \040, \011, \012 and \134, so a tree under "/work/my builds" appears
 // as "/work/my\040builds".
-func ParseMountinfo(r io.Reader) ([]Mount, error) {
+func Parse(r io.Reader) ([]Mount, error) {
 	var out []Mount
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -85,34 +94,34 @@ func unescapeOctal(s string) string {
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
-// mountinfoPath is read by MountsUnder; tests point it at fixtures.
+// mountinfoPath is read by Under; tests point it at fixtures.
 var mountinfoPath = "/proc/self/mountinfo"
 
-// MountsUnder returns the mount points at or below dir, deepest last in
+// Under returns the mount points at or below dir, deepest last in
 // mount order (as the kernel lists them). dir is made absolute and its
 // symlinks resolved first, because mountinfo names real paths.
-func MountsUnder(dir string) ([]string, error) {
+func Under(dir string) ([]string, error) {
 	f, err := os.Open(mountinfoPath)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	ms, err := ParseMountinfo(f)
+	ms, err := Parse(f)
 	if err != nil {
 		return nil, err
 	}
-	return mountsUnder(ms, canonical(dir)), nil
+	return under(ms, Canonical(dir)), nil
 }
 
-// MountsBelow returns the mount points strictly below dir: a tree that is
+// Below returns the mount points strictly below dir: a tree that is
 // itself a mount point (a tmpfs work dir) is fine for a chroot, what matters
 // is what was mounted inside it.
-func MountsBelow(dir string) ([]string, error) {
-	all, err := MountsUnder(dir)
+func Below(dir string) ([]string, error) {
+	all, err := Under(dir)
 	if err != nil {
 		return nil, err
 	}
-	c := canonical(dir)
+	c := Canonical(dir)
 	var out []string
 	for _, m := range all {
 		if m != c {
@@ -122,27 +131,28 @@ func MountsBelow(dir string) ([]string, error) {
 	return out, nil
 }
 
-func mountsUnder(ms []Mount, dir string) []string {
+func under(ms []Mount, dir string) []string {
 	var out []string
 	for _, m := range ms {
-		if isBelow(m.MountPoint, dir) {
+		if Within(m.MountPoint, dir) {
 			out = append(out, m.MountPoint)
 		}
 	}
 	return out
 }
 
-// isBelow reports whether p is dir or inside it (both clean, absolute).
-func isBelow(p, dir string) bool {
+// Within reports whether p is dir or inside it (both clean, absolute): a
+// lexical test, for paths already made Canonical.
+func Within(p, dir string) bool {
 	if dir == "/" {
 		return true
 	}
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
-// canonical makes dir absolute and resolves symlinks in it as far as it
-// exists.
-func canonical(dir string) string {
+// Canonical makes dir absolute and resolves symlinks in it as far as it
+// exists: the form in which mountinfo names mount points.
+func Canonical(dir string) string {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return filepath.Clean(dir)
@@ -155,7 +165,7 @@ func canonical(dir string) string {
 	if parent == abs || parent == "" {
 		return abs
 	}
-	return filepath.Join(canonical(filepath.Clean(parent)), base)
+	return filepath.Join(Canonical(filepath.Clean(parent)), base)
 }
 
 // ErrMounted is returned when a directory that must be free of mounts is
@@ -171,11 +181,11 @@ var ErrMounted = errors.New("mount points below directory")
 // "rm -rf workdir" into "empty the build host's /dev". os.RemoveAll would
 // happily descend.
 func RemoveAllSafe(dir string) error {
-	abs := canonical(dir)
+	abs := Canonical(dir)
 	if abs == "/" {
 		return errors.New("RemoveAllSafe: refusing to remove /")
 	}
-	mounts, err := MountsUnder(abs)
+	mounts, err := Under(abs)
 	if err != nil {
 		return err
 	}
