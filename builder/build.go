@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,18 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	if !r.HasDefaults() {
 		return nil, errors.New("recipe " + r.Path + ": its defaults are not applied (load it with recipe.Load or recipe.Parse, or call Validate and Defaults)")
 	}
+	p, err := compile(r, opts)
+	if err != nil {
+		return nil, err
+	}
+	// What the stages must leave as it is (modelUnchanged).
+	if p.model, err = json.Marshal(p.JSON()); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	p := &Plan{Recipe: r, Opts: opts}
 	if r.Base.Image != nil {
 		return compileImage(p)

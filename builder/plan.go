@@ -1,6 +1,8 @@
 package builder
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -25,6 +27,26 @@ type Plan struct {
 	bootstrapPackages []string
 	chrootPackages    []string
 	cloud             *cloudState // base.image builds
+	model             []byte      // the plan's JSON at Compile
+}
+
+// modelUnchanged fails when a stage changed the compiled model (the
+// recipe or the plan): stages are functions of the model and the build's
+// state, and a change would make the manifest, verify's expectations and
+// `bake plan` disagree with what was built. Checked before any output is
+// published.
+func (p *Plan) modelUnchanged() error {
+	if p.model == nil {
+		return nil
+	}
+	now, err := json.Marshal(p.JSON())
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(now, p.model) {
+		return fmt.Errorf("internal error: a build stage changed the compiled recipe model (bake plan --json before: %d bytes, after: %d bytes); nothing was published", len(p.model), len(now))
+	}
+	return nil
 }
 
 // Print writes the plan in a stable, human-readable form (golden-tested).

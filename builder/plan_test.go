@@ -1,39 +1,41 @@
 package builder
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
 	"github.com/bakeimg/bake/builder/recipe"
 )
 
-// Values from a recipe or the command line are printed quoted when they
-// are not plain text: a newline cannot forge a stage of the plan.
-func TestPrintQuotes(t *testing.T) {
-	p := &Plan{
-		Recipe: &recipe.Recipe{Name: "x", Path: "r.yaml\n[1/1] evil", Vars: map[string]string{"v": "a\n[1/1] evil", "ok": "plain text"}},
-		Stages: []Stage{{Name: "files", Inputs: []string{"file /etc/a\n[1/1] evil mode 0644", "file /etc/b mode 0644"}}},
-		Notes:  []string{"n\x1b[2J"},
+// A stage that writes into the compiled model is caught before anything
+// is published (modelUnchanged, called by the outputs stage).
+func TestModelUnchangedCatchesAStageWrite(t *testing.T) {
+	src := `apiVersion: bake/v1
+name: m
+base:
+  debian:
+    suite: bookworm
+kernel:
+  cmdline: quiet
+`
+	r, err := recipe.Parse("m.yaml", []byte(src), t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var b bytes.Buffer
-	p.Print(&b)
-	out := b.String()
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "[1/1] evil") {
-			t.Errorf("a forged line:\n%s", out)
-		}
+	p, err := Compile(r, Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, want := range []string{
-		`recipe x ("r.yaml\n[1/1] evil")`,
-		`variable v="a\n[1/1] evil"`,
-		"variable ok=plain text\n",
-		`        "file /etc/a\n[1/1] evil mode 0644"`,
-		"        file /etc/b mode 0644\n",
-		`note: "n\x1b[2J"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("missing %s in\n%s", want, out)
-		}
+	if err := p.modelUnchanged(); err != nil {
+		t.Fatalf("unchanged model refused: %v", err)
+	}
+	r.Kernel.Args = append(r.Kernel.Args, "console=ttyS0,115200n8")
+	if err := p.modelUnchanged(); err == nil || !strings.Contains(err.Error(), "changed the compiled recipe model") {
+		t.Errorf("a stage's write to the model went unnoticed: %v", err)
+	}
+	r.Kernel.Args = r.Kernel.Args[:len(r.Kernel.Args)-1]
+	p.Notes = append(p.Notes, "a note from a stage")
+	if err := p.modelUnchanged(); err == nil {
+		t.Error("a note added by a stage went unnoticed")
 	}
 }

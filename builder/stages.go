@@ -333,6 +333,9 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 	}
 	// SHA256SUMS goes last: once it is at the output path, the set is whole.
 	files = append(files, manifest, "SHA256SUMS")
+	if err := p.modelUnchanged(); err != nil {
+		return err
+	}
 	os.Remove(filepath.Join(s.Opts.OutputDir, "SHA256SUMS"))
 	if err := publish(s.WorkDir, s.Opts.OutputDir, files); err != nil {
 		return err

@@ -30,7 +30,6 @@ type Options struct {
 	NoBootstrapCache bool
 }
 
-
 // State is what stages share while a build runs.
 type State struct {
 	Recipe *recipe.Recipe

@@ -149,10 +149,12 @@ func newValidate() *cobra.Command {
 func newPlan() *cobra.Command {
 	var sets []string
 	var out string
+	var asJSON bool
 	c := &cobra.Command{
 		Use:     "plan RECIPE",
 		Short:   "Print the stages a build would run, with their inputs, without running them",
-		Example: `  bake plan recipes/openclaw.yaml`,
+		Example: `  bake plan recipes/openclaw.yaml
+  bake plan --json recipes/openclaw.yaml | jq .model.kernel`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := loadRecipe(args[0], sets)
@@ -163,12 +165,16 @@ func newPlan() *cobra.Command {
 			if err != nil {
 				return usageErr(err)
 			}
+			if asJSON {
+				return p.PrintJSON(cmd.OutOrStdout())
+			}
 			p.Print(cmd.OutOrStdout())
 			return nil
 		},
 	}
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe variable (NAME=VALUE, repeatable)")
 	c.Flags().StringVarP(&out, "output", "o", "out", "output directory")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the resolved model (every default applied) and the stages as JSON; paths under the recipe's folder relative to it")
 	return c
 }
 

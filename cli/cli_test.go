@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -126,5 +127,78 @@ func TestUsageErrors(t *testing.T) {
 	out, _, code = run(t, "completion", "bash")
 	if code != 0 || !strings.Contains(out, "bash completion") {
 		t.Errorf("completion: %d", code)
+	}
+}
+
+// `bake plan --json` of every recipe in recipes/ and test/vm/testdata/ is a
+// golden file too (the resolved model: every default applied once). The
+// JSON holds no host path (paths under the recipe's folder are relative),
+// and every kernel command line has each argument once.
+func TestPlanJSONGolden(t *testing.T) {
+	zero := strings.Repeat("0", 64)
+	for _, tc := range []struct {
+		name, recipe string
+		sets         []string
+	}{
+		{"openclaw", "recipes/openclaw.yaml", nil},
+		{"minimal", "recipes/minimal.yaml", nil},
+		{"openclaw-test", "test/vm/testdata/openclaw-test.yaml", nil},
+		{"boottest", "test/vm/testdata/boot/recipe.yaml", nil},
+		// The test names its fixture; any file in the folder stands in for
+		// it here (plan checks that it exists, the build that it is an
+		// image with that digest).
+		{"openclaw-cloud-test", "test/vm/testdata/openclaw-cloud-test.yaml", []string{"base_image=openclaw-test.yaml", "base_sha256=" + zero}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wd, _ := os.Getwd()
+			if err := os.Chdir(".."); err != nil {
+				t.Fatal(err)
+			}
+			defer os.Chdir(wd)
+			args := []string{"plan", "--json", tc.recipe}
+			for _, s := range tc.sets {
+				args = append(args, "--set", s)
+			}
+			out, errs, code := run(t, args...)
+			if code != 0 {
+				t.Fatalf("plan --json exited %d: %s", code, errs)
+			}
+			repo, _ := os.Getwd()
+			repo, _ = filepath.EvalSymlinks(repo)
+			if strings.Contains(out, repo) {
+				t.Errorf("the JSON names the checkout %s", repo)
+			}
+			var p struct {
+				Model struct {
+					Kernel struct {
+						Args []string `json:"args"`
+					} `json:"kernel"`
+				} `json:"model"`
+			}
+			if err := json.Unmarshal([]byte(out), &p); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Model.Kernel.Args) == 0 {
+				t.Error("no kernel command line in the model")
+			}
+			seen := map[string]bool{}
+			for _, a := range p.Model.Kernel.Args {
+				if seen[a] {
+					t.Errorf("kernel argument %q twice: %v", a, p.Model.Kernel.Args)
+				}
+				seen[a] = true
+			}
+			golden := filepath.Join(wd, "testdata", tc.name+".plan.json.golden")
+			if *update {
+				os.WriteFile(golden, []byte(out), 0o644)
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./cli -update)", err)
+			}
+			if out != string(want) {
+				t.Errorf("plan --json differs from %s (go test ./cli -update to accept):\n--- got\n%s--- want\n%s", golden, out, want)
+			}
+		})
 	}
 }
