@@ -67,7 +67,7 @@ var catalog = []*Check{
 	&checkTailscaleDaemon,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
 	&checkNetworkScan,
-	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationDockerGroup,
+	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
 	&checkSecretsDisk,
 	&checkImageFormat, &checkVerifyTimeout,

@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -135,5 +136,49 @@ func TestDockerGroupVerdict(t *testing.T) {
 	}
 	if got, _ := dockerGroupVerdict("admin", "groups: 1000\ndocker:x:998:\n", false, nil); got != Fail {
 		t.Error("a failed command passed")
+	}
+}
+
+func TestMetadataVerdict(t *testing.T) {
+	addrs := []string{"169.254.169.254", "168.63.129.16"}
+	ctl := "10.77.0.1"
+	line := func(who, a string, ok bool) string {
+		if ok {
+			return who + " " + a + " rc=0 " + metadataMarker + "\n"
+		}
+		return who + " " + a + " rc=124\n"
+	}
+	all := func(hostOK, ctrOK, ctlOK bool) string {
+		var s string
+		for _, a := range addrs {
+			s += line("host", a, hostOK) + line("container", a, ctrOK)
+		}
+		return s + line("host", ctl, true) + line("container", ctl, ctlOK)
+	}
+	for _, tc := range []struct {
+		name, out string
+		want      Status
+		says      string
+	}{
+		{"blocked", all(true, false, true), Pass, "none of"},
+		{"reached", all(true, true, true), Fail, "a container reached 169.254.169.254:80"},
+		{"no control", all(true, false, false), Fail, "not decided: a container does not reach"},
+		{"guest cannot", all(false, false, true), Fail, "not decided: the guest itself"},
+		{"missing line", line("host", addrs[0], true), Fail, "no result for"},
+		// Something else answering (no marker) is not the stand-in.
+		{"other answer", strings.ReplaceAll(all(true, false, true), "container 10.77.0.1 rc=0 "+metadataMarker, "container 10.77.0.1 rc=0 hello"), Fail, "not decided"},
+	} {
+		got, ev := metadataVerdict(tc.out, addrs, ctl, nil)
+		if got != tc.want || !strings.Contains(ev, tc.says) {
+			t.Errorf("%s: %s, want %s with %q:\n%s", tc.name, got, tc.want, tc.says, ev)
+		}
+	}
+}
+
+func TestMetadataScriptParses(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "s.sh")
+	os.WriteFile(f, []byte(metadataScript("bake-verify-p80", []string{"169.254.169.254", "10.77.0.1"})), 0o644)
+	if out, err := exec.Command("bash", "-n", f).CombinedOutput(); err != nil {
+		t.Fatalf("bash -n: %v\n%s", err, out)
 	}
 }

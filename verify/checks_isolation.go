@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -31,6 +32,10 @@ var probeContainers = []struct {
 // isolation.outside and isolation.loopback-via-mac.
 func (c *checker) isolation(ctx context.Context) {
 	ids := []string{checkIsolationLoopback.ID, checkIsolationOutside.ID, checkIsolationViaMAC.ID}
+	metadata := checkIsolationMetadata.planned(c.spec, c.r.o.Instances)
+	if metadata {
+		ids = append(ids, checkIsolationMetadata.ID)
+	}
 	if c.in.sess == nil {
 		for _, id := range ids {
 			c.r.record(c.fw, id, Skip, c.noSSH(), 0)
@@ -140,13 +145,31 @@ func (c *checker) isolation(ctx context.Context) {
 	t2 := time.Now()
 	if c.in.link == nil {
 		c.r.record(c.fw, checkIsolationViaMAC.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+	} else {
+		st, text = c.loopbackViaMAC(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		c.r.record(c.fw, checkIsolationViaMAC.ID, st, text, time.Since(t2))
+	}
+
+	// 4. The metadata services, from the probe container.
+	if !metadata {
 		return
 	}
-	st, text = c.loopbackViaMAC(ctx)
-	if ctx.Err() != nil {
-		return
+	t3 := time.Now()
+	switch {
+	case c.in.link == nil:
+		c.r.record(c.fw, checkIsolationMetadata.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+	case !loopOK:
+		c.r.record(c.fw, checkIsolationMetadata.ID, Skip, "not decided: the probe containers do not run", 0)
+	default:
+		st, text := c.isolationMetadata(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		c.r.record(c.fw, checkIsolationMetadata.ID, st, text, time.Since(t3))
 	}
-	c.r.record(c.fw, checkIsolationViaMAC.ID, st, text, time.Since(t2))
 }
 
 func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
@@ -338,4 +361,141 @@ func dockerGroupVerdict(user, out string, ok bool, ev evidence) (Status, string)
 		problems = append(problems, fmt.Sprintf("/etc/group names %s in the docker group", user))
 	}
 	return verdict(problems, ev, fmt.Sprintf("%s's groups (%s) do not include docker (gid %s)", user, strings.Join(groups, " "), dockerGID))
+}
+
+// checkIsolationMetadata: containers cannot reach the cloud metadata
+// services (appliance.MetadataV4: a container that can is one request
+// away from the instance's cloud credentials). Recorded by the isolation
+// group: the probe containers' network namespace is where the requests
+// come from.
+var checkIsolationMetadata = Check{ID: "isolation.metadata", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image, the outside namespace (root)",
+	claim: func(Spec, *GatewaySpec) string {
+		return "containers cannot reach the cloud metadata services (169.254.169.254, 169.254.170.2, 168.63.129.16, 100.100.100.200 stand in on the link; the guest itself can)"
+	},
+	planned: func(s Spec, _ int) bool {
+		return s.isolation() && (s.Firewall == nil || s.Firewall.MetadataBlocked)
+	}}
+
+// metadataStandIns are the metadata addresses verify puts on its side of
+// the guest's link (the guest routes them there by its default route), one
+// per rule of appliance.MetadataV4 and ECS's task metadata besides.
+var metadataStandIns = []netip.Addr{
+	netip.MustParseAddr("169.254.169.254"),
+	netip.MustParseAddr("169.254.170.2"),
+	netip.MustParseAddr("168.63.129.16"),
+	netip.MustParseAddr("100.100.100.200"),
+}
+
+// metadataMarker is what verify's stand-in answers.
+const metadataMarker = "bake-verify-metadata-stand-in"
+
+// isolationMetadata serves a stand-in for the metadata services on the
+// outside namespace's side of the link, then from the guest connects to
+// each address from the host itself (the control: the path exists) and
+// from the probe container's network namespace (must not connect), and to
+// the link's own address from the container (the control: containers do
+// reach the link, so a refusal is the firewall's).
+func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
+	l := c.in.link
+	var ev evidence
+	for _, a := range metadataStandIns {
+		out, err := execx.Default.Output(ctx, execx.Cmd{Name: "ip", Args: []string{"-n", l.Netns, "addr", "replace", a.String() + "/32", "dev", l.Tap}})
+		if err != nil {
+			return Fail, fmt.Sprintf("putting the stand-in %s on the outside namespace's link: %v %s", a, err, out)
+		}
+	}
+	var ln net.Listener
+	if err := inNetns(l.Netns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", "0.0.0.0:80")
+		return err
+	}); err != nil {
+		return Fail, "listening on port 80 in the outside namespace: " + err.Error()
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			conn.Write([]byte(metadataMarker + "\n"))
+			conn.Close()
+		}
+	}()
+	control := vm.LinkHostIPv4.Addr()
+	var addrs []string
+	for _, a := range metadataStandIns {
+		addrs = append(addrs, a.String())
+	}
+	ev.add("stand-ins on the link (outside namespace %s, port 80): %s; control %s:80", l.Netns, strings.Join(addrs, ", "), control)
+	res, err := c.in.sudo(ctx, metadataScript(probeContainers[0].name, append(addrs, control.String())))
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	if !res.OK() {
+		return Fail, "the probe did not run\n\n" + ev.String()
+	}
+	return metadataVerdict(res.Stdout, addrs, control.String(), ev)
+}
+
+// metadataScript connects from the guest (host) and from container's
+// network namespace (container) to port 80 of each address, all at once,
+// each bounded by 10 s; a line per attempt: WHO ADDR rc=N OUTPUT.
+func metadataScript(container string, addrs []string) string {
+	return `pid=$(docker inspect -f '{{.State.Pid}}' ` + shellQuote(container) + `) || exit 3
+[ "${pid:-0}" -gt 0 ] || exit 3
+probe() {
+	if [ "$1" = host ]; then
+		timeout 10 bash -c "exec 3<>/dev/tcp/$2/80 && head -c 64 <&3"
+	else
+		timeout 10 nsenter -t "$pid" -n bash -c "exec 3<>/dev/tcp/$2/80 && head -c 64 <&3"
+	fi
+}
+for a in ` + strings.Join(addrs, " ") + `; do
+	for who in host container; do
+		( out=$(probe "$who" "$a" 2>&1); rc=$?; echo "$who $a rc=$rc $(printf '%s' "$out" | tr -d '\r\n')" ) &
+	done
+done
+wait`
+}
+
+// metadataVerdict judges metadataScript's lines.
+func metadataVerdict(out string, addrs []string, control string, ev evidence) (Status, string) {
+	reached := map[string]bool{}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[0] != "host" && f[0] != "container") {
+			continue
+		}
+		key := f[0] + " " + f[1]
+		seen[key] = true
+		reached[key] = f[2] == "rc=0" && strings.Contains(line, metadataMarker)
+	}
+	var problems []string
+	for _, a := range append(append([]string(nil), addrs...), control) {
+		for _, who := range []string{"host", "container"} {
+			if !seen[who+" "+a] {
+				problems = append(problems, fmt.Sprintf("no result for %s -> %s:80", who, a))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return Fail, strings.Join(problems, "\n") + "\n\n" + ev.String()
+	}
+	if !reached["container "+control] {
+		problems = append(problems, fmt.Sprintf("not decided: a container does not reach the link's own address %s:80 either, so its not reaching the metadata addresses proves nothing", control))
+	}
+	for _, a := range addrs {
+		if !reached["host "+a] {
+			problems = append(problems, fmt.Sprintf("not decided: the guest itself does not reach the stand-in at %s:80", a))
+		}
+		if reached["container "+a] {
+			problems = append(problems, fmt.Sprintf("a container reached %s:80: the metadata service is reachable from containers", a))
+		}
+	}
+	return verdict(problems, ev, fmt.Sprintf("containers reach %s:80 on the link but none of %s:80; the guest itself reaches them all", control, strings.Join(addrs, ", ")))
 }

@@ -48,6 +48,9 @@ type FirewallSpec struct {
 	Backend         string   // ufw or iptables-persistent
 	Allow           []string // PORT/PROTO, the SSH port included
 	DockerIsolation bool
+	// MetadataBlocked: containers must not reach the cloud metadata
+	// services (isolation on and metadata_access false).
+	MetadataBlocked bool
 }
 
 // GatewaySpec is the gateway's expected state.
@@ -80,7 +83,7 @@ func DefaultSpec() Spec {
 		Source:    "defaults (the OpenClaw appliance of recipes/openclaw.yaml)",
 		AdminUser: DefaultAdminUser,
 		SSHPort:   DefaultSSHPort,
-		Firewall:  &FirewallSpec{Backend: "ufw", Allow: []string{"22/tcp", "41641/udp"}, DockerIsolation: true},
+		Firewall:  &FirewallSpec{Backend: "ufw", Allow: []string{"22/tcp", "41641/udp"}, DockerIsolation: true, MetadataBlocked: true},
 		Docker:    true,
 		Gateway:   defaultGateway(DefaultGatewayName, DefaultGatewayPort),
 		Tailscale: true,
@@ -120,7 +123,7 @@ func SpecFromRecipe(r *recipe.Recipe) (Spec, error) {
 	}
 	s.AdminUser = adminUser(r)
 	if fw := r.Firewall; fw != nil {
-		f := &FirewallSpec{Backend: fw.Backend, DockerIsolation: fw.DockerIsolationOn()}
+		f := &FirewallSpec{Backend: fw.Backend, DockerIsolation: fw.DockerIsolationOn(), MetadataBlocked: fw.DockerIsolationOn() && !fw.MetadataAccess}
 		allow := map[string]bool{fmt.Sprintf("%d/tcp", s.SSHPort): true}
 		for _, a := range fw.Rules {
 			allow[a.String()] = true

@@ -114,6 +114,7 @@ func TestVerifyNegative(t *testing.T) {
 		// 2. no Docker isolation
 		"bios/isolation.outside":          {"reachable from outside"},
 		"bios/isolation.loopback-via-mac": {"answered a packet from outside to 127.0.0.1"},
+		"bios/isolation.metadata":         {"a container reached 169.254.169.254:80"},
 		// 3. the gateway on 0.0.0.0 (and, with 2, reachable from outside)
 		"bios/gateway.listen": {`published on "0.0.0.0"`},
 		"bios/network.scan":   {fmt.Sprintf("%d/tcp is open", spec.Gateway.Port)},
