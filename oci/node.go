@@ -170,6 +170,10 @@ func (b *builder) hostNode(ctx context.Context) (string, error) {
 	bin := filepath.Join(dir, "node")
 	if out, err := b.runner.Output(ctx, execx.Cmd{Name: bin, Args: []string{"--version"}}); err == nil &&
 		strings.TrimSpace(string(out)) == "v"+n.Version {
+		// Made 0700 by an older bake: the sandbox runs it as nobody.
+		if err := os.Chmod(dir, 0o755); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", err
+		}
 		return dir, nil
 	}
 	tgz, err := b.nodeTarball(ctx)
@@ -185,6 +189,10 @@ func (b *builder) hostNode(ctx context.Context) (string, error) {
 		return "", err
 	}
 	if err := b.checkNodeBinary(ctx, filepath.Join(tmp, "node")); err != nil {
+		return "", err
+	}
+	// Others may run it: the install-script sandbox runs it as nobody.
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", err
 	}
 	os.RemoveAll(dir)

@@ -165,6 +165,30 @@ type lockPackage struct {
 	Optional  bool              `json:"optional"`
 	OS        []string          `json:"os"`
 	CPU       []string          `json:"cpu"`
+	InBundle  bool              `json:"inBundle"`
+	Link      bool              `json:"link"`
+}
+
+// NpmRegistry is where every package of a lockfile must come from.
+const NpmRegistry = "https://registry.npmjs.org/"
+
+// checkLockEntry: a package comes from the npm registry pinned by its
+// sha512 integrity, or inside its parent's tarball (inBundle). A link (a
+// folder on the build host) or a resolved URL anywhere else is refused:
+// the lockfile is recipe input, and a pull request that edits it must not
+// make the build fetch from a host of its choosing or copy a host folder.
+func checkLockEntry(path string, p lockPackage) error {
+	switch {
+	case p.Link:
+		return fmt.Errorf("package-lock.json: %s is a link to %q: a folder of the build host is not a package (regenerate the lockfile with oci.Lock)", path, p.Resolved)
+	case p.InBundle:
+		return nil
+	case !strings.HasPrefix(p.Integrity, "sha512-"):
+		return fmt.Errorf("package-lock.json: %s has no sha512 integrity (%q): every package must be pinned by its digest (regenerate the lockfile with oci.Lock)", path, p.Integrity)
+	case p.Resolved != "" && !strings.HasPrefix(p.Resolved, NpmRegistry):
+		return fmt.Errorf("package-lock.json: %s resolves to %q, not to %s: the build fetches from the npm registry only", path, p.Resolved, NpmRegistry)
+	}
+	return nil
 }
 
 type lockfile struct {
@@ -199,10 +223,14 @@ func parseLockfile(b []byte, app NpmApp) (appLock, error) {
 		return appLock{}, fmt.Errorf("package-lock.json pins %s@%s, the recipe asks for %s: regenerate the lockfile", app.Package, p.Version, app.spec())
 	}
 	out := appLock{Bin: p.Bin, Packages: len(lf.Packages) - 1}
-	for k := range lf.Packages {
-		if k != "" {
-			out.Paths = append(out.Paths, k)
+	for _, k := range slices.Sorted(maps.Keys(lf.Packages)) {
+		if k == "" {
+			continue
 		}
+		if err := checkLockEntry(k, lf.Packages[k]); err != nil {
+			return appLock{}, err
+		}
+		out.Paths = append(out.Paths, k)
 	}
 	if len(p.Engines) > 0 {
 		// engines is an object in current packages, an array in some
@@ -242,6 +270,7 @@ type appInputs struct {
 	Epoch            int64
 	Home             string
 	WritableDirs     []string
+	Sandbox          string // sandboxVersion: how the install scripts ran
 }
 
 type appInfo struct {
@@ -278,6 +307,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		Lockfile: hex.EncodeToString(lockSum[:]), PackageJSON: hex.EncodeToString(pjSum[:]),
 		Npm: info.Npm, Node: runNode, Scripts: app.Scripts, Target: strings.Join(npmTarget, " "),
 		Epoch: b.spec.SourceDateEpoch, Home: b.user.Home, WritableDirs: b.spec.WritableDirs,
+		Sandbox: sandboxVersion,
 	})
 	if lf, ok := b.cache.get(key, &info); ok {
 		b.logf("app layer: cached %s", lf.Digest)
@@ -299,8 +329,9 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		return layerFile{}, info, err
 	}
 	env := []string{"HOME=" + home, "npm_config_update_notifier=false"}
+	nodeDir := ""
 	if runNode != "" {
-		nodeDir, err := b.hostNode(ctx)
+		nodeDir, err = b.hostNode(ctx)
 		if err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
 		}
@@ -329,11 +360,18 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		return layerFile{}, info, fmt.Errorf("app layer: %w", err)
 	}
 	if len(app.Scripts) > 0 {
-		b.logf("app layer: install scripts of %s", strings.Join(app.Scripts, " "))
-		args := npmArgs(npmCache, append([]string{"rebuild", "--foreground-scripts", "--ignore-scripts=false"}, app.Scripts...)...)
-		cmd := execx.Cmd{Name: "npm", Dir: dir, Args: args, Env: env, Stdout: b.log, Stderr: b.log}
-		if err := b.runner.Run(ctx, cmd); err != nil {
+		// Code from the registry: run in the sandbox (sandbox.go), as
+		// nobody, with no network and none of the build host's
+		// environment or temp files.
+		b.logf("app layer: install scripts of %s (sandboxed: nobody, no network)", strings.Join(app.Scripts, " "))
+		argv := append([]string{"npm", "rebuild", "--foreground-scripts", "--ignore-scripts=false", "--offline", "--loglevel=warn"}, app.Scripts...)
+		cmd, err := scriptSandbox(dir, home, nodeDir, []string{"npm_config_update_notifier=false"}, argv)
+		if err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
+		}
+		cmd.Stdout, cmd.Stderr = b.log, b.log
+		if err := b.runner.Run(ctx, cmd); err != nil {
+			return layerFile{}, info, fmt.Errorf("app layer: install scripts of %s (in the sandbox): %w", strings.Join(app.Scripts, " "), err)
 		}
 	}
 	// What npm installed for the image's platform (a lockfile lists the

@@ -194,3 +194,38 @@ func TestLockNotFound(t *testing.T) {
 		t.Error("a range accepted as the app version")
 	}
 }
+
+// Every package of a lockfile comes from the npm registry pinned by its
+// integrity, or inside its parent (inBundle); a link or another host is
+// refused before npm runs.
+func TestLockEntriesFromTheRegistryOnly(t *testing.T) {
+	good := lockPackage{Version: "1.0.0", Integrity: "sha512-abc"}
+	for _, tc := range []struct {
+		name string
+		p    lockPackage
+		ok   bool
+	}{
+		{"registry, no resolved", good, true},
+		{"registry URL", lockPackage{Integrity: "sha512-abc", Resolved: "https://registry.npmjs.org/ws/-/ws-8.0.0.tgz"}, true},
+		{"bundled", lockPackage{InBundle: true}, true},
+		{"other host", lockPackage{Integrity: "sha512-abc", Resolved: "https://evil.example/ws.tgz"}, false},
+		{"registry lookalike", lockPackage{Integrity: "sha512-abc", Resolved: "https://registry.npmjs.org.evil.example/ws.tgz"}, false},
+		{"git", lockPackage{Integrity: "sha512-abc", Resolved: "git+ssh://git@github.com/x/y.git"}, false},
+		{"no integrity", lockPackage{Version: "1.0.0"}, false},
+		{"sha1 only", lockPackage{Integrity: "sha1-abc"}, false},
+		{"link to a host folder", lockPackage{Link: true, Resolved: "../../../../root"}, false},
+	} {
+		err := checkLockEntry("node_modules/x", tc.p)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+	// The committed lockfile passes.
+	b, err := os.ReadFile("../recipes/openclaw-gateway/package-lock.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseLockfile(b, NpmApp{Package: "openclaw", Version: "2026.9.6"}); err != nil {
+		t.Errorf("the committed lockfile: %v", err)
+	}
+}
