@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/bakeimg/bake/appliance"
@@ -58,24 +57,6 @@ func (p *Plan) appliancePackages() []string {
 		pk = append(pk, "cloud-init")
 	}
 	return pk
-}
-
-// applianceResults keeps, per plan, what the appliance stages learnt while
-// building (resolved container images) for the build manifest.
-var applianceResults sync.Map // *Plan → []appliance.ContainerRecord
-
-// ContainerRecords are the containers the build resolved and stored in the
-// image (digest, image ID, unit): for the build manifest's "containers".
-func (p *Plan) ContainerRecords() []any {
-	v, ok := applianceResults.Load(p)
-	if !ok {
-		return []any{}
-	}
-	var out []any
-	for _, r := range v.([]appliance.ContainerRecord) {
-		out = append(out, r)
-	}
-	return out
 }
 
 // addApplianceStages appends the stages of the appliance sections; they run
@@ -447,7 +428,7 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 		recs = append(recs, rec)
 		enable = append(enable, appliance.ContainerUnitName(sp.Name))
 	}
-	applianceResults.Store(p, recs)
+	s.Containers = recs
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
 		return rootfs.Systemd(ctx, ch, enable, nil, nil)
 	})

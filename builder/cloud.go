@@ -73,19 +73,19 @@ func (p *Plan) stageBaseImage(ctx context.Context, s *State) error {
 		return err
 	}
 	layout.Print(s.Log)
-	p.cloud = &cloudState{raw: raw, layout: layout, digest: imageDigest(&im)}
+	s.cloud = &cloudState{raw: raw, layout: layout, digest: imageDigest(&im)}
 	return nil
 }
 
 func (p *Plan) stageExtract(ctx context.Context, s *State) error {
-	if err := cloudimg.Extract(ctx, p.cloud.raw, p.cloud.layout, s.Tree, cloudimg.WithRunner(s.Runner), cloudimg.WithLog(s.Log)); err != nil {
+	if err := cloudimg.Extract(ctx, s.cloud.raw, s.cloud.layout, s.Tree, cloudimg.WithRunner(s.Runner), cloudimg.WithLog(s.Log)); err != nil {
 		return err
 	}
 	before, err := cloudimg.ReadBootChain(s.Tree)
 	if err != nil {
 		return err
 	}
-	p.cloud.before = before
+	s.cloud.before = before
 	// The base has GRUB and kernel hooks installed; they would probe the
 	// build host's disks when a package step triggers them.
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
@@ -102,7 +102,7 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	if err != nil {
 		return err
 	}
-	kernel, loader := p.cloud.before.Changes(after)
+	kernel, loader := s.cloud.before.Changes(after)
 	// The recipe's kernel.cmdline reaches the kernel only through a
 	// grub.cfg that names it: the base's is rewritten when it lacks one of
 	// the arguments (as for a new kernel), else a recipe's no_timer_check
@@ -119,11 +119,11 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	}
 	if kernel || loader || len(missing) > 0 {
 		k := ""
-		if nk := p.cloud.before.NewKernels(after); len(nk) == 1 {
+		if nk := s.cloud.before.NewKernels(after); len(nk) == 1 {
 			k = nk[0]
 		}
 		if err := disk.PrepareCloudBoot(disk.CloudBootSpec{
-			Tree: s.Tree, Layout: p.cloud.layout, Kernel: k, KernelCmdline: strings.Join(r.Kernel.RecipeArgs, " "),
+			Tree: s.Tree, Layout: s.cloud.layout, Kernel: k, KernelCmdline: strings.Join(r.Kernel.RecipeArgs, " "),
 			SourceDateEpoch: s.Opts.SourceDateEpoch, Log: s.Log,
 		}); err != nil {
 			return err
@@ -138,7 +138,7 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 		return err
 	}
 	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{
-		Base: p.cloud.raw, Layout: p.cloud.layout, Tree: s.Tree,
+		Base: s.cloud.raw, Layout: s.cloud.layout, Tree: s.Tree,
 		Output: filepath.Join(s.WorkDir, r.Name+".raw"), Size: roundMiB(r.Disk.SizeBytes), RebuildBoot: loader,
 		SourceDateEpoch: s.Opts.SourceDateEpoch, Runner: s.Runner, Log: s.Log,
 	})
@@ -147,9 +147,9 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 	}
 	s.Raw = res.Output
 	s.Manifest.diskSize = res.Size
-	s.Manifest.Layout = p.cloud.layout
+	s.Manifest.Layout = s.cloud.layout
 	s.Manifest.Base = map[string]any{"image": map[string]any{
-		"path": r.Base.Image.Path, "url": r.Base.Image.URL, "digest": p.cloud.digest,
+		"path": r.Base.Image.Path, "url": r.Base.Image.URL, "digest": s.cloud.digest,
 		"kernel_changed": kernel, "loader_rebuilt": loader, "cmdline_added": missing,
 	}}
 	fmt.Fprintf(s.Opts.Stdout, "      disk %d MiB (identifiers of the base kept)\n", res.Size>>20)

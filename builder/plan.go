@@ -26,8 +26,7 @@ type Plan struct {
 
 	bootstrapPackages []string
 	chrootPackages    []string
-	cloud             *cloudState // base.image builds
-	model             []byte      // the plan's JSON at Compile
+	model             []byte // the plan's JSON at Compile
 }
 
 // modelUnchanged fails when a stage changed the compiled model (the

@@ -12,21 +12,23 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/bakeimg/bake/appliance"
 )
 
 // Manifest is NAME.manifest.json: what went into an image and what came out.
 type Manifest struct {
-	Bake            string            `json:"bake_version"`
-	Recipe          ManifestRecipe    `json:"recipe"`
-	Base            map[string]any    `json:"base"`
-	SourceDateEpoch int64             `json:"source_date_epoch"`
-	Layout          any               `json:"layout,omitempty"`
-	Packages        []ManifestPackage `json:"packages"`
-	Containers      []any             `json:"containers"`
-	Outputs         []ManifestOutput  `json:"outputs"`
-	TreeBytes       int64             `json:"tree_bytes"`
-	Tools           map[string]string `json:"tools"`
-	BuildSeconds    float64           `json:"build_seconds"`
+	Bake            string                      `json:"bake_version"`
+	Recipe          ManifestRecipe              `json:"recipe"`
+	Base            map[string]any              `json:"base"`
+	SourceDateEpoch int64                       `json:"source_date_epoch"`
+	Layout          any                         `json:"layout,omitempty"`
+	Packages        []ManifestPackage           `json:"packages"`
+	Containers      []appliance.ContainerRecord `json:"containers"`
+	Outputs         []ManifestOutput            `json:"outputs"`
+	TreeBytes       int64                       `json:"tree_bytes"`
+	Tools           map[string]string           `json:"tools"`
+	BuildSeconds    float64                     `json:"build_seconds"`
 
 	diskSize int64
 }

@@ -358,7 +358,7 @@ func (p *Plan) newManifest(s *State) *Manifest {
 		Base:            base,
 		SourceDateEpoch: s.Opts.SourceDateEpoch,
 		Packages:        []ManifestPackage{},
-		Containers:      p.ContainerRecords(),
+		Containers:      s.containerRecords(),
 	}
 }
 

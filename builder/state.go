@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/internal/execx"
 )
@@ -46,8 +47,23 @@ type State struct {
 	Files    []string // output files in WorkDir, published in order
 	Manifest *Manifest
 	Failed   bool // set before cleanups run
-	cleanup  cleanupStack
+	// Containers are the images the containers stage resolved and stored
+	// in the image (digest, image ID, unit), for the manifest.
+	Containers []appliance.ContainerRecord
+	// cloud is what the extract stage learnt of a base.image (its raw
+	// copy, layout, digest, boot files) for the reassemble stage.
+	cloud   *cloudState
+	cleanup cleanupStack
 }
 
 // Defer registers undo work that runs on every way out of the build.
 func (s *State) Defer(name string, fn func() error) { s.cleanup.push(name, fn) }
+
+// containerRecords is s.Containers for the manifest (an empty list, not
+// null, when there are none).
+func (s *State) containerRecords() []appliance.ContainerRecord {
+	if s.Containers == nil {
+		return []appliance.ContainerRecord{}
+	}
+	return s.Containers
+}
