@@ -538,9 +538,17 @@ done`
 	if !strings.Contains(res.Stdout, "running=true") {
 		problems = append(problems, "the gateway container is not running")
 	}
-	if id, baked, ok := bakedImage(res.Stdout, g.Container); ok && id != baked {
+	// Without the disk's record there is nothing to compare with: not a
+	// pass (the gateway may have pulled its image at boot, with a network
+	// the previous boot had).
+	switch id, baked, ok := bakedImage(res.Stdout, g.Container); {
+	case !ok || baked == "":
+		problems = append(problems, fmt.Sprintf("the disk has no record of the image baked for %s (%s): cannot show the container runs an image from the disk", g.Container, appliance.ContainersRecord))
+	case id == "":
+		problems = append(problems, "cannot read the image the gateway container runs")
+	case id != baked:
 		problems = append(problems, fmt.Sprintf("the gateway runs image %s, not the one baked into the disk (%s, %s)", id, baked, appliance.ContainersRecord))
-	} else if ok {
+	default:
 		ev.add("the container runs the image baked into the disk: %s", baked)
 	}
 	if strings.Contains(res.Stdout, "REACHED") {

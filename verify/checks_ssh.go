@@ -15,53 +15,112 @@ import (
 
 // guestAddr is the address the guest's SSH connections come from and go
 // to, for sshd -T -C.
-func (c *checker) connSpec(user string) string {
-	addr, laddr := "10.0.2.2", "10.0.2.15"
-	if c.in.link != nil {
-		addr, laddr = vm.LinkHostIPv4.Addr().String(), c.in.ipv4.String()
+// sshContexts are the connection contexts sshd's effective settings are
+// read for (sshd -T -C): a Match block in any sshd_config.d file can give
+// one user, group or address other settings than 00-bake.conf gives
+// everyone, so every kind of client is asked for: the admin (group sudo),
+// root, a user with no account, each from the guest's link, loopback,
+// IPv6, a private LAN and the tailnet's CGNAT range.
+func (c *checker) sshContexts() []string {
+	laddr := "10.0.2.15"
+	if c.in.link != nil && c.in.ipv4.IsValid() {
+		laddr = c.in.ipv4.String()
 	}
-	return fmt.Sprintf("user=%s,host=outside.invalid,addr=%s,laddr=%s,lport=%d", user, addr, laddr, c.spec.SSHPort)
+	link := "10.0.2.2"
+	if c.in.link != nil {
+		link = vm.LinkHostIPv4.Addr().String()
+	}
+	froms := []struct{ addr, laddr string }{
+		{link, laddr}, {"127.0.0.1", "127.0.0.1"}, {"fd77::1", "fd77::2"}, {"192.168.1.10", laddr}, {"100.100.1.1", laddr},
+	}
+	ctxs := []string{""}
+	for _, user := range []string{c.spec.AdminUser, "root", "bake-verify-nouser"} {
+		for _, f := range froms {
+			ctxs = append(ctxs, fmt.Sprintf("user=%s,host=outside.invalid,addr=%s,laddr=%s,lport=%d", user, f.addr, f.laddr, c.spec.SSHPort))
+		}
+	}
+	return ctxs
+}
+
+// sshdKeys are the settings sshdEffective reads.
+const sshdKeys = "passwordauthentication|kbdinteractiveauthentication|challengeresponseauthentication|permitrootlogin|pubkeyauthentication|authenticationmethods|permitemptypasswords|usepam|port"
+
+func sshdScript(ctxs []string) string {
+	var b strings.Builder
+	b.WriteString("sshd=$(command -v sshd || echo /usr/sbin/sshd)\n")
+	for _, cx := range ctxs {
+		if cx == "" {
+			b.WriteString("echo '== sshd -T'; $sshd -T 2>&1 | grep -Ei '^(" + sshdKeys + ") '\n")
+			continue
+		}
+		b.WriteString("echo '== sshd -T -C " + cx + "'; $sshd -T -C " + shellQuote(cx) + " 2>&1 | grep -Ei '^(" + sshdKeys + ") '\n")
+	}
+	return b.String()
 }
 
 func (c *checker) sshdEffective(ctx context.Context) (Status, string) {
-	want := map[string]string{"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes"}
+	ctxs := c.sshContexts()
+	res, err := c.in.sudo(ctx, sshdScript(ctxs))
+	if err != nil {
+		return Fail, err.Error()
+	}
 	var ev evidence
+	ev.cmd(res)
+	return sshdVerdict(res.Stdout, len(ctxs), ev, c.spec.AdminUser)
+}
+
+// sshdVerdict judges sshdScript's output: in every context password and
+// keyboard-interactive logins are off, root may not log in, public keys
+// are on, and authenticationmethods allows nothing but publickey.
+func sshdVerdict(out string, contexts int, ev evidence, admin string) (Status, string) {
+	want := map[string]string{"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes"}
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
 	var problems []string
-	for _, args := range []string{"", "-C " + c.connSpec(c.spec.AdminUser), "-C " + c.connSpec("root")} {
-		res, err := c.in.sudo(ctx, "sshd=$(command -v sshd || echo /usr/sbin/sshd); $sshd -T "+args+" | grep -Ei '^(passwordauthentication|kbdinteractiveauthentication|challengeresponseauthentication|permitrootlogin|pubkeyauthentication|authenticationmethods|permitemptypasswords|usepam|port) '")
-		if err != nil {
-			return Fail, err.Error()
-		}
-		ev.cmd(res)
-		got := map[string]string{}
-		for _, l := range strings.Split(res.Stdout, "\n") {
-			if f := strings.Fields(l); len(f) >= 2 {
-				got[strings.ToLower(f[0])] = strings.ToLower(strings.Join(f[1:], " "))
-			}
-		}
-		what := "sshd -T"
-		if args != "" {
-			what += " " + args
-		}
-		if !res.OK() && len(got) == 0 {
-			problems = append(problems, what+": failed")
+	type section struct {
+		what string
+		got  map[string]string
+	}
+	var secs []*section
+	for _, l := range strings.Split(out, "\n") {
+		if w, ok := strings.CutPrefix(l, "== "); ok {
+			secs = append(secs, &section{what: w, got: map[string]string{}})
 			continue
 		}
-		keys := make([]string, 0, len(want))
-		for k := range want {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if got[k] != want[k] {
-				problems = append(problems, fmt.Sprintf("%s: %s is %q, want %q", what, k, got[k], want[k]))
-			}
-		}
-		if got["permitemptypasswords"] == "yes" {
-			problems = append(problems, what+": permitemptypasswords yes")
+		if f := strings.Fields(l); len(f) >= 2 && len(secs) > 0 {
+			secs[len(secs)-1].got[strings.ToLower(f[0])] = strings.ToLower(strings.Join(f[1:], " "))
 		}
 	}
-	return verdict(problems, ev, "passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, pubkeyauthentication yes (sshd -T, and -C for "+c.spec.AdminUser+" and for root)")
+	if len(secs) != contexts {
+		problems = append(problems, fmt.Sprintf("read %d of %d connection contexts", len(secs), contexts))
+	}
+	for _, s := range secs {
+		if len(s.got) == 0 {
+			problems = append(problems, s.what+": failed")
+			continue
+		}
+		for _, k := range keys {
+			if s.got[k] != want[k] {
+				problems = append(problems, fmt.Sprintf("%s: %s is %q, want %q", s.what, k, s.got[k], want[k]))
+			}
+		}
+		if s.got["permitemptypasswords"] == "yes" {
+			problems = append(problems, s.what+": permitemptypasswords yes")
+		}
+		if m := s.got["authenticationmethods"]; m != "" && m != "any" {
+			for _, list := range strings.Fields(m) {
+				for _, meth := range strings.Split(list, ",") {
+					if meth != "publickey" {
+						problems = append(problems, fmt.Sprintf("%s: authenticationmethods %q allows %q (only publickey)", s.what, m, meth))
+					}
+				}
+			}
+		}
+	}
+	return verdict(problems, ev, fmt.Sprintf("passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, pubkeyauthentication yes, authenticationmethods publickey only, in all %d contexts (sshd -T, and -C for %s, root and a user with no account from the link, loopback, IPv6, a LAN and the tailnet)", len(secs), admin))
 }
 
 func randomPassword() string {
@@ -210,7 +269,7 @@ var (
 		}}
 	checkSSHEffective = Check{ID: "ssh.effective-config", Scope: ScopeFirmware, Needs: "an SSH session",
 		claim: func(Spec, *GatewaySpec) string {
-			return "effective sshd settings (sshd -T): passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no"
+			return "effective sshd settings in every connection context (sshd -T -C: the admin, root, an unknown user; link, loopback, IPv6, LAN, tailnet): passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, authenticationmethods publickey only"
 		},
 		run: (*checker).sshdEffective, ssh: true}
 	checkSSHPassword = Check{ID: "ssh.password-refused", Scope: ScopeFirmware, Needs: "an SSH session",
