@@ -29,6 +29,13 @@ func Compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	if !r.HasDefaults() {
 		return nil, errors.New("recipe " + r.Path + ": its defaults are not applied (load it with recipe.Load or recipe.Parse, or call Validate and Defaults)")
 	}
+	for _, c := range r.Containers {
+		if c.Build != nil {
+			if err := checkBuildApp(c.Build); err != nil {
+				return nil, fmt.Errorf("container %s: %w", c.Name, err)
+			}
+		}
+	}
 	p, err := compile(r, opts)
 	if err != nil {
 		return nil, err

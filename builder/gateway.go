@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -31,33 +29,13 @@ func init() { BuildContainerImage = buildContainerImage }
 //	  app: openclaw@2026.9.6
 //	  lockfile: openclaw-gateway/package-lock.json
 func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.Image, error) {
-	var app, lock string
-	var unknown []string
-	for k, v := range c.Build {
-		str, _ := v.(string)
-		switch k {
-		case "app":
-			app = str
-		case "lockfile":
-			lock = str
-		default:
-			unknown = append(unknown, k)
-		}
+	if c.Build == nil {
+		return nil, fmt.Errorf("container %s has no build", c.Name)
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return nil, fmt.Errorf("build: unknown keys %s (known: app, lockfile)", strings.Join(unknown, ", "))
+	if err := checkBuildApp(c.Build); err != nil {
+		return nil, err
 	}
-	name, version, ok := strings.Cut(app, "@")
-	if !ok || name == "" || version == "" {
-		return nil, fmt.Errorf("build.app %q: write PACKAGE@VERSION, e.g. openclaw@%s", app, oci.OpenClawVersion)
-	}
-	if name != "openclaw" || version != oci.OpenClawVersion {
-		return nil, fmt.Errorf("build.app %s: this bake builds openclaw@%s (its Node runtime and lockfile are pinned together); for another app use image: REF@sha256:...", app, oci.OpenClawVersion)
-	}
-	if lock == "" {
-		return nil, fmt.Errorf("build.lockfile is missing: keep the package-lock.json of %s beside the recipe", app)
-	}
+	lock := c.Build.Lockfile
 	lockPath, err := s.Recipe.Resolve(lock)
 	if err != nil {
 		return nil, fmt.Errorf("build.lockfile: %w", err)
@@ -81,4 +59,21 @@ func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.
 	}
 	fmt.Fprintf(s.Opts.Stdout, "      %s: built %s (%d MiB compressed, %s)\n", c.Name, info.Digest, info.Size>>20, info.Duration.Round(100e6))
 	return img, nil
+}
+
+// checkBuildApp: the app bake can build today (the recipe's validation
+// has checked the form; Compile calls this so that bake plan and bake
+// build refuse another app before any work).
+func checkBuildApp(b *recipe.ContainerBuild) error {
+	name, version := b.Package()
+	if name == "" {
+		return fmt.Errorf("build.app %q: write PACKAGE@VERSION, e.g. openclaw@%s", b.App, oci.OpenClawVersion)
+	}
+	if name != "openclaw" || version != oci.OpenClawVersion {
+		return fmt.Errorf("build.app %s: this bake builds openclaw@%s (its Node runtime and lockfile are pinned together); for another app use image: REF@sha256:...", b.App, oci.OpenClawVersion)
+	}
+	if b.Lockfile == "" {
+		return fmt.Errorf("build.lockfile is missing: keep the package-lock.json of %s beside the recipe", b.App)
+	}
+	return nil
 }

@@ -528,10 +528,17 @@ func (v *validator) containersSection() {
 		case hasImage:
 			v.imageRef(p+".image", c.Image)
 		}
-		if lock, ok := c.Build["lockfile"].(string); ok && lock != "" {
-			// Read from the build host at build time: it must be a file
-			// inside the recipe's context.
-			v.local(p+".build.lockfile", lock, false)
+		if c.Build != nil && hasBuild && !hasImage {
+			if name, _ := c.Build.Package(); name == "" {
+				v.errorf(p+".build.app", "write PACKAGE@VERSION, e.g. app: openclaw@2026.9.6", "build.app %q is not PACKAGE@VERSION", c.Build.App)
+			}
+			if c.Build.Lockfile == "" {
+				v.errorf(p+".build", "add lockfile: the package-lock.json that pins the app's packages, beside the recipe", "build has no lockfile")
+			} else {
+				// Read from the build host at build time: it must be a
+				// file inside the recipe's context.
+				v.local(p+".build.lockfile", c.Build.Lockfile, false)
+			}
 		}
 		v.containerUser(p+".user", c.User)
 		for j, pub := range c.Publish {

@@ -22,7 +22,7 @@ func TestGoodAppliance(t *testing.T) {
 		{r.Containers[0].Restart, "always"},
 		{r.Containers[1].Restart, "on-failure"},
 		{r.Containers[0].Env["NODE_ENV"], "production"},
-		{fmt.Sprint(r.Containers[2].Build), "map[app:openclaw@2026.9.6 nested:map[list:[1 two]]]"},
+		{*r.Containers[2].Build, ContainerBuild{App: "openclaw@2026.9.6", Lockfile: "appliance.yaml"}},
 		{*r.Gateway.Port, 18789},
 		{r.Gateway.Mode, "network"},
 		{r.Gateway.Bind, "lan"},

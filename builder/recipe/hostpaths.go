@@ -95,7 +95,8 @@ func (r *Recipe) HostPaths() []HostPath {
 			}
 			local("container image "+c.Name, file)
 		}
-		if lock, ok := c.Build["lockfile"].(string); ok {
+		if c.Build != nil && c.Build.Lockfile != "" {
+			lock := c.Build.Lockfile
 			local("lockfile "+c.Name, lock)
 		}
 	}

@@ -6,7 +6,10 @@
 // Diagnostics.
 package recipe
 
-import "net/netip"
+import (
+	"net/netip"
+	"strings"
+)
 
 // APIVersion is the only recipe format this bake reads.
 const APIVersion = "bake/v1"
@@ -259,6 +262,30 @@ type Network struct {
 // Container runs one container image from a systemd unit, from an image
 // stored in the disk (nothing is pulled at boot), as its own non-root uid,
 // with no new privileges and no capabilities.
+// ContainerBuild makes a container's image without a Docker daemon
+// (package oci): a minimal Debian layer, Node from the npm registry and
+// the app installed from a lockfile kept beside the recipe.
+type ContainerBuild struct {
+	// App is the npm package to run, PACKAGE@VERSION (exact).
+	App string `yaml:"app"`
+	// Lockfile is the package-lock.json that pins every package of the
+	// app, relative to the recipe, inside its context.
+	Lockfile string `yaml:"lockfile"`
+}
+
+// Package and Version split App ("" when it is not PACKAGE@VERSION).
+func (b *ContainerBuild) Package() (name, version string) {
+	name, version, ok := strings.Cut(b.App, "@")
+	if strings.HasPrefix(b.App, "@") { // @scope/name@version
+		i := strings.LastIndex(b.App, "@")
+		name, version, ok = b.App[:i], b.App[i+1:], i > 0
+	}
+	if !ok || name == "" || version == "" {
+		return "", ""
+	}
+	return name, version
+}
+
 type Container struct {
 	Name string `yaml:"name"`
 	// Image is a reference resolved at build time and pinned by digest:
@@ -266,10 +293,7 @@ type Container struct {
 	// oci-layout:DIR[:TAG][@sha256:...] (paths relative to the recipe).
 	Image string `yaml:"image,omitempty"`
 	// Build makes the image instead of pulling one (package oci).
-	// TODO(issue 6): its shape belongs to the image builder; until it is
-	// wired in, any mapping is accepted here and the build stops at the
-	// containers stage.
-	Build map[string]any `yaml:"build,omitempty"`
+	Build *ContainerBuild `yaml:"build,omitempty"`
 	// User runs the container: a user of the recipe (its uid and primary
 	// gid in the image) or UID:GID. Never root.
 	User string `yaml:"user"`
