@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,14 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/flock"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 // The bootstrap tree cache (BootstrapOptions.TreeCache, BAKE_CACHE_DIR/
@@ -173,7 +171,7 @@ func (c *treeCache) restore(ctx context.Context, r execx.Runner, tree string) er
 
 // store copies tree into a staging directory and renames it into place.
 func (c *treeCache) store(ctx context.Context, r execx.Runner, tree string) (err error) {
-	stage, err := os.MkdirTemp(c.dir, treeCacheStage+strconv.Itoa(os.Getpid())+"-")
+	stage, err := sweep.MkdirTemp(c.dir, treeCacheStage)
 	if err != nil {
 		return err
 	}
@@ -260,25 +258,11 @@ func tryLock(path string) (func(), bool) {
 	return unlock, true
 }
 
-// removeStaleStages removes staging directories whose process is gone.
+// removeStaleStages removes staging directories whose process is gone
+// (package sweep's one policy: the owner's PID in the name, as /proc shows
+// it, even from inside bake build's own PID namespace).
 func removeStaleStages(dir string) {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), treeCacheStage)
-		if !ok || !e.IsDir() {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid <= 0 || !processAlive(pid) {
-			os.RemoveAll(filepath.Join(dir, e.Name()))
-		}
-	}
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	sweep.Sweep{Dir: dir, Prefix: treeCacheStage}.Run()
 }
 
 // copyTree copies the contents of src into the existing directory dst

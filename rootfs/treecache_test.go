@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/sweep"
 )
 
 func TestInReleaseURL(t *testing.T) {
@@ -234,7 +235,7 @@ func TestTreeCacheStoreRestoreEvict(t *testing.T) {
 func TestTreeCacheStaleStagesRemoved(t *testing.T) {
 	cache := t.TempDir()
 	dead := filepath.Join(cache, treeCacheStage+"999999999-x")
-	mine := filepath.Join(cache, fmt.Sprintf("%s%d-y", treeCacheStage, os.Getpid()))
+	mine := filepath.Join(cache, sweep.Pattern(treeCacheStage)+"y")
 	for _, d := range []string{dead, mine} {
 		os.MkdirAll(filepath.Join(d, "tree/etc"), 0o755)
 	}
