@@ -270,7 +270,7 @@ type appInputs struct {
 	Epoch            int64
 	Home             string
 	WritableDirs     []string
-	Sandbox          string // sandboxVersion: how the install scripts ran
+	Sandbox          string // npmSandboxVersion: how the install scripts ran
 }
 
 type appInfo struct {
@@ -307,7 +307,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		Lockfile: hex.EncodeToString(lockSum[:]), PackageJSON: hex.EncodeToString(pjSum[:]),
 		Npm: info.Npm, Node: runNode, Scripts: app.Scripts, Target: strings.Join(npmTarget, " "),
 		Epoch: b.spec.SourceDateEpoch, Home: b.user.Home, WritableDirs: b.spec.WritableDirs,
-		Sandbox: sandboxVersion,
+		Sandbox: npmSandboxVersion,
 	})
 	if lf, ok := b.cache.get(key, &info); ok {
 		b.logf("app layer: cached %s", lf.Digest)
@@ -365,7 +365,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		// environment or temp files.
 		b.logf("app layer: install scripts of %s (sandboxed: nobody, no network)", strings.Join(app.Scripts, " "))
 		argv := append([]string{"npm", "rebuild", "--foreground-scripts", "--ignore-scripts=false", "--offline", "--loglevel=warn"}, app.Scripts...)
-		cmd, err := scriptSandbox(dir, home, nodeDir, []string{"npm_config_update_notifier=false"}, argv)
+		cmd, err := npmScriptSandbox(dir, home, nodeDir, []string{"npm_config_update_notifier=false"}, argv)
 		if err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
 		}

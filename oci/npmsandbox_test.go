@@ -10,10 +10,10 @@ import (
 )
 
 // The sandbox's command: every namespace, nobody with nothing, a clean
-// environment, and a script sh accepts. (TestScriptSandbox, integration
+// environment, and a script sh accepts. (TestNpmScriptSandbox, integration
 // tier, runs it as root and checks from inside.)
-func TestSandboxCmd(t *testing.T) {
-	c := sandboxCmd("/w/app", "/w/home", "/w/node", []string{"npm_config_update_notifier=false", "PATH=/evil", "HOME=/root"}, []string{"npm", "rebuild", "openclaw"})
+func TestNpmSandboxCmd(t *testing.T) {
+	c := npmSandboxCmd("/w/app", "/w/home", "/w/node", []string{"npm_config_update_notifier=false", "PATH=/evil", "HOME=/root"}, []string{"npm", "rebuild", "openclaw"})
 	if c.Name != "unshare" {
 		t.Fatalf("runs %s", c.Name)
 	}

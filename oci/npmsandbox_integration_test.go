@@ -16,13 +16,13 @@ import (
 	"github.com/bakeimg/bake/internal/execx"
 )
 
-// TestScriptSandbox runs a stand-in install script in the sandbox the
+// TestNpmScriptSandbox runs a stand-in install script in the sandbox the
 // app's install scripts run in, and checks from inside what it may and may
 // not do: it is nobody with no capabilities, cannot reach a server
 // listening on the build host's loopback, cannot write outside its app
 // folder, HOME and temp dirs, sees none of the host's /tmp, none of bake's
 // environment, no host process, and its writes to the app folder are kept.
-func TestScriptSandbox(t *testing.T) {
+func TestNpmScriptSandbox(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root (make test runs the integration tier as root)")
 	}
@@ -67,7 +67,7 @@ echo "PROCS=$(ls /proc | grep -c '^[0-9]')"
 echo built > node_modules/pkg/out.txt && echo APP=written
 echo x > "$HOME/.npmrc" && echo HOME=written
 `
-	cmd, err := scriptSandbox(app, home, "", nil, []string{"bash", "-c", script})
+	cmd, err := npmScriptSandbox(app, home, "", nil, []string{"bash", "-c", script})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 // The app's install scripts (NpmApp.Scripts) are code from the npm
 // registry, and bake runs as root on the build host. They run in a
-// sandbox (scriptSandbox):
+// sandbox (npmScriptSandbox):
 //
 //   - as nobody (65534:65534), no supplementary groups, no capabilities
 //     (bounding and inheritable sets emptied), no_new_privs: setuid
@@ -33,60 +33,60 @@ import (
 // readable files). The scripts' output is what they write into the app's
 // folder, which becomes the app layer (owners normalized to root).
 const (
-	sandboxUID     = 65534
-	sandboxApp     = "/tmp/app"
-	sandboxHome    = "/tmp/home"
-	sandboxCache   = "/tmp/npm-cache"
-	sandboxNodeDir = "/tmp/node"
-	// sandboxVersion goes into the app layer's cache key: a layer made
+	npmSandboxUID     = 65534
+	npmSandboxApp     = "/tmp/app"
+	npmSandboxHome    = "/tmp/home"
+	npmSandboxCache   = "/tmp/npm-cache"
+	npmSandboxNodeDir = "/tmp/node"
+	// npmSandboxVersion goes into the app layer's cache key: a layer made
 	// outside the sandbox is made again.
-	sandboxVersion = "1"
+	npmSandboxVersion = "1"
 )
 
-// scriptSandbox wraps argv (run in sandboxApp) in the sandbox. app and
+// npmScriptSandbox wraps argv (run in npmSandboxApp) in the sandbox. app and
 // home are host folders made writable by nobody for the run; nodeDir (may
 // be "") holds the node binary put first on PATH.
-func scriptSandbox(app, home, nodeDir string, env []string, argv []string) (execx.Cmd, error) {
+func npmScriptSandbox(app, home, nodeDir string, env []string, argv []string) (execx.Cmd, error) {
 	// Only root can give the folders away (and only root can run the
 	// sandbox: unshare refuses others, so nothing runs outside it).
 	if os.Geteuid() == 0 {
 		for _, d := range []string{app, home} {
-			if err := chownTree(d, sandboxUID, sandboxUID); err != nil {
+			if err := npmChownTree(d, npmSandboxUID, npmSandboxUID); err != nil {
 				return execx.Cmd{}, fmt.Errorf("sandbox: %w", err)
 			}
 		}
 	}
-	return sandboxCmd(app, home, nodeDir, env, argv), nil
+	return npmSandboxCmd(app, home, nodeDir, env, argv), nil
 }
 
-// sandboxCmd is the command scriptSandbox runs.
-func sandboxCmd(app, home, nodeDir string, env []string, argv []string) execx.Cmd {
+// npmSandboxCmd is the command npmScriptSandbox runs.
+func npmSandboxCmd(app, home, nodeDir string, env []string, argv []string) execx.Cmd {
 	path := "/usr/local/bin:/usr/bin:/bin"
 	// The folders are opened before /tmp is covered (they may lie below
 	// it) and bind-mounted from their descriptors.
 	var opens, binds strings.Builder
 	opens.WriteString(`exec 3<"$BAKE_SANDBOX_APP" 4<"$BAKE_SANDBOX_HOME"` + "\n")
-	binds.WriteString(`mkdir -p ` + sandboxApp + ` ` + sandboxHome + ` ` + sandboxCache + "\n")
-	binds.WriteString(`mount --bind /proc/self/fd/3 ` + sandboxApp + "\n")
-	binds.WriteString(`mount --bind /proc/self/fd/4 ` + sandboxHome + "\n")
-	binds.WriteString(`chown ` + fmt.Sprintf("%d:%d", sandboxUID, sandboxUID) + ` ` + sandboxCache + "\n")
+	binds.WriteString(`mkdir -p ` + npmSandboxApp + ` ` + npmSandboxHome + ` ` + npmSandboxCache + "\n")
+	binds.WriteString(`mount --bind /proc/self/fd/3 ` + npmSandboxApp + "\n")
+	binds.WriteString(`mount --bind /proc/self/fd/4 ` + npmSandboxHome + "\n")
+	binds.WriteString(`chown ` + fmt.Sprintf("%d:%d", npmSandboxUID, npmSandboxUID) + ` ` + npmSandboxCache + "\n")
 	if nodeDir != "" {
 		opens.WriteString(`exec 5<"$BAKE_SANDBOX_NODE"` + "\n")
-		binds.WriteString(`mkdir -p ` + sandboxNodeDir + "\n")
-		binds.WriteString(`mount --bind /proc/self/fd/5 ` + sandboxNodeDir + "\n")
-		binds.WriteString(`mount -o remount,bind,ro ` + sandboxNodeDir + "\n")
-		path = sandboxNodeDir + ":" + path
+		binds.WriteString(`mkdir -p ` + npmSandboxNodeDir + "\n")
+		binds.WriteString(`mount --bind /proc/self/fd/5 ` + npmSandboxNodeDir + "\n")
+		binds.WriteString(`mount -o remount,bind,ro ` + npmSandboxNodeDir + "\n")
+		path = npmSandboxNodeDir + ":" + path
 	}
 	binds.WriteString("exec 3<&- 4<&- 5<&-\n")
 	script := `set -eu
 ` + opens.String() + `mount -t tmpfs -o mode=1777,size=1g bake-sandbox /tmp
 mount -t tmpfs -o mode=1777,size=64m bake-sandbox /var/tmp
 mount -t tmpfs -o mode=1777,size=64m bake-sandbox /dev/shm
-` + binds.String() + `cd ` + sandboxApp + `
+` + binds.String() + `cd ` + npmSandboxApp + `
 exec "$@"`
 	// The scripts get an environment of their own (env -i): nothing of
 	// bake's (a CI job's tokens) reaches them.
-	clean := []string{"HOME=" + sandboxHome, "PATH=" + path, "npm_config_cache=" + sandboxCache, "TMPDIR=/tmp", "LANG=C.UTF-8"}
+	clean := []string{"HOME=" + npmSandboxHome, "PATH=" + path, "npm_config_cache=" + npmSandboxCache, "TMPDIR=/tmp", "LANG=C.UTF-8"}
 	for _, e := range env {
 		k, _, _ := strings.Cut(e, "=")
 		switch k {
@@ -98,16 +98,16 @@ exec "$@"`
 	args := []string{"--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
 		"--", "sh", "-c", script, "bake-sandbox", "env", "-i"}
 	args = append(args, clean...)
-	args = append(args, "setpriv", "--reuid="+fmt.Sprint(sandboxUID), "--regid="+fmt.Sprint(sandboxUID),
+	args = append(args, "setpriv", "--reuid="+fmt.Sprint(npmSandboxUID), "--regid="+fmt.Sprint(npmSandboxUID),
 		"--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--")
 	args = append(args, argv...)
 	cmdEnv := []string{"BAKE_SANDBOX_APP=" + app, "BAKE_SANDBOX_HOME=" + home, "BAKE_SANDBOX_NODE=" + nodeDir}
 	return execx.Cmd{Name: "unshare", Args: args, Env: cmdEnv}
 }
 
-// chownTree gives dir and everything in it (symlinks themselves, never
+// npmChownTree gives dir and everything in it (symlinks themselves, never
 // followed) to uid:gid.
-func chownTree(dir string, uid, gid int) error {
+func npmChownTree(dir string, uid, gid int) error {
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
