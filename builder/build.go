@@ -356,13 +356,23 @@ func saveLog(path, cacheDir, name string, out io.Writer) {
 // lockDir holds an exclusive flock on DIR/.lock for the life of the build, so
 // a later build can tell a stale work dir (its bake was killed) from a live one.
 func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	// Locked under a temporary name and renamed: .lock exists only once
+	// it is locked, so a .lock that is there and free means its owner
+	// has ended (sweep.Sweep.Lock), however long the kernel takes to
+	// finish the process (a killed build's PID namespace is torn down
+	// after its files are closed).
+	tmp := filepath.Join(dir, ".lock.new")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, ".lock")); err != nil {
+		f.Close()
+		return nil, err
 	}
 	return f, nil
 }

@@ -52,17 +52,29 @@ func OwnerPID() int {
 	return os.Getpid()
 }
 
-// Alive reports whether process pid (an OwnerPID) exists. A zombie counts
-// (its parent has not reaped it yet), and so does another user's process.
-// It looks in /proc, which names processes the way OwnerPID does; without
-// a /proc it asks kill(2).
+// Alive reports whether process pid (an OwnerPID) runs. Another user's
+// process counts; a zombie does not: it has exited, its files are closed
+// and its locks released, and only its parent's wait is missing (a build
+// killed with SIGKILL whose parent died too waits for PID 1 to reap it, and
+// the next build must not keep its work dir for that). It looks in /proc,
+// which names processes the way OwnerPID does; without a /proc it asks
+// kill(2).
 func Alive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
 	if _, err := os.Stat("/proc/self"); err == nil {
-		_, err := os.Stat("/proc/" + strconv.Itoa(pid))
-		return err == nil || !errors.Is(err, fs.ErrNotExist)
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return !errors.Is(err, fs.ErrNotExist)
+		}
+		// pid (comm) STATE ...: comm may hold spaces and parentheses.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) {
+			if st := b[i+2]; st == 'Z' || st == 'X' {
+				return false
+			}
+		}
+		return true
 	}
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
@@ -113,8 +125,11 @@ type Sweep struct {
 	// --keep): such a dir is never stale.
 	Keep string
 	// Lock names a file in the dir that its owner holds an flock on for
-	// as long as it lives: held, the dir is alive whatever else is true;
-	// there and free in a dir with no owner in its name, the dir is stale.
+	// as long as it lives, and that exists only once locked (the owner
+	// locks it under another name and renames it): held, the dir is
+	// alive whatever else is true; there and free, the dir is stale, even
+	// while the owner's PID still shows (a killed process's files, and so
+	// its flock, are released before the kernel has finished with it).
 	Lock string
 
 	// Alive and Remove are for tests: nil means Alive and
@@ -176,26 +191,23 @@ func (s Sweep) stale(p, name string) bool {
 			return false
 		}
 	}
-	hasLock := false
 	if s.Lock != "" {
 		lock := filepath.Join(p, s.Lock)
 		if lockHeld(lock) {
 			return false
 		}
-		_, err := os.Lstat(lock)
-		hasLock = err == nil
+		if _, err := os.Lstat(lock); err == nil {
+			return true // locked once, free now: its owner has ended
+		}
 	}
 	if pid, ok := LeadingPID(name, s.Prefix); ok {
 		alive := s.Alive
 		if alive == nil {
 			alive = Alive
 		}
-		// A free lock is not enough here: between making the dir and
-		// locking it, its owner is alive with its lock free.
+		// No lock yet: between making the dir and locking it, its owner
+		// is alive with no lock; the PID decides.
 		return pid != OwnerPID() && pid != os.Getpid() && !alive(pid)
-	}
-	if hasLock {
-		return true
 	}
 	return s.MaxAge > 0 && time.Since(fi.ModTime()) > s.MaxAge
 }

@@ -1,9 +1,11 @@
 package sweep
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -41,6 +43,27 @@ func TestAlive(t *testing.T) {
 	// Above any pid_max (at most 2^22): no such process.
 	if Alive(1<<30) || Alive(0) || Alive(-1) {
 		t.Error("a PID that cannot exist is alive")
+	}
+	// A zombie (exited, not yet reaped) is not alive: its work dir is free.
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	defer cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d never became a zombie: %s", pid, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if Alive(pid) {
+		t.Errorf("zombie %d counts as alive", pid)
 	}
 }
 
@@ -86,6 +109,10 @@ func TestSweep(t *testing.T) {
 	locked := mk(fmt.Sprintf("bake-w-%d-5", dead), ".lock")
 	freeLock := mk(fmt.Sprintf("bake-w-%d-6", dead), ".lock")
 	mounted := mk(fmt.Sprintf("bake-w-%d-7", dead))
+	// Its owner's PID still shows, but its lock (which exists only once
+	// locked) is free: the owner has ended (a killed build whose PID
+	// namespace the kernel is still tearing down).
+	liveFreeLock := mk(fmt.Sprintf("bake-w-%d-9", live), ".lock")
 	mk("bake-w-2393829905")                          // no owner, young
 	legacyFree := mk("bake-w-2393829906", ".lock")   // no owner, its lock free: dead
 	legacyLocked := mk("bake-w-2393829907", ".lock") // no owner, locked: alive
@@ -119,7 +146,7 @@ func TestSweep(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), mounted) {
 		t.Errorf("error %v, want one naming the dir with a mount below it", err)
 	}
-	want := []string{gone, freeLock, old, legacyFree}
+	want := []string{gone, freeLock, old, legacyFree, liveFreeLock}
 	slices.Sort(want)
 	slices.Sort(removed)
 	if !slices.Equal(removed, want) {
