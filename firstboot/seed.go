@@ -303,8 +303,14 @@ func (s Seed) userData() cloudconfig.Map {
 // cloud-init's standard write_files module into /run/bake/cloud-init-seed
 // (a tmpfs: nothing is left on disk), which first boot reads once
 // cloud-init's network stage is done. Needs cloud-init in firstboot.seed.
+// A host name goes into cloud-init's standard hostname key (there is no
+// meta-data of bake's on a cloud).
 func (s Seed) CloudUserData() []byte {
-	m := s.userData()
+	var m cloudconfig.Map
+	if s.Hostname != "" {
+		m = append(m, cloudconfig.Item{Key: "hostname", Value: s.Hostname})
+	}
+	m = append(m, s.userData()...)
 	v := s.values()
 	delete(v, AdminSSHKeys)
 	if len(v) > 0 {
