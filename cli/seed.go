@@ -272,6 +272,9 @@ func runSeed(o *seedOptions) error {
 	if o.authKeyFile != "" {
 		s.TailscaleAuthKey = o.readSecret(&p, "--tailscale-authkey-file", o.authKeyFile, firstboot.CheckTailscaleAuthKey)
 	}
+	if o.format == seedSMBIOS && len(o.adminKeys) == 0 && o.tokenFile == "" && o.newToken == "" && o.authKeyFile == "" {
+		p.add("--format smbios: nothing to pass; give --admin-key, --token-file, --new-token or --tailscale-authkey-file")
+	}
 	if len(p) == 0 {
 		// The values were checked one by one above; this is first boot's
 		// own check of the whole seed, the last word.

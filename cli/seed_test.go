@@ -424,11 +424,11 @@ func TestSeedRefusesHostileValues(t *testing.T) {
 			outDir := t.TempDir()
 			for _, format := range seedFormats {
 				args := append([]string{"seed", "--format", format, "-o", filepath.Join(outDir, "seed"), "--new-token", filepath.Join(outDir, "new.token")}, c.args...)
-				if format == seedSMBIOS || format == seedUserData {
-					// These refuse --hostname/--instance-id for another reason.
-					if slices.Contains(c.args, "--hostname") || slices.Contains(c.args, "--instance-id") {
-						continue
-					}
+				// smbios carries no host name or instance id, user-data no
+				// instance id: refused for that reason, tested in TestSeedUsage.
+				if format == seedSMBIOS && (slices.Contains(c.args, "--hostname") || slices.Contains(c.args, "--instance-id")) ||
+					format == seedUserData && slices.Contains(c.args, "--instance-id") {
+					continue
 				}
 				if slices.Contains(c.args, "--token-file") {
 					args = slices.DeleteFunc(args, func(a string) bool { return a == "--new-token" || strings.HasSuffix(a, "new.token") })
@@ -480,6 +480,7 @@ func TestSeedUsage(t *testing.T) {
 		{[]string{"--format", "iso", "-o", out, "--admin-key", "-", "--token-file", "-"}, "stdin is already read by --admin-key -"},
 		{[]string{"--format", "iso", "-o", k.keyFile, "--admin-key", k.keyFile}, "also given as an input"},
 		{[]string{"--format", "iso", "-o", out, "--new-token", "-"}, "--new-token -: name a file"},
+		{[]string{"--format", "smbios", "-o", out}, "nothing to pass"},
 	} {
 		_, stderr, code := runStdin(t, k.keys[0]+"\n", append([]string{"seed"}, c.args...)...)
 		if code != 2 || !strings.Contains(stderr, c.want) {
