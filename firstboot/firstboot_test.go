@@ -660,6 +660,7 @@ func TestSeedFormats(t *testing.T) {
 	}
 	// Cloud user-data carries bake's values through write_files.
 	var cud struct {
+		Hostname   string   `yaml:"hostname"`
 		Keys       []string `yaml:"ssh_authorized_keys"`
 		WriteFiles []struct {
 			Path, Permissions, Owner, Encoding, Content string
@@ -667,6 +668,9 @@ func TestSeedFormats(t *testing.T) {
 	}
 	if err := yaml.Unmarshal(s.CloudUserData(), &cud); err != nil {
 		t.Fatal(err)
+	}
+	if cud.Hostname != "gw-1" || len(cud.Keys) != 1 || cud.Keys[0] != k {
+		t.Errorf("cloud user-data hostname %q keys %q", cud.Hostname, cud.Keys)
 	}
 	if len(cud.WriteFiles) != 2 {
 		t.Fatalf("write_files %+v", cud.WriteFiles)

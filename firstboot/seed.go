@@ -1,14 +1,22 @@
 package firstboot
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/bakeimg/bake/internal/cloudconfig"
 )
@@ -22,24 +30,227 @@ type Seed struct {
 	TailscaleAuthKey string
 }
 
-var tokenRe = regexp.MustCompile(`^[A-Za-z0-9._~+/=-]{16,512}$`)
+var (
+	tokenRe = regexp.MustCompile(`^[A-Za-z0-9._~+/=-]{16,512}$`)
+	// An instance id names a directory of cloud-init's
+	// (/var/lib/cloud/instances/ID): no slash, no leading dot.
+	instanceIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	// A host name (RFC 1123), or a fully qualified one: labels of
+	// letters, digits and hyphens, none at either end of a label.
+	hostLabelRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	// A Tailscale auth key (tskey-auth-..., or an OAuth client secret
+	// with its ?ephemeral=...&preauthorized=... parameters): printable
+	// ASCII, no space; tailscale up reads it from a file.
+	authKeyRe = regexp.MustCompile(`^[\x21-\x7e]+$`)
+)
 
-// Check reports what first boot would refuse.
-func (s Seed) Check() error {
-	if s.GatewayToken != "" && !tokenRe.MatchString(s.GatewayToken) {
-		return fmt.Errorf("seed: the gateway token must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -")
-	}
-	for _, k := range s.AdminKeys {
-		if strings.ContainsAny(k, "\n\r") || strings.Contains(k, "PRIVATE KEY") || !utf8.ValidString(k) {
-			return fmt.Errorf("seed: an admin key must be one public key on one line")
+// TokenLength is the length of a generated gateway token: 64 characters
+// of [A-Za-z0-9], as first boot generates them when the seed has none.
+const TokenLength = 64
+
+const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// NewToken returns a fresh gateway token: TokenLength characters of
+// [A-Za-z0-9] from crypto/rand.
+func NewToken() (string, error) {
+	b := make([]byte, TokenLength)
+	max := big.NewInt(int64(len(tokenAlphabet)))
+	for i := range b {
+		n, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return "", err
 		}
+		b[i] = tokenAlphabet[n.Int64()]
 	}
-	// YAML (meta-data, user-data) is Unicode text: invalid UTF-8 cannot
-	// be written as it is.
-	if !utf8.ValidString(s.InstanceID) || !utf8.ValidString(s.Hostname) {
-		return fmt.Errorf("seed: the instance id and host name must be UTF-8 text")
+	return string(b), nil
+}
+
+// CheckGatewayToken reports what first boot refuses in a gateway token.
+// The message never quotes the token.
+func CheckGatewayToken(t string) error {
+	if !tokenRe.MatchString(t) {
+		return fmt.Errorf("the gateway token must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = - (this one has %d characters%s)",
+			utf8.RuneCountInString(t), outside(t, func(r rune) bool { return strings.ContainsRune(tokenAlphabet+"._~+/=-", r) }))
 	}
 	return nil
+}
+
+// outside says which kinds of characters of s are not ok (a description
+// for a message: never the characters themselves, s may be a secret).
+func outside(s string, ok func(rune) bool) string {
+	var kinds []string
+	add := func(k string) {
+		if !slices.Contains(kinds, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	for _, r := range s {
+		switch {
+		case ok(r):
+		case r == '\n' || r == '\r':
+			add("a line break")
+		case r == ' ' || r == '\t':
+			add("a space")
+		case r < 0x20 || r == 0x7f:
+			add("a control character")
+		case r == '"' || r == '\'' || r == '`':
+			add("a quote")
+		case r >= 0x80:
+			add("a non-ASCII character")
+		default:
+			add("punctuation outside the set")
+		}
+	}
+	if len(kinds) == 0 {
+		return ""
+	}
+	return ", among them " + strings.Join(kinds, ", ")
+}
+
+// CheckTailscaleAuthKey reports a Tailscale auth key that cannot be one:
+// empty, longer than 1024 bytes, or holding a space, a line break or a
+// character that is not printable ASCII. The message never quotes it.
+func CheckTailscaleAuthKey(k string) error {
+	if len(k) > 1024 || !authKeyRe.MatchString(k) {
+		return fmt.Errorf("the Tailscale auth key must be 1 to 1024 printable ASCII characters without spaces (this one has %d characters%s)",
+			utf8.RuneCountInString(k), outside(k, func(r rune) bool { return r > 0x20 && r < 0x7f }))
+	}
+	return nil
+}
+
+// CheckHostname reports a host name that is not one (RFC 1123: labels of
+// 1 to 63 letters, digits and hyphens, no hyphen at either end, 253
+// characters at most).
+func CheckHostname(h string) error {
+	bad := h == "" || len(h) > 253
+	for _, l := range strings.Split(h, ".") {
+		bad = bad || !hostLabelRe.MatchString(l)
+	}
+	if bad {
+		return fmt.Errorf("host name %s: want letters, digits and hyphens (RFC 1123), dot-separated labels of 1 to 63 characters with no hyphen at either end, 253 characters at most", strconv.Quote(h))
+	}
+	return nil
+}
+
+// CheckInstanceID reports an instance id cloud-init could not use as the
+// name of its instance directory.
+func CheckInstanceID(id string) error {
+	if !instanceIDRe.MatchString(id) {
+		return fmt.Errorf("instance id %s: want 1 to 128 letters, digits and . _ : -, starting with a letter or digit", strconv.Quote(id))
+	}
+	return nil
+}
+
+// CheckAdminKey reports what makes line something other than one SSH
+// public key on one line, in authorized_keys form without options
+// ("TYPE BASE64 [COMMENT]"). A key with options (command="...",
+// from=...) is refused: the seed gives the admin a plain login, and an
+// option smuggled in a key file would change what that login does. The
+// message never quotes the line: it may be a secret pasted by mistake.
+func CheckAdminKey(line string) error {
+	switch {
+	case strings.Contains(line, "PRIVATE KEY"):
+		return fmt.Errorf("a private key, not a public one (give the .pub file)")
+	case strings.ContainsAny(line, "\n\r"):
+		return fmt.Errorf("more than one line: an admin key must be one public key on one line")
+	case !utf8.ValidString(line):
+		return fmt.Errorf("not UTF-8 text: an admin key must be one public key on one line")
+	case strings.ContainsFunc(line, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }):
+		return fmt.Errorf("a control character: an admin key must be one public key on one line")
+	}
+	pub, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	switch {
+	case err != nil:
+		return fmt.Errorf("not an SSH public key (want TYPE BASE64 [COMMENT], as in a .pub file)")
+	case len(opts) > 0:
+		return fmt.Errorf("a public key with authorized_keys options (%s): give the plain key, without options", optionNames(opts))
+	case len(rest) > 0:
+		return fmt.Errorf("more than one key: an admin key must be one public key on one line")
+	}
+	if _, ok := pub.(*ssh.Certificate); ok {
+		return fmt.Errorf("an SSH certificate, not a public key")
+	}
+	switch pub.Type() {
+	case ssh.KeyAlgoDSA:
+		return fmt.Errorf("a DSA key: OpenSSH no longer accepts DSA keys")
+	case ssh.KeyAlgoRSA:
+		if ck, ok := pub.(ssh.CryptoPublicKey); ok {
+			if rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey); ok && rk.N.BitLen() < 1024 {
+				return fmt.Errorf("an RSA key of %d bits: sshd refuses RSA keys shorter than 1024 bits", rk.N.BitLen())
+			}
+		}
+	}
+	return nil
+}
+
+// optionNames are the names of authorized_keys options, without their
+// values.
+func optionNames(opts []string) string {
+	names := make([]string, len(opts))
+	for i, o := range opts {
+		n, _, _ := strings.Cut(o, "=")
+		names[i] = strconv.Quote(n)
+	}
+	return strings.Join(names, ", ")
+}
+
+// ParseAdminKeys reads a file of public keys, one per line, as a .pub
+// file or an authorized_keys file holds them (blank lines and # comments
+// are skipped, a trailing CR is dropped), checking each with
+// CheckAdminKey. A file that holds a private key anywhere is refused as a
+// whole. The errors say the line number, never the content.
+func ParseAdminKeys(data []byte) ([]string, []error) {
+	if bytes.Contains(data, []byte("PRIVATE KEY")) {
+		return nil, []error{fmt.Errorf("holds a private key: give the public key (the .pub file)")}
+	}
+	var keys []string
+	var errs []error
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(strings.TrimSuffix(line, "\r"))
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := CheckAdminKey(line); err != nil {
+			errs = append(errs, fmt.Errorf("line %d: %w", i+1, err))
+			continue
+		}
+		keys = append(keys, line)
+	}
+	if len(keys) == 0 && len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("holds no SSH public key"))
+	}
+	return keys, errs
+}
+
+// Check reports everything first boot would refuse in s (a gateway token
+// outside its alphabet, an admin key that is not one plain public key on
+// one line) and values that would make its meta-data wrong (a host name
+// that is not one, an instance id cloud-init cannot use), all at once: one
+// line each, joined (errors.Join). Empty values are not checked (every
+// value is optional). No message quotes a secret.
+func (s Seed) Check() error {
+	var errs []error
+	add := func(what string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("seed: %s%w", what, err))
+		}
+	}
+	if s.GatewayToken != "" {
+		add("", CheckGatewayToken(s.GatewayToken))
+	}
+	if s.TailscaleAuthKey != "" {
+		add("", CheckTailscaleAuthKey(s.TailscaleAuthKey))
+	}
+	for i, k := range s.AdminKeys {
+		add(fmt.Sprintf("admin key %d: ", i+1), CheckAdminKey(k))
+	}
+	if s.Hostname != "" {
+		add("", CheckHostname(s.Hostname))
+	}
+	if s.InstanceID != "" {
+		add("", CheckInstanceID(s.InstanceID))
+	}
+	return errors.Join(errs...)
 }
 
 func (s Seed) values() map[string]string {
@@ -92,8 +303,14 @@ func (s Seed) userData() cloudconfig.Map {
 // cloud-init's standard write_files module into /run/bake/cloud-init-seed
 // (a tmpfs: nothing is left on disk), which first boot reads once
 // cloud-init's network stage is done. Needs cloud-init in firstboot.seed.
+// A host name goes into cloud-init's standard hostname key (there is no
+// meta-data of bake's on a cloud).
 func (s Seed) CloudUserData() []byte {
-	m := s.userData()
+	var m cloudconfig.Map
+	if s.Hostname != "" {
+		m = append(m, cloudconfig.Item{Key: "hostname", Value: s.Hostname})
+	}
+	m = append(m, s.userData()...)
 	v := s.values()
 	delete(v, AdminSSHKeys)
 	if len(v) > 0 {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -17,23 +16,13 @@ import (
 
 // TokenLength is the length of a gateway token: 64 characters of
 // [A-Za-z0-9], as the appliance's first boot generates them.
-const TokenLength = 64
+const TokenLength = firstboot.TokenLength
 
 const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
-// NewToken returns a fresh 64-character token from crypto/rand.
-func NewToken() (string, error) {
-	b := make([]byte, TokenLength)
-	max := big.NewInt(int64(len(tokenAlphabet)))
-	for i := range b {
-		n, err := rand.Int(rand.Reader, max)
-		if err != nil {
-			return "", err
-		}
-		b[i] = tokenAlphabet[n.Int64()]
-	}
-	return string(b), nil
-}
+// NewToken returns a fresh 64-character token from crypto/rand
+// (firstboot.NewToken).
+func NewToken() (string, error) { return firstboot.NewToken() }
 
 // ValidToken reports whether s looks like a first-boot token.
 func ValidToken(s string) bool {

@@ -97,7 +97,7 @@ func TestSeedRendering(t *testing.T) {
 
 func TestWriteSeed(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "seed.iso")
-	s := Seed{InstanceID: "iid-x", AdminUser: "ops", AuthorizedKeys: []string{"ssh-ed25519 AAAA x"}, Token: strings.Repeat("a", 64)}
+	s := Seed{InstanceID: "iid-x", AdminUser: "ops", AuthorizedKeys: []string{testKey}, Token: strings.Repeat("a", 64)}
 	if err := WriteSeed(p, s); err != nil {
 		t.Fatal(err)
 	}

@@ -1,45 +1,50 @@
 package vm
 
 import (
+	"encoding/binary"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 )
 
-// SeedLabel is the volume label cloud-init's NoCloud datasource looks for.
-const SeedLabel = "cidata"
+// SeedLabel is the volume label cloud-init's NoCloud datasource looks for
+// on an ISO9660 seed; SeedLabelFAT the one a FAT seed carries (FAT labels
+// are upper case; cloud-init and bake's first boot look for both).
+const (
+	SeedLabel    = "cidata"
+	SeedLabelFAT = "CIDATA"
+)
 
-// WriteNoCloudSeed writes a NoCloud seed to path: an ISO9660 volume
-// labelled "cidata" with Rock Ridge names, holding meta-data, user-data and
-// any extra files (e.g. "network-config", "vendor-data"). Nothing is
-// mounted. The file appears atomically (written beside path, then renamed).
-//
-// go-diskfs v1.9.1 writes no Joliet tree; Linux (the only reader that
-// matters for cloud-init) uses the Rock Ridge names.
-func WriteNoCloudSeed(path string, metaData, userData []byte, extra map[string][]byte) error {
+// seedFiles are a NoCloud seed's files by name: meta-data, user-data and
+// the extra ones, each a plain file name.
+func seedFiles(metaData, userData []byte, extra map[string][]byte) (map[string][]byte, []string, error) {
 	files := map[string][]byte{"meta-data": metaData, "user-data": userData}
 	for name, data := range extra {
 		if name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." {
-			return fmt.Errorf("vm: seed file name %q: want a plain file name", name)
+			return nil, nil, fmt.Errorf("vm: seed file name %q: want a plain file name", name)
 		}
 		if _, dup := files[name]; dup {
-			return fmt.Errorf("vm: seed file %q given twice", name)
+			return nil, nil, fmt.Errorf("vm: seed file %q given twice", name)
 		}
 		files[name] = data
 	}
+	return files, slices.Sorted(maps.Keys(files)), nil
+}
 
-	dir := filepath.Dir(path)
-	work, err := os.MkdirTemp(dir, ".seed-work-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	tmp, err := os.CreateTemp(dir, ".seed-*.iso")
+// writeAtomic makes path with write: a temp file beside it (mode 0600,
+// removed on any error) that write fills, synced and renamed over path.
+// A seed holds secrets: path is never partly written, never readable by
+// others.
+func writeAtomic(path, pattern string, write func(tmp *os.File) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), pattern)
 	if err != nil {
 		return err
 	}
@@ -51,41 +56,10 @@ func WriteNoCloudSeed(path string, metaData, userData []byte, extra map[string][
 			os.Remove(tmpName)
 		}
 	}()
-
-	fsys, err := iso9660.Create(file.New(tmp, false), 0, 0, 2048, work)
-	if err != nil {
-		return fmt.Errorf("vm: seed: %w", err)
-	}
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		f, err := fsys.OpenFile("/"+n, os.O_CREATE|os.O_RDWR)
-		if err != nil {
-			return fmt.Errorf("vm: seed %s: %w", n, err)
-		}
-		if _, err := f.Write(files[n]); err != nil {
-			f.Close()
-			return fmt.Errorf("vm: seed %s: %w", n, err)
-		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("vm: seed %s: %w", n, err)
-		}
-	}
-	if err := fsys.Finalize(iso9660.FinalizeOptions{RockRidge: true, VolumeIdentifier: SeedLabel}); err != nil {
-		return fmt.Errorf("vm: seed: %w", err)
-	}
-	if err := tidyPVD(tmp); err != nil {
-		return fmt.Errorf("vm: seed: %w", err)
-	}
-	// Pad with 150 zero sectors as mkisofs -pad and xorriso do: readers
-	// that probe a fixed-size window (busybox findfs wants 68 KiB) or read
-	// ahead (CD-ROM drivers) must not hit the end of a tiny image.
-	if st, err := tmp.Stat(); err != nil {
+	if err := tmp.Chmod(0o600); err != nil {
 		return err
-	} else if err := tmp.Truncate(st.Size() + 150*2048); err != nil {
+	}
+	if err := write(tmp); err != nil {
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
@@ -94,13 +68,150 @@ func WriteNoCloudSeed(path string, metaData, userData []byte, extra map[string][
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Chmod(tmpName, 0o600); err != nil {
-		return err
-	}
 	if err := os.Rename(tmpName, path); err != nil {
 		return err
 	}
 	ok = true
+	return nil
+}
+
+// WriteNoCloudSeed writes a NoCloud seed to path: an ISO9660 volume
+// labelled "cidata" with Rock Ridge names, holding meta-data, user-data and
+// any extra files (e.g. "network-config", "vendor-data"). Nothing is
+// mounted. The file appears atomically (written beside path, then
+// renamed), mode 0600.
+//
+// go-diskfs v1.9.1 writes no Joliet tree; Linux (the only reader that
+// matters for cloud-init) uses the Rock Ridge names.
+func WriteNoCloudSeed(path string, metaData, userData []byte, extra map[string][]byte) error {
+	files, names, err := seedFiles(metaData, userData, extra)
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(filepath.Dir(path), ".seed-work-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	return writeAtomic(path, ".seed-*.iso", func(tmp *os.File) error {
+		fsys, err := iso9660.Create(file.New(tmp, false), 0, 0, 2048, work)
+		if err != nil {
+			return fmt.Errorf("vm: seed: %w", err)
+		}
+		for _, n := range names {
+			if err := writeSeedFile(fsys, n, files[n]); err != nil {
+				return err
+			}
+		}
+		if err := fsys.Finalize(iso9660.FinalizeOptions{RockRidge: true, VolumeIdentifier: SeedLabel}); err != nil {
+			return fmt.Errorf("vm: seed: %w", err)
+		}
+		if err := tidyPVD(tmp); err != nil {
+			return fmt.Errorf("vm: seed: %w", err)
+		}
+		// Pad with 150 zero sectors as mkisofs -pad and xorriso do: readers
+		// that probe a fixed-size window (busybox findfs wants 68 KiB) or read
+		// ahead (CD-ROM drivers) must not hit the end of a tiny image.
+		st, err := tmp.Stat()
+		if err != nil {
+			return err
+		}
+		return tmp.Truncate(st.Size() + 150*2048)
+	})
+}
+
+func writeSeedFile(fsys filesystem.FileSystem, name string, data []byte) error {
+	f, err := fsys.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return fmt.Errorf("vm: seed %s: %w", name, err)
+	}
+	if n, err := f.Write(data); err != nil || n != len(data) {
+		f.Close()
+		return fmt.Errorf("vm: seed %s: wrote %d of %d bytes: %v", name, n, len(data), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("vm: seed %s: %w", name, err)
+	}
+	return nil
+}
+
+// fatSeedMin is the smallest FAT seed: FAT16 wants 4085 clusters at least
+// (1 KiB each up to 32 MiB), mkfs.fat's choice for a small volume.
+const fatSeedMin = 8 << 20
+
+// WriteNoCloudFAT writes a NoCloud seed to path as a FAT16 volume labelled
+// "CIDATA" (long file names), holding meta-data, user-data and any extra
+// files: the seed for a hypervisor or firmware that attaches disks but no
+// CD-ROM. Pure Go (go-diskfs), nothing mounted; 8 MiB, or larger when the
+// files need it. The file appears atomically, mode 0600.
+func WriteNoCloudFAT(path string, metaData, userData []byte, extra map[string][]byte) error {
+	files, names, err := seedFiles(metaData, userData, extra)
+	if err != nil {
+		return err
+	}
+	// Each file takes whole clusters (at most 16 KiB for FAT16 up to
+	// 1 GiB); twice that leaves room for directory entries and the FATs.
+	size := int64(0)
+	for _, n := range names {
+		size += (int64(len(files[n]))/(16<<10) + 1) * (16 << 10)
+	}
+	size = max(fatSeedMin, (2*size+(1<<20)-1)/(1<<20)*(1<<20))
+	if size > 1<<30 {
+		return fmt.Errorf("vm: seed: %d bytes of files do not fit a FAT16 seed", size/2)
+	}
+	return writeAtomic(path, ".seed-*.img", func(tmp *os.File) error {
+		if err := tmp.Truncate(size); err != nil {
+			return err
+		}
+		fsys, err := fat16.Create(file.New(tmp, false), size, 0, 512, SeedLabelFAT, false)
+		if err != nil {
+			return fmt.Errorf("vm: seed: %w", err)
+		}
+		for _, n := range names {
+			if err := writeSeedFile(fsys, n, files[n]); err != nil {
+				return err
+			}
+		}
+		return freeCluster2(tmp)
+	})
+}
+
+// freeCluster2 frees the FAT16 cluster go-diskfs v1.9.1 marks as the end
+// of a chain for a root directory that FAT16 keeps outside the clusters
+// (fsck.fat would reclaim it). It is left alone when a root directory
+// entry starts there.
+func freeCluster2(f *os.File) error {
+	bs := make([]byte, 512)
+	if _, err := f.ReadAt(bs, 0); err != nil {
+		return err
+	}
+	le16 := func(b []byte, o int) int64 { return int64(binary.LittleEndian.Uint16(b[o:])) }
+	bps, rsvd, nfats, rootEnts, fatSz := le16(bs, 0x0b), le16(bs, 0x0e), int64(bs[0x10]), le16(bs, 0x11), le16(bs, 0x16)
+	if bps != 512 || nfats == 0 || rootEnts == 0 || fatSz == 0 {
+		return fmt.Errorf("vm: seed: not the FAT16 layout expected (%d bytes/sector, %d FATs, %d root entries, %d sectors/FAT)", bps, nfats, rootEnts, fatSz)
+	}
+	root := make([]byte, rootEnts*32)
+	if _, err := f.ReadAt(root, (rsvd+nfats*fatSz)*bps); err != nil {
+		return err
+	}
+	for i := 0; i+32 <= len(root) && root[i] != 0; i += 32 {
+		if e := root[i : i+32]; e[0] != 0xe5 && e[11] != 0x0f && le16(e, 26) == 2 {
+			return nil
+		}
+	}
+	for n := range nfats {
+		at := (rsvd+n*fatSz)*bps + 2*2
+		var b [2]byte
+		if _, err := f.ReadAt(b[:], at); err != nil {
+			return err
+		}
+		if binary.LittleEndian.Uint16(b[:]) < 0xfff8 {
+			continue
+		}
+		if _, err := f.WriteAt([]byte{0, 0}, at); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -122,3 +122,80 @@ func TestWriteNoCloudSeedRejectsBadNames(t *testing.T) {
 		t.Errorf("left files behind: %v", ents)
 	}
 }
+
+// The FAT seed is read back by go-diskfs and, when installed, by the tools
+// that find and read it in a guest: blkid (LABEL=CIDATA, TYPE=vfat, what
+// first boot and cloud-init look for), fsck.fat (nothing to repair) and
+// mtools (the long file names and contents).
+func TestWriteNoCloudFAT(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "seed.img")
+	meta := []byte("instance-id: iid-bake-1\n")
+	user := []byte("#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAA test\"\n")
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: several clusters
+	want := map[string][]byte{"meta-data": meta, "user-data": user, "bake.gateway_token": []byte("T0ken-0123456789abcdef\n"), "vendor-data": big}
+	if err := WriteNoCloudFAT(img, meta, user, map[string][]byte{"bake.gateway_token": want["bake.gateway_token"], "vendor-data": big}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 || st.Size() < fatSeedMin || st.Size()%(1<<20) != 0 {
+		t.Errorf("mode %v size %d", st.Mode(), st.Size())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("dir holds %d entries, want only seed.img", len(ents))
+	}
+
+	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	fs, err := d.GetFilesystem(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimRight(fs.Label(), " "); got != SeedLabelFAT {
+		t.Errorf("label %q", got)
+	}
+	for name, content := range want {
+		f, err := fs.OpenFile("/"+name, os.O_RDONLY)
+		if err != nil {
+			t.Errorf("open %s: %v", name, err)
+			continue
+		}
+		got, err := io.ReadAll(f)
+		f.Close()
+		if err != nil || !bytes.Equal(got, content) {
+			t.Errorf("%s: read %d bytes (err %v), want %d bytes equal", name, len(got), err, len(content))
+		}
+	}
+
+	if _, err := exec.LookPath("blkid"); err == nil {
+		out, err := exec.Command("blkid", "-p", "-o", "export", img).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "LABEL="+SeedLabelFAT+"\n") || !strings.Contains(string(out), "TYPE=vfat") {
+			t.Errorf("blkid: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("blkid not installed: label not checked by it")
+	}
+	if _, err := exec.LookPath("fsck.fat"); err == nil {
+		if out, err := exec.Command("fsck.fat", "-n", "-v", img).CombinedOutput(); err != nil {
+			t.Errorf("fsck.fat -n: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("fsck.fat not installed: not checked by it")
+	}
+	if _, err := exec.LookPath("mtype"); err == nil {
+		for name, content := range want {
+			out, err := exec.Command("mtype", "-i", img, "::"+name).Output()
+			if err != nil || !bytes.Equal(out, content) {
+				t.Errorf("mtype %s: %v (%d bytes)", name, err, len(out))
+			}
+		}
+	} else {
+		t.Log("mtools not installed: not read back by them")
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -338,13 +337,13 @@ func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
 	case "smbios":
 		extra = seed.SMBIOSArgs()
 	case "fat":
-		// A FAT volume labelled CIDATA, made without mounting anything;
-		// the key only in user-data, as a cloud-init seed carries it.
+		// A FAT volume labelled CIDATA (vm.WriteNoCloudFAT, what bake
+		// seed --format fat writes); the key only in user-data, as a
+		// cloud-init seed carries it.
 		seedPath = filepath.Join(t.TempDir(), "seed.img")
 		files := seed.NoCloudFiles()
 		delete(files, firstboot.AdminSSHKeys)
-		files["meta-data"], files["user-data"] = seed.MetaData(), seed.UserData()
-		if err := writeFATSeed(seedPath, files); err != nil {
+		if err := vm.WriteNoCloudFAT(seedPath, seed.MetaData(), seed.UserData(), files); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -732,29 +731,6 @@ func TestApplianceCredentialsUEFI(t *testing.T) {
 	if log := g.must("sudo journalctl -b -u bake-firstboot --no-pager"); !strings.Contains(log, "nothing to do") {
 		t.Errorf("first boot acted again after a reboot:\n%s", log)
 	}
-}
-
-// writeFATSeed writes a FAT volume labelled CIDATA holding files, with
-// dosfstools and mtools (nothing is mounted).
-func writeFATSeed(path string, files map[string][]byte) error {
-	if out, err := exec.Command("mkfs.vfat", "-C", "-n", "CIDATA", path, "8192").CombinedOutput(); err != nil {
-		return fmt.Errorf("mkfs.vfat: %v: %s", err, out)
-	}
-	dir, err := os.MkdirTemp("", "bake-fatseed-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	for name, data := range files {
-		src := filepath.Join(dir, name)
-		if err := os.WriteFile(src, data, 0o600); err != nil {
-			return err
-		}
-		if out, err := exec.Command("mcopy", "-i", path, src, "::"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("mcopy %s: %v: %s", name, err, out)
-		}
-	}
-	return nil
 }
 
 // checkFATSeed: first boot read the seed from the FAT volume labelled
