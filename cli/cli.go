@@ -151,11 +151,11 @@ func newPlan() *cobra.Command {
 	var out string
 	var asJSON bool
 	c := &cobra.Command{
-		Use:     "plan RECIPE",
-		Short:   "Print the stages a build would run, with their inputs, without running them",
+		Use:   "plan RECIPE",
+		Short: "Print the stages a build would run, with their inputs, without running them",
 		Example: `  bake plan recipes/openclaw.yaml
   bake plan --json recipes/openclaw.yaml | jq .model.kernel`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := loadRecipe(args[0], sets)
 			if err != nil {
