@@ -65,7 +65,8 @@ func vhdChecksum(b []byte) uint32 {
 
 // ParseVHDFooter parses and checks a footer: exactly 512 bytes with the
 // cookie, the checksum, format version 1.0, the always-set feature bit, a
-// known disk type and, for a fixed disk, no data offset. Anything else is an
+// known disk type and, for a fixed disk, no data offset, zero reserved
+// bytes, a current size in whole sectors. Anything else is an
 // error; the parser reads nothing beyond b.
 func ParseVHDFooter(b []byte) (*VHDFooter, error) {
 	if len(b) != VHDFooterSize {
@@ -110,6 +111,9 @@ func ParseVHDFooter(b []byte) (*VHDFooter, error) {
 	case VHDDynamic, VHDDifferencing:
 	default:
 		return nil, fmt.Errorf("vhd footer: disk type %d is not fixed (2), dynamic (3) or differencing (4)", f.DiskType)
+	}
+	if !allZero(b[85:]) {
+		return nil, errors.New("vhd footer: the reserved bytes 85-511 are not zero")
 	}
 	if f.CurrentSize%sector != 0 {
 		return nil, fmt.Errorf("vhd footer: current size %d is not a multiple of %d", f.CurrentSize, sector)
