@@ -92,7 +92,7 @@ into a GPT disk that boots under BIOS and UEFI.`,
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newVersion())
+	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newConvert(), newVersion())
 	return root
 }
 
