@@ -152,7 +152,7 @@ type job struct {
 func (j *job) prove(format string, a ...any) {
 	line := fmt.Sprintf(format, a...)
 	j.res.Proofs = append(j.res.Proofs, line)
-	fmt.Fprintf(j.o.Log, "      %s: %s\n", j.format, line)
+	fmt.Fprintf(j.o.Log, "%s: %s\n", j.format, line)
 }
 
 // Convert makes the output of format f from the raw disk image raw, proves

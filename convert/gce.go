@@ -79,7 +79,7 @@ func (j *job) writeGCE(realSize int64) (err error) {
 	for _, r := range regs {
 		data += r.Len
 	}
-	fmt.Fprintf(j.o.Log, "      gce: %s of %d MiB, %d data regions (%d MiB)\n", gceMember, realSize/MiB, len(regs), data/MiB)
+	fmt.Fprintf(j.o.Log, "gce: %s of %d MiB, %d data regions (%d MiB)\n", gceMember, realSize/MiB, len(regs), data/MiB)
 	return out.Sync()
 }
 

@@ -174,7 +174,7 @@ func (j *job) convertVHDX() error {
 		return err
 	}
 	if j.o.Firmware == BIOS {
-		fmt.Fprintf(j.o.Log, "      vhdx: the image boots BIOS only: a Hyper-V generation 1 VM (generation 2 is UEFI only)\n")
+		fmt.Fprintf(j.o.Log, "vhdx: the image boots BIOS only: a Hyper-V generation 1 VM (generation 2 is UEFI only)\n")
 	}
 	return nil
 }
