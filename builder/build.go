@@ -144,7 +144,7 @@ func compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 		"size: " + size,
 		"disk GUID " + layout.DiskGUID + ", root fs UUID " + layout.RootFSUUID,
 	}, p.stageAssemble)
-	add("outputs", []string{"formats: " + list(r.Outputs), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	add("outputs", outputsInputs(r), p.stageOutputs)
 	return p, nil
 }
 
@@ -188,7 +188,7 @@ func compileImage(p *Plan) (*Plan, error) {
 		"kernel command line: the base's own" + map[bool]string{true: ", plus (grub.cfg made anew if it lacks one) " + strings.Join(r.Kernel.RecipeArgs, " "), false: ""}[len(r.Kernel.RecipeArgs) > 0],
 		"size: " + size,
 	}, p.stageReassemble)
-	add("outputs", []string{"formats: " + list(r.Outputs), "SHA256SUMS, " + r.Name + ".manifest.json, atomic rename into the output dir"}, p.stageOutputs)
+	add("outputs", outputsInputs(r), p.stageOutputs)
 	return p, nil
 }
 
@@ -392,4 +392,20 @@ func removeStaleWorkDirs(outDir string, out io.Writer) {
 	if err != nil {
 		fmt.Fprintf(out, "warning: %v\n", err)
 	}
+}
+
+// outputsInputs describes the outputs stage. Formats other than raw and
+// qcow2 come from package convert, each proven before it is published.
+func outputsInputs(r *recipe.Recipe) []string {
+	in := []string{"formats: " + list(r.Outputs)}
+	var proven []string
+	for _, f := range r.Outputs {
+		if f != "raw" && f != "qcow2" {
+			proven = append(proven, f)
+		}
+	}
+	if len(proven) > 0 {
+		in = append(in, strings.Join(proven, ", ")+": guest bytes compared with the raw image (qemu-img compare), container read back; firmware from the image, Secure Boot off")
+	}
+	return append(in, "SHA256SUMS, "+r.Name+".manifest.json, atomic rename into the output dir")
 }

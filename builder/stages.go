@@ -11,9 +11,11 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/convert"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/safepath"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -276,6 +278,9 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 	var outs []ManifestOutput
 	var files []string
 	wantRaw := false
+	// Formats made by package convert, proven there (guest bytes compared
+	// with the raw image, the container read back) and already hashed.
+	converted := map[string]*convert.Result{}
 	for _, f := range r.Outputs {
 		switch f {
 		case "raw":
@@ -286,6 +291,13 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 				return err
 			}
 			files = append(files, name)
+		default:
+			res, err := convert.Convert(ctx, s.Raw, convert.Format(f), p.convertOptions(s))
+			if err != nil {
+				return err
+			}
+			converted[res.File] = res
+			files = append(files, res.File)
 		}
 	}
 	if wantRaw {
@@ -294,11 +306,18 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 		// Not an output: free the space before publishing.
 		os.Remove(s.Raw)
 	}
-	rawSize := int64(0)
-	if fi, err := os.Stat(s.Raw); err == nil {
-		rawSize = fi.Size()
-	}
 	for _, name := range files {
+		if res, ok := converted[name]; ok {
+			o := ManifestOutput{File: name, Format: string(res.Format), SHA256: res.SHA256, Bytes: res.Bytes, VirtualSize: res.VirtualSize}
+			if res.Format == convert.VHD {
+				// A fixed VHD is as sparse as the raw image it holds.
+				if fi, err := os.Stat(filepath.Join(s.WorkDir, name)); err == nil {
+					o.AllocatedBytes = allocated(fi)
+				}
+			}
+			outs = append(outs, o)
+			continue
+		}
 		path := filepath.Join(s.WorkDir, name)
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -316,7 +335,6 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 		}
 		outs = append(outs, o)
 	}
-	_ = rawSize
 	s.Manifest.Outputs = outs
 	s.Manifest.Tools = toolVersions(ctx, s.Runner, s.Tree)
 	s.Manifest.BuildSeconds = time.Since(s.Started).Round(100 * time.Millisecond).Seconds()
@@ -344,6 +362,57 @@ func (p *Plan) stageOutputs(ctx context.Context, s *State) error {
 		s.Files = append(s.Files, filepath.Join(s.Opts.OutputDir, f))
 	}
 	return nil
+}
+
+// convertOptions are what package convert needs to know of the image: how
+// it boots (the OVF records it) and which OS it holds (the OVF's guest
+// type), read from the built image's own sources, not assumed.
+func (p *Plan) convertOptions(s *State) convert.Options {
+	fw := convert.BIOS
+	if s.cloud != nil && s.cloud.layout != nil {
+		// A cloud base keeps its ESP (or has none).
+		if s.cloud.layout.ESP != 0 {
+			fw = convert.UEFI
+		}
+	} else if p.Recipe.Disk.UEFI {
+		fw = convert.UEFI
+	}
+	id, pretty := treeOSRelease(s.Tree)
+	return convert.Options{
+		Name: p.Recipe.Name, Dir: s.WorkDir, Firmware: fw, OS: id, OSName: pretty,
+		SourceDateEpoch: s.Opts.SourceDateEpoch, Runner: s.Runner, Log: noteWriter{s},
+	}
+}
+
+// treeOSRelease reads ID and PRETTY_NAME from the tree's os-release
+// (resolved inside the tree: /etc/os-release is a symlink). Empty when
+// there is none.
+func treeOSRelease(tree string) (id, pretty string) {
+	root, err := safepath.Open(tree)
+	if err != nil {
+		return "", ""
+	}
+	defer root.Close()
+	b, err := root.ReadFile("etc/os-release")
+	if err != nil {
+		if b, err = root.ReadFile("usr/lib/os-release"); err != nil {
+			return "", ""
+		}
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(v, "\"'")
+		switch k {
+		case "ID":
+			id = v
+		case "PRETTY_NAME":
+			pretty = v
+		}
+	}
+	return id, pretty
 }
 
 func (p *Plan) newManifest(s *State) *Manifest {

@@ -78,21 +78,23 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "bake",
 		Short: "Bake hardened, immutable appliance disk images",
-		Long: `bake turns a recipe into a bootable, hardened disk image (raw or qcow2):
+		Long: `bake turns a recipe into a bootable, hardened disk image (raw, qcow2, or
+the formats clouds and hypervisors import: vmdk, ova, vhd, vhdx, gce):
 a Debian root tree is bootstrapped (or a cloud image is read), customized in a
 chroot with no daemon running, cleaned of per-instance state, and assembled
 into a GPT disk that boots under BIOS and UEFI.`,
 		Example: `  bake validate recipes/openclaw.yaml
   bake plan recipes/openclaw.yaml
   sudo bake build recipes/openclaw.yaml -o out/
-  sudo bake build recipes/minimal.yaml --set disk_size=2GiB`,
+  sudo bake build recipes/minimal.yaml --set disk_size=2GiB
+  bake convert out/openclaw.qcow2 --format ova --format vhd`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newSeed(), newVersion())
+	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newConvert(), newSeed(), newVersion())
 	return root
 }
 

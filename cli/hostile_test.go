@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// bake inspect and bake verify refuse hostile images with one line and a
+// bake inspect, bake verify and bake convert refuse hostile images with one line and a
 // failure exit status, at once (issue 12): a FIFO does not hang them, a
 // qcow2 naming a host file as its backing file is never followed, a
 // header claiming a 32 GiB L1 table allocates nothing.
@@ -56,6 +56,9 @@ func TestInspectVerifyRefuseHostileImages(t *testing.T) {
 		{[]string{"inspect", backing}, 1, `backing file ("/etc/shadow")`},
 		{[]string{"inspect", hugeL1}, 1, "L1 table of 4294967295 entries"},
 		{[]string{"verify", fifo}, 2, "not a regular file (a FIFO)"},
+		{[]string{"convert", fifo, "-f", "vhd", "-o", filepath.Join(dir, "out")}, 2, "not a regular file (a FIFO)"},
+		{[]string{"convert", backing, "-f", "vhd", "-o", filepath.Join(dir, "out")}, 2, `backing file ("/etc/shadow")`},
+		{[]string{"convert", hugeL1, "-f", "vhd", "-o", filepath.Join(dir, "out")}, 2, "L1 table of 4294967295 entries"},
 	} {
 		done := make(chan struct{})
 		var errs string

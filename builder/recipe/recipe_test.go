@@ -458,3 +458,21 @@ func sha256hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// Every format the outputs stage makes (package convert) is an output.
+func TestEveryOutputFormat(t *testing.T) {
+	src := `apiVersion: bake/v1
+name: formats
+base:
+  debian:
+    suite: bookworm
+outputs: [raw, qcow2, vmdk, ova, vhd, vhdx, gce]
+`
+	r, err := Parse("f.yaml", []byte(src), t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Outputs) != 7 {
+		t.Errorf("outputs %v", r.Outputs)
+	}
+}

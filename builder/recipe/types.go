@@ -39,7 +39,7 @@ type Recipe struct {
 	Systemd  Systemd   `yaml:"systemd,omitempty"`
 	Kernel   Kernel    `yaml:"kernel,omitempty"`
 	Disk     Disk      `yaml:"disk,omitempty"`
-	Outputs  []string  `yaml:"outputs,omitempty"` // raw, qcow2
+	Outputs  []string  `yaml:"outputs,omitempty"` // raw, qcow2, vmdk, ova, vhd, vhdx, gce
 
 	// Appliance sections (see the types below). Each is optional; the
 	// builder's appliance stages act only on the sections a recipe has.

@@ -16,6 +16,8 @@ import (
 
 	"github.com/goccy/go-yaml/ast"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bakeimg/bake/convert"
 )
 
 var (
@@ -47,7 +49,8 @@ var knownSuites = []string{
 var (
 	variants  = []string{"minbase", "required", "important", "standard"}
 	firmwares = []string{"bios", "uefi"}
-	formats   = []string{"raw", "qcow2"}
+	// The output formats are the convert package's (the outputs stage).
+	formats = convert.Names()
 )
 
 const (
@@ -779,7 +782,7 @@ func (v *validator) disk() {
 
 func (v *validator) outputs() {
 	if v.present("outputs", strings.Join(v.r.Outputs, "")) && len(v.r.Outputs) == 0 {
-		v.errorf("outputs", "list raw, qcow2 or both, or leave outputs out for qcow2", "is empty")
+		v.errorf("outputs", "list one or more of "+strings.Join(formats, ", ")+", or leave outputs out for qcow2", "is empty")
 	}
 	v.set("outputs", v.r.Outputs, formats, "output format")
 }
