@@ -8,7 +8,9 @@
 // where each VM runs in software emulation:
 //   - first, one at a time: the tests that compare the host's mounts,
 //     processes or network namespaces before and after (a build
-//     interrupted, a verify interrupted or killed);
+//     interrupted, a verify interrupted or killed), and TestDefaultRecipe
+//     (the real gateway under TCG is too load-sensitive to share the
+//     host);
 //   - then every other test, through parallel(t): they only boot,
 //     bake into their own directories and verify, each with its own QEMU,
 //     ports and namespaces named after its process. vmSlots of them run at
