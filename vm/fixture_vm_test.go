@@ -230,7 +230,7 @@ func buildKernelFixture() kernelFixture {
 	}
 	w.trailer()
 	initramfs := filepath.Join(dir, "initramfs-test.cpio")
-	if err := writeAtomic(initramfs, bytes.NewReader(w.buf.Bytes())); err != nil {
+	if err := writeFixtureAtomic(initramfs, bytes.NewReader(w.buf.Bytes())); err != nil {
 		return fail(err)
 	}
 	return kernelFixture{Kernel: kernel, Initramfs: initramfs}
@@ -266,7 +266,7 @@ func extractDeb(deb string, dest func(name string) string) error {
 		if to == "" {
 			continue
 		}
-		if err := writeAtomic(to, tr); err != nil {
+		if err := writeFixtureAtomic(to, tr); err != nil {
 			terr = err
 			break
 		}
@@ -278,9 +278,9 @@ func extractDeb(deb string, dest func(name string) string) error {
 	return terr
 }
 
-// writeAtomic writes r to path through a unique temp file, so concurrent
+// writeFixtureAtomic writes r to path through a unique temp file, so concurrent
 // test processes sharing the cache never see a half-written file.
-func writeAtomic(path string, r io.Reader) error {
+func writeFixtureAtomic(path string, r io.Reader) error {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
 	if err != nil {
 		return err
