@@ -1,0 +1,353 @@
+package verify
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	mrand "math/rand"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+func zstdOf(t *testing.T, b []byte, opts ...zstd.EOption) []byte {
+	t.Helper()
+	enc, err := zstd.NewWriter(nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	return enc.EncodeAll(b, nil)
+}
+
+// words is deterministic text of n bytes (compressible about 3:1, as
+// documentation is).
+func words(n int, seed int64) []byte {
+	vocab := strings.Fields("the a package debian changelog upload urgency=medium fix security CVE-2024-1234 maintainer <dev@debian.org> version 1.2.3-4 build kernel module x86_64 lib usr/share/doc new upstream release closes: #1023456 * - -- Mon, 12 Feb 2024 10:00:00 +0100 for in to of and is")
+	r := mrand.New(mrand.NewSource(seed))
+	b := make([]byte, 0, n+32)
+	for len(b) < n {
+		b = append(b, vocab[r.Intn(len(vocab))]...)
+		if r.Intn(12) == 0 {
+			b = append(b, '\n')
+		} else {
+			b = append(b, ' ')
+		}
+	}
+	return b[:n]
+}
+
+// place puts each stream at its offset in a disk of noise.
+func place(size int, seed int64, streams map[int][]byte) []byte {
+	disk := noise(size, seed)
+	for at, b := range streams {
+		copy(disk[at:], b)
+	}
+	return disk
+}
+
+// scanWith scans b with a scanner set up by set (bounds), and returns it
+// with its verdict.
+func scanWith(t *testing.T, b []byte, set func(*Scanner)) (*Scanner, Status, string) {
+	t.Helper()
+	s := NewScanner()
+	if set != nil {
+		set(s)
+	}
+	if err := s.ScanReader(context.Background(), bytes.NewReader(b), "disk", 0); err != nil {
+		t.Fatal(err)
+	}
+	st, ev := s.verdict()
+	return s, st, ev
+}
+
+// A gzip bomb (3 MB decompressing to 3 GiB of zeros) with the default
+// bounds: the scan stops after 2 GiB, within seconds and a few MiB of
+// memory, and the check fails naming the stream and the bound.
+func TestGzipBombBounded(t *testing.T) {
+	bomb := gzipBomb(t, 3<<30)
+	at := 8 << 20
+	disk := place(16<<20, 4, map[int][]byte{at: bomb})
+	var peak uint64
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+		}
+	}()
+	t0, cpu0 := time.Now(), cpuTime()
+	s, status, ev := scanWith(t, disk, nil)
+	took, cpu := time.Since(t0), cpuTime()-cpu0
+	close(done)
+	wg.Wait()
+	st := s.Stats()
+	t.Logf("3 GiB gzip bomb: scanned %d MiB of it in %s (%s of CPU); heap grew %d MiB at most; %s reserved for decoders at peak", st.StreamBytes>>20, took.Round(time.Millisecond), cpu.Round(time.Millisecond), (peak-base)>>20, iec(st.PeakMemory))
+	want := fmt.Sprintf("gzip disk+%#x/gzip: decodes to more than 2 GiB (the bound for one stream)", at)
+	if status != Fail || !strings.Contains(ev, want) {
+		t.Errorf("status %s, want fail naming %q; evidence:\n%s", status, want, ev)
+	}
+	if st.UnscannedCount != 1 || st.StreamBytes != DefaultMaxStreamBytes {
+		t.Errorf("stats %+v", st)
+	}
+	if took > 60*time.Second {
+		t.Errorf("the bomb took %s", took)
+	}
+	if peak > base+128<<20 {
+		t.Errorf("heap grew by %d MiB", (peak-base)>>20)
+	}
+}
+
+// gzipBomb makes a gzip member decompressing to size zero bytes: gzip -9
+// of zeros is one Huffman block where each 258-byte match of distance 1
+// is two bits, the same byte repeated; more of that byte is 1032 more
+// zeros each.
+func gzipBomb(t *testing.T, size int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	w.Write(make([]byte, 1<<20))
+	w.Close()
+	b := buf.Bytes()
+	best, bi := 0, 0
+	for i := 0; i < len(b); {
+		j := i
+		for j < len(b) && b[j] == b[i] {
+			j++
+		}
+		if j-i > best {
+			best, bi = j-i, i
+		}
+		i = j
+	}
+	extra := (size - 1<<20) / 1032
+	mid := bi + best/2
+	out := append(append(append([]byte(nil), b[:mid]...), bytes.Repeat([]byte{b[bi]}, int(extra))...), b[mid:len(b)-8]...)
+	// The trailer: CRC32 and size of the zeros.
+	total := 1<<20 + extra*1032
+	crc, zeros := uint32(0), make([]byte, 1<<20)
+	for n := total; n > 0; n -= 1 << 20 {
+		crc = crc32.Update(crc, crc32.IEEETable, zeros[:min(n, 1<<20)])
+	}
+	out = binary.LittleEndian.AppendUint32(out, crc)
+	return binary.LittleEndian.AppendUint32(out, uint32(total))
+}
+
+// The bound on all streams together: many bombs, each under the bound for
+// one stream, stop at the total, and the streams after it are named.
+func TestTotalBoundFails(t *testing.T) {
+	bomb := gz(t, make([]byte, 8<<20))
+	streams := map[int][]byte{}
+	for i := range 6 {
+		streams[(i+1)<<20] = bomb
+	}
+	s, status, ev := scanWith(t, place(8<<20, 5, streams), func(s *Scanner) { s.MaxTotalBytes = 20 << 20 })
+	st := s.Stats()
+	if status != Fail || st.UnscannedCount != 1 || st.AfterBound != 3 || !strings.Contains(ev, "gzip disk+0x300000/gzip: the bound on decompressed bytes for the whole scan (20 MiB) was reached") ||
+		!strings.Contains(ev, "3 candidate stream(s) after the bound on decompressed bytes for the whole scan (20 MiB) was used up: not decoded") {
+		t.Errorf("status %s, stats %+v, evidence:\n%s", status, st, ev)
+	}
+	if st.StreamBytes > 20<<20 {
+		t.Errorf("scanned %d bytes of streams, bound 20 MiB", st.StreamBytes)
+	}
+}
+
+// Magic numbers of every kind followed by random bytes, at many block
+// boundaries (as on a raw disk: a program's data, a deleted file's
+// middle): not streams, not a failure.
+func TestRandomMagicNotAFailure(t *testing.T) {
+	disk := noise(8<<20, 21)
+	magics := [][]byte{{0x1f, 0x8b, 8, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0x20}}
+	n := 0
+	for off := 4096; off+4096 < len(disk); off += 4096 {
+		m := magics[n%len(magics)]
+		copy(disk[off:], m)
+		n++
+	}
+	s, status, ev := scanWith(t, disk, nil)
+	st := s.Stats()
+	t.Logf("%d magic numbers: %d not streams, %d streams (%d bytes), %d unscanned", n, st.NotStreams, st.Streams, st.StreamBytes, st.UnscannedCount)
+	if status != Pass || st.UnscannedCount != 0 {
+		t.Errorf("status %s, stats %+v, evidence:\n%s", status, st, ev)
+	}
+	if st.NotStreams+st.Streams < n || st.NotStreams < n/2 {
+		t.Errorf("%d magic numbers: %d not streams, %d streams", n, st.NotStreams, st.Streams)
+	}
+}
+
+// A stream cut by the end of the disk: what is there is scanned (a key in
+// it found), and a cut with no secret in it is no failure.
+func TestStreamCutAtDiskEnd(t *testing.T) {
+	key := opensshKey(t)
+	for _, kind := range []string{"gzip", "zstd"} {
+		compress := func(b []byte) []byte {
+			if kind == "gzip" {
+				return gz(t, b)
+			}
+			return zstdOf(t, b)
+		}
+		// Text (compressible: the key is not on the disk as it is).
+		text := words(1<<20, 5)
+		at := int64(3 << 20)
+		for _, secret := range []bool{true, false} {
+			body := text
+			if secret {
+				body = append(append(append([]byte(nil), text[:64<<10]...), key...), text...)
+			}
+			src := compress(body)
+			if len(src) < 8<<10 {
+				t.Fatalf("%s: %d bytes compressed", kind, len(src))
+			}
+			p := filepath.Join(t.TempDir(), "disk.raw")
+			// The disk ends halfway through the compressed stream.
+			cut := len(src) / 2
+			if err := os.WriteFile(p, place(int(at)+cut, 1, map[int][]byte{int(at): src[:cut]}), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s := NewScanner()
+			if err := s.ScanFile(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+			status, ev := s.verdict()
+			st := s.Stats()
+			if st.Cut != 1 || st.UnscannedCount != 0 || !strings.Contains(ev, fmt.Sprintf("cut short: %s disk+%#x/%s after", kind, at, kind)) {
+				t.Errorf("%s (secret %v): stats %+v, evidence:\n%s", kind, secret, st, ev)
+			}
+			fs := s.Findings()
+			switch {
+			case secret && (status != Fail || len(fs) != 1 || !strings.HasPrefix(fs[0].Where, fmt.Sprintf("disk+%#x/%s+", at, kind))):
+				t.Errorf("%s: status %s, findings %v", kind, status, rules(fs))
+			case !secret && status != Pass:
+				t.Errorf("%s with no secret: status %s, evidence:\n%s", kind, status, ev)
+			}
+		}
+	}
+}
+
+// Nesting deeper than the bound: named, the check fails; the levels
+// within the bound are scanned.
+func TestNestedTooDeepFails(t *testing.T) {
+	b := []byte("\n" + "GH=ghp_abcdefghijklmnopqrstuvwxyzABCDEF0123\n")
+	for range 3 {
+		b = gz(t, tarOf(t, map[string][]byte{"x.tgz": b}))
+	}
+	s, status, ev := scanWith(t, place(1<<20, 3, map[int][]byte{8192: b}), func(s *Scanner) { s.MaxDepth = 2 })
+	if status != Fail || !strings.Contains(ev, "nested 3 deep, deeper than the scan's bound (2): not scanned") {
+		t.Errorf("status %s, evidence:\n%s", status, ev)
+	}
+	if st := s.Stats(); st.MaxDepthSeen != 2 || len(s.Findings()) != 0 {
+		t.Errorf("stats %+v, findings %v", st, rules(s.Findings()))
+	}
+}
+
+// Too many streams at once: a stream inside the stored bytes of another
+// (gzip -0) starts while the outer one is decoded; with room for one, it
+// is not decoded, and the check fails naming it.
+func TestTooManyAtOnceFails(t *testing.T) {
+	inner := gz(t, []byte("GH=ghp_abcdefghijklmnopqrstuvwxyzABCDEF0123\n"))
+	// gzip -0 stores the bytes as they are (with a 5-byte header every
+	// 64 KiB): the inner stream lies in the outer one on the disk, past
+	// the first chunk, and the outer one goes on for another MiB.
+	var outer []byte
+	at := -1
+	for pad := ChunkSize + 4096; at%512 != 0; pad += 512 - at%512 {
+		content := append(append(noise(pad, 1), inner...), noise(ChunkSize, 2)...)
+		var buf bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&buf, gzip.NoCompression)
+		w.Write(content)
+		w.Close()
+		outer = buf.Bytes()
+		at = bytes.Index(outer, inner)
+	}
+	disk := place(4<<20, 3, map[int][]byte{0: outer})
+	s, status, ev := scanWith(t, disk, func(s *Scanner) { s.MaxActive = 1 })
+	if status != Fail || !strings.Contains(ev, fmt.Sprintf("gzip disk+%#x/gzip: not decoded: 1 streams were being decoded at once", at)) || s.Stats().Dropped != 1 {
+		t.Errorf("status %s, stats %+v, evidence:\n%s", status, s.Stats(), ev)
+	}
+	// With the default room, both are decoded: the token is found in the
+	// inner stream (inside the outer one it is not at a block boundary).
+	s, _, _ = scanWith(t, disk, nil)
+	if st := s.Stats(); st.UnscannedCount != 0 || len(s.Findings()) != 1 {
+		t.Errorf("stats %+v, findings %v", st, rules(s.Findings()))
+	}
+}
+
+// A window over the bound, and decoder memory over the bound: named, the
+// check fails.
+func TestWindowAndMemoryBoundsFail(t *testing.T) {
+	// 128 KiB of noise, 400 KiB more, the first 128 KiB again: a match
+	// 528 KiB back, within the 8 MiB window the stream declares, past a
+	// 256 KiB bound.
+	a := noise(128<<10, 9)
+	body := append(append(append([]byte(nil), a...), noise(400<<10, 10)...), a...)
+	var zb bytes.Buffer
+	zw, _ := zstd.NewWriter(&zb, zstd.WithWindowSize(8<<20))
+	zw.Write(body)
+	zw.Close()
+	z := zb.Bytes()
+	if len(z) > len(body)-100<<10 {
+		t.Fatalf("the repeat was not coded as a match: %d bytes of zstd for %d", len(z), len(body))
+	}
+	disk := place(4<<20, 6, map[int][]byte{1 << 20: z})
+	_, status, ev := scanWith(t, disk, func(s *Scanner) { s.MaxWindow = 256 << 10 })
+	for _, want := range []string{
+		"zstd disk+0x100000/zstd: zstd window of 8 MiB, over the 256 KiB bound: the first ",
+		"scanned, then it refers further back",
+	} {
+		if status != Fail || !strings.Contains(ev, want) {
+			t.Errorf("status %s, want %q in the evidence:\n%s", status, want, ev)
+		}
+	}
+	// The same bounded by memory: not decoded at all.
+	s, status, ev := scanWith(t, disk, func(s *Scanner) { s.MaxMemory = 4 << 20 })
+	if status != Fail || !strings.Contains(ev, "not decoded: it needs") || s.Stats().PeakMemory > 4<<20 {
+		t.Errorf("status %s, peak %d, evidence:\n%s", status, s.Stats().PeakMemory, ev)
+	}
+	// Within the bounds: decoded to its end.
+	s, status, ev = scanWith(t, disk, nil)
+	if st := s.Stats(); status != Pass || st.Complete != 1 {
+		t.Errorf("status %s, stats %+v, evidence:\n%s", status, st, ev)
+	}
+}
+
+// The scan stops promptly when its context ends, even inside a bomb.
+func TestScanCancelledInBomb(t *testing.T) {
+	disk := place(4<<20, 4, map[int][]byte{1 << 20: gzipBomb(t, 2<<30)})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	err := NewScanner().ScanReader(ctx, bytes.NewReader(disk), "disk", 0)
+	if err == nil || time.Since(t0) > 5*time.Second {
+		t.Errorf("scan returned %v after %s", err, time.Since(t0))
+	}
+}
+
+// cpuTime is the process's user and system time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
