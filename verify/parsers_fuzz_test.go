@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+	"github.com/ulikunitz/xz"
 )
 
 // FuzzParseNmapXML: any bytes as `nmap -oX -` output. Nothing may panic,
@@ -163,10 +165,28 @@ func fuzzPad(b []byte) []byte {
 	return append(make([]byte, 512), b...)
 }
 
+func fuzzXZ(b []byte) []byte {
+	var buf bytes.Buffer
+	w, _ := xz.WriterConfig{DictCap: 1 << 16, CheckSum: xz.CRC32}.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func fuzzLZ4(b []byte, legacy bool) []byte {
+	var buf bytes.Buffer
+	w := lz4.NewWriter(&buf)
+	w.Apply(lz4.LegacyOption(legacy), lz4.BlockSizeOption(lz4.Block64Kb))
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
 // FuzzSecretScan: any bytes as a raw disk for the secret scanner, which
-// decodes every gzip and zstd stream it finds at a 512-byte boundary,
-// nested, with small bounds (1 MiB a stream, 4 MiB in all, 1 MiB
-// windows, 64 MiB of decoder memory, 3 deep) so that inputs reach them. Nothing may panic or hang (the scan has a deadline and must
+// decodes every gzip, zstd, xz, bzip2 and lz4 stream it finds at a
+// 512-byte boundary, nested, with small bounds (1 MiB a stream, 4 MiB in
+// all, 1 MiB windows, 64 MiB of decoder memory, 3 deep) so that inputs
+// reach them. Nothing may panic or hang (the scan has a deadline and must
 // finish well within it), every byte is counted, findings are redacted
 // and bounded, the bounds hold, and a stream the scan stopped reading is
 // listed with why.
@@ -181,6 +201,15 @@ func FuzzSecretScan(f *testing.F) {
 	f.Add(fuzzPad(fuzzGzip(fuzzPad(fuzzGzip(ts)))))
 	f.Add(fuzzPad(fuzzGzip(fuzzPad(fuzzZstd(fuzzPad(fuzzGzip(key)))))))
 	f.Add([]byte("(21:protected-private-key(3:rsa(1:n257:"))
+	f.Add(fuzzPad(fuzzXZ(key)))
+	f.Add(fuzzPad(fuzzXZ(fuzzPad(fuzzLZ4(ts, false)))))
+	f.Add(fuzzPad(fuzzLZ4(npmrc, true)))
+	if b, err := os.ReadFile(filepath.Join("testdata", "secret-npmrc.bz2")); err == nil {
+		f.Add(fuzzPad(b))
+	}
+	if b, err := os.ReadFile(filepath.Join("testdata", "secret-x86bcj.xz")); err == nil {
+		f.Add(fuzzPad(b[:4096]))
+	}
 	// A bomb: 2 MiB of zeros, over the bound for one stream.
 	f.Add(fuzzPad(fuzzGzip(make([]byte, 2<<20))))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -125,7 +125,7 @@ type Finding struct {
 // Stream is a compressed stream the scanner decoded.
 type Stream struct {
 	Where    string `json:"where"`
-	Kind     string `json:"kind"` // gzip or zstd
+	Kind     string `json:"kind"` // gzip, zstd, xz, bzip2 or lz4
 	Size     int64  `json:"size"` // decompressed bytes scanned
 	Complete bool   `json:"complete"`
 	Err      string `json:"error,omitempty"`
@@ -180,8 +180,9 @@ const LargeStream = 1 << 20
 // maxListed bounds the streams the stats list (Unscanned, CutShort).
 const maxListed = 50
 
-// Scanner finds secrets in bytes, and in every gzip or zstd stream that
-// starts on a 512-byte boundary of them (nested up to MaxDepth): container layers, compressed files, deleted ones in free
+// Scanner finds secrets in bytes, and in every gzip, zstd, xz, bzip2 or
+// lz4 stream that starts on a 512-byte boundary of them (nested up to
+// MaxDepth): container layers, compressed files, deleted ones in free
 // blocks too. A stream it had to stop reading (a bound) is listed in
 // ScanStats.Unscanned; zero values of the bounds are the defaults.
 type Scanner struct {
@@ -198,7 +199,7 @@ type Scanner struct {
 	MaxStreamBytes int64
 	// MaxTotalBytes: decompressed bytes scanned of all streams.
 	MaxTotalBytes int64
-	// MaxWindow: a stream's decoder history (zstd window).
+	// MaxWindow: a stream's decoder history (zstd window, xz dictionary).
 	MaxWindow int64
 	// MaxMemory: decoder memory the streams decoded at once may reserve.
 	MaxMemory int64
@@ -641,7 +642,7 @@ func (s *Scanner) verdict() (Status, string) {
 	if st.Findings > len(s.Findings()) {
 		ev.add("... and %d more", st.Findings-len(s.Findings()))
 	}
-	ev.add("scanned %d MiB of disk data (holes skipped: zeros) and %d compressed streams (gzip, zstd) starting on 512-byte boundaries, nested up to %d deep (%d MiB decompressed; %d decoded to their verified end, %d cut short: deleted or fragmented data, or the data ends, scanned as far as it decodes)",
+	ev.add("scanned %d MiB of disk data (holes skipped: zeros) and %d compressed streams (gzip, zstd, xz, bzip2, lz4) starting on 512-byte boundaries, nested up to %d deep (%d MiB decompressed; %d decoded to their verified end, %d cut short: deleted or fragmented data, or the data ends, scanned as far as it decodes)",
 		st.RawBytes>>20, st.Streams, s.MaxDepth, st.StreamBytes>>20, st.Complete, st.Cut)
 	for i, c := range st.CutShort {
 		if i == 5 {
@@ -655,7 +656,7 @@ func (s *Scanner) verdict() (Status, string) {
 	if st.DictFrames > 0 {
 		ev.add("%d zstd frame headers name a dictionary, which the scan does not have (random bytes after the magic do 3 times in 4): not decoded", st.DictFrames)
 	}
-	ev.add("bounds: %s decompressed per stream, %s in all; zstd window up to %s; %s of decoder memory at once (peak %s); %d streams at once",
+	ev.add("bounds: %s decompressed per stream, %s in all; decoder history (zstd window, xz dictionary) up to %s; %s of decoder memory at once (peak %s); %d streams at once",
 		iec(s.MaxStreamBytes), iec(s.MaxTotalBytes), iec(s.MaxWindow), iec(s.MaxMemory), iec(st.PeakMemory), s.MaxActive)
 	for _, l := range st.Large {
 		state := "complete"
@@ -688,5 +689,5 @@ func (s *Scanner) verdict() (Status, string) {
 
 var checkSecretsDisk = Check{ID: "secrets.disk", Scope: ScopeImage, Needs: "free space in $TMPDIR (a qcow2 is read as raw)",
 	claim: func(Spec, *GatewaySpec) string {
-		return "no secret from the build in the image (raw disk with free blocks, every compressed stream and layer read to its end)"
+		return "no secret from the build in the image (raw disk with free blocks, every gzip, zstd, xz, bzip2 and lz4 stream and layer read to its end)"
 	}}

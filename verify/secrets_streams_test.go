@@ -18,7 +18,54 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+	"github.com/ulikunitz/xz"
+	"github.com/ulikunitz/xz/lzma"
 )
+
+// The fixtures in testdata were made with the tools a Debian image's files
+// are made with (their secrets are fake):
+//
+//	secret-key.xz       xz -6 (CRC64) of a text holding an OpenSSH key
+//	secret-x86bcj.xz    xz --check=crc32 --x86 --lzma2=preset=6 of program-like
+//	                    bytes (x86 calls) around a Tailscale auth key
+//	secret-npmrc.bz2    bzip2 -9 of an .npmrc with an npm token
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func xzOf(t *testing.T, b []byte, cfg xz.WriterConfig) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := cfg.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func lz4Of(t *testing.T, b []byte, opts ...lz4.Option) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := lz4.NewWriter(&buf)
+	if err := w.Apply(opts...); err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
 
 func zstdOf(t *testing.T, b []byte, opts ...zstd.EOption) []byte {
 	t.Helper()
@@ -69,6 +116,112 @@ func scanWith(t *testing.T, b []byte, set func(*Scanner)) (*Scanner, Status, str
 	}
 	st, ev := s.verdict()
 	return s, st, ev
+}
+
+// xz (made by xz-utils, and by ulikunitz/xz with a nested gzip), xz with
+// the x86 BCJ filter, bzip2, lz4 frames and the legacy lz4 frame: each
+// secret found inside its stream, each stream decoded to its end.
+func TestSecretsInXZBzip2LZ4(t *testing.T) {
+	ghTok := "GH_TOKEN=ghp_abcdefghijklmnopqrstuvwxyzABCDEF0123\n"
+	npmTok := "token npm_abcdefghijklmnopqrstuvwxyz0123456789 here\n"
+	inner := gz(t, tarOf(t, map[string][]byte{".npmrc": []byte("//registry.npmjs.org/:_authToken=xz-nested-t0k3n-0123456789\n")}))
+	xzTar := xzOf(t, tarOf(t, map[string][]byte{"cache/pkg.tgz": inner, "blob": noise(300<<10, 5)}), xz.WriterConfig{CheckSum: xz.SHA256})
+	at := map[string]int{
+		"xz-utils": 1 << 20, "x86bcj": 2 << 20, "bzip2": 3<<20 + 512, "lz4": 4 << 20, "lz4-legacy": 5<<20 + 4096,
+		"xz-nested": 6 << 20, "xz-crc32": 7 << 20,
+	}
+	disk := place(9<<20, 11, map[int][]byte{
+		at["xz-utils"]:   fixture(t, "secret-key.xz"),
+		at["x86bcj"]:     fixture(t, "secret-x86bcj.xz"),
+		at["bzip2"]:      fixture(t, "secret-npmrc.bz2"),
+		at["lz4"]:        lz4Of(t, append(noise(200<<10, 6), ghTok...), lz4.BlockSizeOption(lz4.Block64Kb), lz4.ChecksumOption(true)),
+		at["lz4-legacy"]: lz4Of(t, append([]byte(npmTok), noise(100<<10, 7)...), lz4.LegacyOption(true)),
+		at["xz-nested"]:  xzTar,
+		at["xz-crc32"]:   xzOf(t, []byte("\n"+ghTok), xz.WriterConfig{CheckSum: xz.CRC32}),
+	})
+	s, _ := scanBytes(t, disk)
+	got := map[string]bool{}
+	for _, f := range s.Findings() {
+		got[f.Rule+"@"+f.Where[:strings.LastIndexByte(f.Where, '+')]] = true
+	}
+	for _, want := range []string{
+		fmt.Sprintf("private-key@disk+%#x/xz", at["xz-utils"]),
+		fmt.Sprintf("tailscale-auth-key@disk+%#x/xz", at["x86bcj"]),
+		fmt.Sprintf("npm-auth-token@disk+%#x/bzip2", at["bzip2"]),
+		fmt.Sprintf("github-token@disk+%#x/lz4", at["lz4"]),
+		fmt.Sprintf("npm-token@disk+%#x/lz4", at["lz4-legacy"]),
+		fmt.Sprintf("github-token@disk+%#x/xz", at["xz-crc32"]),
+	} {
+		if !got[want] {
+			t.Errorf("no %s; findings %v", want, rules(s.Findings()))
+		}
+	}
+	nested := false
+	for _, f := range s.Findings() {
+		if f.Rule == "npm-auth-token" && strings.HasPrefix(f.Where, fmt.Sprintf("disk+%#x/xz+", at["xz-nested"])) && strings.Contains(f.Where, "/gzip+") {
+			nested = true
+		}
+	}
+	if !nested {
+		t.Errorf("no .npmrc in the .tgz in the xz'd tar: %v", rules(s.Findings()))
+	}
+	// lz4 keeps literals as they are: its tokens are found on the disk
+	// too; only the findings inside streams are counted here.
+	inside := 0
+	for _, f := range s.Findings() {
+		if strings.Contains(f.Where, "/") {
+			inside++
+		}
+	}
+	if inside != 7 {
+		t.Errorf("findings %v, want 7 inside streams", rules(s.Findings()))
+	}
+	st := s.Stats()
+	if st.UnscannedCount != 0 || st.Cut != 0 || st.Complete != 8 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// A stream with an xz filter other than x86 BCJ is not decoded: named,
+// and the check fails.
+func TestXZUnsupportedFilterFails(t *testing.T) {
+	b, err := xzDeltaFixture()
+	if err != nil {
+		t.Skip(err)
+	}
+	_, status, ev := scanWith(t, place(1<<20, 2, map[int][]byte{4096: b}), nil)
+	if status != Fail || !strings.Contains(ev, "xz disk+0x1000/xz: xz filter 0x3 not decoded") {
+		t.Errorf("status %s, evidence:\n%s", status, ev)
+	}
+}
+
+// xzDeltaFixture is an .xz with the delta filter, made by hand from an
+// LZMA2 stream of ulikunitz/xz: stream header, a block header naming
+// delta then LZMA2, the LZMA2 data, padding, no check, the index.
+func xzDeltaFixture() ([]byte, error) {
+	var l2 bytes.Buffer
+	w, err := lzma.NewWriter2(&l2)
+	if err != nil {
+		return nil, err
+	}
+	w.Write([]byte("some text, delta-coded in a real file"))
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	out.Write(xzMagic)
+	flags := []byte{0, 0}
+	out.Write(flags)
+	binary.Write(&out, binary.LittleEndian, crc32.ChecksumIEEE(flags))
+	hdr := []byte{0, 0x01, 0x03, 0x01, 0x00, 0x21, 0x01, 0x16}
+	for len(hdr)%4 != 0 {
+		hdr = append(hdr, 0)
+	}
+	hdr[0] = byte(len(hdr) / 4) // header size/4 - 1, with its CRC
+	out.Write(hdr)
+	binary.Write(&out, binary.LittleEndian, crc32.ChecksumIEEE(hdr))
+	out.Write(l2.Bytes())
+	return out.Bytes(), nil
 }
 
 // A gzip bomb (3 MB decompressing to 3 GiB of zeros) with the default
@@ -180,7 +333,11 @@ func TestTotalBoundFails(t *testing.T) {
 // middle): not streams, not a failure.
 func TestRandomMagicNotAFailure(t *testing.T) {
 	disk := noise(8<<20, 21)
-	magics := [][]byte{{0x1f, 0x8b, 8, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0x20}}
+	magics := [][]byte{
+		{0x1f, 0x8b, 8, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0}, {0x28, 0xb5, 0x2f, 0xfd, 0x20},
+		append(append([]byte(nil), xzMagic...), 0, 1, 0x69, 0x22, 0xde, 0x36), // a valid xz stream header
+		[]byte("BZh91AY&SY"), {0x04, 0x22, 0x4d, 0x18, 0x64, 0x40}, {0x02, 0x21, 0x4c, 0x18, 0, 0, 1, 0},
+	}
 	n := 0
 	for off := 4096; off+4096 < len(disk); off += 4096 {
 		m := magics[n%len(magics)]
@@ -202,12 +359,15 @@ func TestRandomMagicNotAFailure(t *testing.T) {
 // it found), and a cut with no secret in it is no failure.
 func TestStreamCutAtDiskEnd(t *testing.T) {
 	key := opensshKey(t)
-	for _, kind := range []string{"gzip", "zstd"} {
+	for _, kind := range []string{"gzip", "zstd", "xz"} {
 		compress := func(b []byte) []byte {
-			if kind == "gzip" {
+			switch kind {
+			case "gzip":
 				return gz(t, b)
+			case "zstd":
+				return zstdOf(t, b)
 			}
-			return zstdOf(t, b)
+			return xzOf(t, b, xz.WriterConfig{})
 		}
 		// Text (compressible: the key is not on the disk as it is).
 		text := words(1<<20, 5)
@@ -295,12 +455,12 @@ func TestTooManyAtOnceFails(t *testing.T) {
 	}
 }
 
-// A window over the bound, and decoder memory over the bound: named, the
-// check fails.
+// A window or dictionary over the bound, and decoder memory over the
+// bound: not decoded, named, the check fails.
 func TestWindowAndMemoryBoundsFail(t *testing.T) {
 	// 128 KiB of noise, 400 KiB more, the first 128 KiB again: a match
-	// 528 KiB back, within the 8 MiB window the stream declares, past a
-	// 256 KiB bound.
+	// 528 KiB back, within the 8 MiB window and dictionary the streams
+	// declare, past a 256 KiB bound.
 	a := noise(128<<10, 9)
 	body := append(append(append([]byte(nil), a...), noise(400<<10, 10)...), a...)
 	var zb bytes.Buffer
@@ -308,13 +468,15 @@ func TestWindowAndMemoryBoundsFail(t *testing.T) {
 	zw.Write(body)
 	zw.Close()
 	z := zb.Bytes()
-	if len(z) > len(body)-100<<10 {
-		t.Fatalf("the repeat was not coded as a match: %d bytes of zstd for %d", len(z), len(body))
+	x := xzOf(t, body, xz.WriterConfig{DictCap: 8 << 20})
+	if len(z) > len(body)-100<<10 || len(x) > len(body)-100<<10 {
+		t.Fatalf("the repeat was not coded as a match: %d bytes of zstd, %d of xz for %d", len(z), len(x), len(body))
 	}
-	disk := place(4<<20, 6, map[int][]byte{1 << 20: z})
+	disk := place(4<<20, 6, map[int][]byte{1 << 20: z, 2 << 20: x})
 	_, status, ev := scanWith(t, disk, func(s *Scanner) { s.MaxWindow = 256 << 10 })
 	for _, want := range []string{
 		"zstd disk+0x100000/zstd: zstd window of 8 MiB, over the 256 KiB bound: the first ",
+		"xz disk+0x200000/xz: xz dictionary of 8 MiB, over the 256 KiB bound: the first ",
 		"scanned, then it refers further back",
 	} {
 		if status != Fail || !strings.Contains(ev, want) {
@@ -326,9 +488,9 @@ func TestWindowAndMemoryBoundsFail(t *testing.T) {
 	if status != Fail || !strings.Contains(ev, "not decoded: it needs") || s.Stats().PeakMemory > 4<<20 {
 		t.Errorf("status %s, peak %d, evidence:\n%s", status, s.Stats().PeakMemory, ev)
 	}
-	// Within the bounds: decoded to its end.
+	// Within the bounds: both decoded to their end.
 	s, status, ev = scanWith(t, disk, nil)
-	if st := s.Stats(); status != Pass || st.Complete != 1 {
+	if st := s.Stats(); status != Pass || st.Complete != 2 {
 		t.Errorf("status %s, stats %+v, evidence:\n%s", status, st, ev)
 	}
 }
