@@ -27,10 +27,12 @@ import (
 
 // The scanner's default bounds (Scanner's fields of the same names). A
 // real appliance image (Debian, 2021 MiB of disk data) held 3422 streams
-// decompressing to 281 MiB, the largest tens of MiB, scanned in 8 s: the
+// decompressing to 281 MiB, the largest tens of MiB, scanned in 8 s; a
+// synthetic disk of that shape (TestScanApplianceProfile) takes about 7
+// s of CPU, 8 s on the 2-core host, with 11 MiB of decoder memory. The
 // bounds leave that an order of magnitude of room, and cap what a crafted
-// disk costs: the scan decodes gzip, zstd and lz4 at 170-240 MB/s of
-// CPU, xz at 50, bzip2 at 17.
+// disk costs: the scan decodes gzip, zstd and lz4 at 170-240 MB/s of CPU,
+// xz at 50, bzip2 at 17 (BENCHMARKS.md, "Secret scan").
 const (
 	// DefaultMaxStreamBytes: one stream may decompress to 2 GiB, three
 	// times the largest layer of a Node.js image; a gzip bomb stops there
