@@ -134,7 +134,9 @@ type Stream struct {
 	Unscanned string `json:"unscanned,omitempty"`
 	// SHA256 of the decompressed bytes: for an OCI layer, its diff ID.
 	SHA256 string `json:"sha256,omitempty"`
-	Note   string `json:"note,omitempty"`
+	// Note qualifies the stream (x86 BCJ not undone, a legacy lz4 frame
+	// with no end mark): no digest of its content then.
+	Note string `json:"note,omitempty"`
 }
 
 // ScanStats sums up a scan.
@@ -160,7 +162,7 @@ type ScanStats struct {
 	AfterBound int `json:"after_bound"`
 	// Unscanned: streams the scan stopped reading at a bound, or did not
 	// decode (too many at once, a window over the bound, nested too
-	// deep); the first MaxListed, sorted by location. Any fails the check.
+	// deep); the first maxListed, sorted by location. Any fails the check.
 	Unscanned      []Stream `json:"unscanned,omitempty"`
 	UnscannedCount int      `json:"unscanned_count"`
 	Findings       int      `json:"findings"` // total, including those not listed
