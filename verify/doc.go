@@ -18,9 +18,11 @@
 //     while the serial console is kept as evidence, the checks run, and the
 //     VMs are powered off and every process, tap device and namespace is
 //     removed, on every way out (errors, deadline, Ctrl-C).
-//  3. The image's raw disk, free blocks included, and every compressed
-//     stream in it (container layers, initramfs) is scanned for private
-//     keys and tokens (Scanner).
+//  3. The image's raw disk, free blocks included, and every gzip, zstd,
+//     xz, bzip2 and lz4 stream in it, nested (container layers, initramfs,
+//     compressed files), is scanned for private keys and tokens
+//     (Scanner), within bounds on bytes, memory and depth; a stream it
+//     had to stop reading fails the check.
 //  4. A Report: a human summary, report.json and junit.xml, each naming the
 //     image's sha256, and an exit status: 0 every check passed, 1 a check
 //     failed or could not run (the image is not proven; an image that never

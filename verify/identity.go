@@ -239,46 +239,8 @@ func (r *runner) secrets(ctx context.Context) {
 		r.record("", checkSecretsDisk.ID, Skip, "not run: "+err.Error(), time.Since(t0))
 		return
 	}
-	st := s.Stats()
-	var ev evidence
-	for _, f := range s.Findings() {
-		ev.add("FOUND %s at %s: %s", f.Rule, f.Where, f.Excerpt)
-	}
-	if st.Findings > len(s.Findings()) {
-		ev.add("... and %d more", st.Findings-len(s.Findings()))
-	}
-	incomplete := st.Streams - st.Complete
-	ev.add("scanned %d MiB of disk data (holes skipped: zeros) and %d compressed streams starting on 512-byte boundaries (%d MiB decompressed; %d decoded to their verified end, %d cut short: deleted or fragmented data, scanned as far as it decodes)",
-		st.RawBytes>>20, st.Streams, st.StreamBytes>>20, st.Complete, incomplete)
-	if st.Dropped > 0 {
-		ev.add("%d candidate streams not decoded (too many at once)", st.Dropped)
-	}
-	for _, l := range st.Large {
-		state := "complete"
-		if !l.Complete {
-			state = "cut short: " + l.Err
-		}
-		ev.add("  %s %s: %d MiB, sha256 of content %s (%s)", l.Kind, l.Where, l.Size>>20, orDash(l.SHA256), state)
-	}
-	if st.EmbeddedCount > 0 {
-		ev.add("not findings: %d key constants inside program data (NUL before, not a file of their own), e.g. %s", st.EmbeddedCount, strings.Join(st.Embedded, ", "))
-	}
-	rules := map[string]bool{}
-	for _, ru := range s.Rules {
-		rules[ru.Name] = true
-	}
-	var names []string
-	for n := range rules {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	ev.add("rules: %s", strings.Join(names, ", "))
-	status := Pass
-	if st.Findings > 0 {
-		status = Fail
-		ev = append(evidence{fmt.Sprintf("%d secret(s) in the image", st.Findings)}, ev...)
-	}
-	r.record("", checkSecretsDisk.ID, status, ev.String(), time.Since(t0))
+	status, ev := s.verdict()
+	r.record("", checkSecretsDisk.ID, status, ev, time.Since(t0))
 }
 
 // toRaw writes the virtual disk of the image at path to dst as a sparse raw

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+	"github.com/ulikunitz/xz"
 )
 
 // FuzzParseNmapXML: any bytes as `nmap -oX -` output. Nothing may panic,
@@ -163,11 +165,31 @@ func fuzzPad(b []byte) []byte {
 	return append(make([]byte, 512), b...)
 }
 
+func fuzzXZ(b []byte) []byte {
+	var buf bytes.Buffer
+	w, _ := xz.WriterConfig{DictCap: 1 << 16, CheckSum: xz.CRC32}.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func fuzzLZ4(b []byte, legacy bool) []byte {
+	var buf bytes.Buffer
+	w := lz4.NewWriter(&buf)
+	w.Apply(lz4.LegacyOption(legacy), lz4.BlockSizeOption(lz4.Block64Kb))
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
 // FuzzSecretScan: any bytes as a raw disk for the secret scanner, which
-// decodes every gzip and zstd stream it finds at a 512-byte boundary
-// (nested twice). Nothing may panic or hang (the scan has a deadline and
-// must finish well within it), every byte is counted, and findings are
-// redacted and bounded.
+// decodes every gzip, zstd, xz, bzip2 and lz4 stream it finds at a
+// 512-byte boundary, nested, with small bounds (1 MiB a stream, 4 MiB in
+// all, 1 MiB windows, 64 MiB of decoder memory, 3 deep) so that inputs
+// reach them. Nothing may panic or hang (the scan has a deadline and must
+// finish well within it), every byte is counted, findings are redacted
+// and bounded, the bounds hold, and a stream the scan stopped reading is
+// listed with why.
 func FuzzSecretScan(f *testing.F) {
 	key := []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----\n")
 	npmrc := []byte("//registry.npmjs.org/:_authToken=abcdefgh12345678\n")
@@ -179,10 +201,22 @@ func FuzzSecretScan(f *testing.F) {
 	f.Add(fuzzPad(fuzzGzip(fuzzPad(fuzzGzip(ts)))))
 	f.Add(fuzzPad(fuzzGzip(fuzzPad(fuzzZstd(fuzzPad(fuzzGzip(key)))))))
 	f.Add([]byte("(21:protected-private-key(3:rsa(1:n257:"))
+	f.Add(fuzzPad(fuzzXZ(key)))
+	f.Add(fuzzPad(fuzzXZ(fuzzPad(fuzzLZ4(ts, false)))))
+	f.Add(fuzzPad(fuzzLZ4(npmrc, true)))
+	if b, err := os.ReadFile(filepath.Join("testdata", "secret-npmrc.bz2")); err == nil {
+		f.Add(fuzzPad(b))
+	}
+	if b, err := os.ReadFile(filepath.Join("testdata", "secret-x86bcj.xz")); err == nil {
+		f.Add(fuzzPad(b[:4096]))
+	}
+	// A bomb: 2 MiB of zeros, over the bound for one stream.
+	f.Add(fuzzPad(fuzzGzip(make([]byte, 2<<20))))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		s := NewScanner(NeedleRule("needle", "s3cr3t-needle"))
+		s.MaxStreamBytes, s.MaxTotalBytes, s.MaxWindow, s.MaxMemory, s.MaxDepth = 1<<20, 4<<20, 1<<20, 64<<20, 3
 		if err := s.ScanReader(ctx, bytes.NewReader(b), "disk", 0); err != nil {
 			t.Fatalf("scan of %d bytes: %v", len(b), err)
 		}
@@ -191,13 +225,26 @@ func FuzzSecretScan(f *testing.F) {
 			t.Fatalf("scanned %d of %d bytes", st.RawBytes, len(b))
 		}
 		fs := s.Findings()
-		if len(fs) > 100 || st.Findings < len(fs) || st.MaxDepthSeen > 2 {
+		if len(fs) > 100 || st.Findings < len(fs) || st.MaxDepthSeen > s.MaxDepth {
 			t.Fatalf("%d findings listed, %d counted, depth %d", len(fs), st.Findings, st.MaxDepthSeen)
+		}
+		if st.StreamBytes > s.MaxTotalBytes || st.PeakMemory > s.MaxMemory || len(st.Unscanned) > st.UnscannedCount {
+			t.Fatalf("bounds not held: %+v", st)
+		}
+		for _, l := range append(st.Large, st.Unscanned...) {
+			listed := slices.Contains(st.Unscanned, l) || len(st.Unscanned) < st.UnscannedCount
+			if l.Size > s.MaxStreamBytes || (l.Unscanned != "" && !listed) || (l.Unscanned == "" && slices.Contains(st.Unscanned, l)) {
+				t.Fatalf("stream %+v", l)
+			}
 		}
 		for _, x := range fs {
 			if !strings.HasPrefix(x.Where, "disk+") || !strings.Contains(x.Excerpt, " bytes redacted]") || strings.ContainsAny(x.Excerpt, "\n\r") {
 				t.Fatalf("finding %+v", x)
 			}
+		}
+		status, _ := s.verdict()
+		if (status == Pass) != (st.Findings == 0 && st.UnscannedCount == 0 && st.AfterBound == 0) {
+			t.Fatalf("verdict %s with %+v", status, st)
 		}
 	})
 }

@@ -1,12 +1,8 @@
 package verify
 
 import (
-	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +11,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/bakeimg/bake/internal/imgfile"
@@ -129,12 +125,18 @@ type Finding struct {
 // Stream is a compressed stream the scanner decoded.
 type Stream struct {
 	Where    string `json:"where"`
-	Kind     string `json:"kind"` // gzip or zstd
+	Kind     string `json:"kind"` // gzip, zstd, xz, bzip2 or lz4
 	Size     int64  `json:"size"` // decompressed bytes scanned
 	Complete bool   `json:"complete"`
 	Err      string `json:"error,omitempty"`
+	// Unscanned says why the scan stopped reading a stream that went on
+	// (a bound): such a stream fails the check.
+	Unscanned string `json:"unscanned,omitempty"`
 	// SHA256 of the decompressed bytes: for an OCI layer, its diff ID.
 	SHA256 string `json:"sha256,omitempty"`
+	// Note qualifies the stream (x86 BCJ not undone, a legacy lz4 frame
+	// with no end mark): no digest of its content then.
+	Note string `json:"note,omitempty"`
 }
 
 // ScanStats sums up a scan.
@@ -144,38 +146,74 @@ type ScanStats struct {
 	StreamBytes int64    `json:"stream_bytes"` // decompressed bytes scanned
 	Complete    int      `json:"complete"`     // streams decoded to their verified end
 	Large       []Stream `json:"large"`        // streams of at least LargeStream bytes
-	Findings    int      `json:"findings"`     // total, including those not listed
+	// Cut: streams that stopped decoding before their end (the data
+	// ends, or is not theirs any more: a deleted or fragmented file),
+	// scanned as far as they decode; CutShort lists the largest.
+	Cut      int      `json:"cut"`
+	CutShort []Stream `json:"cut_short,omitempty"`
+	// NotStreams: magic numbers at a block boundary that did not decode
+	// (random bytes).
+	NotStreams int `json:"not_streams"`
+	// DictFrames: zstd frame headers naming a dictionary (which the scan
+	// does not have; random bytes after the magic name one 3 times in 4).
+	DictFrames int `json:"dict_frames"`
+	// AfterBound: candidate streams not decoded because MaxTotalBytes
+	// was used up before them. Any fails the check.
+	AfterBound int `json:"after_bound"`
+	// Unscanned: streams the scan stopped reading at a bound, or did not
+	// decode (too many at once, a window over the bound, nested too
+	// deep); the first maxListed, sorted by location. Any fails the check.
+	Unscanned      []Stream `json:"unscanned,omitempty"`
+	UnscannedCount int      `json:"unscanned_count"`
+	Findings       int      `json:"findings"` // total, including those not listed
 	// Embedded are matches inside program data (Rule.InBinary), listed
 	// for the record (at most 20) and not findings.
 	Embedded      []string `json:"embedded,omitempty"`
 	EmbeddedCount int      `json:"embedded_count"`
-	Dropped       int      `json:"dropped"`        // candidate streams not decoded (too many at once)
+	Dropped       int      `json:"dropped"`        // candidate streams not decoded (too many at once): also in Unscanned
 	MaxDepthSeen  int      `json:"max_depth_seen"` // deepest nesting decoded
+	PeakMemory    int64    `json:"peak_memory"`    // decoder memory reserved at once, at most
 }
 
 // LargeStream is the size from which a decoded stream is listed by itself
 // in the stats (container layers, initramfs).
 const LargeStream = 1 << 20
 
-// Scanner finds secrets in bytes, and in every gzip or zstd stream that
-// starts on a 512-byte boundary of them (nested up to MaxDepth): container
-// layers, compressed files, deleted ones in free blocks too.
+// maxListed bounds the streams the stats list (Unscanned, CutShort).
+const maxListed = 50
+
+// Scanner finds secrets in bytes, and in every gzip, zstd, xz, bzip2 or
+// lz4 stream that starts on a 512-byte boundary of them (nested up to
+// MaxDepth): container layers, compressed files, deleted ones in free
+// blocks too. A stream it had to stop reading (a bound) is listed in
+// ScanStats.Unscanned; zero values of the bounds are the defaults.
 type Scanner struct {
 	Rules []Rule
 	// MaxDepth of nested compressed streams (a gzip'd tar in a layer is
-	// depth 2). Default 2.
+	// depth 2). Default DefaultMaxDepth.
 	MaxDepth int
-	// MaxActive bounds the streams decoded at once; candidates beyond it
-	// are counted in ScanStats.Dropped. Default 64.
+	// MaxActive bounds the streams decoded at once; a candidate beyond it
+	// is not decoded (ScanStats.Dropped, Unscanned). Default 64.
 	MaxActive int
 	// MaxFindings listed (all are counted). Default 100.
 	MaxFindings int
+	// MaxStreamBytes: decompressed bytes scanned of one stream.
+	MaxStreamBytes int64
+	// MaxTotalBytes: decompressed bytes scanned of all streams.
+	MaxTotalBytes int64
+	// MaxWindow: a stream's decoder history (zstd window, xz dictionary).
+	MaxWindow int64
+	// MaxMemory: decoder memory the streams decoded at once may reserve.
+	MaxMemory int64
 
 	mu       sync.Mutex
 	findings []Finding
 	stats    ScanStats
 	seen     map[string]bool
 	active   int
+	memory   int64        // reserved by the streams being decoded
+	used     atomic.Int64 // of MaxTotalBytes
+	bufs     sync.Pool    // scan buffers
 }
 
 // NewScanner returns a scanner with DefaultRules plus extra.
@@ -185,10 +223,22 @@ func NewScanner(extra ...Rule) *Scanner {
 
 func (s *Scanner) init() {
 	if s.MaxDepth == 0 {
-		s.MaxDepth = 2
+		s.MaxDepth = DefaultMaxDepth
 	}
 	if s.MaxActive == 0 {
-		s.MaxActive = 64
+		s.MaxActive = DefaultMaxActive
+	}
+	if s.MaxStreamBytes == 0 {
+		s.MaxStreamBytes = DefaultMaxStreamBytes
+	}
+	if s.MaxTotalBytes == 0 {
+		s.MaxTotalBytes = DefaultMaxTotalBytes
+	}
+	if s.MaxWindow == 0 {
+		s.MaxWindow = DefaultMaxWindow
+	}
+	if s.MaxMemory == 0 {
+		s.MaxMemory = DefaultMaxMemory
 	}
 	if s.MaxFindings == 0 {
 		s.MaxFindings = 100
@@ -214,7 +264,14 @@ func (s *Scanner) Stats() ScanStats {
 	st := s.stats
 	st.Large = append([]Stream(nil), s.stats.Large...)
 	st.Embedded = append([]string(nil), s.stats.Embedded...)
-	sort.Slice(st.Large, func(i, j int) bool { return st.Large[i].Where < st.Large[j].Where })
+	st.Unscanned = append([]Stream(nil), s.stats.Unscanned...)
+	st.CutShort = append([]Stream(nil), s.stats.CutShort...)
+	byWhere := func(l []Stream) {
+		sort.Slice(l, func(i, j int) bool { return l[i].Where < l[j].Where })
+	}
+	byWhere(st.Large)
+	byWhere(st.Unscanned)
+	sort.Slice(st.CutShort, func(i, j int) bool { return st.CutShort[i].Size > st.CutShort[j].Size })
 	return st
 }
 
@@ -245,7 +302,16 @@ func (s *Scanner) ScanReader(ctx context.Context, r io.Reader, where string, bas
 // offsets, which it decodes concurrently, fed from this same pass.
 func (s *Scanner) scan(ctx context.Context, r io.Reader, where string, base int64, depth int, count func(int)) (int64, error) {
 	keep := s.maxLen()
-	buf := make([]byte, keep+ChunkSize)
+	// Buffers are reused: most candidate streams are a few KiB or not
+	// streams at all, and zeroing a fresh MiB for each cost more than
+	// decoding them.
+	bp, _ := s.bufs.Get().(*[]byte)
+	if bp == nil || len(*bp) != keep+ChunkSize {
+		b := make([]byte, keep+ChunkSize)
+		bp = &b
+	}
+	defer s.bufs.Put(bp)
+	buf := *bp
 	carry := 0    // bytes of the previous chunk kept at buf[:carry]
 	var off int64 // stream offset of buf[carry]
 	var nested []*nestedStream
@@ -272,13 +338,20 @@ func (s *Scanner) scan(ctx context.Context, r io.Reader, where string, base int6
 				}
 			}
 			nested = live
-			// New streams starting in this chunk.
-			if depth < s.MaxDepth {
+			// New streams starting in this chunk (one level deeper than
+			// the bound only to report them).
+			if depth <= s.MaxDepth {
 				first := (off + 511) &^ 511
 				for p := first; p+4 <= off+int64(n); p += 512 {
 					i := int(p - off)
 					kind := magic(data[i:])
 					if kind == "" {
+						continue
+					}
+					if s.used.Load() >= s.MaxTotalBytes {
+						s.mu.Lock()
+						s.stats.AfterBound++
+						s.mu.Unlock()
 						continue
 					}
 					ns, ok := s.startNested(ctx, &wg, kind, fmt.Sprintf("%s+%#x/%s", where, base+p, kind), depth+1)
@@ -381,17 +454,6 @@ func (s *Scanner) embedded(r Rule, where string, at int64) {
 	}
 }
 
-// magic names the compressed format starting at b, if any.
-func magic(b []byte) string {
-	switch {
-	case len(b) >= 4 && b[0] == 0x1f && b[1] == 0x8b && b[2] == 8 && b[3]&0xe0 == 0:
-		return "gzip"
-	case len(b) >= 4 && b[0] == 0x28 && b[1] == 0xb5 && b[2] == 0x2f && b[3] == 0xfd:
-		return "zstd"
-	}
-	return ""
-}
-
 type nestedStream struct {
 	pw *io.PipeWriter
 }
@@ -402,6 +464,8 @@ func (s *Scanner) startNested(ctx context.Context, wg *sync.WaitGroup, kind, whe
 	s.mu.Lock()
 	if s.active >= s.MaxActive {
 		s.stats.Dropped++
+		s.unscannedLocked(Stream{Where: where, Kind: kind,
+			Unscanned: fmt.Sprintf("not decoded: %d streams were being decoded at once (the bound)", s.MaxActive)})
 		s.mu.Unlock()
 		return nil, false
 	}
@@ -411,79 +475,71 @@ func (s *Scanner) startNested(ctx context.Context, wg *sync.WaitGroup, kind, whe
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer func() {
-			s.mu.Lock()
-			s.active--
-			s.mu.Unlock()
-		}()
 		st := s.decode(ctx, pr, kind, where, depth)
-		// Stop the feeder: it sees an error on its next write.
+		s.record(st, depth)
+		// Stop the feeder: it sees an error on its next write (after the
+		// stream is counted and its slot given back).
 		pr.CloseWithError(errStreamDone)
-		if st.Size == 0 && !st.Complete {
-			return // not a stream after all (a chance match of the magic)
-		}
-		s.mu.Lock()
-		s.stats.Streams++
-		s.stats.StreamBytes += st.Size
-		if st.Complete {
-			s.stats.Complete++
-		}
-		if depth > s.stats.MaxDepthSeen {
-			s.stats.MaxDepthSeen = depth
-		}
-		if st.Size >= LargeStream {
-			s.stats.Large = append(s.stats.Large, st)
-		}
-		s.mu.Unlock()
 	}()
 	return &nestedStream{pw: pw}, true
 }
 
 var errStreamDone = errors.New("stream decoded")
 
-func (s *Scanner) decode(ctx context.Context, r io.Reader, kind, where string, depth int) Stream {
-	st := Stream{Where: where, Kind: kind}
-	br := bufio.NewReaderSize(r, 64<<10)
-	var dec io.Reader
-	var closeDec func()
-	switch kind {
-	case "gzip":
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			st.Err = err.Error()
-			return st
-		}
-		zr.Multistream(false)
-		dec, closeDec = zr, func() { zr.Close() }
-	case "zstd":
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(1<<27))
-		if err != nil {
-			st.Err = err.Error()
-			return st
-		}
-		dec, closeDec = zr, zr.Close
+// record counts a decoded stream and gives its slot back.
+func (s *Scanner) record(st Stream, depth int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if st.Unscanned != "" {
+		s.unscannedLocked(st)
 	}
-	defer closeDec()
-	h := sha256.New()
-	tee := io.TeeReader(dec, h)
-	n, err := s.scan(ctx, &errReader{r: tee}, where, 0, depth, func(int) {})
-	st.Size = n
-	var er *decodeErr
+	if st.Size == 0 && !st.Complete {
+		switch {
+		case st.Unscanned != "":
+		case st.Err == errZstdDict.Error():
+			s.stats.DictFrames++
+		default:
+			s.stats.NotStreams++ // a chance match of the magic
+		}
+		return
+	}
+	s.stats.Streams++
+	s.stats.StreamBytes += st.Size
 	switch {
-	case err == nil:
-		st.Complete = true
-		st.SHA256 = hex.EncodeToString(h.Sum(nil))
-	case errors.As(err, &er):
-		st.Err = er.err.Error()
-		if kind == "zstd" && n > 0 && strings.Contains(st.Err, "magic number mismatch") {
-			// The frame ended; what follows on the disk is not another frame.
-			st.Complete, st.Err = true, ""
-			st.SHA256 = hex.EncodeToString(h.Sum(nil))
+	case st.Complete:
+		s.stats.Complete++
+	case st.Unscanned == "":
+		s.stats.Cut++
+		if len(s.stats.CutShort) < maxListed {
+			s.stats.CutShort = append(s.stats.CutShort, st)
+		} else if i := smallest(s.stats.CutShort); s.stats.CutShort[i].Size < st.Size {
+			s.stats.CutShort[i] = st
 		}
-	default:
-		st.Err = err.Error()
 	}
-	return st
+	if depth > s.stats.MaxDepthSeen {
+		s.stats.MaxDepthSeen = depth
+	}
+	if st.Size >= LargeStream {
+		s.stats.Large = append(s.stats.Large, st)
+	}
+}
+
+func (s *Scanner) unscannedLocked(st Stream) {
+	s.stats.UnscannedCount++
+	if len(s.stats.Unscanned) < maxListed {
+		s.stats.Unscanned = append(s.stats.Unscanned, st)
+	}
+}
+
+func smallest(l []Stream) int {
+	m := 0
+	for i := range l {
+		if l[i].Size < l[m].Size {
+			m = i
+		}
+	}
+	return m
 }
 
 // errReader turns a decoder's errors other than EOF into decodeErr, so
@@ -560,7 +616,80 @@ func dataExtents(f *os.File, size int64) ([][2]int64, error) {
 	return out, nil
 }
 
+// verdict is the secrets.disk result of a finished scan: Fail when it
+// found a secret or could not read a stream to its end (a bound, a
+// window over the bound, nesting too deep, too many streams at once),
+// naming each; Pass otherwise, with what was scanned.
+func (s *Scanner) verdict() (Status, string) {
+	st := s.Stats()
+	var problems, ev evidence
+	if st.Findings > 0 {
+		problems.add("%d secret(s) in the image", st.Findings)
+	}
+	if st.UnscannedCount > 0 || st.AfterBound > 0 {
+		problems.add("%d compressed stream(s) not scanned to their end, so the image is not proven free of secrets:", st.UnscannedCount+st.AfterBound)
+		for _, u := range st.Unscanned {
+			problems.add("  %s %s: %s", u.Kind, u.Where, u.Unscanned)
+		}
+		if st.UnscannedCount > len(st.Unscanned) {
+			problems.add("  ... and %d more", st.UnscannedCount-len(st.Unscanned))
+		}
+		if st.AfterBound > 0 {
+			problems.add("  %d candidate stream(s) after the bound on decompressed bytes for the whole scan (%s) was used up: not decoded", st.AfterBound, iec(s.MaxTotalBytes))
+		}
+	}
+	for _, f := range s.Findings() {
+		ev.add("FOUND %s at %s: %s", f.Rule, f.Where, f.Excerpt)
+	}
+	if st.Findings > len(s.Findings()) {
+		ev.add("... and %d more", st.Findings-len(s.Findings()))
+	}
+	ev.add("scanned %d MiB of disk data (holes skipped: zeros) and %d compressed streams (gzip, zstd, xz, bzip2, lz4) starting on 512-byte boundaries, nested up to %d deep (%d MiB decompressed; %d decoded to their verified end, %d cut short: deleted or fragmented data, or the data ends, scanned as far as it decodes)",
+		st.RawBytes>>20, st.Streams, s.MaxDepth, st.StreamBytes>>20, st.Complete, st.Cut)
+	for i, c := range st.CutShort {
+		if i == 5 {
+			break
+		}
+		ev.add("  cut short: %s %s after %s: %s", c.Kind, c.Where, iec(c.Size), c.Err)
+	}
+	if st.NotStreams > 0 {
+		ev.add("%d magic numbers at block boundaries were not streams (they did not decode)", st.NotStreams)
+	}
+	if st.DictFrames > 0 {
+		ev.add("%d zstd frame headers name a dictionary, which the scan does not have (random bytes after the magic do 3 times in 4): not decoded", st.DictFrames)
+	}
+	ev.add("bounds: %s decompressed per stream, %s in all; decoder history (zstd window, xz dictionary) up to %s; %s of decoder memory at once (peak %s); %d streams at once",
+		iec(s.MaxStreamBytes), iec(s.MaxTotalBytes), iec(s.MaxWindow), iec(s.MaxMemory), iec(st.PeakMemory), s.MaxActive)
+	for _, l := range st.Large {
+		state := "complete"
+		switch {
+		case l.Unscanned != "":
+			state = "not scanned to its end: " + l.Unscanned
+		case !l.Complete:
+			state = "cut short: " + l.Err
+		}
+		if l.Note != "" {
+			state += "; " + l.Note
+		}
+		ev.add("  %s %s: %d MiB, sha256 of content %s (%s)", l.Kind, l.Where, l.Size>>20, orDash(l.SHA256), state)
+	}
+	if st.EmbeddedCount > 0 {
+		ev.add("not findings: %d key constants inside program data (NUL before, not a file of their own), e.g. %s", st.EmbeddedCount, strings.Join(st.Embedded, ", "))
+	}
+	rules := map[string]bool{}
+	for _, ru := range s.Rules {
+		rules[ru.Name] = true
+	}
+	var names []string
+	for n := range rules {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	ev.add("rules: %s", strings.Join(names, ", "))
+	return verdict(problems, ev, "")
+}
+
 var checkSecretsDisk = Check{ID: "secrets.disk", Scope: ScopeImage, Needs: "free space in $TMPDIR (a qcow2 is read as raw)",
 	claim: func(Spec, *GatewaySpec) string {
-		return "no secret from the build in the image (raw disk with free blocks, every compressed stream and layer)"
+		return "no secret from the build in the image (raw disk with free blocks, every gzip, zstd, xz, bzip2 and lz4 stream and layer read to its end)"
 	}}
