@@ -36,6 +36,7 @@ pkgs=(
   kmod
   arch-test
   bc                  # scripts/bench.sh arithmetic
+  python3-yaml        # tests: seeds read back with PyYAML, as cloud-init reads them
 )
 # npm installs the gateway image's app (the default recipe's build: block).
 # A Node.js that brings its own npm (NodeSource's nodejs) counts: Debian's

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bakeimg/bake/internal/testenv"
 	"github.com/goccy/go-yaml"
 )
 
@@ -58,10 +59,10 @@ func TestHostileValuesRoundTrip(t *testing.T) {
 // too every value is the string that was written.
 func TestHostileValuesPyYAML(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is not installed")
+		testenv.Missing(t, "python3 is not installed (scripts/install-deps.sh)")
 	}
 	if err := exec.Command("python3", "-c", "import yaml").Run(); err != nil {
-		t.Skip("python3-yaml (PyYAML, what cloud-init reads with) is not installed")
+		testenv.Missing(t, "python3-yaml (PyYAML, what cloud-init reads with) is not installed (scripts/install-deps.sh)")
 	}
 	valid := hostile
 	doc := Map{{Key: "values", Value: valid}, {Key: "users", Value: []any{Map{{Key: "name", Value: valid[0]}}}}}
