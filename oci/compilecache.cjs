@@ -1,0 +1,66 @@
+'use strict';
+// bake's compile-only warm-up of Node's compile cache (package oci,
+// compilecache.go), run by the image's own Node in bake's sandbox:
+//
+//   node --expose-internals --predictable --random-seed=1 compilecache.cjs LIST CACHE_DIR WRAPPER
+//
+// It compiles every module LIST names, exactly as Node's module loaders
+// compile them when the app loads them, and runs none of them: Node writes
+// what V8 made of each into its compile cache (module.enableCompileCache),
+// which is all that cache ever holds (V8's code cache of a module right
+// after it was compiled, before it ran). So nothing of the app executes
+// here, and the result depends only on the sources and on Node.
+//
+//   - ES modules: WRAPPER statically imports all of them, and one name that
+//     node:module does not export. require(WRAPPER) loads and compiles the
+//     whole graph synchronously, in import order, then fails to link it:
+//     nothing is evaluated.
+//   - CommonJS modules: the CommonJS loader's own wrapSafe() compiles each
+//     into its function (which is kept, never called). It is internal
+//     (--expose-internals); this Node is pinned with the image.
+const fs = require('node:fs');
+const path = require('node:path');
+const Module = require('node:module');
+
+const [list, dir, wrapper] = process.argv.slice(2);
+const esm = [];
+const cjs = [];
+for (const line of fs.readFileSync(list, 'utf8').split('\n')) {
+  const sp = line.indexOf(' ');
+  const kind = line.slice(0, sp);
+  const name = line.slice(sp + 1);
+  if (kind === 'esm') esm.push(name);
+  else if (kind === 'cjs') cjs.push(name);
+}
+
+// Enabled only now: this script itself stays out of the cache.
+const res = Module.enableCompileCache(dir);
+if (res.status !== Module.constants.compileCacheStatus.ENABLED) {
+  throw new Error(`compile cache not enabled in ${dir}: ${res.message}`);
+}
+
+const { wrapSafe, Module: CJSModule } = require('internal/modules/cjs/loader');
+// Everything compiled stays reachable until the end: memory freed by a
+// collected function would be reused by the next compilation, and V8 copies
+// some uninitialised bytes of each bytecode array into the cache.
+const keep = [];
+for (const f of cjs) {
+  const m = new CJSModule(f, null);
+  m.filename = f;
+  m.paths = CJSModule._nodeModulePaths(path.dirname(f));
+  let src = fs.readFileSync(f, 'utf8');
+  if (src.charCodeAt(0) === 0xfeff) src = src.slice(1);
+  keep.push(wrapSafe(f, src, m, 'commonjs'));
+}
+
+fs.writeFileSync(wrapper, esm.map((u) => `import ${JSON.stringify(u)};\n`).join('') +
+  'import { bakeCompileOnly } from "node:module";\n');
+try {
+  keep.push(require(wrapper));
+  throw new Error('bake: the wrapper module was evaluated');
+} catch (e) {
+  if (!String(e && e.message).includes('bakeCompileOnly')) throw e;
+}
+Module.flushCompileCache();
+globalThis.bakeKeep = keep;
+process.stdout.write(`compiled ${cjs.length} CommonJS and ${esm.length} ES modules\n`);
