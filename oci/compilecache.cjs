@@ -25,12 +25,21 @@ const Module = require('node:module');
 const [list, dir, wrapper] = process.argv.slice(2);
 const esm = [];
 const cjs = [];
-for (const line of fs.readFileSync(list, 'utf8').split('\n')) {
-  const sp = line.indexOf(' ');
-  const kind = line.slice(0, sp);
-  const name = line.slice(sp + 1);
-  if (kind === 'esm') esm.push(name);
-  else if (kind === 'cjs') cjs.push(name);
+// Each name is a string of its own, decoded from the file's bytes: a
+// substring of the whole list would be a V8 "sliced string", and a CommonJS
+// module's cache would carry the whole list with its file name.
+const buf = fs.readFileSync(list);
+for (let start = 0; start < buf.length;) {
+  let end = buf.indexOf(0x0a, start);
+  if (end < 0) end = buf.length;
+  const sp = buf.indexOf(0x20, start);
+  if (sp > start && sp < end) {
+    const kind = buf.toString('latin1', start, sp);
+    const name = buf.toString('utf8', sp + 1, end);
+    if (kind === 'esm') esm.push(name);
+    else if (kind === 'cjs') cjs.push(name);
+  }
+  start = end + 1;
 }
 
 // Enabled only now: this script itself stays out of the cache.

@@ -280,7 +280,7 @@ func (b *builder) compileCacheLayer(ctx context.Context, lower []layerFile, list
 	}
 	defer rootfs.RemoveAllSafe(tmp)
 	tree := filepath.Join(tmp, "root")
-	if err := extractLayers(tree, lower); err != nil {
+	if err := extractLayers(tree, lower, b.spec.SourceDateEpoch); err != nil {
 		return layerFile{}, info, fmt.Errorf("compile cache layer: extracting the image: %w", err)
 	}
 	if err := checkListedModules(tree, cl.Modules); err != nil {
@@ -463,10 +463,13 @@ func checkListedModules(tree string, mods []cacheModule) error {
 }
 
 // extractLayers writes the layers, lowest first, into dir (created), as
-// the image's filesystem: owners (when running as root), modes, symlinks;
-// a hard link becomes a copy. Every path resolves inside dir (safepath), so
-// a symlink of a lower layer cannot redirect a write to the build host.
-func extractLayers(dir string, layers []layerFile) error {
+// the image's filesystem: owners (when running as root), modes, symlinks,
+// and every time set to epoch, as in the layers (writeTar): the app may
+// look at them (OpenClaw names its compile cache directory after its
+// package.json's mtime). A hard link becomes a copy. Every path resolves
+// inside dir (safepath), so a symlink of a lower layer cannot redirect a
+// write to the build host.
+func extractLayers(dir string, layers []layerFile, epoch int64) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
@@ -480,7 +483,7 @@ func extractLayers(dir string, layers []layerFile) error {
 			return fmt.Errorf("%s: %w", filepath.Base(l.Path), err)
 		}
 	}
-	return nil
+	return rootfs.ClampTimes(dir, time.Unix(epoch, 0))
 }
 
 func extractLayer(r *safepath.Root, blob string) error {

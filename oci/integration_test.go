@@ -206,7 +206,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 
 	rootDir := filepath.Join(tmp, "rootfs")
 	start := time.Now()
-	if err := extractImage(img, rootDir); err != nil {
+	if err := extractImage(img, rootDir, integrationEpoch); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("rootfs extracted in %s", time.Since(start).Round(time.Second))

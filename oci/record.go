@@ -89,7 +89,7 @@ func RecordCompileCacheList(ctx context.Context, spec BuildSpec, runner execx.Ru
 	}
 	defer rootfs.RemoveAllSafe(tmp)
 	tree := filepath.Join(tmp, "root")
-	if err := extractImage(img, tree); err != nil {
+	if err := extractImage(img, tree, s.SourceDateEpoch); err != nil {
 		return err
 	}
 	out := filepath.Join(tmp, "out")
@@ -174,8 +174,8 @@ func recordedModules(tree, out, prefix string) ([]cacheModule, error) {
 }
 
 // extractImage writes the image's layers into dir (created), as
-// extractLayers does.
-func extractImage(img v1.Image, dir string) error {
+// extractLayers does (bake's layers: every time is epoch).
+func extractImage(img v1.Image, dir string, epoch int64) error {
 	layers, err := img.Layers()
 	if err != nil {
 		return err
@@ -199,5 +199,5 @@ func extractImage(img v1.Image, dir string) error {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
-	return nil
+	return rootfs.ClampTimes(dir, time.Unix(epoch, 0))
 }
