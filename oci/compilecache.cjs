@@ -2,7 +2,8 @@
 // bake's compile-only warm-up of Node's compile cache (package oci,
 // compilecache.go), run by the image's own Node in bake's sandbox:
 //
-//   node --expose-internals --predictable --random-seed=1 compilecache.cjs LIST CACHE_DIR WRAPPER
+//   node --expose-internals --predictable --random-seed=1 --max-semi-space-size=512 \
+//     --min-semi-space-size=512 compilecache.cjs LIST CACHE_DIR WRAPPER
 //
 // It compiles every module LIST names, exactly as Node's module loaders
 // compile them when the app loads them, and runs none of them: Node writes
@@ -42,6 +43,12 @@ for (let start = 0; start < buf.length;) {
   start = end + 1;
 }
 
+// No full garbage collection may run until everything is compiled (see
+// the check below): with none, every bytecode array V8 makes is in memory
+// never used before, and the padding V8 copies into the cache is zero.
+const gc = new (require('node:v8').GCProfiler)();
+gc.start();
+
 // Enabled only now: this script itself stays out of the cache.
 const res = Module.enableCompileCache(dir);
 if (res.status !== Module.constants.compileCacheStatus.ENABLED) {
@@ -49,9 +56,8 @@ if (res.status !== Module.constants.compileCacheStatus.ENABLED) {
 }
 
 const { wrapSafe, Module: CJSModule } = require('internal/modules/cjs/loader');
-// Everything compiled stays reachable until the end: memory freed by a
-// collected function would be reused by the next compilation, and V8 copies
-// some uninitialised bytes of each bytecode array into the cache.
+// Everything compiled stays reachable until the end (nothing for a
+// collection to free).
 const keep = [];
 for (const f of cjs) {
   const m = new CJSModule(f, null);
@@ -69,6 +75,19 @@ try {
   throw new Error('bake: the wrapper module was evaluated');
 } catch (e) {
   if (!String(e && e.message).includes('bakeCompileOnly')) throw e;
+}
+// V8 13.6 copies the 4 bytes of padding in the header of each bytecode
+// array into the cache without clearing them: in reused memory they hold
+// whatever was there (half of an old pointer, say), different from build
+// to build. Node writes each cache when it compiles a module, so what
+// counts is that no collection that frees old objects (a mark-compact; a
+// scavenge only empties the young generation, where V8 never puts bytecode)
+// ran before the last one was compiled.
+const full = gc.stop().statistics.filter((s) => s.gcType !== 'Scavenge');
+if (full.length > 0) {
+  throw new Error(`bake: ${full.length} full garbage collections (${full.map((s) => s.gcType).join(', ')}) ran ` +
+    'while compiling, so the cache would hold bytes of reused memory: give V8 a larger young generation ' +
+    '(--max-semi-space-size in compileCacheNodeFlags)');
 }
 Module.flushCompileCache();
 globalThis.bakeKeep = keep;

@@ -70,7 +70,8 @@ type CompileCache struct {
 // healthcheck get it from the image's environment. The price: modules
 // beyond the recorded list (loaded later in a gateway's life) are compiled
 // again at each start, since Node cannot write here. Node then neither fails
-// nor prints anything: it skips writing (see TestCompileCacheReadOnly).
+// nor prints anything: it skips writing; nor does it run as a uid the cache
+// has no directory for (checkCompileCache, in the oci integration test).
 const DefaultCompileCacheDir = "/" + appDir + "/node-compile-cache"
 
 // compileCacheFormat names how the compile cache layer is made (the
@@ -82,12 +83,15 @@ const sandboxUID = 65534
 
 // compileCacheNodeFlags run the warm-up. --expose-internals is a Node
 // option (it gives the script the CommonJS loader's wrapSafe); the others
-// are V8's, chosen because V8 leaves them out of the flag hash in its code
-// cache (and so out of the cache directory's name): a cache made with them
-// is one the app's plain `node` accepts. --predictable runs V8 on one
-// thread (no concurrent compiling or GC) and --random-seed fixes its
-// hash seed and address hints: see compileCacheLayer on determinism.
-var compileCacheNodeFlags = []string{"--expose-internals", "--predictable", "--random-seed=1"}
+// are V8's, chosen because they leave V8's flag hash in its code cache
+// (and so the cache directory's name) as it is for a plain `node`, whose
+// caches they must be: --predictable (one thread: no concurrent compiling
+// or collecting) and --random-seed (fixes the string hash seed) are left
+// out of the hash on purpose, and heap sizes are not in it. A young
+// generation of 512 MiB lets the whole warm-up run without a full garbage
+// collection: see compileCacheLayer on determinism.
+var compileCacheNodeFlags = []string{"--expose-internals", "--predictable", "--random-seed=1",
+	"--max-semi-space-size=512", "--min-semi-space-size=512"}
 
 //go:embed compilecache.cjs
 var compileCacheScript []byte
@@ -244,19 +248,25 @@ func (b *builder) compileCacheEnv() []string {
 // out, root-owned and read-only, in Dir/SCOPE/TAG-UID for every scope the
 // probe found and every uid, as hard links to one copy.
 //
-// Determinism: the cache files are V8's code caches, which hold no time,
-// path of the build or random value, with two exceptions that the warm-up
-// takes care of. V8 seeds its string hashes at random (--random-seed=1 fixes
-// it, without changing the flag hash). And V8 13.6 copies the 4 bytes of
-// padding in each bytecode array's header into the cache without ever
-// clearing them (BytecodeArray::clear_padding clears only the tail): where
-// a bytecode array reuses memory, they hold what was there before, such as
-// half of an old pointer. The warm-up keeps everything it compiles alive
-// (so almost nothing is reused), runs single-threaded (--predictable) and
-// synchronously, and runs without address-space randomisation (setarch
-// -R), so what is left in those bytes is the same from run to run. Measured
-// on the OpenClaw gateway (5883 modules): with ASLR, one of the cache files
-// differed between runs (one byte); without, three runs were identical.
+// Determinism: the cache files are V8's code caches, which hold no time or
+// path of the build, and which Node writes as it compiles each module. Two
+// things in them are not a function of the sources alone. V8 seeds its
+// string hashes at random (--random-seed=1 fixes that). And V8 13.6 copies
+// the 4 bytes of padding in each bytecode array's header into the cache
+// without ever clearing them (BytecodeArray::clear_padding clears only the
+// tail): in memory that was used before they hold what was there, such as
+// half of an old pointer, which depends on when the garbage collector ran.
+// Measured on the gateway (5895 modules): with Node's default heap, a full
+// collection ran twice while compiling and 5454 of the cache files differed
+// from those of a run without one; ASLR alone changed one of them between
+// two runs. So the warm-up runs where no full collection happens before the
+// last module is compiled (a large young generation, everything kept
+// reachable, single-threaded), and checks that none did (v8.GCProfiler):
+// every bytecode array is then in fresh, zeroed memory. Three runs with
+// address-space randomisation gave identical bytes, as did two builds from
+// empty caches (TestOpenClawGatewayImage). The files still depend on the
+// warm-up's own history (V8 numbers scripts as they are compiled), which
+// is why the script, Node's flags and the list are in the layer's key.
 func (b *builder) compileCacheLayer(ctx context.Context, lower []layerFile, list []byte, cl compileCacheList) (layerFile, CompileCacheInfo, error) {
 	cc := b.spec.CompileCache
 	info := CompileCacheInfo{Dir: cc.Dir, Modules: len(cl.Modules), UIDs: cc.UIDs}
@@ -316,7 +326,7 @@ func (b *builder) compileCacheLayer(ctx context.Context, lower []layerFile, list
 	guest.WriteString("exec " + shellJoin(append(append([]string{"node"}, compileCacheNodeFlags...),
 		"/tmp/bake-in/compilecache.cjs", "/tmp/bake-in/list", "/tmp/bake-out/cache", "/tmp/bake-warm.mjs")) + "\n")
 	sb := sandbox{Root: tree, UID: sandboxUID, GID: sandboxUID, Env: b.compileCacheEnv(), Dir: b.spec.WorkDir,
-		Tmpfs: []string{b.spec.Home}, NoASLR: true, Timeout: 10 * time.Minute,
+		Tmpfs: []string{b.spec.Home}, Timeout: 10 * time.Minute,
 		Binds: []bind{{Host: inDir, Guest: "/tmp/bake-in"}, {Host: outDir, Guest: "/tmp/bake-out", Writable: true}},
 		Argv:  []string{"/bin/sh", "-c", guest.String()}}
 	b.logf("compile cache layer: compiling %d modules in a sandbox", len(cl.Modules))

@@ -14,10 +14,10 @@ func TestSandboxCmd(t *testing.T) {
 	s := sandbox{
 		Root: "/var/cache/bake/oci/tmp/compile-cache-1/root", UID: 65534, GID: 65534,
 		Env: []string{"PATH=/usr/bin:/bin", "HOME=/home/node", "ODD=it's"}, Dir: "/home/node",
-		Tmpfs:  []string{"/home/node"},
-		Binds:  []bind{{Host: "/w/in", Guest: "/tmp/bake-in"}, {Host: "/w/out dir", Guest: "/tmp/bake-out", Writable: true}},
-		NoASLR: true, Timeout: 90 * time.Second,
-		Argv: []string{"/bin/sh", "-c", "exec node x.cjs"},
+		Tmpfs:   []string{"/home/node"},
+		Binds:   []bind{{Host: "/w/in", Guest: "/tmp/bake-in"}, {Host: "/w/out dir", Guest: "/tmp/bake-out", Writable: true}},
+		Timeout: 90 * time.Second,
+		Argv:    []string{"/bin/sh", "-c", "exec node x.cjs"},
 	}
 	cmd, err := s.Cmd()
 	if err != nil {
@@ -45,17 +45,17 @@ mkdir -p "$r"/tmp/bake-in
 mount --bind -o nosuid,nodev,ro /w/in "$r"/tmp/bake-in
 mkdir -p "$r"/tmp/bake-out
 mount --bind -o nosuid,nodev '/w/out dir' "$r"/tmp/bake-out
-timeout -s KILL 90 setarch x86_64 -R setpriv --no-new-privs chroot --userspec=65534:65534 --groups=65534 /var/cache/bake/oci/tmp/compile-cache-1/root /usr/bin/env -i -C /home/node PATH=/usr/bin:/bin HOME=/home/node 'ODD=it'\''s' /bin/sh -c 'exec node x.cjs' &
+timeout -s KILL 90 setpriv --no-new-privs chroot --userspec=65534:65534 --groups=65534 /var/cache/bake/oci/tmp/compile-cache-1/root /usr/bin/env -i -C /home/node PATH=/usr/bin:/bin HOME=/home/node 'ODD=it'\''s' /bin/sh -c 'exec node x.cjs' &
 wait $!
 `
 	if got := cmd.Args[14]; got != want {
 		t.Errorf("inner script:\n%s\nwant:\n%s", got, want)
 	}
 
-	s.Loopback, s.NoASLR = true, false
+	s.Loopback = true
 	cmd, _ = s.Cmd()
-	if inner := cmd.Args[14]; !strings.Contains(inner, "\nip link set lo up\n") || strings.Contains(inner, "setarch") {
-		t.Errorf("loopback, ASLR: %s", inner)
+	if inner := cmd.Args[14]; !strings.Contains(inner, "\nip link set lo up\n") {
+		t.Errorf("loopback: %s", inner)
 	}
 
 	for name, bad := range map[string]sandbox{
@@ -147,5 +147,35 @@ func TestLimitWriter(t *testing.T) {
 	}
 	if b.String() != "abcde\n[output cut]\n" {
 		t.Errorf("%q", b.String())
+	}
+}
+
+func TestRecordedModules(t *testing.T) {
+	tree, out := t.TempDir(), t.TempDir()
+	write(t, tree, "app/node_modules/openclaw/openclaw.mjs", "", 0o644)
+	write(t, tree, "app/node_modules/openclaw/dist/a b.js", "", 0o644)
+	write(t, tree, "app/node_modules/ws/index.js", "", 0o644)
+	os.Symlink("index.js", filepath.Join(tree, "app/node_modules/ws/link.js"))
+	// Node's lines, as two processes interleave them in one file.
+	write(t, out, "gateway.log", `[compile cache] resolved path /tmp/bake-rec + v24.21.0-x64-964aae3f-65534 -> /tmp/bake-rec/v24.21.0-x64-964aae3f-65534
+[compile cache] reading cache from /tmp/bake-rec/v24.21.0-x64-964aae3f-65534/1a2b3c4d for ESM file:///app/node_modules/openclaw/openclaw.mjs...[compile cache] reading cache from /tmp/bake-rec/v24/00000001 for CommonJS /app/node_modules/ws/index.js... no such file or directory
+ no such file or directory
+[compile cache] reading cache from /tmp/x/00000002 for ESM file:///app/node_modules/openclaw/dist/a%20b.js... no such file or directory
+[compile cache] reading cache from /tmp/x/00000003 for CommonJS [worker eval]... no such file or directory
+[compile cache] reading cache from /tmp/x/00000004 for ESM file:///tmp/elsewhere.mjs... no such file or directory
+[compile cache] reading cache from /tmp/x/00000005 for CommonJS /app/node_modules/ws/link.js... no such file or directory
+[compile cache] reading cache from /tmp/x/00000006 for CommonJS /app/node_modules/gone.js... no such file or directory
+`, 0o644)
+	write(t, out, "health.log", "[compile cache] reading cache from /tmp/y/1a2b3c4d for ESM file:///app/node_modules/openclaw/openclaw.mjs... success\n", 0o644)
+	write(t, out, "health.out", "[compile cache] reading cache from /tmp/y/1 for ESM file:///app/node_modules/not-a-log.mjs...\n", 0o644)
+	mods, err := recordedModules(tree, out, "/app/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []cacheModule{{Name: "/app/node_modules/ws/index.js"},
+		{ESM: true, Name: "file:///app/node_modules/openclaw/dist/a%20b.js"},
+		{ESM: true, Name: "file:///app/node_modules/openclaw/openclaw.mjs"}}
+	if !slices.Equal(mods, want) {
+		t.Errorf("got %v\nwant %v", mods, want)
 	}
 }

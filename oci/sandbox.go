@@ -43,11 +43,8 @@ type sandbox struct {
 	// Loopback brings lo up (a server under test listens on it); else the
 	// sandbox has no usable interface at all.
 	Loopback bool
-	// NoASLR runs the program without address-space randomisation
-	// (setarch -R): see compileCacheWarmUp for why.
-	NoASLR  bool
-	Timeout time.Duration
-	Argv    []string
+	Timeout  time.Duration
+	Argv     []string
 }
 
 // bind mounts a host path into the sandbox.
@@ -132,13 +129,10 @@ func (s sandbox) Cmd() (execx.Cmd, error) {
 	if dir == "" {
 		dir = "/"
 	}
-	run := []string{"timeout", "-s", "KILL", strconv.Itoa(int(s.Timeout.Round(time.Second) / time.Second))}
-	if s.NoASLR {
-		run = append(run, "setarch", "x86_64", "-R")
-	}
-	run = append(run, "setpriv", "--no-new-privs", "chroot",
-		"--userspec="+strconv.Itoa(s.UID)+":"+strconv.Itoa(s.GID), "--groups="+strconv.Itoa(s.GID),
-		s.Root, "/usr/bin/env", "-i", "-C", dir)
+	run := []string{"timeout", "-s", "KILL", strconv.Itoa(int(s.Timeout.Round(time.Second) / time.Second)),
+		"setpriv", "--no-new-privs", "chroot",
+		"--userspec=" + strconv.Itoa(s.UID) + ":" + strconv.Itoa(s.GID), "--groups=" + strconv.Itoa(s.GID),
+		s.Root, "/usr/bin/env", "-i", "-C", dir}
 	run = append(run, s.Env...)
 	run = append(run, s.Argv...)
 	// The program runs as a child, not exec'd: this shell, PID 1 of the
