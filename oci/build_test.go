@@ -148,7 +148,9 @@ func (f *fakeWorld) sandbox(c execx.Cmd) {
 	for _, m := range l.Modules {
 		write(f.t, filepath.Join(out, "cache", tag), m.key(), "V8 code cache of "+m.Name, 0o600)
 	}
-	write(f.t, filepath.Join(out, "cache", tag), "0000abcd", "the wrapper's, not listed", 0o600)
+	write(f.t, filepath.Join(out, "cache", tag), cacheModule{ESM: true, Name: "file://" + compileCacheWrapper}.key(), "the wrapper's", 0o600)
+	write(f.t, filepath.Join(out, "cache", tag), "0000abcd", "a module a listed one imports", 0o600)
+	write(f.t, filepath.Join(out, "cache", tag), "0000abcd.Xy12Zq", "Node's temporary file", 0o600)
 	for _, d := range []string{tag, "openclaw/2026.9.6/1767225600000-81/" + tag} {
 		write(f.t, filepath.Join(out, "probe", d), "00000001", "probe", 0o600)
 	}
@@ -258,7 +260,7 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 		t.Errorf("env %q", c.Env)
 	}
 	uid, _, _ := strings.Cut(s1.User, ":")
-	if cc := info1.CompileCache; cc == nil || cc.Modules != 2 || cc.Tag != "v24.21.0-x64-0badcafe" ||
+	if cc := info1.CompileCache; cc == nil || cc.Modules != 3 || cc.Tag != "v24.21.0-x64-0badcafe" ||
 		!slices.Equal(cc.Scopes, []string{".", "openclaw/2026.9.6/1767225600000-81"}) || len(cc.UIDs) != 1 || strconv.Itoa(cc.UIDs[0]) != uid {
 		t.Errorf("compile cache info %+v", info1.CompileCache)
 	}
@@ -283,13 +285,16 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/" +
 			cacheModule{Name: "/app/node_modules/ws/index.js"}.key(): "0644 0:0",
 		"app/node-compile-cache": "0755 0:0",
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/0000abcd": "0644 0:0",
 	} {
 		if got, ok := fsys[name]; !ok || !strings.Contains(got, want) {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
 	}
 	for _, not := range []string{"etc/resolv.conf", "var/lib/dpkg/status-old", "usr/local/include/node/node.h",
-		"app/node_modules/.package-lock.json", "app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/0000abcd"} {
+		"app/node_modules/.package-lock.json",
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/" + cacheModule{ESM: true, Name: "file://" + compileCacheWrapper}.key(),
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/0000abcd.Xy12Zq"} {
 		if _, ok := fsys[not]; ok {
 			t.Errorf("%s is in the image", not)
 		}

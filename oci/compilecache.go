@@ -78,6 +78,10 @@ const DefaultCompileCacheDir = "/" + appDir + "/node-compile-cache"
 // warm-up script, Node's flags, the layout); it is part of the layer's key.
 const compileCacheFormat = "bake-node-compile-cache/1"
 
+// compileCacheWrapper is the warm-up's wrapper module (in the sandbox's
+// /tmp): its own cache file is left out.
+const compileCacheWrapper = "/tmp/bake-warm.mjs"
+
 // sandboxUID runs the warm-up and the recording (nobody:nogroup).
 const sandboxUID = 65534
 
@@ -190,8 +194,9 @@ func formatCompileCacheList(app NpmApp, mods []cacheModule) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `# Node's compile cache, warmed when the image is built (package oci,
 # compilecache.go): the modules %s compiles when its gateway
-# starts and answers `+"`openclaw gateway health`"+`, sorted (the warm-up
-# compiles them in this order). Recorded by running them, not by hand:
+# starts and answers `+"`openclaw gateway health`"+`, and its state workers
+# (oci/record.go, openClawWorkers), sorted (the warm-up compiles them in this
+# order). Recorded by running them, not by hand:
 #   go test -tags integration -run TestRecordCompileCacheList ./oci -args -oci.relist
 app %s
 `, app.spec(), app.spec())
@@ -204,9 +209,9 @@ app %s
 // CompileCacheInfo is what the build manifest records about the cache.
 type CompileCacheInfo struct {
 	Dir     string   `json:"dir"`
-	Modules int      `json:"modules"`
-	Bytes   int64    `json:"bytes"` // once, not per uid and directory
-	Tag     string   `json:"tag"`   // Node's cache version tag, e.g. v24.21.0-x64-964aae3f
+	Modules int      `json:"modules"` // the listed ones and their imports
+	Bytes   int64    `json:"bytes"`   // once, not per uid and directory
+	Tag     string   `json:"tag"`     // Node's cache version tag, e.g. v24.21.0-x64-964aae3f
 	Scopes  []string `json:"scopes"`
 	UIDs    []int    `json:"uids"`
 }
@@ -269,7 +274,7 @@ func (b *builder) compileCacheEnv() []string {
 // is why the script, Node's flags and the list are in the layer's key.
 func (b *builder) compileCacheLayer(ctx context.Context, lower []layerFile, list []byte, cl compileCacheList) (layerFile, CompileCacheInfo, error) {
 	cc := b.spec.CompileCache
-	info := CompileCacheInfo{Dir: cc.Dir, Modules: len(cl.Modules), UIDs: cc.UIDs}
+	info := CompileCacheInfo{Dir: cc.Dir, UIDs: cc.UIDs}
 	listSum := sha256.Sum256(list)
 	scriptSum := sha256.Sum256(compileCacheScript)
 	in := compileCacheInputs{Format: compileCacheFormat, List: hex.EncodeToString(listSum[:]),
@@ -324,7 +329,7 @@ func (b *builder) compileCacheLayer(ctx context.Context, lower []layerFile, list
 		guest.WriteString("NODE_COMPILE_CACHE=/tmp/bake-out/probe " + shellJoin(cc.Probe) + " >/dev/null 2>/tmp/bake-out/probe.log\n")
 	}
 	guest.WriteString("exec " + shellJoin(append(append([]string{"node"}, compileCacheNodeFlags...),
-		"/tmp/bake-in/compilecache.cjs", "/tmp/bake-in/list", "/tmp/bake-out/cache", "/tmp/bake-warm.mjs")) + "\n")
+		"/tmp/bake-in/compilecache.cjs", "/tmp/bake-in/list", "/tmp/bake-out/cache", compileCacheWrapper)) + "\n")
 	sb := sandbox{Root: tree, UID: sandboxUID, GID: sandboxUID, Env: b.compileCacheEnv(), Dir: b.spec.WorkDir,
 		Tmpfs: []string{b.spec.Home}, Timeout: 10 * time.Minute,
 		Binds: []bind{{Host: inDir, Guest: "/tmp/bake-in"}, {Host: outDir, Guest: "/tmp/bake-out", Writable: true}},
@@ -417,19 +422,29 @@ func (b *builder) compileCacheEntries(outDir string, cl compileCacheList, info *
 			es = append(es, dirEntry(d, 0o755, 0, 0))
 		}
 	}
-	var missing []string
-	for _, m := range cl.Modules {
-		p := filepath.Join(src, m.key())
+	// Every module the warm-up compiled is kept: the listed ones and what
+	// they import (a listed worker's own imports, say); not the wrapper.
+	files, err := os.ReadDir(src)
+	if err != nil {
+		return nil, err
+	}
+	wrapper := cacheModule{ESM: true, Name: "file://" + compileCacheWrapper}.key()
+	have := map[string]bool{}
+	for _, f := range files {
+		if f.Name() == wrapper || len(f.Name()) != 8 || !f.Type().IsRegular() {
+			continue // the wrapper's, or a temporary file of Node's
+		}
+		have[f.Name()] = true
+		p := filepath.Join(src, f.Name())
 		st, err := os.Lstat(p)
-		if err != nil || !st.Mode().IsRegular() {
-			missing = append(missing, m.String())
-			continue
+		if err != nil {
+			return nil, err
 		}
 		info.Bytes += st.Size()
 		var names []string
 		for _, s := range info.Scopes {
 			for _, uid := range cc.UIDs {
-				names = append(names, path.Join(base, s, info.Tag+"-"+strconv.Itoa(uid), m.key()))
+				names = append(names, path.Join(base, s, info.Tag+"-"+strconv.Itoa(uid), f.Name()))
 			}
 		}
 		slices.Sort(names)
@@ -440,6 +455,13 @@ func (b *builder) compileCacheEntries(outDir string, cl compileCacheList, info *
 			} else {
 				es = append(es, entry{Name: n, Type: tar.TypeLink, Mode: 0o644, Linkname: names[0]})
 			}
+		}
+	}
+	info.Modules = len(have)
+	var missing []string
+	for _, m := range cl.Modules {
+		if !have[m.key()] {
+			missing = append(missing, m.String())
 		}
 	}
 	if len(missing) > 0 {

@@ -179,3 +179,29 @@ func TestRecordedModules(t *testing.T) {
 		t.Errorf("got %v\nwant %v", mods, want)
 	}
 }
+
+func TestAddModules(t *testing.T) {
+	tree := t.TempDir()
+	write(t, tree, "app/node_modules/openclaw/package.json", `{"name":"openclaw","type":"module"}`, 0o644)
+	write(t, tree, "app/node_modules/openclaw/dist/state/a.worker.js", "", 0o644)
+	write(t, tree, "app/node_modules/openclaw/dist/state/b.worker.js", "", 0o644)
+	write(t, tree, "app/node_modules/openclaw/dist/state/c.js", "", 0o644)
+	write(t, tree, "app/node_modules/cjs/package.json", `{"name":"cjs"}`, 0o644)
+	write(t, tree, "app/node_modules/cjs/x.worker.js", "", 0o644)
+	have := []cacheModule{{ESM: true, Name: "file:///app/node_modules/openclaw/dist/state/b.worker.js"}, {Name: "/app/node_modules/z.js"}}
+	got, err := addModules(tree, have, "/app/node_modules", []string{"openclaw/dist/state/*.worker.js"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []cacheModule{{Name: "/app/node_modules/z.js"},
+		{ESM: true, Name: "file:///app/node_modules/openclaw/dist/state/a.worker.js"},
+		{ESM: true, Name: "file:///app/node_modules/openclaw/dist/state/b.worker.js"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v\nwant %v", got, want)
+	}
+	for _, bad := range []string{"cjs/*.worker.js", "openclaw/dist/none/*.js"} {
+		if _, err := addModules(tree, nil, "/app/node_modules", []string{bad}); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}

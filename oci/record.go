@@ -2,9 +2,12 @@ package oci
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -26,7 +29,7 @@ const recordScript = `set -eu
 out=/tmp/bake-out
 tok=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 mkdir -p "$HOME/.openclaw"
-printf '{"gateway":{"mode":"local","bind":"lan","port":%d,"auth":{"mode":"token","token":"%s"}}}\n' "$PORT" "$tok" >"$HOME/.openclaw/openclaw.json"
+printf '{"gateway":{"mode":"local","bind":"lan","port":%d,"auth":{"mode":"token","token":"%s"},"tailscale":{"mode":"off"}}}\n' "$PORT" "$tok" >"$HOME/.openclaw/openclaw.json"
 chmod 600 "$HOME/.openclaw/openclaw.json"
 export NODE_COMPILE_CACHE=/tmp/bake-rec NODE_DEBUG_NATIVE=COMPILE_CACHE
 "$@" >$out/gateway.out 2>$out/gateway.log &
@@ -47,6 +50,15 @@ kill -TERM $gw
 ( sleep 30; kill -KILL $gw 2>/dev/null ) &
 wait $gw || true
 `
+
+// openClawWorkers are added to the modules the recording saw: OpenClaw's
+// state workers, entry points of threads the gateway starts under
+// conditions a fresh gateway in the sandbox does not reach. In the
+// appliance's VM every start ran agent database maintenance, whose
+// state-lease heartbeat worker OpenClaw gives 5 seconds to load
+// (BENCHMARKS.md); the sandbox's gateway never started it. The warm-up
+// compiles what they import with them.
+var openClawWorkers = []string{"openclaw/dist/state/*.worker.js"}
 
 // cacheReadRE matches Node's COMPILE_CACHE debug line for a module it
 // compiles (src/compile_cache.cc, ReadCacheFile).
@@ -127,6 +139,9 @@ func RecordCompileCacheList(ctx context.Context, spec BuildSpec, runner execx.Ru
 	if err != nil {
 		return err
 	}
+	if mods, err = addModules(tree, mods, "/"+appDir+"/node_modules", openClawWorkers); err != nil {
+		return err
+	}
 	if err := writeFileAtomic(listPath, formatCompileCacheList(s.App, mods), 0o644); err != nil {
 		return err
 	}
@@ -168,6 +183,43 @@ func recordedModules(tree, out, prefix string) ([]cacheModule, error) {
 	mods := make([]cacheModule, 0, len(seen))
 	for m := range seen {
 		mods = append(mods, m)
+	}
+	slices.SortFunc(mods, func(a, b cacheModule) int { return strings.Compare(a.String(), b.String()) })
+	return mods, nil
+}
+
+// addModules adds the files that match patterns (below dir, in the tree)
+// to mods as ES modules, sorted: the app's package must be "type":
+// "module" for its .js files to be ES modules.
+func addModules(tree string, mods []cacheModule, dir string, patterns []string) ([]cacheModule, error) {
+	seen := map[cacheModule]bool{}
+	for _, m := range mods {
+		seen[m] = true
+	}
+	for _, pat := range patterns {
+		pkg, _, _ := strings.Cut(pat, "/")
+		var pj struct{ Type string }
+		if b, err := os.ReadFile(filepath.Join(tree, dir, pkg, "package.json")); err != nil || json.Unmarshal(b, &pj) != nil || pj.Type != "module" {
+			return nil, fmt.Errorf("compile cache list: %s: want a package of ES modules (\"type\": \"module\")", pkg)
+		}
+		matches, err := filepath.Glob(filepath.Join(tree, dir, pat))
+		if err != nil {
+			return nil, err
+		}
+		if len(matches) == 0 {
+			return nil, fmt.Errorf("compile cache list: no file matches %s", path.Join(dir, pat))
+		}
+		for _, m := range matches {
+			if st, err := os.Lstat(m); err != nil || !st.Mode().IsRegular() {
+				continue
+			}
+			rel, _ := filepath.Rel(tree, m)
+			cm := cacheModule{ESM: true, Name: (&url.URL{Scheme: "file", Path: "/" + filepath.ToSlash(rel)}).String()}
+			if !seen[cm] {
+				seen[cm] = true
+				mods = append(mods, cm)
+			}
+		}
 	}
 	slices.SortFunc(mods, func(a, b cacheModule) int { return strings.Compare(a.String(), b.String()) })
 	return mods, nil
