@@ -248,10 +248,11 @@ func (b *builder) compileCacheEnv() []string {
 // image's own Node runs in it in a sandbox (sandbox: no network, uid 65534,
 // read-only tree), twice: the Probe (to learn the directories the app's
 // processes use), then compilecache.cjs, which compiles each listed module
-// the way Node's loaders do and runs none of them. Its cache files are
-// checked against the list (one per module, named by Node's key) and laid
-// out, root-owned and read-only, in Dir/SCOPE/TAG-UID for every scope the
-// probe found and every uid, as hard links to one copy.
+// the way Node's loaders do and runs none of them. Its cache files (one
+// per module it compiled, named by Node's key: every listed module, which
+// is checked, and what they import; not its wrapper's) are laid out,
+// root-owned and read-only, in Dir/SCOPE/TAG-UID for every scope the probe
+// found and every uid, as hard links to one copy.
 //
 // Determinism: the cache files are V8's code caches, which hold no time or
 // path of the build, and which Node writes as it compiles each module. Two
