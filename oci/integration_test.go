@@ -247,6 +247,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 			t.Errorf("%s: %d files (%v), want %d", d, len(ents), err, cc.Modules)
 		}
 	}
+	checkSandboxCancel(t, rootDir)
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -255,6 +256,43 @@ func TestOpenClawGatewayImage(t *testing.T) {
 		t.Errorf("image env %q", cf.Config.Env)
 	}
 	runGateway(t, rootDir, cf.Config)
+}
+
+// checkSandboxCancel runs a sleep in the warm-up's sandbox over the image's
+// tree, with a child of its own, and cancels it: it must end at once, with
+// no process or mount left.
+func checkSandboxCancel(t *testing.T, rootDir string) {
+	t.Helper()
+	b := &builder{runner: execx.Host{}, log: io.Discard}
+	sb := sandbox{Root: rootDir, UID: sandboxUID, GID: sandboxUID, Env: []string{"PATH=/usr/bin:/bin"},
+		Tmpfs: []string{DefaultHome}, Timeout: 10 * time.Minute,
+		Argv: []string{"/bin/sh", "-c", "sleep 600 & sleep 600"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- b.runSandbox(ctx, sb) }()
+	for i := 0; i < 100 && len(sandboxLeftovers(rootDir)) < 2; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(sandboxLeftovers(rootDir)); n < 2 {
+		t.Errorf("sandbox: %d processes running, want 2 sleeps", n)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("a cancelled sandbox returned no error")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a cancelled sandbox did not return in 20 s")
+	}
+	if left := sandboxLeftovers(rootDir); len(left) > 0 {
+		t.Errorf("processes %v outlived the cancelled sandbox", left)
+	}
+	if m, _ := rootfs.MountsUnder(rootDir); len(m) > 0 {
+		t.Errorf("mounts left under the tree: %v", m)
+	}
+	t.Logf("sandbox cancelled: returned in %s", time.Since(start).Round(100*time.Millisecond))
 }
 
 // gatewayTestUID runs the gateway in runGateway: a uid the image does not
