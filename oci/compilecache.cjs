@@ -10,7 +10,8 @@
 // what V8 made of each into its compile cache (module.enableCompileCache),
 // which is all that cache ever holds (V8's code cache of a module right
 // after it was compiled, before it ran). So nothing of the app executes
-// here, and the result depends only on the sources and on Node.
+// here, and the result depends only on the sources, the list (its order
+// too) and Node.
 //
 //   - ES modules: WRAPPER statically imports all of them, and one name that
 //     node:module does not export. require(WRAPPER) loads and compiles the
