@@ -13,6 +13,7 @@ import (
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/disk"
+	"github.com/bakeimg/bake/internal/sourcedate"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -134,7 +135,7 @@ func (p *Plan) stageReassemble(ctx context.Context, s *State) error {
 			fmt.Fprintf(s.Opts.Stdout, "      boot chain changed (kernel %v, loader %v): grub.cfg made anew\n", kernel, loader)
 		}
 	}
-	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
+	if err := sourcedate.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
 		return err
 	}
 	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -19,11 +21,13 @@ func init() { BuildContainerImage = buildContainerImage }
 
 // buildContainerImage makes a container's image from its recipe build:
 // block (issue 6) without a Docker daemon: a minimal Debian layer, Node from
-// the npm registry (integrity-checked) and the app installed from the
-// lockfile kept beside the recipe. Layers are deterministic and cached by
-// their inputs in the cache dir, so a rebuild is fast and gives the same
-// digest. Today the app must be openclaw at the version bake pins
-// (oci.OpenClawVersion); its lockfile is the recipe's.
+// the npm registry (integrity-checked), the app installed from the
+// lockfile kept beside the recipe, and Node's compile cache of the app
+// (from the compile cache list beside the lockfile) for the container's
+// uid. Layers are deterministic and cached by their inputs in the cache
+// dir, so a rebuild is fast and gives the same digest. Today the app must
+// be openclaw at the version bake pins (oci.OpenClawVersion); its lockfile
+// is the recipe's.
 //
 //	build:
 //	  app: openclaw@2026.9.6
@@ -49,6 +53,18 @@ func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.
 	}
 	spec := oci.OpenClawGatewaySpec(filepath.Dir(lockPath), epoch)
 	spec.App.Lockfile = lockPath
+	// Node keeps its compile cache per uid, and the image's (warmed at
+	// build time, read-only) has a directory for each uid it was made
+	// for: the image's own user and the one this container runs as.
+	uid, _, err := containerUser(s.Tree, c.User)
+	if err != nil {
+		return nil, fmt.Errorf("user %s: %w", c.User, err)
+	}
+	imageUID, _, _ := strings.Cut(oci.DefaultUser, ":")
+	spec.CompileCache.UIDs = []int{uid}
+	if n, err := strconv.Atoi(imageUID); err == nil {
+		spec.CompileCache.UIDs = append(spec.CompileCache.UIDs, n)
+	}
 	if s.Opts.CacheDir != "" {
 		spec.CacheDir = filepath.Join(s.Opts.CacheDir, "oci")
 		spec.DownloadDir = filepath.Join(s.Opts.CacheDir, "oci-downloads")

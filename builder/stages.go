@@ -16,6 +16,7 @@ import (
 	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/safepath"
+	"github.com/bakeimg/bake/internal/sourcedate"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -256,7 +257,7 @@ func (p *Plan) stageAssemble(ctx context.Context, s *State) error {
 	}
 	// Times last: everything written into the tree so far, PrepareTree's
 	// files included, gets at most SOURCE_DATE_EPOCH.
-	if err := rootfs.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
+	if err := sourcedate.ClampTimes(s.Tree, time.Unix(s.Opts.SourceDateEpoch, 0)); err != nil {
 		return err
 	}
 	res, err := disk.Assemble(ctx, spec)

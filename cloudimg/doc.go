@@ -52,7 +52,7 @@
 //		err = disk.PrepareCloudBoot(disk.CloudBootSpec{Tree: tree, Layout: layout,
 //			Kernel: k, KernelCmdline: extra, SourceDateEpoch: epoch, Log: log})
 //	}
-//	err = rootfs.ClampTimes(tree, time.Unix(epoch, 0))
+//	err = sourcedate.ClampTimes(tree, time.Unix(epoch, 0))
 //	res, err := disk.Reassemble(ctx, disk.ReassembleSpec{Base: raw, Layout: layout,
 //		Tree: tree, Output: out, Size: size, RebuildBoot: loader,
 //		SourceDateEpoch: epoch, Runner: runner, Log: log})

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +63,10 @@ type BuildSpec struct {
 	// .debs); default CacheDir/downloads. Two builds with separate
 	// CacheDirs may share it: everything in it is checked by hash.
 	DownloadDir string
+
+	// CompileCache, when set, warms Node's compile cache at build time
+	// into a fourth layer, and sets NODE_COMPILE_CACHE to it.
+	CompileCache *CompileCache
 }
 
 // LayerInfo describes one layer of a built image.
@@ -89,6 +95,7 @@ type BuildInfo struct {
 	NpmPackages      int               `json:"npm_packages"` // installed in the image
 	Npm              string            `json:"npm"`          // npm version that installed the app
 	Layers           []LayerInfo       `json:"layers"`
+	CompileCache     *CompileCacheInfo `json:"compile_cache,omitempty"`
 	Duration         time.Duration     `json:"duration_ns"`
 }
 
@@ -178,6 +185,19 @@ func (s BuildSpec) Validate() error {
 	if s.SourceDateEpoch < 0 {
 		errs = append(errs, errors.New("source date epoch must not be negative"))
 	}
+	if cc := s.CompileCache; cc != nil {
+		if cc.List == "" {
+			errs = append(errs, errors.New("compile cache: the list is required (oci.RecordCompileCacheList records it)"))
+		}
+		if cc.Dir != "" && (!filepath.IsAbs(cc.Dir) || filepath.Clean(cc.Dir) == "/") {
+			errs = append(errs, fmt.Errorf("compile cache: dir %q: want an absolute path below /", cc.Dir))
+		}
+		for _, u := range cc.UIDs {
+			if u < 0 {
+				errs = append(errs, fmt.Errorf("compile cache: uid %d", u))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -227,6 +247,15 @@ func (s *BuildSpec) setDefaults() error {
 		return err
 	}
 	s.DownloadDir, err = filepath.Abs(s.DownloadDir)
+	if cc := s.CompileCache; cc != nil {
+		c := *cc
+		if c.Dir == "" {
+			c.Dir = DefaultCompileCacheDir
+		}
+		c.Dir = filepath.Clean(c.Dir)
+		c.UIDs = slices.Clone(c.UIDs)
+		s.CompileCache = &c
+	}
 	return err
 }
 
@@ -276,6 +305,27 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	if len(spec.Entrypoint) == 0 && len(al.Bin) != 1 {
 		return nil, info, fmt.Errorf("image %s: %s has %d executables; set the entrypoint", spec.Name, spec.App.spec(), len(al.Bin))
 	}
+	var (
+		ccList  []byte
+		ccMods  compileCacheList
+		ccLayer = spec.CompileCache != nil && compileCacheSupported()
+	)
+	if cc := spec.CompileCache; cc != nil {
+		if len(cc.UIDs) == 0 {
+			cc.UIDs = []int{user.UID}
+		}
+		slices.Sort(cc.UIDs)
+		cc.UIDs = slices.Compact(cc.UIDs)
+		if ccList, err = os.ReadFile(cc.List); err != nil {
+			return nil, info, fmt.Errorf("image %s: compile cache: %w (oci.RecordCompileCacheList records it)", spec.Name, err)
+		}
+		if ccMods, err = parseCompileCacheList(ccList, spec.App); err != nil {
+			return nil, info, fmt.Errorf("image %s: compile cache list %s: %w", spec.Name, cc.List, err)
+		}
+		if !ccLayer {
+			b.logf("compile cache: not warmed: it runs the image's linux/amd64 Node, this is %s/%s", runtime.GOOS, runtime.GOARCH)
+		}
+	}
 	nodeLF, err := b.nodeLayer(ctx)
 	if err != nil {
 		return nil, info, fmt.Errorf("image %s: %w", spec.Name, err)
@@ -301,14 +351,24 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 		spec.App.Package: spec.App.Version,
 	}
 	created := time.Unix(spec.SourceDateEpoch, 0).UTC()
-	layers := []struct {
+	type namedLayer struct {
 		name string
 		lf   layerFile
 		by   string
-	}{
+	}
+	layers := []namedLayer{
 		{"debian", debLF, "bake: debian " + spec.Debian.Suite + " essential + " + strings.Join(spec.Debian.packages(), " ")},
 		{"node", nodeLF, "bake: node " + spec.Node.Version + " from npm " + spec.Node.spec()},
 		{"app", appLF, "bake: npm ci --omit=dev --ignore-scripts " + spec.App.spec()},
+	}
+	if ccLayer {
+		lf, ci, err := b.compileCacheLayer(ctx, []layerFile{debLF, nodeLF, appLF}, ccList, ccMods)
+		if err != nil {
+			return nil, info, fmt.Errorf("image %s: %w", spec.Name, err)
+		}
+		info.CompileCache = &ci
+		layers = append(layers, namedLayer{"compile-cache", lf,
+			fmt.Sprintf("bake: node compile cache of %d modules at %s", ci.Modules, ci.Dir)})
 	}
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
@@ -333,7 +393,7 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	cf = cf.DeepCopy()
 	cf.Architecture, cf.OS = "amd64", "linux"
 	cf.Created = v1.Time{Time: created}
-	cf.Config = imageConfig(spec, al, created)
+	cf.Config = imageConfig(spec, al, created, info.CompileCache != nil)
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return nil, info, err
 	}
@@ -364,15 +424,24 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 // LabelPrefix starts the labels bake adds besides the OCI ones.
 const LabelPrefix = "io.github.bakeimg."
 
-func imageConfig(spec BuildSpec, al appLock, created time.Time) v1.Config {
+// imageEnv is the image's environment, without NODE_COMPILE_CACHE.
+func imageEnv(spec BuildSpec) []string {
+	return append([]string{
+		"PATH=" + defaultPath,
+		"HOME=" + spec.Home,
+		"NODE_ENV=production",
+	}, spec.Env...)
+}
+
+func imageConfig(spec BuildSpec, al appLock, created time.Time, compileCache bool) v1.Config {
+	env := imageEnv(spec)
+	if compileCache {
+		env = append(env, "NODE_COMPILE_CACHE="+spec.CompileCache.Dir)
+	}
 	c := v1.Config{
-		User:       spec.User,
-		WorkingDir: spec.WorkDir,
-		Env: append([]string{
-			"PATH=" + defaultPath,
-			"HOME=" + spec.Home,
-			"NODE_ENV=production",
-		}, spec.Env...),
+		User:        spec.User,
+		WorkingDir:  spec.WorkDir,
+		Env:         env,
 		Entrypoint:  spec.Entrypoint,
 		Cmd:         spec.Cmd,
 		Healthcheck: spec.Healthcheck,

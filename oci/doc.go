@@ -4,8 +4,8 @@
 //
 // # Building (Build)
 //
-// An image is three layers, each cached under BuildSpec.CacheDir by the
-// hash of its inputs:
+// An image is three layers, and a fourth for Node's compile cache, each
+// cached under BuildSpec.CacheDir by the hash of its inputs:
 //
 //   - debian: Debian's Essential set plus a few packages (for the gateway:
 //     libc6 libstdc++6 libgcc-s1 ca-certificates tini), made by mmdebstrap
@@ -22,6 +22,15 @@
 //     for linux/x64/glibc; then only the install scripts of the packages in
 //     NpmApp.Scripts (the app itself). Installed at /app, executables linked
 //     into /usr/local/bin.
+//   - compile-cache (BuildSpec.CompileCache): Node's compile cache of the
+//     modules the app compiles when it starts (a list recorded by running
+//     it, kept beside the lockfile), made by the image's own Node in a
+//     sandbox over an extracted copy of the three layers (no network,
+//     uid 65534, read-only tree; the modules are compiled, not run: the
+//     only app code that runs is `openclaw --help`, which shows where the
+//     app keeps the cache), at /app/node-compile-cache, read-only, for
+//     the uids the image is run as; NODE_COMPILE_CACHE points there. Its
+//     bytes are reproducible: see compileCacheLayer.
 //
 // Every layer tar is written by this package from a sorted list of entries:
 // times are SOURCE_DATE_EPOCH, no user/group names, no atime/ctime, hard

@@ -6,6 +6,7 @@
 //
 //	go test -tags integration -run TestOpenClawGatewayImage -timeout 60m -v ./oci
 //	go test -tags integration -run TestRelock ./oci -args -oci.relock   # rewrite the lockfile
+//	go test -tags integration -run TestRecordCompileCacheList ./oci -args -oci.relist   # and then the compile cache list
 package oci
 
 import (
@@ -17,24 +18,28 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bakeimg/bake/internal/testcache"
+
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/mounts"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
-var relock = flag.Bool("oci.relock", false, "rewrite recipes/openclaw-gateway/package-lock.json with oci.Lock")
+var (
+	relock = flag.Bool("oci.relock", false, "rewrite recipes/openclaw-gateway/package-lock.json with oci.Lock")
+	relist = flag.Bool("oci.relist", false, "rewrite recipes/openclaw-gateway/"+CompileCacheListName+" with oci.RecordCompileCacheList")
+)
 
 // integrationEpoch is the SOURCE_DATE_EPOCH of the test builds
 // (2026-01-01T00:00:00Z).
@@ -72,6 +77,23 @@ func TestRelock(t *testing.T) {
 		filepath.Join(testcache.Dir("oci-downloads"), "npm-lock")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRecordCompileCacheList records the modules the gateway compiles (its
+// start, `gateway health`), for the compile cache warmed at build time.
+func TestRecordCompileCacheList(t *testing.T) {
+	if !*relist {
+		t.Skip("run with -args -oci.relist to rewrite the committed compile cache list")
+	}
+	needTools(t, "mmdebstrap", "npm", "unshare", "chroot", "setpriv", "ip")
+	spec := OpenClawGatewaySpec(filepath.Join(moduleRoot(t), "recipes/openclaw-gateway"), integrationEpoch)
+	spec.DownloadDir = testcache.Dir("oci-downloads")
+	spec.CacheDir = t.TempDir()
+	var log bytes.Buffer
+	if err := RecordCompileCacheList(context.Background(), spec, execx.Host{}, &log); err != nil {
+		t.Fatalf("%v\n%s", err, tail(log.Bytes(), 4000))
+	}
+	t.Log(tail(log.Bytes(), 400))
 }
 
 func TestLockUnknownVersion(t *testing.T) {
@@ -124,6 +146,9 @@ func TestOpenClawGatewayImage(t *testing.T) {
 
 	spec := OpenClawGatewaySpec(filepath.Join(root, "recipes/openclaw-gateway"), integrationEpoch)
 	spec.DownloadDir = testcache.Dir("oci-downloads")
+	// The compile cache for the image's own user and for the uid
+	// runGateway runs it as (as the appliance adds its gateway's uid).
+	spec.CompileCache.UIDs = []int{1000, gatewayTestUID}
 	build := func(cache string) (v1.Image, BuildInfo, time.Duration) {
 		t.Helper()
 		s := spec
@@ -138,11 +163,25 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	tmp := t.TempDir()
 	cache1, cache2 := filepath.Join(tmp, "cache1"), filepath.Join(tmp, "cache2")
 	img, info1, cold1 := build(cache1)
-	_, info2, cold2 := build(cache2)
+	img2, info2, cold2 := build(cache2)
 	t.Logf("cold build 1: %s, cold build 2 (downloads cached): %s", cold1.Round(time.Second), cold2.Round(time.Second))
 	if info1.Digest != info2.Digest {
+		// The differing layers are kept for diffoscope.
+		l1, _ := img.Layers()
+		l2, _ := img2.Layers()
 		for i := range info1.Layers {
 			t.Logf("layer %s: %s / %s", info1.Layers[i].Name, info1.Layers[i].Digest, info2.Layers[i].Digest)
+			if info1.Layers[i].Digest == info2.Layers[i].Digest || i >= len(l1) || i >= len(l2) {
+				continue
+			}
+			for j, l := range []v1.Layer{l1[i], l2[i]} {
+				if fl, ok := l.(fileLayer); ok {
+					keep := strings.TrimSuffix(logPath, ".log") + fmt.Sprintf("-%s-%d.tar.gz", info1.Layers[i].Name, j+1)
+					if b, err := os.ReadFile(fl.f.Path); err == nil && os.WriteFile(keep, b, 0o644) == nil {
+						t.Logf("  kept %s", keep)
+					}
+				}
+			}
 		}
 		t.Fatalf("two builds with empty caches: %s != %s", info1.Digest, info2.Digest)
 	}
@@ -155,8 +194,13 @@ func TestOpenClawGatewayImage(t *testing.T) {
 		info1.Digest, info1.ImageID, humanSize(info1.Size), humanSize(info1.UncompressedSize),
 		len(info1.DebianPackages), info1.NpmPackages)
 	for _, l := range info1.Layers {
-		t.Logf("  layer %-6s %s %10s compressed %10s uncompressed", l.Name, l.Digest[:19], humanSize(l.Size), humanSize(l.UncompressedSize))
+		t.Logf("  layer %-13s %s %10s compressed %10s uncompressed", l.Name, l.Digest[:19], humanSize(l.Size), humanSize(l.UncompressedSize))
 	}
+	cc := info1.CompileCache
+	if cc == nil || len(info1.Layers) != 4 || info1.Layers[3].Name != "compile-cache" {
+		t.Fatalf("no compile cache layer: %+v", info1)
+	}
+	t.Logf("compile cache: %d modules, %s, tag %s, in %q for uids %v", cc.Modules, humanSize(cc.Bytes), cc.Tag, cc.Scopes, cc.UIDs)
 	manifest, _ := json.MarshalIndent(info1, "", "  ")
 	os.WriteFile(filepath.Join(filepath.Dir(logPath), "gateway-image-buildinfo.json"), manifest, 0o644)
 
@@ -177,7 +221,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 
 	rootDir := filepath.Join(tmp, "rootfs")
 	start := time.Now()
-	if err := extractImage(img, rootDir); err != nil {
+	if err := extractImage(img, rootDir, integrationEpoch); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("rootfs extracted in %s", time.Since(start).Round(time.Second))
@@ -198,12 +242,63 @@ func TestOpenClawGatewayImage(t *testing.T) {
 			t.Errorf("image has %s", p)
 		}
 	}
+	for _, scope := range cc.Scopes {
+		d := filepath.Join(rootDir, cc.Dir, scope, cc.Tag+"-"+itoa(gatewayTestUID))
+		if ents, err := os.ReadDir(d); err != nil || len(ents) != cc.Modules {
+			t.Errorf("%s: %d files (%v), want %d", d, len(ents), err, cc.Modules)
+		}
+	}
+	checkSandboxCancel(t, rootDir)
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !slices.Contains(cf.Config.Env, "NODE_COMPILE_CACHE="+cc.Dir) {
+		t.Errorf("image env %q", cf.Config.Env)
+	}
 	runGateway(t, rootDir, cf.Config)
 }
+
+// checkSandboxCancel runs a sleep in the warm-up's sandbox over the image's
+// tree, with a child of its own, and cancels it: it must end at once, with
+// no process or mount left.
+func checkSandboxCancel(t *testing.T, rootDir string) {
+	t.Helper()
+	b := &builder{runner: execx.Host{}, log: io.Discard}
+	sb := sandbox{Root: rootDir, UID: sandboxUID, GID: sandboxUID, Env: []string{"PATH=/usr/bin:/bin"},
+		Tmpfs: []string{DefaultHome}, Timeout: 10 * time.Minute,
+		Argv: []string{"/bin/sh", "-c", "sleep 600 & sleep 600"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- b.runSandbox(ctx, sb) }()
+	for i := 0; i < 100 && len(sandboxLeftovers(rootDir)) < 2; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(sandboxLeftovers(rootDir)); n < 2 {
+		t.Errorf("sandbox: %d processes running, want 2 sleeps", n)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("a cancelled sandbox returned no error")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a cancelled sandbox did not return in 20 s")
+	}
+	if left := sandboxLeftovers(rootDir); len(left) > 0 {
+		t.Errorf("processes %v outlived the cancelled sandbox", left)
+	}
+	if m, _ := mounts.Under(rootDir); len(m) > 0 {
+		t.Errorf("mounts left under the tree: %v", m)
+	}
+	t.Logf("sandbox cancelled: returned in %s", time.Since(start).Round(100*time.Millisecond))
+}
+
+// gatewayTestUID runs the gateway in runGateway: a uid the image does not
+// know.
+const gatewayTestUID = 4242
 
 // runGateway starts the image's entrypoint and command in a chroot of
 // rootDir as uid 4242 (no passwd entry: the image must work under any
@@ -211,7 +306,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 // health probe with the right and a wrong token.
 func runGateway(t *testing.T, rootDir string, c v1.Config) {
 	t.Helper()
-	const uid = 4242
+	const uid = gatewayTestUID
 	tok := make([]byte, 32)
 	rand.Read(tok)
 	token := fmt.Sprintf("%x", tok)
@@ -233,12 +328,13 @@ func runGateway(t *testing.T, rootDir string, c v1.Config) {
 
 	// env -i gives the process exactly the image's environment; -C its
 	// working directory.
-	inChroot := func(args ...string) []string {
+	inChrootAs := func(uid int, env []string, args ...string) []string {
 		out := []string{"setpriv", "--no-new-privs", "chroot", "--userspec=" + itoa(uid) + ":" + itoa(uid),
 			"--groups=" + itoa(uid), rootDir, "/usr/bin/env", "-i", "-C", c.WorkingDir}
-		out = append(out, c.Env...)
+		out = append(append(out, c.Env...), env...)
 		return append(out, args...)
 	}
+	inChroot := func(args ...string) []string { return inChrootAs(uid, nil, args...) }
 	gw := inChroot(append(append([]string{}, c.Entrypoint...), c.Cmd...)...)
 	script := `set -e
 ip link set lo up
@@ -352,6 +448,10 @@ exec "$@"`
 		t.Errorf("healthcheck %q: %v\n%s", hc.Test, err, out)
 	}
 
+	checkCompileCache(t, func(uid int, env []string, args ...string) *exec.Cmd {
+		return nsenter(inChrootAs(uid, env, args...)...)
+	}, token)
+
 	// The gateway's node process: uid 4242, no new privileges, no
 	// capabilities.
 	status := gatewayStatus(t, initPid)
@@ -359,6 +459,76 @@ exec "$@"`
 		if !strings.Contains(status, want) {
 			t.Errorf("gateway process: want %q in\n%s", want, status)
 		}
+	}
+}
+
+// checkCompileCache checks that the image's compile cache is used: Node
+// accepts V8's code cache for the modules `openclaw gateway health`
+// compiles (NODE_DEBUG_NATIVE=COMPILE_CACHE), and says nothing when it
+// cannot write to the read-only cache or has none for its uid. It logs
+// the time and CPU time of the health call with the cache, and without
+// (NODE_DISABLE_COMPILE_CACHE).
+func checkCompileCache(t *testing.T, run func(uid int, env []string, args ...string) *exec.Cmd, token string) {
+	t.Helper()
+	health := []string{"openclaw", "gateway", "health", "--url", "ws://127.0.0.1:" + itoa(GatewayPort), "--token", token}
+	var stderr bytes.Buffer
+	p := run(gatewayTestUID, []string{"NODE_DEBUG_NATIVE=COMPILE_CACHE"}, health...)
+	p.Stderr = &stderr
+	if out, err := p.Output(); err != nil || !strings.Contains(string(out), "OK") {
+		t.Fatalf("health with NODE_DEBUG_NATIVE=COMPILE_CACHE: %v\n%s\n%s", err, out, tail(stderr.Bytes(), 3000))
+	}
+	dbg := stderr.String()
+	accepted := strings.Count(dbg, " was accepted, ")
+	rejected := strings.Count(dbg, " was rejected, ")
+	missed := strings.Count(dbg, " was not initialized, ")
+	t.Logf("gateway health: V8 accepted the baked code cache of %d modules, rejected %d, had none for %d", accepted, rejected, missed)
+	if accepted == 0 || rejected > 0 || missed*10 > accepted {
+		t.Errorf("the compile cache is not used: %d accepted, %d rejected, %d not in it\n%s", accepted, rejected, missed, tail(stderr.Bytes(), 3000))
+	}
+	// Read-only cache: Node cannot write what it compiled beyond the list
+	// (a gateway that is down makes the CLI load more), and a uid it has
+	// no directory for: neither complains.
+	for _, c := range []struct {
+		uid  int
+		args []string
+		want string
+	}{
+		{gatewayTestUID, []string{"openclaw", "gateway", "health", "--url", "ws://127.0.0.1:1", "--token", "x"}, "not reachable"},
+		{4343, []string{"openclaw", "--help"}, "Usage"},
+	} {
+		var out, errb bytes.Buffer
+		p := run(c.uid, nil, c.args...)
+		p.Stdout, p.Stderr = &out, &errb
+		p.Run()
+		all := out.String() + errb.String()
+		if low := strings.ToLower(all); strings.Contains(low, "compile") || strings.Contains(low, "cache") || !strings.Contains(all, c.want) {
+			t.Errorf("uid %d, %q: %s", c.uid, c.args, tail([]byte(all), 2000))
+		}
+	}
+	// Time and CPU time (user+sys of the process tree) of the health call:
+	// with the image's cache; with an empty, writable one (what the recipe
+	// gave the gateway at first boot before: Node compiles everything and
+	// writes its cache at exit); with none.
+	for _, mode := range []struct {
+		name string
+		env  func(i int) []string
+	}{
+		{"baked cache", func(int) []string { return nil }},
+		{"empty cache dir", func(i int) []string { return []string{"NODE_COMPILE_CACHE=/tmp/bake-empty-" + itoa(i)} }},
+		{"no cache", func(int) []string { return []string{"NODE_DISABLE_COMPILE_CACHE=1"} }},
+	} {
+		var walls, cpus []string
+		for i := range 3 {
+			p := run(gatewayTestUID, mode.env(i), health...)
+			start := time.Now()
+			out, err := p.Output()
+			if err != nil || !strings.Contains(string(out), "OK") {
+				t.Fatalf("health (%s): %v %s", mode.name, err, out)
+			}
+			walls = append(walls, time.Since(start).Round(10*time.Millisecond).String())
+			cpus = append(cpus, (p.ProcessState.UserTime() + p.ProcessState.SystemTime()).Round(10*time.Millisecond).String())
+		}
+		t.Logf("gateway health, %s: wall %s, CPU %s", mode.name, strings.Join(walls, " "), strings.Join(cpus, " "))
 	}
 }
 
@@ -385,8 +555,6 @@ func gatewayStatus(t *testing.T, pid int) string {
 	return ""
 }
 
-// extractImage writes the image's flattened filesystem into dir with
-// owners, modes, symlinks and hard links (as root).
 // checkLayerParents reads the layers one by one, as Docker's overlay2
 // store extracts them, and requires that every layer carries each parent
 // directory of its entries, with the owner and mode the layers below give
@@ -449,87 +617,6 @@ func checkLayerParents(t *testing.T, img v1.Image) {
 	if home.mode != 0o1777 {
 		t.Errorf("%s in the merged view: mode %o, want 1777", DefaultHome, home.mode)
 	}
-}
-
-func extractImage(img v1.Image, dir string) error {
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	type dirMode struct {
-		path string
-		mode os.FileMode
-	}
-	var dirs []dirMode
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		name := filepath.Clean("/" + h.Name)
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		mode := os.FileMode(h.Mode & 0o777)
-		if h.Mode&0o4000 != 0 {
-			mode |= os.ModeSetuid
-		}
-		if h.Mode&0o2000 != 0 {
-			mode |= os.ModeSetgid
-		}
-		if h.Mode&0o1000 != 0 {
-			mode |= os.ModeSticky
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				return err
-			}
-			dirs = append(dirs, dirMode{p, mode})
-		case tar.TypeReg:
-			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(f, tr)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			os.Remove(p)
-			if err := os.Symlink(h.Linkname, p); err != nil {
-				return err
-			}
-		case tar.TypeLink:
-			os.Remove(p)
-			if err := os.Link(filepath.Join(dir, filepath.Clean("/"+h.Linkname)), p); err != nil {
-				return err
-			}
-			continue
-		default:
-			continue // no device nodes in these images
-		}
-		if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
-			return err
-		}
-		if h.Typeflag == tar.TypeReg {
-			if err := os.Chmod(p, mode); err != nil { // after chown, which clears setuid
-				return err
-			}
-		}
-	}
-	for _, d := range dirs {
-		if err := os.Chmod(d.path, d.mode); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // TestGatewayImageColdBuild measures a build from nothing: empty layer

@@ -14,7 +14,6 @@
 //	Systemd          enable/disable/mask offline with the tree's systemctl
 //	BaseSystem       networking on any NIC, DNS, time, root grows at boot
 //	Sysprep          remove per-instance identity and build traces
-//	ClampTimes       file times clamped to SOURCE_DATE_EPOCH
 //
 // Every write into a tree goes through package internal/safepath, which
 // resolves paths with openat2(RESOLVE_IN_ROOT): a symlink inside the tree

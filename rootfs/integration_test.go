@@ -19,7 +19,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bakeimg/bake/internal/testcache"
 	"io"
 	"os"
 	"os/exec"
@@ -30,6 +29,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/sourcedate"
+	"github.com/bakeimg/bake/internal/testcache"
 
 	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/dpkg"
@@ -666,7 +668,7 @@ func TestTreeStages(t *testing.T) {
 	t.Logf("%d packages installed", len(pkgs))
 
 	epoch := time.Unix(1700000000, 0)
-	if err := ClampTimes(tree, epoch); err != nil {
+	if err := sourcedate.ClampTimes(tree, epoch); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t

@@ -15,8 +15,8 @@ type HostPath struct {
 
 // HostPaths lists every host path a build of r reads, in recipe order:
 // the recipe itself, its context, overlay and file sources, repository
-// keys, a local base image, local container images and build lockfiles,
-// and file: mirrors. `bake plan` prints them so that a reviewer sees what
+// keys, a local base image, local container images, build lockfiles and
+// compile cache lists, and file: mirrors. `bake plan` prints them so that a reviewer sees what
 // a recipe takes from the machine that builds it.
 func (r *Recipe) HostPaths() []HostPath {
 	var out []HostPath
@@ -98,6 +98,9 @@ func (r *Recipe) HostPaths() []HostPath {
 		if c.Build != nil && c.Build.Lockfile != "" {
 			lock := c.Build.Lockfile
 			local("lockfile "+c.Name, lock)
+			// Beside it, the modules whose compile cache the image gets
+			// (oci.CompileCacheListName).
+			local("compile cache list "+c.Name, filepath.Join(filepath.Dir(lock), "compile-cache.txt"))
 		}
 	}
 	return out
