@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
-	"github.com/bakeimg/bake/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/testenv"
 
 	"github.com/bakeimg/bake/internal/execx"
 )
@@ -52,10 +53,11 @@ func TestTestGatewayProcess(t *testing.T) {
 	srv.Env = append(os.Environ(), "OPENCLAW_CONFIG_PATH="+cfg)
 	var srvOut bytes.Buffer
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	if err := srv.Start(); err != nil {
+	child, err := execx.StartPinned(srv) // dies with the test, ended on every path out
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Process.Kill()
+	defer child.Stop(0)
 	for i := 0; ; i++ {
 		if exec.Command(bin, "healthz", "--port", port).Run() == nil {
 			break
@@ -79,11 +81,9 @@ func TestTestGatewayProcess(t *testing.T) {
 		t.Errorf("wrong token: %d %q", rc, errb)
 	}
 	srv.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- srv.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
+	case <-child.Done():
+		if err := child.Wait(); err != nil {
 			t.Errorf("exit after SIGTERM: %v", err)
 		}
 	case <-time.After(10 * time.Second):

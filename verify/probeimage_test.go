@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/execx"
 )
 
 // The probe server really serves HTTP: run the ELF on the host on a free
@@ -37,11 +39,11 @@ func TestProbeServerServes(t *testing.T) {
 	if err := os.WriteFile(bin, elf, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin)
-	if err := cmd.Start(); err != nil {
+	srv, err := execx.StartPinned(exec.Command(bin))
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	defer srv.Stop(0)
 
 	url := "http://127.0.0.1:" + itoa(port) + "/"
 	var body []byte

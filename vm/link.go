@@ -50,9 +50,10 @@ type Link struct {
 	Netns string // bake-<name>-<pid>
 	Tap   string // the tap device inside Netns
 
-	dir         string // leases, dnsmasq log; removed by Close
-	dnsmasq     *exec.Cmd
-	dnsmasqDone <-chan struct{}
+	dir          string // leases, dnsmasq log; removed by Close
+	dnsmasq      *exec.Cmd
+	dnsmasqDone  <-chan struct{}
+	dnsmasqChild *execx.Child
 
 	closeOnce sync.Once
 	closeErr  error
@@ -161,7 +162,7 @@ func (l *Link) startDNSMasq() error {
 		return fmt.Errorf("vm: starting dnsmasq: %w", err)
 	}
 	l.dnsmasq = cmd
-	l.dnsmasqDone = child.Done()
+	l.dnsmasqDone, l.dnsmasqChild = child.Done(), child
 
 	// Ready once it logs its DHCP range; an early exit is an error.
 	deadline := time.Now().Add(10 * time.Second)
@@ -409,13 +410,7 @@ func (l *Link) Close() error {
 		close(l.closed)
 		var errs []error
 		if l.dnsmasq != nil {
-			_ = l.dnsmasq.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-l.dnsmasqDone:
-			case <-time.After(3 * time.Second):
-				_ = l.dnsmasq.Process.Kill()
-				<-l.dnsmasqDone
-			}
+			_ = l.dnsmasqChild.Stop(3 * time.Second)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

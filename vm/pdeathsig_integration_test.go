@@ -46,7 +46,7 @@ func TestLinkChildrenSurviveNetnsSwitches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); child.Wait() })
+	t.Cleanup(func() { child.Stop(0) })
 
 	// Rounds of namespace switches. Goroutines blocked in raw syscalls
 	// beside them make the runtime hand their Ps to idle threads, so the

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,8 +67,9 @@ type VM struct {
 	Args []string
 
 	cmd     *exec.Cmd
-	dir     string // temp dir, removed by Stop
-	qemuLog string // QEMU's own stdout+stderr
+	child   *execx.Child // cmd, started pinned: Stop ends it
+	dir     string       // temp dir, removed by Stop
+	qemuLog string       // QEMU's own stdout+stderr
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // set before done is closed
@@ -203,7 +203,7 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		qlogf.Close()
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
-	v.cmd = cmd
+	v.cmd, v.child = cmd, child
 	go func() {
 		v.waitErr = child.Wait()
 		close(v.done)
@@ -641,13 +641,8 @@ func (v *VM) terminate() {
 		return
 	default:
 	}
-	_ = v.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-v.done:
-	case <-time.After(StopGrace):
-		_ = v.cmd.Process.Kill()
-		<-v.done
-	}
+	_ = v.child.Stop(StopGrace)
+	<-v.done
 }
 
 var (

@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"runtime"
 	"syscall"
+	"time"
 )
 
 // StartPinned starts cmd with SIGKILL as its parent-death signal and returns
@@ -65,6 +66,30 @@ func (c *Child) Done() <-chan struct{} { return c.done }
 // Wait blocks until the child has exited and returns cmd.Wait's result.
 // It may be called any number of times, from any goroutine.
 func (c *Child) Wait() error {
+	<-c.done
+	return c.err
+}
+
+// Stop ends the child and waits until it has been reaped: SIGTERM (this PID
+// only), then SIGKILL if it is still running after grace (at once when grace
+// is 0). Safe to call any number of times, concurrently, and after the child
+// has exited. It returns cmd.Wait's result. Every long-running child bake
+// or its tests start (QEMU, dnsmasq, servers under test) ends this way.
+func (c *Child) Stop(grace time.Duration) error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+	}
+	if grace > 0 {
+		_ = c.Cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+			return c.err
+		case <-time.After(grace):
+		}
+	}
+	_ = c.Cmd.Process.Kill()
 	<-c.done
 	return c.err
 }

@@ -110,3 +110,34 @@ func TestStartPinnedStartError(t *testing.T) {
 		t.Fatal("want an error for a missing binary")
 	}
 }
+
+// TestChildStop: Stop ends a child that ignores nothing with SIGTERM, one
+// that ignores SIGTERM with SIGKILL after the grace, and is a no-op after.
+func TestChildStop(t *testing.T) {
+	polite, err := StartPinned(exec.Command("sleep", "60"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	polite.Stop(10 * time.Second)
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("sleep took %s to end on SIGTERM", d)
+	}
+	if ps := polite.Cmd.ProcessState; ps == nil || ps.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+		t.Errorf("sleep ended by %v, want SIGTERM", ps)
+	}
+	stubborn, err := StartPinned(exec.Command("sh", "-c", "trap '' TERM; exec sleep 60"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	t0 = time.Now()
+	stubborn.Stop(300 * time.Millisecond)
+	if d := time.Since(t0); d < 300*time.Millisecond || d > 5*time.Second {
+		t.Errorf("a child ignoring SIGTERM ended after %s, want the grace then SIGKILL", d)
+	}
+	if ps := stubborn.Cmd.ProcessState; ps == nil || ps.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Errorf("ended by %v, want SIGKILL", ps)
+	}
+	stubborn.Stop(time.Second) // again: returns at once
+}
