@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/claims"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/mounts"
@@ -124,7 +125,7 @@ func compile(r *recipe.Recipe, opts Options) (*Plan, error) {
 	}
 	add("system", []string{"networkd DHCPv4+RA on every ethernet NIC, resolved, timesyncd, grow root at first boot"}, p.stageSystem)
 	p.addCustomizeStages(add)
-	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
+	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH", "the image's claims for bake verify: " + claims.RecordPath}, p.stageSysprep)
 	layout := p.layout()
 	size := "content + headroom (decided after sysprep)"
 	if r.Disk.Size != "" {
@@ -177,7 +178,7 @@ func compileImage(p *Plan) (*Plan, error) {
 		add("packages", in, p.stagePackages)
 	}
 	p.addCustomizeStages(add)
-	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH"}, p.stageSysprep)
+	add("sysprep", []string{"machine-id, host keys, seeds, logs, apt lists and caches, build host settings; clamp times to SOURCE_DATE_EPOCH", "the image's claims for bake verify: " + claims.RecordPath}, p.stageSysprep)
 	size := "the base's size, or more when the tree needs it"
 	if r.Disk.Size != "" {
 		size = r.Disk.Size

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/claims"
 	"github.com/bakeimg/bake/convert"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/dpkg"
@@ -234,7 +235,13 @@ func (p *Plan) stageSysprep(ctx context.Context, s *State) error {
 	if err := rootfs.Sysprep(s.Tree); err != nil {
 		return err
 	}
-	return nil
+	// The image's record of its claims, for bake verify (package claims):
+	// derived from the resolved recipe, no secret in it.
+	spec, err := claims.FromRecipe(p.Recipe)
+	if err != nil {
+		return err
+	}
+	return writeFiles(s.Tree, []appliance.File{{Path: claims.RecordPath, Content: spec.Record(), Mode: 0o644}})
 }
 
 func (p *Plan) stageAssemble(ctx context.Context, s *State) error {

@@ -229,7 +229,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&recipePath, "recipe", "", "the recipe the image was built from: the claims to check (default: the OpenClaw appliance's)")
+	f.StringVar(&recipePath, "recipe", "", "the recipe the image was built from: the claims to check; the image's record of its claims (/usr/share/bake/claims.json) must agree (default: the image's record, else the OpenClaw appliance's)")
 	f.StringArrayVar(&sets, "set", nil, "override a recipe variable, as for the build (NAME=VALUE, repeatable)")
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")

@@ -9,8 +9,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/bakeimg/bake/internal/testenv"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/testenv"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 )
@@ -628,4 +630,56 @@ func TestBootChainChanges(t *testing.T) {
 	if _, l := before.Changes(after); !l {
 		t.Error("GRUB upgrade not seen")
 	}
+}
+
+// TestReadRootFile: a file of the root filesystem read without mounting;
+// missing is fs.ErrNotExist; a directory, a symlink and a file over the
+// limit are refused, and the image is not changed.
+func TestReadRootFile(t *testing.T) {
+	needTool(t, "mkfs.ext4", "debugfs")
+	dir := t.TempDir()
+	rootTree := filepath.Join(dir, "root")
+	writeTree(t, rootTree, map[string]string{
+		"etc/os-release":              "ID=debian\n",
+		"usr/share/bake/claims.json":  `{"version":1}` + "\n",
+		"usr/share/bake/big":          strings.Repeat("x", 5000),
+		"usr/share/bake/link":         "->claims.json",
+		"usr/share/bake/sub/.keep":    "",
+		"usr/share/bake/name with sp": "x",
+	})
+	img := filepath.Join(dir, "disk.raw")
+	makeGPT(t, img, 64*mib, testPart{num: 1, typ: TypeRootX8664, start: 2048, end: 131038})
+	mkext4(t, img, 2048*512, (131038-2048+1)*512, "", "00000000-0000-4000-8000-0000000000aa", rootTree)
+	before := fileSHA(t, img)
+	ctx := context.Background()
+	b, err := ReadRootFile(ctx, img, "/usr/share/bake/claims.json", 1<<20)
+	if err != nil || string(b) != `{"version":1}`+"\n" {
+		t.Errorf("claims.json: %q, %v", b, err)
+	}
+	if _, err := ReadRootFile(ctx, img, "/usr/share/bake/none.json", 1<<20); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a missing file: %v, want fs.ErrNotExist", err)
+	}
+	for name, want := range map[string]string{
+		"/usr/share/bake/big":            "over the limit",
+		"/usr/share/bake/link":           "not a regular file",
+		"/usr/share/bake/sub":            "not a regular file",
+		"/usr/share/bake/name with sp":   "want a clean absolute path",
+		"usr/share/bake/claims.json":     "want a clean absolute path",
+		"/usr/share/bake/../claims.json": "want a clean absolute path",
+	} {
+		_, err := ReadRootFile(ctx, img, name, 4096)
+		wantErr(t, err, want)
+	}
+	if fileSHA(t, img) != before {
+		t.Error("ReadRootFile changed the image")
+	}
+}
+
+func fileSHA(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
 }

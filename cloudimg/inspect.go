@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -271,13 +274,94 @@ type debugfsReader struct {
 }
 
 func (d *debugfsReader) request(p *Partition, cmd string) ([]byte, error) {
-	out, err := d.run.Output(d.ctx, execx.Cmd{Name: "debugfs", Args: []string{
+	// The image may be hostile: what debugfs prints is bounded (a
+	// file or listing over maxDebugfsOutput is an error, not memory).
+	out := &cappedBuffer{max: maxDebugfsOutput}
+	err := d.run.Run(d.ctx, execx.Cmd{Name: "debugfs", Args: []string{
 		"-c", "-R", cmd, d.raw + "?offset=" + strconv.FormatInt(p.Offset, 10),
-	}, Env: []string{"LC_ALL=C"}})
+	}, Env: []string{"LC_ALL=C"}, Stdout: out})
+	if out.over {
+		return nil, fmt.Errorf("partition %d: debugfs %s: more than %d MiB of output", p.Number, cmd, maxDebugfsOutput>>20)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("partition %d: %w", p.Number, err)
 	}
-	return out, nil
+	return out.b.Bytes(), nil
+}
+
+// maxDebugfsOutput bounds one debugfs request: dpkg's status file of a
+// real image is a few MiB.
+const maxDebugfsOutput = 64 << 20
+
+// cappedBuffer keeps up to max bytes; a write beyond fails (the command's
+// output pipe then breaks and it stops).
+type cappedBuffer struct {
+	b    bytes.Buffer
+	max  int
+	over bool
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if c.b.Len()+len(p) > c.max {
+		c.over = true
+		return 0, errors.New("output over its limit")
+	}
+	return c.b.Write(p)
+}
+
+// ReadRootFile reads the regular file name (absolute, no symlink as its
+// last component) of at most max bytes from the root filesystem of the raw
+// disk image raw, found as Inspect finds it, with debugfs and without
+// mounting. A missing file is an error wrapping fs.ErrNotExist.
+func ReadRootFile(ctx context.Context, raw, name string, max int64, opts ...Option) ([]byte, error) {
+	if !path.IsAbs(name) || path.Clean(name) != name || strings.ContainsAny(name, " \t\n\"") {
+		return nil, fmt.Errorf("read %s: want a clean absolute path without spaces or quotes", name)
+	}
+	o := makeOptions(opts)
+	l, err := inspectRaw(ctx, raw, o)
+	if err != nil {
+		return nil, err
+	}
+	root := l.RootPartition()
+	if !root.FS.IsExt() {
+		return nil, fmt.Errorf("read %s: the root filesystem is %s, not ext2/3/4", name, orUnknown(root.FS.Type))
+	}
+	rd := &debugfsReader{ctx: ctx, run: o.runner, raw: raw}
+	out, err := rd.request(root, "ls -p "+path.Dir(name))
+	if err != nil {
+		return nil, err
+	}
+	// ls -p: /ino/mode/uid/gid/name/size/
+	base := path.Base(name)
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Split(line, "/")
+		if len(f) < 7 || f[5] != base {
+			continue
+		}
+		mode, err := strconv.ParseUint(f[2], 8, 32)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: cannot read debugfs's listing %q", name, line)
+		}
+		if mode&0o170000 != 0o100000 {
+			return nil, fmt.Errorf("read %s: not a regular file (mode %o)", name, mode)
+		}
+		size, err := strconv.ParseInt(f[6], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: cannot read debugfs's listing %q", name, line)
+		}
+		if size > max {
+			return nil, fmt.Errorf("read %s: %d bytes, over the limit of %d", name, size, max)
+		}
+		b, err := rd.request(root, "cat "+name)
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(b)) != size {
+			return nil, fmt.Errorf("read %s: got %d bytes, its inode says %d", name, len(b), size)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("read %s: %w", name, fs.ErrNotExist)
 }
 
 func (d *debugfsReader) cat(p *Partition, file string) ([]byte, error) {

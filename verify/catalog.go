@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/bakeimg/bake/claims"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -55,7 +56,7 @@ func (k *Check) Area() string { a, _, _ := strings.Cut(k.ID, "."); return a }
 func (k *Check) Title(s Spec) string {
 	gw := s.Gateway
 	if gw == nil {
-		gw = defaultGateway(DefaultGatewayName, DefaultGatewayPort)
+		gw = claims.Default().Gateway
 	}
 	return k.claim(s, gw)
 }
@@ -69,7 +70,7 @@ var catalog = []*Check{
 	&checkNetworkScan,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
-	&checkSecretsDisk,
+	&checkImageClaims, &checkSecretsDisk,
 	&checkImageFormat, &checkVerifyTimeout,
 }
 

@@ -81,7 +81,7 @@ func TestPlanFollowsTheCatalog(t *testing.T) {
 	if strings.Join(full, " ") != strings.Join(fw, " ") {
 		t.Errorf("the default spec's plan %v is not every firmware check %v", full, fw)
 	}
-	if len(img) != 1 || img[0] != checkSecretsDisk.ID {
+	if len(img) != 2 || img[0] != checkImageClaims.ID || img[1] != checkSecretsDisk.ID {
 		t.Errorf("image checks %v", img)
 	}
 	bare := Plan(Spec{AdminUser: "admin", SSHPort: 22}, 1)

@@ -15,7 +15,8 @@ func portList(ports []int) string {
 	return strings.Join(s, ", ")
 }
 
-func (s Spec) isolation() bool {
+// isolation: the image claims Docker isolation.
+func isolation(s Spec) bool {
 	return s.Docker && (s.Firewall == nil || s.Firewall.DockerIsolation)
 }
 

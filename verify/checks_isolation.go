@@ -297,7 +297,7 @@ var (
 		planned: isolationOn}
 )
 
-func isolationOn(s Spec, _ int) bool { return s.isolation() }
+func isolationOn(s Spec, _ int) bool { return isolation(s) }
 
 // checkIsolationDockerGroup: the docker group can run any container with
 // the host's root filesystem mounted, so membership is root without a
@@ -373,7 +373,7 @@ var checkIsolationMetadata = Check{ID: "isolation.metadata", Scope: ScopeFirmwar
 		return "containers cannot reach the cloud metadata services (169.254.169.254, 169.254.170.2, 168.63.129.16, 100.100.100.200 stand in on the link; the guest itself can)"
 	},
 	planned: func(s Spec, _ int) bool {
-		return s.isolation() && (s.Firewall == nil || s.Firewall.MetadataBlocked)
+		return isolation(s) && (s.Firewall == nil || s.Firewall.MetadataBlocked)
 	}}
 
 // metadataStandIns are the metadata addresses verify puts on its side of

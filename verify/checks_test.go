@@ -13,6 +13,7 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/claims"
 )
 
 func TestParseProcNet(t *testing.T) {
@@ -44,7 +45,7 @@ func TestParseProcNet(t *testing.T) {
 }
 
 func TestNoTokenArgv(t *testing.T) {
-	g := defaultGateway("openclaw-gateway", 18789)
+	g := claims.Default().Gateway
 	tok := strings.Repeat("x", 64)
 	argv := g.ProbeArgv("openclaw-gateway", tok)
 	if strings.Join(argv, " ") != "docker exec openclaw-gateway openclaw gateway health --url ws://127.0.0.1:18789 --token "+tok {

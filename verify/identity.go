@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -216,21 +215,12 @@ func (r *runner) reboot(ctx context.Context, in *instance, before ident) (Status
 // secrets scans the image's raw disk and records secrets.disk.
 func (r *runner) secrets(ctx context.Context) {
 	t0 := time.Now()
-	raw := r.o.Image
-	if r.rep.Format != "raw" {
-		raw = filepath.Join(r.work, "disk.raw")
-		r.logf("converting the image to raw for the secret scan (%s)", raw)
-		err := toRaw(ctx, r.o.Image, raw)
-		defer os.Remove(raw)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			r.record("", checkSecretsDisk.ID, Skip, "not run: converting the image to raw (needs free space in $TMPDIR for its data): "+err.Error(), time.Since(t0))
-			return
-		}
+	raw := r.raw
+	if r.rawErr != nil {
+		r.record("", checkSecretsDisk.ID, Skip, "not run: "+r.rawErr.Error(), time.Since(t0))
+		return
 	}
-	s := NewScanner(r.o.Spec.Needles...)
+	s := NewScanner(needleRules(r.o.Spec.Needles)...)
 	r.logf("scanning the raw disk for secrets")
 	if err := s.ScanFile(ctx, raw); err != nil {
 		if ctx.Err() != nil {

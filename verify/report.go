@@ -68,21 +68,24 @@ func (r Result) Key() string {
 
 // Report is the outcome of one verification.
 type Report struct {
-	Image        string         `json:"image"`
-	SHA256       string         `json:"sha256"`
-	Size         int64          `json:"size"`
-	Format       string         `json:"format,omitempty"`
-	Recipe       string         `json:"recipe,omitempty"`
-	RecipeDigest string         `json:"recipe_sha256,omitempty"`
-	BakeVersion  string         `json:"bake_version,omitempty"`
-	Firmwares    []string       `json:"firmwares"`
-	Instances    int            `json:"instances"`
-	CPUs         map[string]int `json:"cpus,omitempty"` // vCPUs of each VM, by firmware
-	Accel        string         `json:"accel,omitempty"`
-	Outside      string         `json:"outside,omitempty"` // how "outside" was reached
-	Started      time.Time      `json:"started"`
-	Finished     time.Time      `json:"finished"`
-	Seconds      float64        `json:"seconds"`
+	Image        string `json:"image"`
+	SHA256       string `json:"sha256"`
+	Size         int64  `json:"size"`
+	Format       string `json:"format,omitempty"`
+	Recipe       string `json:"recipe,omitempty"`
+	RecipeDigest string `json:"recipe_sha256,omitempty"`
+	// Claims says where the claims checked came from: the recipe, the
+	// image's record (image.claims) or the appliance's defaults.
+	Claims      string         `json:"claims,omitempty"`
+	BakeVersion string         `json:"bake_version,omitempty"`
+	Firmwares   []string       `json:"firmwares"`
+	Instances   int            `json:"instances"`
+	CPUs        map[string]int `json:"cpus,omitempty"` // vCPUs of each VM, by firmware
+	Accel       string         `json:"accel,omitempty"`
+	Outside     string         `json:"outside,omitempty"` // how "outside" was reached
+	Started     time.Time      `json:"started"`
+	Finished    time.Time      `json:"finished"`
+	Seconds     float64        `json:"seconds"`
 	// UserData is the --user-data file merged into the seeds' user-data.
 	UserData       string `json:"user_data,omitempty"`
 	UserDataSHA256 string `json:"user_data_sha256,omitempty"`
@@ -361,6 +364,9 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	if r.Recipe != "" {
 		props = append(props, junitProperty{"recipe", r.Recipe}, junitProperty{"recipe.sha256", r.RecipeDigest})
 	}
+	if r.Claims != "" {
+		props = append(props, junitProperty{"claims", r.Claims})
+	}
 	if r.UserData != "" {
 		props = append(props, junitProperty{"user_data", r.UserData}, junitProperty{"user_data.sha256", r.UserDataSHA256})
 	}
@@ -437,6 +443,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	fmt.Fprintf(w, "  sha256:%s  (%d bytes%s)\n", r.SHA256, r.Size, suffix(", ", r.Format))
 	if r.Recipe != "" {
 		fmt.Fprintf(w, "  recipe %s (sha256:%s)\n", r.Recipe, r.RecipeDigest)
+	}
+	if r.Claims != "" {
+		fmt.Fprintf(w, "  claims from %s\n", r.Claims)
 	}
 	if r.UserData != "" {
 		fmt.Fprintf(w, "  user-data merged from %s (sha256:%s)\n", r.UserData, r.UserDataSHA256)

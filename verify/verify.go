@@ -86,6 +86,13 @@ type runner struct {
 	nmap       string // path of nmap, "" when missing
 	probeTar   []byte
 	cpus       map[string]int // vCPUs of each VM, by firmware
+
+	// raw is the image as a raw disk (the image itself when it is raw,
+	// else a sparse copy in the work dir made before anything boots, for
+	// the claims record and the secret scan); rawErr says why there is
+	// none.
+	raw    string
+	rawErr error
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -218,6 +225,11 @@ func Run(ctx context.Context, o Options) *Report {
 		os.RemoveAll(work)
 	}()
 
+	r.prepareRaw(ctx)
+	defer r.removeRaw()
+	// Before anything boots: the claims the checks plan by.
+	r.claimsRecord(ctx)
+
 	for _, fw := range o.Firmwares {
 		if ctx.Err() != nil {
 			break
@@ -249,7 +261,7 @@ func Run(ctx context.Context, o Options) *Report {
 // (the CLI's tests) reports exactly as Run does.
 func NewReport(o Options) *Report {
 	rep := &Report{Image: o.Image, Recipe: o.Recipe, RecipeDigest: o.RecipeDigest, Firmwares: o.Firmwares, Instances: o.Instances,
-		AllowSkip: o.AllowSkip, Started: time.Now(), BakeVersion: o.BakeVersion}
+		AllowSkip: o.AllowSkip, Started: time.Now(), BakeVersion: o.BakeVersion, Claims: o.Spec.Source}
 	if o.UserData != nil {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
 	}

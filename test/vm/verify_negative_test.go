@@ -124,6 +124,10 @@ func TestVerifyNegative(t *testing.T) {
 		"bios/gateway.process": {"runs as root"},
 		// 6. the admin in the docker group (the same drop-in adds it)
 		"bios/isolation.docker-group": {spec.AdminUser + " is in the docker group"},
+		// 7. the image was built from another recipe (the broken one,
+		// with no firewall or gateway section): its record of its
+		// claims differs from the recipe verify was given.
+		"image/image.claims": {"differs", "firewall:", "gateway:"},
 	}
 	var failed []string
 	seen := map[string]bool{}
