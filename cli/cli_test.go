@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bakeimg/bake/verify"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -200,5 +202,33 @@ func TestPlanJSONGolden(t *testing.T) {
 				t.Errorf("plan --json differs from %s (go test ./cli -update to accept):\n--- got\n%s--- want\n%s", golden, out, want)
 			}
 		})
+	}
+}
+
+// TestReadmeListsEveryCheck: README's list of verify's checks is the
+// catalog's, for the default recipe (go test ./cli -update rewrites it
+// between its markers).
+func TestReadmeListsEveryCheck(t *testing.T) {
+	const begin, end = "<!-- checks:begin (go test ./cli -update) -->\n", "<!-- checks:end -->\n"
+	path := filepath.Join("..", "README.md")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatalf("README.md has no %q ... %q block", begin, end)
+	}
+	var table strings.Builder
+	verify.ListMarkdown(&table, verify.DefaultSpec())
+	if got := s[i+len(begin) : j]; got != table.String() {
+		if *update {
+			if err := os.WriteFile(path, []byte(s[:i+len(begin)]+table.String()+s[j:]), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		t.Errorf("README.md's list of checks is not the catalog's (go test ./cli -update to rewrite it):\n--- got\n%s--- want\n%s", got, table.String())
 	}
 }

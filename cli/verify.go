@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,8 +53,9 @@ firewall, Docker isolation from outside over IPv4 and IPv6 and through the
 guest's MAC (moby#45610), a full port scan, the gateway's binding, token
 and privileges, instance identity over two VMs and a reboot, a settled
 system, and no secret from the build anywhere in the disk. The claims come
-from --recipe (the recipe the image was built from), else the OpenClaw
-appliance's defaults.
+from --recipe (the recipe the image was built from; the image's own record
+of its claims, /usr/share/bake/claims.json, must agree: image.claims), else
+from that record, else the OpenClaw appliance's defaults.
 
 As root, "outside" is a network namespace joined to the VM by a tap device,
 with DHCP and router advertisements; without root QEMU's user-mode network
@@ -92,7 +94,11 @@ Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
 or by request); 1 a check failed or could not run without being accepted (the
 image is not proven; an image that never lets the key log in has failed); 2
 the host cannot run the VM (QEMU, qemu-img or OVMF missing) or bad usage (an
-unknown --allow-skip ID among them); 130 interrupted.`,
+unknown --allow-skip ID among them); 130 interrupted.
+
+The checks (bake verify --list [--recipe R]: which a recipe plans, where
+each runs, what it needs):
+` + checkLines(),
 		Example: `  sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --report out/verify
   sudo bake verify out/openclaw.qcow2 --firmware both --instances 2
   sudo bake verify out/openclaw.qcow2 --allow-skip bios/network.scan   # no nmap here: accepted, listed
@@ -245,4 +251,14 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
 	return c
+}
+
+// checkLines lists every check of the catalog with its claim, for the
+// default recipe, as --help shows them.
+func checkLines() string {
+	var out strings.Builder
+	for _, c := range verify.Claims(verify.DefaultSpec()) {
+		fmt.Fprintf(&out, "  %s: %s\n", c[0], c[1])
+	}
+	return out.String()
 }

@@ -164,31 +164,60 @@ func List(w io.Writer, s Spec, instances int) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHECK\tPLANNED\tRUNS\tNEEDS\tCLAIM")
 	for _, k := range catalog {
-		planned := "yes"
-		switch {
-		case k.byRequest && instances < 2:
-			planned = "by request"
-		case k.planned != nil && !k.planned(s, instances):
-			planned = "no"
-		}
-		where := string(k.Scope)
-		switch {
-		case k.Scope == ScopeFirmware && k.byRequest:
-			where = "each firmware, --instances 2+"
-		case k.Scope == ScopeFirmware:
-			where = "each firmware"
-		case k.Scope == ScopeImage:
-			where = "the image file"
-		case k.Scope == ScopeRun:
-			where = "the run (never skipped)"
-		}
-		needs := k.Needs
-		if needs == "" {
-			needs = "-"
-		}
+		planned, where, needs := k.listed(s, instances)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, planned, where, needs, k.Title(s))
 	}
 	return tw.Flush()
+}
+
+// ListMarkdown writes the catalog as a Markdown table (ID, where it runs,
+// what it needs, the claim for spec): the README's list of checks.
+func ListMarkdown(w io.Writer, s Spec) {
+	fmt.Fprintln(w, "| check | runs | needs | claim |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, k := range catalog {
+		_, where, needs := k.listed(s, 2)
+		cell := func(x string) string { return strings.ReplaceAll(x, "|", "\\|") }
+		fmt.Fprintf(w, "| `%s` | %s | %s | %s |\n", k.ID, cell(where), cell(needs), cell(k.Title(s)))
+	}
+}
+
+// Claims lists every check's ID and its claim for s, in catalog order.
+func Claims(s Spec) [][2]string {
+	var out [][2]string
+	for _, k := range catalog {
+		out = append(out, [2]string{k.ID, k.Title(s)})
+	}
+	return out
+}
+
+// listed is how List shows k: planned for s and instances, where it runs,
+// what it needs.
+func (k *Check) listed(s Spec, instances int) (planned, where, needs string) {
+	planned = "yes"
+	switch {
+	case k.byRequest && instances < 2:
+		planned = "by request"
+	case k.planned != nil && !k.planned(s, instances):
+		planned = "no"
+	}
+	switch {
+	case k.Scope == ScopeFirmware && k.byRequest:
+		where = "each firmware, --instances 2+"
+	case k.Scope == ScopeFirmware:
+		where = "each firmware"
+	case k.Scope == ScopeImage:
+		where = "the image file"
+	case k.Scope == ScopeRun:
+		where = "the run (never skipped)"
+	default:
+		where = string(k.Scope)
+	}
+	needs = k.Needs
+	if needs == "" {
+		needs = "-"
+	}
+	return planned, where, needs
 }
 
 // ResolveAllowSkip checks an --allow-skip ID against the catalog: a check
