@@ -20,24 +20,7 @@ func TestInspectVerifyRefuseHostileImages(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	qcow := func(name string, mutate func(h []byte)) string {
-		h := make([]byte, 3*512)
-		copy(h, "QFI\xfb")
-		binary.BigEndian.PutUint32(h[4:], 3)
-		binary.BigEndian.PutUint32(h[20:], 9)
-		binary.BigEndian.PutUint64(h[24:], 1<<20)
-		binary.BigEndian.PutUint32(h[36:], 32)
-		binary.BigEndian.PutUint64(h[40:], 2*512)
-		binary.BigEndian.PutUint64(h[48:], 512)
-		binary.BigEndian.PutUint32(h[56:], 1)
-		binary.BigEndian.PutUint32(h[100:], 104)
-		mutate(h)
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, h, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	qcow := func(name string, mutate func(h []byte)) string { return craftQcow2(t, dir, name, mutate) }
 	backing := qcow("backing.qcow2", func(h []byte) {
 		binary.BigEndian.PutUint64(h[8:], 200)
 		binary.BigEndian.PutUint32(h[16:], 11)
@@ -76,4 +59,26 @@ func TestInspectVerifyRefuseHostileImages(t *testing.T) {
 			t.Errorf("bake %s: exit %d, stderr %q; want %d and one line with %q", strings.Join(c.args, " "), code, errs, c.code, c.want)
 		}
 	}
+}
+
+// craftQcow2 writes a minimal qcow2 v3 header (1 MiB virtual, 512-byte
+// clusters, one L1 entry) changed by mutate, as dir/name.
+func craftQcow2(t *testing.T, dir, name string, mutate func(h []byte)) string {
+	t.Helper()
+	h := make([]byte, 3*512)
+	copy(h, "QFI\xfb")
+	binary.BigEndian.PutUint32(h[4:], 3)
+	binary.BigEndian.PutUint32(h[20:], 9)
+	binary.BigEndian.PutUint64(h[24:], 1<<20)
+	binary.BigEndian.PutUint32(h[36:], 32)
+	binary.BigEndian.PutUint64(h[40:], 2*512)
+	binary.BigEndian.PutUint64(h[48:], 512)
+	binary.BigEndian.PutUint32(h[56:], 1)
+	binary.BigEndian.PutUint32(h[100:], 104)
+	mutate(h)
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, h, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
