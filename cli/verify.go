@@ -25,6 +25,7 @@ var runVerify = verify.Run
 func newVerify() *cobra.Command {
 	var (
 		recipePath     string
+		contextDir     string
 		sets           []string
 		firmware       string
 		reportDir      string
@@ -110,7 +111,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 			if list {
 				spec := verify.DefaultSpec()
 				if recipePath != "" {
-					r, err := loadRecipe(recipePath, sets)
+					r, err := loadRecipe(recipePath, sets, contextDir)
 					if err != nil {
 						return err
 					}
@@ -192,7 +193,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 				opts.UserData = ud
 			}
 			if recipePath != "" {
-				r, err := loadRecipe(recipePath, sets)
+				r, err := loadRecipe(recipePath, sets, contextDir)
 				if err != nil {
 					return err
 				}
@@ -231,6 +232,7 @@ unknown --allow-skip ID among them); 130 interrupted.`,
 	f := c.Flags()
 	f.StringVar(&recipePath, "recipe", "", "the recipe the image was built from: the claims to check (default: the OpenClaw appliance's)")
 	f.StringArrayVar(&sets, "set", nil, "override a recipe variable, as for the build (NAME=VALUE, repeatable)")
+	contextFlag(c, &contextDir)
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")

@@ -798,6 +798,12 @@ func (v *validator) firstbootSection() {
 	switch {
 	case f.AdminUser == "":
 		v.errorf(p+".admin_user", "add admin_user: NAME, the login user whose SSH keys come from the seed", "is missing")
+	case f.AdminUser == "root":
+		v.errorf(p+".admin_user", "name a user of its own, e.g. admin_user: admin with users: [{name: admin, groups: [sudo], sudo: nopasswd}]; root never logs in over SSH",
+			"the admin user must not be root")
+	case f.AdminUser == "docker":
+		v.errorf(p+".admin_user", "name the admin otherwise, e.g. admin; use sudo docker",
+			"the admin user must not be docker: its primary group (a user's own group) would be docker, and the docker group is root without a password")
 	default:
 		u := v.r.UserByName(f.AdminUser)
 		switch {
