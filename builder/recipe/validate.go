@@ -827,7 +827,8 @@ const cmdlineUnsafe = "\"';$`\\|&<>#"
 // characters are refused here. A quoted value with spaces is reported as
 // the one argument it was meant to be.
 func (v *validator) cmdlineChars(c string) {
-	fields := strings.Fields(strings.NewReplacer("\n", " ", "\r", " ").Replace(c))
+	// Split at spaces only: a tab stays in its argument and is reported.
+	fields := strings.FieldsFunc(c, func(r rune) bool { return r == ' ' || r == '\n' || r == '\r' })
 	for i := 0; i < len(fields); i++ {
 		arg := fields[i]
 		spaced := false
