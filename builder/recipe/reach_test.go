@@ -366,3 +366,27 @@ files:
 		})
 	}
 }
+
+// An unusable .bakeignore is one problem, at the context, however many
+// paths the recipe names.
+func TestBadIgnoreFile(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{".bakeignore": "ok\n[\n", "a": "x", "b": "y"})
+	_, err := Parse("r.yaml", []byte("apiVersion: bake/v1\nname: b\nbase: {debian: {suite: bookworm}}\nfiles: [{path: /a, source: a}, {path: /b, source: b}]\n"), dir, nil)
+	checkDiags(t, err, []string{"r.yaml:1:1: " + filepath.Join(dir, ".bakeignore") + `:2: "[" is not a pattern`})
+}
+
+// A home directory as context needs --context naming exactly it; a
+// --context above it does not make it deliberate.
+func TestContextBoundHome(t *testing.T) {
+	base := t.TempDir()
+	home := filepath.Join(base, "user")
+	t.Setenv("HOME", home)
+	writeTree(t, base, map[string]string{"user/proj/r.yaml": "apiVersion: bake/v1\nname: h\ncontext: ..\nbase: {debian: {suite: bookworm}}\n"})
+	rp := filepath.Join(home, "proj/r.yaml")
+	realHome, _ := filepath.EvalSymlinks(home)
+	_, err := LoadWith(rp, nil, LoadOptions{ContextDir: base})
+	checkDiags(t, err, []string{rp + ":3:10: context: context .. is " + realHome + ", a home directory (move the recipe and its files into a project folder and name that, pass --context " + realHome + " if you mean it"})
+	_, err = LoadWith(rp, nil, LoadOptions{ContextDir: home})
+	checkDiags(t, err, nil)
+}

@@ -133,6 +133,10 @@ func (r *Recipe) confine(dir, root string) error {
 		return &contextError{fmt.Sprintf("context %s is / (the whole build host)", r.Context),
 			"name the project folder that holds the recipe and its files, or " + keep}
 	}
+	if isHome(realRoot) && realRoot != r.bound {
+		return &contextError{fmt.Sprintf("context %s is %s, a home directory", r.Context, realRoot),
+			fmt.Sprintf("move the recipe and its files into a project folder and name that, pass --context %s if you mean it, or %s", realRoot, keep)}
+	}
 	if r.bound != "" {
 		// --context: the person running bake chose the folder.
 		if within(r.bound, realRoot) {
@@ -140,10 +144,6 @@ func (r *Recipe) confine(dir, root string) error {
 		}
 		return &contextError{fmt.Sprintf("context %s resolves to %s, outside --context %s", r.Context, realRoot, r.bound),
 			fmt.Sprintf("pass --context %s (or a folder above it) to allow it, or %s", realRoot, keep)}
-	}
-	if isHome(realRoot) {
-		return &contextError{fmt.Sprintf("context %s is %s, a home directory", r.Context, realRoot),
-			"move the recipe and its files into a project folder and name that, or " + keep}
 	}
 	realDir, err := filepath.EvalSymlinks(dir)
 	if err != nil {

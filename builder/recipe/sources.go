@@ -55,9 +55,24 @@ type ignoreRules struct {
 	rules []ignoreRule
 }
 
+// ignoreFileError is a .bakeignore bake cannot use: validation reports it
+// once, at the context, not at every path.
+type ignoreFileError struct{ err error }
+
+func (e *ignoreFileError) Error() string { return e.err.Error() }
+func (e *ignoreFileError) Unwrap() error { return e.err }
+
 // parseIgnore reads the rules of the .bakeignore at file (none when it does
-// not exist).
+// not exist). Its errors are *ignoreFileError.
 func parseIgnore(file string) (*ignoreRules, error) {
+	rs, err := readIgnore(file)
+	if err != nil {
+		return nil, &ignoreFileError{err}
+	}
+	return rs, nil
+}
+
+func readIgnore(file string) (*ignoreRules, error) {
 	rs := &ignoreRules{}
 	f, err := os.Open(file)
 	if errors.Is(err, os.ErrNotExist) {

@@ -162,6 +162,12 @@ func (v *validator) top() {
 		v.errorf(path, hint, "%v", err)
 	} else if fi, err := os.Stat(root); r.Context != "" && (err != nil || !fi.IsDir()) {
 		v.errorf("context", "name an existing folder that contains the recipe", "%s is not a folder", r.Context)
+	} else if _, err := r.Sources(); err != nil {
+		path := "context"
+		if r.Context == "" {
+			path = ""
+		}
+		v.errorf(path, "fix or remove "+IgnoreFile+": one gitignore-like pattern per line (path.Match syntax), a regular file of at most 64 KiB", "%v", err)
 	}
 	switch {
 	case r.Name == "":
@@ -360,8 +366,9 @@ func (v *validator) local(path, rel string, dir bool) {
 	real, err := v.r.Resolve(rel)
 	var ce *contextError
 	switch {
-	case errors.As(err, &ce):
-		// A refused context: reported once, at context:.
+	case errors.As(err, &ce), errors.As(err, new(*ignoreFileError)):
+		// A refused context or an unusable .bakeignore: reported once,
+		// at context:.
 		return
 	case errors.Is(err, ErrEscapes):
 		v.errorf(path, "keep everything the image needs inside the recipe folder "+v.r.Dir+" (or set context: to a folder containing both)", "%v", err)
