@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // writeTree makes files (path → content; a path ending in / is a folder)
@@ -206,6 +208,15 @@ func TestIgnoreRules(t *testing.T) {
 	}
 	if _, err := parseIgnore(f); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("a folder: %v", err)
+	}
+	// A FIFO does not hang it.
+	os.Remove(f)
+	if err := syscall.Mkfifo(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inTime(t, 5*time.Second, func() { _, err = parseIgnore(f) })
+	if err == nil || !strings.Contains(err.Error(), "not a regular file (a named pipe)") {
+		t.Errorf("a FIFO: %v", err)
 	}
 }
 

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // IgnoreFile is the file in a recipe's context that names paths bake never
@@ -74,7 +76,8 @@ func parseIgnore(file string) (*ignoreRules, error) {
 
 func readIgnore(file string) (*ignoreRules, error) {
 	rs := &ignoreRules{}
-	f, err := os.Open(file)
+	// Non-blocking: a FIFO named .bakeignore must not hang bake.
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return rs, nil
 	}
@@ -87,13 +90,13 @@ func readIgnore(file string) (*ignoreRules, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", file)
+		return nil, fmt.Errorf("%s is not a regular file (%s)", file, fileKind(fi.Mode()))
 	}
 	if fi.Size() > maxIgnoreFile {
 		return nil, fmt.Errorf("%s is %d bytes, more than %d", file, fi.Size(), maxIgnoreFile)
 	}
 	rs.file = file
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(io.LimitReader(f, maxIgnoreFile))
 	n := 0
 	for sc.Scan() {
 		n++
