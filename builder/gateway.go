@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,6 +54,13 @@ func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.
 	}
 	spec := oci.OpenClawGatewaySpec(filepath.Dir(lockPath), epoch)
 	spec.App.Lockfile = lockPath
+	// The compile cache list beside the lockfile is a host file too: the
+	// same rule (.git, .bakeignore) as every source.
+	if cc := spec.CompileCache; cc != nil {
+		if _, err := s.Recipe.Resolve(filepath.Join(filepath.Dir(lock), oci.CompileCacheListName)); errors.Is(err, recipe.ErrIgnored) {
+			return nil, fmt.Errorf("build.lockfile: %w", err)
+		}
+	}
 	// Node keeps its compile cache per uid, and the image's (warmed at
 	// build time, read-only) has a directory for each uid it was made
 	// for: the image's own user and the one this container runs as.

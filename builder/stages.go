@@ -152,6 +152,13 @@ func (p *Plan) stageUsers(ctx context.Context, s *State) error {
 
 func (p *Plan) stageFiles(ctx context.Context, s *State) error {
 	r := p.Recipe
+	// The one rule for what may be read from the context (.git and
+	// .bakeignore): Resolve applies it to the paths the recipe names,
+	// the overlay walk to every file below them.
+	srcs, err := r.Sources()
+	if err != nil {
+		return err
+	}
 	for _, o := range r.Overlays {
 		src, err := r.Resolve(o.Source)
 		if err != nil {
@@ -170,7 +177,7 @@ func (p *Plan) stageFiles(ctx context.Context, s *State) error {
 			modes[pat] = mode
 		}
 		if err := rootfs.CopyOverlay(s.Tree, rootfs.OverlayOptions{
-			Source: src, Target: o.Target, UID: uid, GID: gid, Modes: modes,
+			Source: src, Target: o.Target, UID: uid, GID: gid, Modes: modes, Skip: srcs.Skip,
 		}); err != nil {
 			return fmt.Errorf("overlay %s: %w", o.Source, err)
 		}

@@ -111,12 +111,17 @@ func parseSets(sets []string) (map[string]string, error) {
 	return m, nil
 }
 
-func loadRecipe(path string, sets []string) (*recipe.Recipe, error) {
+// contextFlag adds --context DIR to c.
+func contextFlag(c *cobra.Command, dir *string) {
+	c.Flags().StringVar(dir, "context", "", "the folder the recipe's sources must stay in (default: the recipe's folder, or its context: up to the working directory and the repository root)")
+}
+
+func loadRecipe(path string, sets []string, contextDir string) (*recipe.Recipe, error) {
 	m, err := parseSets(sets)
 	if err != nil {
 		return nil, err
 	}
-	r, err := recipe.Load(path, m)
+	r, err := recipe.LoadWith(path, m, recipe.LoadOptions{ContextDir: contextDir})
 	if err != nil {
 		var diags recipe.Diagnostics
 		if errors.As(err, &diags) {
@@ -128,6 +133,7 @@ func loadRecipe(path string, sets []string) (*recipe.Recipe, error) {
 }
 
 func newValidate() *cobra.Command {
+	var contextDir string
 	var sets []string
 	c := &cobra.Command{
 		Use:   "validate RECIPE",
@@ -136,7 +142,7 @@ func newValidate() *cobra.Command {
   bake validate recipe.yaml --set mirror=http://mirror.internal/debian`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := loadRecipe(args[0], sets)
+			r, err := loadRecipe(args[0], sets, contextDir)
 			if err != nil {
 				return err
 			}
@@ -145,10 +151,12 @@ func newValidate() *cobra.Command {
 		},
 	}
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe variable (NAME=VALUE, repeatable)")
+	contextFlag(c, &contextDir)
 	return c
 }
 
 func newPlan() *cobra.Command {
+	var contextDir string
 	var sets []string
 	var out string
 	var asJSON bool
@@ -159,7 +167,7 @@ func newPlan() *cobra.Command {
   bake plan --json recipes/openclaw.yaml | jq .model.kernel`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := loadRecipe(args[0], sets)
+			r, err := loadRecipe(args[0], sets, contextDir)
 			if err != nil {
 				return err
 			}
@@ -175,6 +183,7 @@ func newPlan() *cobra.Command {
 		},
 	}
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe variable (NAME=VALUE, repeatable)")
+	contextFlag(c, &contextDir)
 	c.Flags().StringVarP(&out, "output", "o", "out", "output directory")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the resolved model (every default applied) and the stages as JSON; paths under the recipe's folder relative to it")
 	return c
@@ -192,6 +201,7 @@ func newVersion() *cobra.Command {
 }
 
 func newBuild() *cobra.Command {
+	var contextDir string
 	var sets []string
 	var opts builder.Options
 	c := &cobra.Command{
@@ -209,7 +219,7 @@ namespaces).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Validate before anything else, outside the namespaces, so a bad
 			// recipe costs nothing and reports exit status 2.
-			r, err := loadRecipe(args[0], sets)
+			r, err := loadRecipe(args[0], sets, contextDir)
 			if err != nil {
 				return err
 			}
@@ -236,6 +246,7 @@ namespaces).`,
 		},
 	}
 	c.Flags().StringArrayVar(&sets, "set", nil, "override a recipe variable (NAME=VALUE, repeatable)")
+	contextFlag(c, &contextDir)
 	c.Flags().StringVarP(&opts.OutputDir, "output", "o", "out", "output directory")
 	c.Flags().StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "cache for apt archives and downloads (env BAKE_CACHE_DIR)")
 	c.Flags().BoolVar(&opts.KeepWork, "keep-work", false, "keep the work directory after a failed build (for debugging)")

@@ -26,6 +26,7 @@ var runVerify = verify.Run
 func newVerify() *cobra.Command {
 	var (
 		recipePath     string
+		contextDir     string
 		sets           []string
 		firmware       string
 		reportDir      string
@@ -116,7 +117,7 @@ each runs, what it needs):
 			if list {
 				spec := verify.DefaultSpec()
 				if recipePath != "" {
-					r, err := loadRecipe(recipePath, sets)
+					r, err := loadRecipe(recipePath, sets, contextDir)
 					if err != nil {
 						return err
 					}
@@ -198,7 +199,7 @@ each runs, what it needs):
 				opts.UserData = ud
 			}
 			if recipePath != "" {
-				r, err := loadRecipe(recipePath, sets)
+				r, err := loadRecipe(recipePath, sets, contextDir)
 				if err != nil {
 					return err
 				}
@@ -237,6 +238,7 @@ each runs, what it needs):
 	f := c.Flags()
 	f.StringVar(&recipePath, "recipe", "", "the recipe the image was built from: the claims to check; the image's record of its claims (/usr/share/bake/claims.json) must agree (default: the image's record, else the OpenClaw appliance's)")
 	f.StringArrayVar(&sets, "set", nil, "override a recipe variable, as for the build (NAME=VALUE, repeatable)")
+	contextFlag(c, &contextDir)
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")

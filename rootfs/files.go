@@ -53,6 +53,10 @@ type OverlayOptions struct {
 	// or "usr/local/bin/tool") to the mode it gets instead of the
 	// source's. The last matching pattern in sorted order wins.
 	Modes map[string]fs.FileMode
+	// Skip, when set, leaves out a source entry (a host path under
+	// Source) and, for a folder, everything below it: the recipe's
+	// Sources.Skip (.git and what the context's .bakeignore names).
+	Skip func(hostPath string, isDir bool) bool
 }
 
 // CopyOverlay copies the host directory o.Source into the tree at o.Target:
@@ -67,7 +71,7 @@ type OverlayOptions struct {
 //
 // Every write resolves inside the tree (package safepath): a symlink in the
 // tree, such as etc/evil -> /tmp/outside, leads to TREE/tmp/outside, never
-// to the build host's /tmp.
+// to the build host's /tmp. Entries o.Skip refuses are never opened.
 func CopyOverlay(tree string, o OverlayOptions) error {
 	target := safepath.Clean(o.Target)
 	patterns := make([]string, 0, len(o.Modes))
@@ -113,6 +117,12 @@ func CopyOverlay(tree string, o OverlayOptions) error {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
+		if rel != "." && o.Skip != nil && o.Skip(p, d.IsDir()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		dst := target
 		if rel != "." {
 			dst = path.Join(target, rel)

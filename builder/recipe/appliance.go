@@ -1,10 +1,12 @@
 package recipe
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -538,6 +540,14 @@ func (v *validator) containersSection() {
 				// Read from the build host at build time: it must be a
 				// file inside the recipe's context.
 				v.local(p+".build.lockfile", c.Build.Lockfile, false)
+				// The compile cache list beside it (oci.CompileCacheListName)
+				// is read too: not from .git or a .bakeignore'd path.
+				list := filepath.Join(filepath.Dir(c.Build.Lockfile), "compile-cache.txt")
+				if _, err := v.r.Resolve(c.Build.Lockfile); err != nil {
+					// reported above
+				} else if _, err := v.r.Resolve(list); errors.Is(err, ErrIgnored) {
+					v.errorf(p+".build.lockfile", "keep the lockfile and compile-cache.txt beside it outside .git and outside what "+IgnoreFile+" lists", "%v", err)
+				}
 			}
 		}
 		v.containerUser(p+".user", c.User)
@@ -798,6 +808,12 @@ func (v *validator) firstbootSection() {
 	switch {
 	case f.AdminUser == "":
 		v.errorf(p+".admin_user", "add admin_user: NAME, the login user whose SSH keys come from the seed", "is missing")
+	case f.AdminUser == "root":
+		v.errorf(p+".admin_user", "name a user of its own, e.g. admin_user: admin with users: [{name: admin, groups: [sudo], sudo: nopasswd}]; root never logs in over SSH",
+			"the admin user must not be root")
+	case f.AdminUser == "docker":
+		v.errorf(p+".admin_user", "name the admin otherwise, e.g. admin; use sudo docker",
+			"the admin user must not be docker: its primary group (a user's own group) would be docker, and the docker group is root without a password")
 	default:
 		u := v.r.UserByName(f.AdminUser)
 		switch {

@@ -43,6 +43,26 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("apiVersion: bake/v1\nname: n\ncontext: ../../../../../../../../../..\nbase: {debian: {suite: sid}}\n"), "", "")
 	f.Add([]byte("apiVersion: bake/v1\nname: n\ncontext: ../..\nbase: {debian: {suite: sid}}\n"), "", "")
 	f.Add([]byte("apiVersion: bake/v1\nname: ${n}\nvariables: {n: a}\nbase: {debian: {suite: sid}}\n"), "n", "x\ny")
+	// Issue 12, "recipes cannot reach out" and the checks validate makes
+	// instead of a build: .git and .bakeignore'd sources (testdata/good
+	// has a .bakeignore naming *.key), unsafe kernel arguments, owners
+	// nobody defines, an admin named root or docker.
+	const head = "apiVersion: bake/v1\nname: n\nbase: {debian: {suite: sid}}\n"
+	for _, s := range []string{
+		"files: [{path: /a, source: files/ignored.key}]\n",
+		"files: [{path: /a, source: ./files/../files/ignored.key}]\n",
+		"files: [{path: /a, source: .git/config}]\noverlays: [{source: .git}]\n",
+		"kernel: {cmdline: \"quiet a=\\\"x y\\\" b;c $d `e` f\\\\g h|i #j\"}\n",
+		"kernel: {cmdline: \"quiet\\tx\\u00e9 -- ;\"}\n",
+		"users: [{name: app}]\nfiles: [{path: /a, content: x, owner: \"app:wheel\"}, {path: /b, content: x, owner: \"ghost\"}]\n",
+		"users: [{name: app}]\nfiles: [{path: /a, content: x, owner: \"systemd-x:docker\"}]\n",
+		"users: [{name: root}]\nfirstboot: {admin_user: root}\n",
+		"users: [{name: docker}]\nfirstboot: {admin_user: docker}\n",
+	} {
+		f.Add([]byte(head+s), "", "")
+	}
+	f.Add([]byte(head+"variables: {o: \"a:b\"}\nusers: [{name: a}]\nfiles: [{path: /a, content: x, owner: \"${o}\"}]\n"), "o", "root:wheel")
+	f.Add([]byte(head+"variables: {c: quiet}\nkernel: {cmdline: \"${c}\"}\n"), "c", "x;reboot")
 	f.Fuzz(func(t *testing.T, data []byte, setName, setValue string) {
 		var sets map[string]string
 		if setName != "" {
@@ -73,6 +93,24 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := r.Validate(); err != nil {
 			t.Fatalf("accepted recipe is invalid after Defaults: %v\n%q", err, data)
+		}
+		// Nothing that validate refuses got through: no unsafe kernel
+		// argument, no admin named root or docker, no source that
+		// .git or .bakeignore excludes.
+		for _, arg := range strings.Fields(r.Kernel.Cmdline) {
+			if strings.ContainsAny(arg, cmdlineUnsafe) || strings.IndexFunc(arg, func(c rune) bool { return c < 0x20 || c > 0x7e }) >= 0 {
+				t.Fatalf("accepted kernel argument %q\n%q", arg, data)
+			}
+		}
+		if fb := r.Firstboot; fb != nil && (fb.AdminUser == "root" || fb.AdminUser == "docker") {
+			t.Fatalf("accepted admin %q\n%q", fb.AdminUser, data)
+		}
+		if srcs, err := r.Sources(); err == nil {
+			for _, hp := range r.HostPaths() {
+				if why := srcs.Excluded(hp.Path, false); why != "" && hp.What != "context" {
+					t.Fatalf("accepted %s %s, excluded by %s\n%q", hp.What, hp.Path, why, data)
+				}
+			}
 		}
 		// Its context stays inside the working directory (the recipe
 		// folder, testdata/good, is inside it too).

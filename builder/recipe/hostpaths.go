@@ -2,6 +2,7 @@ package recipe
 
 import (
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -37,6 +38,10 @@ func (r *Recipe) HostPaths() []HostPath {
 	dir, _ = filepath.Abs(dir)
 	if root, err := r.contextDir(dir); err == nil {
 		add("context", realOr(root))
+		// Its .bakeignore (what bake never reads there), when it has one.
+		if ig := filepath.Join(realOr(root), IgnoreFile); fileExists(ig) {
+			add("ignore file", ig)
+		}
 	}
 	local := func(what, rel string) {
 		if rel == "" {
@@ -112,4 +117,9 @@ func realOr(p string) string {
 		return real
 	}
 	return p
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

@@ -91,6 +91,24 @@ func Load(path string, sets map[string]string) (*Recipe, error) {
 // such as a test running in its package folder that loads a recipe of the
 // repository.
 func LoadIn(workDir, path string, sets map[string]string) (*Recipe, error) {
+	return LoadWith(path, sets, LoadOptions{WorkDir: workDir})
+}
+
+// LoadOptions are the folders that bound what a recipe may read.
+type LoadOptions struct {
+	// WorkDir stands for the working directory (see LoadIn); "" is the
+	// working directory.
+	WorkDir string
+	// ContextDir is `--context DIR`: the folder the recipe's sources
+	// must stay in. When set it replaces the default bound (the recipe's
+	// folder or the working directory, and never above the repository
+	// root): the recipe's context, and so the recipe's folder, must
+	// resolve inside it. It may not be / .
+	ContextDir string
+}
+
+// LoadWith is Load with the bounds of o.
+func LoadWith(path string, sets map[string]string, o LoadOptions) (*Recipe, error) {
 	data, err := readFile(path)
 	if err != nil {
 		hint := "give the path of a bake/v1 YAML file"
@@ -99,7 +117,7 @@ func LoadIn(workDir, path string, sets map[string]string) (*Recipe, error) {
 		}
 		return nil, Diagnostics{{File: path, Msg: fmt.Sprintf("cannot read recipe: %v", err), Hint: hint}}
 	}
-	return parse(path, data, filepath.Dir(path), workDir, sets)
+	return parse(path, data, filepath.Dir(path), o, sets)
 }
 
 // Parse is Load for a recipe already in memory: name is what diagnostics
@@ -107,10 +125,11 @@ func LoadIn(workDir, path string, sets map[string]string) (*Recipe, error) {
 // the working directory).
 // The working directory bounds the recipe's context (see LoadIn).
 func Parse(name string, data []byte, dir string, sets map[string]string) (*Recipe, error) {
-	return parse(name, data, dir, "", sets)
+	return parse(name, data, dir, LoadOptions{}, sets)
 }
 
-func parse(name string, data []byte, dir, workDir string, sets map[string]string) (*Recipe, error) {
+func parse(name string, data []byte, dir string, o LoadOptions, sets map[string]string) (*Recipe, error) {
+	workDir := o.WorkDir
 	if len(data) > MaxSize {
 		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot read recipe: %v", errTooLarge(int64(len(data)))),
 			Hint: "a recipe is a few KiB of YAML; keep large content in files beside it (files: source, overlays)"}}
@@ -129,6 +148,13 @@ func parse(name string, data []byte, dir, workDir string, sets map[string]string
 	} else if r.workDir, err = os.Getwd(); err != nil {
 		return nil, Diagnostics{{File: name, Msg: fmt.Sprintf("cannot find the working directory: %v", err),
 			Hint: "run bake from an existing folder"}}
+	}
+
+	if o.ContextDir != "" {
+		if r.bound, err = contextBound(o.ContextDir); err != nil {
+			return nil, Diagnostics{{File: name, Msg: err.Error(),
+				Hint: "give --context an existing folder that holds the recipe and every file it names, such as the project folder"}}
+		}
 	}
 
 	src := &source{file: name, lines: strings.Split(string(data), "\n")}

@@ -52,6 +52,27 @@ func (r *Recipe) Resolve(rel string) (string, error) {
 	if !within(realDir, real) {
 		return "", fmt.Errorf("%s %w (through a symlink, to %s)", rel, ErrEscapes, real)
 	}
+	// .git and what .bakeignore names are never read: checked on the
+	// path as written and on where it leads.
+	rules, err := parseIgnore(filepath.Join(realDir, IgnoreFile))
+	if err != nil {
+		return "", err
+	}
+	isDir := false
+	if fi, err := os.Stat(real); err == nil {
+		isDir = fi.IsDir()
+	}
+	lexRel, _ := filepath.Rel(root, filepath.Join(dir, rel))
+	why := rules.excluded(filepath.ToSlash(lexRel), isDir)
+	if realRel, _ := filepath.Rel(realDir, real); why == "" {
+		why = rules.excluded(filepath.ToSlash(realRel), isDir)
+	}
+	switch {
+	case why == ".git":
+		return "", fmt.Errorf("%s is inside .git, which %w", rel, ErrIgnored)
+	case why != "":
+		return "", fmt.Errorf("%s is excluded by %s, and so %w", rel, why, ErrIgnored)
+	}
 	return real, nil
 }
 
@@ -69,9 +90,14 @@ func within(dir, path string) bool {
 // the callers (validation says it is not a folder; Resolve fails).
 func (r *Recipe) contextDir(dir string) (string, error) {
 	if r.Context == "" || r.Context == "." {
-		if real, err := filepath.EvalSymlinks(dir); err == nil && real == "/" {
+		real, err := filepath.EvalSymlinks(dir)
+		if err == nil && real == "/" {
 			return "", &contextError{"the recipe folder is /: every file of the build host would be in reach",
 				"move the recipe and the files it names into a folder of their own"}
+		}
+		if err == nil && r.bound != "" && !within(r.bound, real) {
+			return "", &contextError{fmt.Sprintf("the recipe folder %s is outside --context %s", real, r.bound),
+				"pass --context a folder that holds the recipe and the files it names, or leave --context out"}
 		}
 		return dir, nil
 	}
@@ -107,9 +133,17 @@ func (r *Recipe) confine(dir, root string) error {
 		return &contextError{fmt.Sprintf("context %s is / (the whole build host)", r.Context),
 			"name the project folder that holds the recipe and its files, or " + keep}
 	}
-	if isHome(realRoot) {
+	if isHome(realRoot) && realRoot != r.bound {
 		return &contextError{fmt.Sprintf("context %s is %s, a home directory", r.Context, realRoot),
-			"move the recipe and its files into a project folder and name that, or " + keep}
+			fmt.Sprintf("move the recipe and its files into a project folder and name that, pass --context %s if you mean it, or %s", realRoot, keep)}
+	}
+	if r.bound != "" {
+		// --context: the person running bake chose the folder.
+		if within(r.bound, realRoot) {
+			return nil
+		}
+		return &contextError{fmt.Sprintf("context %s resolves to %s, outside --context %s", r.Context, realRoot, r.bound),
+			fmt.Sprintf("pass --context %s (or a folder above it) to allow it, or %s", realRoot, keep)}
 	}
 	realDir, err := filepath.EvalSymlinks(dir)
 	if err != nil {
@@ -129,6 +163,10 @@ func (r *Recipe) confine(dir, root string) error {
 		realWD = wd
 	}
 	if within(realWD, realRoot) {
+		if repo := repoRoot(realDir); repo != "" && !within(repo, realRoot) {
+			return &contextError{fmt.Sprintf("context %s resolves to %s, above the repository root %s", r.Context, realRoot, repo),
+				fmt.Sprintf("keep the context inside the repository (at most %s), or pass --context %s to allow it", repo, realRoot)}
+		}
 		return nil
 	}
 	via := ""
@@ -151,4 +189,37 @@ func isHome(dir string) bool {
 		}
 	}
 	return slices.Contains(homes, dir) || filepath.Dir(dir) == "/home"
+}
+
+// repoRoot is the nearest folder at or above dir that holds a .git (a
+// folder, or the file of a worktree or submodule), "" when there is none.
+func repoRoot(dir string) string {
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(filepath.Join(d, ".git")); err == nil {
+			return d
+		}
+		if d == filepath.Dir(d) {
+			return ""
+		}
+	}
+}
+
+// contextBound checks --context DIR and returns it resolved through
+// symlinks.
+func contextBound(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("--context %s: %v", dir, err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", fmt.Errorf("--context %s: %v", dir, err)
+	}
+	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("--context %s is not a folder", dir)
+	}
+	if real == "/" {
+		return "", fmt.Errorf("--context %s is / (the whole build host)", dir)
+	}
+	return real, nil
 }

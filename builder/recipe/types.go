@@ -69,6 +69,10 @@ type Recipe struct {
 	// was read, or what LoadIn was given. "" (recipes built in Go): the
 	// working directory at the time of the check.
 	workDir string
+	// bound is --context (LoadOptions.ContextDir), resolved through
+	// symlinks: when set, the folder the context must lie in instead of
+	// the recipe's folder, the working directory and the repository.
+	bound string
 }
 
 // Base is where the root tree comes from: exactly one of Debian or Image.

@@ -162,6 +162,12 @@ func (v *validator) top() {
 		v.errorf(path, hint, "%v", err)
 	} else if fi, err := os.Stat(root); r.Context != "" && (err != nil || !fi.IsDir()) {
 		v.errorf("context", "name an existing folder that contains the recipe", "%s is not a folder", r.Context)
+	} else if _, err := r.Sources(); err != nil {
+		path := "context"
+		if r.Context == "" {
+			path = ""
+		}
+		v.errorf(path, "fix or remove "+IgnoreFile+": one gitignore-like pattern per line (path.Match syntax), a regular file of at most 64 KiB", "%v", err)
 	}
 	switch {
 	case r.Name == "":
@@ -360,11 +366,15 @@ func (v *validator) local(path, rel string, dir bool) {
 	real, err := v.r.Resolve(rel)
 	var ce *contextError
 	switch {
-	case errors.As(err, &ce):
-		// A refused context: reported once, at context:.
+	case errors.As(err, &ce), errors.As(err, new(*ignoreFileError)):
+		// A refused context or an unusable .bakeignore: reported once,
+		// at context:.
 		return
 	case errors.Is(err, ErrEscapes):
 		v.errorf(path, "keep everything the image needs inside the recipe folder "+v.r.Dir+" (or set context: to a folder containing both)", "%v", err)
+		return
+	case errors.Is(err, ErrIgnored):
+		v.errorf(path, "name a file outside .git and outside what "+IgnoreFile+" lists; keep secrets out of the recipe's context", "%v", err)
 		return
 	case errors.Is(err, fs.ErrNotExist):
 		v.errorf(path, "paths are relative to the recipe folder "+v.r.Dir, "%s does not exist", rel)
@@ -585,8 +595,12 @@ func (v *validator) imagePath(p, s string, dirOK bool) {
 }
 
 func (v *validator) owner(path, owner string) {
-	if owner != "" && !ownerRe.MatchString(owner) {
+	switch {
+	case owner == "":
+	case !ownerRe.MatchString(owner):
 		v.errorf(path, "write user or user:group, e.g. root:root or admin:admin", "%q is not an owner", owner)
+	default:
+		v.knownOwner(path, owner)
 	}
 }
 
@@ -701,6 +715,7 @@ func (v *validator) kernel() {
 	if strings.ContainsAny(c, "\n\r") {
 		v.errorf("kernel.cmdline", "write the command line on one line", "spans several lines")
 	}
+	v.cmdlineChars(c)
 	seen := map[string]bool{}
 	for _, arg := range strings.Fields(c) {
 		if arg == "--" {
@@ -805,4 +820,97 @@ func (v *validator) set(path string, list, allowed []string, what string) {
 		}
 		seen[x] = ip
 	}
+}
+
+// cmdlineUnsafe are the characters a kernel argument may not hold: bake
+// writes the command line into grub.cfg and the boot loader entry, where
+// quotes, ; $ ` \ | & < > and # are GRUB script syntax (and a quoted value
+// with a space becomes one argument or several depending on who reads it).
+const cmdlineUnsafe = "\"';$`\\|&<>#"
+
+// cmdlineChars reports each argument of the kernel command line that holds
+// a character that is not safe, all at once. A newline is reported once,
+// by kernel(); other control characters (a tab too) and non-ASCII
+// characters are refused here. A quoted value with spaces is reported as
+// the one argument it was meant to be.
+func (v *validator) cmdlineChars(c string) {
+	// Split at spaces only: a tab stays in its argument and is reported.
+	fields := strings.FieldsFunc(c, func(r rune) bool { return r == ' ' || r == '\n' || r == '\r' })
+	for i := 0; i < len(fields); i++ {
+		arg := fields[i]
+		spaced := false
+		for strings.Count(arg, `"`)%2 == 1 && i+1 < len(fields) {
+			i++
+			arg += " " + fields[i]
+			spaced = true
+		}
+		bad := ""
+		for _, ch := range arg {
+			switch {
+			case ch < 0x20 || ch == 0x7f:
+				bad = fmt.Sprintf("the control character %U", ch)
+			case ch > 0x7e:
+				bad = fmt.Sprintf("the non-ASCII character %U", ch)
+			case strings.ContainsRune(cmdlineUnsafe, ch):
+				bad = fmt.Sprintf("%q", ch)
+			default:
+				continue
+			}
+			break
+		}
+		if spaced {
+			bad = "a space inside quotes"
+		}
+		if bad == "" {
+			continue
+		}
+		v.errorf("kernel.cmdline", "write each argument as NAME or NAME=VALUE, separated by spaces: no quotes, no space inside a value, none of ; $ ` \\ | & < > #, printable ASCII only",
+			"argument %q contains %s, which is not safe on a kernel command line", arg, bad)
+	}
+}
+
+// debianUsers and debianGroups are the accounts every Debian (and Ubuntu)
+// base has before the recipe's own are made: base-passwd's passwd.master
+// and group.master, apt's _apt, and the ones systemd and dbus add (any
+// systemd-* name is accepted as well). An owner must name one of them or an
+// account the recipe declares (see knownOwner).
+var (
+	debianUsers = []string{
+		"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+		"www-data", "backup", "list", "irc", "gnats", "nobody", "_apt", "messagebus",
+	}
+	debianGroups = []string{
+		"root", "daemon", "bin", "sys", "adm", "tty", "disk", "lp", "mail", "news", "uucp", "man", "proxy",
+		"kmem", "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo", "audio", "dip", "www-data",
+		"backup", "operator", "list", "irc", "src", "gnats", "shadow", "utmp", "video", "sasl", "plugdev",
+		"staff", "games", "users", "nogroup", "input", "kvm", "render", "sgx", "messagebus",
+	}
+)
+
+// knownOwner checks that the user and group of owner ("user[:group]",
+// already well-formed) exist in the image when the files stage runs: an
+// account the recipe declares (a user also gets a group of its own name),
+// one Debian's base has, or the docker group when the recipe has
+// containers (bake installs docker.io). Anything else would fail only
+// after the bootstrap, in the files stage.
+func (v *validator) knownOwner(p, owner string) {
+	user, group, hasGroup := strings.Cut(owner, ":")
+	r := v.r
+	systemd := func(name string) bool { return strings.HasPrefix(name, "systemd-") && len(name) > len("systemd-") }
+	if r.UserByName(user) == nil && !slices.Contains(debianUsers, user) && !systemd(user) {
+		v.errorf(p, fmt.Sprintf("declare it under users:, e.g. {name: %s, system: true}, or name a user of Debian's base such as root", user),
+			"user %q is neither declared in users nor one of Debian's base system users", user)
+	}
+	if !hasGroup {
+		return
+	}
+	switch {
+	case slices.ContainsFunc(r.Groups, func(g Group) bool { return g.Name == group }),
+		r.UserByName(group) != nil, // a user's own group
+		slices.Contains(debianGroups, group), systemd(group),
+		group == "docker" && len(r.Containers) > 0:
+		return
+	}
+	v.errorf(p, fmt.Sprintf("declare it under groups:, e.g. {name: %s, system: true}, or name a group of Debian's base such as root or adm", group),
+		"group %q is neither declared in groups (nor a user's own group) nor one of Debian's base system groups", group)
 }
