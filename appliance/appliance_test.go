@@ -5,6 +5,7 @@ import (
 	"flag"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -495,21 +496,68 @@ func TestCheckSSHDT(t *testing.T) {
 	if err := CheckSSHDT(sshdTGood, 2222); err == nil || !strings.Contains(err.Error(), "port") {
 		t.Errorf("wrong port accepted: %v", err)
 	}
-	three := sshdTGood + "@@@\n" + sshdTGood + "@@@\n" + strings.Replace(sshdTGood, "passwordauthentication no", "passwordauthentication yes", 1)
-	if err := CheckSSHDCheckOutput(three, 22); err == nil || !strings.Contains(err.Error(), "the admin") {
-		t.Errorf("a Match block for the admin went unnoticed: %v", err)
-	}
-	if err := CheckSSHDCheckOutput(sshdTGood, 22); err == nil {
-		t.Error("truncated check output accepted")
-	}
 }
 
-func TestSSHDCheckScript(t *testing.T) {
-	s := SSHDCheckScript("admin")
-	for _, want := range []string{"mkdir -m 0755 /run/sshd", "rmdir /run/sshd", "rm -rf \"$d\"", "-h \"$d/key\"", "-C user=root,", "-C user=admin,"} {
-		if !strings.Contains(s, want) {
-			t.Errorf("check script lacks %q", want)
+// The SSH matrix: a context for each kind of client and for each Match
+// block, judged alike in the build and in bake verify.
+func TestSSHMatrix(t *testing.T) {
+	config := `Include /etc/ssh/sshd_config.d/*.conf
+PasswordAuthentication no
+match User deploy,!root Address 10.1.0.0/16
+  PasswordAuthentication yes
+Match Group wheel LocalPort 2222
+Match Address 192.168.*.* Host *.corp
+Match all
+`
+	ms := ParseSSHDMatch(config)
+	if len(ms) != 4 || ms[0].Line != "match User deploy,!root Address 10.1.0.0/16" || len(ms[0].Criteria) != 2 || len(ms[3].Criteria) != 0 {
+		t.Fatalf("Match blocks %+v", ms)
+	}
+	members := func(g string) string { return map[string]string{"wheel": "ops"}[g] }
+	ctxs := SSHContexts("admin", 22, SSHFroms("10.77.0.1", "10.77.0.2"), ms, members)
+	if ctxs[0] != "" || len(ctxs) != 1+15+3 {
+		t.Fatalf("%d contexts: %q", len(ctxs), ctxs)
+	}
+	for _, want := range []string{
+		"user=deploy,host=outside.invalid,addr=10.1.0.1,laddr=10.77.0.2,lport=22",
+		"user=ops,host=outside.invalid,addr=10.77.0.1,laddr=10.77.0.2,lport=2222",
+		"user=admin,host=x.corp,addr=192.168.1.1,laddr=10.77.0.2,lport=22",
+		"user=bake-verify-nouser,host=outside.invalid,addr=fd77::1,laddr=fd77::2,lport=22",
+		"user=root,host=outside.invalid,addr=100.100.1.1,laddr=10.77.0.2,lport=22",
+	} {
+		if !slices.Contains(ctxs, want) {
+			t.Errorf("no context %q in %q", want, ctxs)
 		}
+	}
+	s := SSHDTreeMatrixScript(ctxs)
+	for _, want := range []string{"mkdir -m 0755 /run/sshd", "rmdir /run/sshd", "rm -rf \"$d\"", `-h "$d/key" -C 'user=deploy,`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("tree script lacks %q", want)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "m.sh")
+	os.WriteFile(f, []byte(s), 0o644)
+	if out, err := exec.Command("sh", "-n", f).CombinedOutput(); err != nil {
+		t.Fatalf("sh -n: %v\n%s", err, out)
+	}
+
+	sec := func(what, body string) string { return "== " + what + "\n" + body }
+	good := sec("sshd -T", sshdTGood) + sec("sshd -T -C "+ctxs[1], sshdTGood)
+	if p := JudgeSSHDMatrix(good, 2, 22); len(p) != 0 {
+		t.Errorf("good: %v", p)
+	}
+	bad := sec("sshd -T", sshdTGood) + sec("sshd -T -C "+ctxs[16], strings.Replace(sshdTGood, "passwordauthentication no", "passwordauthentication yes", 1))
+	if p := JudgeSSHDMatrix(bad, 2, 22); len(p) != 1 || !strings.Contains(p[0], `user=deploy,`) || !strings.Contains(p[0], `passwordauthentication is "yes"`) {
+		t.Errorf("a Match block turning passwords on: %v", p)
+	}
+	if p := JudgeSSHDMatrix(good, 3, 22); len(p) != 1 || !strings.Contains(p[0], "read 2 of 3") {
+		t.Errorf("a missing context: %v", p)
+	}
+	if p := JudgeSSHDMatrix(sec("sshd -T", "sshd: no hostkeys available -- exiting.\n"), 1, 22); len(p) != 1 || !strings.Contains(p[0], "no hostkeys") {
+		t.Errorf("a failing sshd: %v", p)
+	}
+	if p := JudgeSSHDMatrix(good, 2, 2222); len(p) != 2 {
+		t.Errorf("another port: %v", p)
 	}
 }
 

@@ -233,45 +233,6 @@ func CheckSSHDT(out string, port int) error {
 	return nil
 }
 
-// SSHDCheckScript runs in a chroot of the tree: it checks the effective
-// configuration with the tree's own sshd for a plain connection, for root
-// and for the admin (Match blocks apply per user). bookworm's sshd -T
-// needs a host key and /run/sshd: a throwaway key is made under /run (a
-// tmpfs in bake's chroot) and both are removed afterwards. Output: the
-// three sshd -T outputs separated by "@@@" lines.
-func SSHDCheckScript(admin string) string {
-	if admin == "" {
-		admin = "nobody"
-	}
-	return `set -eu
-d=$(mktemp -d /run/bake-sshd-check.XXXXXX)
-made_run=
-if [ ! -d /run/sshd ]; then mkdir -m 0755 /run/sshd; made_run=1; fi
-cleanup() { rm -rf "$d"; if [ -n "$made_run" ]; then rmdir /run/sshd; fi; }
-trap cleanup EXIT
-ssh-keygen -q -t ed25519 -N '' -C bake-check -f "$d/key" >/dev/null
-/usr/sbin/sshd -T -h "$d/key"
-echo @@@
-/usr/sbin/sshd -T -h "$d/key" -C user=root,host=bake-check,addr=192.0.2.1
-echo @@@
-/usr/sbin/sshd -T -h "$d/key" -C user=` + admin + `,host=bake-check,addr=192.0.2.1
-`
-}
-
-// CheckSSHDCheckOutput checks the output of SSHDCheckScript.
-func CheckSSHDCheckOutput(out string, port int) error {
-	parts := strings.Split(out, "@@@\n")
-	if len(parts) != 3 {
-		return fmt.Errorf("sshd -T check: unexpected output:\n%s", out)
-	}
-	for i, who := range []string{"any connection", "root", "the admin"} {
-		if err := CheckSSHDT(parts[i], port); err != nil {
-			return fmt.Errorf("%s: %w", who, err)
-		}
-	}
-	return nil
-}
-
 // HostKeyFiles are the unit that makes missing SSH host keys before sshd
 // starts and the ssh.service drop-in that wants it. Sysprep removes host
 // keys from every image, so every image with sshd needs them, appliance or

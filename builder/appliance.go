@@ -132,16 +132,75 @@ func (p *Plan) stageSSH(ctx context.Context, s *State) error {
 		if err := rootfs.Systemd(ctx, ch, []string{"ssh.service", appliance.HostKeysUnitName}, nil, nil); err != nil {
 			return err
 		}
-		out, err := ch.Output(ctx, "/bin/sh", "-c", appliance.SSHDCheckScript(o.AdminUser))
+		// The matrix bake verify runs in the guest (ssh.effective-config),
+		// here in the tree: the recipe's settings must hold for every
+		// kind of client and for each Match block of the configuration.
+		ctxs, matches, err := sshMatrix(s.Tree, o)
+		if err != nil {
+			return err
+		}
+		out, err := ch.Output(ctx, "/bin/sh", "-c", appliance.SSHDTreeMatrixScript(ctxs))
 		if err != nil {
 			return fmt.Errorf("sshd -T in the tree: %w\n%s", err, out)
 		}
-		if err := appliance.CheckSSHDCheckOutput(string(out), o.Port); err != nil {
-			return err
+		if problems := appliance.JudgeSSHDMatrix(string(out), len(ctxs), o.Port); len(problems) > 0 {
+			return fmt.Errorf("effective sshd configuration in the tree differs from the recipe's: %s", strings.Join(problems, "; "))
 		}
-		fmt.Fprintf(s.Log, "effective sshd configuration checked:\n%s\n", out)
+		fmt.Fprintf(s.Log, "effective sshd configuration checked in %d connection contexts (%d Match blocks)\n", len(ctxs), matches)
 		return nil
 	})
+}
+
+// sshMatrix is the connection contexts of the tree's sshd configuration
+// (appliance.SSHContexts): its files read inside the tree, never through a
+// symlink out of it; the client addresses stand for a link 10.0.2.2 ->
+// 10.0.2.15 (any address not named by a Match block behaves alike).
+func sshMatrix(tree string, o appliance.SSHOptions) ([]string, int, error) {
+	r, err := safepath.Open(tree)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer r.Close()
+	var config strings.Builder
+	if b, err := r.ReadFile("/etc/ssh/sshd_config"); err == nil {
+		config.Write(b)
+		config.WriteByte('\n')
+	}
+	if ents, err := r.ReadDir("/etc/ssh/sshd_config.d"); err == nil {
+		for _, e := range ents {
+			if !strings.HasSuffix(e.Name(), ".conf") || !e.Type().IsRegular() {
+				continue
+			}
+			b, err := r.ReadFile("/etc/ssh/sshd_config.d/" + e.Name())
+			if err != nil {
+				return nil, 0, err
+			}
+			config.Write(b)
+			config.WriteByte('\n')
+		}
+	}
+	groups, err := rootfs.ReadGroup(tree)
+	if err != nil {
+		return nil, 0, err
+	}
+	member := func(g string) string {
+		for _, e := range groups {
+			if e.Name == g && len(e.Members) > 0 {
+				return e.Members[0]
+			}
+		}
+		return ""
+	}
+	matches := appliance.ParseSSHDMatch(config.String())
+	admin := o.AdminUser
+	if admin == "" {
+		admin = "nobody"
+	}
+	port := o.Port
+	if port == 0 {
+		port = 22
+	}
+	return appliance.SSHContexts(admin, port, appliance.SSHFroms("10.0.2.2", "10.0.2.15"), matches, member), len(matches), nil
 }
 
 // --- firewall ---

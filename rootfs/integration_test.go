@@ -450,6 +450,30 @@ func TestTreeStages(t *testing.T) {
 		if b, _ := os.ReadFile(filepath.Join(tree, "etc/shadow")); !strings.Contains(string(b), "\nadmin:*:") {
 			t.Error("admin's password field is not *")
 		}
+		// A system account a package made (as adduser --system does) is
+		// used as it is when the recipe declares it, and joins the
+		// recipe's groups; a login user of that name is refused, and so
+		// is another uid.
+		if err := ch.Run(ctx, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pkgsvc"); err != nil {
+			t.Fatal(err)
+		}
+		pkgUID, _, _ := LookupOwner(tree, "pkgsvc")
+		if err := AddUser(ctx, ch, UserOptions{Name: "pkgsvc", System: true, Groups: []string{"bakegrp"}}); err != nil {
+			t.Errorf("a package's system account declared by the recipe: %v", err)
+		}
+		if u, _, _ := LookupOwner(tree, "pkgsvc"); u != pkgUID {
+			t.Errorf("pkgsvc's uid changed: %d -> %d", pkgUID, u)
+		}
+		if out, _ := ch.Output(ctx, "id", "-nG", "pkgsvc"); !slices.Contains(strings.Fields(string(out)), "bakegrp") {
+			t.Errorf("pkgsvc groups %q, want bakegrp among them", out)
+		}
+		other := pkgUID + 1
+		if err := AddUser(ctx, ch, UserOptions{Name: "pkgsvc", System: true, UID: &other}); err == nil || !strings.Contains(err.Error(), "exists in the image with uid") {
+			t.Errorf("another uid for an existing account: %v", err)
+		}
+		if err := AddUser(ctx, ch, UserOptions{Name: "pkgsvc"}); err == nil || !strings.Contains(err.Error(), "already exists") {
+			t.Errorf("a login user over an existing account: %v", err)
+		}
 	})
 
 	t.Run("overlay with symlink trap", func(t *testing.T) {

@@ -201,9 +201,26 @@ func AddUser(ctx context.Context, ch *Chroot, u UserOptions) error {
 		return err
 	}
 	for _, e := range pw {
-		if e.Name == u.Name {
+		if e.Name != u.Name {
+			continue
+		}
+		// A system account a package made (postgres, _chrony, ...) is
+		// the one a recipe declaring it with system: true means: it is
+		// used as it is (its uid must be the recipe's, if the recipe
+		// gives one), and joins the recipe's groups. A login user is
+		// the recipe's own and never taken over.
+		if !u.System {
 			return fmt.Errorf("user %s already exists in the image", u.Name)
 		}
+		if u.UID != nil && *u.UID != e.UID {
+			return fmt.Errorf("user %s exists in the image with uid %d, recipe wants %d", u.Name, e.UID, *u.UID)
+		}
+		if len(u.Groups) > 0 {
+			if err := ch.Run(ctx, "usermod", "--append", "--groups", strings.Join(u.Groups, ","), "--", u.Name); err != nil {
+				return fmt.Errorf("user %s: joining %s: %w", u.Name, strings.Join(u.Groups, ","), err)
+			}
+		}
+		return nil
 	}
 	groups, err := ReadGroup(ch.Tree())
 	if err != nil {

@@ -184,41 +184,43 @@ func TestMetadataScriptParses(t *testing.T) {
 }
 
 func TestSSHDVerdict(t *testing.T) {
-	good := "passwordauthentication no\nkbdinteractiveauthentication no\npermitrootlogin no\npubkeyauthentication yes\nauthenticationmethods any\npermitemptypasswords no\n"
+	good := "passwordauthentication no\nkbdinteractiveauthentication no\npermitrootlogin no\npubkeyauthentication yes\nauthenticationmethods publickey\npermitemptypasswords no\nport 22\n"
 	sec := func(what, body string) string { return "== " + what + "\n" + body }
 	all := sec("sshd -T", good) + sec("sshd -T -C user=admin,addr=10.77.0.1", good) + sec("sshd -T -C user=root,addr=127.0.0.1", good)
-	if st, ev := sshdVerdict(all, 3, nil, "admin"); st != Pass {
+	if st, ev := sshdVerdict(all, 3, nil, "admin", 22, 0); st != Pass {
 		t.Errorf("good settings: %s\n%s", st, ev)
+	}
+	if st, ev := sshdVerdict(all, 3, nil, "admin", 2222, 0); st != Fail || !strings.Contains(ev, `port is "22", want 2222`) {
+		t.Errorf("another port: %s\n%s", st, ev)
 	}
 	// A Match block that turns passwords on for one context only.
 	matched := sec("sshd -T", good) + sec("sshd -T -C user=admin,addr=192.168.1.10", strings.Replace(good, "passwordauthentication no", "passwordauthentication yes", 1)) + sec("sshd -T -C user=root,addr=127.0.0.1", good)
-	if st, ev := sshdVerdict(matched, 3, nil, "admin"); st != Fail || !strings.Contains(ev, `addr=192.168.1.10: passwordauthentication is "yes"`) {
+	if st, ev := sshdVerdict(matched, 3, nil, "admin", 22, 1); st != Fail || !strings.Contains(ev, `addr=192.168.1.10: passwordauthentication is "yes"`) {
 		t.Errorf("a Match for one address: %s\n%s", st, ev)
 	}
-	for _, m := range []string{"password", "publickey,password", "publickey keyboard-interactive", "publickey,keyboard-interactive:pam"} {
-		bad := sec("sshd -T", strings.Replace(good, "authenticationmethods any", "authenticationmethods "+m, 1))
-		if st, _ := sshdVerdict(bad, 1, nil, "admin"); st != Fail {
+	for _, m := range []string{"any", "password", "publickey,password", "publickey keyboard-interactive", "publickey,keyboard-interactive:pam"} {
+		bad := sec("sshd -T", strings.Replace(good, "authenticationmethods publickey", "authenticationmethods "+m, 1))
+		if st, _ := sshdVerdict(bad, 1, nil, "admin", 22, 0); st != Fail {
 			t.Errorf("authenticationmethods %q passed", m)
 		}
 	}
 	for _, m := range []string{"publickey", "publickey,publickey"} {
-		ok := sec("sshd -T", strings.Replace(good, "authenticationmethods any", "authenticationmethods "+m, 1))
-		if st, ev := sshdVerdict(ok, 1, nil, "admin"); st != Pass {
+		ok := sec("sshd -T", strings.Replace(good, "authenticationmethods publickey", "authenticationmethods "+m, 1))
+		if st, ev := sshdVerdict(ok, 1, nil, "admin", 22, 0); st != Pass {
 			t.Errorf("authenticationmethods %q failed:\n%s", m, ev)
 		}
 	}
-	if st, _ := sshdVerdict(sec("sshd -T", good), 3, nil, "admin"); st != Fail {
+	if st, _ := sshdVerdict(sec("sshd -T", good), 3, nil, "admin", 22, 0); st != Fail {
 		t.Error("missing contexts passed")
 	}
-	if st, _ := sshdVerdict(sec("sshd -T", "")+sec("x", good), 2, nil, "admin"); st != Fail {
+	if st, _ := sshdVerdict(sec("sshd -T", "")+sec("x", good), 2, nil, "admin", 22, 0); st != Fail {
 		t.Error("a context with no output passed")
 	}
 }
 
-func TestSSHDScriptParses(t *testing.T) {
-	f := filepath.Join(t.TempDir(), "s.sh")
-	os.WriteFile(f, []byte(sshdScript([]string{"", "user=admin,host=outside.invalid,addr=fd77::1,laddr=fd77::2,lport=22"})), 0o644)
-	if out, err := exec.Command("sh", "-n", f).CombinedOutput(); err != nil {
-		t.Fatalf("sh -n: %v\n%s", err, out)
+func TestGroupMember(t *testing.T) {
+	m := groupMember("root:x:0:\nsudo:x:27:admin,ops\nwheel:x:10:\n")
+	if m("sudo") != "admin" || m("wheel") != "" || m("none") != "" {
+		t.Errorf("members: sudo %q wheel %q none %q", m("sudo"), m("wheel"), m("none"))
 	}
 }

@@ -4,24 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/vm"
 )
 
-// guestAddr is the address the guest's SSH connections come from and go
-// to, for sshd -T -C.
 // sshContexts are the connection contexts sshd's effective settings are
-// read for (sshd -T -C): a Match block in any sshd_config.d file can give
-// one user, group or address other settings than 00-bake.conf gives
-// everyone, so every kind of client is asked for: the admin (group sudo),
-// root, a user with no account, each from the guest's link, loopback,
-// IPv6, a private LAN and the tailnet's CGNAT range.
-func (c *checker) sshContexts() []string {
+// read for (appliance.SSHContexts, the matrix the build runs in the tree
+// too): sshd -T alone; the admin, root and a user with no account, each
+// from the guest's link, loopback, IPv6, a private LAN and the tailnet's
+// CGNAT range; and one context built to satisfy each Match block in the
+// guest's sshd_config and sshd_config.d files (config, groups: what
+// sshdConfigScript read).
+func (c *checker) sshContexts(config, groups string) []string {
 	laddr := "10.0.2.15"
 	if c.in.link != nil && c.in.ipv4.IsValid() {
 		laddr = c.in.ipv4.String()
@@ -30,97 +29,55 @@ func (c *checker) sshContexts() []string {
 	if c.in.link != nil {
 		link = vm.LinkHostIPv4.Addr().String()
 	}
-	froms := []struct{ addr, laddr string }{
-		{link, laddr}, {"127.0.0.1", "127.0.0.1"}, {"fd77::1", "fd77::2"}, {"192.168.1.10", laddr}, {"100.100.1.1", laddr},
-	}
-	ctxs := []string{""}
-	for _, user := range []string{c.spec.AdminUser, "root", "bake-verify-nouser"} {
-		for _, f := range froms {
-			ctxs = append(ctxs, fmt.Sprintf("user=%s,host=outside.invalid,addr=%s,laddr=%s,lport=%d", user, f.addr, f.laddr, c.spec.SSHPort))
-		}
-	}
-	return ctxs
+	return appliance.SSHContexts(c.spec.AdminUser, c.spec.SSHPort, appliance.SSHFroms(link, laddr),
+		appliance.ParseSSHDMatch(config), groupMember(groups))
 }
 
-// sshdKeys are the settings sshdEffective reads.
-const sshdKeys = "passwordauthentication|kbdinteractiveauthentication|challengeresponseauthentication|permitrootlogin|pubkeyauthentication|authenticationmethods|permitemptypasswords|usepam|port"
+// sshdConfigScript prints the guest's sshd configuration files and its
+// group database, separated by a marker line.
+const sshdConfigScript = "cat /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf 2>/dev/null; echo '@@bake-groups@@'; getent group"
 
-func sshdScript(ctxs []string) string {
-	var b strings.Builder
-	b.WriteString("sshd=$(command -v sshd || echo /usr/sbin/sshd)\n")
-	for _, cx := range ctxs {
-		if cx == "" {
-			b.WriteString("echo '== sshd -T'; $sshd -T 2>&1 | grep -Ei '^(" + sshdKeys + ") '\n")
-			continue
+// groupMember returns, for a group, a member of it in getent group's
+// output ("" when it has none listed).
+func groupMember(getent string) func(string) string {
+	return func(group string) string {
+		for _, l := range strings.Split(getent, "\n") {
+			f := strings.Split(l, ":")
+			if len(f) == 4 && f[0] == group && f[3] != "" {
+				return strings.Split(f[3], ",")[0]
+			}
 		}
-		b.WriteString("echo '== sshd -T -C " + cx + "'; $sshd -T -C " + shellQuote(cx) + " 2>&1 | grep -Ei '^(" + sshdKeys + ") '\n")
+		return ""
 	}
-	return b.String()
 }
 
 func (c *checker) sshdEffective(ctx context.Context) (Status, string) {
-	ctxs := c.sshContexts()
-	res, err := c.in.sudo(ctx, sshdScript(ctxs))
+	var ev evidence
+	conf, err := c.in.sudo(ctx, sshdConfigScript)
 	if err != nil {
 		return Fail, err.Error()
 	}
-	var ev evidence
+	config, groups, _ := strings.Cut(conf.Stdout, "@@bake-groups@@\n")
+	matches := appliance.ParseSSHDMatch(config)
+	for _, m := range matches {
+		ev.add("Match block in the guest's configuration: %s", m.Line)
+	}
+	ctxs := c.sshContexts(config, groups)
+	res, err := c.in.sudo(ctx, appliance.SSHDMatrixScript(ctxs, ""))
+	if err != nil {
+		return Fail, err.Error()
+	}
 	ev.cmd(res)
-	return sshdVerdict(res.Stdout, len(ctxs), ev, c.spec.AdminUser)
+	return sshdVerdict(res.Stdout, len(ctxs), ev, c.spec.AdminUser, c.spec.SSHPort, len(matches))
 }
 
-// sshdVerdict judges sshdScript's output: in every context password and
-// keyboard-interactive logins are off, root may not log in, public keys
-// are on, and authenticationmethods allows nothing but publickey.
-func sshdVerdict(out string, contexts int, ev evidence, admin string) (Status, string) {
-	want := map[string]string{"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes"}
-	keys := make([]string, 0, len(want))
-	for k := range want {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var problems []string
-	type section struct {
-		what string
-		got  map[string]string
-	}
-	var secs []*section
-	for _, l := range strings.Split(out, "\n") {
-		if w, ok := strings.CutPrefix(l, "== "); ok {
-			secs = append(secs, &section{what: w, got: map[string]string{}})
-			continue
-		}
-		if f := strings.Fields(l); len(f) >= 2 && len(secs) > 0 {
-			secs[len(secs)-1].got[strings.ToLower(f[0])] = strings.ToLower(strings.Join(f[1:], " "))
-		}
-	}
-	if len(secs) != contexts {
-		problems = append(problems, fmt.Sprintf("read %d of %d connection contexts", len(secs), contexts))
-	}
-	for _, s := range secs {
-		if len(s.got) == 0 {
-			problems = append(problems, s.what+": failed")
-			continue
-		}
-		for _, k := range keys {
-			if s.got[k] != want[k] {
-				problems = append(problems, fmt.Sprintf("%s: %s is %q, want %q", s.what, k, s.got[k], want[k]))
-			}
-		}
-		if s.got["permitemptypasswords"] == "yes" {
-			problems = append(problems, s.what+": permitemptypasswords yes")
-		}
-		if m := s.got["authenticationmethods"]; m != "" && m != "any" {
-			for _, list := range strings.Fields(m) {
-				for _, meth := range strings.Split(list, ",") {
-					if meth != "publickey" {
-						problems = append(problems, fmt.Sprintf("%s: authenticationmethods %q allows %q (only publickey)", s.what, m, meth))
-					}
-				}
-			}
-		}
-	}
-	return verdict(problems, ev, fmt.Sprintf("passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, pubkeyauthentication yes, authenticationmethods publickey only, in all %d contexts (sshd -T, and -C for %s, root and a user with no account from the link, loopback, IPv6, a LAN and the tailnet)", len(secs), admin))
+// sshdVerdict judges the matrix's output (appliance.JudgeSSHDMatrix): in
+// every context password and keyboard-interactive logins are off, root may
+// not log in, public keys are on, authenticationmethods allows nothing but
+// publickey, and sshd listens on the claimed port.
+func sshdVerdict(out string, contexts int, ev evidence, admin string, port, matches int) (Status, string) {
+	problems := appliance.JudgeSSHDMatrix(out, contexts, port)
+	return verdict(problems, ev, fmt.Sprintf("passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, pubkeyauthentication yes, permitemptypasswords no, authenticationmethods publickey only, port %d, in all %d contexts (sshd -T, and -C for %s, root and a user with no account from the link, loopback, IPv6, a LAN and the tailnet, and one for each of the %d Match blocks)", port, contexts, admin, matches))
 }
 
 func randomPassword() string {
@@ -269,7 +226,7 @@ var (
 		}}
 	checkSSHEffective = Check{ID: "ssh.effective-config", Scope: ScopeFirmware, Needs: "an SSH session",
 		claim: func(Spec, *GatewaySpec) string {
-			return "effective sshd settings in every connection context (sshd -T -C: the admin, root, an unknown user; link, loopback, IPv6, LAN, tailnet): passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, authenticationmethods publickey only"
+			return "effective sshd settings in every connection context (sshd -T -C: the admin, root, an unknown user; link, loopback, IPv6, LAN, tailnet; one context for each Match block of sshd_config and its includes; the build checks the same matrix in the tree): passwordauthentication no, kbdinteractiveauthentication no, permitrootlogin no, authenticationmethods publickey only, the claimed port"
 		},
 		run: (*checker).sshdEffective, ssh: true}
 	checkSSHPassword = Check{ID: "ssh.password-refused", Scope: ScopeFirmware, Needs: "an SSH session",

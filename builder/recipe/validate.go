@@ -898,7 +898,7 @@ func (v *validator) knownOwner(p, owner string) {
 	r := v.r
 	systemd := func(name string) bool { return strings.HasPrefix(name, "systemd-") && len(name) > len("systemd-") }
 	if r.UserByName(user) == nil && !slices.Contains(debianUsers, user) && !systemd(user) {
-		v.errorf(p, fmt.Sprintf("declare it under users:, e.g. {name: %s, system: true}, or name a user of Debian's base such as root", user),
+		v.errorf(p, fmt.Sprintf("declare it under users:, e.g. {name: %s, system: true} (an account a package of the recipe creates is then used as the package made it), or name a user of Debian's base such as root", user),
 			"user %q is neither declared in users nor one of Debian's base system users", user)
 	}
 	if !hasGroup {
