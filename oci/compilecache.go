@@ -504,6 +504,19 @@ func checkListedModules(tree string, mods []cacheModule) error {
 // inside dir (safepath), so a symlink of a lower layer cannot redirect a
 // write to the build host.
 func extractLayers(dir string, layers []layerFile, epoch int64) error {
+	return extractInto(dir, epoch, func(r *safepath.Root) error {
+		for _, l := range layers {
+			if err := extractLayer(r, l.Path); err != nil {
+				return fmt.Errorf("%s: %w", filepath.Base(l.Path), err)
+			}
+		}
+		return nil
+	})
+}
+
+// extractInto makes dir, runs extract on it (every write resolved inside
+// it), and clamps its times to epoch.
+func extractInto(dir string, epoch int64, extract func(r *safepath.Root) error) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
@@ -512,10 +525,8 @@ func extractLayers(dir string, layers []layerFile, epoch int64) error {
 		return err
 	}
 	defer r.Close()
-	for _, l := range layers {
-		if err := extractLayer(r, l.Path); err != nil {
-			return fmt.Errorf("%s: %w", filepath.Base(l.Path), err)
-		}
+	if err := extract(r); err != nil {
+		return err
 	}
 	return sourcedate.ClampTimes(dir, time.Unix(epoch, 0))
 }

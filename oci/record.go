@@ -17,7 +17,6 @@ import (
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/internal/safepath"
-	"github.com/bakeimg/bake/internal/sourcedate"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -233,24 +232,18 @@ func extractImage(img v1.Image, dir string, epoch int64) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return err
-	}
-	r, err := safepath.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	for i, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return err
+	return extractInto(dir, epoch, func(r *safepath.Root) error {
+		for i, l := range layers {
+			rc, err := l.Uncompressed()
+			if err != nil {
+				return err
+			}
+			err = extractTar(r, rc)
+			rc.Close()
+			if err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
 		}
-		err = extractTar(r, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-	}
-	return sourcedate.ClampTimes(dir, time.Unix(epoch, 0))
+		return nil
+	})
 }

@@ -38,18 +38,11 @@ const (
 // forever), refuses anything but a regular file, and reads at most one byte
 // past the limit, so neither a huge file nor a growing one costs memory.
 func readFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, fi, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fileKind(fi.Mode()))
-	}
 	if fi.Size() > MaxSize {
 		return nil, errTooLarge(fi.Size())
 	}
@@ -61,6 +54,26 @@ func readFile(path string) ([]byte, error) {
 		return nil, errTooLarge(int64(len(data)))
 	}
 	return data, nil
+}
+
+// openRegular opens path without blocking (a FIFO or a device would
+// otherwise block open or read forever) and refuses anything but a
+// regular file; the caller closes it.
+func openRegular(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", path, fileKind(fi.Mode()))
+	}
+	return f, fi, nil
 }
 
 var errSize = errors.New("recipe too large")

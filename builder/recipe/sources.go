@@ -9,7 +9,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 )
 
 // IgnoreFile is the file in a recipe's context that names paths bake never
@@ -77,7 +76,7 @@ func parseIgnore(file string) (*ignoreRules, error) {
 func readIgnore(file string) (*ignoreRules, error) {
 	rs := &ignoreRules{}
 	// Non-blocking: a FIFO named .bakeignore must not hang bake.
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, fi, err := openRegular(file)
 	if errors.Is(err, os.ErrNotExist) {
 		return rs, nil
 	}
@@ -85,13 +84,6 @@ func readIgnore(file string) (*ignoreRules, error) {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", file, fileKind(fi.Mode()))
-	}
 	if fi.Size() > maxIgnoreFile {
 		return nil, fmt.Errorf("%s is %d bytes, more than %d", file, fi.Size(), maxIgnoreFile)
 	}
