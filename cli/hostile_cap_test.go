@@ -78,7 +78,10 @@ func capped(t *testing.T, child string, args ...string) (stderr string, code int
 }
 
 // TestHostileInputsUnderMemoryCap: every class of hostile input of issue
-// 12, each crafted here, given to bake in a process of its own under a
+// 12 (bake inspect, verify and convert on images: a FIFO does not hang
+// them, a backing file naming a host file is never followed, a header
+// claiming a 32 GiB L1 table allocates nothing; recipes: alias bombs,
+// size, nesting), each crafted here, given to bake in a process of its own under a
 // 512 MiB memory cap and a 30 s deadline: each is refused with one line
 // and its exit status, within both. The control shows the cap holds: the
 // same process touching 1 GiB dies.
@@ -134,6 +137,7 @@ func TestHostileInputsUnderMemoryCap(t *testing.T) {
 		{[]string{"inspect", hugeVirtual}, 1, "virtual disk size 10995116277760 bytes"},
 		{[]string{"inspect", gpt}, 1, "entry size of 2147483648 bytes"},
 		{[]string{"verify", fifo}, 2, "not a regular file (a FIFO)"},
+		{[]string{"convert", fifo, "-f", "vhd", "-o", out}, 2, "not a regular file (a FIFO)"},
 		{[]string{"convert", backing, "-f", "vhd", "-o", out}, 2, `backing file ("/etc/shadow")`},
 		{[]string{"convert", hugeL1, "-f", "vhd", "-o", out}, 2, "L1 table of 4294967295 entries"},
 		{[]string{"validate", bomb}, 2, "expands the recipe past"},
