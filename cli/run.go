@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -51,6 +52,7 @@ type runOptions struct {
 	adminKeys []string
 	seed      string
 	admin     string
+	adminSet  bool
 	firmware  string
 	memory    int
 	cpus      int
@@ -127,7 +129,8 @@ started), 130 interrupted by a signal (the guest was powered off).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.image = args[0]
 			o.stdin, o.stdout, o.stderr = cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()
-			if !cmd.Flags().Changed("admin") {
+			o.adminSet = cmd.Flags().Changed("admin")
+			if !o.adminSet {
 				o.admin = ""
 			}
 			ctx := context.Background()
@@ -176,7 +179,7 @@ func planRun(ctx context.Context, o *runOptions) (*runPlan, error) {
 			return nil, usageErr(fmt.Errorf("--hostname: %w", err))
 		}
 	}
-	if o.admin != "" {
+	if o.adminSet {
 		if err := checkUserName(o.admin); err != nil {
 			return nil, usageErr(fmt.Errorf("--admin %q: %w", o.admin, err))
 		}
@@ -211,7 +214,7 @@ func planRun(ctx context.Context, o *runOptions) (*runPlan, error) {
 	} else {
 		p.admin, p.adminWhy = verify.DefaultAdminUser, "default; "+why
 	}
-	if o.admin != "" {
+	if o.adminSet {
 		p.admin, p.adminWhy = o.admin, "--admin"
 	}
 
@@ -249,7 +252,11 @@ func planRun(ctx context.Context, o *runOptions) (*runPlan, error) {
 				fmt.Fprintf(o.stderr, "bake: not using %s: %s\n", file, strings.Join(fp, "; "))
 			}
 			if len(keys) > 0 && len(fp) == 0 {
-				p.keys = append(p.keys, keys...)
+				for _, k := range keys {
+					if !slices.Contains(p.keys, k) {
+						p.keys = append(p.keys, k)
+					}
+				}
 				p.keyFrom = append(p.keyFrom, file)
 			}
 		}
