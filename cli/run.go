@@ -247,9 +247,9 @@ func planRun(ctx context.Context, o *runOptions) (*runPlan, error) {
 		}
 		for _, file := range files {
 			var fp problems
-			keys := so.readAdminKeys(&fp, "~/.ssh", []string{file})
+			keys := so.readAdminKeys(&fp, "not using", []string{file})
 			if len(fp) > 0 {
-				fmt.Fprintf(o.stderr, "bake: not using %s: %s\n", file, strings.Join(fp, "; "))
+				fmt.Fprintf(o.stderr, "bake: %s\n", strings.Join(fp, "; "))
 			}
 			if len(keys) > 0 && len(fp) == 0 {
 				for _, k := range keys {
@@ -261,12 +261,8 @@ func planRun(ctx context.Context, o *runOptions) (*runPlan, error) {
 			}
 		}
 	}
-	if len(p.keys) == 0 {
-		where := "~/.ssh has no *.pub file bake can use"
-		if len(o.adminKeys) > 0 {
-			where = "the --admin-key files hold no key"
-		}
-		return nil, usageErr(fmt.Errorf("no SSH public key for the admin: %s; give --admin-key FILE (or --seed FILE)", where))
+	if len(p.keys) == 0 { // --admin-key files without a key were refused above
+		return nil, usageErr(errors.New("no SSH public key for the admin: ~/.ssh has no *.pub file bake can use; give --admin-key FILE (or --seed FILE)"))
 	}
 	return p, nil
 }
