@@ -523,14 +523,20 @@ func runVM(_ context.Context, p *runPlan, o *runOptions) (retErr error) {
 			t.Stop()
 		}
 	}
+	// Stop: QEMU is ended if it still runs (SIGTERM, SIGKILL after
+	// vm.StopGrace) and its dir (the overlay) removed.
+	stopErr := v.Stop()
 	exitErr := v.Wait()
-	v.Stop()
 	// QEMU has exited: what is left in the FIFO is read, then no more.
 	out.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	<-outDone
 	if restore != nil {
 		restore()
-		nl = "\n"
+	}
+	in.Close()
+	out.Close()
+	if err := errors.Join(stopErr, os.RemoveAll(work)); err != nil {
+		return fail(err)
 	}
 	if errors.Is(exitErr, vm.ErrSerialLogMax) {
 		return fail(exitErr)
@@ -538,7 +544,7 @@ func runVM(_ context.Context, p *runPlan, o *runOptions) (retErr error) {
 	if why == "" && exitErr != nil {
 		return fail(fmt.Errorf("QEMU exited (%v): %s", exitErr, strings.TrimSpace(v.QEMULog())))
 	}
-	fmt.Fprintf(errw, "\nbake: the guest is off; removed %s and %s\n", v.Dir(), work)
+	fmt.Fprintf(errw, "\nbake: QEMU has exited; removed %s and %s\n", v.Dir(), work)
 	if interrupted {
 		return &exitError{130, nil}
 	}
