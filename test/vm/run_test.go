@@ -80,6 +80,11 @@ func TestBakeRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// First a guest that cannot power off yet: SIGINT a second after
+	// QEMU starts (firmware or early boot: nothing handles the ACPI power
+	// button) stops QEMU once --grace has passed.
+	graceStop(t, img, keyFile)
+
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	cmd := exec.Command(bake(t), "run", img, "--admin-key", keyFile, "--admin", "debian",
@@ -230,6 +235,67 @@ func TestBakeRun(t *testing.T) {
 	}
 	if after := fileSum(t, img); after != before {
 		t.Errorf("the image changed: sha256 %s before, %s after", before, after)
+	}
+}
+
+// graceStop runs bake run with --grace 3s and sends SIGINT a second after
+// QEMU started: bake must stop QEMU after the grace period, exit 130 and
+// leave nothing.
+func graceStop(t *testing.T, img, keyFile string) {
+	t.Helper()
+	cmd := exec.Command(bake(t), "run", img, "--admin-key", keyFile, "--admin", "debian",
+		"--cpus", strconv.Itoa(vmCPUs(vm.BIOS)), "--memory", "1024", "--grace", "3s")
+	cmd.Dir = repoRoot()
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var m []string
+	for deadline := time.Now().Add(2 * time.Minute); m == nil; {
+		select {
+		case err := <-exited:
+			t.Fatalf("bake run exited (%v) before QEMU started:\n%s", err, out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		m = runPIDRE.FindStringSubmatch(out.String())
+		if m == nil && time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("no QEMU pid line:\n%s", out.String())
+		}
+	}
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatalf("bake run still running a minute after SIGINT with --grace 3s:\n%s", out.String())
+	}
+	t.Logf("--grace 3s: bake run exited (%v) %s after SIGINT:\n%s", err, since(t0), out.String())
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+		t.Errorf("exit %v, want status 130", err)
+	}
+	if d := time.Since(t0); d < 3*time.Second || d > 20*time.Second {
+		t.Errorf("bake run exited %s after SIGINT; want --grace (3s) plus at most QEMU's stop", since(t0))
+	}
+	if !strings.Contains(out.String(), "still up after 3s: stopping QEMU") {
+		t.Errorf("bake run did not say it stops QEMU after the grace period")
+	}
+	pid, _ := strconv.Atoi(m[1])
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte("qemu")) {
+		t.Errorf("QEMU (pid %d) is still running", pid)
+	}
+	for _, d := range m[2:4] {
+		if _, err := os.Lstat(d); err == nil {
+			t.Errorf("%s left behind", d)
+		}
 	}
 }
 
