@@ -251,21 +251,7 @@ func runSeed(o *seedOptions) error {
 		rand.Read(b)
 		s.InstanceID = "iid-" + hex.EncodeToString(b)
 	}
-	for _, name := range o.adminKeys {
-		b, ok := o.read(&p, "--admin-key", name)
-		if !ok {
-			continue
-		}
-		keys, errs := firstboot.ParseAdminKeys(b)
-		for _, err := range errs {
-			p.add("--admin-key %s: %v", name, err)
-		}
-		for _, k := range keys {
-			if !slices.Contains(s.AdminKeys, k) {
-				s.AdminKeys = append(s.AdminKeys, k)
-			}
-		}
-	}
+	s.AdminKeys = o.readAdminKeys(&p, "--admin-key", o.adminKeys)
 	if o.tokenFile != "" {
 		s.GatewayToken = o.readSecret(&p, "--token-file", o.tokenFile, firstboot.CheckGatewayToken)
 	}
@@ -291,6 +277,39 @@ func runSeed(o *seedOptions) error {
 		fmt.Fprintln(o.stderr, "bake: warning: no --admin-key: nobody can log in over SSH unless the image or the cloud gives the admin a key")
 	}
 	return writeSeed(o, s)
+}
+
+// readAdminKeys reads the admin's public keys from each file (or stdin
+// for "-"), with first boot's refusals reported under flag, each key once.
+// bake seed and bake run read keys this way.
+func (o *seedOptions) readAdminKeys(p *problems, flag string, names []string) []string {
+	var out []string
+	for _, name := range names {
+		b, ok := o.read(p, flag, name)
+		if !ok {
+			continue
+		}
+		keys, errs := firstboot.ParseAdminKeys(b)
+		for _, err := range errs {
+			p.add("%s %s: %v", flag, name, err)
+		}
+		for _, k := range keys {
+			if !slices.Contains(out, k) {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// writeNoCloud writes s as a NoCloud volume at path: an ISO9660 (iso) or
+// FAT16 (fat) image, 0600, made atomically. bake seed and bake run write
+// seeds this way.
+func writeNoCloud(format, path string, s firstboot.Seed) error {
+	if format == seedFAT {
+		return vm.WriteNoCloudFAT(path, s.MetaData(), s.UserData(), s.NoCloudFiles())
+	}
+	return vm.WriteNoCloudSeed(path, s.MetaData(), s.UserData(), s.NoCloudFiles())
 }
 
 // writeSeed writes the token file (--new-token) and the output. On an
@@ -429,10 +448,8 @@ func writeSeedOutput(ctx context.Context, o *seedOptions, s firstboot.Seed, data
 	defer os.RemoveAll(work)
 	tmp := filepath.Join(work, "seed")
 	switch o.format {
-	case seedISO:
-		err = vm.WriteNoCloudSeed(tmp, s.MetaData(), s.UserData(), s.NoCloudFiles())
-	case seedFAT:
-		err = vm.WriteNoCloudFAT(tmp, s.MetaData(), s.UserData(), s.NoCloudFiles())
+	case seedISO, seedFAT:
+		err = writeNoCloud(o.format, tmp, s)
 	default:
 		err = writeFileSync(tmp, data)
 	}

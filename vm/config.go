@@ -124,6 +124,19 @@ type Config struct {
 	// writes in that time. QEMU's own log (stdout/stderr) has the same
 	// bound.
 	SerialLogMax int64
+	// SerialPipe, when set, is the base of two FIFOs the caller made,
+	// SerialPipe+".in" and SerialPipe+".out" (QEMU's pipe chardev): the
+	// serial console's input and output, for an interactive console (bake
+	// run). The output is still logged to SerialLog (the chardev's
+	// logfile), bounded and read as without a pipe. The caller opens both
+	// FIFOs before Start (read-write, so that no open waits) and must keep
+	// reading the output: a full FIFO stalls the guest's console.
+	SerialPipe string
+
+	// QMPSocket, when set, is the path of a unix socket QEMU listens on
+	// for QMP (Powerdown uses it). The caller picks a path in a directory
+	// of its own; QEMU creates the socket there.
+	QMPSocket string
 
 	// SeedISO is attached read-only: a virtio disk by default, an IDE
 	// CD-ROM with SeedCDROM. Cloud-init finds it by its "cidata" label.
@@ -363,8 +376,16 @@ func Cmdline(c Config) ([]string, error) {
 	}
 	add(nic...)
 
-	if c.SerialLog != "" {
+	switch {
+	case c.SerialPipe != "" && c.SerialLog == "":
+		return nil, fmt.Errorf("vm: SerialPipe needs SerialLog (Start sets one)")
+	case c.SerialPipe != "":
+		add("-chardev", "pipe,id=serial0,path="+qemuEscape(c.SerialPipe)+",logfile="+qemuEscape(c.SerialLog), "-serial", "chardev:serial0")
+	case c.SerialLog != "":
 		add("-chardev", "file,id=serial0,path="+qemuEscape(c.SerialLog), "-serial", "chardev:serial0")
+	}
+	if c.QMPSocket != "" {
+		add("-qmp", "unix:"+qemuEscape(c.QMPSocket)+",server=on,wait=off")
 	}
 	if c.NoReboot {
 		add("-no-reboot")

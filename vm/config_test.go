@@ -66,6 +66,18 @@ func TestCmdlineGolden(t *testing.T) {
 				" -netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=net0",
 		},
 		{
+			name: "interactive console pipe and QMP (bake run)",
+			c: Config{
+				Disk: "/img/a.raw", DiskFormat: "raw", Accel: AccelTCG,
+				SerialLog: "/v/serial.log", SerialPipe: "/w/con,sole", QMPSocket: "/w/qmp.sock",
+			},
+			want: base + " -accel tcg -cpu max -smp 1 -m 1024" +
+				" -drive if=none,id=disk0,file=/img/a.raw,format=raw -device virtio-blk-pci,drive=disk0,bootindex=1" +
+				" -device virtio-rng-pci -nic none" +
+				" -chardev pipe,id=serial0,path=/w/con,,sole,logfile=/v/serial.log -serial chardev:serial0" +
+				" -qmp unix:/w/qmp.sock,server=on,wait=off",
+		},
+		{
 			name: "direct kernel boot, no net",
 			c: Config{
 				QEMU: "/opt/qemu", Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Append: "console=ttyS0 panic=-1",
@@ -136,6 +148,7 @@ func TestCmdlineErrors(t *testing.T) {
 		{"drive iface", func(c *Config) { c.ExtraDrives = []Drive{{Path: "/x", Interface: "floppy"}} }, "interface"},
 		{"drive path", func(c *Config) { c.ExtraDrives = []Drive{{}} }, "no Path"},
 		{"uuid", func(c *Config) { c.UUID = "nope" }, "UUID"},
+		{"pipe without log", func(c *Config) { c.SerialPipe = "/w/console" }, "SerialPipe needs SerialLog"},
 		{"sandbox off in ExtraArgs", func(c *Config) { c.ExtraArgs = []string{"-sandbox", "off"} }, "may not set -sandbox"},
 		{"--sandbox in ExtraArgs", func(c *Config) { c.ExtraArgs = []string{"--sandbox", "on"} }, "may not set --sandbox"},
 		{"negative serial limit", func(c *Config) { c.SerialLogMax = -1 }, "SerialLogMax"},
