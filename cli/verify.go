@@ -86,10 +86,11 @@ verify's (ssh_pwauth, disable_root, hostname): the image must hold against
 it. bake's own seed files (keys, token) are not affected.
 
 Checks of instance identity (identity.unique: two VMs differ;
-identity.reboot: a reboot keeps them) run with --instances 2 or more. With
-1, the default, they are not run and the report lists them as "not run:
-needs --instances 2 (skipped by request)" ("accepted": "by-request" in
-report.json): the user's choice, not a failure.
+identity.reboot: a reboot keeps them) run with --instances 2 or more: the
+default is 2, so a plain run proves them. With --instances 1 they are not
+run and the report lists them as "not run: needs --instances 2 (skipped by
+request)" ("accepted": "by-request" in report.json): the user's choice,
+not a failure.
 
 Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
 or by request); 1 a check failed or could not run without being accepted (the
@@ -242,7 +243,7 @@ each runs, what it needs):
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")
 	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")
-	f.IntVar(&instances, "instances", 1, "VMs to boot per firmware from the same image (2 or more checks that instances differ and survive a reboot; with 1 those are skipped by request)")
+	f.IntVar(&instances, "instances", 2, "VMs to boot per firmware from the same image: 2 or more check that instances differ and survive a reboot; --instances 1 skips those checks (listed as skipped by request)")
 	f.DurationVar(&timeout, "timeout", verify.DefaultTimeout, "time limit of the whole verification")
 	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running; also the bound of each gateway client call in gateway.auth")
 	f.BoolVar(&strict, "strict", false, "no-op, kept for old scripts: a skipped check is always a failure (exit 1) unless --allow-skip names it")

@@ -115,16 +115,16 @@ func TestVerifyFailClosed(t *testing.T) {
 		{"--strict: the same", []string{"--strict"}, 1, nil, []string{verdictFail}},
 		{"another firmware's", []string{"--allow-skip", "uefi/network.scan"}, 1, []string{"uefi/network.scan"}, []string{verdictFail}},
 		{"another check's", []string{"--allow-skip", "isolation.outside"}, 1, []string{"isolation.outside"}, []string{verdictFail}},
-		{"allowed", []string{"--allow-skip", "network.scan"}, 0, []string{"network.scan"}, []string{
+		{"allowed", []string{"--allow-skip", "network.scan", "--instances", "1"}, 0, []string{"network.scan"}, []string{
 			"accepted skips (not proven, not failures):\n  bios/network.scan (--allow-skip): not run: nmap is not installed",
 			"verdict: every check that ran passed; skipped, accepted by --allow-skip: bios/network.scan; skipped by request: bios/identity.unique, bios/identity.reboot (exit 0)"}},
 		{"allowed by key, twice, --strict", []string{"--allow-skip", "bios/network.scan", "--strict", "--allow-skip", "bios/network.scan"}, 0, []string{"bios/network.scan"}, []string{
 			"  bios/network.scan (--allow-skip): not run: nmap is not installed"}},
-		{"one instance", []string{"--allow-skip", "network.scan"}, 0, []string{"network.scan"}, []string{
+		{"one instance", []string{"--allow-skip", "network.scan", "--instances", "1"}, 0, []string{"network.scan"}, []string{
 			"SKIP  bios/identity.unique",
 			"  bios/identity.reboot (by request): not run: needs --instances 2 (skipped by request)",
 			"3 skipped (1 accepted by --allow-skip, 2 by request, 0 failing)"}},
-		{"two instances", []string{"--allow-skip", "network.scan", "--instances", "2"}, 0, []string{"network.scan"}, []string{
+		{"two instances, the default", []string{"--allow-skip", "network.scan"}, 0, []string{"network.scan"}, []string{
 			"PASS  bios/identity.unique", "1 skipped (1 accepted by --allow-skip, 0 by request, 0 failing)"}},
 	} {
 		n := len(*runs)
@@ -159,7 +159,7 @@ func TestVerifyAllowSkipReportFiles(t *testing.T) {
 	fakeVerify(t)
 	img := verifyImage(t)
 	dir := filepath.Join(t.TempDir(), "report")
-	if _, errs, code := run(t, "verify", img, "--allow-skip", "bios/network.scan", "--report", dir); code != 0 {
+	if _, errs, code := run(t, "verify", img, "--allow-skip", "bios/network.scan", "--instances", "1", "--report", dir); code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
@@ -218,7 +218,8 @@ func TestVerifyHelp(t *testing.T) {
 		"--allow-skip ID (repeatable)",
 		"--allow-skip ID ",
 		"no-op, kept for old scripts",
-		"not run:\nneeds --instances 2 (skipped by request)",
+		"not run: needs --instances 2 (skipped by",
+		"the\ndefault is 2",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("help lacks %q:\n%s", w, out)
