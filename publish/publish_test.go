@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,7 +181,7 @@ func TestLabelsLeaveCredentialsOut(t *testing.T) {
 // a re-run that pushes nothing and keeps the receipt, a refused tag with
 // other content, --force.
 func TestPublishInProcessRegistry(t *testing.T) {
-	var writes int
+	var writes atomic.Int64
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config.Handler = countWrites(reg, &writes)
@@ -199,14 +200,14 @@ func TestPublishInProcessRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if res.Unchanged || writes == 0 {
-		t.Errorf("first publish: unchanged %v, %d writes", res.Unchanged, writes)
+	if res.Unchanged || writes.Load() == 0 {
+		t.Errorf("first publish: unchanged %v, %d writes", res.Unchanged, writes.Load())
 	}
 	rb, _ := os.ReadFile(ReceiptPath(img))
-	writes = 0
+	writes.Store(0)
 	res2, err := Publish(context.Background(), opts)
-	if err != nil || !res2.Unchanged || writes != 0 || res2.Record.ManifestDigest != res.Record.ManifestDigest {
-		t.Errorf("re-run: %v, unchanged %v, %d writes", err, res2 != nil && res2.Unchanged, writes)
+	if err != nil || !res2.Unchanged || writes.Load() != 0 || res2.Record.ManifestDigest != res.Record.ManifestDigest {
+		t.Errorf("re-run: %v, unchanged %v, %d writes", err, res2 != nil && res2.Unchanged, writes.Load())
 	}
 	if rb2, _ := os.ReadFile(ReceiptPath(img)); !bytes.Equal(rb, rb2) {
 		t.Error("re-run rewrote the receipt")
@@ -226,9 +227,9 @@ func TestPublishInProcessRegistry(t *testing.T) {
 	}
 	// Other content under the same tag.
 	writeManifest(t, dir, "app", fakeQcow2(t, img, "two"), 1700000000)
-	writes = 0
-	if _, err := Publish(context.Background(), opts); !errors.Is(err, ErrConflict) || writes != 0 {
-		t.Errorf("conflict: %v, %d writes", err, writes)
+	writes.Store(0)
+	if _, err := Publish(context.Background(), opts); !errors.Is(err, ErrConflict) || writes.Load() != 0 {
+		t.Errorf("conflict: %v, %d writes", err, writes.Load())
 	}
 	opts.Force = true
 	res4, err := Publish(context.Background(), opts)
@@ -238,20 +239,11 @@ func TestPublishInProcessRegistry(t *testing.T) {
 }
 
 // countWrites counts requests that change the registry.
-func countWrites(h interface {
-	ServeHTTP(w httpResponseWriter, r *httpRequest)
-}, n *int) httpHandler {
-	return httpHandlerFunc(func(w httpResponseWriter, r *httpRequest) {
-		if r.Method != "GET" && r.Method != "HEAD" {
-			*n++
+func countWrites(h http.Handler, n *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			n.Add(1)
 		}
 		h.ServeHTTP(w, r)
 	})
 }
-
-type (
-	httpResponseWriter = http.ResponseWriter
-	httpRequest        = http.Request
-	httpHandler        = http.Handler
-	httpHandlerFunc    = http.HandlerFunc
-)
