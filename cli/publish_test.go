@@ -1,0 +1,45 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// bake publish's bad usage: exit 2 with one line, nothing written.
+func TestPublishUsage(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "app.raw")
+	os.WriteFile(raw, make([]byte, 4096), 0o644)
+	os.WriteFile(filepath.Join(dir, "app.manifest.json"), []byte(`{"recipe":{"name":"app"},"source_date_epoch":1700000000,"outputs":[]}`), 0o644)
+	noManifest := filepath.Join(dir, "other.qcow2")
+	os.WriteFile(noManifest, append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 200)...), 0o644)
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, []byte("not a certificate\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"publish", raw}, "no --to given"},
+		{[]string{"publish", "--to", "oci://r.example/a:1"}, "publish takes one IMAGE"},
+		{[]string{"publish", raw, "--to", "r.example/a:1"}, "want oci://REGISTRY/REPO:TAG"},
+		{[]string{"publish", raw, "--to", "oci://r.example/a"}, "tag"},
+		{[]string{"publish", raw, "--to", "libvirt://x"}, "not implemented yet"},
+		{[]string{"publish", raw, "--to", "oci://r.example/a:1", "--ca", ca}, "no PEM certificate"},
+		{[]string{"publish", raw, "--to", "oci://r.example/a:1"}, "not a qcow2"},
+		{[]string{"publish", noManifest, "--to", "oci://r.example/a:1"}, "other.manifest.json: no build manifest"},
+	} {
+		out, errs, code := run(t, c.args...)
+		if code != ExitUsage || !strings.Contains(errs, c.want) || strings.Count(strings.TrimSpace(errs), "\n") != 0 || out != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 2 and one line with %q", c.args, code, out, errs, c.want)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 4 {
+		t.Errorf("files left: %v", ents)
+	}
+	out, _, code := run(t, "publish", "--help")
+	if code != 0 || !strings.Contains(out, "107:107") || !strings.Contains(out, "IMAGE.publish.json") {
+		t.Errorf("help: %d\n%s", code, out)
+	}
+}
