@@ -66,7 +66,7 @@ var catalog = []*Check{
 	&checkFirewallRules,
 	&checkTailscaleDaemon,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
-	&checkNetworkScan,
+	&checkNetworkScan, &checkNetworkUDP,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
 	&checkSecretsDisk,
