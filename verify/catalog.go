@@ -69,7 +69,7 @@ var catalog = []*Check{
 	&checkNetworkScan, &checkNetworkUDP,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
-	&checkSecretsDisk,
+	&checkSecretsSeedCopies, &checkSecretsDisk,
 	&checkImageFormat, &checkVerifyTimeout,
 }
 

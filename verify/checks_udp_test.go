@@ -3,6 +3,9 @@ package verify
 import (
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -168,4 +171,67 @@ func FuzzParseUDPLog(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseSeedSearch(t *testing.T) {
+	s, ok := parseSeedSearch("files 48213\nfound /home/openclaw/.openclaw/openclaw.json\nfound /var/lib/cloud/instances/iid-1/user-data.txt\nfound /var/lib/cloud/instances/iid-1/user-data.txt\nnoise\n")
+	if !ok || s.Files != 48213 || len(s.Found) != 2 || s.Found[1] != "/var/lib/cloud/instances/iid-1/user-data.txt" {
+		t.Errorf("%+v %v", s, ok)
+	}
+	if _, ok := parseSeedSearch("found /x\n"); ok {
+		t.Error("a search without its file count counted as run")
+	}
+	if _, ok := parseSeedSearch("files -3\n"); ok {
+		t.Error("a negative count")
+	}
+}
+
+// FuzzParseSeedSearch: any guest output. Nothing may panic; paths are
+// never empty and never repeated.
+func FuzzParseSeedSearch(f *testing.F) {
+	f.Add("files 10\nfound /a\nfound /a\nfound \n")
+	f.Fuzz(func(t *testing.T, s string) {
+		r, _ := parseSeedSearch(s)
+		seen := map[string]bool{}
+		for _, p := range r.Found {
+			if p == "" || seen[p] {
+				t.Errorf("found %q", r.Found)
+			}
+			seen[p] = true
+		}
+	})
+}
+
+// TestSeedSearchScript runs the guest's search on a directory of this
+// host (the script with its roots replaced): it names each file that holds
+// the value read from stdin, and only those.
+func TestSeedSearchScript(t *testing.T) {
+	dir := t.TempDir()
+	needle := "Zq81kLmN0pQrStUvWxYz0123456789abcdefABCDEFghijklmnopqrstuvwxyz01"
+	files := map[string]string{"a/openclaw.json": `{"token": "` + needle + `"}`, "b/user-data.txt": "x\n" + needle + "\n", "c/other": "nothing", "d/bin": "\x00\x01" + needle + "\x00"}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := strings.Replace(seedSearchScript, "find / /boot /boot/efi -xdev", "find "+dir+" -xdev", 1)
+	if script == seedSearchScript {
+		t.Fatal("the script's roots moved: update this test")
+	}
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Stdin = strings.NewReader(needle + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	s, ok := parseSeedSearch(string(out))
+	want := []string{filepath.Join(dir, "a/openclaw.json"), filepath.Join(dir, "b/user-data.txt"), filepath.Join(dir, "d/bin")}
+	if !ok || s.Files != 4 || !slices.Equal(s.Found, want) {
+		t.Errorf("%+v %v, want %q\n%s", s, ok, want, out)
+	}
+	if strings.Contains(string(out), needle) {
+		t.Errorf("the output shows the value:\n%s", out)
+	}
 }

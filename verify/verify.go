@@ -445,12 +445,21 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 	// instance it is not part of the run (Plan): the report lists it as
 	// skipped by request (Report.ListByRequest).
 	var idwg sync.WaitGroup
+	var rebooted *instance
 	if len(insts) >= 2 {
 		idwg.Add(1)
-		go func() { defer idwg.Done(); r.identity(ctx, fw, insts) }()
+		go func() {
+			defer idwg.Done()
+			if r.identity(ctx, fw, insts) {
+				rebooted = insts[len(insts)-1]
+			}
+		}()
 	}
 	c.runAll(ctx)
 	idwg.Wait()
+	if ctx.Err() == nil {
+		r.seedCopies(ctx, fw, main, rebooted)
+	}
 }
 
 func status(ok bool) Status {

@@ -1,0 +1,161 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TailscaledState is where tailscaled keeps its state (the one file the
+// design lets hold what the auth key became).
+const TailscaledState = "/var/lib/tailscale/tailscaled.state"
+
+// seedSearchScript lists every regular file on the guest's disk
+// filesystems (find -xdev from /, /boot and /boot/efi: not /proc, /sys,
+// /dev, /run or other memory filesystems) and prints "files N", then the
+// paths of the files that hold the value given on stdin (grep -F). The
+// value goes through a file in /dev/shm (memory), removed at once: never
+// on a command line, never on the disk it searches.
+const seedSearchScript = `umask 077
+d=$(mktemp -d /dev/shm/bake-verify.XXXXXX) || exit 3
+trap 'rm -rf "$d"' EXIT
+cat >"$d/needle"
+find / /boot /boot/efi -xdev -type f -print0 2>/dev/null >"$d/list"
+echo "files $(tr -cd '\0' <"$d/list" | wc -c)"
+xargs -0 -r -a "$d/list" grep -lsF -f "$d/needle" -- | sort -u | sed 's/^/found /'
+true`
+
+// seedSearch is what one search found.
+type seedSearch struct {
+	Files int      // regular files searched
+	Found []string // paths that hold the value
+}
+
+// parseSeedSearch reads seedSearchScript's output; ok is false without
+// its "files N" line (the search did not run).
+func parseSeedSearch(out string) (seedSearch, bool) {
+	var s seedSearch
+	ok := false
+	for _, l := range strings.Split(out, "\n") {
+		if n, found := strings.CutPrefix(l, "files "); found {
+			if v, err := strconv.Atoi(strings.TrimSpace(n)); err == nil && v >= 0 {
+				s.Files, ok = v, true
+			}
+		} else if p, found := strings.CutPrefix(l, "found "); found && p != "" && !slices.Contains(s.Found, p) {
+			s.Found = append(s.Found, p)
+		}
+	}
+	return s, ok
+}
+
+// seedSecret is one secret value to look for, and the files the design
+// keeps it in.
+type seedSecret struct {
+	What    string // "the seed's gateway token"
+	Value   string
+	Allowed []string
+}
+
+// searchCopies looks for each secret on in's disk: every file that holds
+// one outside its allowed files is a problem, named by path.
+func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedSecret, when string) (problems []string, ev evidence) {
+	for _, s := range secrets {
+		if len(s.Value) < 16 {
+			continue // nothing distinctive to look for
+		}
+		t0 := time.Now()
+		res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(s.Value+"\n"), 10*time.Minute)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err))
+			continue
+		}
+		found, ok := parseSeedSearch(res.Stdout)
+		if !ok || found.Files < 100 {
+			problems = append(problems, fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files))
+			ev.cmd(res)
+			continue
+		}
+		var kept []string
+		for _, p := range found.Found {
+			if slices.Contains(s.Allowed, p) {
+				kept = append(kept, p)
+				continue
+			}
+			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
+		}
+		ev.add("%s, %s: searched %d files on the disk's filesystems for %s (%s) in %s: found in %s (allowed: %s)",
+			in.name(), when, found.Files, s.What, redact(s.Value), time.Since(t0).Round(time.Second), orDash(strings.Join(kept, ", ")), strings.Join(s.Allowed, ", "))
+	}
+	return problems, ev
+}
+
+// seedSecrets are the secrets of in's seed (and, without one, the token
+// its first boot generated, read from the gateway's config), with the
+// files the design keeps each in.
+func (r *runner) seedSecrets(ctx context.Context, in *instance) []seedSecret {
+	var allowed []string
+	if g := r.o.Spec.Gateway; g != nil {
+		allowed = append(allowed, g.ConfigPath)
+	}
+	if in.token != "" {
+		return []seedSecret{{What: "the seed's gateway token", Value: in.token, Allowed: allowed}}
+	}
+	if r.o.Spec.Gateway != nil {
+		c := &checker{r: r, in: in, spec: r.o.Spec}
+		if t, _, err := c.readToken(ctx, in); err == nil && t != "" {
+			return []seedSecret{{What: "the gateway token its first boot generated", Value: t, Allowed: allowed}}
+		}
+	}
+	return nil
+}
+
+// seedCopies records secrets.seed-copies: the main instance searched after
+// its checks, and the rebooted one (with --instances 2 or more) after its
+// reboot, its seed still attached.
+func (r *runner) seedCopies(ctx context.Context, fw string, main, rebooted *instance) {
+	t0 := time.Now()
+	var problems []string
+	var ev evidence
+	searched := 0
+	for _, x := range []struct {
+		in   *instance
+		when string
+	}{{main, "after first boot"}, {rebooted, "after a reboot with its seed attached"}} {
+		if x.in == nil {
+			continue
+		}
+		if x.in.sess == nil {
+			problems = append(problems, fmt.Sprintf("%s: no SSH session: not searched %s", x.in.name(), x.when))
+			continue
+		}
+		secrets := r.seedSecrets(ctx, x.in)
+		if len(secrets) == 0 {
+			ev.add("%s, %s: no seed secret to look for (no token given, no gateway)", x.in.name(), x.when)
+			continue
+		}
+		p, e := r.searchCopies(ctx, x.in, secrets, x.when)
+		problems = append(problems, p...)
+		ev = append(ev, e...)
+		searched++
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if searched == 0 && len(problems) == 0 {
+		r.record(fw, checkSecretsSeedCopies.ID, Skip, "not run: no SSH session\n"+ev.String(), time.Since(t0))
+		return
+	}
+	if rebooted == nil {
+		ev.add("not searched after a reboot: verify reboots only with --instances 2 or more")
+	}
+	st, text := verdict(problems, ev, "no copy of a seed secret on the disk outside the files the design keeps it in")
+	r.record(fw, checkSecretsSeedCopies.ID, st, text, time.Since(t0))
+}
+
+var checkSecretsSeedCopies = Check{ID: "secrets.seed-copies", Scope: ScopeFirmware, Needs: "an SSH session (after a reboot too: --instances 2 or more)",
+	claim: func(s Spec, gw *GatewaySpec) string {
+		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads) and %s", gw.ConfigPath, TailscaledState)
+	}}
