@@ -13,13 +13,16 @@ import (
 // design lets hold what the auth key became).
 const TailscaledState = "/var/lib/tailscale/tailscaled.state"
 
-// seedSearchScript lists every regular file on the guest's disk
+// seedSearchScript waits for the boot to finish (the scrub of cloud-init's
+// stored user-data runs after cloud-init's last stage), then lists every
+// regular file on the guest's disk
 // filesystems (find -xdev from /, /boot and /boot/efi: not /proc, /sys,
 // /dev, /run or other memory filesystems) and prints "files N", then the
 // paths of the files that hold the value given on stdin (grep -F). The
 // value goes through a file in /dev/shm (memory), removed at once: never
 // on a command line, never on the disk it searches.
-const seedSearchScript = `umask 077
+const seedSearchScript = `timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
+umask 077
 d=$(mktemp -d /dev/shm/bake-verify.XXXXXX) || exit 3
 trap 'rm -rf "$d"' EXIT
 cat >"$d/needle"
@@ -87,7 +90,7 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
 		}
 		ev.add("%s, %s: searched %d files on the disk's filesystems for %s (%s) in %s: found in %s (allowed: %s)",
-			in.name(), when, found.Files, s.What, redact(s.Value), time.Since(t0).Round(time.Second), orDash(strings.Join(kept, ", ")), strings.Join(s.Allowed, ", "))
+			in.name(), when, found.Files, s.What, redact(s.Value), time.Since(t0).Round(time.Second), orDash(strings.Join(kept, ", ")), orDash(strings.Join(s.Allowed, ", ")))
 	}
 	return problems, ev
 }
@@ -100,16 +103,21 @@ func (r *runner) seedSecrets(ctx context.Context, in *instance) []seedSecret {
 	if g := r.o.Spec.Gateway; g != nil {
 		allowed = append(allowed, g.ConfigPath)
 	}
+	var out []seedSecret
 	if in.token != "" {
-		return []seedSecret{{What: "the seed's gateway token", Value: in.token, Allowed: allowed}}
-	}
-	if r.o.Spec.Gateway != nil {
+		out = append(out, seedSecret{What: "the seed's gateway token", Value: in.token, Allowed: allowed})
+	} else if r.o.Spec.Gateway != nil {
 		c := &checker{r: r, in: in, spec: r.o.Spec}
 		if t, _, err := c.readToken(ctx, in); err == nil && t != "" {
-			return []seedSecret{{What: "the gateway token its first boot generated", Value: t, Allowed: allowed}}
+			out = append(out, seedSecret{What: "the gateway token its first boot generated", Value: t, Allowed: allowed})
 		}
 	}
-	return nil
+	if in.canary != "" {
+		// Only the user-data holds it: a copy anywhere is cloud-init's
+		// stored user-data (user-data.txt, obj.pkl, ...) left on the disk.
+		out = append(out, seedSecret{What: "the canary of the seed's user-data", Value: in.canary})
+	}
+	return out
 }
 
 // seedCopies records secrets.seed-copies: the main instance searched after
@@ -157,5 +165,5 @@ func (r *runner) seedCopies(ctx context.Context, fw string, main, rebooted *inst
 
 var checkSecretsSeedCopies = Check{ID: "secrets.seed-copies", Scope: ScopeFirmware, Needs: "an SSH session (after a reboot too: --instances 2 or more)",
 	claim: func(s Spec, gw *GatewaySpec) string {
-		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads) and %s", gw.ConfigPath, TailscaledState)
+		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads) and %s, nor of its user-data (cloud-init's stored copies scrubbed)", gw.ConfigPath, TailscaledState)
 	}}

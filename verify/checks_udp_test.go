@@ -217,6 +217,7 @@ func TestSeedSearchScript(t *testing.T) {
 		}
 	}
 	script := strings.Replace(seedSearchScript, "find / /boot /boot/efi -xdev", "find "+dir+" -xdev", 1)
+	script = strings.Replace(script, "timeout 600 systemctl is-system-running --wait", "true", 1) // not this host's boot
 	if script == seedSearchScript {
 		t.Fatal("the script's roots moved: update this test")
 	}
@@ -233,5 +234,24 @@ func TestSeedSearchScript(t *testing.T) {
 	}
 	if strings.Contains(string(out), needle) {
 		t.Errorf("the output shows the value:\n%s", out)
+	}
+}
+
+// TestSeedCanary: the canary is in the user-data (verify's own, and one
+// merged with --user-data) and in no other file of the seed.
+func TestSeedCanary(t *testing.T) {
+	ud, err := ParseUserData("extra.yaml", []byte("#cloud-config\npackages: [jq]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, extra := range []*UserData{nil, ud} {
+		s := Seed{InstanceID: "iid-x", AdminUser: "admin", AuthorizedKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x"},
+			Token: strings.Repeat("T", 64), Canary: "bvcCANARY0123456789abcdefghijklmnopqrstuvw", Extra: extra}
+		files := s.Files()
+		for name, b := range files {
+			if has := strings.Contains(string(b), s.Canary); has != (name == "user-data") {
+				t.Errorf("extra %v: %s holds the canary: %v\n%s", extra != nil, name, has, b)
+			}
+		}
 	}
 }

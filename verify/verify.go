@@ -344,6 +344,7 @@ type instance struct {
 	mac    net.HardwareAddr
 	key    *Key
 	token  string // the seed's token; "" lets first boot generate one
+	canary string // in the seed's user-data only (secrets.seed-copies)
 	serial string
 
 	fwdPort    int // user mode: host port forwarded to the guest's SSH
@@ -505,9 +506,15 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		}
 		in.token = t
 	}
+	canary, err := NewToken()
+	if err != nil {
+		return in, err
+	}
+	in.canary = "bvc" + canary[:40]
 	id := make([]byte, 8)
 	rand.Read(id)
 	seed := Seed{
+		Canary:         in.canary,
 		InstanceID:     "iid-bake-verify-" + hex.EncodeToString(id),
 		Hostname:       "bake-verify-" + in.name(),
 		AdminUser:      r.o.Spec.AdminUser,
