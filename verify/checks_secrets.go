@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"slices"
 	"strconv"
@@ -54,6 +55,15 @@ func parseSeedSearch(out string) (seedSearch, bool) {
 	return s, ok
 }
 
+// needles are the forms of a value grep looks for: as given, and base64
+// as cloud-init's write_files carries bake's values (docs/seed.md): the
+// encoding of the value from its first byte, up to its last full group
+// (what follows depends on the bytes after it).
+func needles(v string) []string {
+	b := base64.StdEncoding.EncodeToString([]byte(v))
+	return []string{v, b[:len(v)/3*4]}
+}
+
 // seedSecret is one secret value to look for, and the files the design
 // keeps it in.
 type seedSecret struct {
@@ -70,7 +80,7 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 			continue // nothing distinctive to look for
 		}
 		t0 := time.Now()
-		res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(s.Value+"\n"), 10*time.Minute)
+		res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(strings.Join(needles(s.Value), "\n")+"\n"), 10*time.Minute)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err))
 			continue

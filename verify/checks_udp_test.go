@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"encoding/base64"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -253,5 +254,14 @@ func TestSeedCanary(t *testing.T) {
 				t.Errorf("extra %v: %s holds the canary: %v\n%s", extra != nil, name, has, b)
 			}
 		}
+	}
+}
+
+func TestNeedles(t *testing.T) {
+	v := "Zq81kLmN0pQrStUvWxYz0123456789abcdefABCDEFghijklmnopqrstuvwxyz01"
+	n := needles(v)
+	full := base64.StdEncoding.EncodeToString([]byte(v + "\n"))
+	if len(n) != 2 || n[0] != v || !strings.HasPrefix(full, n[1]) || len(n[1]) < 80 {
+		t.Errorf("needles %q; base64 of the value and a newline %q", n, full)
 	}
 }
