@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -16,41 +17,54 @@ const TailscaledState = "/var/lib/tailscale/tailscaled.state"
 
 // seedSearchScript waits for the boot to finish (the scrub of cloud-init's
 // stored user-data runs after cloud-init's last stage), then lists every
-// regular file on the guest's disk
-// filesystems (find -xdev from /, /boot and /boot/efi: not /proc, /sys,
-// /dev, /run or other memory filesystems) and prints "files N", then the
-// paths of the files that hold the value given on stdin (grep -F). The
-// value goes through a file in /dev/shm (memory), removed at once: never
-// on a command line, never on the disk it searches.
+// regular file on the guest's disk filesystems (find -xdev from /, /boot
+// and /boot/efi: not /proc, /sys, /dev, /run or other memory filesystems)
+// and prints "files N", then "found I PATH" for each file that holds the
+// value on line I of stdin (grep -F, one pass over the disk for them all).
+// The values go through a file in /dev/shm (memory), removed at once:
+// never on a command line, never on the disk searched, never printed.
 const seedSearchScript = `timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
 umask 077
 d=$(mktemp -d /dev/shm/bake-verify.XXXXXX) || exit 3
 trap 'rm -rf "$d"' EXIT
-cat >"$d/needle"
+cat >"$d/needles"
 find / /boot /boot/efi -xdev -type f -print0 2>/dev/null >"$d/list"
 echo "files $(tr -cd '\0' <"$d/list" | wc -c)"
-xargs -0 -r -a "$d/list" grep -lsF -f "$d/needle" -- | sort -u | sed 's/^/found /'
+xargs -0 -r -a "$d/list" grep -lsF -f "$d/needles" -- | sort -u >"$d/found"
+while IFS= read -r f; do
+	grep -ahoF -f "$d/needles" -- "$f" 2>/dev/null | sort -u |
+		awk -v f="$f" 'NR == FNR { idx[$0] = NR; next } ($0 in idx) { print "found " idx[$0] " " f }' "$d/needles" -
+done <"$d/found"
 true`
 
 // seedSearch is what one search found.
 type seedSearch struct {
-	Files int      // regular files searched
-	Found []string // paths that hold the value
+	Files int              // regular files searched
+	Found map[int][]string // by needle (1-based line of stdin): the paths that hold it
 }
 
 // parseSeedSearch reads seedSearchScript's output; ok is false without
 // its "files N" line (the search did not run).
 func parseSeedSearch(out string) (seedSearch, bool) {
-	var s seedSearch
+	s := seedSearch{Found: map[int][]string{}}
 	ok := false
 	for _, l := range strings.Split(out, "\n") {
 		if n, found := strings.CutPrefix(l, "files "); found {
 			if v, err := strconv.Atoi(strings.TrimSpace(n)); err == nil && v >= 0 {
 				s.Files, ok = v, true
 			}
-		} else if p, found := strings.CutPrefix(l, "found "); found && p != "" && !slices.Contains(s.Found, p) {
-			s.Found = append(s.Found, p)
+			continue
 		}
+		rest, found := strings.CutPrefix(l, "found ")
+		if !found {
+			continue
+		}
+		num, p, _ := strings.Cut(rest, " ")
+		i, err := strconv.Atoi(num)
+		if err != nil || i < 1 || p == "" || slices.Contains(s.Found[i], p) {
+			continue
+		}
+		s.Found[i] = append(s.Found[i], p)
 	}
 	return s, ok
 }
@@ -72,35 +86,57 @@ type seedSecret struct {
 	Allowed []string
 }
 
-// searchCopies looks for each secret on in's disk: every file that holds
-// one outside its allowed files is a problem, named by path.
+// searchCopies looks for the secrets on in's disk (one pass): every file
+// that holds one outside its allowed files is a problem, named by path.
 func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedSecret, when string) (problems []string, ev evidence) {
-	for _, s := range secrets {
+	var lines []string
+	owner := map[int]int{} // needle line -> secret
+	for si, s := range secrets {
 		if len(s.Value) < 16 {
 			continue // nothing distinctive to look for
 		}
-		t0 := time.Now()
-		res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(strings.Join(needles(s.Value), "\n")+"\n"), 10*time.Minute)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err))
-			continue
+		for _, n := range needles(s.Value) {
+			lines = append(lines, n)
+			owner[len(lines)] = si
 		}
-		found, ok := parseSeedSearch(res.Stdout)
-		if !ok || found.Files < 100 {
-			problems = append(problems, fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files))
-			ev.cmd(res)
-			continue
-		}
-		var kept []string
-		for _, p := range found.Found {
-			if slices.Contains(s.Allowed, p) {
-				kept = append(kept, p)
+	}
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	t0 := time.Now()
+	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(strings.Join(lines, "\n")+"\n"), 10*time.Minute)
+	if err != nil {
+		return []string{fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err)}, nil
+	}
+	found, ok := parseSeedSearch(res.Stdout)
+	if !ok || found.Files < 100 {
+		ev.cmd(res)
+		return []string{fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files)}, ev
+	}
+	ev.add("%s, %s: searched %d files on the disk's filesystems in %s", in.name(), when, found.Files, time.Since(t0).Round(time.Second))
+	for si, s := range secrets {
+		var kept, copies []string
+		for i, paths := range found.Found {
+			if oi, ok := owner[i]; !ok || oi != si {
 				continue
 			}
+			for _, p := range paths {
+				switch {
+				case slices.Contains(s.Allowed, p):
+					if !slices.Contains(kept, p) {
+						kept = append(kept, p)
+					}
+				case !slices.Contains(copies, p):
+					copies = append(copies, p)
+				}
+			}
+		}
+		sort.Strings(kept)
+		sort.Strings(copies)
+		for _, p := range copies {
 			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
 		}
-		ev.add("%s, %s: searched %d files on the disk's filesystems for %s (%s) in %s: found in %s (allowed: %s)",
-			in.name(), when, found.Files, s.What, redact(s.Value), time.Since(t0).Round(time.Second), orDash(strings.Join(kept, ", ")), orDash(strings.Join(s.Allowed, ", ")))
+		ev.add("  %s (%s): found in %s (allowed: %s)", s.What, redact(s.Value), orDash(strings.Join(kept, ", ")), orDash(strings.Join(s.Allowed, ", ")))
 	}
 	return problems, ev
 }

@@ -43,9 +43,10 @@ import (
 const udpTag = "bake-verify-udp"
 
 // udpSweepRate bounds the probes sent per second; a sweep that lost
-// probes on the way is sent again at udpSlowRate.
+// probes on the way is sent again at udpSlowRate. (Under TCG on a busy
+// 2-core host, 8000/s lost about 2% of an IPv4 sweep; 1500/s lost none.)
 const (
-	udpSweepRate = 8000
+	udpSweepRate = 4000
 	udpSlowRate  = 1500
 )
 

@@ -175,11 +175,11 @@ func FuzzParseUDPLog(f *testing.F) {
 }
 
 func TestParseSeedSearch(t *testing.T) {
-	s, ok := parseSeedSearch("files 48213\nfound /home/openclaw/.openclaw/openclaw.json\nfound /var/lib/cloud/instances/iid-1/user-data.txt\nfound /var/lib/cloud/instances/iid-1/user-data.txt\nnoise\n")
-	if !ok || s.Files != 48213 || len(s.Found) != 2 || s.Found[1] != "/var/lib/cloud/instances/iid-1/user-data.txt" {
+	s, ok := parseSeedSearch("files 48213\nfound 1 /home/openclaw/.openclaw/openclaw.json\nfound 3 /var/lib/cloud/instances/iid 1/user-data.txt\nfound 3 /var/lib/cloud/instances/iid 1/user-data.txt\nfound x /y\nfound 0 /z\nnoise\n")
+	if !ok || s.Files != 48213 || len(s.Found) != 2 || len(s.Found[3]) != 1 || s.Found[3][0] != "/var/lib/cloud/instances/iid 1/user-data.txt" || s.Found[1][0] != "/home/openclaw/.openclaw/openclaw.json" {
 		t.Errorf("%+v %v", s, ok)
 	}
-	if _, ok := parseSeedSearch("found /x\n"); ok {
+	if _, ok := parseSeedSearch("found 1 /x\n"); ok {
 		t.Error("a search without its file count counted as run")
 	}
 	if _, ok := parseSeedSearch("files -3\n"); ok {
@@ -188,17 +188,19 @@ func TestParseSeedSearch(t *testing.T) {
 }
 
 // FuzzParseSeedSearch: any guest output. Nothing may panic; paths are
-// never empty and never repeated.
+// never empty nor repeated for one needle, needles count from 1.
 func FuzzParseSeedSearch(f *testing.F) {
-	f.Add("files 10\nfound /a\nfound /a\nfound \n")
+	f.Add("files 10\nfound 1 /a\nfound 1 /a\nfound 2 \nfound -1 /b\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		r, _ := parseSeedSearch(s)
-		seen := map[string]bool{}
-		for _, p := range r.Found {
-			if p == "" || seen[p] {
-				t.Errorf("found %q", r.Found)
+		for i, paths := range r.Found {
+			seen := map[string]bool{}
+			for _, p := range paths {
+				if i < 1 || p == "" || seen[p] {
+					t.Errorf("found %v", r.Found)
+				}
+				seen[p] = true
 			}
-			seen[p] = true
 		}
 	})
 }
@@ -223,23 +225,23 @@ func TestSeedSearchScript(t *testing.T) {
 		t.Fatal("the script's roots moved: update this test")
 	}
 	cmd := exec.Command("/bin/sh", "-c", script)
-	cmd.Stdin = strings.NewReader(needle + "\n")
+	other := "bvcOTHER0123456789abcdefghijklmnopqrstuvwxyz"
+	cmd.Stdin = strings.NewReader(needle + "\n" + other + "\n")
+	os.WriteFile(filepath.Join(dir, "c/other2"), []byte("x "+other+" y"), 0o644)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	s, ok := parseSeedSearch(string(out))
 	want := []string{filepath.Join(dir, "a/openclaw.json"), filepath.Join(dir, "b/user-data.txt"), filepath.Join(dir, "d/bin")}
-	if !ok || s.Files != 4 || !slices.Equal(s.Found, want) {
+	if !ok || s.Files != 5 || !slices.Equal(s.Found[1], want) || !slices.Equal(s.Found[2], []string{filepath.Join(dir, "c/other2")}) || len(s.Found) != 2 {
 		t.Errorf("%+v %v, want %q\n%s", s, ok, want, out)
 	}
-	if strings.Contains(string(out), needle) {
-		t.Errorf("the output shows the value:\n%s", out)
+	if strings.Contains(string(out), needle) || strings.Contains(string(out), other) {
+		t.Errorf("the output shows a value:\n%s", out)
 	}
 }
 
-// TestSeedCanary: the canary is in the user-data (verify's own, and one
-// merged with --user-data) and in no other file of the seed.
 func TestSeedCanary(t *testing.T) {
 	ud, err := ParseUserData("extra.yaml", []byte("#cloud-config\npackages: [jq]\n"))
 	if err != nil {
