@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -174,26 +175,43 @@ func (r *runner) seedCopies(ctx context.Context, fw string, main, rebooted *inst
 	var problems []string
 	var ev evidence
 	searched := 0
-	for _, x := range []struct {
-		in   *instance
-		when string
-	}{{main, "after first boot"}, {rebooted, "after a reboot with its seed attached"}} {
+	type part struct {
+		in       *instance
+		when     string
+		problems []string
+		ev       evidence
+		searched bool
+	}
+	parts := []*part{{in: main, when: "after first boot"}, {in: rebooted, when: "after a reboot with its seed attached"}}
+	// The two instances are searched at once (each VM has its own CPUs).
+	var wg sync.WaitGroup
+	for _, x := range parts {
 		if x.in == nil {
 			continue
 		}
-		if x.in.sess == nil {
-			problems = append(problems, fmt.Sprintf("%s: no SSH session: not searched %s", x.in.name(), x.when))
-			continue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if x.in.sess == nil {
+				x.problems = append(x.problems, fmt.Sprintf("%s: no SSH session: not searched %s", x.in.name(), x.when))
+				return
+			}
+			secrets := r.seedSecrets(ctx, x.in)
+			if len(secrets) == 0 {
+				x.ev.add("%s, %s: no seed secret to look for (no token given, no gateway)", x.in.name(), x.when)
+				return
+			}
+			x.problems, x.ev = r.searchCopies(ctx, x.in, secrets, x.when)
+			x.searched = true
+		}()
+	}
+	wg.Wait()
+	for _, x := range parts {
+		problems = append(problems, x.problems...)
+		ev = append(ev, x.ev...)
+		if x.searched {
+			searched++
 		}
-		secrets := r.seedSecrets(ctx, x.in)
-		if len(secrets) == 0 {
-			ev.add("%s, %s: no seed secret to look for (no token given, no gateway)", x.in.name(), x.when)
-			continue
-		}
-		p, e := r.searchCopies(ctx, x.in, secrets, x.when)
-		problems = append(problems, p...)
-		ev = append(ev, e...)
-		searched++
 	}
 	if ctx.Err() != nil {
 		return
