@@ -27,7 +27,8 @@ type TailscaleOptions struct {
 // TailscaleUpScriptText joins the tailnet with the seed's auth key (read
 // from a file, never on a command line other users can see), makes the
 // admin the operator, and serves the gateway. `tailscale serve` runs in
-// the foreground unless given --bg.
+// the foreground unless given --bg. The auth key file is removed once
+// tailscale up returns, whether the join worked or not.
 func TailscaleUpScriptText(o TailscaleOptions) string {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n# bake: join the tailnet once, with the auth key from the instance's seed.\nset -eu\n")
@@ -37,8 +38,15 @@ func TailscaleUpScriptText(o TailscaleOptions) string {
 	exit 0
 fi
 echo "bake-tailscale-up: joining the tailnet"
-tailscale up --auth-key="file:$key" --timeout=5m
+# The key is removed whatever tailscale up says: a failed join must not
+# leave it on the disk (the seed still holds it for a join by hand).
+rc=0
+tailscale up --auth-key="file:$key" --timeout=5m || rc=$?
 rm -f "$key"
+if [ "$rc" -ne 0 ]; then
+	echo "bake-tailscale-up: joining the tailnet failed (tailscale up exited $rc); the auth key was removed from $key; join by hand with: sudo tailscale up" >&2
+	exit "$rc"
+fi
 `)
 	if o.Operator != "" {
 		fmt.Fprintf(&b, "tailscale set --operator=%s\n", shQuote(o.Operator))

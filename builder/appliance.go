@@ -704,7 +704,7 @@ func (p *Plan) stageFirstboot(ctx context.Context, s *State) error {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
-		return rootfs.Systemd(ctx, ch, []string{firstboot.UnitName}, nil, nil)
+		return rootfs.Systemd(ctx, ch, firstboot.Units(), nil, nil)
 	})
 }
 

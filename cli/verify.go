@@ -106,7 +106,7 @@ each runs, what it needs):
   sudo bake verify out/openclaw.qcow2 --allow-skip bios/network.scan   # no nmap here: accepted, listed
   sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --user-data my-cloud.yaml
   bake verify out/boottest.qcow2 --timeout 20m \
-      --allow-skip network.scan --allow-skip isolation.outside \
+      --allow-skip network.scan --allow-skip network.udp --allow-skip isolation.outside \
       --allow-skip isolation.loopback-via-mac   # not root: no outside checks`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if list {

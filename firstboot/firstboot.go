@@ -19,6 +19,9 @@ import (
 //go:embed firstboot.sh
 var script string
 
+//go:embed cloudinit_scrub.sh
+var scrubScript string
+
 // Locations in the image.
 const (
 	ScriptPath = appliance.LibDir + "/firstboot"
@@ -32,6 +35,11 @@ const (
 	// bake's values (see docs/seed.md).
 	CloudInitSeedDir = "/run/bake/cloud-init-seed"
 	StateDir         = appliance.StateDir + "/firstboot"
+	// ScrubUnitName removes the seed's secrets from cloud-init's stored
+	// user-data after cloud-init ran, on every boot (cloudinit_scrub.sh).
+	ScrubUnitName   = "bake-cloud-init-scrub.service"
+	ScrubUnitPath   = appliance.UnitDir + "/" + ScrubUnitName
+	ScrubScriptPath = appliance.LibDir + "/cloud-init-scrub"
 )
 
 // Seed value names: a file bake.NAME in a NoCloud volume, a systemd
@@ -133,14 +141,53 @@ func Unit(o Options) string {
 	return b.String()
 }
 
-// Files are the first-boot files: script, configuration, unit, and the
-// state directory.
+// ScrubScript removes the seed's secrets from cloud-init's stored copies
+// of the user-data.
+func ScrubScript() string { return scrubScript }
+
+// ScrubUnit renders bake-cloud-init-scrub.service: on every boot where
+// cloud-init has kept instance data, after cloud-init's last stage and
+// first boot (which consumed the seed), it removes cloud-init's copies of
+// the user-data (cloud-init writes them again at each boot while the seed
+// is attached). cloud-final runs after multi-user.target, so the scrub is
+// wanted by cloud-init.target, as cloud-final is (multi-user.target would
+// make an ordering cycle); `systemctl is-system-running --wait` waits for
+// it.
+func ScrubUnit() string {
+	var b strings.Builder
+	b.WriteString(appliance.Header)
+	b.WriteString(`[Unit]
+Description=bake: remove the seed's secrets from cloud-init's stored user-data
+ConditionPathIsDirectory=/var/lib/cloud/instances
+After=cloud-init-local.service cloud-init.service cloud-config.service cloud-final.service ` + UnitName + `
+Before=cloud-init.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + ScrubScriptPath + `
+TimeoutStartSec=2min
+
+[Install]
+WantedBy=cloud-init.target
+`)
+	return b.String()
+}
+
+// Units are the units to enable: first boot and the scrub of cloud-init's
+// stored user-data.
+func Units() []string { return []string{UnitName, ScrubUnitName} }
+
+// Files are the first-boot files: script, configuration, unit, the state
+// directory, and the scrub of cloud-init's stored user-data.
 func Files(o Options) []appliance.File {
 	return []appliance.File{
 		{Path: ScriptPath, Content: []byte(script), Mode: 0o755},
 		{Path: ConfigPath, Content: []byte(Config(o)), Mode: 0o644},
 		{Path: UnitPath, Content: []byte(Unit(o)), Mode: 0o644},
 		appliance.Dir(StateDir, 0o700, ""),
+		{Path: ScrubScriptPath, Content: []byte(scrubScript), Mode: 0o755},
+		{Path: ScrubUnitPath, Content: []byte(ScrubUnit()), Mode: 0o644},
 	}
 }
 

@@ -67,10 +67,10 @@ var catalog = []*Check{
 	&checkFirewallRules,
 	&checkTailscaleDaemon,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
-	&checkNetworkScan,
+	&checkNetworkScan, &checkNetworkUDP,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
-	&checkImageClaims, &checkSecretsDisk,
+	&checkSecretsSeedCopies, &checkImageClaims, &checkSecretsDisk,
 	&checkImageFormat, &checkVerifyTimeout,
 }
 

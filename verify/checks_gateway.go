@@ -445,9 +445,13 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	// gateway's (--gateway-timeout): a call may take that long, and the
 	// right token is retried for that long while the gateway settles.
 	limit := c.gatewayLimit()
+	// The probe (which holds the token) goes to the shell on stdin: on
+	// sudo's command line it would be logged to the guest's journal, a
+	// copy of the token on its disk (secrets.seed-copies found it there).
 	run := func(argv []string) (cmdResult, error) {
-		r, err := c.in.runT(ctx, "sudo -n sh -c "+shellQuote(c.probeCmd(argv)), nil, max(2*time.Minute, limit))
-		r.Cmd = hide(r.Cmd, tok, wrong)
+		script := c.probeCmd(argv)
+		r, err := c.in.runT(ctx, "sudo -n sh -s", []byte(script+"\n"), max(2*time.Minute, limit))
+		r.Cmd = hide("sudo -n sh -s <<< "+shellQuote(script), tok, wrong)
 		r.Stdout, r.Stderr = hide(r.Stdout, tok, wrong), hide(r.Stderr, tok, wrong)
 		return r, err
 	}

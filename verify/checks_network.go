@@ -96,3 +96,20 @@ var checkNetworkScan = Check{ID: "network.scan", Scope: ScopeFirmware, Needs: "n
 		return fmt.Sprintf("external scan (nmap -p-, IPv4 and IPv6): only %s open", portList(s.ExpectedOpenTCP(netip.Addr{})))
 	},
 	run: (*checker).networkScan, outside: true}
+
+// checkNetworkUDP: checks_udp.go has the sweep and the guest's accounting.
+var checkNetworkUDP = Check{ID: "network.udp", Scope: ScopeFirmware, Needs: "an SSH session, the outside namespace (root, dnsmasq)",
+	claim: func(s Spec, _ *GatewaySpec) string {
+		var udp []string
+		if s.Firewall != nil {
+			for _, a := range s.Firewall.Allow {
+				if strings.HasSuffix(a, "/udp") {
+					udp = append(udp, a)
+				}
+			}
+		}
+		udp = append(udp, "68/udp from source port 67 (DHCP)")
+		return "a datagram to every UDP port (IPv4 and IPv6) reaches a socket only on " + strings.Join(udp, ", ") + " (the guest's counters and kernel log; no other UDP socket bound off loopback)"
+	},
+	planned: func(s Spec, _ int) bool { return s.Firewall != nil },
+	run:     (*checker).udpExposure, ssh: true, outside: true}

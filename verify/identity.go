@@ -69,7 +69,8 @@ func redactOrNone(t string, want bool) string {
 
 // identity records identity.unique (the instances differ) and
 // identity.reboot (the last instance keeps its identity over a reboot).
-func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
+// It reports whether the last instance rebooted and has a session again.
+func (r *runner) identity(ctx context.Context, fw string, insts []*instance) bool {
 	t0 := time.Now()
 	ids := make([]ident, len(insts))
 	var ev evidence
@@ -97,7 +98,7 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
 		}
 	}
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	for i := range ids {
 		for j := i + 1; j < len(ids); j++ {
@@ -136,18 +137,19 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) {
 	last := insts[len(insts)-1]
 	if len(insts) < 2 {
 		r.record(fw, checkIdentityReboot.ID, Skip, "not run: needs --instances 2 or more", 0)
-		return
+		return false
 	}
 	if last.sess == nil {
 		r.record(fw, checkIdentityReboot.ID, Skip, fmt.Sprintf("not run: no SSH session on instance %s", last.name()), 0)
-		return
+		return false
 	}
 	t1 := time.Now()
 	st, text = r.reboot(ctx, last, ids[len(ids)-1])
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	r.record(fw, checkIdentityReboot.ID, st, text, time.Since(t1))
+	return last.sess != nil
 }
 
 // reboot reboots in and compares its identity before and after.

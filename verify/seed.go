@@ -84,6 +84,18 @@ type Seed struct {
 	// Extra is the user's cloud-config merged into user-data
 	// (--user-data); nil for none.
 	Extra *UserData
+	// Canary is a random value only the user-data holds (in a comment):
+	// secrets.seed-copies looks for it on the disk, where no copy of the
+	// user-data may stay (cloud-init's stored copies are scrubbed).
+	Canary string
+}
+
+// canaryComment is the user-data comment that carries the canary.
+func (s Seed) canaryComment() []string {
+	if s.Canary == "" {
+		return nil
+	}
+	return []string{"bake-verify canary (no copy may stay on the disk): " + s.Canary}
 }
 
 // Bake's own seed values are files of their own on the NoCloud volume,
@@ -138,7 +150,7 @@ func (s Seed) ownUserData() []byte {
 		cloudconfig.Item{Key: "ssh_pwauth", Value: false},
 		cloudconfig.Item{Key: "disable_root", Value: true},
 	)
-	return cloudconfig.Document([]string{"Written by bake verify for a throwaway instance."}, m)
+	return cloudconfig.Document(append([]string{"Written by bake verify for a throwaway instance."}, s.canaryComment()...), m)
 }
 
 // adminUser is the admin's entry of users.

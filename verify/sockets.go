@@ -13,6 +13,9 @@ type listener struct {
 	Proto string // tcp, tcp6, udp, udp6
 	Addr  netip.AddrPort
 	Inode string
+	// Connected: a UDP socket connected to one peer (state 01), which
+	// takes datagrams from that peer only; unconnected ones are 07.
+	Connected bool
 }
 
 // parseProcNet reads /proc/net/{tcp,tcp6,udp,udp6} content (concatenated,
@@ -36,7 +39,7 @@ func parseProcNet(s string) []listener {
 		if !ok {
 			continue
 		}
-		out = append(out, listener{Proto: proto, Addr: ap, Inode: f[9]})
+		out = append(out, listener{Proto: proto, Addr: ap, Inode: f[9], Connected: strings.HasPrefix(proto, "udp") && f[3] == "01"})
 	}
 	return out
 }

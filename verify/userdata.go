@@ -206,11 +206,11 @@ func (u *UserData) items(k string) (lines []string, indent int) {
 func (u *UserData) merge(s Seed) ([]byte, error) {
 	base := s.ownUserData()
 	var b strings.Builder
-	b.Write(cloudconfig.Document([]string{
+	b.Write(cloudconfig.Document(append([]string{
 		fmt.Sprintf("Written by bake verify for a throwaway instance, with %s (sha256 %s)", u.Name, u.SHA256),
 		"merged in: verify's items of ssh_authorized_keys and users first, then",
 		"the file's; the file's other keys as written, its values winning.",
-	}, nil))
+	}, s.canaryComment()...), nil))
 	if s.Hostname != "" && !u.Has("hostname") {
 		b.Write(cloudconfig.Marshal(cloudconfig.Map{{Key: "hostname", Value: s.Hostname}}))
 	}

@@ -356,6 +356,7 @@ type instance struct {
 	mac    net.HardwareAddr
 	key    *Key
 	token  string // the seed's token; "" lets first boot generate one
+	canary string // in the seed's user-data only (secrets.seed-copies)
 	serial string
 
 	fwdPort    int // user mode: host port forwarded to the guest's SSH
@@ -457,12 +458,21 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 	// instance it is not part of the run (Plan): the report lists it as
 	// skipped by request (Report.ListByRequest).
 	var idwg sync.WaitGroup
+	var rebooted *instance
 	if len(insts) >= 2 {
 		idwg.Add(1)
-		go func() { defer idwg.Done(); r.identity(ctx, fw, insts) }()
+		go func() {
+			defer idwg.Done()
+			if r.identity(ctx, fw, insts) {
+				rebooted = insts[len(insts)-1]
+			}
+		}()
 	}
 	c.runAll(ctx)
 	idwg.Wait()
+	if ctx.Err() == nil {
+		r.seedCopies(ctx, fw, main, rebooted)
+	}
 }
 
 func status(ok bool) Status {
@@ -508,9 +518,15 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		}
 		in.token = t
 	}
+	canary, err := NewToken()
+	if err != nil {
+		return in, err
+	}
+	in.canary = "bvc" + canary[:40]
 	id := make([]byte, 8)
 	rand.Read(id)
 	seed := Seed{
+		Canary:         in.canary,
 		InstanceID:     "iid-bake-verify-" + hex.EncodeToString(id),
 		Hostname:       "bake-verify-" + in.name(),
 		AdminUser:      r.o.Spec.AdminUser,

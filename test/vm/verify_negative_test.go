@@ -23,7 +23,7 @@ import (
 // TestVerifyNegative: a verifier that cannot fail proves nothing. From the
 // good test appliance (applianceImage) bake itself bakes a broken one, with
 // ordinary recipe steps on the good image as a cloud-image base (extract,
-// files, reassemble: about a minute), carrying six defects at once:
+// files, reassemble: about a minute), carrying eight defects at once:
 //
 //  1. password login allowed: an sshd drop-in that sorts before bake's
 //     00-bake.conf (sshd keeps the first value it reads);
@@ -35,7 +35,13 @@ import (
 //     replacing the ExecStart of bake-container-openclaw-gateway.service;
 //  4. a token baked into the disk (a Tailscale auth key in a file);
 //  6. the admin in the docker group: an ExecStartPre in the same drop-in
-//     (usermod -aG docker, as root).
+//     (usermod -aG docker, as root);
+//  7. a UDP port open past ufw: an iptables ACCEPT for 9999/udp added
+//     after ufw starts (a drop-in of ufw.service), which `ufw status`
+//     does not list (firewall.rules passes) and only the UDP sweep sees;
+//  8. cloud-init's stored user-data kept: the scrub unit's ExecStart
+//     replaced by /bin/true (a drop-in), so user-data.txt and obj.pkl
+//     keep verify's canary.
 //
 // bake verify (--recipe: the claims of the good recipe) must exit 1 with
 // exactly the checks below failing, each with the evidence of its defect,
@@ -49,7 +55,8 @@ import (
 // defects change disjoint things and the checks observe them separately:
 // sshd's settings and logins (ssh.*), the container's port bindings and
 // sockets (gateway.listen), its processes' /proc status (gateway.process),
-// bytes on the disk (secrets.disk), and the DOCKER-USER path measured with
+// bytes on the disk (secrets.disk), INPUT's UDP path measured by the
+// guest's counters (network.udp), and the DOCKER-USER path measured with
 // verify's own probe containers (isolation.*), which do not involve the
 // gateway at all. The one overlap is deliberate and named: the gateway on
 // 0.0.0.0 is reachable from outside only because isolation is gone too, so
@@ -124,7 +131,11 @@ func TestVerifyNegative(t *testing.T) {
 		"bios/gateway.process": {"runs as root"},
 		// 6. the admin in the docker group (the same drop-in adds it)
 		"bios/isolation.docker-group": {spec.AdminUser + " is in the docker group"},
-		// 7. the image was built from another recipe (the broken one,
+		// 7. 9999/udp accepted behind ufw's back
+		"bios/network.udp": {"9999/udp passed the firewall"},
+		// 8. cloud-init's copies of the user-data not scrubbed
+		"bios/secrets.seed-copies": {"the canary of the seed's user-data", "has a copy in /var/lib/cloud/instances/"},
+		// 9. the image was built from another recipe (the broken one,
 		// with no firewall or gateway section): its record of its
 		// claims differs from the recipe verify was given.
 		"image/image.claims": {"differs", "firewall:", "gateway:"},
@@ -191,7 +202,7 @@ func TestVerifyNegative(t *testing.T) {
 }
 
 // brokenRecipe is the recipe of the broken image: the good one as its base
-// and the five defects as files.
+// and the defects as files.
 func brokenRecipe(base, sum string, spec verify.Spec, imageID, token string) string {
 	g := spec.Gateway
 	// What bake's unit runs (appliance.ContainerSpec.RunArgs), with the
@@ -215,7 +226,7 @@ COMMIT
 `
 	return fmt.Sprintf(`apiVersion: bake/v1
 name: openclaw-broken
-description: the test appliance with six defects bake verify must find
+description: the test appliance with eight defects bake verify must find
 base:
   image:
     path: %s
@@ -243,6 +254,15 @@ files:
     mode: "0600"
     content: |
       TS_AUTHKEY=%s
+  - path: /etc/systemd/system/ufw.service.d/90-udp-hole.conf
+    content: |
+      [Service]
+      ExecStartPost=/usr/sbin/iptables -w -I INPUT -p udp --dport 9999 -j ACCEPT
+  - path: /etc/systemd/system/bake-cloud-init-scrub.service.d/90-off.conf
+    content: |
+      [Service]
+      ExecStart=
+      ExecStart=/bin/true
 outputs: [raw]
 `, base, sum, indent(noIsolation, 6), indent(noIsolation, 6), g.Container, spec.AdminUser, execStart, token)
 }

@@ -1,0 +1,233 @@
+package verify
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// TailscaledState is where tailscaled keeps its state (the one file the
+// design lets hold what the auth key became).
+const TailscaledState = "/var/lib/tailscale/tailscaled.state"
+
+// seedSearchScript waits for the boot to finish (the scrub of cloud-init's
+// stored user-data runs after cloud-init's last stage), then lists every
+// regular file on the guest's disk filesystems (find -xdev from /, /boot
+// and /boot/efi: not /proc, /sys, /dev, /run or other memory filesystems)
+// and prints "files N", then "found I PATH" for each file that holds the
+// value on line I of stdin (grep -F, one pass over the disk for them all).
+// The values go through a file in /dev/shm (memory), removed at once:
+// never on a command line, never on the disk searched, never printed.
+const seedSearchScript = `timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
+umask 077
+d=$(mktemp -d /dev/shm/bake-verify.XXXXXX) || exit 3
+trap 'rm -rf "$d"' EXIT
+cat >"$d/needles"
+find / /boot /boot/efi -xdev -type f -print0 2>/dev/null >"$d/list"
+echo "files $(tr -cd '\0' <"$d/list" | wc -c)"
+xargs -0 -r -a "$d/list" grep -lsF -f "$d/needles" -- | sort -u >"$d/found"
+while IFS= read -r f; do
+	grep -ahoF -f "$d/needles" -- "$f" 2>/dev/null | sort -u |
+		awk -v f="$f" 'NR == FNR { idx[$0] = NR; next } ($0 in idx) { print "found " idx[$0] " " f }' "$d/needles" -
+done <"$d/found"
+true`
+
+// seedSearch is what one search found.
+type seedSearch struct {
+	Files int              // regular files searched
+	Found map[int][]string // by needle (1-based line of stdin): the paths that hold it
+}
+
+// parseSeedSearch reads seedSearchScript's output; ok is false without
+// its "files N" line (the search did not run).
+func parseSeedSearch(out string) (seedSearch, bool) {
+	s := seedSearch{Found: map[int][]string{}}
+	ok := false
+	for _, l := range strings.Split(out, "\n") {
+		if n, found := strings.CutPrefix(l, "files "); found {
+			if v, err := strconv.Atoi(strings.TrimSpace(n)); err == nil && v >= 0 {
+				s.Files, ok = v, true
+			}
+			continue
+		}
+		rest, found := strings.CutPrefix(l, "found ")
+		if !found {
+			continue
+		}
+		num, p, _ := strings.Cut(rest, " ")
+		i, err := strconv.Atoi(num)
+		if err != nil || i < 1 || p == "" || slices.Contains(s.Found[i], p) {
+			continue
+		}
+		s.Found[i] = append(s.Found[i], p)
+	}
+	return s, ok
+}
+
+// needles are the forms of a value grep looks for: as given, and base64
+// as cloud-init's write_files carries bake's values (docs/seed.md): the
+// encoding of the value from its first byte, up to its last full group
+// (what follows depends on the bytes after it).
+func needles(v string) []string {
+	b := base64.StdEncoding.EncodeToString([]byte(v))
+	return []string{v, b[:len(v)/3*4]}
+}
+
+// seedSecret is one secret value to look for, and the files the design
+// keeps it in.
+type seedSecret struct {
+	What    string // "the seed's gateway token"
+	Value   string
+	Allowed []string
+}
+
+// searchCopies looks for the secrets on in's disk (one pass): every file
+// that holds one outside its allowed files is a problem, named by path.
+func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedSecret, when string) (problems []string, ev evidence) {
+	var lines []string
+	owner := map[int]int{} // needle line -> secret
+	for si, s := range secrets {
+		if len(s.Value) < 16 {
+			continue // nothing distinctive to look for
+		}
+		for _, n := range needles(s.Value) {
+			lines = append(lines, n)
+			owner[len(lines)] = si
+		}
+	}
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	t0 := time.Now()
+	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(strings.Join(lines, "\n")+"\n"), 10*time.Minute)
+	if err != nil {
+		return []string{fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err)}, nil
+	}
+	found, ok := parseSeedSearch(res.Stdout)
+	if !ok || found.Files < 100 {
+		ev.cmd(res)
+		return []string{fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files)}, ev
+	}
+	ev.add("%s, %s: searched %d files on the disk's filesystems in %s", in.name(), when, found.Files, time.Since(t0).Round(time.Second))
+	for si, s := range secrets {
+		var kept, copies []string
+		for i, paths := range found.Found {
+			if oi, ok := owner[i]; !ok || oi != si {
+				continue
+			}
+			for _, p := range paths {
+				switch {
+				case slices.Contains(s.Allowed, p):
+					if !slices.Contains(kept, p) {
+						kept = append(kept, p)
+					}
+				case !slices.Contains(copies, p):
+					copies = append(copies, p)
+				}
+			}
+		}
+		sort.Strings(kept)
+		sort.Strings(copies)
+		for _, p := range copies {
+			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
+		}
+		ev.add("  %s (%s): found in %s (allowed: %s)", s.What, redact(s.Value), orDash(strings.Join(kept, ", ")), orDash(strings.Join(s.Allowed, ", ")))
+	}
+	return problems, ev
+}
+
+// seedSecrets are the secrets of in's seed (and, without one, the token
+// its first boot generated, read from the gateway's config), with the
+// files the design keeps each in.
+func (r *runner) seedSecrets(ctx context.Context, in *instance) []seedSecret {
+	var allowed []string
+	if g := r.o.Spec.Gateway; g != nil {
+		allowed = append(allowed, g.ConfigPath)
+	}
+	var out []seedSecret
+	if in.token != "" {
+		out = append(out, seedSecret{What: "the seed's gateway token", Value: in.token, Allowed: allowed})
+	} else if r.o.Spec.Gateway != nil {
+		c := &checker{r: r, in: in, spec: r.o.Spec}
+		if t, _, err := c.readToken(ctx, in); err == nil && t != "" {
+			out = append(out, seedSecret{What: "the gateway token its first boot generated", Value: t, Allowed: allowed})
+		}
+	}
+	if in.canary != "" {
+		// Only the user-data holds it: a copy anywhere is cloud-init's
+		// stored user-data (user-data.txt, obj.pkl, ...) left on the disk.
+		out = append(out, seedSecret{What: "the canary of the seed's user-data", Value: in.canary})
+	}
+	return out
+}
+
+// seedCopies records secrets.seed-copies: the main instance searched after
+// its checks, and the rebooted one (with --instances 2 or more) after its
+// reboot, its seed still attached.
+func (r *runner) seedCopies(ctx context.Context, fw string, main, rebooted *instance) {
+	t0 := time.Now()
+	var problems []string
+	var ev evidence
+	searched := 0
+	type part struct {
+		in       *instance
+		when     string
+		problems []string
+		ev       evidence
+		searched bool
+	}
+	parts := []*part{{in: main, when: "after first boot"}, {in: rebooted, when: "after a reboot with its seed attached"}}
+	// The two instances are searched at once (each VM has its own CPUs).
+	var wg sync.WaitGroup
+	for _, x := range parts {
+		if x.in == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if x.in.sess == nil {
+				x.problems = append(x.problems, fmt.Sprintf("%s: no SSH session: not searched %s", x.in.name(), x.when))
+				return
+			}
+			secrets := r.seedSecrets(ctx, x.in)
+			if len(secrets) == 0 {
+				x.ev.add("%s, %s: no seed secret to look for (no token given, no gateway)", x.in.name(), x.when)
+				return
+			}
+			x.problems, x.ev = r.searchCopies(ctx, x.in, secrets, x.when)
+			x.searched = true
+		}()
+	}
+	wg.Wait()
+	for _, x := range parts {
+		problems = append(problems, x.problems...)
+		ev = append(ev, x.ev...)
+		if x.searched {
+			searched++
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if searched == 0 && len(problems) == 0 {
+		r.record(fw, checkSecretsSeedCopies.ID, Skip, "not run: no SSH session\n"+ev.String(), time.Since(t0))
+		return
+	}
+	if rebooted == nil {
+		ev.add("not searched after a reboot: verify reboots only with --instances 2 or more")
+	}
+	st, text := verdict(problems, ev, "no copy of a seed secret on the disk outside the files the design keeps it in")
+	r.record(fw, checkSecretsSeedCopies.ID, st, text, time.Since(t0))
+}
+
+var checkSecretsSeedCopies = Check{ID: "secrets.seed-copies", Scope: ScopeFirmware, Needs: "an SSH session (after a reboot too: --instances 2 or more)",
+	claim: func(s Spec, gw *GatewaySpec) string {
+		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads) and %s, nor of its user-data (cloud-init's stored copies scrubbed)", gw.ConfigPath, TailscaledState)
+	}}
