@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,11 @@ state:
     - /etc/machine-id
 %soutputs: [qcow2]
 `, name, base, sum, extra)
+	}
+	for _, d := range []string{"a", "b"} {
+		if err := os.Mkdir(filepath.Join(work, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	outA, logA, took := bakeRecipeText(t, ctx, filepath.Join(work, "a"), "state-a", recipe("state-a", ""))
 	t.Logf("image A baked in %s", took)
