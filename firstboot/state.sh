@@ -184,6 +184,12 @@ keep_machine_id() {
 	fi
 	printf '%s\n' "$id" >"$rf.new" && mv -f "$rf.new" "$rf" || return 1
 	log "machine ID $id from the state volume (this boot's earliest services, PID 1 and journald, started with $cur)"
+	# journald files this boot's entries by the machine ID it read at its
+	# start: restarted, it files the rest under the instance's (the
+	# entries before this, under $cur, show with journalctl -m).
+	if [ -z "$ROOT" ]; then
+		systemctl --no-block restart systemd-journald.service || true
+	fi
 }
 
 # keep PATH: one state path onto the volume and bound over the root disk.
@@ -300,16 +306,22 @@ main() {
 
 # setup: every path, then the record (MNT is the mounted volume).
 setup() {
+	n=0
+	set -f # a path's * is for keep, not for the shell
 	for p in $PATHS; do
+		set +f
 		keep "$p"
+		n=$((n + 1))
+		set -f
 	done
+	set +f
 	record "$MNT" || err "cannot record the image on the state volume"
 	if [ "$failed" -ne 0 ]; then
 		status failed
 		exit 1
 	fi
 	status ok
-	log "state volume ready: $(echo $PATHS | wc -w) path(s) bound"
+	log "state volume ready: $n path(s) bound"
 }
 
 [ "${BAKE_STATE_LIB:-}" = 1 ] || main

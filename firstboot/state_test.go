@@ -120,12 +120,19 @@ func TestStateFirstUseThenReuse(t *testing.T) {
 	root = filepath.Join(dir, "rootB")
 	writeFile(t, root+"/etc/machine-id", midB+"\n")
 	writeFile(t, root+"/home/oc/.openclaw/openclaw.json", "token-b")
+	// Mount points of an earlier boot: the * must stay keep's pattern,
+	// not become the shell's list of these files.
+	writeFile(t, root+"/etc/ssh/ssh_host_ed25519_key", "")
+	writeFile(t, root+"/etc/ssh/ssh_host_ed25519_key.pub", "")
 	conf = stateConf(t, StateOptions{Label: "bake-state", Paths: []string{"/home/oc/.openclaw", "/etc/ssh/ssh_host_*", "/home/admin/.ssh", "/etc/machine-id", "/var/lib/bake/firstboot"}, ImageName: "img-b"})
 	out, err = runState(t, root, mnt, conf, `. "$BAKE_STATE_CONF"; setup`)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	t.Log(out)
+	if !strings.Contains(out, "/etc/ssh/ssh_host_*: 4 file(s) from the state volume") || !strings.Contains(out, "state volume ready: 5 path(s) bound") {
+		t.Errorf("the host keys' pattern was not kept as one path:\n%s", out)
+	}
 	if strings.Contains(out, "first use") {
 		t.Errorf("B copied onto a volume that had the paths:\n%s", out)
 	}
@@ -275,5 +282,27 @@ func TestStateUnit(t *testing.T) {
 	}
 	if len(guards) != 2 {
 		t.Errorf("guards %v", guards)
+	}
+}
+
+// A path's * is the script's pattern, matched in the volume's and the image's
+// folder, never the shell's glob over the running system: /etc/pass*
+// matches /etc/passwd on the host running the test, which must not become
+// a path of its own.
+func TestStatePatternNotGlobbed(t *testing.T) {
+	dir := t.TempDir()
+	root, mnt := filepath.Join(dir, "root"), filepath.Join(dir, "vol")
+	os.MkdirAll(mnt, 0o755)
+	writeFile(t, root+"/etc/passwd-image", "x")
+	conf := stateConf(t, StateOptions{Label: "bake-state", Paths: []string{"/etc/pass*"}})
+	out, err := runState(t, root, mnt, conf, `. "$BAKE_STATE_CONF"; setup`)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.Contains(out, "/etc/pass*: 1 file(s) from the state volume") || !strings.Contains(out, "ready: 1 path(s)") || strings.Contains(out, "/etc/passwd:") {
+		t.Errorf("the pattern was globbed by the shell:\n%s", out)
+	}
+	if got := readFile(t, mnt+"/data/etc/passwd-image"); got != "x" {
+		t.Errorf("volume copy %q", got)
 	}
 }
