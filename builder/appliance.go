@@ -81,6 +81,9 @@ func (p *Plan) addApplianceStages(add addStage) {
 	if r.Firstboot != nil {
 		add("firstboot", p.firstbootInputs(), p.stageFirstboot)
 	}
+	if r.State != nil {
+		add("state", p.stateInputs(), p.stageState)
+	}
 	if r.SSH != nil || r.Firewall != nil || len(r.Containers) > 0 || r.Firstboot != nil {
 		in := []string{"journald: " + appliance.JournaldDropIn + " (SystemMaxUse=200M)"}
 		if len(r.Containers) > 0 {
@@ -705,6 +708,54 @@ func (p *Plan) stageFirstboot(ctx context.Context, s *State) error {
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
 		return rootfs.Systemd(ctx, ch, firstboot.Units(), nil, nil)
+	})
+}
+
+// --- state volume ---
+
+func (p *Plan) stateOptions() firstboot.StateOptions {
+	r := p.Recipe
+	st := r.State
+	o := firstboot.StateOptions{Label: st.Volume.Label, Serial: st.Volume.Serial, Paths: st.Paths,
+		ImageName: r.Name, ImageVersion: "bake " + Version, ImageDigest: "recipe sha256:" + r.Digest}
+	if len(r.Containers) > 0 {
+		o.Guarded = append(o.Guarded, "docker.service")
+	}
+	if t := r.Tailscale; t != nil && t.Enabled {
+		o.Guarded = append(o.Guarded, "tailscaled.service")
+	}
+	if g := r.Gateway; g != nil {
+		u := appliance.ContainerUnitName(g.Container)
+		o.Guarded = append(o.Guarded, u)
+		o.Before = append(o.Before, u)
+	}
+	return o
+}
+
+func (p *Plan) stateInputs() []string {
+	o := p.stateOptions()
+	find := "the file system labelled " + o.Label + " (never formatted: a label alone cannot tell a blank disk)"
+	if o.Serial != "" {
+		find = "/dev/disk/by-id/virtio-" + o.Serial + ", formatted ext4 (label " + o.Label + ") only when blank (no partition table, no signature)"
+	}
+	in := []string{
+		firstboot.StateUnitName + ": every boot, before sysinit.target, " + strings.Join(append(append([]string{}, firstboot.StateBefore[1:]...), o.Before...), ", "),
+		"volume: " + find + "; missing: the instance runs from the root disk, said on the console",
+		"paths (copied on first use, then bound over the root disk's): " + strings.Join(o.Paths, " "),
+		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
+	}
+	if len(o.Guarded) > 0 {
+		in = append(in, "not started without their state: "+strings.Join(o.Guarded, ", "))
+	}
+	return in
+}
+
+func (p *Plan) stageState(ctx context.Context, s *State) error {
+	if err := writeFiles(s.Tree, firstboot.StateFiles(p.stateOptions())); err != nil {
+		return err
+	}
+	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
+		return rootfs.Systemd(ctx, ch, []string{firstboot.StateUnitName}, nil, nil)
 	})
 }
 

@@ -24,7 +24,11 @@ func run(t *testing.T, args ...string) (string, string, int) {
 // The plans of the shipped recipes are golden files: a change to what a
 // build does shows up in review as a diff of these files.
 func TestPlanGolden(t *testing.T) {
-	for _, name := range []string{"openclaw", "minimal"} {
+	for _, name := range []string{"openclaw", "minimal", "state"} {
+		recipePath := "recipes/" + name + ".yaml"
+		if name == "state" {
+			recipePath = "cli/testdata/state.yaml" // a state: section (issue 15)
+		}
 		t.Run(name, func(t *testing.T) {
 			// Run from the repository root so the printed path is stable.
 			wd, _ := os.Getwd()
@@ -32,7 +36,7 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer os.Chdir(wd)
-			out, errs, code := run(t, "plan", "recipes/"+name+".yaml")
+			out, errs, code := run(t, "plan", recipePath)
 			if code != 0 {
 				t.Fatalf("plan exited %d: %s", code, errs)
 			}
@@ -146,6 +150,7 @@ func TestPlanJSONGolden(t *testing.T) {
 		{"minimal", "recipes/minimal.yaml", nil},
 		{"openclaw-test", "test/vm/testdata/openclaw-test.yaml", nil},
 		{"boottest", "test/vm/testdata/boot/recipe.yaml", nil},
+		{"state", "cli/testdata/state.yaml", nil},
 		// The test names its fixture; any file in the folder stands in for
 		// it here (plan checks that it exists, the build that it is an
 		// image with that digest).

@@ -410,6 +410,7 @@ func (v *validator) appliance() {
 	v.gatewaySection()
 	v.tailscaleSection()
 	v.firstbootSection()
+	v.stateSection()
 }
 
 func (v *validator) port(p string, n *int, example string) {

@@ -119,6 +119,7 @@ func (r *Recipe) Defaults() error {
 	if err := r.parseValues(); err != nil {
 		return err
 	}
+	r.stateDefaults() // after parseValues: needs Gateway.StateDir
 	r.hasDefaults = true
 	return nil
 }

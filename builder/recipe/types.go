@@ -49,6 +49,7 @@ type Recipe struct {
 	Gateway    *Gateway    `yaml:"gateway,omitempty"`
 	Tailscale  *Tailscale  `yaml:"tailscale,omitempty"`
 	Firstboot  *Firstboot  `yaml:"firstboot,omitempty"`
+	State      *State      `yaml:"state,omitempty"`
 
 	// Path is the recipe file as given; Dir is its folder (absolute).
 	// Relative paths in the recipe resolve against Dir.
@@ -379,4 +380,28 @@ type Firstboot struct {
 	// secret-looking containers[].env values in the recipe: every
 	// instance then shares them. Warned about.
 	AllowBakedSecrets bool `yaml:"allow_baked_secrets,omitempty"`
+}
+
+// State keeps an instance's state on a volume of its own, so that a new
+// image can replace the old one without losing the instance (issue 15):
+// first boot finds the volume, formats it when it is blank, copies each
+// path onto it on first use and binds it over the root disk's copy before
+// anything that reads it starts (docs/state.md).
+type State struct {
+	Volume StateVolume `yaml:"volume,omitempty"`
+	// Paths are the instance-owned files and directories. A path whose
+	// last component holds a * names the files it matches (host keys).
+	// Default (see DefaultStatePaths): the appliance's identities and
+	// data. /var/lib/bake/firstboot (the seed's once-per-instance stamp)
+	// is always added: the seed applies once per state, not per image.
+	Paths []string `yaml:"paths,omitempty"`
+}
+
+// StateVolume is how first boot finds the state disk: by its file system
+// label, or by its virtio serial (/dev/disk/by-id/virtio-SERIAL). Only a
+// disk found by serial is ever formatted (when blank); a label alone finds
+// a volume already made.
+type StateVolume struct {
+	Label  string `yaml:"label,omitempty"` // default bake-state
+	Serial string `yaml:"serial,omitempty"`
 }

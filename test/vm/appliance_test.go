@@ -318,9 +318,27 @@ func bootAppliance(t *testing.T, firmware, token, via string) *guest {
 // appliance (never modified: the VM writes to a snapshot).
 func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
 	t.Helper()
+	return bootApplianceWith(t, bootOpts{disk: disk, firmware: firmware, token: token, via: via})
+}
+
+// bootOpts are bootApplianceWith's: priv, when set, is the admin's key
+// (a boot with no seed, via "none", logs in with the key an earlier boot
+// put on a state volume); drives are extra disks.
+type bootOpts struct {
+	disk, firmware, token, via string
+	priv                       ed25519.PrivateKey
+	drives                     []vm.Drive
+}
+
+func bootApplianceWith(t *testing.T, o bootOpts) *guest {
+	t.Helper()
+	disk, firmware, token, via := o.disk, o.firmware, o.token, o.via
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.priv != nil {
+		priv, pub = o.priv, o.priv.Public().(ed25519.PublicKey)
 	}
 	signer, _ := ssh.NewSignerFromKey(priv)
 	sshPub, _ := ssh.NewPublicKey(pub)
@@ -359,16 +377,17 @@ func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
 		nic, slot = "e1000", "0x7"
 	}
 	v, err := vm.Start(ctx, vm.Config{
-		Firmware:   firmware,
-		NICModel:   nic,
-		NICPCIAddr: slot,
-		Disk:       disk,
-		Snapshot:   true,
-		SeedISO:    seedPath,
-		ExtraArgs:  extra,
-		MemoryMiB:  2048,
-		CPUs:       vmCPUs(firmware),
-		Net:        vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
+		Firmware:    firmware,
+		NICModel:    nic,
+		NICPCIAddr:  slot,
+		Disk:        disk,
+		Snapshot:    true,
+		SeedISO:     seedPath,
+		ExtraDrives: o.drives,
+		ExtraArgs:   extra,
+		MemoryMiB:   2048,
+		CPUs:        vmCPUs(firmware),
+		Net:         vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
 	})
 	if err != nil {
 		t.Fatalf("starting QEMU: %v", err)

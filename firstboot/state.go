@@ -1,0 +1,121 @@
+package firstboot
+
+import (
+	_ "embed"
+	"fmt"
+	"strings"
+
+	"github.com/bakeimg/bake/appliance"
+)
+
+// The state volume (issue 15, docs/state.md) is set up by
+// bake-state.service at every boot, before first boot and every service
+// that reads instance state.
+
+//go:embed state.sh
+var stateScript string
+
+// StateFormat is the layout of the state volume this bake writes: data/PATH
+// for each state path, bake-state/format and bake-state/image. An image
+// refuses a volume with a larger number. Raise it when the layout changes
+// in a way an older image would misread, and say so in docs/state.md.
+const StateFormat = 1
+
+// State locations in the image.
+const (
+	StateScriptPath = appliance.LibDir + "/state"
+	StateConfigPath = appliance.EtcDir + "/state.conf"
+	StateUnitName   = "bake-state.service"
+	StateUnitPath   = appliance.UnitDir + "/" + StateUnitName
+	StateMount      = "/run/bake/state"
+	StateStatusFile = "/run/bake/state.status"
+)
+
+// StateOptions configure the state volume of one image.
+type StateOptions struct {
+	Label, Serial string
+	Paths         []string
+	// The image that writes the volume (recorded on it).
+	ImageName, ImageVersion, ImageDigest string
+	// Units that must not start without their state: the unit fails for
+	// a volume it must not use (foreign, newer format), and these
+	// Require it (drop-ins).
+	Guarded []string
+	// Before are units that read state and so start after the binds.
+	Before []string
+}
+
+// StateScript is the state volume's script.
+func StateScript() string { return stateScript }
+
+// StateConfig renders /etc/bake/state.conf.
+func StateConfig(o StateOptions) string {
+	var b strings.Builder
+	b.WriteString(appliance.Header)
+	kv := func(k, v string) { fmt.Fprintf(&b, "%s=%s\n", k, shQuote(v)) }
+	kv("LABEL", o.Label)
+	kv("SERIAL", o.Serial)
+	kv("PATHS", strings.Join(o.Paths, " "))
+	kv("FORMAT", fmt.Sprint(StateFormat))
+	kv("IMAGE_NAME", o.ImageName)
+	kv("IMAGE_VERSION", o.ImageVersion)
+	kv("IMAGE_DIGEST", o.ImageDigest)
+	return b.String()
+}
+
+// StateBefore are the units bake-state.service always precedes: they read
+// a state path or the machine ID (networkd: the DHCP client ID; cloud-init:
+// /var/lib/cloud; ssh: host keys; first boot: its stamps, the admin's
+// keys, the gateway's config).
+var StateBefore = []string{
+	"sysinit.target", "systemd-machine-id-commit.service", "cloud-init-local.service",
+	"systemd-networkd.service", "network-pre.target",
+	appliance.HostKeysUnitName, "ssh.service", "ssh.socket", UnitName,
+	"containerd.service", "docker.service", "docker.socket", "tailscaled.service",
+}
+
+// StateUnit renders bake-state.service: no default dependencies (it runs
+// in early boot), after the local file systems are writable and udev has
+// seen the disks, before sysinit.target and everything in StateBefore.
+func StateUnit(o StateOptions) string {
+	before := append(append([]string{}, StateBefore...), o.Before...)
+	before = append(before, "shutdown.target")
+	var b strings.Builder
+	b.WriteString(appliance.Header)
+	b.WriteString("[Unit]\nDescription=bake: the instance's state volume (docs/state.md)\n")
+	b.WriteString("DefaultDependencies=no\n")
+	b.WriteString("Wants=local-fs.target\n")
+	b.WriteString("After=local-fs.target systemd-remount-fs.service systemd-udevd.service systemd-udev-trigger.service\n")
+	fmt.Fprintf(&b, "Before=%s\n", strings.Join(before, " "))
+	b.WriteString("Conflicts=shutdown.target\n")
+	b.WriteString("\n[Service]\nType=oneshot\nRemainAfterExit=yes\n")
+	fmt.Fprintf(&b, "ExecStart=%s\n", StateScriptPath)
+	b.WriteString("StandardOutput=journal+console\nStandardError=journal+console\n")
+	b.WriteString("TimeoutStartSec=5min\n")
+	b.WriteString("\n[Install]\nWantedBy=sysinit.target\n")
+	return b.String()
+}
+
+// StateGuardDropIn is the drop-in that keeps a unit from starting without
+// its state: Requires= with After= (a failed bake-state.service stops it).
+func StateGuardDropIn(unit string) appliance.File {
+	return appliance.File{
+		Path:    appliance.UnitDir + "/" + unit + ".d/20-bake-state.conf",
+		Content: []byte(appliance.Header + "[Unit]\nRequires=" + StateUnitName + "\nAfter=" + StateUnitName + "\n"),
+		Mode:    0o644,
+	}
+}
+
+// StateFiles are the state volume's files: script, configuration, unit,
+// and the guards.
+func StateFiles(o StateOptions) []appliance.File {
+	fs := []appliance.File{
+		{Path: StateScriptPath, Content: []byte(stateScript), Mode: 0o755},
+		{Path: StateConfigPath, Content: []byte(StateConfig(o)), Mode: 0o644},
+		{Path: StateUnitPath, Content: []byte(StateUnit(o)), Mode: 0o644},
+	}
+	for _, u := range o.Guarded {
+		fs = append(fs, StateGuardDropIn(u))
+	}
+	return fs
+}
