@@ -67,8 +67,6 @@ const (
 	DefaultSerialLogMax = 64 << 20
 )
 
-var runAsRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-
 // Sandbox is the value of QEMU's -sandbox option on every command line
 // Cmdline makes: QEMU's seccomp filter (QEMU 7.2 has it, Debian builds it
 // in), with obsolete system calls, set*uid/set*gid, fork/exec and
@@ -86,30 +84,9 @@ var runAsRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 // There is no switch to run a guest unconfined.
 const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
-// SandboxRunAs is Sandbox for a QEMU that drops root itself (Config.RunAs,
-// -runas): the same filter, but set*uid/set*gid allowed, since QEMU's own
-// drop is such a call and its filter is in force before it (QEMU 7.2 kills
-// itself with "Bad system call" otherwise). Once dropped, QEMU has no
-// capability left and no_new_privs set (Start checks both), so those calls
-// can no longer gain anything: a guest that escapes into QEMU finds an
-// unprivileged process, which "elevateprivileges=deny" as root never gave.
-const SandboxRunAs = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
-
-// DefaultRunAs is the account QEMU drops to when bake runs as root.
-const DefaultRunAs = "nobody"
-
 // Config describes one VM. The zero value of most fields means the default.
 type Config struct {
 	QEMU string // binary; DefaultQEMU when empty
-	// RunAs is the account QEMU runs as once it has opened its disks,
-	// devices, sockets and logs, before the guest runs (-runas; needs
-	// root). Start sets DefaultRunAs when bake runs as root; "" keeps
-	// bake's own (non-root) user.
-	RunAs string
-	// keepUser: Start leaves RunAs empty even as root. Only this
-	// package's tests set it: their stand-in for QEMU is a script that
-	// cannot give root up the way QEMU does (it opens its files later).
-	keepUser bool
 
 	Firmware string // BIOS (default) or UEFI
 	// OVMFCode is the read-only UEFI code (DefaultOVMFCode when empty).
@@ -286,14 +263,9 @@ func Cmdline(c Config) ([]string, error) {
 		return nil, fmt.Errorf("vm: SerialLogMax %d is negative (0 means the default, %d MiB)", c.SerialLogMax, DefaultSerialLogMax>>20)
 	}
 	for _, x := range c.ExtraArgs {
-		for _, o := range []string{"sandbox", "runas", "chroot"} {
-			if x == "-"+o || x == "--"+o || strings.HasPrefix(x, "-"+o+"=") || strings.HasPrefix(x, "--"+o+"=") {
-				return nil, fmt.Errorf("vm: ExtraArgs may not set %s: bake sets QEMU's confinement (-sandbox, -runas) itself", x)
-			}
+		if x == "-sandbox" || x == "--sandbox" || strings.HasPrefix(x, "-sandbox=") || strings.HasPrefix(x, "--sandbox=") {
+			return nil, fmt.Errorf("vm: ExtraArgs may not set %s: QEMU always runs with -sandbox %s", x, Sandbox)
 		}
-	}
-	if c.RunAs != "" && !runAsRE.MatchString(c.RunAs) {
-		return nil, fmt.Errorf("vm: RunAs %q is not an account name", c.RunAs)
 	}
 
 	if c.Net.Mode == NetTap && c.Net.Netns != "" {
@@ -304,11 +276,7 @@ func Cmdline(c Config) ([]string, error) {
 	} else if c.Net.Netns != "" {
 		return nil, fmt.Errorf("vm: Net.Netns needs Net.Mode %q", NetTap)
 	}
-	if c.RunAs != "" {
-		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SandboxRunAs, "-runas", c.RunAs)
-	} else {
-		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
-	}
+	add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
 
 	add("-machine", "q35")
 	switch c.Accel {

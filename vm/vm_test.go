@@ -49,7 +49,7 @@ func fakeConfig(t *testing.T) Config {
 	if err := os.WriteFile(disk, make([]byte, 4096), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Config{QEMU: bin, Disk: disk, DiskFormat: "raw", Accel: AccelTCG, keepUser: true}
+	return Config{QEMU: bin, Disk: disk, DiskFormat: "raw", Accel: AccelTCG}
 }
 
 func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
