@@ -189,9 +189,21 @@ func TestBakeRun(t *testing.T) {
 	if err != nil || string(out) != "debian\nbake-run-42\n" {
 		t.Errorf("command over SSH: %v, output %q; want \"debian\\nbake-run-42\\n\"", err, out)
 	}
-	// The serial console reaches bake's stdout.
-	if con := stdout.String(); !strings.Contains(con, "Linux version") || !strings.Contains(con, "login:") {
-		t.Errorf("bake run's stdout does not show the guest's serial console (kernel banner and login prompt):\n%s", tail(con, 2000))
+	// The serial console reaches bake's stdout: the kernel's banner, and
+	// the serial getty's prompt, which a cloud image prints only once
+	// cloud-init's config stage is done (SSH can answer before that:
+	// CI found the prompt missing when it looked right after the login).
+	consoleDeadline := time.Now().Add(5 * time.Minute)
+	for {
+		con := stdout.String()
+		if strings.Contains(con, "Linux version") && strings.Contains(con, "login:") {
+			break
+		}
+		if time.Now().After(consoleDeadline) {
+			t.Errorf("bake run's stdout does not show the guest's serial console (kernel banner and login prompt) 5 min after the login:\n%s", tail(con, 2000))
+			break
+		}
+		time.Sleep(2 * time.Second)
 	}
 
 	// SIGINT: the guest is powered off, everything goes.
