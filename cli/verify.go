@@ -41,6 +41,7 @@ func newVerify() *cobra.Command {
 		memory         int
 		cpus           int
 		userData       string
+		seedVia        string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -84,6 +85,18 @@ and passwordless sudo, which it needs to log in and check), FILE's items
 follow; every other key of FILE is copied as written and wins over
 verify's (ssh_pwauth, disable_root, hostname): the image must hold against
 it. bake's own seed files (keys, token) are not affected.
+
+--seed-via LIST says how the instances get their seed, in turn (instance
+i takes the i-th item, wrapping): nocloud (the default: a NoCloud volume
+with meta-data, user-data and bake's files) or smbios (the admin's keys
+and a token only, as systemd credentials in SMBIOS type 11 strings that
+QEMU reads from files, no volume and no user-data: what a hypervisor
+without a seed disk passes, as bake seed --format smbios writes it; the
+image must already have the admin user, as bake's appliance does). With
+--seed-via nocloud,smbios and the default two instances, both paths are
+proven in one run: the keys log in and the gateway's token is the seed's
+on each, and the report's "seeds" names each instance's path.
+--user-data reaches the nocloud instances only.
 
 Checks of instance identity (identity.unique: two VMs differ;
 identity.reboot: a reboot keeps them) run with --instances 2 or more: the
@@ -188,6 +201,13 @@ each runs, what it needs):
 				Log:            cmd.ErrOrStderr(),
 				BakeVersion:    builder.Version,
 			}
+			if seedVia != "" {
+				v, err := verify.ParseSeedVia(seedVia)
+				if err != nil {
+					return usageErr(err)
+				}
+				opts.SeedVia = v
+			}
 			if userData != "" {
 				b, err := os.ReadFile(userData)
 				if err != nil {
@@ -198,6 +218,9 @@ each runs, what it needs):
 					return usageErr(fmt.Errorf("--user-data: %w", err))
 				}
 				opts.UserData = ud
+				if len(opts.SeedVia) > 0 && !slices.Contains(opts.SeedVia, verify.SeedNoCloud) {
+					return usageErr(fmt.Errorf("--user-data: no instance gets user-data with --seed-via %s; add nocloud to --seed-via (e.g. --seed-via nocloud,smbios)", seedVia))
+				}
 			}
 			if recipePath != "" {
 				r, err := loadRecipe(recipePath, sets, contextDir)
@@ -252,6 +275,7 @@ each runs, what it needs):
 	f.BoolVar(&userNet, "user-net", false, "use QEMU user-mode networking even as root (no checks from outside)")
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")
+	f.StringVar(&seedVia, "seed-via", verify.SeedNoCloud, "how the instances get their seed, in turn: `LIST` of nocloud, smbios (e.g. nocloud,smbios: one instance each)")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
 	return c
 }

@@ -226,3 +226,34 @@ func TestVerifyHelp(t *testing.T) {
 		}
 	}
 }
+
+// --seed-via: a bad path or user-data no instance would get is a usage
+// error (exit 2) before anything boots; a good list reaches verify.
+func TestVerifySeedVia(t *testing.T) {
+	runs := fakeVerify(t)
+	img := verifyImage(t)
+	ud := filepath.Join(t.TempDir(), "ud.yaml")
+	if err := os.WriteFile(ud, []byte("#cloud-config\nssh_pwauth: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--seed-via", "cdrom"}, `--seed-via: "cdrom" is not a seed path; write one or more of nocloud, smbios`},
+		{[]string{"--seed-via", "nocloud,"}, `--seed-via: "" is not a seed path`},
+		{[]string{"--seed-via", "smbios", "--user-data", ud}, "add nocloud to --seed-via"},
+	} {
+		_, errs, code := run(t, append([]string{"verify", img}, c.args...)...)
+		if code != 2 || !strings.Contains(errs, c.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", c.args, code, errs, c.want)
+		}
+	}
+	if len(*runs) != 0 {
+		t.Fatalf("verify ran %d times with a bad --seed-via", len(*runs))
+	}
+	run(t, "verify", img, "--allow-skip", "network.scan", "--seed-via", "nocloud, smbios", "--user-data", ud)
+	if len(*runs) != 1 || strings.Join((*runs)[0].SeedVia, ",") != "nocloud,smbios" {
+		t.Errorf("runs %d, SeedVia %q; want one run with nocloud,smbios", len(*runs), (*runs)[0].SeedVia)
+	}
+}

@@ -340,18 +340,30 @@ func (s Seed) NoCloudFiles() map[string][]byte {
 	return out
 }
 
-// SMBIOSArgs are QEMU arguments that pass the seed as systemd credentials
-// in SMBIOS type 11 strings (io.systemd.credential.binary:NAME=BASE64).
-func (s Seed) SMBIOSArgs() []string {
+// SMBIOSStrings are the seed as systemd credentials, one SMBIOS type 11
+// string each (io.systemd.credential.binary:NAME=BASE64), sorted by name.
+func (s Seed) SMBIOSStrings() []string {
 	v := s.values()
 	names := make([]string, 0, len(v))
 	for n := range v {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	var args []string
+	out := make([]string, 0, len(names))
 	for _, n := range names {
-		val := "io.systemd.credential.binary:" + n + "=" + base64.StdEncoding.EncodeToString([]byte(v[n]))
+		out = append(out, "io.systemd.credential.binary:"+n+"="+base64.StdEncoding.EncodeToString([]byte(v[n])))
+	}
+	return out
+}
+
+// SMBIOSArgs are QEMU arguments that pass the seed as systemd credentials
+// in SMBIOS type 11 strings (SMBIOSStrings), the values on the command
+// line. A caller that can write files should pass each string with
+// "-smbios type=11,path=FILE" instead, so that no secret shows in the
+// process list (bake verify does).
+func (s Seed) SMBIOSArgs() []string {
+	var args []string
+	for _, val := range s.SMBIOSStrings() {
 		args = append(args, "-smbios", "type=11,value="+strings.ReplaceAll(val, ",", ",,"))
 	}
 	return args

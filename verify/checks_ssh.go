@@ -222,7 +222,7 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 var (
 	checkSSHKeyLogin = Check{ID: "ssh.key-login", Scope: ScopeFirmware, Needs: "QEMU, the outside namespace (root, dnsmasq)",
 		claim: func(s Spec, _ *GatewaySpec) string {
-			return fmt.Sprintf("SSH key login as %s with the seed's key works", s.AdminUser)
+			return fmt.Sprintf("SSH key login as %s with the seed's key works on every instance, whichever seed path (--seed-via) delivered the key", s.AdminUser)
 		}}
 	checkSSHEffective = Check{ID: "ssh.effective-config", Scope: ScopeFirmware, Needs: "an SSH session",
 		claim: func(Spec, *GatewaySpec) string {

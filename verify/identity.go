@@ -96,6 +96,10 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) boo
 		if r.o.Spec.Gateway != nil && !ValidToken(id.Token) {
 			problems = append(problems, fmt.Sprintf("instance %s: gateway token %s is not 64 characters of [A-Za-z0-9]", in.name(), redactOrNone(id.Token, true)))
 		}
+		if r.o.Spec.Gateway != nil && in.token != "" && id.Token != in.token {
+			// The seed's token must arrive through every seed path.
+			problems = append(problems, fmt.Sprintf("instance %s: gateway token %s is not the one its seed (via %s) gave", in.name(), redactOrNone(id.Token, true), in.via))
+		}
 	}
 	if ctx.Err() != nil {
 		return false
@@ -125,8 +129,15 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) boo
 			}
 		}
 	}
-	if len(insts) > 1 {
-		ev.add("instance %s was seeded with a token, the others generated theirs at first boot", insts[0].name())
+	for _, in := range insts {
+		if len(insts) < 2 || r.o.Spec.Gateway == nil {
+			break
+		}
+		if in.token != "" {
+			ev.add("instance %s (seed via %s) was given a token: its gateway has it", in.name(), in.via)
+		} else {
+			ev.add("instance %s (seed via %s) generated its token at first boot", in.name(), in.via)
+		}
 	}
 	st, text := verdict(problems, ev, fmt.Sprintf("%d instances differ in machine-id, SSH host keys%s", len(insts), map[bool]string{true: " and gateway token", false: ""}[r.o.Spec.Gateway != nil]))
 	if len(insts) < 2 {
@@ -253,7 +264,7 @@ func toRaw(ctx context.Context, path, dst string) error {
 var (
 	checkIdentityUnique = Check{ID: "identity.unique", Scope: ScopeFirmware, Needs: "--instances 2 or more",
 		claim: func(Spec, *GatewaySpec) string {
-			return "instances of one image differ in gateway token, SSH host keys and machine-id"
+			return "instances of one image differ in gateway token, SSH host keys and machine-id; an instance whose seed gave a token (any --seed-via path) has that token"
 		},
 		planned: twoInstances, byRequest: true}
 	checkIdentityReboot = Check{ID: "identity.reboot", Scope: ScopeFirmware, Needs: "--instances 2 or more",

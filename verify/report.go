@@ -89,6 +89,9 @@ type Report struct {
 	// UserData is the --user-data file merged into the seeds' user-data.
 	UserData       string `json:"user_data,omitempty"`
 	UserDataSHA256 string `json:"user_data_sha256,omitempty"`
+	// Seeds says how each instance got its seed (SeedNoCloud, SeedSMBIOS),
+	// by instance name ("bios-0").
+	Seeds map[string]string `json:"seeds,omitempty"`
 	// HostError says why the host could not run the VM (exit status 2).
 	HostError string `json:"host_error,omitempty"`
 	// Interrupted says what stopped the run early (a signal).

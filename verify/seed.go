@@ -5,6 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -189,4 +192,60 @@ func WriteSeed(path string, s Seed) error {
 		return err
 	}
 	return vm.WriteNoCloudSeed(path, s.MetaData(), ud, s.BakeFiles())
+}
+
+// How an instance gets its seed (Options.SeedVia, --seed-via).
+const (
+	// SeedNoCloud: a NoCloud ISO9660 volume labelled cidata with
+	// meta-data, verify's user-data (with --user-data merged in) and
+	// bake's own files (admin keys, token): what cloud-init and bake's
+	// first boot read.
+	SeedNoCloud = "nocloud"
+	// SeedSMBIOS: bake's values only (the admin's keys, the token) as
+	// systemd credentials in SMBIOS type 11 strings, no NoCloud volume and
+	// no user-data: what a hypervisor that cannot attach a disk passes
+	// (bake seed --format smbios). The image must already have the admin
+	// user (bake's appliance does; a plain cloud image does not).
+	SeedSMBIOS = "smbios"
+)
+
+// SeedVias are the accepted values of Options.SeedVia.
+var SeedVias = []string{SeedNoCloud, SeedSMBIOS}
+
+// ParseSeedVia parses a --seed-via list ("nocloud", "nocloud,smbios").
+func ParseSeedVia(s string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(SeedVias, f) {
+			return nil, fmt.Errorf("--seed-via: %q is not a seed path; write one or more of %s, separated by commas (e.g. --seed-via nocloud,smbios)", f, strings.Join(SeedVias, ", "))
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// writeSMBIOSCredentials writes each SMBIOS type 11 string of seed to a
+// file of its own (mode 0600) in dir and returns the QEMU arguments that
+// pass them (-smbios type=11,path=FILE).
+func writeSMBIOSCredentials(dir, name string, s Seed) ([]string, error) {
+	fb := s.firstboot()
+	if err := fb.Check(); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	var args []string
+	for i, v := range fb.SMBIOSStrings() {
+		p := filepath.Join(dir, fmt.Sprintf("smbios-%s-%d", name, i))
+		if strings.Contains(p, ",") {
+			return nil, fmt.Errorf("verify: %s: a comma in the path cannot be passed to QEMU", p)
+		}
+		if err := os.WriteFile(p, []byte(v), 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "-smbios", "type=11,path="+p)
+	}
+	if len(args) == 0 {
+		return nil, fmt.Errorf("verify: nothing to pass as credentials")
+	}
+	return args, nil
 }

@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"encoding/base64"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -208,4 +210,54 @@ func TestSeedHostileValues(t *testing.T) {
 func testSeedWith(s Seed, u *UserData) Seed {
 	s.Extra = u
 	return s
+}
+
+// The SMBIOS path: one file per credential (mode 0600, read by QEMU with
+// path=, so no secret is on its command line), holding what systemd reads
+// as the credential of firstboot's name.
+func TestWriteSMBIOSCredentials(t *testing.T) {
+	dir := t.TempDir()
+	key, err := NewKey("bake-verify test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := NewToken()
+	s := Seed{InstanceID: "iid-x", AdminUser: "admin", AuthorizedKeys: []string{key.AuthorizedKey}, Token: tok}
+	args, err := writeSMBIOSCredentials(dir, "bios-1", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(args) != 4 || args[0] != "-smbios" || args[2] != "-smbios" {
+		t.Fatalf("args %q: want two -smbios type=11,path=FILE", args)
+	}
+	got := map[string]string{}
+	for _, a := range []string{args[1], args[3]} {
+		p, ok := strings.CutPrefix(a, "type=11,path=")
+		if !ok || strings.Contains(a, tok) {
+			t.Fatalf("%q: want type=11,path=FILE and no secret", a)
+		}
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v; want mode 0600", p, fi, err)
+		}
+		b, _ := os.ReadFile(p)
+		name, val, ok := strings.Cut(strings.TrimPrefix(string(b), "io.systemd.credential.binary:"), "=")
+		if !ok {
+			t.Fatalf("%s: %q", p, b)
+		}
+		dec, err := base64.StdEncoding.DecodeString(val)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name] = string(dec)
+	}
+	if strings.TrimSpace(got[SeedTokenFile]) != tok || !strings.Contains(got[SeedAdminKeysFile], key.AuthorizedKey) {
+		t.Errorf("credentials %q: want the token and the admin key", got)
+	}
+	if _, err := ParseSeedVia("nocloud,smbios"); err != nil {
+		t.Error(err)
+	}
+	if _, err := ParseSeedVia("iso"); err == nil {
+		t.Error("ParseSeedVia(iso): no error")
+	}
 }

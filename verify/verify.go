@@ -70,7 +70,11 @@ type Options struct {
 	UserNet bool
 	// UserData is the user's cloud-config merged into each seed's
 	// user-data (--user-data); nil for none.
-	UserData    *UserData
+	UserData *UserData
+	// SeedVia is how the instances get their seed, assigned in turn
+	// (instance i gets SeedVia[i % len]): SeedNoCloud (the default when
+	// empty) or SeedSMBIOS. See SeedVias.
+	SeedVia     []string
 	Log         io.Writer // progress lines; nil = none
 	BakeVersion string
 }
@@ -357,6 +361,7 @@ type instance struct {
 	key    *Key
 	token  string // the seed's token; "" lets first boot generate one
 	canary string // in the seed's user-data only (secrets.seed-copies)
+	via    string // SeedNoCloud or SeedSMBIOS
 	serial string
 
 	fwdPort    int // user mode: host port forwarded to the guest's SSH
@@ -450,7 +455,14 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 		return
 	}
 	main := insts[0]
-	r.record(fw, checkSSHKeyLogin.ID, status(main.loginOK), main.loginEv, 0)
+	// Every instance's login is the check's: each proves its seed path
+	// (--seed-via) delivered the admin's key.
+	loginOK, loginEv := true, main.loginEv
+	for _, in := range insts[1:] {
+		loginOK = loginOK && in.loginOK
+		loginEv += "\n" + in.name() + ": " + in.loginEv
+	}
+	r.record(fw, checkSSHKeyLogin.ID, status(main.loginOK && loginOK), loginEv, 0)
 	c := &checker{r: r, in: main, spec: r.o.Spec, fw: fw}
 
 	// Identity of several instances runs beside the main checks: the
@@ -509,24 +521,23 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	rand.Read(mac)
 	in.mac = net.HardwareAddr{0x52, 0x54, 0x00, 0xbe, mac[4], byte(idx)}
 	in.serial = filepath.Join(r.work, "serial-"+in.name()+".log")
-	if idx == 0 {
+	in.via = SeedNoCloud
+	if n := len(r.o.SeedVia); n > 0 {
+		in.via = r.o.SeedVia[idx%n]
+	}
+	if idx == 0 || in.via == SeedSMBIOS {
 		// The first instance is given a token (first boot must use it);
-		// the others generate their own.
+		// the others generate their own, except one seeded through
+		// SMBIOS: the token is what proves that path.
 		t, err := NewToken()
 		if err != nil {
 			return in, err
 		}
 		in.token = t
 	}
-	canary, err := NewToken()
-	if err != nil {
-		return in, err
-	}
-	in.canary = "bvc" + canary[:40]
 	id := make([]byte, 8)
 	rand.Read(id)
 	seed := Seed{
-		Canary:         in.canary,
 		InstanceID:     "iid-bake-verify-" + hex.EncodeToString(id),
 		Hostname:       "bake-verify-" + in.name(),
 		AdminUser:      r.o.Spec.AdminUser,
@@ -534,10 +545,36 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		Token:          in.token,
 		Extra:          r.o.UserData,
 	}
-	seedPath := filepath.Join(r.work, "seed-"+in.name()+".iso")
-	if err := WriteSeed(seedPath, seed); err != nil {
-		return in, fmt.Errorf("writing the seed: %w", err)
+	var seedPath string
+	var smbios []string
+	switch in.via {
+	case SeedSMBIOS:
+		// No NoCloud volume, no user-data: the admin's keys and the token
+		// only, as systemd credentials in SMBIOS type 11 strings, each
+		// read by QEMU from a file of its own (never on its command line).
+		args, err := writeSMBIOSCredentials(r.work, in.name(), seed)
+		if err != nil {
+			return in, fmt.Errorf("writing the SMBIOS credentials: %w", err)
+		}
+		smbios = args
+	default:
+		canary, err := NewToken()
+		if err != nil {
+			return in, err
+		}
+		in.canary = "bvc" + canary[:40]
+		seed.Canary = in.canary
+		seedPath = filepath.Join(r.work, "seed-"+in.name()+".iso")
+		if err := WriteSeed(seedPath, seed); err != nil {
+			return in, fmt.Errorf("writing the seed: %w", err)
+		}
 	}
+	r.mu.Lock()
+	if r.rep.Seeds == nil {
+		r.rep.Seeds = map[string]string{}
+	}
+	r.rep.Seeds[in.name()] = in.via
+	r.mu.Unlock()
 	overlay := filepath.Join(r.work, "disk-"+in.name()+".qcow2")
 	if err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"create", "-q", "-f", "qcow2",
 		"-b", r.o.Image, "-F", r.rep.Format, overlay}}); err != nil {
@@ -550,6 +587,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		CPUs:      r.cpus[fw],
 		SeedISO:   seedPath,
 		SerialLog: in.serial,
+		ExtraArgs: smbios,
 	}
 	cfg.DiskFormat = "qcow2"
 	if r.netns {
@@ -582,7 +620,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
 	}
 	in.poweredOn = time.Now()
-	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s", in.name(), v.PID(), v.Config.Accel, in.mac, where)
+	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s, seed via %s", in.name(), v.PID(), v.Config.Accel, in.mac, where, in.via)
 	return in, nil
 }
 
@@ -673,8 +711,8 @@ func (in *instance) waitSSH(ctx context.Context) {
 		return
 	}
 	in.loginOK = strings.Contains(res.Stdout, "("+user+")")
-	in.loginEv = fmt.Sprintf("logged in as %s with the seed's ed25519 key on %s after %s (host key %s)\n%s",
-		user, in.sshTarget(), time.Since(t0).Round(time.Second), ssh.FingerprintSHA256(in.hostKey), res.Evidence())
+	in.loginEv = fmt.Sprintf("logged in as %s with the seed's ed25519 key (seed via %s) on %s after %s (host key %s)\n%s",
+		user, in.via, in.sshTarget(), time.Since(t0).Round(time.Second), ssh.FingerprintSHA256(in.hostKey), res.Evidence())
 	if !in.loginOK {
 		in.loginEv = "logged in, but not as " + user + ":\n" + in.loginEv
 	}

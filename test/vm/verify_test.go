@@ -43,7 +43,9 @@ type verifyReport struct {
 	Interrupted string `json:"interrupted"`
 	ExitCode    int    `json:"exit_code"`
 	Verdict     string `json:"verdict"`
-	Results     []struct {
+	// Seeds: how each instance got its seed (--seed-via), by instance.
+	Seeds   map[string]string `json:"seeds"`
+	Results []struct {
 		ID       string  `json:"id"`
 		Firmware string  `json:"firmware"`
 		Status   string  `json:"status"`
@@ -462,8 +464,23 @@ func TestVerifyAppliance(t *testing.T) {
 	}
 	fws := map[string][]string{"bios": {"bios"}, "uefi": {"uefi"}, "both": {"bios", "uefi"}}[firmware]
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		"--firmware", firmware, "--strict", "--timeout", "80m") // the default: two instances and a reboot
+		"--firmware", firmware, "--strict", "--timeout", "80m", // the default: two instances and a reboot
+		// Both seed paths in the one run: instance 0 a NoCloud volume,
+		// instance 1 (the rebooted one) SMBIOS credentials only; its
+		// login (ssh.key-login) and its gateway's token being the seed's
+		// (identity.unique) prove the keys and token arrived that way.
+		"--seed-via", "nocloud,smbios")
 	requireAllPass(t, run)
+	for _, fw := range fws {
+		if a, b := run.report.Seeds[fw+"-0"], run.report.Seeds[fw+"-1"]; a != "nocloud" || b != "smbios" {
+			t.Errorf("%s seeds %q: want %s-0 nocloud, %s-1 smbios", fw, run.report.Seeds, fw, fw)
+		}
+		for _, x := range run.report.Results {
+			if x.Firmware == fw && x.ID == "identity.unique" && !strings.Contains(x.Evidence, fw+"-1 (seed via smbios) was given a token: its gateway has it") {
+				t.Errorf("%s/identity.unique evidence does not show the SMBIOS token arriving:\n%s", fw, x.Evidence)
+			}
+		}
+	}
 	// Every check of the plan ran, and the image scan.
 	for _, fw := range fws {
 		for _, id := range plan {
