@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"net/netip"
@@ -370,7 +371,7 @@ func dockerGroupVerdict(user, out string, ok bool, ev evidence) (Status, string)
 // come from.
 var checkIsolationMetadata = Check{ID: "isolation.metadata", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image, the outside namespace (root)",
 	claim: func(Spec, *GatewaySpec) string {
-		return "containers cannot reach the cloud metadata services (169.254.169.254, 169.254.170.2, 168.63.129.16, 100.100.100.200 stand in on the link; the guest itself can)"
+		return "containers cannot reach the cloud metadata services (169.254.169.254, 169.254.170.2, 168.63.129.16, 100.100.100.200 stand in on the link; the guest itself can), but keep DNS at the cloud resolvers on metadata addresses (169.254.169.254, 168.63.129.16: port 53 only)"
 	},
 	planned: func(s Spec, _ int) bool {
 		return isolation(s) && (s.Firewall == nil || s.Firewall.MetadataBlocked)
@@ -413,6 +414,19 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 		return Fail, "listening on port 80 in the outside namespace: " + err.Error()
 	}
 	defer ln.Close()
+	dnsAddrs := metadataDNSAddrs()
+	stopDNS, err := serveDNSOn(l.Netns, dnsAddrs)
+	if err != nil {
+		return Fail, "listening on 53/udp in the outside namespace (the stand-in resolver): " + err.Error()
+	}
+	defer stopDNS()
+	var idb [2]byte
+	rand.Read(idb[:])
+	qid := uint16(idb[0])<<8 | uint16(idb[1])
+	query, err := dnsQuery(qid)
+	if err != nil {
+		return Fail, "building the DNS query: " + err.Error()
+	}
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -429,8 +443,8 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 	for _, a := range metadataStandIns {
 		addrs = append(addrs, a.String())
 	}
-	ev.add("stand-ins on the link (outside namespace %s, port 80): %s; control %s:80", l.Netns, strings.Join(addrs, ", "), control)
-	res, err := c.in.sudo(ctx, metadataScript(probeContainers[0].name, append(addrs, control.String())))
+	ev.add("stand-ins on the link (outside namespace %s, port 80): %s; control %s:80; a stand-in resolver on %s, 53/udp, answering %s", l.Netns, strings.Join(addrs, ", "), control, strings.Join(dnsAddrs, ", "), metadataDNSName)
+	res, err := c.in.sudo(ctx, metadataScript(probeContainers[0].name, append(addrs, control.String()))+"\n"+metadataDNSScript(dnsAddrs, query))
 	if err != nil {
 		return Fail, err.Error()
 	}
@@ -438,7 +452,15 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 	if !res.OK() {
 		return Fail, "the probe did not run\n\n" + ev.String()
 	}
-	return metadataVerdict(res.Stdout, addrs, control.String(), ev)
+	st, text := metadataVerdict(res.Stdout, addrs, control.String(), ev)
+	problems, ok := metadataDNSVerdict(res.Stdout, dnsAddrs, qid)
+	switch {
+	case len(problems) > 0:
+		return Fail, strings.Join(problems, "\n") + "\n" + text
+	case st == Pass:
+		return Pass, ok + "; " + text
+	}
+	return st, text
 }
 
 // metadataScript connects from the guest (host) and from container's

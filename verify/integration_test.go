@@ -153,3 +153,51 @@ func TestDialIn(t *testing.T) {
 		t.Error("the namespace's address answered from the host namespace")
 	}
 }
+
+// The DNS part of isolation.metadata end to end on real sockets: the
+// stand-in resolver in one namespace on the resolver addresses, the probe
+// script (bash /dev/udp, dd, od) in another, "host" and "container" both
+// (the container's namespace entered by nsenter, as in the guest); then
+// with the resolver stopped, every attempt fails.
+func TestMetadataDNSProbe(t *testing.T) {
+	a, b, _ := netnsPair(t)
+	addrs := metadataDNSAddrs()
+	for _, ad := range addrs {
+		if out, err := exec.Command("ip", "-n", a, "addr", "add", ad+"/32", "dev", "va").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "-n", b, "route", "add", "default", "via", "10.99.0.1").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	stop, err := serveDNSOn(a, addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	// The "container": a process in b's namespace for nsenter -t.
+	sleeper := exec.Command("ip", "netns", "exec", b, "sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	q, _ := dnsQuery(4242)
+	run := func() string {
+		script := fmt.Sprintf("pid=%d\n", sleeper.Process.Pid) + metadataDNSScript(addrs, q)
+		out, err := exec.Command("ip", "netns", "exec", b, "bash", "-c", script).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return string(out)
+	}
+	out := run()
+	if problems, _ := metadataDNSVerdict(out, addrs, 4242); len(problems) > 0 {
+		t.Fatalf("with the resolver: %q\n%s", problems, out)
+	}
+	stop()
+	out = run()
+	problems, _ := metadataDNSVerdict(out, addrs, 4242)
+	if len(problems) != 4 || !strings.Contains(strings.Join(problems, "\n"), "a container cannot resolve at the cloud resolver") {
+		t.Fatalf("without the resolver: %q\n%s", problems, out)
+	}
+}
