@@ -1,0 +1,631 @@
+package publish
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bakeimg/bake/internal/imgfile"
+)
+
+// The object's user metadata (x-amz-meta-*) bake writes.
+const (
+	MetaSHA256   = "bake-sha256"  // the image's SHA-256, hex: S3's ETag of a multipart upload is not a digest
+	MetaFormat   = "bake-format"  // qcow2 or raw
+	MetaRecipe   = "bake-recipe"  // the recipe's name
+	MetaVersion  = "bake-version" // the bake that built it
+	MetaEpoch    = "bake-source-date-epoch"
+	MetaPartSize = "bake-part-size" // bytes per part of the upload (the composite checksum depends on it)
+)
+
+// S3 part sizes: S3 takes at most 10,000 parts of 5 MiB to 5 GiB (the last
+// may be smaller).
+const (
+	DefaultPartSize = 64 << 20
+	MinPartSize     = 5 << 20
+	maxPartSize     = 5 << 30
+	maxParts        = 10000
+	partsInFlight   = 4
+)
+
+// ErrObjectConflict is returned when the key holds other content and
+// Force is not set: nothing was uploaded.
+var ErrObjectConflict = errors.New("object exists with other content")
+
+// ErrInterrupted: the publication was cancelled (Ctrl-C); nothing was left
+// at the destination.
+var ErrInterrupted = errors.New("interrupted")
+
+// partPlan says how a file of size bytes is cut: one PUT when it fits in one
+// part, else parts of partSize.
+func partPlan(size, want int64) (partSize int64, parts int, err error) {
+	if want == 0 {
+		want = DefaultPartSize
+	}
+	if want < MinPartSize || want > maxPartSize {
+		return 0, 0, usage("--part-size %d MiB: S3 takes parts of 5 MiB to 5 GiB", want>>20)
+	}
+	partSize = want
+	if size > partSize*maxParts {
+		// Round up to whole MiB so that the plan stays simple to repeat.
+		partSize = ((size+maxParts-1)/maxParts + 1<<20 - 1) &^ (1<<20 - 1)
+		if partSize > maxPartSize {
+			return 0, 0, usage("%d bytes: more than S3's largest object (10,000 parts of 5 GiB)", size)
+		}
+	}
+	parts = int((size + partSize - 1) / partSize)
+	if parts == 0 {
+		parts = 1
+	}
+	return partSize, parts, nil
+}
+
+// localSums is what one read of the image gives: its SHA-256 and that of
+// each part, and the checksum S3 computes for the object (a single PUT:
+// the object's SHA-256; a multipart upload: the SHA-256 of the parts'
+// SHA-256s, "-N").
+type localSums struct {
+	sha256    string   // hex
+	parts     [][]byte // raw SHA-256 of each part
+	s3Sum     string   // base64, as S3 reports ChecksumSHA256
+	multipart bool
+}
+
+func hashImage(f *os.File, size, partSize int64, parts int) (*localSums, error) {
+	whole := sha256.New()
+	ls := &localSums{multipart: parts > 1}
+	buf := make([]byte, 1<<20)
+	var off int64
+	for i := 0; i < parts; i++ {
+		n := min(partSize, size-off)
+		ph := sha256.New()
+		got, err := io.CopyBuffer(io.MultiWriter(whole, ph), io.NewSectionReader(f, off, n), buf)
+		if err != nil {
+			return nil, err
+		}
+		if got != n {
+			return nil, fmt.Errorf("%s changed while it was read (%d bytes of part %d, %d expected)", f.Name(), got, i+1, n)
+		}
+		ls.parts = append(ls.parts, ph.Sum(nil))
+		off += n
+	}
+	ls.sha256 = hex.EncodeToString(whole.Sum(nil))
+	if ls.multipart {
+		c := sha256.New()
+		for _, p := range ls.parts {
+			c.Write(p)
+		}
+		ls.s3Sum = base64.StdEncoding.EncodeToString(c.Sum(nil)) + "-" + strconv.Itoa(parts)
+	} else {
+		ls.s3Sum = base64.StdEncoding.EncodeToString(whole.Sum(nil))
+	}
+	return ls, nil
+}
+
+// publishS3 uploads the image to s3://BUCKET/KEY. Nothing is visible under
+// KEY until the whole image is there: a single PUT is atomic, a multipart
+// upload is completed last and aborted on any failure or interruption.
+func publishS3(ctx context.Context, opts Options) (*Result, error) {
+	dest, err := ParseS3(opts.To)
+	if err != nil {
+		return nil, err
+	}
+	endpoint := opts.Endpoint
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL_S3")
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	if endpoint != "" {
+		if endpoint, err = parseEndpoint(endpoint); err != nil {
+			return nil, err
+		}
+	}
+	region := opts.Region
+	for _, v := range []string{"AWS_REGION", "AWS_DEFAULT_REGION"} {
+		if region == "" {
+			region = os.Getenv(v)
+		}
+	}
+	if region == "" {
+		region = "us-east-1"
+	}
+	tlsConf, err := tlsConfig(opts.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	creds, credSource, err := s3Credentials(opts.CredentialsFile)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ReadManifest(ManifestPath(opts.Image))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	f, fi, err := imgfile.OpenRegular(opts.Image)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	defer f.Close()
+	in, err := imgfile.Sniff(f)
+	if err != nil {
+		return nil, usage("%s: %v", opts.Image, err)
+	}
+	if err := in.Refuse(); err != nil {
+		return nil, usage("%s: %v", opts.Image, err)
+	}
+	size := fi.Size()
+	partSize, parts, err := partPlan(size, opts.PartSize)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	sums, err := hashImage(f, size, partSize, parts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkListed(opts.Image, m, sums.sha256); err != nil {
+		return nil, usageError{err}
+	}
+	how := "one PUT"
+	if sums.multipart {
+		how = fmt.Sprintf("%d parts of %d MiB", parts, partSize>>20)
+	}
+	fmt.Fprintf(opts.Stdout, "%s: %s, sha256 %s, %d bytes (%s) in %.1fs\n", opts.Image, in.Format, sums.sha256, size, how, time.Since(t0).Seconds())
+
+	endpointShown := endpoint
+	if endpointShown == "" {
+		endpointShown = "AWS S3 (" + region + ")"
+	}
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.TLSClientConfig = tlsConf
+	ua := opts.UserAgent
+	if ua == "" {
+		ua = "bake"
+	}
+	cl := s3.New(s3.Options{
+		Region: region,
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return creds, nil
+		}),
+		HTTPClient:   &http.Client{Transport: tlsOnly{base}},
+		UsePathStyle: endpoint != "",
+		BaseEndpoint: func() *string {
+			if endpoint == "" {
+				return nil
+			}
+			return aws.String(endpoint)
+		}(),
+		AppID: sanitizeAppID(ua),
+		// bake sends each part's SHA-256 itself.
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	s3c := &s3Target{cl: cl, dest: dest, endpoint: endpointShown, credSource: credSource}
+
+	rec := Record{
+		Destination: opts.To,
+		Bucket:      dest.Bucket,
+		Key:         dest.Key,
+		Endpoint:    endpoint,
+		Region:      region,
+		Format:      in.Format,
+		ObjectBytes: size,
+		ImageSHA256: sums.sha256,
+	}
+	if sums.multipart {
+		rec.PartSize, rec.Parts = partSize, parts
+	}
+	receipt := ReceiptPath(opts.Image)
+
+	// What KEY holds now.
+	prev, err := s3c.head(ctx)
+	if err != nil {
+		return nil, s3c.explain("reading "+dest.String(), err)
+	}
+	if prev != nil {
+		if prev.Metadata[MetaSHA256] == sums.sha256 && aws.ToInt64(prev.ContentLength) == size {
+			checked, err := s3c.check(ctx, prev, sums, f, size, opts.Progress)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(opts.Stdout, "%s already holds this image (sha256 %s): nothing to upload; %s\n", dest, sums.sha256, checked)
+			rec.ETag, rec.VersionID, rec.Checksum, rec.Checked = aws.ToString(prev.ETag), aws.ToString(prev.VersionId), aws.ToString(prev.ChecksumSHA256), checked
+			written, err := writeReceipt(receipt, opts.Image, rec, time.Now(), true)
+			if err != nil {
+				return nil, err
+			}
+			if !written {
+				receipt = ""
+			}
+			return &Result{Record: rec, Unchanged: true, Receipt: receipt}, nil
+		}
+		what := "an object bake did not publish (no " + MetaSHA256 + " metadata)"
+		if s := prev.Metadata[MetaSHA256]; s != "" {
+			what = "an image with sha256 " + s
+		}
+		if !opts.Force {
+			return nil, fmt.Errorf("%w: %s holds %s (%d bytes), this image is sha256 %s; nothing was uploaded (--force replaces it)", ErrObjectConflict, dest, what, aws.ToInt64(prev.ContentLength), sums.sha256)
+		}
+		rec.Replaced = prev.Metadata[MetaSHA256]
+		if rec.Replaced == "" {
+			rec.Replaced = "etag " + aws.ToString(prev.ETag)
+		}
+		fmt.Fprintf(opts.Stdout, "%s holds %s: replacing it (--force)\n", dest, what)
+	}
+
+	meta := map[string]string{
+		MetaSHA256:  sums.sha256,
+		MetaFormat:  in.Format,
+		MetaRecipe:  m.Recipe.Name,
+		MetaVersion: m.Bake,
+		MetaEpoch:   strconv.FormatInt(m.SourceDateEpoch, 10),
+	}
+	if sums.multipart {
+		meta[MetaPartSize] = strconv.FormatInt(partSize, 10)
+	}
+	prog := newProgress(opts.Progress, "upload "+dest.String())
+	t1 := time.Now()
+	var etag, version, checksum string
+	if sums.multipart {
+		etag, version, checksum, rec.UploadID, err = s3c.multipart(ctx, f, size, partSize, sums, meta, prog)
+	} else {
+		etag, version, checksum, err = s3c.put(ctx, f, size, sums, meta, prog)
+	}
+	prog.finish(err == nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInterrupted, err)
+		}
+		return nil, err
+	}
+	if checksum != "" && checksum != sums.s3Sum {
+		// Only reachable if the store accepted parts it computed other
+		// checksums for: the next HEAD says more.
+		return nil, fmt.Errorf("%s: the store reports checksum %s for the completed upload, the local one is %s", dest, checksum, sums.s3Sum)
+	}
+	fmt.Fprintf(opts.Stdout, "uploaded %s in %.1fs (etag %s)\n", dest, time.Since(t1).Seconds(), etag)
+
+	// Read back what KEY holds now.
+	now, err := s3c.head(ctx)
+	if err != nil {
+		return nil, s3c.explain("reading "+dest.String()+" back", err)
+	}
+	if now == nil {
+		return nil, fmt.Errorf("%s: not found right after its upload completed", dest)
+	}
+	if now.Metadata[MetaSHA256] != sums.sha256 || aws.ToInt64(now.ContentLength) != size {
+		return nil, fmt.Errorf("%s holds sha256 %q, %d bytes after the upload, not this image: another client wrote it at the same time?", dest, now.Metadata[MetaSHA256], aws.ToInt64(now.ContentLength))
+	}
+	checked, err := s3c.check(ctx, now, sums, f, size, opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+	rec.ETag, rec.VersionID, rec.Checksum, rec.Checked = aws.ToString(now.ETag), aws.ToString(now.VersionId), aws.ToString(now.ChecksumSHA256), checked
+	if rec.VersionID == "" {
+		rec.VersionID = version
+	}
+	fmt.Fprintf(opts.Stdout, "published %s (sha256 %s); %s\n", dest, sums.sha256, checked)
+	if _, err := writeReceipt(receipt, opts.Image, rec, time.Now(), false); err != nil {
+		return nil, fmt.Errorf("published %s, but the receipt: %w", dest, err)
+	}
+	return &Result{Record: rec, Receipt: receipt}, nil
+}
+
+// sanitizeAppID keeps what the SDK accepts in its user agent's app ID.
+func sanitizeAppID(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 50 {
+		b = b[:50]
+	}
+	return string(b)
+}
+
+type s3Target struct {
+	cl         *s3.Client
+	dest       S3Dest
+	endpoint   string
+	credSource string
+}
+
+// head returns the object's metadata and checksum, or nil when there is
+// no object under the key.
+func (t *s3Target) head(ctx context.Context) (*s3.HeadObjectOutput, error) {
+	out, err := t.cl.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, ChecksumMode: types.ChecksumModeEnabled})
+	if err != nil {
+		var nf *types.NotFound
+		var re *awshttp.ResponseError
+		if errors.As(err, &nf) || (errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound && !isCode(err, "NoSuchBucket")) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+// check proves that the object holds the image: its size and bake's
+// SHA-256 metadata were compared by the caller; here the store's own
+// checksum of the bytes it holds (the SHA-256 of a single PUT, or of the
+// parts' SHA-256s) must equal the local one. A store that reports none,
+// or an object uploaded in other parts, is read back and hashed.
+func (t *s3Target) check(ctx context.Context, h *s3.HeadObjectOutput, sums *localSums, f *os.File, size int64, progress io.Writer) (string, error) {
+	if got := aws.ToString(h.ChecksumSHA256); got != "" && got == sums.s3Sum {
+		if sums.multipart {
+			return "the store's SHA-256 checksum of the parts (" + got + ") equals the local one; size and " + MetaSHA256 + " metadata equal", nil
+		}
+		return "the store's SHA-256 of the object equals the image's; size and " + MetaSHA256 + " metadata equal", nil
+	}
+	out, err := t.cl.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, IfMatch: h.ETag})
+	if err != nil {
+		return "", t.explain("reading "+t.dest.String()+" back", err)
+	}
+	defer out.Body.Close()
+	prog := newProgress(progress, "read back "+t.dest.String())
+	hs := sha256.New()
+	n, err := io.Copy(hs, &progressReader{r: out.Body, p: prog})
+	prog.finish(err == nil)
+	if err != nil {
+		return "", fmt.Errorf("reading %s back: %w", t.dest, err)
+	}
+	got := hex.EncodeToString(hs.Sum(nil))
+	if n != size || got != sums.sha256 {
+		return "", fmt.Errorf("%s read back: %d bytes, sha256 %s; the image is %d bytes, sha256 %s", t.dest, n, got, size, sums.sha256)
+	}
+	return "read back whole: its SHA-256 equals the image's; size and " + MetaSHA256 + " metadata equal", nil
+}
+
+type progressReader struct {
+	r io.Reader
+	p *progress
+	n int64
+}
+
+func (r *progressReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.n += int64(n)
+	r.p.update(r.n, 0)
+	return n, err
+}
+
+func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum string, err error) {
+	ctr := &progressCounter{p: prog, total: size}
+	stop := ctr.run()
+	out, err := t.cl.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: &t.dest.Bucket, Key: &t.dest.Key,
+		Body:              ctr.section(f, 0, size),
+		ContentLength:     aws.Int64(size),
+		ContentType:       aws.String("application/octet-stream"),
+		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
+		ChecksumSHA256:    aws.String(base64.StdEncoding.EncodeToString(sums.parts[0])),
+		Metadata:          meta,
+	})
+	stop()
+	if err != nil {
+		return "", "", "", t.explain("uploading to "+t.dest.String(), err)
+	}
+	return aws.ToString(out.ETag), aws.ToString(out.VersionId), aws.ToString(out.ChecksumSHA256), nil
+}
+
+// multipart uploads the parts (partsInFlight at a time, each streamed from
+// the file: memory does not grow with the image) with their SHA-256s, and
+// completes the upload last. On any failure or cancellation the upload is
+// aborted: no part stays behind and nothing appears under the key.
+func (t *s3Target) multipart(ctx context.Context, f *os.File, size, partSize int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum, uploadID string, err error) {
+	cr, err := t.cl.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+		Bucket: &t.dest.Bucket, Key: &t.dest.Key,
+		ContentType:       aws.String("application/octet-stream"),
+		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
+		ChecksumType:      types.ChecksumTypeComposite,
+		Metadata:          meta,
+	})
+	if err != nil {
+		return "", "", "", "", t.explain("starting the upload to "+t.dest.String(), err)
+	}
+	uploadID = aws.ToString(cr.UploadId)
+	done := false
+	defer func() {
+		if done {
+			return
+		}
+		// Whatever happened (Ctrl-C included), the parts go.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+		defer cancel()
+		_, aerr := t.cl.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID})
+		if aerr != nil {
+			err = fmt.Errorf("%w; aborting the multipart upload %s failed too (%v): its parts stay in the bucket until it is aborted (aws s3api abort-multipart-upload --bucket %s --key %s --upload-id %s) or a lifecycle rule removes them", err, uploadID, aerr, t.dest.Bucket, t.dest.Key, uploadID)
+			return
+		}
+		err = fmt.Errorf("%w; the multipart upload %s was aborted: nothing was published", err, uploadID)
+	}()
+
+	ctr := &progressCounter{p: prog, total: size}
+	stop := ctr.run()
+	defer stop()
+	completed := make([]types.CompletedPart, len(sums.parts))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(partsInFlight)
+	var mu sync.Mutex
+	for i := range sums.parts {
+		if gctx.Err() != nil {
+			break
+		}
+		i := i
+		off := int64(i) * partSize
+		n := min(partSize, size-off)
+		g.Go(func() error {
+			sum := base64.StdEncoding.EncodeToString(sums.parts[i])
+			out, err := t.cl.UploadPart(gctx, &s3.UploadPartInput{
+				Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID,
+				PartNumber:        aws.Int32(int32(i + 1)),
+				Body:              ctr.section(f, off, n),
+				ContentLength:     aws.Int64(n),
+				ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
+				ChecksumSHA256:    aws.String(sum),
+			})
+			if err != nil {
+				return t.explain(fmt.Sprintf("uploading part %d of %d to %s", i+1, len(sums.parts), t.dest), err)
+			}
+			if got := aws.ToString(out.ChecksumSHA256); got != "" && got != sum {
+				return fmt.Errorf("part %d: the store computed SHA-256 %s, the local part's is %s", i+1, got, sum)
+			}
+			mu.Lock()
+			completed[i] = types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(int32(i + 1)), ChecksumSHA256: aws.String(sum)}
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return "", "", "", uploadID, err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", "", "", uploadID, err
+	}
+	out, err := t.cl.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: completed},
+	})
+	if err != nil {
+		return "", "", "", uploadID, t.explain("completing the upload to "+t.dest.String(), err)
+	}
+	done = true
+	return aws.ToString(out.ETag), aws.ToString(out.VersionId), aws.ToString(out.ChecksumSHA256), uploadID, nil
+}
+
+// progressCounter sums what the parts' readers have read (a part sent
+// again, after a retry, counts once).
+type progressCounter struct {
+	p     *progress
+	total int64
+	mu    sync.Mutex
+	parts []*countingSection
+}
+
+func (c *progressCounter) section(f *os.File, off, n int64) *countingSection {
+	s := &countingSection{SectionReader: io.NewSectionReader(f, off, n)}
+	c.mu.Lock()
+	c.parts = append(c.parts, s)
+	c.mu.Unlock()
+	return s
+}
+
+func (c *progressCounter) sum() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, s := range c.parts {
+		n += s.max.Load()
+	}
+	return n
+}
+
+func (c *progressCounter) run() (stop func()) {
+	quit := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-quit:
+				c.p.update(c.sum(), c.total)
+				return
+			case <-tk.C:
+				c.p.update(c.sum(), c.total)
+			}
+		}
+	}()
+	return func() { once.Do(func() { close(quit); wg.Wait() }) }
+}
+
+// countingSection is a part's body: seekable (the SDK rewinds it to retry)
+// and counting the furthest byte read.
+type countingSection struct {
+	*io.SectionReader
+	max atomic.Int64
+}
+
+func (s *countingSection) Read(b []byte) (int, error) {
+	n, err := s.SectionReader.Read(b)
+	pos, _ := s.SectionReader.Seek(0, io.SeekCurrent)
+	for {
+		m := s.max.Load()
+		if pos <= m || s.max.CompareAndSwap(m, pos) {
+			break
+		}
+	}
+	return n, err
+}
+
+func isCode(err error, codes ...string) bool {
+	var ae smithy.APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	for _, c := range codes {
+		if ae.ErrorCode() == c {
+			return true
+		}
+	}
+	return false
+}
+
+// explain turns a store's refusal into one line that says what to do.
+func (t *s3Target) explain(what string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w", what, context.Canceled)
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		code := ae.ErrorCode()
+		switch code {
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidSecurity", "AuthorizationHeaderMalformed":
+			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s (%s); nothing was published", what, t.endpoint, t.credSource, code)
+		case "AccessDenied", "Forbidden":
+			return fmt.Errorf("%s: the S3 store at %s denied these credentials (from %s) access to %s (%s); nothing was published", what, t.endpoint, t.credSource, t.dest, code)
+		case "NoSuchBucket":
+			return fmt.Errorf("%s: bucket %s does not exist at %s; nothing was published", what, t.dest.Bucket, t.endpoint)
+		}
+		var re *awshttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusForbidden {
+			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s (HTTP 403 %s); nothing was published", what, t.endpoint, t.credSource, code)
+		}
+		return fmt.Errorf("%s: the S3 store at %s answered %s: %s", what, t.endpoint, code, ae.ErrorMessage())
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case http.StatusForbidden, http.StatusUnauthorized:
+			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s (HTTP %d); nothing was published", what, t.endpoint, t.credSource, re.HTTPStatusCode())
+		}
+	}
+	if ce := connErr("the S3 store at "+t.endpoint, err); ce != nil {
+		return fmt.Errorf("%s: %w", what, ce)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
