@@ -352,18 +352,29 @@ type s3Target struct {
 }
 
 // head returns the object's metadata and checksum, or nil when there is
-// no object under the key.
+// no object under the key. A HEAD's error has no body, so a 403 or 404
+// does not say why (a wrong key, no such bucket, no such object: stores
+// differ); a GET of the object's first byte then asks, and only its
+// NoSuchKey means "absent".
 func (t *s3Target) head(ctx context.Context) (*s3.HeadObjectOutput, error) {
 	out, err := t.cl.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, ChecksumMode: types.ChecksumModeEnabled})
-	if err != nil {
-		var nf *types.NotFound
-		var re *awshttp.ResponseError
-		if errors.As(err, &nf) || (errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound && !isCode(err, "NoSuchBucket")) {
-			return nil, nil
-		}
+	if err == nil {
+		return out, nil
+	}
+	var re *awshttp.ResponseError
+	if !errors.As(err, &re) || (re.HTTPStatusCode() != http.StatusNotFound && re.HTTPStatusCode() != http.StatusForbidden) {
 		return nil, err
 	}
-	return out, nil
+	g, gerr := t.cl.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, Range: aws.String("bytes=0-0")})
+	if gerr == nil {
+		g.Body.Close()
+		return nil, fmt.Errorf("HEAD answered %d, but GET answers: the store contradicts itself", re.HTTPStatusCode())
+	}
+	var nk *types.NoSuchKey
+	if errors.As(gerr, &nk) || isCode(gerr, "NoSuchKey") {
+		return nil, nil
+	}
+	return nil, gerr
 }
 
 // check proves that the object holds the image: its size and bake's
@@ -604,7 +615,8 @@ func (t *s3Target) explain(what string, err error) error {
 	if errors.As(err, &ae) {
 		code := ae.ErrorCode()
 		switch code {
-		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidSecurity", "AuthorizationHeaderMalformed":
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidSecurity", "AuthorizationHeaderMalformed",
+			"XAdminUserNotFound": // versitygw's for an unknown access key
 			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s (%s); nothing was published", what, t.endpoint, t.credSource, code)
 		case "AccessDenied", "Forbidden":
 			return fmt.Errorf("%s: the S3 store at %s denied these credentials (from %s) access to %s (%s); nothing was published", what, t.endpoint, t.credSource, t.dest, code)
@@ -613,7 +625,7 @@ func (t *s3Target) explain(what string, err error) error {
 		}
 		var re *awshttp.ResponseError
 		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusForbidden {
-			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s (HTTP 403 %s); nothing was published", what, t.endpoint, t.credSource, code)
+			return fmt.Errorf("%s: the S3 store at %s refused the credentials from %s, or denied them access to %s (HTTP 403 %s); nothing was published", what, t.endpoint, t.credSource, t.dest, code)
 		}
 		return fmt.Errorf("%s: the S3 store at %s answered %s: %s", what, t.endpoint, code, ae.ErrorMessage())
 	}
