@@ -444,6 +444,13 @@ func TestPublishS3(t *testing.T) {
 
 	t.Setenv("AWS_ACCESS_KEY_ID", g.access)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", g.secret)
+	t.Run("unreachable", func(t *testing.T) {
+		_, errs, code := run(t, "publish", image, "--to", dest, "--endpoint", fmt.Sprintf("https://127.0.0.1:%d", freePort(t)), "--ca", g.caFile)
+		if code != ExitFailure {
+			t.Errorf("exit %d, want 1", code)
+		}
+		oneLine(t, errs, "is unreachable")
+	})
 	args = append(args, "--ca", g.caFile)
 
 	t.Run("interrupted", func(t *testing.T) {
@@ -599,6 +606,52 @@ func TestPublishS3(t *testing.T) {
 		b, _ := os.ReadFile(img2 + ".publish.json")
 		if err := json.Unmarshal(b, &r2); err != nil || len(r2.Publishes) != 1 || r2.Publishes[0].Replaced != rawSum {
 			t.Errorf("receipt after --force (%v):\n%s", err, b)
+		}
+	})
+
+	t.Run("memory bounded", func(t *testing.T) {
+		// bake in a process of its own uploads a 512 MiB image in 64 MiB
+		// parts, 4 at a time: its peak RSS stays far below one part per
+		// upload in flight (the parts are streamed from the file).
+		bdir := t.TempDir()
+		big := filepath.Join(bdir, "big.raw")
+		f, err := os.Create(big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunk := make([]byte, 1<<20)
+		hs := sha256.New()
+		for i := 0; i < 512; i++ {
+			rand.Read(chunk[:4096])
+			f.Write(chunk)
+			hs.Write(chunk)
+		}
+		f.Close()
+		sum := hex.EncodeToString(hs.Sum(nil))
+		mb, _ := json.Marshal(map[string]any{"bake_version": "v9.9.9-test", "recipe": map[string]any{"name": "big"}, "source_date_epoch": 1700000000,
+			"outputs": []map[string]any{{"file": "big.raw", "format": "raw", "sha256": sum}}})
+		os.WriteFile(filepath.Join(bdir, "big.manifest.json"), mb, 0o644)
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(self, "publish", big, "--to", "s3://"+bucket+"/big.raw", "--endpoint", g.endpoint, "--ca", g.caFile)
+		cmd.Env = append(os.Environ(), "BAKE_CLI_CHILD=main")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v\n%s\n%s", err, stdout.String(), stderr.String())
+		}
+		rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+		t.Logf("peak RSS %d MiB\n%s%s", rss>>20, stdout.String(), stderr.String())
+		if rss > 128<<20 {
+			t.Errorf("peak RSS %d MiB uploading 512 MiB in 64 MiB parts, 4 at a time: the parts are buffered", rss>>20)
+		}
+		if !strings.Contains(stdout.String(), "(8 parts of 64 MiB)") {
+			t.Errorf("stdout: want 8 parts of 64 MiB")
+		}
+		if got, _ := g.readBack(t, bucket, "big.raw"); got != sum {
+			t.Errorf("read back: sha256 %s, want %s", got, sum)
 		}
 	})
 
