@@ -32,13 +32,15 @@ NAME.manifest.json beside it) to a destination.
                             Every time in the layer and config is the build's
                             SOURCE_DATE_EPOCH, so the same image always gives
                             the same digest.
-  s3://BUCKET/KEY           the image file itself (qcow2 or raw) as one object
-                            in an S3 bucket (AWS S3 or, with --endpoint, an
-                            S3-compatible store), with its SHA-256 in the
-                            object's metadata (x-amz-meta-bake-sha256: a
-                            multipart upload's ETag is not a digest) and
-                            bake-format, bake-recipe, bake-version,
-                            bake-source-date-epoch, bake-part-size.
+  s3://BUCKET/KEY           the image file itself (qcow2, raw, or another
+                            output the build manifest lists, e.g. a vhd for
+                            AWS's import) as one object in an S3 bucket (AWS
+                            S3 or, with --endpoint, an S3-compatible store),
+                            with its SHA-256 in the object's metadata
+                            (x-amz-meta-bake-sha256: a multipart upload's ETag
+                            is not a digest) and bake-format, bake-recipe,
+                            bake-version, bake-source-date-epoch and
+                            bake-part-size.
 
 oci: the push is atomic: blobs and the manifest go first, by digest; the manifest
 is pulled back and its config and layer digests compared with the local ones,

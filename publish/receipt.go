@@ -41,7 +41,7 @@ type Record struct {
 	Key         string `json:"key,omitempty"`
 	Endpoint    string `json:"endpoint,omitempty"` // https://HOST[:PORT]; empty for AWS S3
 	Region      string `json:"region,omitempty"`
-	Format      string `json:"format,omitempty"` // qcow2 or raw
+	Format      string `json:"format,omitempty"` // as the build manifest lists it (qcow2, raw, vhd, ...)
 	ObjectBytes int64  `json:"object_bytes,omitempty"`
 	ETag        string `json:"etag,omitempty"`            // not a digest for a multipart upload
 	VersionID   string `json:"version_id,omitempty"`      // in a versioned bucket

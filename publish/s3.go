@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -185,11 +186,20 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 	if err := checkListed(opts.Image, m, sums.sha256); err != nil {
 		return nil, usageError{err}
 	}
+	// The format the build manifest lists (vhd, vmdk, gce's tar.gz... are
+	// uploaded as they are, e.g. for a cloud's import), else what the
+	// file is.
+	format := in.Format
+	for _, o := range m.Outputs {
+		if o.File == filepath.Base(opts.Image) && o.Format != "" {
+			format = o.Format
+		}
+	}
 	how := "one PUT"
 	if sums.multipart {
 		how = fmt.Sprintf("%d parts of %d MiB", parts, partSize>>20)
 	}
-	fmt.Fprintf(opts.Stdout, "%s: %s, sha256 %s, %d bytes (%s) in %.1fs\n", opts.Image, in.Format, sums.sha256, size, how, time.Since(t0).Seconds())
+	fmt.Fprintf(opts.Stdout, "%s: %s, sha256 %s, %d bytes (%s) in %.1fs\n", opts.Image, format, sums.sha256, size, how, time.Since(t0).Seconds())
 
 	endpointShown := endpoint
 	if endpointShown == "" {
@@ -227,7 +237,7 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 		Key:         dest.Key,
 		Endpoint:    endpoint,
 		Region:      region,
-		Format:      in.Format,
+		Format:      format,
 		ObjectBytes: size,
 		ImageSHA256: sums.sha256,
 	}
@@ -274,7 +284,7 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 
 	meta := map[string]string{
 		MetaSHA256:  sums.sha256,
-		MetaFormat:  in.Format,
+		MetaFormat:  format,
 		MetaRecipe:  m.Recipe.Name,
 		MetaVersion: m.Bake,
 		MetaEpoch:   strconv.FormatInt(m.SourceDateEpoch, 10),
