@@ -57,7 +57,10 @@ SHA-256. Afterwards the object is asked for (HEAD) and its size, bake-sha256
 and the store's own SHA-256 checksum (of the object, or of its parts) compared
 with the local ones; a store that reports no checksum has the object read back
 and hashed. A re-run with the same image finds it there and uploads nothing.
-A KEY holding other content is refused unless --force.
+A KEY holding other content is refused unless --force. An upload a killed or
+cut-off run left unfinished is resumed by the next run when its parts are this
+image's (same part size and SHA-256s): those parts are not sent again;
+--abort removes the key's unfinished uploads instead and uploads nothing.
 
 s3 credentials never go on the command line: --credentials FILE (an AWS
 credentials file, profile $AWS_PROFILE or default), else AWS_ACCESS_KEY_ID and
@@ -135,6 +138,7 @@ object holds other content, 2 bad usage or an IMAGE bake cannot publish
 	f.StringVar(&opts.Endpoint, "endpoint", "", "s3: https://HOST[:PORT] of an S3-compatible store (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS S3)")
 	f.StringVar(&opts.Region, "region", "", "s3: region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)")
 	f.StringVar(&opts.CredentialsFile, "credentials", "", "s3: AWS credentials file (INI, profile $AWS_PROFILE or default); default: the environment's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else ~/.aws/credentials")
+	f.BoolVar(&opts.Abort, "abort", false, "s3: abort the key's unfinished multipart uploads (left by a killed or cut-off run) and upload nothing")
 	f.Int64Var(&partMiB, "part-size", publish.DefaultPartSize>>20, "s3: MiB per part of a multipart upload (5 to 5120; larger images get larger parts to stay within 10,000)")
 	return c
 }

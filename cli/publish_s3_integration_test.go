@@ -356,7 +356,9 @@ func throttle(t *testing.T, target string, rate int64) string {
 // client and their SHA-256 compared, with bake's metadata; a re-run uploads
 // nothing; a key with other content is refused, and replaced with --force;
 // an upload interrupted by SIGINT in its middle leaves no object and no
-// unfinished upload, and exits 130.
+// unfinished upload, and exits 130; one killed (SIGKILL) in its middle is
+// resumed by the next run, or removed by --abort; a 512 MiB upload runs in
+// bounded memory.
 func TestPublishS3(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Fatal("qemu-img is not installed (scripts/install-deps.sh installs it)")
@@ -671,6 +673,95 @@ func TestPublishS3(t *testing.T) {
 		got, h := g.readBack(t, bucket, qkey)
 		if got != qsum || h.Metadata[publish.MetaSHA256] != qsum || h.Metadata[publish.MetaFormat] != "qcow2" {
 			t.Errorf("read back: sha256 %s, metadata %v; want %s", got, h.Metadata, qsum)
+		}
+	})
+
+	// A run killed in the middle (no chance to abort) leaves an
+	// unfinished upload: the next run resumes it, sending only the
+	// missing parts; --abort removes one.
+	killed := func(t *testing.T, key string) {
+		t.Helper()
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow := throttle(t, g.host, 4<<20)
+		cmd := exec.Command(self, "publish", image, "--to", "s3://"+bucket+"/"+key, "--endpoint", "https://"+slow, "--part-size", "5", "--ca", g.caFile)
+		cmd.Env = append(os.Environ(), "BAKE_CLI_CHILD=main")
+		child, err := execx.StartPinned(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer child.Stop(time.Second)
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			select {
+			case <-child.Done():
+				t.Fatalf("bake ended before it could be killed: %v", child.Wait())
+			default:
+			}
+			ups, err := g.client.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket), Prefix: aws.String(key)})
+			if err != nil || len(ups.Uploads) == 0 {
+				continue
+			}
+			parts, err := g.client.ListParts(context.Background(), &s3.ListPartsInput{Bucket: aws.String(bucket), Key: aws.String(key), UploadId: ups.Uploads[0].UploadId})
+			if err == nil && len(parts.Parts) > 0 {
+				cmd.Process.Kill()
+				<-child.Done()
+				t.Logf("killed with %d of 5 parts of upload %s at the store", len(parts.Parts), aws.ToString(ups.Uploads[0].UploadId))
+				return
+			}
+		}
+		t.Fatal("no part reached the store in 60 s")
+	}
+	t.Run("killed, then resumed", func(t *testing.T) {
+		const rkey = "resumed.raw"
+		killed(t, rkey)
+		ups, _ := g.client.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket), Prefix: aws.String(rkey)})
+		if len(ups.Uploads) != 1 {
+			t.Fatalf("unfinished uploads after the kill: %d, want 1", len(ups.Uploads))
+		}
+		if _, err := g.client.HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(rkey)}); err == nil {
+			t.Errorf("an object under %s after the kill", rkey)
+		}
+		out, errs, code := run(t, "publish", image, "--to", "s3://"+bucket+"/"+rkey, "--endpoint", g.endpoint, "--part-size", "5", "--ca", g.caFile)
+		if code != 0 {
+			t.Fatalf("exit %d\n%s\n%s", code, out, errs)
+		}
+		t.Logf("%s%s", out, errs)
+		if !strings.Contains(out, "resuming the unfinished upload "+aws.ToString(ups.Uploads[0].UploadId)+" of this image") {
+			t.Errorf("stdout: not resumed:\n%s", out)
+		}
+		if got, _ := g.readBack(t, bucket, rkey); got != rawSum {
+			t.Errorf("read back: sha256 %s, want %s", got, rawSum)
+		}
+		g.absentUploads(t, bucket)
+		var r publish.Receipt
+		b, _ := os.ReadFile(receipt)
+		json.Unmarshal(b, &r)
+		found := false
+		for _, p := range r.Publishes {
+			if p.Key == rkey {
+				found = true
+				if p.ResumedParts < 1 || p.ResumedParts > 4 || p.UploadID != aws.ToString(ups.Uploads[0].UploadId) {
+					t.Errorf("receipt record: resumed %d parts of upload %s", p.ResumedParts, p.UploadID)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("receipt has no record of %s:\n%s", rkey, b)
+		}
+	})
+	t.Run("killed, then --abort", func(t *testing.T) {
+		const akey = "aborted.raw"
+		killed(t, akey)
+		out, errs, code := run(t, "publish", image, "--to", "s3://"+bucket+"/"+akey, "--endpoint", g.endpoint, "--ca", g.caFile, "--abort")
+		if code != 0 || !strings.Contains(out, "aborted the unfinished upload ") {
+			t.Errorf("exit %d\n%s\n%s", code, out, errs)
+		}
+		g.absent(t, bucket, akey)
+		out, _, code = run(t, "publish", image, "--to", "s3://"+bucket+"/"+akey, "--endpoint", g.endpoint, "--ca", g.caFile, "--abort")
+		if code != 0 || !strings.Contains(out, "no unfinished upload: nothing to abort") {
+			t.Errorf("again: exit %d\n%s", code, out)
 		}
 	})
 }

@@ -53,6 +53,9 @@ type Options struct {
 	Region          string
 	CredentialsFile string
 	PartSize        int64
+	// Abort: abort the key's unfinished multipart uploads (of a run that
+	// was killed or cut off) and upload nothing.
+	Abort bool
 	// Keychain finds credentials (authn.DefaultKeychain: the Docker config
 	// and its credential helpers, when nil).
 	Keychain  authn.Keychain
@@ -79,8 +82,8 @@ func Publish(ctx context.Context, opts Options) (*Result, error) {
 	if strings.HasPrefix(opts.To, "s3://") {
 		return publishS3(ctx, opts)
 	}
-	if opts.Endpoint != "" || opts.Region != "" || opts.CredentialsFile != "" || opts.PartSize != 0 {
-		return nil, usage("--endpoint, --region, --credentials and --part-size are for s3:// destinations")
+	if opts.Endpoint != "" || opts.Region != "" || opts.CredentialsFile != "" || opts.PartSize != 0 || opts.Abort {
+		return nil, usage("--endpoint, --region, --credentials, --part-size and --abort are for s3:// destinations")
 	}
 	tag, err := ParseOCI(opts.To)
 	if err != nil {

@@ -37,18 +37,19 @@ type Record struct {
 	DiskOwner      string `json:"disk_owner,omitempty"` // uid:gid
 
 	// s3://
-	Bucket      string `json:"bucket,omitempty"`
-	Key         string `json:"key,omitempty"`
-	Endpoint    string `json:"endpoint,omitempty"` // https://HOST[:PORT]; empty for AWS S3
-	Region      string `json:"region,omitempty"`
-	Format      string `json:"format,omitempty"` // as the build manifest lists it (qcow2, raw, vhd, ...)
-	ObjectBytes int64  `json:"object_bytes,omitempty"`
-	ETag        string `json:"etag,omitempty"`            // not a digest for a multipart upload
-	VersionID   string `json:"version_id,omitempty"`      // in a versioned bucket
-	Checksum    string `json:"checksum_sha256,omitempty"` // the store's ChecksumSHA256: the object's, or of its parts' ("-N")
-	UploadID    string `json:"upload_id,omitempty"`       // the multipart upload that made it
-	Parts       int    `json:"parts,omitempty"`
-	PartSize    int64  `json:"part_size,omitempty"`
+	Bucket       string `json:"bucket,omitempty"`
+	Key          string `json:"key,omitempty"`
+	Endpoint     string `json:"endpoint,omitempty"` // https://HOST[:PORT]; empty for AWS S3
+	Region       string `json:"region,omitempty"`
+	Format       string `json:"format,omitempty"` // as the build manifest lists it (qcow2, raw, vhd, ...)
+	ObjectBytes  int64  `json:"object_bytes,omitempty"`
+	ETag         string `json:"etag,omitempty"`            // not a digest for a multipart upload
+	VersionID    string `json:"version_id,omitempty"`      // in a versioned bucket
+	Checksum     string `json:"checksum_sha256,omitempty"` // the store's ChecksumSHA256: the object's, or of its parts' ("-N")
+	UploadID     string `json:"upload_id,omitempty"`       // the multipart upload that made it
+	Parts        int    `json:"parts,omitempty"`
+	PartSize     int64  `json:"part_size,omitempty"`
+	ResumedParts int    `json:"resumed_parts,omitempty"` // parts an earlier, unfinished upload of this image had sent
 
 	ImageSHA256 string `json:"image_sha256"`
 	Replaced    string `json:"replaced,omitempty"` // what --force replaced: a digest (oci), the old image's SHA-256 (s3)

@@ -3,6 +3,7 @@ package publish
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +85,7 @@ func partPlan(size, want int64) (partSize int64, parts int, err error) {
 // the object's SHA-256; a multipart upload: the SHA-256 of the parts'
 // SHA-256s, "-N").
 type localSums struct {
+	size      int64
 	sha256    string   // hex
 	parts     [][]byte // raw SHA-256 of each part
 	s3Sum     string   // base64, as S3 reports ChecksumSHA256
@@ -91,7 +94,7 @@ type localSums struct {
 
 func hashImage(f *os.File, size, partSize int64, parts int) (*localSums, error) {
 	whole := sha256.New()
-	ls := &localSums{multipart: parts > 1}
+	ls := &localSums{size: size, multipart: parts > 1}
 	buf := make([]byte, 1<<20)
 	var off int64
 	for i := 0; i < parts; i++ {
@@ -157,6 +160,21 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	ua := opts.UserAgent
+	if ua == "" {
+		ua = "bake"
+	}
+	s3c := newS3Target(dest, endpoint, region, tlsConf, creds, credSource, ua)
+	if opts.Abort {
+		n, err := s3c.abortAll(ctx, opts.Stdout)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			fmt.Fprintf(opts.Stdout, "%s has no unfinished upload: nothing to abort\n", dest)
+		}
+		return &Result{Record: Record{Destination: opts.To}, Unchanged: true}, nil
+	}
 	m, err := ReadManifest(ManifestPath(opts.Image))
 	if err != nil {
 		return nil, usageError{err}
@@ -200,36 +218,6 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 		how = fmt.Sprintf("%d parts of %d MiB", parts, partSize>>20)
 	}
 	fmt.Fprintf(opts.Stdout, "%s: %s, sha256 %s, %d bytes (%s) in %.1fs\n", opts.Image, format, sums.sha256, size, how, time.Since(t0).Seconds())
-
-	endpointShown := endpoint
-	if endpointShown == "" {
-		endpointShown = "AWS S3 (" + region + ")"
-	}
-	base := http.DefaultTransport.(*http.Transport).Clone()
-	base.TLSClientConfig = tlsConf
-	ua := opts.UserAgent
-	if ua == "" {
-		ua = "bake"
-	}
-	cl := s3.New(s3.Options{
-		Region: region,
-		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
-			return creds, nil
-		}),
-		HTTPClient:   &http.Client{Transport: tlsOnly{base}},
-		UsePathStyle: endpoint != "",
-		BaseEndpoint: func() *string {
-			if endpoint == "" {
-				return nil
-			}
-			return aws.String(endpoint)
-		}(),
-		AppID: sanitizeAppID(ua),
-		// bake sends each part's SHA-256 itself.
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
-	s3c := &s3Target{cl: cl, dest: dest, endpoint: endpointShown, credSource: credSource}
 
 	rec := Record{
 		Destination: opts.To,
@@ -296,7 +284,7 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 	t1 := time.Now()
 	var etag, version, checksum string
 	if sums.multipart {
-		etag, version, checksum, rec.UploadID, err = s3c.multipart(ctx, f, size, partSize, sums, meta, prog)
+		etag, version, checksum, rec.UploadID, rec.ResumedParts, err = s3c.multipart(ctx, opts.Stdout, f, size, partSize, sums, meta, prog)
 	} else {
 		etag, version, checksum, err = s3c.put(ctx, f, size, sums, meta, prog)
 	}
@@ -338,6 +326,37 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 		return nil, fmt.Errorf("published %s, but the receipt: %w", dest, err)
 	}
 	return &Result{Record: rec, Receipt: receipt}, nil
+}
+
+// newS3Target makes the client: path-style addressing on a store of its
+// own endpoint, HTTPS only, and bake's part checksums rather than the
+// SDK's.
+func newS3Target(dest S3Dest, endpoint, region string, tlsConf *tls.Config, creds aws.Credentials, credSource, ua string) *s3Target {
+	endpointShown := endpoint
+	if endpointShown == "" {
+		endpointShown = "AWS S3 (" + region + ")"
+	}
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.TLSClientConfig = tlsConf
+	cl := s3.New(s3.Options{
+		Region: region,
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return creds, nil
+		}),
+		HTTPClient:   &http.Client{Transport: tlsOnly{base}},
+		UsePathStyle: endpoint != "",
+		BaseEndpoint: func() *string {
+			if endpoint == "" {
+				return nil
+			}
+			return aws.String(endpoint)
+		}(),
+		AppID: sanitizeAppID(ua),
+		// bake sends each part's SHA-256 itself.
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	return &s3Target{cl: cl, dest: dest, endpoint: endpointShown, credSource: credSource}
 }
 
 // sanitizeAppID keeps what the SDK accepts in its user agent's app ID.
@@ -454,18 +473,31 @@ func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localS
 // the file: memory does not grow with the image) with their SHA-256s, and
 // completes the upload last. On any failure or cancellation the upload is
 // aborted: no part stays behind and nothing appears under the key.
-func (t *s3Target) multipart(ctx context.Context, f *os.File, size, partSize int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum, uploadID string, err error) {
-	cr, err := t.cl.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
-		Bucket: &t.dest.Bucket, Key: &t.dest.Key,
-		ContentType:       aws.String("application/octet-stream"),
-		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
-		ChecksumType:      types.ChecksumTypeComposite,
-		Metadata:          meta,
-	})
+func (t *s3Target) multipart(ctx context.Context, out io.Writer, f *os.File, size, partSize int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum, uploadID string, resumed int, err error) {
+	// An unfinished upload of this very image (a run killed or cut off
+	// before it could abort) is resumed: the parts the store holds with the
+	// local part's size and SHA-256 are not sent again.
+	have := map[int32]types.Part{}
+	uploadID, have, err = t.resumable(ctx, out, partSize, sums)
 	if err != nil {
-		return "", "", "", "", t.explain("starting the upload to "+t.dest.String(), err)
+		return "", "", "", "", 0, err
 	}
-	uploadID = aws.ToString(cr.UploadId)
+	if uploadID != "" {
+		resumed = len(have)
+		fmt.Fprintf(out, "resuming the unfinished upload %s of this image: %d of %d parts are there already\n", uploadID, len(have), len(sums.parts))
+	} else {
+		cr, err := t.cl.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+			Bucket: &t.dest.Bucket, Key: &t.dest.Key,
+			ContentType:       aws.String("application/octet-stream"),
+			ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
+			ChecksumType:      types.ChecksumTypeComposite,
+			Metadata:          meta,
+		})
+		if err != nil {
+			return "", "", "", "", 0, t.explain("starting the upload to "+t.dest.String(), err)
+		}
+		uploadID = aws.ToString(cr.UploadId)
+	}
 	done := false
 	defer func() {
 		if done {
@@ -476,7 +508,7 @@ func (t *s3Target) multipart(ctx context.Context, f *os.File, size, partSize int
 		defer cancel()
 		_, aerr := t.cl.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID})
 		if aerr != nil {
-			err = fmt.Errorf("%w; aborting the multipart upload %s failed too (%v): its parts stay in the bucket until it is aborted (aws s3api abort-multipart-upload --bucket %s --key %s --upload-id %s) or a lifecycle rule removes them", err, uploadID, aerr, t.dest.Bucket, t.dest.Key, uploadID)
+			err = fmt.Errorf("%w; aborting the multipart upload %s failed too (%v): its parts stay in the bucket (a re-run resumes it; bake publish --to %s --abort, or a lifecycle rule, removes it)", err, uploadID, aerr, t.dest)
 			return
 		}
 		err = fmt.Errorf("%w; the multipart upload %s was aborted: nothing was published", err, uploadID)
@@ -496,6 +528,11 @@ func (t *s3Target) multipart(ctx context.Context, f *os.File, size, partSize int
 		i := i
 		off := int64(i) * partSize
 		n := min(partSize, size-off)
+		if p, ok := have[int32(i+1)]; ok {
+			completed[i] = types.CompletedPart{ETag: p.ETag, PartNumber: aws.Int32(int32(i + 1)), ChecksumSHA256: p.ChecksumSHA256}
+			ctr.skip(n)
+			continue
+		}
 		g.Go(func() error {
 			sum := base64.StdEncoding.EncodeToString(sums.parts[i])
 			out, err := t.cl.UploadPart(gctx, &s3.UploadPartInput{
@@ -519,29 +556,118 @@ func (t *s3Target) multipart(ctx context.Context, f *os.File, size, partSize int
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return "", "", "", uploadID, err
+		return "", "", "", uploadID, resumed, err
 	}
 	if err := ctx.Err(); err != nil {
-		return "", "", "", uploadID, err
+		return "", "", "", uploadID, resumed, err
 	}
-	out, err := t.cl.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+	cout, err := t.cl.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 		Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: completed},
 	})
 	if err != nil {
-		return "", "", "", uploadID, t.explain("completing the upload to "+t.dest.String(), err)
+		return "", "", "", uploadID, resumed, t.explain("completing the upload to "+t.dest.String(), err)
 	}
 	done = true
-	return aws.ToString(out.ETag), aws.ToString(out.VersionId), aws.ToString(out.ChecksumSHA256), uploadID, nil
+	return aws.ToString(cout.ETag), aws.ToString(cout.VersionId), aws.ToString(cout.ChecksumSHA256), uploadID, resumed, nil
+}
+
+// unfinished lists the multipart uploads of the key not yet completed or
+// aborted.
+func (t *s3Target) unfinished(ctx context.Context) ([]types.MultipartUpload, error) {
+	var ups []types.MultipartUpload
+	in := &s3.ListMultipartUploadsInput{Bucket: &t.dest.Bucket, Prefix: &t.dest.Key}
+	for {
+		out, err := t.cl.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return nil, t.explain("listing the unfinished uploads of "+t.dest.String(), err)
+		}
+		for _, u := range out.Uploads {
+			if aws.ToString(u.Key) == t.dest.Key {
+				ups = append(ups, u)
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return ups, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+}
+
+// resumable finds an unfinished upload of the key whose parts are all
+// parts of this image (each of the planned size and the local part's
+// SHA-256), with at least one part. The others are left alone, and named.
+func (t *s3Target) resumable(ctx context.Context, out io.Writer, partSize int64, sums *localSums) (string, map[int32]types.Part, error) {
+	ups, err := t.unfinished(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	var others []string
+	for _, u := range ups {
+		id := aws.ToString(u.UploadId)
+		have := map[int32]types.Part{}
+		ok := true
+		in := &s3.ListPartsInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &id}
+		for ok {
+			lp, err := t.cl.ListParts(ctx, in)
+			if err != nil {
+				return "", nil, t.explain("listing the parts of the unfinished upload "+id, err)
+			}
+			for _, p := range lp.Parts {
+				n := aws.ToInt32(p.PartNumber)
+				if n < 1 || int(n) > len(sums.parts) {
+					ok = false
+					break
+				}
+				want := partSize
+				if int(n) == len(sums.parts) {
+					want = sums.size - partSize*int64(n-1)
+				}
+				if aws.ToInt64(p.Size) != want || aws.ToString(p.ChecksumSHA256) != base64.StdEncoding.EncodeToString(sums.parts[n-1]) {
+					ok = false
+					break
+				}
+				have[n] = p
+			}
+			if !aws.ToBool(lp.IsTruncated) {
+				break
+			}
+			in.PartNumberMarker = lp.NextPartNumberMarker
+		}
+		if ok && len(have) > 0 {
+			return id, have, nil
+		}
+		others = append(others, id)
+	}
+	if len(others) > 0 {
+		fmt.Fprintf(out, "%s has %d unfinished upload(s) of other content (%s): left alone; --abort removes them\n", t.dest, len(others), strings.Join(others, ", "))
+	}
+	return "", nil, nil
+}
+
+// abortAll aborts every unfinished multipart upload of the key.
+func (t *s3Target) abortAll(ctx context.Context, out io.Writer) (int, error) {
+	ups, err := t.unfinished(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, u := range ups {
+		if _, err := t.cl.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: u.UploadId}); err != nil {
+			return 0, t.explain("aborting the upload "+aws.ToString(u.UploadId)+" of "+t.dest.String(), err)
+		}
+		fmt.Fprintf(out, "aborted the unfinished upload %s of %s (started %s)\n", aws.ToString(u.UploadId), t.dest, aws.ToTime(u.Initiated).UTC().Format(time.RFC3339))
+	}
+	return len(ups), nil
 }
 
 // progressCounter sums what the parts' readers have read (a part sent
 // again, after a retry, counts once).
 type progressCounter struct {
-	p     *progress
-	total int64
-	mu    sync.Mutex
-	parts []*countingSection
+	p       *progress
+	total   int64
+	mu      sync.Mutex
+	parts   []*countingSection
+	skipped int64
 }
 
 func (c *progressCounter) section(f *os.File, off, n int64) *countingSection {
@@ -552,10 +678,17 @@ func (c *progressCounter) section(f *os.File, off, n int64) *countingSection {
 	return s
 }
 
+// skip counts a part that is at the store already.
+func (c *progressCounter) skip(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.skipped += n
+}
+
 func (c *progressCounter) sum() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var n int64
+	n := c.skipped
 	for _, s := range c.parts {
 		n += s.max.Load()
 	}
