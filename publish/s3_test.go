@@ -232,3 +232,28 @@ func TestPublishS3Usage(t *testing.T) {
 		}
 	}
 }
+
+// Whatever ParseS3 accepts is a valid bucket and an object key, and
+// prints back as given; the credentials file parser never echoes a line.
+func FuzzParseS3(f *testing.F) {
+	for _, s := range []string{"s3://images/a.qcow2", "s3://a.b-c/x/y/z", "s3://b/", "s3://AK:SK@b/k", "s3://b/a/../c", "s3://192.168.0.1/k"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseS3(s)
+		if err != nil {
+			if !errors.Is(err, ErrUsage) {
+				t.Fatalf("%q: %v is not a usage error", s, err)
+			}
+			return
+		}
+		if d.String() != s || checkBucket(d.Bucket) != nil || checkKey(d.Key) != "" {
+			t.Fatalf("%q accepted as %+v", s, d)
+		}
+		for _, r := range d.Key {
+			if r < 0x20 || r == 0x7f {
+				t.Fatalf("%q: control character in the key", s)
+			}
+		}
+	})
+}
