@@ -454,6 +454,13 @@ func TestPublishS3(t *testing.T) {
 		oneLine(t, errs, "is unreachable")
 	})
 	args = append(args, "--ca", g.caFile)
+	t.Run("no such bucket", func(t *testing.T) {
+		_, errs, code := run(t, "publish", image, "--to", "s3://no-such-bucket/"+key, "--endpoint", g.endpoint, "--ca", g.caFile)
+		if code != ExitFailure {
+			t.Errorf("exit %d, want 1", code)
+		}
+		oneLine(t, errs, "bucket no-such-bucket does not exist at "+g.endpoint)
+	})
 
 	t.Run("interrupted", func(t *testing.T) {
 		// bake in a process of its own (the test binary as bake, see
