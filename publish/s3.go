@@ -92,7 +92,7 @@ type localSums struct {
 	multipart bool
 }
 
-func hashImage(f *os.File, size, partSize int64, parts int) (*localSums, error) {
+func hashImage(ctx context.Context, f *os.File, size, partSize int64, parts int) (*localSums, error) {
 	whole := sha256.New()
 	ls := &localSums{size: size, multipart: parts > 1}
 	buf := make([]byte, 1<<20)
@@ -100,7 +100,7 @@ func hashImage(f *os.File, size, partSize int64, parts int) (*localSums, error) 
 	for i := 0; i < parts; i++ {
 		n := min(partSize, size-off)
 		ph := sha256.New()
-		got, err := io.CopyBuffer(io.MultiWriter(whole, ph), io.NewSectionReader(f, off, n), buf)
+		got, err := io.CopyBuffer(io.MultiWriter(whole, ph), ctxReader{ctx, io.NewSectionReader(f, off, n)}, buf)
 		if err != nil {
 			return nil, err
 		}
@@ -129,10 +129,32 @@ func hashImage(f *os.File, size, partSize int64, parts int) (*localSums, error) 
 // minio/md5-simd and crc64nvme, tinylib/msgp, rs/xid, go-ini, go-humanize,
 // ...); the same binary size in a test program (8.5 MB each).
 
+// ctxReader stops reading once ctx is done (Ctrl-C while a large image is
+// hashed).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(b)
+}
+
 // publishS3 uploads the image to s3://BUCKET/KEY. Nothing is visible under
 // KEY until the whole image is there: a single PUT is atomic, a multipart
 // upload is completed last and aborted on any failure or interruption.
 func publishS3(ctx context.Context, opts Options) (*Result, error) {
+	res, err := publishS3Once(ctx, opts)
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrInterrupted) {
+		err = fmt.Errorf("%w: %v", ErrInterrupted, err)
+	}
+	return res, err
+}
+
+func publishS3Once(ctx context.Context, opts Options) (*Result, error) {
 	dest, err := ParseS3(opts.To)
 	if err != nil {
 		return nil, err
@@ -203,7 +225,7 @@ func publishS3(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	t0 := time.Now()
-	sums, err := hashImage(f, size, partSize, parts)
+	sums, err := hashImage(ctx, f, size, partSize, parts)
 	if err != nil {
 		return nil, err
 	}

@@ -140,12 +140,17 @@ func TestHashImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	one, err := hashImage(f, int64(len(data)), 1<<20, 1)
+	one, err := hashImage(context.Background(), f, int64(len(data)), 1<<20, 1)
 	whole := sha256.Sum256(data)
 	if err != nil || one.multipart || one.s3Sum != base64.StdEncoding.EncodeToString(whole[:]) {
 		t.Errorf("one PUT: %+v %v", one, err)
 	}
-	three, err := hashImage(f, int64(len(data)), 4000, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := hashImage(ctx, f, int64(len(data)), 4000, 3); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	three, err := hashImage(context.Background(), f, int64(len(data)), 4000, 3)
 	if err != nil || !three.multipart || len(three.parts) != 3 {
 		t.Fatalf("multipart: %+v %v", three, err)
 	}
