@@ -758,6 +758,70 @@ func TestPublishS3(t *testing.T) {
 			t.Errorf("receipt has no record of %s:\n%s", rkey, b)
 		}
 	})
+	t.Run("another writer meanwhile", func(t *testing.T) {
+		// bake finds the key empty and starts; while its parts go (a slow
+		// network), another client writes the key: the completion is
+		// conditional (If-None-Match: *), so bake fails, aborts its upload
+		// and the other client's object stays.
+		const wkey = "raced.raw"
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow := throttle(t, g.host, 4<<20)
+		cmd := exec.Command(self, "publish", image, "--to", "s3://"+bucket+"/"+wkey, "--endpoint", "https://"+slow, "--part-size", "5", "--ca", g.caFile)
+		cmd.Env = append(os.Environ(), "BAKE_CLI_CHILD=main")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		child, err := execx.StartPinned(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer child.Stop(time.Second)
+		wrote := false
+		for deadline := time.Now().Add(60 * time.Second); !wrote && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			select {
+			case <-child.Done():
+				t.Fatalf("bake ended before the other write: %v\n%s\n%s", child.Wait(), stdout.String(), stderr.String())
+			default:
+			}
+			ups, err := g.client.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket), Prefix: aws.String(wkey)})
+			if err != nil || len(ups.Uploads) == 0 {
+				continue
+			}
+			if _, err := g.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(wkey), Body: strings.NewReader("another client's object")}); err != nil {
+				t.Fatal(err)
+			}
+			wrote = true
+		}
+		if !wrote {
+			t.Fatal("bake's upload did not start in 60 s")
+		}
+		select {
+		case <-child.Done():
+		case <-time.After(90 * time.Second):
+			t.Fatal("bake did not end")
+		}
+		err = child.Wait()
+		t.Logf("%v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != ExitFailure {
+			t.Errorf("exit: %v, want 1", err)
+		}
+		if !strings.Contains(stderr.String(), "another client wrote s3://"+bucket+"/"+wkey+" while this upload ran") || !strings.Contains(stderr.String(), "was aborted") {
+			t.Errorf("stderr does not say so")
+		}
+		out, err := g.client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(wkey)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(out.Body)
+		out.Body.Close()
+		if string(b) != "another client's object" {
+			t.Errorf("the other client's object was replaced: %d bytes", len(b))
+		}
+		g.absentUploads(t, bucket)
+	})
 	t.Run("killed, then --abort", func(t *testing.T) {
 		const akey = "aborted.raw"
 		killed(t, akey)

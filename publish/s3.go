@@ -311,10 +311,14 @@ func publishS3Once(ctx context.Context, opts Options) (*Result, error) {
 	prog := newProgress(opts.Progress, "upload "+dest.String())
 	t1 := time.Now()
 	var etag, version, checksum string
+	c := cond{ifNoneMatch: aws.String("*")}
+	if prev != nil {
+		c = cond{ifMatch: prev.ETag}
+	}
 	if sums.multipart {
-		etag, version, checksum, rec.UploadID, rec.ResumedParts, err = s3c.multipart(ctx, opts.Stdout, f, size, partSize, sums, meta, prog)
+		etag, version, checksum, rec.UploadID, rec.ResumedParts, err = s3c.multipart(ctx, opts.Stdout, f, size, partSize, sums, meta, c, prog)
 	} else {
-		etag, version, checksum, err = s3c.put(ctx, f, size, sums, meta, prog)
+		etag, version, checksum, err = s3c.put(ctx, f, size, sums, meta, c, prog)
 	}
 	prog.finish(err == nil)
 	if err != nil {
@@ -401,6 +405,11 @@ func sanitizeAppID(s string) string {
 	return string(b)
 }
 
+// cond is what the key must still hold when the upload completes: nothing
+// (If-None-Match: *), or the object --force replaces (If-Match: its
+// ETag). Another client's write in the meantime fails the upload.
+type cond struct{ ifNoneMatch, ifMatch *string }
+
 type s3Target struct {
 	region     string
 	cl         *s3.Client
@@ -479,7 +488,7 @@ func (r *progressReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum string, err error) {
+func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localSums, meta map[string]string, c cond, prog *progress) (etag, version, checksum string, err error) {
 	ctr := &progressCounter{p: prog, total: size}
 	stop := ctr.run()
 	out, err := t.cl.PutObject(ctx, &s3.PutObjectInput{
@@ -490,6 +499,8 @@ func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localS
 		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
 		ChecksumSHA256:    aws.String(base64.StdEncoding.EncodeToString(sums.parts[0])),
 		Metadata:          meta,
+		IfNoneMatch:       c.ifNoneMatch,
+		IfMatch:           c.ifMatch,
 	})
 	stop()
 	if err != nil {
@@ -502,7 +513,7 @@ func (t *s3Target) put(ctx context.Context, f *os.File, size int64, sums *localS
 // the file: memory does not grow with the image) with their SHA-256s, and
 // completes the upload last. On any failure or cancellation the upload is
 // aborted: no part stays behind and nothing appears under the key.
-func (t *s3Target) multipart(ctx context.Context, out io.Writer, f *os.File, size, partSize int64, sums *localSums, meta map[string]string, prog *progress) (etag, version, checksum, uploadID string, resumed int, err error) {
+func (t *s3Target) multipart(ctx context.Context, out io.Writer, f *os.File, size, partSize int64, sums *localSums, meta map[string]string, c cond, prog *progress) (etag, version, checksum, uploadID string, resumed int, err error) {
 	// An unfinished upload of this very image (a run killed or cut off
 	// before it could abort) is resumed: the parts the store holds with the
 	// local part's size and SHA-256 are not sent again.
@@ -535,7 +546,7 @@ func (t *s3Target) multipart(ctx context.Context, out io.Writer, f *os.File, siz
 		// Whatever happened (Ctrl-C included), the parts go.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
 		defer cancel()
-		_, aerr := t.cl.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID})
+		aerr := t.abort(actx, uploadID)
 		if aerr != nil {
 			err = fmt.Errorf("%w; aborting the multipart upload %s failed too (%v): its parts stay in the bucket (a re-run resumes it; bake publish --to %s --abort, or a lifecycle rule, removes it)", err, uploadID, aerr, t.dest)
 			return
@@ -593,6 +604,8 @@ func (t *s3Target) multipart(ctx context.Context, out io.Writer, f *os.File, siz
 	cout, err := t.cl.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 		Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &uploadID,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: completed},
+		IfNoneMatch:     c.ifNoneMatch,
+		IfMatch:         c.ifMatch,
 	})
 	if err != nil {
 		return "", "", "", uploadID, resumed, t.explain("completing the upload to "+t.dest.String(), err)
@@ -674,6 +687,53 @@ func (t *s3Target) resumable(ctx context.Context, out io.Writer, partSize int64,
 	return "", nil, nil
 }
 
+// abort aborts an upload and makes sure it is gone. A part still being
+// received when the abort arrives may be stored after it (S3's documents
+// say so: "it might be necessary to abort a given multipart upload
+// multiple times"; versitygw re-created the upload with a late part under
+// load): so the upload is asked for (ListParts) until it is reported
+// missing twice, a second apart, aborting again whenever it is there.
+func (t *s3Target) abort(ctx context.Context, id string) error {
+	gone := 0
+	for round := 0; ; round++ {
+		_, err := t.cl.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &id})
+		if err != nil && !isNoSuchUpload(err) {
+			return t.explain("aborting", err)
+		}
+		for gone < 2 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("the upload was aborted, but whether a late part re-created it could not be checked: %w", ctx.Err())
+			case <-time.After(time.Second):
+			}
+			_, err := t.cl.ListParts(ctx, &s3.ListPartsInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: &id})
+			if err == nil {
+				gone = 0
+				break // there again: abort again
+			}
+			if !isNoSuchUpload(err) {
+				return t.explain("checking the aborted upload", err)
+			}
+			gone++
+		}
+		if gone >= 2 {
+			return nil
+		}
+		if round >= 30 {
+			return fmt.Errorf("upload %s is there again after %d aborts", id, round+1)
+		}
+	}
+}
+
+func isNoSuchUpload(err error) bool {
+	var nu *types.NoSuchUpload
+	if errors.As(err, &nu) || isCode(err, "NoSuchUpload") {
+		return true
+	}
+	var re *awshttp.ResponseError
+	return errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound
+}
+
 // abortAll aborts every unfinished multipart upload of the key.
 func (t *s3Target) abortAll(ctx context.Context, out io.Writer) (int, error) {
 	ups, err := t.unfinished(ctx)
@@ -681,7 +741,7 @@ func (t *s3Target) abortAll(ctx context.Context, out io.Writer) (int, error) {
 		return 0, err
 	}
 	for _, u := range ups {
-		if _, err := t.cl.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.dest.Bucket, Key: &t.dest.Key, UploadId: u.UploadId}); err != nil {
+		if err := t.abort(ctx, aws.ToString(u.UploadId)); err != nil {
 			return 0, t.explain("aborting the upload "+aws.ToString(u.UploadId)+" of "+t.dest.String(), err)
 		}
 		fmt.Fprintf(out, "aborted the unfinished upload %s of %s (started %s)\n", aws.ToString(u.UploadId), t.dest, aws.ToTime(u.Initiated).UTC().Format(time.RFC3339))
@@ -794,6 +854,8 @@ func (t *s3Target) explain(what string, err error) error {
 			return fmt.Errorf("%s: the S3 store at %s denied these credentials (from %s) access to %s (%s); nothing was published", what, t.endpoint, t.credSource, t.dest, code)
 		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":
 			return fmt.Errorf("%s: the S3 store at %s says bucket %s is not in region %s (%s: %s): give its region with --region", what, t.endpoint, t.dest.Bucket, t.region, code, ae.ErrorMessage())
+		case "PreconditionFailed", "ConditionalRequestConflict":
+			return fmt.Errorf("%s: another client wrote %s while this upload ran (%s): it was left as that client wrote it, and nothing of this upload was published", what, t.dest, code)
 		case "NoSuchBucket":
 			return fmt.Errorf("%s: bucket %s does not exist at %s; nothing was published", what, t.dest.Bucket, t.endpoint)
 		}
