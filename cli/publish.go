@@ -19,8 +19,8 @@ func newPublish() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "publish IMAGE --to oci://REGISTRY/REPO:TAG | s3://BUCKET/KEY",
 		Short: "Push an image to a registry (KubeVirt containerDisk) or an S3 bucket, checked and atomic",
-		Long: `Publish delivers IMAGE (a qcow2 that bake build or bake convert wrote, with
-NAME.manifest.json beside it) to a destination.
+		Long: `Publish delivers IMAGE (an image bake build or bake convert wrote, with
+NAME.manifest.json beside it; a qcow2 for oci) to a destination.
 
   oci://REGISTRY/REPO:TAG   a KubeVirt containerDisk: one uncompressed layer
                             holding /disk/NAME.qcow2, owned 107:107 (KubeVirt's
@@ -42,25 +42,29 @@ NAME.manifest.json beside it) to a destination.
                             bake-version, bake-source-date-epoch and
                             bake-part-size.
 
-oci: the push is atomic: blobs and the manifest go first, by digest; the manifest
-is pulled back and its config and layer digests compared with the local ones,
-the layer blob's size and digest asked for; only then is the tag set (and read
-back). A re-run with the same image finds the tag naming the same digest and
-pushes nothing. A tag that names other content is refused unless --force.
+oci: the push is atomic: blobs and the manifest go first, by digest; the
+manifest is pulled back and its config and layer digests compared with the
+local ones, the layer blob's size and digest asked for; only then is the tag
+set (and read back). A re-run with the same image finds the tag naming the
+same digest and pushes nothing. A tag that names other content is refused
+unless --force.
 
 s3: an image larger than --part-size is sent as a multipart upload (parts
 streamed from the file, 4 at a time, each with its SHA-256, which the store
 checks); the upload is completed last, so nothing is visible under KEY before
 the whole image is there, and on any failure or interruption (Ctrl-C) it is
-aborted: no object and no parts are left. A smaller image is one PUT with its
-SHA-256. Afterwards the object is asked for (HEAD) and its size, bake-sha256
-and the store's own SHA-256 checksum (of the object, or of its parts) compared
-with the local ones; a store that reports no checksum has the object read back
-and hashed. A re-run with the same image finds it there and uploads nothing.
-A KEY holding other content is refused unless --force. An upload a killed or
-cut-off run left unfinished is resumed by the next run when its parts are this
-image's (same part size and SHA-256s): those parts are not sent again;
---abort removes the key's unfinished uploads instead and uploads nothing.
+aborted (and checked to be gone): no object and no parts are left. The
+completion is conditional (If-None-Match: *, or If-Match: the ETag --force
+replaces): another client's write meanwhile fails the upload. A smaller image
+is one PUT with its SHA-256. Afterwards the object is asked for (HEAD) and its
+size, bake-sha256 and the store's own SHA-256 checksum (of the object, or of
+its parts) compared with the local ones; a store that reports no checksum has
+the object read back and hashed. A re-run with the same image finds it there
+and uploads nothing. A KEY holding other content is refused unless --force. An
+upload a killed or cut-off run left unfinished is resumed by the next run when
+its parts are this image's (same part size and SHA-256s): those parts are not
+sent again; --abort removes the key's unfinished uploads instead and uploads
+nothing.
 
 s3 credentials never go on the command line: --credentials FILE (an AWS
 credentials file, profile $AWS_PROFILE or default), else AWS_ACCESS_KEY_ID and
