@@ -125,13 +125,21 @@ func randHex(n int) string {
 
 func startS3(t *testing.T, bucket string) *testS3 {
 	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "gw")
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return startS3On(t, bucket, root)
+}
+
+// startS3On starts the gateway with its backend in root.
+func startS3On(t *testing.T, bucket, root string) *testS3 {
+	t.Helper()
 	bin := versitygw(t)
 	dir := t.TempDir()
 	caFile, certFile, keyFile, pool := testCA(t, dir)
-	g := &testS3{caFile: caFile, pool: pool, root: filepath.Join(dir, "gw"), access: "BAKETEST" + strings.ToUpper(randHex(6)), secret: randHex(20)}
-	if err := os.Mkdir(g.root, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	g := &testS3{caFile: caFile, pool: pool, root: root, access: "BAKETEST" + strings.ToUpper(randHex(6)), secret: randHex(20)}
 	g.host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	g.endpoint = "https://" + g.host
 	logFile := filepath.Join(dir, "versitygw.log")
@@ -357,8 +365,10 @@ func throttle(t *testing.T, target string, rate int64) string {
 // nothing; a key with other content is refused, and replaced with --force;
 // an upload interrupted by SIGINT in its middle leaves no object and no
 // unfinished upload, and exits 130; one killed (SIGKILL) in its middle is
-// resumed by the next run, or removed by --abort; a 512 MiB upload runs in
-// bounded memory.
+// resumed by the next run, or removed by --abort; another client writing
+// the key meanwhile fails the upload and keeps its object; a store out of
+// space (a 16 MiB ext4) gives one line and leaves nothing; a 512 MiB
+// upload runs in bounded memory.
 func TestPublishS3(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Fatal("qemu-img is not installed (scripts/install-deps.sh installs it)")
@@ -821,6 +831,44 @@ func TestPublishS3(t *testing.T) {
 			t.Errorf("the other client's object was replaced: %d bytes", len(b))
 		}
 		g.absentUploads(t, bucket)
+	})
+	t.Run("store out of space", func(t *testing.T) {
+		// A second gateway whose backend is a 16 MiB ext4 (a loop mount
+		// of the test's): the 23 MiB image does not fit. One line, exit
+		// 1, and nothing left: no object, no upload, no part file.
+		fsImg := filepath.Join(t.TempDir(), "small.ext4")
+		mnt := t.TempDir()
+		if b, err := exec.Command("truncate", "-s", "16M", fsImg).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, b)
+		}
+		if b, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", fsImg).CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.ext4: %v %s", err, b)
+		}
+		if b, err := exec.Command("mount", "-o", "loop", fsImg, mnt).CombinedOutput(); err != nil {
+			t.Fatalf("mount: %v %s", err, b)
+		}
+		t.Cleanup(func() {
+			if b, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+				t.Errorf("umount %s: %v %s", mnt, err, b)
+			}
+		})
+		os.RemoveAll(filepath.Join(mnt, "lost+found"))
+		small := startS3On(t, bucket, mnt)
+		t.Setenv("AWS_ACCESS_KEY_ID", small.access)
+		t.Setenv("AWS_SECRET_ACCESS_KEY", small.secret)
+		before := small.files(t)
+		out, errs, code := run(t, "publish", image, "--to", "s3://"+bucket+"/full.raw", "--endpoint", small.endpoint, "--part-size", "5", "--ca", small.caFile)
+		t.Logf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+		if code != ExitFailure {
+			t.Errorf("exit %d, want 1", code)
+		}
+		if strings.Count(strings.TrimSpace(errs), "\n") > 1 || !strings.Contains(errs, "is out of space (InsufficientStorage") || !strings.Contains(errs, "was aborted: nothing was published") {
+			t.Errorf("stderr: want the progress line and one error line saying the upload was aborted")
+		}
+		small.absent(t, bucket, "full.raw")
+		if s := small.files(t); s != before {
+			t.Errorf("files left on the full store:\n%s", s)
+		}
 	})
 	t.Run("killed, then --abort", func(t *testing.T) {
 		const akey = "aborted.raw"

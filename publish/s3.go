@@ -856,6 +856,8 @@ func (t *s3Target) explain(what string, err error) error {
 			return fmt.Errorf("%s: the S3 store at %s says bucket %s is not in region %s (%s: %s): give its region with --region", what, t.endpoint, t.dest.Bucket, t.region, code, ae.ErrorMessage())
 		case "PreconditionFailed", "ConditionalRequestConflict":
 			return fmt.Errorf("%s: another client wrote %s while this upload ran (%s): it was left as that client wrote it, and nothing of this upload was published", what, t.dest, code)
+		case "InsufficientStorage", "XMinioStorageFull", "QuotaExceeded":
+			return fmt.Errorf("%s: the S3 store at %s is out of space (%s: %s)", what, t.endpoint, code, ae.ErrorMessage())
 		case "NoSuchBucket":
 			return fmt.Errorf("%s: bucket %s does not exist at %s; nothing was published", what, t.dest.Bucket, t.endpoint)
 		}
