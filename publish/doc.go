@@ -12,5 +12,16 @@
 //     and only then is the tag pushed: the tag never names a partial or
 //     unchecked image.
 //
-// Other destinations (s3://, libvirt) are not implemented yet.
+//   - s3://BUCKET/KEY: the image file as one object (AWS S3, or an
+//     S3-compatible store at Options.Endpoint), its SHA-256 in the object's
+//     metadata (bake-sha256). A small image is one PUT with its SHA-256; a
+//     larger one a multipart upload, parts streamed from the file with
+//     their SHA-256s, completed last and aborted on any failure or
+//     cancellation; an unfinished upload of the same image that a killed
+//     run left is resumed. The object is then checked (HEAD: size,
+//     metadata and the store's own checksum; read back when the store
+//     reports none). Credentials come from the environment or an AWS
+//     credentials file, never from the command line.
+//
+// The libvirt destination is not implemented yet.
 package publish
