@@ -1,0 +1,218 @@
+//go:build integration
+
+package tailnettest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bakeimg/bake/aptrepo"
+	"github.com/bakeimg/bake/internal/testcache"
+)
+
+// TestTwoNodesOverHeadscale: headscale (HTTPS from a test CA, embedded
+// DERP, STUN, no external DERP map) in a hub namespace; two tailscaled
+// nodes, each in a namespace of its own joined to the hub by a veth pair,
+// join with pre-auth keys, reach each other over the tailnet (tailscale ping
+// and a TCP exchange through the TUN devices) and the path is reported.
+// Then UDP between the nodes' underlay addresses is dropped in the hub and
+// the path must fall back to the DERP relay (and the TCP exchange still
+// work through it).
+func TestTwoNodesOverHeadscale(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	hsBin, err := BuildHeadscale(ctx, DefaultHeadscaleVersion, testcache.Dir("headscale"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, tsd := tailscaleBins(ctx, t)
+
+	hub := newNetns(ctx, t, "hub")
+	hubAddr := netip.MustParseAddr("10.78.0.1")
+	// The hub's own address for headscale, on a dummy device every child
+	// reaches through its default route.
+	for _, args := range [][]string{
+		{"-n", hub.Name, "link", "add", "hs0", "type", "dummy"},
+		{"-n", hub.Name, "addr", "add", hubAddr.String() + "/32", "dev", "hs0"},
+		{"-n", hub.Name, "link", "set", "hs0", "up"},
+	} {
+		if err := ip(ctx, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	hsDir := filepath.Join(dir, "hs")
+	os.Mkdir(hsDir, 0o700)
+	hs, err := StartHeadscale(ctx, HeadscaleConfig{Bin: hsBin, Netns: hub.Name, Addr: hubAddr, Dir: hsDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hs.Close()
+	t.Logf("headscale %s (pid %d) at %s", DefaultHeadscaleVersion, hs.PID(), hs.URL)
+	uid, err := hs.CreateUser(ctx, "bake")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var nodes []*Node
+	var netnss []*Netns
+	var underlay []netip.Addr
+	for i := 1; i <= 2; i++ {
+		ns := newNetns(ctx, t, fmt.Sprintf("n%d", i))
+		p := netip.MustParsePrefix(fmt.Sprintf("10.78.%d.1/24", i))
+		c := netip.MustParsePrefix(fmt.Sprintf("10.78.%d.2/24", i))
+		if err := Connect(ctx, hub.Name, ns, p, c); err != nil {
+			t.Fatal(err)
+		}
+		nd := filepath.Join(dir, fmt.Sprintf("n%d", i))
+		os.Mkdir(nd, 0o700)
+		n, err := StartNode(ctx, NodeConfig{Tailscale: ts, Tailscaled: tsd, Netns: ns.Name, Dir: nd, CAFile: hs.CA.CertFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		key, err := hs.PreAuthKey(ctx, uid, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := n.Up(ctx, hs.URL, key, fmt.Sprintf("node%d", i)); err != nil {
+			t.Fatalf("node%d: tailscale up: %v\n%s\nheadscale:\n%s", i, err, n.LogTail(40), hs.LogTail(20))
+		}
+		t.Logf("node%d joined in %v", i, time.Since(start).Round(time.Millisecond))
+		nodes, netnss, underlay = append(nodes, n), append(netnss, ns), append(underlay, c.Addr())
+	}
+	hsNodes, err := hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hsNodes) != 2 {
+		t.Fatalf("headscale lists %d nodes, want 2: %+v", len(hsNodes), hsNodes)
+	}
+	st2, err := nodes[1].Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.BackendState != "Running" || len(st2.TailscaleIPs) == 0 {
+		t.Fatalf("node2: state %q, addresses %v", st2.BackendState, st2.TailscaleIPs)
+	}
+	var target netip.Addr
+	for _, a := range st2.TailscaleIPs {
+		if a.Is4() {
+			target = a
+		}
+	}
+	if !target.IsValid() {
+		t.Fatalf("node2 has no tailnet IPv4 address: %v", st2.TailscaleIPs)
+	}
+
+	path, err := nodes[0].Ping(ctx, target, 20, true)
+	if err != nil {
+		t.Fatalf("%v\nnode1:\n%s", err, nodes[0].LogTail(30))
+	}
+	t.Logf("node1 -> node2 (%s): %s", target, path)
+	if !path.Direct || !strings.HasPrefix(path.Via, underlay[1].String()+":") {
+		t.Errorf("path between nodes on one hub: %s, want direct via %s", path, underlay[1])
+	}
+	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
+
+	// Drop UDP between the two underlays in the hub: only DERP (TCP to the
+	// hub, port 443) is left, and the nodes must say so.
+	// (A policy-routing rule: no nftables needed.)
+	for _, dir := range [][2]string{{"10.78.1.0/24", "10.78.2.0/24"}, {"10.78.2.0/24", "10.78.1.0/24"}} {
+		if err := ip(ctx, "-n", hub.Name, "rule", "add", "from", dir[0], "to", dir[1], "ipproto", "udp", "blackhole"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relayed, err := waitRelayed(ctx, nodes[0], target)
+	if err != nil {
+		t.Fatalf("%v\nnode1:\n%s", err, nodes[0].LogTail(30))
+	}
+	t.Logf("node1 -> node2 with UDP between them dropped: %s", relayed)
+	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
+}
+
+// waitRelayed pings until a pong comes through DERP (the direct path
+// takes a while to be declared dead).
+func waitRelayed(ctx context.Context, n *Node, target netip.Addr) (Path, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	var last Path
+	for time.Now().Before(deadline) {
+		p, err := n.Ping(ctx, target, 1, false)
+		if err == nil {
+			last = p
+			if !p.Direct {
+				return p, nil
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	return last, fmt.Errorf("no relayed pong within 2 minutes; last: %s", last)
+}
+
+// exchange listens on target:8080 in server's namespace and sends a line
+// from client's namespace through the tailnet; the server answers it.
+func exchange(ctx context.Context, t *testing.T, server, client string, target netip.Addr) {
+	t.Helper()
+	l, err := ListenIn(server, netip.AddrPortFrom(target, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "echo %s", line)
+	}()
+	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer dcancel()
+	c, err := DialIn(dctx, client, netip.AddrPortFrom(target, 8080).String())
+	if err != nil {
+		t.Fatalf("dial %s:8080 over the tailnet: %v", target, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "hello over the tailnet\n")
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || got != "echo hello over the tailnet\n" {
+		t.Fatalf("TCP over the tailnet: got %q, %v", got, err)
+	}
+	t.Logf("TCP exchange over the tailnet with %s: %q from %v", target, strings.TrimSpace(got), c.RemoteAddr())
+}
+
+func newNetns(ctx context.Context, t *testing.T, name string) *Netns {
+	t.Helper()
+	ns, err := NewNetns(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Errorf("deleting %s: %v", ns.Name, err)
+		}
+	})
+	return ns
+}
+
+// tailscaleBins returns the cached tailscale build's CLI and daemon (the
+// build the appliance's .deb is made from).
+func tailscaleBins(ctx context.Context, t *testing.T) (string, string) {
+	t.Helper()
+	deb, err := aptrepo.BuildTailscaleDeb(ctx, aptrepo.DefaultTailscaleVersion, testcache.Dir("tailscale"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(filepath.Dir(filepath.Dir(deb)), "bin")
+	return filepath.Join(bin, "tailscale"), filepath.Join(bin, "tailscaled")
+}
