@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -160,25 +161,37 @@ func (h *Headscale) waitReady(ctx context.Context) error {
 			return ctx.Err()
 		default:
 		}
-		last = InNetns(h.cfg.Netns, func() error {
-			c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
-				TLSClientConfig: &tls.Config{RootCAs: pool}, Proxy: nil}}
-			resp, err := c.Get(h.URL + "/health")
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("GET /health: %s", resp.Status)
-			}
-			return nil
-		})
+		last = h.health(ctx, pool)
 		if last == nil {
 			return nil
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	return fmt.Errorf("tailnettest: headscale not ready after a minute: %v\n%s", last, h.LogTail(30))
+}
+
+// health GETs /health once. http.Transport dials on goroutines of its
+// own, so the dial is made inside the namespace by DialIn: a dial from the
+// root namespace would go wherever the machine routes 10.78.0.0/16.
+func (h *Headscale) health(ctx context.Context, pool *x509.CertPool) error {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		Proxy:           nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return DialIn(ctx, h.cfg.Netns, addr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 3 * time.Second, Transport: tr}
+	resp, err := c.Get(h.URL + "/health")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /health: %s", resp.Status)
+	}
+	return nil
 }
 
 // LogTail returns the last n lines of headscale's log.

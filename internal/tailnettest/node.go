@@ -21,7 +21,11 @@ type NodeConfig struct {
 	Netns      string // the namespace it runs in, which it has to itself
 	Dir        string // its state, socket and log
 	CAFile     string // the CA the control server's certificate is from (SSL_CERT_FILE)
-	Port       int    // magicsock's UDP port; 0 means 41641
+	// CAViaDir trusts CAFile the appliance's way instead: SSL_CERT_DIR
+	// naming /etc/ssl/certs and CAFile's directory, i.e. besides the
+	// system's roots (appliance.TailscaleCertDirs).
+	CAViaDir bool
+	Port     int // magicsock's UDP port; 0 means 41641
 }
 
 // Node is a running tailscaled with a TUN device (tailscale0) in its own
@@ -59,7 +63,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		"--tun=tailscale0",
 		"--no-logs-no-support",
 	)
-	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+cfg.CAFile, "TS_LOGS_DIR="+cfg.Dir)
+	cmd.Env = append(os.Environ(), n.caEnv(), "TS_LOGS_DIR="+cfg.Dir)
 	cmd.Stdout, cmd.Stderr = out, out
 	if n.child, err = execx.StartPinned(cmd); err != nil {
 		return nil, fmt.Errorf("tailnettest: starting tailscaled: %w", err)
@@ -91,7 +95,14 @@ func StartNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 func (n *Node) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	return execx.Default.Output(ctx, execx.Cmd{Name: "ip", Args: append(
 		[]string{"netns", "exec", n.cfg.Netns, n.cfg.Tailscale, "--socket=" + n.Socket}, args...),
-		Env: []string{"SSL_CERT_FILE=" + n.cfg.CAFile}})
+		Env: []string{n.caEnv()}})
+}
+
+func (n *Node) caEnv() string {
+	if n.cfg.CAViaDir {
+		return "SSL_CERT_DIR=/etc/ssl/certs:" + filepath.Dir(n.cfg.CAFile)
+	}
+	return "SSL_CERT_FILE=" + n.cfg.CAFile
 }
 
 // Up joins the tailnet of loginServer with a pre-auth key. DNS and

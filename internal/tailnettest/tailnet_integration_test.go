@@ -36,16 +36,10 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 
 	hub := newNetns(ctx, t, "hub")
 	hubAddr := netip.MustParseAddr("10.78.0.1")
-	// The hub's own address for headscale, on a dummy device every child
-	// reaches through its default route.
-	for _, args := range [][]string{
-		{"-n", hub.Name, "link", "add", "hs0", "type", "dummy"},
-		{"-n", hub.Name, "addr", "add", hubAddr.String() + "/32", "dev", "hs0"},
-		{"-n", hub.Name, "link", "set", "hs0", "up"},
-	} {
-		if err := ip(ctx, args...); err != nil {
-			t.Fatal(err)
-		}
+	// The hub's own address for headscale, on its lo (no dummy module
+	// needed); every child reaches it through its default route.
+	if err := ip(ctx, "-n", hub.Name, "addr", "add", hubAddr.String()+"/32", "dev", "lo"); err != nil {
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	hsDir := filepath.Join(dir, "hs")
@@ -73,7 +67,21 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 		}
 		nd := filepath.Join(dir, fmt.Sprintf("n%d", i))
 		os.Mkdir(nd, 0o700)
-		n, err := StartNode(ctx, NodeConfig{Tailscale: ts, Tailscaled: tsd, Netns: ns.Name, Dir: nd, CAFile: hs.CA.CertFile})
+		// node1 trusts the CA alone (SSL_CERT_FILE); node2 the way the
+		// appliance's tailscaled does: besides the system's roots, from a
+		// directory of its own (SSL_CERT_DIR).
+		caFile, viaDir := hs.CA.CertFile, i == 2
+		if viaDir {
+			caDir := filepath.Join(dir, "ca2")
+			os.Mkdir(caDir, 0o755)
+			b, err := os.ReadFile(hs.CA.CertFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			caFile = filepath.Join(caDir, "ca.pem")
+			os.WriteFile(caFile, b, 0o644)
+		}
+		n, err := StartNode(ctx, NodeConfig{Tailscale: ts, Tailscaled: tsd, Netns: ns.Name, Dir: nd, CAFile: caFile, CAViaDir: viaDir})
 		if err != nil {
 			t.Fatal(err)
 		}
