@@ -129,7 +129,8 @@ policy:
   mode: file
   path: "%[6]s"
 dns:
-  magic_dns: false
+  magic_dns: true
+  base_domain: tailnet.test
   override_local_dns: false
   nameservers:
     global: []

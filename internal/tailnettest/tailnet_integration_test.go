@@ -5,7 +5,11 @@ package tailnettest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -130,6 +134,7 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 		t.Errorf("path between nodes on one hub: %s, want direct via %s", path, underlay[1])
 	}
 	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
+	serveHTTP(ctx, t, nodes[1], netnss[1].Name, netnss[0].Name, target)
 
 	// Drop UDP between the two underlays in the hub: only DERP (TCP to the
 	// hub, port 443) is left, and the nodes must say so.
@@ -145,6 +150,91 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 	}
 	t.Logf("node1 -> node2 with UDP between them dropped: %s", relayed)
 	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
+}
+
+// serveHTTP proves the appliance's serve-http mode against headscale: a
+// local HTTP server on node2's 127.0.0.1:18789 (the gateway's place),
+// `tailscale serve --bg --http=80` of it, a GET from node1 to node2's
+// tailnet address on port 80 through it; serve status has no funnel
+// entry, and `tailscale funnel` is refused (headscale grants no funnel
+// node attribute).
+func serveHTTP(ctx context.Context, t *testing.T, n *Node, server, client string, target netip.Addr) {
+	t.Helper()
+	l, err := ListenIn(server, "127.0.0.1:18789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "gateway here, via %s\n", r.Host)
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	if out, err := n.CLI(ctx, "serve", "--bg", "--http=80", "http://127.0.0.1:18789"); err != nil {
+		t.Fatalf("tailscale serve --bg --http=80: %v\n%s", err, out)
+	}
+	defer n.CLI(context.Background(), "serve", "reset")
+	tr := &http.Transport{Proxy: nil, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return DialIn(ctx, client, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 20 * time.Second, Transport: tr}
+	// Serve's HTTP handlers are keyed by the node's MagicDNS name: a
+	// request must name the node (http://node2/ or its FQDN), not its
+	// address (that is a 404). The client resolves nothing here (no DNS in
+	// the namespaces): it dials the address and sends the name.
+	st2, err := n.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimSuffix(st2.Self.DNSName, ".")
+	if host == "" {
+		t.Fatal("node2 has no MagicDNS name")
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+target.String()+"/", nil)
+	req.Host = host
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET http://%s/ over the tailnet (tailscale serve --http=80): %v", target, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "gateway here") {
+		t.Fatalf("GET http://%s/ over the tailnet: %s %q", target, resp.Status, body)
+	}
+	t.Logf("tailscale serve --http=80 on node2, GET http://%s/ from node1 (to %s): %s %q", host, target, resp.Status, strings.TrimSpace(string(body)))
+	st, err := n.CLI(ctx, "serve", "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		TCP         map[string]json.RawMessage
+		Web         map[string]json.RawMessage
+		AllowFunnel map[string]bool
+	}
+	if err := json.Unmarshal(st, &cfg); err != nil {
+		t.Fatalf("serve status --json: %v\n%s", err, st)
+	}
+	if _, ok := cfg.TCP["80"]; !ok || len(cfg.AllowFunnel) != 0 {
+		t.Errorf("serve status --json: want TCP port 80 and no funnel:\n%s", st)
+	}
+	t.Logf("serve status --json: %s", strings.Join(strings.Fields(string(st)), " "))
+	out, err := n.CLI(ctx, "funnel", "--bg", "--https=443", "http://127.0.0.1:18789")
+	if err == nil {
+		st, _ := n.CLI(ctx, "serve", "status", "--json")
+		t.Fatalf("tailscale funnel was accepted under headscale:\n%s\n%s", out, st)
+	}
+	msg := err.Error()
+	if i := strings.Index(msg, "exit status"); i >= 0 {
+		msg = msg[i:]
+	}
+	t.Logf("tailscale funnel refused, as it must be: %s", strings.Join(strings.Fields(msg), " "))
+	if !strings.Contains(err.Error(), "funnel") && !strings.Contains(err.Error(), "Funnel") {
+		t.Errorf("tailscale funnel failed, but not for want of funnel: %v", err)
+	}
+	st, _ = n.CLI(ctx, "serve", "status", "--json")
+	if strings.Contains(string(st), "AllowFunnel") {
+		t.Errorf("a refused funnel left a funnel entry:\n%s", st)
+	}
 }
 
 // waitRelayed pings until a pong comes through DERP (the direct path
