@@ -12,11 +12,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/aptrepo"
 	"github.com/bakeimg/bake/internal/testcache"
 )
@@ -135,6 +137,7 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 	}
 	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
 	serveHTTP(ctx, t, nodes[1], netnss[1].Name, netnss[0].Name, target)
+	applianceJoin(ctx, t, hs, uid, ts, tsd, dir, hub.Name, nodes[0], netnss[0].Name)
 
 	// Drop UDP between the two underlays in the hub: only DERP (TCP to the
 	// hub, port 443) is left, and the nodes must say so.
@@ -150,6 +153,151 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 	}
 	t.Logf("node1 -> node2 with UDP between them dropped: %s", relayed)
 	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
+}
+
+// applianceJoin runs the appliance's own first-boot join script
+// (appliance.TailscaleUpScriptText, as the image gets it, for a recipe
+// with tailscale.login_server, tailscale.ca and gateway.tailscale_mode
+// serve-http) for a third node whose tailscaled trusts the CA the way the
+// image's drop-in makes it (SSL_CERT_DIR=/etc/ssl/certs:DIR): the node
+// joins with the key file, the file is gone afterwards, the gateway
+// stand-in on its 127.0.0.1:18789 answers node1 through the tailnet at
+// http://appliance/, and serve status has no funnel. The script's
+// `tailscale` is a wrapper that runs the real CLI in the node's namespace
+// and socket and adds --accept-dns=false --netfilter-mode=off
+// --hostname=appliance to `up`: the test's namespaces share the machine's
+// /etc/resolv.conf, which the node must not rewrite.
+func applianceJoin(ctx context.Context, t *testing.T, hs *Headscale, uid uint64, ts, tsd, dir, hub string, client *Node, clientNetns string) {
+	t.Helper()
+	if appliance.TailscaleCertDirs != "/etc/ssl/certs:"+appliance.TailscaleCADir {
+		t.Fatalf("the image's SSL_CERT_DIR is %q: the node below no longer trusts the CA as the image does", appliance.TailscaleCertDirs)
+	}
+	ns := newNetns(ctx, t, "appl")
+	if err := Connect(ctx, hub, ns, netip.MustParsePrefix("10.78.3.1/24"), netip.MustParsePrefix("10.78.3.2/24")); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(hs.CA.CertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adir := filepath.Join(dir, "appliance")
+	caDir := filepath.Join(adir, "tailscale-ca") // the image's /etc/bake/tailscale-ca
+	secrets := filepath.Join(adir, "secrets")    // the image's /var/lib/bake/secrets
+	bin := filepath.Join(adir, "bin")
+	for _, d := range []string{caDir, secrets, bin} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(caDir, "ca.pem"), ca, 0o644)
+	n, err := StartNode(ctx, NodeConfig{Tailscale: ts, Tailscaled: tsd, Netns: ns.Name, Dir: adir,
+		CAFile: filepath.Join(caDir, "ca.pem"), CAViaDir: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+
+	gw, err := ListenIn(ns.Name, "127.0.0.1:18789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "appliance gateway, via %s\n", r.Host)
+	})}
+	go srv.Serve(gw)
+	defer srv.Close()
+
+	key, err := hs.PreAuthKey(ctx, uid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(secrets, "tailscale_authkey")
+	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := fmt.Sprintf(`#!/bin/sh
+echo "tailscale $*" >>%[1]s/calls
+if [ "$1" = up ]; then shift; set -- up --accept-dns=false --netfilter-mode=off --hostname=appliance "$@"; fi
+exec ip netns exec %[2]s %[3]s --socket=%[4]s "$@"
+`, adir, ns.Name, ts, n.Socket)
+	if err := os.WriteFile(filepath.Join(bin, "tailscale"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := appliance.TailscaleUpScriptText(appliance.TailscaleOptions{
+		Operator: "nobody", Mode: "serve-http", GatewayPort: 18789, HTTPPort: 80,
+		LoginServer: hs.URL, CA: ca,
+	})
+	script = strings.Replace(script, "key="+appliance.TailscaleAuthKeyFile+"\n", "key="+keyFile+"\n", 1)
+	if !strings.Contains(script, "key="+keyFile+"\n") {
+		t.Fatalf("the join script no longer reads its key from key=%s:\n%s", appliance.TailscaleAuthKeyFile, script)
+	}
+	scriptPath := filepath.Join(adir, "tailscale-up")
+	os.WriteFile(scriptPath, []byte(script), 0o755)
+	cmd := exec.CommandContext(ctx, "/bin/sh", scriptPath)
+	cmd.Env = []string{"PATH=" + bin + ":/usr/sbin:/usr/bin:/sbin:/bin"}
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	calls, _ := os.ReadFile(filepath.Join(adir, "calls"))
+	if err != nil {
+		t.Fatalf("the appliance's join script: %v\n%s\ncalls:\n%s\ntailscaled:\n%s", err, out, calls, n.LogTail(30))
+	}
+	t.Logf("the appliance's join script (%v):\n%s\ncalls:\n%s", time.Since(start).Round(time.Millisecond), out, calls)
+	if !strings.Contains(string(calls), "tailscale up --login-server="+hs.URL+" --auth-key=file:"+keyFile) {
+		t.Errorf("the script's join did not name the login server and the key file:\n%s", calls)
+	}
+	if _, err := os.Stat(keyFile); !os.IsNotExist(err) {
+		t.Errorf("the auth key file is still there after the join (%v)", err)
+	}
+	st, err := n.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BackendState != "Running" {
+		t.Fatalf("appliance node: %s", st.BackendState)
+	}
+	var addr netip.Addr
+	for _, a := range st.TailscaleIPs {
+		if a.Is4() {
+			addr = a
+		}
+	}
+	path, err := client.Ping(ctx, addr, 20, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node1 -> appliance (%s): %s", addr, path)
+
+	tr := &http.Transport{Proxy: nil, DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		return DialIn(ctx, clientNetns, a)
+	}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr.String()+"/", nil)
+	req.Host = "appliance"
+	resp, err := (&http.Client{Timeout: 20 * time.Second, Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("GET http://appliance/ from node1 over the tailnet: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "appliance gateway") {
+		t.Fatalf("GET http://appliance/ from node1: %s %q", resp.Status, body)
+	}
+	t.Logf("GET http://appliance/ from node1 through the tailnet (serve-http): %s %q", resp.Status, strings.TrimSpace(string(body)))
+	sj, err := n.CLI(ctx, "serve", "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(sj), `"80"`) || strings.Contains(string(sj), "AllowFunnel") {
+		t.Errorf("the appliance's serve status --json: want port 80 and no funnel:\n%s", sj)
+	}
+	// The gateway itself is on 127.0.0.1 only: from node1's side, without
+	// the tailnet (the appliance's underlay address), nothing answers.
+	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer dcancel()
+	if c, err := DialIn(dctx, clientNetns, "10.78.3.2:18789"); err == nil {
+		c.Close()
+		t.Error("the gateway port answers on the appliance's underlay address")
+	}
 }
 
 // serveHTTP proves the appliance's serve-http mode against headscale: a
