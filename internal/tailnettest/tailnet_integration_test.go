@@ -23,15 +23,17 @@ import (
 	"github.com/bakeimg/bake/internal/testcache"
 )
 
-// TestTwoNodesOverHeadscale: headscale (HTTPS from a test CA, embedded
+// TestTailnetOverHeadscale: headscale (HTTPS from a test CA, embedded
 // DERP, STUN, no external DERP map) in a hub namespace; two tailscaled
 // nodes, each in a namespace of its own joined to the hub by a veth pair,
 // join with pre-auth keys, reach each other over the tailnet (tailscale ping
 // and a TCP exchange through the TUN devices) and the path is reported.
-// Then UDP between the nodes' underlay addresses is dropped in the hub and
-// the path must fall back to the DERP relay (and the TCP exchange still
-// work through it).
-func TestTwoNodesOverHeadscale(t *testing.T) {
+// node2 serves over plain HTTP (serve-http) and funnel is refused; a third
+// node runs the appliance's first-boot join script (applianceJoin); a node
+// that does not trust the test CA cannot join. Then UDP between the nodes'
+// underlay addresses is dropped in the hub and the path must fall back to
+// the DERP relay (and the TCP exchange still work through it).
+func TestTailnetOverHeadscale(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	hsBin, err := BuildHeadscale(ctx, DefaultHeadscaleVersion, testcache.Dir("headscale"))
@@ -138,6 +140,7 @@ func TestTwoNodesOverHeadscale(t *testing.T) {
 	exchange(ctx, t, netnss[1].Name, netnss[0].Name, target)
 	serveHTTP(ctx, t, nodes[1], netnss[1].Name, netnss[0].Name, target)
 	applianceJoin(ctx, t, hs, uid, ts, tsd, dir, hub.Name, nodes[0], netnss[0].Name)
+	untrusted(ctx, t, hs, uid, ts, tsd, dir, hub.Name)
 
 	// Drop UDP between the two underlays in the hub: only DERP (TCP to the
 	// hub, port 443) is left, and the nodes must say so.
@@ -297,6 +300,45 @@ exec ip netns exec %[2]s %[3]s --socket=%[4]s "$@"
 	if c, err := DialIn(dctx, clientNetns, "10.78.3.2:18789"); err == nil {
 		c.Close()
 		t.Error("the gateway port answers on the appliance's underlay address")
+	}
+}
+
+// untrusted: a node that trusts only the system's roots (the image
+// without tailscale.ca) cannot join: the control server's certificate is
+// refused.
+func untrusted(ctx context.Context, t *testing.T, hs *Headscale, uid uint64, ts, tsd, dir, hub string) {
+	t.Helper()
+	ns := newNetns(ctx, t, "noca")
+	if err := Connect(ctx, hub, ns, netip.MustParsePrefix("10.78.4.1/24"), netip.MustParsePrefix("10.78.4.2/24")); err != nil {
+		t.Fatal(err)
+	}
+	nd := filepath.Join(dir, "noca")
+	empty := filepath.Join(nd, "no-ca")
+	os.MkdirAll(empty, 0o700)
+	n, err := StartNode(ctx, NodeConfig{Tailscale: ts, Tailscaled: tsd, Netns: ns.Name, Dir: nd,
+		CAFile: filepath.Join(empty, "none.pem"), CAViaDir: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	key, err := hs.PreAuthKey(ctx, uid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.CLI(ctx, "up", "--login-server="+hs.URL, "--auth-key="+key, "--hostname=noca",
+		"--accept-dns=false", "--netfilter-mode=off", "--timeout=10s")
+	if err == nil {
+		t.Fatalf("a node without the test CA joined:\n%s", out)
+	}
+	log := n.LogTail(200)
+	if !strings.Contains(log, "x509") && !strings.Contains(log, "certificate") {
+		t.Errorf("the untrusted join failed (%v), but tailscaled says nothing of the certificate:\n%s", err, n.LogTail(30))
+	}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "x509") || strings.Contains(l, "certificate") {
+			t.Logf("without the CA, tailscale up fails: %s", strings.TrimSpace(l))
+			break
+		}
 	}
 }
 
