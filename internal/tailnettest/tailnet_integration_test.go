@@ -21,6 +21,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/aptrepo"
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/vm"
 )
 
 // TestTailnetOverHeadscale: headscale (HTTPS from a test CA, embedded
@@ -41,6 +42,13 @@ func TestTailnetOverHeadscale(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts, tsd := tailscaleBins(ctx, t)
+	// Namespaces of an earlier run that was killed (SIGKILL runs no
+	// cleanup; its tailscaled and headscale died with it, Pdeathsig).
+	if rm, err := vm.RemoveStaleLinks(ctx, "tn"); err != nil {
+		t.Fatal(err)
+	} else if len(rm) > 0 {
+		t.Logf("removed what a killed run left: %v", rm)
+	}
 
 	hub := newNetns(ctx, t, "hub")
 	hubAddr := netip.MustParseAddr("10.78.0.1")
