@@ -20,6 +20,7 @@ import (
 
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/aptrepo"
+	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/vm"
 )
@@ -301,6 +302,8 @@ exec ip netns exec %[2]s %[3]s --socket=%[4]s "$@"
 	if !strings.Contains(string(sj), `"80"`) || strings.Contains(string(sj), "AllowFunnel") {
 		t.Errorf("the appliance's serve status --json: want port 80 and no funnel:\n%s", sj)
 	}
+	operatorChecks(ctx, t, ts, n.Socket, dir, adir)
+
 	// The gateway itself is on 127.0.0.1 only: from node1's side, without
 	// the tailnet (the appliance's underlay address), nothing answers.
 	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
@@ -308,6 +311,54 @@ exec ip netns exec %[2]s %[3]s --socket=%[4]s "$@"
 	if c, err := DialIn(dctx, clientNetns, "10.78.3.2:18789"); err == nil {
 		c.Close()
 		t.Error("the gateway port answers on the appliance's underlay address")
+	}
+}
+
+// operatorChecks: the join script made "nobody" the operator (as the
+// image makes its admin): nobody reads the serve configuration and changes
+// it without root; another user ("daemon") cannot change it. tailscaled
+// tells users apart by the socket's peer credentials, so the CLI runs as
+// each user (runuser) against the node's socket.
+func operatorChecks(ctx context.Context, t *testing.T, ts, socket, dir, adir string) {
+	t.Helper()
+	// The socket's directory must be reachable by the other users.
+	for _, d := range []string{filepath.Dir(dir), dir, adir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	as := func(user string, args ...string) ([]byte, error) {
+		return execx.Default.Output(ctx, execx.Cmd{Name: "runuser", Args: append([]string{"-u", user, "--", ts, "--socket=" + socket}, args...)})
+	}
+	st, err := as("nobody", "serve", "status", "--json")
+	if err != nil || !strings.Contains(string(st), `"80"`) {
+		t.Errorf("the operator (nobody) reading serve status: %v\n%s", err, st)
+	}
+	if out, err := as("nobody", "serve", "--bg", "--http=8080", "http://127.0.0.1:18789"); err != nil {
+		t.Errorf("the operator (nobody) adding a serve port: %v\n%s", err, out)
+	} else if out, err := as("nobody", "serve", "--http=8080", "off"); err != nil {
+		t.Errorf("the operator (nobody) removing it: %v\n%s", err, out)
+	} else {
+		t.Logf("the operator (nobody, not root) read the serve configuration and changed it")
+	}
+	out, err := as("daemon", "serve", "--bg", "--http=8081", "http://127.0.0.1:18789")
+	if err == nil {
+		t.Errorf("a user who is neither root nor the operator (daemon) changed the serve configuration:\n%s", out)
+	} else {
+		msg := err.Error()
+		if i := strings.Index(msg, "exit status"); i >= 0 {
+			msg = msg[i:]
+		}
+		t.Logf("daemon (not the operator) refused: %s", strings.Join(strings.Fields(msg), " "))
+	}
+	if st, err := as("nobody", "serve", "status", "--json"); err != nil || strings.Contains(string(st), "8081") || strings.Contains(string(st), "8080") {
+		t.Errorf("serve status after the changes: %v\n%s", err, st)
+	}
+	if st, err := as("daemon", "serve", "status", "--json"); err != nil {
+		t.Logf("daemon reading serve status: refused (%v)", strings.Join(strings.Fields(err.Error()), " "))
+	} else {
+		t.Logf("daemon reading serve status: allowed (tailscaled lets every local user read)")
+		_ = st
 	}
 }
 
