@@ -91,6 +91,13 @@ func StartNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	}
 }
 
+// Restart stops tailscaled and starts it again on the same state (a
+// reboot, as far as the node is concerned).
+func (n *Node) Restart(ctx context.Context) (*Node, error) {
+	n.Close()
+	return StartNode(ctx, n.cfg)
+}
+
 // CLI runs the tailscale CLI against this node and returns stdout.
 func (n *Node) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	return execx.Default.Output(ctx, execx.Cmd{Name: "ip", Args: append(
@@ -125,6 +132,7 @@ type Status struct {
 // PeerStatus is one node in Status.
 type PeerStatus struct {
 	ID           string
+	PublicKey    string
 	HostName     string
 	DNSName      string
 	TailscaleIPs []netip.Addr

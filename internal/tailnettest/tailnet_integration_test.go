@@ -304,6 +304,44 @@ exec ip netns exec %[2]s %[3]s --socket=%[4]s "$@"
 	}
 	operatorChecks(ctx, t, ts, n.Socket, dir, adir)
 
+	// A restart of tailscaled on the same state (the reboot, as the
+	// node sees it): the same node, back online, with no join (the key
+	// file is gone; the script does not run again) and no new node in
+	// headscale.
+	before, err := hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if n, err = n.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var again *Status
+	for {
+		again, err = n.Status(ctx)
+		if err == nil && again.BackendState == "Running" {
+			break
+		}
+		if time.Since(t0) > time.Minute {
+			t.Fatalf("after a restart the node is not running: %v %+v\n%s", err, again, n.LogTail(30))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	after, err := hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Self.PublicKey != st.Self.PublicKey || again.Self.ID != st.Self.ID || len(after) != len(before) {
+		t.Errorf("after a restart: node %s key %s (was %s, %s), headscale nodes %d (were %d)",
+			again.Self.ID, again.Self.PublicKey, st.Self.ID, st.Self.PublicKey, len(after), len(before))
+	} else {
+		t.Logf("after a tailscaled restart on its state: the same node %s (%s), running again in %v, no re-auth", again.Self.ID, again.Self.HostName, time.Since(t0).Round(time.Millisecond))
+	}
+	if _, err := client.Ping(ctx, addr, 20, false); err != nil {
+		t.Errorf("node1 -> appliance after the restart: %v", err)
+	}
+
 	// The gateway itself is on 127.0.0.1 only: from node1's side, without
 	// the tailnet (the appliance's underlay address), nothing answers.
 	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
