@@ -879,6 +879,9 @@ func TestTailscaleLoginServer(t *testing.T) {
 	if strings.Contains(s, "funnel") {
 		t.Errorf("serve-http funnels:\n%s", s)
 	}
+	if n := strings.Count(s, "join by hand with: sudo tailscale up --login-server=https://10.77.0.1\""); n != 2 {
+		t.Errorf("the hand-join hints name the login server %d times, want 2:\n%s", n, s)
+	}
 	if _, err := os.Stat(key); !os.IsNotExist(err) {
 		t.Errorf("auth key left: %v", err)
 	}

@@ -60,12 +60,16 @@ func TailscaleUpScriptText(o TailscaleOptions) string {
 		// itself makes no TLS connection to the control server.
 		fmt.Fprintf(&b, "export SSL_CERT_DIR=%s\n", TailscaleCertDirs)
 	}
-	login := ""
+	login, handLogin := "", ""
 	if o.LoginServer != "" {
 		login = "--login-server=" + shQuote(o.LoginServer) + " "
+		// In the echoed hint, inside double quotes: no shell quoting
+		// (recipe validation allows only A-Z a-z 0-9 . - _ ~ : / [ ] %
+		// in the URL).
+		handLogin = " --login-server=" + o.LoginServer
 	}
-	b.WriteString(strings.Replace(`if [ ! -s "$key" ]; then
-	echo "bake-tailscale-up: no auth key in the seed; join by hand with: sudo tailscale up"
+	b.WriteString(strings.NewReplacer("__LOGIN__", login, "__HANDLOGIN__", handLogin).Replace(`if [ ! -s "$key" ]; then
+	echo "bake-tailscale-up: no auth key in the seed; join by hand with: sudo tailscale up__HANDLOGIN__"
 	exit 0
 fi
 echo "bake-tailscale-up: joining the tailnet"
@@ -75,10 +79,10 @@ rc=0
 tailscale up __LOGIN__--auth-key="file:$key" --timeout=5m || rc=$?
 rm -f "$key"
 if [ "$rc" -ne 0 ]; then
-	echo "bake-tailscale-up: joining the tailnet failed (tailscale up exited $rc); the auth key was removed from $key; join by hand with: sudo tailscale up" >&2
+	echo "bake-tailscale-up: joining the tailnet failed (tailscale up exited $rc); the auth key was removed from $key; join by hand with: sudo tailscale up__HANDLOGIN__" >&2
 	exit "$rc"
 fi
-`, "__LOGIN__", login, 1))
+`))
 	if o.Operator != "" {
 		fmt.Fprintf(&b, "tailscale set --operator=%s\n", shQuote(o.Operator))
 	}

@@ -797,6 +797,10 @@ func orText(s, d string) string {
 	return s
 }
 
+// loginServerRe: the characters a login server URL may have (it is
+// written into the join script).
+var loginServerRe = regexp.MustCompile(`^https://[A-Za-z0-9.\-_~:/\[\]%]+$`)
+
 // loginServer checks a Tailscale control server URL: https, a host, no
 // credentials, query or fragment.
 func (v *validator) loginServer(path, s string) {
@@ -811,6 +815,8 @@ func (v *validator) loginServer(path, s string) {
 		v.errorf(path, hint, "%q has no host", s)
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
 		v.errorf(path, hint, "%q has credentials, a query or a fragment", s)
+	case !loginServerRe.MatchString(s):
+		v.errorf(path, hint, "%q has characters outside A-Z a-z 0-9 . - _ ~ : / [ ] %%", s)
 	}
 }
 
