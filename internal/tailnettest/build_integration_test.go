@@ -17,7 +17,7 @@ import (
 // (A build inside the module's copy has no module version to stamp:
 // `headscale version` says "dev"; the cache key holds the version.)
 func TestBuildHeadscale(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 28*time.Minute)
 	defer cancel()
 	bin, err := BuildHeadscale(ctx, DefaultHeadscaleVersion, testcache.Dir("headscale"))
 	if err != nil {
