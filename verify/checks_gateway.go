@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bakeimg/bake/appliance"
@@ -390,13 +391,25 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 				expect = true
 			}
 		}
-		for _, a := range []netip.Addr{c.in.ipv4, c.in.ipv6} {
+		// Both families at once (each its own connection and timeout).
+		addrs := []netip.Addr{c.in.ipv4, c.in.ipv6}
+		oks := make([]bool, len(addrs))
+		lines := make([]string, len(addrs))
+		var wg sync.WaitGroup
+		for i, a := range addrs {
 			if !a.IsValid() {
 				continue
 			}
-			ok, line := c.outsideProbe(ctx, a, g.Port)
-			ev.add("%s", line)
-			if ok && !expect {
+			wg.Add(1)
+			go func() { defer wg.Done(); oks[i], lines[i] = c.outsideProbe(ctx, a, g.Port) }()
+		}
+		wg.Wait()
+		for i, a := range addrs {
+			if !a.IsValid() {
+				continue
+			}
+			ev.add("%s", lines[i])
+			if oks[i] && !expect {
 				problems = append(problems, fmt.Sprintf("the gateway port is reachable from outside on %s", a))
 			}
 		}
@@ -531,9 +544,9 @@ func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {
 	script := `docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} restarts={{.RestartCount}} image={{.Image}}' ` + shellQuote(g.Container) + `
 echo "baked:"; cat ` + appliance.ContainersRecord + ` 2>/dev/null || echo none
 echo "routes:"; ip route 2>/dev/null || cat /proc/net/route; ip -6 route 2>/dev/null
-for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
-  if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "REACHED $a"; else echo "unreachable: $a"; fi
-done`
+{ i=0; for a in 1.1.1.1/443 8.8.8.8/53 2606:4700:4700::1111/443; do
+  i=$((i+1)); (if timeout 5 bash -c "exec 3<>/dev/tcp/$a" 2>/dev/null; then echo "$i REACHED $a"; else echo "$i unreachable: $a"; fi) &
+done; wait; } | sort -n | cut -d' ' -f2-`
 	res, err := c.in.sudo(ctx, script)
 	if err != nil {
 		return Fail, err.Error()

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bakeimg/bake/internal/execx"
@@ -20,10 +21,13 @@ const (
 	probeLoopPort = 8081
 )
 
-var probeContainers = []struct {
+// probeContainer is one container verify runs with a published port.
+type probeContainer struct {
 	name, publish string
 	port          int
-}{
+}
+
+var probeContainers = []probeContainer{
 	{"bake-verify-p80", "80:80", 80},
 	{"bake-verify-p8080", "0.0.0.0:8080:80", 8080},
 	{"bake-verify-lo", fmt.Sprintf("127.0.0.1:%d:80", probeLoopPort), probeLoopPort},
@@ -190,13 +194,30 @@ func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
 			return Skip, "not decided: the outside cannot reach the guest's SSH port either, so unreachable container ports prove nothing\n\n" + ev.String()
 		}
 	}
+	// The probes are independent (each its own connection and timeout):
+	// they run at once, and are reported in order.
+	type probe struct {
+		a    netip.Addr
+		p    probeContainer
+		ok   bool
+		line string
+	}
+	var probes []*probe
 	for _, a := range addrs {
 		for _, p := range probeContainers {
-			ok, line := c.outsideProbe(ctx, a, p.port)
-			ev.add("%s", line)
-			if ok {
-				problems = append(problems, fmt.Sprintf("the container published with -p %s is reachable from outside on %s", p.publish, net.JoinHostPort(a.String(), strconv.Itoa(p.port))))
-			}
+			probes = append(probes, &probe{a: a, p: p})
+		}
+	}
+	var wg sync.WaitGroup
+	for _, x := range probes {
+		wg.Add(1)
+		go func() { defer wg.Done(); x.ok, x.line = c.outsideProbe(ctx, x.a, x.p.port) }()
+	}
+	wg.Wait()
+	for _, x := range probes {
+		ev.add("%s", x.line)
+		if x.ok {
+			problems = append(problems, fmt.Sprintf("the container published with -p %s is reachable from outside on %s", x.p.publish, net.JoinHostPort(x.a.String(), strconv.Itoa(x.p.port))))
 		}
 	}
 	return verdict(problems, ev, "no published port reachable from outside over IPv4 or IPv6 (the SSH port is: the control)")
@@ -242,8 +263,21 @@ func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
-	for _, t := range keys {
-		ans, err := sendSYN(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, t.Addr(), int(t.Port()), 3, 4*time.Second)
+	// One SYN exchange per target, all at once: each has its own socket,
+	// source port and wait, and takes only the answers to its own SYN.
+	answers := make([][]synAnswer, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	for i, t := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i], errs[i] = sendSYN(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, t.Addr(), int(t.Port()), 3, 4*time.Second)
+		}()
+	}
+	wg.Wait()
+	for i, t := range keys {
+		ans, err := answers[i], errs[i]
 		if err != nil {
 			return Skip, "not decided: " + err.Error()
 		}

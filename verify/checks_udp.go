@@ -43,11 +43,23 @@ import (
 const udpTag = "bake-verify-udp"
 
 // udpSweepRate bounds the probes sent per second; a sweep that lost
-// probes on the way is sent again at udpSlowRate. (Under TCG on a busy
-// 2-core host, 8000/s lost about 2% of an IPv4 sweep; 1500/s lost none.)
+// probes on the way is sent again at udpSlowRate. The guest reads them at
+// its own pace from the link's tap queue, which holds a whole sweep
+// (vm.LinkTapQueue; with the tap's default queue of 1000, 8000/s lost
+// about 2% of an IPv4 sweep under TCG on a busy 2-core host: the tap
+// dropped what the guest had not read yet); verify then waits until the
+// guest's counting rule saw every probe (udpDrainWait). The rate only
+// bounds how much of a sweep waits in the queue at once.
 const (
-	udpSweepRate = 4000
+	udpSweepRate = 16000
 	udpSlowRate  = 1500
+)
+
+// udpDrainStall: a sweep whose probes stopped arriving at the guest for
+// this long has lost the rest; udpDrainMax bounds the whole wait.
+const (
+	udpDrainStall = 4 * time.Second
+	udpDrainMax   = 3 * time.Minute
 )
 
 // udpSweep is one sweep: every port from one source address and port.
@@ -439,6 +451,37 @@ func (c *checker) udpState(ctx context.Context) (udpState, cmdResult, error) {
 	return parseUDPState(res.Stdout), res, nil
 }
 
+// udpDrainWait waits until the guest's counting rule in raw PREROUTING
+// saw want probes of s more than seen0 (the guest has read the tap's queue
+// to the end), or saw none more for udpDrainStall, or udpDrainMax passed.
+// The caller reads the counters again and judges: this only waits.
+func (c *checker) udpDrainWait(ctx context.Context, s udpSweep, seen0, want int64) {
+	script := s.ipt() + " -w -t raw -L PREROUTING -v -x -n"
+	deadline := time.Now().Add(udpDrainMax)
+	last, lastChange := int64(-1), time.Now()
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		res, err := c.in.sudo(ctx, script)
+		if err == nil && res.OK() {
+			st := udpState{}
+			for _, rc := range parseRuleCounters(res.Stdout) {
+				rc.Table = s.ipt() + " raw"
+				st.counters = append(st.counters, rc)
+			}
+			seen := st.tagged(s.ipt(), s.tag("seen")) - seen0
+			if seen >= want {
+				return
+			}
+			if seen != last {
+				last, lastChange = seen, time.Now()
+			}
+		}
+		if time.Since(lastChange) > udpDrainStall {
+			return
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
+	}
+}
+
 func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 	var ev evidence
 	var problems []string
@@ -527,7 +570,9 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 			if ctx.Err() != nil {
 				return Skip, "interrupted"
 			}
-			sleepCtx(ctx, 3*time.Second) // the guest's backlog
+			if err == nil {
+				c.udpDrainWait(ctx, s, b0.tagged(s.ipt(), s.tag("seen")), int64(n))
+			}
 			b1, _, err2 := c.udpState(ctx)
 			if err2 != nil {
 				return Fail, err2.Error()

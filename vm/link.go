@@ -40,6 +40,11 @@ var (
 	netnsDir       = "/run/netns"
 )
 
+// LinkTapQueue is the length of the link's tap queue (txqueuelen): more
+// than the 65535 probes of one port sweep, so that none is dropped on the
+// way to a guest that reads them slower than they are sent.
+const LinkTapQueue = 65536
+
 // Link is the "outside" of a VM: a network namespace of its own holding a
 // tap device (tap0, 10.77.0.1/24 and fd77::1/64) and dnsmasq serving DHCPv4
 // (10.77.0.50-99) and router advertisements for SLAAC on fd77::/64. QEMU
@@ -102,6 +107,11 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"tuntap", "add", "dev", l.Tap, "mode", "tap"},
+		// The tap's queue (the ring QEMU reads) holds a whole sweep of
+		// 65535 probes: a TCG guest reads slower than a scan sends, and
+		// the tap drops what its queue cannot hold (1000 by default),
+		// silently to the sender.
+		{"link", "set", l.Tap, "txqueuelen", strconv.Itoa(LinkTapQueue)},
 		{"addr", "add", LinkHostIPv4.String(), "dev", l.Tap},
 		{"-6", "addr", "add", LinkHostIPv6.String(), "dev", l.Tap, "nodad"},
 		{"link", "set", l.Tap, "up"},
