@@ -4,20 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bakeimg/bake/builder"
 	"github.com/bakeimg/bake/publish"
+	"github.com/bakeimg/bake/verify"
 )
 
 func newPublish() *cobra.Command {
 	var opts publish.Options
+	var lo publishLibvirtOptions
 	c := &cobra.Command{
-		Use:   "publish IMAGE --to oci://REGISTRY/REPO:TAG",
-		Short: "Push an image to a registry as a KubeVirt containerDisk, checked and atomic",
+		Use:   "publish IMAGE --to oci://REGISTRY/REPO:TAG | libvirt://POOL/NAME",
+		Short: "Publish an image: a KubeVirt containerDisk in a registry, or a libvirt domain; checked and atomic",
 		Long: `Publish delivers IMAGE (a qcow2 that bake build or bake convert wrote, with
 NAME.manifest.json beside it) to a destination.
 
@@ -32,7 +36,35 @@ NAME.manifest.json beside it) to a destination.
                             SOURCE_DATE_EPOCH, so the same image always gives
                             the same digest.
 
-The push is atomic: blobs and the manifest go first, by digest; the manifest
+  libvirt://POOL/NAME       a libvirt domain NAME on --connect URI (default
+                            qemu:///system; any libvirt URI, e.g.
+                            qemu+ssh://root@host/system). The qcow2 is
+                            uploaded into the storage pool POOL as
+                            NAME.image.qcow2 and read back (its SHA-256 must
+                            equal the local one); the domain's disk is
+                            NAME.qcow2, a qcow2 overlay on it (the image
+                            volume stays as published); the seed, NAME.seed,
+                            is made by bake seed's writer from --admin-key
+                            (and --hostname), or is --seed FILE (from bake
+                            seed). The domain, defined last: type kvm when
+                            bake's KVM probe finds KVM usable here, else qemu
+                            (--virt-type); the image's firmware (--firmware
+                            auto: SeaBIOS when the disk has a BIOS boot
+                            partition or an MBR, else OVMF, picked by libvirt,
+                            Secure Boot off: bake's UEFI path is not signed);
+                            q35, virtio disk, NIC and RNG; a serial console;
+                            the seed read-only (CD-ROM). Network: --network
+                            user (user-mode; with --ssh-forward PORT, passt
+                            forwards 127.0.0.1:PORT to the guest's SSH port),
+                            network:NAME or bridge:NAME. --start starts it.
+                            Anything that fails removes every volume and the
+                            domain this run made. A domain NAME that bake
+                            defined from this very image is left as it is (its
+                            image volume read back and checked); a domain NAME
+                            from another image, or volumes named like this
+                            one's without a domain, are refused.
+
+The oci:// push is atomic: blobs and the manifest go first, by digest; the manifest
 is pulled back and its config and layer digests compared with the local ones,
 the layer blob's size and digest asked for; only then is the tag set (and read
 back). A re-run with the same image finds the tag naming the same digest and
@@ -49,11 +81,13 @@ destination what went where: the tag, the pinned reference
 SHA-256 and what was checked at the registry.
 
 Exit status: 0 published (or already there), 1 the push failed or the tag
-names other content, 2 bad usage or an IMAGE bake cannot publish (nothing
-pushed).`,
+(or domain) names other content, 2 bad usage or an IMAGE bake cannot publish
+(nothing pushed).`,
 		Example: `  bake publish out/openclaw.qcow2 --to oci://registry.example.com/appliances/openclaw:2026.12
   bake publish out/openclaw.qcow2 --to oci://127.0.0.1:5000/openclaw:test --ca ca.pem
-  bake publish out/openclaw.qcow2 --to oci://registry.example.com/openclaw:stable --force`,
+  bake publish out/openclaw.qcow2 --to oci://registry.example.com/openclaw:stable --force
+  bake publish out/openclaw.qcow2 --to libvirt://default/openclaw-1 --admin-key ~/.ssh/id_ed25519.pub --network network:default --start
+  bake publish out/openclaw.qcow2 --to libvirt://images/gw-2 --connect qemu+ssh://root@kvm1/system --seed gw-2.iso`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageErr(fmt.Errorf("publish takes one IMAGE, got %d arguments (e.g. bake publish out/openclaw.qcow2 --to oci://registry.example.com/openclaw:1.0)", len(args)))
@@ -62,11 +96,39 @@ pushed).`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.To == "" {
-				return usageErr(errors.New("no --to given: want oci://REGISTRY/REPO:TAG"))
+				return usageErr(errors.New("no --to given: want oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME"))
+			}
+			isLibvirt := strings.HasPrefix(opts.To, "libvirt://")
+			if used := libvirtFlagsUsed(cmd.Flags().Changed); len(used) > 0 && !isLibvirt {
+				return usageErr(fmt.Errorf("%s: for libvirt:// destinations only", strings.Join(used, ", ")))
+			}
+			if isLibvirt && (opts.CAFile != "" || opts.Force) {
+				return usageErr(errors.New("--ca and --force are for oci:// destinations"))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
 			opts.Image = args[0]
+			if isLibvirt {
+				if _, _, err := publish.ParseLibvirt(opts.To); err != nil {
+					return usageErr(err)
+				}
+				var work string
+				defer func() {
+					if work != "" {
+						os.RemoveAll(work)
+					}
+				}()
+				mk := func() (string, error) {
+					var err error
+					work, err = mkPublishWork()
+					return work, err
+				}
+				note := func(format string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), format+"\n", a...) }
+				if err := planPublishLibvirt(ctx, opts.Image, &lo, mk, &opts.Libvirt, note); err != nil {
+					return err
+				}
+				note("domain type %s (%s); firmware %s (%s)", opts.Libvirt.VirtType, opts.Libvirt.VirtWhy, opts.Libvirt.Firmware, opts.Libvirt.FirmwareWhy)
+			}
 			opts.Stdout = cmd.OutOrStdout()
 			opts.Progress = cmd.ErrOrStderr()
 			opts.UserAgent = "bake/" + builder.Version
@@ -80,13 +142,28 @@ pushed).`,
 			if res.Receipt != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "receipt: %s\n", res.Receipt)
 			}
+			if r := res.Record.Libvirt; r != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "domain: %s (uuid %s) on %s; console: virsh -c %s console %s\n", r.Domain, r.UUID, r.URI, r.URI, r.Domain)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "deploy: %s\n", res.Record.Pinned)
 			return nil
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&opts.To, "to", "", "destination: oci://REGISTRY/REPO:TAG")
-	f.StringVar(&opts.CAFile, "ca", "", "PEM file of a CA to trust besides the system's (a registry with its own CA)")
-	f.BoolVar(&opts.Force, "force", false, "replace a tag that names other content")
+	f.StringVar(&opts.To, "to", "", "destination: oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME")
+	f.StringVar(&opts.CAFile, "ca", "", "oci: PEM file of a CA to trust besides the system's (a registry with its own CA)")
+	f.BoolVar(&opts.Force, "force", false, "oci: replace a tag that names other content")
+	f.StringVar(&lo.connect, "connect", publish.DefaultLibvirtURI, "libvirt: the libvirt URI")
+	f.StringVar(&lo.virtType, "virt-type", "auto", "libvirt: the domain type: auto (bake's KVM probe), kvm or qemu")
+	f.StringVar(&lo.firmware, "firmware", "auto", "libvirt: auto (from the image's partitions), bios or uefi")
+	f.IntVar(&lo.memory, "memory", verify.DefaultMemoryMiB, "libvirt: the domain's memory, MiB")
+	f.IntVar(&lo.cpus, "cpus", 2, "libvirt: the domain's vCPUs")
+	f.StringVar(&lo.network, "network", "user", "libvirt: user, network:NAME or bridge:NAME")
+	f.IntVar(&lo.sshForward, "ssh-forward", 0, "libvirt, --network user: forward 127.0.0.1:PORT to the guest's SSH port (passt)")
+	f.BoolVar(&lo.start, "start", false, "libvirt: start the domain once it is defined")
+	f.StringVar(&lo.seed, "seed", "", "libvirt: attach this NoCloud seed (ISO9660 or FAT, from bake seed)")
+	f.StringArrayVar(&lo.adminKeys, "admin-key", nil, "libvirt: make the seed with the admin's SSH public keys from this file (repeatable)")
+	f.StringVar(&lo.hostname, "hostname", "", "libvirt: the instance's host name, in the made seed")
 	return c
 }

@@ -12,5 +12,12 @@
 //     and only then is the tag pushed: the tag never names a partial or
 //     unchecked image.
 //
-// Other destinations (s3://, libvirt) are not implemented yet.
+//   - libvirt://POOL/NAME (over --connect URI): the qcow2 uploaded into a
+//     storage pool as NAME.image.qcow2 and read back, the domain's disk
+//     NAME.qcow2 a qcow2 overlay on it, a NoCloud seed NAME.seed made by
+//     bake seed's writer, and the domain NAME defined last (the image's
+//     firmware, virtio devices), checked, optionally started. A failure
+//     removes every volume it made.
+//
+// s3:// is not implemented yet.
 package publish

@@ -40,7 +40,7 @@ func usage(format string, a ...any) error { return usageError{fmt.Errorf(format,
 // Options says what to publish where.
 type Options struct {
 	Image  string // a qcow2 bake wrote, NAME.manifest.json beside it
-	To     string // oci://REGISTRY/REPO:TAG
+	To     string // oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME
 	CAFile string // PEM certificates trusted besides the system's
 	Force  bool   // replace a tag that names other content
 	// Keychain finds credentials (authn.DefaultKeychain: the Docker config
@@ -49,6 +49,8 @@ type Options struct {
 	UserAgent string
 	Stdout    io.Writer // what was done, one line per step
 	Progress  io.Writer // upload progress: a bar on a terminal, else one line
+	// Libvirt: how a libvirt://POOL/NAME destination is published.
+	Libvirt Libvirt
 }
 
 // Result is what Publish did.
@@ -65,6 +67,9 @@ type Result struct {
 func Publish(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Stdout == nil {
 		opts.Stdout = io.Discard
+	}
+	if strings.HasPrefix(opts.To, "libvirt://") {
+		return publishLibvirt(ctx, opts)
 	}
 	tag, err := ParseOCI(opts.To)
 	if err != nil {
@@ -221,10 +226,10 @@ func ParseOCI(dest string) (name.Tag, error) {
 	rest, ok := strings.CutPrefix(dest, "oci://")
 	if !ok {
 		scheme, _, found := strings.Cut(dest, "://")
-		if found && (scheme == "s3" || scheme == "libvirt") {
-			return name.Tag{}, usage("--to %s: the %s destination is not implemented yet; oci://REGISTRY/REPO:TAG is", dest, scheme)
+		if found && scheme == "s3" {
+			return name.Tag{}, usage("--to %s: the %s destination is not implemented yet; oci://REGISTRY/REPO:TAG and libvirt://POOL/NAME are", dest, scheme)
 		}
-		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0)", dest)
+		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0) or libvirt://POOL/NAME", dest)
 	}
 	if strings.Contains(rest, "@") {
 		return name.Tag{}, usage("--to %s: a digest is what the push makes, name a tag instead (oci://REGISTRY/REPO:TAG)", dest)

@@ -23,21 +23,27 @@ type Receipt struct {
 
 // Record is one publication: what went where, with its digests.
 type Record struct {
-	Destination    string `json:"destination"`     // as given: oci://REGISTRY/REPO:TAG
-	Reference      string `json:"reference"`       // REGISTRY/REPO:TAG
-	Pinned         string `json:"pinned"`          // REGISTRY/REPO@sha256:... (what to deploy)
-	ManifestDigest string `json:"manifest_digest"` // the tag's digest
-	ConfigDigest   string `json:"config_digest"`
-	LayerDigest    string `json:"layer_digest"`
-	LayerBytes     int64  `json:"layer_bytes"`
-	LayerMediaType string `json:"layer_media_type"`
-	DiskPath       string `json:"disk_path"`  // the qcow2's path in the containerDisk
-	DiskOwner      string `json:"disk_owner"` // uid:gid
-	ImageSHA256    string `json:"image_sha256"`
-	Replaced       string `json:"replaced,omitempty"` // the digest --force replaced
-	Checked        string `json:"checked"`            // what was checked at the destination
-	Time           string `json:"time"`               // when (RFC 3339, UTC)
-	Unchanged      bool   `json:"unchanged,omitempty"`
+	Destination string `json:"destination"` // as given: oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME
+
+	// oci://
+	Reference      string `json:"reference,omitempty"`       // REGISTRY/REPO:TAG
+	Pinned         string `json:"pinned,omitempty"`          // REGISTRY/REPO@sha256:... (what to deploy)
+	ManifestDigest string `json:"manifest_digest,omitempty"` // the tag's digest
+	ConfigDigest   string `json:"config_digest,omitempty"`
+	LayerDigest    string `json:"layer_digest,omitempty"`
+	LayerBytes     int64  `json:"layer_bytes,omitempty"`
+	LayerMediaType string `json:"layer_media_type,omitempty"`
+	DiskPath       string `json:"disk_path,omitempty"`  // the qcow2's path in the containerDisk
+	DiskOwner      string `json:"disk_owner,omitempty"` // uid:gid
+
+	// libvirt://
+	Libvirt *LibvirtRecord `json:"libvirt,omitempty"`
+
+	ImageSHA256 string `json:"image_sha256"`
+	Replaced    string `json:"replaced,omitempty"` // the digest --force replaced
+	Checked     string `json:"checked"`            // what was checked at the destination
+	Time        string `json:"time"`               // when (RFC 3339, UTC)
+	Unchanged   bool   `json:"unchanged,omitempty"`
 }
 
 // writeReceipt records rec in path (atomically: a temporary file renamed).
@@ -62,7 +68,7 @@ func writeReceipt(path, image string, rec Record, now time.Time, unchanged bool)
 	replaced := false
 	for i, o := range r.Publishes {
 		if o.Destination == rec.Destination {
-			if unchanged && o.ManifestDigest == rec.ManifestDigest {
+			if unchanged && o.ManifestDigest == rec.ManifestDigest && o.ImageSHA256 == rec.ImageSHA256 {
 				return false, nil
 			}
 			r.Publishes[i], replaced = rec, true
