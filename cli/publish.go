@@ -48,12 +48,13 @@ NAME.manifest.json beside it) to a destination.
                             (and --hostname), or is --seed FILE (from bake
                             seed). The domain, defined last: type kvm when
                             bake's KVM probe finds KVM usable here, else qemu
-                            (--virt-type); the image's firmware (--firmware
+                            (kvm for a remote --connect; or --virt-type); the image's firmware (--firmware
                             auto: SeaBIOS when the disk has a BIOS boot
                             partition or an MBR, else OVMF, picked by libvirt,
                             Secure Boot off: bake's UEFI path is not signed);
                             q35, virtio disk, NIC and RNG; a serial console;
-                            the seed read-only (CD-ROM). Network: --network
+                            the seed read-only (a CD-ROM; FAT: a virtio
+                            disk). Network: --network
                             user (user-mode; with --ssh-forward PORT, passt
                             forwards 127.0.0.1:PORT to the guest's SSH port),
                             network:NAME or bridge:NAME. --start starts it.
@@ -76,9 +77,11 @@ Only HTTPS is spoken; --ca adds a CA (PEM) to the system's.
 
 Progress goes to stderr (a bar on a terminal, one line otherwise). The receipt,
 IMAGE.publish.json (e.g. out/openclaw.qcow2.publish.json), records per
-destination what went where: the tag, the pinned reference
-(REGISTRY/REPO@sha256:...), the manifest, config and layer digests, the image's
-SHA-256 and what was checked at the registry.
+destination what went where: for oci:// the tag, the pinned reference
+(REGISTRY/REPO@sha256:...), the manifest, config and layer digests; for
+libvirt:// the URI, pool, domain and its UUID, domain type, firmware, and each
+volume's name, path and SHA-256 (read back from libvirt); the image's SHA-256
+and what was checked at the destination.
 
 Exit status: 0 published (or already there), 1 the push failed or the tag
 (or domain) names other content, 2 bad usage or an IMAGE bake cannot publish

@@ -41,7 +41,7 @@ func TestPublishUsage(t *testing.T) {
 		t.Errorf("files left: %v", ents)
 	}
 	out, _, code := run(t, "publish", "--help")
-	if code != 0 || !strings.Contains(out, "107:107") || !strings.Contains(out, "IMAGE.publish.json") {
+	if code != 0 || !strings.Contains(out, "107:107") || !strings.Contains(out, "IMAGE.publish.json") || !strings.Contains(out, "libvirt://POOL/NAME") || !strings.Contains(out, "--ssh-forward") {
 		t.Errorf("help: %d\n%s", code, out)
 	}
 }
