@@ -254,10 +254,12 @@ func TestPublishLibvirt(t *testing.T) {
 		{[]string{"publish", image, "--to", "libvirt://bake/x", "--connect", "qemu:///system?socket=" + filepath.Join(dir, "no-such-sock")}, 1, "is unreachable"},
 		{[]string{"publish", other, "--to", "libvirt://bake/app"}, 1, "domain app exists, defined from another image"},
 		{[]string{"publish", image, "--to", "libvirt://bake/orphan"}, 1, "already has a volume orphan.image.qcow2 but there is no domain orphan"},
-		// kvm on a host without it: libvirt defines the domain but
-		// cannot start it, after the uploads: the domain and every
-		// volume made are removed.
-		{[]string{"publish", image, "--to", "libvirt://bake/x", "--virt-type", "kvm", "--admin-key", keyFile, "--start"}, 1, "starting domain x"},
+		// kvm where libvirtd has none: the define fails, after the
+		// uploads: every volume made is removed.
+		{[]string{"publish", image, "--to", "libvirt://bake/x", "--virt-type", "kvm", "--admin-key", keyFile, "--start"}, 1, "defining domain x: libvirt: unsupported configuration: Emulator '/usr/bin/qemu-system-x86_64' does not support virt type 'kvm'"},
+		// A start that fails (no such network), after the define: the
+		// domain is undefined and every volume removed.
+		{[]string{"publish", image, "--to", "libvirt://bake/x", "--network", "network:nosuch", "--admin-key", keyFile, "--start"}, 1, "starting domain x: libvirt:"},
 		{[]string{"publish", image, "--to", "libvirt://bake/a/b"}, 2, "want libvirt://POOL/NAME"},
 		{[]string{"publish", image, "--to", "libvirt://bake/x", "--ca", keyFile}, 2, "--ca and --force are for oci://"},
 		{[]string{"publish", image, "--to", "oci://r.example/a:1", "--start"}, 2, "--start: for libvirt:// destinations only"},

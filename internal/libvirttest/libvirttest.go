@@ -90,18 +90,26 @@ auth_unix_rw = "none"
 auth_unix_ro = "none"
 log_outputs = "3:stderr"
 `, filepath.Dir(d.Socket)))
-	// Debian's libvirtd runs QEMU as libvirt-qemu, which only the
-	// libvirt-daemon-system package creates; here QEMU runs as root with
-	// no security driver, and the user exists in the namespace's /etc
-	// only (libvirtd looks it up before it reads qemu.conf).
-	write("conf/qemu.conf", `user = "root"
-group = "root"
-dynamic_ownership = 0
+	// Debian's libvirtd runs QEMU (and passt) as libvirt-qemu, which only
+	// the libvirt-daemon-system package creates: the user exists here in
+	// the namespace's /etc only (libvirtd looks it up before it reads
+	// qemu.conf). Not root: passt started as root drops to nobody and can
+	// no longer write its PID file in libvirt's directory. libvirtd
+	// chowns the disks it starts a domain with to it (dynamic
+	// ownership), so the pool's directories must be searchable.
+	write("conf/qemu.conf", `user = "libvirt-qemu"
+group = "libvirt-qemu"
+dynamic_ownership = 1
 remember_owner = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "logd"
 `)
+	for _, p := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	write("conf/virtlogd.conf", "log_outputs = \"3:stderr\"\n")
 	passwd, err := os.ReadFile("/etc/passwd")
 	if err != nil {
@@ -126,6 +134,14 @@ for d in etc run var; do
   mount -t overlay overlay -o lowerdir=/$d,upperdir=%[1]s/ov/$d/u,workdir=%[1]s/ov/$d/w /$d
 done
 cp %[1]s/conf/passwd %[1]s/conf/group /etc/
+# No KVM in here: domain type qemu (TCG) only. (A /dev/kvm root alone can
+# open made libvirtd probe QEMU's capabilities again at every lookup:
+# usable as root, not as the QEMU user.)
+if [ -e /dev/kvm ]; then
+  : > %[1]s/conf/nokvm
+  chmod 0600 %[1]s/conf/nokvm
+  mount --bind %[1]s/conf/nokvm /dev/kvm
+fi
 mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt
 cp %[1]s/conf/*.conf /etc/libvirt/
 export LIBVIRT_DRIVER_DIR=%[1]s/drivers LIBVIRT_STORAGE_BACKEND_DIR=%[1]s/storage-backends
