@@ -818,3 +818,71 @@ func TestTailscaleUpRemovesKey(t *testing.T) {
 		})
 	}
 }
+
+// TestTailscaleLoginServer: a control server of the recipe's own (a
+// headscale) with a private CA and the tailnet-only HTTP serve: the join
+// names the server, tailscaled trusts the CA besides the system's roots,
+// the gateway is served over plain HTTP on the tailnet, never funnelled.
+// The script runs with a stand-in tailscale that records its calls and
+// environment.
+func TestTailscaleLoginServer(t *testing.T) {
+	ca := []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	o := TailscaleOptions{Operator: "admin", Mode: "serve-http", GatewayPort: 18789, HTTPPort: 80,
+		LoginServer: "https://10.77.0.1", CA: ca}
+	files := TailscaleFiles(o)
+	byPath := map[string]File{}
+	for _, f := range files {
+		byPath[f.Path] = f
+	}
+	if f, ok := byPath[TailscaleCAFile]; !ok || string(f.Content) != string(ca) || f.Mode != 0o644 {
+		t.Errorf("CA file %s: %+v", TailscaleCAFile, f)
+	}
+	dropIn, ok := byPath[TailscaledCADropIn]
+	if !ok || !strings.Contains(string(dropIn.Content), "[Service]\nEnvironment=SSL_CERT_DIR=/etc/ssl/certs:"+TailscaleCADir+"\n") {
+		t.Errorf("tailscaled drop-in %s: %q", TailscaledCADropIn, dropIn.Content)
+	}
+	if _, ok := byPath[filepath.Dir(TailscaledCADropIn)]; !ok {
+		t.Errorf("no directory for the drop-in")
+	}
+	// Without a CA: no CA files, no drop-in (the appliance as before).
+	for _, f := range TailscaleFiles(TailscaleOptions{Mode: "serve"}) {
+		if strings.HasPrefix(f.Path, TailscaleCADir) || strings.HasPrefix(f.Path, filepath.Dir(TailscaledCADropIn)) {
+			t.Errorf("without a CA: %s", f.Path)
+		}
+	}
+
+	dir := t.TempDir()
+	key := filepath.Join(dir, "tailscale_authkey")
+	os.WriteFile(key, []byte("hskey-auth-XXXX\n"), 0o600)
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	fake := fmt.Sprintf("#!/bin/sh\necho \"SSL_CERT_DIR=$SSL_CERT_DIR tailscale $*\" >>%s/calls\n", dir)
+	os.WriteFile(filepath.Join(bin, "tailscale"), []byte(fake), 0o755)
+	s := TailscaleUpScriptText(o)
+	s = strings.Replace(s, "key="+TailscaleAuthKeyFile+"\n", "key="+key+"\n", 1)
+	script := filepath.Join(dir, "tailscale-up")
+	os.WriteFile(script, []byte(s), 0o755)
+	cmd := exec.Command("/bin/sh", script)
+	cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
+	env := "SSL_CERT_DIR=/etc/ssl/certs:" + TailscaleCADir + " "
+	want := env + "tailscale up --login-server=https://10.77.0.1 --auth-key=file:" + key + " --timeout=5m\n" +
+		env + "tailscale set --operator=admin\n" +
+		env + "tailscale serve --bg --http=80 http://127.0.0.1:18789\n" +
+		env + "tailscale status --self --peers=false\n"
+	if string(calls) != want {
+		t.Errorf("calls:\n%s\nwant:\n%s", calls, want)
+	}
+	if strings.Contains(s, "funnel") {
+		t.Errorf("serve-http funnels:\n%s", s)
+	}
+	if n := strings.Count(s, "join by hand with: sudo tailscale up --login-server=https://10.77.0.1\""); n != 2 {
+		t.Errorf("the hand-join hints name the login server %d times, want 2:\n%s", n, s)
+	}
+	if _, err := os.Stat(key); !os.IsNotExist(err) {
+		t.Errorf("auth key left: %v", err)
+	}
+}

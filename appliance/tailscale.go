@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -13,15 +14,36 @@ const (
 	// TailscaleAuthKeyFile is where first boot leaves the seed's auth
 	// key; the join unit removes it once the node has joined.
 	TailscaleAuthKeyFile = SecretDir + "/tailscale_authkey"
+	// TailscaleCADir holds the recipe's extra CA bundle (tailscale.ca);
+	// tailscaled reads it besides the system's roots (SSL_CERT_DIR, set
+	// by TailscaledCADropIn).
+	TailscaleCADir  = EtcDir + "/tailscale-ca"
+	TailscaleCAFile = TailscaleCADir + "/ca.pem"
+	// TailscaledCADropIn is tailscaled.service's drop-in that sets it.
+	TailscaledCADropIn = UnitDir + "/tailscaled.service.d/bake-ca.conf"
+	// TailscaleCertDirs is SSL_CERT_DIR with the extra bundle: Go's
+	// crypto/x509 (tailscaled's TLS) then reads the system bundle
+	// (/etc/ssl/certs/ca-certificates.crt, SSL_CERT_FILE being unset),
+	// every file in /etc/ssl/certs, and the recipe's CA.
+	TailscaleCertDirs = "/etc/ssl/certs:" + TailscaleCADir
 )
 
 // TailscaleOptions configure the join unit.
 type TailscaleOptions struct {
 	Operator string // the user who may run tailscale without sudo
 	// Mode is gateway.tailscale_mode: serve publishes the gateway on the
-	// tailnet over HTTPS, funnel on the internet, off nothing.
+	// tailnet over HTTPS, serve-http over plain HTTP on HTTPPort (the
+	// tailnet only: what headscale supports), funnel on the internet, off
+	// nothing.
 	Mode        string
 	GatewayPort int
+	HTTPPort    int
+	// LoginServer is tailscale.login_server: the control server's URL
+	// ("" is Tailscale's).
+	LoginServer string
+	// CA is tailscale.ca's content: PEM CA certificates tailscaled
+	// trusts besides the system's (nil: none).
+	CA []byte
 }
 
 // TailscaleUpScriptText joins the tailnet with the seed's auth key (read
@@ -33,27 +55,44 @@ func TailscaleUpScriptText(o TailscaleOptions) string {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n# bake: join the tailnet once, with the auth key from the instance's seed.\nset -eu\n")
 	fmt.Fprintf(&b, "key=%s\n", TailscaleAuthKeyFile)
-	b.WriteString(`if [ ! -s "$key" ]; then
-	echo "bake-tailscale-up: no auth key in the seed; join by hand with: sudo tailscale up"
+	if o.CA != nil {
+		// As tailscaled.service has it (TailscaledCADropIn); the CLI
+		// itself makes no TLS connection to the control server.
+		fmt.Fprintf(&b, "export SSL_CERT_DIR=%s\n", TailscaleCertDirs)
+	}
+	login, handLogin := "", ""
+	if o.LoginServer != "" {
+		login = "--login-server=" + shQuote(o.LoginServer) + " "
+		// In the echoed hint, inside double quotes: no shell quoting
+		// (recipe validation allows only A-Z a-z 0-9 . - _ ~ : / [ ] %
+		// in the URL).
+		handLogin = " --login-server=" + o.LoginServer
+	}
+	b.WriteString(strings.NewReplacer("__LOGIN__", login, "__HANDLOGIN__", handLogin).Replace(`if [ ! -s "$key" ]; then
+	echo "bake-tailscale-up: no auth key in the seed; join by hand with: sudo tailscale up__HANDLOGIN__"
 	exit 0
 fi
 echo "bake-tailscale-up: joining the tailnet"
 # The key is removed whatever tailscale up says: a failed join must not
 # leave it on the disk (the seed still holds it for a join by hand).
 rc=0
-tailscale up --auth-key="file:$key" --timeout=5m || rc=$?
+tailscale up __LOGIN__--auth-key="file:$key" --timeout=5m || rc=$?
 rm -f "$key"
 if [ "$rc" -ne 0 ]; then
-	echo "bake-tailscale-up: joining the tailnet failed (tailscale up exited $rc); the auth key was removed from $key; join by hand with: sudo tailscale up" >&2
+	echo "bake-tailscale-up: joining the tailnet failed (tailscale up exited $rc); the auth key was removed from $key; join by hand with: sudo tailscale up__HANDLOGIN__" >&2
 	exit "$rc"
 fi
-`)
+`))
 	if o.Operator != "" {
 		fmt.Fprintf(&b, "tailscale set --operator=%s\n", shQuote(o.Operator))
 	}
 	switch o.Mode {
 	case "serve":
 		fmt.Fprintf(&b, "tailscale serve --bg http://127.0.0.1:%d\n", o.GatewayPort)
+	case "serve-http":
+		// Plain HTTP on the tailnet only: no certificate is needed, and
+		// serve (unlike funnel) never leaves the tailnet.
+		fmt.Fprintf(&b, "tailscale serve --bg --http=%d http://127.0.0.1:%d\n", o.HTTPPort, o.GatewayPort)
 	case "funnel":
 		fmt.Fprintf(&b, "tailscale funnel --bg http://127.0.0.1:%d\n", o.GatewayPort)
 	}
@@ -81,9 +120,18 @@ WantedBy=multi-user.target
 
 // TailscaleFiles are the join unit and its script.
 func TailscaleFiles(o TailscaleOptions) []File {
-	return []File{
+	fs := []File{
 		file(TailscaleUpScript, TailscaleUpScriptText(o), execMode),
 		file(TailscaleUpUnit, Header+tailscaleUpUnit, unitMode),
 		Dir(SecretDir, 0o700, ""),
 	}
+	if o.CA != nil {
+		fs = append(fs,
+			Dir(TailscaleCADir, 0o755, ""),
+			File{Path: TailscaleCAFile, Content: o.CA, Mode: 0o644},
+			Dir(filepath.Dir(TailscaledCADropIn), 0o755, ""),
+			file(TailscaledCADropIn, Header+"[Service]\nEnvironment=SSL_CERT_DIR="+TailscaleCertDirs+"\n", unitMode),
+		)
+	}
+	return fs
 }

@@ -585,6 +585,8 @@ func (p *Plan) gatewayInputs() []string {
 	switch g.TailscaleMode {
 	case "serve":
 		in = append(in, fmt.Sprintf("tailscale serve --bg http://127.0.0.1:%d (HTTPS on the tailnet, from the host)", pub.HostPort))
+	case "serve-http":
+		in = append(in, fmt.Sprintf("tailscale serve --bg --http=%d http://127.0.0.1:%d (plain HTTP on the tailnet only, from the host)", *g.TailscaleHTTPPort, pub.HostPort))
 	case "funnel":
 		in = append(in, fmt.Sprintf("tailscale funnel --bg http://127.0.0.1:%d (PUBLIC: allow_public_exposure)", pub.HostPort))
 	}
@@ -599,12 +601,35 @@ func (p *Plan) stageGateway(ctx context.Context, s *State) error {
 
 func (p *Plan) tailscaleOptions() appliance.TailscaleOptions {
 	r := p.Recipe
-	o := appliance.TailscaleOptions{Operator: r.Tailscale.Operator, Mode: "off"}
+	o := appliance.TailscaleOptions{Operator: r.Tailscale.Operator, Mode: "off", LoginServer: r.Tailscale.LoginServer}
 	if g := r.Gateway; g != nil {
 		o.Mode = g.TailscaleMode
 		o.GatewayPort = g.GatewayPublish().HostPort
+		if g.TailscaleHTTPPort != nil {
+			o.HTTPPort = *g.TailscaleHTTPPort
+		}
 	}
 	return o
+}
+
+// tailscaleCA reads tailscale.ca (validation has parsed it already).
+func (p *Plan) tailscaleCA() ([]byte, error) {
+	t := p.Recipe.Tailscale
+	if t == nil || t.CA == "" {
+		return nil, nil
+	}
+	src, err := p.Recipe.Resolve(t.CA)
+	if err != nil {
+		return nil, fmt.Errorf("tailscale.ca: %w", err)
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return nil, fmt.Errorf("tailscale.ca: %w", err)
+	}
+	if _, err := recipe.ParseCABundle(b); err != nil {
+		return nil, fmt.Errorf("tailscale.ca: %s: %w", t.CA, err)
+	}
+	return b, nil
 }
 
 func (p *Plan) tailscaleInputs() []string {
@@ -613,15 +638,31 @@ func (p *Plan) tailscaleInputs() []string {
 		"package tailscale (from the recipe's apt repositories), tailscaled.service enabled, 41641/udp",
 		appliance.TailscaleUpUnitName + " (after network-online, only with an auth key in the seed): tailscale up, set --operator=" + o.Operator,
 	}
-	if o.Mode == "serve" || o.Mode == "funnel" {
+	if o.LoginServer != "" {
+		in = append(in, "tailscale up --login-server="+o.LoginServer)
+	}
+	if t := p.Recipe.Tailscale; t.CA != "" {
+		in = append(in, fmt.Sprintf("CA %s (from %s) trusted by tailscaled besides the system's: %s sets SSL_CERT_DIR=%s",
+			appliance.TailscaleCAFile, t.CA, appliance.TailscaledCADropIn, appliance.TailscaleCertDirs))
+	}
+	switch o.Mode {
+	case "serve", "funnel":
 		in = append(in, fmt.Sprintf("tailscale %s --bg http://127.0.0.1:%d", o.Mode, o.GatewayPort))
+	case "serve-http":
+		in = append(in, fmt.Sprintf("tailscale serve --bg --http=%d http://127.0.0.1:%d", o.HTTPPort, o.GatewayPort))
 	}
 	return in
 }
 
 func (p *Plan) stageTailscale(ctx context.Context, s *State) error {
 	r := p.Recipe
-	if err := writeFiles(s.Tree, appliance.TailscaleFiles(p.tailscaleOptions())); err != nil {
+	o := p.tailscaleOptions()
+	ca, err := p.tailscaleCA()
+	if err != nil {
+		return err
+	}
+	o.CA = ca
+	if err := writeFiles(s.Tree, appliance.TailscaleFiles(o)); err != nil {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {

@@ -48,6 +48,16 @@ type Spec struct {
 	Gateway *GatewaySpec `json:"gateway,omitempty"`
 	// Tailscale: tailscaled runs and holds 41641/udp.
 	Tailscale bool `json:"tailscale"`
+	// TailscaleLoginServer is the control server first boot joins
+	// (tailscale.login_server); "" is Tailscale's own.
+	TailscaleLoginServer string `json:"tailscale_login_server,omitempty"`
+	// TailscaleCA: tailscaled trusts the recipe's CA bundle
+	// (tailscale.ca) besides the system's.
+	TailscaleCA bool `json:"tailscale_ca,omitempty"`
+	// TailscaleServeHTTP is the tailnet port the gateway is served on in
+	// plain HTTP (gateway.tailscale_mode: serve-http, the tailnet only:
+	// serve status must show it and no funnel); 0 otherwise.
+	TailscaleServeHTTP int `json:"tailscale_serve_http,omitempty"`
 	// Needles are secrets the recipe itself wrote literally (a baked
 	// token or auth key): the image must not carry them either... unless
 	// the recipe said so, in which case they are still reported. Never in
@@ -169,6 +179,13 @@ func FromRecipe(r *recipe.Recipe) (Spec, error) {
 	}
 	if t := r.Tailscale; t != nil {
 		s.Tailscale = t.Enabled
+		if t.Enabled {
+			s.TailscaleLoginServer = t.LoginServer
+			s.TailscaleCA = t.CA != ""
+			if g := r.Gateway; g != nil && g.TailscaleMode == "serve-http" && g.TailscaleHTTPPort != nil {
+				s.TailscaleServeHTTP = *g.TailscaleHTTPPort
+			}
+		}
 		if t.AuthKey != "" {
 			s.Needles = append(s.Needles, Needle{"recipe-tailscale-auth-key", t.AuthKey})
 		}

@@ -2,11 +2,14 @@ package claims
 
 import (
 	"encoding/json"
+	"net/netip"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/internal/tailnettest"
 )
 
 // Every recipe of the repository: its record reads back as the same
@@ -129,4 +132,58 @@ func FuzzParseRecord(f *testing.F) {
 			t.Fatalf("round trip: %s != %s", x, y)
 		}
 	})
+}
+
+// A recipe that joins a control server of its own (headscale) with a
+// private CA and serves the gateway over plain HTTP on the tailnet: the
+// claims record all three, and read back from the record.
+func TestTailscaleLoginServerClaims(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := tailnettest.NewTestCA(dir, []netip.Addr{netip.MustParseAddr("10.77.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := `apiVersion: bake/v1
+name: hs
+base: {debian: {suite: bookworm}}
+users:
+  - {name: admin}
+  - {name: openclaw, system: true}
+containers:
+  - name: gw
+    image: "r.example/gw@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    user: openclaw
+gateway:
+  container: gw
+  tailscale_mode: serve-http
+tailscale:
+  enabled: true
+  login_server: https://10.77.0.1
+  ca: ` + filepath.Base(ca.CertFile) + `
+firstboot: {admin_user: admin}
+`
+	r, err := recipe.Parse(filepath.Join(dir, "hs.yaml"), []byte(src), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := FromRecipe(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.TailscaleLoginServer != "https://10.77.0.1" || !s.TailscaleCA || s.TailscaleServeHTTP != 80 {
+		t.Errorf("claims: login server %q, CA %v, serve http %d", s.TailscaleLoginServer, s.TailscaleCA, s.TailscaleServeHTTP)
+	}
+	back, err := ParseRecord(s.Record())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Diff(s, back, "recipe", "record"); len(d) != 0 {
+		t.Errorf("record round trip: %v", d)
+	}
+	// Without the new settings nothing new is claimed (records of
+	// earlier images read the same).
+	def := Default()
+	if def.TailscaleLoginServer != "" || def.TailscaleCA || def.TailscaleServeHTTP != 0 {
+		t.Errorf("defaults claim a login server: %+v", def)
+	}
 }

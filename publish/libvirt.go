@@ -183,8 +183,9 @@ func sha256File(path string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// ctxReader stops a stream when ctx is done and feeds a hash and progress.
-type ctxReader struct {
+// uploadReader stops an upload when ctx is done and feeds a hash and
+// progress.
+type uploadReader struct {
 	ctx  context.Context
 	r    io.Reader
 	h    hash.Hash
@@ -192,7 +193,7 @@ type ctxReader struct {
 	prog func(int64)
 }
 
-func (c *ctxReader) Read(p []byte) (int, error) {
+func (c *uploadReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -614,7 +615,7 @@ func uploadVolume(ctx context.Context, l *libvirt.Libvirt, vol libvirt.StorageVo
 	if progW != nil {
 		prog = newProgress(progW, label)
 	}
-	cr := &ctxReader{ctx: ctx, r: f, h: sha256.New()}
+	cr := &uploadReader{ctx: ctx, r: f, h: sha256.New()}
 	if prog != nil {
 		cr.prog = func(n int64) { prog.update(n, size) }
 	}

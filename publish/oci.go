@@ -40,9 +40,22 @@ func usage(format string, a ...any) error { return usageError{fmt.Errorf(format,
 // Options says what to publish where.
 type Options struct {
 	Image  string // a qcow2 bake wrote, NAME.manifest.json beside it
-	To     string // oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME
+	To     string // oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME
 	CAFile string // PEM certificates trusted besides the system's
-	Force  bool   // replace a tag that names other content
+	Force  bool   // replace a tag or object that holds other content
+	// s3:// only. Endpoint: https://HOST[:PORT] of an S3-compatible store
+	// (else $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS S3); Region
+	// (else $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1);
+	// CredentialsFile: an AWS credentials file (else the environment, else
+	// $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials); PartSize: bytes
+	// per part of a multipart upload (DefaultPartSize when 0).
+	Endpoint        string
+	Region          string
+	CredentialsFile string
+	PartSize        int64
+	// Abort: abort the key's unfinished multipart uploads (of a run that
+	// was killed or cut off) and upload nothing.
+	Abort bool
 	// Keychain finds credentials (authn.DefaultKeychain: the Docker config
 	// and its credential helpers, when nil).
 	Keychain  authn.Keychain
@@ -67,6 +80,12 @@ type Result struct {
 func Publish(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Stdout == nil {
 		opts.Stdout = io.Discard
+	}
+	if strings.HasPrefix(opts.To, "s3://") {
+		return publishS3(ctx, opts)
+	}
+	if opts.Endpoint != "" || opts.Region != "" || opts.CredentialsFile != "" || opts.PartSize != 0 || opts.Abort {
+		return nil, usage("--endpoint, --region, --credentials, --part-size and --abort are for s3:// destinations")
 	}
 	if strings.HasPrefix(opts.To, "libvirt://") {
 		return publishLibvirt(ctx, opts)
@@ -225,11 +244,7 @@ const checkedWhat = "manifest pulled back: its digest, config digest and layer d
 func ParseOCI(dest string) (name.Tag, error) {
 	rest, ok := strings.CutPrefix(dest, "oci://")
 	if !ok {
-		scheme, _, found := strings.Cut(dest, "://")
-		if found && scheme == "s3" {
-			return name.Tag{}, usage("--to %s: the %s destination is not implemented yet; oci://REGISTRY/REPO:TAG and libvirt://POOL/NAME are", dest, scheme)
-		}
-		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0) or libvirt://POOL/NAME", dest)
+		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0), s3://BUCKET/KEY or libvirt://POOL/NAME", dest)
 	}
 	if strings.Contains(rest, "@") {
 		return name.Tag{}, usage("--to %s: a digest is what the push makes, name a tag instead (oci://REGISTRY/REPO:TAG)", dest)
@@ -281,20 +296,8 @@ func ping(ctx context.Context, rt http.RoundTripper, reg name.Registry) error {
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
-		var ua x509.UnknownAuthorityError
-		var hn x509.HostnameError
-		var ci x509.CertificateInvalidError
-		var ve *tls.CertificateVerificationError
-		switch {
-		case errors.As(err, &ua), errors.As(err, &ve):
-			return fmt.Errorf("registry %s: its TLS certificate is not signed by a CA bake trusts (give that CA with --ca FILE): %v", reg, err)
-		case errors.As(err, &hn), errors.As(err, &ci):
-			return fmt.Errorf("registry %s: its TLS certificate is not valid for it: %v", reg, err)
-		}
-		var ne net.Error
-		var oe *net.OpError
-		if errors.As(err, &oe) || errors.As(err, &ne) || errors.Is(err, io.EOF) {
-			return fmt.Errorf("registry %s is unreachable: %v", reg, err)
+		if ce := connErr("registry "+reg.String(), err); ce != nil {
+			return ce
 		}
 		return fmt.Errorf("registry %s: %v", reg, err)
 	}
@@ -302,6 +305,27 @@ func ping(ctx context.Context, rt http.RoundTripper, reg name.Registry) error {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusUnauthorized {
 		return fmt.Errorf("registry %s: GET /v2/ answered %s: not a registry speaking the distribution API", reg, resp.Status)
+	}
+	return nil
+}
+
+// connErr says what went wrong reaching target: an untrusted or invalid
+// TLS certificate, or no answer at all; nil for other errors.
+func connErr(target string, err error) error {
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var ve *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &ua), errors.As(err, &ve):
+		return fmt.Errorf("%s: its TLS certificate is not signed by a CA bake trusts (give that CA with --ca FILE): %v", target, err)
+	case errors.As(err, &hn), errors.As(err, &ci):
+		return fmt.Errorf("%s: its TLS certificate is not valid for it: %v", target, err)
+	}
+	var ne net.Error
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.As(err, &ne) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s is unreachable: %v", target, err)
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ type Receipt struct {
 
 // Record is one publication: what went where, with its digests.
 type Record struct {
-	Destination string `json:"destination"` // as given: oci://REGISTRY/REPO:TAG or libvirt://POOL/NAME
+	Destination string `json:"destination"` // as given: oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME
 
 	// oci://
 	Reference      string `json:"reference,omitempty"`       // REGISTRY/REPO:TAG
@@ -36,11 +36,26 @@ type Record struct {
 	DiskPath       string `json:"disk_path,omitempty"`  // the qcow2's path in the containerDisk
 	DiskOwner      string `json:"disk_owner,omitempty"` // uid:gid
 
+	// s3://
+	Bucket       string `json:"bucket,omitempty"`
+	Key          string `json:"key,omitempty"`
+	Endpoint     string `json:"endpoint,omitempty"` // https://HOST[:PORT]; empty for AWS S3
+	Region       string `json:"region,omitempty"`
+	Format       string `json:"format,omitempty"` // as the build manifest lists it (qcow2, raw, vhd, ...)
+	ObjectBytes  int64  `json:"object_bytes,omitempty"`
+	ETag         string `json:"etag,omitempty"`            // not a digest for a multipart upload
+	VersionID    string `json:"version_id,omitempty"`      // in a versioned bucket
+	Checksum     string `json:"checksum_sha256,omitempty"` // the store's ChecksumSHA256: the object's, or of its parts' ("-N")
+	UploadID     string `json:"upload_id,omitempty"`       // the multipart upload that made it
+	Parts        int    `json:"parts,omitempty"`
+	PartSize     int64  `json:"part_size,omitempty"`
+	ResumedParts int    `json:"resumed_parts,omitempty"` // parts an earlier, unfinished upload of this image had sent
+
 	// libvirt://
 	Libvirt *LibvirtRecord `json:"libvirt,omitempty"`
 
 	ImageSHA256 string `json:"image_sha256"`
-	Replaced    string `json:"replaced,omitempty"` // the digest --force replaced
+	Replaced    string `json:"replaced,omitempty"` // what --force replaced: a digest (oci), the old image's SHA-256 (s3)
 	Checked     string `json:"checked"`            // what was checked at the destination
 	Time        string `json:"time"`               // when (RFC 3339, UTC)
 	Unchanged   bool   `json:"unchanged,omitempty"`
@@ -68,7 +83,7 @@ func writeReceipt(path, image string, rec Record, now time.Time, unchanged bool)
 	replaced := false
 	for i, o := range r.Publishes {
 		if o.Destination == rec.Destination {
-			if unchanged && o.ManifestDigest == rec.ManifestDigest && o.ImageSHA256 == rec.ImageSHA256 {
+			if unchanged && o.ManifestDigest == rec.ManifestDigest && o.ETag == rec.ETag && o.ImageSHA256 == rec.ImageSHA256 {
 				return false, nil
 			}
 			r.Publishes[i], replaced = rec, true

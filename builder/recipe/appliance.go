@@ -1,10 +1,14 @@
 package recipe
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
+	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -19,7 +23,9 @@ const (
 	DefaultFirewallBackend = "ufw"
 	DefaultGatewayPort     = 18789
 	DefaultGatewayMode     = "local"
-	DefaultRestart         = "always"
+	// DefaultTailscaleHTTPPort is gateway.tailscale_http_port's default.
+	DefaultTailscaleHTTPPort = 80
+	DefaultRestart           = "always"
 )
 
 // Values the appliance sections accept.
@@ -27,7 +33,7 @@ var (
 	FirewallBackends = []string{"ufw", "iptables-persistent"}
 	GatewayModes     = []string{"local", "network"}
 	GatewayBinds     = []string{"loopback", "lan"}
-	TailscaleModes   = []string{"serve", "off", "funnel"}
+	TailscaleModes   = []string{"serve", "serve-http", "off", "funnel"}
 	SeedSources      = []string{"nocloud", "credentials", "cloud-init"}
 	RestartPolicies  = []string{"always", "on-failure", "no"}
 	// DefaultSeed is firstboot.seed when the recipe leaves it out.
@@ -399,6 +405,10 @@ func (r *Recipe) applianceDefaults() {
 				g.TailscaleMode = "serve"
 			}
 		}
+		if g.TailscaleMode == "serve-http" && g.TailscaleHTTPPort == nil {
+			hp := DefaultTailscaleHTTPPort
+			g.TailscaleHTTPPort = &hp
+		}
 	}
 }
 
@@ -711,12 +721,23 @@ func (v *validator) gatewaySection() {
 	tsOn := v.r.Tailscale != nil && v.r.Tailscale.Enabled
 	switch {
 	case g.TailscaleMode != "" && !slices.Contains(TailscaleModes, g.TailscaleMode):
-		v.errorf(p+".tailscale_mode", "write serve (HTTPS on the tailnet), off, or funnel (public, with allow_public_exposure: true)", "%q is not a tailscale mode", g.TailscaleMode)
+		v.errorf(p+".tailscale_mode", "write serve (HTTPS on the tailnet), serve-http (plain HTTP on the tailnet, e.g. with headscale), off, or funnel (public, with allow_public_exposure: true)", "%q is not a tailscale mode", g.TailscaleMode)
 	case g.TailscaleMode == "funnel" && !g.AllowPublicExposure:
 		v.errorf(p+".tailscale_mode", "funnel puts the gateway on the public internet; write serve for the tailnet only, or set allow_public_exposure: true if that is really meant",
 			"funnel is refused without allow_public_exposure: true")
-	case (g.TailscaleMode == "serve" || g.TailscaleMode == "funnel") && !tsOn:
+	case g.TailscaleMode == "funnel" && tsOn && v.r.Tailscale.LoginServer != "":
+		v.errorf(p+".tailscale_mode", "write serve-http (the tailnet only); funnel is Tailscale's service and other control servers (headscale) have none",
+			"funnel is refused with tailscale.login_server")
+	case g.TailscaleMode != "off" && g.TailscaleMode != "" && !tsOn:
 		v.errorf(p+".tailscale_mode", "add tailscale: {enabled: true}, or write tailscale_mode: off", "%s needs tailscale enabled", g.TailscaleMode)
+	}
+	if hp := g.TailscaleHTTPPort; hp != nil {
+		switch {
+		case g.TailscaleMode != "serve-http":
+			v.errorf(p+".tailscale_http_port", "write tailscale_mode: serve-http, or remove it", "has no effect without tailscale_mode: serve-http")
+		case *hp < 1 || *hp > 65535:
+			v.errorf(p+".tailscale_http_port", "write a port from 1 to 65535, e.g. 80", "%d is not a port", *hp)
+		}
 	}
 	if g.AllowPublicExposure && g.TailscaleMode != "funnel" && g.Mode != "network" {
 		v.errorf(p+".allow_public_exposure", "remove it: nothing in this gateway is public", "has no effect without tailscale_mode: funnel")
@@ -776,6 +797,60 @@ func orText(s, d string) string {
 	return s
 }
 
+// loginServerRe: the characters a login server URL may have (it is
+// written into the join script).
+var loginServerRe = regexp.MustCompile(`^https://[A-Za-z0-9.\-_~:/\[\]%]+$`)
+
+// loginServer checks a Tailscale control server URL: https, a host, no
+// credentials, query or fragment.
+func (v *validator) loginServer(path, s string) {
+	const hint = "write the control server's https URL, e.g. https://headscale.example.net (headscale's server_url)"
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		v.errorf(path, hint, "%q is not a URL", s)
+	case u.Scheme != "https":
+		v.errorf(path, hint+"; Tailscale clients reach the control server's DERP relay over HTTPS only", "%q is not an https URL", s)
+	case u.Host == "" || u.Hostname() == "":
+		v.errorf(path, hint, "%q has no host", s)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		v.errorf(path, hint, "%q has credentials, a query or a fragment", s)
+	case !loginServerRe.MatchString(s):
+		v.errorf(path, hint, "%q has characters outside A-Z a-z 0-9 . - _ ~ : / [ ] %%", s)
+	}
+}
+
+// ParseCABundle returns the certificates of a PEM bundle: at least one,
+// every block a CA certificate.
+func ParseCABundle(b []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("holds a %s block; only CERTIFICATE blocks belong in a CA bundle", blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %v", len(certs)+1, err)
+		}
+		if !c.IsCA {
+			return nil, fmt.Errorf("certificate %d (%s) is not a CA certificate", len(certs)+1, c.Subject)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("holds no PEM certificate")
+	}
+	if len(strings.TrimSpace(string(b))) > 0 {
+		return nil, fmt.Errorf("has data that is not PEM after certificate %d", len(certs))
+	}
+	return certs, nil
+}
+
 func (v *validator) tailscaleSection() {
 	t := v.r.Tailscale
 	if t == nil {
@@ -792,7 +867,20 @@ func (v *validator) tailscaleSection() {
 		v.errorf("tailscale.auth_key", "remove it: give each instance its key in its seed (bake.tailscale_authkey); to bake it anyway set firstboot.allow_baked_secrets: true",
 			"a literal auth key would be shared by every instance of the image")
 	}
-	if !t.Enabled && (t.Operator != "" || t.AuthKey != "") {
+	if t.LoginServer != "" {
+		v.loginServer("tailscale.login_server", t.LoginServer)
+	}
+	if t.CA != "" {
+		v.local("tailscale.ca", t.CA, false)
+		if real, err := v.r.Resolve(t.CA); err == nil {
+			if b, err := os.ReadFile(real); err == nil {
+				if _, err := ParseCABundle(b); err != nil {
+					v.errorf("tailscale.ca", "give a PEM file of CA certificates (-----BEGIN CERTIFICATE-----)", "%s: %v", t.CA, err)
+				}
+			}
+		}
+	}
+	if !t.Enabled && (t.Operator != "" || t.AuthKey != "" || t.LoginServer != "" || t.CA != "") {
 		v.errorf("tailscale.enabled", "write enabled: true, or remove the tailscale section", "is false, but the section sets up Tailscale")
 	}
 }

@@ -81,6 +81,9 @@ func (r *Recipe) HostPaths() []HostPath {
 	for _, f := range r.Files {
 		local("file", f.Source)
 	}
+	if t := r.Tailscale; t != nil {
+		local("tailscale CA", t.CA)
+	}
 	for _, c := range r.Containers {
 		for _, prefix := range []string{"docker-archive:", "oci-layout:"} {
 			rest, ok := strings.CutPrefix(c.Image, prefix)

@@ -332,9 +332,14 @@ type Gateway struct {
 	Port      *int   `yaml:"port,omitempty"` // default 18789
 	Mode      string `yaml:"mode,omitempty"` // local (default) | network
 	Bind      string `yaml:"bind,omitempty"` // loopback (mode local) | lan (mode network)
-	// TailscaleMode: serve (default with tailscale enabled), off, or
-	// funnel (public; needs AllowPublicExposure).
-	TailscaleMode       string    `yaml:"tailscale_mode,omitempty"`
+	// TailscaleMode: serve (default with tailscale enabled: HTTPS on the
+	// tailnet, with a certificate from the control server), serve-http
+	// (plain HTTP on the tailnet at TailscaleHTTPPort, for control servers
+	// that issue no certificates, headscale among them), off, or funnel
+	// (public; needs AllowPublicExposure).
+	TailscaleMode string `yaml:"tailscale_mode,omitempty"`
+	// TailscaleHTTPPort is the tailnet port of serve-http (default 80).
+	TailscaleHTTPPort   *int      `yaml:"tailscale_http_port,omitempty"`
 	AllowPublicExposure bool      `yaml:"allow_public_exposure,omitempty"`
 	AllowedNetworks     []Network `yaml:"allowed_networks,omitempty"`
 	// Token is refused unless firstboot.allow_baked_secrets: the token
@@ -365,6 +370,13 @@ type Tailscale struct {
 	Operator string `yaml:"operator,omitempty"` // default firstboot.admin_user
 	// AuthKey is refused unless firstboot.allow_baked_secrets.
 	AuthKey string `yaml:"auth_key,omitempty"`
+	// LoginServer is the control server's URL (https://, e.g. a
+	// headscale's server_url); "" is Tailscale's own.
+	LoginServer string `yaml:"login_server,omitempty"`
+	// CA is a PEM file of CA certificates, relative to the recipe, that
+	// tailscaled trusts besides the system's: the login server's (and its
+	// DERP servers') CA when that is a private one.
+	CA string `yaml:"ca,omitempty"`
 }
 
 // Firstboot is the per-instance step at the first boot: seed, admin keys,
