@@ -65,8 +65,11 @@ NAME.manifest.json beside it; a qcow2 for oci and libvirt) to a destination.
                             q35, virtio disk, NIC and RNG; a serial console;
                             the seed read-only (a CD-ROM; FAT: a virtio
                             disk). Network: --network
-                            user (user-mode; with --ssh-forward PORT, passt
-                            forwards 127.0.0.1:PORT to the guest's SSH port),
+                            user (user-mode; --ssh-forward PORT forwards
+                            127.0.0.1:PORT to the guest's SSH port: passt's
+                            portForward on libvirt 9.2 and later, else QEMU's
+                            user network with a hostfwd through
+                            <qemu:commandline>),
                             network:NAME or bridge:NAME. --start starts it.
                             Anything that fails removes every volume and the
                             domain this run made. A domain NAME that bake
@@ -222,7 +225,7 @@ object or domain holds other content, 2 bad usage or an IMAGE bake cannot publis
 	f.IntVar(&lo.memory, "memory", verify.DefaultMemoryMiB, "libvirt: the domain's memory, MiB")
 	f.IntVar(&lo.cpus, "cpus", 2, "libvirt: the domain's vCPUs")
 	f.StringVar(&lo.network, "network", "user", "libvirt: user, network:NAME or bridge:NAME")
-	f.IntVar(&lo.sshForward, "ssh-forward", 0, "libvirt, --network user: forward 127.0.0.1:PORT to the guest's SSH port (passt)")
+	f.IntVar(&lo.sshForward, "ssh-forward", 0, "libvirt, --network user: forward 127.0.0.1:PORT to the guest's SSH port")
 	f.BoolVar(&lo.start, "start", false, "libvirt: start the domain once it is defined")
 	f.StringVar(&lo.seed, "seed", "", "libvirt: attach this NoCloud seed (ISO9660 or FAT, from bake seed)")
 	f.StringArrayVar(&lo.adminKeys, "admin-key", nil, "libvirt: make the seed with the admin's SSH public keys from this file (repeatable)")

@@ -56,7 +56,12 @@ type Libvirt struct {
 	Network    string
 	SSHForward int
 	SSHPort    int
-	Start      bool // start the domain once it is defined and checked
+	// Passt: the forward is libvirt's passt backend with a portForward
+	// (libvirt 9.2 and later); else QEMU's own user networking (slirp)
+	// with a hostfwd on 127.0.0.1, passed through <qemu:commandline>.
+	// publishLibvirt sets it from the daemon's version.
+	Passt bool
+	Start bool // start the domain once it is defined and checked
 }
 
 // LibvirtRecord is what a libvirt publication made (Record.Libvirt).
@@ -72,7 +77,7 @@ type LibvirtRecord struct {
 	Disk         LibvirtVolume  `json:"disk_volume"`           // the domain's disk: a qcow2 overlay on the image volume
 	Seed         *LibvirtVolume `json:"seed_volume,omitempty"` // the NoCloud seed, read-only
 	Network      string         `json:"network"`
-	SSHForward   string         `json:"ssh_forward,omitempty"` // 127.0.0.1:PORT -> guest port
+	SSHForward   string         `json:"ssh_forward,omitempty"` // 127.0.0.1:PORT -> guest port, and how
 	Started      bool           `json:"started,omitempty"`
 	UploadedSize int64          `json:"uploaded_bytes,omitempty"`
 }
@@ -345,9 +350,6 @@ func publishLibvirt(ctx context.Context, opts Options) (*Result, error) {
 	if lo.Firmware == FirmwareUEFI {
 		rec.Libvirt.SecureBoot = "off"
 	}
-	if lo.SSHForward != 0 {
-		rec.Libvirt.SSHForward = fmt.Sprintf("127.0.0.1:%d -> %d", lo.SSHForward, lo.SSHPort)
-	}
 
 	l, err := connectLibvirt(lo.URI)
 	if err != nil {
@@ -355,6 +357,18 @@ func publishLibvirt(ctx context.Context, opts Options) (*Result, error) {
 	}
 	defer l.Disconnect()
 	where := fmt.Sprintf("libvirt %s", lo.URI)
+	if lo.SSHForward != 0 {
+		ver, err := l.ConnectGetLibVersion()
+		if err != nil {
+			return nil, lvErr(where, err)
+		}
+		lo.Passt = ver >= 9002000
+		how := "QEMU user networking (slirp) hostfwd, through <qemu:commandline> (libvirt before 9.2 has no passt portForward)"
+		if lo.Passt {
+			how = "passt portForward"
+		}
+		rec.Libvirt.SSHForward = fmt.Sprintf("127.0.0.1:%d -> %d (%s)", lo.SSHForward, lo.SSHPort, how)
+	}
 
 	pool, err := l.StoragePoolLookupByName(poolName)
 	if err != nil {
@@ -704,7 +718,7 @@ func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *
 	switch kind {
 	case "user":
 		iface.Source = &libvirtxml.DomainInterfaceSource{User: &libvirtxml.DomainInterfaceSourceUser{}}
-		if lo.SSHForward != 0 {
+		if lo.SSHForward != 0 && lo.Passt {
 			iface.Backend = &libvirtxml.DomainInterfaceBackend{Type: "passt"}
 			iface.PortForward = []libvirtxml.DomainInterfaceSourcePortForward{{
 				Proto: "tcp", Address: "127.0.0.1",
@@ -716,12 +730,28 @@ func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *
 	case "bridge":
 		iface.Source = &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nname}}
 	}
-	dev.Interfaces = append(dev.Interfaces, iface)
+	if kind == "user" && lo.SSHForward != 0 && !lo.Passt {
+		// libvirt before 9.2: QEMU's user networking with the forward,
+		// the same virtio NIC, given to QEMU directly.
+		d.QEMUCommandline = &libvirtxml.DomainQEMUCommandline{Args: []libvirtxml.DomainQEMUCommandlineArg{
+			{Value: "-netdev"}, {Value: SlirpNetdev(lo.SSHForward, lo.SSHPort)},
+			{Value: "-device"}, {Value: "virtio-net-pci,netdev=" + slirpID},
+		}}
+	} else {
+		dev.Interfaces = append(dev.Interfaces, iface)
+	}
 	port := uint(0)
 	dev.Serials = append(dev.Serials, libvirtxml.DomainSerial{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}}, Target: &libvirtxml.DomainSerialTarget{Port: &port}})
 	dev.Consoles = append(dev.Consoles, libvirtxml.DomainConsole{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}}, Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}})
 	dev.RNGs = append(dev.RNGs, libvirtxml.DomainRNG{Model: "virtio", Backend: &libvirtxml.DomainRNGBackend{Random: &libvirtxml.DomainRNGBackendRandom{Device: "/dev/urandom"}}})
 	return d.Marshal()
+}
+
+const slirpID = "bakenet0"
+
+// SlirpNetdev is the -netdev of the SSH forward on libvirt before 9.2.
+func SlirpNetdev(hostPort, guestPort int) string {
+	return fmt.Sprintf("user,id=%s,hostfwd=tcp:127.0.0.1:%d-:%d", slirpID, hostPort, guestPort)
 }
 
 // checkDomain reads the defined domain back and checks what bake asked for.
@@ -783,7 +813,17 @@ func CheckDomain(d *libvirtxml.Domain, sum string, lo Libvirt, r *LibvirtRecord)
 				okSeed = k.ReadOnly != nil
 			}
 		}
-		if len(d.Devices.Interfaces) != 1 || d.Devices.Interfaces[0].Model == nil || d.Devices.Interfaces[0].Model.Type != "virtio" {
+		if lo.Network == "user" && lo.SSHForward != 0 && !lo.Passt {
+			args := ""
+			if d.QEMUCommandline != nil {
+				for _, a := range d.QEMUCommandline.Args {
+					args += a.Value + " "
+				}
+			}
+			if len(d.Devices.Interfaces) != 0 || !strings.Contains(args, "-netdev "+SlirpNetdev(lo.SSHForward, lo.SSHPort)+" -device virtio-net-pci,netdev="+slirpID) {
+				bad = append(bad, fmt.Sprintf("want one virtio NIC on QEMU's user network with the forward (qemu:commandline %q)", args))
+			}
+		} else if len(d.Devices.Interfaces) != 1 || d.Devices.Interfaces[0].Model == nil || d.Devices.Interfaces[0].Model.Type != "virtio" {
 			bad = append(bad, "want one virtio NIC")
 		}
 	}

@@ -38,7 +38,7 @@ func TestDomainXML(t *testing.T) {
 		Seed:  &LibvirtVolume{Path: "/p/gw.seed"},
 	}
 	for _, fw := range []string{FirmwareBIOS, FirmwareUEFI} {
-		lo := Libvirt{VirtType: "qemu", Firmware: fw, MemoryMiB: 1024, CPUs: 2, Network: "user", SSHForward: 2222, SSHPort: 22, SeedKind: "iso"}
+		lo := Libvirt{VirtType: "qemu", Firmware: fw, MemoryMiB: 1024, CPUs: 2, Network: "user", SSHForward: 2222, SSHPort: 22, SeedKind: "iso", Passt: true}
 		x, err := DomainXML("gw", m, sum, "openclaw.qcow2", lo, r)
 		if err != nil {
 			t.Fatal(err)
@@ -58,6 +58,24 @@ func TestDomainXML(t *testing.T) {
 			if !strings.Contains(x, want) {
 				t.Errorf("%s: no %s in\n%s", fw, want, x)
 			}
+		}
+		// libvirt before 9.2: QEMU's user network with a hostfwd, passed
+		// through qemu:commandline, and no <interface>.
+		slirp := lo
+		slirp.Passt = false
+		sx, err := DomainXML("gw", m, sum, "openclaw.qcow2", slirp, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sd libvirtxml.Domain
+		if err := sd.Unmarshal(sx); err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckDomain(&sd, sum, slirp, r); err != nil || strings.Contains(sx, "<interface") || !strings.Contains(sx, `value="user,id=bakenet0,hostfwd=tcp:127.0.0.1:2222-:22"`) {
+			t.Errorf("%s, slirp: %v\n%s", fw, err, sx)
+		}
+		if err := CheckDomain(&d, sum, slirp, r); err == nil {
+			t.Errorf("%s: the passt domain passed the slirp check", fw)
 		}
 		// Wrong firmware, the image volume as a disk, no metadata.
 		other := lo

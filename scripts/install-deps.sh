@@ -39,7 +39,6 @@ pkgs=(
   python3-yaml        # tests: seeds read back with PyYAML, as cloud-init reads them
   docker-registry     # tests: bake publish oci:// against the distribution registry
   libvirt-daemon libvirt-daemon-driver-qemu  # tests: bake publish libvirt:// against a private libvirtd (dir pool: in libvirt-daemon)
-  passt               # tests: the libvirt domain's user-mode network (passt) with an SSH port forward
 )
 # npm installs the gateway image's app (the default recipe's build: block).
 # A Node.js that brings its own npm (NodeSource's nodejs) counts: Debian's

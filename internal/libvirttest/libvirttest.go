@@ -6,7 +6,7 @@
 // driver: no bridge, no firewall rule, never libvirt's default network),
 // no cgroup controllers, no security driver, and a socket in the test's
 // temp dir. Killing the namespace's first process (unshare's child, by
-// PID) kills everything in it: libvirtd, virtlogd, QEMU and passt.
+// PID) kills everything in it: libvirtd, virtlogd and QEMU.
 package libvirttest
 
 import (
@@ -90,11 +90,12 @@ auth_unix_rw = "none"
 auth_unix_ro = "none"
 log_outputs = "3:stderr"
 `, filepath.Dir(d.Socket)))
-	// Debian's libvirtd runs QEMU (and passt) as libvirt-qemu, which only
-	// the libvirt-daemon-system package creates: the user exists here in
-	// the namespace's /etc only (libvirtd looks it up before it reads
-	// qemu.conf). Not root: passt started as root drops to nobody and can
-	// no longer write its PID file in libvirt's directory. libvirtd
+	// Debian's libvirtd runs QEMU as libvirt-qemu, which only the
+	// libvirt-daemon-system package creates: the user exists here in the
+	// namespace's /etc only (libvirtd looks it up before it reads
+	// qemu.conf). Not root, as on a real host (and passt, on a libvirt
+	// that has it, refuses to run as root and cannot write its PID file
+	// in libvirt's directory as nobody). libvirtd
 	// chowns the disks it starts a domain with to it (dynamic
 	// ownership), so the pool's directories must be searchable.
 	write("conf/qemu.conf", `user = "libvirt-qemu"
