@@ -63,8 +63,7 @@ NAME.manifest.json beside it; a qcow2 for oci and libvirt) to a destination.
                             partition or an MBR, else OVMF, picked by libvirt,
                             Secure Boot off: bake's UEFI path is not signed);
                             q35, virtio disk, NIC and RNG; a serial console;
-                            the seed read-only (a CD-ROM; FAT: a virtio
-                            disk). Network: --network
+                            the seed a read-only virtio disk. Network: --network
                             user (user-mode; --ssh-forward PORT forwards
                             127.0.0.1:PORT to the guest's SSH port: passt's
                             portForward on libvirt 9.2 and later, else QEMU's

@@ -179,7 +179,7 @@ func TestPublishLibvirt(t *testing.T) {
 		ro := k.ReadOnly != nil
 		disks = append(disks, k.Device+":"+k.Target.Bus+":"+k.Driver.Type+":"+k.Source.File.File+":"+map[bool]string{true: "ro", false: "rw"}[ro])
 	}
-	want := []string{"disk:virtio:qcow2:" + filepath.Join(poolDir, "app.qcow2") + ":rw", "cdrom:sata:raw:" + filepath.Join(poolDir, "app.seed") + ":ro"}
+	want := []string{"disk:virtio:qcow2:" + filepath.Join(poolDir, "app.qcow2") + ":rw", "disk:virtio:raw:" + filepath.Join(poolDir, "app.seed") + ":ro"}
 	if strings.Join(disks, " ") != strings.Join(want, " ") {
 		t.Errorf("domain app disks:\n %v\nwant\n %v", disks, want)
 	}

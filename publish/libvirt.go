@@ -659,7 +659,7 @@ func uploadVolume(ctx context.Context, l *libvirt.Libvirt, vol libvirt.StorageVo
 // DomainXML is the domain bake publish defines: the image's firmware
 // (UEFI: libvirt picks OVMF from the firmware descriptors, Secure Boot
 // off, as bake's UEFI boot path is not signed), virtio disk, NIC and RNG,
-// the seed as a read-only CD-ROM (iso) or virtio disk (fat), a serial
+// the seed as a read-only virtio disk, a serial
 // console, and bake's metadata naming the image.
 func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *LibvirtRecord) (string, error) {
 	meta, err := xml.Marshal(libvirtMeta{Image: image, ImageSHA256: sum, Recipe: m.Recipe.Name, Bake: m.Bake})
@@ -706,11 +706,10 @@ func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *
 			Source:   &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: r.Seed.Path}},
 			ReadOnly: &libvirtxml.DomainDiskReadOnly{},
 		}
-		if lo.SeedKind == "fat" {
-			seed.Device, seed.Target = "disk", &libvirtxml.DomainDiskTarget{Dev: "vdb", Bus: "virtio"}
-		} else {
-			seed.Device, seed.Target = "cdrom", &libvirtxml.DomainDiskTarget{Dev: "sda", Bus: "sata"}
-		}
+		// A read-only virtio disk, ISO or FAT alike, as bake verify and
+		// bake run attach it: every kernel bake boots has virtio-blk, a
+		// cloud kernel may lack AHCI CD-ROM support.
+		seed.Device, seed.Target = "disk", &libvirtxml.DomainDiskTarget{Dev: "vdb", Bus: "virtio"}
 		dev.Disks = append(dev.Disks, seed)
 	}
 	iface := libvirtxml.DomainInterface{Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"}}

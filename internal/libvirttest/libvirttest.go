@@ -177,6 +177,11 @@ wait
 		if t.Failed() {
 			b, _ := os.ReadFile(d.Log)
 			t.Logf("libvirtd log (tail):\n%s", tail(string(b), 60))
+			logs, _ := filepath.Glob(filepath.Join(dir, "ov/var/u/log/libvirt/qemu/*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s (tail):\n%s", filepath.Base(l), tail(string(b), 30))
+			}
 		}
 		if d.nsPID != "" {
 			deadline := time.Now().Add(10 * time.Second)
