@@ -97,13 +97,16 @@ log_outputs = "3:stderr"
 	// that has it, refuses to run as root and cannot write its PID file
 	// in libvirt's directory as nobody). libvirtd
 	// chowns the disks it starts a domain with to it (dynamic
-	// ownership), so the pool's directories must be searchable.
+	// ownership), so the pool's directories must be searchable. No
+	// per-domain mount namespace (namespaces = []): libvirtd is in one
+	// already, and its private /dev cannot move the /dev/kvm stand-in.
 	write("conf/qemu.conf", `user = "libvirt-qemu"
 group = "libvirt-qemu"
 dynamic_ownership = 1
 remember_owner = 0
 security_driver = "none"
 cgroup_controllers = [ ]
+namespaces = [ ]
 stdio_handler = "logd"
 `)
 	for _, p := range []string{filepath.Dir(dir), dir} {
