@@ -201,7 +201,7 @@ wait
 			}
 		}
 		if now := linkNames(t); now != links {
-			t.Errorf("network links changed while libvirtd ran:\nbefore: %s\nafter:  %s", links, now)
+			t.Errorf("libvirt's network links changed while libvirtd ran:\nbefore: %q\nafter:  %q", links, now)
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
@@ -276,8 +276,9 @@ func inNamespace(ns string) []string {
 	return out
 }
 
-// linkNames lists the host's network links (a bridge libvirt made would
-// show here).
+// linkNames lists the host's network links libvirt names (its bridges
+// virbrN, its taps vnetN, macvtapN): one it made would show here. Links of
+// other tests running beside this one have other names.
 func linkNames(t testing.TB) string {
 	out, err := exec.Command("ip", "-o", "link", "show").Output()
 	if err != nil {
@@ -286,7 +287,12 @@ func linkNames(t testing.TB) string {
 	var names []string
 	for _, l := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(l); len(f) > 1 {
-			names = append(names, strings.TrimSuffix(f[1], ":"))
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			for _, p := range []string{"virbr", "vnet", "macvtap"} {
+				if strings.HasPrefix(name, p) {
+					names = append(names, name)
+				}
+			}
 		}
 	}
 	return strings.Join(names, " ")
