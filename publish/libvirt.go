@@ -734,7 +734,7 @@ func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *
 		// the same virtio NIC, given to QEMU directly.
 		d.QEMUCommandline = &libvirtxml.DomainQEMUCommandline{Args: []libvirtxml.DomainQEMUCommandlineArg{
 			{Value: "-netdev"}, {Value: SlirpNetdev(lo.SSHForward, lo.SSHPort)},
-			{Value: "-device"}, {Value: "virtio-net-pci,netdev=" + slirpID},
+			{Value: "-device"}, {Value: slirpDevice},
 		}}
 	} else {
 		dev.Interfaces = append(dev.Interfaces, iface)
@@ -747,6 +747,11 @@ func DomainXML(name string, m *BuildManifest, sum, image string, lo Libvirt, r *
 }
 
 const slirpID = "bakenet0"
+
+// slirpDevice is the NIC on it: a slot of its own on the root bus (QEMU
+// sees these arguments before libvirt's devices, which take slot 1 and up:
+// without an address the NIC took slot 1 and the first root port failed).
+const slirpDevice = "virtio-net-pci,netdev=" + slirpID + ",bus=pcie.0,addr=0x10"
 
 // SlirpNetdev is the -netdev of the SSH forward on libvirt before 9.2.
 func SlirpNetdev(hostPort, guestPort int) string {
@@ -819,7 +824,7 @@ func CheckDomain(d *libvirtxml.Domain, sum string, lo Libvirt, r *LibvirtRecord)
 					args += a.Value + " "
 				}
 			}
-			if len(d.Devices.Interfaces) != 0 || !strings.Contains(args, "-netdev "+SlirpNetdev(lo.SSHForward, lo.SSHPort)+" -device virtio-net-pci,netdev="+slirpID) {
+			if len(d.Devices.Interfaces) != 0 || !strings.Contains(args, "-netdev "+SlirpNetdev(lo.SSHForward, lo.SSHPort)+" -device "+slirpDevice) {
 				bad = append(bad, fmt.Sprintf("want one virtio NIC on QEMU's user network with the forward (qemu:commandline %q)", args))
 			}
 		} else if len(d.Devices.Interfaces) != 1 || d.Devices.Interfaces[0].Model == nil || d.Devices.Interfaces[0].Model.Type != "virtio" {
