@@ -4,23 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bakeimg/bake/builder"
 	"github.com/bakeimg/bake/publish"
+	"github.com/bakeimg/bake/verify"
 )
 
 func newPublish() *cobra.Command {
 	var opts publish.Options
 	var partMiB int64
+	var lo publishLibvirtOptions
 	c := &cobra.Command{
-		Use:   "publish IMAGE --to oci://REGISTRY/REPO:TAG | s3://BUCKET/KEY",
-		Short: "Push an image to a registry (KubeVirt containerDisk) or an S3 bucket, checked and atomic",
+		Use:   "publish IMAGE --to oci://REGISTRY/REPO:TAG | s3://BUCKET/KEY | libvirt://POOL/NAME",
+		Short: "Publish an image: to a registry (KubeVirt containerDisk), an S3 bucket or a libvirt host; checked and atomic",
 		Long: `Publish delivers IMAGE (an image bake build or bake convert wrote, with
-NAME.manifest.json beside it; a qcow2 for oci) to a destination.
+NAME.manifest.json beside it; a qcow2 for oci and libvirt) to a destination.
 
   oci://REGISTRY/REPO:TAG   a KubeVirt containerDisk: one uncompressed layer
                             holding /disk/NAME.qcow2, owned 107:107 (KubeVirt's
@@ -41,6 +45,37 @@ NAME.manifest.json beside it; a qcow2 for oci) to a destination.
                             is not a digest) and bake-format, bake-recipe,
                             bake-version, bake-source-date-epoch and
                             bake-part-size.
+
+  libvirt://POOL/NAME       a libvirt domain NAME on --connect URI (default
+                            qemu:///system; any libvirt URI, e.g.
+                            qemu+ssh://root@host/system). The qcow2 is
+                            uploaded into the storage pool POOL as
+                            NAME.image.qcow2 and read back (its SHA-256 must
+                            equal the local one); the domain's disk is
+                            NAME.qcow2, a qcow2 overlay on it (the image
+                            volume stays as published); the seed, NAME.seed,
+                            is made by bake seed's writer from --admin-key
+                            (and --hostname), or is --seed FILE (from bake
+                            seed). The domain, defined last: type kvm when
+                            bake's KVM probe finds KVM usable here, else qemu
+                            (kvm for a remote --connect; or --virt-type); the image's firmware (--firmware
+                            auto: SeaBIOS when the disk has a BIOS boot
+                            partition or an MBR, else OVMF, picked by libvirt,
+                            Secure Boot off: bake's UEFI path is not signed);
+                            q35, virtio disk, NIC and RNG; a serial console;
+                            the seed a read-only virtio disk. Network: --network
+                            user (user-mode; --ssh-forward PORT forwards
+                            127.0.0.1:PORT to the guest's SSH port: passt's
+                            portForward on libvirt 9.2 and later, else QEMU's
+                            user network with a hostfwd through
+                            <qemu:commandline>),
+                            network:NAME or bridge:NAME. --start starts it.
+                            Anything that fails removes every volume and the
+                            domain this run made. A domain NAME that bake
+                            defined from this very image is left as it is (its
+                            image volume read back and checked); a domain NAME
+                            from another image, or volumes named like this
+                            one's without a domain, are refused.
 
 oci: the push is atomic: blobs and the manifest go first, by digest; the
 manifest is pulled back and its config and layer digests compared with the
@@ -83,17 +118,21 @@ IMAGE.publish.json (e.g. out/openclaw.qcow2.publish.json), records per
 destination what went where: for oci the tag, the pinned reference
 (REGISTRY/REPO@sha256:...), the manifest, config and layer digests; for s3 the
 bucket, key, endpoint, region, ETag, version ID, the store's checksum, the
-upload ID, parts and part size; for both the image's SHA-256 and what was
-checked at the destination.
+upload ID, parts and part size; for libvirt the URI, pool, domain and its
+UUID, domain type, firmware, and each volume's name, path and SHA-256 (read
+back from libvirt); for all the image's SHA-256 and what was checked at the
+destination.
 
-Exit status: 0 published (or already there), 1 the push failed or the tag or
-object holds other content, 2 bad usage or an IMAGE bake cannot publish
+Exit status: 0 published (or already there), 1 the push failed or the tag,
+object or domain holds other content, 2 bad usage or an IMAGE bake cannot publish
 (nothing pushed), 130 interrupted (nothing left at the destination).`,
 		Example: `  bake publish out/openclaw.qcow2 --to oci://registry.example.com/appliances/openclaw:2026.12
   bake publish out/openclaw.qcow2 --to oci://127.0.0.1:5000/openclaw:test --ca ca.pem
   bake publish out/openclaw.qcow2 --to oci://registry.example.com/openclaw:stable --force
   AWS_PROFILE=images bake publish out/openclaw.qcow2 --to s3://my-images/openclaw/2026.12.qcow2 --region eu-west-1
-  bake publish out/openclaw.raw --to s3://images/openclaw.raw --endpoint https://s3.example.net:9000 --credentials ~/.config/s3.ini --ca ca.pem`,
+  bake publish out/openclaw.raw --to s3://images/openclaw.raw --endpoint https://s3.example.net:9000 --credentials ~/.config/s3.ini --ca ca.pem
+  bake publish out/openclaw.qcow2 --to libvirt://default/openclaw-1 --admin-key ~/.ssh/id_ed25519.pub --network network:default --start
+  bake publish out/openclaw.qcow2 --to libvirt://images/gw-2 --connect qemu+ssh://root@kvm1/system --seed gw-2.iso`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageErr(fmt.Errorf("publish takes one IMAGE, got %d arguments (e.g. bake publish out/openclaw.qcow2 --to oci://registry.example.com/openclaw:1.0)", len(args)))
@@ -102,11 +141,42 @@ object holds other content, 2 bad usage or an IMAGE bake cannot publish
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.To == "" {
-				return usageErr(errors.New("no --to given: want oci://REGISTRY/REPO:TAG or s3://BUCKET/KEY"))
+				return usageErr(errors.New("no --to given: want oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME"))
+			}
+			isLibvirt := strings.HasPrefix(opts.To, "libvirt://")
+			if used := libvirtFlagsUsed(cmd.Flags().Changed); len(used) > 0 && !isLibvirt {
+				return usageErr(fmt.Errorf("%s: for libvirt:// destinations only", strings.Join(used, ", ")))
+			}
+			if isLibvirt && (opts.CAFile != "" || opts.Force) {
+				return usageErr(errors.New("--ca and --force are for oci:// and s3:// destinations"))
+			}
+			if isLibvirt && (opts.Endpoint != "" || opts.Region != "" || opts.CredentialsFile != "" || cmd.Flags().Changed("part-size") || opts.Abort) {
+				return usageErr(errors.New("--endpoint, --region, --credentials, --part-size and --abort are for s3:// destinations"))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
 			opts.Image = args[0]
+			if isLibvirt {
+				if _, _, err := publish.ParseLibvirt(opts.To); err != nil {
+					return usageErr(err)
+				}
+				var work string
+				defer func() {
+					if work != "" {
+						os.RemoveAll(work)
+					}
+				}()
+				mk := func() (string, error) {
+					var err error
+					work, err = mkPublishWork()
+					return work, err
+				}
+				note := func(format string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), format+"\n", a...) }
+				if err := planPublishLibvirt(ctx, opts.Image, &lo, mk, &opts.Libvirt, note); err != nil {
+					return err
+				}
+				note("domain type %s (%s); firmware %s (%s)", opts.Libvirt.VirtType, opts.Libvirt.VirtWhy, opts.Libvirt.Firmware, opts.Libvirt.FirmwareWhy)
+			}
 			opts.Stdout = cmd.OutOrStdout()
 			opts.Progress = cmd.ErrOrStderr()
 			opts.UserAgent = "bake/" + builder.Version
@@ -129,6 +199,10 @@ object holds other content, 2 bad usage or an IMAGE bake cannot publish
 			if res.Receipt != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "receipt: %s\n", res.Receipt)
 			}
+			if r := res.Record.Libvirt; r != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "domain: %s (uuid %s) on %s; console: virsh -c %s console %s\n", r.Domain, r.UUID, r.URI, r.URI, r.Domain)
+				return nil
+			}
 			if res.Record.Pinned != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "deploy: %s\n", res.Record.Pinned)
 			}
@@ -136,13 +210,24 @@ object holds other content, 2 bad usage or an IMAGE bake cannot publish
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&opts.To, "to", "", "destination: oci://REGISTRY/REPO:TAG or s3://BUCKET/KEY")
-	f.StringVar(&opts.CAFile, "ca", "", "PEM file of a CA to trust besides the system's (a registry or S3 store with its own CA)")
-	f.BoolVar(&opts.Force, "force", false, "replace a tag or object that holds other content")
+	f.StringVar(&opts.To, "to", "", "destination: oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME")
+	f.StringVar(&opts.CAFile, "ca", "", "oci, s3: PEM file of a CA to trust besides the system's (a registry or S3 store with its own CA)")
+	f.BoolVar(&opts.Force, "force", false, "oci, s3: replace a tag or object that holds other content")
 	f.StringVar(&opts.Endpoint, "endpoint", "", "s3: https://HOST[:PORT] of an S3-compatible store (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS S3)")
 	f.StringVar(&opts.Region, "region", "", "s3: region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)")
 	f.StringVar(&opts.CredentialsFile, "credentials", "", "s3: AWS credentials file (INI, profile $AWS_PROFILE or default); default: the environment's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else ~/.aws/credentials")
 	f.BoolVar(&opts.Abort, "abort", false, "s3: abort the key's unfinished multipart uploads (left by a killed or cut-off run) and upload nothing")
 	f.Int64Var(&partMiB, "part-size", publish.DefaultPartSize>>20, "s3: MiB per part of a multipart upload (5 to 5120; larger images get larger parts to stay within 10,000)")
+	f.StringVar(&lo.connect, "connect", publish.DefaultLibvirtURI, "libvirt: the libvirt URI")
+	f.StringVar(&lo.virtType, "virt-type", "auto", "libvirt: the domain type: auto (bake's KVM probe), kvm or qemu")
+	f.StringVar(&lo.firmware, "firmware", "auto", "libvirt: auto (from the image's partitions), bios or uefi")
+	f.IntVar(&lo.memory, "memory", verify.DefaultMemoryMiB, "libvirt: the domain's memory, MiB")
+	f.IntVar(&lo.cpus, "cpus", 2, "libvirt: the domain's vCPUs")
+	f.StringVar(&lo.network, "network", "user", "libvirt: user, network:NAME or bridge:NAME")
+	f.IntVar(&lo.sshForward, "ssh-forward", 0, "libvirt, --network user: forward 127.0.0.1:PORT to the guest's SSH port")
+	f.BoolVar(&lo.start, "start", false, "libvirt: start the domain once it is defined")
+	f.StringVar(&lo.seed, "seed", "", "libvirt: attach this NoCloud seed (ISO9660 or FAT, from bake seed)")
+	f.StringArrayVar(&lo.adminKeys, "admin-key", nil, "libvirt: make the seed with the admin's SSH public keys from this file (repeatable)")
+	f.StringVar(&lo.hostname, "hostname", "", "libvirt: the instance's host name, in the made seed")
 	return c
 }

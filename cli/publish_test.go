@@ -30,7 +30,8 @@ func TestPublishUsage(t *testing.T) {
 		{[]string{"publish", "--to", "oci://r.example/a:1"}, "publish takes one IMAGE"},
 		{[]string{"publish", raw, "--to", "r.example/a:1"}, "want oci://REGISTRY/REPO:TAG"},
 		{[]string{"publish", raw, "--to", "oci://r.example/a"}, "tag"},
-		{[]string{"publish", raw, "--to", "libvirt://x"}, "not implemented yet"},
+		{[]string{"publish", raw, "--to", "libvirt://x"}, "want libvirt://POOL/NAME"},
+		{[]string{"publish", raw, "--to", "oci://r.example/a:1", "--connect", "qemu:///system"}, "--connect: for libvirt:// destinations only"},
 		{[]string{"publish", raw, "--to", "oci://r.example/a:1", "--ca", ca}, "no PEM certificate"},
 		{[]string{"publish", raw, "--to", "oci://r.example/a:1"}, "not a qcow2"},
 		{[]string{"publish", noManifest, "--to", "oci://r.example/a:1"}, "other.manifest.json: no build manifest"},
@@ -43,6 +44,9 @@ func TestPublishUsage(t *testing.T) {
 		{[]string{"publish", noManifest, "--to", "s3://bucket/a", "--endpoint", "https://127.0.0.1:1"}, "other.manifest.json: no build manifest"},
 		{[]string{"publish", raw, "--to", "oci://r.example/a:1", "--abort"}, "are for s3:// destinations"},
 		{[]string{"publish", raw, "--to", "oci://r.example/a:1", "--region", "eu-west-1"}, "are for s3:// destinations"},
+		{[]string{"publish", raw, "--to", "libvirt://p/n", "--region", "eu-west-1", "--virt-type", "qemu", "--firmware", "bios"}, "are for s3:// destinations"},
+		{[]string{"publish", raw, "--to", "s3://bucket/a", "--start"}, "--start: for libvirt:// destinations only"},
+		{[]string{"publish", raw, "--to", "libvirt://p/n", "--force"}, "--ca and --force are for oci:// and s3:// destinations"},
 	} {
 		out, errs, code := run(t, c.args...)
 		if code != ExitUsage || !strings.Contains(errs, c.want) || strings.Count(strings.TrimSpace(errs), "\n") != 0 || out != "" {
@@ -53,7 +57,7 @@ func TestPublishUsage(t *testing.T) {
 		t.Errorf("files left: %v", ents)
 	}
 	out, _, code := run(t, "publish", "--help")
-	if code != 0 || !strings.Contains(out, "107:107") || !strings.Contains(out, "IMAGE.publish.json") || !strings.Contains(out, "s3://BUCKET/KEY") || !strings.Contains(out, "AWS_ACCESS_KEY_ID") {
+	if code != 0 || !strings.Contains(out, "107:107") || !strings.Contains(out, "IMAGE.publish.json") || !strings.Contains(out, "s3://BUCKET/KEY") || !strings.Contains(out, "AWS_ACCESS_KEY_ID") || !strings.Contains(out, "libvirt://POOL/NAME") || !strings.Contains(out, "--ssh-forward") {
 		t.Errorf("help: %d\n%s", code, out)
 	}
 }

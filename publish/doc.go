@@ -23,5 +23,10 @@
 //     reports none). Credentials come from the environment or an AWS
 //     credentials file, never from the command line.
 //
-// The libvirt destination is not implemented yet.
+//   - libvirt://POOL/NAME (over --connect URI): the qcow2 uploaded into a
+//     storage pool as NAME.image.qcow2 and read back, the domain's disk
+//     NAME.qcow2 a qcow2 overlay on it, a NoCloud seed NAME.seed made by
+//     bake seed's writer, and the domain NAME defined last (the image's
+//     firmware, virtio devices), checked, optionally started. A failure
+//     removes every volume it made.
 package publish

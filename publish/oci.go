@@ -40,7 +40,7 @@ func usage(format string, a ...any) error { return usageError{fmt.Errorf(format,
 // Options says what to publish where.
 type Options struct {
 	Image  string // a qcow2 bake wrote, NAME.manifest.json beside it
-	To     string // oci://REGISTRY/REPO:TAG or s3://BUCKET/KEY
+	To     string // oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME
 	CAFile string // PEM certificates trusted besides the system's
 	Force  bool   // replace a tag or object that holds other content
 	// s3:// only. Endpoint: https://HOST[:PORT] of an S3-compatible store
@@ -62,6 +62,8 @@ type Options struct {
 	UserAgent string
 	Stdout    io.Writer // what was done, one line per step
 	Progress  io.Writer // upload progress: a bar on a terminal, else one line
+	// Libvirt: how a libvirt://POOL/NAME destination is published.
+	Libvirt Libvirt
 }
 
 // Result is what Publish did.
@@ -84,6 +86,9 @@ func Publish(ctx context.Context, opts Options) (*Result, error) {
 	}
 	if opts.Endpoint != "" || opts.Region != "" || opts.CredentialsFile != "" || opts.PartSize != 0 || opts.Abort {
 		return nil, usage("--endpoint, --region, --credentials, --part-size and --abort are for s3:// destinations")
+	}
+	if strings.HasPrefix(opts.To, "libvirt://") {
+		return publishLibvirt(ctx, opts)
 	}
 	tag, err := ParseOCI(opts.To)
 	if err != nil {
@@ -239,11 +244,7 @@ const checkedWhat = "manifest pulled back: its digest, config digest and layer d
 func ParseOCI(dest string) (name.Tag, error) {
 	rest, ok := strings.CutPrefix(dest, "oci://")
 	if !ok {
-		scheme, _, found := strings.Cut(dest, "://")
-		if found && scheme == "libvirt" {
-			return name.Tag{}, usage("--to %s: the %s destination is not implemented yet; oci://REGISTRY/REPO:TAG and s3://BUCKET/KEY are", dest, scheme)
-		}
-		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0) or s3://BUCKET/KEY", dest)
+		return name.Tag{}, usage("--to %q: want oci://REGISTRY/REPO:TAG (e.g. oci://registry.example.com/images/openclaw:1.0), s3://BUCKET/KEY or libvirt://POOL/NAME", dest)
 	}
 	if strings.Contains(rest, "@") {
 		return name.Tag{}, usage("--to %s: a digest is what the push makes, name a tag instead (oci://REGISTRY/REPO:TAG)", dest)

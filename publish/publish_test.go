@@ -138,7 +138,7 @@ func TestParseOCI(t *testing.T) {
 		{"registry.example.com/a:1", "want oci://"},
 		{"oci://registry.example.com/a", "tag"},
 		{"oci://a/b@sha256:" + strings.Repeat("0", 64), "name a tag"},
-		{"libvirt://qemu/system", "not implemented yet"},
+		{"libvirt://default/gw", "want oci://REGISTRY/REPO:TAG"}, // ParseOCI: Publish sends libvirt:// to publishLibvirt first
 		{"oci://UPPER/x:1", "repository"},
 		{"oci://app:1", "registry"},
 	} {

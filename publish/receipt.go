@@ -23,7 +23,7 @@ type Receipt struct {
 
 // Record is one publication: what went where, with its digests.
 type Record struct {
-	Destination string `json:"destination"` // as given: oci://REGISTRY/REPO:TAG or s3://BUCKET/KEY
+	Destination string `json:"destination"` // as given: oci://REGISTRY/REPO:TAG, s3://BUCKET/KEY or libvirt://POOL/NAME
 
 	// oci://
 	Reference      string `json:"reference,omitempty"`       // REGISTRY/REPO:TAG
@@ -50,6 +50,9 @@ type Record struct {
 	Parts        int    `json:"parts,omitempty"`
 	PartSize     int64  `json:"part_size,omitempty"`
 	ResumedParts int    `json:"resumed_parts,omitempty"` // parts an earlier, unfinished upload of this image had sent
+
+	// libvirt://
+	Libvirt *LibvirtRecord `json:"libvirt,omitempty"`
 
 	ImageSHA256 string `json:"image_sha256"`
 	Replaced    string `json:"replaced,omitempty"` // what --force replaced: a digest (oci), the old image's SHA-256 (s3)

@@ -38,6 +38,7 @@ pkgs=(
   bc                  # scripts/bench.sh arithmetic
   python3-yaml        # tests: seeds read back with PyYAML, as cloud-init reads them
   docker-registry     # tests: bake publish oci:// against the distribution registry
+  libvirt-daemon libvirt-daemon-driver-qemu  # tests: bake publish libvirt:// against a private libvirtd (dir pool: in libvirt-daemon)
 )
 # npm installs the gateway image's app (the default recipe's build: block).
 # A Node.js that brings its own npm (NodeSource's nodejs) counts: Debian's
