@@ -13,7 +13,10 @@
 // The guest is hostile (bake verify boots images it did not build, as
 // root). QEMU always runs confined by its seccomp filter (Sandbox on every
 // command line; Start refuses to go on unless the running QEMU has the
-// filter in force), and everything read back from the guest is bounded:
+// filter in force); as root, Start has QEMU give root up (-runas
+// DefaultRunAs) before the guest runs, under an init of its own in a new
+// PID namespace that keeps the parent-death signal (pidns.go); and
+// everything read back from the guest is bounded:
 // the serial log may grow to Config.SerialLogMax before Start's watcher
 // stops the VM, and no reader of it (Serial, WaitSerial, the tails in
 // errors, ReadTail) holds more than a fixed window of it in memory.
@@ -67,6 +70,8 @@ const (
 	DefaultSerialLogMax = 64 << 20
 )
 
+var runAsRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
 // Sandbox is the value of QEMU's -sandbox option on every command line
 // Cmdline makes: QEMU's seccomp filter (QEMU 7.2 has it, Debian builds it
 // in), with obsolete system calls, set*uid/set*gid, fork/exec and
@@ -84,9 +89,29 @@ const (
 // There is no switch to run a guest unconfined.
 const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
+// SandboxRunAs is Sandbox for a QEMU that drops root itself (Config.RunAs,
+// -runas): the same filter, but set*uid/set*gid allowed, since QEMU's own
+// drop is such a call and its filter is in force before it (QEMU 7.2 kills
+// itself with "Bad system call" otherwise). Once dropped, QEMU has no
+// capability left and no_new_privs set (Start checks both), so those calls
+// can no longer gain anything: a guest that escapes into QEMU finds an
+// unprivileged process, which "elevateprivileges=deny" as root never gave.
+const SandboxRunAs = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+
 // Config describes one VM. The zero value of most fields means the default.
 type Config struct {
 	QEMU string // binary; DefaultQEMU when empty
+	// RunAs is the account QEMU runs as once it has opened its disks,
+	// devices, sockets and logs, before the guest runs (-runas; needs
+	// root). Start sets DefaultRunAs when bake runs as root; "" keeps
+	// bake's own (non-root) user. With RunAs, Cmdline starts QEMU paused
+	// (-S) and needs QMPSocket (Start sets one): Start resumes the guest
+	// once QEMU has given root up.
+	RunAs string
+	// keepUser: Start leaves RunAs empty even as root. Only this
+	// package's tests set it: their stand-in for QEMU is a script that
+	// cannot give root up the way QEMU does (it opens its files later).
+	keepUser bool
 
 	Firmware string // BIOS (default) or UEFI
 	// OVMFCode is the read-only UEFI code (DefaultOVMFCode when empty).
@@ -263,9 +288,17 @@ func Cmdline(c Config) ([]string, error) {
 		return nil, fmt.Errorf("vm: SerialLogMax %d is negative (0 means the default, %d MiB)", c.SerialLogMax, DefaultSerialLogMax>>20)
 	}
 	for _, x := range c.ExtraArgs {
-		if x == "-sandbox" || x == "--sandbox" || strings.HasPrefix(x, "-sandbox=") || strings.HasPrefix(x, "--sandbox=") {
-			return nil, fmt.Errorf("vm: ExtraArgs may not set %s: QEMU always runs with -sandbox %s", x, Sandbox)
+		for _, o := range []string{"sandbox", "runas", "chroot"} {
+			if x == "-"+o || x == "--"+o || strings.HasPrefix(x, "-"+o+"=") || strings.HasPrefix(x, "--"+o+"=") {
+				return nil, fmt.Errorf("vm: ExtraArgs may not set %s: bake sets QEMU's confinement (-sandbox, -runas) itself", x)
+			}
 		}
+	}
+	if c.RunAs != "" && !runAsRE.MatchString(c.RunAs) {
+		return nil, fmt.Errorf("vm: RunAs %q is not an account name", c.RunAs)
+	}
+	if c.RunAs != "" && c.QMPSocket == "" {
+		return nil, fmt.Errorf("vm: RunAs needs QMPSocket: QEMU starts paused and is resumed through it (Start sets one)")
 	}
 
 	if c.Net.Mode == NetTap && c.Net.Netns != "" {
@@ -276,7 +309,14 @@ func Cmdline(c Config) ([]string, error) {
 	} else if c.Net.Netns != "" {
 		return nil, fmt.Errorf("vm: Net.Netns needs Net.Mode %q", NetTap)
 	}
-	add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
+	if c.RunAs != "" {
+		// Paused (-S): QEMU switches to c.RunAs at the end of its setup,
+		// after it has started the vCPUs; Start lets the guest run (QMP
+		// cont) once it sees the switch done.
+		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SandboxRunAs, "-runas", c.RunAs, "-S")
+	} else {
+		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
+	}
 
 	add("-machine", "q35")
 	switch c.Accel {

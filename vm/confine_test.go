@@ -101,7 +101,7 @@ func TestStartRefusesUnconfinedQEMU(t *testing.T) {
 		v.Stop()
 		t.Fatal("Start ran a QEMU without a seccomp filter")
 	}
-	if msg := err.Error(); !strings.Contains(msg, "runs without its seccomp sandbox") || !strings.Contains(msg, "Seccomp: 0") ||
+	if msg := err.Error(); !strings.Contains(msg, "is not confined after") || !strings.Contains(msg, "Seccomp: 0") ||
 		!strings.Contains(msg, "does not run a guest unconfined") {
 		t.Errorf("error %q", msg)
 	}
@@ -151,5 +151,56 @@ func TestParseSeccompStatus(t *testing.T) {
 		if err != nil || m != tc.mode || f != tc.filters {
 			t.Errorf("%q: %d %d %v, want %d %d", tc.in, m, f, err, tc.mode, tc.filters)
 		}
+	}
+}
+
+// parseDropped: QEMU after -runas (every uid the account's, no capability,
+// no_new_privs), and the states Start must not accept.
+func TestParseDropped(t *testing.T) {
+	ok := "Name:\tqemu\nUid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n"
+	if err := parseDropped(ok, 65534); err != nil {
+		t.Errorf("dropped QEMU refused: %v", err)
+	}
+	for name, c := range map[string]struct{ from, to, want string }{
+		"still root":      {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t0\t0\t0\t0", "has not given root up"},
+		"saved uid root":  {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t65534\t65534\t0\t65534", "not 65534"},
+		"a capability":    {"CapEff:\t0000000000000000", "CapEff:\t0000000000000400", "CapEff"},
+		"permitted caps":  {"CapPrm:\t0000000000000000", "CapPrm:\t000001ffffffffff", "CapPrm"},
+		"new privs":       {"NoNewPrivs:\t1", "NoNewPrivs:\t0", "NoNewPrivs"},
+		"no NoNewPrivs":   {"NoNewPrivs:\t1\n", "", "no NoNewPrivs line"},
+		"another account": {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t1000\t1000\t1000\t1000", "not 65534"},
+	} {
+		err := parseDropped(strings.Replace(ok, c.from, c.to, 1), 65534)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
+		}
+	}
+}
+
+// As root Cmdline drops privileges with -runas and the matching sandbox;
+// ExtraArgs cannot set either.
+func TestCmdlineRunAs(t *testing.T) {
+	c := Config{Disk: "/d.raw", DiskFormat: "raw", Accel: AccelTCG, RunAs: "nobody", QMPSocket: "/run/q.sock"}
+	a, err := Cmdline(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(a, " "), " -sandbox "+SandboxRunAs+" -runas nobody -S ") {
+		t.Errorf("argv %q", a)
+	}
+	for _, x := range []string{"-runas", "--runas=root", "-chroot", "-sandbox"} {
+		c.ExtraArgs = []string{x}
+		if _, err := Cmdline(c); err == nil {
+			t.Errorf("ExtraArgs %q accepted", x)
+		}
+	}
+	c.ExtraArgs, c.RunAs = nil, "root;x"
+	if _, err := Cmdline(c); err == nil {
+		t.Error("RunAs with a shell character accepted")
+	}
+	// Paused until Start resumes it through QMP: no QMP, no RunAs.
+	c.RunAs, c.QMPSocket = "nobody", ""
+	if _, err := Cmdline(c); err == nil || !strings.Contains(err.Error(), "needs QMPSocket") {
+		t.Errorf("RunAs without a QMP socket: %v", err)
 	}
 }

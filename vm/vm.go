@@ -66,10 +66,17 @@ type VM struct {
 	// Args is the argv QEMU was started with (Cmdline(Config)).
 	Args []string
 
-	cmd     *exec.Cmd
-	child   *execx.Child // cmd, started pinned: Stop ends it
-	dir     string       // temp dir, removed by Stop
-	qemuLog string       // QEMU's own stdout+stderr
+	cmd   *exec.Cmd
+	child *execx.Child // cmd, started pinned: Stop ends it
+	// As root cmd is QEMU's init (pidns.go): qemuPID is QEMU itself,
+	// found by waitConfined, and lifeline the write end of the pipe whose
+	// EOF tells the init bake is gone.
+	underInit bool
+	qemuPID   int
+	lifeMu    sync.Mutex
+	lifeline  *os.File
+	dir       string // temp dir, removed by Stop
+	qemuLog   string // QEMU's own stdout+stderr
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // set before done is closed
@@ -168,6 +175,27 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, fmt.Errorf("vm: serial log: %w", err)
 	}
 
+	// As root, QEMU gives root up before the guest runs (-runas): it starts
+	// paused (-S) and Start lets the guest run (QMP cont) only once QEMU
+	// runs as the account with no capability left. It runs under an init
+	// of its own in a new PID namespace that keeps the death signal setuid
+	// clears in QEMU (pidns.go).
+	wantUID := -1
+	if c.RunAs == "" && os.Geteuid() == 0 && !c.keepUser {
+		c.RunAs = DefaultRunAs
+	}
+	if c.RunAs != "" {
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("vm: RunAs %q needs root (QEMU's -runas)", c.RunAs)
+		}
+		if wantUID, _, err = runAsUID(c.RunAs); err != nil {
+			return nil, err
+		}
+		if c.QMPSocket == "" {
+			c.QMPSocket = filepath.Join(dir, "qmp.sock")
+		}
+	}
+
 	args, err := Cmdline(c)
 	if err != nil {
 		return nil, err
@@ -190,7 +218,20 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, err
 	}
 
-	cmd := exec.Command(args[0], args[1:]...)
+	var cmd *exec.Cmd
+	var lifeR *os.File
+	if os.Geteuid() == 0 {
+		v.underInit = true
+		if cmd, lifeR, v.lifeline, err = initCommand(args); err != nil {
+			serialf.Close()
+			qlogf.Close()
+			return nil, err
+		}
+	} else {
+		// Not root: QEMU cannot change its uid, so it keeps the death
+		// signal itself.
+		cmd = exec.Command(args[0], args[1:]...)
+	}
 	cmd.Stdin = nil
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -198,14 +239,19 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	// QEMU dies with this process (Pdeathsig), and only then: see
 	// execx.StartPinned for why the forking thread must stay put.
 	child, err := execx.StartPinned(cmd)
+	if lifeR != nil {
+		lifeR.Close() // the init's now; bake keeps the write end only
+	}
 	if err != nil {
 		serialf.Close()
 		qlogf.Close()
+		v.closeLifeline()
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
 	v.cmd, v.child = cmd, child
 	go func() {
 		v.waitErr = child.Wait()
+		v.closeLifeline()
 		close(v.done)
 	}()
 	go v.watchLogs(serialf, qlogf)
@@ -216,8 +262,15 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, v.exitedAtStart()
 	case <-time.After(300 * time.Millisecond):
 	}
-	if err := v.waitConfined(ctx, confineWait); err != nil {
+	if err := v.waitConfined(ctx, confineWait, wantUID); err != nil {
 		return nil, err
+	}
+	if c.RunAs != "" {
+		// QEMU has given root up: now the guest may run.
+		if err := QMPCommand(ctx, c.QMPSocket, "cont"); err != nil {
+			v.Stop()
+			return nil, fmt.Errorf("vm: starting the guest of the paused QEMU: %w", err)
+		}
 	}
 
 	stopCtx, cancel := context.WithCancel(context.Background())
@@ -232,8 +285,25 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	return v, nil
 }
 
-// PID of the QEMU process.
-func (v *VM) PID() int { return v.cmd.Process.Pid }
+// PID of the QEMU process (in bake's PID namespace: as root QEMU is the
+// child of an init of its own, see pidns.go).
+func (v *VM) PID() int {
+	if v.qemuPID != 0 {
+		return v.qemuPID
+	}
+	return v.cmd.Process.Pid
+}
+
+// closeLifeline closes bake's end of the init's lifeline (the init then
+// kills QEMU and exits): once QEMU has exited or could not start.
+func (v *VM) closeLifeline() {
+	v.lifeMu.Lock()
+	defer v.lifeMu.Unlock()
+	if v.lifeline != nil {
+		v.lifeline.Close()
+		v.lifeline = nil
+	}
+}
 
 // Dir is the VM's temp dir (removed by Stop).
 func (v *VM) Dir() string { return v.dir }
@@ -293,12 +363,27 @@ func (v *VM) exitedAtStart() error {
 
 // waitConfined waits until QEMU's process has a seccomp filter of its own
 // in force (QEMU installs it before it creates the machine, so before any
-// guest code runs). When it has none after wait, or QEMU exits, Start
-// fails and QEMU is stopped: a guest never runs unconfined.
-func (v *VM) waitConfined(ctx context.Context, wait time.Duration) error {
+// guest code runs) and, when uid is not -1, runs as uid with no capability
+// and no_new_privs (QEMU's -runas, done before the guest starts). When it
+// is not so after wait, or QEMU exits, Start fails and QEMU is stopped: a
+// guest never runs unconfined.
+func (v *VM) waitConfined(ctx context.Context, wait time.Duration, uid int) error {
 	deadline := time.Now().Add(wait)
 	for {
-		err := confined(v.PID())
+		var err error
+		if v.underInit && v.qemuPID == 0 {
+			if pid, cerr := childOf(v.cmd.Process.Pid); cerr == nil {
+				v.qemuPID = pid
+			} else {
+				err = cerr
+			}
+		}
+		if err == nil {
+			err = confined(v.PID())
+		}
+		if err == nil && uid != -1 {
+			err = dropped(v.PID(), uid)
+		}
 		if err == nil {
 			return nil
 		}
@@ -309,8 +394,8 @@ func (v *VM) waitConfined(ctx context.Context, wait time.Duration) error {
 		}
 		if time.Now().After(deadline) {
 			v.Stop()
-			return fmt.Errorf("vm: %s (pid %d) runs without its seccomp sandbox %s after %s (%v); bake does not run a guest unconfined",
-				v.Config.QEMU, v.cmd.Process.Pid, wait, Sandbox, err)
+			return fmt.Errorf("vm: %s (pid %d) is not confined after %s (%v); bake does not run a guest unconfined",
+				v.Config.QEMU, v.PID(), wait, err)
 		}
 		select {
 		case <-v.done:
@@ -341,6 +426,51 @@ func confined(pid int) error {
 		return fmt.Errorf("Seccomp_filters: %d, no more than bake's own %d", n, self)
 	case (n < 0 || self < 0) && selfMode == 2:
 		return errors.New("bake itself runs under a seccomp filter and this kernel has no Seccomp_filters count to tell QEMU's own filter from it")
+	}
+	return nil
+}
+
+// dropped checks /proc/PID/status: every uid is uid, no effective,
+// permitted or bounding capability, no_new_privs.
+func dropped(pid, uid int) error {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return err
+	}
+	return parseDropped(string(b), uid)
+}
+
+func parseDropped(status string, uid int) error {
+	want := map[string]string{"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "NoNewPrivs": "1"}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(status, "\n") {
+		k, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(val)
+		switch {
+		case k == "Uid":
+			seen[k] = true
+			if len(f) != 4 {
+				return fmt.Errorf("Uid: %q", val)
+			}
+			for _, x := range f {
+				if x != strconv.Itoa(uid) {
+					return fmt.Errorf("Uid: %s, not %d (QEMU has not given root up yet)", strings.Join(f, " "), uid)
+				}
+			}
+		case want[k] != "":
+			seen[k] = true
+			if len(f) != 1 || f[0] != want[k] {
+				return fmt.Errorf("%s: %s, want %s", k, strings.TrimSpace(val), want[k])
+			}
+		}
+	}
+	for _, k := range []string{"Uid", "CapEff", "CapPrm", "NoNewPrivs"} {
+		if !seen[k] {
+			return fmt.Errorf("no %s line in /proc/PID/status", k)
+		}
 	}
 	return nil
 }

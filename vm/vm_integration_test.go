@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -141,6 +142,7 @@ func TestBootBIOSUserNet(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("kernel banner after %s", time.Since(start).Round(time.Millisecond))
+	assertUnprivileged(t, v)
 	checkSeed(t, v, "iid-bios")
 	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-LEASE: (\S+)`), bootTimeout)
 	if err != nil {
@@ -187,6 +189,67 @@ func TestBootBIOSUserNet(t *testing.T) {
 	assertStopped(t, v)
 	if fileSHA(t, disk) != before {
 		t.Error("disk modified despite Snapshot")
+	}
+}
+
+// assertUnprivileged: the running guest's QEMU is not root. Its
+// /proc/PID/status shows every uid and gid of DefaultRunAs's account
+// (never 0) and no effective or permitted capability; its parent is the
+// init Start put it under (pidns.go), which is still root and keeps SIGKILL
+// as its death signal for it.
+func assertUnprivileged(t *testing.T, v *VM) {
+	t.Helper()
+	status := func(pid int) map[string][]string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatalf("QEMU's status: %v", err)
+		}
+		m := map[string][]string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, val, ok := strings.Cut(l, ":"); ok {
+				m[k] = strings.Fields(val)
+			}
+		}
+		return m
+	}
+	uid, gid, err := runAsUID(DefaultRunAs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := status(v.PID())
+	t.Logf("QEMU pid %d: Uid %v Gid %v Groups %v CapEff %v CapPrm %v NoNewPrivs %v PPid %v",
+		v.PID(), q["Uid"], q["Gid"], q["Groups"], q["CapEff"], q["CapPrm"], q["NoNewPrivs"], q["PPid"])
+	for _, k := range []string{"Uid", "Gid"} {
+		want := strconv.Itoa(uid)
+		if k == "Gid" {
+			want = strconv.Itoa(gid)
+		}
+		if len(q[k]) != 4 {
+			t.Fatalf("QEMU's %s: %v", k, q[k])
+		}
+		for _, id := range q[k] {
+			if id == "0" || id != want {
+				t.Errorf("QEMU runs with %s %v, want %s (%s) in all four", k, q[k], want, DefaultRunAs)
+			}
+		}
+	}
+	if g := q["Groups"]; len(g) > 1 || (len(g) == 1 && g[0] != strconv.Itoa(gid)) {
+		t.Errorf("QEMU's supplementary groups %v, want none but %d", g, gid)
+	}
+	for _, k := range []string{"CapEff", "CapPrm"} {
+		if strings.Join(q[k], "") != "0000000000000000" {
+			t.Errorf("QEMU's %s %v: it kept a capability", k, q[k])
+		}
+	}
+	if strings.Join(q["NoNewPrivs"], "") != "1" {
+		t.Errorf("QEMU's NoNewPrivs %v", q["NoNewPrivs"])
+	}
+	initPID := v.cmd.Process.Pid
+	if strings.Join(q["PPid"], "") != strconv.Itoa(initPID) || initPID == v.PID() {
+		t.Errorf("QEMU's parent %v, want its init %d", q["PPid"], initPID)
+	}
+	if u := status(initPID)["Uid"]; strings.Join(u, " ") != "0 0 0 0" {
+		t.Errorf("the init's Uid %v: it must stay root to keep its death signal", u)
 	}
 }
 
@@ -245,6 +308,7 @@ func TestBootUEFI(t *testing.T) {
 	if err := v.WaitSerial(t.Context(), "BAKE-INIT: up", bootTimeout); err != nil {
 		t.Fatal(err)
 	}
+	assertUnprivileged(t, v)
 	checkSeed(t, v, "iid-uefi") // as an IDE CD-ROM this time
 	assertStopped(t, v)
 	if fileSHA(t, DefaultOVMFVars) != before {
@@ -347,6 +411,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 		b, _ := os.ReadFile(l.DNSMasqLog())
 		t.Fatalf("%v\ndnsmasq log:\n%s", err, b)
 	}
+	assertUnprivileged(t, v) // QEMU started through ip netns exec
 	v4, err := l.GuestIPv4(t.Context())
 	if err != nil {
 		t.Fatal(err)

@@ -49,7 +49,7 @@ func fakeConfig(t *testing.T) Config {
 	if err := os.WriteFile(disk, make([]byte, 4096), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Config{QEMU: bin, Disk: disk, DiskFormat: "raw", Accel: AccelTCG}
+	return Config{QEMU: bin, Disk: disk, DiskFormat: "raw", Accel: AccelTCG, keepUser: true}
 }
 
 func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
@@ -240,4 +240,84 @@ func zombie(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// TestStartUnderInit: as root, QEMU is the only child of an init that is
+// PID 1 of a namespace of its own (pidns.go); Stop's SIGTERM reaches QEMU
+// through it (the fake QEMU exits on it, well before StopGrace); a SIGKILL
+// of the init alone takes QEMU with it; and closing bake's end of the
+// lifeline makes the init end QEMU. Not root: QEMU is bake's own child.
+func TestStartUnderInit(t *testing.T) {
+	v, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Stop() })
+	if os.Geteuid() != 0 {
+		if v.PID() != v.cmd.Process.Pid || v.underInit {
+			t.Fatalf("not root, yet QEMU %d runs under an init %d", v.PID(), v.cmd.Process.Pid)
+		}
+		return
+	}
+	init, qemu := v.cmd.Process.Pid, v.PID()
+	if init == qemu || !v.underInit {
+		t.Fatalf("as root, QEMU (pid %d) runs without an init of its own (%d)", qemu, init)
+	}
+	if kid, err := childOf(init); err != nil || kid != qemu {
+		t.Fatalf("the init's child: %d, %v; want QEMU %d", kid, err, qemu)
+	}
+	nspid := func(pid int) []string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, val, _ := strings.Cut(l, ":"); k == "NSpid" {
+				return strings.Fields(val)
+			}
+		}
+		t.Fatalf("no NSpid in /proc/%d/status", pid)
+		return nil
+	}
+	// NSpid: the PID in each namespace, bake's first: the init is 1 in
+	// its own, QEMU another PID of the same (not 2: the init's threads
+	// took some).
+	if got := nspid(init); len(got) != 2 || got[1] != "1" {
+		t.Errorf("the init's NSpid %v, want [%d 1]", got, init)
+	}
+	if got := nspid(qemu); len(got) != 2 || got[1] == "1" {
+		t.Errorf("QEMU's NSpid %v, want [%d N] with N > 1", got, qemu)
+	}
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", init)); !strings.HasPrefix(string(cmdline), initArg0+"\x00") {
+		t.Errorf("the init's argv %q", cmdline)
+	}
+
+	// SIGKILL of the init alone: the namespace goes, QEMU with it.
+	syscall.Kill(init, syscall.SIGKILL)
+	select {
+	case <-v.Exited():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the init did not exit on SIGKILL")
+	}
+	if !gone(qemu) {
+		t.Errorf("QEMU %d outlived its init", qemu)
+	}
+
+	// bake's end of the lifeline closed (as when bake's process is gone,
+	// by whatever thread): the init ends QEMU.
+	v2, err := Start(t.Context(), fakeConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v2.Stop() })
+	qemu2 := v2.PID()
+	v2.closeLifeline()
+	select {
+	case <-v2.Exited():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the init did not end QEMU when its lifeline closed")
+	}
+	if !gone(qemu2) {
+		t.Errorf("QEMU %d outlived its lifeline", qemu2)
+	}
 }

@@ -317,6 +317,25 @@ func TestVerifyKilled(t *testing.T) {
 		t.Fatal("QEMU never started")
 	}
 	time.Sleep(5 * time.Second) // booting
+	// The QEMU about to be orphaned runs without root (vm.Start's -runas):
+	// a setuid clears its own death signal, so only its init's (a PID
+	// namespace's PID 1, still root) can take it down with bake.
+	mu.Lock()
+	m := verifyPIDRE.FindStringSubmatch(strings.Join(lines, "\n"))
+	mu.Unlock()
+	if m == nil {
+		t.Fatal("no QEMU pid line before the kill")
+	}
+	st, err := os.ReadFile("/proc/" + m[1] + "/status")
+	if err != nil {
+		t.Fatalf("QEMU's status: %v", err)
+	}
+	uid := regexp.MustCompile(`(?m)^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$`).FindStringSubmatch(string(st))
+	nspid := regexp.MustCompile(`(?m)^NSpid:\s+\d+\s+\d+$`).MatchString(string(st))
+	t.Logf("QEMU pid %s before the kill: Uid %v, in a PID namespace of its own: %v", m[1], uid, nspid)
+	if uid == nil || uid[1] == "0" || uid[2] == "0" || uid[3] == "0" || uid[4] == "0" || !nspid {
+		t.Fatalf("QEMU %s runs as root or not under its init (Uid %v, a PID namespace: %v): not the case this test is for", m[1], uid, nspid)
+	}
 	bakePID := cmd.Process.Pid
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait() // reaped: its PID is gone
@@ -325,7 +344,7 @@ func TestVerifyKilled(t *testing.T) {
 	out := strings.Join(lines, "\n")
 	mu.Unlock()
 	t.Logf("bake verify (pid %d) killed:\n%s", bakePID, out)
-	m := verifyPIDRE.FindStringSubmatch(out)
+	m = verifyPIDRE.FindStringSubmatch(out)
 	w := verifyWorkRE.FindStringSubmatch(out)
 	if m == nil || w == nil {
 		t.Fatalf("no QEMU or work directory line in the output")
