@@ -291,26 +291,14 @@ func publishLibvirt(ctx context.Context, opts Options) (*Result, error) {
 	if lo.MemoryMiB < 256 || lo.CPUs < 1 || lo.CPUs > 64 {
 		return nil, usage("memory %d MiB, %d vCPUs: want at least 256 MiB and 1 to 64 vCPUs", lo.MemoryMiB, lo.CPUs)
 	}
-	m, err := ReadManifest(ManifestPath(opts.Image))
-	if err != nil {
-		return nil, usageError{err}
-	}
-
 	// The image: a self-contained qcow2 bake made, its SHA-256 listed.
-	f, fi, err := imgfile.OpenRegular(opts.Image)
+	m, f, fi, in, err := openImage(opts.Image)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, err
 	}
 	defer f.Close()
-	in, err := imgfile.Sniff(f)
-	if err != nil {
-		return nil, usage("%s: %v", opts.Image, err)
-	}
 	if in.Format != imgfile.Qcow2 {
 		return nil, usage("%s: not a qcow2: the libvirt destination uploads a qcow2 (a raw disk would be uploaded at its full size); make one with `bake convert %s --format qcow2`", opts.Image, opts.Image)
-	}
-	if err := in.Refuse(); err != nil {
-		return nil, usage("%s: %v", opts.Image, err)
 	}
 	vsize, err := qcow2VirtualSize(f)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bakeimg/bake/internal/imgfile"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -36,6 +37,27 @@ func (e usageError) Error() string   { return e.err.Error() }
 func (e usageError) Unwrap() []error { return []error{e.err, ErrUsage} }
 
 func usage(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// openImage reads the build manifest beside the image at path and opens
+// the image itself (a regular file only), sniffed and refused when it has
+// what bake never publishes (a backing file, encryption: Info.Refuse).
+// Every problem is a usage error. The caller closes f.
+func openImage(path string) (m *BuildManifest, f *os.File, fi os.FileInfo, in imgfile.Info, err error) {
+	if m, err = ReadManifest(ManifestPath(path)); err != nil {
+		return nil, nil, nil, in, usageError{err}
+	}
+	if f, fi, err = imgfile.OpenRegular(path); err != nil {
+		return nil, nil, nil, in, usageError{err}
+	}
+	if in, err = imgfile.Sniff(f); err == nil {
+		err = in.Refuse()
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, nil, in, usage("%s: %v", path, err)
+	}
+	return m, f, fi, in, nil
+}
 
 // Options says what to publish where.
 type Options struct {

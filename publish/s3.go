@@ -24,8 +24,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // The object's user metadata (x-amz-meta-*) bake writes.
@@ -203,22 +201,11 @@ func publishS3Once(ctx context.Context, opts Options) (*Result, error) {
 		}
 		return &Result{Record: Record{Destination: opts.To}, Unchanged: true}, nil
 	}
-	m, err := ReadManifest(ManifestPath(opts.Image))
+	m, f, fi, in, err := openImage(opts.Image)
 	if err != nil {
-		return nil, usageError{err}
-	}
-	f, fi, err := imgfile.OpenRegular(opts.Image)
-	if err != nil {
-		return nil, usageError{err}
+		return nil, err
 	}
 	defer f.Close()
-	in, err := imgfile.Sniff(f)
-	if err != nil {
-		return nil, usage("%s: %v", opts.Image, err)
-	}
-	if err := in.Refuse(); err != nil {
-		return nil, usage("%s: %v", opts.Image, err)
-	}
 	size := fi.Size()
 	partSize, parts, err := partPlan(size, opts.PartSize)
 	if err != nil {

@@ -35,10 +35,9 @@ type Headscale struct {
 	URL    string  // https://Addr: the login server
 	CA     *TestCA // the CA its certificate is from: what nodes must trust
 	Config string  // its config file (the CLI's -c)
-	Log    string  // its stdout and stderr
+	daemon         // Log: its stdout and stderr
 
-	cfg   HeadscaleConfig
-	child *execx.Child
+	cfg HeadscaleConfig
 }
 
 // StartHeadscale writes a config and a test CA into cfg.Dir and starts
@@ -56,7 +55,7 @@ func StartHeadscale(ctx context.Context, cfg HeadscaleConfig) (_ *Headscale, err
 		URL:    "https://" + cfg.Addr.String(),
 		CA:     ca,
 		Config: filepath.Join(cfg.Dir, "headscale.yaml"),
-		Log:    filepath.Join(cfg.Dir, "headscale.log"),
+		daemon: daemon{Log: filepath.Join(cfg.Dir, "headscale.log")},
 		cfg:    cfg,
 	}
 	policyPath := ""
@@ -192,28 +191,6 @@ func (h *Headscale) health(ctx context.Context, pool *x509.CertPool) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET /health: %s", resp.Status)
 	}
-	return nil
-}
-
-// LogTail returns the last n lines of headscale's log.
-func (h *Headscale) LogTail(n int) string {
-	b, _ := os.ReadFile(h.Log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// PID is headscale's process ID.
-func (h *Headscale) PID() int { return h.child.Cmd.Process.Pid }
-
-// Close stops headscale (SIGTERM, then SIGKILL after 5 s) and waits for it.
-func (h *Headscale) Close() error {
-	if h.child == nil {
-		return nil
-	}
-	h.child.Stop(5 * time.Second)
 	return nil
 }
 

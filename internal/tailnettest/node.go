@@ -32,9 +32,8 @@ type NodeConfig struct {
 // namespace. Close stops it.
 type Node struct {
 	Socket string
-	Log    string
+	daemon // Log: tailscaled's stdout and stderr
 	cfg    NodeConfig
-	child  *execx.Child
 }
 
 // StartNode starts tailscaled in cfg.Netns and waits until its socket
@@ -48,7 +47,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	}
 	n := &Node{
 		Socket: filepath.Join(cfg.Dir, "tailscaled.sock"),
-		Log:    filepath.Join(cfg.Dir, "tailscaled.log"),
+		daemon: daemon{Log: filepath.Join(cfg.Dir, "tailscaled.log")},
 		cfg:    cfg,
 	}
 	out, err := os.Create(n.Log)
@@ -208,26 +207,4 @@ func (n *Node) Ping(ctx context.Context, target netip.Addr, count int, untilDire
 	// Without --until-direct ping exits 0 at the first pong; with it, a
 	// relayed-only path is an error exit that still printed pongs.
 	return p, nil
-}
-
-// LogTail returns the last n lines of tailscaled's log.
-func (n *Node) LogTail(k int) string {
-	b, _ := os.ReadFile(n.Log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > k {
-		lines = lines[len(lines)-k:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// PID is tailscaled's process ID.
-func (n *Node) PID() int { return n.child.Cmd.Process.Pid }
-
-// Close stops tailscaled (SIGTERM, then SIGKILL after 5 s) and waits.
-func (n *Node) Close() error {
-	if n.child == nil {
-		return nil
-	}
-	n.child.Stop(5 * time.Second)
-	return nil
 }
