@@ -713,8 +713,16 @@ func contains(list []string, s string) bool {
 // seed volume: the admin's key and the token arrive as systemd
 // credentials in SMBIOS type 11 strings (what a hypervisor passes without
 // any disk).
+//
+// It runs alone (not parallel), like TestDefaultRecipe: in the CI run at
+// ad6957d its OVMF guest (2 vCPUs, TCG, two other VMs on the host's two
+// cores) printed "reboot: machine restart" and never came back, while
+// alone right after it rebooted in 1m18s. Session 5 found the same hang
+// deterministic with one vCPU: OVMF's reset path under TCG depends on the
+// vCPUs getting the host's CPU. Not understood beyond that (BENCHMARKS.md);
+// TestCloudApplianceVerify's OVMF reboot (identity.reboot) still runs
+// beside another VM.
 func TestApplianceCredentialsUEFI(t *testing.T) {
-	parallel(t) // slot by its BENCHMARKS.md budget
 	token := "smbios-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
 	g := bootAppliance(t, vm.UEFI, token, "smbios")
 	log := g.must("sudo journalctl -b -u bake-firstboot --no-pager")
