@@ -142,13 +142,22 @@ func firstLease(r report) (string, string) {
 }
 
 // TestBootBIOSVirtioAnySlot: SeaBIOS, a virtio NIC in a non-default PCI slot
-// (so its name is not the usual one), DHCP lease through user networking.
+// (so its name is not the usual one), DHCP lease through user networking;
+// the disk is the fixed VHD `bake convert --format vhd` writes (what Azure
+// and Hyper-V import), booted as QEMU's vpc format.
 func TestBootBIOSVirtioAnySlot(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := bootImage(t)
+	conv := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, code := runBake(t, ctx, "convert", filepath.Join(dir, "boottest.qcow2"), "--format", "vhd", "-o", conv); code != 0 {
+		t.Fatalf("bake convert --format vhd: exit %d\n%s", code, out)
+	}
 	r := boot(t, vm.Config{
 		Firmware:   vm.BIOS,
-		Disk:       filepath.Join(dir, "boottest.qcow2"),
+		Disk:       filepath.Join(conv, "boottest.vhd"),
+		DiskFormat: "vpc",
 		Snapshot:   true,
 		NICModel:   "virtio-net-pci",
 		NICPCIAddr: "0x9",
