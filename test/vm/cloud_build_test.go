@@ -126,7 +126,15 @@ outputs: [raw]
 				t.Run(fw, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 					defer cancel()
-					v, err := vm.Start(ctx, vm.Config{Firmware: fw, Disk: img, DiskFormat: "raw", Snapshot: true, MemoryMiB: 1024})
+					disk, format := img, "raw"
+					if fx.name == "debian" && fw == vm.UEFI {
+						// The Debian image's UEFI boot is from the
+						// streamOptimized vmdk inside the OVA that
+						// `bake convert --format ova` writes (what
+						// VMware imports), not from the raw disk.
+						disk, format = ovaDisk(t, ctx, img), "vmdk"
+					}
+					v, err := vm.Start(ctx, vm.Config{Firmware: fw, Disk: disk, DiskFormat: format, Snapshot: true, MemoryMiB: 1024})
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -160,4 +168,28 @@ outputs: [raw]
 			}
 		})
 	}
+}
+
+// ovaDisk converts img with `bake convert --format ova` and returns the
+// vmdk extracted from the OVA (a tar: the OVF descriptor, the vmdk, the
+// manifest).
+func ovaDisk(t *testing.T, ctx context.Context, img string) string {
+	t.Helper()
+	conv := t.TempDir()
+	if out, code := runBake(t, ctx, "convert", img, "--format", "ova", "-o", conv); code != 0 {
+		t.Fatalf("bake convert --format ova: exit %d\n%s", code, out)
+	}
+	ovas, _ := filepath.Glob(filepath.Join(conv, "*.ova"))
+	if len(ovas) != 1 {
+		t.Fatalf("bake convert --format ova wrote %q", ovas)
+	}
+	x := t.TempDir()
+	if out, err := exec.CommandContext(ctx, "tar", "-xf", ovas[0], "-C", x).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf %s: %v %s", ovas[0], err, out)
+	}
+	vmdks, _ := filepath.Glob(filepath.Join(x, "*.vmdk"))
+	if len(vmdks) != 1 {
+		t.Fatalf("the OVA holds %q, want one vmdk", vmdks)
+	}
+	return vmdks[0]
 }
