@@ -7,36 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
-	"runtime"
 	"time"
 
+	"github.com/bakeimg/bake/vm"
 	"golang.org/x/sys/unix"
 )
 
-// inNetns runs f on an OS thread that has joined the network namespace ns
-// (by its name under /run/netns). The thread is never handed back to the Go
-// scheduler: it ends with f, so no other goroutine ever runs in ns. A
-// socket made in f stays in ns and may be used from any goroutine.
-func inNetns(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no Unlock: the thread exits with this goroutine
-		fd, err := unix.Open(filepath.Join("/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// inNetns runs f in the network namespace ns: vm.InNetns.
+var inNetns = vm.InNetns
 
 // dialIn connects to addr from inside the namespace ns ("" = here).
 func dialIn(ctx context.Context, ns, network, addr string, timeout time.Duration) (net.Conn, error) {

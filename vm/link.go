@@ -387,13 +387,15 @@ func (l *Link) PingAllNodes(wait time.Duration) ([]netip.Addr, error) {
 	return addrs, err
 }
 
-// inNetns runs f on an OS thread that has joined the link's namespace. The
-// thread is never handed back to the Go scheduler: it ends with f.
-func (l *Link) inNetns(f func() error) error {
+// InNetns runs f on an OS thread that has joined the network namespace ns
+// (by its name under /run/netns). The thread is never handed back to the
+// Go scheduler: it ends with f, so no other goroutine ever runs in ns. A
+// socket made in f stays in ns and may be used from any goroutine.
+func InNetns(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no Unlock: the thread dies with this goroutine
-		nsfd, err := unix.Open(filepath.Join("/run/netns", l.Netns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		nsfd, err := unix.Open(filepath.Join(netnsDir, ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			errc <- err
 			return
@@ -401,12 +403,17 @@ func (l *Link) inNetns(f func() error) error {
 		err = unix.Setns(nsfd, unix.CLONE_NEWNET)
 		unix.Close(nsfd)
 		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", l.Netns, err)
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
 		errc <- f()
 	}()
-	if err := <-errc; err != nil {
+	return <-errc
+}
+
+// inNetns runs f in the link's namespace (InNetns).
+func (l *Link) inNetns(f func() error) error {
+	if err := InNetns(l.Netns, f); err != nil {
 		return fmt.Errorf("vm: in netns %s: %w", l.Netns, err)
 	}
 	return nil

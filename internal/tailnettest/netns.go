@@ -8,13 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/sweep"
+	"github.com/bakeimg/bake/vm"
 )
 
 var nsNameRE = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
@@ -101,28 +99,9 @@ func Connect(ctx context.Context, parent string, child *Netns, parentAddr, child
 	return err
 }
 
-// InNetns runs f on an OS thread that has joined the named namespace.
-// Sockets f opens stay in that namespace. The thread is never handed back
-// to the Go scheduler: it ends with f.
-func InNetns(netns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no Unlock: the thread dies with this goroutine
-		fd, err := unix.Open(filepath.Join("/run/netns", netns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", netns, err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// InNetns runs f on an OS thread that has joined the named namespace
+// (vm.InNetns): sockets f opens stay there.
+func InNetns(netns string, f func() error) error { return vm.InNetns(netns, f) }
 
 // ListenIn opens a TCP listener inside the named namespace.
 func ListenIn(netns, addr string) (net.Listener, error) {
