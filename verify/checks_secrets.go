@@ -20,17 +20,25 @@ const TailscaledState = "/var/lib/tailscale/tailscaled.state"
 // stored user-data runs after cloud-init's last stage), then lists every
 // regular file on the guest's disk filesystems (find -xdev from /, /boot
 // and /boot/efi: not /proc, /sys, /dev, /run or other memory filesystems)
-// and prints "files N", then "found I PATH" for each file that holds the
-// value on line I of stdin (grep -F, one pass over the disk for them all).
-// The values go through a file in /dev/shm (memory), removed at once:
-// never on a command line, never on the disk searched, never printed.
-const seedSearchScript = `timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
+// and prints "files N"; of those, the files whose inode changed (ctime) at
+// or after $1 (seconds since the epoch: verify passes the instance's
+// power-on, less a margin) are searched, "changed M": a file the image
+// shipped and nothing rewrote since cannot hold a value the instance's
+// seed brought (ctime cannot be set from user space; the image's files
+// carry the time they were written into it). It prints "found I PATH" for
+// each file that holds the value on line I of stdin (grep -F, one pass
+// for them all). The values go through a file in /dev/shm (memory),
+// removed at once: never on a command line, never on the disk searched,
+// never printed.
+const seedSearchScript = `case "$1" in ''|*[!0-9]*) echo "since: not a number" >&2; exit 3;; esac
+timeout 600 systemctl is-system-running --wait >/dev/null 2>&1
 umask 077
 d=$(mktemp -d /dev/shm/bake-verify.XXXXXX) || exit 3
 trap 'rm -rf "$d"' EXIT
 cat >"$d/needles"
-find / /boot /boot/efi -xdev -type f -print0 2>/dev/null >"$d/list"
-echo "files $(tr -cd '\0' <"$d/list" | wc -c)"
+find / /boot /boot/efi -xdev -type f -fprint0 "$d/all" -newerct "@$1" -fprint0 "$d/list" 2>/dev/null
+echo "files $(tr -cd '\0' <"$d/all" | wc -c)"
+echo "changed $(tr -cd '\0' <"$d/list" | wc -c)"
 xargs -0 -r -a "$d/list" grep -lsF -f "$d/needles" -- | sort -u >"$d/found"
 while IFS= read -r f; do
 	grep -ahoF -f "$d/needles" -- "$f" 2>/dev/null | sort -u |
@@ -38,10 +46,16 @@ while IFS= read -r f; do
 done <"$d/found"
 true`
 
+// seedSearchMargin: the search covers files changed since this long
+// before the instance's power-on (the guest's clock is read from the
+// host's at power-on; the margin covers a second's rounding many times).
+const seedSearchMargin = 2 * time.Minute
+
 // seedSearch is what one search found.
 type seedSearch struct {
-	Files int              // regular files searched
-	Found map[int][]string // by needle (1-based line of stdin): the paths that hold it
+	Files   int              // regular files on the disk's filesystems
+	Changed int              // of those, changed since the power-on: searched
+	Found   map[int][]string // by needle (1-based line of stdin): the paths that hold it
 }
 
 // parseSeedSearch reads seedSearchScript's output; ok is false without
@@ -53,6 +67,12 @@ func parseSeedSearch(out string) (seedSearch, bool) {
 		if n, found := strings.CutPrefix(l, "files "); found {
 			if v, err := strconv.Atoi(strings.TrimSpace(n)); err == nil && v >= 0 {
 				s.Files, ok = v, true
+			}
+			continue
+		}
+		if n, found := strings.CutPrefix(l, "changed "); found {
+			if v, err := strconv.Atoi(strings.TrimSpace(n)); err == nil && v >= 0 {
+				s.Changed = v
 			}
 			continue
 		}
@@ -105,7 +125,8 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		return nil, nil
 	}
 	t0 := time.Now()
-	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript), []byte(strings.Join(lines, "\n")+"\n"), 10*time.Minute)
+	since := in.poweredOn.Add(-seedSearchMargin).Unix()
+	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(seedSearchScript)+" sh "+strconv.FormatInt(since, 10), []byte(strings.Join(lines, "\n")+"\n"), 10*time.Minute)
 	if err != nil {
 		return []string{fmt.Sprintf("%s, %s: the search did not run: %v", in.name(), when, err)}, nil
 	}
@@ -114,7 +135,7 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		ev.cmd(res)
 		return []string{fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files)}, ev
 	}
-	ev.add("%s, %s: searched %d files on the disk's filesystems in %s", in.name(), when, found.Files, time.Since(t0).Round(time.Second))
+	ev.add("%s, %s: searched the %d of %d files on the disk's filesystems changed since %s (2 minutes before power-on) in %s", in.name(), when, found.Changed, found.Files, time.Unix(since, 0).UTC().Format(time.RFC3339), time.Since(t0).Round(time.Second))
 	for si, s := range secrets {
 		var kept, copies []string
 		for i, paths := range found.Found {
@@ -134,6 +155,13 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		}
 		sort.Strings(kept)
 		sort.Strings(copies)
+		if len(s.Allowed) > 0 && len(kept) == 0 {
+			// The control: the value is in the file the design keeps it
+			// in, written at first boot; a search that missed it there
+			// (a guest clock behind the host's, a broken find) proves
+			// nothing about the other files.
+			problems = append(problems, fmt.Sprintf("%s, %s: the search did not find %s (%s) in %s, where the design keeps it: the search is not proof", in.name(), when, s.What, redact(s.Value), strings.Join(s.Allowed, ", ")))
+		}
 		for _, p := range copies {
 			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
 		}

@@ -42,6 +42,9 @@ import (
 // udpTag prefixes the comments and log lines of verify's counting rules.
 const udpTag = "bake-verify-udp"
 
+// tcpTag is network.scan's (checks_network.go: countedScan).
+const tcpTag = "bake-verify-tcp"
+
 // udpSweepRate bounds the probes sent per second; a sweep that lost
 // probes on the way is sent again at udpSlowRate. The guest reads them at
 // its own pace from the link's tap queue, which holds a whole sweep
@@ -67,6 +70,17 @@ type udpSweep struct {
 	Src   netip.Addr
 	Dst   netip.Addr
 	Sport int
+	// TCP: the sweep is network.scan's (nmap's SYNs from Sport), counted
+	// by the same kind of rules under tcpTag; UDP otherwise.
+	TCP bool
+}
+
+// prefix is the tag of the sweep's protocol.
+func (s udpSweep) prefix() string {
+	if s.TCP {
+		return tcpTag
+	}
+	return udpTag
 }
 
 func (s udpSweep) ipt() string {
@@ -86,7 +100,9 @@ func (s udpSweep) String() string {
 
 // tag is the comment of the sweep's counting rules (per source port and
 // family: the families have their own tables).
-func (s udpSweep) tag(what string) string { return fmt.Sprintf("%s-%s-%d", udpTag, what, s.Sport) }
+func (s udpSweep) tag(what string) string {
+	return fmt.Sprintf("%s-%s-%d", s.prefix(), what, s.Sport)
+}
 
 // udpAllowed reports whether a datagram from sport to dport may reach a
 // socket: an allowed PORT/udp or PORT-PORT/udp of the spec, or 68 from 67
@@ -130,6 +146,9 @@ func udpRulesScript(sweeps []udpSweep, del bool) string {
 	var b strings.Builder
 	for _, s := range sweeps {
 		m := fmt.Sprintf("-s %s -p udp --sport %d", s.Src, s.Sport)
+		if s.TCP {
+			m = fmt.Sprintf("-s %s -p tcp --syn --sport %d", s.Src, s.Sport)
+		}
 		add := func(table, chain, rest string) {
 			op := "-A"
 			if table == "raw" {
@@ -143,7 +162,7 @@ func udpRulesScript(sweeps []udpSweep, del bool) string {
 		add("raw", "PREROUTING", "-m comment --comment "+s.tag("seen"))
 		for _, chain := range []string{"INPUT", "FORWARD"} {
 			add("security", chain, "-m comment --comment "+s.tag("passed-"+strings.ToLower(chain)))
-			add("security", chain, fmt.Sprintf("-m limit --limit 200/second --limit-burst 400 -j LOG --log-level 7 --log-prefix %q", udpTag+": "))
+			add("security", chain, fmt.Sprintf("-m limit --limit 200/second --limit-burst 400 -j LOG --log-level 7 --log-prefix %q", s.prefix()+": "))
 		}
 	}
 	return b.String()
@@ -329,8 +348,9 @@ func (st udpState) tagged(tool, comment string) int64 {
 	return n
 }
 
-// logLineRE reads verify's LOG lines: "bake-verify-udp: IN=... SRC=... DST=... ... SPT=67 DPT=68".
-var logLineRE = regexp.MustCompile(udpTag + `: .*?\bSRC=(\S+) DST=(\S+) .*?\bPROTO=UDP SPT=(\d+) DPT=(\d+)`)
+// logLineRE reads verify's LOG lines: "bake-verify-udp: IN=... SRC=... DST=... ... PROTO=UDP SPT=67 DPT=68",
+// "bake-verify-tcp: ... PROTO=TCP SPT=45678 DPT=22 ...".
+var logLineRE = regexp.MustCompile(`(` + udpTag + `|` + tcpTag + `): .*?\bSRC=(\S+) DST=(\S+) .*?\bPROTO=(UDP|TCP) SPT=(\d+) DPT=(\d+)`)
 
 // udpPass is one probe the guest's log says passed the firewall.
 type udpPass struct {
@@ -338,19 +358,27 @@ type udpPass struct {
 	Sport, Dport int
 }
 
-// parseUDPLog reads the kernel log lines of verify's LOG rules.
-func parseUDPLog(s string) []udpPass {
+// parseUDPLog reads the kernel log lines of verify's UDP LOG rules.
+func parseUDPLog(s string) []udpPass { return parseProbeLog(s, false) }
+
+// parseProbeLog reads the kernel log lines of verify's LOG rules of one
+// protocol (network.udp's, or network.scan's when tcp).
+func parseProbeLog(s string, tcp bool) []udpPass {
+	tag, proto := udpTag, "UDP"
+	if tcp {
+		tag, proto = tcpTag, "TCP"
+	}
 	var out []udpPass
 	seen := map[udpPass]bool{}
 	for _, l := range strings.Split(s, "\n") {
 		m := logLineRE.FindStringSubmatch(l)
-		if m == nil {
+		if m == nil || m[1] != tag || m[4] != proto {
 			continue
 		}
-		src, err1 := netip.ParseAddr(m[1])
-		dst, err2 := netip.ParseAddr(m[2])
-		sp, err3 := strconv.Atoi(m[3])
-		dp, err4 := strconv.Atoi(m[4])
+		src, err1 := netip.ParseAddr(m[2])
+		dst, err2 := netip.ParseAddr(m[3])
+		sp, err3 := strconv.Atoi(m[5])
+		dp, err4 := strconv.Atoi(m[6])
 		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || sp > 65535 || dp > 65535 {
 			continue
 		}

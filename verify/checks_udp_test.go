@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseUDPState(t *testing.T) {
@@ -224,7 +226,23 @@ func TestSeedSearchScript(t *testing.T) {
 	if script == seedSearchScript {
 		t.Fatal("the script's roots moved: update this test")
 	}
-	cmd := exec.Command("/bin/sh", "-c", script)
+	// Everything so far is older than since; a file the image shipped
+	// (old ctime) is not searched even though it holds the value.
+	old := filepath.Join(dir, "e/shipped")
+	os.MkdirAll(filepath.Dir(old), 0o755)
+	if err := os.WriteFile(old, []byte(needle), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	since := time.Now().Unix()
+	time.Sleep(1100 * time.Millisecond)
+	for name, body := range files {
+		// rewritten after since: changed (ctime), searched
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("/bin/sh", "-c", script, "sh", strconv.FormatInt(since, 10))
 	other := "bvcOTHER0123456789abcdefghijklmnopqrstuvwxyz"
 	cmd.Stdin = strings.NewReader(needle + "\n" + other + "\n")
 	os.WriteFile(filepath.Join(dir, "c/other2"), []byte("x "+other+" y"), 0o644)
@@ -234,7 +252,7 @@ func TestSeedSearchScript(t *testing.T) {
 	}
 	s, ok := parseSeedSearch(string(out))
 	want := []string{filepath.Join(dir, "a/openclaw.json"), filepath.Join(dir, "b/user-data.txt"), filepath.Join(dir, "d/bin")}
-	if !ok || s.Files != 5 || !slices.Equal(s.Found[1], want) || !slices.Equal(s.Found[2], []string{filepath.Join(dir, "c/other2")}) || len(s.Found) != 2 {
+	if !ok || s.Files != 6 || s.Changed != 5 || !slices.Equal(s.Found[1], want) || !slices.Equal(s.Found[2], []string{filepath.Join(dir, "c/other2")}) || len(s.Found) != 2 {
 		t.Errorf("%+v %v, want %q\n%s", s, ok, want, out)
 	}
 	if strings.Contains(string(out), needle) || strings.Contains(string(out), other) {
@@ -265,5 +283,32 @@ func TestNeedles(t *testing.T) {
 	full := base64.StdEncoding.EncodeToString([]byte(v + "\n"))
 	if len(n) != 2 || n[0] != v || !strings.HasPrefix(full, n[1]) || len(n[1]) < 80 {
 		t.Errorf("needles %q; base64 of the value and a newline %q", n, full)
+	}
+}
+
+// TestProbeLogTCP: network.scan's LOG lines are read apart from
+// network.udp's, and its rules count SYNs only.
+func TestProbeLogTCP(t *testing.T) {
+	log := `[  900.000001] bake-verify-tcp: IN=ens3 OUT= MAC=52:54:00:be:12:00:9a:3b:4c:5d:6e:7f:08:00 SRC=10.77.0.1 DST=10.77.0.23 LEN=44 TOS=0x00 PREC=0x00 TTL=49 ID=1 PROTO=TCP SPT=31234 DPT=22 WINDOW=1024 RES=0x00 SYN URGP=0
+[  900.000002] bake-verify-udp: IN=ens3 OUT= SRC=10.77.0.1 DST=10.77.0.23 LEN=43 TTL=64 ID=0 DF PROTO=UDP SPT=45678 DPT=41641 LEN=23
+[  900.000003] bake-verify-tcp: IN=docker0 OUT=veth1 SRC=10.77.0.1 DST=172.17.0.2 LEN=44 TTL=48 ID=1 PROTO=TCP SPT=31234 DPT=80 WINDOW=1024 RES=0x00 SYN URGP=0
+[  900.000004] bake-verify-tcp: IN=ens3 SRC=10.77.0.1 DST=10.77.0.23 PROTO=UDP SPT=31234 DPT=53`
+	tcp := parseProbeLog(log, true)
+	if len(tcp) != 2 || tcp[0].Dport != 22 || tcp[1].Dport != 80 || tcp[0].Sport != 31234 {
+		t.Errorf("tcp passes %+v", tcp)
+	}
+	udp := parseUDPLog(log)
+	if len(udp) != 1 || udp[0].Dport != 41641 {
+		t.Errorf("udp passes %+v", udp)
+	}
+	sw := []udpSweep{{Src: netip.MustParseAddr("fd77::1"), Sport: 31234, TCP: true}}
+	add := strings.Split(strings.TrimSpace(udpRulesScript(sw, false)), "\n")
+	if len(add) != 5 || !strings.HasPrefix(add[0], "ip6tables -w -t raw -I PREROUTING -s fd77::1 -p tcp --syn --sport 31234 -m comment --comment bake-verify-tcp-seen-31234") ||
+		!strings.Contains(add[2], `--log-prefix "bake-verify-tcp: "`) {
+		t.Errorf("rules:\n%s", strings.Join(add, "\n"))
+	}
+	a := NmapCountedArgs(netip.MustParseAddr("fd77::5"), netip.MustParseAddr("fd77::1"), "tap0", 31234, 10000)
+	if strings.Join(a, " ") != "nmap -p- -Pn -n -sS -T4 -e tap0 -S fd77::1 --send-ip -g 31234 --max-retries 0 --min-rate 10000 --reason -oX - -6 fd77::5" {
+		t.Errorf("args %q", a)
 	}
 }

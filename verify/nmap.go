@@ -20,6 +20,38 @@ func NmapArgs(addr netip.Addr) []string {
 	return append(a, addr.String())
 }
 
+// NmapCountedArgs is the fast full scan network.scan runs when the guest
+// counts what arrives (an SSH session): every SYN from source port sport,
+// one per port (no retries) at rate per second at least. A SYN lost on
+// the way shows in the guest's count, and the thorough scan (NmapArgs)
+// runs instead; what passed the guest's firewall is the guest's log. The
+// source address and device are explicit and the kernel routes nmap's
+// packets (--send-ip): the guest's rules count by source address (left to
+// itself, nmap sent the IPv6 SYNs in a real boot from an address those
+// rules did not match: the guest counted none).
+func NmapCountedArgs(addr, src netip.Addr, dev string, sport, rate int) []string {
+	a := []string{"nmap", "-p-", "-Pn", "-n", "-sS", "-T4", "-e", dev, "-S", src.String(), "--send-ip", "-g", strconv.Itoa(sport), "--max-retries", "0",
+		"--min-rate", strconv.Itoa(rate), "--reason", "-oX", "-"}
+	if addr.Is6() {
+		a = append(a, "-6")
+	}
+	return append(a, addr.String())
+}
+
+// NmapPortsArgs scans the given ports only, thoroughly (network.scan's
+// second look at an expected port the counted scan did not see open).
+func NmapPortsArgs(addr netip.Addr, ports []int) []string {
+	var ps []string
+	for _, p := range ports {
+		ps = append(ps, strconv.Itoa(p))
+	}
+	a := []string{"nmap", "-p", strings.Join(ps, ","), "-Pn", "-n", "-sS", "-T4", "--max-retries", "2", "--reason", "-oX", "-"}
+	if addr.Is6() {
+		a = append(a, "-6")
+	}
+	return append(a, addr.String())
+}
+
 // NmapPort is one port nmap reported by itself (not in extraports).
 type NmapPort struct {
 	Proto   string

@@ -46,35 +46,8 @@ func TestUDPSweepThroughLinkLosesNothing(t *testing.T) {
 	// The stand-in guest: attaches to the tap as QEMU does and reads at
 	// most readRate frames a second.
 	const readRate = udpSweepRate / 2
-	fdc := make(chan int, 1)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- inNetns(l.Netns, func() error {
-			fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			var req [unix.IFNAMSIZ + 64]byte
-			copy(req[:], l.Tap)
-			binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
-			if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
-				unix.Close(fd)
-				return e
-			}
-			fdc <- fd
-			return nil
-		})
-	}()
-	var tapFD int
-	select {
-	case tapFD = <-fdc:
-	case err := <-errc:
-		t.Fatalf("attaching to the tap: %v", err)
-	}
+	tapFD := attachTap(t, l)
 	defer unix.Close(tapFD)
-	if err := unix.SetNonblock(tapFD, true); err != nil {
-		t.Fatal(err)
-	}
 	seen := map[int]bool{}
 	readDone := make(chan struct{})
 	go func() {
@@ -135,4 +108,40 @@ func TestUDPSweepThroughLinkLosesNothing(t *testing.T) {
 	if d := dropped() - d0; d != 0 {
 		t.Fatalf("the tap dropped %d packets", d)
 	}
+}
+
+// attachTap attaches to the link's tap as QEMU does (non-blocking); the
+// caller closes the descriptor (before the link).
+func attachTap(t *testing.T, l *vm.Link) int {
+	t.Helper()
+	fdc := make(chan int, 1)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- inNetns(l.Netns, func() error {
+			fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			var req [unix.IFNAMSIZ + 64]byte
+			copy(req[:], l.Tap)
+			binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
+			if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
+				unix.Close(fd)
+				return e
+			}
+			fdc <- fd
+			return nil
+		})
+	}()
+	var tapFD int
+	select {
+	case tapFD = <-fdc:
+	case err := <-errc:
+		t.Fatalf("attaching to the tap: %v", err)
+	}
+	if err := unix.SetNonblock(tapFD, true); err != nil {
+		unix.Close(tapFD)
+		t.Fatal(err)
+	}
+	return tapFD
 }

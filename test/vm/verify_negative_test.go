@@ -23,7 +23,7 @@ import (
 // TestVerifyNegative: a verifier that cannot fail proves nothing. From the
 // good test appliance (applianceImage) bake itself bakes a broken one, with
 // ordinary recipe steps on the good image as a cloud-image base (extract,
-// files, reassemble: about a minute), carrying eight defects at once:
+// files, reassemble: about a minute), carrying ten defects at once:
 //
 //  1. password login allowed: an sshd drop-in that sorts before bake's
 //     00-bake.conf (sshd keeps the first value it reads);
@@ -41,7 +41,13 @@ import (
 //     does not list (firewall.rules passes) and only the UDP sweep sees;
 //  8. cloud-init's stored user-data kept: the scrub unit's ExecStart
 //     replaced by /bin/true (a drop-in), so user-data.txt and obj.pkl
-//     keep verify's canary.
+//     keep verify's canary;
+//  9. (not a step: the image's record of its claims is the broken
+//     recipe's, not the recipe verify is given);
+//  10. the metadata block without its DNS exception: of DOCKER-USER only
+//     a DROP of 168.63.129.16 is left over IPv4 (port 53 included), so
+//     containers lose the resolver a cloud puts there, while
+//     169.254.169.254 stays reachable (2).
 //
 // bake verify (--recipe: the claims of the good recipe) must exit 1 with
 // exactly the checks below failing, each with the evidence of its defect,
@@ -121,7 +127,9 @@ func TestVerifyNegative(t *testing.T) {
 		// 2. no Docker isolation
 		"bios/isolation.outside":          {"reachable from outside"},
 		"bios/isolation.loopback-via-mac": {"answered a packet from outside to 127.0.0.1"},
-		"bios/isolation.metadata":         {"a container reached 169.254.169.254:80"},
+		"bios/isolation.metadata": {"a container reached 169.254.169.254:80",
+			// 10. the metadata block without its DNS exception
+			"a container cannot resolve at the cloud resolver 168.63.129.16:53"},
 		// 3. the gateway on 0.0.0.0 (and, with 2, reachable from outside)
 		"bios/gateway.listen": {`published on "0.0.0.0"`},
 		"bios/network.scan":   {fmt.Sprintf("%d/tcp is open", spec.Gateway.Port)},
@@ -215,18 +223,22 @@ func brokenRecipe(base, sum string, spec verify.Spec, imageID, token string) str
 		"--publish", fmt.Sprintf("0.0.0.0:%d:%d", g.Port, g.Port),
 		"--volume", filepath.Dir(g.ConfigPath) + ":/home/node/.openclaw",
 		imageID}, " ")
+	// Over IPv4 one rule is left (defect 10): 168.63.129.16 dropped
+	// whole, its resolver's port 53 with it.
 	noIsolation := `# DOCKER-USER returns everything to Docker; no loopback guard.
 *raw
 :BAKE-LOCALNET - [0:0]
 COMMIT
 *filter
 :DOCKER-USER - [0:0]
--A DOCKER-USER -j RETURN
+%s-A DOCKER-USER -j RETURN
 COMMIT
 `
+	noIsolation4 := fmt.Sprintf(noIsolation, "-A DOCKER-USER -d 168.63.129.16/32 -j DROP\n")
+	noIsolation6 := fmt.Sprintf(noIsolation, "")
 	return fmt.Sprintf(`apiVersion: bake/v1
 name: openclaw-broken
-description: the test appliance with eight defects bake verify must find
+description: the test appliance with ten defects bake verify must find
 base:
   image:
     path: %s
@@ -264,7 +276,7 @@ files:
       ExecStart=
       ExecStart=/bin/true
 outputs: [raw]
-`, base, sum, indent(noIsolation, 6), indent(noIsolation, 6), g.Container, spec.AdminUser, execStart, token)
+`, base, sum, indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token)
 }
 
 func indent(s string, n int) string {
