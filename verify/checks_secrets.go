@@ -47,9 +47,12 @@ done <"$d/found"
 true`
 
 // seedSearchMargin: the search covers files changed since this long
-// before the instance's power-on (the guest's clock is read from the
-// host's at power-on; the margin covers a second's rounding many times).
-const seedSearchMargin = 2 * time.Minute
+// before the instance's power-on. The guest's clock starts from the RTC,
+// which QEMU sets from the host's clock at power-on (one-second
+// resolution), and under emulation it runs slow, not fast: a file written
+// in the guest has a ctime at or after its power-on, less the rounding.
+// (systemd and timesyncd only ever move a clock forward at boot.)
+const seedSearchMargin = 30 * time.Second
 
 // seedSearch is what one search found.
 type seedSearch struct {
@@ -135,7 +138,7 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		ev.cmd(res)
 		return []string{fmt.Sprintf("%s, %s: the search of the disk did not run (%d files listed)", in.name(), when, found.Files)}, ev
 	}
-	ev.add("%s, %s: searched the %d of %d files on the disk's filesystems changed since %s (2 minutes before power-on) in %s", in.name(), when, found.Changed, found.Files, time.Unix(since, 0).UTC().Format(time.RFC3339), time.Since(t0).Round(time.Second))
+	ev.add("%s, %s: searched the %d of %d files on the disk's filesystems changed since %s (%s before power-on) in %s", in.name(), when, found.Changed, found.Files, time.Unix(since, 0).UTC().Format(time.RFC3339), seedSearchMargin, time.Since(t0).Round(time.Second))
 	for si, s := range secrets {
 		var kept, copies []string
 		for i, paths := range found.Found {
