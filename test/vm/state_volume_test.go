@@ -233,7 +233,7 @@ base:
 	// Give the boot its time: a guarded unit would have started by the
 	// time the system settles.
 	n.waitRunning(5 * time.Minute)
-	for _, u := range []string{"docker.service", "containerd.service", "tailscaled.service", "bake-container-openclaw-gateway.service"} {
+	for _, u := range []string{"docker.service", "tailscaled.service", "bake-container-openclaw-gateway.service"} {
 		out, _ := n.run("systemctl is-active " + u)
 		if st := strings.TrimSpace(out); st == "active" || st == "activating" {
 			t.Errorf("newer format: %s is %s, want it not started", u, st)
