@@ -785,19 +785,82 @@ func (p *Plan) stateInputs() []string {
 		"paths (copied on first use, then bound over the root disk's): " + strings.Join(o.Paths, " "),
 		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
 	}
+	tree := "docker.service, tailscaled.service and bake-container-*.service the image has"
 	if len(o.Guarded) > 0 {
-		in = append(in, "not started without their state: "+strings.Join(o.Guarded, ", "))
+		tree = strings.Join(o.Guarded, ", ") + " (and any other " + tree + ")"
 	}
+	in = append(in, "not started without their state: "+tree)
 	return in
 }
 
 func (p *Plan) stageState(ctx context.Context, s *State) error {
-	if err := writeFiles(s.Tree, firstboot.StateFiles(p.stateOptions())); err != nil {
+	o, err := treeStateGuards(s.Tree, p.stateOptions())
+	if err != nil {
+		return err
+	}
+	if err := writeFiles(s.Tree, firstboot.StateFiles(o)); err != nil {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
 		return rootfs.Systemd(ctx, ch, []string{firstboot.StateUnitName}, nil, nil)
 	})
+}
+
+// stateServiceUnits are the units that keep instance state and must not
+// start without it, whoever installed them.
+var stateServiceUnits = []string{"docker.service", "tailscaled.service"}
+
+// treeStateGuards adds to o the state-keeping units the tree already has:
+// a recipe built on an image that holds Docker, tailscaled or bake's
+// container units (a re-bake of an appliance) has no section naming them,
+// yet they must not start on a volume bake-state refused (a newer format, a
+// foreign disk), nor before the binds. Unit files are looked for where
+// systemd loads them; the tree is read through safepath.
+func treeStateGuards(tree string, o firstboot.StateOptions) (firstboot.StateOptions, error) {
+	r, err := openTree(tree)
+	if err != nil {
+		return o, err
+	}
+	defer r.Close()
+	dirs := []string{appliance.UnitDir, "/usr/lib/systemd/system", "/lib/systemd/system"}
+	has := func(unit string) (bool, error) {
+		for _, d := range dirs {
+			ok, err := r.Exists(d + "/" + unit)
+			if err != nil || ok {
+				return ok, err
+			}
+		}
+		return false, nil
+	}
+	add := func(list []string, u string) []string {
+		if slices.Contains(list, u) {
+			return list
+		}
+		return append(list, u)
+	}
+	for _, u := range stateServiceUnits {
+		ok, err := has(u)
+		if err != nil {
+			return o, err
+		}
+		if ok {
+			o.Guarded = add(o.Guarded, u)
+		}
+	}
+	if r.IsDir(appliance.UnitDir) {
+		ents, err := r.ReadDir(appliance.UnitDir)
+		if err != nil {
+			return o, err
+		}
+		for _, e := range ents {
+			n := e.Name()
+			if strings.HasPrefix(n, "bake-container-") && strings.HasSuffix(n, ".service") && e.Type().IsRegular() {
+				o.Guarded = add(o.Guarded, n)
+				o.Before = add(o.Before, n)
+			}
+		}
+	}
+	return o, nil
 }
 
 // --- logs ---

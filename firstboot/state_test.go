@@ -306,3 +306,68 @@ func TestStatePatternNotGlobbed(t *testing.T) {
 		t.Errorf("volume copy %q", got)
 	}
 }
+
+// The rollback: A, then B, then A again on a fresh root disk from A's image
+// (as a cloud relaunches it): the volume's state is used as B left it
+// (nothing copied, the machine ID and host keys A made), the record names
+// A again and the format stays 1; a volume B marked with a newer format
+// is refused by A, untouched.
+func TestStateRollback(t *testing.T) {
+	needTools(t, "ssh-keygen", "mountpoint")
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "vol")
+	os.MkdirAll(mnt, 0o755)
+	paths := []string{"/home/oc/.openclaw", "/etc/ssh/ssh_host_*", "/etc/machine-id", "/var/lib/bake/firstboot"}
+	confA := stateConf(t, StateOptions{Label: "bake-state", Paths: paths, ImageName: "img-a", ImageVersion: "1", ImageDigest: "sha256:aa"})
+	confB := stateConf(t, StateOptions{Label: "bake-state", Paths: paths, ImageName: "img-b", ImageVersion: "2", ImageDigest: "sha256:bb"})
+	boot := func(name, conf, mid, token string) (string, string) {
+		t.Helper()
+		root := filepath.Join(dir, name)
+		writeFile(t, root+"/etc/machine-id", mid+"\n")
+		writeFile(t, root+"/home/oc/.openclaw/openclaw.json", token)
+		out, err := runState(t, root, mnt, conf, `. "$BAKE_STATE_CONF"; setup`)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		return root, out
+	}
+	const midA, midB, midA2 = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", "11111111111111111111111111111111"
+	boot("rootA", confA, midA, "token-image-a")
+	key := readFile(t, mnt+"/data/etc/ssh/ssh_host_ed25519_key")
+	_, out := boot("rootB", confB, midB, "token-image-b")
+	if strings.Contains(out, "first use") {
+		t.Errorf("B copied:\n%s", out)
+	}
+	writeFile(t, mnt+"/data/home/oc/.openclaw/written-by-b", "b")
+	root, out := boot("rootA2", confA, midA2, "token-image-a")
+	if strings.Contains(out, "first use") {
+		t.Errorf("the rollback copied:\n%s", out)
+	}
+	if got := readFile(t, root+"/etc/machine-id"); got != midA+"\n" {
+		t.Errorf("the rollback's machine-id %q, want the instance's %s", got, midA)
+	}
+	if readFile(t, mnt+"/data/etc/ssh/ssh_host_ed25519_key") != key {
+		t.Error("the rollback remade the host key")
+	}
+	if got := readFile(t, mnt+"/data/home/oc/.openclaw/openclaw.json"); got != "token-image-a" {
+		t.Errorf("the instance's openclaw.json %q", got)
+	}
+	if _, err := os.Stat(mnt + "/data/home/oc/.openclaw/written-by-b"); err != nil {
+		t.Errorf("what B wrote into the state is gone after the rollback: %v", err)
+	}
+	rec := readFile(t, mnt+"/bake-state/image")
+	if !strings.Contains(rec, "NAME=img-a\n") || !strings.Contains(rec, "DIGEST=sha256:aa\n") || readFile(t, mnt+"/bake-state/format") != "1\n" {
+		t.Errorf("the record after the rollback:\n%s", rec)
+	}
+
+	// A newer bake wrote the volume: A refuses it and leaves it as it is.
+	writeFile(t, mnt+"/bake-state/format", "2\n")
+	before := readFile(t, mnt+"/bake-state/image")
+	out, err := runState(t, root, mnt, confA, `. "$BAKE_STATE_CONF"; check_format "$BAKE_STATE_MNT" || exit 3; setup`)
+	if err == nil || !strings.Contains(out, "state volume format 2 is newer than this image understands (1); it was last written by: img-a 1 sha256:aa") {
+		t.Errorf("A used a volume of a newer format: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "BIND") || readFile(t, mnt+"/bake-state/image") != before || readFile(t, mnt+"/bake-state/format") != "2\n" {
+		t.Errorf("A touched the volume of a newer format:\n%s", out)
+	}
+}

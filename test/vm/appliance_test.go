@@ -328,6 +328,9 @@ type bootOpts struct {
 	disk, firmware, token, via string
 	priv                       ed25519.PrivateKey
 	drives                     []vm.Drive
+	// persist: the VM writes to disk itself (no snapshot), so that the
+	// root disk can be examined after power-off.
+	persist bool
 }
 
 func bootApplianceWith(t *testing.T, o bootOpts) *guest {
@@ -381,7 +384,7 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 		NICModel:    nic,
 		NICPCIAddr:  slot,
 		Disk:        disk,
-		Snapshot:    true,
+		Snapshot:    !o.persist,
 		SeedISO:     seedPath,
 		ExtraDrives: o.drives,
 		ExtraArgs:   extra,
