@@ -176,7 +176,8 @@ func CheckTailscaleCA(pemText string) error {
 		}
 		n++
 		if blk.Type != "CERTIFICATE" {
-			return fmt.Errorf("the Tailscale CA bundle holds a %s block (block %d); only CERTIFICATE blocks belong there", blk.Type, n)
+			// Not the block's type: it may say what a pasted secret is.
+			return fmt.Errorf("the Tailscale CA bundle's PEM block %d is not a CERTIFICATE (a key pasted by mistake?); only CERTIFICATE blocks belong there", n)
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
@@ -188,7 +189,7 @@ func CheckTailscaleCA(pemText string) error {
 		b = rest
 	}
 	if n == 0 {
-		return fmt.Errorf("the Tailscale CA bundle holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+		return fmt.Errorf("the Tailscale CA bundle holds no PEM CERTIFICATE block")
 	}
 	return nil
 }
