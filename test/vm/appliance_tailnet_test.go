@@ -200,7 +200,7 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 
 	// The gateway's health through the tailnet (serve-http: port 80,
 	// keyed by the node's name), with the token, and with a wrong one.
-	get := func(netns, url, host, bearer string) (string, error) {
+	get := func(netns, url, host, bearer string, timeout time.Duration) (string, error) {
 		tr := &http.Transport{Proxy: nil, DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 			var c net.Conn
 			err := vm.InNetns(netns, func() (err error) {
@@ -216,7 +216,7 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 			req.Host = host
 		}
 		req.Header.Set("Authorization", "Bearer "+bearer)
-		resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: tr}).Do(req)
+		resp, err := (&http.Client{Timeout: timeout, Transport: tr}).Do(req)
 		if err != nil {
 			return "", err
 		}
@@ -225,12 +225,12 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 		return fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b))), nil
 	}
 	url := "http://" + addr.String() + "/health"
-	if got, err := get(ns.Name, url, "openclaw-test", token); err != nil || got != "200 OK" {
+	if got, err := get(ns.Name, url, "openclaw-test", token, 20*time.Second); err != nil || got != "200 OK" {
 		t.Errorf("GET %s (Host openclaw-test) with the token from the client over the tailnet: %q, %v", url, got, err)
 	} else {
 		t.Logf("GET http://openclaw-test/health (%s) with the token, from the client over the tailnet: %s", addr, got)
 	}
-	if got, err := get(ns.Name, url, "openclaw-test", "wrong-token-0123456789"); err != nil || strings.HasPrefix(got, "200") {
+	if got, err := get(ns.Name, url, "openclaw-test", "wrong-token-0123456789", 20*time.Second); err != nil || strings.HasPrefix(got, "200") {
 		t.Errorf("GET %s with a wrong token: %q, %v", url, got, err)
 	} else {
 		t.Logf("with a wrong token: %s", got)
@@ -243,7 +243,7 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 	}
 	guestIP := ls[len(ls)-1].IP.String()
 	for _, u := range []string{"http://" + guestIP + "/health", "http://" + guestIP + ":18789/health"} {
-		if got, err := get(tn.link.Netns, u, "openclaw-test", token); err == nil {
+		if got, err := get(tn.link.Netns, u, "openclaw-test", token, 5*time.Second); err == nil {
 			t.Errorf("GET %s from the link without the tailnet answered: %s", u, got)
 		} else {
 			t.Logf("GET %s from the link without the tailnet: refused (%v)", u, err)
