@@ -294,3 +294,78 @@ func (g *guest) mustIn(stdin, cmd string) string {
 	}
 	return string(out)
 }
+
+// checkTailnetReboot: after a reboot the appliance is the same node (same
+// node ID and key, no new node in headscale), back online with no join:
+// the join unit's condition (the key file) is false, the key is gone.
+func checkTailnetReboot(t *testing.T, g *guest, tn *tailnet) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	type self struct {
+		BackendState string
+		Self         struct{ ID, PublicKey, HostName string }
+	}
+	status := func() (self, error) {
+		var s self
+		out, err := g.run("tailscale status --json 2>/dev/null")
+		if err != nil {
+			return s, fmt.Errorf("%v: %s", err, out)
+		}
+		return s, json.Unmarshal([]byte(out), &s)
+	}
+	before, err := status()
+	if err != nil || before.BackendState != "Running" {
+		t.Fatalf("before the reboot: %+v %v", before, err)
+	}
+	nodesBefore, err := tn.hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	g.reboot()
+	var after self
+	for {
+		after, err = status()
+		if err == nil && after.BackendState == "Running" {
+			break
+		}
+		if time.Since(t0) > 5*time.Minute {
+			t.Fatalf("after the reboot tailscaled is not running: %+v %v", after, err)
+		}
+		time.Sleep(3 * time.Second)
+	}
+	nodesAfter, err := tn.hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Self.ID != before.Self.ID || after.Self.PublicKey != before.Self.PublicKey || len(nodesAfter) != len(nodesBefore) {
+		t.Errorf("after the reboot: node %s key %s (was %s, %s); headscale lists %d nodes (was %d)",
+			after.Self.ID, after.Self.PublicKey, before.Self.ID, before.Self.PublicKey, len(nodesAfter), len(nodesBefore))
+	} else {
+		t.Logf("after a reboot (%s): the same node %s (%s, key %s), running again with no re-auth; headscale still lists %d nodes",
+			since(t0), after.Self.ID, after.Self.HostName, after.Self.PublicKey, len(nodesAfter))
+	}
+	if out := g.must("systemctl show -p ConditionResult,ActiveState --value bake-tailscale-up.service"); out != "no\ninactive\n" {
+		t.Errorf("the join unit after the reboot (want its condition false, not run): %q", out)
+	}
+	g.must("sudo test ! -e " + appliance.TailscaleAuthKeyFile)
+	// headscale marks it online once its map request is in.
+	for i := 0; ; i++ {
+		online := false
+		for _, n := range nodesAfter {
+			online = online || (n.Name == "openclaw-test" || n.GivenName == "openclaw-test") && n.Online
+		}
+		if online {
+			break
+		}
+		if i == 30 {
+			t.Errorf("headscale does not list the appliance online after the reboot: %+v", nodesAfter)
+			break
+		}
+		time.Sleep(time.Second)
+		if nodesAfter, err = tn.hs.Nodes(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -748,6 +748,12 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 			t.Logf("cloud-init status --long:\n%s", out)
 		}
 	})
+
+	// Last: it reboots the guest.
+	t.Run("tailscale after a reboot", func(t *testing.T) {
+		g.t = t
+		checkTailnetReboot(t, g, tn)
+	})
 }
 
 // inOrder fails t unless every line of want is in got, in want's order
