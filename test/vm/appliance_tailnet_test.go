@@ -118,9 +118,10 @@ func checkTailnet(t *testing.T, g *guest, tn *tailnet, token string) {
 	}
 	// The join unit ran once the network was online (is-system-running
 	// waited for it) and worked.
-	up := g.must("systemctl show -p ActiveState,Result --value bake-tailscale-up.service; sudo journalctl -b -o short-monotonic -u bake-tailscale-up --no-pager")
+	// (systemctl show prints in its own order, not -p's.)
+	up := g.must("systemctl show -p ActiveState,Result bake-tailscale-up.service; sudo journalctl -b -o short-monotonic -u bake-tailscale-up --no-pager")
 	t.Logf("bake-tailscale-up:\n%s", up)
-	if !strings.HasPrefix(up, "active\nsuccess\n") || !strings.Contains(up, "login server from the seed: "+tn.hs.URL) {
+	if !strings.Contains(up, "ActiveState=active\n") || !strings.Contains(up, "Result=success\n") || !strings.Contains(up, "login server from the seed: "+tn.hs.URL) {
 		t.Fatalf("the join unit did not join with the seed's login server:\n%s", up)
 	}
 	for _, s := range []string{fb, up} {
@@ -346,7 +347,7 @@ func checkTailnetReboot(t *testing.T, g *guest, tn *tailnet) {
 		t.Logf("after a reboot (%s): the same node %s (%s, key %s), running again with no re-auth; headscale still lists %d nodes",
 			since(t0), after.Self.ID, after.Self.HostName, after.Self.PublicKey, len(nodesAfter))
 	}
-	if out := g.must("systemctl show -p ConditionResult,ActiveState --value bake-tailscale-up.service"); out != "no\ninactive\n" {
+	if out := g.must("systemctl show -p ConditionResult,ActiveState bake-tailscale-up.service"); !strings.Contains(out, "ConditionResult=no\n") || !strings.Contains(out, "ActiveState=inactive\n") {
 		t.Errorf("the join unit after the reboot (want its condition false, not run): %q", out)
 	}
 	g.must("sudo test ! -e " + appliance.TailscaleAuthKeyFile)
