@@ -706,12 +706,12 @@ func TestOpenClawConfig(t *testing.T) {
 func TestTailscaleFiles(t *testing.T) {
 	s := TailscaleUpScriptText(TailscaleOptions{Operator: "admin", Mode: "serve", GatewayPort: 18789})
 	golden(t, "tailscale-up.golden", s)
-	for _, want := range []string{`tailscale up --auth-key="file:$key"`, "rm -f \"$key\"", "tailscale set --operator='admin'", "tailscale serve --bg http://127.0.0.1:18789"} {
+	for _, want := range []string{`tailscale up ${login:+"--login-server=$login"} --auth-key="file:$key"`, "login=''\n", "seedlogin=" + TailscaleSeedLoginServerFile + "\n", "rm -f \"$key\"", "tailscale set --operator='admin'", "tailscale serve --bg http://127.0.0.1:18789"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("script lacks %q:\n%s", want, s)
 		}
 	}
-	if off := TailscaleUpScriptText(TailscaleOptions{Mode: "off"}); strings.Contains(off, "serve") || strings.Contains(off, "funnel") {
+	if off := TailscaleUpScriptText(TailscaleOptions{Mode: "off"}); strings.Contains(off, "tailscale serve") || strings.Contains(off, "funnel") {
 		t.Errorf("mode off serves:\n%s", off)
 	}
 	unit := string(TailscaleFiles(TailscaleOptions{})[1].Content)
@@ -844,11 +844,14 @@ func TestTailscaleLoginServer(t *testing.T) {
 	if _, ok := byPath[filepath.Dir(TailscaledCADropIn)]; !ok {
 		t.Errorf("no directory for the drop-in")
 	}
-	// Without a CA: no CA files, no drop-in (the appliance as before).
+	// Without a CA in the recipe: no CA file, but the directory and the
+	// drop-in (a seed may bring a CA: first boot writes it there).
+	noCA := map[string]bool{}
 	for _, f := range TailscaleFiles(TailscaleOptions{Mode: "serve"}) {
-		if strings.HasPrefix(f.Path, TailscaleCADir) || strings.HasPrefix(f.Path, filepath.Dir(TailscaledCADropIn)) {
-			t.Errorf("without a CA: %s", f.Path)
-		}
+		noCA[f.Path] = true
+	}
+	if noCA[TailscaleCAFile] || !noCA[TailscaleCADir] || !noCA[TailscaledCADropIn] {
+		t.Errorf("without a CA in the recipe, want %s and %s and no %s: %v", TailscaleCADir, TailscaledCADropIn, TailscaleCAFile, noCA)
 	}
 
 	dir := t.TempDir()
@@ -879,10 +882,81 @@ func TestTailscaleLoginServer(t *testing.T) {
 	if strings.Contains(s, "funnel") {
 		t.Errorf("serve-http funnels:\n%s", s)
 	}
-	if n := strings.Count(s, "join by hand with: sudo tailscale up --login-server=https://10.77.0.1\""); n != 2 {
-		t.Errorf("the hand-join hints name the login server %d times, want 2:\n%s", n, s)
-	}
 	if _, err := os.Stat(key); !os.IsNotExist(err) {
 		t.Errorf("auth key left: %v", err)
 	}
+	// No key: the hint names the recipe's login server.
+	cmd = exec.Command("/bin/sh", script)
+	cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "join by hand with: sudo tailscale up --login-server=https://10.77.0.1\n") {
+		t.Errorf("without a key: %v\n%s", err, out)
+	}
+}
+
+// TestTailscaleSeedLoginServer: the seed's login server (the file first
+// boot wrote from bake.tailscale_login_server) overrides the recipe's; one
+// that is not an https URL of the allowed characters is refused (no join,
+// the key removed); an image that funnels refuses any.
+func TestTailscaleSeedLoginServer(t *testing.T) {
+	run := func(t *testing.T, o TailscaleOptions, seed string) (string, string, error) {
+		dir := t.TempDir()
+		key := filepath.Join(dir, "tailscale_authkey")
+		os.WriteFile(key, []byte("hskey-auth-XXXX\n"), 0o600)
+		seedFile := filepath.Join(dir, "login-server")
+		if seed != "" {
+			os.WriteFile(seedFile, []byte(seed+"\n"), 0o644)
+		}
+		bin := filepath.Join(dir, "bin")
+		os.Mkdir(bin, 0o755)
+		os.WriteFile(filepath.Join(bin, "tailscale"), []byte(fmt.Sprintf("#!/bin/sh\necho \"tailscale $*\" >>%s/calls\n", dir)), 0o755)
+		s := TailscaleUpScriptText(o)
+		s = strings.Replace(s, "key="+TailscaleAuthKeyFile+"\n", "key="+key+"\n", 1)
+		s = strings.Replace(s, "seedlogin="+TailscaleSeedLoginServerFile+"\n", "seedlogin="+seedFile+"\n", 1)
+		script := filepath.Join(dir, "tailscale-up")
+		os.WriteFile(script, []byte(s), 0o755)
+		cmd := exec.Command("/bin/sh", script)
+		cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
+		out, err := cmd.CombinedOutput()
+		if _, serr := os.Stat(key); !os.IsNotExist(serr) {
+			t.Errorf("the auth key is still there (%v)", serr)
+		}
+		calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
+		return string(out), string(calls), err
+	}
+	recipe := TailscaleOptions{Operator: "admin", Mode: "serve-http", GatewayPort: 18789, HTTPPort: 80, LoginServer: "https://hs.example.net"}
+	for _, tc := range []struct {
+		name, seed, want string
+		o                TailscaleOptions
+	}{
+		{"recipe", "", "tailscale up --login-server=https://hs.example.net --auth-key=file:", recipe},
+		{"seed over recipe", "https://10.77.0.1", "tailscale up --login-server=https://10.77.0.1 --auth-key=file:", recipe},
+		{"seed over Tailscale's", "https://[fd77::1]:8443/hs", "tailscale up --login-server=https://[fd77::1]:8443/hs --auth-key=file:", TailscaleOptions{Mode: "serve", GatewayPort: 18789}},
+		{"Tailscale's", "", "tailscale up --auth-key=file:", TailscaleOptions{Mode: "serve", GatewayPort: 18789}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, calls, err := run(t, tc.o, tc.seed)
+			if err != nil || !strings.Contains(calls, tc.want) {
+				t.Errorf("%v\n%s\ncalls:\n%s\nwant %q", err, out, calls, tc.want)
+			}
+			if tc.seed != "" && !strings.Contains(out, "login server from the seed: "+tc.seed+"\n") {
+				t.Errorf("the log does not say the seed's login server:\n%s", out)
+			}
+		})
+	}
+	for i, bad := range []string{"http://10.77.0.1", "https://", "https://x/$(reboot)", "https://x y", "https://x;reboot", "https://x`id`", "https://x'", "ftp://x", "https://x\\"} {
+		// Not named after the value: the test's temp dir is, and the
+		// script names its files unquoted.
+		t.Run(fmt.Sprint("refused ", i), func(t *testing.T) {
+			out, calls, err := run(t, recipe, bad)
+			if err == nil || calls != "" || !strings.Contains(out, "not joining") {
+				t.Errorf("a seed login server %q: err %v, calls %q\n%s", bad, err, calls, out)
+			}
+		})
+	}
+	t.Run("funnel", func(t *testing.T) {
+		out, calls, err := run(t, TailscaleOptions{Mode: "funnel", GatewayPort: 18789}, "https://10.77.0.1")
+		if err == nil || calls != "" || !strings.Contains(out, "funnels the gateway") {
+			t.Errorf("funnel with a seed login server: err %v, calls %q\n%s", err, calls, out)
+		}
+	})
 }

@@ -44,6 +44,8 @@ type seedOptions struct {
 	newToken       string
 	printToken     bool
 	authKeyFile    string
+	loginServer    string
+	caFile         string
 	hostname       string
 	instanceID     string
 	instanceIDSet  bool
@@ -81,6 +83,8 @@ existing one) and is not printed unless --print-token.`,
 		Example: `  bake seed --format iso -o seed.iso --admin-key ~/.ssh/id_ed25519.pub --new-token gw-1.token --hostname gw-1
   bake seed --format fat -o seed.img --admin-key keys.pub --token-file gw-1.token
   bake seed --format user-data -o user-data --admin-key ~/.ssh/id_ed25519.pub --tailscale-authkey-file ts.key
+  bake seed --format iso -o seed.iso --admin-key ~/.ssh/id_ed25519.pub --tailscale-authkey-file hs.key \
+      --tailscale-login-server https://headscale.example.net --tailscale-ca headscale-ca.pem
   bake seed --format smbios -o seed.args --admin-key - < ~/.ssh/id_ed25519.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -98,6 +102,8 @@ existing one) and is not printed unless --print-token.`,
 	f.StringVar(&o.newToken, "new-token", "", "generate a gateway token and write it to this new file (0600; never overwrites)")
 	f.BoolVar(&o.printToken, "print-token", false, "also print the token --new-token generated on stdout")
 	f.StringVar(&o.authKeyFile, "tailscale-authkey-file", "", "read a Tailscale auth key from this file (- for stdin)")
+	f.StringVar(&o.loginServer, "tailscale-login-server", "", "the control server to join (an https URL, e.g. a headscale's server_url), instead of the image's tailscale.login_server")
+	f.StringVar(&o.caFile, "tailscale-ca", "", "a PEM file of CA certificates tailscaled trusts besides the system's (the control server's CA; - for stdin)")
 	f.StringVar(&o.hostname, "hostname", "", "the instance's host name (iso, fat, user-data)")
 	f.StringVar(&o.instanceID, "instance-id", "", "the NoCloud instance id (iso, fat; default: a random iid-...)")
 	return c
@@ -212,7 +218,7 @@ func runSeed(o *seedOptions) error {
 	}
 	// -o must not name an input: the seed would replace a key or token.
 	if !toStdout && o.out != "" {
-		inputs := append(slices.Clone(o.adminKeys), o.tokenFile, o.newToken, o.authKeyFile)
+		inputs := append(slices.Clone(o.adminKeys), o.tokenFile, o.newToken, o.authKeyFile, o.caFile)
 		for _, in := range inputs {
 			if in == "" || in == "-" {
 				continue
@@ -258,7 +264,23 @@ func runSeed(o *seedOptions) error {
 	if o.authKeyFile != "" {
 		s.TailscaleAuthKey = o.readSecret(&p, "--tailscale-authkey-file", o.authKeyFile, firstboot.CheckTailscaleAuthKey)
 	}
-	if o.format == seedSMBIOS && len(o.adminKeys) == 0 && o.tokenFile == "" && o.newToken == "" && o.authKeyFile == "" {
+	if o.loginServer != "" {
+		if err := firstboot.CheckLoginServer(o.loginServer); err != nil {
+			p.add("--tailscale-login-server: %v", err)
+		} else {
+			s.TailscaleLoginServer = o.loginServer
+		}
+	}
+	if o.caFile != "" {
+		if b, ok := o.read(&p, "--tailscale-ca", o.caFile); ok {
+			if err := firstboot.CheckTailscaleCA(string(b)); err != nil {
+				p.add("--tailscale-ca %s: %v", o.caFile, err)
+			} else {
+				s.TailscaleCA = string(b)
+			}
+		}
+	}
+	if o.format == seedSMBIOS && len(o.adminKeys) == 0 && o.tokenFile == "" && o.newToken == "" && o.authKeyFile == "" && o.loginServer == "" && o.caFile == "" {
 		p.add("--format smbios: nothing to pass; give --admin-key, --token-file, --new-token or --tailscale-authkey-file")
 	}
 	if len(p) == 0 {
@@ -398,6 +420,12 @@ func seedSummary(o *seedOptions, s firstboot.Seed) string {
 	var b strings.Builder
 	if s.TailscaleAuthKey != "" {
 		b.WriteString("; a Tailscale auth key")
+	}
+	if s.TailscaleLoginServer != "" {
+		b.WriteString("; Tailscale login server " + s.TailscaleLoginServer)
+	}
+	if s.TailscaleCA != "" {
+		b.WriteString("; a Tailscale CA bundle")
 	}
 	if s.Hostname != "" {
 		b.WriteString("; host name " + s.Hostname)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/internal/tailnettest"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -222,8 +223,13 @@ func TestSeedISO(t *testing.T) {
 func TestSeedFAT(t *testing.T) {
 	k := newSeedKit(t)
 	out := filepath.Join(t.TempDir(), "seed.img")
+	ca, err := tailnettest.NewTestCA(t.TempDir(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, stderr, code := run(t, "seed", "--format", "fat", "-o", out, "--admin-key", k.keyFile,
-		"--token-file", k.tokenFile, "--tailscale-authkey-file", k.authKey, "--hostname", "gw-2.example.org")
+		"--token-file", k.tokenFile, "--tailscale-authkey-file", k.authKey, "--hostname", "gw-2.example.org",
+		"--tailscale-login-server", "https://10.77.0.1", "--tailscale-ca", ca.CertFile)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -238,6 +244,16 @@ func TestSeedFAT(t *testing.T) {
 		t.Errorf("label %q", label)
 	}
 	checkNoCloud(t, files, k, k.token, k.auth, "gw-2.example.org", "")
+	caPEM, _ := os.ReadFile(ca.CertFile)
+	// go-diskfs v1.9.1 reads a file of more than 512 bytes padded with NULs
+	// to a multiple of 256 (vm's TestWriteNoCloudFAT reads it exactly with
+	// mtools).
+	if string(files[firstboot.TailscaleLoginServer]) != "https://10.77.0.1\n" || strings.TrimRight(string(files[firstboot.TailscaleCA]), "\x00") != string(caPEM) {
+		t.Errorf("%s %q, %s %q", firstboot.TailscaleLoginServer, files[firstboot.TailscaleLoginServer], firstboot.TailscaleCA, files[firstboot.TailscaleCA])
+	}
+	if !strings.Contains(stderr, "Tailscale login server https://10.77.0.1; a Tailscale CA bundle") {
+		t.Errorf("stderr: %s", stderr)
+	}
 	if _, err := exec.LookPath("fsck.fat"); err == nil {
 		if b, err := exec.Command("fsck.fat", "-n", out).CombinedOutput(); err != nil {
 			t.Errorf("fsck.fat -n: %v\n%s", err, b)
@@ -400,6 +416,7 @@ func TestSeedRefusesHostileValues(t *testing.T) {
 	spaceAuth := write("space.key", "tskey-auth s3cr3t\n")
 	twoLines := write("two.token", k.token+"\n"+k.token+"\n")
 	empty := write("empty.pub", "# no key here\n")
+	keyCA := write("key-ca.pem", string(k.privPEM))
 
 	cases := []struct {
 		name string
@@ -415,6 +432,10 @@ func TestSeedRefusesHostileValues(t *testing.T) {
 		{"no key in the file", []string{"--admin-key", empty}, []string{"holds no SSH public key"}},
 		{"auth key with a space", []string{"--tailscale-authkey-file", spaceAuth}, []string{"a space"}},
 		{"instance id", []string{"--instance-id", "../../etc/x"}, []string{"--instance-id: instance id"}},
+		{"login server over http", []string{"--tailscale-login-server", "http://10.77.0.1"}, []string{"--tailscale-login-server: the Tailscale login server must be an https URL"}},
+		{"login server with a password", []string{"--tailscale-login-server", "https://u:s3cr3t@hs.example.net"}, []string{"--tailscale-login-server:", "credentials"}},
+		{"a private key as the CA", []string{"--tailscale-ca", keyCA}, []string{"--tailscale-ca " + keyCA + ": the Tailscale CA bundle's PEM block 1 is not a CERTIFICATE"}},
+		{"no CA in the file", []string{"--tailscale-ca", empty}, []string{"no PEM CERTIFICATE block"}},
 		{"missing key file", []string{"--admin-key", filepath.Join(k.dir, "nope.pub")}, []string{"nope.pub: no such file"}},
 		{"all at once", []string{"--hostname", "a b", "--token-file", quoteTok, "--admin-key", optsKey, "--admin-key", k.privFile, "--tailscale-authkey-file", spaceAuth},
 			[]string{"5 problem(s)", "--hostname", "--token-file", "opts.pub", "id_ed25519", "--tailscale-authkey-file"}},

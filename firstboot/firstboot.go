@@ -48,10 +48,16 @@ const (
 	AdminSSHKeys     = "bake.admin_ssh_keys"
 	GatewayToken     = "bake.gateway_token"
 	TailscaleAuthKey = "bake.tailscale_authkey"
+	// TailscaleLoginServer and TailscaleCA override the recipe's
+	// tailscale.login_server and add to its tailscale.ca for one
+	// instance: first boot writes them to appliance.TailscaleSeedLoginServerFile
+	// and appliance.TailscaleSeedCAFile.
+	TailscaleLoginServer = "bake.tailscale_login_server"
+	TailscaleCA          = "bake.tailscale_ca"
 )
 
 // SeedNames are every value a seed may carry.
-var SeedNames = []string{AdminSSHKeys, GatewayToken, TailscaleAuthKey}
+var SeedNames = []string{AdminSSHKeys, GatewayToken, TailscaleAuthKey, TailscaleLoginServer, TailscaleCA}
 
 // Options configure first boot for one image.
 type Options struct {
@@ -116,7 +122,9 @@ func Unit(o Options) string {
 		before = append(before, o.GatewayUnit)
 	}
 	if o.Tailscale {
-		before = append(before, appliance.TailscaleUpUnitName)
+		// tailscaled too: it reads the seed's CA (SSL_CERT_DIR) when it
+		// first verifies a certificate, which may be at its start.
+		before = append(before, "tailscaled.service", appliance.TailscaleUpUnitName)
 	}
 	before = append(before, "shutdown.target")
 	var b strings.Builder

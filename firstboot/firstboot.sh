@@ -17,7 +17,8 @@
 # gateway token (given, or 64 random [A-Za-z0-9] from the kernel's CSPRNG),
 # writes the gateway's openclaw.json (0600, owned by the gateway's user,
 # written as that user and never through a symlink) and leaves a
-# Tailscale auth key for bake-tailscale-up.service.
+# Tailscale auth key for bake-tailscale-up.service, with the seed's
+# control server and CA when it names another (headscale) than the image's.
 #
 # It logs what it does and where values came from, never a secret: no
 # secret is ever put on a command line (other users can read those).
@@ -37,7 +38,10 @@ BAKED_SEED=/etc/bake/seed.d
 CLOUD_INIT_SEED=/run/bake/cloud-init-seed
 SECRETS=/var/lib/bake/secrets
 PLACEHOLDER=@BAKE_GATEWAY_TOKEN@
-NAMES="admin_ssh_keys gateway_token tailscale_authkey"
+TS_SEED_LOGIN=/etc/bake/tailscale-login-server
+TS_CA_DIR=/etc/bake/tailscale-ca
+TS_CA_MAX=65536
+NAMES="admin_ssh_keys gateway_token tailscale_authkey tailscale_login_server tailscale_ca"
 
 # Settings from the image (firstboot.conf overrides these defaults).
 ADMIN_USER=
@@ -393,12 +397,59 @@ setup_gateway() {
 	log "wrote $GATEWAY_CONFIG (0600, $GATEWAY_OWNER, written as uid $gw_uid); read the token with: sudo grep -o '\"token\": *\"[^\"]*\"' $GATEWAY_CONFIG"
 }
 
+# setup_tailscale_server: the seed's control server (overrides the
+# recipe's tailscale.login_server) and CA bundle (trusted by tailscaled
+# besides the system's roots and the recipe's CA: its drop-in names
+# TS_CA_DIR in SSL_CERT_DIR). Neither is a secret. A value that is not
+# one is an error and not used (the join then goes to the image's server).
+setup_tailscale_server() {
+	rm -f "$TS_SEED_LOGIN" "$TS_CA_DIR/seed.pem"
+	if [ -s "$WORK/value.tailscale_login_server" ]; then
+		url=$(head -n 1 "$WORK/value.tailscale_login_server" | tr -d '\r')
+		ok=1
+		case $url in
+		https://?*) ;;
+		*) ok= ;;
+		esac
+		case ${url#https://} in
+		*[!]A-Za-z0-9._~:/%[-]*) ok= ;;
+		esac
+		[ ${#url} -le 512 ] || ok=
+		if [ -z "$ok" ]; then
+			err "the seed's bake.tailscale_login_server is not an https URL of at most 512 characters A-Z a-z 0-9 . - _ ~ : / [ ] %; not used"
+		else
+			printf '%s\n' "$url" >"$TS_SEED_LOGIN.tmp" && chmod 0644 "$TS_SEED_LOGIN.tmp" && mv -f "$TS_SEED_LOGIN.tmp" "$TS_SEED_LOGIN"
+			log "tailscale login server from the seed ($(cat "$WORK/from.tailscale_login_server")): $url"
+		fi
+	fi
+	if [ -s "$WORK/value.tailscale_ca" ]; then
+		f=$WORK/tailscale_ca.pem
+		tr -d '\r' <"$WORK/value.tailscale_ca" >"$f"
+		size=$(wc -c <"$f")
+		begins=$(grep -c -- '-----BEGIN ' "$f" || true)
+		certs=$(grep -c -x -- '-----BEGIN CERTIFICATE-----' "$f" || true)
+		if [ "$size" -gt "$TS_CA_MAX" ]; then
+			err "the seed's bake.tailscale_ca is $size bytes, more than $TS_CA_MAX; not used"
+		elif [ "$certs" -eq 0 ] || [ "$begins" -ne "$certs" ]; then
+			err "the seed's bake.tailscale_ca must hold PEM CERTIFICATE blocks and nothing else PEM (it has $certs certificate(s) among $begins block(s)); not used"
+		else
+			mkdir -p "$TS_CA_DIR"
+			chmod 0755 "$TS_CA_DIR"
+			cp "$f" "$TS_CA_DIR/seed.pem.tmp" && chmod 0644 "$TS_CA_DIR/seed.pem.tmp" && mv -f "$TS_CA_DIR/seed.pem.tmp" "$TS_CA_DIR/seed.pem"
+			log "tailscale CA from the seed ($(cat "$WORK/from.tailscale_ca")): $certs certificate(s) in $TS_CA_DIR/seed.pem"
+		fi
+	fi
+}
+
 setup_tailscale() {
-	[ -s "$WORK/value.tailscale_authkey" ] || return 0
 	if [ -z "$TAILSCALE" ]; then
-		warn "the seed has a Tailscale auth key, but this image has no Tailscale; ignored"
+		for name in tailscale_authkey tailscale_login_server tailscale_ca; do
+			[ -s "$WORK/value.$name" ] && warn "the seed has bake.$name, but this image has no Tailscale; ignored"
+		done
 		return 0
 	fi
+	setup_tailscale_server
+	[ -s "$WORK/value.tailscale_authkey" ] || return 0
 	mkdir -p "$SECRETS"
 	chmod 0700 "$SECRETS"
 	tr -d ' \t\r\n' <"$WORK/value.tailscale_authkey" >"$SECRETS/tailscale_authkey"

@@ -704,3 +704,73 @@ func TestSeedFormats(t *testing.T) {
 		}
 	}
 }
+
+// TestSetupTailscaleServer: the seed's login server and CA bundle land
+// where the join script and tailscaled's SSL_CERT_DIR read them
+// (appliance.TailscaleSeedLoginServerFile, appliance.TailscaleSeedCAFile),
+// and values that are not an https URL or a bundle of certificates are
+// refused (an error, nothing written).
+func TestSetupTailscaleServer(t *testing.T) {
+	if !strings.Contains(Script(), "TS_SEED_LOGIN="+appliance.TailscaleSeedLoginServerFile+"\n") ||
+		!strings.Contains(Script(), "TS_CA_DIR="+appliance.TailscaleCADir+"\n") ||
+		appliance.TailscaleSeedCAFile != appliance.TailscaleCADir+"/seed.pem" {
+		t.Fatal("the script's paths for the seed's login server and CA are not appliance's")
+	}
+	if !strings.Contains(Script(), "TS_CA_MAX="+strconv.Itoa(MaxTailscaleCA)+"\n") {
+		t.Fatal("the script's CA size limit is not MaxTailscaleCA")
+	}
+	cert := testCAPEM(t)
+	for _, tc := range []struct {
+		name, login, ca string
+		wantLogin       string
+		wantCA          bool
+		fails           bool
+	}{
+		{name: "both", login: "https://10.77.0.1", ca: cert, wantLogin: "https://10.77.0.1\n", wantCA: true},
+		{name: "crlf", login: "https://hs.example.net:8443/x\r", ca: strings.ReplaceAll(cert, "\n", "\r\n"), wantLogin: "https://hs.example.net:8443/x\n", wantCA: true},
+		{name: "http", login: "http://10.77.0.1", fails: true},
+		{name: "shell", login: "https://x/$(reboot)", fails: true},
+		{name: "space", login: "https://x y", fails: true},
+		{name: "key in the bundle", ca: cert + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", fails: true},
+		{name: "no certificate", ca: "hello\n", fails: true},
+		{name: "too big", ca: cert + strings.Repeat("#", MaxTailscaleCA), fails: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			work := filepath.Join(dir, "work")
+			os.Mkdir(work, 0o700)
+			if tc.login != "" {
+				os.WriteFile(filepath.Join(work, "value.tailscale_login_server"), []byte(tc.login+"\n"), 0o600)
+				os.WriteFile(filepath.Join(work, "from.tailscale_login_server"), []byte("nocloud\n"), 0o600)
+			}
+			if tc.ca != "" {
+				os.WriteFile(filepath.Join(work, "value.tailscale_ca"), []byte(tc.ca), 0o600)
+				os.WriteFile(filepath.Join(work, "from.tailscale_ca"), []byte("nocloud\n"), 0o600)
+			}
+			out, err := run(t, fmt.Sprintf(`WORK=%[1]s/work TS_SEED_LOGIN=%[1]s/login TS_CA_DIR=%[1]s/ca TAILSCALE=yes SECRETS=%[1]s/secrets
+setup_tailscale
+echo "failed=$failed"`, dir))
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			login, lerr := os.ReadFile(filepath.Join(dir, "login"))
+			ca, cerr := os.ReadFile(filepath.Join(dir, "ca/seed.pem"))
+			if tc.fails {
+				if !strings.Contains(out, "failed=1") || !os.IsNotExist(lerr) || !os.IsNotExist(cerr) {
+					t.Errorf("want refused, nothing written: login %q ca %q\n%s", login, ca, out)
+				}
+				t.Logf("refused: %s", strings.TrimSpace(out))
+				return
+			}
+			if !strings.Contains(out, "failed=0") || string(login) != tc.wantLogin || (string(ca) == strings.ReplaceAll(tc.ca, "\r", "")) != tc.wantCA {
+				t.Errorf("login %q (want %q), CA written %v (want %v)\n%s", login, tc.wantLogin, cerr == nil, tc.wantCA, out)
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "ca/seed.pem")); err != nil || fi.Mode().Perm() != 0o644 {
+				t.Errorf("seed.pem: %v %v", fi, err)
+			}
+			if err := CheckTailscaleCA(string(ca)); err != nil {
+				t.Errorf("what first boot wrote does not pass CheckTailscaleCA: %v", err)
+			}
+		})
+	}
+}

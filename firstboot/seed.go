@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
 	"math/big"
+	"net/url"
 	"regexp"
 	"slices"
 	"sort"
@@ -28,6 +31,14 @@ type Seed struct {
 	AdminKeys        []string
 	GatewayToken     string
 	TailscaleAuthKey string
+	// TailscaleLoginServer overrides the image's control server
+	// (tailscale.login_server) for this instance: an https URL, e.g. a
+	// headscale's server_url.
+	TailscaleLoginServer string
+	// TailscaleCA is PEM CA certificates tailscaled trusts besides the
+	// system's and the recipe's tailscale.ca, for this instance (the
+	// control server's CA; at most MaxTailscaleCA bytes).
+	TailscaleCA string
 }
 
 var (
@@ -42,7 +53,13 @@ var (
 	// with its ?ephemeral=...&preauthorized=... parameters): printable
 	// ASCII, no space; tailscale up reads it from a file.
 	authKeyRe = regexp.MustCompile(`^[\x21-\x7e]+$`)
+	// The characters a login server URL may have (first boot's shell
+	// checks the same set): no quote, space or shell syntax.
+	loginServerRe = regexp.MustCompile(`^https://[A-Za-z0-9.\-_~:/\[\]%]+$`)
 )
+
+// MaxTailscaleCA is the largest CA bundle a seed may carry.
+const MaxTailscaleCA = 65536
 
 // TokenLength is the length of a generated gateway token: 64 characters
 // of [A-Za-z0-9], as first boot generates them when the seed has none.
@@ -114,6 +131,65 @@ func CheckTailscaleAuthKey(k string) error {
 	if len(k) > 1024 || !authKeyRe.MatchString(k) {
 		return fmt.Errorf("the Tailscale auth key must be 1 to 1024 printable ASCII characters without spaces (this one has %d characters%s)",
 			utf8.RuneCountInString(k), outside(k, func(r rune) bool { return r > 0x20 && r < 0x7f }))
+	}
+	return nil
+}
+
+// CheckLoginServer reports a control server URL first boot refuses: not
+// https (Tailscale clients reach the control server's DERP relay over
+// HTTPS only), no host, credentials, a query or a fragment, longer than
+// 512 bytes, or characters outside A-Z a-z 0-9 . - _ ~ : / [ ] %.
+func CheckLoginServer(s string) error {
+	const want = "the Tailscale login server must be an https URL such as https://headscale.example.net (headscale's server_url)"
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: %s is not a URL", want, strconv.Quote(s))
+	case u.Scheme != "https":
+		return fmt.Errorf("%s: %s is not https", want, strconv.Quote(s))
+	case u.Hostname() == "":
+		return fmt.Errorf("%s: %s has no host", want, strconv.Quote(s))
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Contains(s, "?") || strings.Contains(s, "#"):
+		// No quoting: user info may be a password.
+		return fmt.Errorf("%s: this one has credentials, a query or a fragment", want)
+	case len(s) > 512 || !loginServerRe.MatchString(s):
+		return fmt.Errorf("%s: %s is longer than 512 bytes or has characters outside A-Z a-z 0-9 . - _ ~ : / [ ] %%", want, strconv.Quote(s))
+	}
+	return nil
+}
+
+// CheckTailscaleCA reports a CA bundle first boot refuses: more than
+// MaxTailscaleCA bytes, no PEM certificate, a PEM block that is not a
+// CERTIFICATE (a private key pasted by mistake), or a certificate that
+// does not parse or is not a CA's. Text between blocks (openssl's
+// "subject=" lines) is ignored, as tailscaled's crypto/x509 ignores it.
+func CheckTailscaleCA(pemText string) error {
+	if len(pemText) > MaxTailscaleCA {
+		return fmt.Errorf("the Tailscale CA bundle is %d bytes, more than %d", len(pemText), MaxTailscaleCA)
+	}
+	b := []byte(pemText)
+	n := 0
+	for {
+		blk, rest := pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		n++
+		if blk.Type != "CERTIFICATE" {
+			// Not the block's type: it may say what a pasted secret is.
+			return fmt.Errorf("the Tailscale CA bundle's PEM block %d is not a CERTIFICATE (a key pasted by mistake?); only CERTIFICATE blocks belong there", n)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return fmt.Errorf("the Tailscale CA bundle: certificate %d: %v", n, err)
+		}
+		if !c.IsCA {
+			return fmt.Errorf("the Tailscale CA bundle: certificate %d (%s) is not a CA certificate", n, c.Subject)
+		}
+		b = rest
+	}
+	if n == 0 {
+		return fmt.Errorf("the Tailscale CA bundle holds no PEM CERTIFICATE block")
 	}
 	return nil
 }
@@ -241,6 +317,12 @@ func (s Seed) Check() error {
 	if s.TailscaleAuthKey != "" {
 		add("", CheckTailscaleAuthKey(s.TailscaleAuthKey))
 	}
+	if s.TailscaleLoginServer != "" {
+		add("", CheckLoginServer(s.TailscaleLoginServer))
+	}
+	if s.TailscaleCA != "" {
+		add("", CheckTailscaleCA(s.TailscaleCA))
+	}
 	for i, k := range s.AdminKeys {
 		add(fmt.Sprintf("admin key %d: ", i+1), CheckAdminKey(k))
 	}
@@ -263,6 +345,12 @@ func (s Seed) values() map[string]string {
 	}
 	if s.TailscaleAuthKey != "" {
 		v[TailscaleAuthKey] = s.TailscaleAuthKey + "\n"
+	}
+	if s.TailscaleLoginServer != "" {
+		v[TailscaleLoginServer] = s.TailscaleLoginServer + "\n"
+	}
+	if s.TailscaleCA != "" {
+		v[TailscaleCA] = strings.TrimRight(s.TailscaleCA, "\n") + "\n"
 	}
 	return v
 }

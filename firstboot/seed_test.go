@@ -6,13 +6,17 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -174,5 +178,66 @@ func TestCheckedKeysPassFirstBoot(t *testing.T) {
 	}
 	if out != in.String() {
 		t.Errorf("first boot kept\n%s\nof\n%s", out, in.String())
+	}
+}
+
+// testCAPEM is a fresh self-signed CA certificate, PEM.
+func testCAPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "seed test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func TestSeedTailscaleServer(t *testing.T) {
+	ca := testCAPEM(t)
+	s := Seed{TailscaleAuthKey: "hskey-auth-0123", TailscaleLoginServer: "https://10.77.0.1", TailscaleCA: ca}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+	files := s.NoCloudFiles()
+	if string(files[TailscaleLoginServer]) != "https://10.77.0.1\n" || string(files[TailscaleCA]) != ca {
+		t.Errorf("NoCloud files: %q", files)
+	}
+	var creds []string
+	for _, c := range s.SMBIOSStrings() {
+		creds = append(creds, c[:strings.Index(c, "=")])
+	}
+	if want := "io.systemd.credential.binary:" + TailscaleLoginServer; !slices.Contains(creds, want) {
+		t.Errorf("SMBIOS credentials %v lack %s", creds, want)
+	}
+	if !strings.Contains(string(s.CloudUserData()), CloudInitSeedDir+"/"+TailscaleCA) {
+		t.Errorf("cloud user-data lacks the CA:\n%s", s.CloudUserData())
+	}
+	for _, bad := range []Seed{
+		{TailscaleLoginServer: "http://10.77.0.1"},
+		{TailscaleLoginServer: "https://"},
+		{TailscaleLoginServer: "https://user:pw@hs.example.net"},
+		{TailscaleLoginServer: "https://hs.example.net/?a=b"},
+		{TailscaleLoginServer: "https://hs.example.net/#x"},
+		{TailscaleLoginServer: "https://hs.example.net/$(reboot)"},
+		{TailscaleLoginServer: "https://hs.example.net/" + strings.Repeat("a", 512)},
+		{TailscaleCA: "not pem"},
+		{TailscaleCA: ca + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+		{TailscaleCA: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+		{TailscaleCA: strings.Repeat(ca, MaxTailscaleCA/len(ca)+1)},
+	} {
+		err := bad.Check()
+		if err == nil {
+			t.Errorf("accepted %+v", bad)
+			continue
+		}
+		if strings.Contains(err.Error(), "pw@") {
+			t.Errorf("the message quotes credentials: %v", err)
+		}
 	}
 }

@@ -172,8 +172,91 @@ func WriteNoCloudFAT(path string, metaData, userData []byte, extra map[string][]
 				return err
 			}
 		}
+		if err := uniqueShortNames(tmp); err != nil {
+			return err
+		}
 		return freeCluster2(tmp)
 	})
+}
+
+// fat16Root returns the offset and size of a FAT16 volume's root directory.
+func fat16Root(f *os.File) (int64, int64, error) {
+	bs := make([]byte, 512)
+	if _, err := f.ReadAt(bs, 0); err != nil {
+		return 0, 0, err
+	}
+	le16 := func(b []byte, o int) int64 { return int64(binary.LittleEndian.Uint16(b[o:])) }
+	bps, rsvd, nfats, rootEnts, fatSz := le16(bs, 0x0b), le16(bs, 0x0e), int64(bs[0x10]), le16(bs, 0x11), le16(bs, 0x16)
+	if bps != 512 || nfats == 0 || rootEnts == 0 || fatSz == 0 {
+		return 0, 0, fmt.Errorf("vm: seed: not the FAT16 layout expected (%d bytes/sector, %d FATs, %d root entries, %d sectors/FAT)", bps, nfats, rootEnts, fatSz)
+	}
+	return (rsvd + nfats*fatSz) * bps, rootEnts * 32, nil
+}
+
+// uniqueShortNames gives every root directory entry a short (8.3) name
+// of its own: go-diskfs v1.9.1 derives it from the long name without
+// numbering, so bake.tailscale_authkey and bake.tailscale_ca both become
+// BAKE.TAI (fsck.fat: "Duplicate directory entry"). A repeated one gets
+// BAKE~N.TAI, as Windows and Linux number them, and its long-name entries
+// the new name's checksum.
+func uniqueShortNames(f *os.File) error {
+	off, size, err := fat16Root(f)
+	if err != nil {
+		return err
+	}
+	root := make([]byte, size)
+	if _, err := f.ReadAt(root, off); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	changed := false
+	for i := 0; i+32 <= len(root) && root[i] != 0; i += 32 {
+		e := root[i : i+32]
+		if e[0] == 0xe5 || e[11] == 0x0f || e[11]&0x08 != 0 { // deleted, long name, volume label
+			continue
+		}
+		name := string(e[:11])
+		if !seen[name] {
+			seen[name] = true
+			continue
+		}
+		base := strings.TrimRight(name[:8], " ")
+		if j := strings.IndexByte(base, '~'); j >= 0 {
+			base = base[:j]
+		}
+		found := false
+		for n := 1; n < 1000000 && !found; n++ {
+			tail := fmt.Sprintf("~%d", n)
+			b := base
+			if len(b)+len(tail) > 8 {
+				b = b[:8-len(tail)]
+			}
+			cand := fmt.Sprintf("%-8s", b+tail) + name[8:]
+			if !seen[cand] {
+				copy(e[:11], cand)
+				seen[cand], found = true, true
+			}
+		}
+		if !found {
+			return fmt.Errorf("vm: seed: no short name left for %q", name)
+		}
+		var sum byte
+		for _, c := range e[:11] {
+			sum = (sum&1)<<7 + sum>>1 + c
+		}
+		for j := i - 32; j >= 0 && root[j+11] == 0x0f && root[j] != 0xe5; j -= 32 {
+			root[j+13] = sum
+			if root[j]&0x40 != 0 { // the last (first stored) long-name entry
+				break
+			}
+		}
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	_, err = f.WriteAt(root, off)
+	return err
 }
 
 // freeCluster2 frees the FAT16 cluster go-diskfs v1.9.1 marks as the end

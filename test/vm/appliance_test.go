@@ -215,7 +215,8 @@ type guest struct {
 	t      *testing.T
 	c      *ssh.Client
 	v      *vm.VM
-	port   int
+	port   int     // the forwarded SSH port on 127.0.0.1 (0 on a link)
+	dial   sshDial // how SSH reaches it
 	signer ssh.Signer
 	priv   ed25519.PrivateKey
 	// hostKey is the SHA256 fingerprint sshd showed at login.
@@ -231,7 +232,7 @@ func (g *guest) reboot() {
 	g.c.Close()
 	time.Sleep(10 * time.Second)
 	for i := 0; ; i++ {
-		c, hk := login(g.t, g.v, g.port, g.signer, 10*time.Minute)
+		c, hk := login(g.t, g.v, g.dial, g.signer, 10*time.Minute)
 		g.c = c
 		if after := strings.TrimSpace(g.must("cat /proc/sys/kernel/random/boot_id")); after != before {
 			if hk != g.hostKey {
@@ -265,15 +266,57 @@ func (g *guest) must(cmd string) string {
 	return out
 }
 
+// sshDial opens the TCP connection an SSH session runs over.
+type sshDial func() (net.Conn, error)
+
+// loopbackDial reaches a guest through QEMU's forward of port to its 22.
+func loopbackDial(port int) sshDial {
+	return func() (net.Conn, error) {
+		return net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 20*time.Second)
+	}
+}
+
+// linkDial reaches a guest on a vm.Link at its DHCP address, port 22,
+// from inside the link's namespace (a dial from the root namespace would
+// go wherever the machine routes 10.77.0.0/24).
+func linkDial(l *vm.Link) sshDial {
+	return func() (net.Conn, error) {
+		ls, err := l.Leases()
+		if err != nil {
+			return nil, err
+		}
+		if len(ls) == 0 {
+			return nil, fmt.Errorf("no DHCP lease on the link yet")
+		}
+		var c net.Conn
+		err = vm.InNetns(l.Netns, func() (err error) {
+			c, err = net.DialTimeout("tcp", net.JoinHostPort(ls[len(ls)-1].IP.String(), "22"), 20*time.Second)
+			return err
+		})
+		return c, err
+	}
+}
+
 func dialSSH(port int, user string, auth ...ssh.AuthMethod) (*ssh.Client, error) {
-	c, _, err := dialSSHKey(port, user, auth...)
+	c, _, err := dialSSHKey(loopbackDial(port), user, auth...)
+	return c, err
+}
+
+// dialSSHVia is dialSSH over d.
+func dialSSHVia(d sshDial, user string, auth ...ssh.AuthMethod) (*ssh.Client, error) {
+	c, _, err := dialSSHKey(d, user, auth...)
 	return c, err
 }
 
 // dialSSHKey also returns the host key the server showed.
-func dialSSHKey(port int, user string, auth ...ssh.AuthMethod) (*ssh.Client, string, error) {
+func dialSSHKey(d sshDial, user string, auth ...ssh.AuthMethod) (*ssh.Client, string, error) {
 	var hostKey string
-	c, err := ssh.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &ssh.ClientConfig{
+	conn, err := d()
+	if err != nil {
+		return nil, "", err
+	}
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	sc, chans, reqs, err := ssh.NewClientConn(conn, conn.RemoteAddr().String(), &ssh.ClientConfig{
 		User: user, Auth: auth, Timeout: 20 * time.Second,
 		// The host key is made at first boot; the test has no way to
 		// know it beforehand (bake verify pins it from the console).
@@ -283,15 +326,20 @@ func dialSSHKey(port int, user string, auth ...ssh.AuthMethod) (*ssh.Client, str
 			return nil
 		},
 	})
-	return c, hostKey, err
+	if err != nil {
+		conn.Close()
+		return nil, "", err
+	}
+	conn.SetDeadline(time.Time{})
+	return ssh.NewClient(sc, chans, reqs), hostKey, nil
 }
 
 // login waits for SSH and logs in as the admin.
-func login(t *testing.T, v *vm.VM, port int, signer ssh.Signer, max time.Duration) (*ssh.Client, string) {
+func login(t *testing.T, v *vm.VM, d sshDial, signer ssh.Signer, max time.Duration) (*ssh.Client, string) {
 	t.Helper()
 	deadline := time.Now().Add(max)
 	for {
-		c, hk, err := dialSSHKey(port, "admin", ssh.PublicKeys(signer))
+		c, hk, err := dialSSHKey(d, "admin", ssh.PublicKeys(signer))
 		if err == nil {
 			return c, hk
 		}
@@ -323,11 +371,15 @@ func bootApplianceDisk(t *testing.T, disk, firmware, token, via string) *guest {
 
 // bootOpts are bootApplianceWith's: priv, when set, is the admin's key
 // (a boot with no seed, via "none", logs in with the key an earlier boot
-// put on a state volume); drives are extra disks.
+// put on a state volume); drives are extra disks; link, when set, is the
+// guest's network instead of QEMU's user network (SSH then goes to its DHCP
+// address from inside the link's namespace); seed adds to the seed.
 type bootOpts struct {
 	disk, firmware, token, via string
 	priv                       ed25519.PrivateKey
 	drives                     []vm.Drive
+	link                       *vm.Link
+	seed                       func(*firstboot.Seed)
 	// persist: the VM writes to disk itself (no snapshot), so that the
 	// root disk can be examined after power-off.
 	persist bool
@@ -347,6 +399,12 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 	sshPub, _ := ssh.NewPublicKey(pub)
 	seed := firstboot.Seed{InstanceID: "iid-appliance-" + firmware, Hostname: "openclaw-test",
 		AdminKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " vmtest"}, GatewayToken: token}
+	if o.seed != nil {
+		o.seed(&seed)
+	}
+	if err := seed.Check(); err != nil {
+		t.Fatal(err)
+	}
 	seedPath := ""
 	var extra []string
 	switch via {
@@ -368,9 +426,16 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 			t.Fatal(err)
 		}
 	}
-	port, err := vm.FreePort()
-	if err != nil {
-		t.Fatal(err)
+	port := 0
+	netCfg := vm.NetConfig{}
+	var dial sshDial
+	if o.link != nil {
+		netCfg, dial = o.link.NetConfig(), linkDial(o.link)
+	} else {
+		if port, err = vm.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+		netCfg, dial = vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}}, loopbackDial(port)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	t.Cleanup(cancel)
@@ -390,7 +455,7 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 		ExtraArgs:   extra,
 		MemoryMiB:   2048,
 		CPUs:        vmCPUs(firmware),
-		Net:         vm.NetConfig{Mode: vm.NetUser, Forwards: []vm.Forward{{HostPort: port, GuestPort: 22}}},
+		Net:         netCfg,
 	})
 	if err != nil {
 		t.Fatalf("starting QEMU: %v", err)
@@ -402,9 +467,9 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 		}
 		v.Stop()
 	})
-	c, hk := login(t, v, port, signer, 10*time.Minute)
+	c, hk := login(t, v, dial, signer, 10*time.Minute)
 	t.Logf("%s: SSH login as admin after %s (host key %s)", firmware, since(t0), hk)
-	g := &guest{t: t, c: c, v: v, port: port, signer: signer, priv: priv, hostKey: hk, started: t0}
+	g := &guest{t: t, c: c, v: v, port: port, dial: dial, signer: signer, priv: priv, hostKey: hk, started: t0}
 	t.Cleanup(func() { g.c.Close() })
 	return g
 }
@@ -432,13 +497,18 @@ func (g *guest) waitRunning(max time.Duration) string {
 }
 
 // TestApplianceBIOS boots the appliance under SeaBIOS with a NoCloud seed
-// and checks each layer from inside the guest.
+// and checks each layer from inside the guest. The guest is on a vm.Link
+// where headscale runs (startTailnet): the seed carries a pre-auth key,
+// headscale's URL and its CA, and the "tailscale" subtest proves the
+// first boot's join (checkTailnet).
 func TestApplianceBIOS(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	tok := make([]byte, 24)
 	rand.Read(tok)
 	token := "seed-" + hex.EncodeToString(tok)
-	g := bootAppliance(t, vm.BIOS, token, "nocloud")
+	img := filepath.Join(applianceImage(t), "openclaw-test.qcow2")
+	tn := startTailnet(t, "appl-bios")
+	g := bootApplianceWith(t, bootOpts{disk: img, firmware: vm.BIOS, token: token, via: "nocloud", link: tn.link, seed: tn.seed})
 
 	// The system came up whole: every unit, the gateway container too,
 	// with no route to the outside (restrict=on) and nothing pulled.
@@ -470,7 +540,7 @@ func TestApplianceBIOS(t *testing.T) {
 			t.Error(err)
 		}
 		// Password and keyboard-interactive: not even offered.
-		_, err := dialSSH(g.port, "admin", ssh.Password("admin"), ssh.KeyboardInteractive(
+		_, err := dialSSHVia(g.dial, "admin", ssh.Password("admin"), ssh.KeyboardInteractive(
 			func(string, string, []string, []bool) ([]string, error) { return []string{"admin"}, nil }))
 		if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
 			t.Errorf("password login as admin: %v, want refused", err)
@@ -479,7 +549,7 @@ func TestApplianceBIOS(t *testing.T) {
 		}
 		// Root: refused even with a key root would accept.
 		g.must("sudo install -d -m 0700 /root/.ssh && sudo cp /home/admin/.ssh/authorized_keys /root/.ssh/authorized_keys")
-		if c, err := dialSSH(g.port, "root", ssh.PublicKeys(g.signer)); err == nil {
+		if c, err := dialSSHVia(g.dial, "root", ssh.PublicKeys(g.signer)); err == nil {
 			c.Close()
 			t.Error("root logged in with a valid key")
 		} else {
@@ -648,13 +718,10 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 		if out := g.must("sudo ss -Hulnp"); !regexp.MustCompile(`:41641\s.*tailscaled`).MatchString(out) {
 			t.Errorf("tailscaled does not listen on 41641/udp:\n%s", out)
 		}
-		// No auth key in this seed: the join unit stays out of the way.
-		if out, _ := g.run("systemctl show -p ConditionResult,ActiveState --value bake-tailscale-up.service"); !strings.Contains(out, "no") || strings.Contains(out, "failed") {
-			t.Errorf("bake-tailscale-up without an auth key: %s", out)
-		}
 		if out := g.must("cat /etc/apt/sources.list.d/tailscale.sources"); !strings.Contains(out, "URIs: https://pkgs.tailscale.com/stable/debian") {
 			t.Errorf("the image's tailscale source is not Tailscale's:\n%s", out)
 		}
+		checkTailnet(t, g, tn, token)
 	})
 
 	t.Run("firstboot", func(t *testing.T) {
@@ -683,6 +750,12 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 		} else {
 			t.Logf("cloud-init status --long:\n%s", out)
 		}
+	})
+
+	// Last: it reboots the guest.
+	t.Run("tailscale after a reboot", func(t *testing.T) {
+		g.t = t
+		checkTailnetReboot(t, g, tn)
 	})
 }
 
