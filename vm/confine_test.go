@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -94,7 +95,7 @@ func TestStartRefusesUnconfinedQEMU(t *testing.T) {
 	t.Cleanup(func() { confineWait = old })
 	c := fakeConfig(t)
 	c.QEMU = filepath.Join(filepath.Dir(c.QEMU), "fake-qemu-unconfined")
-	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-vm-%d-*", os.Getpid()))) // this process's: other runs make theirs
 	t0 := time.Now()
 	v, err := Start(t.Context(), c)
 	if err == nil {
@@ -108,7 +109,7 @@ func TestStartRefusesUnconfinedQEMU(t *testing.T) {
 	if d := time.Since(t0); d > 10*time.Second {
 		t.Errorf("refusal took %s", d)
 	}
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-vm-%d-*", os.Getpid()))) // this process's: other runs make theirs
 	if len(after) > len(before) {
 		t.Errorf("temp dir left behind: %v", after)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bakeimg/bake/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/testenv"
 )
 
 // fakeQEMU is a stand-in for qemu-system-x86_64: it writes to the serial
@@ -134,12 +135,12 @@ func TestStopEscalatesToSIGKILL(t *testing.T) {
 func TestStartReportsImmediateExit(t *testing.T) {
 	t.Setenv("FAKE_FAIL", "1")
 	c := fakeConfig(t)
-	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-vm-%d-*", os.Getpid()))) // this process's: other runs make theirs
 	_, err := Start(t.Context(), c)
 	if err == nil || !strings.Contains(err.Error(), "Could not open") {
 		t.Fatalf("err = %v, want QEMU's stderr in it", err)
 	}
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "bake-vm-*"))
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("bake-vm-%d-*", os.Getpid()))) // this process's: other runs make theirs
 	if len(after) > len(before) {
 		t.Errorf("temp dir left behind: %v", after)
 	}
