@@ -52,7 +52,7 @@ true`
 // resolution), and under emulation it runs slow, not fast: a file written
 // in the guest has a ctime at or after its power-on, less the rounding.
 // (systemd and timesyncd only ever move a clock forward at boot.)
-const seedSearchMargin = 30 * time.Second
+const seedSearchMargin = 10 * time.Second
 
 // seedSearch is what one search found.
 type seedSearch struct {
