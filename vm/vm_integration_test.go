@@ -236,13 +236,34 @@ func assertUnprivileged(t *testing.T, v *VM) {
 	if g := q["Groups"]; len(g) > 1 || (len(g) == 1 && g[0] != strconv.Itoa(gid)) {
 		t.Errorf("QEMU's supplementary groups %v, want none but %d", g, gid)
 	}
-	for _, k := range []string{"CapEff", "CapPrm"} {
+	for _, k := range []string{"CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"} {
 		if strings.Join(q[k], "") != "0000000000000000" {
 			t.Errorf("QEMU's %s %v: it kept a capability", k, q[k])
 		}
 	}
 	if strings.Join(q["NoNewPrivs"], "") != "1" {
 		t.Errorf("QEMU's NoNewPrivs %v", q["NoNewPrivs"])
+	}
+	if strings.Join(q["Seccomp"], "") != "2" {
+		t.Errorf("QEMU's Seccomp %v, want 2 (filter)", q["Seccomp"])
+	}
+	// QEMU's /proc is its namespace's: the init (1) and QEMU (2), no
+	// other process (another VM's QEMU) it could reach through it.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/proc", v.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, e.Name())
+		}
+	}
+	if strings.Join(pids, " ") != "1 2" {
+		t.Errorf("QEMU's /proc lists processes %v, want its init's namespace only (1 2)", pids)
+	}
+	if err := parseSandboxArgv(v.Args); err != nil {
+		t.Error(err)
 	}
 	initPID := v.cmd.Process.Pid
 	if strings.Join(q["PPid"], "") != strconv.Itoa(initPID) || initPID == v.PID() {
