@@ -296,7 +296,7 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, err
 	}
 	if c.RunAs != "" {
-		// QEMU has given root up: now the guest may run.
+		// QEMU is seen unprivileged and confined: now the guest may run.
 		if err := QMPCommand(ctx, c.QMPSocket, "cont"); err != nil {
 			v.Stop()
 			return nil, fmt.Errorf("vm: starting the guest of the paused QEMU: %w", err)
@@ -393,10 +393,11 @@ func (v *VM) exitedAtStart() error {
 
 // waitConfined waits until QEMU's process has a seccomp filter of its own
 // in force (QEMU installs it before it creates the machine, so before any
-// guest code runs) and, when uid is not -1, runs as uid with no capability
-// and no_new_privs (QEMU's -runas, done before the guest starts). When it
-// is not so after wait, or QEMU exits, Start fails and QEMU is stopped: a
-// guest never runs unconfined.
+// guest code runs) and its argv has -sandbox Sandbox and, when uid is not
+// -1, runs as uid:gid with no group, no capability and no_new_privs (as
+// its init started it; it is paused until Start's cont). When it is not
+// so after wait, or QEMU exits, Start fails and QEMU is stopped: a guest
+// never runs unconfined.
 func (v *VM) waitConfined(ctx context.Context, wait time.Duration, uid, gid int) error {
 	deadline := time.Now().Add(wait)
 	for {
