@@ -140,6 +140,11 @@ func runInit(argv []string) int {
 			}
 			cmd.ExtraFiles = append(cmd.ExtraFiles, f)
 		}
+		// Nothing else: a descriptor bake itself inherited without
+		// close-on-exec (from whatever started it) stays out of QEMU.
+		if err := cloexecFrom(firstFD + n); err != nil {
+			return fail("%v; refusing to start %s", err, argv[0])
+		}
 		// The account cannot enter bake's temp dir (the init's cwd).
 		cmd.Dir = "/"
 	}
@@ -326,6 +331,20 @@ func dropForChild() error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	return nil
+}
+
+// cloexecFrom marks every open descriptor from fd on close-on-exec.
+func cloexecFrom(fd int) error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n >= fd {
+			syscall.CloseOnExec(n)
+		}
 	}
 	return nil
 }

@@ -247,8 +247,9 @@ func assertUnprivileged(t *testing.T, v *VM) {
 	if strings.Join(q["Seccomp"], "") != "2" {
 		t.Errorf("QEMU's Seccomp %v, want 2 (filter)", q["Seccomp"])
 	}
-	// QEMU's /proc is its namespace's: the init (1) and QEMU (2), no
-	// other process (another VM's QEMU) it could reach through it.
+	// QEMU's /proc is its namespace's: the init (1) and QEMU (its PID
+	// there, the last of NSpid), no other process (another VM's QEMU) it
+	// could reach through it.
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/proc", v.PID()))
 	if err != nil {
 		t.Fatal(err)
@@ -259,8 +260,12 @@ func assertUnprivileged(t *testing.T, v *VM) {
 			pids = append(pids, e.Name())
 		}
 	}
-	if strings.Join(pids, " ") != "1 2" {
-		t.Errorf("QEMU's /proc lists processes %v, want its init's namespace only (1 2)", pids)
+	nspid := q["NSpid"]
+	if len(nspid) != 2 {
+		t.Fatalf("QEMU's NSpid %v: want its PID here and in its own namespace", nspid)
+	}
+	if want := "1 " + nspid[1]; strings.Join(pids, " ") != want {
+		t.Errorf("QEMU's /proc lists processes %v, want its init's namespace only (%s)", pids, want)
 	}
 	if err := parseSandboxArgv(v.Args); err != nil {
 		t.Error(err)
@@ -432,7 +437,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 		b, _ := os.ReadFile(l.DNSMasqLog())
 		t.Fatalf("%v\ndnsmasq log:\n%s", err, b)
 	}
-	assertUnprivileged(t, v) // QEMU started through ip netns exec
+	assertUnprivileged(t, v) // the tap passed as a descriptor, no ip netns exec
 	v4, err := l.GuestIPv4(t.Context())
 	if err != nil {
 		t.Fatal(err)
