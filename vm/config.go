@@ -192,7 +192,9 @@ type NetConfig struct {
 	Forwards []Forward
 
 	// Tap mode: the tap device name, and the network namespace it lives in
-	// (QEMU is then run inside that namespace with `ip netns exec`).
+	// (as root Start opens the tap there and passes it to QEMU, -netdev
+	// tap,fd=N; otherwise QEMU is run inside that namespace with `ip netns
+	// exec`).
 	Tap   string
 	Netns string
 
@@ -268,7 +270,8 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // Cmdline returns the full argv (program first) that runs c. It is pure:
 // it reads no file and probes nothing, so the same Config always gives the
-// same arguments. With Net.Netns set, argv starts with `ip netns exec NS`.
+// same arguments. With Net.Netns set, argv starts with `ip netns exec NS`
+// (not with RunAs: the tap is then a descriptor).
 // AccelAuto becomes "-accel kvm -accel tcg" (QEMU falls back by itself);
 // Start resolves it to one accelerator before calling Cmdline. Every
 // command line has "-sandbox "+Sandbox (see Sandbox).
