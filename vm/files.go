@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,6 +73,7 @@ type fdPlan struct {
 	// the caller's FIFOs are relayed by relaySerial.
 	serial                   int
 	serialEnd, conIn, conOut *os.File
+	relayDone                chan struct{} // the output copy is done
 	uid, gid                 int
 	qmpPath                  string
 	passedOnce, allOnce      sync.Once
@@ -376,7 +378,19 @@ func (p *fdPlan) closeAll() {
 	}
 	p.closePassed()
 	p.allOnce.Do(func() {
-		for _, f := range []*os.File{p.serialEnd, p.conIn, p.conOut} {
+		if p.conIn != nil {
+			p.conIn.Close()
+		}
+		// What QEMU wrote to the console before it exited is still
+		// copied to the output FIFO (EOF once QEMU's end is closed), for
+		// a second at most (a full FIFO nobody reads).
+		if p.relayDone != nil {
+			select {
+			case <-p.relayDone:
+			case <-time.After(time.Second):
+			}
+		}
+		for _, f := range []*os.File{p.serialEnd, p.conOut} {
 			if f != nil {
 				f.Close()
 			}
@@ -385,7 +399,8 @@ func (p *fdPlan) closeAll() {
 }
 
 // relaySerial copies the caller's console input FIFO to QEMU's console
-// and QEMU's console to the output FIFO, until closeAll.
+// and QEMU's console to the output FIFO, until closeAll (which lets the
+// output drain first). It starts once QEMU has; relayDone is set before.
 func (p *fdPlan) relaySerial() {
 	if p == nil || p.serialEnd == nil {
 		return
@@ -393,7 +408,11 @@ func (p *fdPlan) relaySerial() {
 	in, out, conn := p.conIn, p.conOut, p.serialEnd
 	// Plain Reader/Writer: no splice outside the poller.
 	go func() { _, _ = io.Copy(struct{ io.Writer }{conn}, struct{ io.Reader }{in}) }()
-	go func() { _, _ = io.Copy(struct{ io.Writer }{out}, struct{ io.Reader }{conn}) }()
+	p.relayDone = make(chan struct{})
+	go func() {
+		defer close(p.relayDone)
+		_, _ = io.Copy(struct{ io.Writer }{out}, struct{ io.Reader }{conn})
+	}()
 }
 
 // blockNode is one disk as -blockdev nodes: a format node over a file
