@@ -426,13 +426,14 @@ type blockNode struct {
 // formatsWithBacking are the block drivers with a "backing" option.
 var formatsWithBacking = map[string]bool{"qcow2": true, "qcow": true, "qed": true, "vmdk": true}
 
-var blockFormatRE = map[string]bool{"raw": true, "qcow2": true, "qcow": true, "qed": true, "vmdk": true, "vpc": true, "vhdx": true, "vdi": true}
+// blockFormats are the disk formats Start passes to QEMU as -blockdev nodes.
+var blockFormats = map[string]bool{"raw": true, "qcow2": true, "qcow": true, "qed": true, "vmdk": true, "vpc": true, "vhdx": true, "vdi": true}
 
 // blockdevArgs is "-blockdev JSON" for n's file and format nodes (and its
 // backing's first), the format node named n.name.
 func blockdevArgs(n blockNode) ([]string, error) {
 	var a []string
-	if !blockFormatRE[n.format] {
+	if !blockFormats[n.format] {
 		return nil, fmt.Errorf("vm: disk format %q", n.format)
 	}
 	var backing any
