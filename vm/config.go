@@ -12,11 +12,14 @@
 //
 // The guest is hostile (bake verify boots images it did not build, as
 // root). QEMU always runs confined by its seccomp filter (Sandbox on every
-// command line; Start refuses to go on unless the running QEMU has the
-// filter in force); as root, Start has QEMU give root up (-runas
-// DefaultRunAs) before the guest runs, under an init of its own in a new
-// PID namespace that keeps the parent-death signal (pidns.go); and
-// everything read back from the guest is bounded:
+// command line, with set*uid/set*gid denied; Start refuses to go on unless
+// the running QEMU has the filter in force); as root, Start never lets QEMU
+// hold root at all: QEMU is started, already as the unprivileged account
+// DefaultRunAs with no capability and no_new_privs, by an init of its own
+// in a new PID namespace that keeps the parent-death signal (pidns.go), and
+// every file, socket and device it needs is opened by bake and handed to it
+// as an inherited descriptor (files.go); and everything read back from the
+// guest is bounded:
 // the serial log may grow to Config.SerialLogMax before Start's watcher
 // stops the VM, and no reader of it (Serial, WaitSerial, the tails in
 // errors, ReadTail) holds more than a fixed window of it in memory.
@@ -76,7 +79,10 @@ var runAsRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 // Cmdline makes: QEMU's seccomp filter (QEMU 7.2 has it, Debian builds it
 // in), with obsolete system calls, set*uid/set*gid, fork/exec and
 // affinity/priority changes denied. A guest that escapes into QEMU cannot
-// spawn a shell, regain privileges or reach syscalls QEMU never makes.
+// spawn a shell, change its credentials or reach syscalls QEMU never makes.
+// As root, QEMU never needs a set*uid call of its own: it is started
+// unprivileged (pidns.go), so "elevateprivileges=deny" holds there too (no
+// -runas, which QEMU 7.2 runs after its filter is in force).
 //
 // It fails closed. Cmdline has no way to leave it out, and refuses
 // ExtraArgs that name -sandbox (a later "-sandbox off" would merge with and
@@ -84,34 +90,33 @@ var runAsRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 // refuses the option and exits at once, which Start reports as a QEMU that
 // cannot confine itself; and Start does not return a VM until the running
 // QEMU process has a seccomp filter of its own in force (more filters in
-// /proc/PID/status than bake's own), so a binary that accepts the option
-// and ignores it (a wrapper, a patched build) is stopped and refused too.
-// There is no switch to run a guest unconfined.
+// /proc/PID/status than bake's own) and its argv (/proc/PID/cmdline) has
+// this very value, so a binary that accepts the option and ignores it (a
+// wrapper, a patched build) is stopped and refused too. There is no switch
+// to run a guest unconfined.
 const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-
-// SandboxRunAs is Sandbox for a QEMU that drops root itself (Config.RunAs,
-// -runas): the same filter, but set*uid/set*gid allowed, since QEMU's own
-// drop is such a call and its filter is in force before it (QEMU 7.2 kills
-// itself with "Bad system call" otherwise). Once dropped, QEMU has no
-// capability left and no_new_privs set (Start checks both), so those calls
-// can no longer gain anything: a guest that escapes into QEMU finds an
-// unprivileged process, which "elevateprivileges=deny" as root never gave.
-const SandboxRunAs = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 
 // Config describes one VM. The zero value of most fields means the default.
 type Config struct {
 	QEMU string // binary; DefaultQEMU when empty
-	// RunAs is the account QEMU runs as once it has opened its disks,
-	// devices, sockets and logs, before the guest runs (-runas; needs
-	// root). Start sets DefaultRunAs when bake runs as root; "" keeps
-	// bake's own (non-root) user. With RunAs, Cmdline starts QEMU paused
-	// (-S) and needs QMPSocket (Start sets one): Start resumes the guest
-	// once QEMU has given root up.
+	// RunAs is the account QEMU runs as (needs root): Start sets
+	// DefaultRunAs when bake runs as root; "" keeps bake's own (non-root)
+	// user. QEMU never runs as root then: its init starts it as RunAs
+	// (pidns.go), and every file, device and socket it uses is opened by
+	// Start and passed as a descriptor (files.go). With RunAs, Cmdline
+	// starts QEMU paused (-S), needs QMPSocket (Start sets one) and the
+	// descriptors Start opened: Start resumes the guest once it has seen
+	// QEMU unprivileged and confined.
 	RunAs string
 	// keepUser: Start leaves RunAs empty even as root. Only this
-	// package's tests set it: their stand-in for QEMU is a script that
-	// cannot give root up the way QEMU does (it opens its files later).
+	// package's tests set it: their stand-in for QEMU is a script.
 	keepUser bool
+	// fds: the descriptors Start opened for QEMU (RunAs); Cmdline names
+	// them instead of paths. backing and backingFormat: the disk under
+	// Start's Snapshot overlay, which QEMU then reads from a descriptor
+	// too (never by the name in the overlay's header).
+	fds                    *fdPlan
+	backing, backingFormat string
 
 	Firmware string // BIOS (default) or UEFI
 	// OVMFCode is the read-only UEFI code (DefaultOVMFCode when empty).
@@ -187,7 +192,9 @@ type NetConfig struct {
 	Forwards []Forward
 
 	// Tap mode: the tap device name, and the network namespace it lives in
-	// (QEMU is then run inside that namespace with `ip netns exec`).
+	// (as root Start opens the tap there and passes it to QEMU, -netdev
+	// tap,fd=N; otherwise QEMU is run inside that namespace with `ip netns
+	// exec`).
 	Tap   string
 	Netns string
 
@@ -263,7 +270,8 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // Cmdline returns the full argv (program first) that runs c. It is pure:
 // it reads no file and probes nothing, so the same Config always gives the
-// same arguments. With Net.Netns set, argv starts with `ip netns exec NS`.
+// same arguments. With Net.Netns set, argv starts with `ip netns exec NS`
+// (not with RunAs: the tap is then a descriptor).
 // AccelAuto becomes "-accel kvm -accel tcg" (QEMU falls back by itself);
 // Start resolves it to one accelerator before calling Cmdline. Every
 // command line has "-sandbox "+Sandbox (see Sandbox).
@@ -300,8 +308,25 @@ func Cmdline(c Config) ([]string, error) {
 	if c.RunAs != "" && c.QMPSocket == "" {
 		return nil, fmt.Errorf("vm: RunAs needs QMPSocket: QEMU starts paused and is resumed through it (Start sets one)")
 	}
+	if c.RunAs != "" && c.fds == nil {
+		return nil, fmt.Errorf("vm: RunAs needs Start: QEMU then opens no file of bake's by its name, Start passes descriptors")
+	}
+	// file is how QEMU is told of a file: its path, or the descriptor set
+	// Start put it in.
+	file := func(p string) (string, error) {
+		if c.fds == nil {
+			return p, nil
+		}
+		return c.fds.setPath(p)
+	}
 
-	if c.Net.Mode == NetTap && c.Net.Netns != "" {
+	if c.Net.Mode == NetTap && c.Net.Netns != "" && c.fds != nil {
+		// The tap device is opened by Start inside the namespace and
+		// passed as a descriptor: QEMU needs no namespace of its own.
+		if !netnsRE.MatchString(c.Net.Netns) {
+			return nil, fmt.Errorf("vm: bad netns name %q", c.Net.Netns)
+		}
+	} else if c.Net.Mode == NetTap && c.Net.Netns != "" {
 		if !netnsRE.MatchString(c.Net.Netns) {
 			return nil, fmt.Errorf("vm: bad netns name %q", c.Net.Netns)
 		}
@@ -309,13 +334,16 @@ func Cmdline(c Config) ([]string, error) {
 	} else if c.Net.Netns != "" {
 		return nil, fmt.Errorf("vm: Net.Netns needs Net.Mode %q", NetTap)
 	}
+	add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
 	if c.RunAs != "" {
-		// Paused (-S): QEMU switches to c.RunAs at the end of its setup,
-		// after it has started the vCPUs; Start lets the guest run (QMP
-		// cont) once it sees the switch done.
-		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SandboxRunAs, "-runas", c.RunAs, "-S")
-	} else {
-		add(c.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-sandbox", Sandbox)
+		// Paused (-S): Start lets the guest run (QMP cont) once it has
+		// seen QEMU unprivileged and confined.
+		add("-S")
+	}
+	if c.fds != nil {
+		for _, x := range c.fds.addFD {
+			add("-add-fd", x)
+		}
 	}
 
 	add("-machine", "q35")
@@ -343,23 +371,61 @@ func Cmdline(c Config) ([]string, error) {
 		if c.OVMFVars == "" {
 			return nil, fmt.Errorf("vm: UEFI needs OVMFVars (a writable copy; Start makes one)")
 		}
-		add("-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+qemuEscape(c.OVMFCode),
-			"-drive", "if=pflash,format=raw,unit=1,file="+qemuEscape(c.OVMFVars))
+		code, err := file(c.OVMFCode)
+		if err != nil {
+			return nil, err
+		}
+		vars, err := file(c.OVMFVars)
+		if err != nil {
+			return nil, err
+		}
+		add("-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+qemuEscape(code),
+			"-drive", "if=pflash,format=raw,unit=1,file="+qemuEscape(vars))
 	default:
 		return nil, fmt.Errorf("vm: unknown Firmware %q (want bios or uefi)", c.Firmware)
 	}
 
 	if c.Kernel != "" {
-		add("-kernel", c.Kernel)
+		k, err := c.fds.procPath(c.Kernel)
+		if err != nil {
+			return nil, err
+		}
+		add("-kernel", k)
 		if c.Initrd != "" {
-			add("-initrd", c.Initrd)
+			i, err := c.fds.procPath(c.Initrd)
+			if err != nil {
+				return nil, err
+			}
+			add("-initrd", i)
 		}
 		if c.Append != "" {
 			add("-append", c.Append)
 		}
 	}
 
-	if c.Disk != "" {
+	if c.Disk != "" && c.fds != nil {
+		if c.DiskFormat == "" {
+			return nil, fmt.Errorf("vm: Disk %s has no DiskFormat (Start sets it)", c.Disk)
+		}
+		f, err := file(c.Disk)
+		if err != nil {
+			return nil, err
+		}
+		var backing *blockNode
+		if c.backing != "" {
+			bf, err := file(c.backing)
+			if err != nil {
+				return nil, err
+			}
+			backing = &blockNode{name: "disk0-base", file: bf, format: c.backingFormat, readOnly: true}
+		}
+		nodes, err := blockdevArgs(blockNode{name: "disk0", file: f, format: c.DiskFormat, backing: backing})
+		if err != nil {
+			return nil, err
+		}
+		add(nodes...)
+		add("-device", "virtio-blk-pci,drive=disk0,bootindex=1")
+	} else if c.Disk != "" {
 		d := "if=none,id=disk0,file=" + qemuEscape(c.Disk)
 		if c.DiskFormat != "" {
 			d += ",format=" + c.DiskFormat
@@ -386,9 +452,22 @@ func Cmdline(c Config) ([]string, error) {
 		if d.Format == "" {
 			d.Format = "raw"
 		}
-		spec := "if=none,id=" + id + ",file=" + qemuEscape(d.Path) + ",format=" + d.Format
-		if d.ReadOnly || d.Interface == IfCDROM {
-			spec += ",readonly=on"
+		ro := d.ReadOnly || d.Interface == IfCDROM
+		var spec []string
+		if c.fds != nil {
+			f, err := file(d.Path)
+			if err != nil {
+				return nil, err
+			}
+			if spec, err = blockdevArgs(blockNode{name: id, file: f, format: d.Format, readOnly: ro}); err != nil {
+				return nil, err
+			}
+		} else {
+			s := "if=none,id=" + id + ",file=" + qemuEscape(d.Path) + ",format=" + d.Format
+			if ro {
+				s += ",readonly=on"
+			}
+			spec = []string{"-drive", s}
 		}
 		var dev string
 		switch d.Interface {
@@ -405,7 +484,8 @@ func Cmdline(c Config) ([]string, error) {
 		default:
 			return nil, fmt.Errorf("vm: unknown drive interface %q", d.Interface)
 		}
-		add("-drive", spec, "-device", dev)
+		add(spec...)
+		add("-device", dev)
 	}
 
 	add("-device", "virtio-rng-pci")
@@ -416,21 +496,64 @@ func Cmdline(c Config) ([]string, error) {
 	}
 	add(nic...)
 
+	serialLog := c.SerialLog
+	if serialLog != "" {
+		if serialLog, err = file(serialLog); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case c.SerialPipe != "" && c.SerialLog == "":
 		return nil, fmt.Errorf("vm: SerialPipe needs SerialLog (Start sets one)")
+	case c.SerialPipe != "" && c.fds != nil:
+		// The console: one end of a socket pair, the other end Start's
+		// relay to the caller's FIFOs (QEMU's pipe chardev opens them
+		// by name).
+		if c.fds.serial == 0 {
+			return nil, fmt.Errorf("vm: no descriptor for the console %s", c.SerialPipe)
+		}
+		add("-chardev", "socket,id=serial0,fd="+strconv.Itoa(c.fds.serial)+",logfile="+qemuEscape(serialLog), "-serial", "chardev:serial0")
+	case c.SerialLog != "" && c.fds != nil:
+		add("-chardev", "file,id=serial0,path="+qemuEscape(serialLog), "-serial", "chardev:serial0")
 	case c.SerialPipe != "":
 		add("-chardev", "pipe,id=serial0,path="+qemuEscape(c.SerialPipe)+",logfile="+qemuEscape(c.SerialLog), "-serial", "chardev:serial0")
 	case c.SerialLog != "":
 		add("-chardev", "file,id=serial0,path="+qemuEscape(c.SerialLog), "-serial", "chardev:serial0")
 	}
-	if c.QMPSocket != "" {
+	switch {
+	case c.QMPSocket != "" && c.fds != nil:
+		// A socket Start created and listens on: QEMU accepts on it.
+		if c.fds.qmp == 0 {
+			return nil, fmt.Errorf("vm: no descriptor for the QMP socket %s", c.QMPSocket)
+		}
+		add("-chardev", "socket,id=qmp,fd="+strconv.Itoa(c.fds.qmp)+",server=on,wait=off", "-mon", "chardev=qmp,mode=control")
+	case c.QMPSocket != "":
 		add("-qmp", "unix:"+qemuEscape(c.QMPSocket)+",server=on,wait=off")
 	}
 	if c.NoReboot {
 		add("-no-reboot")
 	}
-	add(c.ExtraArgs...)
+	if c.fds == nil {
+		add(c.ExtraArgs...)
+		return a, nil
+	}
+	// SMBIOS credential files (-smbios type=11,path=FILE, 0600 root's):
+	// QEMU reads the copy Start made for it.
+	for i := 0; i < len(c.ExtraArgs); i++ {
+		x := c.ExtraArgs[i]
+		if (x == "-smbios" || x == "--smbios") && i+1 < len(c.ExtraArgs) {
+			if p, ok := smbiosPath(c.ExtraArgs[i+1]); ok {
+				pp, err := c.fds.procPath(p)
+				if err != nil {
+					return nil, err
+				}
+				add(x, replaceSMBIOSPath(c.ExtraArgs[i+1], pp))
+				i++
+				continue
+			}
+		}
+		add(x)
+	}
 	return a, nil
 }
 
@@ -459,7 +582,14 @@ func nicArgs(c Config) ([]string, error) {
 		if !ifnameRE.MatchString(n.Tap) {
 			return nil, fmt.Errorf("vm: tap mode needs a valid Net.Tap device name, got %q", n.Tap)
 		}
-		netdev = "tap,id=net0,ifname=" + n.Tap + ",script=no,downscript=no"
+		if c.fds != nil {
+			if c.fds.tap == 0 {
+				return nil, fmt.Errorf("vm: no descriptor for the tap device %s", n.Tap)
+			}
+			netdev = "tap,id=net0,fd=" + strconv.Itoa(c.fds.tap)
+		} else {
+			netdev = "tap,id=net0,ifname=" + n.Tap + ",script=no,downscript=no"
+		}
 	default:
 		return nil, fmt.Errorf("vm: unknown Net.Mode %q", n.Mode)
 	}

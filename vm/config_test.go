@@ -200,3 +200,105 @@ func TestCmdlineAlwaysSandboxed(t *testing.T) {
 		t.Errorf("Sandbox = %q", Sandbox)
 	}
 }
+
+// As root (RunAs) QEMU opens nothing of bake's by name: every file is a
+// descriptor Start opened (files.go), disks are -blockdev nodes with their
+// backing chain spelled out (the disk under the Snapshot overlay from a
+// read-only descriptor of its own, no backing file for any other qcow2),
+// the tap and the QMP socket are descriptors, the console a socket, and
+// files QEMU reads whole (kernel, SMBIOS credentials) memfd copies.
+func TestCmdlineDescriptors(t *testing.T) {
+	p := newFDPlan(995, 995)
+	for path, id := range map[string]int{
+		"/usr/share/OVMF/OVMF_CODE_4M.fd": 1, "/t/VARS.fd": 2, "/t/overlay.qcow2": 3, "/img/a,b.raw": 4,
+		"/t/seed.iso": 5, "/data.qcow2": 6, "/t/serial.log": 7,
+	} {
+		p.set[path] = id
+	}
+	p.addFD = []string{"fd=4,set=1", "fd=5,set=2", "fd=6,set=2"}
+	p.proc["/k/vmlinuz"], p.proc["/run/cred,0"] = 8, 9
+	p.tap, p.qmp, p.serial = 10, 11, 12
+	c := Config{
+		RunAs: "bake-qemu", fds: p, Firmware: UEFI, OVMFVars: "/t/VARS.fd", Accel: AccelTCG,
+		Disk: "/t/overlay.qcow2", DiskFormat: "qcow2", backing: "/img/a,b.raw", backingFormat: "raw",
+		SeedISO: "/t/seed.iso", SeedCDROM: true, ExtraDrives: []Drive{{Path: "/data.qcow2", Format: "qcow2", Serial: "s1"}},
+		Net:       NetConfig{Tap: "tap0", Netns: "bake-t-1"},
+		SerialLog: "/t/serial.log", SerialPipe: "/w/console", QMPSocket: "/t/qmp.sock",
+		ExtraArgs: []string{"-smbios", "type=11,path=/run/cred,,0"},
+	}
+	got, err := Cmdline(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", "-S",
+		"-add-fd", "fd=4,set=1", "-add-fd", "fd=5,set=2", "-add-fd", "fd=6,set=2",
+		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/dev/fdset/1",
+		"-drive", "if=pflash,format=raw,unit=1,file=/dev/fdset/2",
+		"-blockdev", `{"driver":"file","filename":"/dev/fdset/4","node-name":"disk0-base-file","read-only":true}`,
+		"-blockdev", `{"driver":"raw","file":"disk0-base-file","node-name":"disk0-base","read-only":true}`,
+		"-blockdev", `{"driver":"file","filename":"/dev/fdset/3","node-name":"disk0-file","read-only":false}`,
+		"-blockdev", `{"backing":"disk0-base","driver":"qcow2","file":"disk0-file","node-name":"disk0","read-only":false}`,
+		"-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+		"-blockdev", `{"driver":"file","filename":"/dev/fdset/5","node-name":"drive1-file","read-only":true}`,
+		"-blockdev", `{"driver":"raw","file":"drive1-file","node-name":"drive1","read-only":true}`,
+		"-device", "ide-cd,drive=drive1",
+		"-blockdev", `{"driver":"file","filename":"/dev/fdset/6","node-name":"drive2-file","read-only":false}`,
+		"-blockdev", `{"backing":null,"driver":"qcow2","file":"drive2-file","node-name":"drive2","read-only":false}`,
+		"-device", "virtio-blk-pci,drive=drive2,serial=s1",
+		"-device", "virtio-rng-pci",
+		"-netdev", "tap,id=net0,fd=10", "-device", "virtio-net-pci,netdev=net0",
+		"-chardev", "socket,id=serial0,fd=12,logfile=/dev/fdset/7", "-serial", "chardev:serial0",
+		"-chardev", "socket,id=qmp,fd=11,server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+		"-smbios", "type=11,path=/proc/self/fd/9",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Cmdline\n got: %q\nwant: %q", got, want)
+	}
+
+	// Direct kernel boot, plain serial log, no tap: the kernel from its
+	// copy, the log from its set.
+	k := Config{RunAs: "bake-qemu", fds: p, Kernel: "/k/vmlinuz", Accel: AccelTCG, SerialLog: "/t/serial.log", QMPSocket: "/t/qmp.sock"}
+	got, err = Cmdline(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.Join(got, " "); !strings.Contains(s, " -kernel /proc/self/fd/8 ") || !strings.Contains(s, " -chardev file,id=serial0,path=/dev/fdset/7 ") {
+		t.Errorf("kernel boot: %s", s)
+	}
+
+	// A file Start did not open is an error, never a path QEMU opens.
+	for name, mod := range map[string]func(*Config){
+		"disk":   func(c *Config) { c.Disk = "/other.raw" },
+		"vars":   func(c *Config) { c.OVMFVars = "/other.fd" },
+		"drive":  func(c *Config) { c.ExtraDrives[0].Path = "/other.raw" },
+		"smbios": func(c *Config) { c.ExtraArgs = []string{"-smbios", "type=11,path=/other"} },
+		"kernel": func(c *Config) { c.Disk, c.Kernel = "", "/other" },
+	} {
+		d := c
+		d.ExtraDrives = append([]Drive(nil), c.ExtraDrives...)
+		mod(&d)
+		if _, err := Cmdline(d); err == nil || !strings.Contains(err.Error(), "no descriptor") {
+			t.Errorf("%s: %v, want no descriptor", name, err)
+		}
+	}
+}
+
+func TestSMBIOSPath(t *testing.T) {
+	for _, tc := range []struct{ in, path, out string }{
+		{"type=11,path=/a,,b", "/a,b", "type=11,path=/N"},
+		{"file=/x", "/x", "file=/N"},
+		{"type=11,value=io.systemd.credential:x=y", "", ""},
+	} {
+		p, ok := smbiosPath(tc.in)
+		if p != tc.path || ok != (tc.path != "") {
+			t.Errorf("smbiosPath(%q) = %q %v", tc.in, p, ok)
+		}
+		if ok {
+			if got := replaceSMBIOSPath(tc.in, "/N"); got != tc.out {
+				t.Errorf("replaceSMBIOSPath(%q) = %q, want %q", tc.in, got, tc.out)
+			}
+		}
+	}
+}

@@ -155,39 +155,80 @@ func TestParseSeccompStatus(t *testing.T) {
 	}
 }
 
-// parseDropped: QEMU after -runas (every uid the account's, no capability,
-// no_new_privs), and the states Start must not accept.
+// parseDropped: QEMU as its init started it (every uid and gid the
+// account's, no group, no capability in any set, no_new_privs, seccomp
+// filter), and the states Start must not accept.
 func TestParseDropped(t *testing.T) {
-	ok := "Name:\tqemu\nUid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n"
-	if err := parseDropped(ok, 65534); err != nil {
+	ok := "Name:\tqemu\nUid:\t65534\t65534\t65534\t65534\nGid:\t65533\t65533\t65533\t65533\nGroups:\t\n" +
+		"CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n" +
+		"NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n"
+	if err := parseDropped(ok, 65534, 65533); err != nil {
 		t.Errorf("dropped QEMU refused: %v", err)
 	}
 	for name, c := range map[string]struct{ from, to, want string }{
-		"still root":      {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t0\t0\t0\t0", "has not given root up"},
+		"still root":      {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t0\t0\t0\t0", "is not unprivileged"},
 		"saved uid root":  {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t65534\t65534\t0\t65534", "not 65534"},
+		"gid root":        {"Gid:\t65533\t65533\t65533\t65533", "Gid:\t65533\t0\t65533\t65533", "not 65533"},
+		"a group":         {"Groups:\t\n", "Groups:\t0\n", "want none"},
+		"no Groups":       {"Groups:\t\n", "", "no Groups line"},
 		"a capability":    {"CapEff:\t0000000000000000", "CapEff:\t0000000000000400", "CapEff"},
 		"permitted caps":  {"CapPrm:\t0000000000000000", "CapPrm:\t000001ffffffffff", "CapPrm"},
+		"inheritable":     {"CapInh:\t0000000000000000", "CapInh:\t0000000000000001", "CapInh"},
+		"ambient":         {"CapAmb:\t0000000000000000", "CapAmb:\t0000000000000001", "CapAmb"},
+		"bounding set":    {"CapBnd:\t0000000000000000", "CapBnd:\t000001ffffffffff", "CapBnd"},
 		"new privs":       {"NoNewPrivs:\t1", "NoNewPrivs:\t0", "NoNewPrivs"},
 		"no NoNewPrivs":   {"NoNewPrivs:\t1\n", "", "no NoNewPrivs line"},
+		"no filter":       {"Seccomp:\t2", "Seccomp:\t0", "Seccomp"},
+		"strict mode":     {"Seccomp:\t2", "Seccomp:\t1", "Seccomp"},
 		"another account": {"Uid:\t65534\t65534\t65534\t65534", "Uid:\t1000\t1000\t1000\t1000", "not 65534"},
 	} {
-		err := parseDropped(strings.Replace(ok, c.from, c.to, 1), 65534)
+		err := parseDropped(strings.Replace(ok, c.from, c.to, 1), 65534, 65533)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
 		}
 	}
 }
 
-// As root Cmdline drops privileges with -runas and the matching sandbox;
-// ExtraArgs cannot set either.
+// Start's check of QEMU's argv: -sandbox Sandbox once, no -runas.
+func TestParseSandboxArgv(t *testing.T) {
+	ok := []string{"qemu", "-nodefaults", "-sandbox", Sandbox, "-S"}
+	if err := parseSandboxArgv(ok); err != nil {
+		t.Errorf("%q: %v", ok, err)
+	}
+	for _, bad := range [][]string{
+		{"qemu"},
+		{"qemu", "-sandbox", strings.Replace(Sandbox, "elevateprivileges=deny", "elevateprivileges=allow", 1)},
+		{"qemu", "-sandbox", Sandbox, "-sandbox", "off"},
+		{"qemu", "-sandbox", Sandbox, "-runas", "nobody"},
+		{"qemu", "-sandbox", Sandbox, "--chroot", "/x"},
+		{"qemu", "-sandbox"},
+	} {
+		if err := parseSandboxArgv(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// As root Cmdline starts QEMU paused, never with -runas (its init starts
+// it unprivileged), and only with the descriptors Start opened; ExtraArgs
+// cannot set -runas, -chroot or -sandbox.
 func TestCmdlineRunAs(t *testing.T) {
 	c := Config{Disk: "/d.raw", DiskFormat: "raw", Accel: AccelTCG, RunAs: "nobody", QMPSocket: "/run/q.sock"}
+	if _, err := Cmdline(c); err == nil || !strings.Contains(err.Error(), "RunAs needs Start") {
+		t.Errorf("RunAs without descriptors: %v", err)
+	}
+	c.fds = newFDPlan(1, 1)
+	c.fds.set["/d.raw"] = 1
+	c.fds.qmp = 5
 	a, err := Cmdline(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(strings.Join(a, " "), " -sandbox "+SandboxRunAs+" -runas nobody -S ") {
+	if s := strings.Join(a, " "); !strings.Contains(s, " -sandbox "+Sandbox+" -S ") || strings.Contains(s, "runas") {
 		t.Errorf("argv %q", a)
+	}
+	if err := parseSandboxArgv(a); err != nil {
+		t.Error(err)
 	}
 	for _, x := range []string{"-runas", "--runas=root", "-chroot", "-sandbox"} {
 		c.ExtraArgs = []string{x}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,14 +18,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// QEMU gives root up before the guest runs (-runas), and setuid clears a
-// process's parent-death signal: a QEMU that dropped root would outlive a
-// bake killed with SIGKILL. So, as root, bake never starts QEMU directly.
-// It starts a small init (this very binary, re-executed: see init below) as
-// PID 1 of a new PID namespace, with SIGKILL as its parent-death signal; the
-// init starts QEMU and waits for it. The init never changes its uid, so it
-// keeps the death signal; when it dies, for whatever reason, the kernel
-// kills every process of its namespace, QEMU included. Signals bake sends
+// As root, QEMU never holds root: it is started as DefaultRunAs, with no
+// supplementary group, no capability (effective, permitted, inheritable,
+// ambient and bounding sets all empty) and no_new_privs, by a small init
+// (this very binary, re-executed: see init below) that runs as PID 1 of a
+// new PID namespace with SIGKILL as its parent-death signal and waits for
+// it. Everything QEMU uses it inherits as descriptors Start opened
+// (files.go). QEMU itself then makes no set*uid call, so its seccomp filter
+// denies them (Sandbox, elevateprivileges=deny); QEMU 7.2's own -runas
+// cannot be used with that, since QEMU installs its filter before it calls
+// setuid. A process whose uid changed loses its parent-death signal, and
+// the init's change happens in QEMU's process only: the init never changes
+// its uid, so it keeps the death signal; when it dies, for whatever
+// reason, the kernel kills every process of its namespace, QEMU included. Signals bake sends
 // it (Stop's SIGTERM) are forwarded to QEMU: PID 1 of a namespace ignores
 // every signal it has no handler for, so it installs handlers for them.
 //
@@ -41,6 +47,11 @@ const (
 	initEnv  = "BAKE_VM_INIT"
 	// initLifelineFD is the pipe's read end in the init (ExtraFiles[0]).
 	initLifelineFD = 3
+	// initCredEnv ("UID:GID") is the account the init starts QEMU as,
+	// and initFDsEnv how many descriptors after the lifeline it passes
+	// on to QEMU (at the same numbers, from firstFD).
+	initCredEnv = "BAKE_VM_INIT_CRED"
+	initFDsEnv  = "BAKE_VM_INIT_FDS"
 	// initExitSetup is the init's exit status when it could not start
 	// QEMU at all (its reason is on stderr: QEMU's log).
 	initExitSetup = 126
@@ -69,7 +80,10 @@ func runInit(argv []string) int {
 	// and forwarded once it does.
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	cred, nfds := os.Getenv(initCredEnv), os.Getenv(initFDsEnv)
 	os.Unsetenv(initEnv)
+	os.Unsetenv(initCredEnv)
+	os.Unsetenv(initFDsEnv)
 	if os.Getpid() != 1 {
 		return fail("pid %d: not PID 1 of a new PID namespace; refusing to start %s", os.Getpid(), argv[0])
 	}
@@ -86,6 +100,54 @@ func runInit(argv []string) int {
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+	if cred != "" {
+		us, gs, ok := strings.Cut(cred, ":")
+		uid, uerr := strconv.Atoi(us)
+		gid, gerr := strconv.Atoi(gs)
+		n, nerr := strconv.Atoi(nfds)
+		if !ok || uerr != nil || gerr != nil || nerr != nil || uid <= 0 || gid <= 0 || n < 0 || n > 1024 {
+			return fail("bad %s %q / %s %q", initCredEnv, cred, initFDsEnv, nfds)
+		}
+		// QEMU never changed its uid, so it is dumpable: a process of the
+		// same uid (another VM's QEMU) could ptrace it or open its
+		// /proc/PID/mem. PID namespaces already keep them from naming
+		// each other's PIDs in system calls; a /proc of this namespace
+		// only (in a mount namespace of the init's own, Start's
+		// CLONE_NEWNS) keeps them from reaching each other through the
+		// host's /proc too.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+			return fail("making the init's mounts private: %v; refusing to start %s", err, argv[0])
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fail("mounting the namespace's /proc: %v; refusing to start %s", err, argv[0])
+		}
+		// The fork below happens on this thread, which gives up what
+		// QEMU must not inherit; the Go child then drops the groups,
+		// gid and uid before it executes QEMU.
+		if err := dropForChild(); err != nil {
+			return fail("%v; refusing to start %s", err, argv[0])
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}},
+			Pdeathsig:  syscall.SIGKILL,
+		}
+		// fd 3 (the lifeline) is closed in QEMU; QEMU's own from firstFD.
+		cmd.ExtraFiles = []*os.File{nil}
+		for i := 0; i < n; i++ {
+			f := os.NewFile(uintptr(firstFD+i), "qemu-fd")
+			if f == nil {
+				return fail("descriptor %d missing", firstFD+i)
+			}
+			cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		}
+		// Nothing else: a descriptor bake itself inherited without
+		// close-on-exec (from whatever started it) stays out of QEMU.
+		if err := cloexecFrom(firstFD + n); err != nil {
+			return fail("%v; refusing to start %s", err, argv[0])
+		}
+		// The account cannot enter bake's temp dir (the init's cwd).
+		cmd.Dir = "/"
+	}
 	if err := cmd.Start(); err != nil {
 		return fail("%v", err)
 	}
@@ -127,7 +189,10 @@ func runInit(argv []string) int {
 // initCommand is the command that runs argv under the init in a new PID
 // namespace, and the write end of its lifeline (the caller keeps it open
 // as long as QEMU may run, and closes the read end once started).
-func initCommand(argv []string) (cmd *exec.Cmd, lifeR, lifeW *os.File, err error) {
+//
+// With uid > 0 the init starts argv as uid:gid with no capability and
+// no_new_privs, passing on files at descriptors firstFD, firstFD+1, ...
+func initCommand(argv []string, uid, gid int, files []*os.File) (cmd *exec.Cmd, lifeR, lifeW *os.File, err error) {
 	lifeR, lifeW, err = os.Pipe()
 	if err != nil {
 		return nil, nil, nil, err
@@ -141,6 +206,12 @@ func initCommand(argv []string) (cmd *exec.Cmd, lifeR, lifeW *os.File, err error
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWPID,
 		// Pdeathsig is set by execx.StartPinned.
+	}
+	if uid > 0 {
+		// A mount namespace of its own, for its own /proc (runInit).
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d:%d", initCredEnv, uid, gid), fmt.Sprintf("%s=%d", initFDsEnv, len(files)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, files...)
 	}
 	return cmd, lifeR, lifeW, nil
 }
@@ -190,11 +261,11 @@ func childOf(ppid int) (int, error) {
 
 // DefaultRunAs is the account QEMU runs as when bake runs as root: a
 // system account of bake's own, created on first use, that owns no file
-// and is in no group but its own. QEMU opens everything it needs (disks,
-// overlays, the seed, firmware, logs, sockets, the tap device, /dev/kvm)
-// as root and only then gives root up (-runas), so the account needs no
-// access to anything, and no other service's processes share its uid
-// (nobody is dnsmasq's and NFS's).
+// and is in no group but its own. bake opens everything QEMU needs (disks,
+// overlays, the seed, firmware, logs, sockets, the tap device) as root and
+// passes the descriptors (files.go), so the account needs no access to
+// anything (but /dev/kvm for KVM, world-writable on Debian), and no other
+// service's processes share its uid (nobody is dnsmasq's and NFS's).
 const DefaultRunAs = "bake-qemu"
 
 var accountMu sync.Mutex
@@ -225,4 +296,55 @@ func runAsUID(name string) (uid, gid int, err error) {
 		return -1, -1, fmt.Errorf("vm: QEMU's account %q has uid %s gid %s: want an unprivileged one", name, u.Uid, u.Gid)
 	}
 	return uid, gid, nil
+}
+
+// dropForChild readies the calling thread (locked to it for good) to fork
+// an unprivileged QEMU: its bounding set emptied, its ambient and
+// inheritable capabilities cleared and no_new_privs set, all of which a
+// child inherits. Its effective capabilities stay: the child needs
+// CAP_SETUID and CAP_SETGID to drop its groups, gid and uid, and that
+// drop clears its permitted and effective sets.
+func dropForChild() error {
+	runtime.LockOSThread() // no Unlock: the init's main thread stays so
+	last := 63
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = n
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("dropping capability %d from the bounding set: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && err != unix.EINVAL {
+		return fmt.Errorf("clearing the ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clearing the inheritable capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	return nil
+}
+
+// cloexecFrom marks every open descriptor from fd on close-on-exec.
+func cloexecFrom(fd int) error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n >= fd {
+			syscall.CloseOnExec(n)
+		}
+	}
+	return nil
 }

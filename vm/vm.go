@@ -75,8 +75,10 @@ type VM struct {
 	qemuPID   int
 	lifeMu    sync.Mutex
 	lifeline  *os.File
-	dir       string // temp dir, removed by Stop
-	qemuLog   string // QEMU's own stdout+stderr
+	// fds: what Start opened for an unprivileged QEMU (files.go).
+	fds     *fdPlan
+	dir     string // temp dir, removed by Stop
+	qemuLog string // QEMU's own stdout+stderr
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // set before done is closed
@@ -123,13 +125,40 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		}
 	}()
 
+	// As root, QEMU runs as c.RunAs from its first instruction: it is
+	// started so by an init of its own in a new PID namespace, which keeps
+	// the death signal a uid change clears (pidns.go), gets every file it
+	// uses as a descriptor (files.go), starts paused (-S), and Start lets
+	// the guest run (QMP cont) only once it has seen QEMU unprivileged and
+	// confined.
+	wantUID, wantGID := -1, -1
+	if c.RunAs == "" && os.Geteuid() == 0 && !c.keepUser {
+		c.RunAs = DefaultRunAs
+	}
+	if c.RunAs != "" {
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("vm: RunAs %q needs root", c.RunAs)
+		}
+		if wantUID, wantGID, err = runAsUID(c.RunAs); err != nil {
+			return nil, err
+		}
+		if c.QMPSocket == "" {
+			c.QMPSocket = filepath.Join(dir, "qmp.sock")
+		}
+	}
+
 	if c.Accel == AccelAuto {
 		if v := os.Getenv("BAKE_VM_ACCEL"); v == AccelKVM || v == AccelTCG {
 			c.Accel = v
-		} else if probeKVMCached(c.QEMU) == nil {
+		} else if probeKVMCached(c.QEMU) == nil && (wantUID == -1 || kvmAccessible(wantUID, wantGID) == nil) {
 			c.Accel = AccelKVM
 		} else {
 			c.Accel = AccelTCG
+		}
+	}
+	if c.Accel == AccelKVM && wantUID != -1 {
+		if err := kvmAccessible(wantUID, wantGID); err != nil {
+			return nil, err
 		}
 	}
 
@@ -162,6 +191,7 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 			if err != nil {
 				return nil, err
 			}
+			c.backing, c.backingFormat = c.Disk, c.DiskFormat
 			c.Disk, c.DiskFormat, c.Snapshot = overlay, "qcow2", false
 		}
 	}
@@ -175,34 +205,22 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, fmt.Errorf("vm: serial log: %w", err)
 	}
 
-	// As root, QEMU gives root up before the guest runs (-runas): it starts
-	// paused (-S) and Start lets the guest run (QMP cont) only once QEMU
-	// runs as the account with no capability left. It runs under an init
-	// of its own in a new PID namespace that keeps the death signal setuid
-	// clears in QEMU (pidns.go).
-	wantUID := -1
-	if c.RunAs == "" && os.Geteuid() == 0 && !c.keepUser {
-		c.RunAs = DefaultRunAs
-	}
+	var plan *fdPlan
 	if c.RunAs != "" {
-		if os.Geteuid() != 0 {
-			return nil, fmt.Errorf("vm: RunAs %q needs root (QEMU's -runas)", c.RunAs)
-		}
-		if wantUID, _, err = runAsUID(c.RunAs); err != nil {
+		if plan, err = openFiles(c, wantUID, wantGID); err != nil {
 			return nil, err
 		}
-		if c.QMPSocket == "" {
-			c.QMPSocket = filepath.Join(dir, "qmp.sock")
-		}
+		c.fds = plan
 	}
-
 	args, err := Cmdline(c)
 	if err != nil {
+		plan.closeAll()
 		return nil, err
 	}
-	v := &VM{Config: c, Args: args, dir: dir, qemuLog: filepath.Join(dir, "qemu.log"), done: make(chan struct{})}
+	v := &VM{Config: c, Args: args, fds: plan, dir: dir, qemuLog: filepath.Join(dir, "qemu.log"), done: make(chan struct{})}
 	logf, err := os.Create(v.qemuLog)
 	if err != nil {
+		plan.closeAll()
 		return nil, err
 	}
 	defer logf.Close()
@@ -210,10 +228,12 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	// files, whatever happens to their paths later.
 	serialf, _, err := imgfile.OpenRegular(c.SerialLog)
 	if err != nil {
+		plan.closeAll()
 		return nil, fmt.Errorf("vm: serial log: %w", err)
 	}
 	qlogf, err := os.Open(v.qemuLog)
 	if err != nil {
+		plan.closeAll()
 		serialf.Close()
 		return nil, err
 	}
@@ -222,7 +242,12 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	var lifeR *os.File
 	if os.Geteuid() == 0 {
 		v.underInit = true
-		if cmd, lifeR, v.lifeline, err = initCommand(args); err != nil {
+		var files []*os.File
+		if plan != nil {
+			files = plan.files
+		}
+		if cmd, lifeR, v.lifeline, err = initCommand(args, wantUID, wantGID, files); err != nil {
+			plan.closeAll()
 			serialf.Close()
 			qlogf.Close()
 			return nil, err
@@ -242,16 +267,21 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 	if lifeR != nil {
 		lifeR.Close() // the init's now; bake keeps the write end only
 	}
+	// QEMU's now (or never): bake keeps no copy.
+	plan.closePassed()
 	if err != nil {
+		plan.closeAll()
 		serialf.Close()
 		qlogf.Close()
 		v.closeLifeline()
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
 	v.cmd, v.child = cmd, child
+	plan.relaySerial()
 	go func() {
 		v.waitErr = child.Wait()
 		v.closeLifeline()
+		v.fds.closeAll()
 		close(v.done)
 	}()
 	go v.watchLogs(serialf, qlogf)
@@ -262,11 +292,11 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		return nil, v.exitedAtStart()
 	case <-time.After(300 * time.Millisecond):
 	}
-	if err := v.waitConfined(ctx, confineWait, wantUID); err != nil {
+	if err := v.waitConfined(ctx, confineWait, wantUID, wantGID); err != nil {
 		return nil, err
 	}
 	if c.RunAs != "" {
-		// QEMU has given root up: now the guest may run.
+		// QEMU is seen unprivileged and confined: now the guest may run.
 		if err := QMPCommand(ctx, c.QMPSocket, "cont"); err != nil {
 			v.Stop()
 			return nil, fmt.Errorf("vm: starting the guest of the paused QEMU: %w", err)
@@ -363,11 +393,12 @@ func (v *VM) exitedAtStart() error {
 
 // waitConfined waits until QEMU's process has a seccomp filter of its own
 // in force (QEMU installs it before it creates the machine, so before any
-// guest code runs) and, when uid is not -1, runs as uid with no capability
-// and no_new_privs (QEMU's -runas, done before the guest starts). When it
-// is not so after wait, or QEMU exits, Start fails and QEMU is stopped: a
-// guest never runs unconfined.
-func (v *VM) waitConfined(ctx context.Context, wait time.Duration, uid int) error {
+// guest code runs) and its argv has -sandbox Sandbox and, when uid is not
+// -1, runs as uid:gid with no group, no capability and no_new_privs (as
+// its init started it; it is paused until Start's cont). When it is not
+// so after wait, or QEMU exits, Start fails and QEMU is stopped: a guest
+// never runs unconfined.
+func (v *VM) waitConfined(ctx context.Context, wait time.Duration, uid, gid int) error {
 	deadline := time.Now().Add(wait)
 	for {
 		var err error
@@ -381,8 +412,11 @@ func (v *VM) waitConfined(ctx context.Context, wait time.Duration, uid int) erro
 		if err == nil {
 			err = confined(v.PID())
 		}
+		if err == nil {
+			err = sandboxArgv(v.PID())
+		}
 		if err == nil && uid != -1 {
-			err = dropped(v.PID(), uid)
+			err = dropped(v.PID(), uid, gid)
 		}
 		if err == nil {
 			return nil
@@ -430,18 +464,20 @@ func confined(pid int) error {
 	return nil
 }
 
-// dropped checks /proc/PID/status: every uid is uid, no effective,
-// permitted or bounding capability, no_new_privs.
-func dropped(pid, uid int) error {
+// dropped checks /proc/PID/status: every uid is uid and every gid gid, no
+// supplementary group, no capability in any set, no_new_privs, seccomp
+// filter mode.
+func dropped(pid, uid, gid int) error {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return err
 	}
-	return parseDropped(string(b), uid)
+	return parseDropped(string(b), uid, gid)
 }
 
-func parseDropped(status string, uid int) error {
-	want := map[string]string{"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "NoNewPrivs": "1"}
+func parseDropped(status string, uid, gid int) error {
+	const none = "0000000000000000"
+	want := map[string]string{"CapEff": none, "CapPrm": none, "CapInh": none, "CapAmb": none, "CapBnd": none, "NoNewPrivs": "1", "Seccomp": "2"}
 	seen := map[string]bool{}
 	for _, line := range strings.Split(status, "\n") {
 		k, val, ok := strings.Cut(line, ":")
@@ -450,15 +486,24 @@ func parseDropped(status string, uid int) error {
 		}
 		f := strings.Fields(val)
 		switch {
-		case k == "Uid":
+		case k == "Uid" || k == "Gid":
 			seen[k] = true
+			id := uid
+			if k == "Gid" {
+				id = gid
+			}
 			if len(f) != 4 {
-				return fmt.Errorf("Uid: %q", val)
+				return fmt.Errorf("%s: %q", k, val)
 			}
 			for _, x := range f {
-				if x != strconv.Itoa(uid) {
-					return fmt.Errorf("Uid: %s, not %d (QEMU has not given root up yet)", strings.Join(f, " "), uid)
+				if x != strconv.Itoa(id) {
+					return fmt.Errorf("%s: %s, not %d (QEMU is not unprivileged)", k, strings.Join(f, " "), id)
 				}
+			}
+		case k == "Groups":
+			seen[k] = true
+			if len(f) != 0 {
+				return fmt.Errorf("Groups: %s, want none", strings.Join(f, " "))
 			}
 		case want[k] != "":
 			seen[k] = true
@@ -467,12 +512,58 @@ func parseDropped(status string, uid int) error {
 			}
 		}
 	}
-	for _, k := range []string{"Uid", "CapEff", "CapPrm", "NoNewPrivs"} {
+	for _, k := range []string{"Uid", "Gid", "Groups", "CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd", "NoNewPrivs", "Seccomp"} {
 		if !seen[k] {
 			return fmt.Errorf("no %s line in /proc/PID/status", k)
 		}
 	}
 	return nil
+}
+
+// sandboxArgv checks /proc/PID/cmdline: QEMU was given "-sandbox" Sandbox
+// once, and no -runas (whose setuid the filter would kill) nor -chroot.
+func sandboxArgv(pid int) error {
+	b, err := ReadTail("/proc/"+strconv.Itoa(pid)+"/cmdline", 1<<20)
+	if err != nil {
+		return err
+	}
+	return parseSandboxArgv(strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"))
+}
+
+func parseSandboxArgv(argv []string) error {
+	n := 0
+	for i, a := range argv {
+		switch strings.TrimPrefix(a, "-") {
+		case "-sandbox", "sandbox":
+			n++
+			if i+1 >= len(argv) || argv[i+1] != Sandbox {
+				return fmt.Errorf("QEMU's argv has -sandbox %q, want %s", strings.Join(argv[i+1:min(i+2, len(argv))], ""), Sandbox)
+			}
+		case "-runas", "runas", "-chroot", "chroot":
+			return fmt.Errorf("QEMU's argv has %s", a)
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("QEMU's argv has -sandbox %d times, want once with %s", n, Sandbox)
+	}
+	return nil
+}
+
+// kvmAccessible: /dev/kvm opens read-write for uid:gid (with no
+// supplementary group), by its mode bits.
+func kvmAccessible(uid, gid int) error {
+	var st unix.Stat_t
+	if err := unix.Stat("/dev/kvm", &st); err != nil {
+		return fmt.Errorf("vm: /dev/kvm: %w", err)
+	}
+	m := st.Mode
+	switch {
+	case int(st.Uid) == uid && m&0o600 == 0o600,
+		int(st.Uid) != uid && int(st.Gid) == gid && m&0o060 == 0o060,
+		int(st.Uid) != uid && int(st.Gid) != gid && m&0o006 == 0o006:
+		return nil
+	}
+	return fmt.Errorf("vm: /dev/kvm (mode %o, uid %d gid %d) is not read-write for QEMU's account (uid %d gid %d, no other group): make it 0666 (Debian's udev default) or run with accel tcg", m&0o777, st.Uid, st.Gid, uid, gid)
 }
 
 // seccompStatus reads "Seccomp:" and "Seccomp_filters:" (-1 when the kernel
@@ -759,6 +850,14 @@ func (v *VM) Stop() error {
 		}
 		v.stopErr = os.RemoveAll(v.dir)
 		v.logMu.Unlock()
+		v.fds.closeAll()
+		if v.fds != nil && v.fds.qmpPath != "" {
+			// Start created it (QEMU, which removed its own, only
+			// accepted on it).
+			if st, err := os.Lstat(v.fds.qmpPath); err == nil && st.Mode()&os.ModeSocket != 0 {
+				os.Remove(v.fds.qmpPath)
+			}
+		}
 	})
 	return v.stopErr
 }

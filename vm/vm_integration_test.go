@@ -236,13 +236,39 @@ func assertUnprivileged(t *testing.T, v *VM) {
 	if g := q["Groups"]; len(g) > 1 || (len(g) == 1 && g[0] != strconv.Itoa(gid)) {
 		t.Errorf("QEMU's supplementary groups %v, want none but %d", g, gid)
 	}
-	for _, k := range []string{"CapEff", "CapPrm"} {
+	for _, k := range []string{"CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"} {
 		if strings.Join(q[k], "") != "0000000000000000" {
 			t.Errorf("QEMU's %s %v: it kept a capability", k, q[k])
 		}
 	}
 	if strings.Join(q["NoNewPrivs"], "") != "1" {
 		t.Errorf("QEMU's NoNewPrivs %v", q["NoNewPrivs"])
+	}
+	if strings.Join(q["Seccomp"], "") != "2" {
+		t.Errorf("QEMU's Seccomp %v, want 2 (filter)", q["Seccomp"])
+	}
+	// QEMU's /proc is its namespace's: the init (1) and QEMU (its PID
+	// there, the last of NSpid), no other process (another VM's QEMU) it
+	// could reach through it.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/proc", v.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, e.Name())
+		}
+	}
+	nspid := q["NSpid"]
+	if len(nspid) != 2 {
+		t.Fatalf("QEMU's NSpid %v: want its PID here and in its own namespace", nspid)
+	}
+	if want := "1 " + nspid[1]; strings.Join(pids, " ") != want {
+		t.Errorf("QEMU's /proc lists processes %v, want its init's namespace only (%s)", pids, want)
+	}
+	if err := parseSandboxArgv(v.Args); err != nil {
+		t.Error(err)
 	}
 	initPID := v.cmd.Process.Pid
 	if strings.Join(q["PPid"], "") != strconv.Itoa(initPID) || initPID == v.PID() {
@@ -411,7 +437,7 @@ func TestLinkDHCPAndScan(t *testing.T) {
 		b, _ := os.ReadFile(l.DNSMasqLog())
 		t.Fatalf("%v\ndnsmasq log:\n%s", err, b)
 	}
-	assertUnprivileged(t, v) // QEMU started through ip netns exec
+	assertUnprivileged(t, v) // the tap passed as a descriptor, no ip netns exec
 	v4, err := l.GuestIPv4(t.Context())
 	if err != nil {
 		t.Fatal(err)

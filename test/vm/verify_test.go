@@ -317,9 +317,10 @@ func TestVerifyKilled(t *testing.T) {
 		t.Fatal("QEMU never started")
 	}
 	time.Sleep(5 * time.Second) // booting
-	// The QEMU about to be orphaned runs without root (vm.Start's -runas):
-	// a setuid clears its own death signal, so only its init's (a PID
-	// namespace's PID 1, still root) can take it down with bake.
+	// The QEMU about to be orphaned runs without root (its init started
+	// it as bake-qemu): a uid change clears the death signal, so only its
+	// init's (a PID namespace's PID 1, still root) can take it down with
+	// bake.
 	mu.Lock()
 	m := verifyPIDRE.FindStringSubmatch(strings.Join(lines, "\n"))
 	mu.Unlock()

@@ -1,0 +1,115 @@
+//go:build integration
+
+package vm
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bakeimg/bake/internal/execx"
+)
+
+// What the init starts as root (QEMU, here a shell that reports what it
+// got): DefaultRunAs's uid and gid everywhere, no group, every capability
+// set empty, no_new_privs, cwd /, a /proc of its own PID namespace, the
+// descriptors Start passed at the numbers Cmdline names and no other, a
+// root-only file readable through its memfd copy and not by its path.
+func TestInitStartsUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (run the integration tier as root)")
+	}
+	uid, gid, err := runAsUID(DefaultRunAs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := t.TempDir()
+	if err := os.Chmod(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cred := filepath.Join(d, "cred")
+	disk := filepath.Join(d, "disk")
+	if err := os.WriteFile(cred, []byte("secret-cred"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, []byte("disk-data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A descriptor bake inherited without close-on-exec must not reach QEMU.
+	leak, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leak.Close()
+	p := newFDPlan(uid, gid)
+	defer p.closeAll()
+	if err := p.addProc(cred); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.addSet(disk, os.O_RDONLY); err != nil {
+		t.Fatal(err)
+	}
+	script := `grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' /proc/self/status
+echo "procs: $(ls /proc | grep -E '^[0-9]+$' | wc -l)"
+echo "fds: $(ls /proc/self/fd | sort -n | tr '\n' ' ')"
+echo "memfd: $(cat /proc/self/fd/4)"
+echo "set: $(cat <&5)"
+cat /proc/self/fd/5 >/dev/null 2>&1 && echo "reopen: readable" || echo "reopen: denied"
+cat ` + disk + ` >/dev/null 2>&1 && echo "path: readable" || echo "path: denied"
+echo "cwd: $(pwd)"
+`
+	// Keep the leaked descriptor open across exec, as an inherited one is.
+	if _, err := unix.FcntlInt(leak.Fd(), unix.F_SETFD, 0); err != nil {
+		t.Fatal(err)
+	}
+	cmd, lifeR, lifeW, err := initCommand([]string{"/bin/sh", "-c", script}, uid, gid, p.files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lifeW.Close()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	child, err := execx.StartPinned(cmd)
+	lifeR.Close()
+	p.closePassed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Wait(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	got := out.String()
+	t.Logf("%s", got)
+	u, g := strconv.Itoa(uid), strconv.Itoa(gid)
+	for _, want := range []string{
+		"Uid:\t" + u + "\t" + u + "\t" + u + "\t" + u + "\n", "Gid:\t" + g + "\t" + g + "\t" + g + "\t" + g + "\n",
+		"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
+		"CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1",
+		"memfd: secret-cred", "set: disk-data", "reopen: denied", "path: denied", "cwd: /",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q", want)
+		}
+	}
+	if !strings.Contains(got, "Groups:\t\n") && !strings.Contains(got, "Groups:\t \n") {
+		t.Error("supplementary groups left")
+	}
+	// 0-2, 4 and 5 (the plan), and ls's own directory descriptor.
+	if i := strings.Index(got, "fds: "); i < 0 || !strings.HasPrefix(got[i:], "fds: 0 1 2 3 4 5 \n") {
+		t.Errorf("descriptors: want 0-2, the plan's 4 and 5 and ls's own 3")
+	}
+	var procs int
+	for _, l := range strings.Split(got, "\n") {
+		if n, ok := strings.CutPrefix(l, "procs: "); ok {
+			procs, _ = strconv.Atoi(n)
+		}
+	}
+	if procs < 2 || procs > 8 {
+		t.Errorf("the /proc QEMU sees lists %d processes, want its namespace's few (init, sh, a pipeline)", procs)
+	}
+}
