@@ -265,7 +265,7 @@ each runs, what it needs):
 	contextFlag(c, &contextDir)
 	f.StringVar(&firmware, "firmware", "bios", "firmware to boot with: bios, uefi or both")
 	f.StringVar(&reportDir, "report", "", "write report.json, junit.xml and the serial console logs into this directory")
-	f.BoolVar(&keep, "keep", false, "keep the work directory (overlays, seeds, the throwaway key, serial logs) for debugging")
+	f.BoolVar(&keep, "keep", false, "keep the work directory (seeds, the throwaway key, serial logs) for debugging")
 	f.IntVar(&instances, "instances", 2, "VMs to boot per firmware from the same image: 2 or more check that instances differ and survive a reboot; --instances 1 skips those checks (listed as skipped by request)")
 	f.DurationVar(&timeout, "timeout", verify.DefaultTimeout, "time limit of the whole verification")
 	f.DurationVar(&gatewayTimeout, "gateway-timeout", verify.GatewayStartTimeout, "how long to wait for the gateway to answer on its port once the system is running; also the bound of each gateway client call in gateway.auth")

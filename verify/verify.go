@@ -22,7 +22,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bakeimg/bake/cloudimg"
-	"github.com/bakeimg/bake/internal/execx"
 	"github.com/bakeimg/bake/internal/imgfile"
 	"github.com/bakeimg/bake/vm"
 )
@@ -51,8 +50,9 @@ type Options struct {
 	Firmwares    []string // vm.BIOS, vm.UEFI
 	Instances    int      // VMs per firmware, from the same image
 	ReportDir    string   // report.json, junit.xml, serial logs; "" = none
-	// Keep keeps the work directory (overlays, seeds, the throwaway key,
-	// serial logs) and says where it is.
+	// Keep keeps the work directory (seeds, the throwaway key, serial
+	// logs) and says where it is. The overlays are vm.Start's, gone with
+	// their VM.
 	Keep    bool
 	Timeout time.Duration // the whole run
 	// GatewayTimeout bounds the wait for the gateway to answer after the
@@ -223,7 +223,7 @@ func Run(ctx context.Context, o Options) *Report {
 	r.logf("work directory %s", work)
 	defer func() {
 		if o.Keep {
-			fmt.Fprintf(os.Stderr, "verify: kept the work directory %s (overlays, seeds, the throwaway key id_ed25519, serial logs)\n", work)
+			fmt.Fprintf(os.Stderr, "verify: kept the work directory %s (seeds, the throwaway key id_ed25519, serial logs)\n", work)
 			return
 		}
 		os.RemoveAll(work)
@@ -575,21 +575,21 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	}
 	r.rep.Seeds[in.name()] = in.via
 	r.mu.Unlock()
-	overlay := filepath.Join(r.work, "disk-"+in.name()+".qcow2")
-	if err := execx.Default.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"create", "-q", "-f", "qcow2",
-		"-b", r.o.Image, "-F", r.rep.Format, overlay}}); err != nil {
-		return in, fmt.Errorf("copy-on-write overlay: %w", err)
-	}
+	// The instance's copy-on-write overlay is vm.Start's (Snapshot): it
+	// hands QEMU the image as a read-only node under the overlay, from a
+	// descriptor, where an overlay made here would name the image in its
+	// header, a name QEMU as bake-qemu neither follows nor could open.
 	cfg := vm.Config{
-		Firmware:  fw,
-		Disk:      overlay,
-		MemoryMiB: r.o.MemoryMiB,
-		CPUs:      r.cpus[fw],
-		SeedISO:   seedPath,
-		SerialLog: in.serial,
-		ExtraArgs: smbios,
+		Firmware:   fw,
+		Disk:       r.o.Image,
+		DiskFormat: r.rep.Format,
+		Snapshot:   true,
+		MemoryMiB:  r.o.MemoryMiB,
+		CPUs:       r.cpus[fw],
+		SeedISO:    seedPath,
+		SerialLog:  in.serial,
+		ExtraArgs:  smbios,
 	}
-	cfg.DiskFormat = "qcow2"
 	if r.netns {
 		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx))
 		if err != nil {
