@@ -85,3 +85,30 @@ func TestDiskFormatRefusesIndirection(t *testing.T) {
 		t.Errorf("qcow2 over a backing file: %v", err)
 	}
 }
+
+// TestStartRefusesBackingWithGivenFormat: a caller that names the disk's
+// format skips DiskFormat's probe but not its refusal (verify once made
+// its own overlay over the image and named it qcow2: QEMU, given
+// descriptors, followed no backing name and the guest booted zeros).
+func TestStartRefusesBackingWithGivenFormat(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img")
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(raw, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	over := filepath.Join(dir, "over.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", over).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v\n%s", err, out)
+	}
+	c := fakeConfig(t)
+	c.Disk, c.DiskFormat = over, "qcow2"
+	v, err := Start(t.Context(), c)
+	if err == nil {
+		v.Stop()
+		t.Fatal("Start took a qcow2 with a backing file")
+	}
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), raw) {
+		t.Errorf("error %v", err)
+	}
+}

@@ -185,6 +185,12 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 			if c.DiskFormat, err = DiskFormat(ctx, c.Disk); err != nil {
 				return nil, err
 			}
+		} else if err := refuseHeader(c.Disk); err != nil {
+			// A format given by the caller skips DiskFormat's look, not
+			// its refusals: QEMU, handed descriptors, would follow no
+			// backing file a header names and boot what is unallocated
+			// as zeros.
+			return nil, err
 		}
 		if c.Snapshot {
 			overlay, err := createOverlay(ctx, dir, c.Disk, c.DiskFormat)
@@ -976,6 +982,28 @@ func FreePort() (int, error) {
 // file) is refused, by its header and again by `qemu-img info -f qcow2`
 // (told the format, so it does not probe): booting it would have QEMU open
 // a host file the image names. The error then wraps ErrRefused.
+// refuseHeader refuses a disk whose header names what QEMU is not given
+// (a backing file, an external data file), whatever format the caller
+// named for it.
+func refuseHeader(path string) error {
+	f, _, err := imgfile.OpenRegular(path)
+	if err != nil {
+		return fmt.Errorf("vm: disk: %w", err)
+	}
+	defer f.Close()
+	info, err := imgfile.Sniff(f)
+	if err != nil {
+		return fmt.Errorf("vm: disk %s: %w", path, err)
+	}
+	if info.Format == imgfile.Raw {
+		return nil
+	}
+	if err := info.Refuse(); err != nil {
+		return fmt.Errorf("vm: disk %s: %w: %w", path, ErrRefused, err)
+	}
+	return nil
+}
+
 func DiskFormat(ctx context.Context, path string) (string, error) {
 	f, _, err := imgfile.OpenRegular(path)
 	if err != nil {
