@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/goccy/go-yaml"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -426,6 +428,34 @@ func TestCloudInitConfig(t *testing.T) {
 			t.Errorf("cloud-init config lacks %q:\n%s", want, c)
 		}
 	}
+	if strings.Contains(c, "_modules:") {
+		t.Errorf("module lists written without CloudInitModules:\n%s", c)
+	}
+
+	// A tree bootstrapped from packages: only the appliance's modules, as
+	// YAML lists cloud-init reads (each stage's key replaces Debian's).
+	m := CloudInitConfig(SSHOptions{CloudInit: true, AdminUser: "admin", CloudInitModules: true})
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(m), &doc); err != nil {
+		t.Fatalf("not YAML: %v\n%s", err, m)
+	}
+	for _, stage := range []string{"cloud_init_modules", "cloud_config_modules", "cloud_final_modules"} {
+		got, ok := doc[stage].([]any)
+		if !ok || len(got) != len(CloudInitModules[stage]) {
+			t.Fatalf("%s = %#v, want %v", stage, doc[stage], CloudInitModules[stage])
+		}
+	}
+	for _, need := range []string{"write_files", "users_groups", "ssh", "set_passwords", "scripts_user", "keys_to_console"} {
+		if !strings.Contains(m, need) {
+			t.Errorf("module %s (bake's cloud-init seed, the admin's keys, ssh_pwauth, user scripts, host keys on the console) missing:\n%s", need, m)
+		}
+	}
+	for _, never := range []string{"package_update_upgrade_install", "package-update", "apt_configure", "apt-configure", "grub_dpkg", "grub-dpkg"} {
+		if strings.Contains(m, never) {
+			t.Errorf("module %s listed: an appliance is replaced, not patched in place", never)
+		}
+	}
+
 	files := SSHFiles(SSHOptions{CloudInit: false})
 	for _, f := range files {
 		if f.Path == CloudInitSSH {

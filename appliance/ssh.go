@@ -45,6 +45,34 @@ type SSHOptions struct {
 	// packages, networked by bake's systemd-networkd files) cloud-init's
 	// network configuration is disabled.
 	CloudInitNetwork bool
+	// CloudInitModules sets cloud-init's module lists to those the
+	// appliance uses (CloudInitModules, below). Set for a tree
+	// bootstrapped from packages, whose cloud-init is the suite's; an
+	// image made from a cloud image keeps the lists its vendor chose.
+	CloudInitModules bool
+}
+
+// CloudInitModules are the cloud-init modules of an appliance
+// bootstrapped from packages, per stage, in Debian's order. Debian's
+// cloud.cfg also lists modules for software the appliance does not have
+// (snap, byobu, landscape, lxd, fan, puppet, chef, mcollective,
+// salt-minion, rightscale, RMC, rsyslog, ssh-import-id, keyboard) and
+// modules that would change what the image owns:
+// package-update-upgrade-install and apt-configure/apt-pipelining (an
+// instance is replaced, never patched in place: user-data's packages,
+// package_upgrade and apt sources are not applied), grub-dpkg (bake owns
+// the boot loader; it ran grub-probe and debconf, 3.6 s of a boot under
+// TCG), locale (the image has C.UTF-8 only; update-locale, 1.5 s),
+// install-hotplug (the network is bake's networkd configuration), and
+// migrator (semaphores of older cloud-init versions; a new image has
+// none). Each listed module still costs an import on every boot.
+var CloudInitModules = map[string][]string{
+	"cloud_init_modules": {"seed_random", "bootcmd", "write_files", "growpart", "resizefs", "disk_setup", "mounts",
+		"set_hostname", "update_hostname", "update_etc_hosts", "ca_certs", "users_groups", "ssh"},
+	"cloud_config_modules": {"set_passwords", "ntp", "timezone", "disable_ec2_metadata", "runcmd"},
+	"cloud_final_modules": {"write_files_deferred", "scripts_vendor", "scripts_per_once", "scripts_per_boot",
+		"scripts_per_instance", "scripts_user", "ssh_authkey_fingerprints", "keys_to_console", "final_message",
+		"power_state_change"},
 }
 
 // DefaultDatasources: NoCloud (local seeds), OpenStack and its ConfigDrive,
@@ -127,6 +155,12 @@ func CloudInitConfig(o SSHOptions) string {
 	// The image has no generated locales; cloud-init's default
 	// (en_US.UTF-8) would fail its locale module and mark the boot failed.
 	b.WriteString("locale: C.UTF-8\n")
+	if o.CloudInitModules {
+		b.WriteString("# Only the modules the appliance uses (bake's appliance.CloudInitModules).\n")
+		for _, k := range []string{"cloud_init_modules", "cloud_config_modules", "cloud_final_modules"} {
+			fmt.Fprintf(&b, "%s: [%s]\n", k, strings.Join(CloudInitModules[k], ", "))
+		}
+	}
 	if o.AdminUser != "" {
 		b.WriteString("system_info:\n  default_user:\n")
 		fmt.Fprintf(&b, "    name: %s\n", o.AdminUser)

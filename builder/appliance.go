@@ -100,7 +100,7 @@ func (p *Plan) addApplianceStages(add addStage) {
 
 func (p *Plan) sshOptions() appliance.SSHOptions {
 	r := p.Recipe
-	o := appliance.SSHOptions{Port: *r.SSH.Port, CloudInit: r.Firstboot.HasSeed("cloud-init"), CloudInitNetwork: r.Base.Image != nil}
+	o := appliance.SSHOptions{Port: *r.SSH.Port, CloudInit: r.Firstboot.HasSeed("cloud-init"), CloudInitNetwork: r.Base.Image != nil, CloudInitModules: r.Base.Image == nil}
 	if fb := r.Firstboot; fb != nil {
 		o.AdminUser = fb.AdminUser
 		if u := r.UserByName(fb.AdminUser); u != nil {
@@ -121,6 +121,8 @@ func (p *Plan) sshInputs() []string {
 		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ","))
 		if p.Recipe.Base.Image != nil {
 			in = append(in, "cloud image base: cloud-init keeps configuring the image's own network stack")
+		} else {
+			in = append(in, "cloud-init modules: only the appliance's (no package installs or apt sources from user-data, no grub-dpkg, no locale)")
 		}
 	}
 	return in
