@@ -222,6 +222,19 @@ func (r *runner) reboot(ctx context.Context, in *instance, before ident) (Status
 	if r.o.Spec.Gateway != nil && after.Token != before.Token {
 		problems = append(problems, "the gateway token changed")
 	}
+	// The seed is still attached (the same NoCloud volume or SMBIOS
+	// strings), so an unchanged token alone does not show that first
+	// boot applied it once: its journal of this boot must say so.
+	fb, err := in.sudo(ctx, firstbootAgainScript)
+	if err != nil {
+		return Fail, fmt.Sprintf("cannot read bake-firstboot's journal after the reboot: %v\n%s", err, ev)
+	}
+	if problem, line := judgeFirstbootAgain(fb.Stdout); problem != "" {
+		problems = append(problems, problem)
+		ev.add("%s", line)
+	} else if line != "" {
+		ev.add("%s", line)
+	}
 	return verdict(problems, ev, fmt.Sprintf("%s kept its machine-id, SSH host keys%s over a reboot", in.name(), map[bool]string{true: " and gateway token", false: ""}[r.o.Spec.Gateway != nil]))
 }
 
@@ -269,9 +282,44 @@ var (
 		planned: twoInstances, byRequest: true}
 	checkIdentityReboot = Check{ID: "identity.reboot", Scope: ScopeFirmware, Needs: "--instances 2 or more",
 		claim: func(Spec, *GatewaySpec) string {
-			return "a rebooted instance keeps its gateway token, SSH host keys and machine-id"
+			return "a rebooted instance keeps its gateway token, SSH host keys and machine-id, and bake's first boot, its seed still attached, does nothing again"
 		},
 		planned: twoInstances, byRequest: true}
 )
 
 func twoInstances(_ Spec, instances int) bool { return instances >= 2 }
+
+// firstbootAgainScript prints whether the image has bake's first-boot
+// unit and that unit's journal of the current boot.
+const firstbootAgainScript = `if systemctl cat bake-firstboot.service >/dev/null 2>&1; then echo "unit: yes"; journalctl -b -o cat --no-pager -u bake-firstboot.service | tail -n 40; else echo "unit: no"; fi`
+
+// judgeFirstbootAgain judges firstbootAgainScript's output after a
+// reboot: an image with bake's first boot must log that the instance was
+// already set up ("nothing to do") and nothing it does on a first boot.
+// It returns a problem ("" when none) and an evidence line ("" when the
+// image has no such unit).
+func judgeFirstbootAgain(out string) (problem, line string) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) == 0 || strings.TrimSpace(lines[0]) != "unit: yes" {
+		if len(lines) > 0 && strings.TrimSpace(lines[0]) == "unit: no" {
+			return "", ""
+		}
+		return "cannot tell whether first boot ran again: " + orDash(strings.TrimSpace(out)), ""
+	}
+	var said string
+	for _, l := range lines[1:] {
+		if strings.Contains(l, "nothing to do") {
+			said = strings.TrimSpace(l)
+		}
+	}
+	for _, l := range lines[1:] {
+		if strings.Contains(l, "first boot of instance") || strings.Contains(l, "done for instance") {
+			return "first boot acted again after the reboot: " + strings.TrimSpace(l), "bake-firstboot after the reboot: " + strings.TrimSpace(l)
+		}
+	}
+	if said == "" {
+		return "bake-firstboot did not log \"nothing to do\" after the reboot (" + fmt.Sprintf("%d journal lines", len(lines)-1) + ")",
+			"bake-firstboot after the reboot: " + orDash(strings.Join(lines[1:], " | "))
+	}
+	return "", "bake-firstboot after the reboot: " + said
+}

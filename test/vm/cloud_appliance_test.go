@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ runcmd:
 // refused, every other claim too). Two instances, so that identity (the
 // instances differ) and a reboot (each keeps its identity) are proven
 // under OVMF too; TestVerifyAppliance (the packages-built appliance under
-// SeaBIOS) proves them under SeaBIOS.
+// SeaBIOS) proves them under SeaBIOS. Instance 1 is seeded by SMBIOS
+// credentials only: that path under OVMF, applied once across a reboot.
 func TestCloudApplianceVerify(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
@@ -93,8 +95,28 @@ func TestCloudApplianceVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
-		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m")...)...)
+		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m",
+		// Instance 1, the rebooted one, has SMBIOS credentials only, under
+		// OVMF (was TestApplianceCredentialsUEFI's own boot): its login
+		// and its token prove that path, identity.reboot that first boot
+		// applied them once (its journal says "nothing to do" after the
+		// reboot, the credentials still given).
+		"--seed-via", "nocloud,smbios")...)...)
 	requireAllPass(t, run)
+	if a, b := run.report.Seeds["uefi-0"], run.report.Seeds["uefi-1"]; a != "nocloud" || b != "smbios" {
+		t.Errorf("seeds %q: want uefi-0 nocloud, uefi-1 smbios", run.report.Seeds)
+	}
+	for _, x := range run.report.Results {
+		if x.Firmware != "uefi" {
+			continue
+		}
+		if x.ID == "identity.unique" && !strings.Contains(x.Evidence, "uefi-1 (seed via smbios) was given a token: its gateway has it") {
+			t.Errorf("uefi/identity.unique evidence does not show the SMBIOS token arriving:\n%s", x.Evidence)
+		}
+		if x.ID == "identity.reboot" && !strings.Contains(x.Evidence, "nothing to do") {
+			t.Errorf("uefi/identity.reboot evidence does not show first boot doing nothing after the reboot:\n%s", x.Evidence)
+		}
+	}
 	rec, err := recipe.LoadIn(repoRoot(), rp, map[string]string{"gateway_image": in.ref, "base_image": fx.path, "base_sha256": baseSum})
 	if err != nil {
 		t.Fatal(err)
