@@ -4,8 +4,10 @@ package vmtest
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"math/big"
 	"os"
@@ -16,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/verify"
 )
@@ -23,7 +27,7 @@ import (
 // TestVerifyNegative: a verifier that cannot fail proves nothing. From the
 // good test appliance (applianceImage) bake itself bakes a broken one, with
 // ordinary recipe steps on the good image as a cloud-image base (extract,
-// files, reassemble: about a minute), carrying ten defects at once:
+// files, reassemble: about a minute), carrying eleven defects at once:
 //
 //  1. password login allowed: an sshd drop-in that sorts before bake's
 //     00-bake.conf (sshd keeps the first value it reads);
@@ -47,7 +51,12 @@ import (
 //  10. the metadata block without its DNS exception: of DOCKER-USER only
 //     a DROP of 168.63.129.16 is left over IPv4 (port 53 included), so
 //     containers lose the resolver a cloud puts there, while
-//     169.254.169.254 stays reachable (2).
+//     169.254.169.254 stays reachable (2);
+//  11. one identity for every instance: a machine-id on the kernel
+//     command line (systemd.machine_id=) and an SSH host key copied into
+//     /etc/ssh before bake-hostkeys runs (a drop-in), as an image with
+//     its build's identity baked in would have; it needs two instances,
+//     so this verify runs the default two and a reboot.
 //
 // bake verify (--recipe: the claims of the good recipe) must exit 1 with
 // exactly the checks below failing, each with the evidence of its defect,
@@ -96,16 +105,17 @@ func TestVerifyNegative(t *testing.T) {
 	token := fakeTailscaleKey(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	out, _, buildTime := bakeRecipeText(t, ctx, work, "broken", brokenRecipe(good, fileSum(t, good), spec, imageID, token))
+	hostKey, hostPub := sharedHostKey(t)
+	out, _, buildTime := bakeRecipeText(t, ctx, work, "broken", brokenRecipe(good, fileSum(t, good), spec, imageID, token, hostKey, hostPub))
 	t.Logf("bake build of the broken image: %s", buildTime)
 	img := filepath.Join(out, "openclaw-broken.raw")
 
 	tv := time.Now()
 	// No check may be skipped: a skip fails the run (fail closed; --strict
-	// is a no-op alias). With one instance the identity checks are not
-	// run: the report lists them as skipped by request, checked below.
+	// is a no-op alias). Two instances and a reboot (the default), for
+	// defect 11.
 	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		"--firmware", "bios", "--instances", "1", "--strict", "--timeout", "35m")
+		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "35m")
 	t.Logf("output:\n%s", run.out)
 	t.Logf("times: build %s, verify %s, test %s", buildTime, since(tv), since(t0))
 	if run.code != 1 {
@@ -133,8 +143,9 @@ func TestVerifyNegative(t *testing.T) {
 		// 3. the gateway on 0.0.0.0 (and, with 2, reachable from outside)
 		"bios/gateway.listen": {`published on "0.0.0.0"`},
 		"bios/network.scan":   {fmt.Sprintf("%d/tcp is open", spec.Gateway.Port)},
-		// 4. a token in the image
-		"image/secrets.disk": {"FOUND tailscale-auth-key"},
+		// 4. a token in the image (and 11's host key, kept on the disk
+		// for the drop-in to copy)
+		"image/secrets.disk": {"FOUND tailscale-auth-key", "FOUND private-key"},
 		// 5. the gateway as root
 		"bios/gateway.process": {"runs as root"},
 		// 6. the admin in the docker group (the same drop-in adds it)
@@ -147,6 +158,8 @@ func TestVerifyNegative(t *testing.T) {
 		// with no firewall or gateway section): its record of its
 		// claims differs from the recipe verify was given.
 		"image/image.claims": {"differs", "firewall:", "gateway:"},
+		// 11. every instance with the same machine-id and host key
+		"bios/identity.unique": {"bios-0 and bios-1 share machine-id " + sharedMachineID, "share the SSH host key"},
 	}
 	var failed []string
 	seen := map[string]bool{}
@@ -169,11 +182,6 @@ func TestVerifyNegative(t *testing.T) {
 					t.Errorf("%s failed, but its evidence does not say %q:\n%s", key, s, x.Evidence)
 				}
 			}
-		case strings.HasPrefix(x.ID, "identity."):
-			// --instances 1: listed as skipped by request, not a failure.
-			if x.Status != "skip" || x.Accepted != "by-request" || !strings.Contains(x.Evidence, "needs --instances 2") {
-				t.Errorf("%s: %s (%q), want a skip by request (--instances 1)\n%s", key, x.Status, x.Accepted, x.Evidence)
-			}
 		default:
 			if x.Status != "pass" {
 				t.Errorf("%s: %s, want pass (no defect of the image touches it)\n%s", key, x.Status, x.Evidence)
@@ -186,7 +194,15 @@ func TestVerifyNegative(t *testing.T) {
 			t.Errorf("%s: the report shows the baked token unredacted", key)
 		}
 	}
-	for _, id := range verify.Plan(spec, 1) {
+	// A shared identity is kept over a reboot, and first boot still
+	// applied the seed once: identity.reboot passes (the default case
+	// above), with first boot's "nothing to do" in its evidence.
+	for _, x := range run.report.Results {
+		if x.ID == "identity.reboot" && !strings.Contains(x.Evidence, "nothing to do") {
+			t.Errorf("identity.reboot evidence lacks first boot's \"nothing to do\":\n%s", x.Evidence)
+		}
+	}
+	for _, id := range verify.Plan(spec, 2) {
 		if !seen["bios/"+id] {
 			t.Errorf("bios/%s: no result", id)
 		}
@@ -211,7 +227,7 @@ func TestVerifyNegative(t *testing.T) {
 
 // brokenRecipe is the recipe of the broken image: the good one as its base
 // and the defects as files.
-func brokenRecipe(base, sum string, spec verify.Spec, imageID, token string) string {
+func brokenRecipe(base, sum string, spec verify.Spec, imageID, token, hostKey, hostPub string) string {
 	g := spec.Gateway
 	// What bake's unit runs (appliance.ContainerSpec.RunArgs), with the
 	// gateway published on every address and run as root with Docker's
@@ -238,12 +254,25 @@ COMMIT
 	noIsolation6 := fmt.Sprintf(noIsolation, "")
 	return fmt.Sprintf(`apiVersion: bake/v1
 name: openclaw-broken
-description: the test appliance with ten defects bake verify must find
+description: the test appliance with eleven defects bake verify must find
 base:
   image:
     path: %s
     sha256: %s
+kernel:
+  cmdline: systemd.machine_id=%s
 files:
+  - path: /usr/local/lib/broken/ssh_host_ed25519_key
+    mode: "0600"
+    content: |
+%s
+  - path: /usr/local/lib/broken/ssh_host_ed25519_key.pub
+    content: |
+%s
+  - path: /etc/systemd/system/bake-hostkeys.service.d/90-shared.conf
+    content: |
+      [Service]
+      ExecStartPre=/bin/cp /usr/local/lib/broken/ssh_host_ed25519_key /usr/local/lib/broken/ssh_host_ed25519_key.pub /etc/ssh/
   - path: /etc/ssh/sshd_config.d/0-allow-password.conf
     content: |
       # sorts before 00-bake.conf: sshd keeps the first value
@@ -276,7 +305,29 @@ files:
       ExecStart=
       ExecStart=/bin/true
 outputs: [raw]
-`, base, sum, indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token)
+`, base, sum, sharedMachineID, indent(hostKey, 6), indent(hostPub, 6), indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token)
+}
+
+// sharedMachineID is defect 11's machine-id, the same on every instance.
+const sharedMachineID = "b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5"
+
+// sharedHostKey is defect 11's SSH host key (made per run), as the
+// private key file and its .pub line.
+func sharedHostKey(t *testing.T) (string, string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "broken-shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(block)), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " root@broken-shared"
 }
 
 func indent(s string, n int) string {
