@@ -456,6 +456,23 @@ func TestCloudInitConfig(t *testing.T) {
 		}
 	}
 
+	// A cloud image base: ds-identify must not turn cloud-init (and with
+	// it the network) off when no datasource is found.
+	policy := func(o SSHOptions) string {
+		for _, f := range SSHFiles(o) {
+			if f.Path == DSIdentifyConfig {
+				return string(f.Content)
+			}
+		}
+		return ""
+	}
+	if p := policy(SSHOptions{CloudInit: true, CloudInitNetwork: true}); !strings.Contains(p, "\npolicy: search,found=all,maybe=all,notfound=enabled\n") {
+		t.Errorf("cloud image base: ds-identify policy %q", p)
+	}
+	if p := policy(SSHOptions{CloudInit: true, CloudInitModules: true}); p != "" {
+		t.Errorf("packages base (networkd): ds-identify policy written: %q", p)
+	}
+
 	files := SSHFiles(SSHOptions{CloudInit: false})
 	for _, f := range files {
 		if f.Path == CloudInitSSH {

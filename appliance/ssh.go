@@ -215,9 +215,28 @@ func SSHFiles(o SSHOptions) []File {
 	}
 	if o.CloudInit {
 		fs = append(fs, file(CloudInitSSH, CloudInitConfig(o), unitMode))
+		if o.CloudInitNetwork {
+			fs = append(fs, file(DSIdentifyConfig, Header+dsIdentifyPolicy, unitMode))
+		}
 	}
 	return fs
 }
+
+// DSIdentifyConfig is ds-identify's policy on an image made from a cloud
+// image, whose network stack cloud-init configures.
+const DSIdentifyConfig = "/etc/cloud/ds-identify.cfg"
+
+// dsIdentifyPolicy: ds-identify's default (notfound=disabled) turns
+// cloud-init off when no datasource is found, as on a hypervisor that
+// passes only SMBIOS credentials: the image's own network stack (ifupdown)
+// then got no configuration at all and the instance never took a DHCP
+// lease. With notfound=enabled cloud-init runs with DataSourceNone (last
+// in datasource_list) and writes its fallback network configuration (DHCP
+// on the first NIC); bake's first boot reads the credentials.
+const dsIdentifyPolicy = `# With no datasource found (SMBIOS credentials only), cloud-init still runs
+# (DataSourceNone) and configures the network: DHCP on the first NIC.
+policy: search,found=all,maybe=all,notfound=enabled
+`
 
 // ParseSSHDT parses `sshd -T` output: one "keyword value" per line,
 // keywords in lower case. A keyword that appears on several lines (port,

@@ -120,7 +120,7 @@ func (p *Plan) sshInputs() []string {
 	if o.CloudInit {
 		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ","))
 		if p.Recipe.Base.Image != nil {
-			in = append(in, "cloud image base: cloud-init keeps configuring the image's own network stack")
+			in = append(in, "cloud image base: cloud-init keeps configuring the image's own network stack; "+appliance.DSIdentifyConfig+": notfound=enabled (no datasource, e.g. SMBIOS credentials only: cloud-init still runs and sets up DHCP)")
 		} else {
 			in = append(in, "cloud-init modules: only the appliance's (no package installs or apt sources from user-data, no grub-dpkg, no locale)")
 		}
