@@ -538,8 +538,30 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		os.WriteFile(filepath.Join(r.work, "id_ed25519"), key.PrivatePEM, 0o600)
 	}
 
+	// Whatever happens (an interruption, the time limit), every VM is
+	// stopped and its link removed (both idempotent).
+	var booted []*instance
+	defer func() {
+		for _, in := range booted {
+			if in.sess != nil {
+				in.sess.Close()
+			}
+			if in.vm != nil {
+				in.vm.Stop()
+			}
+			if in.link != nil {
+				in.link.Close()
+			}
+		}
+	}()
+	bootOne := func(idx int, b boot) (*instance, bool) {
+		in, ok := r.upgradeBoot(ctx, fw, idx, key, b)
+		booted = append(booted, in)
+		return in, ok
+	}
+
 	// 1. The old image, a seed, the blank volume.
-	a, ok := r.upgradeBoot(ctx, fw, 0, key, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives})
+	a, ok := bootOne(0, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives})
 	if !ok {
 		r.record(fw, checkUpgradeOld.ID, Fail, "the old image: "+a.loginEv, time.Since(t0))
 		skipRest("the old image's boot failed (see " + checkUpgradeOld.ID + ")")
@@ -562,7 +584,7 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 
 	// 2. The new image, no seed, the same volume, its own root disk.
 	t1 := time.Now()
-	b, ok := r.upgradeBoot(ctx, fw, 1, key, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token})
+	b, ok := bootOne(1, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token})
 	r.record(fw, checkSSHKeyLogin.ID, status(ok), b.loginEv, 0)
 	if !ok {
 		r.record(fw, checkUpgradeIdentity.ID, Fail, "the new image: the admin could not log in with the key the old boot's seed put on the volume: "+b.loginEv, time.Since(t1))
@@ -614,7 +636,7 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 
 	// 3. The rollback: the old image again, no seed, the same volume.
 	t4 := time.Now()
-	rb, ok := r.upgradeBoot(ctx, fw, 2, key, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token})
+	rb, ok := bootOne(2, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token})
 	if !ok {
 		r.record(fw, checkUpgradeRollback.ID, Fail, "the old image again: "+rb.loginEv, time.Since(t4))
 		return
