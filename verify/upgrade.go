@@ -591,6 +591,7 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		skipRest("the new image's boot failed (see " + checkUpgradeIdentity.ID + ")")
 		return
 	}
+	b.findIPv6(ctx) // for the checks from outside (gateway.listen)
 	stB, problems, ev := r.observe(ctx, b, newFacts)
 	problems = append(problems, sameInstance(stA, stB, "the new image")...)
 	problems = append(problems, reused(stB, "the new image")...)
