@@ -52,7 +52,13 @@ if command -v cloud-init >/dev/null 2>&1; then echo "cloud-init:"; cloud-init st
 			}
 		}
 	}
-	if ciStatus != "" && ciStatus != "done" {
+	switch {
+	case ciStatus == "disabled" && c.in.via == seedNone:
+		// No seed, no datasource: ds-identify disables cloud-init for
+		// the boot (an upgrade run's instance on its state volume,
+		// which holds cloud-init's instance record).
+		ev.add("cloud-init is disabled: the instance booted with no seed, so no datasource was found")
+	case ciStatus != "" && ciStatus != "done":
 		problems = append(problems, fmt.Sprintf("cloud-init status is %q, not \"done\"", ciStatus))
 	}
 	return verdict(problems, ev, "the system is running: no failed units"+map[bool]string{true: "; cloud-init done", false: ""}[ciStatus == "done"])

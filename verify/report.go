@@ -463,7 +463,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  firmware %s, %d instance(s), vCPUs each: %s, accel %s, outside: %s\n",
 		strings.Join(r.Firmwares, "+"), r.Instances, orDash(strings.Join(cpus, ", ")), orDash(r.Accel), orDash(r.Outside))
-	if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
+	if r.UpgradeFrom != "" {
+		fmt.Fprintf(w, "  upgrade from %s: it boots with a seed on a new state volume, this image on that volume with no seed, then it again (rollback)\n", r.UpgradeFrom)
+	} else if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
 		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) skipped by request: they need --instances 2\n")
 	}
 	if len(r.AllowSkip) > 0 {

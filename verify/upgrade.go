@@ -439,6 +439,10 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
+// seedNone is the seed path of an instance booted with no seed (an
+// upgrade run's later boots: the state volume holds the admin's keys).
+const seedNone = "none"
+
 // boot is how one VM of a run starts: the defaults of a plain run, or an
 // upgrade run's boots (another image, its own disk, the state volume, no
 // seed).

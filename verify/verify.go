@@ -563,7 +563,7 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 		in.via = r.o.SeedVia[idx%n]
 	}
 	if b.noSeed {
-		in.via = "none"
+		in.via = seedNone
 	}
 	if b.noSeed || b.token != "" {
 		in.token = b.token
@@ -590,7 +590,7 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 	var seedPath string
 	var smbios []string
 	switch in.via {
-	case "none":
+	case seedNone:
 	case SeedSMBIOS:
 		// No NoCloud volume, no user-data: the admin's keys and the token
 		// only, as systemd credentials in SMBIOS type 11 strings, each
