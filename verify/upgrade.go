@@ -105,7 +105,7 @@ func (f imageFacts) String() string {
 	for _, c := range f.containers {
 		ids = append(ids, c.Name+" "+c.ImageID)
 	}
-	return fmt.Sprintf("%s (recipe sha256 %s, state format %s, volume serial %q label %q), kernels %s, containers: %s",
+	return fmt.Sprintf("%s (%s, state format %s, volume serial %q label %q), kernels %s, containers: %s",
 		f.state["IMAGE_NAME"], f.state["IMAGE_DIGEST"], f.state["FORMAT"], f.state["SERIAL"], f.state["LABEL"],
 		orDash(strings.Join(f.kernels, " ")), orDash(strings.Join(ids, ", ")))
 }
@@ -418,7 +418,7 @@ func runsImage(st upgradeState, f imageFacts, who string) []string {
 		p = append(p, fmt.Sprintf("%s: the volume's state format is %q, its image writes %s", who, l[len(l)-1], f.state["FORMAT"]))
 	}
 	if rec["NAME"] != f.state["IMAGE_NAME"] || rec["DIGEST"] != f.state["IMAGE_DIGEST"] {
-		p = append(p, fmt.Sprintf("%s: the volume's record names %s (recipe %s), not its image %s (recipe %s)", who, orDash(rec["NAME"]), orDash(rec["DIGEST"]), f.state["IMAGE_NAME"], f.state["IMAGE_DIGEST"]))
+		p = append(p, fmt.Sprintf("%s: the volume's record names %s (%s), not its image %s (%s)", who, orDash(rec["NAME"]), orDash(rec["DIGEST"]), f.state["IMAGE_NAME"], f.state["IMAGE_DIGEST"]))
 	}
 	return p
 }
