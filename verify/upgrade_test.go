@@ -170,3 +170,27 @@ func TestPlanUpgrade(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestJudgeSystem(t *testing.T) {
+	out := func(state, failed, ci string) string {
+		return "is-system-running: " + state + "\nfailed units:\n" + failed + "cloud-init:\n  status: " + ci + "\n  extended_status: " + ci + "\n"
+	}
+	for _, c := range []struct {
+		out      string
+		seedless bool
+		problems int
+		note     bool
+	}{
+		{out("running", "", "done"), false, 0, false},
+		{out("running", "", "disabled"), false, 1, false}, // a seeded instance: cloud-init must run
+		{out("running", "", "disabled"), true, 0, true},   // no seed: no datasource
+		{out("running", "", "error"), true, 1, false},
+		{out("degraded", "foo.service loaded failed failed Foo\n", "disabled"), true, 2, true},
+		{"is-system-running: running\nfailed units:\n", false, 0, false}, // no cloud-init
+	} {
+		p, _, _, note := judgeSystem(c.out, c.seedless)
+		if len(p) != c.problems || (note != "") != c.note {
+			t.Errorf("%q seedless %v: problems %q, note %q", c.out, c.seedless, p, note)
+		}
+	}
+}
