@@ -42,6 +42,8 @@ func newVerify() *cobra.Command {
 		cpus           int
 		userData       string
 		seedVia        string
+		upgradeFrom    string
+		stateVolume    string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -105,6 +107,22 @@ run and the report lists them as "not run: needs --instances 2 (skipped by
 request)" ("accepted": "by-request" in report.json): the user's choice,
 not a failure.
 
+--upgrade-from OLD proves an upgrade by replacing the image (docs/state.md;
+both images need a state: section): OLD boots with a seed on a new blank
+state volume made with the serial (or label) the images' state section
+names, and its SSH host keys, machine ID, gateway token (compared, never
+shown), tailscaled's machine key, a file in the gateway's state directory
+and a Docker volume are recorded (upgrade.old-boot); it powers off. IMAGE
+then boots on that volume with no seed (the admin logs in with the key the
+first boot put on the volume): all of them are unchanged
+(upgrade.identity), the checks of an instance pass (ssh.*, system.running,
+firewall.rules, tailscale.daemon, gateway.*), IMAGE's kernel and container
+images run and the volume's record names IMAGE (upgrade.new-image); after
+its power-off IMAGE's root disk holds no token, host private key or
+Tailscale key (upgrade.root-disk-secrets); OLD boots again on the volume
+with the same identities (upgrade.rollback). One firmware, one instance;
+--state-volume FILE makes the volume there (a new file) and keeps it.
+
 Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
 or by request); 1 a check failed or could not run without being accepted (the
 image is not proven; an image that never lets the key log in has failed); 2
@@ -118,6 +136,7 @@ each runs, what it needs):
   sudo bake verify out/openclaw.qcow2 --firmware both --instances 2
   sudo bake verify out/openclaw.qcow2 --allow-skip bios/network.scan   # no nmap here: accepted, listed
   sudo bake verify out/openclaw.qcow2 --recipe recipes/openclaw.yaml --user-data my-cloud.yaml
+  sudo bake verify out/new.qcow2 --upgrade-from out/old.qcow2 --report out/upgrade
   bake verify out/boottest.qcow2 --timeout 20m \
       --allow-skip network.scan --allow-skip network.udp --allow-skip isolation.outside \
       --allow-skip isolation.loopback-via-mac   # not root: no outside checks`,
@@ -151,6 +170,24 @@ each runs, what it needs):
 				fws = []string{vm.BIOS, vm.UEFI}
 			default:
 				return usageErr(fmt.Errorf("--firmware %q: want bios, uefi or both", firmware))
+			}
+			if upgradeFrom != "" {
+				if firmware == "both" {
+					return usageErr(errors.New("--upgrade-from boots one firmware: --firmware bios or uefi"))
+				}
+				f, _, err := imgfile.OpenRegular(upgradeFrom)
+				if err != nil {
+					return usageErr(fmt.Errorf("--upgrade-from: %w", err))
+				}
+				f.Close()
+				instances = 1
+			} else if stateVolume != "" {
+				return usageErr(errors.New("--state-volume needs --upgrade-from"))
+			}
+			if stateVolume != "" {
+				if _, err := os.Lstat(stateVolume); err == nil {
+					return usageErr(fmt.Errorf("--state-volume %s exists: name a new file", stateVolume))
+				}
 			}
 			if instances < 1 || instances > 8 {
 				return usageErr(fmt.Errorf("--instances %d: want 1 to 8", instances))
@@ -200,6 +237,8 @@ each runs, what it needs):
 				CPUs:           cpus,
 				Log:            cmd.ErrOrStderr(),
 				BakeVersion:    builder.Version,
+				UpgradeFrom:    upgradeFrom,
+				StateVolume:    stateVolume,
 			}
 			if seedVia != "" {
 				v, err := verify.ParseSeedVia(seedVia)
@@ -276,6 +315,8 @@ each runs, what it needs):
 	f.IntVar(&memory, "memory", verify.DefaultMemoryMiB, "memory of each VM, MiB")
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")
 	f.StringVar(&seedVia, "seed-via", verify.SeedNoCloud, "how the instances get their seed, in turn: `LIST` of nocloud, smbios (e.g. nocloud,smbios: one instance each)")
+	f.StringVar(&upgradeFrom, "upgrade-from", "", "prove an upgrade from this `OLD` image to IMAGE on one state volume: OLD with a seed, IMAGE with none, then OLD again (see above)")
+	f.StringVar(&stateVolume, "state-volume", "", "with --upgrade-from: make the state volume at this new `FILE` (raw) and keep it")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
 	return c
 }

@@ -257,3 +257,37 @@ func TestVerifySeedVia(t *testing.T) {
 		t.Errorf("runs %d, SeedVia %q; want one run with nocloud,smbios", len(*runs), (*runs)[0].SeedVia)
 	}
 }
+
+// --upgrade-from: its usage errors come before anything runs; a good
+// run passes OLD, the volume's path and one instance to verify.
+func TestVerifyUpgradeFrom(t *testing.T) {
+	runs := fakeVerify(t)
+	img, old := verifyImage(t), verifyImage(t)
+	exists := verifyImage(t)
+	vol := filepath.Join(t.TempDir(), "state.raw")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--upgrade-from", old, "--firmware", "both"}, "--upgrade-from boots one firmware"},
+		{[]string{"--upgrade-from", filepath.Join(t.TempDir(), "none.qcow2")}, "--upgrade-from: "},
+		{[]string{"--upgrade-from", t.TempDir()}, "--upgrade-from: "},
+		{[]string{"--state-volume", vol}, "--state-volume needs --upgrade-from"},
+		{[]string{"--upgrade-from", old, "--state-volume", exists}, "exists: name a new file"},
+	} {
+		_, errs, code := run(t, append([]string{"verify", img}, c.args...)...)
+		if code != 2 || !strings.Contains(errs, c.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", c.args, code, errs, c.want)
+		}
+	}
+	if len(*runs) != 0 {
+		t.Fatalf("verify ran %d times with bad --upgrade-from usage", len(*runs))
+	}
+	run(t, "verify", img, "--upgrade-from", old, "--state-volume", vol, "--instances", "2")
+	if len(*runs) != 1 {
+		t.Fatalf("runs %d, want 1", len(*runs))
+	}
+	if o := (*runs)[0]; o.UpgradeFrom != old || o.StateVolume != vol || o.Instances != 1 {
+		t.Errorf("options: upgrade from %q, volume %q, instances %d", o.UpgradeFrom, o.StateVolume, o.Instances)
+	}
+}

@@ -47,6 +47,8 @@ type Check struct {
 	run func(c *checker, ctx context.Context) (Status, string)
 	// ssh: run needs the SSH session; outside: the outside namespace.
 	ssh, outside bool
+	// upgrade: a check of an upgrade run (--upgrade-from) only.
+	upgrade bool
 }
 
 // Area is the first part of the ID (ssh, firewall, gateway, ...).
@@ -71,6 +73,7 @@ var catalog = []*Check{
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
 	&checkSecretsSeedCopies, &checkImageClaims, &checkSecretsDisk,
+	&checkUpgradeOld, &checkUpgradeIdentity, &checkUpgradeNewImage, &checkUpgradeRootSecrets, &checkUpgradeRollback,
 	&checkImageFormat, &checkVerifyTimeout,
 }
 
@@ -109,7 +112,7 @@ func title(s Spec, id string) string {
 func Plan(s Spec, instances int) []string {
 	var ids []string
 	for _, k := range catalog {
-		if k.Scope == ScopeFirmware && (k.planned == nil || k.planned(s, instances)) {
+		if k.Scope == ScopeFirmware && !k.upgrade && (k.planned == nil || k.planned(s, instances)) {
 			ids = append(ids, k.ID)
 		}
 	}
@@ -200,8 +203,12 @@ func (k *Check) listed(s Spec, instances int) (planned, where, needs string) {
 		planned = "by request"
 	case k.planned != nil && !k.planned(s, instances):
 		planned = "no"
+	case k.upgrade:
+		planned = "--upgrade-from"
 	}
 	switch {
+	case k.upgrade:
+		where = "an upgrade run (--upgrade-from)"
 	case k.Scope == ScopeFirmware && k.byRequest:
 		where = "each firmware, --instances 2+"
 	case k.Scope == ScopeFirmware:
@@ -257,13 +264,18 @@ func ResolveAllowSkip(id string) (string, error) {
 // fillSkipped records every planned check that has no result yet as Skip.
 func (r *runner) fillSkipped(reason string) {
 	for _, fw := range r.o.Firmwares {
-		for _, id := range Plan(r.o.Spec, r.o.Instances) {
+		for _, id := range r.plan() {
 			if !r.has(fw, id) {
 				r.record(fw, id, Skip, reason, 0)
 			}
 		}
 	}
 	for _, id := range imageChecks() {
+		if r.o.UpgradeFrom != "" && id == checkSecretsDisk.ID {
+			// An upgrade run scans the upgraded root disk instead
+			// (upgrade.root-disk-secrets).
+			continue
+		}
 		if !r.has("", id) {
 			r.record("", id, Skip, reason, 0)
 		}

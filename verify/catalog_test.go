@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,7 +23,7 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 	files, _ := filepath.Glob("*.go")
 	fset := token.NewFileSet()
 	where := map[string][]string{}
-	idLike := regexp.MustCompile(`^(ssh|system|firewall|tailscale|gateway|network|isolation|identity|secrets|image|verify)\.[a-z][a-z-]*$`)
+	idLike := regexp.MustCompile(`^(ssh|system|firewall|tailscale|gateway|network|isolation|identity|secrets|image|verify|upgrade)\.[a-z][a-z-]*$`)
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
@@ -60,7 +61,7 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 		}
 		if k.Scope == ScopeFirmware && k.run == nil {
 			switch k.Area() {
-			case "ssh", "isolation", "identity", "secrets": // recorded by the login, the probe containers, the identity pass, the seed-copies search after them
+			case "ssh", "isolation", "identity", "secrets", "upgrade": // recorded by the login, the probe containers, the identity pass, the seed-copies search after them
 			default:
 				t.Errorf("%s has no run and no group that records it", k.ID)
 			}
@@ -78,6 +79,17 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 func TestPlanFollowsTheCatalog(t *testing.T) {
 	full := Plan(DefaultSpec(), 2)
 	fw, img := Catalog()
+	var upgrade []string
+	fw = slices.DeleteFunc(fw, func(id string) bool {
+		if lookup(id).upgrade {
+			upgrade = append(upgrade, id)
+			return true
+		}
+		return false
+	})
+	if strings.Join(upgrade, " ") != "upgrade.old-boot upgrade.identity upgrade.new-image upgrade.root-disk-secrets upgrade.rollback" {
+		t.Errorf("the upgrade run's checks: %v", upgrade)
+	}
 	if strings.Join(full, " ") != strings.Join(fw, " ") {
 		t.Errorf("the default spec's plan %v is not every firmware check %v", full, fw)
 	}

@@ -35,7 +35,7 @@ type checker struct {
 
 func (c *checker) runAll(ctx context.Context) {
 	planned := map[string]bool{}
-	for _, id := range Plan(c.spec, c.r.o.Instances) {
+	for _, id := range c.r.plan() {
 		planned[id] = true
 	}
 	for _, k := range catalog {

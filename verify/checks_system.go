@@ -19,12 +19,36 @@ if command -v cloud-init >/dev/null 2>&1; then echo "cloud-init:"; cloud-init st
 	}
 	var ev evidence
 	ev.cmd(res)
-	var problems []string
+	problems, failed, ciStatus, note := judgeSystem(res.Stdout, c.in.via == seedNone)
+	if note != "" {
+		ev.add("%s", note)
+	}
+	for i, u := range failed {
+		if i == 3 {
+			break
+		}
+		if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 20 "+shellQuote(u)); err == nil {
+			ev.cmd(r)
+		}
+	}
+	return verdict(problems, ev, "the system is running: no failed units"+map[bool]string{true: "; cloud-init done", false: ""}[ciStatus == "done"])
+}
+
+var checkSystemRunning = Check{ID: "system.running", Scope: ScopeFirmware, Needs: "an SSH session",
+	claim: func(Spec, *GatewaySpec) string {
+		return "systemctl is-system-running is \"running\", no failed units, cloud-init (if any) not degraded"
+	},
+	run: (*checker).systemRunning, ssh: true}
+
+// judgeSystem judges the output of systemRunning's script: the system
+// state, the failed units and cloud-init's status. An instance booted with
+// no seed (seedless: an upgrade run's instance on its state volume) finds
+// no datasource, and ds-identify disables cloud-init for the boot: its
+// "disabled" is then the expected state, noted, not a problem.
+func judgeSystem(out string, seedless bool) (problems, failed []string, ciStatus, note string) {
 	state := ""
-	var failed []string
 	inFailed, inCI := false, false
-	ciStatus := ""
-	for _, l := range strings.Split(res.Stdout, "\n") {
+	for _, l := range strings.Split(out, "\n") {
 		switch {
 		case strings.HasPrefix(l, "is-system-running: "):
 			state = strings.TrimSpace(strings.TrimPrefix(l, "is-system-running: "))
@@ -43,23 +67,12 @@ if command -v cloud-init >/dev/null 2>&1; then echo "cloud-init:"; cloud-init st
 	}
 	if len(failed) > 0 {
 		problems = append(problems, "failed units: "+strings.Join(failed, ", "))
-		for i, u := range failed {
-			if i == 3 {
-				break
-			}
-			if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 20 "+shellQuote(u)); err == nil {
-				ev.cmd(r)
-			}
-		}
 	}
-	if ciStatus != "" && ciStatus != "done" {
+	switch {
+	case ciStatus == "disabled" && seedless:
+		note = "cloud-init is disabled: the instance booted with no seed, so no datasource was found"
+	case ciStatus != "" && ciStatus != "done":
 		problems = append(problems, fmt.Sprintf("cloud-init status is %q, not \"done\"", ciStatus))
 	}
-	return verdict(problems, ev, "the system is running: no failed units"+map[bool]string{true: "; cloud-init done", false: ""}[ciStatus == "done"])
+	return problems, failed, ciStatus, note
 }
-
-var checkSystemRunning = Check{ID: "system.running", Scope: ScopeFirmware, Needs: "an SSH session",
-	claim: func(Spec, *GatewaySpec) string {
-		return "systemctl is-system-running is \"running\", no failed units, cloud-init (if any) not degraded"
-	},
-	run: (*checker).systemRunning, ssh: true}

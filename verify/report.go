@@ -92,6 +92,8 @@ type Report struct {
 	// Seeds says how each instance got its seed (SeedNoCloud, SeedSMBIOS),
 	// by instance name ("bios-0").
 	Seeds map[string]string `json:"seeds,omitempty"`
+	// UpgradeFrom is the old image of an upgrade run (--upgrade-from).
+	UpgradeFrom string `json:"upgrade_from,omitempty"`
 	// HostError says why the host could not run the VM (exit status 2).
 	HostError string `json:"host_error,omitempty"`
 	// Interrupted says what stopped the run early (a signal).
@@ -213,7 +215,7 @@ const ByRequestReason = "not run: needs --instances 2 (skipped by request)"
 // last result of its firmware. Nothing is added after a host error
 // (nothing ran), nor for a check that already has a result.
 func (r *Report) ListByRequest() {
-	if r.HostError != "" {
+	if r.HostError != "" || r.UpgradeFrom != "" {
 		return
 	}
 	for _, fw := range r.Firmwares {
@@ -461,7 +463,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  firmware %s, %d instance(s), vCPUs each: %s, accel %s, outside: %s\n",
 		strings.Join(r.Firmwares, "+"), r.Instances, orDash(strings.Join(cpus, ", ")), orDash(r.Accel), orDash(r.Outside))
-	if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
+	if r.UpgradeFrom != "" {
+		fmt.Fprintf(w, "  upgrade from %s: it boots with a seed on a new state volume, this image on that volume with no seed, then it again (rollback)\n", r.UpgradeFrom)
+	} else if len(ByRequest(r.Instances)) > 0 && r.HostError == "" {
 		fmt.Fprintf(w, "  identity checks (two instances differ, a reboot keeps them) skipped by request: they need --instances 2\n")
 	}
 	if len(r.AllowSkip) > 0 {

@@ -77,6 +77,14 @@ type Options struct {
 	SeedVia     []string
 	Log         io.Writer // progress lines; nil = none
 	BakeVersion string
+	// UpgradeFrom, when set, makes the run an upgrade proof (bake verify
+	// IMAGE --upgrade-from OLD, docs/state.md): OLD boots with a seed on a
+	// new blank state volume, Image boots on it with no seed, then OLD
+	// again (upgrade.*). Instances is then 1 and one firmware is booted.
+	UpgradeFrom string
+	// StateVolume is where an upgrade run makes the state volume (a new
+	// file, kept); "" = in the work directory, removed.
+	StateVolume string
 }
 
 type runner struct {
@@ -150,7 +158,7 @@ func (r *runner) has(fw, id string) bool {
 // are in Report.HostError, an interruption (ctx cancelled by a signal) in
 // Report.Interrupted.
 func Run(ctx context.Context, o Options) *Report {
-	if o.Instances < 1 {
+	if o.Instances < 1 || o.UpgradeFrom != "" {
 		o.Instances = 1
 	}
 	if o.Timeout <= 0 {
@@ -161,6 +169,9 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	if len(o.Firmwares) == 0 {
 		o.Firmwares = []string{vm.BIOS}
+	}
+	if o.UpgradeFrom != "" {
+		o.Firmwares = o.Firmwares[:1]
 	}
 	cpus := map[string]int{}
 	for _, fw := range o.Firmwares {
@@ -234,9 +245,22 @@ func Run(ctx context.Context, o Options) *Report {
 	// Before anything boots: the claims the checks plan by.
 	r.claimsRecord(ctx)
 
+	if o.UpgradeFrom != "" {
+		if abs, err := filepath.Abs(o.UpgradeFrom); err == nil {
+			r.o.UpgradeFrom = abs
+			rep.UpgradeFrom = abs
+		}
+	}
 	for _, fw := range o.Firmwares {
 		if ctx.Err() != nil {
 			break
+		}
+		if r.o.UpgradeFrom != "" {
+			r.upgrade(ctx, fw)
+			if rep.HostError != "" {
+				return rep
+			}
+			break // one firmware: the volume is the instance's
 		}
 		r.firmware(ctx, fw)
 		if rep.HostError != "" {
@@ -247,7 +271,7 @@ func Run(ctx context.Context, o Options) *Report {
 		r.fillSkipped("not run: verification interrupted")
 		return rep
 	}
-	if ctx.Err() == nil {
+	if ctx.Err() == nil && r.o.UpgradeFrom == "" {
 		r.secrets(ctx)
 	}
 	if ctx.Err() != nil && !interrupted() {
@@ -269,6 +293,7 @@ func NewReport(o Options) *Report {
 	if o.UserData != nil {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
 	}
+	rep.UpgradeFrom = o.UpgradeFrom
 	return rep
 }
 
@@ -355,6 +380,7 @@ type instance struct {
 	r      *runner
 	fw     string
 	idx    int
+	label  string // the name of an upgrade run's boot ("" = FIRMWARE-INDEX)
 	link   *vm.Link
 	vm     *vm.VM
 	mac    net.HardwareAddr
@@ -373,7 +399,12 @@ type instance struct {
 	poweredOn  time.Time // QEMU started
 }
 
-func (in *instance) name() string { return fmt.Sprintf("%s-%d", in.fw, in.idx) }
+func (in *instance) name() string {
+	if in.label != "" {
+		return in.label
+	}
+	return fmt.Sprintf("%s-%d", in.fw, in.idx)
+}
 
 func (in *instance) sshTarget() string {
 	if in.link != nil {
@@ -516,7 +547,13 @@ func AutoCPUs(n int, kvm bool, hostCPUs int, firmware string) int {
 // start makes the link, seed and overlay of one instance and starts QEMU.
 // Errors are host problems.
 func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*instance, error) {
-	in := &instance{r: r, fw: fw, idx: idx, key: key}
+	return r.startBoot(ctx, fw, idx, key, &boot{})
+}
+
+// startBoot is start for boot b (an upgrade run's boots: another disk, a
+// state volume, no seed).
+func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b *boot) (*instance, error) {
+	in := &instance{r: r, fw: fw, idx: idx, key: key, label: b.label}
 	mac := make([]byte, 6)
 	rand.Read(mac)
 	in.mac = net.HardwareAddr{0x52, 0x54, 0x00, 0xbe, mac[4], byte(idx)}
@@ -525,7 +562,12 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	if n := len(r.o.SeedVia); n > 0 {
 		in.via = r.o.SeedVia[idx%n]
 	}
-	if idx == 0 || in.via == SeedSMBIOS {
+	if b.noSeed {
+		in.via = seedNone
+	}
+	if b.noSeed || b.token != "" {
+		in.token = b.token
+	} else if idx == 0 || in.via == SeedSMBIOS {
 		// The first instance is given a token (first boot must use it);
 		// the others generate their own, except one seeded through
 		// SMBIOS: the token is what proves that path.
@@ -548,6 +590,7 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	var seedPath string
 	var smbios []string
 	switch in.via {
+	case seedNone:
 	case SeedSMBIOS:
 		// No NoCloud volume, no user-data: the admin's keys and the token
 		// only, as systemd credentials in SMBIOS type 11 strings, each
@@ -580,15 +623,19 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	// descriptor, where an overlay made here would name the image in its
 	// header, a name QEMU as bake-qemu neither follows nor could open.
 	cfg := vm.Config{
-		Firmware:   fw,
-		Disk:       r.o.Image,
-		DiskFormat: r.rep.Format,
-		Snapshot:   true,
-		MemoryMiB:  r.o.MemoryMiB,
-		CPUs:       r.cpus[fw],
-		SeedISO:    seedPath,
-		SerialLog:  in.serial,
-		ExtraArgs:  smbios,
+		Firmware:    fw,
+		Disk:        r.o.Image,
+		DiskFormat:  r.rep.Format,
+		Snapshot:    true,
+		MemoryMiB:   r.o.MemoryMiB,
+		CPUs:        r.cpus[fw],
+		SeedISO:     seedPath,
+		SerialLog:   in.serial,
+		ExtraArgs:   smbios,
+		ExtraDrives: b.drives,
+	}
+	if b.disk != "" {
+		cfg.Disk, cfg.DiskFormat, cfg.Snapshot = b.disk, b.format, b.snapshot
 	}
 	if r.netns {
 		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx))

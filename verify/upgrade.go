@@ -1,0 +1,865 @@
+package verify
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/cloudimg"
+	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/vm"
+)
+
+// An upgrade run (bake verify NEW --upgrade-from OLD, docs/state.md) proves
+// the upgrade by replacing the image on one state volume: OLD boots with a
+// seed on a new blank volume and the instance's identities are recorded;
+// NEW boots on the volume with no seed and keeps them, runs its own kernel
+// and containers and leaves no secret on its root disk; OLD boots again
+// on the volume (the rollback) with the same identities.
+
+// The upgrade run's own checks (upgrade: planned in an upgrade run only).
+var (
+	checkUpgradeOld = Check{ID: "upgrade.old-boot", Scope: ScopeFirmware, Needs: "--upgrade-from, a state: section in both images",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the old image, booted with a seed on a new blank state volume, uses it (state status ok; a volume found by serial is formatted) and the instance's identities can be recorded: SSH host keys, machine ID, gateway token, tailscaled's machine key, a file in the gateway's state directory, a Docker volume"
+		}, upgrade: true}
+	checkUpgradeIdentity = Check{ID: "upgrade.identity", Scope: ScopeFirmware, Needs: "--upgrade-from",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the new image, booted on the old instance's state volume with no seed, keeps its SSH host keys (the presented one too), machine ID, gateway token, tailscaled's machine key, the gateway's state file and the Docker volume; the admin logs in with the key the old boot's seed gave; the volume is neither formatted nor re-copied and first boot has nothing to do"
+		}, upgrade: true}
+	checkUpgradeNewImage = Check{ID: "upgrade.new-image", Scope: ScopeFirmware, Needs: "--upgrade-from",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the new image's own change is what runs: the state volume's record names the new image (its name and recipe digest), the running kernel is one of the new image's and every container runs the image ID the new image records (/usr/share/bake/containers.json)"
+		}, upgrade: true}
+	checkUpgradeRootSecrets = Check{ID: "upgrade.root-disk-secrets", Scope: ScopeFirmware, Needs: "--upgrade-from; free space in $TMPDIR (the new image's disk is booted from a raw copy)",
+		claim: func(Spec, *GatewaySpec) string {
+			return "after the upgraded instance has run and powered off, its root disk (every data block, free ones too, and the compressed streams in them) holds no gateway token, no SSH host private key, no form of tailscaled's machine key and no private key or secret of any kind verify's disk scan knows"
+		}, upgrade: true}
+	checkUpgradeRollback = Check{ID: "upgrade.rollback", Scope: ScopeFirmware, Needs: "--upgrade-from",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the old image, booted again on the volume the new one used (no seed), runs with the same identities and state files, its own kernel and containers, the volume's record naming it again, the system running and the gateway answering"
+		}, upgrade: true}
+)
+
+// upgradeInstanceChecks are the checks of an instance run on the upgraded
+// instance (the new image on the old volume), as far as the spec plans
+// them. The checks of the image's network exposure (network.*,
+// isolation.*) and of several instances are a plain bake verify's.
+var upgradeInstanceChecks = []*Check{
+	&checkSSHKeyLogin, &checkSystemRunning, &checkSSHEffective, &checkSSHPassword, &checkSSHRoot,
+	&checkFirewallRules, &checkTailscaleDaemon,
+	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth,
+}
+
+// PlanUpgrade lists the checks of an upgrade run for spec (the new
+// image's claims), in the order they run.
+func PlanUpgrade(s Spec) []string {
+	planned := Plan(s, 1)
+	var ids []string
+	for _, k := range catalog {
+		switch {
+		case k.upgrade:
+			ids = append(ids, k.ID)
+		case slices.Contains(upgradeInstanceChecks, k) && slices.Contains(planned, k.ID):
+			ids = append(ids, k.ID)
+		}
+	}
+	return ids
+}
+
+// plan is the run's plan of one firmware.
+func (r *runner) plan() []string {
+	if r.o.UpgradeFrom != "" {
+		return PlanUpgrade(r.o.Spec)
+	}
+	return Plan(r.o.Spec, r.o.Instances)
+}
+
+// imageFacts is what an upgrade run reads from each image file before it
+// boots: its state section (/etc/bake/state.conf), its containers' record
+// and its kernels.
+type imageFacts struct {
+	state      map[string]string // LABEL, SERIAL, PATHS, FORMAT, IMAGE_NAME, IMAGE_VERSION, IMAGE_DIGEST
+	containers []appliance.ContainerRecord
+	kernels    []string
+}
+
+func (f imageFacts) String() string {
+	var ids []string
+	for _, c := range f.containers {
+		ids = append(ids, c.Name+" "+c.ImageID)
+	}
+	return fmt.Sprintf("%s (%s, state format %s, volume serial %q label %q), kernels %s, containers: %s",
+		f.state["IMAGE_NAME"], f.state["IMAGE_DIGEST"], f.state["FORMAT"], f.state["SERIAL"], f.state["LABEL"],
+		orDash(strings.Join(f.kernels, " ")), orDash(strings.Join(ids, ", ")))
+}
+
+// readImageFacts reads f from the raw disk raw of an image (path: the
+// image file, for its kernels).
+func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
+	var f imageFacts
+	b, err := cloudimg.ReadRootFile(ctx, raw, firstboot.StateConfigPath, 64<<10)
+	if errors.Is(err, fs.ErrNotExist) {
+		return f, fmt.Errorf("it has no %s: it was built without a state: section (docs/state.md), so there is no state volume to upgrade on", firstboot.StateConfigPath)
+	}
+	if err != nil {
+		return f, fmt.Errorf("reading its %s: %w", firstboot.StateConfigPath, err)
+	}
+	if f.state, err = ParseStateConfig(b); err != nil {
+		return f, err
+	}
+	b, err = cloudimg.ReadRootFile(ctx, raw, appliance.ContainersRecord, 1<<20)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return f, fmt.Errorf("reading its %s: %w", appliance.ContainersRecord, err)
+	default:
+		if err := json.Unmarshal(b, &f.containers); err != nil {
+			return f, fmt.Errorf("its %s: %w", appliance.ContainersRecord, err)
+		}
+	}
+	l, err := cloudimg.Inspect(ctx, raw)
+	if err != nil {
+		return f, fmt.Errorf("reading its layout: %w", err)
+	}
+	f.kernels = l.Kernels
+	if len(f.kernels) == 0 {
+		return f, errors.New("it has no kernel in /boot")
+	}
+	return f, nil
+}
+
+// ParseStateConfig parses /etc/bake/state.conf as firstboot.StateConfig
+// writes it: comment lines and KEY='VALUE' lines (single quotes, a quote
+// written '\”). Anything else is an error.
+func ParseStateConfig(b []byte) (map[string]string, error) {
+	out := map[string]string{}
+	for i, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" || strings.Trim(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789") != "" {
+			return nil, fmt.Errorf("state.conf line %d: not KEY='VALUE'", i+1)
+		}
+		val, err := unquoteSh(v)
+		if err != nil {
+			return nil, fmt.Errorf("state.conf line %d (%s): %w", i+1, k, err)
+		}
+		out[k] = val
+	}
+	for _, k := range []string{"LABEL", "SERIAL", "FORMAT", "IMAGE_NAME"} {
+		if _, ok := out[k]; !ok {
+			return nil, fmt.Errorf("state.conf has no %s", k)
+		}
+	}
+	if out["LABEL"] == "" && out["SERIAL"] == "" {
+		return nil, errors.New("state.conf names neither a label nor a serial")
+	}
+	return out, nil
+}
+
+// unquoteSh undoes firstboot's shQuote: 'a'\”b' is a'b.
+func unquoteSh(s string) (string, error) {
+	var b strings.Builder
+	for s != "" {
+		switch {
+		case s[0] == '\'':
+			end := strings.IndexByte(s[1:], '\'')
+			if end < 0 {
+				return "", errors.New("unterminated quote")
+			}
+			b.WriteString(s[1 : 1+end])
+			s = s[2+end:]
+		case strings.HasPrefix(s, `\'`):
+			b.WriteByte('\'')
+			s = s[2:]
+		default:
+			return "", fmt.Errorf("unquoted text %q", s)
+		}
+	}
+	return b.String(), nil
+}
+
+// TailscaleMachineKey reads tailscaled's state file (a JSON object of
+// base64 values): the public part of its machine key ("privkey:" and 64
+// hex digits, a Curve25519 key), hex, and the forms of the private key a
+// disk could hold (as stored, and base64 as the file holds it).
+func TailscaleMachineKey(state []byte) (pub string, priv []string, err error) {
+	var st map[string][]byte
+	if err := json.Unmarshal(state, &st); err != nil {
+		return "", nil, fmt.Errorf("tailscaled.state: %v (%d bytes)", err, len(state))
+	}
+	mk, ok := st["_machinekey"]
+	if !ok {
+		return "", nil, errors.New("tailscaled.state has no _machinekey")
+	}
+	h, ok := strings.CutPrefix(strings.TrimSpace(string(mk)), "privkey:")
+	if !ok {
+		return "", nil, fmt.Errorf("tailscaled's machine key is not in the form privkey:HEX (%d bytes)", len(mk))
+	}
+	k, err := hex.DecodeString(h)
+	if err != nil || len(k) != 32 {
+		return "", nil, fmt.Errorf("tailscaled's machine key: %d bytes, %v", len(k), err)
+	}
+	p, err := curve25519.X25519(k, curve25519.Basepoint)
+	if err != nil {
+		return "", nil, err
+	}
+	return hex.EncodeToString(p), []string{string(mk), base64.StdEncoding.EncodeToString(mk)}, nil
+}
+
+// hostKeyLines are the lines of key material of OpenSSH private key files
+// (the base64 lines, 40 characters or more), for the root disk scan.
+func hostKeyLines(files string) []string {
+	var out []string
+	for _, l := range strings.Split(files, "\n") {
+		if l = strings.TrimSpace(l); len(l) >= 40 && !strings.HasPrefix(l, "-----") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// upgradeState is what one boot of an upgrade run recorded.
+type upgradeState struct {
+	id        ident
+	tailscale string // public part of tailscaled's machine key, hex
+	tsPriv    []string
+	marker    string // the file in the gateway's state directory
+	volumes   string // docker volume ls -q
+	kernel    string
+	running   map[string]string // container name: image ID it runs
+	record    string            // the volume's bake-state/image and format
+	journal   string            // bake-state's journal of this boot
+	firstboot string            // first boot's journal of this boot
+	status    string            // /run/bake/state.status
+}
+
+// markerName is the file an upgrade run writes in the gateway's state
+// directory (the host side of its mount; a state path by default).
+const markerName = "bake-verify-upgrade"
+
+func (r *runner) stateDir() string {
+	if g := r.o.Spec.Gateway; g != nil && g.ConfigPath != "" {
+		return path.Dir(g.ConfigPath)
+	}
+	return ""
+}
+
+// observe records an instance's state (the identities, the state files,
+// what runs) over its session.
+func (r *runner) observe(ctx context.Context, in *instance, facts imageFacts) (upgradeState, []string, evidence) {
+	var st upgradeState
+	var problems []string
+	var ev evidence
+	id, idEv, err := r.collectIdentity(ctx, in)
+	if err != nil {
+		return st, []string{fmt.Sprintf("%s: reading its identity: %v", in.name(), err)}, ev
+	}
+	st.id = id
+	ev.add("%s; presented host key %s", idEv, orDash(id.Presented))
+	if len(id.HostKeys) == 0 || !machineIDRE.MatchString(id.MachineID) {
+		problems = append(problems, fmt.Sprintf("%s: no SSH host key or no valid machine ID", in.name()))
+	}
+	if r.o.Spec.Gateway != nil && id.Token == "" {
+		problems = append(problems, fmt.Sprintf("%s: no gateway token in %s", in.name(), r.o.Spec.Gateway.ConfigPath))
+	}
+	res, err := in.sudo(ctx, `echo "status $(cat `+firstboot.StateStatusFile+` 2>&1)"; echo "kernel $(uname -r)"
+echo "--- record"; cat `+firstboot.StateMount+`/bake-state/image `+firstboot.StateMount+`/bake-state/format 2>&1
+echo "--- state"; journalctl -m -u bake-state --no-pager -o cat 2>&1
+echo "--- firstboot"; journalctl -b -u bake-firstboot --no-pager -o cat 2>&1
+echo "--- binds"; mountpoint -q `+firstboot.StateMount+` || echo "NOT MOUNTED `+firstboot.StateMount+`"
+for p in `+facts.state["PATHS"]+`; do [ "$p" = /etc/machine-id ] && continue; mountpoint -q "$p" || echo "NOT MOUNTED $p"; done`)
+	if err != nil {
+		return st, append(problems, fmt.Sprintf("%s: %v", in.name(), err)), ev
+	}
+	parts := strings.Split(res.Stdout, "\n--- ")
+	for _, l := range strings.Split(parts[0], "\n") {
+		if v, ok := strings.CutPrefix(l, "status "); ok {
+			st.status = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(l, "kernel "); ok {
+			st.kernel = strings.TrimSpace(v)
+		}
+	}
+	for _, p := range parts[1:] {
+		name, body, _ := strings.Cut(p, "\n")
+		switch name {
+		case "record":
+			st.record = body
+		case "state":
+			st.journal = body
+		case "firstboot":
+			st.firstboot = body
+		case "binds":
+			for _, l := range strings.Split(body, "\n") {
+				if m, ok := strings.CutPrefix(l, "NOT MOUNTED "); ok {
+					problems = append(problems, fmt.Sprintf("%s: %s is not bound from the state volume", in.name(), m))
+				}
+			}
+		}
+	}
+	ev.add("%s: state status %s, kernel %s, the volume's record:\n%s", in.name(), orDash(st.status), orDash(st.kernel), strings.TrimSpace(st.record))
+	if st.status != "ok" {
+		problems = append(problems, fmt.Sprintf("%s: state status %q, want ok; bake-state's journal:\n%s", in.name(), st.status, lastLines(st.journal, 20)))
+	}
+	if r.o.Spec.Tailscale {
+		res, err := in.sudo(ctx, "for i in $(seq 45); do grep -q _machinekey /var/lib/tailscale/tailscaled.state 2>/dev/null && break; sleep 2; done; cat /var/lib/tailscale/tailscaled.state")
+		if err != nil || !res.OK() {
+			problems = append(problems, fmt.Sprintf("%s: tailscaled wrote no state file with a machine key in 90 s: %v %s", in.name(), err, firstLine(res.Stderr)))
+		} else if pub, priv, err := TailscaleMachineKey([]byte(res.Stdout)); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", in.name(), err))
+		} else {
+			st.tailscale, st.tsPriv = pub, priv
+			ev.add("%s: tailscaled's machine key, public part %s", in.name(), pub)
+		}
+	}
+	if dir := r.stateDir(); dir != "" {
+		res, err := in.sudo(ctx, "cat "+shellQuote(dir+"/"+markerName)+" 2>/dev/null || true")
+		if err == nil {
+			st.marker = strings.TrimSpace(res.Stdout)
+		}
+	}
+	if r.o.Spec.Docker {
+		res, err := in.sudo(ctx, `docker volume ls -q; echo "--- running"; for c in $(docker ps -q --no-trunc); do docker inspect -f '{{.Name}} {{.Image}}' "$c"; done`)
+		if err != nil || !res.OK() {
+			problems = append(problems, fmt.Sprintf("%s: Docker's volumes and containers: %v %s", in.name(), err, firstLine(res.Stderr)))
+		} else {
+			vols, running, _ := strings.Cut(res.Stdout, "--- running\n")
+			st.volumes = vols
+			st.running = map[string]string{}
+			for _, l := range strings.Split(running, "\n") {
+				if f := strings.Fields(l); len(f) == 2 {
+					st.running[strings.TrimPrefix(f[0], "/")] = f[1]
+				}
+			}
+			ev.add("%s: containers running: %v", in.name(), st.running)
+		}
+	}
+	return st, problems, ev
+}
+
+// sameInstance compares what the later boot kept of the first.
+func sameInstance(a, b upgradeState, who string) []string {
+	var p []string
+	if strings.Join(a.id.HostKeys, " ") != strings.Join(b.id.HostKeys, " ") {
+		p = append(p, fmt.Sprintf("%s: the SSH host keys changed: %v, were %v", who, b.id.HostKeys, a.id.HostKeys))
+	}
+	if a.id.Presented != b.id.Presented {
+		p = append(p, fmt.Sprintf("%s: sshd presents host key %s, the old boot's was %s", who, b.id.Presented, a.id.Presented))
+	}
+	if a.id.MachineID != b.id.MachineID {
+		p = append(p, fmt.Sprintf("%s: the machine ID changed: %s, was %s", who, b.id.MachineID, a.id.MachineID))
+	}
+	if a.id.Token != b.id.Token {
+		p = append(p, fmt.Sprintf("%s: the gateway token changed: %s, was %s", who, tokenHash(b.id.Token), tokenHash(a.id.Token)))
+	}
+	if a.tailscale != b.tailscale {
+		p = append(p, fmt.Sprintf("%s: tailscaled's machine key changed: %s, was %s", who, orDash(b.tailscale), orDash(a.tailscale)))
+	}
+	if a.marker != b.marker {
+		p = append(p, fmt.Sprintf("%s: the file in the gateway's state directory: %q, the old boot wrote %q", who, b.marker, a.marker))
+	}
+	for _, v := range strings.Fields(a.volumes) {
+		if !slices.Contains(strings.Fields(b.volumes), v) {
+			p = append(p, fmt.Sprintf("%s: the Docker volume %s is gone (volumes: %s)", who, v, orDash(strings.Join(strings.Fields(b.volumes), " "))))
+		}
+	}
+	return p
+}
+
+// tokenHash names a token in evidence without showing it.
+func tokenHash(t string) string {
+	if t == "" {
+		return "NONE"
+	}
+	s := sha256.Sum256([]byte(t))
+	return fmt.Sprintf("sha256:%x...", s[:6])
+}
+
+// runsImage judges what the boot runs against the image's facts: its
+// kernel is one of the image's, every container it records runs its
+// recorded image ID, and the volume's record names the image.
+func runsImage(st upgradeState, f imageFacts, who string) []string {
+	var p []string
+	if !slices.Contains(f.kernels, st.kernel) {
+		p = append(p, fmt.Sprintf("%s runs kernel %s, not one of its image's (%s)", who, orDash(st.kernel), strings.Join(f.kernels, " ")))
+	}
+	for _, c := range f.containers {
+		if got := st.running[c.Name]; got != c.ImageID {
+			p = append(p, fmt.Sprintf("%s: container %s runs image %s, its image records %s", who, c.Name, orDash(got), c.ImageID))
+		}
+	}
+	rec := map[string]string{}
+	for _, l := range strings.Split(st.record, "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			rec[k] = v
+		}
+	}
+	if l := strings.Split(strings.TrimSpace(st.record), "\n"); l[len(l)-1] != f.state["FORMAT"] {
+		p = append(p, fmt.Sprintf("%s: the volume's state format is %q, its image writes %s", who, l[len(l)-1], f.state["FORMAT"]))
+	}
+	if rec["NAME"] != f.state["IMAGE_NAME"] || rec["DIGEST"] != f.state["IMAGE_DIGEST"] {
+		p = append(p, fmt.Sprintf("%s: the volume's record names %s (%s), not its image %s (%s)", who, orDash(rec["NAME"]), orDash(rec["DIGEST"]), f.state["IMAGE_NAME"], f.state["IMAGE_DIGEST"]))
+	}
+	return p
+}
+
+// reused: bake-state used the volume as it was (no format, no copy).
+func reused(st upgradeState, who string) []string {
+	if strings.Contains(st.journal, "formatting") || strings.Contains(st.journal, "first use") {
+		return []string{fmt.Sprintf("%s formatted or re-copied the volume:\n%s", who, lastLines(st.journal, 20))}
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// seedNone is the seed path of an instance booted with no seed (an
+// upgrade run's later boots: the state volume holds the admin's keys).
+const seedNone = "none"
+
+// boot is how one VM of a run starts: the defaults of a plain run, or an
+// upgrade run's boots (another image, its own disk, the state volume, no
+// seed).
+type boot struct {
+	label    string // the instance's name; "" = FIRMWARE-INDEX
+	disk     string // "" = the image
+	format   string
+	snapshot bool
+	drives   []vm.Drive
+	noSeed   bool   // boot with no seed (the volume holds the admin's keys)
+	token    string // the token the instance has (its seed's, or the volume's)
+}
+
+// upgrade runs the upgrade proof on firmware fw.
+func (r *runner) upgrade(ctx context.Context, fw string) {
+	ids := PlanUpgrade(r.o.Spec)
+	skipRest := func(why string) {
+		for _, id := range ids {
+			if !r.has(fw, id) {
+				r.record(fw, id, Skip, "not run: "+why, 0)
+			}
+		}
+	}
+	t0 := time.Now()
+	// The facts of both images, before anything boots.
+	newFacts, err := func() (imageFacts, error) {
+		if r.rawErr != nil {
+			return imageFacts{}, r.rawErr
+		}
+		return readImageFacts(ctx, r.raw)
+	}()
+	if err != nil {
+		r.record(fw, checkUpgradeOld.ID, Fail, "the new image "+r.o.Image+": "+err.Error(), time.Since(t0))
+		skipRest("the new image has no state to upgrade (see " + checkUpgradeOld.ID + ")")
+		return
+	}
+	old := r.o.UpgradeFrom
+	if _, err := cloudimg.CheckFile(ctx, old); err != nil {
+		r.record(fw, checkUpgradeOld.ID, Fail, "the old image "+old+" is refused: "+err.Error(), time.Since(t0))
+		skipRest("the old image was refused")
+		return
+	}
+	oldFormat, err := vm.DiskFormat(ctx, old)
+	if err != nil {
+		r.record(fw, checkUpgradeOld.ID, Fail, "the old image "+old+": "+err.Error(), time.Since(t0))
+		skipRest("the old image was refused")
+		return
+	}
+	oldFacts, err := func() (imageFacts, error) {
+		raw := old
+		if oldFormat != "raw" {
+			raw = filepath.Join(r.work, "old.raw")
+			defer os.Remove(raw)
+			if err := toRaw(ctx, old, raw); err != nil {
+				return imageFacts{}, fmt.Errorf("converting it to raw: %w", err)
+			}
+		}
+		return readImageFacts(ctx, raw)
+	}()
+	if err != nil {
+		r.record(fw, checkUpgradeOld.ID, Fail, "the old image "+old+": "+err.Error(), time.Since(t0))
+		skipRest("the old image has no state to upgrade from (see " + checkUpgradeOld.ID + ")")
+		return
+	}
+	r.logf("upgrade: old image %s", oldFacts)
+	r.logf("upgrade: new image %s", newFacts)
+	if oldFacts.state["SERIAL"] != newFacts.state["SERIAL"] || oldFacts.state["LABEL"] != newFacts.state["LABEL"] {
+		r.record(fw, checkUpgradeOld.ID, Fail, fmt.Sprintf("the images look for different state volumes: the old one serial %q label %q, the new one serial %q label %q: the new image would not find the old one's volume",
+			oldFacts.state["SERIAL"], oldFacts.state["LABEL"], newFacts.state["SERIAL"], newFacts.state["LABEL"]), time.Since(t0))
+		skipRest("the images do not share a state volume")
+		return
+	}
+	vol, err := r.makeVolume(ctx, oldFacts.state["SERIAL"], oldFacts.state["LABEL"])
+	if err != nil {
+		r.hostError("making the state volume: %v", err)
+		return
+	}
+	drives := []vm.Drive{{Path: vol, Format: "raw", Serial: oldFacts.state["SERIAL"]}}
+	// The new image boots from its own disk (kept for the scan): the raw
+	// copy the run made, or a copy of a raw image (the image itself is
+	// never written).
+	newDisk := r.raw
+	if newDisk == r.o.Image {
+		newDisk = filepath.Join(r.work, "new-root.raw")
+		if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", r.o.Image, newDisk).CombinedOutput(); err != nil {
+			r.hostError("copying the new image for its boot: %v %s", err, out)
+			return
+		}
+	}
+
+	key, err := NewKey("bake-verify-upgrade@" + fw)
+	if err != nil {
+		r.hostError("generating a key: %v", err)
+		return
+	}
+	if r.o.Keep {
+		os.WriteFile(filepath.Join(r.work, "id_ed25519"), key.PrivatePEM, 0o600)
+	}
+
+	// Whatever happens (an interruption, the time limit), every VM is
+	// stopped and its link removed (both idempotent).
+	var booted []*instance
+	defer func() {
+		for _, in := range booted {
+			if in.sess != nil {
+				in.sess.Close()
+			}
+			if in.vm != nil {
+				in.vm.Stop()
+			}
+			if in.link != nil {
+				in.link.Close()
+			}
+		}
+	}()
+	bootOne := func(idx int, b boot) (*instance, bool) {
+		in, ok := r.upgradeBoot(ctx, fw, idx, key, b)
+		booted = append(booted, in)
+		return in, ok
+	}
+
+	// 1. The old image, a seed, the blank volume.
+	a, ok := bootOne(0, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives})
+	if !ok {
+		r.record(fw, checkUpgradeOld.ID, Fail, "the old image: "+a.loginEv, time.Since(t0))
+		skipRest("the old image's boot failed (see " + checkUpgradeOld.ID + ")")
+		return
+	}
+	stA, problems, ev := r.prepareOld(ctx, a, oldFacts)
+	offOK, offEv := a.powerOff(ctx)
+	ev.add("%s", offEv)
+	if !offOK {
+		problems = append(problems, "the old image did not power off cleanly: "+offEv)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	r.record(fw, checkUpgradeOld.ID, status(len(problems) == 0), verdictText(problems, ev, "the old image formatted and used the blank volume; recorded its identities"), time.Since(t0))
+	if len(problems) > 0 {
+		skipRest("the old image's boot did not record the instance (see " + checkUpgradeOld.ID + ")")
+		return
+	}
+
+	// 2. The new image, no seed, the same volume, its own root disk.
+	t1 := time.Now()
+	b, ok := bootOne(1, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token})
+	r.record(fw, checkSSHKeyLogin.ID, status(ok), b.loginEv, 0)
+	if !ok {
+		r.record(fw, checkUpgradeIdentity.ID, Fail, "the new image: the admin could not log in with the key the old boot's seed put on the volume: "+b.loginEv, time.Since(t1))
+		skipRest("the new image's boot failed (see " + checkUpgradeIdentity.ID + ")")
+		return
+	}
+	b.findIPv6(ctx) // for the checks from outside (gateway.listen)
+	stB, problems, ev := r.observe(ctx, b, newFacts)
+	problems = append(problems, sameInstance(stA, stB, "the new image")...)
+	problems = append(problems, reused(stB, "the new image")...)
+	if !strings.Contains(stB.firstboot, "nothing to do") {
+		problems = append(problems, "the new image's first boot did not say it had nothing to do (the seed applies once per state):\n"+lastLines(stB.firstboot, 10))
+	}
+	r.record(fw, checkUpgradeIdentity.ID, status(len(problems) == 0), verdictText(problems, ev,
+		fmt.Sprintf("the new image kept the instance: host keys, machine ID %s, gateway token %s, tailscaled machine key %s, %s, Docker volumes; first boot had nothing to do", stB.id.MachineID, tokenHash(stB.id.Token), orDash(stB.tailscale), markerWord(stB.marker))), time.Since(t1))
+	// The checks of an instance, on the upgraded one.
+	c := &checker{r: r, in: b, spec: r.o.Spec, fw: fw}
+	for _, id := range ids {
+		if k := lookup(id); k != nil && k.run != nil && !k.upgrade {
+			if ctx.Err() != nil {
+				return
+			}
+			c.step(ctx, k)
+		}
+	}
+	// Observed again once the services had their time (the containers).
+	t2 := time.Now()
+	stB2, problems, ev := r.observe(ctx, b, newFacts)
+	problems = append(problems, runsImage(stB2, newFacts, "the new image")...)
+	r.record(fw, checkUpgradeNewImage.ID, status(len(problems) == 0), verdictText(problems, ev,
+		fmt.Sprintf("the new image runs: kernel %s, containers %v, the volume's record names %s", stB2.kernel, stB2.running, newFacts.state["IMAGE_NAME"])), time.Since(t2))
+	var keyLines []string
+	if res, err := b.sudo(ctx, "cat /etc/ssh/ssh_host_*_key"); err == nil && res.OK() {
+		keyLines = hostKeyLines(res.Stdout)
+	}
+	offOK, offEv = b.powerOff(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	t3 := time.Now()
+	switch {
+	case !offOK:
+		r.record(fw, checkUpgradeRootSecrets.ID, Fail, "not run: the new image did not power off cleanly, its root disk is not settled: "+offEv, 0)
+	case len(keyLines) < 2:
+		r.record(fw, checkUpgradeRootSecrets.ID, Fail, fmt.Sprintf("not run: the host private keys on the volume gave %d lines of key material to look for", len(keyLines)), 0)
+	default:
+		st, ev := r.scanRoot(ctx, newDisk, stB.id.Token, keyLines, stA.tsPriv)
+		r.record(fw, checkUpgradeRootSecrets.ID, st, ev, time.Since(t3))
+	}
+
+	// 3. The rollback: the old image again, no seed, the same volume.
+	t4 := time.Now()
+	rb, ok := bootOne(2, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token})
+	if !ok {
+		r.record(fw, checkUpgradeRollback.ID, Fail, "the old image again: "+rb.loginEv, time.Since(t4))
+		return
+	}
+	cr := &checker{r: r, in: rb, spec: r.o.Spec, fw: fw}
+	var rbProblems []string
+	var rbEv evidence
+	if s, e := cr.systemRunning(ctx); s != Pass {
+		rbProblems = append(rbProblems, "the system is not running:\n"+e)
+	} else {
+		rbEv.add("%s", firstLine(e))
+	}
+	if r.o.Spec.Gateway != nil {
+		if s, e := checkGatewayAuth.run(cr, ctx); s != Pass {
+			rbProblems = append(rbProblems, "the gateway:\n"+e)
+		} else {
+			rbEv.add("gateway: %s", firstLine(e))
+		}
+	}
+	stR, problems, ev := r.observe(ctx, rb, oldFacts)
+	problems = append(rbProblems, problems...)
+	problems = append(problems, sameInstance(stA, stR, "the rollback")...)
+	problems = append(problems, reused(stR, "the rollback")...)
+	problems = append(problems, runsImage(stR, oldFacts, "the rollback")...)
+	if stR.kernel != stA.kernel {
+		problems = append(problems, fmt.Sprintf("the rollback runs kernel %s, the old image ran %s", stR.kernel, stA.kernel))
+	}
+	ev = append(rbEv, ev...)
+	offOK, offEv = rb.powerOff(ctx)
+	if !offOK {
+		problems = append(problems, "the rollback did not power off cleanly: "+offEv)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	r.record(fw, checkUpgradeRollback.ID, status(len(problems) == 0), verdictText(problems, ev,
+		fmt.Sprintf("the old image runs again on the volume with the same identities: kernel %s, the volume's record names %s", stR.kernel, oldFacts.state["IMAGE_NAME"])), time.Since(t4))
+}
+
+func markerWord(m string) string {
+	if m == "" {
+		return "no gateway state file"
+	}
+	return "the gateway's state file"
+}
+
+// verdictText is verdict's text.
+func verdictText(problems []string, ev evidence, summary string) string {
+	_, s := verdict(problems, ev, summary)
+	return s
+}
+
+// prepareOld records the old image's instance: it makes tailscaled write
+// its machine key (tailscale up against a closed port on the guest's
+// loopback: no control server answers, so no node key exists), writes a
+// file in the gateway's state directory and makes a Docker volume, then
+// observes it.
+func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upgradeState, []string, evidence) {
+	var problems []string
+	var ev evidence
+	tag := make([]byte, 8)
+	if _, err := rand.Read(tag); err != nil {
+		return upgradeState{}, []string{err.Error()}, ev
+	}
+	mark := "written by the old image " + hex.EncodeToString(tag)
+	if r.o.Spec.Gateway != nil {
+		// The containers run before they are recorded.
+		c := &checker{r: r, in: a, spec: r.o.Spec}
+		c.waitGateway(ctx)
+		ev = append(ev, c.gwNote...)
+	}
+	var script strings.Builder
+	if r.o.Spec.Tailscale {
+		script.WriteString("timeout 40 tailscale up --login-server=http://127.0.0.1:9 --timeout=15s >/dev/null 2>&1; echo tailscale-up $?\n")
+	}
+	if dir := r.stateDir(); dir != "" {
+		// Written as the directory's owner, as the gateway would.
+		fmt.Fprintf(&script, "f=%s; printf '%%s\\n' %s > \"$f\" && chown --reference=%s \"$f\" && echo marker ok\n",
+			shellQuote(dir+"/"+markerName), shellQuote(mark), shellQuote(dir))
+	}
+	if r.o.Spec.Docker {
+		fmt.Fprintf(&script, "docker volume create bake-verify-upgrade-%s && echo volume ok\n", hex.EncodeToString(tag))
+	}
+	if script.Len() > 0 {
+		res, err := a.runT(ctx, "sudo -n sh -c "+shellQuote(script.String()), nil, 3*time.Minute)
+		if err != nil {
+			return upgradeState{}, []string{err.Error()}, ev
+		}
+		ev.cmd(res)
+		if r.stateDir() != "" && !strings.Contains(res.Stdout, "marker ok") {
+			problems = append(problems, "could not write a file in the gateway's state directory "+r.stateDir())
+		}
+		if r.o.Spec.Docker && !strings.Contains(res.Stdout, "volume ok") {
+			problems = append(problems, "could not make a Docker volume")
+		}
+	}
+	st, p, ev2 := r.observe(ctx, a, f)
+	problems = append(problems, p...)
+	ev = append(ev, ev2...)
+	if r.stateDir() != "" && st.marker != mark {
+		problems = append(problems, fmt.Sprintf("the file written in the gateway's state directory reads %q", st.marker))
+	}
+	if a.token != "" && st.id.Token != a.token {
+		problems = append(problems, fmt.Sprintf("the gateway token is %s, the seed gave %s", tokenHash(st.id.Token), tokenHash(a.token)))
+	}
+	if f.state["SERIAL"] != "" && !strings.Contains(st.journal, "formatting the blank disk") {
+		problems = append(problems, "bake-state did not format the blank volume:\n"+lastLines(st.journal, 20))
+	}
+	problems = append(problems, runsImage(st, f, "the old image")...)
+	return st, problems, ev
+}
+
+// makeVolume makes the new, blank state volume: a sparse raw file (at
+// --state-volume when given, kept; else in the work directory). A volume
+// found by label only is formatted here (the image formats only a disk
+// it finds by serial).
+func (r *runner) makeVolume(ctx context.Context, serial, label string) (string, error) {
+	p := r.o.StateVolume
+	if p == "" {
+		p = filepath.Join(r.work, "state.raw")
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if err := f.Truncate(1 << 30); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	if serial == "" {
+		if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", label, p).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("mkfs.ext4 -L %s: %v %s", label, err, out)
+		}
+	}
+	r.logf("upgrade: the state volume %s (1 GiB, serial %q, label %q)", p, serial, label)
+	return p, nil
+}
+
+// upgradeBoot starts one boot of an upgrade run and waits for the admin's
+// login; ok reports the login.
+func (r *runner) upgradeBoot(ctx context.Context, fw string, idx int, key *Key, b boot) (*instance, bool) {
+	in, err := r.startBoot(ctx, fw, idx, key, &b)
+	if err != nil {
+		if in != nil {
+			in.shutdown(ctx)
+			r.keepSerials([]*instance{in})
+		}
+		if in == nil {
+			in = &instance{}
+		}
+		in.loginEv = "could not start: " + err.Error()
+		return in, false
+	}
+	in.waitSSH(ctx)
+	if !in.loginOK {
+		in.shutdown(ctx)
+		r.keepSerials([]*instance{in})
+	}
+	return in, in.loginOK
+}
+
+// powerOff powers the instance off through the guest and waits for QEMU
+// to exit on its own (a clean power-off: the disks are settled); then it
+// removes its link and keeps its serial log.
+func (in *instance) powerOff(ctx context.Context) (bool, string) {
+	defer in.r.keepSerials([]*instance{in})
+	defer func() {
+		if in.sess != nil {
+			in.sess.Close()
+			in.sess = nil
+		}
+		in.vm.Stop()
+		if in.link != nil {
+			in.link.Close()
+		}
+	}()
+	t0 := time.Now()
+	if in.sess != nil {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		in.sess.Run(c, "sync; sudo -n systemctl poweroff", nil, 20*time.Second)
+		cancel()
+	}
+	select {
+	case <-in.vm.Exited():
+		return true, fmt.Sprintf("%s powered off in %s", in.name(), time.Since(t0).Round(time.Second))
+	case <-time.After(3 * time.Minute):
+		return false, fmt.Sprintf("%s did not power off within 3 minutes of systemctl poweroff\n%s", in.name(), in.serialTail(20))
+	case <-ctx.Done():
+		return false, "interrupted"
+	}
+}
+
+// scanRoot scans the upgraded instance's root disk with verify's disk
+// scanner: the recipe's literal secrets and every rule of secrets.disk,
+// plus the instance's gateway token, the lines of its host private keys
+// and the forms of tailscaled's machine key.
+func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsPriv []string) (Status, string) {
+	rules := needleRules(r.o.Spec.Needles)
+	if r.o.Spec.Gateway != nil {
+		if len(token) < 16 {
+			return Fail, fmt.Sprintf("not run: the gateway token (%d characters) is too short to look for", len(token))
+		}
+		rules = append(rules, NeedleRule("instance-gateway-token", token))
+	}
+	for i, k := range hostKeys {
+		rules = append(rules, NeedleRule(fmt.Sprintf("instance-host-key-line-%d", i), k))
+	}
+	for i, k := range tsPriv {
+		rules = append(rules, NeedleRule(fmt.Sprintf("instance-tailscale-machine-key-%d", i), k))
+	}
+	s := NewScanner(rules...)
+	r.logf("upgrade: scanning the new image's root disk after its run")
+	if err := s.ScanFile(ctx, disk); err != nil {
+		return Fail, "not run: " + err.Error()
+	}
+	st, ev := s.verdict()
+	return st, fmt.Sprintf("looked for the gateway token (%s), %d lines of host private keys, %d forms of tailscaled's machine key and every rule of secrets.disk\n%s", tokenHash(token), len(hostKeys), len(tsPriv), ev)
+}

@@ -1,0 +1,196 @@
+package verify
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/firstboot"
+)
+
+func TestParseStateConfig(t *testing.T) {
+	b := firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", Serial: "bake-state", Paths: []string{"/var/lib/tailscale", "/etc/ssh/ssh_host_*"},
+		ImageName: "it's-new", ImageVersion: "bake 1.0", ImageDigest: "abc123"})
+	got, err := ParseStateConfig([]byte(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"LABEL": "bake-state", "SERIAL": "bake-state", "PATHS": "/var/lib/tailscale /etc/ssh/ssh_host_*",
+		"IMAGE_NAME": "it's-new", "IMAGE_VERSION": "bake 1.0", "IMAGE_DIGEST": "abc123", "FORMAT": "1"} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q", k, got[k], want)
+		}
+	}
+	for _, bad := range []string{
+		"LABEL='a\n",                       // unterminated
+		"LABEL=a\nSERIAL=''\n",             // unquoted
+		"lower='x'\n",                      // not a key
+		"LABEL='a'\nSERIAL=''\nFORMAT='1'", // no IMAGE_NAME
+		"LABEL=''\nSERIAL=''\nFORMAT='1'\nIMAGE_NAME='x'\n", // no volume
+		"LABEL='a' ; rm -rf /\n",
+	} {
+		if _, err := ParseStateConfig([]byte(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+func TestTailscaleMachineKey(t *testing.T) {
+	// RFC 7748 section 6.1: Alice's private and public key.
+	priv := "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
+	pub := "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+	st, _ := json.Marshal(map[string][]byte{"_machinekey": []byte("privkey:" + priv), "_current-profile": []byte("x")})
+	p, forms, err := TailscaleMachineKey(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p != pub {
+		t.Errorf("public part %s, want %s", p, pub)
+	}
+	if len(forms) != 2 || forms[0] != "privkey:"+priv || !strings.HasPrefix(string(st), `{"_current-profile":"eA==","_machinekey":"`+forms[1]) {
+		t.Errorf("private forms %q (state %s)", forms, st)
+	}
+	for _, bad := range []map[string][]byte{
+		{"profile-1": []byte("x")},
+		{"_machinekey": []byte("nodekey:" + priv)},
+		{"_machinekey": []byte("privkey:" + priv[:62])},
+		{"_machinekey": []byte("privkey:" + strings.Repeat("zz", 32))},
+	} {
+		b, _ := json.Marshal(bad)
+		if _, _, err := TailscaleMachineKey(b); err == nil {
+			t.Errorf("accepted %s", b)
+		}
+	}
+	if _, _, err := TailscaleMachineKey([]byte("not json")); err == nil {
+		t.Error("accepted a state that is not JSON")
+	}
+}
+
+func TestHostKeyLines(t *testing.T) {
+	body := strings.Repeat("QUJD", 20)
+	f := "-----BEGIN OPENSSH PRIVATE KEY-----\n" + body + "\nshort\n-----END OPENSSH PRIVATE KEY-----\n"
+	if got := hostKeyLines(f + f); len(got) != 2 || got[0] != body {
+		t.Errorf("%q", got)
+	}
+}
+
+func upgradeFixture() (upgradeState, imageFacts) {
+	st := upgradeState{
+		id:        ident{MachineID: strings.Repeat("a", 32), HostKeys: []string{"SHA256:x (ED25519)"}, Presented: "SHA256:x", Token: strings.Repeat("t", 64)},
+		tailscale: hex.EncodeToString(make([]byte, 32)),
+		marker:    "written by the old image 01",
+		volumes:   "bake-verify-upgrade-01\n",
+		kernel:    "6.1.0-40-cloud-amd64",
+		running:   map[string]string{"openclaw-gateway": "sha256:new"},
+		record:    "NAME=new\nVERSION=bake 1\nDIGEST=d2\nWRITTEN=now\n1\n",
+	}
+	f := imageFacts{state: map[string]string{"IMAGE_NAME": "new", "IMAGE_DIGEST": "d2", "FORMAT": "1"}, kernels: []string{"6.1.0-40-cloud-amd64"},
+		containers: []appliance.ContainerRecord{{Name: "openclaw-gateway", ImageID: "sha256:new"}}}
+	return st, f
+}
+
+func TestSameInstance(t *testing.T) {
+	a, _ := upgradeFixture()
+	if p := sameInstance(a, a, "new"); len(p) != 0 {
+		t.Errorf("the same instance: %v", p)
+	}
+	for name, change := range map[string]func(*upgradeState){
+		"host keys":  func(s *upgradeState) { s.id.HostKeys = []string{"SHA256:y (ED25519)"} },
+		"presented":  func(s *upgradeState) { s.id.Presented = "SHA256:y" },
+		"machine ID": func(s *upgradeState) { s.id.MachineID = strings.Repeat("b", 32) },
+		"token":      func(s *upgradeState) { s.id.Token = strings.Repeat("u", 64) },
+		"tailscale":  func(s *upgradeState) { s.tailscale = "" },
+		"marker":     func(s *upgradeState) { s.marker = "" },
+		"volume":     func(s *upgradeState) { s.volumes = "other\n" },
+	} {
+		b, _ := upgradeFixture()
+		b.id.HostKeys = append([]string{}, b.id.HostKeys...)
+		change(&b)
+		p := sameInstance(a, b, "new")
+		if len(p) != 1 {
+			t.Errorf("%s changed: %v", name, p)
+		}
+		if strings.Contains(strings.Join(p, ""), strings.Repeat("t", 64)) || strings.Contains(strings.Join(p, ""), strings.Repeat("u", 64)) {
+			t.Errorf("%s: the evidence shows a token: %v", name, p)
+		}
+	}
+}
+
+func TestRunsImage(t *testing.T) {
+	st, f := upgradeFixture()
+	if p := runsImage(st, f, "new"); len(p) != 0 {
+		t.Errorf("the new image: %v", p)
+	}
+	for name, change := range map[string]func(*upgradeState){
+		"kernel":    func(s *upgradeState) { s.kernel = "6.1.0-40-amd64" },
+		"container": func(s *upgradeState) { s.running = map[string]string{"openclaw-gateway": "sha256:old"} },
+		"stopped":   func(s *upgradeState) { s.running = map[string]string{} },
+		"record":    func(s *upgradeState) { s.record = "NAME=old\nDIGEST=d1\n1\n" },
+		"digest":    func(s *upgradeState) { s.record = "NAME=new\nDIGEST=d1\n1\n" },
+		"no record": func(s *upgradeState) { s.record = "NAME=\n1\n" },
+		"format":    func(s *upgradeState) { s.record = "NAME=new\nDIGEST=d2\n2\n" },
+	} {
+		b, _ := upgradeFixture()
+		change(&b)
+		if p := runsImage(b, f, "new"); len(p) != 1 {
+			t.Errorf("%s: %v", name, p)
+		}
+	}
+}
+
+func TestReused(t *testing.T) {
+	if p := reused(upgradeState{journal: "bake-state: state volume mounted\n"}, "new"); len(p) != 0 {
+		t.Error(p)
+	}
+	for _, j := range []string{"formatting the blank disk /dev/vdb", "/var/lib/tailscale: copied onto the state volume (first use)"} {
+		if p := reused(upgradeState{journal: j}, "new"); len(p) != 1 {
+			t.Errorf("%q: %v", j, p)
+		}
+	}
+}
+
+func TestPlanUpgrade(t *testing.T) {
+	got := strings.Join(PlanUpgrade(DefaultSpec()), " ")
+	want := "ssh.key-login system.running ssh.effective-config ssh.password-refused ssh.root-refused firewall.rules tailscale.daemon gateway.config gateway.process gateway.listen gateway.auth upgrade.old-boot upgrade.identity upgrade.new-image upgrade.root-disk-secrets upgrade.rollback"
+	if got != want {
+		t.Errorf("upgrade plan\n%s\nwant\n%s", got, want)
+	}
+	bare := strings.Join(PlanUpgrade(Spec{AdminUser: "admin", SSHPort: 22}), " ")
+	if strings.Contains(bare, "gateway.") || strings.Contains(bare, "tailscale.") || !strings.Contains(bare, "upgrade.rollback") {
+		t.Errorf("a bare spec's upgrade plan: %s", bare)
+	}
+	for _, id := range Plan(DefaultSpec(), 2) {
+		if strings.HasPrefix(id, "upgrade.") {
+			t.Errorf("a plain run plans %s", id)
+		}
+	}
+	if _, err := ResolveAllowSkip("bios/upgrade.rollback"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestJudgeSystem(t *testing.T) {
+	out := func(state, failed, ci string) string {
+		return "is-system-running: " + state + "\nfailed units:\n" + failed + "cloud-init:\n  status: " + ci + "\n  extended_status: " + ci + "\n"
+	}
+	for _, c := range []struct {
+		out      string
+		seedless bool
+		problems int
+		note     bool
+	}{
+		{out("running", "", "done"), false, 0, false},
+		{out("running", "", "disabled"), false, 1, false}, // a seeded instance: cloud-init must run
+		{out("running", "", "disabled"), true, 0, true},   // no seed: no datasource
+		{out("running", "", "error"), true, 1, false},
+		{out("degraded", "foo.service loaded failed failed Foo\n", "disabled"), true, 2, true},
+		{"is-system-running: running\nfailed units:\n", false, 0, false}, // no cloud-init
+	} {
+		p, _, _, note := judgeSystem(c.out, c.seedless)
+		if len(p) != c.problems || (note != "") != c.note {
+			t.Errorf("%q seedless %v: problems %q, note %q", c.out, c.seedless, p, note)
+		}
+	}
+}
