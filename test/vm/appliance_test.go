@@ -785,57 +785,6 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// TestApplianceCredentialsUEFI boots the same image under OVMF with no
-// seed volume: the admin's key and the token arrive as systemd
-// credentials in SMBIOS type 11 strings (what a hypervisor passes without
-// any disk).
-//
-// It runs alone (not parallel), like TestDefaultRecipe: in the CI run at
-// ad6957d its OVMF guest (2 vCPUs, TCG, two other VMs on the host's two
-// cores) printed "reboot: machine restart" and never came back, while
-// alone right after it rebooted in 1m18s. Session 5 found the same hang
-// deterministic with one vCPU: OVMF's reset path under TCG depends on the
-// vCPUs getting the host's CPU. Not understood beyond that (BENCHMARKS.md);
-// TestCloudApplianceVerify's OVMF reboot (identity.reboot) still runs
-// beside another VM.
-func TestApplianceCredentialsUEFI(t *testing.T) {
-	token := "smbios-" + hex.EncodeToString([]byte(time.Now().String()))[:40]
-	g := bootAppliance(t, vm.UEFI, token, "smbios")
-	log := g.must("sudo journalctl -b -u bake-firstboot --no-pager")
-	t.Logf("first boot log:\n%s", log)
-	for _, want := range []string{"seed nocloud: no volume labelled cidata", "seed credentials: bake.admin_ssh_keys", "seed credentials: bake.gateway_token", "the seed (credentials)"} {
-		if !strings.Contains(log, want) {
-			t.Errorf("first boot log lacks %q", want)
-		}
-	}
-	if strings.Contains(log, token) {
-		t.Error("the log shows the token")
-	}
-	out := g.must("sudo grep -o '\"token\": *\"[^\"]*\"' /home/openclaw/.openclaw/openclaw.json")
-	if !strings.Contains(out, token) {
-		t.Errorf("openclaw.json token: %s", out)
-	}
-	if fw := g.must("test -d /sys/firmware/efi && echo uefi || echo bios"); strings.TrimSpace(fw) != "uefi" {
-		t.Errorf("firmware %s", fw)
-	}
-	// Once per instance: after a reboot the token, the machine ID and the
-	// host keys are the same, and first boot did nothing.
-	cfg := g.must("sudo cat /home/openclaw/.openclaw/openclaw.json")
-	mid := g.must("cat /etc/machine-id")
-	t0 := time.Now()
-	g.reboot()
-	t.Logf("rebooted and logged in again after %s", since(t0))
-	if again := g.must("sudo cat /home/openclaw/.openclaw/openclaw.json"); again != cfg {
-		t.Error("openclaw.json changed across a reboot")
-	}
-	if again := g.must("cat /etc/machine-id"); again != mid {
-		t.Errorf("machine-id changed across a reboot: %s -> %s", mid, again)
-	}
-	if log := g.must("sudo journalctl -b -u bake-firstboot --no-pager"); !strings.Contains(log, "nothing to do") {
-		t.Errorf("first boot acted again after a reboot:\n%s", log)
-	}
-}
-
 // checkFATSeed: first boot read the seed from the FAT volume labelled
 // CIDATA (bootApplianceDisk's "fat": the admin's key only in user-data's
 // ssh_authorized_keys, the token as a bake.* file).

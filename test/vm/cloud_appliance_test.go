@@ -94,8 +94,23 @@ func TestCloudApplianceVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := runVerify(t, ctx, append([]string{img, "--recipe", rp, "--set", "gateway_image=" + in.ref}, append(baseSets,
-		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m")...)...)
+		"--user-data", ud, "--firmware", "uefi", "--instances", "2", "--strict", "--timeout", "40m",
+		// Instance 1, the rebooted one, has SMBIOS credentials only, under
+		// OVMF (was TestApplianceCredentialsUEFI's own boot): its login
+		// and its token prove that path (and that the base's network
+		// comes up with no datasource), identity.reboot that first boot
+		// applied them once (its journal says "nothing to do" after the
+		// reboot, the credentials still given).
+		"--seed-via", "nocloud,smbios")...)...)
 	requireAllPass(t, run)
+	if a, b := run.report.Seeds["uefi-0"], run.report.Seeds["uefi-1"]; a != "nocloud" || b != "smbios" {
+		t.Errorf("seeds %q: want uefi-0 nocloud, uefi-1 smbios", run.report.Seeds)
+	}
+	for _, x := range run.report.Results {
+		if x.Firmware == "uefi" && x.ID == "identity.unique" && !strings.Contains(x.Evidence, "uefi-1 (seed via smbios) was given a token: its gateway has it") {
+			t.Errorf("uefi/identity.unique evidence does not show the SMBIOS token arriving:\n%s", x.Evidence)
+		}
+	}
 	for _, x := range run.report.Results {
 		if x.Firmware == "uefi" && x.ID == "identity.reboot" && !strings.Contains(x.Evidence, "nothing to do") {
 			t.Errorf("uefi/identity.reboot evidence does not show first boot doing nothing after the reboot:\n%s", x.Evidence)

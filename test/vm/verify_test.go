@@ -475,8 +475,9 @@ func TestVerifyAppliance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
 	// BIOS only in make test (CI's 90 minutes): two instances and a
-	// reboot already take ~25 min under TCG. The appliance's UEFI boot is
-	// covered by TestApplianceCredentialsUEFI;
+	// reboot already take ~25 min under TCG. The appliance under OVMF is
+	// TestCloudApplianceVerify's (SMBIOS credentials on its instance 1);
+	// bake's UEFI disk layout boots in TestBootUEFIE1000Grown;
 	// BAKE_VMTEST_VERIFY_FIRMWARE=both (or uefi) runs the full matrix.
 	firmware := "bios"
 	if f := os.Getenv("BAKE_VMTEST_VERIFY_FIRMWARE"); f == "uefi" || f == "both" {
