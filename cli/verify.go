@@ -42,6 +42,9 @@ func newVerify() *cobra.Command {
 		cpus           int
 		userData       string
 		seedVia        string
+		tnLogin        string
+		tnKeyFile      string
+		tnCAFile       string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -104,6 +107,22 @@ default is 2, so a plain run proves them. With --instances 1 they are not
 run and the report lists them as "not run: needs --instances 2 (skipped by
 request)" ("accepted": "by-request" in report.json): the user's choice,
 not a failure.
+
+--tailnet-login-server URL --tailnet-authkey-file FILE [--tailnet-ca FILE]
+proves Tailscale against your own tailnet (headscale, or Tailscale's):
+the last instance of each firmware gets the key, the login server and the
+CA in its seed, and a second NIC on QEMU's user-mode network without
+restrict=on, its only way off the isolated link (out through the host's
+sockets; 10.0.2.2 is the host's loopback; its link sends no default
+route). It must join at first boot with no human step (tailscale.joined:
+running, online, the given control server), the key must be gone
+(tailscale.key-gone; secrets.seed-copies searches every file for it), serve
+status must be what the image claims with no funnel entry
+(tailscale.serve), and after identity.reboot it must be the same node
+(tailscale.reboot). Needs root and --instances 2 or more; with --firmware
+both two instances join (a reusable key). Each run adds a node to the
+tailnet: an ephemeral key removes it once the VM is gone. Without these
+flags those checks are not planned; with them any that cannot run fails.
 
 Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
 or by request); 1 a check failed or could not run without being accepted (the
@@ -222,6 +241,19 @@ each runs, what it needs):
 					return usageErr(fmt.Errorf("--user-data: no instance gets user-data with --seed-via %s; add nocloud to --seed-via (e.g. --seed-via nocloud,smbios)", seedVia))
 				}
 			}
+			if tnLogin != "" || tnKeyFile != "" || tnCAFile != "" {
+				tn, err := tailnetOption(tnLogin, tnKeyFile, tnCAFile)
+				if err != nil {
+					return usageErr(err)
+				}
+				if instances < 2 {
+					return usageErr(fmt.Errorf("--tailnet-login-server needs --instances 2 or more: the last instance joins, and is rebooted to prove it stays the same node"))
+				}
+				if userNet {
+					return usageErr(fmt.Errorf("--tailnet-login-server cannot run with --user-net: the tailnet instance needs the outside network namespace (root)"))
+				}
+				opts.Tailnet = tn
+			}
 			if recipePath != "" {
 				r, err := loadRecipe(recipePath, sets, contextDir)
 				if err != nil {
@@ -277,7 +309,34 @@ each runs, what it needs):
 	f.IntVar(&cpus, "cpus", 0, "vCPUs of each VM (0: 2 under KVM; under emulation the host's cores shared among the VMs booted at once, 1 or 2 each)")
 	f.StringVar(&seedVia, "seed-via", verify.SeedNoCloud, "how the instances get their seed, in turn: `LIST` of nocloud, smbios (e.g. nocloud,smbios: one instance each)")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
+	f.StringVar(&tnLogin, "tailnet-login-server", "", "prove Tailscale against this control server (`URL`, https: your headscale's server_url, or https://controlplane.tailscale.com): the last instance joins it at first boot (see above)")
+	f.StringVar(&tnKeyFile, "tailnet-authkey-file", "", "the pre-auth key the last instance joins with (`FILE`, one line; needed with --tailnet-login-server; never logged)")
+	f.StringVar(&tnCAFile, "tailnet-ca", "", "PEM CA certificates the control server's certificate is from, when not a public CA (`FILE`)")
 	return c
+}
+
+// tailnetOption reads --tailnet-*: the key from its file (whitespace
+// trimmed), the CA bundle, checked as first boot checks them.
+func tailnetOption(login, keyFile, caFile string) (*verify.Tailnet, error) {
+	if login == "" || keyFile == "" {
+		return nil, errors.New("--tailnet-login-server and --tailnet-authkey-file go together (--tailnet-ca is optional)")
+	}
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tailnet-authkey-file: %w", err)
+	}
+	tn := &verify.Tailnet{LoginServer: login, AuthKey: strings.TrimSpace(string(b))}
+	if caFile != "" {
+		ca, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tailnet-ca: %w", err)
+		}
+		tn.CA = string(ca)
+	}
+	if err := tn.Check(); err != nil {
+		return nil, fmt.Errorf("--tailnet-*: %w", err)
+	}
+	return tn, nil
 }
 
 // checkLines lists every check of the catalog with its claim, for the

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -74,7 +75,13 @@ type Options struct {
 	// SeedVia is how the instances get their seed, assigned in turn
 	// (instance i gets SeedVia[i % len]): SeedNoCloud (the default when
 	// empty) or SeedSMBIOS. See SeedVias.
-	SeedVia     []string
+	SeedVia []string
+	// Tailnet, when set, makes the last instance of each firmware join
+	// this control server at first boot and plans the tailscale.joined,
+	// key-gone, serve and reboot checks on it (see Tailnet). It needs the
+	// outside namespace (root) and 2 instances or more: without them those
+	// checks fail.
+	Tailnet     *Tailnet
 	Log         io.Writer // progress lines; nil = none
 	BakeVersion string
 }
@@ -269,6 +276,9 @@ func NewReport(o Options) *Report {
 	if o.UserData != nil {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
 	}
+	if o.Tailnet != nil {
+		rep.Tailnet = o.Tailnet.LoginServer
+	}
 	return rep
 }
 
@@ -361,8 +371,11 @@ type instance struct {
 	key    *Key
 	token  string // the seed's token; "" lets first boot generate one
 	canary string // in the seed's user-data only (secrets.seed-copies)
-	via    string // SeedNoCloud or SeedSMBIOS
-	serial string
+	// tailnet: this instance's seed has Options.Tailnet's key, login
+	// server and CA, and it has the outbound NIC.
+	tailnet bool
+	via     string // SeedNoCloud or SeedSMBIOS
+	serial  string
 
 	fwdPort    int // user mode: host port forwarded to the guest's SSH
 	ipv4, ipv6 netip.Addr
@@ -443,6 +456,15 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 			}
 			r.hostError("%s: %v", fw, err)
 			return
+		}
+	}
+	if r.o.Tailnet != nil && !insts[len(insts)-1].tailnet {
+		why := "not run: --tailnet-* needs --instances 2 or more (the last instance joins)"
+		if !r.netns {
+			why = "not run: --tailnet-* needs the outside network namespace (" + r.outsideWhy + ")"
+		}
+		for _, k := range []*Check{&checkTailscaleJoined, &checkTailscaleKeyGone, &checkTailscaleServe, &checkTailscaleReboot} {
+			r.record(fw, k.ID, Fail, why, 0)
 		}
 	}
 	var wg sync.WaitGroup
@@ -545,6 +567,15 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		Token:          in.token,
 		Extra:          r.o.UserData,
 	}
+	// The tailnet instance is the last one (the one identity.reboot
+	// reboots), and only with the outside namespace: its link then sends
+	// no default route and its second NIC (user-mode, unrestricted) is its
+	// way to the control server. The main instance's checks run on the
+	// isolated link alone.
+	if t := r.o.Tailnet; t != nil && idx == r.o.Instances-1 && idx > 0 && r.netns {
+		in.tailnet = true
+		seed.TailscaleAuthKey, seed.TailscaleLoginServer, seed.TailscaleCA = t.AuthKey, t.LoginServer, t.CA
+	}
 	var seedPath string
 	var smbios []string
 	switch in.via {
@@ -591,13 +622,22 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 		ExtraArgs:  smbios,
 	}
 	if r.netns {
-		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx))
+		var opts []vm.LinkOption
+		if in.tailnet {
+			opts = append(opts, vm.LinkNoDefaultRoute)
+		}
+		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx), opts...)
 		if err != nil {
 			return in, fmt.Errorf("outside network namespace: %w", err)
 		}
 		in.link = link
 		cfg.Net = link.NetConfig()
 		cfg.Net.MAC = in.mac.String()
+		if in.tailnet {
+			out := slices.Clone(in.mac)
+			out[4] ^= 0x80
+			cfg.Outbound = &vm.OutboundNIC{MAC: out.String()}
+		}
 	} else {
 		port, err := vm.FreePort()
 		if err != nil {
@@ -616,6 +656,9 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	r.rep.Accel = v.Config.Accel
 	r.mu.Unlock()
 	where := fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)
+	if in.tailnet {
+		where += fmt.Sprintf(", joins %s (second NIC %s: user-mode, unrestricted)", r.o.Tailnet.LoginServer, cfg.Outbound.MAC)
+	}
 	if in.link != nil {
 		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
 	}

@@ -100,7 +100,8 @@ func (tn *tailnet) seed(s *firstboot.Seed) {
 // test, joined to the link) reaches the gateway through the tailnet
 // (serve-http, port 80) and gets its health answer with the token, while
 // the same request from the link, without the tailnet, is refused; the
-// path is reported; serve status has no funnel; the operator (the admin)
+// path is reported, and again with 41641/udp closed (closedPath); serve
+// status has no funnel; the operator (the admin)
 // reads it without sudo, and another user cannot change it.
 func checkTailnet(t *testing.T, g *guest, tn *tailnet, token string) {
 	t.Helper()
@@ -182,11 +183,12 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 	}
 	nd := filepath.Join(tn.dir, "client")
 	os.Mkdir(nd, 0o700)
-	client, err := tailnettest.StartNode(ctx, tailnettest.NodeConfig{Tailscale: tn.ts, Tailscaled: tn.tsd, Netns: ns.Name, Dir: nd, CAFile: tn.hs.CA.CertFile})
+	ncfg := tailnettest.NodeConfig{Tailscale: tn.ts, Tailscaled: tn.tsd, Netns: ns.Name, Dir: nd, CAFile: tn.hs.CA.CertFile}
+	client, err := tailnettest.StartNode(ctx, ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	defer func() { client.Close() }() // the one running at the end (closedPath restarts it)
 	key2, err := tn.hs.PreAuthKey(ctx, tn.user, false)
 	if err != nil {
 		t.Fatal(err)
@@ -278,6 +280,62 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 	} else {
 		t.Logf("nobody changing the serve configuration: refused: %s", strings.Join(strings.Fields(out), " "))
 	}
+
+	// Last (it restarts the client): the path again with 41641/udp closed.
+	client = closedPath(ctx, t, g, ncfg, client, addr, path)
+}
+
+// closedPath closes 41641/udp in the appliance's firewall (ufw delete
+// allow 41641/udp), makes the nodes find their path again and reports it:
+// the client's tailscaled restarts on the same state (the same node) on
+// another UDP port, 41642, so no connection-tracking entry the guest holds
+// for the old path (client:41641 <-> guest:41641) matches anything it
+// sends: whatever path comes up was set up with the port closed. A pong
+// must come back (direct, if the appliance's own outbound packets from
+// 41641 open the way for the answers, or relayed through headscale's
+// DERP); which one, and what changed, is logged. The rule is put back
+// afterwards. It returns the running client.
+func closedPath(ctx context.Context, t *testing.T, g *guest, cfg tailnettest.NodeConfig, client *tailnettest.Node, addr netip.Addr, before tailnettest.Path) *tailnettest.Node {
+	t.Helper()
+	g.must("sudo ufw delete allow 41641/udp")
+	defer g.must("sudo ufw allow 41641/udp")
+	st := g.must("sudo ufw status; sudo iptables -S ufw-user-input; sudo ip6tables -S ufw6-user-input")
+	if strings.Contains(st, "41641") {
+		t.Fatalf("41641/udp still open after ufw delete:\n%s", st)
+	}
+	t.Logf("41641/udp closed in the appliance's firewall:\n%s", st)
+	client.Close()
+	cfg.Port = 41642
+	t0 := time.Now()
+	client, err := tailnettest.StartNode(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		s, err := client.Status(ctx)
+		if err == nil && s.BackendState == "Running" {
+			break
+		}
+		if time.Since(t0) > time.Minute {
+			t.Fatalf("the client restarted on port 41642 is not running: %+v %v\n%s", s, err, client.LogTail(30))
+		}
+		time.Sleep(time.Second)
+	}
+	after, err := client.Ping(ctx, addr, 20, true)
+	if err != nil {
+		t.Errorf("with 41641/udp closed: client -> appliance: %v\n%s", err, client.LogTail(30))
+		return client
+	}
+	change := "unchanged kind"
+	if before.Direct != after.Direct {
+		change = "the kind changed"
+	}
+	t.Logf("path client (10.77.1.2, now from port 41642) -> appliance (%s) with 41641/udp closed in ufw, %s after the client's restart: %s; before: %s (%s, endpoint %s -> %s)",
+		addr, since(t0), after, before, change, before.Via, after.Via)
+	if out, err := g.run("tailscale status --json 2>/dev/null | grep -E '\"(CurAddr|Relay)\"'"); err == nil {
+		t.Logf("the appliance's view of its peers with 41641/udp closed: %s", strings.Join(strings.Fields(out), " "))
+	}
+	return client
 }
 
 // mustIn runs cmd with stdin and fails the test when it fails.
