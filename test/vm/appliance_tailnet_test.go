@@ -285,56 +285,79 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 	client = closedPath(ctx, t, g, ncfg, client, addr, path)
 }
 
-// closedPath closes 41641/udp in the appliance's firewall (ufw delete
-// allow 41641/udp), makes the nodes find their path again and reports it:
-// the client's tailscaled restarts on the same state (the same node) on
-// another UDP port, 41642, so no connection-tracking entry the guest holds
-// for the old path (client:41641 <-> guest:41641) matches anything it
-// sends: whatever path comes up was set up with the port closed. A pong
-// must come back (direct, if the appliance's own outbound packets from
-// 41641 open the way for the answers, or relayed through headscale's
-// DERP); which one, and what changed, is logged. The rule is put back
-// afterwards. It returns the running client.
+// closedPath closes 41641/udp in the appliance's firewall, makes the nodes
+// find their path again and reports it, twice:
+//
+//  1. in ufw (ufw delete allow 41641/udp). tailscaled (netfilter mode on)
+//     keeps a rule of its own in its ts-input chain, ahead of ufw's, that
+//     may accept its port anyway: the chain is logged.
+//  2. ahead of every accept: a DROP of new inbound flows to 41641/udp
+//     (IPv4 and IPv6) first in INPUT, its packet counter logged (what it
+//     dropped).
+//
+// Each time the client's tailscaled restarts on the same state (the same
+// node) on another UDP port (41642, then 41643), so no connection-tracking
+// entry the guest holds for an earlier path matches what it sends: the
+// path that comes up was set up with the port closed. A pong must come back
+// (direct if the appliance's own packets from 41641 open the way for the
+// answers, or relayed through headscale's DERP); which, and what changed,
+// is logged. Everything is put back afterwards. It returns the running
+// client.
 func closedPath(ctx context.Context, t *testing.T, g *guest, cfg tailnettest.NodeConfig, client *tailnettest.Node, addr netip.Addr, before tailnettest.Path) *tailnettest.Node {
 	t.Helper()
+	repath := func(port int, how string) tailnettest.Path {
+		client.Close()
+		cfg.Port = port
+		t0 := time.Now()
+		var err error
+		if client, err = tailnettest.StartNode(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			s, err := client.Status(ctx)
+			if err == nil && s.BackendState == "Running" {
+				break
+			}
+			if time.Since(t0) > time.Minute {
+				t.Fatalf("the client restarted on port %d is not running: %+v %v\n%s", port, s, err, client.LogTail(30))
+			}
+			time.Sleep(time.Second)
+		}
+		after, err := client.Ping(ctx, addr, 20, true)
+		if err != nil {
+			t.Errorf("with 41641/udp closed %s: client -> appliance: %v\n%s", how, err, client.LogTail(30))
+			return after
+		}
+		change := "the same kind of path"
+		if before.Direct != after.Direct {
+			change = "another kind of path"
+		}
+		t.Logf("path client (10.77.1.2, now from port %d) -> appliance (%s) with 41641/udp closed %s, %s after the client's restart: %s; with it open: %s (%s; the appliance's endpoint %s -> %s)",
+			port, addr, how, since(t0), after, before, change, before.Via, after.Via)
+		if out, err := g.run("tailscale status --json 2>/dev/null | grep -E '\"(CurAddr|Relay)\"'"); err == nil {
+			t.Logf("the appliance's status (self, then the client): %s", strings.Join(strings.Fields(out), " "))
+		}
+		return after
+	}
+
 	g.must("sudo ufw delete allow 41641/udp")
 	defer g.must("sudo ufw allow 41641/udp")
 	st := g.must("sudo ufw status; sudo iptables -S ufw-user-input; sudo ip6tables -S ufw6-user-input")
 	if strings.Contains(st, "41641") {
 		t.Fatalf("41641/udp still open after ufw delete:\n%s", st)
 	}
-	t.Logf("41641/udp closed in the appliance's firewall:\n%s", st)
-	client.Close()
-	cfg.Port = 41642
-	t0 := time.Now()
-	client, err := tailnettest.StartNode(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		s, err := client.Status(ctx)
-		if err == nil && s.BackendState == "Running" {
-			break
-		}
-		if time.Since(t0) > time.Minute {
-			t.Fatalf("the client restarted on port 41642 is not running: %+v %v\n%s", s, err, client.LogTail(30))
-		}
-		time.Sleep(time.Second)
-	}
-	after, err := client.Ping(ctx, addr, 20, true)
-	if err != nil {
-		t.Errorf("with 41641/udp closed: client -> appliance: %v\n%s", err, client.LogTail(30))
-		return client
-	}
-	change := "unchanged kind"
-	if before.Direct != after.Direct {
-		change = "the kind changed"
-	}
-	t.Logf("path client (10.77.1.2, now from port 41642) -> appliance (%s) with 41641/udp closed in ufw, %s after the client's restart: %s; before: %s (%s, endpoint %s -> %s)",
-		addr, since(t0), after, before, change, before.Via, after.Via)
-	if out, err := g.run("tailscale status --json 2>/dev/null | grep -E '\"(CurAddr|Relay)\"'"); err == nil {
-		t.Logf("the appliance's view of its peers with 41641/udp closed: %s", strings.Join(strings.Fields(out), " "))
-	}
+	t.Logf("41641/udp closed in ufw:\n%s", st)
+	ts := g.must("sudo iptables -S INPUT; sudo iptables -S ts-input 2>&1; true")
+	t.Logf("INPUT and tailscaled's own chain (ts-input), with 41641/udp closed in ufw:\n%s", ts)
+	inUFW := repath(41642, "in ufw")
+
+	drop := "INPUT -p udp --dport 41641 -m conntrack --ctstate NEW -j DROP"
+	g.must("sudo iptables -I " + drop + " && sudo ip6tables -I " + drop)
+	defer g.must("sudo iptables -D " + drop + "; sudo ip6tables -D " + drop)
+	ahead := repath(41643, "ahead of every accept (a DROP of new flows first in INPUT)")
+	counters := g.must("sudo iptables -L INPUT 1 -n -v -x; sudo ip6tables -L INPUT 1 -n -v -x")
+	t.Logf("the DROP's counters (packets bytes ...), what it dropped: %s", strings.Join(strings.Fields(counters), " "))
+	t.Logf("41641/udp closed: in ufw %s; ahead of every accept %s; open %s", inUFW.Via, ahead.Via, before.Via)
 	return client
 }
 

@@ -463,7 +463,11 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // (appliance_test.go bakes it) under SeaBIOS and OVMF, with two instances
 // each (identity and reboot), with every check the recipe calls for run:
 // a skip is a failure (verify fails closed; --strict, kept here, is a
-// no-op alias), as everywhere in this project.
+// no-op alias), as everywhere in this project. With --tailnet-* against a
+// headscale of the test's on the host's 127.0.0.1 (10.0.2.2 to the guest's
+// second, user-mode NIC): the rebooted instance joins at first boot
+// through its SMBIOS credentials, and tailscale.joined, key-gone, serve
+// and reboot pass; headscale agrees (checkVerifyTailnet).
 func TestVerifyAppliance(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := applianceImage(t)
