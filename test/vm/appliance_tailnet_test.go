@@ -21,6 +21,7 @@ import (
 	"github.com/bakeimg/bake/firstboot"
 	"github.com/bakeimg/bake/internal/tailnettest"
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/verify"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -275,6 +276,7 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 		t.Errorf("serve status --json: want TCP port 80 and no funnel:\n%s", sj)
 	}
 	t.Logf("tailscale serve status --json, as the admin without sudo: %s", strings.Join(strings.Fields(sj), " "))
+	judgeFunnel(t, g, sj, cfg.Web)
 	if out, err := g.run("sudo -u nobody tailscale serve --bg --http=8081 http://127.0.0.1:18789"); err == nil {
 		t.Errorf("nobody (neither root nor the operator) changed the serve configuration:\n%s", out)
 	} else {
@@ -359,6 +361,48 @@ func closedPath(ctx context.Context, t *testing.T, g *guest, cfg tailnettest.Nod
 	t.Logf("the DROP's counters (packets bytes ...), what it dropped: %s", strings.Join(strings.Fields(counters), " "))
 	t.Logf("41641/udp closed: in ufw %s; ahead of every accept %s; open %s", inUFW.Via, ahead.Via, before.Via)
 	return client
+}
+
+// judgeFunnel: bake verify's tailscale.serve judge (verify.JudgeServe,
+// for the recipe's serve-http port 80) on this real serve status passes;
+// with a funnel entry for the served host written raw (tailscale serve
+// set-raw: tailscaled stores it; headscale grants no funnel, so nothing is
+// exposed) the judge fails, naming the entry; the configuration is put
+// back as it was and passes again.
+func judgeFunnel(t *testing.T, g *guest, sj string, web map[string]json.RawMessage) {
+	t.Helper()
+	spec := verify.DefaultSpec()
+	spec.TailscaleServeHTTP = 80
+	if p, _ := verify.JudgeServe(spec, sj); len(p) > 0 {
+		t.Errorf("verify's serve judge fails the appliance's serve status: %v", p)
+	}
+	var host string
+	for h := range web {
+		host = h
+	}
+	if host == "" {
+		t.Fatalf("no web entry in serve status: %s", sj)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(sj), &raw); err != nil {
+		t.Fatal(err)
+	}
+	raw["AllowFunnel"] = map[string]bool{host: true}
+	b, _ := json.Marshal(raw)
+	g.mustIn(string(b), "sudo tailscale serve set-raw")
+	fj := g.must("tailscale serve status --json 2>/dev/null")
+	p, _ := verify.JudgeServe(spec, fj)
+	if want := "funnel is on for " + host; len(p) != 1 || !strings.Contains(p[0], want) {
+		t.Errorf("verify's serve judge on a serve status with a funnel entry: %q, want one problem %q\n%s", p, want, fj)
+	} else {
+		t.Logf("verify's serve judge on the real serve status with a funnel entry written raw: fails: %s", p[0])
+	}
+	g.mustIn(sj, "sudo tailscale serve set-raw")
+	if back := g.must("tailscale serve status --json 2>/dev/null"); strings.Contains(back, "AllowFunnel") {
+		t.Fatalf("the funnel entry is still there after the configuration was put back:\n%s", back)
+	} else if p, _ := verify.JudgeServe(spec, back); len(p) > 0 {
+		t.Errorf("verify's serve judge on the configuration put back: %v", p)
+	}
 }
 
 // mustIn runs cmd with stdin and fails the test when it fails.
