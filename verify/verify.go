@@ -656,11 +656,11 @@ func (r *runner) start(ctx context.Context, fw string, idx int, key *Key) (*inst
 	r.rep.Accel = v.Config.Accel
 	r.mu.Unlock()
 	where := fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)
-	if in.tailnet {
-		where += fmt.Sprintf(", joins %s (second NIC %s: user-mode, unrestricted)", r.o.Tailnet.LoginServer, cfg.Outbound.MAC)
-	}
 	if in.link != nil {
 		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
+	}
+	if in.tailnet {
+		where += fmt.Sprintf(", no default route on the link; joins %s through a second NIC %s (user-mode, unrestricted)", r.o.Tailnet.LoginServer, cfg.Outbound.MAC)
 	}
 	in.poweredOn = time.Now()
 	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s, seed via %s", in.name(), v.PID(), v.Config.Accel, in.mac, where, in.via)
