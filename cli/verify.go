@@ -44,6 +44,9 @@ func newVerify() *cobra.Command {
 		seedVia        string
 		upgradeFrom    string
 		stateVolume    string
+		tnLogin        string
+		tnKeyFile      string
+		tnCAFile       string
 	)
 	c := &cobra.Command{
 		Use:   "verify IMAGE",
@@ -123,6 +126,22 @@ Tailscale key (upgrade.root-disk-secrets); OLD boots again on the volume
 with the same identities (upgrade.rollback). One firmware, one instance;
 --state-volume FILE makes the volume there (a new file) and keeps it.
 
+--tailnet-login-server URL --tailnet-authkey-file FILE [--tailnet-ca FILE]
+proves Tailscale against your own tailnet (headscale, or Tailscale's):
+the last instance of each firmware gets the key, the login server and the
+CA in its seed, and a second NIC on QEMU's user-mode network without
+restrict=on, its only way off the isolated link (out through the host's
+sockets; 10.0.2.2 is the host's loopback; its link sends no default
+route). It must join at first boot with no human step (tailscale.joined:
+running, online, the given control server), the key must be gone
+(tailscale.key-gone; secrets.seed-copies searches every file for it), serve
+status must be what the image claims with no funnel entry
+(tailscale.serve), and after identity.reboot it must be the same node
+(tailscale.reboot). Needs root and --instances 2 or more; with --firmware
+both two instances join (a reusable key). Each run adds a node to the
+tailnet: an ephemeral key removes it once the VM is gone. Without these
+flags those checks are not planned; with them any that cannot run fails.
+
 Exit status: 0 every check passed, or was skipped and accepted (--allow-skip,
 or by request); 1 a check failed or could not run without being accepted (the
 image is not proven; an image that never lets the key log in has failed); 2
@@ -170,6 +189,9 @@ each runs, what it needs):
 				fws = []string{vm.BIOS, vm.UEFI}
 			default:
 				return usageErr(fmt.Errorf("--firmware %q: want bios, uefi or both", firmware))
+			}
+			if upgradeFrom != "" && (tnLogin != "" || tnKeyFile != "" || tnCAFile != "") {
+				return usageErr(errors.New("--upgrade-from and --tailnet-* do not go together: prove the upgrade and the tailnet in two runs"))
 			}
 			if upgradeFrom != "" {
 				if firmware == "both" {
@@ -261,6 +283,19 @@ each runs, what it needs):
 					return usageErr(fmt.Errorf("--user-data: no instance gets user-data with --seed-via %s; add nocloud to --seed-via (e.g. --seed-via nocloud,smbios)", seedVia))
 				}
 			}
+			if tnLogin != "" || tnKeyFile != "" || tnCAFile != "" {
+				tn, err := tailnetOption(tnLogin, tnKeyFile, tnCAFile)
+				if err != nil {
+					return usageErr(err)
+				}
+				if instances < 2 {
+					return usageErr(fmt.Errorf("--tailnet-login-server needs --instances 2 or more: the last instance joins, and is rebooted to prove it stays the same node"))
+				}
+				if userNet {
+					return usageErr(fmt.Errorf("--tailnet-login-server cannot run with --user-net: the tailnet instance needs the outside network namespace (root)"))
+				}
+				opts.Tailnet = tn
+			}
 			if recipePath != "" {
 				r, err := loadRecipe(recipePath, sets, contextDir)
 				if err != nil {
@@ -318,7 +353,34 @@ each runs, what it needs):
 	f.StringVar(&upgradeFrom, "upgrade-from", "", "prove an upgrade from this `OLD` image to IMAGE on one state volume: OLD with a seed, IMAGE with none, then OLD again (see above)")
 	f.StringVar(&stateVolume, "state-volume", "", "with --upgrade-from: make the state volume at this new `FILE` (raw) and keep it")
 	f.StringVar(&userData, "user-data", "", "merge this #cloud-config file into the seed's user-data (the user-data your cloud will pass; see above)")
+	f.StringVar(&tnLogin, "tailnet-login-server", "", "prove Tailscale against this control server (`URL`, https: your headscale's server_url, or https://controlplane.tailscale.com): the last instance joins it at first boot (see above)")
+	f.StringVar(&tnKeyFile, "tailnet-authkey-file", "", "the pre-auth key the last instance joins with (`FILE`, one line; needed with --tailnet-login-server; never logged)")
+	f.StringVar(&tnCAFile, "tailnet-ca", "", "PEM CA certificates the control server's certificate is from, when not a public CA (`FILE`)")
 	return c
+}
+
+// tailnetOption reads --tailnet-*: the key from its file (whitespace
+// trimmed), the CA bundle, checked as first boot checks them.
+func tailnetOption(login, keyFile, caFile string) (*verify.Tailnet, error) {
+	if login == "" || keyFile == "" {
+		return nil, errors.New("--tailnet-login-server and --tailnet-authkey-file go together (--tailnet-ca is optional)")
+	}
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tailnet-authkey-file: %w", err)
+	}
+	tn := &verify.Tailnet{LoginServer: login, AuthKey: strings.TrimSpace(string(b))}
+	if caFile != "" {
+		ca, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tailnet-ca: %w", err)
+		}
+		tn.CA = string(ca)
+	}
+	if err := tn.Check(); err != nil {
+		return nil, fmt.Errorf("--tailnet-*: %w", err)
+	}
+	return tn, nil
 }
 
 // checkLines lists every check of the catalog with its claim, for the

@@ -274,6 +274,7 @@ func TestVerifyUpgradeFrom(t *testing.T) {
 		{[]string{"--upgrade-from", t.TempDir()}, "--upgrade-from: "},
 		{[]string{"--state-volume", vol}, "--state-volume needs --upgrade-from"},
 		{[]string{"--upgrade-from", old, "--state-volume", exists}, "exists: name a new file"},
+		{[]string{"--upgrade-from", old, "--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", vol}, "--upgrade-from and --tailnet-* do not go together"},
 	} {
 		_, errs, code := run(t, append([]string{"verify", img}, c.args...)...)
 		if code != 2 || !strings.Contains(errs, c.want) {
@@ -289,5 +290,45 @@ func TestVerifyUpgradeFrom(t *testing.T) {
 	}
 	if o := (*runs)[0]; o.UpgradeFrom != old || o.StateVolume != vol || o.Instances != 1 {
 		t.Errorf("options: upgrade from %q, volume %q, instances %d", o.UpgradeFrom, o.StateVolume, o.Instances)
+	}
+}
+
+// TestVerifyTailnetFlags: --tailnet-* go together, are checked as first
+// boot checks them, need --instances 2 and no --user-net; a good set
+// reaches verify with the key read from its file (trimmed).
+func TestVerifyTailnetFlags(t *testing.T) {
+	runs := fakeVerify(t)
+	img := verifyImage(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	os.WriteFile(key, []byte("  0123456789abcdef0123456789abcdef\n"), 0o600)
+	badCA := filepath.Join(dir, "ca.pem")
+	os.WriteFile(badCA, []byte("not a certificate\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tailnet-login-server", "https://hs.example.net"}, "go together"},
+		{[]string{"--tailnet-authkey-file", key}, "go together"},
+		{[]string{"--tailnet-login-server", "http://hs.example.net", "--tailnet-authkey-file", key}, "is not https"},
+		{[]string{"--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", filepath.Join(dir, "none")}, "--tailnet-authkey-file"},
+		{[]string{"--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", key, "--tailnet-ca", badCA}, "no PEM CERTIFICATE"},
+		{[]string{"--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", key, "--instances", "1"}, "--instances 2"},
+		{[]string{"--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", key, "--user-net"}, "--user-net"},
+	} {
+		_, errs, code := run(t, append([]string{"verify", img}, c.args...)...)
+		if code != 2 || !strings.Contains(errs, c.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", c.args, code, errs, c.want)
+		}
+	}
+	if len(*runs) != 0 {
+		t.Fatalf("verify ran %d times with bad --tailnet-*", len(*runs))
+	}
+	out, _, _ := run(t, "verify", img, "--allow-skip", "network.scan", "--tailnet-login-server", "https://10.0.2.2:8443", "--tailnet-authkey-file", key)
+	if len(*runs) != 1 || (*runs)[0].Tailnet == nil || *(*runs)[0].Tailnet != (verify.Tailnet{LoginServer: "https://10.0.2.2:8443", AuthKey: "0123456789abcdef0123456789abcdef"}) {
+		t.Fatalf("runs %+v", *runs)
+	}
+	if strings.Contains(out, "0123456789abcdef0123456789abcdef") {
+		t.Error("the output shows the auth key")
 	}
 }

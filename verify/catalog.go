@@ -42,6 +42,9 @@ type Check struct {
 	// byRequest: with one instance the check is not run by the user's
 	// choice (reported as skipped by request, not as a failure).
 	byRequest bool
+	// tailnet: planned only with --tailnet (Options.Tailnet), on the
+	// last instance of each firmware.
+	tailnet bool
 	// run proves the claim on one instance; nil for the checks that a
 	// group records (login, isolation, identity, the image's own).
 	run func(c *checker, ctx context.Context) (Status, string)
@@ -68,6 +71,7 @@ var catalog = []*Check{
 	&checkSSHKeyLogin, &checkSystemRunning, &checkSSHEffective, &checkSSHPassword, &checkSSHRoot,
 	&checkFirewallRules,
 	&checkTailscaleDaemon,
+	&checkTailscaleJoined, &checkTailscaleKeyGone, &checkTailscaleServe, &checkTailscaleReboot,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
 	&checkNetworkScan, &checkNetworkUDP,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
@@ -109,9 +113,17 @@ func title(s Spec, id string) string {
 // identity.* need two instances or more: with one they are not run, and
 // the report lists them as skipped by request (ByRequest), not as
 // failures.
-func Plan(s Spec, instances int) []string {
+func Plan(s Spec, instances int) []string { return PlanTailnet(s, instances, false) }
+
+// PlanTailnet is Plan of a run with --tailnet (tailnet true) or without:
+// the tailscale.joined, key-gone, serve and reboot checks are planned only
+// with it.
+func PlanTailnet(s Spec, instances int, tailnet bool) []string {
 	var ids []string
 	for _, k := range catalog {
+		if k.tailnet && !tailnet {
+			continue
+		}
 		if k.Scope == ScopeFirmware && !k.upgrade && (k.planned == nil || k.planned(s, instances)) {
 			ids = append(ids, k.ID)
 		}
@@ -205,10 +217,14 @@ func (k *Check) listed(s Spec, instances int) (planned, where, needs string) {
 		planned = "no"
 	case k.upgrade:
 		planned = "--upgrade-from"
+	case k.tailnet:
+		planned = "with --tailnet-*"
 	}
 	switch {
 	case k.upgrade:
 		where = "an upgrade run (--upgrade-from)"
+	case k.Scope == ScopeFirmware && k.tailnet:
+		where = "each firmware's last instance, with --tailnet-*"
 	case k.Scope == ScopeFirmware && k.byRequest:
 		where = "each firmware, --instances 2+"
 	case k.Scope == ScopeFirmware:

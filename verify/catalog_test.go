@@ -59,7 +59,7 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 		if k.Title(DefaultSpec()) == "" || k.Title(DefaultSpec()) == k.ID {
 			t.Errorf("%s has no claim", k.ID)
 		}
-		if k.Scope == ScopeFirmware && k.run == nil {
+		if k.Scope == ScopeFirmware && k.run == nil && !k.tailnet { // the tailnet checks: recorded by the tailnet group (identity's, on the last instance)
 			switch k.Area() {
 			case "ssh", "isolation", "identity", "secrets", "upgrade": // recorded by the login, the probe containers, the identity pass, the seed-copies search after them
 			default:
@@ -77,7 +77,7 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 // TestPlanFollowsTheCatalog: a plan is the catalog's firmware checks in
 // catalog order, the ones the spec does not call for left out.
 func TestPlanFollowsTheCatalog(t *testing.T) {
-	full := Plan(DefaultSpec(), 2)
+	full := PlanTailnet(DefaultSpec(), 2, true)
 	fw, img := Catalog()
 	var upgrade []string
 	fw = slices.DeleteFunc(fw, func(id string) bool {
@@ -91,7 +91,18 @@ func TestPlanFollowsTheCatalog(t *testing.T) {
 		t.Errorf("the upgrade run's checks: %v", upgrade)
 	}
 	if strings.Join(full, " ") != strings.Join(fw, " ") {
-		t.Errorf("the default spec's plan %v is not every firmware check %v", full, fw)
+		t.Errorf("the default spec's plan with --tailnet %v is not every firmware check %v", full, fw)
+	}
+	// Without --tailnet its checks are not planned (and nothing else is
+	// left out).
+	var noTailnet []string
+	for _, id := range fw {
+		if !lookup(id).tailnet {
+			noTailnet = append(noTailnet, id)
+		}
+	}
+	if got := Plan(DefaultSpec(), 2); strings.Join(got, " ") != strings.Join(noTailnet, " ") || len(noTailnet) != len(fw)-4 {
+		t.Errorf("the default spec's plan without --tailnet %v, want %v", got, noTailnet)
 	}
 	if len(img) != 2 || img[0] != checkImageClaims.ID || img[1] != checkSecretsDisk.ID {
 		t.Errorf("image checks %v", img)

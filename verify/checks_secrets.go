@@ -108,6 +108,9 @@ type seedSecret struct {
 	What    string // "the seed's gateway token"
 	Value   string
 	Allowed []string
+	// NoControl: the Allowed files may hold the value but need not (the
+	// search is not required to find it there).
+	NoControl bool
 }
 
 // searchCopies looks for the secrets on in's disk (one pass): every file
@@ -158,7 +161,7 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		}
 		sort.Strings(kept)
 		sort.Strings(copies)
-		if len(s.Allowed) > 0 && len(kept) == 0 {
+		if len(s.Allowed) > 0 && len(kept) == 0 && !s.NoControl {
 			// The control: the value is in the file the design keeps it
 			// in, written at first boot; a search that missed it there
 			// (a guest clock behind the host's, a broken find) proves
@@ -189,6 +192,11 @@ func (r *runner) seedSecrets(ctx context.Context, in *instance) []seedSecret {
 		if t, _, err := c.readToken(ctx, in); err == nil && t != "" {
 			out = append(out, seedSecret{What: "the gateway token its first boot generated", Value: t, Allowed: allowed})
 		}
+	}
+	if in.tailnet {
+		// tailscaled's state may hold what the key became (the design
+		// keeps that file); nothing else may hold the key.
+		out = append(out, seedSecret{What: "the seed's Tailscale auth key", Value: r.o.Tailnet.AuthKey, Allowed: []string{TailscaledState}, NoControl: true})
 	}
 	if in.canary != "" {
 		// Only the user-data holds it: a copy anywhere is cloud-init's

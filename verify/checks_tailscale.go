@@ -2,8 +2,16 @@ package verify
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/firstboot"
 )
 
 func (c *checker) tailscaled(ctx context.Context) (Status, string) {
@@ -65,3 +73,370 @@ var checkTailscaleDaemon = Check{ID: "tailscale.daemon", Scope: ScopeFirmware, N
 	},
 	planned: func(s Spec, _ int) bool { return s.Tailscale },
 	run:     (*checker).tailscaled, ssh: true}
+
+// Tailnet is bake verify --tailnet-*: a control server (the user's
+// headscale, or Tailscale's) and a pre-auth key the last instance of each
+// firmware joins with at its first boot, through its seed. That instance
+// gets a second NIC on QEMU's user-mode network without restrict=on
+// (vm.Config.Outbound: the guest's only way off the isolated link, out
+// through the host's sockets; the host's loopback is 10.0.2.2), and its
+// link sends no default route.
+type Tailnet struct {
+	LoginServer string // https URL (headscale's server_url; Tailscale's is https://controlplane.tailscale.com)
+	AuthKey     string // never logged, never in a report
+	CA          string // PEM CA certificates the control server's certificate is from; "" for none
+}
+
+// Check reports a value first boot would refuse (firstboot's own checks).
+func (t *Tailnet) Check() error {
+	if t.LoginServer == "" || t.AuthKey == "" {
+		return fmt.Errorf("--tailnet needs a login server and an auth key")
+	}
+	if err := firstboot.CheckLoginServer(t.LoginServer); err != nil {
+		return err
+	}
+	if err := firstboot.CheckTailscaleAuthKey(t.AuthKey); err != nil {
+		return err
+	}
+	if t.CA != "" {
+		if err := firstboot.CheckTailscaleCA(t.CA); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tsWaitJoin bounds the wait for first boot's join (tailscale up
+// --timeout=5m, after the network is online).
+const tsWaitJoin = 7 * time.Minute
+
+// tsSelf is what `tailscale status --json` says of the node itself.
+type tsSelf struct {
+	BackendState string
+	Self         struct {
+		ID           string
+		PublicKey    string
+		HostName     string
+		DNSName      string
+		Online       bool
+		TailscaleIPs []string
+	}
+}
+
+func (s tsSelf) String() string {
+	return fmt.Sprintf("backend %s, node %s (%s, key %s, %s), online %v", s.BackendState, orDash(s.Self.ID), orDash(s.Self.HostName),
+		orDash(s.Self.PublicKey), orDash(strings.Join(s.Self.TailscaleIPs, " ")), s.Self.Online)
+}
+
+func parseTSStatus(out string) (tsSelf, error) {
+	var s tsSelf
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		return s, fmt.Errorf("tailscale status --json: %v", err)
+	}
+	return s, nil
+}
+
+// redactKey replaces the auth key in s.
+func (r *runner) redactKey(s string) string {
+	if r.o.Tailnet == nil || r.o.Tailnet.AuthKey == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, r.o.Tailnet.AuthKey, "[AUTH KEY]")
+}
+
+// tailnetChecks records tailscale.joined, tailscale.key-gone and
+// tailscale.serve on in (the tailnet instance, before its reboot) and
+// returns what the node was for tailscale.reboot (zero when it did not
+// join).
+func (r *runner) tailnetChecks(ctx context.Context, fw string, in *instance) tsSelf {
+	t0 := time.Now()
+	st, ev, self := r.tailnetJoined(ctx, in)
+	if ctx.Err() != nil {
+		return tsSelf{}
+	}
+	r.record(fw, checkTailscaleJoined.ID, st, r.redactKey(ev), time.Since(t0))
+	t1 := time.Now()
+	st, ev = r.tailnetKeyGone(ctx, in)
+	if ctx.Err() != nil {
+		return tsSelf{}
+	}
+	r.record(fw, checkTailscaleKeyGone.ID, st, r.redactKey(ev), time.Since(t1))
+	t2 := time.Now()
+	st, ev = r.tailnetServe(ctx, in)
+	if ctx.Err() != nil {
+		return tsSelf{}
+	}
+	r.record(fw, checkTailscaleServe.ID, st, r.redactKey(ev), time.Since(t2))
+	return self
+}
+
+// tailnetJoined waits for first boot's join unit to finish and judges it.
+func (r *runner) tailnetJoined(ctx context.Context, in *instance) (Status, string, tsSelf) {
+	var ev evidence
+	var problems []string
+	t0 := time.Now()
+	unit := map[string]string{}
+	for {
+		res, err := in.sudo(ctx, "systemctl show -p ActiveState,Result,ConditionResult,ExecMainStatus "+appliance.TailscaleUpUnitName)
+		if err != nil {
+			return Fail, err.Error(), tsSelf{}
+		}
+		unit = map[string]string{}
+		for _, l := range strings.Split(res.Stdout, "\n") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+				unit[k] = v
+			}
+		}
+		if a := unit["ActiveState"]; a == "active" || a == "failed" || (a == "inactive" && unit["ConditionResult"] == "no") {
+			break
+		}
+		if time.Since(t0) > tsWaitJoin || ctx.Err() != nil {
+			problems = append(problems, fmt.Sprintf("%s did not finish within %s of the login", appliance.TailscaleUpUnitName, tsWaitJoin))
+			break
+		}
+		sleepCtx(ctx, 3*time.Second)
+	}
+	ev.add("%s after %s: ActiveState=%s Result=%s ConditionResult=%s ExecMainStatus=%s", appliance.TailscaleUpUnitName, time.Since(t0).Round(time.Second),
+		unit["ActiveState"], unit["Result"], unit["ConditionResult"], unit["ExecMainStatus"])
+	if unit["ActiveState"] != "active" || unit["Result"] != "success" {
+		problems = append(problems, fmt.Sprintf("first boot's join (%s) did not succeed: ActiveState=%s Result=%s ConditionResult=%s (no key file: the seed's key never arrived)",
+			appliance.TailscaleUpUnitName, unit["ActiveState"], unit["Result"], unit["ConditionResult"]))
+	}
+	if res, err := in.sudo(ctx, "journalctl -b -o short-monotonic --no-pager -u "+appliance.TailscaleUpUnitName+" | tail -n 30"); err == nil {
+		ev.add("its journal:\n%s", strings.TrimSpace(res.Stdout))
+		if strings.Contains(res.Stdout, r.o.Tailnet.AuthKey) {
+			problems = append(problems, "the join unit's journal shows the auth key")
+		}
+	}
+	// The node: running, online, on the given control server.
+	var self tsSelf
+	for {
+		res, err := in.sudo(ctx, "tailscale status --json")
+		if err != nil {
+			return Fail, err.Error(), tsSelf{}
+		}
+		self, err = parseTSStatus(res.Stdout)
+		if err == nil && self.BackendState == "Running" && self.Self.Online {
+			break
+		}
+		if time.Since(t0) > tsWaitJoin+time.Minute || ctx.Err() != nil || len(problems) > 0 {
+			if err != nil {
+				problems = append(problems, err.Error())
+			}
+			problems = append(problems, fmt.Sprintf("the node is not running and online: %s", self))
+			break
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
+	ev.add("tailscale status --json: %s", self)
+	res, err := in.sudo(ctx, "tailscale debug prefs")
+	if err != nil {
+		return Fail, err.Error(), tsSelf{}
+	}
+	var prefs struct{ ControlURL string }
+	if err := json.Unmarshal([]byte(res.Stdout), &prefs); err != nil {
+		problems = append(problems, fmt.Sprintf("tailscale debug prefs: %v", err))
+	}
+	ev.add("tailscale debug prefs: ControlURL %s", orDash(prefs.ControlURL))
+	if strings.TrimRight(prefs.ControlURL, "/") != strings.TrimRight(r.o.Tailnet.LoginServer, "/") {
+		problems = append(problems, fmt.Sprintf("the node's control server is %s, not the given %s", orDash(prefs.ControlURL), r.o.Tailnet.LoginServer))
+	}
+	if len(problems) > 0 {
+		self = tsSelf{}
+	}
+	st, text := verdict(problems, ev, fmt.Sprintf("%s joined %s at first boot with the seed's auth key, no human step: node %s running and online", in.name(), r.o.Tailnet.LoginServer, self.Self.ID))
+	return st, text, self
+}
+
+// tailnetKeyGone: the key file is gone and no log line of this boot holds
+// the key (secrets.seed-copies searches every file for it).
+func (r *runner) tailnetKeyGone(ctx context.Context, in *instance) (Status, string) {
+	var ev evidence
+	var problems []string
+	res, err := in.runT(ctx, `sudo -n sh -c 'test ! -e `+appliance.TailscaleAuthKeyFile+` && echo gone; journalctl -b --no-pager -o cat | grep -cF -f /dev/stdin; true'`,
+		[]byte(r.o.Tailnet.AuthKey+"\n"), 2*time.Minute)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	lines := strings.Fields(res.Stdout)
+	if !slices.Contains(lines, "gone") {
+		problems = append(problems, appliance.TailscaleAuthKeyFile+" is still on the disk after the join")
+	} else {
+		ev.add("%s is gone", appliance.TailscaleAuthKeyFile)
+	}
+	n := -1
+	if len(lines) > 0 {
+		n, _ = strconv.Atoi(lines[len(lines)-1])
+	}
+	switch {
+	case n < 0:
+		problems = append(problems, "the search of this boot's journal did not run: "+strings.Join(lines, " "))
+	case n > 0:
+		problems = append(problems, fmt.Sprintf("%d lines of this boot's journal hold the auth key", n))
+	default:
+		ev.add("no line of this boot's journal holds the auth key")
+	}
+	ev.add("every file on the disk is searched for it by %s (after the reboot, %s allowed)", checkSecretsSeedCopies.ID, TailscaledState)
+	return verdict(problems, ev, "the seed's auth key is gone after the join: its file removed, in no log line")
+}
+
+// ServeStatus is `tailscale serve status --json` (ipn.ServeConfig), the
+// parts judged.
+type ServeStatus struct {
+	TCP map[string]struct{ HTTP, HTTPS bool }
+	Web map[string]struct {
+		Handlers map[string]struct{ Proxy string }
+	}
+	AllowFunnel map[string]bool
+	Foreground  map[string]ServeStatus
+}
+
+// JudgeServe judges serve status JSON against the image's claims: with
+// serve-http on port P (claims' TailscaleServeHTTP), exactly TCP port P
+// in plain HTTP, proxied to the gateway on 127.0.0.1:gatewayPort; without
+// it, no plain-HTTP serve entry (an HTTPS serve entry is reported, not
+// judged: headscale cannot issue its certificate, so it stays unproven
+// here). Any funnel entry (AllowFunnel, in a foreground session too) fails.
+func JudgeServe(s Spec, out string) (problems []string, summary string) {
+	var st ServeStatus
+	if strings.TrimSpace(out) == "" {
+		out = "{}"
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return []string{fmt.Sprintf("tailscale serve status --json: %v", err)}, ""
+	}
+	var funnel []string
+	var walk func(prefix string, c ServeStatus)
+	walk = func(prefix string, c ServeStatus) {
+		for hp, on := range c.AllowFunnel {
+			if on {
+				funnel = append(funnel, prefix+hp)
+			}
+		}
+		for id, f := range c.Foreground {
+			walk(prefix+"foreground session "+id+": ", f)
+		}
+	}
+	walk("", st)
+	sort.Strings(funnel)
+	for _, f := range funnel {
+		problems = append(problems, "funnel is on for "+f+" (the gateway would be served to the internet)")
+	}
+	var ports []string
+	for p := range st.TCP {
+		ports = append(ports, p)
+	}
+	sort.Strings(ports)
+	gwPort := 0
+	if s.Gateway != nil {
+		gwPort = s.Gateway.Port
+	}
+	if p := s.TailscaleServeHTTP; p > 0 {
+		want := strconv.Itoa(p)
+		if len(ports) != 1 || ports[0] != want || !st.TCP[want].HTTP {
+			problems = append(problems, fmt.Sprintf("serve has TCP ports [%s], want only %s in plain HTTP (gateway.tailscale_mode serve-http)", strings.Join(ports, " "), want))
+		}
+		proxied := false
+		for hp, w := range st.Web {
+			if strings.HasSuffix(hp, ":"+want) {
+				for _, h := range w.Handlers {
+					proxied = proxied || h.Proxy == fmt.Sprintf("http://127.0.0.1:%d", gwPort)
+				}
+			}
+		}
+		if !proxied {
+			problems = append(problems, fmt.Sprintf("no web handler on port %s proxies to the gateway at http://127.0.0.1:%d", want, gwPort))
+		}
+		summary = fmt.Sprintf("serve: the gateway (127.0.0.1:%d) on the tailnet at port %d in plain HTTP (serve-http), nothing else, no funnel", gwPort, p)
+	} else {
+		for _, p := range ports {
+			if st.TCP[p].HTTP {
+				problems = append(problems, fmt.Sprintf("serve has plain-HTTP port %s, which the image's claims do not name", p))
+			}
+		}
+		summary = fmt.Sprintf("serve: no plain-HTTP entry (the claims name none), no funnel; TCP ports [%s] (an HTTPS serve entry is not judged)", strings.Join(ports, " "))
+	}
+	return problems, summary
+}
+
+// tailnetServe: serve status as the admin (the operator, no sudo).
+func (r *runner) tailnetServe(ctx context.Context, in *instance) (Status, string) {
+	var ev evidence
+	res, err := in.runT(ctx, "tailscale serve status --json", nil, time.Minute)
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	if res.Exit != 0 {
+		return Fail, fmt.Sprintf("tailscale serve status --json as %s (no sudo) exited %d\n\n%s", r.o.Spec.AdminUser, res.Exit, ev)
+	}
+	problems, summary := JudgeServe(r.o.Spec, res.Stdout)
+	return verdict(problems, ev, summary+fmt.Sprintf("; read by %s without sudo", r.o.Spec.AdminUser))
+}
+
+// tailnetReboot: after the reboot the node is the same (ID and node key),
+// running again, and the join did not run again.
+func (r *runner) tailnetReboot(ctx context.Context, in *instance, before tsSelf) (Status, string) {
+	var ev evidence
+	var problems []string
+	if before.Self.ID == "" {
+		return Fail, fmt.Sprintf("not comparable: the node did not join before the reboot (see %s)", checkTailscaleJoined.ID)
+	}
+	ev.add("before the reboot: %s", before)
+	t0 := time.Now()
+	var after tsSelf
+	for {
+		res, err := in.sudo(ctx, "tailscale status --json")
+		if err == nil {
+			after, err = parseTSStatus(res.Stdout)
+		}
+		if err == nil && after.BackendState == "Running" && after.Self.Online {
+			break
+		}
+		if time.Since(t0) > 3*time.Minute || ctx.Err() != nil {
+			problems = append(problems, fmt.Sprintf("not running and online again within 3 min of the login after the reboot: %s %v", after, err))
+			break
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
+	ev.add("after the reboot (%s after the login): %s", time.Since(t0).Round(time.Second), after)
+	if after.Self.ID != before.Self.ID || after.Self.PublicKey != before.Self.PublicKey {
+		problems = append(problems, fmt.Sprintf("another node after the reboot: %s key %s (was %s key %s)", orDash(after.Self.ID), orDash(after.Self.PublicKey), before.Self.ID, before.Self.PublicKey))
+	}
+	res, err := in.sudo(ctx, "systemctl show -p ActiveState,ConditionResult "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	if err != nil {
+		return Fail, err.Error()
+	}
+	ev.cmd(res)
+	if !strings.Contains(res.Stdout, "ConditionResult=no") {
+		problems = append(problems, "the join unit's condition (the key file) was not false after the reboot: it may have joined again")
+	}
+	if strings.Contains(res.Stdout, "key-present") {
+		problems = append(problems, appliance.TailscaleAuthKeyFile+" is back after the reboot")
+	}
+	return verdict(problems, ev, fmt.Sprintf("%s is the same node %s (same node key) after a reboot, running with no re-auth", in.name(), before.Self.ID))
+}
+
+// The tailnet checks: planned only with --tailnet (Options.Tailnet), on
+// the last instance of each firmware.
+var (
+	checkTailscaleJoined = Check{ID: "tailscale.joined", Scope: ScopeFirmware, Needs: "--tailnet-login-server and --tailnet-authkey-file, --instances 2+, root",
+		claim: func(Spec, *GatewaySpec) string {
+			return "first boot joins the tailnet of the seed's login server with the seed's auth key, no human step: the node is running and online, its control server the given one"
+		}, tailnet: true}
+	checkTailscaleKeyGone = Check{ID: "tailscale.key-gone", Scope: ScopeFirmware, Needs: "--tailnet-*",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the seed's auth key is gone after the join: its file removed, in no log line (secrets.seed-copies searches every file for it)"
+		}, tailnet: true}
+	checkTailscaleServe = Check{ID: "tailscale.serve", Scope: ScopeFirmware, Needs: "--tailnet-*",
+		claim: func(s Spec, gw *GatewaySpec) string {
+			if s.TailscaleServeHTTP > 0 {
+				return fmt.Sprintf("tailscale serve status (read by the operator without sudo) serves the gateway on the tailnet at port %d in plain HTTP and nothing else, with no funnel entry", s.TailscaleServeHTTP)
+			}
+			return "tailscale serve status (read by the operator without sudo) has no plain-HTTP entry and no funnel entry"
+		}, tailnet: true}
+	checkTailscaleReboot = Check{ID: "tailscale.reboot", Scope: ScopeFirmware, Needs: "--tailnet-*",
+		claim: func(Spec, *GatewaySpec) string {
+			return "after a reboot the instance is the same node (node ID and key), running again with no re-auth"
+		}, tailnet: true}
+)

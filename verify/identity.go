@@ -154,12 +154,33 @@ func (r *runner) identity(ctx context.Context, fw string, insts []*instance) boo
 		r.record(fw, checkIdentityReboot.ID, Skip, fmt.Sprintf("not run: no SSH session on instance %s", last.name()), 0)
 		return false
 	}
+	// The tailnet instance (the last) joined at first boot: its checks
+	// before the reboot, the same node after it.
+	var tsBefore tsSelf
+	if last.tailnet {
+		tsBefore = r.tailnetChecks(ctx, fw, last)
+		if ctx.Err() != nil {
+			return false
+		}
+	}
 	t1 := time.Now()
 	st, text = r.reboot(ctx, last, ids[len(ids)-1])
 	if ctx.Err() != nil {
 		return false
 	}
 	r.record(fw, checkIdentityReboot.ID, st, text, time.Since(t1))
+	if last.tailnet {
+		t2 := time.Now()
+		if last.sess == nil {
+			r.record(fw, checkTailscaleReboot.ID, Fail, "no SSH session after the reboot (see "+checkIdentityReboot.ID+")", 0)
+		} else {
+			st, text = r.tailnetReboot(ctx, last, tsBefore)
+			if ctx.Err() != nil {
+				return false
+			}
+			r.record(fw, checkTailscaleReboot.ID, st, r.redactKey(text), time.Since(t2))
+		}
+	}
 	return last.sess != nil
 }
 

@@ -89,6 +89,9 @@ type Report struct {
 	// UserData is the --user-data file merged into the seeds' user-data.
 	UserData       string `json:"user_data,omitempty"`
 	UserDataSHA256 string `json:"user_data_sha256,omitempty"`
+	// Tailnet is the login server the last instance of each firmware
+	// joined (--tailnet-login-server); never the auth key.
+	Tailnet string `json:"tailnet,omitempty"`
 	// Seeds says how each instance got its seed (SeedNoCloud, SeedSMBIOS),
 	// by instance name ("bios-0").
 	Seeds map[string]string `json:"seeds,omitempty"`

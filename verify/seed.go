@@ -91,6 +91,9 @@ type Seed struct {
 	// secrets.seed-copies looks for it on the disk, where no copy of the
 	// user-data may stay (cloud-init's stored copies are scrubbed).
 	Canary string
+	// The tailnet the instance joins (--tailnet-*): the auth key, login
+	// server and CA of firstboot.Seed.
+	TailscaleAuthKey, TailscaleLoginServer, TailscaleCA string
 }
 
 // canaryComment is the user-data comment that carries the canary.
@@ -113,7 +116,8 @@ const (
 // firstboot is the seed as package firstboot writes it (meta-data, bake's
 // files): one writer of the format the image reads.
 func (s Seed) firstboot() firstboot.Seed {
-	return firstboot.Seed{InstanceID: s.InstanceID, Hostname: s.Hostname, AdminKeys: s.AuthorizedKeys, GatewayToken: s.Token}
+	return firstboot.Seed{InstanceID: s.InstanceID, Hostname: s.Hostname, AdminKeys: s.AuthorizedKeys, GatewayToken: s.Token,
+		TailscaleAuthKey: s.TailscaleAuthKey, TailscaleLoginServer: s.TailscaleLoginServer, TailscaleCA: s.TailscaleCA}
 }
 
 // MetaData is the NoCloud meta-data file.

@@ -88,7 +88,7 @@ func (r *runner) plan() []string {
 	if r.o.UpgradeFrom != "" {
 		return PlanUpgrade(r.o.Spec)
 	}
-	return Plan(r.o.Spec, r.o.Instances)
+	return PlanTailnet(r.o.Spec, r.o.Instances, r.o.Tailnet != nil)
 }
 
 // imageFacts is what an upgrade run reads from each image file before it

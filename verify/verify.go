@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -74,7 +75,13 @@ type Options struct {
 	// SeedVia is how the instances get their seed, assigned in turn
 	// (instance i gets SeedVia[i % len]): SeedNoCloud (the default when
 	// empty) or SeedSMBIOS. See SeedVias.
-	SeedVia     []string
+	SeedVia []string
+	// Tailnet, when set, makes the last instance of each firmware join
+	// this control server at first boot and plans the tailscale.joined,
+	// key-gone, serve and reboot checks on it (see Tailnet). It needs the
+	// outside namespace (root) and 2 instances or more: without them those
+	// checks fail.
+	Tailnet     *Tailnet
 	Log         io.Writer // progress lines; nil = none
 	BakeVersion string
 	// UpgradeFrom, when set, makes the run an upgrade proof (bake verify
@@ -294,6 +301,9 @@ func NewReport(o Options) *Report {
 		rep.UserData, rep.UserDataSHA256 = o.UserData.Name, o.UserData.SHA256
 	}
 	rep.UpgradeFrom = o.UpgradeFrom
+	if o.Tailnet != nil {
+		rep.Tailnet = o.Tailnet.LoginServer
+	}
 	return rep
 }
 
@@ -387,8 +397,11 @@ type instance struct {
 	key    *Key
 	token  string // the seed's token; "" lets first boot generate one
 	canary string // in the seed's user-data only (secrets.seed-copies)
-	via    string // SeedNoCloud or SeedSMBIOS
-	serial string
+	// tailnet: this instance's seed has Options.Tailnet's key, login
+	// server and CA, and it has the outbound NIC.
+	tailnet bool
+	via     string // SeedNoCloud or SeedSMBIOS
+	serial  string
 
 	fwdPort    int // user mode: host port forwarded to the guest's SSH
 	ipv4, ipv6 netip.Addr
@@ -474,6 +487,15 @@ func (r *runner) firmware(ctx context.Context, fw string) {
 			}
 			r.hostError("%s: %v", fw, err)
 			return
+		}
+	}
+	if r.o.Tailnet != nil && !insts[len(insts)-1].tailnet {
+		why := "not run: --tailnet-* needs --instances 2 or more (the last instance joins)"
+		if !r.netns {
+			why = "not run: --tailnet-* needs the outside network namespace (" + r.outsideWhy + ")"
+		}
+		for _, k := range []*Check{&checkTailscaleJoined, &checkTailscaleKeyGone, &checkTailscaleServe, &checkTailscaleReboot} {
+			r.record(fw, k.ID, Fail, why, 0)
 		}
 	}
 	var wg sync.WaitGroup
@@ -587,6 +609,15 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 		Token:          in.token,
 		Extra:          r.o.UserData,
 	}
+	// The tailnet instance is the last one (the one identity.reboot
+	// reboots), and only with the outside namespace: its link then sends
+	// no default route and its second NIC (user-mode, unrestricted) is its
+	// way to the control server. The main instance's checks run on the
+	// isolated link alone.
+	if t := r.o.Tailnet; t != nil && idx == r.o.Instances-1 && idx > 0 && r.netns {
+		in.tailnet = true
+		seed.TailscaleAuthKey, seed.TailscaleLoginServer, seed.TailscaleCA = t.AuthKey, t.LoginServer, t.CA
+	}
 	var seedPath string
 	var smbios []string
 	switch in.via {
@@ -638,13 +669,22 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 		cfg.Disk, cfg.DiskFormat, cfg.Snapshot = b.disk, b.format, b.snapshot
 	}
 	if r.netns {
-		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx))
+		var opts []vm.LinkOption
+		if in.tailnet {
+			opts = append(opts, vm.LinkNoDefaultRoute)
+		}
+		link, err := vm.NewLink(ctx, fmt.Sprintf("verify-%s-%d", fw, idx), opts...)
 		if err != nil {
 			return in, fmt.Errorf("outside network namespace: %w", err)
 		}
 		in.link = link
 		cfg.Net = link.NetConfig()
 		cfg.Net.MAC = in.mac.String()
+		if in.tailnet {
+			out := slices.Clone(in.mac)
+			out[4] ^= 0x80
+			cfg.Outbound = &vm.OutboundNIC{MAC: out.String()}
+		}
 	} else {
 		port, err := vm.FreePort()
 		if err != nil {
@@ -665,6 +705,9 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 	where := fmt.Sprintf(", ssh forwarded on 127.0.0.1:%d", in.fwdPort)
 	if in.link != nil {
 		where = fmt.Sprintf(", netns %s, dnsmasq pid %d", in.link.Netns, in.link.DNSMasqPID())
+	}
+	if in.tailnet {
+		where += fmt.Sprintf(", no default route on the link; joins %s through a second NIC %s (user-mode, unrestricted)", r.o.Tailnet.LoginServer, cfg.Outbound.MAC)
 	}
 	in.poweredOn = time.Now()
 	r.logf("%s: QEMU pid %d (accel %s), MAC %s%s, seed via %s", in.name(), v.PID(), v.Config.Accel, in.mac, where, in.via)

@@ -175,6 +175,16 @@ type Config struct {
 
 	ExtraDrives []Drive
 
+	// Outbound, when set, gives the guest a second NIC on QEMU's
+	// user-mode network WITHOUT restrict=on: the guest reaches whatever
+	// QEMU's process can (the host's networks and the internet through
+	// the host's sockets, the host's loopback as 10.0.2.2), and nothing
+	// reaches the guest through it (no host forwards). IPv4 only; DHCP
+	// gives 10.0.2.15, router 10.0.2.2, DNS 10.0.2.3. The one exception to
+	// the package's rule that user-mode networking is restricted: bake
+	// verify --tailnet's way to a control server.
+	Outbound *OutboundNIC
+
 	Accel string // AccelAuto (default), AccelKVM or AccelTCG
 
 	UUID     string // optional SMBIOS system UUID
@@ -557,7 +567,39 @@ func Cmdline(c Config) ([]string, error) {
 	return a, nil
 }
 
+// OutboundNIC is Config.Outbound.
+type OutboundNIC struct {
+	MAC string // e.g. "52:54:00:12:34:57"; required (it must differ from Net.MAC)
+}
+
+func outboundArgs(c Config) ([]string, error) {
+	o := c.Outbound
+	if o == nil {
+		return nil, nil
+	}
+	hw, err := net.ParseMAC(o.MAC)
+	if err != nil || len(hw) != 6 || hw[0]&1 != 0 {
+		return nil, fmt.Errorf("vm: bad Outbound.MAC %q", o.MAC)
+	}
+	if m, err := net.ParseMAC(c.Net.MAC); err == nil && m.String() == hw.String() {
+		return nil, fmt.Errorf("vm: Outbound.MAC %s is Net.MAC too", o.MAC)
+	}
+	return []string{"-netdev", "user,id=net1,ipv4=on,ipv6=off", "-device", c.NICModel + ",netdev=net1,mac=" + hw.String()}, nil
+}
+
 func nicArgs(c Config) ([]string, error) {
+	nic, err := nicArgs0(c)
+	if err != nil {
+		return nil, err
+	}
+	out, err := outboundArgs(c)
+	if err != nil {
+		return nil, err
+	}
+	return append(nic, out...), nil
+}
+
+func nicArgs0(c Config) ([]string, error) {
 	n := c.Net
 	if n.Mode != NetUser && len(n.Forwards) > 0 {
 		return nil, fmt.Errorf("vm: host forwards need user-mode networking, not %q", n.Mode)

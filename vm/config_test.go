@@ -302,3 +302,28 @@ func TestSMBIOSPath(t *testing.T) {
 		}
 	}
 }
+
+// TestCmdlineOutbound: Config.Outbound adds a second NIC on an
+// unrestricted user-mode network (IPv4 only, no forwards) after the main
+// one, which keeps restrict=on; a bad or shared MAC is refused.
+func TestCmdlineOutbound(t *testing.T) {
+	c := Config{Disk: "/img/a.qcow2", DiskFormat: "qcow2", Accel: AccelTCG,
+		Net:      NetConfig{Mode: NetUser, MAC: "52:54:00:be:01:01", Forwards: []Forward{{HostPort: 2222, GuestPort: 22}}},
+		Outbound: &OutboundNIC{MAC: "52:54:00:be:81:01"}}
+	got, err := Cmdline(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Join(got, " ")
+	want := "-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net0,mac=52:54:00:be:01:01" +
+		" -netdev user,id=net1,ipv4=on,ipv6=off -device virtio-net-pci,netdev=net1,mac=52:54:00:be:81:01"
+	if !strings.Contains(s, want) {
+		t.Errorf("command line:\n%s\nlacks\n%s", s, want)
+	}
+	for _, mac := range []string{"52:54:00:be:01:01", "01:00:5e:00:00:01", "x"} {
+		c.Outbound.MAC = mac
+		if _, err := Cmdline(c); err == nil {
+			t.Errorf("Outbound.MAC %q accepted", mac)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,15 +61,26 @@ type Link struct {
 	dnsmasqDone  <-chan struct{}
 	dnsmasqChild *execx.Child
 
+	noRoute bool // LinkNoDefaultRoute
+
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
 }
 
+// LinkOption changes what a Link offers the guest.
+type LinkOption string
+
+// LinkNoDefaultRoute: the link's DHCP sends no router and its router
+// advertisements have a lifetime of 0, so the guest has no default route
+// through the link (a guest with a second NIC, vm.Config.Outbound, then
+// routes everything off the link through that NIC).
+const LinkNoDefaultRoute LinkOption = "no-default-route"
+
 // NewLink creates the namespace bake-<name>-<pid>, its tap device and
 // addresses, and starts dnsmasq in it. On error everything made so far is
 // undone. Close undoes it all.
-func NewLink(ctx context.Context, name string) (_ *Link, err error) {
+func NewLink(ctx context.Context, name string, opts ...LinkOption) (_ *Link, err error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("vm: a network namespace link needs root")
 	}
@@ -81,9 +93,10 @@ func NewLink(ctx context.Context, name string) (_ *Link, err error) {
 		}
 	}
 	l := &Link{
-		Netns:  fmt.Sprintf("bake-%s-%d", name, sweep.OwnerPID()),
-		Tap:    linkTap,
-		closed: make(chan struct{}),
+		noRoute: slices.Contains(opts, LinkNoDefaultRoute),
+		Netns:   fmt.Sprintf("bake-%s-%d", name, sweep.OwnerPID()),
+		Tap:     linkTap,
+		closed:  make(chan struct{}),
 	}
 	// A namespace of this exact name can only be left over from an earlier
 	// process with our PID that died without cleaning up.
@@ -152,14 +165,22 @@ func (l *Link) startDNSMasq() error {
 		"--bind-dynamic", "--interface=" + l.Tap, "--except-interface=lo",
 		"--dhcp-authoritative",
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", LinkDHCPFirst, LinkDHCPLast),
-		"--dhcp-option=option:router," + LinkHostIPv4.Addr().String(),
 		"--enable-ra",
 		"--dhcp-range=" + LinkHostIPv6.Masked().Addr().String() + ",ra-only,64,1h",
-		"--dhcp-leasefile=" + l.leaseFile(),
-		"--pid-file=" + filepath.Join(l.dir, "dnsmasq.pid"),
-		"--log-facility=" + l.DNSMasqLog(),
-		"--log-dhcp",
 	}
+	if l.noRoute {
+		// An empty router option sends none; router lifetime 0: not a
+		// default router (the prefix is still advertised for SLAAC).
+		args = append(args, "--dhcp-option=option:router", "--ra-param="+l.Tap+",60,0")
+	} else {
+		args = append(args, "--dhcp-option=option:router,"+LinkHostIPv4.Addr().String())
+	}
+	args = append(args,
+		"--dhcp-leasefile="+l.leaseFile(),
+		"--pid-file="+filepath.Join(l.dir, "dnsmasq.pid"),
+		"--log-facility="+l.DNSMasqLog(),
+		"--log-dhcp",
+	)
 	out, err := os.Create(filepath.Join(l.dir, "dnsmasq.out"))
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,10 +21,19 @@ import (
 
 // HeadscaleConfig says where a test's headscale runs.
 type HeadscaleConfig struct {
-	Bin   string     // the headscale binary (BuildHeadscale)
-	Netns string     // the namespace it runs in (made by the test)
-	Addr  netip.Addr // an address of that namespace: HTTPS on :443, STUN on :3478/udp
+	Bin string // the headscale binary (BuildHeadscale)
+	// Netns is the namespace it runs in (made by the test); "" is the
+	// test's own, where only loopback addresses are for Addr and every
+	// port is a free one (its metrics and gRPC listeners too).
+	Netns string
+	Addr  netip.Addr // an address of that namespace: HTTPS on :Port, STUN on :3478/udp (a free port without Netns)
 	Dir   string     // its config, database, keys, certificates and log (the test's temp dir)
+	// Port is the HTTPS port (0: 443, or a free one without Netns).
+	Port int
+	// URLAddr is the address nodes reach it at, when not Addr: a guest on
+	// QEMU's user-mode network reaches the host's 127.0.0.1 as 10.0.2.2.
+	// The URL, the certificate and the DERP region name it.
+	URLAddr netip.Addr
 	// Policy, when set, is the tailnet policy (HuJSON) headscale enforces;
 	// empty means headscale's default (every node reaches every node).
 	Policy string
@@ -37,26 +47,75 @@ type Headscale struct {
 	Config string  // its config file (the CLI's -c)
 	daemon         // Log: its stdout and stderr
 
-	cfg HeadscaleConfig
+	cfg                 HeadscaleConfig
+	stun, metrics, grpc int // ports
+}
+
+// freePort is a port of addr free at the moment.
+func freePort(network string, addr netip.Addr) (int, error) {
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", netip.AddrPortFrom(addr, 0).String())
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port, nil
+	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // StartHeadscale writes a config and a test CA into cfg.Dir and starts
 // headscale in cfg.Netns. It is ready when its HTTPS health endpoint
 // answers through the CA. Close stops it.
 func StartHeadscale(ctx context.Context, cfg HeadscaleConfig) (_ *Headscale, err error) {
-	if cfg.Bin == "" || cfg.Netns == "" || !cfg.Addr.Is4() || cfg.Dir == "" {
-		return nil, fmt.Errorf("tailnettest: headscale needs Bin, Netns, an IPv4 Addr and Dir")
+	if cfg.Bin == "" || !cfg.Addr.Is4() || cfg.Dir == "" || (cfg.Netns == "" && !cfg.Addr.IsLoopback()) {
+		return nil, fmt.Errorf("tailnettest: headscale needs Bin, an IPv4 Addr (a loopback one without Netns) and Dir")
 	}
-	ca, err := NewTestCA(cfg.Dir, []netip.Addr{cfg.Addr}, nil)
+	h := &Headscale{cfg: cfg}
+	h.stun, h.metrics, h.grpc = 3478, 9090, 50443
+	if cfg.Netns == "" {
+		var err error
+		if h.cfg.Port == 0 {
+			if h.cfg.Port, err = freePort("tcp", cfg.Addr); err != nil {
+				return nil, err
+			}
+		}
+		for _, p := range []*int{&h.metrics, &h.grpc} {
+			if *p, err = freePort("tcp", cfg.Addr); err != nil {
+				return nil, err
+			}
+		}
+		if h.stun, err = freePort("udp", cfg.Addr); err != nil {
+			return nil, err
+		}
+	}
+	if h.cfg.Port == 0 {
+		h.cfg.Port = 443
+	}
+	if !h.cfg.URLAddr.IsValid() {
+		h.cfg.URLAddr = cfg.Addr
+	}
+	cfg = h.cfg
+	ca, err := NewTestCA(cfg.Dir, []netip.Addr{cfg.Addr, cfg.URLAddr}, nil)
 	if err != nil {
 		return nil, err
 	}
-	h := &Headscale{
-		URL:    "https://" + cfg.Addr.String(),
+	url := "https://" + cfg.URLAddr.String()
+	if cfg.Port != 443 {
+		url += ":" + strconv.Itoa(cfg.Port)
+	}
+	*h = Headscale{
+		URL:    url,
 		CA:     ca,
 		Config: filepath.Join(cfg.Dir, "headscale.yaml"),
 		daemon: daemon{Log: filepath.Join(cfg.Dir, "headscale.log")},
 		cfg:    cfg,
+		stun:   h.stun, metrics: h.metrics, grpc: h.grpc,
 	}
 	policyPath := ""
 	if cfg.Policy != "" {
@@ -73,7 +132,10 @@ func StartHeadscale(ctx context.Context, cfg HeadscaleConfig) (_ *Headscale, err
 		return nil, err
 	}
 	defer out.Close()
-	cmd := exec.Command("ip", "netns", "exec", cfg.Netns, cfg.Bin, "-c", h.Config, "serve")
+	cmd := exec.Command(cfg.Bin, "-c", h.Config, "serve")
+	if cfg.Netns != "" {
+		cmd = exec.Command("ip", "netns", "exec", cfg.Netns, cfg.Bin, "-c", h.Config, "serve")
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if h.child, err = execx.StartPinned(cmd); err != nil {
 		return nil, fmt.Errorf("tailnettest: starting headscale: %w", err)
@@ -89,9 +151,9 @@ func StartHeadscale(ctx context.Context, cfg HeadscaleConfig) (_ *Headscale, err
 func (h *Headscale) config(policyPath string) string {
 	d, a := h.cfg.Dir, h.cfg.Addr.String()
 	return fmt.Sprintf(`server_url: %[2]s
-listen_addr: %[3]s:443
-metrics_listen_addr: 127.0.0.1:9090
-grpc_listen_addr: 127.0.0.1:50443
+listen_addr: %[3]s:%[7]d
+metrics_listen_addr: 127.0.0.1:%[8]d
+grpc_listen_addr: 127.0.0.1:%[9]d
 grpc_allow_insecure: false
 noise:
   private_key_path: %[1]s/noise_private.key
@@ -106,10 +168,10 @@ derp:
     region_code: headscale
     region_name: bake test embedded DERP
     verify_clients: true
-    stun_listen_addr: %[3]s:3478
+    stun_listen_addr: %[3]s:%[10]d
     private_key_path: %[1]s/derp_server_private.key
     automatically_add_embedded_derp_region: true
-    ipv4: %[3]s
+    ipv4: %[11]s
   urls: []
   paths: []
   auto_update_enabled: false
@@ -139,7 +201,7 @@ logtail:
   enabled: false
 taildrop:
   enabled: false
-`, d, h.URL, a, h.CA.ServerCertFile, h.CA.ServerKeyFile, policyPath)
+`, d, h.URL, a, h.CA.ServerCertFile, h.CA.ServerKeyFile, policyPath, h.cfg.Port, h.metrics, h.grpc, h.stun, h.cfg.URLAddr)
 }
 
 // waitReady polls https://Addr/health from inside the namespace, trusting
@@ -177,7 +239,13 @@ func (h *Headscale) health(ctx context.Context, pool *x509.CertPool) error {
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool},
 		Proxy:           nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// The listen address, whatever address the URL names.
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			addr := netip.AddrPortFrom(h.cfg.Addr, uint16(h.cfg.Port)).String()
+			if h.cfg.Netns == "" {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", addr)
+			}
 			return DialIn(ctx, h.cfg.Netns, addr)
 		},
 	}

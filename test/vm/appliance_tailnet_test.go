@@ -21,6 +21,7 @@ import (
 	"github.com/bakeimg/bake/firstboot"
 	"github.com/bakeimg/bake/internal/tailnettest"
 	"github.com/bakeimg/bake/internal/testcache"
+	"github.com/bakeimg/bake/verify"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -100,7 +101,8 @@ func (tn *tailnet) seed(s *firstboot.Seed) {
 // test, joined to the link) reaches the gateway through the tailnet
 // (serve-http, port 80) and gets its health answer with the token, while
 // the same request from the link, without the tailnet, is refused; the
-// path is reported; serve status has no funnel; the operator (the admin)
+// path is reported, and again with 41641/udp closed (closedPath); serve
+// status has no funnel; the operator (the admin)
 // reads it without sudo, and another user cannot change it.
 func checkTailnet(t *testing.T, g *guest, tn *tailnet, token string) {
 	t.Helper()
@@ -182,11 +184,12 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 	}
 	nd := filepath.Join(tn.dir, "client")
 	os.Mkdir(nd, 0o700)
-	client, err := tailnettest.StartNode(ctx, tailnettest.NodeConfig{Tailscale: tn.ts, Tailscaled: tn.tsd, Netns: ns.Name, Dir: nd, CAFile: tn.hs.CA.CertFile})
+	ncfg := tailnettest.NodeConfig{Tailscale: tn.ts, Tailscaled: tn.tsd, Netns: ns.Name, Dir: nd, CAFile: tn.hs.CA.CertFile}
+	client, err := tailnettest.StartNode(ctx, ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	defer func() { client.Close() }() // the one running at the end (closedPath restarts it)
 	key2, err := tn.hs.PreAuthKey(ctx, tn.user, false)
 	if err != nil {
 		t.Fatal(err)
@@ -273,10 +276,132 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 		t.Errorf("serve status --json: want TCP port 80 and no funnel:\n%s", sj)
 	}
 	t.Logf("tailscale serve status --json, as the admin without sudo: %s", strings.Join(strings.Fields(sj), " "))
+	judgeFunnel(t, g, sj, cfg.Web)
 	if out, err := g.run("sudo -u nobody tailscale serve --bg --http=8081 http://127.0.0.1:18789"); err == nil {
 		t.Errorf("nobody (neither root nor the operator) changed the serve configuration:\n%s", out)
 	} else {
 		t.Logf("nobody changing the serve configuration: refused: %s", strings.Join(strings.Fields(out), " "))
+	}
+
+	// Last (it restarts the client): the path again with 41641/udp closed.
+	client = closedPath(ctx, t, g, ncfg, client, addr, path)
+}
+
+// closedPath closes 41641/udp in the appliance's firewall, makes the nodes
+// find their path again and reports it, twice:
+//
+//  1. in ufw (ufw delete allow 41641/udp). tailscaled (netfilter mode on)
+//     keeps a rule of its own in its ts-input chain, ahead of ufw's, that
+//     may accept its port anyway: the chain is logged.
+//  2. ahead of every accept: a DROP of new inbound flows to 41641/udp
+//     (IPv4 and IPv6) first in INPUT, its packet counter logged (what it
+//     dropped).
+//
+// Each time the client's tailscaled restarts on the same state (the same
+// node) on another UDP port (41642, then 41643), so no connection-tracking
+// entry the guest holds for an earlier path matches what it sends: the
+// path that comes up was set up with the port closed. A pong must come back
+// (direct if the appliance's own packets from 41641 open the way for the
+// answers, or relayed through headscale's DERP); which, and what changed,
+// is logged. Everything is put back afterwards. It returns the running
+// client.
+func closedPath(ctx context.Context, t *testing.T, g *guest, cfg tailnettest.NodeConfig, client *tailnettest.Node, addr netip.Addr, before tailnettest.Path) *tailnettest.Node {
+	t.Helper()
+	repath := func(port int, how string) tailnettest.Path {
+		client.Close()
+		cfg.Port = port
+		t0 := time.Now()
+		var err error
+		if client, err = tailnettest.StartNode(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			s, err := client.Status(ctx)
+			if err == nil && s.BackendState == "Running" {
+				break
+			}
+			if time.Since(t0) > time.Minute {
+				t.Fatalf("the client restarted on port %d is not running: %+v %v\n%s", port, s, err, client.LogTail(30))
+			}
+			time.Sleep(time.Second)
+		}
+		after, err := client.Ping(ctx, addr, 20, true)
+		if err != nil {
+			t.Errorf("with 41641/udp closed %s: client -> appliance: %v\n%s", how, err, client.LogTail(30))
+			return after
+		}
+		change := "the same kind of path"
+		if before.Direct != after.Direct {
+			change = "another kind of path"
+		}
+		t.Logf("path client (10.77.1.2, now from port %d) -> appliance (%s) with 41641/udp closed %s, %s after the client's restart: %s; with it open: %s (%s; the appliance's endpoint %s -> %s)",
+			port, addr, how, since(t0), after, before, change, before.Via, after.Via)
+		if out, err := g.run("tailscale status --json 2>/dev/null | grep -E '\"(CurAddr|Relay)\"'"); err == nil {
+			t.Logf("the appliance's status (self, then the client): %s", strings.Join(strings.Fields(out), " "))
+		}
+		return after
+	}
+
+	g.must("sudo ufw delete allow 41641/udp")
+	defer g.must("sudo ufw allow 41641/udp")
+	st := g.must("sudo ufw status; sudo iptables -S ufw-user-input; sudo ip6tables -S ufw6-user-input")
+	if strings.Contains(st, "41641") {
+		t.Fatalf("41641/udp still open after ufw delete:\n%s", st)
+	}
+	t.Logf("41641/udp closed in ufw:\n%s", st)
+	ts := g.must("sudo iptables -S INPUT; sudo iptables -S ts-input 2>&1; true")
+	t.Logf("INPUT and tailscaled's own chain (ts-input), with 41641/udp closed in ufw:\n%s", ts)
+	inUFW := repath(41642, "in ufw")
+
+	drop := "INPUT -p udp --dport 41641 -m conntrack --ctstate NEW -j DROP"
+	g.must("sudo iptables -I " + drop + " && sudo ip6tables -I " + drop)
+	defer g.must("sudo iptables -D " + drop + "; sudo ip6tables -D " + drop)
+	ahead := repath(41643, "ahead of every accept (a DROP of new flows first in INPUT)")
+	counters := g.must("sudo iptables -L INPUT 1 -n -v -x; sudo ip6tables -L INPUT 1 -n -v -x")
+	t.Logf("the DROP's counters (packets bytes ...), what it dropped: %s", strings.Join(strings.Fields(counters), " "))
+	t.Logf("41641/udp closed: in ufw %s; ahead of every accept %s; open %s", inUFW.Via, ahead.Via, before.Via)
+	return client
+}
+
+// judgeFunnel: bake verify's tailscale.serve judge (verify.JudgeServe,
+// for the recipe's serve-http port 80) on this real serve status passes;
+// with a funnel entry for the served host written raw (tailscale serve
+// set-raw: tailscaled stores it; headscale grants no funnel, so nothing is
+// exposed) the judge fails, naming the entry; the configuration is put
+// back as it was and passes again.
+func judgeFunnel(t *testing.T, g *guest, sj string, web map[string]json.RawMessage) {
+	t.Helper()
+	spec := verify.DefaultSpec()
+	spec.TailscaleServeHTTP = 80
+	if p, _ := verify.JudgeServe(spec, sj); len(p) > 0 {
+		t.Errorf("verify's serve judge fails the appliance's serve status: %v", p)
+	}
+	var host string
+	for h := range web {
+		host = h
+	}
+	if host == "" {
+		t.Fatalf("no web entry in serve status: %s", sj)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(sj), &raw); err != nil {
+		t.Fatal(err)
+	}
+	raw["AllowFunnel"] = map[string]bool{host: true}
+	b, _ := json.Marshal(raw)
+	g.mustIn(string(b), "sudo tailscale serve set-raw")
+	fj := g.must("tailscale serve status --json 2>/dev/null")
+	p, _ := verify.JudgeServe(spec, fj)
+	if want := "funnel is on for " + host; len(p) != 1 || !strings.Contains(p[0], want) {
+		t.Errorf("verify's serve judge on a serve status with a funnel entry: %q, want one problem %q\n%s", p, want, fj)
+	} else {
+		t.Logf("verify's serve judge on the real serve status with a funnel entry written raw: fails: %s", p[0])
+	}
+	g.mustIn(sj, "sudo tailscale serve set-raw")
+	if back := g.must("tailscale serve status --json 2>/dev/null"); strings.Contains(back, "AllowFunnel") {
+		t.Fatalf("the funnel entry is still there after the configuration was put back:\n%s", back)
+	} else if p, _ := verify.JudgeServe(spec, back); len(p) > 0 {
+		t.Errorf("verify's serve judge on the configuration put back: %v", p)
 	}
 }
 

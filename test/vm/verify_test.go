@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	"github.com/bakeimg/bake/builder/recipe"
+	"github.com/bakeimg/bake/internal/tailnettest"
+	"github.com/bakeimg/bake/internal/testcache"
 	"github.com/bakeimg/bake/verify"
 	"github.com/bakeimg/bake/vm"
 )
@@ -45,6 +48,7 @@ type verifyReport struct {
 	Verdict     string `json:"verdict"`
 	// Seeds: how each instance got its seed (--seed-via), by instance.
 	Seeds   map[string]string `json:"seeds"`
+	Tailnet string            `json:"tailnet"` // --tailnet-login-server
 	Results []struct {
 		ID       string  `json:"id"`
 		Firmware string  `json:"firmware"`
@@ -53,6 +57,15 @@ type verifyReport struct {
 		Evidence string  `json:"evidence"`
 		Seconds  float64 `json:"seconds"`
 	} `json:"results"`
+}
+
+func (r verifyReport) evidence(fw, id string) string {
+	for _, x := range r.Results {
+		if x.ID == id && x.Firmware == fw {
+			return x.Evidence
+		}
+	}
+	return ""
 }
 
 func (r verifyReport) status(fw, id string) string {
@@ -450,7 +463,11 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // (appliance_test.go bakes it) under SeaBIOS and OVMF, with two instances
 // each (identity and reboot), with every check the recipe calls for run:
 // a skip is a failure (verify fails closed; --strict, kept here, is a
-// no-op alias), as everywhere in this project.
+// no-op alias), as everywhere in this project. With --tailnet-* against a
+// headscale of the test's on the host's 127.0.0.1 (10.0.2.2 to the guest's
+// second, user-mode NIC): the rebooted instance joins at first boot
+// through its SMBIOS credentials, and tailscale.joined, key-gone, serve
+// and reboot pass; headscale agrees (checkVerifyTailnet).
 func TestVerifyAppliance(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	dir := applianceImage(t)
@@ -471,9 +488,13 @@ func TestVerifyAppliance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := verify.Plan(spec, 2)
+	plan := verify.PlanTailnet(spec, 2, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
+	// --tailnet-*: the rebooted instance joins a headscale of the test's,
+	// on the host's 127.0.0.1 (a free port), which the guest reaches
+	// through its second NIC (QEMU's user-mode network) as 10.0.2.2.
+	hs, hsUser := startHostHeadscale(t, ctx)
 	// BIOS only in make test (CI's 90 minutes): two instances and a
 	// reboot already take ~25 min under TCG. The appliance under OVMF is
 	// TestCloudApplianceVerify's (SMBIOS credentials on its instance 1);
@@ -490,8 +511,11 @@ func TestVerifyAppliance(t *testing.T) {
 		// instance 1 (the rebooted one) SMBIOS credentials only; its
 		// login (ssh.key-login) and its gateway's token being the seed's
 		// (identity.unique) prove the keys and token arrived that way.
-		"--seed-via", "nocloud,smbios")
+		"--seed-via", "nocloud,smbios",
+		// The tailnet reaches instance 1 through its SMBIOS credentials.
+		"--tailnet-login-server", hs.URL, "--tailnet-authkey-file", hs.keyFile, "--tailnet-ca", hs.CA.CertFile)
 	requireAllPass(t, run)
+	checkVerifyTailnet(t, ctx, run, hs, hsUser, fws)
 	for _, fw := range fws {
 		if a, b := run.report.Seeds[fw+"-0"], run.report.Seeds[fw+"-1"]; a != "nocloud" || b != "smbios" {
 			t.Errorf("%s seeds %q: want %s-0 nocloud, %s-1 smbios", fw, run.report.Seeds, fw, fw)
@@ -517,4 +541,105 @@ func TestVerifyAppliance(t *testing.T) {
 		t.Errorf("report sha256 %s, image %s (it must not change)", run.report.SHA256, sum)
 	}
 	assertVerifyCleanedUp(t, run.out)
+}
+
+// hostHeadscale is a headscale for bake verify --tailnet-*.
+type hostHeadscale struct {
+	*tailnettest.Headscale
+	keyFile string // the pre-auth key, one line
+	key     string
+}
+
+// startHostHeadscale starts headscale in the test's own namespace on
+// 127.0.0.1 (free ports) with its URL, certificate and DERP region at
+// 10.0.2.2, the host's loopback as a guest on QEMU's user-mode network
+// sees it, and makes a reusable pre-auth key (with --firmware both, each
+// firmware's last instance joins).
+func startHostHeadscale(t *testing.T, ctx context.Context) (*hostHeadscale, uint64) {
+	t.Helper()
+	bin, err := tailnettest.BuildHeadscale(ctx, tailnettest.DefaultHeadscaleVersion, testcache.Dir("headscale"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	hsDir := filepath.Join(dir, "hs")
+	os.Mkdir(hsDir, 0o700)
+	hs, err := tailnettest.StartHeadscale(ctx, tailnettest.HeadscaleConfig{Bin: bin, Addr: netip.MustParseAddr("127.0.0.1"),
+		URLAddr: netip.MustParseAddr("10.0.2.2"), Dir: hsDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("headscale log (last 40 lines):\n%s", hs.LogTail(40))
+		}
+		hs.Close()
+	})
+	user, err := hs.CreateUser(ctx, "verify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := hs.PreAuthKey(ctx, user, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostHeadscale{Headscale: hs, keyFile: filepath.Join(dir, "authkey"), key: key}
+	if err := os.WriteFile(h.keyFile, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("headscale %s (pid %d) on 127.0.0.1, for the guests %s", tailnettest.DefaultHeadscaleVersion, hs.PID(), hs.URL)
+	return h, user
+}
+
+// checkVerifyTailnet: headscale's side of what verify's tailnet checks
+// said: each firmware's last instance is a node of headscale's, the one
+// tailscale.joined and tailscale.reboot name, and no other node (no
+// re-auth after the reboot); the key is in no output or report.
+func checkVerifyTailnet(t *testing.T, ctx context.Context, run verifyRun, hs *hostHeadscale, user uint64, fws []string) {
+	t.Helper()
+	nodes, err := hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("headscale's nodes after verify: %+v", nodes)
+	if len(nodes) != len(fws) {
+		t.Errorf("headscale lists %d nodes, want %d (one per firmware: no re-auth)", len(nodes), len(fws))
+	}
+	// Each firmware's tailnet instance is one of headscale's nodes: the
+	// one whose tailnet address tailscale.joined and tailscale.reboot name
+	// (Tailscale's status names the node by its addresses, and by its
+	// stable ID, headscale's own to give). Matched by address, not name:
+	// instance 1 is seeded by SMBIOS credentials, which carry no hostname,
+	// so the node registers as the image's hostname ("localhost").
+	for _, fw := range fws {
+		var match []string
+		for _, n := range nodes {
+			if len(n.IPAddresses) == 0 {
+				t.Errorf("headscale's node %s (%s) has no address", n.ID, n.Name)
+				continue
+			}
+			if strings.Contains(run.report.evidence(fw, "tailscale.joined"), n.IPAddresses[0]+" ") {
+				match = append(match, n.ID.String())
+				if ev := run.report.evidence(fw, "tailscale.reboot"); !strings.Contains(ev, n.IPAddresses[0]+" ") {
+					t.Errorf("%s/tailscale.reboot does not name headscale's node %s (%s):\n%s", fw, n.ID, n.IPAddresses[0], ev)
+				}
+			}
+		}
+		if len(match) != 1 {
+			t.Errorf("%s/tailscale.joined names %d of headscale's nodes (%v), want 1:\n%s", fw, len(match), match, run.report.evidence(fw, "tailscale.joined"))
+		} else {
+			t.Logf("%s: headscale's node %s is the one tailscale.joined and tailscale.reboot name", fw, match[0])
+		}
+	}
+	if strings.Contains(run.out, hs.key) {
+		t.Error("verify's output shows the auth key")
+	}
+	for _, f := range []string{"report.json", "junit.xml"} {
+		if b, err := os.ReadFile(filepath.Join(run.dir, f)); err != nil || strings.Contains(string(b), hs.key) {
+			t.Errorf("%s holds the auth key (%v)", f, err)
+		}
+	}
+	if run.report.Tailnet != hs.URL {
+		t.Errorf("report tailnet %q, want %q", run.report.Tailnet, hs.URL)
+	}
 }
