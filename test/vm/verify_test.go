@@ -81,13 +81,25 @@ func (r verifyReport) status(fw, id string) string {
 // line of output as it comes. wait returns the run.
 func startVerify(t *testing.T, ctx context.Context, onLine func(string), args ...string) (cmd *exec.Cmd, wait func() verifyRun) {
 	t.Helper()
+	return startVerifyIn(t, ctx, "", onLine, args...)
+}
+
+// startVerifyIn is startVerify in the network namespace netns ("": the
+// test's own), through ip netns exec (which execs bake: cmd's process is
+// bake's).
+func startVerifyIn(t *testing.T, ctx context.Context, netns string, onLine func(string), args ...string) (cmd *exec.Cmd, wait func() verifyRun) {
+	t.Helper()
 	report := t.TempDir()
 	// Each VM gets the test's share of the host's cores (vmCPUs), not
 	// what verify would pick for a host it had to itself.
 	if !slices.Contains(args, "--cpus") && !slices.Contains(args, vm.UEFI) && !slices.Contains(args, "both") {
 		args = append(args, "--cpus", strconv.Itoa(vmCPUs(vm.BIOS)))
 	}
-	cmd = exec.CommandContext(ctx, bake(t), append(append([]string{"verify"}, args...), "--report", report)...)
+	argv := append(append([]string{bake(t), "verify"}, args...), "--report", report)
+	if netns != "" {
+		argv = append([]string{"ip", "netns", "exec", netns}, argv...)
+	}
+	cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "BAKE_CACHE_DIR="+cacheDir())
 	cmd.Dir = repoRoot() // see runBake
 	cmd.WaitDelay = time.Minute
@@ -156,8 +168,15 @@ func requireAllPass(t *testing.T, run verifyRun) {
 
 func runVerify(t *testing.T, ctx context.Context, args ...string) verifyRun {
 	t.Helper()
+	return runVerifyIn(t, ctx, "", args...)
+}
+
+// runVerifyIn is runVerify with bake verify in the network namespace
+// netns ("": the test's own).
+func runVerifyIn(t *testing.T, ctx context.Context, netns string, args ...string) verifyRun {
+	t.Helper()
 	t0 := time.Now()
-	_, wait := startVerify(t, ctx, nil, args...)
+	_, wait := startVerifyIn(t, ctx, netns, nil, args...)
 	run := wait()
 	t.Logf("bake verify %s: exit %d after %s", strings.Join(args, " "), run.code, since(t0))
 	return run
@@ -464,7 +483,7 @@ func assertKilledRunGone(t *testing.T, bakePID int, netns, work string, dirs []s
 // each (identity and reboot), with every check the recipe calls for run:
 // a skip is a failure (verify fails closed; --strict, kept here, is a
 // no-op alias), as everywhere in this project. With --tailnet-* against a
-// headscale of the test's on the host's 127.0.0.1 (10.0.2.2 to the guest's
+// headscale of the test's on 127.0.0.1 of a namespace with nothing else, where bake verify runs (10.0.2.2 to the guest's
 // second, user-mode NIC): the rebooted instance joins at first boot
 // through its SMBIOS credentials, and tailscale.joined, key-gone, serve
 // and reboot pass; headscale agrees (checkVerifyTailnet).
@@ -492,8 +511,13 @@ func TestVerifyAppliance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
 	// --tailnet-*: the rebooted instance joins a headscale of the test's,
-	// on the host's 127.0.0.1 (a free port), which the guest reaches
-	// through its second NIC (QEMU's user-mode network) as 10.0.2.2.
+	// which the guest reaches through its second NIC (QEMU's user-mode
+	// network) as 10.0.2.2. bake verify runs in a namespace of the
+	// test's whose only network is its loopback, where headscale listens:
+	// QEMU's user-mode network takes the guest's traffic out through
+	// that namespace's sockets, so the guest reaches headscale and
+	// nothing else (its NTP or Tailscale's log uploads fail there, on
+	// the host, instead of leaving the machine).
 	hs, hsUser := startHostHeadscale(t, ctx)
 	// BIOS only in make test (CI's 90 minutes): two instances and a
 	// reboot already take ~25 min under TCG. The appliance under OVMF is
@@ -505,7 +529,7 @@ func TestVerifyAppliance(t *testing.T) {
 		firmware = f
 	}
 	fws := map[string][]string{"bios": {"bios"}, "uefi": {"uefi"}, "both": {"bios", "uefi"}}[firmware]
-	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
+	run := runVerifyIn(t, ctx, hs.netns, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
 		"--firmware", firmware, "--strict", "--timeout", "80m", // the default: two instances and a reboot
 		// Both seed paths in the one run: instance 0 a NoCloud volume,
 		// instance 1 (the rebooted one) SMBIOS credentials only; its
@@ -548,23 +572,29 @@ type hostHeadscale struct {
 	*tailnettest.Headscale
 	keyFile string // the pre-auth key, one line
 	key     string
+	netns   string // where headscale listens on 127.0.0.1, and bake verify runs
 }
 
-// startHostHeadscale starts headscale in the test's own namespace on
-// 127.0.0.1 (free ports) with its URL, certificate and DERP region at
-// 10.0.2.2, the host's loopback as a guest on QEMU's user-mode network
-// sees it, and makes a reusable pre-auth key (with --firmware both, each
-// firmware's last instance joins).
+// startHostHeadscale starts headscale in a namespace of the test's with
+// only its loopback, on 127.0.0.1, with its URL, certificate and DERP
+// region at 10.0.2.2, that loopback as a guest on the user-mode network of
+// a QEMU started in the namespace sees it, and makes a reusable pre-auth
+// key (with --firmware both, each firmware's last instance joins).
 func startHostHeadscale(t *testing.T, ctx context.Context) (*hostHeadscale, uint64) {
 	t.Helper()
 	bin, err := tailnettest.BuildHeadscale(ctx, tailnettest.DefaultHeadscaleVersion, testcache.Dir("headscale"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	ns, err := tailnettest.NewNetns(ctx, "verify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
 	dir := t.TempDir()
 	hsDir := filepath.Join(dir, "hs")
 	os.Mkdir(hsDir, 0o700)
-	hs, err := tailnettest.StartHeadscale(ctx, tailnettest.HeadscaleConfig{Bin: bin, Addr: netip.MustParseAddr("127.0.0.1"),
+	hs, err := tailnettest.StartHeadscale(ctx, tailnettest.HeadscaleConfig{Bin: bin, Netns: ns.Name, Addr: netip.MustParseAddr("127.0.0.1"),
 		URLAddr: netip.MustParseAddr("10.0.2.2"), Dir: hsDir})
 	if err != nil {
 		t.Fatal(err)
@@ -583,11 +613,11 @@ func startHostHeadscale(t *testing.T, ctx context.Context) (*hostHeadscale, uint
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &hostHeadscale{Headscale: hs, keyFile: filepath.Join(dir, "authkey"), key: key}
+	h := &hostHeadscale{Headscale: hs, keyFile: filepath.Join(dir, "authkey"), key: key, netns: ns.Name}
 	if err := os.WriteFile(h.keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("headscale %s (pid %d) on 127.0.0.1, for the guests %s", tailnettest.DefaultHeadscaleVersion, hs.PID(), hs.URL)
+	t.Logf("headscale %s (pid %d) on 127.0.0.1 in %s, for the guests %s", tailnettest.DefaultHeadscaleVersion, hs.PID(), ns.Name, hs.URL)
 	return h, user
 }
 
