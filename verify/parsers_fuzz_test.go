@@ -248,3 +248,31 @@ func FuzzSecretScan(f *testing.F) {
 		}
 	})
 }
+
+// FuzzUpgradeParsers: any bytes as an image's /etc/bake/state.conf and as
+// tailscaled's state file (both read from images and guests an upgrade run
+// did not write), and any text as the guest's `tailscale serve status
+// --json` and bake-firstboot's journal after a reboot. Nothing may panic;
+// a parsed state.conf names a label or a serial, a machine key's public
+// part is 64 hex digits, and a judged serve status or journal without a
+// problem says what it judged.
+func FuzzUpgradeParsers(f *testing.F) {
+	f.Add([]byte("# bake\nLABEL='bake-state'\nSERIAL=''\nFORMAT='1'\nIMAGE_NAME='openclaw'\nPATHS='/var/lib/tailscale /etc/machine-id'\n"),
+		[]byte(`{"_machinekey":"cHJpdmtleTowMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw"}`),
+		`{"TCP":{"80":{"HTTP":true}},"Web":{"n.ts.net:80":{"Handlers":{"/":{"Proxy":"http://127.0.0.1:18789"}}}}}`,
+		"unit: yes\nbake-firstboot: instance 0123 was set up on 2026-12-05T10:00:00Z; nothing to do\n")
+	f.Add([]byte("LABEL='a'\\''b'\nSERIAL='s'\nFORMAT='1'\nIMAGE_NAME='x'\n"), []byte("{}"), `{"AllowFunnel":{"n:443":true}}`, "unit: no\n")
+	f.Fuzz(func(t *testing.T, conf, state []byte, serve, journal string) {
+		if m, err := ParseStateConfig(conf); err == nil && m["LABEL"] == "" && m["SERIAL"] == "" {
+			t.Fatalf("parsed a state.conf with neither label nor serial: %q", conf)
+		}
+		if pub, _, err := TailscaleMachineKey(state); err == nil && len(pub) != 64 {
+			t.Fatalf("machine key public part %q", pub)
+		}
+		s := Spec{Tailscale: true, TailscaleServeHTTP: 80}
+		if problems, summary := JudgeServe(s, serve); len(problems) == 0 && summary == "" {
+			t.Fatalf("serve status %q passed with no summary", serve)
+		}
+		judgeFirstbootAgain(journal)
+	})
+}

@@ -14,7 +14,7 @@ import (
 // lifetime 0) and runs; a plain link keeps its router.
 func TestLinkNoDefaultRoute(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		t.Fatal("needs root (run the integration tier as root)")
 	}
 	for _, c := range []struct {
 		name string
