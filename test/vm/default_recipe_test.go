@@ -143,6 +143,15 @@ func TestDefaultRecipe(t *testing.T) {
 			}
 		}
 	}
+	// The default recipe keeps its state on a volume labelled bake-state
+	// (issue 15); verify attaches none, so the instance runs from its
+	// root disk (every check above passed that way) and says so on the
+	// console, as docs/state.md promises.
+	if serial, err := os.ReadFile(filepath.Join(run.dir, "serial-bios-0.log")); err != nil {
+		t.Errorf("serial log: %v", err)
+	} else if !strings.Contains(string(serial), "bake-state: warning: NO STATE VOLUME: no disk labelled bake-state") {
+		t.Errorf("the console of an instance with no state volume does not carry bake-state's warning")
+	}
 	for _, x := range run.report.Results {
 		if x.ID == "gateway.process" || x.ID == "gateway.auth" {
 			t.Logf("%s: %s", x.ID, firstLine(x.Evidence))
