@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ import (
 // TestVerifyNegative: a verifier that cannot fail proves nothing. From the
 // good test appliance (applianceImage) bake itself bakes a broken one, with
 // ordinary recipe steps on the good image as a cloud-image base (extract,
-// files, reassemble: about a minute), carrying eleven defects at once:
+// files, reassemble: about a minute), carrying twelve defects at once:
 //
 //  1. password login allowed: an sshd drop-in that sorts before bake's
 //     00-bake.conf (sshd keeps the first value it reads);
@@ -56,7 +57,20 @@ import (
 //     command line (systemd.machine_id=) and an SSH host key copied into
 //     /etc/ssh before bake-hostkeys runs (a drop-in), as an image with
 //     its build's identity baked in would have; it needs two instances,
-//     so this verify runs the default two and a reboot.
+//     so this verify runs the default two and a reboot;
+//  12. a funnel entry in tailscaled's serve configuration: a drop-in of
+//     bake-tailscale-up.service whose ExecStartPost, right after first
+//     boot's join and its serve-http, marks the served host for funnel
+//     (AllowFunnel, written with `tailscale serve set-raw`, the way a
+//     careless image or admin would: the CLI's `tailscale funnel` asks
+//     the control server first). In the join unit itself, not a unit
+//     after it, so the entry is there when the unit is done, which is
+//     when verify reads the serve status (no race). headscale grants no
+//     funnel, so nothing reaches the internet: the entry is what verify
+//     must catch. For it this verify runs with --tailnet-* against a
+//     headscale of the test's, as TestVerifyAppliance does (bake verify in
+//     a namespace with only headscale's loopback); the last instance
+//     (bios-1, the rebooted one) joins.
 //
 // bake verify (--recipe: the claims of the good recipe) must exit 1 with
 // exactly the checks below failing, each with the evidence of its defect,
@@ -71,15 +85,18 @@ import (
 // sshd's settings and logins (ssh.*), the container's port bindings and
 // sockets (gateway.listen), its processes' /proc status (gateway.process),
 // bytes on the disk (secrets.disk), INPUT's UDP path measured by the
-// guest's counters (network.udp), and the DOCKER-USER path measured with
+// guest's counters (network.udp), the DOCKER-USER path measured with
 // verify's own probe containers (isolation.*), which do not involve the
-// gateway at all. The one overlap is deliberate and named: the gateway on
+// gateway at all, and tailscaled's serve configuration (tailscale.serve),
+// which no other defect touches: the join, the key's removal and the same
+// node after the reboot (tailscale.joined, key-gone, reboot) must pass. The one overlap is deliberate and named: the gateway on
 // 0.0.0.0 is reachable from outside only because isolation is gone too, so
 // network.scan (18789/tcp open) fails from 2 and 3 together, and
 // gateway.listen reports the binding (3) and, besides, the reachability.
 // The checks that must still pass (SSH key login, a settled system, ufw,
 // tailscaled, the gateway's config, token auth and offline start, the
-// probe containers on loopback) show the broken image is otherwise whole;
+// probe containers on loopback, the tailnet join) show the broken image is
+// otherwise whole;
 // the good image passes every one of these checks (TestVerifyAppliance).
 func TestVerifyNegative(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
@@ -110,12 +127,17 @@ func TestVerifyNegative(t *testing.T) {
 	t.Logf("bake build of the broken image: %s", buildTime)
 	img := filepath.Join(out, "openclaw-broken.raw")
 
+	// Defect 12: bios-1 joins a headscale of the test's, as in
+	// TestVerifyAppliance (bake verify in its namespace).
+	hs, hsUser := startHostHeadscale(t, ctx)
+
 	tv := time.Now()
 	// No check may be skipped: a skip fails the run (fail closed; --strict
 	// is a no-op alias). Two instances and a reboot (the default), for
-	// defect 11.
-	run := runVerify(t, ctx, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "35m")
+	// defect 11; the last one joins the tailnet, for defect 12.
+	run := runVerifyIn(t, ctx, hs.netns, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
+		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "35m",
+		"--tailnet-login-server", hs.URL, "--tailnet-authkey-file", hs.keyFile, "--tailnet-ca", hs.CA.CertFile)
 	t.Logf("output:\n%s", run.out)
 	t.Logf("times: build %s, verify %s, test %s", buildTime, since(tv), since(t0))
 	if run.code != 1 {
@@ -160,6 +182,11 @@ func TestVerifyNegative(t *testing.T) {
 		"image/image.claims": {"differs", "firewall:", "gateway:"},
 		// 11. every instance with the same machine-id and host key
 		"bios/identity.unique": {"bios-0 and bios-1 share machine-id " + sharedMachineID, "share the SSH host key"},
+		// 12. a funnel entry for the served host (serve-http's port), in
+		// the serve status as tailscaled stores it; the problem is the
+		// funnel alone (checked below).
+		"bios/tailscale.serve": {"funnel is on for ", fmt.Sprintf(":%d (the gateway would be served to the internet)", spec.TailscaleServeHTTP),
+			`"AllowFunnel"`},
 	}
 	var failed []string
 	seen := map[string]bool{}
@@ -202,11 +229,37 @@ func TestVerifyNegative(t *testing.T) {
 			t.Errorf("identity.reboot evidence lacks first boot's \"nothing to do\":\n%s", x.Evidence)
 		}
 	}
-	for _, id := range verify.Plan(spec, 2) {
+	for _, id := range verify.PlanTailnet(spec, 2, true) {
 		if !seen["bios/"+id] {
 			t.Errorf("bios/%s: no result", id)
 		}
 	}
+	// Defect 12 is the funnel entry and nothing else: serve's one problem
+	// is it (the recipe's serve-http entry is there, proxied to the
+	// gateway), and the join, the key's removal and the same node after
+	// the reboot pass; headscale agrees (one node, the one verify names;
+	// the key in no output).
+	if ev := run.report.evidence("bios", "tailscale.serve"); ev != "" {
+		problems, status, _ := strings.Cut(ev, "\n\n")
+		lines := strings.Split(problems, "\n")
+		host, _, _ := strings.Cut(strings.TrimPrefix(lines[0], "funnel is on for "), " ")
+		switch {
+		case len(lines) != 1 || !strings.HasPrefix(lines[0], "funnel is on for "):
+			t.Errorf("bios/tailscale.serve: want the funnel entry as its one problem, got %q", lines)
+		case strings.Count(status, strconv.Quote(host)) < 2:
+			// The funnelled host is the served one: a Web entry and an
+			// AllowFunnel entry in the status as tailscaled stores it.
+			t.Errorf("bios/tailscale.serve: the funnelled host %q is not both served and funnelled in the serve status:\n%s", host, status)
+		default:
+			t.Logf("bios/tailscale.serve fails on the funnel entry alone: %s", lines[0])
+		}
+	}
+	for _, id := range []string{"tailscale.joined", "tailscale.key-gone", "tailscale.reboot"} {
+		if st := run.report.status("bios", id); st != "pass" {
+			t.Errorf("bios/%s: %q, want pass (defect 12 is the funnel entry only)\n%s", id, st, run.report.evidence("bios", id))
+		}
+	}
+	checkVerifyTailnet(t, ctx, run, hs, hsUser, []string{"bios"})
 	for k := range wantFail {
 		if !seen[k] {
 			t.Errorf("%s: no result", k)
@@ -254,7 +307,7 @@ COMMIT
 	noIsolation6 := fmt.Sprintf(noIsolation, "")
 	return fmt.Sprintf(`apiVersion: bake/v1
 name: openclaw-broken
-description: the test appliance with eleven defects bake verify must find
+description: the test appliance with twelve defects bake verify must find
 base:
   image:
     path: %s
@@ -304,9 +357,36 @@ files:
       [Service]
       ExecStart=
       ExecStart=/bin/true
+  - path: /usr/local/lib/broken/funnel
+    mode: "0755"
+    content: |
+%s
+  - path: /etc/systemd/system/bake-tailscale-up.service.d/90-funnel.conf
+    content: |
+      [Service]
+      ExecStartPost=/usr/local/lib/broken/funnel
 outputs: [raw]
-`, base, sum, sharedMachineID, indent(hostKey, 6), indent(hostPub, 6), indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token)
+`, base, sum, sharedMachineID, indent(hostKey, 6), indent(hostPub, 6), indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token,
+		indent(funnelScript, 6))
 }
+
+// funnelScript is defect 12: run by the join unit after its serve, it
+// marks every served host for funnel and writes the configuration back
+// raw (tailscaled stores it as given; `tailscale funnel` would first ask
+// the control server for the funnel attribute, which headscale never
+// grants).
+const funnelScript = `#!/usr/bin/python3
+# A careless image: the gateway's serve entry funnelled to the internet.
+import json, subprocess, sys
+out = subprocess.run(["tailscale", "serve", "status", "--json"], check=True, capture_output=True).stdout
+cfg = json.loads(out or b"{}")
+hosts = sorted(cfg.get("Web") or {})
+if not hosts:
+    sys.exit("no serve entry to funnel: " + out.decode())
+cfg["AllowFunnel"] = {h: True for h in hosts}
+subprocess.run(["tailscale", "serve", "set-raw"], input=json.dumps(cfg).encode(), check=True)
+print("funnel on for", ", ".join(hosts))
+`
 
 // sharedMachineID is defect 11's machine-id, the same on every instance.
 const sharedMachineID = "b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5"
