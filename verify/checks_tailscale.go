@@ -440,3 +440,104 @@ var (
 			return "after a reboot the instance is the same node (node ID and key), running again with no re-auth"
 		}, tailnet: true}
 )
+
+// tailnetObs is what a later boot of an upgrade run (the new image, the
+// rollback) showed of its node: `tailscale status --json` once running
+// and online (or the time limit), `tailscale debug prefs`' control
+// server, the join unit's state and whether the auth key file exists.
+type tailnetObs struct {
+	Self       tsSelf
+	StatusErr  string        // the last error reading the status, if any
+	Waited     time.Duration // from the login to Running and online (or the limit)
+	ControlURL string
+	Unit       map[string]string // the join unit: ActiveState, ConditionResult, ExecMainStartTimestampMonotonic
+	KeyPresent bool              // appliance.TailscaleAuthKeyFile exists
+	Err        string            // a command that could not run
+}
+
+// tsWaitUpgrade bounds the wait for a later boot's node to be running and
+// online again (after the login).
+const tsWaitUpgrade = 4 * time.Minute
+
+// observeTailnet records o on in.
+func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
+	var o tailnetObs
+	t0 := time.Now()
+	for {
+		res, err := in.sudo(ctx, "tailscale status --json")
+		if err == nil {
+			o.Self, err = parseTSStatus(res.Stdout)
+		}
+		o.StatusErr = ""
+		if err != nil {
+			o.StatusErr = err.Error()
+		}
+		if err == nil && o.Self.BackendState == "Running" && o.Self.Self.Online {
+			break
+		}
+		if time.Since(t0) > tsWaitUpgrade || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
+	o.Waited = time.Since(t0).Round(time.Second)
+	res, err := in.sudo(ctx, "tailscale debug prefs; echo '--- unit'; systemctl show -p ActiveState,ConditionResult,ExecMainStartTimestampMonotonic "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	prefs, unit, _ := strings.Cut(res.Stdout, "--- unit\n")
+	var p struct{ ControlURL string }
+	if err := json.Unmarshal([]byte(prefs), &p); err != nil {
+		o.Err = fmt.Sprintf("tailscale debug prefs: %v", err)
+	}
+	o.ControlURL = p.ControlURL
+	o.Unit = map[string]string{}
+	for _, l := range strings.Split(unit, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			o.Unit[k] = v
+		}
+		if strings.TrimSpace(l) == "key-present" {
+			o.KeyPresent = true
+		}
+	}
+	return o
+}
+
+// JudgeTailnetUpgrade judges a later boot of an upgrade run (who: new,
+// rollback) against the node the old boot joined as (before): the same
+// node (ID and node key), running and online, on the given control
+// server, and no new login: the join unit's condition (the auth key file)
+// false and the unit never started, no key file. Fail closed: an old boot
+// that did not join (no node ID) fails, never passes.
+func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (problems []string, ev evidence) {
+	ev.add("%s: tailscale status --json after %s: %s", who, o.Waited, o.Self)
+	ev.add("%s: control server %s; join unit ActiveState=%s ConditionResult=%s ExecMainStartTimestampMonotonic=%s; auth key file present: %v",
+		who, orDash(o.ControlURL), orDash(o.Unit["ActiveState"]), orDash(o.Unit["ConditionResult"]), orDash(o.Unit["ExecMainStartTimestampMonotonic"]), o.KeyPresent)
+	if before.Self.ID == "" || before.Self.PublicKey == "" {
+		return []string{fmt.Sprintf("%s: not comparable: the old boot did not join the tailnet (no node to be the same as)", who)}, ev
+	}
+	if o.Err != "" {
+		problems = append(problems, fmt.Sprintf("%s: %s", who, o.Err))
+	}
+	if o.Self.BackendState != "Running" || !o.Self.Self.Online {
+		problems = append(problems, fmt.Sprintf("%s: the node is not running and online within %s of the login: %s %s", who, tsWaitUpgrade, o.Self, o.StatusErr))
+	}
+	if o.Self.Self.ID != before.Self.ID || o.Self.Self.PublicKey != before.Self.PublicKey {
+		problems = append(problems, fmt.Sprintf("%s: another node: %s key %s (the old boot joined as %s key %s)", who,
+			orDash(o.Self.Self.ID), orDash(o.Self.Self.PublicKey), before.Self.ID, before.Self.PublicKey))
+	}
+	if strings.TrimRight(o.ControlURL, "/") != strings.TrimRight(loginServer, "/") {
+		problems = append(problems, fmt.Sprintf("%s: the node's control server is %s, not %s", who, orDash(o.ControlURL), loginServer))
+	}
+	if o.Unit["ConditionResult"] != "no" {
+		problems = append(problems, fmt.Sprintf("%s: the join unit's condition (the auth key file) was not false (ConditionResult=%s): it may have joined again", who, orDash(o.Unit["ConditionResult"])))
+	}
+	if ts := o.Unit["ExecMainStartTimestampMonotonic"]; ts != "" && ts != "0" {
+		problems = append(problems, fmt.Sprintf("%s: the join unit ran (started at monotonic %s µs)", who, ts))
+	}
+	if o.KeyPresent {
+		problems = append(problems, fmt.Sprintf("%s: %s exists: an auth key is on this boot's disk", who, appliance.TailscaleAuthKeyFile))
+	}
+	return problems, ev
+}

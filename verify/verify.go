@@ -614,7 +614,8 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 	// no default route and its second NIC (user-mode, unrestricted) is its
 	// way to the control server. The main instance's checks run on the
 	// isolated link alone.
-	if t := r.o.Tailnet; t != nil && idx == r.o.Instances-1 && idx > 0 && r.netns {
+	// An upgrade run's boots say so themselves (boot.tailnet).
+	if t := r.o.Tailnet; t != nil && r.netns && (b.tailnet || (r.o.UpgradeFrom == "" && idx == r.o.Instances-1 && idx > 0)) {
 		in.tailnet = true
 		seed.TailscaleAuthKey, seed.TailscaleLoginServer, seed.TailscaleCA = t.AuthKey, t.LoginServer, t.CA
 	}
