@@ -453,15 +453,49 @@ type tailnetObs struct {
 	Unit       map[string]string // the join unit: ActiveState, ConditionResult, ExecMainStartTimestampMonotonic
 	KeyPresent bool              // appliance.TailscaleAuthKeyFile exists
 	Err        string            // a command that could not run
+	Outbound   string            // what outboundUp found or did
+	// Diag is tailscaled's journal of the boot and its state directory,
+	// read when the node is not running and online (for the evidence).
+	Diag string
 }
 
 // tsWaitUpgrade bounds the wait for a later boot's node to be running and
 // online again (after the login).
 const tsWaitUpgrade = 4 * time.Minute
 
+// outboundUp makes sure verify's outbound NIC (the user-mode one, its
+// only way to the control server) has an IPv4 address on an upgrade run's
+// boot with no seed. An image built on a cloud image configures only its
+// first NIC when no datasource says otherwise (cloud-init's fallback
+// network configuration); an image built from Debian packages (networkd
+// on every ethernet NIC) has configured it already. The NIC is verify's,
+// not the image's, so verify asks its DHCP server for an address itself
+// (dhclient) and says so in the evidence.
+func (in *instance) outboundUp(ctx context.Context) string {
+	if in.outMAC == "" {
+		return "no outbound NIC"
+	}
+	script := `mac=` + shellQuote(in.outMAC) + `; i=
+for d in /sys/class/net/*; do [ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && i=${d##*/}; done
+if [ -z "$i" ]; then echo "no NIC has the outbound MAC $mac"; exit 0; fi
+a=$(ip -4 -o addr show dev "$i" | awk '{print $4}' | head -n 1)
+if [ -n "$a" ]; then echo "the outbound NIC $i ($mac) has $a: the image configured it"; exit 0; fi
+if ! command -v dhclient >/dev/null; then echo "the outbound NIC $i ($mac) has no IPv4 address and there is no dhclient to ask for one"; exit 0; fi
+ip link set "$i" up
+timeout 90 dhclient -1 -4 "$i" >/dev/null 2>&1
+a=$(ip -4 -o addr show dev "$i" | awk '{print $4}' | head -n 1)
+echo "the outbound NIC $i ($mac) had no IPv4 address (the image configures only its first NIC without a datasource); verify ran dhclient on it: ${a:-still none}"`
+	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(script), nil, 2*time.Minute)
+	if err != nil {
+		return "bringing up the outbound NIC: " + err.Error()
+	}
+	return strings.TrimSpace(res.Stdout + " " + firstLine(res.Stderr))
+}
+
 // observeTailnet records o on in.
 func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
 	var o tailnetObs
+	o.Outbound = in.outboundUp(ctx)
 	t0 := time.Now()
 	for {
 		res, err := in.sudo(ctx, "tailscale status --json")
@@ -481,6 +515,11 @@ func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
 		sleepCtx(ctx, 2*time.Second)
 	}
 	o.Waited = time.Since(t0).Round(time.Second)
+	if o.Self.BackendState != "Running" || !o.Self.Self.Online {
+		if res, err := in.sudo(ctx, "systemctl show -p ActiveState,NRestarts,ExecMainStartTimestampMonotonic tailscaled; ls -la /var/lib/tailscale /var/lib/tailscale/bake-ca 2>&1; tailscale status 2>&1 | head -n 5; journalctl -b -u tailscaled --no-pager -o short-monotonic | tail -n 80"); err == nil {
+			o.Diag = strings.TrimSpace(res.Stdout)
+		}
+	}
 	res, err := in.sudo(ctx, "tailscale debug prefs; echo '--- unit'; systemctl show -p ActiveState,ConditionResult,ExecMainStartTimestampMonotonic "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
 	if err != nil {
 		o.Err = err.Error()
@@ -511,6 +550,9 @@ func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
 // false and the unit never started, no key file. Fail closed: an old boot
 // that did not join (no node ID) fails, never passes.
 func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (problems []string, ev evidence) {
+	if o.Outbound != "" {
+		ev.add("%s: %s", who, o.Outbound)
+	}
 	ev.add("%s: tailscale status --json after %s: %s", who, o.Waited, o.Self)
 	ev.add("%s: control server %s; join unit ActiveState=%s ConditionResult=%s ExecMainStartTimestampMonotonic=%s; auth key file present: %v",
 		who, orDash(o.ControlURL), orDash(o.Unit["ActiveState"]), orDash(o.Unit["ConditionResult"]), orDash(o.Unit["ExecMainStartTimestampMonotonic"]), o.KeyPresent)
@@ -522,6 +564,9 @@ func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (
 	}
 	if o.Self.BackendState != "Running" || !o.Self.Self.Online {
 		problems = append(problems, fmt.Sprintf("%s: the node is not running and online within %s of the login: %s %s", who, tsWaitUpgrade, o.Self, o.StatusErr))
+		if o.Diag != "" {
+			ev.add("%s: tailscaled's unit, state directory and journal:\n%s", who, o.Diag)
+		}
 	}
 	if o.Self.Self.ID != before.Self.ID || o.Self.Self.PublicKey != before.Self.PublicKey {
 		problems = append(problems, fmt.Sprintf("%s: another node: %s key %s (the old boot joined as %s key %s)", who,

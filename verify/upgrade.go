@@ -644,12 +644,6 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	}
 	r.record(fw, checkUpgradeIdentity.ID, status(len(problems) == 0), verdictText(problems, ev,
 		fmt.Sprintf("the new image kept the instance: host keys, machine ID %s, gateway token %s, tailscaled machine key %s, %s, Docker volumes; first boot had nothing to do", stB.id.MachineID, tokenHash(stB.id.Token), orDash(stB.tailscale), markerWord(stB.marker))), time.Since(t1))
-	if tn {
-		o := r.observeTailnet(ctx, b)
-		p, e := JudgeTailnetUpgrade(tnBefore, o, r.o.Tailnet.LoginServer, "new")
-		tnProblems = append(tnProblems, p...)
-		tnEv = append(tnEv, e...)
-	}
 	// The checks of an instance, on the upgraded one.
 	c := &checker{r: r, in: b, spec: r.o.Spec, fw: fw}
 	for _, id := range ids {
@@ -659,6 +653,14 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 			}
 			c.step(ctx, k)
 		}
+	}
+	// The node, after the instance's checks (which run with the link
+	// alone, as the old image's did).
+	if tn {
+		o := r.observeTailnet(ctx, b)
+		p, e := JudgeTailnetUpgrade(tnBefore, o, r.o.Tailnet.LoginServer, "new")
+		tnProblems = append(tnProblems, p...)
+		tnEv = append(tnEv, e...)
 	}
 	// Observed again once the services had their time (the containers).
 	t2 := time.Now()

@@ -400,6 +400,7 @@ type instance struct {
 	// tailnet: this instance's seed has Options.Tailnet's key, login
 	// server and CA, and it has the outbound NIC.
 	tailnet bool
+	outMAC  string // the outbound NIC's MAC (tailnet instances)
 	via     string // SeedNoCloud or SeedSMBIOS
 	serial  string
 
@@ -685,6 +686,7 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 			out := slices.Clone(in.mac)
 			out[4] ^= 0x80
 			cfg.Outbound = &vm.OutboundNIC{MAC: out.String()}
+			in.outMAC = out.String()
 		}
 	} else {
 		port, err := vm.FreePort()
