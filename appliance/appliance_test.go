@@ -885,7 +885,7 @@ func TestTailscaleLoginServer(t *testing.T) {
 		t.Errorf("CA file %s: %+v", TailscaleCAFile, f)
 	}
 	dropIn, ok := byPath[TailscaledCADropIn]
-	if !ok || !strings.Contains(string(dropIn.Content), "[Service]\nEnvironment=SSL_CERT_DIR=/etc/ssl/certs:"+TailscaleCADir+"\n") {
+	if !ok || !strings.Contains(string(dropIn.Content), "[Service]\nEnvironment=SSL_CERT_DIR=/etc/ssl/certs:"+TailscaleCADir+":"+TailscaleSeedCADir+"\n") {
 		t.Errorf("tailscaled drop-in %s: %q", TailscaledCADropIn, dropIn.Content)
 	}
 	if _, ok := byPath[filepath.Dir(TailscaledCADropIn)]; !ok {
@@ -918,7 +918,7 @@ func TestTailscaleLoginServer(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
-	env := "SSL_CERT_DIR=/etc/ssl/certs:" + TailscaleCADir + " "
+	env := "SSL_CERT_DIR=/etc/ssl/certs:" + TailscaleCADir + ":" + TailscaleSeedCADir + " "
 	want := env + "tailscale up --login-server=https://10.77.0.1 --auth-key=file:" + key + " --timeout=5m\n" +
 		env + "tailscale set --operator=admin\n" +
 		env + "tailscale serve --bg --http=80 http://127.0.0.1:18789\n" +

@@ -14,13 +14,17 @@ const (
 	// TailscaleAuthKeyFile is where first boot leaves the seed's auth
 	// key; the join unit removes it once the node has joined.
 	TailscaleAuthKeyFile = SecretDir + "/tailscale_authkey"
-	// TailscaleCADir holds the recipe's extra CA bundle (tailscale.ca)
-	// and the seed's (bake.tailscale_ca, written by first boot);
-	// tailscaled reads both besides the system's roots (SSL_CERT_DIR, set
-	// by TailscaledCADropIn).
+	// TailscaleCADir holds the recipe's extra CA bundle (tailscale.ca),
+	// image-owned; TailscaleSeedCADir the seed's (bake.tailscale_ca,
+	// written by first boot), instance-owned: it is under
+	// /var/lib/tailscale, a state path (docs/state.md), so a new image on
+	// the instance's state volume still trusts the control server the
+	// node was joined to. tailscaled reads both besides the system's
+	// roots (SSL_CERT_DIR, set by TailscaledCADropIn).
 	TailscaleCADir      = EtcDir + "/tailscale-ca"
 	TailscaleCAFile     = TailscaleCADir + "/ca.pem"
-	TailscaleSeedCAFile = TailscaleCADir + "/seed.pem"
+	TailscaleSeedCADir  = "/var/lib/tailscale/bake-ca"
+	TailscaleSeedCAFile = TailscaleSeedCADir + "/seed.pem"
 	// TailscaleSeedLoginServerFile is the seed's control server
 	// (bake.tailscale_login_server, written by first boot): it overrides
 	// the recipe's tailscale.login_server.
@@ -30,8 +34,8 @@ const (
 	// TailscaleCertDirs is SSL_CERT_DIR with the extra bundle: Go's
 	// crypto/x509 (tailscaled's TLS) then reads the system bundle
 	// (/etc/ssl/certs/ca-certificates.crt, SSL_CERT_FILE being unset),
-	// every file in /etc/ssl/certs, and the recipe's CA.
-	TailscaleCertDirs = "/etc/ssl/certs:" + TailscaleCADir
+	// every file in /etc/ssl/certs, the recipe's CA and the seed's.
+	TailscaleCertDirs = "/etc/ssl/certs:" + TailscaleCADir + ":" + TailscaleSeedCADir
 )
 
 // TailscaleOptions configure the join unit.

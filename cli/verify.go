@@ -125,6 +125,11 @@ its power-off IMAGE's root disk holds no token, host private key or
 Tailscale key (upgrade.root-disk-secrets); OLD boots again on the volume
 with the same identities (upgrade.rollback). One firmware, one instance;
 --state-volume FILE makes the volume there (a new file) and keeps it.
+With --tailnet-* too, OLD's seed carries the auth key, login server and CA
+and every boot gets the outbound NIC (below): OLD joins at first boot, and
+IMAGE and the rollback must be the same node (node ID and key), running
+and online, with no new login (upgrade.tailnet); the auth key is also
+looked for on IMAGE's root disk.
 
 --tailnet-login-server URL --tailnet-authkey-file FILE [--tailnet-ca FILE]
 proves Tailscale against your own tailnet (headscale, or Tailscale's):
@@ -137,7 +142,8 @@ running, online, the given control server), the key must be gone
 (tailscale.key-gone; secrets.seed-copies searches every file for it), serve
 status must be what the image claims with no funnel entry
 (tailscale.serve), and after identity.reboot it must be the same node
-(tailscale.reboot). Needs root and --instances 2 or more; with --firmware
+(tailscale.reboot). Needs root and --instances 2 or more (or
+--upgrade-from, above); with --firmware
 both two instances join (a reusable key). Each run adds a node to the
 tailnet: an ephemeral key removes it once the VM is gone. Without these
 flags those checks are not planned; with them any that cannot run fails.
@@ -189,9 +195,6 @@ each runs, what it needs):
 				fws = []string{vm.BIOS, vm.UEFI}
 			default:
 				return usageErr(fmt.Errorf("--firmware %q: want bios, uefi or both", firmware))
-			}
-			if upgradeFrom != "" && (tnLogin != "" || tnKeyFile != "" || tnCAFile != "") {
-				return usageErr(errors.New("--upgrade-from and --tailnet-* do not go together: prove the upgrade and the tailnet in two runs"))
 			}
 			if upgradeFrom != "" {
 				if firmware == "both" {
@@ -288,7 +291,7 @@ each runs, what it needs):
 				if err != nil {
 					return usageErr(err)
 				}
-				if instances < 2 {
+				if instances < 2 && upgradeFrom == "" {
 					return usageErr(fmt.Errorf("--tailnet-login-server needs --instances 2 or more: the last instance joins, and is rebooted to prove it stays the same node"))
 				}
 				if userNet {

@@ -265,6 +265,8 @@ func TestVerifyUpgradeFrom(t *testing.T) {
 	img, old := verifyImage(t), verifyImage(t)
 	exists := verifyImage(t)
 	vol := filepath.Join(t.TempDir(), "state.raw")
+	key := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -274,7 +276,8 @@ func TestVerifyUpgradeFrom(t *testing.T) {
 		{[]string{"--upgrade-from", t.TempDir()}, "--upgrade-from: "},
 		{[]string{"--state-volume", vol}, "--state-volume needs --upgrade-from"},
 		{[]string{"--upgrade-from", old, "--state-volume", exists}, "exists: name a new file"},
-		{[]string{"--upgrade-from", old, "--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", vol}, "--upgrade-from and --tailnet-* do not go together"},
+		{[]string{"--upgrade-from", old, "--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", key, "--user-net"}, "--user-net"},
+		{[]string{"--upgrade-from", old, "--tailnet-login-server", "http://hs.example.net", "--tailnet-authkey-file", key}, "is not https"},
 	} {
 		_, errs, code := run(t, append([]string{"verify", img}, c.args...)...)
 		if code != 2 || !strings.Contains(errs, c.want) {
@@ -290,6 +293,15 @@ func TestVerifyUpgradeFrom(t *testing.T) {
 	}
 	if o := (*runs)[0]; o.UpgradeFrom != old || o.StateVolume != vol || o.Instances != 1 {
 		t.Errorf("options: upgrade from %q, volume %q, instances %d", o.UpgradeFrom, o.StateVolume, o.Instances)
+	}
+	// With --tailnet-*: one instance is enough (the upgrade run's boots
+	// are the node), the tailnet reaches verify.
+	run(t, "verify", img, "--upgrade-from", old, "--tailnet-login-server", "https://hs.example.net", "--tailnet-authkey-file", key)
+	if len(*runs) != 2 {
+		t.Fatalf("runs %d, want 2 (--upgrade-from with --tailnet-*)", len(*runs))
+	}
+	if o := (*runs)[1]; o.UpgradeFrom != old || o.Instances != 1 || o.Tailnet == nil || o.Tailnet.LoginServer != "https://hs.example.net" || o.Tailnet.AuthKey != "0123456789abcdef0123456789abcdef" {
+		t.Errorf("options with --tailnet-*: upgrade from %q, instances %d, tailnet %+v", o.UpgradeFrom, o.Instances, o.Tailnet)
 	}
 }
 

@@ -39,7 +39,7 @@ CLOUD_INIT_SEED=/run/bake/cloud-init-seed
 SECRETS=/var/lib/bake/secrets
 PLACEHOLDER=@BAKE_GATEWAY_TOKEN@
 TS_SEED_LOGIN=/etc/bake/tailscale-login-server
-TS_CA_DIR=/etc/bake/tailscale-ca
+TS_CA_DIR=/var/lib/tailscale/bake-ca
 TS_CA_MAX=65536
 NAMES="admin_ssh_keys gateway_token tailscale_authkey tailscale_login_server tailscale_ca"
 
@@ -400,7 +400,8 @@ setup_gateway() {
 # setup_tailscale_server: the seed's control server (overrides the
 # recipe's tailscale.login_server) and CA bundle (trusted by tailscaled
 # besides the system's roots and the recipe's CA: its drop-in names
-# TS_CA_DIR in SSL_CERT_DIR). Neither is a secret. A value that is not
+# TS_CA_DIR in SSL_CERT_DIR; under /var/lib/tailscale, a state path, so
+# the CA stays with the node across an image upgrade). Neither is a secret. A value that is not
 # one is an error and not used (the join then goes to the image's server).
 setup_tailscale_server() {
 	rm -f "$TS_SEED_LOGIN" "$TS_CA_DIR/seed.pem"

@@ -712,8 +712,8 @@ func TestSeedFormats(t *testing.T) {
 // refused (an error, nothing written).
 func TestSetupTailscaleServer(t *testing.T) {
 	if !strings.Contains(Script(), "TS_SEED_LOGIN="+appliance.TailscaleSeedLoginServerFile+"\n") ||
-		!strings.Contains(Script(), "TS_CA_DIR="+appliance.TailscaleCADir+"\n") ||
-		appliance.TailscaleSeedCAFile != appliance.TailscaleCADir+"/seed.pem" {
+		!strings.Contains(Script(), "TS_CA_DIR="+appliance.TailscaleSeedCADir+"\n") ||
+		appliance.TailscaleSeedCAFile != appliance.TailscaleSeedCADir+"/seed.pem" {
 		t.Fatal("the script's paths for the seed's login server and CA are not appliance's")
 	}
 	if !strings.Contains(Script(), "TS_CA_MAX="+strconv.Itoa(MaxTailscaleCA)+"\n") {

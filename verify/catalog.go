@@ -77,7 +77,7 @@ var catalog = []*Check{
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,
 	&checkIdentityUnique, &checkIdentityReboot,
 	&checkSecretsSeedCopies, &checkImageClaims, &checkSecretsDisk,
-	&checkUpgradeOld, &checkUpgradeIdentity, &checkUpgradeNewImage, &checkUpgradeRootSecrets, &checkUpgradeRollback,
+	&checkUpgradeOld, &checkUpgradeIdentity, &checkUpgradeNewImage, &checkUpgradeRootSecrets, &checkUpgradeRollback, &checkUpgradeTailnet,
 	&checkImageFormat, &checkVerifyTimeout,
 }
 
@@ -215,6 +215,8 @@ func (k *Check) listed(s Spec, instances int) (planned, where, needs string) {
 		planned = "by request"
 	case k.planned != nil && !k.planned(s, instances):
 		planned = "no"
+	case k.upgrade && k.tailnet:
+		planned = "--upgrade-from with --tailnet-*"
 	case k.upgrade:
 		planned = "--upgrade-from"
 	case k.tailnet:

@@ -87,7 +87,7 @@ func TestPlanFollowsTheCatalog(t *testing.T) {
 		}
 		return false
 	})
-	if strings.Join(upgrade, " ") != "upgrade.old-boot upgrade.identity upgrade.new-image upgrade.root-disk-secrets upgrade.rollback" {
+	if strings.Join(upgrade, " ") != "upgrade.old-boot upgrade.identity upgrade.new-image upgrade.root-disk-secrets upgrade.rollback upgrade.tailnet" {
 		t.Errorf("the upgrade run's checks: %v", upgrade)
 	}
 	if strings.Join(full, " ") != strings.Join(fw, " ") {

@@ -440,3 +440,149 @@ var (
 			return "after a reboot the instance is the same node (node ID and key), running again with no re-auth"
 		}, tailnet: true}
 )
+
+// tailnetObs is what a later boot of an upgrade run (the new image, the
+// rollback) showed of its node: `tailscale status --json` once running
+// and online (or the time limit), `tailscale debug prefs`' control
+// server, the join unit's state and whether the auth key file exists.
+type tailnetObs struct {
+	Self       tsSelf
+	StatusErr  string        // the last error reading the status, if any
+	Waited     time.Duration // from the login to Running and online (or the limit)
+	ControlURL string
+	Unit       map[string]string // the join unit: ActiveState, ConditionResult, ExecMainStartTimestampMonotonic
+	KeyPresent bool              // appliance.TailscaleAuthKeyFile exists
+	Err        string            // a command that could not run
+	Outbound   string            // what outboundUp found or did
+	// Diag is tailscaled's journal of the boot and its state directory,
+	// read when the node is not running and online (for the evidence).
+	Diag string
+}
+
+// tsWaitUpgrade bounds the wait for a later boot's node to be running and
+// online again (after the login).
+const tsWaitUpgrade = 4 * time.Minute
+
+// outboundUp makes sure verify's outbound NIC (the user-mode one, its
+// only way to the control server) has an IPv4 address on an upgrade run's
+// boot with no seed. An image built on a cloud image configures only its
+// first NIC when no datasource says otherwise (cloud-init's fallback
+// network configuration); an image built from Debian packages (networkd
+// on every ethernet NIC) has configured it already. The NIC is verify's,
+// not the image's, so verify asks its DHCP server for an address itself
+// (dhclient) and says so in the evidence.
+func (in *instance) outboundUp(ctx context.Context) string {
+	if in.outMAC == "" {
+		return "no outbound NIC"
+	}
+	script := `mac=` + shellQuote(in.outMAC) + `; i=
+for d in /sys/class/net/*; do [ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && i=${d##*/}; done
+if [ -z "$i" ]; then echo "no NIC has the outbound MAC $mac"; exit 0; fi
+a=$(ip -4 -o addr show dev "$i" | awk '{print $4}' | head -n 1)
+if [ -n "$a" ]; then echo "the outbound NIC $i ($mac) has $a: the image configured it"; exit 0; fi
+if ! command -v dhclient >/dev/null; then echo "the outbound NIC $i ($mac) has no IPv4 address and there is no dhclient to ask for one"; exit 0; fi
+ip link set "$i" up
+timeout 90 dhclient -1 -4 "$i" >/dev/null 2>&1
+a=$(ip -4 -o addr show dev "$i" | awk '{print $4}' | head -n 1)
+echo "the outbound NIC $i ($mac) had no IPv4 address (the image configures only its first NIC without a datasource); verify ran dhclient on it: ${a:-still none}"`
+	res, err := in.runT(ctx, "sudo -n sh -c "+shellQuote(script), nil, 2*time.Minute)
+	if err != nil {
+		return "bringing up the outbound NIC: " + err.Error()
+	}
+	return strings.TrimSpace(res.Stdout + " " + firstLine(res.Stderr))
+}
+
+// observeTailnet records o on in.
+func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
+	var o tailnetObs
+	o.Outbound = in.outboundUp(ctx)
+	t0 := time.Now()
+	for {
+		res, err := in.sudo(ctx, "tailscale status --json")
+		if err == nil {
+			o.Self, err = parseTSStatus(res.Stdout)
+		}
+		o.StatusErr = ""
+		if err != nil {
+			o.StatusErr = err.Error()
+		}
+		if err == nil && o.Self.BackendState == "Running" && o.Self.Self.Online {
+			break
+		}
+		if time.Since(t0) > tsWaitUpgrade || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
+	o.Waited = time.Since(t0).Round(time.Second)
+	if o.Self.BackendState != "Running" || !o.Self.Self.Online {
+		if res, err := in.sudo(ctx, "systemctl show -p ActiveState,NRestarts,ExecMainStartTimestampMonotonic tailscaled; ls -la /var/lib/tailscale /var/lib/tailscale/bake-ca 2>&1; tailscale status 2>&1 | head -n 5; journalctl -b -u tailscaled --no-pager -o short-monotonic | tail -n 80"); err == nil {
+			o.Diag = strings.TrimSpace(res.Stdout)
+		}
+	}
+	res, err := in.sudo(ctx, "tailscale debug prefs; echo '--- unit'; systemctl show -p ActiveState,ConditionResult,ExecMainStartTimestampMonotonic "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	prefs, unit, _ := strings.Cut(res.Stdout, "--- unit\n")
+	var p struct{ ControlURL string }
+	if err := json.Unmarshal([]byte(prefs), &p); err != nil {
+		o.Err = fmt.Sprintf("tailscale debug prefs: %v", err)
+	}
+	o.ControlURL = p.ControlURL
+	o.Unit = map[string]string{}
+	for _, l := range strings.Split(unit, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			o.Unit[k] = v
+		}
+		if strings.TrimSpace(l) == "key-present" {
+			o.KeyPresent = true
+		}
+	}
+	return o
+}
+
+// JudgeTailnetUpgrade judges a later boot of an upgrade run (who: new,
+// rollback) against the node the old boot joined as (before): the same
+// node (ID and node key), running and online, on the given control
+// server, and no new login: the join unit's condition (the auth key file)
+// false and the unit never started, no key file. Fail closed: an old boot
+// that did not join (no node ID) fails, never passes.
+func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (problems []string, ev evidence) {
+	if o.Outbound != "" {
+		ev.add("%s: %s", who, o.Outbound)
+	}
+	ev.add("%s: tailscale status --json after %s: %s", who, o.Waited, o.Self)
+	ev.add("%s: control server %s; join unit ActiveState=%s ConditionResult=%s ExecMainStartTimestampMonotonic=%s; auth key file present: %v",
+		who, orDash(o.ControlURL), orDash(o.Unit["ActiveState"]), orDash(o.Unit["ConditionResult"]), orDash(o.Unit["ExecMainStartTimestampMonotonic"]), o.KeyPresent)
+	if before.Self.ID == "" || before.Self.PublicKey == "" {
+		return []string{fmt.Sprintf("%s: not comparable: the old boot did not join the tailnet (no node to be the same as)", who)}, ev
+	}
+	if o.Err != "" {
+		problems = append(problems, fmt.Sprintf("%s: %s", who, o.Err))
+	}
+	if o.Self.BackendState != "Running" || !o.Self.Self.Online {
+		problems = append(problems, fmt.Sprintf("%s: the node is not running and online within %s of the login: %s %s", who, tsWaitUpgrade, o.Self, o.StatusErr))
+		if o.Diag != "" {
+			ev.add("%s: tailscaled's unit, state directory and journal:\n%s", who, o.Diag)
+		}
+	}
+	if o.Self.Self.ID != before.Self.ID || o.Self.Self.PublicKey != before.Self.PublicKey {
+		problems = append(problems, fmt.Sprintf("%s: another node: %s key %s (the old boot joined as %s key %s)", who,
+			orDash(o.Self.Self.ID), orDash(o.Self.Self.PublicKey), before.Self.ID, before.Self.PublicKey))
+	}
+	if strings.TrimRight(o.ControlURL, "/") != strings.TrimRight(loginServer, "/") {
+		problems = append(problems, fmt.Sprintf("%s: the node's control server is %s, not %s", who, orDash(o.ControlURL), loginServer))
+	}
+	if o.Unit["ConditionResult"] != "no" {
+		problems = append(problems, fmt.Sprintf("%s: the join unit's condition (the auth key file) was not false (ConditionResult=%s): it may have joined again", who, orDash(o.Unit["ConditionResult"])))
+	}
+	if ts := o.Unit["ExecMainStartTimestampMonotonic"]; ts != "" && ts != "0" {
+		problems = append(problems, fmt.Sprintf("%s: the join unit ran (started at monotonic %s µs)", who, ts))
+	}
+	if o.KeyPresent {
+		problems = append(problems, fmt.Sprintf("%s: %s exists: an auth key is on this boot's disk", who, appliance.TailscaleAuthKeyFile))
+	}
+	return problems, ev
+}

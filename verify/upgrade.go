@@ -55,6 +55,10 @@ var (
 		claim: func(Spec, *GatewaySpec) string {
 			return "the old image, booted again on the volume the new one used (no seed), runs with the same identities and state files, its own kernel and containers, the volume's record naming it again, the system running and the gateway answering"
 		}, upgrade: true}
+	checkUpgradeTailnet = Check{ID: "upgrade.tailnet", Scope: ScopeFirmware, Needs: "--upgrade-from with --tailnet-login-server and --tailnet-authkey-file, root",
+		claim: func(Spec, *GatewaySpec) string {
+			return "the old image's first boot joins the tailnet with the seed's auth key (its key file gone afterwards); the new image on the volume (no seed), and the old one again on it, are the same node (node ID and node key, tailscaled's machine key), running and online on the same control server, with no new login: the join unit's condition (the key file) is false, no auth key is anywhere on the new image's root disk"
+		}, upgrade: true, tailnet: true}
 )
 
 // upgradeInstanceChecks are the checks of an instance run on the upgraded
@@ -69,11 +73,16 @@ var upgradeInstanceChecks = []*Check{
 
 // PlanUpgrade lists the checks of an upgrade run for spec (the new
 // image's claims), in the order they run.
-func PlanUpgrade(s Spec) []string {
+func PlanUpgrade(s Spec) []string { return PlanUpgradeTailnet(s, false) }
+
+// PlanUpgradeTailnet is PlanUpgrade of a run with --tailnet-* (tailnet
+// true: upgrade.tailnet is planned) or without.
+func PlanUpgradeTailnet(s Spec, tailnet bool) []string {
 	planned := Plan(s, 1)
 	var ids []string
 	for _, k := range catalog {
 		switch {
+		case k.upgrade && k.tailnet && !tailnet:
 		case k.upgrade:
 			ids = append(ids, k.ID)
 		case slices.Contains(upgradeInstanceChecks, k) && slices.Contains(planned, k.ID):
@@ -86,7 +95,7 @@ func PlanUpgrade(s Spec) []string {
 // plan is the run's plan of one firmware.
 func (r *runner) plan() []string {
 	if r.o.UpgradeFrom != "" {
-		return PlanUpgrade(r.o.Spec)
+		return PlanUpgradeTailnet(r.o.Spec, r.o.Tailnet != nil)
 	}
 	return PlanTailnet(r.o.Spec, r.o.Instances, r.o.Tailnet != nil)
 }
@@ -454,11 +463,15 @@ type boot struct {
 	drives   []vm.Drive
 	noSeed   bool   // boot with no seed (the volume holds the admin's keys)
 	token    string // the token the instance has (its seed's, or the volume's)
+	// tailnet: the boot has the outbound NIC (and no default route on
+	// its link) to reach Options.Tailnet's control server; its seed, if
+	// it has one, carries the auth key, login server and CA.
+	tailnet bool
 }
 
 // upgrade runs the upgrade proof on firmware fw.
 func (r *runner) upgrade(ctx context.Context, fw string) {
-	ids := PlanUpgrade(r.o.Spec)
+	ids := r.plan()
 	skipRest := func(why string) {
 		for _, id := range ids {
 			if !r.has(fw, id) {
@@ -565,13 +578,40 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	}
 
 	// 1. The old image, a seed, the blank volume.
-	a, ok := bootOne(0, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives})
+	tn := r.o.Tailnet != nil
+	if tn && !r.netns {
+		r.record(fw, checkUpgradeTailnet.ID, Fail, "not run: the tailnet boots need the outside network namespace ("+r.outsideWhy+")", 0)
+		tn = false
+	}
+	// The tailnet part (upgrade.tailnet): what each boot showed of its
+	// node, judged at the end; a boot that did not happen leaves it
+	// skipped (a failure of the run).
+	var tnEv evidence
+	var tnProblems []string
+	var tnBefore tsSelf
+	a, ok := bootOne(0, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives, tailnet: tn})
 	if !ok {
 		r.record(fw, checkUpgradeOld.ID, Fail, "the old image: "+a.loginEv, time.Since(t0))
 		skipRest("the old image's boot failed (see " + checkUpgradeOld.ID + ")")
 		return
 	}
 	stA, problems, ev := r.prepareOld(ctx, a, oldFacts)
+	if tn {
+		// First boot's join, with the seed's key (as tailscale.joined
+		// and tailscale.key-gone judge it in a plain run).
+		st, e, self := r.tailnetJoined(ctx, a)
+		tnEv.add("old: %s", r.redactKey(e))
+		if st != Pass {
+			tnProblems = append(tnProblems, "the old image did not join the tailnet at first boot: nothing to compare the later boots with")
+		}
+		st, e = r.tailnetKeyGone(ctx, a)
+		tnEv.add("old: %s", r.redactKey(e))
+		if st != Pass {
+			tnProblems = append(tnProblems, "the old image: the auth key is not gone after the join")
+		}
+		tnBefore = self
+		tnEv.add("old: tailscale status --json after the join: %s", self)
+	}
 	offOK, offEv := a.powerOff(ctx)
 	ev.add("%s", offEv)
 	if !offOK {
@@ -588,7 +628,7 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 
 	// 2. The new image, no seed, the same volume, its own root disk.
 	t1 := time.Now()
-	b, ok := bootOne(1, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token})
+	b, ok := bootOne(1, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token, tailnet: tn})
 	r.record(fw, checkSSHKeyLogin.ID, status(ok), b.loginEv, 0)
 	if !ok {
 		r.record(fw, checkUpgradeIdentity.ID, Fail, "the new image: the admin could not log in with the key the old boot's seed put on the volume: "+b.loginEv, time.Since(t1))
@@ -614,6 +654,14 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 			c.step(ctx, k)
 		}
 	}
+	// The node, after the instance's checks (which run with the link
+	// alone, as the old image's did).
+	if tn {
+		o := r.observeTailnet(ctx, b)
+		p, e := JudgeTailnetUpgrade(tnBefore, o, r.o.Tailnet.LoginServer, "new")
+		tnProblems = append(tnProblems, p...)
+		tnEv = append(tnEv, e...)
+	}
 	// Observed again once the services had their time (the containers).
 	t2 := time.Now()
 	stB2, problems, ev := r.observe(ctx, b, newFacts)
@@ -635,15 +683,22 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	case len(keyLines) < 2:
 		r.record(fw, checkUpgradeRootSecrets.ID, Fail, fmt.Sprintf("not run: the host private keys on the volume gave %d lines of key material to look for", len(keyLines)), 0)
 	default:
-		st, ev := r.scanRoot(ctx, newDisk, stB.id.Token, keyLines, stA.tsPriv)
+		var authKey string
+		if tn {
+			authKey = r.o.Tailnet.AuthKey
+		}
+		st, ev := r.scanRoot(ctx, newDisk, stB.id.Token, keyLines, stA.tsPriv, authKey)
 		r.record(fw, checkUpgradeRootSecrets.ID, st, ev, time.Since(t3))
 	}
 
 	// 3. The rollback: the old image again, no seed, the same volume.
 	t4 := time.Now()
-	rb, ok := bootOne(2, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token})
+	rb, ok := bootOne(2, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token, tailnet: tn})
 	if !ok {
 		r.record(fw, checkUpgradeRollback.ID, Fail, "the old image again: "+rb.loginEv, time.Since(t4))
+		if tn {
+			r.record(fw, checkUpgradeTailnet.ID, Fail, r.redactKey(verdictText(append(tnProblems, "the rollback's boot failed: not compared"), tnEv, "")), time.Since(t0))
+		}
 		return
 	}
 	cr := &checker{r: r, in: rb, spec: r.o.Spec, fw: fw}
@@ -670,6 +725,12 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		problems = append(problems, fmt.Sprintf("the rollback runs kernel %s, the old image ran %s", stR.kernel, stA.kernel))
 	}
 	ev = append(rbEv, ev...)
+	if tn {
+		o := r.observeTailnet(ctx, rb)
+		p, e := JudgeTailnetUpgrade(tnBefore, o, r.o.Tailnet.LoginServer, "rollback")
+		tnProblems = append(tnProblems, p...)
+		tnEv = append(tnEv, e...)
+	}
 	offOK, offEv = rb.powerOff(ctx)
 	if !offOK {
 		problems = append(problems, "the rollback did not power off cleanly: "+offEv)
@@ -679,6 +740,10 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	}
 	r.record(fw, checkUpgradeRollback.ID, status(len(problems) == 0), verdictText(problems, ev,
 		fmt.Sprintf("the old image runs again on the volume with the same identities: kernel %s, the volume's record names %s", stR.kernel, oldFacts.state["IMAGE_NAME"])), time.Since(t4))
+	if tn {
+		r.record(fw, checkUpgradeTailnet.ID, status(len(tnProblems) == 0), r.redactKey(verdictText(tnProblems, tnEv,
+			fmt.Sprintf("the old image joined %s at first boot; the new image and the rollback are the same node %s (node key %s), running and online, with no new login", r.o.Tailnet.LoginServer, tnBefore.Self.ID, tnBefore.Self.PublicKey))), time.Since(t0))
+	}
 }
 
 func markerWord(m string) string {
@@ -714,7 +779,8 @@ func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upg
 		ev = append(ev, c.gwNote...)
 	}
 	var script strings.Builder
-	if r.o.Spec.Tailscale {
+	if r.o.Spec.Tailscale && !a.tailnet {
+		// With --tailnet-*, first boot's join makes the keys.
 		script.WriteString("timeout 40 tailscale up --login-server=http://127.0.0.1:9 --timeout=15s >/dev/null 2>&1; echo tailscale-up $?\n")
 	}
 	if dir := r.stateDir(); dir != "" {
@@ -841,7 +907,7 @@ func (in *instance) powerOff(ctx context.Context) (bool, string) {
 // scanner: the recipe's literal secrets and every rule of secrets.disk,
 // plus the instance's gateway token, the lines of its host private keys
 // and the forms of tailscaled's machine key.
-func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsPriv []string) (Status, string) {
+func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsPriv []string, authKey string) (Status, string) {
 	rules := needleRules(r.o.Spec.Needles)
 	if r.o.Spec.Gateway != nil {
 		if len(token) < 16 {
@@ -855,11 +921,18 @@ func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsP
 	for i, k := range tsPriv {
 		rules = append(rules, NeedleRule(fmt.Sprintf("instance-tailscale-machine-key-%d", i), k))
 	}
+	if authKey != "" {
+		rules = append(rules, NeedleRule("instance-tailscale-auth-key", authKey))
+	}
 	s := NewScanner(rules...)
 	r.logf("upgrade: scanning the new image's root disk after its run")
 	if err := s.ScanFile(ctx, disk); err != nil {
 		return Fail, "not run: " + err.Error()
 	}
 	st, ev := s.verdict()
-	return st, fmt.Sprintf("looked for the gateway token (%s), %d lines of host private keys, %d forms of tailscaled's machine key and every rule of secrets.disk\n%s", tokenHash(token), len(hostKeys), len(tsPriv), ev)
+	also := ""
+	if authKey != "" {
+		also = ", the seed's Tailscale auth key"
+	}
+	return st, r.redactKey(fmt.Sprintf("looked for the gateway token (%s), %d lines of host private keys, %d forms of tailscaled's machine key%s and every rule of secrets.disk\n%s", tokenHash(token), len(hostKeys), len(tsPriv), also, ev))
 }

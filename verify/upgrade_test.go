@@ -3,6 +3,8 @@ package verify
 import (
 	"encoding/hex"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,6 +170,66 @@ func TestPlanUpgrade(t *testing.T) {
 	}
 	if _, err := ResolveAllowSkip("bios/upgrade.rollback"); err != nil {
 		t.Error(err)
+	} // With --tailnet-*: upgrade.tailnet too, last; no plain run's
+	// tailnet check (the upgrade run's boots are the node).
+	if got := strings.Join(PlanUpgradeTailnet(DefaultSpec(), true), " "); got != want+" upgrade.tailnet" {
+		t.Errorf("upgrade plan with --tailnet\n%s\nwant\n%s upgrade.tailnet", got, want)
+	}
+	if slices.Contains(PlanTailnet(DefaultSpec(), 2, true), "upgrade.tailnet") {
+		t.Error("a plain run with --tailnet plans upgrade.tailnet")
+	}
+}
+
+// TestJudgeTailnetUpgrade: a later boot of an upgrade run is the same
+// node, running and online, on the same control server, with no new
+// login; an old boot that did not join fails it whatever the later boot
+// shows (fail closed).
+func TestJudgeTailnetUpgrade(t *testing.T) {
+	const url = "https://10.0.2.2:8443"
+	node := func(id, key, state string, online bool) tsSelf {
+		var s tsSelf
+		s.BackendState = state
+		s.Self.ID, s.Self.PublicKey, s.Self.Online = id, key, online
+		s.Self.HostName, s.Self.TailscaleIPs = "bake-verify-old", []string{"100.64.0.1", "fd7a:115c:a1e0::1"}
+		return s
+	}
+	before := node("1", "nodekey:aa", "Running", true)
+	good := tailnetObs{Self: node("1", "nodekey:aa", "Running", true), ControlURL: url + "/",
+		Unit: map[string]string{"ActiveState": "inactive", "ConditionResult": "no", "ExecMainStartTimestampMonotonic": "0"}}
+	with := func(f func(*tailnetObs)) tailnetObs {
+		o := good
+		o.Unit = maps.Clone(good.Unit)
+		f(&o)
+		return o
+	}
+	for _, c := range []struct {
+		name   string
+		before tsSelf
+		o      tailnetObs
+		want   string // "" = no problem
+	}{
+		{"the same node", before, good, ""},
+		{"the old boot did not join", tsSelf{}, good, "not comparable: the old boot did not join"},
+		{"the old boot has no node key", node("1", "", "Running", true), good, "not comparable"},
+		{"another node ID", before, with(func(o *tailnetObs) { o.Self.Self.ID = "2" }), "another node: 2 key nodekey:aa"},
+		{"another node key", before, with(func(o *tailnetObs) { o.Self.Self.PublicKey = "nodekey:bb" }), "another node"},
+		{"needs login", before, with(func(o *tailnetObs) { o.Self.BackendState = "NeedsLogin" }), "not running and online"},
+		{"offline", before, with(func(o *tailnetObs) { o.Self.Self.Online = false }), "not running and online"},
+		{"another control server", before, with(func(o *tailnetObs) { o.ControlURL = "https://controlplane.tailscale.com" }), "control server is https://controlplane.tailscale.com"},
+		{"the join unit's condition held", before, with(func(o *tailnetObs) { o.Unit["ConditionResult"] = "yes" }), "may have joined again"},
+		{"no unit state", before, with(func(o *tailnetObs) { o.Unit = map[string]string{} }), "ConditionResult=-"},
+		{"the join unit ran", before, with(func(o *tailnetObs) { o.Unit["ExecMainStartTimestampMonotonic"] = "12345678" }), "the join unit ran"},
+		{"a key file", before, with(func(o *tailnetObs) { o.KeyPresent = true }), "an auth key is on this boot's disk"},
+		{"a command failed", before, with(func(o *tailnetObs) { o.Err = "ssh: session closed" }), "new: ssh: session closed"},
+	} {
+		p, ev := JudgeTailnetUpgrade(c.before, c.o, url, "new")
+		got := strings.Join(p, "\n")
+		if c.want == "" && got != "" || c.want != "" && !strings.Contains(got, c.want) {
+			t.Errorf("%s: problems %q, want %q", c.name, got, c.want)
+		}
+		if !strings.Contains(ev.String(), "new: tailscale status --json") {
+			t.Errorf("%s: evidence %q", c.name, ev)
+		}
 	}
 }
 

@@ -400,6 +400,7 @@ type instance struct {
 	// tailnet: this instance's seed has Options.Tailnet's key, login
 	// server and CA, and it has the outbound NIC.
 	tailnet bool
+	outMAC  string // the outbound NIC's MAC (tailnet instances)
 	via     string // SeedNoCloud or SeedSMBIOS
 	serial  string
 
@@ -614,7 +615,8 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 	// no default route and its second NIC (user-mode, unrestricted) is its
 	// way to the control server. The main instance's checks run on the
 	// isolated link alone.
-	if t := r.o.Tailnet; t != nil && idx == r.o.Instances-1 && idx > 0 && r.netns {
+	// An upgrade run's boots say so themselves (boot.tailnet).
+	if t := r.o.Tailnet; t != nil && r.netns && (b.tailnet || (r.o.UpgradeFrom == "" && idx == r.o.Instances-1 && idx > 0)) {
 		in.tailnet = true
 		seed.TailscaleAuthKey, seed.TailscaleLoginServer, seed.TailscaleCA = t.AuthKey, t.LoginServer, t.CA
 	}
@@ -684,6 +686,7 @@ func (r *runner) startBoot(ctx context.Context, fw string, idx int, key *Key, b 
 			out := slices.Clone(in.mac)
 			out[4] ^= 0x80
 			cfg.Outbound = &vm.OutboundNIC{MAC: out.String()}
+			in.outMAC = out.String()
 		}
 	} else {
 		port, err := vm.FreePort()

@@ -183,7 +183,7 @@ func TestTailnetOverHeadscale(t *testing.T) {
 // /etc/resolv.conf, which the node must not rewrite.
 func applianceJoin(ctx context.Context, t *testing.T, hs *Headscale, uid uint64, ts, tsd, dir, hub string, client *Node, clientNetns string) {
 	t.Helper()
-	if appliance.TailscaleCertDirs != "/etc/ssl/certs:"+appliance.TailscaleCADir {
+	if appliance.TailscaleCertDirs != "/etc/ssl/certs:"+appliance.TailscaleCADir+":"+appliance.TailscaleSeedCADir {
 		t.Fatalf("the image's SSL_CERT_DIR is %q: the node below no longer trusts the CA as the image does", appliance.TailscaleCertDirs)
 	}
 	ns := newNetns(ctx, t, "appl")

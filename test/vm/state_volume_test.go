@@ -36,27 +36,40 @@ const statePaths = `state:
 `
 
 // TestStateVolume is the upgrade by replacing the image (issue 15) on real
-// boots, on one state volume, driven by the user's proof: `bake verify
-// B --upgrade-from A --state-volume VOL` (verify/upgrade.go, docs/state.md):
+// boots, on one state volume, from an image built from Debian packages to
+// one built on a cloud image, with the instance on a real tailnet (issue
+// 16: after an image upgrade the node is still the same node), driven by
+// the user's proof run as TestVerifyAppliance runs it (in a namespace
+// whose only network is headscale's loopback): `bake verify B
+// --upgrade-from A --state-volume VOL --tailnet-login-server URL
+// --tailnet-authkey-file F --tailnet-ca F` (verify/upgrade.go,
+// docs/state.md):
 //
-//  1. image A (the test appliance re-baked with a state section) boots with
-//     verify's seed on a new blank volume (raw, virtio serial bake-state);
-//     it formats and fills it; its host keys, machine ID, gateway token,
-//     Tailscale machine key, a file in the gateway's state directory and a
-//     Docker volume are recorded (upgrade.old-boot); it powers off.
-//  2. image B, built from the test appliance's Debian recipe with the same
-//     state section, a different kernel (linux-image-cloud-amd64) and a
-//     different gateway image (the test gateway with another epoch: another
-//     digest and image ID), boots on the volume with no seed, on its own
-//     disk: all of them are unchanged (upgrade.identity), the instance's
-//     checks pass (ssh.*, system.running, firewall, tailscaled, gateway.*),
-//     B's kernel and gateway image are the ones running (upgrade.new-image).
-//     After its power-off B's root disk is scanned (verify's scanner) for the
-//     token, the host private keys, the Tailscale machine key and any
-//     private key (upgrade.root-disk-secrets).
+//  1. image A (the test appliance, built from Debian packages, re-baked
+//     with a state section) boots with verify's seed (the auth key, the
+//     login server and headscale's CA among it) on a new blank volume
+//     (raw, virtio serial bake-state); it formats and fills it and joins
+//     the tailnet at first boot; its host keys, machine ID, gateway token,
+//     Tailscale machine key, node (ID and node key), a file in the
+//     gateway's state directory and a Docker volume are recorded
+//     (upgrade.old-boot, upgrade.tailnet); it powers off.
+//  2. image B, built on the Debian-shaped cloud image (the cloud fixture,
+//     testdata/openclaw-cloud-test.yaml) with the same state section, the
+//     fixture's kernel (linux-image-cloud-amd64, A runs the generic one)
+//     and a different gateway image (the test gateway with another epoch:
+//     another digest and image ID), boots on the volume with no seed, on
+//     its own disk: all of them are unchanged (upgrade.identity), it is
+//     the same node, running and online with no new login
+//     (upgrade.tailnet), the instance's checks pass (ssh.*,
+//     system.running, firewall, tailscaled, gateway.*), B's kernel and
+//     gateway image are the ones running (upgrade.new-image). After its
+//     power-off B's root disk is scanned (verify's scanner) for the token,
+//     the host private keys, the Tailscale machine key, the auth key and
+//     any private key (upgrade.root-disk-secrets).
 //  3. rollback: A boots again (from its image, as a cloud relaunches it) on
-//     the volume, no seed: the same identities, A's kernel and gateway
-//     image, the gateway answers (upgrade.rollback).
+//     the volume, no seed: the same identities and node, A's kernel and
+//     gateway image, the gateway answers (upgrade.rollback,
+//     upgrade.tailnet). headscale lists one node after the three boots.
 //
 // The test then checks the report's evidence against what it built (A's
 // generic kernel, B's cloud one, each image's gateway image ID, the
@@ -70,7 +83,7 @@ const statePaths = `state:
 //     journal, and it runs from its root disk.
 func TestStateVolume(t *testing.T) {
 	parallel(t)
-	requireTools(t, "qemu-img", "debugfs", "dnsmasq", "ip")
+	requireTools(t, "qemu-img", "debugfs", "dnsmasq", "ip", "go")
 	dir := applianceImage(t)
 	base := filepath.Join(dir, "openclaw-test.qcow2")
 	sum := fileSum(t, base)
@@ -95,7 +108,7 @@ base:
 	}
 	idA := applImg.id
 	diskA := filepath.Join(outA, "state-a.qcow2")
-	diskB, idB := bakeStateB(t, ctx, work)
+	diskB, idB, recipeB := bakeStateB(t, ctx, work)
 	if idA == "" || idB == "" || idA == idB {
 		t.Fatalf("gateway image IDs: A %q, B %q (want two different ones)", idA, idB)
 	}
@@ -103,9 +116,16 @@ base:
 	// 1-3: the upgrade proof, as a user's CI runs it.
 	vol := filepath.Join(work, "state.raw")
 	sumA, sumB := fileSum(t, diskA), fileSum(t, diskB)
-	run := runVerify(t, ctx, diskB, "--upgrade-from", diskA, "--state-volume", vol, "--timeout", "50m")
+	// headscale and bake verify in a namespace of the test's, as
+	// TestVerifyAppliance runs them: every boot reaches headscale (and
+	// nothing else) through its outbound NIC.
+	hs, _ := startHostHeadscale(t, ctx)
+	// The claims are B's (its recipe: the cloud recipe's firewall backend
+	// is iptables-persistent).
+	run := runVerifyIn(t, ctx, hs.netns, append(append([]string{diskB}, recipeB...), "--upgrade-from", diskA, "--state-volume", vol, "--timeout", "50m",
+		"--tailnet-login-server", hs.URL, "--tailnet-authkey-file", hs.keyFile, "--tailnet-ca", hs.CA.CertFile)...)
 	requireAllPass(t, run)
-	for _, id := range []string{"upgrade.old-boot", "upgrade.identity", "upgrade.new-image", "upgrade.root-disk-secrets", "upgrade.rollback",
+	for _, id := range []string{"upgrade.old-boot", "upgrade.identity", "upgrade.new-image", "upgrade.root-disk-secrets", "upgrade.rollback", "upgrade.tailnet",
 		"ssh.key-login", "system.running", "firewall.rules", "tailscale.daemon", "gateway.config", "gateway.auth"} {
 		if st := run.report.status(vm.BIOS, id); st != "pass" {
 			t.Errorf("bios/%s: %q, want pass", id, st)
@@ -141,6 +161,10 @@ base:
 	if kernelOf(evRB, "rollback") != kernelOf(evOld, "old") {
 		t.Errorf("the rollback runs another kernel than A did")
 	}
+	if kA, kB := kernelOf(evOld, "old"), kernelOf(evNew, "new"); kA == "" || kA == kB {
+		t.Errorf("A runs kernel %q, B %q: want two different ones", kA, kB)
+	}
+	checkUpgradeTailnet(t, ctx, run, hs, evidence("upgrade.tailnet"), evidence("upgrade.root-disk-secrets"))
 	// Each boot runs its own image's gateway (verify holds each to its
 	// image's containers.json; here, to the IDs the test built).
 	for _, c := range []struct{ who, ev, want, other string }{{"A", evOld, idA, idB}, {"B", evNew, idB, idA}, {"the rollback to A", evRB, idA, idB}} {
@@ -246,13 +270,25 @@ base:
 	}
 }
 
-// bakeStateB builds image B: the test appliance's Debian recipe
-// (testdata/openclaw-test.yaml) with the state section, the cloud kernel
-// and the test gateway image made with another epoch (another digest and
-// image ID), pushed to the test registry as :state-b. It returns the disk
-// and B's gateway image ID.
-func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string) {
+// bakeStateB builds image B: the test appliance's recipe on the
+// Debian-shaped cloud image (testdata/openclaw-cloud-test.yaml on the
+// cloud fixture, whose kernel is linux-image-cloud-amd64) with the state
+// section and the test gateway image made with another epoch (another
+// digest and image ID), pushed to the test registry as :state-b. It
+// returns the disk, B's gateway image ID and bake verify's arguments that
+// give it B's recipe (--recipe and its --set, as TestCloudApplianceVerify
+// passes them; the recipe file lives until the test ends).
+func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string, recipeArgs []string) {
 	t.Helper()
+	var fx cloudFixture
+	for _, f := range cloudFixtures(t) {
+		if f.name == "debian" {
+			fx = f
+		}
+	}
+	if fx.path == "" {
+		t.Fatal("no Debian-shaped cloud fixture")
+	}
 	inWork := filepath.Join(work, "inputs")
 	if err := os.Mkdir(inWork, 0o755); err != nil {
 		t.Fatal(err)
@@ -276,19 +312,15 @@ func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string
 	}
 	digest, _ := img.Digest()
 	cfg, _ := img.ConfigName()
-	src, err := os.ReadFile(filepath.Join(repoRoot(), applianceRecipe))
+	src, err := os.ReadFile(filepath.Join(repoRoot(), cloudApplianceRecipe))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(src)
-	for old, repl := range map[string]string{
-		"\nname: openclaw-test\n":                 "\nname: state-b\n",
-		"packages: [ca-certificates, curl, sudo]": "packages: [ca-certificates, curl, sudo, linux-image-cloud-amd64]",
-	} {
-		if !strings.Contains(text, old) {
-			t.Fatalf("%s has no %q", applianceRecipe, old)
-		}
-		text = strings.Replace(text, old, repl, 1)
+	if old := "\nname: openclaw-cloud-test\n"; !strings.Contains(text, old) {
+		t.Fatalf("%s has no %q", cloudApplianceRecipe, old)
+	} else {
+		text = strings.Replace(text, old, "\nname: state-b\n", 1)
 	}
 	text += statePaths + "files:\n  - {path: /etc/bake-upgrade-test, content: image-b}\n"
 	// Beside testdata (the same depth: the recipe's context and relative
@@ -304,7 +336,8 @@ func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string
 		t.Fatal(err)
 	}
 	f.Close()
-	sets := append([]string{}, in.sets...)
+	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + sha256File(t, fx.path)}
+	sets := append(append([]string{}, in.sets...), baseSets...)
 	for i := range sets {
 		if strings.HasPrefix(sets[i], "gateway_image=") {
 			sets[i] = "gateway_image=" + repo + "@" + digest.String()
@@ -316,8 +349,9 @@ func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string
 	if code != 0 {
 		t.Fatalf("bake build of image B failed (%d):\n%s", code, log)
 	}
-	t.Logf("image B (Debian recipe, cloud kernel, gateway %s) built in %s", digest, since(t0))
-	return filepath.Join(out, "state-b.qcow2"), cfg.String()
+	t.Logf("image B (on the Debian-shaped cloud image, its cloud kernel, gateway %s) built in %s", digest, since(t0))
+	return filepath.Join(out, "state-b.qcow2"), cfg.String(),
+		append([]string{"--recipe", f.Name(), "--set", "gateway_image=" + repo + "@" + digest.String()}, baseSets...)
 }
 
 func powerOff(t *testing.T, g *guest, who string) {
@@ -329,4 +363,52 @@ func powerOff(t *testing.T, g *guest, who string) {
 		t.Fatalf("%s did not power off in 3 minutes", who)
 	}
 	g.c.Close()
+}
+
+// checkUpgradeTailnet: headscale's side of upgrade.tailnet. After the old
+// boot, the new image's and the rollback, headscale lists exactly one
+// node, the one the evidence names for all three boots (by its tailnet
+// address, as checkVerifyTailnet matches them); the auth key is in no
+// output or report, and the root disk scan looked for it.
+func checkUpgradeTailnet(t *testing.T, ctx context.Context, run verifyRun, hs *hostHeadscale, ev, scanEv string) {
+	t.Helper()
+	nodes, err := hs.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("headscale's nodes after the upgrade run: %+v", nodes)
+	if len(nodes) != 1 {
+		t.Errorf("headscale lists %d nodes, want 1 (the instance, the same node after the upgrade and the rollback)", len(nodes))
+	}
+	for _, n := range nodes {
+		if len(n.IPAddresses) == 0 {
+			t.Errorf("headscale's node %s (%s) has no address", n.ID, n.Name)
+			continue
+		}
+		for _, who := range []string{"old", "new", "rollback"} {
+			found := false
+			for _, l := range strings.Split(ev, "\n") {
+				if strings.HasPrefix(l, who+": ") && strings.Contains(l, "tailscale status --json") && strings.Contains(l, n.IPAddresses[0]+" ") && strings.Contains(l, "backend Running") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("upgrade.tailnet does not show the %s boot running as headscale's node %s (%s):\n%s", who, n.ID, n.IPAddresses[0], ev)
+			}
+		}
+	}
+	if !strings.Contains(scanEv, "the seed's Tailscale auth key") {
+		t.Errorf("the root disk scan did not look for the auth key:\n%s", scanEv)
+	}
+	if strings.Contains(run.out, hs.key) {
+		t.Error("verify's output shows the auth key")
+	}
+	for _, f := range []string{"report.json", "junit.xml"} {
+		if b, err := os.ReadFile(filepath.Join(run.dir, f)); err != nil || strings.Contains(string(b), hs.key) {
+			t.Errorf("%s holds the auth key (%v)", f, err)
+		}
+	}
+	if run.report.Tailnet != hs.URL {
+		t.Errorf("report tailnet %q, want %q", run.report.Tailnet, hs.URL)
+	}
 }
