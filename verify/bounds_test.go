@@ -292,3 +292,104 @@ func TestSerialTailReadsTheEnd(t *testing.T) {
 		t.Errorf("vm.SerialTailMax = %d", vm.SerialTailMax)
 	}
 }
+
+// stallingSSHServer logs any client in and then stalls: "open" never
+// answers a session channel's open, "exec" accepts the channel and never
+// answers its exec request, the way a hostile guest (or an sshd stalled
+// under load) keeps the connection up and answers nothing.
+func stallingSSHServer(t *testing.T, stall string) string {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &ssh.ServerConfig{NoClientAuth: true}
+	cfg.AddHostKey(signer)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+				if err != nil {
+					return
+				}
+				go ssh.DiscardRequests(reqs)
+				for nc := range chans {
+					if stall == "open" {
+						continue // neither accepted nor rejected
+					}
+					if _, creqs, err := nc.Accept(); err == nil {
+						go func() {
+							for range creqs { // never replied to
+							}
+						}()
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// A guest that never answers the session's open or its exec request does
+// not hold Run past its timeout or its context (bake verify ignored Ctrl-C
+// for minutes on a TCG guest whose sshd had stalled).
+func TestRunBoundedWhenTheGuestStalls(t *testing.T) {
+	for _, stall := range []string{"open", "exec"} {
+		for _, how := range []string{"timeout", "cancel"} {
+			t.Run(stall+"/"+how, func(t *testing.T) {
+				addr := stallingSSHServer(t, stall)
+				dial := func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+					var d net.Dialer
+					d.Timeout = timeout
+					return d.DialContext(ctx, "tcp", addr)
+				}
+				s, err := sshLogin(t.Context(), dial, addr, "admin", 10*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				timeout := time.Hour
+				if how == "timeout" {
+					timeout = 300 * time.Millisecond
+				} else {
+					time.AfterFunc(300*time.Millisecond, cancel)
+				}
+				t0 := time.Now()
+				res, err := s.Run(ctx, "hello", nil, timeout)
+				if d := time.Since(t0); d > 5*time.Second {
+					t.Errorf("Run returned after %s", d)
+				}
+				switch {
+				case err == nil:
+					t.Errorf("no error: %+v", res)
+				case how == "cancel" && !errors.Is(err, context.Canceled):
+					t.Errorf("cancelled: err = %v, want context.Canceled", err)
+				case how == "timeout" && !strings.Contains(err.Error(), "did not open a session"):
+					t.Errorf("timed out: err = %v", err)
+				}
+				if res.OK() {
+					t.Errorf("result OK: %+v", res)
+				}
+				// The connection is closed: nothing more runs on it.
+				if _, err := s.Run(t.Context(), "hello", nil, time.Second); err == nil {
+					t.Error("a command ran on the closed connection")
+				}
+			})
+		}
+	}
+}

@@ -114,24 +114,18 @@ func (r cmdResult) OK() bool { return r.Exit == 0 && !r.Cut }
 // maxCmdOutput bytes of each stream as evidence).
 func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout time.Duration) (cmdResult, error) {
 	res := cmdResult{Cmd: cmd, Exit: -1}
-	sess, err := s.client.NewSession()
-	if err != nil {
-		return res, fmt.Errorf("ssh session: %w", err)
-	}
-	defer sess.Close()
+	deadline := time.Now().Add(timeout)
 	full := &overflow{C: make(chan struct{})}
 	out := &cappedBuffer{max: maxCmdOutput, full: full}
 	errb := &cappedBuffer{max: maxCmdOutput, full: full}
-	sess.Stdout, sess.Stderr = out, errb
-	if stdin != nil {
-		sess.Stdin = bytes.NewReader(stdin)
+	sess, err := s.open(ctx, cmd, stdin, out, errb, deadline, timeout)
+	if err != nil {
+		return res, err
 	}
-	if err := sess.Start(cmd); err != nil {
-		return res, fmt.Errorf("ssh start %q: %w", cmd, err)
-	}
+	defer sess.Close()
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	var werr error
 	select {
@@ -170,6 +164,54 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 		return res, werr
 	}
 	return res, nil
+}
+
+// open opens a session channel and starts cmd in it. Both wait for the
+// guest's answer, which the SSH library waits for with no bound: a guest
+// that keeps the connection up but never answers (hostile, or an sshd
+// stalled under load: seen under TCG, bake verify then ignored Ctrl-C for
+// minutes) would hold the run forever. They are bounded by ctx and
+// deadline like the command itself; past either the connection is closed,
+// the one way to unblock the library, and every later command on it fails
+// (fail closed).
+func (s *sshSession) open(ctx context.Context, cmd string, stdin []byte, out, errb *cappedBuffer, deadline time.Time, timeout time.Duration) (*ssh.Session, error) {
+	opened := make(chan struct{})
+	guard := make(chan error, 1)
+	go func() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-opened:
+			guard <- nil
+			return
+		case <-ctx.Done():
+			guard <- ctx.Err()
+		case <-t.C:
+			guard <- fmt.Errorf("ssh: the guest did not open a session for %q within %s: connection closed", cmd, timeout)
+		}
+		s.client.Close()
+	}()
+	sess, err := s.client.NewSession()
+	if err == nil {
+		sess.Stdout, sess.Stderr = out, errb
+		if stdin != nil {
+			sess.Stdin = bytes.NewReader(stdin)
+		}
+		if err = sess.Start(cmd); err != nil {
+			sess.Close()
+			err = fmt.Errorf("ssh start %q: %w", cmd, err)
+		}
+	} else {
+		err = fmt.Errorf("ssh session: %w", err)
+	}
+	close(opened)
+	if gerr := <-guard; gerr != nil {
+		if err == nil {
+			sess.Close()
+		}
+		return nil, gerr
+	}
+	return sess, err
 }
 
 // cutResult marks res as cut when either stream passed its cap, with a
