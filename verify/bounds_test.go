@@ -104,10 +104,9 @@ func TestCutResultFails(t *testing.T) {
 	}
 }
 
-// testSSHServer answers "exec" requests: "hello" prints a line and exits
-// 0; "flood-stdout" and "flood-stderr" print without end (up to 1 GiB)
-// until the client closes the channel. sent counts what the floods wrote.
-func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
+// testSSHListener is an SSH server's config (a fresh host key, any
+// client let in) and a listener on 127.0.0.1, closed when t ends.
+func testSSHListener(t *testing.T) (*ssh.ServerConfig, net.Listener) {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -124,6 +123,15 @@ func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	return cfg, l
+}
+
+// testSSHServer answers "exec" requests: "hello" prints a line and exits
+// 0; "flood-stdout" and "flood-stderr" print without end (up to 1 GiB)
+// until the client closes the channel. sent counts what the floods wrote.
+func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
+	t.Helper()
+	cfg, l := testSSHListener(t)
 	sent = new(atomic.Int64)
 	exit := func(ch ssh.Channel, status uint32) {
 		ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
@@ -299,21 +307,7 @@ func TestSerialTailReadsTheEnd(t *testing.T) {
 // under load) keeps the connection up and answers nothing.
 func stallingSSHServer(t *testing.T, stall string) string {
 	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &ssh.ServerConfig{NoClientAuth: true}
-	cfg.AddHostKey(signer)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	cfg, l := testSSHListener(t)
 	go func() {
 		for {
 			c, err := l.Accept()
