@@ -104,9 +104,27 @@ func TestCutResultFails(t *testing.T) {
 	}
 }
 
-// testSSHListener is an SSH server's config (a fresh host key, any
-// client let in) and a listener on 127.0.0.1, closed when t ends.
-func testSSHListener(t *testing.T) (*ssh.ServerConfig, net.Listener) {
+// testSSHLogin logs in to a test server at addr as admin, closed when t
+// ends.
+func testSSHLogin(t *testing.T, addr string) *sshSession {
+	t.Helper()
+	dial := func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+		var d net.Dialer
+		d.Timeout = timeout
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	s, err := sshLogin(t.Context(), dial, addr, "admin", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// serveTestSSH serves SSH on 127.0.0.1 until t ends (a fresh host key, any
+// client let in, global requests discarded) and gives each channel a client
+// opens to handle; it returns the address.
+func serveTestSSH(t *testing.T, handle func(ssh.NewChannel)) string {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -123,7 +141,25 @@ func testSSHListener(t *testing.T) (*ssh.ServerConfig, net.Listener) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	return cfg, l
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+				if err != nil {
+					return
+				}
+				go ssh.DiscardRequests(reqs)
+				for nc := range chans {
+					handle(nc)
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
 
 // testSSHServer answers "exec" requests: "hello" prints a line and exits
@@ -131,7 +167,6 @@ func testSSHListener(t *testing.T) (*ssh.ServerConfig, net.Listener) {
 // until the client closes the channel. sent counts what the floods wrote.
 func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
 	t.Helper()
-	cfg, l := testSSHListener(t)
 	sent = new(atomic.Int64)
 	exit := func(ch ssh.Channel, status uint32) {
 		ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
@@ -161,44 +196,28 @@ func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
 		}
 		exit(ch, 0)
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
-				if err != nil {
-					return
-				}
-				go ssh.DiscardRequests(reqs)
-				for nc := range chans {
-					if nc.ChannelType() != "session" {
-						nc.Reject(ssh.UnknownChannelType, "no")
-						continue
-					}
-					ch, creqs, err := nc.Accept()
-					if err != nil {
-						continue
-					}
-					go func() {
-						for req := range creqs {
-							if req.Type != "exec" {
-								req.Reply(false, nil)
-								continue
-							}
-							var p struct{ Cmd string }
-							ssh.Unmarshal(req.Payload, &p)
-							req.Reply(true, nil)
-							go run(ch, p.Cmd)
-						}
-					}()
-				}
-			}()
+	return serveTestSSH(t, func(nc ssh.NewChannel) {
+		if nc.ChannelType() != "session" {
+			nc.Reject(ssh.UnknownChannelType, "no")
+			return
 		}
-	}()
-	return l.Addr().String(), sent
+		ch, creqs, err := nc.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			for req := range creqs {
+				if req.Type != "exec" {
+					req.Reply(false, nil)
+					continue
+				}
+				var p struct{ Cmd string }
+				ssh.Unmarshal(req.Payload, &p)
+				req.Reply(true, nil)
+				go run(ch, p.Cmd)
+			}
+		}()
+	}), sent
 }
 
 // A guest command that prints without end is killed once it passes the
@@ -206,16 +225,7 @@ func testSSHServer(t *testing.T) (addr string, sent *atomic.Int64) {
 // the guest did not get to send much more than that.
 func TestRunCapsCommandOutput(t *testing.T) {
 	addr, sent := testSSHServer(t)
-	dial := func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
-		var d net.Dialer
-		d.Timeout = timeout
-		return d.DialContext(ctx, "tcp", addr)
-	}
-	s, err := sshLogin(t.Context(), dial, addr, "admin", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := testSSHLogin(t, addr)
 
 	res, err := s.Run(t.Context(), "hello", nil, 10*time.Second)
 	if err != nil || !res.OK() || res.Stdout != "hello\n" || res.Cut {
@@ -307,34 +317,17 @@ func TestSerialTailReadsTheEnd(t *testing.T) {
 // under load) keeps the connection up and answers nothing.
 func stallingSSHServer(t *testing.T, stall string) string {
 	t.Helper()
-	cfg, l := testSSHListener(t)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
+	return serveTestSSH(t, func(nc ssh.NewChannel) {
+		if stall == "open" {
+			return // neither accepted nor rejected
+		}
+		if _, creqs, err := nc.Accept(); err == nil {
 			go func() {
-				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
-				if err != nil {
-					return
-				}
-				go ssh.DiscardRequests(reqs)
-				for nc := range chans {
-					if stall == "open" {
-						continue // neither accepted nor rejected
-					}
-					if _, creqs, err := nc.Accept(); err == nil {
-						go func() {
-							for range creqs { // never replied to
-							}
-						}()
-					}
+				for range creqs { // never replied to
 				}
 			}()
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // A guest that never answers the session's open or its exec request does
@@ -345,16 +338,7 @@ func TestRunBoundedWhenTheGuestStalls(t *testing.T) {
 		for _, how := range []string{"timeout", "cancel"} {
 			t.Run(stall+"/"+how, func(t *testing.T) {
 				addr := stallingSSHServer(t, stall)
-				dial := func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
-					var d net.Dialer
-					d.Timeout = timeout
-					return d.DialContext(ctx, "tcp", addr)
-				}
-				s, err := sshLogin(t.Context(), dial, addr, "admin", 10*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer s.Close()
+				s := testSSHLogin(t, addr)
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
 				timeout := time.Hour

@@ -42,15 +42,7 @@ runcmd:
 func TestCloudApplianceVerify(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
-	var fx cloudFixture
-	for _, f := range cloudFixtures(t) {
-		if f.name == "debian" {
-			fx = f
-		}
-	}
-	if fx.path == "" {
-		t.Fatal("no Debian-shaped cloud fixture")
-	}
+	fx := debianFixture(t)
 	rp := filepath.Join(repoRoot(), cloudApplianceRecipe)
 	baseSum := sha256File(t, fx.path)
 	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + baseSum}

@@ -162,3 +162,18 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// debianFixture is the Debian-shaped cloud fixture (fails t without it).
+func debianFixture(t *testing.T) cloudFixture {
+	t.Helper()
+	var fx cloudFixture
+	for _, f := range cloudFixtures(t) {
+		if f.name == "debian" {
+			fx = f
+		}
+	}
+	if fx.path == "" {
+		t.Fatal("no Debian-shaped cloud fixture")
+	}
+	return fx
+}

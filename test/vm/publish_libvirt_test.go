@@ -39,15 +39,7 @@ import (
 func TestPublishLibvirtBoot(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "qemu-img", "qemu-system-x86_64", "libvirtd", "virtlogd")
-	var fx cloudFixture
-	for _, f := range cloudFixtures(t) {
-		if f.name == "debian" {
-			fx = f
-		}
-	}
-	if fx.path == "" {
-		t.Fatal("no debian cloud fixture")
-	}
+	fx := debianFixture(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "debian.qcow2")
 	if out, err := exec.Command("cp", "--sparse=always", fx.path, img).CombinedOutput(); err != nil {

@@ -45,15 +45,7 @@ var (
 func TestBakeRun(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	requireTools(t, "qemu-img", "qemu-system-x86_64")
-	var fx cloudFixture
-	for _, f := range cloudFixtures(t) {
-		if f.name == "debian" {
-			fx = f
-		}
-	}
-	if fx.path == "" {
-		t.Fatal("no debian cloud fixture")
-	}
+	fx := debianFixture(t)
 	dir := t.TempDir()
 	// A copy: the fixture is shared by other tests, and this one proves
 	// that bake run leaves its image as it was.

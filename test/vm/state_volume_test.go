@@ -280,15 +280,7 @@ base:
 // passes them; the recipe file lives until the test ends).
 func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string, recipeArgs []string) {
 	t.Helper()
-	var fx cloudFixture
-	for _, f := range cloudFixtures(t) {
-		if f.name == "debian" {
-			fx = f
-		}
-	}
-	if fx.path == "" {
-		t.Fatal("no Debian-shaped cloud fixture")
-	}
+	fx := debianFixture(t)
 	inWork := filepath.Join(work, "inputs")
 	if err := os.Mkdir(inWork, 0o755); err != nil {
 		t.Fatal(err)
