@@ -173,9 +173,17 @@ sudo ip -n lan -6 addr add fd77:2::2/64 dev lan9p nodad
 sudo ip -n lan link set lan9p up
 sudo ip -n lan link set lo up
 echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz; true)"
-echo "allowed: $(sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 --interface 192.0.2.2 http://192.0.2.1:18789/healthz; true)"
-echo "not-allowed: $(sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 --interface 192.0.2.200 http://192.0.2.1:18789/healthz; true)"
-echo "ipv6: $(sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:2::1]:18789/healthz' || true)"
+# The three probes from the link at once, each into its own file (two
+# expect no answer: a 5 s timeout each, was one after another).
+p=$(mktemp -d)
+sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 --interface 192.0.2.2 http://192.0.2.1:18789/healthz >"$p/allowed" &
+sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 --interface 192.0.2.200 http://192.0.2.1:18789/healthz >"$p/not-allowed" &
+sudo ip netns exec lan curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:2::1]:18789/healthz' >"$p/ipv6" &
+wait
+echo "allowed: $(cat "$p/allowed")"
+echo "not-allowed: $(cat "$p/not-allowed")"
+echo "ipv6: $(cat "$p/ipv6")"
+rm -rf "$p"
 sudo ip netns del lan
 `
 	res := g.must(script)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -252,11 +253,29 @@ sudo xargs -0 -r -a "$d/l" grep -lsF -f "$d/k" -- | sed 's/^/found /'; true`)
 		t.Fatalf("no lease on the link: %v", err)
 	}
 	guestIP := ls[len(ls)-1].IP.String()
-	for _, u := range []string{"http://" + guestIP + "/health", "http://" + guestIP + ":18789/health"} {
-		if got, err := get(tn.link.Netns, u, "openclaw-test", token, 5*time.Second); err == nil {
-			t.Errorf("GET %s from the link without the tailnet answered: %s", u, got)
+	// Both at once: each expects no answer (its 5 s timeout), was one
+	// after the other.
+	urls := []string{"http://" + guestIP + "/health", "http://" + guestIP + ":18789/health"}
+	type result struct {
+		got string
+		err error
+	}
+	results := make([]result, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := get(tn.link.Netns, u, "openclaw-test", token, 5*time.Second)
+			results[i] = result{got, err}
+		}()
+	}
+	wg.Wait()
+	for i, u := range urls {
+		if r := results[i]; r.err == nil {
+			t.Errorf("GET %s from the link without the tailnet answered: %s", u, r.got)
 		} else {
-			t.Logf("GET %s from the link without the tailnet: refused (%v)", u, err)
+			t.Logf("GET %s from the link without the tailnet: refused (%v)", u, r.err)
 		}
 	}
 

@@ -828,13 +828,24 @@ sudo ip -n outside link set ext9p up
 sudo ip -n outside link set lo up
 for i in $(seq 30); do curl -s -o /dev/null -m 2 http://127.0.0.1:8080/healthz && break; sleep 1; done
 echo "loopback: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8080/healthz; true)"
-echo "outside-v4: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://198.51.100.1:8080/healthz; true)"
-echo "outside-v6: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:1::1]:8080/healthz' || true)"
-echo "outside-gateway: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://198.51.100.1:18789/healthz || true)"
-# moby#45610: a neighbour sends to 127.0.0.1:18789 through the guest's MAC.
+# The four probes from outside expect no answer, each a 5 s timeout:
+# at once, each into its own file (was one after another, 20 s).
+p=$(mktemp -d)
+sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://198.51.100.1:8080/healthz >"$p/v4" &
+sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 'http://[fd77:1::1]:8080/healthz' >"$p/v6" &
+sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://198.51.100.1:18789/healthz >"$p/gw" &
+# moby#45610: a neighbour sends to 127.0.0.1:18789 through the guest's MAC
+# (a route for 127.0.0.1 only: the probes above go to 198.51.100.1 and
+# fd77:1::1 from the namespace's own addresses).
 mac=$(cat /sys/class/net/ext9/address)
 sudo ip netns exec outside sh -c "ip addr flush dev lo && ip link set lo down && echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet && echo 1 >/proc/sys/net/ipv4/conf/ext9p/route_localnet && ip route add 127.0.0.1/32 dev ext9p src 198.51.100.2 && ip neigh add 127.0.0.1 lladdr $mac dev ext9p nud permanent"
-echo "outside-loopback: $(sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz; true)"
+sudo ip netns exec outside curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:18789/healthz >"$p/lo" &
+wait
+echo "outside-v4: $(cat "$p/v4")"
+echo "outside-v6: $(cat "$p/v6")"
+echo "outside-gateway: $(cat "$p/gw")"
+echo "outside-loopback: $(cat "$p/lo")"
+rm -rf "$p"
 echo "guard-drops: $(sudo iptables -t raw -L BAKE-LOCALNET -n -v -x | awk '$3 == "DROP" {print $1}')"
 sudo docker stop probe >/dev/null
 sudo ip netns del outside
