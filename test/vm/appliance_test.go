@@ -500,7 +500,8 @@ func (g *guest) waitRunning(max time.Duration) string {
 // and checks each layer from inside the guest. The guest is on a vm.Link
 // where headscale runs (startTailnet): the seed carries a pre-auth key,
 // headscale's URL and its CA, and the "tailscale" subtest proves the
-// first boot's join (checkTailnet).
+// first boot's join (checkTailnet). The same node after a reboot is
+// TestVerifyAppliance's (its rebooted instance boots this image).
 func TestApplianceBIOS(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
 	tok := make([]byte, 24)
@@ -752,11 +753,12 @@ echo "nic-address: $(curl -s -o /dev/null -w '%{http_code}' -m 5 http://` + ip +
 		}
 	})
 
-	// Last: it reboots the guest.
-	t.Run("tailscale after a reboot", func(t *testing.T) {
-		g.t = t
-		checkTailnetReboot(t, g, tn)
-	})
+	// The reboot's checks (the same node, no re-auth, the join unit not
+	// run again, the key still gone, the host key kept) are
+	// TestVerifyAppliance's: its instance 1 boots this image under SeaBIOS,
+	// joins at first boot and is rebooted (identity.reboot,
+	// tailscale.reboot, headscale's one node). This test's own reboot,
+	// 90 s, carried nothing more (issue 11; BENCHMARKS.md, "Folded").
 }
 
 // inOrder fails t unless every line of want is in got, in want's order
