@@ -164,9 +164,13 @@ func StateFiles(o StateOptions) []appliance.File {
 		{Path: StateUnitPath, Content: []byte(StateUnit(o)), Mode: 0o644},
 	}
 	if o.PartitionSize > 0 {
+		// Root does not grow when the partition was not made: the free
+		// space stays for the next boot's try.
 		fs = append(fs,
 			appliance.File{Path: StatePartitionScriptPath, Content: []byte(statePartitionScript), Mode: 0o755},
-			appliance.File{Path: StatePartitionUnitPath, Content: []byte(StatePartitionUnit()), Mode: 0o644})
+			appliance.File{Path: StatePartitionUnitPath, Content: []byte(StatePartitionUnit()), Mode: 0o644},
+			appliance.File{Path: appliance.UnitDir + "/" + GrowrootUnitName + ".d/20-bake-state-partition.conf", Mode: 0o644,
+				Content: []byte(appliance.Header + "[Unit]\nRequires=" + StatePartitionUnitName + "\nAfter=" + StatePartitionUnitName + "\n")})
 	}
 	for _, u := range o.Guarded {
 		fs = append(fs, StateGuardDropIn(u))

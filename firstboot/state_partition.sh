@@ -88,7 +88,7 @@ main() {
 	echo "$dump" | grep -q '^label: gpt' || fail "$DISK has no GPT: no state partition made"
 	want=$((PARTITION_SIZE / 512))
 	if [ -b "$DISK" ]; then
-		sectors=$(blockdev --getsz -- "$DISK") || fail "cannot read the size of $DISK"
+		sectors=$(blockdev --getsz "$DISK") || fail "cannot read the size of $DISK"
 	else
 		sectors=$(($(stat -c %s -- "$DISK") / 512)) # a disk image (tests)
 	fi

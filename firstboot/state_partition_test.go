@@ -145,6 +145,14 @@ func TestStatePartitionUnit(t *testing.T) {
 	for _, f := range StateFiles(o) {
 		paths = append(paths, f.Path)
 	}
+	for _, f := range StateFiles(o) {
+		if strings.HasSuffix(f.Path, "/bake-growroot.service.d/20-bake-state-partition.conf") && !strings.Contains(string(f.Content), "Requires=bake-state-partition.service\nAfter=bake-state-partition.service\n") {
+			t.Errorf("growroot's drop-in:\n%s", f.Content)
+		}
+	}
+	if !strings.Contains(strings.Join(paths, " "), "/etc/systemd/system/bake-growroot.service.d/20-bake-state-partition.conf") {
+		t.Errorf("no growroot drop-in in %v", paths)
+	}
 	if !strings.Contains(strings.Join(paths, " "), StatePartitionUnitPath) || strings.Join(StateUnits(o), " ") != "bake-state-partition.service bake-state.service" {
 		t.Errorf("files %v units %v", paths, StateUnits(o))
 	}
