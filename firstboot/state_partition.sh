@@ -55,8 +55,12 @@ format() {
 		log "$DISK is a file (tests): $1 not formatted"
 		return 0
 	fi
-	if [ -n "$(wipefs -n -- "$1" 2>&1)" ] || [ -n "$(blkid -p -c /dev/null -- "$1" 2>/dev/null)" ]; then
-		fail "$1 (partition $LABEL) holds something that is not a bake state file system (ext4 labelled $LABEL): not touched, not used"
+	# A partition's blkid -p output always has its entry (PART_ENTRY_*):
+	# only a file system TYPE or a wipefs signature counts.
+	sigs=$(wipefs -n -- "$1" 2>&1) || fail "wipefs -n $1 failed: $sigs"
+	typ=$(blkid -p -c /dev/null -o value -s TYPE -- "$1" 2>/dev/null)
+	if [ -n "$sigs" ] || [ -n "$typ" ]; then
+		fail "$1 (partition $LABEL) holds something that is not a bake state file system (ext4 labelled $LABEL): not touched, not used (${typ:-$sigs})"
 	fi
 	log "formatting $1 as ext4, label $LABEL"
 	mkfs.ext4 -q -L "$LABEL" -- "$1" || fail "mkfs.ext4 $1 failed"
