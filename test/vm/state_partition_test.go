@@ -23,6 +23,7 @@ import (
 type stateReport struct {
 	made                                 bool
 	status, marker, image, machineID     string
+	rootUUID                             string
 	bind, table, log, failed, serialTail string
 	rootBytes                            int64
 }
@@ -44,6 +45,8 @@ func parseStateReport(serial string) stateReport {
 			r.image = v
 		case "BAKE-MACHINE-ID":
 			r.machineID = v
+		case "BAKE-ROOT-UUID":
+			r.rootUUID = v
 		case "BAKE-STATE-BIND":
 			r.bind = v
 		case "BAKE-STATE-TABLE":
@@ -131,17 +134,26 @@ func TestStatePartitionUpgrade(t *testing.T) {
 	defer cancel()
 	recipe := filepath.Join(repoRoot(), "test/vm/testdata/state-partition/recipe.yaml")
 	dir := t.TempDir()
-	build := func(tag string) string {
+	// OLD's root UUIDs are the recipe's defaults, NEW's its own.
+	const (
+		oldRootUUID, oldRootPartUUID = "0ad0b5e1-0000-4000-8000-00000000000a", "0ad0b5e1-0000-4000-8000-00000000000b"
+		newRootUUID, newRootPartUUID = "0ad0b5e1-0000-4000-8000-00000000001a", "0ad0b5e1-0000-4000-8000-00000000001b"
+	)
+	build := func(tag string, sets ...string) string {
 		out := filepath.Join(dir, tag)
 		t0 := time.Now()
-		log, code := runBake(t, ctx, "build", recipe, "-o", out, "--set", "tag="+tag)
+		args := []string{"build", recipe, "-o", out, "--set", "tag=" + tag}
+		for _, s := range sets {
+			args = append(args, "--set", s)
+		}
+		log, code := runBake(t, ctx, args...)
 		if code != 0 {
 			t.Fatalf("bake build tag=%s failed (%d):\n%s", tag, code, log)
 		}
 		t.Logf("bake build tag=%s: %s", tag, since(t0))
 		return filepath.Join(out, "statepart.raw")
 	}
-	oldImg, newImg := build("old"), build("new")
+	oldImg, newImg := build("old"), build("new", "root_uuid="+newRootUUID, "root_partuuid="+newRootPartUUID)
 	oldSum, newSum := fileSum(t, oldImg), fileSum(t, newImg)
 
 	disk := filepath.Join(dir, "instance.raw")
@@ -178,10 +190,14 @@ func TestStatePartitionUpgrade(t *testing.T) {
 	if r1.rootBytes < 2100<<20 || r1.rootBytes > 4716544*512 {
 		t.Errorf("root is %d bytes: it did not grow up to the state partition", r1.rootBytes)
 	}
-	sum, st := statePartitionSum(t, disk)
+	if r1.rootUUID != oldRootUUID+" root=UUID="+oldRootUUID || !strings.Contains(tableLine(r1.table, "/dev/vda1"), "uuid="+strings.ToUpper(oldRootPartUUID)) {
+		t.Errorf("OLD's root: file system %s, entry %s; want %s, %s", r1.rootUUID, tableLine(r1.table, "/dev/vda1"), oldRootUUID, oldRootPartUUID)
+	}
+	_, st := statePartitionSum(t, disk)
 
 	// 2. bake upgrade DISK NEW, then NEW's boot on the same state.
 	upgradeTo := func(img, what string) {
+		sum, _ := statePartitionSum(t, disk) // as the last boot left it
 		t0 := time.Now()
 		out, code := runBake(t, ctx, "upgrade", disk, img)
 		if code != 0 {
@@ -196,8 +212,13 @@ func TestStatePartitionUpgrade(t *testing.T) {
 			t.Errorf("upgrade to %s: output: %s", what, out)
 		}
 	}
-	same := func(r stateReport, what, image string) {
+	same := func(r stateReport, what, image, rootUUID, rootPartUUID string) {
 		t.Helper()
+		// The image's own root, found by its UUIDs (the kernel's root=UUID=,
+		// fstab, the GPT entry bake upgrade wrote).
+		if r.rootUUID != rootUUID+" root=UUID="+rootUUID || !strings.Contains(tableLine(r.table, "/dev/vda1"), "uuid="+strings.ToUpper(rootPartUUID)) {
+			t.Errorf("%s: root file system %s, entry %s; want %s, %s", what, r.rootUUID, tableLine(r.table, "/dev/vda1"), rootUUID, rootPartUUID)
+		}
 		if r.status != "ok" || r.made || r.marker != r1.marker || r.machineID != r1.machineID || r.image != image || r.failed != "" {
 			t.Errorf("%s: %+v; want status ok, marker %s, machine ID %s, image %s", what, r, r1.marker, r1.machineID, image)
 		}
@@ -215,12 +236,12 @@ func TestStatePartitionUpgrade(t *testing.T) {
 	}
 	upgradeTo(newImg, "NEW")
 	r2 := bootState(t, disk, "NEW on the upgraded disk")
-	same(r2, "NEW", "new")
+	same(r2, "NEW", "new", newRootUUID, newRootPartUUID)
 
 	// 3. Rollback: bake upgrade DISK OLD.
 	upgradeTo(oldImg, "OLD (rollback)")
 	r3 := bootState(t, disk, "OLD again (rollback)")
-	same(r3, "the rollback", "old")
+	same(r3, "the rollback", "old", oldRootUUID, oldRootPartUUID)
 
 	if fileSum(t, oldImg) != oldSum || fileSum(t, newImg) != newSum {
 		t.Error("an image file changed")
