@@ -724,7 +724,7 @@ func TestContainerFiles(t *testing.T) {
 }
 
 func TestOpenClawConfig(t *testing.T) {
-	s := OpenClawConfig(18789, TokenPlaceholder)
+	s := OpenClawConfig(18789, TokenPlaceholder, nil)
 	golden(t, "openclaw.json.in.golden", s)
 	var cfg struct {
 		Gateway struct {
@@ -1006,4 +1006,41 @@ func TestTailscaleSeedLoginServer(t *testing.T) {
 			t.Errorf("funnel with a seed login server: err %v, calls %q\n%s", err, calls, out)
 		}
 	})
+}
+
+// gateway.settings are merged into openclaw.json: beside "gateway" and
+// into it; bake's own keys are bake's; the same settings give the same
+// bytes.
+func TestOpenClawConfigSettings(t *testing.T) {
+	settings := map[string]any{
+		"logging": map[string]any{"level": "debug"},
+		"gateway": map[string]any{"controlUi": map[string]any{"enabled": false}},
+		"agents":  []any{"a", 1},
+	}
+	s := OpenClawConfig(18790, TokenPlaceholder, settings)
+	if s != OpenClawConfig(18790, TokenPlaceholder, settings) {
+		t.Error("not deterministic")
+	}
+	if strings.Count(s, TokenPlaceholder) != 1 {
+		t.Errorf("the placeholder must appear once:\n%s", s)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(s), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	gw := cfg["gateway"].(map[string]any)
+	if gw["port"] != float64(18790) || gw["mode"] != "local" || gw["bind"] != "lan" || gw["controlUi"].(map[string]any)["enabled"] != false {
+		t.Errorf("gateway: %v", gw)
+	}
+	if cfg["logging"].(map[string]any)["level"] != "debug" || len(cfg["agents"].([]any)) != 2 {
+		t.Errorf("settings: %v", cfg)
+	}
+	// Bake's keys win over a settings map that was not validated.
+	s = OpenClawConfig(18789, TokenPlaceholder, map[string]any{"gateway": map[string]any{"port": 1, "auth": "none"}})
+	if !strings.Contains(s, `"port": 18789`) || strings.Count(s, TokenPlaceholder) != 1 {
+		t.Errorf("bake's keys overridden:\n%s", s)
+	}
+	if files := GatewayFiles(GatewayOptions{Port: 18789, StateDir: "/s", Owner: "o", Settings: settings}); !strings.Contains(string(files[0].Content), `"level": "debug"`) {
+		t.Errorf("the template lacks the settings:\n%s", files[0].Content)
+	}
 }

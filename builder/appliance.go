@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -560,7 +561,7 @@ func (p *Plan) containerImage(ctx context.Context, s *State, c recipe.Container)
 // (recipe.Gateway.StateDir, Owner; verify expects the same).
 func (p *Plan) gatewayOptions() appliance.GatewayOptions {
 	g := p.Recipe.Gateway
-	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner}
+	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner, Settings: g.Settings}
 }
 
 func (p *Plan) gatewayInputs() []string {
@@ -584,6 +585,10 @@ func (p *Plan) gatewayInputs() []string {
 		fmt.Sprintf("%s (first boot, 0600, owner %s): gateway.mode local, gateway.bind lan, gateway.port %d, gateway.auth.mode token, gateway.auth.token from the seed or 64 random characters, gateway.tailscale.mode off", o.ConfigPath(), o.Owner, o.Port),
 		fmt.Sprintf("state dir %s (0700 %s) mounted at %s", o.StateDir, o.Owner, appliance.GatewayContainerStateDir),
 	)
+	if len(o.Settings) > 0 {
+		b, _ := json.Marshal(o.Settings)
+		in = append(in, fmt.Sprintf("openclaw.json settings (gateway.settings, the image's: rendered again on an old instance's volume): %s", b))
+	}
 	switch g.TailscaleMode {
 	case "serve":
 		in = append(in, fmt.Sprintf("tailscale serve --bg http://127.0.0.1:%d (HTTPS on the tailnet, from the host)", pub.HostPort))

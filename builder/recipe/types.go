@@ -345,6 +345,14 @@ type Gateway struct {
 	// Token is refused unless firstboot.allow_baked_secrets: the token
 	// comes from the instance's seed or is generated at first boot.
 	Token string `yaml:"token,omitempty"`
+	// Settings are more of openclaw.json's settings, merged into the file
+	// bake writes (top-level keys beside "gateway", and "gateway"'s own
+	// keys into bake's). The image owns them: each image's first boot
+	// renders them again on an old instance's volume (docs/state.md), so a
+	// key removed here is gone after the upgrade. Refused: the keys bake
+	// writes (gateway.mode, bind, port, auth, tailscale) and the token's
+	// placeholder. No secrets: they are in the image.
+	Settings map[string]any `yaml:"settings,omitempty"`
 
 	// Filled by Defaults (never written in YAML): where the gateway's
 	// files are, which the build writes and verify checks.

@@ -540,6 +540,18 @@ func TestVerifyAppliance(t *testing.T) {
 		"--tailnet-login-server", hs.URL, "--tailnet-authkey-file", hs.keyFile, "--tailnet-ca", hs.CA.CertFile)
 	requireAllPass(t, run)
 	checkVerifyTailnet(t, ctx, run, hs, hsUser, fws)
+	// After the reboot the join unit did not run again: its condition
+	// (the key file) false, the unit inactive, as systemctl shows them in
+	// tailscale.reboot's evidence (tailscale.reboot fails on the first;
+	// the second was TestApplianceBIOS's own reboot check, folded here).
+	for _, fw := range fws {
+		ev := run.report.evidence(fw, "tailscale.reboot")
+		for _, want := range []string{"ActiveState=inactive\n", "ConditionResult=no\n"} {
+			if !strings.Contains(ev+"\n", want) {
+				t.Errorf("%s/tailscale.reboot's evidence lacks the join unit's %q after the reboot:\n%s", fw, strings.TrimSpace(want), ev)
+			}
+		}
+	}
 	for _, fw := range fws {
 		if a, b := run.report.Seeds[fw+"-0"], run.report.Seeds[fw+"-1"]; a != "nocloud" || b != "smbios" {
 			t.Errorf("%s seeds %q: want %s-0 nocloud, %s-1 smbios", fw, run.report.Seeds, fw, fw)
