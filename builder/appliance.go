@@ -764,8 +764,11 @@ func (p *Plan) stageFirstboot(ctx context.Context, s *State) error {
 func (p *Plan) stateOptions() firstboot.StateOptions {
 	r := p.Recipe
 	st := r.State
-	o := firstboot.StateOptions{Label: st.Volume.Label, Serial: st.Volume.Serial, Paths: st.Paths,
+	o := firstboot.StateOptions{Label: st.Label(), Serial: st.Volume.Serial, Paths: st.Paths,
 		ImageName: r.Name, ImageVersion: "bake " + Version, ImageDigest: "recipe sha256:" + r.Digest}
+	if pt := st.Partition; pt != nil {
+		o.PartitionSize = pt.SizeBytes
+	}
 	if len(r.Containers) > 0 {
 		o.Guarded = append(o.Guarded, "docker.service")
 	}
@@ -786,12 +789,19 @@ func (p *Plan) stateInputs() []string {
 	if o.Serial != "" {
 		find = "/dev/disk/by-id/virtio-" + o.Serial + ", formatted ext4 (label " + o.Label + ") only when blank (no partition table, no signature)"
 	}
-	in := []string{
-		firstboot.StateUnitName + ": every boot, before sysinit.target, " + strings.Join(append(append([]string{}, firstboot.StateBefore[1:]...), o.Before...), ", "),
-		"volume: " + find + "; missing: the instance runs from the root disk, said on the console",
-		"paths (copied on first use, then bound over the root disk's): " + strings.Join(o.Paths, " "),
-		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
+	vol := "volume: " + find + "; missing: the instance runs from the root disk, said on the console"
+	var in []string
+	if o.PartitionSize > 0 {
+		in = append(in, fmt.Sprintf("%s: every boot, before %s: a partition of the root disk named %s of %d MiB, made at first boot at the disk's end (free space after the last partition only; no room: refused, the services that keep state do not start), ext4 labelled %s; `bake upgrade DISK NEW` keeps it",
+			firstboot.StatePartitionUnitName, firstboot.GrowrootUnitName, o.Label, o.PartitionSize>>20, o.Label))
+		vol = "partition: the file system labelled " + o.Label + "; missing: refused, the services that keep state do not start"
 	}
+	in = append(in,
+		firstboot.StateUnitName+": every boot, before sysinit.target, "+strings.Join(append(append([]string{}, firstboot.StateBefore[1:]...), o.Before...), ", "),
+		vol,
+		"paths (copied on first use, then bound over the root disk's): "+strings.Join(o.Paths, " "),
+		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
+	)
 	tree := "docker.service, tailscaled.service and bake-container-*.service the image has"
 	if len(o.Guarded) > 0 {
 		tree = strings.Join(o.Guarded, ", ") + " (and any other " + tree + ")"
@@ -809,7 +819,7 @@ func (p *Plan) stageState(ctx context.Context, s *State) error {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
-		return rootfs.Systemd(ctx, ch, []string{firstboot.StateUnitName}, nil, nil)
+		return rootfs.Systemd(ctx, ch, firstboot.StateUnits(o), nil, nil)
 	})
 }
 

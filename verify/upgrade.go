@@ -137,6 +137,9 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 	if f.state, err = ParseStateConfig(b); err != nil {
 		return f, err
 	}
+	if err := volumeOnly(f.state); err != nil {
+		return f, err
+	}
 	b, err = cloudimg.ReadRootFile(ctx, raw, appliance.ContainersRecord, 1<<20)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -164,6 +167,16 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 		return f, errors.New("it has no kernel in /boot")
 	}
 	return f, nil
+}
+
+// volumeOnly refuses an image whose state is on a partition of its own
+// disk: an upgrade run boots the images on a state volume; a state
+// partition is carried by `bake upgrade DISK NEW` (docs/state.md).
+func volumeOnly(state map[string]string) error {
+	if state["PARTITION_SIZE"] != "" {
+		return fmt.Errorf("it keeps its state on a partition of its disk (state: {partition: ...}, label %q): --upgrade-from proves an upgrade on a state volume only; a state partition is carried by `bake upgrade DISK NEW_IMAGE` (docs/state.md)", state["LABEL"])
+	}
+	return nil
 }
 
 // ParseStateConfig parses /etc/bake/state.conf as firstboot.StateConfig

@@ -257,6 +257,25 @@ func TestJudgeSystem(t *testing.T) {
 	}
 }
 
+// An image with a state partition is refused by an upgrade run, naming
+// bake upgrade; one with a volume is not.
+func TestVolumeOnly(t *testing.T) {
+	part, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", PartitionSize: 1 << 30, Paths: []string{"/a"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volumeOnly(part); err == nil || !strings.Contains(err.Error(), "bake upgrade DISK NEW_IMAGE") {
+		t.Errorf("a state partition: %v", err)
+	}
+	vol, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", Paths: []string{"/a"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volumeOnly(vol); err != nil {
+		t.Errorf("a volume: %v", err)
+	}
+}
+
 // imageSettings: a boot's openclaw.json is its image's template with the
 // instance's token, byte for byte; the evidence shows the template and a
 // mismatch the keys that differ, never the token.

@@ -409,6 +409,10 @@ type Firstboot struct {
 // anything that reads it starts (docs/state.md).
 type State struct {
 	Volume StateVolume `yaml:"volume,omitempty"`
+	// Partition, instead of Volume, keeps the state on a partition of the
+	// root disk that first boot makes at the disk's end before root
+	// grows (single-disk VMs; `bake upgrade DISK NEW` keeps it).
+	Partition *StatePartition `yaml:"partition,omitempty"`
 	// Paths are the instance-owned files and directories. A path whose
 	// last component holds a * names the files it matches (host keys).
 	// Default (see DefaultStatePaths): the appliance's identities and
@@ -424,4 +428,15 @@ type State struct {
 type StateVolume struct {
 	Label  string `yaml:"label,omitempty"` // default bake-state
 	Serial string `yaml:"serial,omitempty"`
+}
+
+// StatePartition is the state partition of a single-disk instance: at
+// its first boot, before the root partition grows, first boot adds a GPT
+// partition named Label of Size at the end of the disk (in free space
+// after the last partition only) and formats it ext4 with the same label.
+type StatePartition struct {
+	Label string `yaml:"label,omitempty"` // default bake-state (GPT name and ext4 label)
+	Size  string `yaml:"size"`            // e.g. 2GiB; whole MiB, at least 64MiB
+	// SizeBytes is Size in bytes (Defaults).
+	SizeBytes int64 `yaml:"-"`
 }
