@@ -431,6 +431,31 @@ func TestCloudInitConfig(t *testing.T) {
 	if strings.Contains(c, "_modules:") {
 		t.Errorf("module lists written without CloudInitModules:\n%s", c)
 	}
+	// Ec2 only where DMI names one of its clouds, on every kind of base:
+	// with "warn" (cloud-init's default) an instance with no datasource
+	// (no seed, or SMBIOS credentials only, on a cloud-image base whose
+	// ds-identify leaves the search to cloud-init) polled 169.254.169.254
+	// for 120 s before SSH came up.
+	for _, o := range []SSHOptions{
+		{CloudInit: true, AdminUser: "admin"},
+		{CloudInit: true, AdminUser: "admin", CloudInitNetwork: true},
+		{CloudInit: true, AdminUser: "admin", CloudInitModules: true},
+		{CloudInit: true, CloudInitDatasources: []string{"Ec2", "None"}},
+	} {
+		var cfg struct {
+			DatasourceList []string `yaml:"datasource_list"`
+			Datasource     map[string]map[string]any
+		}
+		if err := yaml.Unmarshal([]byte(CloudInitConfig(o)), &cfg); err != nil {
+			t.Fatalf("%+v: not YAML: %v", o, err)
+		}
+		if v, ok := cfg.Datasource["Ec2"]["strict_id"]; !ok || v != true {
+			t.Errorf("%+v: datasource.Ec2.strict_id = %#v, want true", o, v)
+		}
+		if len(cfg.DatasourceList) == 0 || cfg.DatasourceList[len(cfg.DatasourceList)-1] != "None" {
+			t.Errorf("%+v: datasource_list %v: None must stay last (cloud-init still runs when no cloud answers)", o, cfg.DatasourceList)
+		}
+	}
 
 	// A tree bootstrapped from packages: only the appliance's modules, as
 	// YAML lists cloud-init reads (each stage's key replaces Debian's).

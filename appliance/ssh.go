@@ -147,6 +147,17 @@ func CloudInitConfig(o SSHOptions) string {
 	// 22.4 would also make DSA and RSA).
 	b.WriteString("ssh_genkeytypes: [ed25519, ecdsa]\n")
 	b.WriteString("datasource_list: [" + strings.Join(ds, ", ") + "]\n")
+	// Ec2 only where the platform says it is one of its clouds (DMI: AWS,
+	// Brightbox, ZStack, e24cloud, Outscale). cloud-init's default
+	// ("warn") lets DataSourceEc2 poll 169.254.169.254 for 120 s on any
+	// machine when ds-identify found no datasource and left the search to
+	// cloud-init (notfound=enabled, dsIdentifyPolicy): an instance with no
+	// seed or SMBIOS credentials only waited 2 minutes more for SSH.
+	// ds-identify's own default is already true; the other network
+	// datasources listed check DMI before they poll (OpenStack's product
+	// name or asset tag, GCE's product name or serial, Azure's chassis
+	// asset tag).
+	b.WriteString(ec2StrictID)
 	if o.CloudInitNetwork {
 		b.WriteString("# network: cloud-init configures the base cloud image's own network stack.\n")
 	} else {
@@ -172,6 +183,9 @@ func CloudInitConfig(o SSHOptions) string {
 	}
 	return b.String()
 }
+
+// ec2StrictID is CloudInitConfig's Ec2 setting (see there).
+const ec2StrictID = "datasource:\n  Ec2:\n    strict_id: true\n"
 
 // HostKeyTypes are the host keys sshd uses (HostKey in SSHDConfig) and
 // bake-hostkeys makes. Not RSA: ssh-keygen -A would make an RSA 3072 key,
