@@ -500,9 +500,31 @@ func TestCloudInitConfig(t *testing.T) {
 
 	files := SSHFiles(SSHOptions{CloudInit: false})
 	for _, f := range files {
-		if f.Path == CloudInitSSH {
-			t.Error("cloud-init config written without cloud-init")
+		if f.Path == CloudInitSSH || f.Path == CloudInitSSHDConfig {
+			t.Errorf("%s written without cloud-init", f.Path)
 		}
+	}
+
+	// cloud-init's sshd file, as its set_passwords writes it for
+	// ssh_pwauth: false: one setting, 0600, so that first boot finds
+	// "PasswordAuthentication no" already there and restarts no sshd.
+	var sshd *File
+	for _, f := range SSHFiles(SSHOptions{CloudInit: true, AdminUser: "admin"}) {
+		if f.Path == CloudInitSSHDConfig {
+			sshd = &f
+		}
+	}
+	if sshd == nil {
+		t.Fatalf("%s not written with cloud-init", CloudInitSSHDConfig)
+	}
+	if sshd.Mode != 0o600 {
+		t.Errorf("%s mode %o, want 600 (cloud-init's)", CloudInitSSHDConfig, sshd.Mode)
+	}
+	if m := ParseSSHDT(stripComments(string(sshd.Content))); len(m) != 1 || m["passwordauthentication"] != "no" {
+		t.Errorf("%s sets %v, want only PasswordAuthentication no:\n%s", CloudInitSSHDConfig, m, sshd.Content)
+	}
+	if !strings.Contains(c, "ssh_pwauth: false\n") {
+		t.Error("the file must say what 99-bake.cfg's ssh_pwauth makes cloud-init write")
 	}
 }
 
@@ -1031,4 +1053,14 @@ func TestTailscaleSeedLoginServer(t *testing.T) {
 			t.Errorf("funnel with a seed login server: err %v, calls %q\n%s", err, calls, out)
 		}
 	})
+}
+
+func stripComments(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(s, "\n") {
+		if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "#") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
 }
