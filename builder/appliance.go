@@ -119,7 +119,8 @@ func (p *Plan) sshInputs() []string {
 		"check: the tree's sshd -T (any connection, root, the admin) must show those values",
 	}
 	if o.CloudInit {
-		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ","))
+		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ",")+" (Ec2 only where DMI names its cloud: strict_id)",
+			appliance.CloudInitSSHDConfig+": PasswordAuthentication no, as cloud-init writes it for ssh_pwauth false (first boot does not restart sshd)")
 		if p.Recipe.Base.Image != nil {
 			in = append(in, "cloud image base: cloud-init keeps configuring the image's own network stack; "+appliance.DSIdentifyConfig+": notfound=enabled (no datasource, e.g. SMBIOS credentials only: cloud-init still runs and sets up DHCP)")
 		} else {
