@@ -431,6 +431,31 @@ func TestCloudInitConfig(t *testing.T) {
 	if strings.Contains(c, "_modules:") {
 		t.Errorf("module lists written without CloudInitModules:\n%s", c)
 	}
+	// Ec2 only where DMI names one of its clouds, on every kind of base:
+	// with "warn" (cloud-init's default) an instance with no datasource
+	// (no seed, or SMBIOS credentials only, on a cloud-image base whose
+	// ds-identify leaves the search to cloud-init) polled 169.254.169.254
+	// for 120 s before SSH came up.
+	for _, o := range []SSHOptions{
+		{CloudInit: true, AdminUser: "admin"},
+		{CloudInit: true, AdminUser: "admin", CloudInitNetwork: true},
+		{CloudInit: true, AdminUser: "admin", CloudInitModules: true},
+		{CloudInit: true, CloudInitDatasources: []string{"Ec2", "None"}},
+	} {
+		var cfg struct {
+			DatasourceList []string `yaml:"datasource_list"`
+			Datasource     map[string]map[string]any
+		}
+		if err := yaml.Unmarshal([]byte(CloudInitConfig(o)), &cfg); err != nil {
+			t.Fatalf("%+v: not YAML: %v", o, err)
+		}
+		if v, ok := cfg.Datasource["Ec2"]["strict_id"]; !ok || v != true {
+			t.Errorf("%+v: datasource.Ec2.strict_id = %#v, want true", o, v)
+		}
+		if len(cfg.DatasourceList) == 0 || cfg.DatasourceList[len(cfg.DatasourceList)-1] != "None" {
+			t.Errorf("%+v: datasource_list %v: None must stay last (cloud-init still runs when no cloud answers)", o, cfg.DatasourceList)
+		}
+	}
 
 	// A tree bootstrapped from packages: only the appliance's modules, as
 	// YAML lists cloud-init reads (each stage's key replaces Debian's).
@@ -475,9 +500,31 @@ func TestCloudInitConfig(t *testing.T) {
 
 	files := SSHFiles(SSHOptions{CloudInit: false})
 	for _, f := range files {
-		if f.Path == CloudInitSSH {
-			t.Error("cloud-init config written without cloud-init")
+		if f.Path == CloudInitSSH || f.Path == CloudInitSSHDConfig {
+			t.Errorf("%s written without cloud-init", f.Path)
 		}
+	}
+
+	// cloud-init's sshd file, as its set_passwords writes it for
+	// ssh_pwauth: false: one setting, 0600, so that first boot finds
+	// "PasswordAuthentication no" already there and restarts no sshd.
+	var sshd *File
+	for _, f := range SSHFiles(SSHOptions{CloudInit: true, AdminUser: "admin"}) {
+		if f.Path == CloudInitSSHDConfig {
+			sshd = &f
+		}
+	}
+	if sshd == nil {
+		t.Fatalf("%s not written with cloud-init", CloudInitSSHDConfig)
+	}
+	if sshd.Mode != 0o600 {
+		t.Errorf("%s mode %o, want 600 (cloud-init's)", CloudInitSSHDConfig, sshd.Mode)
+	}
+	if m := ParseSSHDT(stripComments(string(sshd.Content))); len(m) != 1 || m["passwordauthentication"] != "no" {
+		t.Errorf("%s sets %v, want only PasswordAuthentication no:\n%s", CloudInitSSHDConfig, m, sshd.Content)
+	}
+	if !strings.Contains(c, "ssh_pwauth: false\n") {
+		t.Error("the file must say what 99-bake.cfg's ssh_pwauth makes cloud-init write")
 	}
 }
 
@@ -724,7 +771,7 @@ func TestContainerFiles(t *testing.T) {
 }
 
 func TestOpenClawConfig(t *testing.T) {
-	s := OpenClawConfig(18789, TokenPlaceholder)
+	s := OpenClawConfig(18789, TokenPlaceholder, nil)
 	golden(t, "openclaw.json.in.golden", s)
 	var cfg struct {
 		Gateway struct {
@@ -1006,4 +1053,51 @@ func TestTailscaleSeedLoginServer(t *testing.T) {
 			t.Errorf("funnel with a seed login server: err %v, calls %q\n%s", err, calls, out)
 		}
 	})
+}
+
+// gateway.settings are merged into openclaw.json: beside "gateway" and
+// into it; bake's own keys are bake's; the same settings give the same
+// bytes.
+func TestOpenClawConfigSettings(t *testing.T) {
+	settings := map[string]any{
+		"logging": map[string]any{"level": "debug"},
+		"gateway": map[string]any{"controlUi": map[string]any{"enabled": false}},
+		"agents":  []any{"a", 1},
+	}
+	s := OpenClawConfig(18790, TokenPlaceholder, settings)
+	if s != OpenClawConfig(18790, TokenPlaceholder, settings) {
+		t.Error("not deterministic")
+	}
+	if strings.Count(s, TokenPlaceholder) != 1 {
+		t.Errorf("the placeholder must appear once:\n%s", s)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(s), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	gw := cfg["gateway"].(map[string]any)
+	if gw["port"] != float64(18790) || gw["mode"] != "local" || gw["bind"] != "lan" || gw["controlUi"].(map[string]any)["enabled"] != false {
+		t.Errorf("gateway: %v", gw)
+	}
+	if cfg["logging"].(map[string]any)["level"] != "debug" || len(cfg["agents"].([]any)) != 2 {
+		t.Errorf("settings: %v", cfg)
+	}
+	// Bake's keys win over a settings map that was not validated.
+	s = OpenClawConfig(18789, TokenPlaceholder, map[string]any{"gateway": map[string]any{"port": 1, "auth": "none"}})
+	if !strings.Contains(s, `"port": 18789`) || strings.Count(s, TokenPlaceholder) != 1 {
+		t.Errorf("bake's keys overridden:\n%s", s)
+	}
+	if files := GatewayFiles(GatewayOptions{Port: 18789, StateDir: "/s", Owner: "o", Settings: settings}); !strings.Contains(string(files[0].Content), `"level": "debug"`) {
+		t.Errorf("the template lacks the settings:\n%s", files[0].Content)
+	}
+}
+
+func stripComments(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(s, "\n") {
+		if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "#") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
 }

@@ -23,7 +23,16 @@ type GatewayOptions struct {
 	// mounted at GatewayContainerStateDir; openclaw.json lives in it.
 	StateDir string
 	Owner    string // user[:group] of StateDir and openclaw.json
+	// Settings are the recipe's other settings of openclaw.json
+	// (gateway.settings), merged into it: no key GatewayOwnedKeys names,
+	// no placeholder (the recipe validates both).
+	Settings map[string]any
 }
+
+// GatewayOwnedKeys are the keys of openclaw.json's "gateway" object that
+// bake writes itself (from the recipe's gateway section and the
+// instance's token): gateway.settings may not set them.
+var GatewayOwnedKeys = []string{"mode", "bind", "port", "auth", "tailscale"}
 
 // ConfigPath is openclaw.json on the host.
 func (g GatewayOptions) ConfigPath() string { return g.StateDir + "/" + GatewayConfigName }
@@ -38,19 +47,34 @@ func (g GatewayOptions) Volume() string { return g.StateDir + ":" + GatewayConta
 // mode (the only mode OpenClaw starts in), authenticating clients by token.
 // Tailscale serve runs on the host, where the tailscale CLI is, so the
 // gateway's own tailscale mode is off.
-func OpenClawConfig(port int, token string) string {
-	cfg := map[string]any{
-		"gateway": map[string]any{
-			"mode": "local",
-			"bind": "lan",
-			"port": port,
-			"auth": map[string]any{
-				"mode":  "token",
-				"token": token,
-			},
-			"tailscale": map[string]any{"mode": "off"},
-		},
+//
+// settings (the recipe's gateway.settings) are merged in: their top-level
+// keys beside "gateway", and the keys of their "gateway" object into
+// bake's (bake's own keys win; the recipe refuses them). Keys are written
+// sorted, so the same recipe gives the same file.
+func OpenClawConfig(port int, token string, settings map[string]any) string {
+	gw := map[string]any{}
+	cfg := map[string]any{}
+	for k, v := range settings {
+		if k == "gateway" {
+			if m, ok := v.(map[string]any); ok {
+				for gk, gv := range m {
+					gw[gk] = gv
+				}
+				continue
+			}
+		}
+		cfg[k] = v
 	}
+	gw["mode"] = "local"
+	gw["bind"] = "lan"
+	gw["port"] = port
+	gw["auth"] = map[string]any{
+		"mode":  "token",
+		"token": token,
+	}
+	gw["tailscale"] = map[string]any{"mode": "off"}
+	cfg["gateway"] = gw
 	var b strings.Builder
 	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
@@ -63,7 +87,7 @@ func OpenClawConfig(port int, token string) string {
 // directory, owned by the gateway's user, private.
 func GatewayFiles(g GatewayOptions) []File {
 	return []File{
-		file(GatewayConfigTemplate, OpenClawConfig(g.Port, TokenPlaceholder), unitMode),
+		file(GatewayConfigTemplate, OpenClawConfig(g.Port, TokenPlaceholder, g.Settings), unitMode),
 		Dir(g.StateDir, 0o700, g.Owner),
 	}
 }

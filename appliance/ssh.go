@@ -22,6 +22,12 @@ const (
 	HostKeysUnitName = "bake-hostkeys.service"
 	HostKeysUnit     = UnitDir + "/" + HostKeysUnitName
 	SSHServiceDropIn = UnitDir + "/ssh.service.d/00-bake-hostkeys.conf"
+	// CloudInitSSHDConfig is the file cloud-init 22.4's set_passwords
+	// module writes ssh_pwauth into (sshd_config includes
+	// sshd_config.d). The image has it already as 99-bake.cfg's
+	// ssh_pwauth: false makes it, so that at first boot cloud-init finds
+	// nothing to change and does not restart sshd.
+	CloudInitSSHDConfig = "/etc/ssh/sshd_config.d/50-cloud-init.conf"
 )
 
 // SSHOptions are the SSH settings of an appliance.
@@ -147,6 +153,17 @@ func CloudInitConfig(o SSHOptions) string {
 	// 22.4 would also make DSA and RSA).
 	b.WriteString("ssh_genkeytypes: [ed25519, ecdsa]\n")
 	b.WriteString("datasource_list: [" + strings.Join(ds, ", ") + "]\n")
+	// Ec2 only where the platform says it is one of its clouds (DMI: AWS,
+	// Brightbox, ZStack, e24cloud, Outscale). cloud-init's default
+	// ("warn") lets DataSourceEc2 poll 169.254.169.254 for 120 s on any
+	// machine when ds-identify found no datasource and left the search to
+	// cloud-init (notfound=enabled, dsIdentifyPolicy): an instance with no
+	// seed or SMBIOS credentials only waited 2 minutes more for SSH.
+	// ds-identify's own default is already true; the other network
+	// datasources listed check DMI before they poll (OpenStack's product
+	// name or asset tag, GCE's product name or serial, Azure's chassis
+	// asset tag).
+	b.WriteString(ec2StrictID)
 	if o.CloudInitNetwork {
 		b.WriteString("# network: cloud-init configures the base cloud image's own network stack.\n")
 	} else {
@@ -172,6 +189,21 @@ func CloudInitConfig(o SSHOptions) string {
 	}
 	return b.String()
 }
+
+// cloudInitSSHDConfig is CloudInitSSHDConfig as cloud-init's set_passwords
+// writes it for ssh_pwauth: false (0600, one line). Without it, first boot
+// ran "systemctl restart ssh" in cloud-config (set_passwords 1.75 s of a
+// boot under TCG, and an sshd restart while clients log in). 00-bake.conf,
+// read first, decides the value either way; user-data's ssh_pwauth: true
+// still makes cloud-init write "yes" here and restart sshd, to no effect.
+const cloudInitSSHDConfig = `# cloud-init's file (ssh_pwauth), made in the image as cloud-init would
+# write it for 99-bake.cfg's ssh_pwauth: false, so that first boot finds it
+# set and does not restart sshd. 00-bake.conf is read first and wins.
+PasswordAuthentication no
+`
+
+// ec2StrictID is CloudInitConfig's Ec2 setting (see there).
+const ec2StrictID = "datasource:\n  Ec2:\n    strict_id: true\n"
 
 // HostKeyTypes are the host keys sshd uses (HostKey in SSHDConfig) and
 // bake-hostkeys makes. Not RSA: ssh-keygen -A would make an RSA 3072 key,
@@ -214,7 +246,8 @@ func SSHFiles(o SSHOptions) []File {
 		file(SSHServiceDropIn, Header+sshServiceDropIn, unitMode),
 	}
 	if o.CloudInit {
-		fs = append(fs, file(CloudInitSSH, CloudInitConfig(o), unitMode))
+		fs = append(fs, file(CloudInitSSH, CloudInitConfig(o), unitMode),
+			file(CloudInitSSHDConfig, Header+cloudInitSSHDConfig, 0o600))
 		if o.CloudInitNetwork {
 			fs = append(fs, file(DSIdentifyConfig, Header+dsIdentifyPolicy, unitMode))
 		}

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -118,7 +119,8 @@ func (p *Plan) sshInputs() []string {
 		"check: the tree's sshd -T (any connection, root, the admin) must show those values",
 	}
 	if o.CloudInit {
-		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ","))
+		in = append(in, appliance.CloudInitSSH+": ssh_pwauth false, disable_root, default user "+o.AdminUser+", datasources "+strings.Join(appliance.DefaultDatasources, ",")+" (Ec2 only where DMI names its cloud: strict_id)",
+			appliance.CloudInitSSHDConfig+": PasswordAuthentication no, as cloud-init writes it for ssh_pwauth false (first boot does not restart sshd)")
 		if p.Recipe.Base.Image != nil {
 			in = append(in, "cloud image base: cloud-init keeps configuring the image's own network stack; "+appliance.DSIdentifyConfig+": notfound=enabled (no datasource, e.g. SMBIOS credentials only: cloud-init still runs and sets up DHCP)")
 		} else {
@@ -560,7 +562,7 @@ func (p *Plan) containerImage(ctx context.Context, s *State, c recipe.Container)
 // (recipe.Gateway.StateDir, Owner; verify expects the same).
 func (p *Plan) gatewayOptions() appliance.GatewayOptions {
 	g := p.Recipe.Gateway
-	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner}
+	return appliance.GatewayOptions{Port: g.GatewayPublish().HostPort, StateDir: g.StateDir, Owner: g.Owner, Settings: g.Settings}
 }
 
 func (p *Plan) gatewayInputs() []string {
@@ -584,6 +586,10 @@ func (p *Plan) gatewayInputs() []string {
 		fmt.Sprintf("%s (first boot, 0600, owner %s): gateway.mode local, gateway.bind lan, gateway.port %d, gateway.auth.mode token, gateway.auth.token from the seed or 64 random characters, gateway.tailscale.mode off", o.ConfigPath(), o.Owner, o.Port),
 		fmt.Sprintf("state dir %s (0700 %s) mounted at %s", o.StateDir, o.Owner, appliance.GatewayContainerStateDir),
 	)
+	if len(o.Settings) > 0 {
+		b, _ := json.Marshal(o.Settings)
+		in = append(in, fmt.Sprintf("openclaw.json settings (gateway.settings, the image's: rendered again on an old instance's volume): %s", b))
+	}
 	switch g.TailscaleMode {
 	case "serve":
 		in = append(in, fmt.Sprintf("tailscale serve --bg http://127.0.0.1:%d (HTTPS on the tailnet, from the host)", pub.HostPort))
@@ -759,8 +765,11 @@ func (p *Plan) stageFirstboot(ctx context.Context, s *State) error {
 func (p *Plan) stateOptions() firstboot.StateOptions {
 	r := p.Recipe
 	st := r.State
-	o := firstboot.StateOptions{Label: st.Volume.Label, Serial: st.Volume.Serial, Paths: st.Paths,
+	o := firstboot.StateOptions{Label: st.Label(), Serial: st.Volume.Serial, Paths: st.Paths,
 		ImageName: r.Name, ImageVersion: "bake " + Version, ImageDigest: "recipe sha256:" + r.Digest}
+	if pt := st.Partition; pt != nil {
+		o.PartitionSize = pt.SizeBytes
+	}
 	if len(r.Containers) > 0 {
 		o.Guarded = append(o.Guarded, "docker.service")
 	}
@@ -781,12 +790,19 @@ func (p *Plan) stateInputs() []string {
 	if o.Serial != "" {
 		find = "/dev/disk/by-id/virtio-" + o.Serial + ", formatted ext4 (label " + o.Label + ") only when blank (no partition table, no signature)"
 	}
-	in := []string{
-		firstboot.StateUnitName + ": every boot, before sysinit.target, " + strings.Join(append(append([]string{}, firstboot.StateBefore[1:]...), o.Before...), ", "),
-		"volume: " + find + "; missing: the instance runs from the root disk, said on the console",
-		"paths (copied on first use, then bound over the root disk's): " + strings.Join(o.Paths, " "),
-		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
+	vol := "volume: " + find + "; missing: the instance runs from the root disk, said on the console"
+	var in []string
+	if o.PartitionSize > 0 {
+		in = append(in, fmt.Sprintf("%s: every boot, before %s: a partition of the root disk named %s of %d MiB, made at first boot at the disk's end (free space after the last partition only; no room: refused, the services that keep state do not start), ext4 labelled %s; `bake upgrade DISK NEW` keeps it",
+			firstboot.StatePartitionUnitName, firstboot.GrowrootUnitName, o.Label, o.PartitionSize>>20, o.Label))
+		vol = "partition: the file system labelled " + o.Label + "; missing: refused, the services that keep state do not start"
 	}
+	in = append(in,
+		firstboot.StateUnitName+": every boot, before sysinit.target, "+strings.Join(append(append([]string{}, firstboot.StateBefore[1:]...), o.Before...), ", "),
+		vol,
+		"paths (copied on first use, then bound over the root disk's): "+strings.Join(o.Paths, " "),
+		fmt.Sprintf("state format %d; the volume records the image that last wrote it; a newer format is refused", firstboot.StateFormat),
+	)
 	tree := "docker.service, tailscaled.service and bake-container-*.service the image has"
 	if len(o.Guarded) > 0 {
 		tree = strings.Join(o.Guarded, ", ") + " (and any other " + tree + ")"
@@ -804,7 +820,7 @@ func (p *Plan) stageState(ctx context.Context, s *State) error {
 		return err
 	}
 	return withChroot(ctx, s, func(ch *rootfs.Chroot) error {
-		return rootfs.Systemd(ctx, ch, []string{firstboot.StateUnitName}, nil, nil)
+		return rootfs.Systemd(ctx, ch, firstboot.StateUnits(o), nil, nil)
 	})
 }
 

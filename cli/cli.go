@@ -94,7 +94,7 @@ into a GPT disk that boots under BIOS and UEFI.`,
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newConvert(), newSeed(), newRun(), newPublish(), newVersion())
+	root.AddCommand(newBuild(), newValidate(), newPlan(), newVerify(), newInspect(), newConvert(), newSeed(), newRun(), newPublish(), newUpgrade(), newVersion())
 	return root
 }
 

@@ -24,10 +24,10 @@ func run(t *testing.T, args ...string) (string, string, int) {
 // The plans of the shipped recipes are golden files: a change to what a
 // build does shows up in review as a diff of these files.
 func TestPlanGolden(t *testing.T) {
-	for _, name := range []string{"openclaw", "minimal", "state"} {
+	for _, name := range []string{"openclaw", "minimal", "state", "state-partition"} {
 		recipePath := "recipes/" + name + ".yaml"
-		if name == "state" {
-			recipePath = "cli/testdata/state.yaml" // a state: section (issue 15)
+		if strings.HasPrefix(name, "state") {
+			recipePath = "cli/testdata/" + name + ".yaml" // a state: section (issue 15)
 		}
 		t.Run(name, func(t *testing.T) {
 			// Run from the repository root so the printed path is stable.
@@ -151,6 +151,7 @@ func TestPlanJSONGolden(t *testing.T) {
 		{"openclaw-test", "test/vm/testdata/openclaw-test.yaml", nil},
 		{"boottest", "test/vm/testdata/boot/recipe.yaml", nil},
 		{"state", "cli/testdata/state.yaml", nil},
+		{"state-partition", "cli/testdata/state-partition.yaml", nil},
 		// The test names its fixture; any file in the folder stands in for
 		// it here (plan checks that it exists, the build that it is an
 		// image with that digest).

@@ -168,3 +168,7 @@ func parseFAT(bs []byte) (Filesystem, bool) {
 	}
 	return fs, true
 }
+
+// ProbeFS reads the file system superblock of the size bytes at off of r
+// (a disk): its type, UUID and label, as Inspect fills Partition.FS.
+func ProbeFS(r io.ReaderAt, off, size int64) (Filesystem, error) { return probeFS(r, off, size) }

@@ -20,6 +20,12 @@
 # Tailscale auth key for bake-tailscale-up.service, with the seed's
 # control server and CA when it names another (headscale) than the image's.
 #
+# At every later boot it applies the image's gateway settings: openclaw.json
+# is the image's (the recipe's settings) and the instance's (its token) at
+# once, and lives on the state volume, so a new image on an old volume
+# re-renders it from its own template with the instance's token, as long as
+# the file is still what first boot rendered (see refresh_gateway).
+#
 # It logs what it does and where values came from, never a secret: no
 # secret is ever put on a command line (other users can read those).
 # SSH host keys are not made here but by bake-hostkeys.service, which
@@ -38,6 +44,9 @@ BAKED_SEED=/etc/bake/seed.d
 CLOUD_INIT_SEED=/run/bake/cloud-init-seed
 SECRETS=/var/lib/bake/secrets
 PLACEHOLDER=@BAKE_GATEWAY_TOKEN@
+# The template openclaw.json was last rendered from, in $STATE (a state
+# path: it moves with the volume, as openclaw.json does). No secret in it.
+APPLIED_NAME=openclaw.json.in.applied
 TS_SEED_LOGIN=/etc/bake/tailscale-login-server
 TS_CA_DIR=/var/lib/tailscale/bake-ca
 TS_CA_MAX=65536
@@ -54,6 +63,14 @@ TAILSCALE=
 failed=0
 log() { echo "bake-firstboot: $*"; }
 warn() { echo "bake-firstboot: warning: $*" >&2; }
+# loud MESSAGE: a warning the admin must see, on the console too.
+CONSOLE=/dev/console
+loud() {
+	warn "$*"
+	if [ -w "$CONSOLE" ]; then
+		echo "bake-firstboot: warning: $*" >"$CONSOLE" 2>/dev/null || true
+	fi
+}
 err() {
 	echo "bake-firstboot: error: $*" >&2
 	failed=1
@@ -393,8 +410,139 @@ setup_gateway() {
 		return 0
 	fi
 	rm -f "$WORK/openclaw.json"
+	if ! record_template; then
+		warn "cannot record the template openclaw.json was rendered from in $STATE/$APPLIED_NAME: a later image cannot apply its gateway settings"
+	fi
 	log "gateway token: ${#token} characters, $from"
 	log "wrote $GATEWAY_CONFIG (0600, $GATEWAY_OWNER, written as uid $gw_uid); read the token with: sudo grep -o '\"token\": *\"[^\"]*\"' $GATEWAY_CONFIG"
+}
+
+# record_template: keeps the template openclaw.json was just rendered from
+# (no secret in it: the placeholder stands for the token) beside first
+# boot's stamps, root's, private.
+record_template() {
+	mkdir -p "$STATE" &&
+		cp -- "$GATEWAY_TEMPLATE" "$STATE/$APPLIED_NAME.tmp" &&
+		chmod 0600 "$STATE/$APPLIED_NAME.tmp" &&
+		mv -f -- "$STATE/$APPLIED_NAME.tmp" "$STATE/$APPLIED_NAME"
+}
+
+# recover_token TEMPLATE FILE: sets token to the instance's token when FILE
+# is exactly TEMPLATE rendered (render_config) with some token: FILE starts
+# with the text before the placeholder and ends with the text after it,
+# what is between is a token first boot accepts, and the template rendered
+# with it is FILE byte for byte. Anything else (a key added, a value or
+# the spacing changed, a comment) fails (status 1, token empty). Shell
+# builtins only: the token is on no command line and in no file but
+# openclaw.json (the check's render is in the private work dir, removed).
+recover_token() {
+	token=
+	rt_tpl=$(cat -- "$1") || return 1
+	rt_cur=$(cat -- "$2") || return 1
+	case $rt_tpl in
+	*"$PLACEHOLDER"*) ;;
+	*) return 1 ;;
+	esac
+	rt_pre=${rt_tpl%%"$PLACEHOLDER"*}
+	rt_suf=${rt_tpl#*"$PLACEHOLDER"}
+	case $rt_cur in
+	"$rt_pre"*"$rt_suf") ;;
+	*) return 1 ;;
+	esac
+	rt_tok=${rt_cur#"$rt_pre"}
+	rt_tok=${rt_tok%"$rt_suf"}
+	rt_tpl= rt_cur=
+	case $rt_tok in
+	'' | *[!A-Za-z0-9._~+/=-]*) return 1 ;;
+	esac
+	[ ${#rt_tok} -ge 16 ] || return 1
+	render_config "$1" "$rt_tok" "$WORK/recovered" || return 1
+	if ! cmp -s -- "$WORK/recovered" "$2"; then
+		rm -f "$WORK/recovered"
+		return 1
+	fi
+	rm -f "$WORK/recovered"
+	token=$rt_tok
+	rt_tok=
+	return 0
+}
+
+# refresh_gateway: at every boot of an instance already set up, applies the
+# image's gateway settings. openclaw.json holds the recipe's settings (the
+# image's: its template, /etc/bake/openclaw.json.in) and the token (the
+# instance's); it lives in the gateway's state directory, on the state
+# volume, so a new image boots with the old image's file. The rule:
+#   - the image's template is the one recorded as applied: nothing to do;
+#   - openclaw.json is exactly the image's template rendered with a token:
+#     it is this image's already; the template is recorded as applied;
+#   - openclaw.json is exactly the applied template rendered with a token
+#     (nobody changed it): it is rendered again from the image's template
+#     with that token (as the gateway's uid, through the checks and the
+#     writer of first boot), and the image's template recorded as applied;
+#     a key the old template had and this one lacks is gone;
+#   - else (changed on the instance: by an admin, or by OpenClaw's own
+#     config writers; or no template recorded: set up by an earlier bake)
+#     the file is left as it is and a warning says the image's settings
+#     were not applied and what to do.
+# A refused path (a symlink, a wrong owner) or a failed write is an error:
+# the unit fails (the gateway still starts, with the old file).
+refresh_gateway() {
+	[ -n "$GATEWAY_CONFIG" ] || return 0
+	applied=$STATE/$APPLIED_NAME
+	if [ ! -f "$GATEWAY_TEMPLATE" ]; then
+		err "this image has no $GATEWAY_TEMPLATE: its gateway settings cannot be applied"
+		return 0
+	fi
+	if [ -f "$applied" ] && cmp -s -- "$GATEWAY_TEMPLATE" "$applied"; then
+		log "openclaw.json: this image's gateway settings are the ones applied"
+		return 0
+	fi
+	gateway_ids || return 0
+	dir=${GATEWAY_CONFIG%/*}
+	check_gateway_path "$dir" "$GATEWAY_CONFIG" || return 0
+	if [ ! -e "$GATEWAY_CONFIG" ]; then
+		warn "$GATEWAY_CONFIG is missing (the instance's token with it): this image's gateway settings were NOT applied; the gateway has no config"
+		return 0
+	fi
+	rm -rf "$WORK"
+	mkdir -p "$WORK"
+	chmod 0700 "$WORK"
+	# Read as the gateway's uid: a link swapped in after the checks gets
+	# root to read nothing the gateway could not.
+	if ! as_gateway cat -- "$GATEWAY_CONFIG" >"$WORK/current"; then
+		err "cannot read $GATEWAY_CONFIG as the gateway's user ($GATEWAY_OWNER, uid $gw_uid)"
+		rm -rf "$WORK"
+		return 0
+	fi
+	keep="to take this image's settings, make $GATEWAY_CONFIG exactly $GATEWAY_TEMPLATE with the instance's token in place of $PLACEHOLDER (the next boot records it); to keep the file as it is and stop this warning: sudo install -m 0600 $GATEWAY_TEMPLATE $applied"
+	if recover_token "$GATEWAY_TEMPLATE" "$WORK/current"; then
+		token=
+		if record_template; then
+			log "openclaw.json is this image's template rendered with the instance's token already; recorded the template as applied"
+		else
+			err "cannot record the template openclaw.json was rendered from in $applied"
+		fi
+	elif [ ! -f "$applied" ]; then
+		loud "openclaw.json: no record of the template $GATEWAY_CONFIG was rendered from ($applied; an instance set up by a bake before it kept one), and it is not this image's template rendered with a token: cannot tell the image's settings from the instance's, so the file is left as it is and this image's gateway settings were NOT applied; $keep"
+	elif ! recover_token "$applied" "$WORK/current"; then
+		loud "openclaw.json was changed on this instance (by an admin, or by OpenClaw's own config writers: openclaw config set, doctor --fix): it is not the render of the template it was written from ($applied), so the file is left as it is and this image's gateway settings ($GATEWAY_TEMPLATE) were NOT applied; $keep"
+	elif ! render_config "$GATEWAY_TEMPLATE" "$token" "$WORK/openclaw.json"; then
+		token=
+		err "cannot render $GATEWAY_TEMPLATE; openclaw.json is left as it was"
+	elif ! as_gateway sh -c "$GATEWAY_WRITER" bake-firstboot-gateway "$dir" "$GATEWAY_CONFIG" <"$WORK/openclaw.json"; then
+		token=
+		err "cannot write $GATEWAY_CONFIG as the gateway's user ($GATEWAY_OWNER, uid $gw_uid); openclaw.json is left as it was"
+	elif ! record_template; then
+		token=
+		err "openclaw.json was re-rendered from the new image's template, but the template could not be recorded as applied in $applied (the next boot will take the file for changed)"
+	else
+		token=
+		log "openclaw.json re-rendered from the new image's template ($GATEWAY_TEMPLATE); token kept"
+		if [ -w "$CONSOLE" ]; then
+			echo "bake-firstboot: openclaw.json re-rendered from the new image's template; token kept" >"$CONSOLE" 2>/dev/null || true
+		fi
+	fi
+	rm -rf "$WORK"
 }
 
 # setup_tailscale_server: the seed's control server (overrides the
@@ -478,6 +626,11 @@ main() {
 	stamp=$STATE/$mid.done
 	if [ -e "$stamp" ]; then
 		log "instance $mid was set up on $(cat "$stamp"); nothing to do"
+		refresh_gateway
+		if [ "$failed" -ne 0 ]; then
+			echo "bake-firstboot: error: this image's gateway settings could not be applied" >&2
+			exit 1
+		fi
 		exit 0
 	fi
 	log "first boot of instance $mid; seed sources: $SEEDS"

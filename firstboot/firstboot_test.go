@@ -158,7 +158,7 @@ func TestGenToken(t *testing.T) {
 func TestRenderConfig(t *testing.T) {
 	dir := t.TempDir()
 	tpl := filepath.Join(dir, "t")
-	os.WriteFile(tpl, []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder)), 0o644)
+	os.WriteFile(tpl, []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil)), 0o644)
 	token := "ab+/=._~-XYZ0123456789abcdef"
 	out, err := run(t, "render_config "+tpl+" '"+token+"' "+dir+"/out && stat -c %a "+dir+"/out")
 	if err != nil {
@@ -168,7 +168,7 @@ func TestRenderConfig(t *testing.T) {
 		t.Errorf("config written with mode %s, want 600 from the start (umask)", out)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "out"))
-	if string(b) != appliance.OpenClawConfig(18789, token) {
+	if string(b) != appliance.OpenClawConfig(18789, token, nil) {
 		t.Errorf("rendered:\n%s", b)
 	}
 	os.WriteFile(tpl, []byte("{}\n"), 0o644)
@@ -228,6 +228,7 @@ MACHINE_ID_FILE=` + dir + `/machine-id
 BAKED_SEED=` + dir + `/baked
 CLOUD_INIT_SEED=` + dir + `/cloud-init-seed
 SECRETS=` + dir + `/secrets
+CONSOLE=` + dir + `/console
 GATEWAY_TEMPLATE=` + dir + `/openclaw.json.in
 GW_UID=` + strconv.Itoa(uid) + `
 udevadm() { :; }
@@ -249,7 +250,7 @@ func TestFirstBootFlow(t *testing.T) {
 	}
 	gatewayOwns(t, dir, filepath.Join(dir, "home/openclaw"))
 	os.WriteFile(filepath.Join(dir, "machine-id"), []byte("0123456789abcdef0123456789abcdef\n"), 0o444)
-	os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder)), 0o644)
+	os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil)), 0o644)
 	kNoCloud, kUserData, kCred, kOld := newKey(t, "nocloud"), newKey(t, "userdata"), newKey(t, "cred"), newKey(t, "recipe")
 	os.MkdirAll(filepath.Join(dir, "home/admin/.ssh"), 0o700)
 	os.WriteFile(filepath.Join(dir, "home/admin/.ssh/authorized_keys"), []byte(kOld+"\n"), 0o600)
@@ -322,6 +323,14 @@ TAILSCALE=yes
 	if ents, _ := os.ReadDir(filepath.Join(dir, "home/openclaw/.openclaw")); len(ents) != 1 {
 		t.Errorf("the state dir holds more than openclaw.json: %v", ents)
 	}
+	// The template it rendered from is recorded (no secret in it), root's
+	// and private, beside the stamps: a later image compares its own
+	// with it.
+	if b, err := os.ReadFile(filepath.Join(dir, "state/openclaw.json.in.applied")); err != nil || string(b) != appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil) {
+		t.Errorf("applied template: %v %q", err, b)
+	} else if fi, _ := os.Stat(filepath.Join(dir, "state/openclaw.json.in.applied")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("applied template mode %v, want 0600", fi.Mode())
+	}
 	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
 	for _, want := range []string{"mount -o ro,nosuid,nodev,noexec /dev/vdb", "umount",
 		"setpriv --reuid=" + strconv.Itoa(gwUID) + " --regid=" + strconv.Itoa(gwUID) + " --clear-groups --inh-caps=-all --no-new-privs -- sh -c ",
@@ -380,7 +389,7 @@ TAILSCALE=yes
 func TestFirstBootRefusals(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "home/openclaw"), 0o755)
-	os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder)), 0o644)
+	os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil)), 0o644)
 	creds := filepath.Join(dir, "creds")
 	os.MkdirAll(creds, 0o755)
 	os.WriteFile(filepath.Join(dir, "conf"), []byte("SEEDS=credentials\nGATEWAY_CONFIG="+dir+"/home/openclaw/.openclaw/openclaw.json\nGATEWAY_OWNER=openclaw\n"), 0o644)
@@ -472,7 +481,7 @@ func TestFirstBootGatewaySymlinks(t *testing.T) {
 			victim := filepath.Join(outside, "victim")
 			os.WriteFile(victim, []byte(victimText), 0o644)
 			os.WriteFile(filepath.Join(dir, "machine-id"), []byte("0123456789abcdef0123456789abcdef\n"), 0o444)
-			os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder)), 0o644)
+			os.WriteFile(filepath.Join(dir, "openclaw.json.in"), []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil)), 0o644)
 			config := filepath.Join(dir, "home/openclaw/.openclaw/openclaw.json")
 			if c.config != "" {
 				config = filepath.Join(dir, c.config)

@@ -20,7 +20,9 @@
 #      reads it before any unit runs);
 #   5. records the image that last wrote the volume and the format.
 # No volume: the instance runs from the root disk, said loudly; its state
-# is then lost when the image is replaced.
+# is then lost when the image is replaced. With a state partition
+# ($PARTITION_SIZE set: bake-state-partition makes it at first boot) the
+# volume is that partition, found by its label; none is a failure.
 
 set -u
 umask 022
@@ -37,6 +39,7 @@ WAIT=${BAKE_STATE_WAIT:-20}
 
 LABEL=bake-state
 SERIAL=
+PARTITION_SIZE=
 PATHS=
 FORMAT=1
 IMAGE_NAME=
@@ -258,6 +261,13 @@ main() {
 	fi
 	udevadm settle --timeout=30 2>/dev/null || true
 	dev=$(find_dev)
+	if [ -z "$dev" ] && [ -n "$PARTITION_SIZE" ]; then
+		msg="NO STATE PARTITION: no file system labelled $LABEL (bake-state-partition.service makes it at first boot; journalctl -u bake-state-partition says why it did not). Not running from the root disk instead: the services that keep state do not start."
+		err "$msg"
+		[ -w /dev/console ] && echo "bake-state: error: $msg" >/dev/console 2>/dev/null
+		status missing
+		exit 1
+	fi
 	if [ -z "$dev" ]; then
 		what="labelled $LABEL"
 		[ -n "$SERIAL" ] && what="with serial $SERIAL (/dev/disk/by-id/virtio-$SERIAL)"

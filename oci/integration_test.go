@@ -460,6 +460,24 @@ exec "$@"`
 			t.Errorf("gateway process: want %q in\n%s", want, status)
 		}
 	}
+
+	// The gateway, started, served and probed, has not rewritten
+	// openclaw.json (no meta stamp, no migration, no added default): first
+	// boot's re-render of an image's new settings (firstboot.sh,
+	// refresh_gateway) recognises the file as its own render byte for
+	// byte, which a gateway that rewrote it at every start would defeat.
+	if b, err := os.ReadFile(filepath.Join(state, "openclaw.json")); err != nil {
+		t.Error(err)
+	} else if string(b) != cfg {
+		t.Errorf("the gateway rewrote openclaw.json on start:\n%s", strings.ReplaceAll(string(b), token, "TOKEN"))
+	}
+	if ents, err := os.ReadDir(state); err == nil {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Logf("the gateway's state dir after its start: %v", names)
+	}
 }
 
 // checkCompileCache checks that the image's compile cache is used: Node

@@ -110,7 +110,7 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any
 `
 
 // growrootScript grows the partition holding a mount point (default /) to
-// the end of its disk with growpart, then the file system to the
+// the end of its disk (or to the next partition: a state partition) with growpart, then the file system to the
 // partition. It runs at every boot and is a no-op when there is nothing to
 // grow, so a disk enlarged later (qemu-img resize, a bigger cloud volume) is
 // used after the next boot. Layouts it cannot grow (root not on a
@@ -141,7 +141,15 @@ disk=/dev/$(basename "$(dirname "$sys")")
 start=$(cat "$sys/start")
 size=$(cat "$sys/size")
 disksize=$(cat "$(dirname "$sys")/size")
-if [ $((disksize - start - size)) -lt $((2048 + 34)) ]; then
+# A partition after it (the state partition, docs/state.md) is where it
+# stops: growpart grows it up to the next partition's start.
+limit=$disksize
+for f in "$(dirname "$sys")"/*/start; do
+	[ -r "$f" ] || continue
+	s=$(cat "$f")
+	if [ "$s" -gt "$start" ] && [ "$s" -lt "$limit" ]; then limit=$s; fi
+done
+if [ $((limit - start - size)) -lt $((2048 + 34)) ]; then
 	echo "bake-growroot: $dev already fills $disk"
 elif out=$(growpart "$disk" "$part" 2>&1); then
 	echo "bake-growroot: $out"

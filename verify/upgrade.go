@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -37,15 +38,15 @@ import (
 var (
 	checkUpgradeOld = Check{ID: "upgrade.old-boot", Scope: ScopeFirmware, Needs: "--upgrade-from, a state: section in both images",
 		claim: func(Spec, *GatewaySpec) string {
-			return "the old image, booted with a seed on a new blank state volume, uses it (state status ok; a volume found by serial is formatted) and the instance's identities can be recorded: SSH host keys, machine ID, gateway token, tailscaled's machine key, a file in the gateway's state directory, a Docker volume"
+			return "the old image, booted with a seed on a new blank state volume, uses it (state status ok; a volume found by serial is formatted) and the instance's identities can be recorded: SSH host keys, machine ID, gateway token, tailscaled's machine key, a file in the gateway's state directory, a Docker volume; openclaw.json is the image's template with the seed's token in place"
 		}, upgrade: true}
 	checkUpgradeIdentity = Check{ID: "upgrade.identity", Scope: ScopeFirmware, Needs: "--upgrade-from",
 		claim: func(Spec, *GatewaySpec) string {
-			return "the new image, booted on the old instance's state volume with no seed, keeps its SSH host keys (the presented one too), machine ID, gateway token, tailscaled's machine key, the gateway's state file and the Docker volume; the admin logs in with the key the old boot's seed gave; the volume is neither formatted nor re-copied and first boot has nothing to do"
+			return "the new image, booted on the old instance's state volume with no seed, keeps its SSH host keys (the presented one too), machine ID, gateway token, tailscaled's machine key, the gateway's state file and the Docker volume; the admin logs in with the key the old boot's seed gave; the volume is neither formatted nor re-copied and first boot does not set the instance up again"
 		}, upgrade: true}
 	checkUpgradeNewImage = Check{ID: "upgrade.new-image", Scope: ScopeFirmware, Needs: "--upgrade-from",
 		claim: func(Spec, *GatewaySpec) string {
-			return "the new image's own change is what runs: the state volume's record names the new image (its name and recipe digest), the running kernel is one of the new image's and every container runs the image ID the new image records (/usr/share/bake/containers.json)"
+			return "the new image's own change is what runs: the state volume's record names the new image (its name and recipe digest), the running kernel is one of the new image's and every container runs the image ID the new image records (/usr/share/bake/containers.json), and openclaw.json is the new image's template with the instance's token in place, byte for byte (the image owns the gateway's settings, the instance its token)"
 		}, upgrade: true}
 	checkUpgradeRootSecrets = Check{ID: "upgrade.root-disk-secrets", Scope: ScopeFirmware, Needs: "--upgrade-from; free space in $TMPDIR (the new image's disk is booted from a raw copy)",
 		claim: func(Spec, *GatewaySpec) string {
@@ -53,7 +54,7 @@ var (
 		}, upgrade: true}
 	checkUpgradeRollback = Check{ID: "upgrade.rollback", Scope: ScopeFirmware, Needs: "--upgrade-from",
 		claim: func(Spec, *GatewaySpec) string {
-			return "the old image, booted again on the volume the new one used (no seed), runs with the same identities and state files, its own kernel and containers, the volume's record naming it again, the system running and the gateway answering"
+			return "the old image, booted again on the volume the new one used (no seed), runs with the same identities and state files, its own kernel and containers, the volume's record naming it again, openclaw.json its own template with the instance's token again, the system running and the gateway answering"
 		}, upgrade: true}
 	checkUpgradeTailnet = Check{ID: "upgrade.tailnet", Scope: ScopeFirmware, Needs: "--upgrade-from with --tailnet-login-server and --tailnet-authkey-file, root",
 		claim: func(Spec, *GatewaySpec) string {
@@ -107,6 +108,9 @@ type imageFacts struct {
 	state      map[string]string // LABEL, SERIAL, PATHS, FORMAT, IMAGE_NAME, IMAGE_VERSION, IMAGE_DIGEST
 	containers []appliance.ContainerRecord
 	kernels    []string
+	// gatewayTemplate is the image's openclaw.json template (no secret
+	// in it), nil when the image has none.
+	gatewayTemplate []byte
 }
 
 func (f imageFacts) String() string {
@@ -133,6 +137,9 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 	if f.state, err = ParseStateConfig(b); err != nil {
 		return f, err
 	}
+	if err := volumeOnly(f.state); err != nil {
+		return f, err
+	}
 	b, err = cloudimg.ReadRootFile(ctx, raw, appliance.ContainersRecord, 1<<20)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -143,6 +150,14 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 			return f, fmt.Errorf("its %s: %w", appliance.ContainersRecord, err)
 		}
 	}
+	b, err = cloudimg.ReadRootFile(ctx, raw, appliance.GatewayConfigTemplate, 1<<20)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return f, fmt.Errorf("reading its %s: %w", appliance.GatewayConfigTemplate, err)
+	default:
+		f.gatewayTemplate = b
+	}
 	l, err := cloudimg.Inspect(ctx, raw)
 	if err != nil {
 		return f, fmt.Errorf("reading its layout: %w", err)
@@ -152,6 +167,16 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 		return f, errors.New("it has no kernel in /boot")
 	}
 	return f, nil
+}
+
+// volumeOnly refuses an image whose state is on a partition of its own
+// disk: an upgrade run boots the images on a state volume; a state
+// partition is carried by `bake upgrade DISK NEW` (docs/state.md).
+func volumeOnly(state map[string]string) error {
+	if state["PARTITION_SIZE"] != "" {
+		return fmt.Errorf("it keeps its state on a partition of its disk (state: {partition: ...}, label %q): --upgrade-from proves an upgrade on a state volume only; a state partition is carried by `bake upgrade DISK NEW_IMAGE` (docs/state.md)", state["LABEL"])
+	}
+	return nil
 }
 
 // ParseStateConfig parses /etc/bake/state.conf as firstboot.StateConfig
@@ -253,6 +278,7 @@ type upgradeState struct {
 	tailscale string // public part of tailscaled's machine key, hex
 	tsPriv    []string
 	marker    string // the file in the gateway's state directory
+	config    []byte // openclaw.json (the token in it: never shown)
 	volumes   string // docker volume ls -q
 	kernel    string
 	running   map[string]string // container name: image ID it runs
@@ -346,6 +372,11 @@ for p in `+facts.state["PATHS"]+`; do [ "$p" = /etc/machine-id ] && continue; mo
 		if err == nil {
 			st.marker = strings.TrimSpace(res.Stdout)
 		}
+		// openclaw.json byte for byte (base64: no byte lost on the way).
+		res, err = in.sudo(ctx, "base64 -w0 "+shellQuote(r.o.Spec.Gateway.ConfigPath))
+		if err == nil && res.OK() {
+			st.config, _ = base64.StdEncoding.DecodeString(strings.TrimSpace(res.Stdout))
+		}
 	}
 	if r.o.Spec.Docker {
 		res, err := in.sudo(ctx, `docker volume ls -q; echo "--- running"; for c in $(docker ps -q --no-trunc); do docker inspect -f '{{.Name}} {{.Image}}' "$c"; done`)
@@ -393,6 +424,93 @@ func sameInstance(a, b upgradeState, who string) []string {
 		}
 	}
 	return p
+}
+
+// RenderGatewayConfig is openclaw.json as first boot renders it from a
+// template (firstboot.sh, render_config): the template without its final
+// newlines, its first placeholder replaced by the token, one newline.
+func RenderGatewayConfig(tpl []byte, token string) []byte {
+	t := strings.TrimRight(string(tpl), "\n")
+	return []byte(strings.Replace(t, appliance.TokenPlaceholder, token, 1) + "\n")
+}
+
+// imageSettings judges that a boot's openclaw.json is its image's:
+// the image's template with the instance's token in place, byte for byte
+// (first boot renders it again when an image with another template boots
+// on the volume; docs/state.md). The evidence shows the template (the
+// image's, no secret in it); a mismatch names the keys that differ, never
+// a value (the file holds the token).
+func imageSettings(st upgradeState, f imageFacts, who string) ([]string, string) {
+	if f.gatewayTemplate == nil {
+		return nil, ""
+	}
+	var compact bytes.Buffer
+	tpl := strings.TrimSpace(string(f.gatewayTemplate))
+	if err := json.Compact(&compact, []byte(tpl)); err != nil {
+		compact.Reset()
+		compact.WriteString(tpl)
+	}
+	sum := sha256.Sum256(f.gatewayTemplate)
+	ev := fmt.Sprintf("%s: openclaw.json is its image's template (sha256:%x...) with the instance's token in place: %s", who, sum[:6], compact.String())
+	if st.config == nil {
+		return []string{fmt.Sprintf("%s: could not read openclaw.json", who)}, ""
+	}
+	if st.id.Token != "" && string(st.config) == string(RenderGatewayConfig(f.gatewayTemplate, st.id.Token)) {
+		return nil, ev
+	}
+	want := jsonKeys([]byte(strings.Replace(tpl, appliance.TokenPlaceholder, "x", 1)))
+	got := jsonKeys(st.config)
+	var only, missing []string
+	for _, k := range got {
+		if !slices.Contains(want, k) {
+			only = append(only, k)
+		}
+	}
+	for _, k := range want {
+		if !slices.Contains(got, k) {
+			missing = append(missing, k)
+		}
+	}
+	return []string{fmt.Sprintf("%s: openclaw.json is not its image's template (sha256:%x...) with the instance's token in place (the image's gateway settings are not applied); keys only in the file: %s; keys of the template not in it: %s; first boot's lines about it:\n%s",
+		who, sum[:6], orDash(strings.Join(only, " ")), orDash(strings.Join(missing, " ")), orDash(grepLines(st.firstboot, "openclaw.json")))}, ""
+}
+
+// jsonKeys are the key paths of a JSON document's objects (a.b.c), sorted;
+// nil when it is not JSON.
+func jsonKeys(b []byte) []string {
+	var v any
+	if json.Unmarshal(b, &v) != nil {
+		return nil
+	}
+	var keys []string
+	var walk func(string, any)
+	walk = func(p string, v any) {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		for k, x := range m {
+			kp := k
+			if p != "" {
+				kp = p + "." + k
+			}
+			keys = append(keys, kp)
+			walk(kp, x)
+		}
+	}
+	walk("", v)
+	slices.Sort(keys)
+	return keys
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // tokenHash names a token in evidence without showing it.
@@ -666,8 +784,14 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	t2 := time.Now()
 	stB2, problems, ev := r.observe(ctx, b, newFacts)
 	problems = append(problems, runsImage(stB2, newFacts, "the new image")...)
+	p, e := imageSettings(stB2, newFacts, "the new image")
+	problems = append(problems, p...)
+	if e != "" {
+		ev.add("%s", e)
+		ev.add("the new image's first boot about openclaw.json:\n%s", orDash(grepLines(stB2.firstboot, "openclaw.json")))
+	}
 	r.record(fw, checkUpgradeNewImage.ID, status(len(problems) == 0), verdictText(problems, ev,
-		fmt.Sprintf("the new image runs: kernel %s, containers %v, the volume's record names %s", stB2.kernel, stB2.running, newFacts.state["IMAGE_NAME"])), time.Since(t2))
+		fmt.Sprintf("the new image runs: kernel %s, containers %v, the volume's record names %s%s", stB2.kernel, stB2.running, newFacts.state["IMAGE_NAME"], settingsWord(newFacts))), time.Since(t2))
 	var keyLines []string
 	if res, err := b.sudo(ctx, "cat /etc/ssh/ssh_host_*_key"); err == nil && res.OK() {
 		keyLines = hostKeyLines(res.Stdout)
@@ -721,6 +845,11 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	problems = append(problems, sameInstance(stA, stR, "the rollback")...)
 	problems = append(problems, reused(stR, "the rollback")...)
 	problems = append(problems, runsImage(stR, oldFacts, "the rollback")...)
+	p, e = imageSettings(stR, oldFacts, "the rollback")
+	problems = append(problems, p...)
+	if e != "" {
+		ev.add("%s", e)
+	}
 	if stR.kernel != stA.kernel {
 		problems = append(problems, fmt.Sprintf("the rollback runs kernel %s, the old image ran %s", stR.kernel, stA.kernel))
 	}
@@ -739,11 +868,18 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		return
 	}
 	r.record(fw, checkUpgradeRollback.ID, status(len(problems) == 0), verdictText(problems, ev,
-		fmt.Sprintf("the old image runs again on the volume with the same identities: kernel %s, the volume's record names %s", stR.kernel, oldFacts.state["IMAGE_NAME"])), time.Since(t4))
+		fmt.Sprintf("the old image runs again on the volume with the same identities: kernel %s, the volume's record names %s%s", stR.kernel, oldFacts.state["IMAGE_NAME"], settingsWord(oldFacts))), time.Since(t4))
 	if tn {
 		r.record(fw, checkUpgradeTailnet.ID, status(len(tnProblems) == 0), r.redactKey(verdictText(tnProblems, tnEv,
 			fmt.Sprintf("the old image joined %s at first boot; the new image and the rollback are the same node %s (node key %s), running and online, with no new login", r.o.Tailnet.LoginServer, tnBefore.Self.ID, tnBefore.Self.PublicKey))), time.Since(t0))
 	}
+}
+
+func settingsWord(f imageFacts) string {
+	if f.gatewayTemplate == nil {
+		return ""
+	}
+	return ", openclaw.json is its template with the instance's token"
 }
 
 func markerWord(m string) string {
@@ -817,6 +953,11 @@ func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upg
 		problems = append(problems, "bake-state did not format the blank volume:\n"+lastLines(st.journal, 20))
 	}
 	problems = append(problems, runsImage(st, f, "the old image")...)
+	p, e := imageSettings(st, f, "the old image")
+	problems = append(problems, p...)
+	if e != "" {
+		ev.add("%s", e)
+	}
 	return st, problems, ev
 }
 

@@ -256,3 +256,71 @@ func TestJudgeSystem(t *testing.T) {
 		}
 	}
 }
+
+// An image with a state partition is refused by an upgrade run, naming
+// bake upgrade; one with a volume is not.
+func TestVolumeOnly(t *testing.T) {
+	part, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", PartitionSize: 1 << 30, Paths: []string{"/a"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volumeOnly(part); err == nil || !strings.Contains(err.Error(), "bake upgrade DISK NEW_IMAGE") {
+		t.Errorf("a state partition: %v", err)
+	}
+	vol, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", Paths: []string{"/a"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volumeOnly(vol); err != nil {
+		t.Errorf("a volume: %v", err)
+	}
+}
+
+// imageSettings: a boot's openclaw.json is its image's template with the
+// instance's token, byte for byte; the evidence shows the template and a
+// mismatch the keys that differ, never the token.
+func TestImageSettings(t *testing.T) {
+	const token = "SecretInstanceToken0123456789"
+	settingsB := map[string]any{"logging": map[string]any{"level": "debug"}}
+	tplA := []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, nil))
+	tplB := []byte(appliance.OpenClawConfig(18789, appliance.TokenPlaceholder, settingsB))
+	if got := string(RenderGatewayConfig(tplB, token)); got != appliance.OpenClawConfig(18789, token, settingsB) {
+		t.Errorf("render:\n%s", got)
+	}
+	st := upgradeState{id: ident{Token: token}, config: RenderGatewayConfig(tplB, token), firstboot: "bake-firstboot: openclaw.json re-rendered from the new image's template (/etc/bake/openclaw.json.in); token kept"}
+	p, ev := imageSettings(st, imageFacts{gatewayTemplate: tplB}, "new")
+	if len(p) != 0 || !strings.Contains(ev, `"logging":{"level":"debug"}`) || !strings.Contains(ev, appliance.TokenPlaceholder) {
+		t.Errorf("B's file on B: %v\n%s", p, ev)
+	}
+	// A's settings (no logging) on B: the key the file lacks is named.
+	st.config = RenderGatewayConfig(tplA, token)
+	p, ev = imageSettings(st, imageFacts{gatewayTemplate: tplB}, "new")
+	if len(p) != 1 || !strings.Contains(p[0], "keys of the template not in it: logging logging.level") || !strings.Contains(p[0], "re-rendered") || ev != "" {
+		t.Errorf("A's file on B: %v %q", p, ev)
+	}
+	// B's on A: the key only the file has.
+	st.config = RenderGatewayConfig(tplB, token)
+	p, _ = imageSettings(st, imageFacts{gatewayTemplate: tplA}, "rollback")
+	if len(p) != 1 || !strings.Contains(p[0], "keys only in the file: logging logging.level") {
+		t.Errorf("B's file on A: %v", p)
+	}
+	// Another token, a changed value, a file not read: failures.
+	for name, s := range map[string]upgradeState{
+		"token":      {id: ident{Token: token + "x"}, config: RenderGatewayConfig(tplA, token)},
+		"value":      {id: ident{Token: token}, config: []byte(strings.Replace(string(RenderGatewayConfig(tplA, token)), "18789", "1", 1))},
+		"not read":   {id: ident{Token: token}},
+		"no newline": {id: ident{Token: token}, config: []byte(strings.TrimSpace(string(RenderGatewayConfig(tplA, token))))},
+	} {
+		p, _ := imageSettings(s, imageFacts{gatewayTemplate: tplA}, "x")
+		if len(p) != 1 {
+			t.Errorf("%s: %v", name, p)
+		}
+		if strings.Contains(strings.Join(p, ""), token) {
+			t.Errorf("%s: the token is shown: %v", name, p)
+		}
+	}
+	// No gateway in the image: nothing to judge.
+	if p, ev := imageSettings(upgradeState{}, imageFacts{}, "x"); p != nil || ev != "" {
+		t.Errorf("no template: %v %q", p, ev)
+	}
+}

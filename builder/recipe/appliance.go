@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/bakeimg/bake/appliance"
 )
 
 // Appliance defaults, filled in by Defaults.
@@ -749,6 +751,7 @@ func (v *validator) gatewaySection() {
 	if g.Mode != "network" && len(g.AllowedNetworks) > 0 {
 		v.errorf(p+".allowed_networks", "write mode: network to let these networks reach the gateway, or remove them", "has no effect in mode local: the gateway listens on 127.0.0.1 only")
 	}
+	v.gatewaySettings(p+".settings", g.Settings)
 	if g.Token != "" && !v.r.AllowsBakedSecrets() {
 		v.errorf(p+".token", "remove it: give each instance its token in its seed (bake.gateway_token), or let first boot generate one; to bake it anyway set firstboot.allow_baked_secrets: true",
 			"a literal token would be shared by every instance of the image")
@@ -803,6 +806,46 @@ var loginServerRe = regexp.MustCompile(`^https://[A-Za-z0-9.\-_~:/\[\]%]+$`)
 
 // loginServer checks a Tailscale control server URL: https, a host, no
 // credentials, query or fragment.
+// gatewaySettings checks gateway.settings: no key bake writes itself in
+// openclaw.json's "gateway" object, which must be a mapping, and the
+// token's placeholder nowhere (first boot would put the token there).
+func (v *validator) gatewaySettings(p string, settings map[string]any) {
+	if gw, ok := settings["gateway"]; ok {
+		m, isMap := gw.(map[string]any)
+		if !isMap {
+			v.errorf(p+".gateway", "write gateway: {KEY: VALUE} with OpenClaw's gateway settings, or leave it out",
+				"must be a mapping: bake writes openclaw.json's gateway object")
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if slices.Contains(appliance.GatewayOwnedKeys, k) {
+				v.keyErrorf(p+".gateway."+k, "remove it: bake writes gateway.mode, bind, port, auth and tailscale in openclaw.json itself, from gateway.port, mode and tailscale_mode and the instance's token",
+					"gateway.%s is bake's to write", k)
+			}
+		}
+	}
+	var walk func(string, any)
+	walk = func(at string, x any) {
+		switch y := x.(type) {
+		case map[string]any:
+			for _, k := range slices.Sorted(maps.Keys(y)) {
+				if strings.Contains(k, appliance.TokenPlaceholder) {
+					v.keyErrorf(childPath(at, k), "remove it: first boot puts the instance's token in place of "+appliance.TokenPlaceholder, "a key holds the token's placeholder")
+				}
+				walk(childPath(at, k), y[k])
+			}
+		case []any:
+			for i, e := range y {
+				walk(indexPath(at, i), e)
+			}
+		case string:
+			if strings.Contains(y, appliance.TokenPlaceholder) {
+				v.errorf(at, "remove it: first boot puts the instance's token in place of "+appliance.TokenPlaceholder+" in gateway.auth.token only", "holds the token's placeholder")
+			}
+		}
+	}
+	walk(p, settings)
+}
+
 func (v *validator) loginServer(path, s string) {
 	const hint = "write the control server's https URL, e.g. https://headscale.example.net (headscale's server_url)"
 	u, err := url.Parse(s)

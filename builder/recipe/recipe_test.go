@@ -3,6 +3,7 @@ package recipe
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -474,5 +475,37 @@ outputs: [raw, qcow2, vmdk, ova, vhd, vhdx, gce]
 	}
 	if len(r.Outputs) != 7 {
 		t.Errorf("outputs %v", r.Outputs)
+	}
+}
+
+// gateway.settings decode into plain values (numbers as numbers, ${var}
+// substituted) that openclaw.json's template then holds.
+func TestGatewaySettings(t *testing.T) {
+	src := `apiVersion: bake/v1
+name: s
+base: {debian: {suite: bookworm}}
+variables: {level: debug}
+users:
+  - {name: admin}
+  - {name: openclaw, system: true}
+containers:
+  - name: gw
+    image: "r.example/gw@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    user: openclaw
+gateway:
+  container: gw
+  settings:
+    logging: {level: "${level}"}
+    gateway: {controlUi: {enabled: false}}
+    session: {idleMinutes: 30, ratio: 0.5, names: [a, b]}
+firstboot: {admin_user: admin}
+`
+	r, err := Parse("s.yaml", []byte(src), t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(r.Gateway.Settings)
+	if want := `{"gateway":{"controlUi":{"enabled":false}},"logging":{"level":"debug"},"session":{"idleMinutes":30,"names":["a","b"],"ratio":0.5}}`; string(got) != want {
+		t.Errorf("settings %s\nwant     %s", got, want)
 	}
 }

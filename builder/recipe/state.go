@@ -12,6 +12,17 @@ import (
 // DefaultStateLabel is the state volume's file system label.
 const DefaultStateLabel = "bake-state"
 
+// MinStatePartition is the smallest state partition (state.partition.size).
+const MinStatePartition = 64 << 20
+
+// Label is the state's ext4 label (and, for a partition, its GPT name).
+func (s *State) Label() string {
+	if s.Partition != nil {
+		return s.Partition.Label
+	}
+	return s.Volume.Label
+}
+
 // FirstbootStampDir holds first boot's once-per-instance stamps; it is
 // always on the state volume, so a new image on an old volume does not
 // apply the seed again (a new token, new admin keys).
@@ -72,7 +83,12 @@ func (r *Recipe) stateDefaults() {
 	if s == nil {
 		return
 	}
-	if s.Volume.Label == "" {
+	if p := s.Partition; p != nil {
+		if p.Label == "" {
+			p.Label = DefaultStateLabel
+		}
+		p.SizeBytes, _ = ParseSize(p.Size) // validated
+	} else if s.Volume.Label == "" {
 		s.Volume.Label = DefaultStateLabel
 	}
 	if len(s.Paths) == 0 {
@@ -103,6 +119,22 @@ func (v *validator) stateSection() {
 	}
 	if sr := s.Volume.Serial; sr != "" && !stateSerialRe.MatchString(sr) {
 		v.errorf("state.volume.serial", "a virtio serial: 1 to 20 of A-Z a-z 0-9 _ . -, e.g. bake-state", "%q is not a usable disk serial", sr)
+	}
+	if p := s.Partition; p != nil {
+		if s.Volume.Label != "" || s.Volume.Serial != "" {
+			v.errorf("state.partition", "keep state.volume (a second disk) or state.partition (a partition of the root disk), not both: e.g. state: {partition: {size: 2GiB}}", "state.volume and state.partition are both set")
+		}
+		if l := p.Label; l != "" && !stateLabelRe.MatchString(l) {
+			v.errorf("state.partition.label", "an ext4 label: 1 to 16 of A-Z a-z 0-9 _ . -, e.g. bake-state", "%q is not a usable file system label", l)
+		}
+		switch n, err := ParseSize(p.Size); {
+		case p.Size == "":
+			v.errorf("state.partition", "give its size, e.g. partition: {size: 2GiB}", "state.partition has no size")
+		case err != nil:
+			v.errorf("state.partition.size", sizeHint, "%v", err)
+		case n%(1<<20) != 0 || n < MinStatePartition:
+			v.errorf("state.partition.size", "a whole number of MiB, at least 64MiB, e.g. 2GiB", "%s is not a usable state partition size", p.Size)
+		}
 	}
 	seen := map[string]int{}
 	for i, p := range s.Paths {

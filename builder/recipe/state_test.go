@@ -54,3 +54,31 @@ firstboot: {admin_user: admin}
 		t.Errorf("state without a state: section: %+v", r.State)
 	}
 }
+
+// state.partition: its label defaults to bake-state, its size is parsed,
+// and the volume's label is not filled (the state is not on a volume).
+func TestStatePartitionDefaults(t *testing.T) {
+	const head = "apiVersion: bake/v1\nname: s\nbase: {debian: {suite: bookworm}}\n"
+	for _, c := range []struct {
+		state, label string
+		size         int64
+	}{
+		{"state: {partition: {size: 2GiB}}\n", "bake-state", 2 << 30},
+		{"state: {partition: {size: 512MiB, label: st1}}\n", "st1", 512 << 20},
+	} {
+		r, err := Parse("s.yaml", []byte(head+c.state), t.TempDir(), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", c.state, err)
+		}
+		s := r.State
+		if s.Partition == nil || s.Partition.Label != c.label || s.Partition.SizeBytes != c.size || s.Label() != c.label {
+			t.Errorf("%s: partition %+v, want label %q size %d", c.state, s.Partition, c.label, c.size)
+		}
+		if s.Volume.Label != "" || s.Volume.Serial != "" {
+			t.Errorf("%s: volume %+v filled for a partition", c.state, s.Volume)
+		}
+		if got := strings.Join(s.Paths, " "); got != "/etc/machine-id /var/lib/bake/firstboot" {
+			t.Errorf("%s: paths %q", c.state, got)
+		}
+	}
+}

@@ -345,6 +345,14 @@ type Gateway struct {
 	// Token is refused unless firstboot.allow_baked_secrets: the token
 	// comes from the instance's seed or is generated at first boot.
 	Token string `yaml:"token,omitempty"`
+	// Settings are more of openclaw.json's settings, merged into the file
+	// bake writes (top-level keys beside "gateway", and "gateway"'s own
+	// keys into bake's). The image owns them: each image's first boot
+	// renders them again on an old instance's volume (docs/state.md), so a
+	// key removed here is gone after the upgrade. Refused: the keys bake
+	// writes (gateway.mode, bind, port, auth, tailscale) and the token's
+	// placeholder. No secrets: they are in the image.
+	Settings map[string]any `yaml:"settings,omitempty"`
 
 	// Filled by Defaults (never written in YAML): where the gateway's
 	// files are, which the build writes and verify checks.
@@ -401,6 +409,10 @@ type Firstboot struct {
 // anything that reads it starts (docs/state.md).
 type State struct {
 	Volume StateVolume `yaml:"volume,omitempty"`
+	// Partition, instead of Volume, keeps the state on a partition of the
+	// root disk that first boot makes at the disk's end before root
+	// grows (single-disk VMs; `bake upgrade DISK NEW` keeps it).
+	Partition *StatePartition `yaml:"partition,omitempty"`
 	// Paths are the instance-owned files and directories. A path whose
 	// last component holds a * names the files it matches (host keys).
 	// Default (see DefaultStatePaths): the appliance's identities and
@@ -416,4 +428,15 @@ type State struct {
 type StateVolume struct {
 	Label  string `yaml:"label,omitempty"` // default bake-state
 	Serial string `yaml:"serial,omitempty"`
+}
+
+// StatePartition is the state partition of a single-disk instance: at
+// its first boot, before the root partition grows, first boot adds a GPT
+// partition named Label of Size at the end of the disk (in free space
+// after the last partition only) and formats it ext4 with the same label.
+type StatePartition struct {
+	Label string `yaml:"label,omitempty"` // default bake-state (GPT name and ext4 label)
+	Size  string `yaml:"size"`            // e.g. 2GiB; whole MiB, at least 64MiB
+	// SizeBytes is Size in bytes (Defaults).
+	SizeBytes int64 `yaml:"-"`
 }

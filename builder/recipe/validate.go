@@ -95,6 +95,16 @@ func (r *Recipe) validate() Diagnostics {
 // decoding already reported that value (or one inside or around it), so
 // one mistake gives one message.
 func (v *validator) errorf(path, hint, format string, args ...any) {
+	v.diag(path, v.src.pos, hint, format, args...)
+}
+
+// keyErrorf is errorf at the key of path (a key that may not be there
+// at all, whatever its value).
+func (v *validator) keyErrorf(path, hint, format string, args ...any) {
+	v.diag(path, v.src.keyPos, hint, format, args...)
+}
+
+func (v *validator) diag(path string, pos func(string) (int, int), hint, format string, args ...any) {
 	if v.src != nil {
 		for bad := range v.src.bad {
 			if related(bad, path) {
@@ -102,7 +112,7 @@ func (v *validator) errorf(path, hint, format string, args ...any) {
 			}
 		}
 	}
-	line, col := v.src.pos(path)
+	line, col := pos(path)
 	file := v.r.Path
 	if v.src != nil {
 		file = v.src.file

@@ -29,11 +29,18 @@ func TestApplianceHold(t *testing.T) {
 		t.Fatal("set BAKE_VMTEST_HOLD=20m to boot the appliance and keep it up")
 	}
 	// BAKE_VMTEST_HOLD_DISK: boot that image (e.g. make image's) instead.
+	// BAKE_VMTEST_HOLD_SEED: how the seed reaches it, "nocloud" (the
+	// default) or "smbios" (credentials only: no datasource for
+	// cloud-init).
+	via := os.Getenv("BAKE_VMTEST_HOLD_SEED")
+	if via == "" {
+		via = "nocloud"
+	}
 	var g *guest
 	if disk := os.Getenv("BAKE_VMTEST_HOLD_DISK"); disk != "" {
-		g = bootApplianceDisk(t, disk, vm.BIOS, "hold-0123456789abcdef", "nocloud")
+		g = bootApplianceDisk(t, disk, vm.BIOS, "hold-0123456789abcdef", via)
 	} else {
-		g = bootAppliance(t, vm.BIOS, "hold-0123456789abcdef", "nocloud")
+		g = bootAppliance(t, vm.BIOS, "hold-0123456789abcdef", via)
 	}
 	key := filepath.Join(os.TempDir(), "bake-vmtest-hold.key")
 	block, _ := ssh.MarshalPrivateKey(g.priv, "")

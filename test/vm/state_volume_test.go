@@ -181,6 +181,57 @@ base:
 	if !strings.Contains(evidence("upgrade.root-disk-secrets"), "looked for the gateway token") {
 		t.Errorf("the root disk scan did not look for the token")
 	}
+	// openclaw.json: the image's settings on each boot (verify holds each
+	// boot's file to its image's template with the instance's token), B's
+	// applied by B's first boot on A's volume, A's back after the rollback.
+	for _, c := range []struct {
+		who, ev string
+		b       bool
+	}{{"A", evOld, false}, {"B", evNew, true}, {"the rollback to A", evRB, false}} {
+		if !strings.Contains(c.ev, "openclaw.json is its image's template") {
+			t.Errorf("%s: verify did not hold openclaw.json to its image's template:\n%s", c.who, c.ev)
+		}
+		if has := strings.Contains(c.ev, stateBLogging) && strings.Contains(c.ev, stateBEnv); has != c.b {
+			t.Errorf("%s: openclaw.json has B's settings: %v, want %v:\n%s", c.who, has, c.b, c.ev)
+		}
+	}
+	if !strings.Contains(evNew, "openclaw.json re-rendered from the new image's template") || !strings.Contains(evNew, "token kept") {
+		t.Errorf("B's first boot did not re-render openclaw.json from B's template:\n%s", evNew)
+	}
+	// The volume after the rollback: A's template rendered with A's
+	// token, A's template recorded as applied; the token in no output,
+	// report or log of verify's.
+	debugfsCat := func(p string) string {
+		out, err := exec.CommandContext(ctx, "debugfs", "-R", "cat "+p, vol).Output()
+		if err != nil {
+			t.Fatalf("debugfs cat %s: %v", p, err)
+		}
+		return string(out)
+	}
+	cfgVol := debugfsCat("/data/home/openclaw/.openclaw/openclaw.json")
+	tm := regexp.MustCompile(`"token": "([A-Za-z0-9._~+/=-]{16,})"`).FindStringSubmatch(cfgVol)
+	if tm == nil {
+		t.Fatalf("no token in the volume's openclaw.json (%d bytes)", len(cfgVol))
+	}
+	volToken := tm[1]
+	tplA := debugfsCat("/data/var/lib/bake/firstboot/openclaw.json.in.applied")
+	if !strings.Contains(tplA, `"token": "@BAKE_GATEWAY_TOKEN@"`) || strings.Contains(tplA, "logging") {
+		t.Errorf("the volume's applied template is not A's:\n%s", tplA)
+	}
+	if want := strings.TrimRight(strings.Replace(tplA, "@BAKE_GATEWAY_TOKEN@", volToken, 1), "\n") + "\n"; cfgVol != want || strings.Contains(cfgVol, "logging") {
+		t.Errorf("the volume's openclaw.json after the rollback is not A's template with the token (%d bytes, want %d)", len(cfgVol), len(want))
+	}
+	if strings.Contains(run.out, volToken) {
+		t.Error("verify's output shows the gateway token")
+	}
+	filepath.WalkDir(run.dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), volToken) {
+				t.Errorf("%s holds the gateway token", p)
+			}
+		}
+		return nil
+	})
 	hostKey := regexp.MustCompile(`presented host key (SHA256:\S+)`).FindStringSubmatch(evID)
 	if hostKey == nil {
 		t.Fatalf("no presented host key in upgrade.identity:\n%s", evID)
@@ -270,6 +321,14 @@ base:
 	}
 }
 
+// stateBSettings are B's gateway.settings (A has none), and what
+// openclaw.json holds of them (compact JSON, as verify shows the template).
+const (
+	stateBSettings = "  settings:\n    logging: {level: debug}\n    gateway: {controlUi: {environment: {label: state-b, color: teal}}}\n"
+	stateBLogging  = `"logging":{"level":"debug"}`
+	stateBEnv      = `"controlUi":{"environment":{"color":"teal","label":"state-b"}}`
+)
+
 // bakeStateB builds image B: the test appliance's recipe on the
 // Debian-shaped cloud image (testdata/openclaw-cloud-test.yaml on the
 // cloud fixture, whose kernel is linux-image-cloud-amd64) with the state
@@ -313,6 +372,14 @@ func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string
 		t.Fatalf("%s has no %q", cloudApplianceRecipe, old)
 	} else {
 		text = strings.Replace(text, old, "\nname: state-b\n", 1)
+	}
+	// B's recipe owns more of openclaw.json than A's (gateway.settings):
+	// first boot renders B's template on A's volume, with A's token, and
+	// the rollback A's again (the key is gone).
+	if old := "\ngateway:\n  container: openclaw-gateway\n"; !strings.Contains(text, old) {
+		t.Fatalf("%s has no %q", cloudApplianceRecipe, old)
+	} else {
+		text = strings.Replace(text, old, old+stateBSettings, 1)
 	}
 	text += statePaths + "files:\n  - {path: /etc/bake-upgrade-test, content: image-b}\n"
 	// Beside testdata (the same depth: the recipe's context and relative
