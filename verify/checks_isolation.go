@@ -79,11 +79,15 @@ func (c *checker) isolation(ctx context.Context) {
 		fail("cannot load the probe image into Docker (is Docker installed and running?)")
 		return
 	}
-	var run []string
+	tLoad := time.Since(t0)
+	// One after another (started at once they took as long or longer:
+	// dockerd's work on one vCPU); every one must start.
+	var names, run []string
 	for _, p := range probeContainers {
-		run = append(run, fmt.Sprintf("docker rm -f %s >/dev/null 2>&1; docker run -d --name %s -p %s %s", p.name, p.name, p.publish, ProbeImageRef))
+		names = append(names, p.name)
+		run = append(run, fmt.Sprintf("docker run -d --name %s -p %s %s || rc=1", p.name, p.publish, ProbeImageRef))
 	}
-	res, err = c.in.sudo(ctx, strings.Join(run, "\n"))
+	res, err = c.in.sudo(ctx, "rc=0\ndocker rm -f "+strings.Join(names, " ")+" >/dev/null 2>&1\n"+strings.Join(run, "\n")+"\nexit $rc")
 	if err != nil {
 		runFailed(err)
 		return
@@ -92,10 +96,6 @@ func (c *checker) isolation(ctx context.Context) {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		var names []string
-		for _, p := range probeContainers {
-			names = append(names, p.name)
-		}
 		c.in.sudo(cctx, "docker rm -f "+strings.Join(names, " ")+" >/dev/null 2>&1; docker rmi "+ProbeImageRef+" >/dev/null 2>&1")
 	}()
 	if !res.OK() {
@@ -103,30 +103,38 @@ func (c *checker) isolation(ctx context.Context) {
 		return
 	}
 
-	// 1. Each answers on the guest's loopback.
+	// 1. Each answers on the guest's loopback: the three probes at once, in
+	// one command (each retried for up to 60 s while its container starts).
+	tRun := time.Since(t0) - tLoad
 	var problems []string
 	var lev evidence
-	for _, p := range probeContainers {
-		var r cmdResult
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			script := fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3'`, p.port)
-			r, err = c.in.runT(ctx, script, nil, 30*time.Second)
-			if err != nil {
-				runFailed(err)
-				return
-			}
-			if strings.Contains(r.Stdout, ProbeBody) || time.Now().After(deadline) {
-				break
-			}
-			sleepCtx(ctx, 2*time.Second)
-		}
-		ok := strings.Contains(r.Stdout, ProbeBody)
-		lev.add("guest -> 127.0.0.1:%d (-p %s): %s", p.port, p.publish, map[bool]string{true: "answered " + ProbeBody, false: "NO ANSWER " + strings.TrimSpace(r.Stderr)}[ok])
-		if !ok {
-			problems = append(problems, fmt.Sprintf("the container published with -p %s does not answer on 127.0.0.1:%d", p.publish, p.port))
-		}
+	t1p := time.Now()
+	res, err = c.in.runT(ctx, loopbackScript(probeContainers), nil, 90*time.Second)
+	if err != nil {
+		runFailed(err)
+		return
 	}
+	answered := parseLoopback(res.Stdout)
+	for _, p := range probeContainers {
+		a, ok := answered[p.port]
+		if ok && a.ok {
+			lev.add("guest -> 127.0.0.1:%d (-p %s): answered %s (after %d attempts)", p.port, p.publish, ProbeBody, a.tries)
+			continue
+		}
+		why := "no result"
+		if ok {
+			why = fmt.Sprintf("after %d attempts: %s", a.tries, a.last)
+		}
+		lev.add("guest -> 127.0.0.1:%d (-p %s): NO ANSWER %s", p.port, p.publish, why)
+		problems = append(problems, fmt.Sprintf("the container published with -p %s does not answer on 127.0.0.1:%d", p.publish, p.port))
+	}
+	times := fmt.Sprintf("docker load %s, docker run (three) %s, the loopback probes (at once) %s", tLoad.Round(100*time.Millisecond), tRun.Round(100*time.Millisecond), time.Since(t1p).Round(100*time.Millisecond))
+	lev.add("times: %s", times)
+	c.r.logf("%s: isolation.loopback: %s", c.in.name(), times)
+	if !res.OK() && len(problems) == 0 {
+		problems = append(problems, fmt.Sprintf("the loopback probe exited %d", res.Exit))
+	}
+	lev.cmd(res)
 	loopOK := len(problems) == 0
 	st, text := verdict(problems, append(lev, ev...), "the probe containers answer on 127.0.0.1:80, :8080 and :8081 in the guest")
 	c.r.record(c.fw, checkIsolationLoopback.ID, st, text, time.Since(t0))
@@ -175,6 +183,59 @@ func (c *checker) isolation(ctx context.Context) {
 		}
 		c.r.record(c.fw, checkIsolationMetadata.ID, st, text, time.Since(t3))
 	}
+}
+
+// loopbackScript probes 127.0.0.1:PORT of each container at once, each
+// attempt bounded by 5 s, retried every second for up to 60 s until the
+// probe container's body comes back; a line per port: loop PORT ok|no
+// TRIES LAST-ERROR.
+func loopbackScript(ps []probeContainer) string {
+	var ports []string
+	for _, p := range ps {
+		ports = append(ports, strconv.Itoa(p.port))
+	}
+	return `probe() {
+	n=0; end=$((SECONDS + 60))
+	while :; do
+		n=$((n + 1))
+		out=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf 'GET / HTTP/1.0\r\n\r\n' >&3; cat <&3" 2>&1)
+		case "$out" in *` + ProbeBody + `*) echo "loop $1 ok $n"; return;; esac
+		if [ "$SECONDS" -ge "$end" ]; then
+			echo "loop $1 no $n $(printf '%s' "$out" | tail -c 200 | tr -d '\r\n')"; return
+		fi
+		sleep 1
+	done
+}
+for p in ` + strings.Join(ports, " ") + `; do probe "$p" & done
+wait`
+}
+
+type loopbackResult struct {
+	ok    bool
+	tries int
+	last  string
+}
+
+// parseLoopback reads loopbackScript's lines.
+func parseLoopback(out string) map[int]loopbackResult {
+	m := map[int]loopbackResult{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.SplitN(strings.TrimSpace(line), " ", 5)
+		if len(f) < 4 || f[0] != "loop" {
+			continue
+		}
+		port, err1 := strconv.Atoi(f[1])
+		n, err2 := strconv.Atoi(f[3])
+		if err1 != nil || err2 != nil || (f[2] != "ok" && f[2] != "no") {
+			continue
+		}
+		r := loopbackResult{ok: f[2] == "ok", tries: n}
+		if len(f) == 5 {
+			r.last = f[4]
+		}
+		m[port] = r
+	}
+	return m
 }
 
 func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
@@ -478,7 +539,11 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 		addrs = append(addrs, a.String())
 	}
 	ev.add("stand-ins on the link (outside namespace %s, port 80): %s; control %s:80; a stand-in resolver on %s, 53/udp, answering %s", l.Netns, strings.Join(addrs, ", "), control, strings.Join(dnsAddrs, ", "), metadataDNSName)
-	res, err := c.in.sudo(ctx, metadataScript(probeContainers[0].name, append(addrs, control.String()))+"\n"+metadataDNSScript(dnsAddrs, query))
+	// The TCP probes and the DNS probes run at once (metadataProbes leaves
+	// its probes running; metadataDNSScript's wait waits for them all):
+	// the blocked ones each wait out their 10 s, which one after the other
+	// cost 10 s more whenever a DNS probe went unanswered.
+	res, err := c.in.sudo(ctx, metadataProbes(probeContainers[0].name, append(addrs, control.String()))+"\n"+metadataDNSScript(dnsAddrs, query))
 	if err != nil {
 		return Fail, err.Error()
 	}
@@ -501,6 +566,12 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 // network namespace (container) to port 80 of each address, all at once,
 // each bounded by 10 s; a line per attempt: WHO ADDR rc=N OUTPUT.
 func metadataScript(container string, addrs []string) string {
+	return metadataProbes(container, addrs) + "\nwait"
+}
+
+// metadataProbes is metadataScript without its wait: the probes run in the
+// background, and $pid is the container's.
+func metadataProbes(container string, addrs []string) string {
 	return `pid=$(docker inspect -f '{{.State.Pid}}' ` + shellQuote(container) + `) || exit 3
 [ "${pid:-0}" -gt 0 ] || exit 3
 probe() {
@@ -514,8 +585,7 @@ for a in ` + strings.Join(addrs, " ") + `; do
 	for who in host container; do
 		( out=$(probe "$who" "$a" 2>&1); rc=$?; echo "$who $a rc=$rc $(printf '%s' "$out" | tr -d '\r\n')" ) &
 	done
-done
-wait`
+done`
 }
 
 // metadataVerdict judges metadataScript's lines.

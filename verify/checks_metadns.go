@@ -131,8 +131,9 @@ func serveDNSOn(ns string, addrs []string) (stop func(), err error) {
 
 // metadataDNSScript sends q to port 53 of each address from the guest
 // (host) and from the container's network namespace ($pid, set by
-// metadataScript, which runs first), all at once, each bounded by 10 s; a
-// line per attempt: dns WHO ADDR rc=N HEX-OF-THE-REPLY.
+// metadataProbes, which runs first), all at once, each bounded by 10 s; a
+// line per attempt: dns WHO ADDR rc=N HEX-OF-THE-REPLY. Its wait waits
+// for every background probe of the script, metadataProbes' too.
 func metadataDNSScript(addrs []string, q []byte) string {
 	var esc strings.Builder
 	for _, c := range q {

@@ -81,7 +81,7 @@ func TestMetadataDNSVerdict(t *testing.T) {
 func TestMetadataDNSScriptParses(t *testing.T) {
 	q, _ := dnsQuery(42)
 	f := filepath.Join(t.TempDir(), "s.sh")
-	os.WriteFile(f, []byte(metadataScript("bake-verify-p80", []string{"169.254.169.254"})+"\n"+metadataDNSScript(metadataDNSAddrs(), q)), 0o644)
+	os.WriteFile(f, []byte(metadataProbes("bake-verify-p80", []string{"169.254.169.254"})+"\n"+metadataDNSScript(metadataDNSAddrs(), q)), 0o644)
 	if out, err := exec.Command("bash", "-n", f).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n: %v\n%s", err, out)
 	}

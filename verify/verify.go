@@ -37,9 +37,18 @@ const (
 	// authGrace is how long key refusals are retried after the first one:
 	// keys may be installed a moment after sshd starts (cloud-init).
 	authGrace = 90 * time.Second
-	// refusedGrace: once the console shows a login prompt, an SSH port
-	// that keeps refusing connections this long has no sshd behind it.
-	refusedGrace = 3 * time.Minute
+	// refusedGrace: an SSH port that keeps refusing connections this long
+	// after the console first showed a login prompt (and this long since
+	// its first refusal) has no sshd behind it. The prompt comes late in a
+	// boot: getty waits for systemd-user-sessions.service, which
+	// cloud-init.service (itself Before=sshd.service) and bake's first-boot
+	// unit (Before=ssh.service) are ordered before, so on those images sshd
+	// is already starting when the prompt shows; elsewhere sshd and getty
+	// start side by side, both after network.target. Counted from the
+	// first refusal (session 11 and before: 3 minutes) it cost every image
+	// without sshd 3 minutes, and a slow boot's refusals (cloud-init's
+	// datasource probe, 140 s) all came before its prompt.
+	refusedGrace = time.Minute
 )
 
 // Options of a verification.
@@ -728,12 +737,17 @@ func (in *instance) waitSSH(ctx context.Context) {
 	deadline := t0.Add(limit)
 	user := in.r.o.Spec.AdminUser
 	var lastErr error
-	var firstRefusal, refusedSince time.Time
+	var firstRefusal time.Time
+	var watch refusalWatch
 	lastLog := time.Now()
 	tries := 0
 	for {
 		if ctx.Err() != nil {
 			return
+		}
+		if watch.promptAt.IsZero() && in.sawLoginPrompt() {
+			watch.promptAt = time.Now()
+			in.r.logf("%s: a login prompt on the console after %s", in.name(), time.Since(t0).Round(time.Second))
 		}
 		select {
 		case <-in.vm.Exited():
@@ -769,16 +783,13 @@ func (in *instance) waitSSH(ctx context.Context) {
 		}
 		lastErr = err
 		if refused(err, in.link == nil) {
-			if refusedSince.IsZero() {
-				refusedSince = time.Now()
-			}
-			if time.Since(refusedSince) > refusedGrace && in.sawLoginPrompt() {
-				in.loginEv = fmt.Sprintf("nothing listens on the guest's port %d: connections refused for %s while the console showed a login prompt (no sshd, or on another port)\n%s\n%s",
-					in.r.o.Spec.SSHPort, refusedGrace, in.leaseInfo(), in.serialTail(40))
+			if watch.refusal(time.Now()) {
+				in.loginEv = fmt.Sprintf("nothing listens on the guest's port %d: connections refused for %s after the console showed a login prompt (%s after power-on; refused since %s after power-on, %d attempts) (no sshd, or on another port)\n%s\n%s",
+					in.r.o.Spec.SSHPort, refusedGrace, watch.promptAt.Sub(t0).Round(time.Second), watch.refusedSince.Sub(t0).Round(time.Second), tries, in.leaseInfo(), in.serialTail(40))
 				return
 			}
 		} else if strings.Contains(err.Error(), "unable to authenticate") || strings.Contains(err.Error(), "handshake failed: ssh:") {
-			refusedSince = time.Time{} // an SSH server answered
+			watch.answered() // an SSH server answered
 		}
 		if strings.Contains(err.Error(), "unable to authenticate") {
 			if firstRefusal.IsZero() {
@@ -809,8 +820,39 @@ func (in *instance) waitSSH(ctx context.Context) {
 	if !in.loginOK {
 		in.loginEv = "logged in, but not as " + user + ":\n" + in.loginEv
 	}
-	in.r.logf("%s: SSH login after %s", in.name(), time.Since(t0).Round(time.Second))
+	prompt := "no login prompt on the console yet"
+	if !watch.promptAt.IsZero() {
+		prompt = fmt.Sprintf("the login prompt %s before", time.Since(watch.promptAt).Round(time.Second))
+	}
+	in.r.logf("%s: SSH login after %s (%s)", in.name(), time.Since(t0).Round(time.Second), prompt)
 }
+
+// refusalWatch decides when an SSH port that refuses connections has no
+// sshd behind it: refusedGrace after both its first refusal and the
+// console's first login prompt (see refusedGrace). An answer from an SSH
+// server (even one refusing the key) starts the refusals anew.
+type refusalWatch struct {
+	refusedSince time.Time // the first refusal since the last answer
+	promptAt     time.Time // the console first showed a login prompt
+}
+
+// refusal notes a refusal at now and reports whether to conclude that
+// nothing listens.
+func (w *refusalWatch) refusal(now time.Time) bool {
+	if w.refusedSince.IsZero() {
+		w.refusedSince = now
+	}
+	if w.promptAt.IsZero() {
+		return false
+	}
+	from := w.refusedSince
+	if w.promptAt.After(from) {
+		from = w.promptAt
+	}
+	return now.Sub(from) > refusedGrace
+}
+
+func (w *refusalWatch) answered() { w.refusedSince = time.Time{} }
 
 // findIPv6 finds the guest's SLAAC address on the link (all-nodes ping).
 func (in *instance) findIPv6(ctx context.Context) {

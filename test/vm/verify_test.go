@@ -265,6 +265,11 @@ func TestVerifyPlainImage(t *testing.T) {
 	if !strings.Contains(run.out, "FAIL  bios/ssh.key-login") || !strings.Contains(r.Verdict, "bios/ssh.key-login") {
 		t.Errorf("the summary or verdict does not name bios/ssh.key-login: %q", r.Verdict)
 	}
+	// Concluded by the refusals after the login prompt (refusedGrace), not
+	// by sshWaitMax's 15 minutes.
+	if !strings.Contains(run.out, "nothing listens on the guest's port 22: connections refused for 1m0s after the console showed a login prompt") {
+		t.Errorf("bios/ssh.key-login's evidence does not say that nothing listens on port 22 after the login prompt")
+	}
 	// Checks that need no login still run and see the image as it is:
 	// systemd-resolved's LLMNR port is open, no SSH is.
 	if st := r.status("bios", "network.scan"); st != "fail" {
