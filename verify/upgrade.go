@@ -644,7 +644,11 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	r.logf("upgrade: new image %s", newFacts)
 	if why := sameState(oldFacts.state, newFacts.state); why != "" {
 		r.record(fw, checkUpgradeOld.ID, Fail, why, time.Since(t0))
-		skipRest("the images do not share their state")
+		if partitionMode(oldFacts.state) || partitionMode(newFacts.state) {
+			skipRest("the images do not share their state")
+		} else {
+			skipRest("the images do not share a state volume")
+		}
 		return
 	}
 	// Where each boot runs (the volume mode: the old image under an
@@ -1026,6 +1030,18 @@ func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upg
 	}
 	if f.state["SERIAL"] != "" && !strings.Contains(st.journal, "formatting the blank disk") {
 		problems = append(problems, "bake-state did not format the blank volume:\n"+lastLines(st.journal, 20))
+	}
+	if partitionMode(f.state) {
+		// Its first boot made the state partition (bake-state-partition).
+		res, err := a.sudo(ctx, "journalctl -b -u bake-state-partition --no-pager -o cat")
+		switch {
+		case err != nil:
+			problems = append(problems, "reading bake-state-partition's journal: "+err.Error())
+		case !strings.Contains(res.Stdout, "made and formatted"):
+			problems = append(problems, "the first boot did not make the state partition:\n"+lastLines(res.Stdout, 20))
+		default:
+			ev.add("bake-state-partition at the first boot:\n%s", lastLines(res.Stdout, 10))
+		}
 	}
 	problems = append(problems, runsImage(st, f, "the old image")...)
 	p, e := imageSettings(st, f, "the old image")

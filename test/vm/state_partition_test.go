@@ -137,6 +137,9 @@ func TestStatePartitionUpgrade(t *testing.T) {
 			t.Errorf("bios/%s: no bake upgrade keeping p2 in its evidence:\n%s", id, ev)
 		}
 	}
+	if ev := rep.evidence("bios", "upgrade.old-boot"); !strings.Contains(ev, "state partition /dev/vda2 made and formatted") {
+		t.Errorf("bios/upgrade.old-boot: no state partition made in its evidence:\n%s", ev)
+	}
 	if ev := rep.evidence("bios", "upgrade.root-disk-secrets"); !strings.Contains(ev, `but its state partition p2 "bake-state" (256 MiB at 2303 MiB`) {
 		t.Errorf("bios/upgrade.root-disk-secrets: not the disk but its state partition:\n%s", ev)
 	}
