@@ -861,11 +861,12 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		}
 		var within [][2]int64
 		var where string
+		var scanErr error
 		if part {
-			within, where, err = outsidePartition(ctx, newDisk, oldFacts.state["LABEL"])
+			within, where, scanErr = outsidePartition(ctx, newDisk, oldFacts.state["LABEL"])
 		}
-		if err != nil {
-			r.record(fw, checkUpgradeRootSecrets.ID, Fail, "not run: "+err.Error(), 0)
+		if scanErr != nil {
+			r.record(fw, checkUpgradeRootSecrets.ID, Fail, "not run: "+scanErr.Error(), 0)
 		} else {
 			st, ev := r.scanRoot(ctx, newDisk, within, stB.id.Token, keyLines, stA.tsPriv, authKey)
 			if where != "" {
