@@ -1026,7 +1026,7 @@ func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upg
 	if r.stateDir() != "" && st.marker != mark {
 		problems = append(problems, fmt.Sprintf("the file written in the gateway's state directory reads %q", st.marker))
 	}
-	if a.token != "" && st.id.Token != a.token {
+	if r.o.Spec.Gateway != nil && a.token != "" && st.id.Token != a.token {
 		problems = append(problems, fmt.Sprintf("the gateway token is %s, the seed gave %s", tokenHash(st.id.Token), tokenHash(a.token)))
 	}
 	if f.state["SERIAL"] != "" && !strings.Contains(st.journal, "formatting the blank disk") {
