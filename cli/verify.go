@@ -125,6 +125,11 @@ its power-off IMAGE's root disk holds no token, host private key or
 Tailscale key (upgrade.root-disk-secrets); OLD boots again on the volume
 with the same identities (upgrade.rollback). One firmware, one instance;
 --state-volume FILE makes the volume there (a new file) and keeps it.
+Images with a state partition (state: {partition: ...}, the same label)
+boot from one disk instead, a copy of OLD enlarged for the partition,
+rewritten with IMAGE's and then OLD's system partitions by bake upgrade's
+code between the boots; the same checks (upgrade.root-disk-secrets scans
+the disk but the state partition); --state-volume is then refused (exit 2).
 With --tailnet-* too, OLD's seed carries the auth key, login server and CA
 and every boot gets the outbound NIC (below): OLD joins at first boot, and
 IMAGE and the rollback must be the same node (node ID and key), running

@@ -19,7 +19,6 @@ import (
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/firstboot"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/verify"
 )
 
 // Options are one upgrade's inputs.
@@ -172,7 +171,7 @@ func imageStateLabel(ctx context.Context, raw string) (string, error) {
 	if err != nil {
 		return "", bad("NEW_IMAGE: reading %s: %v", firstboot.StateConfigPath, err)
 	}
-	conf, err := verify.ParseStateConfig(b)
+	conf, err := firstboot.ParseStateConfig(b)
 	if err != nil {
 		return "", bad("NEW_IMAGE: %v", err)
 	}

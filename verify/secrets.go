@@ -561,6 +561,12 @@ func (e *errReader) Read(p []byte) (int, error) {
 // ScanFile scans a raw disk image: only its data extents (holes are zeros
 // and cannot hold a secret), and the compressed streams in them.
 func (s *Scanner) ScanFile(ctx context.Context, path string) error {
+	return s.ScanFileRanges(ctx, path, nil)
+}
+
+// ScanFileRanges is ScanFile of the data extents inside the byte ranges
+// within ([start, end), sorted, not overlapping); nil is the whole file.
+func (s *Scanner) ScanFileRanges(ctx context.Context, path string, within [][2]int64) error {
 	s.init()
 	f, st, err := imgfile.OpenRegular(path)
 	if err != nil {
@@ -570,6 +576,9 @@ func (s *Scanner) ScanFile(ctx context.Context, path string) error {
 	extents, err := dataExtents(f, st.Size())
 	if err != nil {
 		return err
+	}
+	if within != nil {
+		extents = clipExtents(extents, within)
 	}
 	for _, e := range extents {
 		sr := io.NewSectionReader(f, e[0], e[1]-e[0])
@@ -583,6 +592,20 @@ func (s *Scanner) ScanFile(ctx context.Context, path string) error {
 		}
 	}
 	return nil
+}
+
+// clipExtents is the parts of extents inside the ranges within (both
+// [start, end), sorted).
+func clipExtents(extents, within [][2]int64) [][2]int64 {
+	var out [][2]int64
+	for _, e := range extents {
+		for _, w := range within {
+			if a, b := max(e[0], w[0]), min(e[1], w[1]); a < b {
+				out = append(out, [2]int64{a, b})
+			}
+		}
+	}
+	return out
 }
 
 // dataExtents lists [start, end) ranges holding data (SEEK_DATA/SEEK_HOLE),

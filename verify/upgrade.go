@@ -16,6 +16,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/firstboot"
+	"github.com/bakeimg/bake/upgrade"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -33,12 +35,18 @@ import (
 // NEW boots on the volume with no seed and keeps them, runs its own kernel
 // and containers and leaves no secret on its root disk; OLD boots again
 // on the volume (the rollback) with the same identities.
+//
+// With a state partition (state: {partition: ...} in both images) the
+// instance is one disk, made from OLD and enlarged: OLD's first boot makes
+// the partition; between the boots the disk is rewritten with NEW's, then
+// OLD's, system partitions by bake upgrade's code (package upgrade), the
+// state partition kept byte for byte.
 
 // The upgrade run's own checks (upgrade: planned in an upgrade run only).
 var (
-	checkUpgradeOld = Check{ID: "upgrade.old-boot", Scope: ScopeFirmware, Needs: "--upgrade-from, a state: section in both images",
+	checkUpgradeOld = Check{ID: "upgrade.old-boot", Scope: ScopeFirmware, Needs: "--upgrade-from, a state: section in both images (the same volume, or a partition with the same label)",
 		claim: func(Spec, *GatewaySpec) string {
-			return "the old image, booted with a seed on a new blank state volume, uses it (state status ok; a volume found by serial is formatted) and the instance's identities can be recorded: SSH host keys, machine ID, gateway token, tailscaled's machine key, a file in the gateway's state directory, a Docker volume; openclaw.json is the image's template with the seed's token in place"
+			return "the old image, booted with a seed on a new blank state volume (with state: {partition: ...}: from a copy of its disk enlarged for the partition, which its first boot makes), uses it (state status ok; a volume found by serial is formatted) and the instance's identities can be recorded: SSH host keys, machine ID, gateway token, tailscaled's machine key, a file in the gateway's state directory, a Docker volume; openclaw.json is the image's template with the seed's token in place"
 		}, upgrade: true}
 	checkUpgradeIdentity = Check{ID: "upgrade.identity", Scope: ScopeFirmware, Needs: "--upgrade-from",
 		claim: func(Spec, *GatewaySpec) string {
@@ -50,7 +58,7 @@ var (
 		}, upgrade: true}
 	checkUpgradeRootSecrets = Check{ID: "upgrade.root-disk-secrets", Scope: ScopeFirmware, Needs: "--upgrade-from; free space in $TMPDIR (the new image's disk is booted from a raw copy)",
 		claim: func(Spec, *GatewaySpec) string {
-			return "after the upgraded instance has run and powered off, its root disk (every data block, free ones too, and the compressed streams in them) holds no gateway token, no SSH host private key, no form of tailscaled's machine key and no private key or secret of any kind verify's disk scan knows"
+			return "after the upgraded instance has run and powered off, its root disk (every data block, free ones too, and the compressed streams in them; with a state partition, the disk but that partition) holds no gateway token, no SSH host private key, no form of tailscaled's machine key and no private key or secret of any kind verify's disk scan knows"
 		}, upgrade: true}
 	checkUpgradeRollback = Check{ID: "upgrade.rollback", Scope: ScopeFirmware, Needs: "--upgrade-from",
 		claim: func(Spec, *GatewaySpec) string {
@@ -137,9 +145,6 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 	if f.state, err = ParseStateConfig(b); err != nil {
 		return f, err
 	}
-	if err := volumeOnly(f.state); err != nil {
-		return f, err
-	}
 	b, err = cloudimg.ReadRootFile(ctx, raw, appliance.ContainersRecord, 1<<20)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -169,68 +174,58 @@ func readImageFacts(ctx context.Context, raw string) (imageFacts, error) {
 	return f, nil
 }
 
-// volumeOnly refuses an image whose state is on a partition of its own
-// disk: an upgrade run boots the images on a state volume; a state
-// partition is carried by `bake upgrade DISK NEW` (docs/state.md).
-func volumeOnly(state map[string]string) error {
-	if state["PARTITION_SIZE"] != "" {
-		return fmt.Errorf("it keeps its state on a partition of its disk (state: {partition: ...}, label %q): --upgrade-from proves an upgrade on a state volume only; a state partition is carried by `bake upgrade DISK NEW_IMAGE` (docs/state.md)", state["LABEL"])
+// partitionMode: the image keeps its state on a partition of its own disk
+// (state: {partition: ...}), not on a volume.
+func partitionMode(state map[string]string) bool { return state["PARTITION_SIZE"] != "" }
+
+// stateWhere says where an image keeps its state, for a refusal.
+func stateWhere(state map[string]string) string {
+	if partitionMode(state) {
+		return fmt.Sprintf("on a partition of its disk (state: {partition: ...}, label %q)", state["LABEL"])
 	}
-	return nil
+	return fmt.Sprintf("on a state volume (state: {volume: ...}, serial %q label %q)", state["SERIAL"], state["LABEL"])
 }
 
-// ParseStateConfig parses /etc/bake/state.conf as firstboot.StateConfig
-// writes it: comment lines and KEY='VALUE' lines (single quotes, a quote
-// written '\”). Anything else is an error.
-func ParseStateConfig(b []byte) (map[string]string, error) {
-	out := map[string]string{}
-	for i, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" || strings.Trim(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789") != "" {
-			return nil, fmt.Errorf("state.conf line %d: not KEY='VALUE'", i+1)
-		}
-		val, err := unquoteSh(v)
-		if err != nil {
-			return nil, fmt.Errorf("state.conf line %d (%s): %w", i+1, k, err)
-		}
-		out[k] = val
+// sameState says why an instance of the old image (state old) cannot be
+// upgraded to the new one (state new) by an upgrade run: they keep their
+// state in different modes, or on different volumes or partitions. ""
+// when they share it.
+func sameState(old, new map[string]string) string {
+	switch {
+	case partitionMode(old) != partitionMode(new):
+		return fmt.Sprintf("the old image keeps its state %s, the new one %s: the new image would not find the old instance's state (an upgrade keeps the mode: a volume with a new image, or a partition with `bake upgrade DISK NEW_IMAGE`)", stateWhere(old), stateWhere(new))
+	case partitionMode(old) && old["LABEL"] != new["LABEL"]:
+		return fmt.Sprintf("the images name different state partitions: the old one %q, the new one %q: the new image would not find the old one's partition (and `bake upgrade` refuses it)", old["LABEL"], new["LABEL"])
+	case !partitionMode(old) && (old["SERIAL"] != new["SERIAL"] || old["LABEL"] != new["LABEL"]):
+		return fmt.Sprintf("the images look for different state volumes: the old one serial %q label %q, the new one serial %q label %q: the new image would not find the old one's volume",
+			old["SERIAL"], old["LABEL"], new["SERIAL"], new["LABEL"])
 	}
-	for _, k := range []string{"LABEL", "SERIAL", "FORMAT", "IMAGE_NAME"} {
-		if _, ok := out[k]; !ok {
-			return nil, fmt.Errorf("state.conf has no %s", k)
-		}
-	}
-	if out["LABEL"] == "" && out["SERIAL"] == "" {
-		return nil, errors.New("state.conf names neither a label nor a serial")
-	}
-	return out, nil
+	return ""
 }
 
-// unquoteSh undoes firstboot's shQuote: 'a'\”b' is a'b.
-func unquoteSh(s string) (string, error) {
-	var b strings.Builder
-	for s != "" {
-		switch {
-		case s[0] == '\'':
-			end := strings.IndexByte(s[1:], '\'')
-			if end < 0 {
-				return "", errors.New("unterminated quote")
-			}
-			b.WriteString(s[1 : 1+end])
-			s = s[2+end:]
-		case strings.HasPrefix(s, `\'`):
-			b.WriteByte('\'')
-			s = s[2:]
-		default:
-			return "", fmt.Errorf("unquoted text %q", s)
-		}
+// partitionRefusal says why a partition run cannot run with o (a usage
+// error: exit 2); "" when it can.
+func partitionRefusal(o Options, state map[string]string) string {
+	if o.StateVolume != "" {
+		return fmt.Sprintf("--state-volume %s: the images keep their state on a partition of the instance's disk (state: {partition: ...}, label %q), not on a volume: there is no volume to make; run without --state-volume", o.StateVolume, state["LABEL"])
 	}
-	return b.String(), nil
+	return ""
 }
+
+// partitionDiskSize is the size of the instance's disk in a partition
+// run: the old image's virtual size (rounded up to MiB), room for the
+// state partition (its first boot makes it in the free space at the end)
+// and 256 MiB more, into which root grows up to the partition.
+func partitionDiskSize(imageSize int64, state map[string]string) (int64, error) {
+	n, err := strconv.ParseInt(state["PARTITION_SIZE"], 10, 64)
+	if err != nil || n <= 0 || n%(1<<20) != 0 {
+		return 0, fmt.Errorf("its state.conf has PARTITION_SIZE %q: not a whole number of MiB", state["PARTITION_SIZE"])
+	}
+	return (imageSize+(1<<20)-1)/(1<<20)*(1<<20) + n + 256<<20, nil
+}
+
+// ParseStateConfig parses /etc/bake/state.conf (firstboot.ParseStateConfig).
+func ParseStateConfig(b []byte) (map[string]string, error) { return firstboot.ParseStateConfig(b) }
 
 // TailscaleMachineKey reads tailscaled's state file (a JSON object of
 // base64 values): the public part of its machine key ("privkey:" and 64
@@ -622,17 +617,24 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		skipRest("the old image was refused")
 		return
 	}
+	// The old image as a raw disk: kept in a partition run (the
+	// instance's disk is made from it and the rollback rewrites with it).
+	oldRaw := old
+	if oldFormat != "raw" {
+		oldRaw = filepath.Join(r.work, "old.raw")
+		defer os.Remove(oldRaw)
+	}
 	oldFacts, err := func() (imageFacts, error) {
-		raw := old
-		if oldFormat != "raw" {
-			raw = filepath.Join(r.work, "old.raw")
-			defer os.Remove(raw)
-			if err := toRaw(ctx, old, raw); err != nil {
+		if oldRaw != old {
+			if err := toRaw(ctx, old, oldRaw); err != nil {
 				return imageFacts{}, fmt.Errorf("converting it to raw: %w", err)
 			}
 		}
-		return readImageFacts(ctx, raw)
+		return readImageFacts(ctx, oldRaw)
 	}()
+	if oldRaw != old && (err != nil || !partitionMode(oldFacts.state)) {
+		os.Remove(oldRaw)
+	}
 	if err != nil {
 		r.record(fw, checkUpgradeOld.ID, Fail, "the old image "+old+": "+err.Error(), time.Since(t0))
 		skipRest("the old image has no state to upgrade from (see " + checkUpgradeOld.ID + ")")
@@ -640,29 +642,55 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	}
 	r.logf("upgrade: old image %s", oldFacts)
 	r.logf("upgrade: new image %s", newFacts)
-	if oldFacts.state["SERIAL"] != newFacts.state["SERIAL"] || oldFacts.state["LABEL"] != newFacts.state["LABEL"] {
-		r.record(fw, checkUpgradeOld.ID, Fail, fmt.Sprintf("the images look for different state volumes: the old one serial %q label %q, the new one serial %q label %q: the new image would not find the old one's volume",
-			oldFacts.state["SERIAL"], oldFacts.state["LABEL"], newFacts.state["SERIAL"], newFacts.state["LABEL"]), time.Since(t0))
-		skipRest("the images do not share a state volume")
+	if why := sameState(oldFacts.state, newFacts.state); why != "" {
+		r.record(fw, checkUpgradeOld.ID, Fail, why, time.Since(t0))
+		if partitionMode(oldFacts.state) || partitionMode(newFacts.state) {
+			skipRest("the images do not share their state")
+		} else {
+			skipRest("the images do not share a state volume")
+		}
 		return
 	}
-	vol, err := r.makeVolume(ctx, oldFacts.state["SERIAL"], oldFacts.state["LABEL"])
-	if err != nil {
-		r.hostError("making the state volume: %v", err)
-		return
-	}
-	drives := []vm.Drive{{Path: vol, Format: "raw", Serial: oldFacts.state["SERIAL"]}}
-	// The new image boots from its own disk (kept for the scan): the raw
-	// copy the run made, or a copy of a raw image (the image itself is
-	// never written).
-	newDisk := r.raw
-	if newDisk == r.o.Image {
-		newDisk = filepath.Join(r.work, "new-root.raw")
-		if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", r.o.Image, newDisk).CombinedOutput(); err != nil {
-			r.hostError("copying the new image for its boot: %v %s", err, out)
+	// Where each boot runs (the volume mode: the old image under an
+	// overlay and the new one from its own raw copy, on the volume; the
+	// partition mode: all three from the instance's disk, rewritten
+	// between the boots by bake upgrade's code).
+	part := partitionMode(oldFacts.state)
+	var drives []vm.Drive
+	var newDisk, instDisk string
+	bootOld := boot{label: "old", disk: old, format: oldFormat, snapshot: true}
+	if part {
+		if why := partitionRefusal(r.o, oldFacts.state); why != "" {
+			r.hostError("%s", why)
 			return
 		}
+		instDisk, err = r.makeInstanceDisk(ctx, oldRaw, oldFacts.state)
+		if err != nil {
+			r.hostError("making the instance's disk: %v", err)
+			return
+		}
+		newDisk = instDisk
+		bootOld = boot{label: "old", disk: instDisk, format: "raw"}
+	} else {
+		vol, err := r.makeVolume(ctx, oldFacts.state["SERIAL"], oldFacts.state["LABEL"])
+		if err != nil {
+			r.hostError("making the state volume: %v", err)
+			return
+		}
+		drives = []vm.Drive{{Path: vol, Format: "raw", Serial: oldFacts.state["SERIAL"]}}
+		// The new image boots from its own disk (kept for the scan): the raw
+		// copy the run made, or a copy of a raw image (the image itself is
+		// never written).
+		newDisk = r.raw
+		if newDisk == r.o.Image {
+			newDisk = filepath.Join(r.work, "new-root.raw")
+			if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", r.o.Image, newDisk).CombinedOutput(); err != nil {
+				r.hostError("copying the new image for its boot: %v %s", err, out)
+				return
+			}
+		}
 	}
+	bootOld.drives = drives
 
 	key, err := NewKey("bake-verify-upgrade@" + fw)
 	if err != nil {
@@ -707,7 +735,8 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	var tnEv evidence
 	var tnProblems []string
 	var tnBefore tsSelf
-	a, ok := bootOne(0, boot{label: "old", disk: old, format: oldFormat, snapshot: true, drives: drives, tailnet: tn})
+	bootOld.tailnet = tn
+	a, ok := bootOne(0, bootOld)
 	if !ok {
 		r.record(fw, checkUpgradeOld.ID, Fail, "the old image: "+a.loginEv, time.Since(t0))
 		skipRest("the old image's boot failed (see " + checkUpgradeOld.ID + ")")
@@ -738,14 +767,30 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	if ctx.Err() != nil {
 		return
 	}
-	r.record(fw, checkUpgradeOld.ID, status(len(problems) == 0), verdictText(problems, ev, "the old image formatted and used the blank volume; recorded its identities"), time.Since(t0))
+	oldSummary := "the old image formatted and used the blank volume; recorded its identities"
+	if part {
+		oldSummary = "the old image's first boot made the state partition and used it; recorded its identities"
+	}
+	r.record(fw, checkUpgradeOld.ID, status(len(problems) == 0), verdictText(problems, ev, oldSummary), time.Since(t0))
 	if len(problems) > 0 {
 		skipRest("the old image's boot did not record the instance (see " + checkUpgradeOld.ID + ")")
 		return
 	}
 
-	// 2. The new image, no seed, the same volume, its own root disk.
+	// 2. The new image, no seed, the same volume, its own root disk (a
+	// partition run: the instance's disk, its system partitions
+	// rewritten with the new image's).
 	t1 := time.Now()
+	var rewriteEv string
+	if part {
+		e, err := r.rewrite(ctx, instDisk, r.newRaw(), "the new image")
+		if err != nil {
+			r.record(fw, checkUpgradeIdentity.ID, Fail, "not run: "+err.Error(), time.Since(t1))
+			skipRest("the instance's disk could not be upgraded to the new image (see " + checkUpgradeIdentity.ID + ")")
+			return
+		}
+		rewriteEv = e
+	}
 	b, ok := bootOne(1, boot{label: "new", disk: newDisk, format: "raw", drives: drives, noSeed: true, token: stA.id.Token, tailnet: tn})
 	r.record(fw, checkSSHKeyLogin.ID, status(ok), b.loginEv, 0)
 	if !ok {
@@ -755,6 +800,9 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 	}
 	b.findIPv6(ctx) // for the checks from outside (gateway.listen)
 	stB, problems, ev := r.observe(ctx, b, newFacts)
+	if rewriteEv != "" {
+		ev = append(evidence{rewriteEv}, ev...)
+	}
 	problems = append(problems, sameInstance(stA, stB, "the new image")...)
 	problems = append(problems, reused(stB, "the new image")...)
 	if !strings.Contains(stB.firstboot, "nothing to do") {
@@ -811,13 +859,42 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		if tn {
 			authKey = r.o.Tailnet.AuthKey
 		}
-		st, ev := r.scanRoot(ctx, newDisk, stB.id.Token, keyLines, stA.tsPriv, authKey)
-		r.record(fw, checkUpgradeRootSecrets.ID, st, ev, time.Since(t3))
+		var within [][2]int64
+		var where string
+		var scanErr error
+		if part {
+			within, where, scanErr = outsidePartition(ctx, newDisk, oldFacts.state["LABEL"])
+		}
+		if scanErr != nil {
+			r.record(fw, checkUpgradeRootSecrets.ID, Fail, "not run: "+scanErr.Error(), 0)
+		} else {
+			st, ev := r.scanRoot(ctx, newDisk, within, stB.id.Token, keyLines, stA.tsPriv, authKey)
+			if where != "" {
+				ev = where + "\n" + ev
+			}
+			r.record(fw, checkUpgradeRootSecrets.ID, st, ev, time.Since(t3))
+		}
 	}
 
-	// 3. The rollback: the old image again, no seed, the same volume.
+	// 3. The rollback: the old image again, no seed, the same volume (a
+	// partition run: the instance's disk rewritten with the old image's
+	// system partitions).
 	t4 := time.Now()
-	rb, ok := bootOne(2, boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token, tailnet: tn})
+	bootRB := boot{label: "rollback", disk: old, format: oldFormat, snapshot: true, drives: drives, noSeed: true, token: stA.id.Token, tailnet: tn}
+	rewriteEv = ""
+	if part {
+		e, err := r.rewrite(ctx, instDisk, oldRaw, "the old image (rollback)")
+		if err != nil {
+			r.record(fw, checkUpgradeRollback.ID, Fail, "not run: "+err.Error(), time.Since(t4))
+			if tn {
+				r.record(fw, checkUpgradeTailnet.ID, Fail, r.redactKey(verdictText(append(tnProblems, "the rollback's rewrite failed: not compared"), tnEv, "")), time.Since(t0))
+			}
+			return
+		}
+		rewriteEv = e
+		bootRB.disk, bootRB.format, bootRB.snapshot = instDisk, "raw", false
+	}
+	rb, ok := bootOne(2, bootRB)
 	if !ok {
 		r.record(fw, checkUpgradeRollback.ID, Fail, "the old image again: "+rb.loginEv, time.Since(t4))
 		if tn {
@@ -854,6 +931,9 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 		problems = append(problems, fmt.Sprintf("the rollback runs kernel %s, the old image ran %s", stR.kernel, stA.kernel))
 	}
 	ev = append(rbEv, ev...)
+	if rewriteEv != "" {
+		ev = append(evidence{rewriteEv}, ev...)
+	}
 	if tn {
 		o := r.observeTailnet(ctx, rb)
 		p, e := JudgeTailnetUpgrade(tnBefore, o, r.o.Tailnet.LoginServer, "rollback")
@@ -946,11 +1026,23 @@ func (r *runner) prepareOld(ctx context.Context, a *instance, f imageFacts) (upg
 	if r.stateDir() != "" && st.marker != mark {
 		problems = append(problems, fmt.Sprintf("the file written in the gateway's state directory reads %q", st.marker))
 	}
-	if a.token != "" && st.id.Token != a.token {
+	if r.o.Spec.Gateway != nil && a.token != "" && st.id.Token != a.token {
 		problems = append(problems, fmt.Sprintf("the gateway token is %s, the seed gave %s", tokenHash(st.id.Token), tokenHash(a.token)))
 	}
 	if f.state["SERIAL"] != "" && !strings.Contains(st.journal, "formatting the blank disk") {
 		problems = append(problems, "bake-state did not format the blank volume:\n"+lastLines(st.journal, 20))
+	}
+	if partitionMode(f.state) {
+		// Its first boot made the state partition (bake-state-partition).
+		res, err := a.sudo(ctx, "journalctl -b -u bake-state-partition --no-pager -o cat")
+		switch {
+		case err != nil:
+			problems = append(problems, "reading bake-state-partition's journal: "+err.Error())
+		case !strings.Contains(res.Stdout, "made and formatted"):
+			problems = append(problems, "the first boot did not make the state partition:\n"+lastLines(res.Stdout, 20))
+		default:
+			ev.add("bake-state-partition at the first boot:\n%s", lastLines(res.Stdout, 10))
+		}
 	}
 	problems = append(problems, runsImage(st, f, "the old image")...)
 	p, e := imageSettings(st, f, "the old image")
@@ -1048,7 +1140,7 @@ func (in *instance) powerOff(ctx context.Context) (bool, string) {
 // scanner: the recipe's literal secrets and every rule of secrets.disk,
 // plus the instance's gateway token, the lines of its host private keys
 // and the forms of tailscaled's machine key.
-func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsPriv []string, authKey string) (Status, string) {
+func (r *runner) scanRoot(ctx context.Context, disk string, within [][2]int64, token string, hostKeys, tsPriv []string, authKey string) (Status, string) {
 	rules := needleRules(r.o.Spec.Needles)
 	if r.o.Spec.Gateway != nil {
 		if len(token) < 16 {
@@ -1067,7 +1159,7 @@ func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsP
 	}
 	s := NewScanner(rules...)
 	r.logf("upgrade: scanning the new image's root disk after its run")
-	if err := s.ScanFile(ctx, disk); err != nil {
+	if err := s.ScanFileRanges(ctx, disk, within); err != nil {
 		return Fail, "not run: " + err.Error()
 	}
 	st, ev := s.verdict()
@@ -1076,4 +1168,70 @@ func (r *runner) scanRoot(ctx context.Context, disk, token string, hostKeys, tsP
 		also = ", the seed's Tailscale auth key"
 	}
 	return st, r.redactKey(fmt.Sprintf("looked for the gateway token (%s), %d lines of host private keys, %d forms of tailscaled's machine key%s and every rule of secrets.disk\n%s", tokenHash(token), len(hostKeys), len(tsPriv), also, ev))
+}
+
+// makeInstanceDisk makes a partition run's instance disk: a sparse raw
+// copy of the old image (raw) in the work directory, enlarged to
+// partitionDiskSize, so that the old image's first boot can make its
+// state partition at the end.
+func (r *runner) makeInstanceDisk(ctx context.Context, raw string, state map[string]string) (string, error) {
+	fi, err := os.Stat(raw)
+	if err != nil {
+		return "", err
+	}
+	size, err := partitionDiskSize(fi.Size(), state)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(r.work, "instance.raw")
+	if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", raw, p).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("copying the old image: %v %s", err, out)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		return "", err
+	}
+	r.logf("upgrade: the instance's disk %s (%d MiB: the old image's %d MiB, its state partition of %s bytes and 256 MiB for root to grow)", p, size>>20, fi.Size()>>20, state["PARTITION_SIZE"])
+	return p, nil
+}
+
+// newRaw is the new image as a raw disk (read only).
+func (r *runner) newRaw() string { return r.raw }
+
+// rewrite gives the stopped instance's disk img's system partitions and
+// keeps its state partition, in process with `bake upgrade DISK
+// NEW_IMAGE`'s code (package upgrade); the evidence is what it did.
+func (r *runner) rewrite(ctx context.Context, disk, img, who string) (string, error) {
+	var log bytes.Buffer
+	t0 := time.Now()
+	res, err := upgrade.Run(ctx, upgrade.Options{Disk: disk, Image: img, Log: &log})
+	if err != nil {
+		return "", fmt.Errorf("bake upgrade of the instance's disk to %s failed: %v\n%s", who, err, strings.TrimSpace(log.String()))
+	}
+	ev := fmt.Sprintf("bake upgrade of the instance's disk to %s (%s): state partition p%d kept (sha256 %s)\n%s",
+		who, time.Since(t0).Round(100*time.Millisecond), res.Plan.State.Number, res.StateSHA256, strings.TrimRight(res.Plan.String(), "\n"))
+	r.logf("upgrade: %s", firstLine(ev))
+	return ev, nil
+}
+
+// outsidePartition are the byte ranges of disk outside its partition
+// named label (the state partition: it holds the instance's token and
+// keys by design), for the root disk scan, and what they are.
+func outsidePartition(ctx context.Context, disk, label string) ([][2]int64, string, error) {
+	img, err := cloudimg.Open(ctx, disk)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading the instance's disk: %w", err)
+	}
+	defer img.Close()
+	var found []cloudimg.Partition
+	for _, p := range img.Table.Partitions {
+		if p.Name == label {
+			found = append(found, p)
+		}
+	}
+	if len(found) != 1 {
+		return nil, "", fmt.Errorf("the instance's disk has %d partitions named %q, want its one state partition", len(found), label)
+	}
+	p := found[0]
+	return [][2]int64{{0, p.Offset}, {p.Offset + p.Size, img.Size}},
+		fmt.Sprintf("scanned the instance's disk (%d MiB) but its state partition p%d %q (%d MiB at %d MiB: the instance's state, where the token and keys belong): the new image's system partitions and the space root grew into", img.Size>>20, p.Number, label, p.Size>>20, p.Offset>>20), nil
 }

@@ -1,9 +1,13 @@
 package verify
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -257,22 +261,70 @@ func TestJudgeSystem(t *testing.T) {
 	}
 }
 
-// An image with a state partition is refused by an upgrade run, naming
-// bake upgrade; one with a volume is not.
-func TestVolumeOnly(t *testing.T) {
-	part, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", PartitionSize: 1 << 30, Paths: []string{"/a"}})))
-	if err != nil {
-		t.Fatal(err)
+// An upgrade run needs both images to keep their state the same way:
+// on the same volume, or on a partition with the same label.
+func TestSameState(t *testing.T) {
+	conf := func(o firstboot.StateOptions) map[string]string {
+		t.Helper()
+		o.Paths = []string{"/a"}
+		m, err := ParseStateConfig([]byte(firstboot.StateConfig(o)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
-	if err := volumeOnly(part); err == nil || !strings.Contains(err.Error(), "bake upgrade DISK NEW_IMAGE") {
-		t.Errorf("a state partition: %v", err)
+	part := conf(firstboot.StateOptions{Label: "bake-state", PartitionSize: 256 << 20})
+	part2 := conf(firstboot.StateOptions{Label: "other", PartitionSize: 256 << 20})
+	partBig := conf(firstboot.StateOptions{Label: "bake-state", PartitionSize: 1 << 30})
+	vol := conf(firstboot.StateOptions{Label: "bake-state"})
+	volSerial := conf(firstboot.StateOptions{Label: "bake-state", Serial: "bake-state"})
+	if !partitionMode(part) || partitionMode(vol) {
+		t.Fatalf("modes: %v %v", part, vol)
 	}
-	vol, err := ParseStateConfig([]byte(firstboot.StateConfig(firstboot.StateOptions{Label: "bake-state", Paths: []string{"/a"}})))
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		name     string
+		old, new map[string]string
+		want     string // "" = accepted
+	}{
+		{"partitions", part, part, ""},
+		{"partitions of other sizes", part, partBig, ""}, // the old instance's partition is kept as it is
+		{"volumes", vol, vol, ""},
+		{"old volume, new partition", vol, part, `the old image keeps its state on a state volume (state: {volume: ...}, serial "" label "bake-state"), the new one on a partition of its disk`},
+		{"old partition, new volume", part, volSerial, `the old image keeps its state on a partition of its disk (state: {partition: ...}, label "bake-state"), the new one on a state volume`},
+		{"partition labels", part, part2, `the images name different state partitions: the old one "bake-state", the new one "other"`},
+		{"volume serials", vol, volSerial, "the images look for different state volumes"},
+	} {
+		got := sameState(c.old, c.new)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
 	}
-	if err := volumeOnly(vol); err != nil {
-		t.Errorf("a volume: %v", err)
+	// A partition run has no volume: --state-volume is refused.
+	if why := partitionRefusal(Options{StateVolume: "/tmp/vol.raw"}, part); !strings.Contains(why, "--state-volume /tmp/vol.raw") || !strings.Contains(why, "no volume to make") {
+		t.Errorf("--state-volume: %q", why)
+	}
+	if why := partitionRefusal(Options{}, part); why != "" {
+		t.Errorf("no --state-volume: %q", why)
+	}
+	// The instance's disk: the image rounded up to MiB, the partition,
+	// 256 MiB for root (the VM test's 2 GiB image, 256 MiB: 2.5 GiB).
+	for _, c := range []struct {
+		image int64
+		state map[string]string
+		want  int64
+	}{
+		{2 << 30, part, 2<<30 + 512<<20},
+		{2<<30 + 1, part, 2<<30 + 513<<20},
+		{4 << 30, partBig, 5<<30 + 256<<20},
+	} {
+		if got, err := partitionDiskSize(c.image, c.state); err != nil || got != c.want {
+			t.Errorf("partitionDiskSize(%d, %s): %d %v, want %d", c.image, c.state["PARTITION_SIZE"], got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1048576", "1000"} {
+		if _, err := partitionDiskSize(2<<30, map[string]string{"PARTITION_SIZE": bad}); err == nil {
+			t.Errorf("PARTITION_SIZE %q accepted", bad)
+		}
 	}
 }
 
@@ -322,5 +374,71 @@ func TestImageSettings(t *testing.T) {
 	// No gateway in the image: nothing to judge.
 	if p, ev := imageSettings(upgradeState{}, imageFacts{}, "x"); p != nil || ev != "" {
 		t.Errorf("no template: %v %q", p, ev)
+	}
+}
+
+// The root disk scan of a partition run: the disk's data but the state
+// partition's.
+func TestOutsidePartition(t *testing.T) {
+	if _, err := exec.LookPath("sfdisk"); err != nil {
+		t.Skip("no sfdisk")
+	}
+	p := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	table := "label: gpt\n1 : start=2048, size=40960, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n" +
+		"2 : start=67584, size=61440, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=bake-state\n"
+	cmd := exec.Command("sfdisk", "-q", p)
+	cmd.Stdin = strings.NewReader(table)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	within, where, err := outsidePartition(context.Background(), p, "bake-state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][2]int64{{0, 67584 * 512}, {(67584 + 61440) * 512, 64 << 20}}
+	if !slices.Equal(within, want) || !strings.Contains(where, `but its state partition p2 "bake-state" (30 MiB at 33 MiB`) {
+		t.Errorf("%v %q, want %v", within, where, want)
+	}
+	// A secret in the state partition is not looked at, one in root is.
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("\nAWS=AKIAIOSFODNN7EXAMPLX\n")
+	f.WriteAt(secret, 70000*512)
+	f.Close()
+	s := NewScanner(NeedleRule("planted", "AKIAIOSFODNN7EXAMPLX"))
+	if err := s.ScanFileRanges(context.Background(), p, within); err != nil {
+		t.Fatal(err)
+	}
+	if fs := s.Findings(); len(fs) != 0 {
+		t.Errorf("the state partition was scanned: %v", fs)
+	}
+	f, _ = os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteAt(secret, 4096*512)
+	f.Close()
+	s = NewScanner(NeedleRule("planted", "AKIAIOSFODNN7EXAMPLX"))
+	if err := s.ScanFileRanges(context.Background(), p, within); err != nil {
+		t.Fatal(err)
+	}
+	if fs := s.Findings(); len(fs) == 0 {
+		t.Error("a secret in root was not found")
+	}
+	if _, _, err := outsidePartition(context.Background(), p, "other"); err == nil || !strings.Contains(err.Error(), `0 partitions named "other"`) {
+		t.Errorf("no such partition: %v", err)
+	}
+}
+
+func TestClipExtents(t *testing.T) {
+	got := clipExtents([][2]int64{{0, 10}, {20, 40}, {50, 60}}, [][2]int64{{5, 25}, {30, 55}})
+	want := [][2]int64{{5, 10}, {20, 25}, {30, 40}, {50, 55}}
+	if !slices.Equal(got, want) {
+		t.Errorf("%v, want %v", got, want)
 	}
 }

@@ -4,19 +4,12 @@ package vmtest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/bakeimg/bake/cloudimg"
-	"github.com/bakeimg/bake/vm"
 )
 
 // stateReport is what testdata/state-partition's report unit prints.
@@ -62,32 +55,21 @@ func parseStateReport(serial string) stateReport {
 	return r
 }
 
-// bootState boots disk (written, no overlay) until the report unit has
-// printed its facts and powered the guest off.
-func bootState(t *testing.T, disk, what string) stateReport {
+// serialState is the report of one boot of bake verify's upgrade run,
+// from the serial log verify kept in its report directory.
+func serialState(t *testing.T, dir, boot string) stateReport {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	v, err := vm.Start(ctx, vm.Config{Firmware: vm.BIOS, Disk: disk, DiskFormat: "raw", MemoryMiB: 1024})
+	b, err := os.ReadFile(filepath.Join(dir, "serial-"+boot+".log"))
 	if err != nil {
-		t.Fatalf("%s: starting QEMU: %v", what, err)
+		t.Fatalf("%s: %v", boot, err)
 	}
-	defer v.Stop()
-	if _, err := v.WaitSerialRegexp(ctx, reportRE, 8*time.Minute); err != nil {
-		serial, _ := v.Serial()
-		t.Fatalf("%s: no report on the serial console: %v\n%s", what, err, lastLines(string(serial), 60))
+	if !reportRE.Match(b) {
+		t.Fatalf("%s: no report on the serial console:\n%s", boot, lastLines(string(b), 60))
 	}
-	select {
-	case <-v.Exited():
-	case <-time.After(2 * time.Minute):
-		t.Errorf("%s: the guest did not power off within 2 min of its report", what)
-	}
-	serial, _ := v.Serial()
-	r := parseStateReport(string(serial))
-	r.serialTail = lastLines(string(serial), 40)
-	t.Logf("%s: report and power-off after %s: status %s, marker %s (made %v), image %s, machine ID %s, root %d bytes\n  bind %s\n  table %s\n  log %s",
-		what, since(t0), r.status, r.marker, r.made, r.image, r.machineID, r.rootBytes, r.bind, r.table, r.log)
+	r := parseStateReport(string(b))
+	r.serialTail = lastLines(string(b), 40)
+	t.Logf("%s: status %s, marker %s (made %v), image %s, machine ID %s, root %d bytes\n  bind %s\n  table %s\n  log %s",
+		boot, r.status, r.marker, r.made, r.image, r.machineID, r.rootBytes, r.bind, r.table, r.log)
 	return r
 }
 
@@ -99,37 +81,21 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
-// statePartitionSum is the sha256 of disk's partition named bake-state.
-func statePartitionSum(t *testing.T, disk string) (string, cloudimg.Partition) {
-	t.Helper()
-	img, err := cloudimg.Open(context.Background(), disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	for _, p := range img.Table.Partitions {
-		if p.Name == "bake-state" {
-			h := sha256.New()
-			if _, err := io.Copy(h, io.NewSectionReader(img, p.Offset, p.Size)); err != nil {
-				t.Fatal(err)
-			}
-			return hex.EncodeToString(h.Sum(nil)), p
-		}
-	}
-	t.Fatalf("%s has no partition named bake-state", disk)
-	return "", cloudimg.Partition{}
-}
-
-// TestStatePartitionUpgrade (issue 15, docs/state.md): a single-disk
-// instance of an image with state: {partition: ...}, its disk enlarged by
-// 512 MiB, makes the state partition at its end at first boot (before
-// root grows, which then stops at it) and keeps its state there; `bake
-// upgrade DISK NEW` gives it NEW's system partitions and NEW boots on the
-// same state (machine ID, a file written at the first boot, nothing copied
-// again); `bake upgrade DISK OLD` rolls back, and OLD boots on it again.
+// TestStatePartitionUpgrade (issue 15, docs/state.md) runs the user's
+// proof, `bake verify NEW --upgrade-from OLD`, on two images with state:
+// {partition: ...}: verify makes the instance's disk from OLD, enlarged
+// (OLD's 2 GiB, the 256 MiB partition and 256 MiB for root), OLD's first
+// boot (verify's seed) makes the state partition at its end before root
+// grows, which then stops at it; verify rewrites the disk with NEW by
+// bake upgrade's code (the state partition byte for byte) and NEW boots
+// from its own root on the same state with no seed (upgrade.identity,
+// upgrade.new-image, the instance's checks, upgrade.root-disk-secrets on
+// the disk but its state partition); then back to OLD (upgrade.rollback).
+// Each boot's serial report (verify keeps the logs) is held to the
+// partition's place and size and to each image's root UUIDs.
 func TestStatePartitionUpgrade(t *testing.T) {
 	parallel(t) // slot by its BENCHMARKS.md budget
-	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "sfdisk")
+	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "sfdisk", "dnsmasq", "ip")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	recipe := filepath.Join(repoRoot(), "test/vm/testdata/state-partition/recipe.yaml")
@@ -156,18 +122,31 @@ func TestStatePartitionUpgrade(t *testing.T) {
 	oldImg, newImg := build("old"), build("new", "root_uuid="+newRootUUID, "root_partuuid="+newRootPartUUID)
 	oldSum, newSum := fileSum(t, oldImg), fileSum(t, newImg)
 
-	disk := filepath.Join(dir, "instance.raw")
-	if out, err := exec.Command("cp", "--sparse=always", oldImg, disk).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	run := runVerify(t, ctx, newImg, "--upgrade-from", oldImg, "--timeout", "25m")
+	requireAllPass(t, run)
+	rep := run.report
+	for _, id := range []string{"upgrade.old-boot", "upgrade.identity", "upgrade.new-image", "upgrade.root-disk-secrets", "upgrade.rollback",
+		"ssh.key-login", "system.running", "ssh.effective-config", "ssh.password-refused", "ssh.root-refused"} {
+		if st := rep.status("bios", id); st != "pass" {
+			t.Errorf("bios/%s: %q, want pass", id, st)
+		}
 	}
-	const diskSize = 2<<30 + 512<<20
-	if err := os.Truncate(disk, diskSize); err != nil {
-		t.Fatal(err)
+	// Each rewrite is bake upgrade's, keeping the state partition.
+	for _, id := range []string{"upgrade.identity", "upgrade.rollback"} {
+		if ev := rep.evidence("bios", id); !strings.Contains(ev, "state partition p2 kept (sha256 ") {
+			t.Errorf("bios/%s: no bake upgrade keeping p2 in its evidence:\n%s", id, ev)
+		}
+	}
+	if ev := rep.evidence("bios", "upgrade.old-boot"); !strings.Contains(ev, "state partition /dev/vda2 made and formatted") {
+		t.Errorf("bios/upgrade.old-boot: no state partition made in its evidence:\n%s", ev)
+	}
+	if ev := rep.evidence("bios", "upgrade.root-disk-secrets"); !strings.Contains(ev, `but its state partition p2 "bake-state" (256 MiB at 2303 MiB`) {
+		t.Errorf("bios/upgrade.root-disk-secrets: not the disk but its state partition:\n%s", ev)
 	}
 
 	// 1. OLD's first boot: the partition is made at the end, root grows
 	// up to it, the state is on it.
-	r1 := bootState(t, disk, "OLD, first boot")
+	r1 := serialState(t, run.dir, "old")
 	if r1.status != "ok" || !r1.made || r1.image != "old" || len(r1.machineID) != 32 || r1.failed != "" {
 		t.Fatalf("OLD's first boot: %+v", r1)
 	}
@@ -193,25 +172,7 @@ func TestStatePartitionUpgrade(t *testing.T) {
 	if r1.rootUUID != oldRootUUID+" root=UUID="+oldRootUUID || !strings.Contains(tableLine(r1.table, "/dev/vda1"), "uuid="+strings.ToUpper(oldRootPartUUID)) {
 		t.Errorf("OLD's root: file system %s, entry %s; want %s, %s", r1.rootUUID, tableLine(r1.table, "/dev/vda1"), oldRootUUID, oldRootPartUUID)
 	}
-	_, st := statePartitionSum(t, disk)
 
-	// 2. bake upgrade DISK NEW, then NEW's boot on the same state.
-	upgradeTo := func(img, what string) {
-		sum, _ := statePartitionSum(t, disk) // as the last boot left it
-		t0 := time.Now()
-		out, code := runBake(t, ctx, "upgrade", disk, img)
-		if code != 0 {
-			t.Fatalf("bake upgrade DISK %s: exit %d\n%s", what, code, out)
-		}
-		t.Logf("bake upgrade DISK %s: %s\n%s", what, since(t0), out)
-		got, p := statePartitionSum(t, disk)
-		if got != sum || p.GUID != st.GUID || p.FirstLBA != st.FirstLBA || p.LastLBA != st.LastLBA {
-			t.Errorf("upgrade to %s: the state partition changed: %s %+v, was %s %+v", what, got, p, sum, st)
-		}
-		if !strings.Contains(out, "state partition p2 kept (sha256 "+sum+")") {
-			t.Errorf("upgrade to %s: output: %s", what, out)
-		}
-	}
 	same := func(r stateReport, what, image, rootUUID, rootPartUUID string) {
 		t.Helper()
 		// The image's own root, found by its UUIDs (the kernel's root=UUID=,
@@ -234,18 +195,15 @@ func TestStatePartitionUpgrade(t *testing.T) {
 			t.Errorf("%s: root is %d bytes: not grown to the state partition", what, r.rootBytes)
 		}
 	}
-	upgradeTo(newImg, "NEW")
-	r2 := bootState(t, disk, "NEW on the upgraded disk")
-	same(r2, "NEW", "new", newRootUUID, newRootPartUUID)
-
-	// 3. Rollback: bake upgrade DISK OLD.
-	upgradeTo(oldImg, "OLD (rollback)")
-	r3 := bootState(t, disk, "OLD again (rollback)")
-	same(r3, "the rollback", "old", oldRootUUID, oldRootPartUUID)
+	// 2. NEW on the upgraded disk, no seed.
+	same(serialState(t, run.dir, "new"), "NEW", "new", newRootUUID, newRootPartUUID)
+	// 3. The rollback: OLD again.
+	same(serialState(t, run.dir, "rollback"), "the rollback", "old", oldRootUUID, oldRootPartUUID)
 
 	if fileSum(t, oldImg) != oldSum || fileSum(t, newImg) != newSum {
 		t.Error("an image file changed")
 	}
+	assertVerifyCleanedUp(t, run.out)
 }
 
 // tableLine is the sfdisk -d line of node in a report's table.
