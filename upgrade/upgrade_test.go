@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"github.com/bakeimg/bake/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -105,11 +106,7 @@ func TestPlanRewriteRefuses(t *testing.T) {
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, x := range tools {
-		if _, err := exec.LookPath(x); err != nil {
-			t.Skipf("no %s", x)
-		}
-	}
+	testenv.NeedTools(t, tools...)
 }
 
 func run(t *testing.T, stdin string, name string, args ...string) {

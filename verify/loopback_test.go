@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"github.com/bakeimg/bake/internal/testenv"
 	"net"
 	"os/exec"
 	"strconv"
@@ -10,9 +11,7 @@ import (
 // loopbackScript probes every port at once and says which answered with
 // the probe's body; parseLoopback reads it.
 func TestLoopbackScript(t *testing.T) {
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
-	}
+	testenv.NeedTools(t, "bash")
 	var ps []probeContainer
 	for i := 0; i < 3; i++ {
 		l, err := net.Listen("tcp4", "127.0.0.1:0")

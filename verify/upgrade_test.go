@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/bakeimg/bake/internal/testenv"
 	"maps"
 	"os"
 	"os/exec"
@@ -380,9 +381,7 @@ func TestImageSettings(t *testing.T) {
 // The root disk scan of a partition run: the disk's data but the state
 // partition's.
 func TestOutsidePartition(t *testing.T) {
-	if _, err := exec.LookPath("sfdisk"); err != nil {
-		t.Skip("no sfdisk")
-	}
+	testenv.NeedTools(t, "sfdisk")
 	p := filepath.Join(t.TempDir(), "disk.raw")
 	if err := os.WriteFile(p, nil, 0o600); err != nil {
 		t.Fatal(err)
