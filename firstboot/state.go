@@ -117,11 +117,7 @@ func StateUnit(o StateOptions) string {
 	fmt.Fprintf(&b, "After=%s\n", after)
 	fmt.Fprintf(&b, "Before=%s\n", strings.Join(before, " "))
 	b.WriteString("Conflicts=shutdown.target\n")
-	b.WriteString("\n[Service]\nType=oneshot\nRemainAfterExit=yes\n")
-	fmt.Fprintf(&b, "ExecStart=%s\n", StateScriptPath)
-	b.WriteString("StandardOutput=journal+console\nStandardError=journal+console\n")
-	b.WriteString("TimeoutStartSec=5min\n")
-	b.WriteString("\n[Install]\nWantedBy=sysinit.target\n")
+	writeEarlyOneshot(&b, StateScriptPath)
 	return b.String()
 }
 
@@ -137,12 +133,18 @@ func StatePartitionUnit() string {
 	b.WriteString("After=systemd-remount-fs.service systemd-udevd.service systemd-udev-trigger.service\n")
 	fmt.Fprintf(&b, "Before=%s %s sysinit.target shutdown.target\n", GrowrootUnitName, StateUnitName)
 	b.WriteString("Conflicts=shutdown.target\nConditionVirtualization=!container\n")
+	writeEarlyOneshot(&b, StatePartitionScriptPath)
+	return b.String()
+}
+
+// writeEarlyOneshot ends the state units: a oneshot of script, logged to
+// the journal and the console, bounded, wanted by sysinit.target.
+func writeEarlyOneshot(b *strings.Builder, script string) {
 	b.WriteString("\n[Service]\nType=oneshot\nRemainAfterExit=yes\n")
-	fmt.Fprintf(&b, "ExecStart=%s\n", StatePartitionScriptPath)
+	fmt.Fprintf(b, "ExecStart=%s\n", script)
 	b.WriteString("StandardOutput=journal+console\nStandardError=journal+console\n")
 	b.WriteString("TimeoutStartSec=5min\n")
 	b.WriteString("\n[Install]\nWantedBy=sysinit.target\n")
-	return b.String()
 }
 
 // StateGuardDropIn is the drop-in that keeps a unit from starting without
