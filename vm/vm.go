@@ -348,7 +348,8 @@ func (v *VM) PID() int {
 // waits for QEMU (the kernel adds a reaped child's times, and those of the
 // children it reaped, to its parent's children times, which wait4 reports
 // with the parent's own). That includes the init's own CPU time, a Go
-// program that only waits: tens of milliseconds in a boot of minutes.
+// program that only waits: below one clock tick (10 ms) by its
+// /proc/PID/stat at the end of an 8 s boot (TestBootBIOSUserNet).
 // Unlike wall time it hardly depends on what else runs on the host, so it
 // is what a VM test's cost is compared by (BENCHMARKS.md).
 func (v *VM) CPUTime() time.Duration {
