@@ -95,6 +95,11 @@ type Report struct {
 	// Seeds says how each instance got its seed (SeedNoCloud, SeedSMBIOS),
 	// by instance name ("bios-0").
 	Seeds map[string]string `json:"seeds,omitempty"`
+	// GuestCPU is the CPU time (user + system, seconds) each instance's
+	// QEMU used from its start to its exit, by instance name (vm.VM's
+	// CPUTime): what the run cost the host, which unlike its wall time
+	// hardly depends on what else ran beside it.
+	GuestCPU map[string]float64 `json:"guest_cpu_seconds,omitempty"`
 	// UpgradeFrom is the old image of an upgrade run (--upgrade-from).
 	UpgradeFrom string `json:"upgrade_from,omitempty"`
 	// HostError says why the host could not run the VM (exit status 2).

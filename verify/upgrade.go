@@ -710,7 +710,7 @@ func (r *runner) upgrade(ctx context.Context, fw string) {
 				in.sess.Close()
 			}
 			if in.vm != nil {
-				in.vm.Stop()
+				in.stopVM()
 			}
 			if in.link != nil {
 				in.link.Close()
@@ -1115,7 +1115,7 @@ func (in *instance) powerOff(ctx context.Context) (bool, string) {
 			in.sess.Close()
 			in.sess = nil
 		}
-		in.vm.Stop()
+		in.stopVM()
 		if in.link != nil {
 			in.link.Close()
 		}

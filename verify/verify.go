@@ -420,6 +420,7 @@ type instance struct {
 	loginEv    string // evidence of the login (or of its failure)
 	loginOK    bool
 	poweredOn  time.Time // QEMU started
+	cpuLogged  bool      // stopVM logged QEMU's exit (under r.mu)
 }
 
 func (in *instance) name() string {
@@ -937,10 +938,32 @@ func (in *instance) shutdown(ctx context.Context) {
 		if in.sess != nil {
 			in.sess.Close()
 		}
-		in.vm.Stop()
+		in.stopVM()
 	}
 	if in.link != nil {
 		in.link.Close()
+	}
+}
+
+// stopVM stops the instance's QEMU (vm.VM.Stop) and, the first time, logs
+// how long it ran and the CPU time it used ("bios-0: QEMU (pid N) exited
+// after 3m12s, 95.3 s of CPU (1 vCPU)") and records that CPU time in the
+// report (Report.GuestCPU).
+func (in *instance) stopVM() {
+	in.vm.Stop()
+	r := in.r
+	r.mu.Lock()
+	logged := in.cpuLogged
+	in.cpuLogged = true
+	if !logged {
+		if r.rep.GuestCPU == nil {
+			r.rep.GuestCPU = map[string]float64{}
+		}
+		r.rep.GuestCPU[in.name()] = round(r.rep.GuestCPU[in.name()] + in.vm.CPUTime().Seconds())
+	}
+	r.mu.Unlock()
+	if !logged {
+		r.logf("%s: %s", in.name(), in.vm.ExitSummary())
 	}
 }
 

@@ -82,6 +82,12 @@ type VM struct {
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // set before done is closed
+	// started is when QEMU (or its init) was started; ended and cpu are
+	// set before done is closed: when it was reaped and the CPU time its
+	// wait reported (CPUTime).
+	started time.Time
+	ended   time.Time
+	cpu     time.Duration
 
 	limitMu  sync.Mutex
 	limitErr error // set by the watcher before it stops QEMU
@@ -282,10 +288,15 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		v.closeLifeline()
 		return nil, fmt.Errorf("vm: starting %s: %w", args[0], err)
 	}
-	v.cmd, v.child = cmd, child
+	v.cmd, v.child, v.started = cmd, child, time.Now()
 	plan.relaySerial()
 	go func() {
 		v.waitErr = child.Wait()
+		v.ended = time.Now()
+		// cmd.Wait set ProcessState before child.Wait returned.
+		if ps := cmd.ProcessState; ps != nil {
+			v.cpu = ps.UserTime() + ps.SystemTime()
+		}
 		v.closeLifeline()
 		v.fds.closeAll()
 		close(v.done)
@@ -328,6 +339,60 @@ func (v *VM) PID() int {
 		return v.qemuPID
 	}
 	return v.cmd.Process.Pid
+}
+
+// CPUTime is the CPU time (user + system, all threads) QEMU used, once it
+// has exited (Exited is closed); 0 before. It is what wait4 reported when
+// bake reaped the process it started: QEMU itself when not root; as root
+// QEMU's init (pidns.go), whose rusage counts QEMU's too, since the init
+// waits for QEMU (the kernel adds a reaped child's times, and those of the
+// children it reaped, to its parent's children times, which wait4 reports
+// with the parent's own). That includes the init's own CPU time, a Go
+// program that only waits: below one clock tick (10 ms) by its
+// /proc/PID/stat at the end of an 8 s boot (TestBootBIOSUserNet).
+// Unlike wall time it hardly depends on what else runs on the host, so it
+// is what a VM test's cost is compared by (BENCHMARKS.md).
+func (v *VM) CPUTime() time.Duration {
+	select {
+	case <-v.done:
+		return v.cpu
+	default:
+		return 0
+	}
+}
+
+// Ran is how long QEMU ran: from its start to its exit, or until now while
+// it runs.
+func (v *VM) Ran() time.Duration {
+	select {
+	case <-v.done:
+		return v.ended.Sub(v.started)
+	default:
+		return time.Since(v.started)
+	}
+}
+
+// ExitSummary is the line bake verify and the tests log when a VM has
+// ended, e.g. "QEMU (pid 1234) exited after 3m12s, 95.3 s of CPU (1 vCPU)":
+// internal/testreport sums the "s of CPU" of these lines per test. It is
+// "" while QEMU runs.
+func (v *VM) ExitSummary() string {
+	select {
+	case <-v.done:
+	default:
+		return ""
+	}
+	return FormatExitSummary(v.PID(), v.Ran(), v.CPUTime(), v.Config.CPUs)
+}
+
+// FormatExitSummary is ExitSummary's line for QEMU's pid after it ran for
+// wall and used cpu with vcpus vCPUs.
+func FormatExitSummary(pid int, wall, cpu time.Duration, vcpus int) string {
+	unit := "vCPUs"
+	if vcpus == 1 {
+		unit = "vCPU"
+	}
+	return fmt.Sprintf("QEMU (pid %d) exited after %s, %.1f s of CPU (%d %s)", pid, wall.Round(time.Second), cpu.Seconds(), vcpus, unit)
 }
 
 // closeLifeline closes bake's end of the init's lifeline (the init then

@@ -186,10 +186,42 @@ func TestBootBIOSUserNet(t *testing.T) {
 		t.Errorf("GET via hostfwd: %q", body)
 	}
 
+	// The CPU time bake reads for the VM (the init's wait4 rusage) is
+	// QEMU's: no less than what QEMU's own /proc/PID/stat showed just
+	// before the stop (the init alone, a Go program that waits, would be
+	// milliseconds), and no more than its vCPUs and threads could burn.
+	qemuCPU, initCPU := procCPU(t, v.PID()), procCPU(t, v.cmd.Process.Pid)
 	assertStopped(t, v)
+	cpu, ran := v.CPUTime(), v.Ran()
+	t.Logf("%s; before the stop /proc showed QEMU %s and its init %s of CPU", v.ExitSummary(), qemuCPU, initCPU)
+	if cpu < qemuCPU || cpu <= 0 {
+		t.Errorf("CPUTime %s, less than QEMU's own %s before the stop: the init's rusage does not count QEMU's", cpu, qemuCPU)
+	}
+	if cpu >= ran*time.Duration(v.Config.CPUs) {
+		t.Errorf("CPUTime %s after running %s with %d vCPUs: more than the wall time times the vCPUs", cpu, ran, v.Config.CPUs)
+	}
 	if fileSHA(t, disk) != before {
 		t.Error("disk modified despite Snapshot")
 	}
+}
+
+// procCPU is pid's own CPU time (utime + stime of /proc/PID/stat, its
+// threads, not its children), in clock ticks of 1/100 s (USER_HZ).
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	// After "pid (comm)": state is field 3, utime 14, stime 15.
+	utime, uerr := strconv.ParseInt(f[14-3], 10, 64)
+	stime, serr := strconv.ParseInt(f[15-3], 10, 64)
+	if uerr != nil || serr != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // assertUnprivileged: the running guest's QEMU is not root. Its

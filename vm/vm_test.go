@@ -56,6 +56,7 @@ func fakeConfig(t *testing.T) Config {
 func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
 
 func TestStartWaitStop(t *testing.T) {
+	t0 := time.Now()
 	v, err := Start(t.Context(), fakeConfig(t))
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +89,9 @@ func TestStartWaitStop(t *testing.T) {
 		t.Errorf("timeout error lacks the last 40 serial lines:\n%s", msg)
 	}
 
+	if cpu, line := v.CPUTime(), v.ExitSummary(); cpu != 0 || line != "" {
+		t.Errorf("while QEMU runs: CPUTime %s, ExitSummary %q; want 0 and \"\"", cpu, line)
+	}
 	pid, dir := v.PID(), v.Dir()
 	start := time.Now()
 	if err := v.Stop(); err != nil {
@@ -95,6 +99,23 @@ func TestStartWaitStop(t *testing.T) {
 	}
 	if time.Since(start) > 3*time.Second {
 		t.Errorf("SIGTERM stop took %s", time.Since(start))
+	}
+	// The CPU time of the process bake reaped (the fake QEMU, its
+	// children it reaped, and as root its init): some, and no more than
+	// its vCPUs could burn in the time it ran. (The fake burns a few
+	// milliseconds: a shell, the seccomp wrapper's Go start-up.)
+	cpu, ran := v.CPUTime(), v.Ran()
+	// Not ExitSummary's line: testreport would count the fake as a VM.
+	t.Logf("the fake QEMU: CPUTime %s, Ran %s", cpu, ran)
+	if cpu <= 0 || cpu >= ran*time.Duration(v.Config.CPUs) {
+		t.Errorf("CPUTime %s after running %s with %d vCPUs: want more than 0 and less than the wall time times the vCPUs", cpu, ran, v.Config.CPUs)
+	}
+	if ran <= 0 || ran > time.Since(t0) {
+		t.Errorf("Ran %s, want more than 0 and at most the %s since Start was called", ran, time.Since(t0))
+	}
+	want := fmt.Sprintf("QEMU (pid %d) exited after %s, %.1f s of CPU (1 vCPU)", pid, ran.Round(time.Second), cpu.Seconds())
+	if got := v.ExitSummary(); got != want {
+		t.Errorf("ExitSummary %q, want %q", got, want)
 	}
 	if !gone(pid) {
 		t.Errorf("process %d still there after Stop", pid)
@@ -104,6 +125,22 @@ func TestStartWaitStop(t *testing.T) {
 	}
 	if err := v.Stop(); err != nil { // idempotent
 		t.Fatal(err)
+	}
+}
+
+func TestFormatExitSummary(t *testing.T) {
+	for _, c := range []struct {
+		pid       int
+		wall, cpu time.Duration
+		vcpus     int
+		want      string
+	}{
+		{1234, 3*time.Minute + 12400*time.Millisecond, 95340 * time.Millisecond, 1, "QEMU (pid 1234) exited after 3m12s, 95.3 s of CPU (1 vCPU)"},
+		{7, 59600 * time.Millisecond, 31 * time.Millisecond, 2, "QEMU (pid 7) exited after 1m0s, 0.0 s of CPU (2 vCPUs)"},
+	} {
+		if got := FormatExitSummary(c.pid, c.wall, c.cpu, c.vcpus); got != c.want {
+			t.Errorf("FormatExitSummary(%d, %s, %s, %d) = %q, want %q", c.pid, c.wall, c.cpu, c.vcpus, got, c.want)
+		}
 	}
 }
 

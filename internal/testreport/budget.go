@@ -1,6 +1,7 @@
 package testreport
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -286,7 +287,10 @@ func prefixed(problems []string) []string {
 // WriteTable prints "per-test durations": the top-level tests, slowest
 // first, then one total line per package (its binary's elapsed time). PASS
 // and SKIP tests quicker than quick are counted in one line instead of
-// listed; a failed or hung test is always listed.
+// listed; a failed or hung test is always listed. When a test printed VM
+// exit lines (CPULine), a "guest CPU" column gives the CPU seconds of those
+// VMs and how many there were, for the tests and package totals that have
+// any; a run without such lines prints the table without it.
 func WriteTable(w io.Writer, results []Result, pkgs []PackageResult, quick time.Duration) {
 	fmt.Fprintln(w, "per-test durations (top-level tests, slowest first):")
 	if len(results) == 0 && len(pkgs) == 0 {
@@ -295,29 +299,76 @@ func WriteTable(w io.Writer, results []Result, pkgs []PackageResult, quick time.
 	}
 	sorted := append([]Result(nil), results...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Seconds > sorted[j].Seconds })
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  package\ttest\tresult\tseconds")
+	type cpuSum struct {
+		secs float64
+		vms  int
+	}
+	withCPU := false
+	byPkg := map[string]*cpuSum{}
+	var all cpuSum
+	for _, t := range results {
+		if t.VMs == 0 {
+			continue
+		}
+		withCPU = true
+		s := byPkg[t.Short]
+		if s == nil {
+			s = &cpuSum{}
+			byPkg[t.Short] = s
+		}
+		s.secs += t.GuestCPU
+		s.vms += t.VMs
+		all.secs += t.GuestCPU
+		all.vms += t.VMs
+	}
+	// cpu is the guest CPU cell, after a tab, when the column is shown.
+	cpu := func(s *cpuSum) string {
+		switch {
+		case !withCPU:
+			return ""
+		case s == nil || s.vms == 0:
+			return "\t"
+		}
+		return fmt.Sprintf("\t%.1f (%s)", s.secs, plural(s.vms, "VM"))
+	}
+	// The table goes through a buffer: a row with an empty last cell
+	// would end in the padding of the cell before it.
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "  package\ttest\tresult\tseconds")
+	if withCPU {
+		fmt.Fprint(tw, "\tguest CPU")
+	}
+	fmt.Fprintln(tw)
 	short, shortSecs := 0, 0.0
+	var shortCPU cpuSum
 	for _, t := range sorted {
 		if (t.Result == "PASS" || t.Result == "SKIP") && t.Duration() < quick {
 			short++
 			shortSecs += t.Seconds
+			shortCPU.secs += t.GuestCPU
+			shortCPU.vms += t.VMs
 			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%.1f\n", t.Short, t.Test, t.Result, t.Seconds)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%.1f%s\n", t.Short, t.Test, t.Result, t.Seconds, cpu(&cpuSum{t.GuestCPU, t.VMs}))
 	}
 	if short > 0 {
-		fmt.Fprintf(tw, "  \t(%d more under %s)\tPASS/SKIP\t%.1f\n", short, quick, shortSecs)
+		fmt.Fprintf(tw, "  \t(%d more under %s)\tPASS/SKIP\t%.1f%s\n", short, quick, shortSecs, cpu(&shortCPU))
 	}
 	total := 0.0
 	for _, p := range pkgs {
 		total += p.Seconds
-		fmt.Fprintf(tw, "  %s\t(package total, %s)\t%s\t%.1f\n", p.Short, plural(p.Tests, "test"), p.Result, p.Seconds)
+		fmt.Fprintf(tw, "  %s\t(package total, %s)\t%s\t%.1f%s\n", p.Short, plural(p.Tests, "test"), p.Result, p.Seconds, cpu(byPkg[p.Short]))
 	}
 	if len(pkgs) > 1 {
-		fmt.Fprintf(tw, "  (all)\t(%d packages)\t\t%.1f\n", len(pkgs), total)
+		fmt.Fprintf(tw, "  (all)\t(%d packages)\t\t%.1f%s\n", len(pkgs), total, cpu(&all))
 	}
 	tw.Flush()
+	for _, l := range strings.SplitAfter(buf.String(), "\n") {
+		if l != "" {
+			io.WriteString(w, strings.TrimRight(l, " \n")+"\n")
+		}
+	}
 }
 
 func plural(n int, what string) string {

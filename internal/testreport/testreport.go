@@ -5,8 +5,9 @@
 // test's output, everything printed outside a test's result (a timeout's
 // "panic: test timed out ... running tests:", a crash's stack traces, build
 // errors) and every test that started but never ended ("--- HUNG"); at the
-// end, a table of the top-level tests' durations and a check of those
-// durations against the budget table of BENCHMARKS.md (budget.go).
+// end, a table of the top-level tests' durations (with the guest CPU time
+// of the VMs each one booted, from their exit lines, CPULine) and a check
+// of those durations against the budget table of BENCHMARKS.md (budget.go).
 //
 // It owns no build stage: it is test tooling, run by `make test` through
 // cmd/testreport, and by .ci/run to print every tier's table at the end.
@@ -31,6 +32,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -93,6 +95,11 @@ type Result struct {
 	// counts its parallel subtests; for a HUNG test, to its package's end.
 	Seconds float64
 	Started time.Time
+	// GuestCPU is the CPU seconds of the VMs whose exit lines (CPULine)
+	// the test and its subtests printed, VMs how many lines; both 0 for a
+	// test that printed none.
+	GuestCPU float64
+	VMs      int
 }
 
 // Duration is the test's time as a time.Duration.
@@ -165,6 +172,11 @@ type testState struct {
 	elapsed float64 // as go test reports it
 	seconds float64 // for the table: see endTest
 	tail    *ring   // its own and its subtests' lines
+	// A top-level test's VM exit lines (CPULine), its subtests' included:
+	// their CPU seconds, and the lines seen (a line printed twice, e.g.
+	// bake verify's output logged again by a failing test, counts once).
+	cpu     float64
+	cpuSeen map[string]bool
 }
 
 // line is one output line; the same *line sits in the tails of a test and
@@ -476,6 +488,12 @@ func splitLines(s string) []string {
 // of its line in the table and in the budget check.
 var QueuedLine = regexp.MustCompile(`waited ([0-9][0-9hmsµun.]*) for a [A-Za-z]+ slot$`)
 
+// CPULine is the line package vm formats when a VM has ended
+// (vm.FormatExitSummary), as bake verify logs it ("verify: bios-0: QEMU
+// (pid 1234) exited after 3m12s, 95.3 s of CPU (1 vCPU)") and test/vm does
+// for the VMs it boots itself: its first submatch is the CPU seconds.
+var CPULine = regexp.MustCompile(`QEMU \(pid \d+\) exited after [0-9hmsµun.]+, ([0-9]+(?:\.[0-9]+)?) s of CPU \([0-9]+ vCPUs?\)`)
+
 var crashStart = regexp.MustCompile(`^(panic: |fatal error: |SIG[A-Z]+: |\*\*\* Test killed|unexpected fault address)`)
 
 func (r *Report) outputLine(p *pkgState, test, text string) {
@@ -485,6 +503,9 @@ func (r *Report) outputLine(p *pkgState, test, text string) {
 	}
 	l := &line{text: text, test: test}
 	p.all.push(l)
+	if test != "" {
+		r.guestCPU(p, test, text)
+	}
 	if !p.crashed && crashStart.MatchString(text) {
 		p.crashed = true
 	}
@@ -504,6 +525,35 @@ func (r *Report) outputLine(p *pkgState, test, text string) {
 		}
 	}
 	r.forEachParent(p, test, func(parent *testState) { parent.tail.push(l) })
+}
+
+// guestCPU adds the CPU seconds of a VM exit line (CPULine) that test
+// printed to its top-level test, once per distinct line.
+func (r *Report) guestCPU(p *pkgState, test, text string) {
+	loc := CPULine.FindStringSubmatchIndex(text)
+	if loc == nil {
+		return
+	}
+	top, _, _ := strings.Cut(test, "/")
+	t := p.tests[top]
+	if t == nil {
+		return
+	}
+	// What names the VM (its pid), how long it ran and what it used:
+	// the same VM's line however it was indented or prefixed.
+	key := text[loc[0]:loc[1]]
+	if t.cpuSeen[key] {
+		return
+	}
+	secs, err := strconv.ParseFloat(text[loc[2]:loc[3]], 64)
+	if err != nil {
+		return
+	}
+	if t.cpuSeen == nil {
+		t.cpuSeen = map[string]bool{}
+	}
+	t.cpuSeen[key] = true
+	t.cpu += secs
 }
 
 // forEachParent calls f for each running parent of test, innermost first.
@@ -797,7 +847,8 @@ func (r *Report) Results() []Result {
 			if result == "" {
 				result = "HUNG"
 			}
-			res = append(res, Result{Package: p.name, Short: p.short, Test: t.name, Result: result, Seconds: t.seconds, Started: t.start})
+			res = append(res, Result{Package: p.name, Short: p.short, Test: t.name, Result: result, Seconds: t.seconds, Started: t.start,
+				GuestCPU: t.cpu, VMs: len(t.cpuSeen)})
 		}
 	}
 	return res

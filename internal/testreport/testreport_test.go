@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/vm"
 )
 
 const mod = "github.com/bakeimg/bake"
@@ -435,5 +437,83 @@ func TestQueuedForSlot(t *testing.T) {
 	got := res.r.Results()
 	if len(got) != 1 || got[0].Seconds < 300 || got[0].Seconds > 300.1 {
 		t.Errorf("results %+v, want 300 s", got)
+	}
+}
+
+// The VM exit lines a test prints (bake verify's in the output a test
+// logs, test/vm's own for the VMs it boots) add up per top-level test,
+// its subtests' included; a line printed twice counts once.
+func TestGuestCPU(t *testing.T) {
+	verifyLine := "        verify: bios-0: QEMU (pid 4242) exited after 3m12s, 95.3 s of CPU (1 vCPU)"
+	s := newStream().start(pkgVM).
+		run(pkgVM, "TestVerify").
+		out(pkgVM, "TestVerify", "    verify_test.go:158: output:",
+			"        verify: bios-0: QEMU pid 4242 (accel tcg), MAC 52:54:00:be:00:00",
+			verifyLine,
+			"        verify: bios-1: QEMU (pid 4250) exited after 3m40s, 101.25 s of CPU (1 vCPU)").
+		run(pkgVM, "TestVerify/reboot").
+		out(pkgVM, "TestVerify/reboot", "    appliance_test.go:468: bios: QEMU (pid 5000) exited after 1m2s, 30.0 s of CPU (2 vCPUs)").
+		end(pkgVM, "TestVerify/reboot", "pass", 62).
+		// The same run's output again (a failing check logs it): not twice.
+		out(pkgVM, "TestVerify", "    verify_test.go:170: exit 1:", verifyLine).
+		end(pkgVM, "TestVerify", "fail", 300).
+		run(pkgVM, "TestNoVM").out(pkgVM, "TestNoVM", "    x_test.go:1: QEMU exited (signal: killed) before admin could log in").end(pkgVM, "TestNoVM", "pass", 2).
+		pkgEnd(pkgVM, "fail", 303)
+	res := feed(t, s.String())
+	got := map[string]Result{}
+	for _, r := range res.r.Results() {
+		got[r.Test] = r
+	}
+	if v := got["TestVerify"]; v.VMs != 3 || v.GuestCPU < 226.549 || v.GuestCPU > 226.551 {
+		t.Errorf("TestVerify: %d VMs, %v s of guest CPU; want 3 and 95.3+101.25+30.0 = 226.55", v.VMs, v.GuestCPU)
+	}
+	if v := got["TestNoVM"]; v.VMs != 0 || v.GuestCPU != 0 {
+		t.Errorf("TestNoVM: %d VMs, %v s; want none", v.VMs, v.GuestCPU)
+	}
+	// The live report is as before.
+	dontWant(t, res.out, "guest CPU")
+}
+
+// CPULine reads the line package vm writes, whatever its numbers.
+func TestCPULineReadsVM(t *testing.T) {
+	for _, c := range []struct {
+		wall, cpu time.Duration
+		vcpus     int
+		want      string
+	}{
+		{3*time.Minute + 12*time.Second, 95340 * time.Millisecond, 1, "95.3"},
+		{2 * time.Hour, 7200 * time.Second, 2, "7200.0"},
+		{800 * time.Millisecond, 0, 2, "0.0"},
+	} {
+		l := "verify: uefi-1: " + vm.FormatExitSummary(123, c.wall, c.cpu, c.vcpus)
+		m := CPULine.FindStringSubmatch(l)
+		if m == nil || m[1] != c.want {
+			t.Errorf("CPULine on %q: %q, want %s", l, m, c.want)
+		}
+	}
+}
+
+func TestWriteTableGuestCPU(t *testing.T) {
+	res := []Result{
+		{Short: "vm", Test: "TestFast", Result: "PASS", Seconds: 0.01},
+		{Short: "test/vm", Test: "TestVerifyPlainImage", Result: "PASS", Seconds: 312.4, GuestCPU: 180.2, VMs: 1},
+		{Short: "test/vm", Test: "TestApplianceBIOS", Result: "PASS", Seconds: 290, GuestCPU: 250.5, VMs: 1},
+		{Short: "test/vm", Test: "TestBuild", Result: "PASS", Seconds: 120},
+	}
+	pkgs := []PackageResult{{Short: "test/vm", Result: "ok", Seconds: 700, Tests: 3}, {Short: "vm", Result: "ok", Seconds: 1, Tests: 1}}
+	var b bytes.Buffer
+	WriteTable(&b, res, pkgs, time.Second)
+	want := `per-test durations (top-level tests, slowest first):
+  package  test                      result     seconds  guest CPU
+  test/vm  TestVerifyPlainImage      PASS       312.4    180.2 (1 VM)
+  test/vm  TestApplianceBIOS         PASS       290.0    250.5 (1 VM)
+  test/vm  TestBuild                 PASS       120.0
+           (1 more under 1s)         PASS/SKIP  0.0
+  test/vm  (package total, 3 tests)  ok         700.0    430.7 (2 VMs)
+  vm       (package total, 1 test)   ok         1.0
+  (all)    (2 packages)                         701.0    430.7 (2 VMs)
+`
+	if got := b.String(); got != want {
+		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
 }

@@ -465,7 +465,7 @@ func bootApplianceWith(t *testing.T, o bootOpts) *guest {
 			serial, _ := v.Serial()
 			t.Logf("serial console (last 80 lines):\n%s", lastN(string(serial), 80))
 		}
-		v.Stop()
+		stopVM(t, firmware, v)
 	})
 	c, hk := login(t, v, dial, signer, 10*time.Minute)
 	t.Logf("%s: SSH login as admin after %s (host key %s)", firmware, since(t0), hk)

@@ -117,7 +117,7 @@ func boot(t *testing.T, cfg vm.Config) report {
 	if err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
-	t.Cleanup(func() { v.Stop() })
+	t.Cleanup(func() { stopVM(t, v.Config.Firmware, v) })
 	if err := v.WaitSerial(ctx, "login:", 8*time.Minute); err != nil {
 		t.Fatalf("no login prompt on the serial console (%s firmware): %v", cfg.Firmware, err)
 	}
@@ -128,7 +128,7 @@ func boot(t *testing.T, cfg vm.Config) report {
 	serial, _ := v.Serial()
 	r := parseReport(string(serial))
 	t.Logf("%s: report after %s: %+v", cfg.Firmware, since(t0), r)
-	v.Stop()
+	stopVM(t, v.Config.Firmware, v)
 	return r
 }
 

@@ -138,7 +138,7 @@ outputs: [raw]
 					if err != nil {
 						t.Fatal(err)
 					}
-					defer v.Stop()
+					defer stopVM(t, fw, v)
 					t0 := time.Now()
 					if _, err := v.WaitSerialRegexp(ctx, regexp.MustCompile(`BAKE-CLOUD-DONE`), 8*time.Minute); err != nil {
 						t.Fatalf("no report on the serial console: %v", err)

@@ -90,7 +90,7 @@ func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string, expe
 	if err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
-	defer v.Stop()
+	defer stopVM(t, firmware, v)
 	if err := v.WaitSerial(ctx, hostname+" login:", 8*time.Minute); err != nil {
 		b, _ := os.ReadFile(serial)
 		tail := string(b)
@@ -106,7 +106,7 @@ func bootToLogin(t *testing.T, diskPath, format, firmware, hostname string, expe
 			t.Errorf("%s: serial console lacks %q", firmware, e)
 		}
 	}
-	v.Stop()
+	stopVM(t, firmware, v)
 }
 
 // identity is what must survive a reassembly: sgdisk's view of the table

@@ -349,6 +349,28 @@ func newMounts(before, after map[string]bool) []string {
 	return n
 }
 
+// vmExits are the VMs whose exit line logVMExit logged.
+var vmExits sync.Map
+
+// logVMExit logs, once per VM, how long QEMU ran and the CPU time it used
+// (vm.VM.ExitSummary), e.g. "bios: QEMU (pid 1234) exited after 3m12s,
+// 95.3 s of CPU (1 vCPU)": testreport sums the CPU of these lines, and of
+// bake verify's in the output the tests log, into each test's guest CPU
+// (BENCHMARKS.md). v must have exited.
+func logVMExit(t testing.TB, who string, v *vm.VM) {
+	t.Helper()
+	if _, logged := vmExits.LoadOrStore(v, true); !logged {
+		t.Logf("%s: %s", who, v.ExitSummary())
+	}
+}
+
+// stopVM stops v (vm.VM.Stop) and logs its exit line.
+func stopVM(t testing.TB, who string, v *vm.VM) {
+	t.Helper()
+	v.Stop()
+	logVMExit(t, who, v)
+}
+
 func since(t0 time.Time) string { return time.Since(t0).Round(100 * time.Millisecond).String() }
 
 // bakeRecipeText writes recipe text into dir as name.yaml, bakes it into

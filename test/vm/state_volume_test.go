@@ -421,6 +421,7 @@ func powerOff(t *testing.T, g *guest, who string) {
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("%s did not power off in 3 minutes", who)
 	}
+	logVMExit(t, who, g.v)
 	g.c.Close()
 }
 

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -49,7 +50,9 @@ type verifyReport struct {
 	// Seeds: how each instance got its seed (--seed-via), by instance.
 	Seeds   map[string]string `json:"seeds"`
 	Tailnet string            `json:"tailnet"` // --tailnet-login-server
-	Results []struct {
+	// GuestCPU: the CPU seconds each instance's QEMU used, by instance.
+	GuestCPU map[string]float64 `json:"guest_cpu_seconds"`
+	Results  []struct {
 		ID       string  `json:"id"`
 		Firmware string  `json:"firmware"`
 		Status   string  `json:"status"`
@@ -281,8 +284,19 @@ func TestVerifyPlainImage(t *testing.T) {
 	if got := fileSum(t, img); got != sum {
 		t.Errorf("the image changed: sha256 %s -> %s", sum, got)
 	}
+	// The one instance's QEMU: its exit line in the output, its CPU
+	// seconds in the report, the same number.
+	if m := verifyCPURE.FindStringSubmatch(run.out); m == nil {
+		t.Errorf("no \"bios-0: QEMU (pid N) exited after ..., S s of CPU (N vCPU)\" line in the output")
+	} else if cpu, said := r.GuestCPU["bios-0"], atof(m[1]); cpu <= 0 || math.Abs(cpu-said) > 0.051 {
+		t.Errorf("report.json's guest_cpu_seconds %v, want bios-0's %s s > 0 as the output says", r.GuestCPU, m[1])
+	}
 	assertVerifyCleanedUp(t, run.out)
 }
+
+func atof(s string) float64 { f, _ := strconv.ParseFloat(s, 64); return f }
+
+var verifyCPURE = regexp.MustCompile(`verify: bios-0: QEMU \(pid \d+\) exited after \S+, (\d+\.\d) s of CPU \(\d+ vCPUs?\)`)
 
 // TestVerifyInterrupted: Ctrl-C while the VM boots stops bake verify at
 // once with status 130, a report saying so, and nothing left behind.
