@@ -175,11 +175,7 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 func (c *checker) gatewayProcess(ctx context.Context) (Status, string) {
 	c.waitGateway(ctx)
 	g := c.spec.Gateway
-	script := `n=` + shellQuote(g.Container) + `
-id=$(docker inspect -f '{{.Id}}' "$n") || exit 3
-docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}} user={{.Config.User}} restarts={{.RestartCount}}' "$n"
-pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
-[ -n "$pids" ] || pids=$(docker inspect -f '{{.State.Pid}}' "$n")
+	script := gatewayProcessScript(g.Container) + `
 for p in $pids; do echo "pid $p"; grep -E '^(Name|Uid|Gid|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/$p/status; done
 echo "gateway user: $(getent passwd ` + shellQuote(gatewayUserName(g.User)) + ` | cut -d: -f3)"
 echo "login users:"
@@ -260,6 +256,21 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 		who = g.User + ", " + who
 	}
 	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (%s)", len(procs), procUIDs(procs), who))
+}
+
+// gatewayProcessScript's start: one docker inspect (a Docker CLI start is
+// about a second of the guest's CPU under TCG; there were two, three
+// when the cgroup was not found) prints the container's state line and
+// gives its ID and main PID; $pids is every process of its cgroup, or
+// that PID.
+func gatewayProcessScript(container string) string {
+	return `n=` + shellQuote(container) + `
+out=$(docker inspect -f '{{.Id}} status={{.State.Status}} pid={{.State.Pid}} user={{.Config.User}} restarts={{.RestartCount}}' "$n") || exit 3
+id=${out%% *}
+echo "${out#* }"
+pid=${out#* pid=}; pid=${pid%% *}
+pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
+[ -n "$pids" ] || pids=$pid`
 }
 
 // gatewayUserName is the name getent looks up for the gateway's user; a

@@ -70,3 +70,31 @@ func TestGatewayListenScript(t *testing.T) {
 		t.Errorf("gatewayListenParts without the own address: %q %q %v", loop, own, ok)
 	}
 }
+
+// gateway.process's one docker inspect: the state line as before, the
+// ID for the cgroup, the main PID when no cgroup is found.
+func TestGatewayProcessScript(t *testing.T) {
+	testenv.NeedTools(t, "sh", "find", "sort", "sed", "cat")
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	os.WriteFile(filepath.Join(dir, "docker"), []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\necho 'c0ffee1234nocgroupmatches status=running pid=4242 user=999:999 restarts=0'\n"), 0o755)
+	cmd := exec.Command("sh", "-c", gatewayProcessScript("openclaw-gateway")+"\necho \"id=$id pids=$pids\"")
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "status=running pid=4242 user=999:999 restarts=0\nid=c0ffee1234nocgroupmatches pids=4242\n"; string(out) != want {
+		t.Errorf("output %q, want %q", out, want)
+	}
+	if b, _ := os.ReadFile(calls); strings.Count(string(b), "\n") != 1 {
+		t.Errorf("docker called: %q", b)
+	}
+	// No container: exit 3, as before.
+	os.WriteFile(filepath.Join(dir, "docker"), []byte("#!/bin/sh\necho 'Error: No such object' >&2\nexit 1\n"), 0o755)
+	cmd = exec.Command("sh", "-c", gatewayProcessScript("openclaw-gateway"))
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 3 {
+		t.Errorf("no container: %v", err)
+	}
+}
