@@ -611,10 +611,12 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 		defer cancel()
 		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
 	}()
+	tSetup := time.Now()
 	setup, err := c.in.sudo(ctx, udpSetupScript(sweeps))
 	if err != nil {
 		return Fail, err.Error()
 	}
+	dSetup := time.Since(tSetup)
 	sockOut, rulesOut, stateOut, rulesOK := udpSetupParts(setup.Stdout)
 
 	// The sockets: on an address other than loopback, only allowed ports.
@@ -720,10 +722,12 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 	}
 	// One command: the counters after the sweeps, the kernel log, verify's
 	// rules removed.
+	tFin := time.Now()
 	fin, err := c.in.sudo(ctx, udpFinishScript(sweeps, udpTag))
 	if err != nil {
 		return Fail, err.Error()
 	}
+	c.r.logf("%s: network.udp: first command (sockets, rules, counters) %s, last (counters, log, rules removed) %s", c.in.name(), dSetup.Round(100*time.Millisecond), time.Since(tFin).Round(100*time.Millisecond))
 	stateAfter, logOut, finOK, rm := udpFinishParts(fin.Stdout)
 	removed = rm
 	ares := cmdResult{Cmd: udpStateScript, Stdout: stateAfter, Stderr: fin.Stderr, Exit: fin.Exit}
