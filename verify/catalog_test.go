@@ -61,7 +61,7 @@ func TestCatalogIDsWrittenOnce(t *testing.T) {
 		}
 		if k.Scope == ScopeFirmware && k.run == nil && !k.tailnet { // the tailnet checks: recorded by the tailnet group (identity's, on the last instance)
 			switch k.Area() {
-			case "ssh", "isolation", "identity", "secrets", "upgrade": // recorded by the login, the probe containers, the identity pass, the seed-copies search after them
+			case "ssh", "isolation", "identity", "secrets", "upgrade": // recorded by the login, the probe container, the identity pass, the seed-copies search after them
 			default:
 				t.Errorf("%s has no run and no group that records it", k.ID)
 			}

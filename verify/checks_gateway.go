@@ -175,11 +175,7 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 func (c *checker) gatewayProcess(ctx context.Context) (Status, string) {
 	c.waitGateway(ctx)
 	g := c.spec.Gateway
-	script := `n=` + shellQuote(g.Container) + `
-id=$(docker inspect -f '{{.Id}}' "$n") || exit 3
-docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}} user={{.Config.User}} restarts={{.RestartCount}}' "$n"
-pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
-[ -n "$pids" ] || pids=$(docker inspect -f '{{.State.Pid}}' "$n")
+	script := gatewayProcessScript(g.Container) + `
 for p in $pids; do echo "pid $p"; grep -E '^(Name|Uid|Gid|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/$p/status; done
 echo "gateway user: $(getent passwd ` + shellQuote(gatewayUserName(g.User)) + ` | cut -d: -f3)"
 echo "login users:"
@@ -262,6 +258,21 @@ getent passwd | awk -F: '$7 !~ /(nologin|false|sync|halt|shutdown)$/ {print $1" 
 	return verdict(problems, ev, fmt.Sprintf("%d gateway process(es): NoNewPrivs 1, CapEff 0, uid %s (%s)", len(procs), procUIDs(procs), who))
 }
 
+// gatewayProcessScript's start: one docker inspect (a Docker CLI start is
+// about a second of the guest's CPU under TCG; there were two, three
+// when the cgroup was not found) prints the container's state line and
+// gives its ID and main PID; $pids is every process of its cgroup, or
+// that PID.
+func gatewayProcessScript(container string) string {
+	return `n=` + shellQuote(container) + `
+out=$(docker inspect -f '{{.Id}} status={{.State.Status}} pid={{.State.Pid}} user={{.Config.User}} restarts={{.RestartCount}}' "$n") || exit 3
+id=${out%% *}
+echo "${out#* }"
+pid=${out#* pid=}; pid=${pid%% *}
+pids=$(cat $(find /sys/fs/cgroup -type d -name "*$id*" 2>/dev/null | sed 's|$|/cgroup.procs|') 2>/dev/null | sort -un)
+[ -n "$pids" ] || pids=$pid`
+}
+
 // gatewayUserName is the name getent looks up for the gateway's user; a
 // UID:GID is looked up by its uid.
 func gatewayUserName(user string) string {
@@ -283,12 +294,57 @@ func procUIDs(procs []*procStatus) string {
 	return strings.Join(out, ",")
 }
 
-// guestConnect connects from inside the guest (bash's /dev/tcp) and says
-// whether host:port accepted the connection.
-func (c *checker) guestConnect(ctx context.Context, host string, port int) (bool, cmdResult, error) {
-	script := fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d' 2>&1 && echo connected`, host, port)
-	res, err := c.in.runT(ctx, script, nil, 30*time.Second)
-	return err == nil && strings.Contains(res.Stdout, "connected"), res, err
+// guestConnectScript connects from inside the guest (bash's /dev/tcp),
+// bounded by 5 s, and prints "connected" when host:port accepted.
+func guestConnectScript(host string, port int) string {
+	return fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d' 2>&1 && echo connected`, host, port)
+}
+
+// Markers between the parts of gateway.listen's guest command.
+const (
+	gwMarkSockets = "@@bake-verify-sockets@@"
+	gwMarkLoop    = "@@bake-verify-loopback@@"
+	gwMarkOwn     = "@@bake-verify-own-address@@"
+)
+
+// gatewayListenScript (sudo) is gateway.listen's one guest command (were
+// four): the container's port bindings and docker inspect's status
+// ("inspect-rc=N"), the sockets (socketsScript), a connection to
+// 127.0.0.1:port and, unless ownIP is "", one to the guest's own address,
+// each part after its marker.
+func gatewayListenScript(container string, port int, ownIP string) string {
+	s := "docker inspect -f '{{json .HostConfig.PortBindings}}' " + shellQuote(container) + "\necho \"inspect-rc=$?\"\n" +
+		"echo " + gwMarkSockets + "\n" + socketsScript + "\n" +
+		"echo " + gwMarkLoop + "\n" + guestConnectScript("127.0.0.1", port)
+	if ownIP != "" {
+		s += "\necho " + gwMarkOwn + "\n" + guestConnectScript(ownIP, port)
+	}
+	return s + "\ntrue"
+}
+
+// gatewayListenParts splits gatewayListenScript's output: docker inspect's
+// output and exit status (-1: not printed), the sockets, the loopback
+// connection's and the own address's output; ok when every marker came.
+func gatewayListenParts(out string, own bool) (inspect string, inspectRC int, socks, loop, ownOut string, ok bool) {
+	inspectRC = -1
+	head, rest, ok1 := strings.Cut(out, gwMarkSockets+"\n")
+	socks, rest, ok2 := strings.Cut(rest, gwMarkLoop+"\n")
+	loop = rest
+	ok3 := true
+	if own {
+		loop, ownOut, ok3 = strings.Cut(rest, gwMarkOwn+"\n")
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(head, "\n"), "\n") {
+		if v, found := strings.CutPrefix(l, "inspect-rc="); found {
+			if n, err := strconv.Atoi(v); err == nil {
+				inspectRC = n
+			}
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return strings.Join(lines, "\n"), inspectRC, socks, loop, ownOut, ok1 && ok2 && ok3
 }
 
 // outsideProbe connects from the outside namespace and describes what
@@ -330,20 +386,57 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 	g := c.spec.Gateway
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
-	res, err := c.in.sudo(ctx, "docker inspect -f '{{json .HostConfig.PortBindings}}' "+shellQuote(g.Container))
-	if err != nil {
-		return Fail, err.Error()
-	}
-	ev.cmd(res)
-	var bindings map[string][]struct{ HostIp, HostPort string }
-	if res.OK() {
-		json.Unmarshal([]byte(strings.TrimSpace(res.Stdout)), &bindings)
-	} else {
-		problems = append(problems, "no container "+g.Container)
-	}
 	wantHost := "127.0.0.1"
 	if g.Mode == "network" {
 		wantHost = "0.0.0.0"
+	}
+	ownIP := ""
+	if g.Mode != "network" {
+		ownIP = c.guestIPv4()
+	}
+	// From outside, both families at once (each its own connection and
+	// timeout), while the guest command runs: the two are independent.
+	var (
+		outWG  sync.WaitGroup
+		from   = vm.LinkHostIPv4.Addr()
+		expect = false
+		addrs  = []netip.Addr{c.in.ipv4, c.in.ipv6}
+		oks    = make([]bool, 2)
+		lines  = make([]string, 2)
+	)
+	if c.in.link != nil {
+		for _, p := range g.Allowed {
+			if g.Mode == "network" && p.Contains(from) {
+				expect = true
+			}
+		}
+		for i, a := range addrs {
+			if !a.IsValid() {
+				continue
+			}
+			outWG.Add(1)
+			go func() { defer outWG.Done(); oks[i], lines[i] = c.outsideProbe(ctx, a, g.Port) }()
+		}
+	}
+	// One guest command: the container's bindings, the sockets, the
+	// connections from the guest to 127.0.0.1 and to its own address.
+	res, err := c.in.sudo(ctx, gatewayListenScript(g.Container, g.Port, ownIP))
+	outWG.Wait()
+	if err != nil {
+		return Fail, err.Error()
+	}
+	inspect, inspectRC, sockOut, loopOut, ownOut, ok := gatewayListenParts(res.Stdout, ownIP != "")
+	if !ok {
+		ev.cmd(res)
+		return Fail, "the guest command did not run to its end\n\n" + ev.String()
+	}
+	ires := cmdResult{Cmd: "docker inspect -f '{{json .HostConfig.PortBindings}}' " + shellQuote(g.Container), Stdout: inspect, Exit: inspectRC}
+	ev.cmd(ires)
+	var bindings map[string][]struct{ HostIp, HostPort string }
+	if ires.OK() {
+		json.Unmarshal([]byte(strings.TrimSpace(inspect)), &bindings)
+	} else {
+		problems = append(problems, "no container "+g.Container)
 	}
 	for port, bs := range bindings {
 		for _, b := range bs {
@@ -352,11 +445,7 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	socks, _, err := c.sockets(ctx)
-	if err != nil {
-		return Fail, err.Error()
-	}
-	for _, s := range socks {
+	for _, s := range parseProcNet(sockOut) {
 		if strings.HasPrefix(s.Proto, "tcp") && int(s.Addr.Port()) == g.Port {
 			ev.add("listening: %s %s", s.Proto, s.Addr)
 			if g.Mode != "network" && !s.Addr.Addr().IsLoopback() {
@@ -364,46 +453,18 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	ok, r, err := c.guestConnect(ctx, "127.0.0.1", g.Port)
-	if err != nil {
-		return Fail, err.Error()
-	}
-	ev.add("guest -> 127.0.0.1:%d: %s", g.Port, map[bool]string{true: "connected", false: "not connected: " + strings.TrimSpace(r.Stdout+r.Stderr)}[ok])
-	if !ok && g.Mode != "network" {
+	connected := func(out string) bool { return strings.Contains(out, "connected") }
+	ev.add("guest -> 127.0.0.1:%d: %s", g.Port, map[bool]string{true: "connected", false: "not connected: " + strings.TrimSpace(loopOut)}[connected(loopOut)])
+	if !connected(loopOut) && g.Mode != "network" {
 		problems = append(problems, fmt.Sprintf("nothing answers on 127.0.0.1:%d in the guest", g.Port))
 	}
-	if g.Mode != "network" {
-		ip := c.guestIPv4()
-		ok, _, err := c.guestConnect(ctx, ip, g.Port)
-		if err != nil {
-			return Fail, err.Error()
-		}
-		ev.add("guest -> %s:%d (its own external address): %s", ip, g.Port, map[bool]string{true: "CONNECTED", false: "not connected"}[ok])
-		if ok {
-			problems = append(problems, fmt.Sprintf("the gateway answers on the guest's external address %s:%d", ip, g.Port))
+	if ownIP != "" {
+		ev.add("guest -> %s:%d (its own external address): %s", ownIP, g.Port, map[bool]string{true: "CONNECTED", false: "not connected"}[connected(ownOut)])
+		if connected(ownOut) {
+			problems = append(problems, fmt.Sprintf("the gateway answers on the guest's external address %s:%d", ownIP, g.Port))
 		}
 	}
 	if c.in.link != nil {
-		from := vm.LinkHostIPv4.Addr()
-		expect := false
-		for _, p := range g.Allowed {
-			if g.Mode == "network" && p.Contains(from) {
-				expect = true
-			}
-		}
-		// Both families at once (each its own connection and timeout).
-		addrs := []netip.Addr{c.in.ipv4, c.in.ipv6}
-		oks := make([]bool, len(addrs))
-		lines := make([]string, len(addrs))
-		var wg sync.WaitGroup
-		for i, a := range addrs {
-			if !a.IsValid() {
-				continue
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); oks[i], lines[i] = c.outsideProbe(ctx, a, g.Port) }()
-		}
-		wg.Wait()
 		for i, a := range addrs {
 			if !a.IsValid() {
 				continue

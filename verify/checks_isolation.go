@@ -21,20 +21,43 @@ const (
 	probeLoopPort = 8081
 )
 
-// probeContainer is one container verify runs with a published port.
-type probeContainer struct {
-	name, publish string
-	port          int
+// probeContainerName is the one probe container verify runs, published
+// three ways (probePorts). With userland-proxy off (appliance.DaemonConfig)
+// each -p is its own DNAT rule in the nat table's DOCKER chain, whatever
+// container it leads to, and every packet to a published port takes the
+// same FORWARD and DOCKER-USER path to the container's address: one
+// container with the three -p makes the same published ports as three
+// containers with one each, in one `docker run` instead of three (each a
+// container start: dockerd's work on one vCPU under TCG, 3-10 s).
+const probeContainerName = "bake-verify-probe"
+
+// probePort is one way verify publishes the probe container's port 80.
+type probePort struct {
+	publish string // docker run -p
+	port    int    // the port on the guest's loopback
 }
 
-var probeContainers = []probeContainer{
-	{"bake-verify-p80", "80:80", 80},
-	{"bake-verify-p8080", "0.0.0.0:8080:80", 8080},
-	{"bake-verify-lo", fmt.Sprintf("127.0.0.1:%d:80", probeLoopPort), probeLoopPort},
+var probePorts = []probePort{
+	{"80:80", 80},
+	{"0.0.0.0:8080:80", 8080},
+	{fmt.Sprintf("127.0.0.1:%d:80", probeLoopPort), probeLoopPort},
 }
 
-// isolation runs the probe containers and records isolation.loopback,
-// isolation.outside and isolation.loopback-via-mac.
+// probeRunScript (sudo) starts the probe container published with every
+// -p of ps (a container of that name left over is removed first), then
+// lists the DNAT rules Docker made for published ports: a line per -p.
+func probeRunScript(name string, ps []probePort) string {
+	var pub []string
+	for _, p := range ps {
+		pub = append(pub, "-p "+shellQuote(p.publish))
+	}
+	return "docker rm -f " + shellQuote(name) + " >/dev/null 2>&1\n" +
+		"docker run -d --name " + shellQuote(name) + " " + strings.Join(pub, " ") + " " + ProbeImageRef + " || exit 1\n" +
+		"iptables -w -t nat -S DOCKER 2>&1 | grep -F -e DNAT -e 'iptables' || true"
+}
+
+// isolation runs the probe container and records isolation.loopback,
+// isolation.outside, isolation.loopback-via-mac and isolation.metadata.
 func (c *checker) isolation(ctx context.Context) {
 	ids := []string{checkIsolationLoopback.ID, checkIsolationOutside.ID, checkIsolationViaMAC.ID}
 	metadata := checkIsolationMetadata.planned(c.spec, c.r.o.Instances)
@@ -80,14 +103,9 @@ func (c *checker) isolation(ctx context.Context) {
 		return
 	}
 	tLoad := time.Since(t0)
-	// One after another (started at once they took as long or longer:
-	// dockerd's work on one vCPU); every one must start.
-	var names, run []string
-	for _, p := range probeContainers {
-		names = append(names, p.name)
-		run = append(run, fmt.Sprintf("docker run -d --name %s -p %s %s || rc=1", p.name, p.publish, ProbeImageRef))
-	}
-	res, err = c.in.sudo(ctx, "rc=0\ndocker rm -f "+strings.Join(names, " ")+" >/dev/null 2>&1\n"+strings.Join(run, "\n")+"\nexit $rc")
+	// One container, published with every -p (probeContainerName); its
+	// start and the DNAT rules Docker made for it are the evidence.
+	res, err = c.in.sudo(ctx, probeRunScript(probeContainerName, probePorts))
 	if err != nil {
 		runFailed(err)
 		return
@@ -96,26 +114,27 @@ func (c *checker) isolation(ctx context.Context) {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		c.in.sudo(cctx, "docker rm -f "+strings.Join(names, " ")+" >/dev/null 2>&1; docker rmi "+ProbeImageRef+" >/dev/null 2>&1")
+		c.in.sudo(cctx, "docker rm -f "+probeContainerName+" >/dev/null 2>&1; docker rmi "+ProbeImageRef+" >/dev/null 2>&1")
 	}()
 	if !res.OK() {
-		fail("docker run of the probe containers failed")
+		fail("docker run of the probe container failed")
 		return
 	}
 
-	// 1. Each answers on the guest's loopback: the three probes at once, in
-	// one command (each retried for up to 60 s while its container starts).
+	// 1. Each published port answers on the guest's loopback: the three
+	// probes at once, in one command (each retried for up to 60 s while
+	// the container starts).
 	tRun := time.Since(t0) - tLoad
 	var problems []string
 	var lev evidence
 	t1p := time.Now()
-	res, err = c.in.runT(ctx, loopbackScript(probeContainers), nil, 90*time.Second)
+	res, err = c.in.runT(ctx, loopbackScript(probePorts), nil, 90*time.Second)
 	if err != nil {
 		runFailed(err)
 		return
 	}
 	answered := parseLoopback(res.Stdout)
-	for _, p := range probeContainers {
+	for _, p := range probePorts {
 		a, ok := answered[p.port]
 		if ok && a.ok {
 			lev.add("guest -> 127.0.0.1:%d (-p %s): answered %s (after %d attempts)", p.port, p.publish, ProbeBody, a.tries)
@@ -128,7 +147,7 @@ func (c *checker) isolation(ctx context.Context) {
 		lev.add("guest -> 127.0.0.1:%d (-p %s): NO ANSWER %s", p.port, p.publish, why)
 		problems = append(problems, fmt.Sprintf("the container published with -p %s does not answer on 127.0.0.1:%d", p.publish, p.port))
 	}
-	times := fmt.Sprintf("docker load %s, docker run (three) %s, the loopback probes (at once) %s", tLoad.Round(100*time.Millisecond), tRun.Round(100*time.Millisecond), time.Since(t1p).Round(100*time.Millisecond))
+	times := fmt.Sprintf("docker load %s, docker run (one container, %d -p) %s, the loopback probes (at once) %s", tLoad.Round(100*time.Millisecond), len(probePorts), tRun.Round(100*time.Millisecond), time.Since(t1p).Round(100*time.Millisecond))
 	lev.add("times: %s", times)
 	c.r.logf("%s: isolation.loopback: %s", c.in.name(), times)
 	if !res.OK() && len(problems) == 0 {
@@ -136,60 +155,87 @@ func (c *checker) isolation(ctx context.Context) {
 	}
 	lev.cmd(res)
 	loopOK := len(problems) == 0
-	st, text := verdict(problems, append(lev, ev...), "the probe containers answer on 127.0.0.1:80, :8080 and :8081 in the guest")
+	st, text := verdict(problems, append(lev, ev...), loopbackPassText(probePorts))
 	c.r.record(c.fw, checkIsolationLoopback.ID, st, text, time.Since(t0))
 
+	// 2-4 run at once, each recorded with its own time, in this order once
+	// all are done: they are independent (connections from the outside
+	// namespace to the guest's published ports; raw SYNs to 127.0.0.1
+	// through its MAC; the guest's and the container's connections to
+	// stand-ins on the link) and each mostly waits out its own timeouts
+	// (4 s, 4 s, 10 s: one after the other about 23 s).
+	type outcome struct {
+		id   string
+		st   Status
+		text string
+		d    time.Duration
+	}
+	var outs []*outcome
+	var wg sync.WaitGroup
+	add := func(id string, st Status, text string) { outs = append(outs, &outcome{id: id, st: st, text: text}) }
+	start := func(id string, f func(context.Context) (Status, string)) {
+		o := &outcome{id: id}
+		outs = append(outs, o)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.Now()
+			o.st, o.text = f(ctx)
+			o.d = time.Since(t)
+		}()
+	}
 	// 2. None answers from outside, over IPv4 or IPv6.
-	t1 := time.Now()
 	switch {
 	case c.in.link == nil:
-		c.r.record(c.fw, checkIsolationOutside.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+		add(checkIsolationOutside.ID, Skip, "not run: "+c.r.outsideWhy)
 	case !loopOK:
-		c.r.record(c.fw, checkIsolationOutside.ID, Skip, "not decided: the probe containers do not even answer on the guest's loopback, so their being unreachable from outside proves nothing", 0)
+		add(checkIsolationOutside.ID, Skip, "not decided: the probe container does not even answer on the guest's loopback, so its being unreachable from outside proves nothing")
 	default:
-		st, text := c.isolationOutside(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		c.r.record(c.fw, checkIsolationOutside.ID, st, text, time.Since(t1))
+		start(checkIsolationOutside.ID, c.isolationOutside)
 	}
-
 	// 3. moby#45610: packets to 127.0.0.0/8 through the NIC.
-	t2 := time.Now()
 	if c.in.link == nil {
-		c.r.record(c.fw, checkIsolationViaMAC.ID, Skip, "not run: "+c.r.outsideWhy, 0)
+		add(checkIsolationViaMAC.ID, Skip, "not run: "+c.r.outsideWhy)
 	} else {
-		st, text = c.loopbackViaMAC(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		c.r.record(c.fw, checkIsolationViaMAC.ID, st, text, time.Since(t2))
+		start(checkIsolationViaMAC.ID, c.loopbackViaMAC)
 	}
-
-	// 4. The metadata services, from the probe container.
-	if !metadata {
+	// 4. The metadata services, from the probe container's network
+	// namespace.
+	if metadata {
+		switch {
+		case c.in.link == nil:
+			add(checkIsolationMetadata.ID, Skip, "not run: "+c.r.outsideWhy)
+		case !loopOK:
+			add(checkIsolationMetadata.ID, Skip, "not decided: the probe container does not run")
+		default:
+			start(checkIsolationMetadata.ID, c.isolationMetadata)
+		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
 		return
 	}
-	t3 := time.Now()
-	switch {
-	case c.in.link == nil:
-		c.r.record(c.fw, checkIsolationMetadata.ID, Skip, "not run: "+c.r.outsideWhy, 0)
-	case !loopOK:
-		c.r.record(c.fw, checkIsolationMetadata.ID, Skip, "not decided: the probe containers do not run", 0)
-	default:
-		st, text := c.isolationMetadata(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		c.r.record(c.fw, checkIsolationMetadata.ID, st, text, time.Since(t3))
+	for _, o := range outs {
+		c.r.record(c.fw, o.id, o.st, o.text, o.d)
 	}
 }
 
-// loopbackScript probes 127.0.0.1:PORT of each container at once, each
-// attempt bounded by 5 s, retried every second for up to 60 s until the
-// probe container's body comes back; a line per port: loop PORT ok|no
+// loopbackPassText is isolation.loopback's verdict when every port
+// answered.
+func loopbackPassText(ps []probePort) string {
+	var pub, ports []string
+	for _, p := range ps {
+		pub = append(pub, "-p "+p.publish)
+		ports = append(ports, fmt.Sprintf("127.0.0.1:%d", p.port))
+	}
+	return fmt.Sprintf("the probe container answers in the guest on %s (one container published with %s)", strings.Join(ports, ", "), strings.Join(pub, ", "))
+}
+
+// loopbackScript probes 127.0.0.1:PORT of each published port at once,
+// each attempt bounded by 5 s, retried every second for up to 60 s until
+// the probe container's body comes back; a line per port: loop PORT ok|no
 // TRIES LAST-ERROR.
-func loopbackScript(ps []probeContainer) string {
+func loopbackScript(ps []probePort) string {
 	var ports []string
 	for _, p := range ps {
 		ports = append(ports, strconv.Itoa(p.port))
@@ -259,13 +305,13 @@ func (c *checker) isolationOutside(ctx context.Context) (Status, string) {
 	// they run at once, and are reported in order.
 	type probe struct {
 		a    netip.Addr
-		p    probeContainer
+		p    probePort
 		ok   bool
 		line string
 	}
 	var probes []*probe
 	for _, a := range addrs {
-		for _, p := range probeContainers {
+		for _, p := range probePorts {
 			probes = append(probes, &probe{a: a, p: p})
 		}
 	}
@@ -288,9 +334,23 @@ func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
 	var ev evidence
 	var problems []string
 	src := vm.LinkHostIPv4.Addr()
+	// The guest's listening sockets (over SSH) are read while the control
+	// runs: the two are independent.
+	type sockList struct {
+		socks []listener
+		err   error
+	}
+	sockc := make(chan sockList, 1)
+	go func() {
+		socks, _, err := c.sockets(ctx)
+		sockc <- sockList{socks, err}
+	}()
 	// Control: the same hand-made SYN to the guest's own address and SSH
-	// port must be answered, or the probe itself is broken.
-	ans, err := sendSYN(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, c.in.ipv4, c.spec.SSHPort, 2, 4*time.Second)
+	// port must be answered, or the probe itself is broken. Its SYN-ACK is
+	// all it waits for (up to 4 s, two SYNs a second apart); the targets
+	// below each wait their whole 4 s for an answer that must not come.
+	ans, err := sendSYNUntil(c.in.link.Netns, c.in.link.Tap, c.in.mac, src, c.in.ipv4, c.spec.SSHPort, 2, 4*time.Second, hasSYNACK)
+	sl := <-sockc
 	if err != nil {
 		return Skip, "not decided: cannot send raw frames on the link: " + err.Error()
 	}
@@ -306,7 +366,7 @@ func (c *checker) loopbackViaMAC(ctx context.Context) (Status, string) {
 	if g := c.spec.Gateway; g != nil {
 		targets[netip.AddrPortFrom(loop, uint16(g.Port))] = "gateway " + g.Container
 	}
-	if socks, _, err := c.sockets(ctx); err == nil {
+	if socks, err := sl.socks, sl.err; err == nil {
 		for _, s := range socks {
 			if s.Proto == "tcp" && s.Addr.Addr().IsLoopback() {
 				if _, ok := targets[s.Addr]; !ok {
@@ -374,7 +434,7 @@ func hasSYNACK(as []synAnswer) bool {
 }
 
 // The isolation checks, run together by (*checker).isolation with the
-// probe containers: planned when the image runs Docker with isolation on.
+// probe container: planned when the image runs Docker with isolation on.
 var (
 	checkIsolationLoopback = Check{ID: "isolation.loopback", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image",
 		claim: func(Spec, *GatewaySpec) string {
@@ -462,7 +522,7 @@ func dockerGroupVerdict(user, out string, ok bool, ev evidence) (Status, string)
 // checkIsolationMetadata: containers cannot reach the cloud metadata
 // services (appliance.MetadataV4: a container that can is one request
 // away from the instance's cloud credentials). Recorded by the isolation
-// group: the probe containers' network namespace is where the requests
+// group: the probe container's network namespace is where the requests
 // come from.
 var checkIsolationMetadata = Check{ID: "isolation.metadata", Scope: ScopeFirmware, Needs: "an SSH session, Docker in the image, the outside namespace (root)",
 	claim: func(Spec, *GatewaySpec) string {
@@ -543,7 +603,7 @@ func (c *checker) isolationMetadata(ctx context.Context) (Status, string) {
 	// its probes running; metadataDNSScript's wait waits for them all):
 	// the blocked ones each wait out their 10 s, which one after the other
 	// cost 10 s more whenever a DNS probe went unanswered.
-	res, err := c.in.sudo(ctx, metadataProbes(probeContainers[0].name, append(addrs, control.String()))+"\n"+metadataDNSScript(dnsAddrs, query))
+	res, err := c.in.sudo(ctx, metadataProbes(probeContainerName, append(addrs, control.String()))+"\n"+metadataDNSScript(dnsAddrs, query))
 	if err != nil {
 		return Fail, err.Error()
 	}

@@ -149,28 +149,45 @@ func (c *checker) countedScan(ctx context.Context, targets []netip.Addr, ev *evi
 	for _, a := range targets {
 		sweeps = append(sweeps, udpSweep{Src: linkHost(a), Dst: a, Sport: sport, TCP: true})
 	}
-	add, err := c.in.sudo(ctx, "set -e\n"+udpRulesScript(sweeps, false))
+	// One command adds verify's counting rules and reads the counters
+	// before the scan; one reads them after it, with the kernel log, and
+	// removes the rules (or the deferred removal does).
+	removed := false
 	defer func() {
+		if removed {
+			return
+		}
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
 	}()
-	if err != nil || !add.OK() {
-		return nil, fmt.Sprintf("could not add verify's counting rules in the guest: %v", errOr(err, add))
+	setup, err := c.in.sudo(ctx, countingSetupScript(sweeps))
+	if err != nil {
+		return nil, fmt.Sprintf("could not add verify's counting rules in the guest: %v", err)
 	}
-	before, bres, err := c.udpState(ctx)
-	if err != nil || !bres.OK() {
-		return nil, fmt.Sprintf("reading the guest's counters: %v", errOr(err, bres))
+	_, rulesOut, stateOut, rulesOK := udpSetupParts(setup.Stdout)
+	if !rulesOK {
+		return nil, fmt.Sprintf("could not add verify's counting rules in the guest: %v", errOr(nil, cmdResult{Exit: setup.Exit, Stderr: rulesOut + setup.Stderr}))
 	}
+	if bres := (cmdResult{Stdout: stateOut, Stderr: setup.Stderr, Exit: setup.Exit}); !bres.OK() {
+		return nil, fmt.Sprintf("reading the guest's counters: %v", errOr(nil, bres))
+	}
+	before := parseUDPState(stateOut)
 	t0 := time.Now()
 	outs := c.nmapAll(ctx, targets, func(a netip.Addr) []string { return NmapCountedArgs(a, linkHost(a), c.in.link.Tap, sport, scanRate) }, "-counted")
 	for _, s := range sweeps {
 		c.udpDrainWait(ctx, s, before.tagged(s.ipt(), s.tag("seen")), 65535)
 	}
-	after, ares, err := c.udpState(ctx)
-	if err != nil || !ares.OK() {
-		return nil, fmt.Sprintf("reading the guest's counters: %v", errOr(err, ares))
+	fin, err := c.in.sudo(ctx, udpFinishScript(sweeps, tcpTag))
+	if err != nil {
+		return nil, fmt.Sprintf("reading the guest's counters: %v", err)
 	}
+	stateAfter, logOut, finOK, rm := udpFinishParts(fin.Stdout)
+	removed = rm
+	if !finOK {
+		return nil, fmt.Sprintf("reading the guest's counters: %v", errOr(nil, cmdResult{Exit: fin.Exit, Stderr: fin.Stderr}))
+	}
+	after := parseUDPState(stateAfter)
 	d := func(s udpSweep, what string) int64 {
 		return after.tagged(s.ipt(), s.tag(what)) - before.tagged(s.ipt(), s.tag(what))
 	}
@@ -182,10 +199,7 @@ func (c *checker) countedScan(ctx context.Context, targets []netip.Addr, ev *evi
 			return nil, fmt.Sprintf("the guest saw %d of nmap's SYNs to %s from source port %d, fewer than its 65535 ports (lost on the way)", seen, s.Dst, s.Sport)
 		}
 	}
-	logRes, err := c.in.sudo(ctx, "dmesg 2>/dev/null | grep -F "+shellQuote(tcpTag+": ")+" | tail -n 2000 || journalctl -k -q --no-pager -g "+shellQuote(tcpTag)+" | tail -n 2000")
-	if err != nil {
-		return nil, fmt.Sprintf("reading the guest's kernel log: %v", err)
-	}
+	logRes := cmdResult{Cmd: probeLogScript(tcpTag), Stdout: logOut}
 	passes := parseProbeLog(logRes.Stdout, true)
 	problems := []string{}
 	for i, s := range sweeps {

@@ -2,8 +2,8 @@ package verify
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,20 +107,51 @@ func offered(a authAttempt, methods ...string) []string {
 	return out
 }
 
-// shadowHash reads user's password hash (to put it back afterwards). err
-// is Run's (a connection problem, or output cut).
-func (c *checker) shadowHash(ctx context.Context, user string) (string, bool, error) {
-	r, err := c.in.sudo(ctx, "getent shadow "+shellQuote(user)+" | cut -d: -f2")
-	if err != nil || !r.OK() {
-		return "", false, err
-	}
-	return strings.TrimSpace(r.Stdout), true, nil
+// setPasswordScript (sudo, stdin "USER:PASSWORD") prints USER's password
+// hash (to put it back afterwards) as "hash:HASH", then gives USER the
+// password from stdin (chpasswd: never on a command line) and prints
+// "password-set"; without a hash to put back it sets nothing. One
+// command: reading the hash and setting the password were two sudo round
+// trips.
+func setPasswordScript(user string) string {
+	return `h=$(getent shadow ` + shellQuote(user) + ` | cut -d: -f2)
+[ -n "$h" ] || exit 3
+echo "hash:$h"
+chpasswd && echo password-set`
 }
 
-// setPassword gives user a known password (through stdin: never on a
-// command line).
-func (c *checker) setPassword(ctx context.Context, user, pw string) (cmdResult, error) {
-	return c.in.runT(ctx, "sudo -n chpasswd", []byte(user+":"+pw+"\n"), time.Minute)
+// hideHash is a result of setPasswordScript fit for the report: its hash
+// line not shown.
+func hideHash(r cmdResult) cmdResult {
+	var out []string
+	for _, l := range strings.Split(r.Stdout, "\n") {
+		if strings.HasPrefix(l, "hash:") {
+			l = "hash:(not shown)"
+		}
+		out = append(out, l)
+	}
+	r.Stdout = strings.Join(out, "\n")
+	return r
+}
+
+// passwordSet reads setPasswordScript's output: the old hash, and whether
+// the password was set (both known, or ok is false).
+func passwordSet(out string) (hash string, ok bool) {
+	found, set := false, false
+	for _, l := range strings.Split(out, "\n") {
+		if h, isHash := strings.CutPrefix(l, "hash:"); isHash && !found {
+			hash, found = h, true
+		}
+		if l == "password-set" {
+			set = true
+		}
+	}
+	return hash, found && hash != "" && set
+}
+
+// restoreHashScript puts user's password hash back.
+func restoreHashScript(user, hash string) string {
+	return "usermod -p " + shellQuote(hash) + " " + shellQuote(user)
 }
 
 func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
@@ -146,17 +177,20 @@ func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
 
 	// Now give the admin a password and try it: refusing a wrong password
 	// proves nothing about the right one.
-	old, ok, _ := c.shadowHash(ctx, user)
-	res, err := c.setPassword(ctx, user, pw)
+	res, err := c.in.runT(ctx, "sudo -n sh -c "+shellQuote(setPasswordScript(user)), []byte(user+":"+pw+"\n"), time.Minute)
+	old, ok := passwordSet(res.Stdout)
 	if err != nil || !res.OK() || !ok {
 		ev.add("could not set a password for %s to try the right one: %v %s", user, err, res.Stderr)
 		problems = append(problems, "could not set a known password (sudo chpasswd) to try it")
+		if ok {
+			c.in.sudo(ctx, restoreHashScript(user, old))
+		}
 		return verdict(problems, ev, "")
 	}
 	ev.add("set a throwaway password for %s (sudo chpasswd, from stdin)", user)
 	a, err = tryLogin(ctx, c.in.dialSSH, c.in.sshTarget(), user, 20*time.Second, passwordMethods(pw)...)
 	check("the right password", a, err)
-	if r, err := c.in.sudo(ctx, "usermod -p "+shellQuote(old)+" "+shellQuote(user)); err != nil || !r.OK() {
+	if r, err := c.in.sudo(ctx, restoreHashScript(user, old)); err != nil || !r.OK() {
 		ev.add("warning: could not restore %s's password hash: %v %s", user, err, r.Stderr)
 	} else {
 		ev.add("restored %s's password hash", user)
@@ -164,23 +198,33 @@ func (c *checker) passwordRefused(ctx context.Context) (Status, string) {
 	return verdict(problems, ev, fmt.Sprintf("%s refused with a wrong and with the right password; the server never offered password or keyboard-interactive", user))
 }
 
+// rootSetupScript (sudo, stdin "root:PASSWORD") authorizes key for root
+// (root's authorized_keys kept aside first) and prints "key-added", then
+// is setPasswordScript for root: one command where there were four.
+func rootSetupScript(key string) string {
+	return `( umask 077; mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys &&
+cp -p /root/.ssh/authorized_keys /root/.ssh/.authorized_keys.bake-verify &&
+printf '%s\n' ` + shellQuote(key) + ` >> /root/.ssh/authorized_keys ) && echo key-added
+` + setPasswordScript("root")
+}
+
 func (c *checker) rootRefused(ctx context.Context) (Status, string) {
 	var ev evidence
 	var problems []string
-	// Authorize the throwaway key for root, then try it: with
-	// PermitRootLogin no, sshd refuses root whatever its keys.
-	add := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys
-cp -p /root/.ssh/authorized_keys /root/.ssh/.authorized_keys.bake-verify
-printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorized_keys`
-	res, err := c.in.sudo(ctx, add)
+	// Authorize the throwaway key for root and give root a known password,
+	// then try both: with PermitRootLogin no, sshd refuses root whatever
+	// its keys and password.
+	pw := randomPassword()
+	res, err := c.in.runT(ctx, "sudo -n sh -c "+shellQuote(rootSetupScript(c.in.key.AuthorizedKey)), []byte("root:"+pw+"\n"), time.Minute)
 	if err != nil {
 		return Fail, err.Error()
 	}
-	keyAdded := res.OK()
+	keyAdded := slices.Contains(strings.Split(res.Stdout, "\n"), "key-added")
+	old, pwSet := passwordSet(res.Stdout)
 	if keyAdded {
 		ev.add("added the throwaway key to /root/.ssh/authorized_keys")
 	} else {
-		ev.add("could not add the key to root's authorized_keys (trying anyway):\n%s", res.Evidence())
+		ev.add("could not add the key to root's authorized_keys (trying anyway):\n%s", hideHash(res).Evidence())
 		problems = append(problems, "could not authorize the key for root to try it (sudo)")
 	}
 	a, err := tryLogin(ctx, c.in.dialSSH, c.in.sshTarget(), "root", 20*time.Second, ssh.PublicKeys(c.in.key.Signer))
@@ -190,14 +234,7 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 	} else if a.LoggedIn {
 		problems = append(problems, "root logged in with an authorized key")
 	}
-	if keyAdded {
-		if r, err := c.in.sudo(ctx, "mv /root/.ssh/.authorized_keys.bake-verify /root/.ssh/authorized_keys"); err == nil && r.OK() {
-			ev.add("restored root's authorized_keys")
-		}
-	}
-	old, ok, herr := c.shadowHash(ctx, "root")
-	pw := randomPassword()
-	if r, err := c.setPassword(ctx, "root", pw); err == nil && r.OK() && ok {
+	if pwSet {
 		a, err := tryLogin(ctx, c.in.dialSSH, c.in.sshTarget(), "root", 20*time.Second, passwordMethods(pw)...)
 		ev.add("%s", describeAttempt("root", "the right password", a, err))
 		if err == nil && a.LoggedIn {
@@ -206,13 +243,20 @@ printf '%s\n' ` + shellQuote(c.in.key.AuthorizedKey) + ` >> /root/.ssh/authorize
 		if o := offered(a, "password", "keyboard-interactive"); err == nil && len(o) > 0 {
 			problems = append(problems, "the server offers "+strings.Join(o, " and ")+" authentication to root")
 		}
-		c.in.sudo(ctx, "usermod -p "+shellQuote(old)+" root")
 	} else {
 		ev.add("could not set a root password to try it")
-		for _, e := range []error{herr, err} {
-			if errors.Is(e, errOutputCut) {
-				problems = append(problems, "could not try root's password: "+e.Error())
-			}
+	}
+	// Both put back in one command.
+	var restore []string
+	if keyAdded {
+		restore = append(restore, "mv /root/.ssh/.authorized_keys.bake-verify /root/.ssh/authorized_keys && echo keys-restored")
+	}
+	if old != "" {
+		restore = append(restore, restoreHashScript("root", old))
+	}
+	if len(restore) > 0 {
+		if r, err := c.in.sudo(ctx, strings.Join(restore, "\n")); err == nil && slices.Contains(strings.Split(r.Stdout, "\n"), "keys-restored") {
+			ev.add("restored root's authorized_keys")
 		}
 	}
 	return verdict(problems, ev, "root refused with an authorized key and with its password")

@@ -482,8 +482,10 @@ func (c *checker) udpState(ctx context.Context) (udpState, cmdResult, error) {
 // udpDrainWait waits until the guest's counting rule in raw PREROUTING
 // saw want probes of s more than seen0 (the guest has read the tap's queue
 // to the end), or saw none more for udpDrainStall, or udpDrainMax passed.
-// The caller reads the counters again and judges: this only waits.
-func (c *checker) udpDrainWait(ctx context.Context, s udpSweep, seen0, want int64) {
+// It returns the last count it read (more than seen0), ok false when it
+// read none. The verdict is the caller's, on counters it reads itself:
+// this count only says whether the sweep is worth sending again.
+func (c *checker) udpDrainWait(ctx context.Context, s udpSweep, seen0, want int64) (got int64, ok bool) {
 	script := s.ipt() + " -w -t raw -L PREROUTING -v -x -n"
 	deadline := time.Now().Add(udpDrainMax)
 	last, lastChange := int64(-1), time.Now()
@@ -496,18 +498,83 @@ func (c *checker) udpDrainWait(ctx context.Context, s udpSweep, seen0, want int6
 				st.counters = append(st.counters, rc)
 			}
 			seen := st.tagged(s.ipt(), s.tag("seen")) - seen0
+			got, ok = seen, true
 			if seen >= want {
-				return
+				return got, ok
 			}
 			if seen != last {
 				last, lastChange = seen, time.Now()
 			}
 		}
 		if time.Since(lastChange) > udpDrainStall {
-			return
+			return got, ok
 		}
 		sleepCtx(ctx, 500*time.Millisecond)
 	}
+	return got, ok
+}
+
+// Markers between the parts of network.udp's combined guest commands.
+const (
+	udpMarkRules = "@@bake-verify-udp-rules@@"
+	udpMarkState = "@@bake-verify-udp-state@@"
+	udpMarkLog   = "@@bake-verify-udp-log@@"
+	udpMarkDel   = "@@bake-verify-udp-removed@@"
+)
+
+// udpSetupScript (sudo) is network.udp's first command: the guest's
+// sockets (socketsScript), then verify's counting rules added (all or the
+// command fails: set -e), then the counters before the sweeps
+// (udpStateScript), each part after its marker. One command where there
+// were three.
+func udpSetupScript(sweeps []udpSweep) string {
+	return socketsScript + "\n" + countingSetupScript(sweeps)
+}
+
+// countingSetupScript is udpSetupScript without the sockets (network.scan's
+// first command).
+func countingSetupScript(sweeps []udpSweep) string {
+	// The subshell stands alone (its status read after it): in an and-or
+	// list set -e would be ignored inside it.
+	return "echo " + udpMarkRules + "\n( set -e\n" + udpRulesScript(sweeps, false) + ") 2>&1\n[ $? -eq 0 ] || exit 3\necho " + udpMarkState + "\n" + udpStateScript
+}
+
+// udpSetupParts splits udpSetupScript's output: the sockets, the rules'
+// output, the counters; rulesOK when the rules were added (the counters'
+// marker printed).
+func udpSetupParts(out string) (socks, rules, state string, rulesOK bool) {
+	socks, rest, ok := strings.Cut(out, udpMarkRules+"\n")
+	if !ok {
+		return out, "", "", false
+	}
+	rules, state, rulesOK = strings.Cut(rest, udpMarkState+"\n")
+	return socks, rules, state, rulesOK
+}
+
+// probeLogScript prints the kernel log lines of verify's LOG rules of one
+// tag (udpTag or tcpTag).
+func probeLogScript(tag string) string {
+	return "dmesg 2>/dev/null | grep -F " + shellQuote(tag+": ") + " | tail -n 2000 || journalctl -k -q --no-pager -g " + shellQuote(tag) + " | tail -n 2000"
+}
+
+// udpFinishScript (sudo) is network.udp's last command: the counters after
+// the sweeps, the kernel log's lines of verify's LOG rules, then verify's
+// counting rules removed, each part after its marker. One command where
+// there were three.
+func udpFinishScript(sweeps []udpSweep, tag string) string {
+	return udpStateScript + "\necho " + udpMarkLog + "\n" + probeLogScript(tag) + "\necho " + udpMarkDel + "\n" + udpRulesScript(sweeps, true) + "true"
+}
+
+// udpFinishParts splits udpFinishScript's output; ok when the log's
+// marker was printed (the counters were read), removed when the rules'
+// removal ran.
+func udpFinishParts(out string) (state, log string, ok, removed bool) {
+	state, rest, ok := strings.Cut(out, udpMarkLog+"\n")
+	if !ok {
+		return out, "", false, false
+	}
+	log, _, removed = strings.Cut(rest, udpMarkDel+"\n")
+	return state, log, true, removed
 }
 
 func (c *checker) udpExposure(ctx context.Context) (Status, string) {
@@ -518,9 +585,13 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 	}
 	allow := c.spec.Firewall.Allow
 	sport := 40000 + int(time.Now().UnixNano()%20000)
+	// The sweep from source port 67 first: its counting rules also count
+	// the DHCP server's replies to the guest (10.77.0.1:67 -> 68, allowed),
+	// so it is counted only over its own time, from the reading before the
+	// sweeps to one right after it (see the loop below).
 	sweeps := []udpSweep{
-		{Src: vm.LinkHostIPv4.Addr(), Dst: c.in.ipv4, Sport: sport},
 		{Src: vm.LinkHostIPv4.Addr(), Dst: c.in.ipv4, Sport: 67},
+		{Src: vm.LinkHostIPv4.Addr(), Dst: c.in.ipv4, Sport: sport},
 	}
 	if c.in.ipv6.IsValid() {
 		sweeps = append(sweeps, udpSweep{Src: vm.LinkHostIPv6.Addr(), Dst: c.in.ipv6, Sport: sport})
@@ -528,12 +599,29 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 		problems = append(problems, "the guest has no IPv6 address on the link (no SLAAC): no IPv6 sweep")
 	}
 
-	// The sockets bound on the guest: on an address other than loopback,
-	// only allowed ports.
-	socks, sres, err := c.sockets(ctx)
+	// One command: the sockets bound on the guest, verify's counting rules
+	// added, the counters before the sweeps. The rules are removed
+	// whatever happens (by the last command, or here).
+	removed := false
+	defer func() {
+		if removed {
+			return
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
+	}()
+	tSetup := time.Now()
+	setup, err := c.in.sudo(ctx, udpSetupScript(sweeps))
 	if err != nil {
 		return Fail, err.Error()
 	}
+	dSetup := time.Since(tSetup)
+	sockOut, rulesOut, stateOut, rulesOK := udpSetupParts(setup.Stdout)
+
+	// The sockets: on an address other than loopback, only allowed ports.
+	socks := parseProcNet(sockOut)
+	sres := cmdResult{Cmd: socketsScript, Stdout: sockOut}
 	var exposed []listener
 	var socketLines []string
 	for _, l := range socks {
@@ -558,23 +646,17 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 		ev.cmd(sres)
 	}
 	ev.add("UDP sockets bound on addresses other than loopback (unconnected): %s", orDash(strings.Join(socketLines, ", ")))
-
-	// verify's counting rules, removed whatever happens.
-	add, err := c.in.sudo(ctx, "set -e\n"+udpRulesScript(sweeps, false))
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
-	}()
-	if err != nil || !add.OK() {
+	if !rulesOK {
+		add := cmdResult{Cmd: "set -e\n" + udpRulesScript(sweeps, false), Stdout: rulesOut, Stderr: setup.Stderr, Exit: setup.Exit}
 		ev.cmd(add)
-		return Fail, fmt.Sprintf("could not add verify's counting rules in the guest (raw and security tables): %v\n\n%s", errOr(err, add), ev)
+		return Fail, fmt.Sprintf("could not add verify's counting rules in the guest (raw and security tables): %v\n\n%s", errOr(nil, add), ev)
 	}
-	before, bres, err := c.udpState(ctx)
-	if err != nil || !bres.OK() {
+	bres := cmdResult{Cmd: udpStateScript, Stdout: stateOut, Stderr: setup.Stderr, Exit: setup.Exit, Cut: setup.Cut}
+	if !bres.OK() {
 		ev.cmd(bres)
-		return Fail, fmt.Sprintf("reading the guest's counters: %v\n\n%s", errOr(err, bres), ev)
+		return Fail, fmt.Sprintf("reading the guest's counters: %v\n\n%s", errOr(nil, bres), ev)
 	}
+	before := parseUDPState(stateOut)
 
 	type result struct {
 		sweep      udpSweep
@@ -582,48 +664,89 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 		passed     int64 // to the guest (INPUT) or through it (FORWARD)
 		passedIn   int64
 		rate       int
+		took       time.Duration
 		err        error
+		base       udpState  // the counters this sweep's are counted from
+		end        *udpState // and to (nil: the reading after every sweep)
 	}
 	var results []result
-	// Each reading of the counters after a sweep (or an attempt) is the
-	// next one's baseline: the sweeps' counting rules are their own (source
-	// address and port), and a reading is an SSH command of six iptables
-	// listings (about a second under TCG); the last is the run's "after".
-	prev, prevRes := before, bres
+	// The counters are read once before the sweeps and once after them
+	// all: each sweep has counting rules of its own (source address and
+	// port, per family), which nothing else sends to, so the one reading
+	// after is every sweep's "after". Except the sweep from source port 67
+	// (the DHCP server's replies count there too): it runs first and is
+	// counted to a reading right after it, its window as short as before.
+	// Between the sweeps only the drain's count of the sweep's own
+	// raw-PREROUTING rule is read (one iptables listing, as before): it
+	// says whether every probe arrived. A sweep that lost probes is sent
+	// again, slower, counted from a full reading taken before the re-send.
+	// (A full reading, six iptables listings, took about a second under
+	// TCG after each sweep.)
 	for _, s := range sweeps {
+		shared := !s.Src.Is6() && s.Sport == 67
 		rate := udpSweepRate
+		base := before
 		var r result
 		for attempt := 0; attempt < 2; attempt++ {
-			b0 := prev
 			t0 := time.Now()
 			n, err := sendUDPSweep(ctx, c.in.link.Netns, s, rate)
 			if ctx.Err() != nil {
 				return Skip, "interrupted"
 			}
-			if err == nil {
-				c.udpDrainWait(ctx, s, b0.tagged(s.ipt(), s.tag("seen")), int64(n))
+			r = result{sweep: s, sent: int64(n), rate: rate, err: err, base: base}
+			if err != nil {
+				r.took = time.Since(t0)
+				break
 			}
-			b1, b1res, err2 := c.udpState(ctx)
+			seen, known := c.udpDrainWait(ctx, s, base.tagged(s.ipt(), s.tag("seen")), int64(n))
+			r.took = time.Since(t0)
+			if known && seen >= int64(n) && !shared {
+				break
+			}
+			// Lost on the way, or the drain could not count, or the sweep
+			// from port 67: the full counters decide (and are the 67
+			// sweep's end, and a re-send's baseline).
+			b1, _, err2 := c.udpState(ctx)
 			if err2 != nil {
 				return Fail, err2.Error()
 			}
-			prev, prevRes = b1, b1res
-			r = result{sweep: s, sent: int64(n), rate: rate, err: err,
-				seen:     b1.tagged(s.ipt(), s.tag("seen")) - b0.tagged(s.ipt(), s.tag("seen")),
-				passedIn: b1.tagged(s.ipt(), s.tag("passed-input")) - b0.tagged(s.ipt(), s.tag("passed-input"))}
-			r.passed = r.passedIn + b1.tagged(s.ipt(), s.tag("passed-forward")) - b0.tagged(s.ipt(), s.tag("passed-forward"))
-			c.r.logf("%s: UDP sweep %s: sent %d in %s, the guest saw %d, %d passed its firewall", c.in.name(), s, n, time.Since(t0).Round(time.Millisecond), r.seen, r.passed)
-			if err != nil || r.seen >= r.sent {
+			r.end = &b1
+			if b1.tagged(s.ipt(), s.tag("seen"))-base.tagged(s.ipt(), s.tag("seen")) >= int64(n) || attempt == 1 {
 				break
 			}
+			c.r.logf("%s: UDP sweep %s: sent %d in %s, the guest saw %d: sending it again at %d/s", c.in.name(), s, n, r.took.Round(time.Millisecond), b1.tagged(s.ipt(), s.tag("seen"))-base.tagged(s.ipt(), s.tag("seen")), udpSlowRate)
+			base = b1
 			rate = udpSlowRate // lost on the way: once more, slower
 		}
 		results = append(results, r)
 	}
-	after, ares := prev, prevRes
-	logRes, err := c.in.sudo(ctx, "dmesg 2>/dev/null | grep -F "+shellQuote(udpTag+": ")+" | tail -n 2000 || journalctl -k -q --no-pager -g "+shellQuote(udpTag)+" | tail -n 2000")
+	// One command: the counters after the sweeps, the kernel log, verify's
+	// rules removed.
+	tFin := time.Now()
+	fin, err := c.in.sudo(ctx, udpFinishScript(sweeps, udpTag))
 	if err != nil {
 		return Fail, err.Error()
+	}
+	c.r.logf("%s: network.udp: first command (sockets, rules, counters) %s, last (counters, log, rules removed) %s", c.in.name(), dSetup.Round(100*time.Millisecond), time.Since(tFin).Round(100*time.Millisecond))
+	stateAfter, logOut, finOK, rm := udpFinishParts(fin.Stdout)
+	removed = rm
+	ares := cmdResult{Cmd: udpStateScript, Stdout: stateAfter, Stderr: fin.Stderr, Exit: fin.Exit}
+	if !finOK {
+		ev.cmd(ares)
+		return Fail, fmt.Sprintf("reading the guest's counters after the sweeps: %v\n\n%s", errOr(nil, ares), ev)
+	}
+	after := parseUDPState(stateAfter)
+	logRes := cmdResult{Cmd: probeLogScript(udpTag), Stdout: logOut}
+	for i := range results {
+		r := &results[i]
+		s, b, e := r.sweep, r.base, &after
+		if r.end != nil {
+			e = r.end
+		}
+		r.seen = e.tagged(s.ipt(), s.tag("seen")) - b.tagged(s.ipt(), s.tag("seen"))
+		r.passedIn = e.tagged(s.ipt(), s.tag("passed-input")) - b.tagged(s.ipt(), s.tag("passed-input"))
+		r.passed = r.passedIn + e.tagged(s.ipt(), s.tag("passed-forward")) - b.tagged(s.ipt(), s.tag("passed-forward"))
+		c.r.logf("%s: UDP sweep %s: sent %d in %s, the guest saw %d, %d passed its firewall", c.in.name(), s, r.sent, r.took.Round(time.Millisecond), r.seen, r.passed)
 	}
 	passes := parseUDPLog(logRes.Stdout)
 

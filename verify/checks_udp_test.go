@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bakeimg/bake/internal/testenv"
 )
 
 func TestParseUDPState(t *testing.T) {
@@ -310,5 +312,75 @@ func TestProbeLogTCP(t *testing.T) {
 	a := NmapCountedArgs(netip.MustParseAddr("fd77::5"), netip.MustParseAddr("fd77::1"), "tap0", 31234, 10000)
 	if strings.Join(a, " ") != "nmap -p- -Pn -n -sS -T4 -e tap0 -S fd77::1 --send-ip -g 31234 --max-retries 0 --min-rate 10000 --reason -oX - -6 fd77::5" {
 		t.Errorf("args %q", a)
+	}
+}
+
+// network.udp's first and last guest commands, each several that were
+// separate SSH commands: run with a fake iptables/ip6tables (recording
+// every call, listing a counting rule) and dmesg.
+func TestUDPSetupAndFinishScripts(t *testing.T) {
+	testenv.NeedTools(t, "sh", "grep", "tail", "cat")
+	sweeps := []udpSweep{
+		{Src: netip.MustParseAddr("10.77.0.1"), Dst: netip.MustParseAddr("10.77.0.50"), Sport: 67},
+		{Src: netip.MustParseAddr("10.77.0.1"), Dst: netip.MustParseAddr("10.77.0.50"), Sport: 45678},
+		{Src: netip.MustParseAddr("fd77::1"), Dst: netip.MustParseAddr("fd77::50"), Sport: 45678},
+	}
+	for _, failAdd := range []bool{false, true} {
+		dir := t.TempDir()
+		log := filepath.Join(dir, "calls")
+		fail := ""
+		if failAdd {
+			fail = "case \"$*\" in *' -A INPUT '*) echo \"iptables: No chain/target/match by that name.\" >&2; exit 1;; esac\n"
+		}
+		ipt := "#!/bin/sh\necho \"$(basename $0) $*\" >>" + log + "\n" + fail +
+			"case \"$*\" in *' -L'*) echo 'Chain PREROUTING (policy ACCEPT 70000 packets, 1 bytes)'; echo ' pkts bytes target prot opt in out source destination'; echo '65535 2883540 all -- * * 10.77.0.1 0.0.0.0/0 udp spt:67 /* bake-verify-udp-seen-67 */';; esac\n"
+		for _, n := range []string{"iptables", "ip6tables"} {
+			os.WriteFile(filepath.Join(dir, n), []byte(ipt), 0o755)
+		}
+		os.WriteFile(filepath.Join(dir, "dmesg"), []byte("#!/bin/sh\necho '[1.0] bake-verify-udp: IN=ens3 OUT= SRC=10.77.0.1 DST=10.77.0.50 LEN=43 PROTO=UDP SPT=67 DPT=68 LEN=23'\necho '[1.1] other line'\n"), 0o755)
+		run := func(script string) (string, error) {
+			cmd := exec.Command("sh", "-c", script)
+			cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+			out, err := cmd.Output()
+			return string(out), err
+		}
+		out, err := run(udpSetupScript(sweeps))
+		socks, rules, state, ok := udpSetupParts(out)
+		if !strings.Contains(socks, "== udp6\n") || strings.Contains(socks, "== snmp") {
+			t.Errorf("the sockets part: %q", socks)
+		}
+		calls, _ := os.ReadFile(log)
+		if failAdd {
+			if err == nil || ok || !strings.Contains(rules, "No chain") || strings.Contains(string(calls), " -L ") {
+				t.Errorf("a rule failing: err %v ok %v rules %q calls\n%s", err, ok, rules, calls)
+			}
+			continue
+		}
+		st := parseUDPState(state)
+		if err != nil || !ok || st.snmp["Udp.InDatagrams"] == 0 && st.snmp["Ip.InReceives"] == 0 || st.tagged("iptables", "bake-verify-udp-seen-67") != 65535*3 {
+			t.Errorf("err %v ok %v, state %+v\n%s", err, ok, st.snmp, state)
+		}
+		if want := strings.Count(udpRulesScript(sweeps, false), "\n"); strings.Count(string(calls), " -w -t raw -I ")+strings.Count(string(calls), " -w -t security -A ") != want {
+			t.Errorf("%d rules wanted, calls:\n%s", want, calls)
+		}
+		os.Remove(log)
+		out, err = run(udpFinishScript(sweeps, udpTag))
+		state, logOut, ok, removed := udpFinishParts(out)
+		calls, _ = os.ReadFile(log)
+		if err != nil || !ok || !removed || parseUDPState(state).tagged("ip6tables", "bake-verify-udp-seen-67") != 65535*3 {
+			t.Errorf("finish: err %v ok %v removed %v\n%s", err, ok, removed, out)
+		}
+		if p := parseUDPLog(logOut); len(p) != 1 || p[0].Dport != 68 || strings.Contains(logOut, "other line") {
+			t.Errorf("the log part %q: %+v", logOut, p)
+		}
+		if want := strings.Count(udpRulesScript(sweeps, true), "\n"); strings.Count(string(calls), " -D ") != want {
+			t.Errorf("%d removals wanted, calls:\n%s", want, calls)
+		}
+	}
+	if _, _, _, ok := udpSetupParts("== tcp\n"); ok {
+		t.Error("udpSetupParts: no marker, ok")
+	}
+	if _, _, ok, removed := udpFinishParts("== snmp\n"); ok || removed {
+		t.Error("udpFinishParts: no marker, ok")
 	}
 }

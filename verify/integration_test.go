@@ -105,6 +105,25 @@ func TestSendSYNDetectsRouteLocalnet(t *testing.T) {
 	if len(ans) == 0 || ans[0].Flags != "RST" {
 		t.Fatalf("control: answers %v, want an RST from 10.99.0.2", ans)
 	}
+	// loopback-via-mac's control: a listening port's SYN-ACK ends the
+	// wait at once (sendSYNUntil with hasSYNACK), not after its 4 s.
+	var ln2 net.Listener
+	if err := inNetns(b, func() error {
+		var err error
+		ln2, err = net.Listen("tcp4", "10.99.0.2:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	t0 := time.Now()
+	ans, err = sendSYNUntil(a, "va", bMAC, src, netip.MustParseAddr("10.99.0.2"), ln2.Addr().(*net.TCPAddr).Port, 2, 4*time.Second, hasSYNACK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); !hasSYNACK(ans) || d > 2*time.Second {
+		t.Fatalf("control with a listener: answers %v after %s, want a SYN-ACK at once", ans, d)
+	}
 	// Docker with userland-proxy false sets route_localnet=1: the hole.
 	sysctlIn(t, b, "net.ipv4.conf.all.route_localnet", "1")
 	sysctlIn(t, b, "net.ipv4.conf.vb.route_localnet", "1")

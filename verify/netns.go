@@ -45,6 +45,13 @@ func (a synAnswer) String() string { return a.Flags + " from " + a.From.String()
 // sends the SYN tries times, a second apart. This is the only way to send
 // a packet to 127.0.0.1 *through a NIC*: the kernel would never route one.
 func sendSYN(ns, ifname string, dstMAC net.HardwareAddr, src, dst netip.Addr, dport int, tries int, wait time.Duration) ([]synAnswer, error) {
+	return sendSYNUntil(ns, ifname, dstMAC, src, dst, dport, tries, wait, nil)
+}
+
+// sendSYNUntil is sendSYN that returns as soon as done (if not nil) says
+// the answers so far are enough (a control that needs one SYN-ACK); it
+// waits the whole wait otherwise, as sendSYN does.
+func sendSYNUntil(ns, ifname string, dstMAC net.HardwareAddr, src, dst netip.Addr, dport int, tries int, wait time.Duration, done func([]synAnswer) bool) ([]synAnswer, error) {
 	var answers []synAnswer
 	err := inNetns(ns, func() error {
 		ifi, err := net.InterfaceByName(ifname)
@@ -109,6 +116,9 @@ func sendSYN(ns, ifname string, dstMAC net.HardwareAddr, src, dst netip.Addr, dp
 			if a, ok := parseSYNAnswer(buf[:n], sport, dport); ok && !seen[a] {
 				seen[a] = true
 				answers = append(answers, a)
+				if done != nil && done(answers) {
+					return nil
+				}
 			}
 		}
 	})

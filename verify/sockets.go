@@ -65,8 +65,11 @@ func procAddr(s string) (netip.AddrPort, bool) {
 	return netip.AddrPortFrom(a.Unmap(), uint16(port)), true
 }
 
+// socketsScript prints /proc/net/{tcp,tcp6,udp,udp6} for parseProcNet.
+const socketsScript = "for f in tcp tcp6 udp udp6; do echo \"== $f\"; cat /proc/net/$f 2>/dev/null; done"
+
 func (c *checker) sockets(ctx context.Context) ([]listener, cmdResult, error) {
-	res, err := c.in.sudo(ctx, "for f in tcp tcp6 udp udp6; do echo \"== $f\"; cat /proc/net/$f 2>/dev/null; done")
+	res, err := c.in.sudo(ctx, socketsScript)
 	if err != nil {
 		return nil, res, err
 	}

@@ -1,0 +1,100 @@
+package verify
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bakeimg/bake/internal/testenv"
+)
+
+// gateway.listen's one guest command (were four): run with a fake docker,
+// a listener on 127.0.0.1 standing for the gateway and nothing on
+// 127.0.0.2 standing for the guest's own address.
+func TestGatewayListenScript(t *testing.T) {
+	testenv.NeedTools(t, "sh", "bash", "timeout", "cat")
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	for _, tc := range []struct {
+		docker string
+		rc     int
+	}{
+		{`echo '{"18789/tcp":[{"HostIp":"127.0.0.1","HostPort":"18789"}]}'`, 0},
+		{`echo "Error: No such object: $4" >&2; exit 1`, 1},
+	} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "docker"), []byte("#!/bin/sh\n"+tc.docker+"\n"), 0o755)
+		cmd := exec.Command("sh", "-c", gatewayListenScript("openclaw-gateway", port, "127.0.0.2"))
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		inspect, rc, socks, loop, own, ok := gatewayListenParts(string(out), true)
+		if !ok || rc != tc.rc || (rc == 0) != strings.Contains(inspect, `"HostIp":"127.0.0.1"`) || strings.Contains(inspect, "inspect-rc") {
+			t.Errorf("inspect %q rc %d ok %v\n%s", inspect, rc, ok, out)
+		}
+		found := false
+		for _, s := range parseProcNet(socks) {
+			if s.Proto == "tcp" && int(s.Addr.Port()) == port {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("the listener on port %d is not in the sockets part", port)
+		}
+		if !strings.Contains(loop, "connected") || strings.Contains(own, "connected") || own == "" {
+			t.Errorf("loopback %q, own address %q", loop, own)
+		}
+	}
+	if _, _, _, _, _, ok := gatewayListenParts("inspect-rc=0\n@@bake-verify-sockets@@\n", false); ok {
+		t.Error("gatewayListenParts: cut short, ok")
+	}
+	if _, _, _, loop, own, ok := gatewayListenParts("x\ninspect-rc=0\n@@bake-verify-sockets@@\n@@bake-verify-loopback@@\nconnected\n", false); !ok || loop != "connected\n" || own != "" {
+		t.Errorf("gatewayListenParts without the own address: %q %q %v", loop, own, ok)
+	}
+}
+
+// gateway.process's one docker inspect: the state line as before, the
+// ID for the cgroup, the main PID when no cgroup is found.
+func TestGatewayProcessScript(t *testing.T) {
+	testenv.NeedTools(t, "sh", "find", "sort", "sed", "cat")
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	os.WriteFile(filepath.Join(dir, "docker"), []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\necho 'c0ffee1234nocgroupmatches status=running pid=4242 user=999:999 restarts=0'\n"), 0o755)
+	cmd := exec.Command("sh", "-c", gatewayProcessScript("openclaw-gateway")+"\necho \"id=$id pids=$pids\"")
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "status=running pid=4242 user=999:999 restarts=0\nid=c0ffee1234nocgroupmatches pids=4242\n"; string(out) != want {
+		t.Errorf("output %q, want %q", out, want)
+	}
+	if b, _ := os.ReadFile(calls); strings.Count(string(b), "\n") != 1 {
+		t.Errorf("docker called: %q", b)
+	}
+	// No container: exit 3, as before.
+	os.WriteFile(filepath.Join(dir, "docker"), []byte("#!/bin/sh\necho 'Error: No such object' >&2\nexit 1\n"), 0o755)
+	cmd = exec.Command("sh", "-c", gatewayProcessScript("openclaw-gateway"))
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 3 {
+		t.Errorf("no container: %v", err)
+	}
+}
