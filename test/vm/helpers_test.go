@@ -236,8 +236,13 @@ func firstPhase(t *testing.T, hostState bool) {
 	t.Cleanup(phase1.Done)
 	t.Parallel()
 	if hostState {
+		t0 := time.Now()
 		hostStateMu.Lock()
 		t.Cleanup(hostStateMu.Unlock)
+		// As parallel's: testreport takes the wait out of t's time.
+		if d := time.Since(t0); d > time.Second {
+			t.Logf("waited %s for a VM slot", since(t0))
+		}
 	}
 }
 
