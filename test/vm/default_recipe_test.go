@@ -41,8 +41,10 @@ import (
 // the reboot, and UEFI is booted by the other appliance tests; this one is
 // about the real gateway.
 //
-// Alone, not beside another VM test (see the package doc), with verify's
-// own choice of two vCPUs: the real gateway under TCG is the most
+// In the first phase (firstPhase, the package doc): beside no other
+// appliance test, only the light interrupt tests, one at a time (a
+// build's first minutes and two verify runs of the small boot-test image
+// stopped within a minute), with verify's own choice of two vCPUs: the real gateway under TCG is the most
 // load-sensitive thing here. Beside TestCloudApplianceVerify's two OVMF
 // VMs its `openclaw gateway health` client once took more than the 2
 // minutes verify then allowed per call (gateway.auth's calls are bounded
@@ -50,8 +52,10 @@ import (
 // vCPU on a host loaded far past its two cores (session 6, helpers'
 // builds beside the CI run), the gateway never got past its state
 // migrations within 15 minutes ("Migration step ... refused execution",
-// health unhealthy). It runs alone until it starts faster.
+// health unhealthy). It shares the host with nothing heavier until it
+// starts faster.
 func TestDefaultRecipe(t *testing.T) {
+	firstPhase(t, false)
 	requireTools(t, "mmdebstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64", "go", "npm", "nmap", "dnsmasq")
 	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)
 	defer cancel()

@@ -6,11 +6,14 @@
 //
 // Two phases, to keep `make test` inside CI's time on a 2-core machine
 // where each VM runs in software emulation:
-//   - first, one at a time: the tests that compare the host's mounts,
-//     processes or network namespaces before and after (a build
-//     interrupted, a verify interrupted or killed), and TestDefaultRecipe
-//     (the real gateway under TCG is too load-sensitive to share the
-//     host);
+//   - first, through firstPhase(t): TestDefaultRecipe (the real gateway
+//     under TCG is too load-sensitive to share the host with another
+//     appliance test) and, beside it, one at a time, the light tests that
+//     check what a build interrupted or a verify interrupted or killed
+//     leaves behind (their checks are scoped to their own process trees,
+//     mounts below their own dirs and namespaces named after their own
+//     processes; run alone, they left the second core idle while
+//     TestDefaultRecipe ran: BENCHMARKS.md, "Session 13");
 //   - then every other test, through parallel(t): they only boot,
 //     bake into their own directories and verify, each with its own QEMU,
 //     ports and namespaces named after its process. vmSlots of them run at
@@ -180,6 +183,9 @@ func budgetWeight(t *testing.T) time.Duration {
 // A slot goes to the waiting test with the largest budget (budgetWeight).
 func parallel(t *testing.T) {
 	t.Parallel()
+	t0 := time.Now()
+	// The first phase ends first (firstPhase).
+	phase1.Wait()
 	weight := budgetWeight(t)
 	w := &slotWaiter{name: t.Name(), weight: weight, ready: make(chan struct{})}
 	sched.mu.Lock()
@@ -198,7 +204,6 @@ func parallel(t *testing.T) {
 		}
 	}
 	sched.mu.Unlock()
-	t0 := time.Now()
 	<-w.ready
 	if d := time.Since(t0); d > time.Second {
 		t.Logf("waited %s for a VM slot", since(t0))
@@ -209,6 +214,36 @@ func parallel(t *testing.T) {
 		sched.busy--
 		grantLocked()
 	})
+}
+
+// phase1 counts the first phase's tests still running; every test of
+// parallel(t) waits for it. firstPhase's Add runs in a test's sequential
+// part, before t.Parallel: go test runs every top-level test's sequential
+// part before it lets any parallel one go on, so no Wait can start before
+// the last Add (and with none, as under -run of phase-2 tests only, it
+// returns at once).
+var (
+	phase1      sync.WaitGroup
+	hostStateMu sync.Mutex
+)
+
+// firstPhase runs t in the first phase, before every test of parallel(t):
+// TestDefaultRecipe (hostState false) beside the tests whose point is
+// what an interrupted build or verify leaves on the host (hostState true),
+// which run one at a time among themselves.
+func firstPhase(t *testing.T, hostState bool) {
+	phase1.Add(1)
+	t.Cleanup(phase1.Done)
+	t.Parallel()
+	if hostState {
+		t0 := time.Now()
+		hostStateMu.Lock()
+		t.Cleanup(hostStateMu.Unlock)
+		// As parallel's: testreport takes the wait out of t's time.
+		if d := time.Since(t0); d > time.Second {
+			t.Logf("waited %s for a VM slot", since(t0))
+		}
+	}
 }
 
 var gatherClosed = make(chan struct{})

@@ -79,6 +79,7 @@ func anyDescendant(pid int) []int {
 // no mount remains anywhere, no process of the build survives, nothing
 // appears at the output path, and a following build succeeds.
 func TestInterruptedBuildLeavesNothing(t *testing.T) {
+	firstPhase(t, true)
 	requireTools(t, "mmdebstrap")
 	bin := bake(t)
 	out := t.TempDir()

@@ -301,6 +301,7 @@ var verifyCPURE = regexp.MustCompile(`verify: bios-0: QEMU \(pid \d+\) exited af
 // TestVerifyInterrupted: Ctrl-C while the VM boots stops bake verify at
 // once with status 130, a report saying so, and nothing left behind.
 func TestVerifyInterrupted(t *testing.T) {
+	firstPhase(t, true)
 	dir := bootImage(t)
 	requireTools(t, "dnsmasq", "ip")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -311,7 +312,7 @@ func TestVerifyInterrupted(t *testing.T) {
 		if strings.Contains(line, "QEMU pid") {
 			once.Do(func() { close(started) })
 		}
-	}, filepath.Join(dir, "boottest.qcow2"), "--cpus", "0") // verify's own choice: this test runs alone
+	}, filepath.Join(dir, "boottest.qcow2"), "--cpus", "0") // verify's own choice
 	select {
 	case <-started:
 	case <-ctx.Done():
@@ -339,6 +340,7 @@ func TestVerifyInterrupted(t *testing.T) {
 // The next run here is one that stops at once (an image qemu-img cannot
 // read, exit 2): the cleanup comes first, whatever the run turns out to be.
 func TestVerifyKilled(t *testing.T) {
+	firstPhase(t, true)
 	dir := bootImage(t)
 	requireTools(t, "dnsmasq", "ip")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
