@@ -153,14 +153,7 @@ func (c *checker) countedScan(ctx context.Context, targets []netip.Addr, ev *evi
 	// before the scan; one reads them after it, with the kernel log, and
 	// removes the rules (or the deferred removal does).
 	removed := false
-	defer func() {
-		if removed {
-			return
-		}
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
-	}()
+	defer c.removeCountingRules(ctx, sweeps, &removed)
 	setup, err := c.in.sudo(ctx, countingSetupScript(sweeps))
 	if err != nil {
 		return nil, fmt.Sprintf("could not add verify's counting rules in the guest: %v", err)

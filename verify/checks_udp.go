@@ -514,6 +514,18 @@ func (c *checker) udpDrainWait(ctx context.Context, s udpSweep, seen0, want int6
 	return got, ok
 }
 
+// removeCountingRules removes verify's counting rules of sweeps from the
+// guest unless *removed (the check's last command removed them): deferred
+// by network.udp and network.scan, so that the rules go whatever happens.
+func (c *checker) removeCountingRules(ctx context.Context, sweeps []udpSweep, removed *bool) {
+	if *removed {
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
+}
+
 // Markers between the parts of network.udp's combined guest commands.
 const (
 	udpMarkRules = "@@bake-verify-udp-rules@@"
@@ -603,14 +615,7 @@ func (c *checker) udpExposure(ctx context.Context) (Status, string) {
 	// added, the counters before the sweeps. The rules are removed
 	// whatever happens (by the last command, or here).
 	removed := false
-	defer func() {
-		if removed {
-			return
-		}
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		c.in.sudo(dctx, udpRulesScript(sweeps, true)+"true")
-	}()
+	defer c.removeCountingRules(ctx, sweeps, &removed)
 	tSetup := time.Now()
 	setup, err := c.in.sudo(ctx, udpSetupScript(sweeps))
 	if err != nil {
