@@ -28,6 +28,7 @@ package vm
 import (
 	"fmt"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -58,6 +59,39 @@ const (
 	IfVirtio = "virtio" // virtio-blk-pci
 	IfCDROM  = "cdrom"  // ide-cd on the q35 AHCI controller
 )
+
+// Config.HostTHP values.
+const (
+	THPAuto = ""
+	THPOn   = "on"
+	THPOff  = "off"
+)
+
+// thpDisabled says whether QEMU runs with the host's transparent huge
+// pages off, for c (Accel already resolved to kvm or tcg). Under TCG
+// they are off by default: every 2 MiB huge page QEMU's first touch
+// allocates is zeroed at once, and on a host that is itself a VM (CI
+// runners, cloud machines), whose hypervisor took back the host's free
+// 2 MiB blocks (free page reporting), each of those touches faults the
+// whole block in again. Measured (BENCHMARKS.md, "Host huge pages"):
+// clear_page under huge-page faults was 6% of all the CPU of the VM tier,
+// and the test appliance's first boot used 54-55 s of CPU to its SSH
+// login with them off, 65-71 s with them on. Under KVM huge pages back
+// the guest's memory in the second-level page tables, which is where
+// they pay: kept.
+func thpDisabled(c Config) bool {
+	v := c.HostTHP
+	if v == THPAuto {
+		v = os.Getenv("BAKE_VM_THP")
+	}
+	switch v {
+	case THPOn:
+		return false
+	case THPOff:
+		return true
+	}
+	return c.Accel == AccelTCG
+}
 
 // Defaults used when a Config leaves the field empty.
 const (
@@ -137,6 +171,13 @@ type Config struct {
 
 	MemoryMiB int // DefaultMemoryMiB when 0
 	CPUs      int // DefaultCPUs when 0
+	// HostTHP is whether QEMU's memory (the guest's RAM, TCG's code
+	// buffer) may use the host's transparent huge pages: THPAuto (""),
+	// THPOn or THPOff. Auto is off under TCG, the kernel's default under
+	// KVM; BAKE_VM_THP=on|off overrides auto. Only a QEMU started
+	// through the init (bake as root) is told (prctl
+	// PR_SET_THP_DISABLE, which QEMU inherits): see thpDisabled.
+	HostTHP string
 
 	NICModel   string // "virtio-net-pci" (default), "e1000" or "e1000e"
 	NICPCIAddr string // optional PCI slot on the root bus, e.g. "0x7" or "0x7.0"

@@ -327,3 +327,24 @@ func TestCmdlineOutbound(t *testing.T) {
 		}
 	}
 }
+
+func TestThpDisabled(t *testing.T) {
+	for _, c := range []struct {
+		accel, thp, env string
+		off             bool
+	}{
+		{AccelTCG, THPAuto, "", true},
+		{AccelKVM, THPAuto, "", false},
+		{AccelTCG, THPOn, "", false},
+		{AccelKVM, THPOff, "", true},
+		{AccelTCG, THPAuto, "on", false},
+		{AccelKVM, THPAuto, "off", true},
+		{AccelTCG, THPOn, "off", false}, // the Config's own choice wins
+		{AccelTCG, THPAuto, "bogus", true},
+	} {
+		t.Setenv("BAKE_VM_THP", c.env)
+		if got := thpDisabled(Config{Accel: c.accel, HostTHP: c.thp}); got != c.off {
+			t.Errorf("accel %s, HostTHP %q, BAKE_VM_THP %q: off %v, want %v", c.accel, c.thp, c.env, got, c.off)
+		}
+	}
+}

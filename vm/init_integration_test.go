@@ -67,7 +67,7 @@ echo "cwd: $(pwd)"
 	if _, err := unix.FcntlInt(leak.Fd(), unix.F_SETFD, 0); err != nil {
 		t.Fatal(err)
 	}
-	cmd, lifeR, lifeW, err := initCommand([]string{"/bin/sh", "-c", script}, uid, gid, p.files)
+	cmd, lifeR, lifeW, err := initCommand([]string{"/bin/sh", "-c", script}, uid, gid, p.files, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,5 +111,43 @@ echo "cwd: $(pwd)"
 	}
 	if procs < 2 || procs > 8 {
 		t.Errorf("the /proc QEMU sees lists %d processes, want its namespace's few (init, sh, a pipeline)", procs)
+	}
+}
+
+// The init turns the host's transparent huge pages off for what it starts
+// when Start asks (Config.HostTHP: off under TCG), and leaves the kernel's
+// default otherwise: the flag QEMU's own /proc status shows.
+func TestInitHostTHP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (run the integration tier as root)")
+	}
+	if b, err := os.ReadFile("/proc/self/status"); err != nil || !strings.Contains(string(b), "\nTHP_enabled:\t1\n") {
+		t.Fatalf("this process's THP_enabled is not 1 (kernel before 5.0, or turned off by whatever started the test): %v", err)
+	}
+	for _, noTHP := range []bool{true, false} {
+		cmd, lifeR, lifeW, err := initCommand([]string{"/bin/grep", "^THP_enabled:", "/proc/self/status"}, -1, -1, nil, noTHP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		child, err := execx.StartPinned(cmd)
+		lifeR.Close()
+		if err != nil {
+			lifeW.Close()
+			t.Fatal(err)
+		}
+		err = child.Wait()
+		lifeW.Close()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		want := "THP_enabled:\t1\n"
+		if noTHP {
+			want = "THP_enabled:\t0\n"
+		}
+		if out.String() != want {
+			t.Errorf("noTHP %v: the child's status says %q, want %q", noTHP, out.String(), want)
+		}
 	}
 }

@@ -52,6 +52,9 @@ const (
 	// on to QEMU (at the same numbers, from firstFD).
 	initCredEnv = "BAKE_VM_INIT_CRED"
 	initFDsEnv  = "BAKE_VM_INIT_FDS"
+	// initNoTHPEnv ("1"): the init turns the host's transparent huge
+	// pages off for itself, and so for QEMU (Config.HostTHP).
+	initNoTHPEnv = "BAKE_VM_INIT_NOTHP"
 	// initExitSetup is the init's exit status when it could not start
 	// QEMU at all (its reason is on stderr: QEMU's log).
 	initExitSetup = 126
@@ -80,10 +83,11 @@ func runInit(argv []string) int {
 	// and forwarded once it does.
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
-	cred, nfds := os.Getenv(initCredEnv), os.Getenv(initFDsEnv)
+	cred, nfds, noTHP := os.Getenv(initCredEnv), os.Getenv(initFDsEnv), os.Getenv(initNoTHPEnv) == "1"
 	os.Unsetenv(initEnv)
 	os.Unsetenv(initCredEnv)
 	os.Unsetenv(initFDsEnv)
+	os.Unsetenv(initNoTHPEnv)
 	if os.Getpid() != 1 {
 		return fail("pid %d: not PID 1 of a new PID namespace; refusing to start %s", os.Getpid(), argv[0])
 	}
@@ -148,6 +152,13 @@ func runInit(argv []string) int {
 		// The account cannot enter bake's temp dir (the init's cwd).
 		cmd.Dir = "/"
 	}
+	if noTHP {
+		// A flag of the process's memory, kept by fork and execve: QEMU
+		// starts with it.
+		if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+			return fail("turning transparent huge pages off: %v; refusing to start %s", err, argv[0])
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		return fail("%v", err)
 	}
@@ -192,7 +203,8 @@ func runInit(argv []string) int {
 //
 // With uid > 0 the init starts argv as uid:gid with no capability and
 // no_new_privs, passing on files at descriptors firstFD, firstFD+1, ...
-func initCommand(argv []string, uid, gid int, files []*os.File) (cmd *exec.Cmd, lifeR, lifeW *os.File, err error) {
+// With noTHP argv starts with the host's transparent huge pages off.
+func initCommand(argv []string, uid, gid int, files []*os.File, noTHP bool) (cmd *exec.Cmd, lifeR, lifeW *os.File, err error) {
 	lifeR, lifeW, err = os.Pipe()
 	if err != nil {
 		return nil, nil, nil, err
@@ -202,6 +214,9 @@ func initCommand(argv []string, uid, gid int, files []*os.File) (cmd *exec.Cmd, 
 	cmd = exec.Command("/proc/self/exe")
 	cmd.Args = append([]string{initArg0}, argv...)
 	cmd.Env = append(os.Environ(), initEnv+"=1")
+	if noTHP {
+		cmd.Env = append(cmd.Env, initNoTHPEnv+"=1")
+	}
 	cmd.ExtraFiles = []*os.File{lifeR}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWPID,

@@ -258,7 +258,7 @@ func Start(ctx context.Context, c Config) (_ *VM, err error) {
 		if plan != nil {
 			files = plan.files
 		}
-		if cmd, lifeR, v.lifeline, err = initCommand(args, wantUID, wantGID, files); err != nil {
+		if cmd, lifeR, v.lifeline, err = initCommand(args, wantUID, wantGID, files, thpDisabled(c)); err != nil {
 			plan.closeAll()
 			serialf.Close()
 			qlogf.Close()

@@ -133,6 +133,13 @@ func TestBootBIOSUserNet(t *testing.T) {
 	}
 	t.Cleanup(func() { v.Stop() })
 	t.Logf("accel %s, argv: %s", v.Config.Accel, strings.Join(v.Args, " "))
+	// Under TCG QEMU runs with the host's transparent huge pages off
+	// (Config.HostTHP), under KVM with the kernel's default.
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", v.PID())); err != nil {
+		t.Errorf("QEMU's status: %v", err)
+	} else if want := map[string]string{AccelTCG: "\nTHP_enabled:\t0\n", AccelKVM: "\nTHP_enabled:\t1\n"}[v.Config.Accel]; !strings.Contains(string(st), want) {
+		t.Errorf("QEMU (pid %d, accel %s): its status lacks %q", v.PID(), v.Config.Accel, want)
+	}
 	if v.Config.Disk == disk || !strings.HasPrefix(v.Config.Disk, v.Dir()) {
 		t.Errorf("snapshot overlay not used: disk %s", v.Config.Disk)
 	}
