@@ -1,11 +1,11 @@
 package builder
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/bakeimg/bake/appliance"
+	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // Manifest is NAME.manifest.json: what went into an image and what came out.
@@ -56,14 +57,20 @@ type ManifestOutput struct {
 	AllocatedBytes int64 `json:"allocated_bytes,omitempty"`
 }
 
+// fileSHA256 hashes an output; a sparse raw's holes are hashed from
+// memory, not read (imgfile.HashSparse).
 func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if err := imgfile.HashSparse(context.Background(), h, f, st.Size()); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

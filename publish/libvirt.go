@@ -173,19 +173,19 @@ func qcow2VirtualSize(f *os.File) (int64, error) {
 	return int64(n), nil
 }
 
-// sha256File hashes a file.
+// sha256File hashes a file (a sparse raw's holes from memory:
+// imgfile.HashSparse).
 func sha256File(path string) (string, int64, error) {
-	f, _, err := imgfile.OpenRegular(path)
+	f, st, err := imgfile.OpenRegular(path)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
+	if err := imgfile.HashSparse(context.Background(), h, f, st.Size()); err != nil {
 		return "", 0, err
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return hex.EncodeToString(h.Sum(nil)), st.Size(), nil
 }
 
 // uploadReader stops an upload when ctx is done and feeds a hash and

@@ -6,14 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bakeimg/bake/internal/imgfile"
 )
@@ -573,7 +570,7 @@ func (s *Scanner) ScanFileRanges(ctx context.Context, path string, within [][2]i
 		return err
 	}
 	defer f.Close()
-	extents, err := dataExtents(f, st.Size())
+	extents, err := imgfile.DataExtents(ctx, f, st.Size())
 	if err != nil {
 		return err
 	}
@@ -606,37 +603,6 @@ func clipExtents(extents, within [][2]int64) [][2]int64 {
 		}
 	}
 	return out
-}
-
-// dataExtents lists [start, end) ranges holding data (SEEK_DATA/SEEK_HOLE),
-// merged when adjacent; the whole file when the filesystem cannot say.
-func dataExtents(f *os.File, size int64) ([][2]int64, error) {
-	fd := int(f.Fd())
-	var out [][2]int64
-	var off int64
-	for off < size {
-		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if err == unix.ENXIO {
-			break // only a hole remains
-		}
-		if err != nil {
-			return [][2]int64{{0, size}}, nil
-		}
-		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-		if err != nil {
-			return [][2]int64{{0, size}}, nil
-		}
-		if n := len(out); n > 0 && out[n-1][1] == start {
-			out[n-1][1] = end
-		} else {
-			out = append(out, [2]int64{start, end})
-		}
-		off = end
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // verdict is the secrets.disk result of a finished scan: Fail when it

@@ -1013,7 +1013,8 @@ func copyTail(src, dst string, max int64) error {
 	return out.Close()
 }
 
-// fileSHA256 hashes a file.
+// fileSHA256 hashes a file (a sparse raw's holes from memory:
+// imgfile.HashSparse).
 func fileSHA256(ctx context.Context, path string) (string, int64, error) {
 	f, st, err := imgfile.OpenRegular(path)
 	if err != nil {
@@ -1021,19 +1022,8 @@ func fileSHA256(ctx context.Context, path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for {
-		if err := ctx.Err(); err != nil {
-			return "", 0, err
-		}
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return "", 0, err
-		}
+	if err := imgfile.HashSparse(ctx, h, f, st.Size()); err != nil {
+		return "", 0, err
 	}
 	return hex.EncodeToString(h.Sum(nil)), st.Size(), nil
 }

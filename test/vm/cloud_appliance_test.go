@@ -44,7 +44,7 @@ func TestCloudApplianceVerify(t *testing.T) {
 	requireTools(t, "nmap", "dnsmasq", "ip", "go", "qemu-img", "qemu-system-x86_64")
 	fx := debianFixture(t)
 	rp := filepath.Join(repoRoot(), cloudApplianceRecipe)
-	baseSum := sha256File(t, fx.path)
+	baseSum := fileSum(t, fx.path)
 	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + baseSum}
 	recipesInStep(t, fx.path, baseSum)
 

@@ -4,10 +4,7 @@ package vmtest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,17 +16,6 @@ import (
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/vm"
 )
-
-func sha256File(t *testing.T, p string) string {
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	io.Copy(h, f)
-	return hex.EncodeToString(h.Sum(nil))
-}
 
 // TestBakeFromCloudImage bakes each cloud-image fixture with a recipe that
 // adds a package, an overlay file with mode and owner, and a user; checks
@@ -75,7 +61,7 @@ files:
 systemd:
   enable: [bake-cloud-report.service]
 outputs: [raw]
-`, fx.path, sha256File(t, fx.path), pkgs)), 0o644)
+`, fx.path, fileSum(t, fx.path), pkgs)), 0o644)
 			out := filepath.Join(dir, "out")
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			defer cancel()

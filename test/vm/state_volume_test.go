@@ -395,7 +395,7 @@ func bakeStateB(t *testing.T, ctx context.Context, work string) (disk, id string
 		t.Fatal(err)
 	}
 	f.Close()
-	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + sha256File(t, fx.path)}
+	baseSets := []string{"--set", "base_image=" + fx.path, "--set", "base_sha256=" + fileSum(t, fx.path)}
 	sets := append(append([]string{}, in.sets...), baseSets...)
 	for i := range sets {
 		if strings.HasPrefix(sets[i], "gateway_image=") {
