@@ -58,9 +58,12 @@ test: deps bake
 	go test -race -count=1 -tags vm -run 'TestLinkChildrenSurviveNetnsSwitches' ./vm/
 	go test -json -count=1 -timeout 10m ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/unit.json -log $(BAKE_TEST_CACHE)/unit-test.log; $(TIER_STATUS)
 	go test -json -count=1 -tags integration -timeout 30m -p 2 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/integration.json -log $(BAKE_TEST_CACHE)/integration-test.log; $(TIER_STATUS)
+	# -p 2: package vm's few short VM tests and every package's unit tests
+	# run beside test/vm's first phase (whose 2 cores are not all busy), not
+	# alone after it.
 	@$(VM_TIMEOUT); \
-	echo "go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET)"; \
-	go test -json -count=1 -tags vm -timeout $$timeout -p 1 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET); $(TIER_STATUS)
+	echo "go test -json -count=1 -tags vm -timeout $$timeout -p 2 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET)"; \
+	go test -json -count=1 -tags vm -timeout $$timeout -p 2 -parallel 64 ./... 2>&1 | $(TESTREPORT) -quick 1s -json $(BAKE_TEST_CACHE)/vm.json -log $(BAKE_TEST_CACHE)/vm-test.log $(VM_BUDGET); $(TIER_STATUS)
 
 unit:
 	go test ./...
