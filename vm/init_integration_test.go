@@ -5,10 +5,12 @@ package vm
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -149,5 +151,79 @@ func TestInitHostTHP(t *testing.T) {
 		if out.String() != want {
 			t.Errorf("noTHP %v: the child's status says %q, want %q", noTHP, out.String(), want)
 		}
+	}
+}
+
+// A file system mounted from a loop device when a VM starts does not stay
+// pinned by the VM's mount namespace: once bake's side unmounts it, the
+// loop device is released while the VM (here a sleep) still runs.
+func TestInitDoesNotPinLoopMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (run the integration tier as root)")
+	}
+	uid, gid, err := runAsUID(DefaultRunAs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := t.TempDir()
+	img, mnt := filepath.Join(d, "fs.img"), filepath.Join(d, "mnt")
+	for _, c := range [][]string{{"truncate", "-s", "32M", img}, {"mkfs.ext4", "-q", img}, {"mkdir", mnt}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	out, err := exec.Command("losetup", "-f", "--show", img).Output()
+	if err != nil {
+		t.Fatalf("losetup: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	backing := filepath.Join("/sys/block", filepath.Base(loop), "loop/backing_file")
+	if out, err := exec.Command("mount", loop, mnt).CombinedOutput(); err != nil {
+		exec.Command("losetup", "-d", loop).Run()
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	// Autoclear: the device goes with its last user.
+	exec.Command("losetup", "-d", loop).Run()
+	mounted := true
+	defer func() {
+		if mounted {
+			exec.Command("umount", mnt).Run()
+		}
+	}()
+
+	cmd, lifeR, lifeW, err := initCommand([]string{"/bin/sh", "-c", "echo started; exec sleep 30"}, uid, gid, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, _ := os.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	child, err := execx.StartPinned(cmd)
+	lifeR.Close()
+	pw.Close()
+	if err != nil {
+		lifeW.Close()
+		t.Fatal(err)
+	}
+	defer func() {
+		lifeW.Close() // the init kills the sleep when bake's end goes
+		child.Wait()
+	}()
+	buf := make([]byte, 64)
+	if n, _ := pr.Read(buf); !strings.Contains(string(buf[:n]), "started") {
+		t.Fatalf("the child did not start: %q", buf[:n])
+	}
+	if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v\n%s", err, out)
+	}
+	mounted = false
+	for i := 0; ; i++ {
+		b, err := os.ReadFile(backing)
+		if err != nil || strings.TrimSpace(string(b)) != img {
+			break // released (or already someone else's)
+		}
+		if i == 50 {
+			t.Fatalf("%s still attached to %s 5 s after the unmount, with the VM's init running", loop, img)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bakeimg/bake/internal/mounts"
 )
 
 // As root, QEMU never holds root: it is started as DefaultRunAs, with no
@@ -125,6 +127,7 @@ func runInit(argv []string) int {
 		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fail("mounting the namespace's /proc: %v; refusing to start %s", err, argv[0])
 		}
+		detachLoopMounts()
 		// The fork below happens on this thread, which gives up what
 		// QEMU must not inherit; the Go child then drops the groups,
 		// gid and uid before it executes QEMU.
@@ -362,4 +365,38 @@ func cloexecFrom(fd int) error {
 		}
 	}
 	return nil
+}
+
+// detachLoopMounts detaches, in the init's own mount namespace, every
+// file system mounted from a loop device. The namespace began as a copy of
+// bake's, taken at whatever moment the VM started: a build beside it that
+// had a disk image mounted (cloudimg's extraction) would otherwise find
+// the copy still holding its loop device, long after its own unmount,
+// until this VM ends (the host's / is often private, as in containers, so
+// no unmount propagates into the copy: seen as "loop device /dev/loop0
+// still attached 60 s after the unmount" in a VM tier run). QEMU never
+// needs them: it gets its files as descriptors. Best effort: a mount that
+// will not go is left, and said on stderr (QEMU's log).
+func detachLoopMounts() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bake-vm-init: reading the mounts: %v\n", err)
+		return
+	}
+	ms, err := mounts.Parse(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bake-vm-init: reading the mounts: %v\n", err)
+		return
+	}
+	// Deepest first: a mount below another goes before it.
+	for i := len(ms) - 1; i >= 0; i-- {
+		m := ms[i]
+		if !strings.HasPrefix(m.Source, "/dev/loop") {
+			continue
+		}
+		if err := unix.Unmount(m.MountPoint, unix.MNT_DETACH); err != nil {
+			fmt.Fprintf(os.Stderr, "bake-vm-init: detaching %s (%s) from the VM's mount namespace: %v\n", m.MountPoint, m.Source, err)
+		}
+	}
 }
