@@ -23,13 +23,7 @@ import (
 // descriptors Start passed at the numbers Cmdline names and no other, a
 // root-only file readable through its memfd copy and not by its path.
 func TestInitStartsUnprivileged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (run the integration tier as root)")
-	}
-	uid, gid, err := runAsUID(DefaultRunAs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	uid, gid := rootAndRunAs(t)
 	d := t.TempDir()
 	if err := os.Chmod(d, 0o700); err != nil {
 		t.Fatal(err)
@@ -158,13 +152,7 @@ func TestInitHostTHP(t *testing.T) {
 // pinned by the VM's mount namespace: once bake's side unmounts it, the
 // loop device is released while the VM (here a sleep) still runs.
 func TestInitDoesNotPinLoopMounts(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (run the integration tier as root)")
-	}
-	uid, gid, err := runAsUID(DefaultRunAs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	uid, gid := rootAndRunAs(t)
 	d := t.TempDir()
 	img, mnt := filepath.Join(d, "fs.img"), filepath.Join(d, "mnt")
 	for _, c := range [][]string{{"truncate", "-s", "32M", img}, {"mkfs.ext4", "-q", img}, {"mkdir", mnt}} {
@@ -226,4 +214,18 @@ func TestInitDoesNotPinLoopMounts(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// rootAndRunAs fails t unless it runs as root, and returns DefaultRunAs's
+// uid and gid (the account the init starts QEMU as).
+func rootAndRunAs(t *testing.T) (uid, gid int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (run the integration tier as root)")
+	}
+	uid, gid, err := runAsUID(DefaultRunAs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uid, gid
 }
