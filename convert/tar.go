@@ -10,7 +10,7 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // Archives bake writes are deterministic: every time is SOURCE_DATE_EPOCH,
@@ -45,31 +45,19 @@ type region struct{ Off, Len int64 }
 // to nothing) so that the map stays short: at most size/minHole + 1
 // regions. When the filesystem cannot say, the whole file is data.
 func dataRegions(ctx context.Context, f *os.File, size, minHole int64) ([]region, error) {
-	fd := int(f.Fd())
+	ext, err := imgfile.DataExtents(ctx, f, size)
+	if err != nil {
+		return nil, err
+	}
 	var out []region
-	for off := int64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if err == unix.ENXIO {
-			break // a hole to the end
-		}
-		if err != nil {
-			return []region{{0, size}}, nil
-		}
-		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-		if err != nil || end <= start {
-			return []region{{0, size}}, nil
-		}
-		start = start / tarBlock * tarBlock
-		end = min(roundUp(end, tarBlock), size)
+	for _, e := range ext {
+		start := e[0] / tarBlock * tarBlock
+		end := min(roundUp(e[1], tarBlock), size)
 		if n := len(out); n > 0 && start-(out[n-1].Off+out[n-1].Len) < minHole {
 			out[n-1].Len = end - out[n-1].Off
 		} else {
 			out = append(out, region{start, end - start})
 		}
-		off = end
 	}
 	return out, nil
 }

@@ -216,7 +216,13 @@ func initCommand(argv []string, uid, gid int, files []*os.File, noTHP bool) (cmd
 	// replaced on disk (a rebuild) since it started.
 	cmd = exec.Command("/proc/self/exe")
 	cmd.Args = append([]string{initArg0}, argv...)
-	cmd.Env = append(os.Environ(), initEnv+"=1")
+	// The init's own variables from Start only, never inherited.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != initEnv && k != initCredEnv && k != initFDsEnv && k != initNoTHPEnv {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, initEnv+"=1")
 	if noTHP {
 		cmd.Env = append(cmd.Env, initNoTHPEnv+"=1")
 	}
