@@ -1,8 +1,9 @@
 //go:build integration
 
 // Integration tests: root, mmdebstrap, npm and network to Debian's archive
-// and the npm registry. Downloads are cached under .cache/oci-downloads in
-// the module (npm's cache keyed by the lockfile), so reruns fetch little.
+// and the npm registry. Downloads are cached in testcache.OCIDownloads()
+// (npm's cache keyed by the lockfile), the directory the VM tier's builds of
+// the default recipe use too, so a run fetches them once.
 //
 //	go test -tags integration -run TestOpenClawGatewayImage -timeout 60m -v ./oci
 //	go test -tags integration -run TestRelock ./oci -args -oci.relock   # rewrite the lockfile
@@ -74,7 +75,7 @@ func TestRelock(t *testing.T) {
 	dir := filepath.Join(moduleRoot(t), "recipes/openclaw-gateway")
 	app := NpmApp{Package: "openclaw", Version: OpenClawVersion}
 	if err := lock(context.Background(), execx.Default, app, dir,
-		filepath.Join(testcache.Dir("oci-downloads"), "npm-lock")); err != nil {
+		filepath.Join(testcache.OCIDownloads(), "npm-lock")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -87,7 +88,7 @@ func TestRecordCompileCacheList(t *testing.T) {
 	}
 	needTools(t, "mmdebstrap", "npm", "unshare", "chroot", "setpriv", "ip")
 	spec := OpenClawGatewaySpec(filepath.Join(moduleRoot(t), "recipes/openclaw-gateway"), integrationEpoch)
-	spec.DownloadDir = testcache.Dir("oci-downloads")
+	spec.DownloadDir = testcache.OCIDownloads()
 	spec.CacheDir = t.TempDir()
 	var log bytes.Buffer
 	if err := RecordCompileCacheList(context.Background(), spec, execx.Host{}, &log); err != nil {
@@ -99,7 +100,7 @@ func TestRecordCompileCacheList(t *testing.T) {
 func TestLockUnknownVersion(t *testing.T) {
 	needTools(t, "npm")
 	err := lock(context.Background(), execx.Default, NpmApp{Package: "openclaw", Version: "1999.1.1"}, t.TempDir(),
-		filepath.Join(testcache.Dir("oci-downloads"), "npm-lock"))
+		filepath.Join(testcache.OCIDownloads(), "npm-lock"))
 	var nf *NotFoundError
 	if !errors.As(err, &nf) || err.Error() != "npm package openclaw@1999.1.1 not found" {
 		t.Fatalf("got %v", err)
@@ -145,7 +146,7 @@ func TestOpenClawGatewayImage(t *testing.T) {
 	t.Logf("build log: %s", logPath)
 
 	spec := OpenClawGatewaySpec(filepath.Join(root, "recipes/openclaw-gateway"), integrationEpoch)
-	spec.DownloadDir = testcache.Dir("oci-downloads")
+	spec.DownloadDir = testcache.OCIDownloads()
 	// The compile cache for the image's own user and for the uid
 	// runGateway runs it as (as the appliance adds its gateway's uid).
 	spec.CompileCache.UIDs = []int{1000, gatewayTestUID}

@@ -322,12 +322,7 @@ func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 
 // cacheDir is shared with `make test` (BAKE_CACHE_DIR) so apt archives are
 // downloaded once per machine.
-func cacheDir() string {
-	if d := os.Getenv("BAKE_CACHE_DIR"); d != "" {
-		return d
-	}
-	return testcache.Dir("bake")
-}
+func cacheDir() string { return testcache.BakeCacheDir() }
 
 // runBake runs the bake binary and returns combined output and exit code.
 func runBake(t *testing.T, ctx context.Context, args ...string) (string, int) {
