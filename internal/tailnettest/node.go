@@ -153,6 +153,21 @@ func (n *Node) Status(ctx context.Context) (*Status, error) {
 	return &s, nil
 }
 
+// HasPeer reports whether the node's netmap lists a peer with the tailnet
+// address addr. A node restarted on its state reports BackendState
+// "Running" before control has sent it a netmap with its peers; until then
+// `tailscale ping` to a peer says "no matching peer".
+func (s *Status) HasPeer(addr netip.Addr) bool {
+	for _, p := range s.Peer {
+		for _, a := range p.TailscaleIPs {
+			if a == addr {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Path is how one node reached another in a `tailscale ping`.
 type Path struct {
 	Direct   bool   // a direct UDP path

@@ -336,11 +336,15 @@ func closedPath(ctx context.Context, t *testing.T, g *guest, cfg tailnettest.Nod
 		}
 		for {
 			s, err := client.Status(ctx)
-			if err == nil && s.BackendState == "Running" {
+			// Running, and the appliance in its netmap: a node
+			// restarted on its state is Running before control's
+			// netmap lists its peers (the ping then finds "no
+			// matching peer").
+			if err == nil && s.BackendState == "Running" && s.HasPeer(addr) {
 				break
 			}
 			if time.Since(t0) > time.Minute {
-				t.Fatalf("the client restarted on port %d is not running: %+v %v\n%s", port, s, err, client.LogTail(30))
+				t.Fatalf("the client restarted on port %d is not running with the appliance (%s) among its peers: %+v %v\n%s", port, addr, s, err, client.LogTail(30))
 			}
 			time.Sleep(time.Second)
 		}
