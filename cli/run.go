@@ -422,7 +422,7 @@ func runVM(_ context.Context, p *runPlan, o *runOptions) (retErr error) {
 	}
 	cpus := p.cpus
 	if cpus == 0 {
-		cpus = verify.AutoCPUs(1, vm.KVMUsable(), runtime.NumCPU(), p.firmware, verify.UEFIOneCPUReboots(""))
+		cpus = verify.AutoCPUs(1, vm.KVMUsable(), runtime.NumCPU(), p.firmware, p.firmware == vm.UEFI && verify.UEFIOneCPUReboots(""))
 	}
 	cfg := vm.Config{
 		Firmware:   p.firmware,

@@ -193,7 +193,7 @@ func Run(ctx context.Context, o Options) *Report {
 	for _, fw := range o.Firmwares {
 		cpus[fw] = o.CPUs
 		if o.CPUs == 0 {
-			cpus[fw] = AutoCPUs(o.Instances, vm.KVMUsable(), runtime.NumCPU(), fw, UEFIOneCPUReboots(""))
+			cpus[fw] = AutoCPUs(o.Instances, vm.KVMUsable(), runtime.NumCPU(), fw, fw == vm.UEFI && UEFIOneCPUReboots(""))
 		}
 	}
 	rep := NewReport(o)
