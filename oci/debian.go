@@ -14,6 +14,7 @@ import (
 	"github.com/bakeimg/bake/internal/apt"
 	"github.com/bakeimg/bake/internal/dpkg"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/flock"
 	"github.com/bakeimg/bake/internal/mounts"
 )
 
@@ -186,6 +187,16 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 		debCache = "" // mmdebstrap's sync hooks cannot quote it
 	} else if err := os.MkdirAll(debCache, 0o755); err != nil {
 		return layerFile{}, info, err
+	} else {
+		// The sync hooks copy .debs in and out of debCache with tar, in
+		// place: a build that synced in while another synced out could
+		// read a half-written .deb. Builds that share the download dir
+		// (make test's two lanes, a user's parallel builds) take turns.
+		unlock, err := flock.Lock(ctx, debCache+".lock")
+		if err != nil {
+			return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
+		}
+		defer unlock()
 	}
 	b.logf("debian layer: mmdebstrap %s %s", d.Suite, strings.Join(d.packages(), " "))
 	args := mmdebstrapArgs(d, sources, apt.HostProxies(ctx, b.runner), debCache, tree)
