@@ -85,12 +85,22 @@ lane1=$!
 set +m
 echo "== lane 1 (pid $lane1): test/vm's first phase, $LANE1, in the background; its output at the end"
 
+# Stopping lane 1: SIGINT to its process group (a Ctrl-C: bake and the
+# tests clean up), SIGTERM after 20 s (an ancestor may have started us with
+# SIGINT ignored, which no child can undo), SIGKILL after 20 s more (QEMU
+# and dnsmasq die with their parents: Pdeathsig).
 stop_lane1() {
-	if kill -0 "$lane1" 2>/dev/null; then
-		echo "== stopping lane 1 (process group $lane1)"
-		kill -INT -- "-$lane1" 2>/dev/null
-		wait "$lane1" 2>/dev/null
-	fi
+	kill -0 "$lane1" 2>/dev/null || return 0
+	echo "== stopping lane 1 (process group $lane1)"
+	local sig i
+	for sig in INT TERM KILL; do
+		kill -"$sig" -- "-$lane1" 2>/dev/null
+		for ((i = 0; i < 20; i++)); do
+			kill -0 "$lane1" 2>/dev/null || break 2
+			sleep 1
+		done
+	done
+	wait "$lane1" 2>/dev/null
 }
 trap 'stop_lane1; exit 130' INT
 trap 'stop_lane1; exit 143' TERM
