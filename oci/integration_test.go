@@ -162,9 +162,17 @@ func TestOpenClawGatewayImage(t *testing.T) {
 		return img, info, time.Since(start)
 	}
 	tmp := t.TempDir()
+	// The builds' own temp files stay in their work dirs: npm 11 under the
+	// image's Node 24 once wrote Node's compile cache to the host's
+	// $TMPDIR/node-compile-cache.
+	hostTmp := t.TempDir()
+	t.Setenv("TMPDIR", hostTmp)
 	cache1, cache2 := filepath.Join(tmp, "cache1"), filepath.Join(tmp, "cache2")
 	img, info1, cold1 := build(cache1)
 	img2, info2, cold2 := build(cache2)
+	if _, err := os.Stat(filepath.Join(hostTmp, "node-compile-cache")); err == nil {
+		t.Errorf("the build wrote Node's compile cache to the host's TMPDIR (%s/node-compile-cache)", hostTmp)
+	}
 	t.Logf("cold build 1: %s, cold build 2 (downloads cached): %s", cold1.Round(time.Second), cold2.Round(time.Second))
 	if info1.Digest != info2.Digest {
 		// The differing layers are kept for diffoscope.

@@ -328,7 +328,14 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 	if err := os.Mkdir(home, 0o700); err != nil {
 		return layerFile{}, info, err
 	}
-	env := []string{"HOME=" + home, "npm_config_update_notifier=false"}
+	// TMPDIR of its own too: npm 11 under Node 22+ turns on Node's compile
+	// cache, by default in $TMPDIR/node-compile-cache, which left the
+	// build's work dir for the host's /tmp.
+	tmpDir := filepath.Join(tmp, "tmp")
+	if err := os.Mkdir(tmpDir, 0o700); err != nil {
+		return layerFile{}, info, err
+	}
+	env := []string{"HOME=" + home, "TMPDIR=" + tmpDir, "npm_config_update_notifier=false"}
 	nodeDir := ""
 	if runNode != "" {
 		nodeDir, err = b.hostNode(ctx)
