@@ -29,7 +29,7 @@ image: deps bake
 # Under make test a unit test whose tool is missing fails (internal/testenv).
 # scripts/make-test.sh runs the tiers in two lanes: test/vm's first phase
 # (TestDefaultRecipe, the load-sensitive real gateway, and the interrupt
-# tests) in the background from the start, everything else at nice 19 beside
+# tests) in the background from the start, everything else under SCHED_IDLE beside
 # it (vet, the race tests, unit, integration, then the other VM tests). Each
 # tier's go test -json goes through internal/testreport; the whole logs are
 # $(BAKE_TEST_CACHE)/TIER-test.log, the events TIER.json (tiers unit,

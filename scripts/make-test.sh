@@ -6,15 +6,21 @@
 #   OpenClaw gateway under TCG, the one load-sensitive test (its doc
 #   comment), and beside it, one at a time, the tests of what an
 #   interrupted build or verify leaves on the host.
-# Lane 2, at nice 19: vet, the race tests, the unit tier, the integration
+# Lane 2, under SCHED_IDLE: vet, the race tests, the unit tier, the integration
 #   tier, then every other VM test (two at a time, longest first).
 #
 # Everything but lane 1 is CPU-bound throughput work; lane 1 leaves a
 # quarter to a third of the two cores idle (a Node process in one guest).
-# At nice 19 lane 2 takes only what lane 1 leaves: lane 1 runs as it did
-# alone, and the idle goes to the integration tier instead of waiting.
-# Both lanes are in make's session (no setsid: one scheduler autogroup),
-# so the nice value is what divides the cores.
+# Under SCHED_IDLE lane 2 takes only what lane 1 leaves, and a waking lane
+# 1 thread preempts it at once: the idle goes to the unit and integration
+# tiers instead of waiting. Measured (BENCHMARKS.md, "Two lanes"):
+# TestDefaultRecipe's two-vCPU guest beside a compile loop at nice 19
+# burned 928 s of CPU and its gateway answered 7m32s after power-on;
+# beside the same loop under SCHED_IDLE 717 s and 5m40s; alone 622 s and
+# 3m21s (a vCPU thread that waits behind a nice-19 task for its slice
+# leaves the other vCPU spinning). Both lanes are in make's session (no
+# setsid: one scheduler autogroup), so the policy is what divides the
+# cores.
 #
 # Each tier's go test -json goes through testreport (internal/testreport):
 # RUN and PASS/FAIL lines, a failing or hung test's last lines, panics and
@@ -106,8 +112,9 @@ trap 'stop_lane1; exit 130' INT
 trap 'stop_lane1; exit 143' TERM
 trap 'stop_lane1' EXIT
 
-# Lane 2: this shell and everything it starts from here on.
-renice -n 19 -p $$ >/dev/null
+# Lane 2: this shell and everything it starts from here on (chrt is
+# util-linux's; nice 19 where SCHED_IDLE is refused).
+chrt --idle -p 0 $$ >/dev/null 2>&1 || renice -n 19 -p $$ >/dev/null
 
 lane2() {
 	go vet ./... &&

@@ -42,7 +42,7 @@ import (
 // about the real gateway.
 //
 // In the first phase (firstPhase, the package doc; make test's lane 1,
-// whose neighbours in lane 2 run at nice 19): beside no other appliance
+// whose neighbours in lane 2 run under SCHED_IDLE): beside no other appliance
 // test at its own priority, only the light interrupt tests, one at a time (a
 // build's first minutes and two verify runs of the small boot-test image
 // stopped within a minute), with verify's own choice of two vCPUs: the real gateway under TCG is the most

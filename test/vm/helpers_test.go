@@ -25,7 +25,7 @@
 //
 // make test (scripts/make-test.sh) runs the two phases as two lanes, two
 // go test processes: the first phase (its LANE1 list) from the start of
-// make test, the second at nice 19 after the integration tier, so the
+// make test, the second under SCHED_IDLE after the integration tier, so the
 // cores the first phase leaves idle go to the unit and integration tiers
 // meanwhile. BAKE_VMTEST_LANE names the lane; a test in the wrong one fails
 // (firstPhase, parallel), so LANE1 and the code cannot drift apart.
