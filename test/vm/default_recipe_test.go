@@ -41,9 +41,8 @@ import (
 // the reboot, and UEFI is booted by the other appliance tests; this one is
 // about the real gateway.
 //
-// In the first phase (firstPhase, the package doc; make test's lane 1,
-// whose neighbours in lane 2 run under SCHED_IDLE): beside no other appliance
-// test at its own priority, only the light interrupt tests, one at a time (a
+// In the first phase (firstPhase, the package doc): beside no other
+// appliance test, only the light interrupt tests, one at a time (a
 // build's first minutes and two verify runs of the small boot-test image
 // stopped within a minute), with verify's own choice of two vCPUs: the real gateway under TCG is the most
 // load-sensitive thing here. Beside TestCloudApplianceVerify's two OVMF

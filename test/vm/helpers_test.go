@@ -22,13 +22,6 @@
 //     BENCHMARKS.md's budget table), so the longest start first and the
 //     run does not end with one long test alone. go test's own -parallel
 //     must be at least the number of these tests (make test: 64).
-//
-// make test (scripts/make-test.sh) runs the two phases as two lanes, two
-// go test processes: the first phase (its LANE1 list) from the start of
-// make test, the second under SCHED_IDLE after the integration tier, so the
-// cores the first phase leaves idle go to the unit and integration tiers
-// meanwhile. BAKE_VMTEST_LANE names the lane; a test in the wrong one fails
-// (firstPhase, parallel), so LANE1 and the code cannot drift apart.
 package vmtest
 
 import (
@@ -189,7 +182,6 @@ func budgetWeight(t *testing.T) time.Duration {
 // ones end; the first grant waits a moment for all of them to queue up.
 // A slot goes to the waiting test with the largest budget (budgetWeight).
 func parallel(t *testing.T) {
-	checkLane(t, "2")
 	t.Parallel()
 	t0 := time.Now()
 	// The first phase ends first (firstPhase).
@@ -240,7 +232,6 @@ var (
 // what an interrupted build or verify leaves on the host (hostState true),
 // which run one at a time among themselves.
 func firstPhase(t *testing.T, hostState bool) {
-	checkLane(t, "1")
 	phase1.Add(1)
 	t.Cleanup(phase1.Done)
 	t.Parallel()
@@ -252,17 +243,6 @@ func firstPhase(t *testing.T, hostState bool) {
 		if d := time.Since(t0); d > time.Second {
 			t.Logf("waited %s for a VM slot", since(t0))
 		}
-	}
-}
-
-// checkLane fails t when make test's lane (BAKE_VMTEST_LANE, set by
-// scripts/make-test.sh) is not want: a first-phase test missing from the
-// script's LANE1, or a second-phase one matched by it. Unset (a run by
-// hand), any test runs.
-func checkLane(t *testing.T, want string) {
-	t.Helper()
-	if lane := os.Getenv("BAKE_VMTEST_LANE"); lane != "" && lane != want {
-		t.Fatalf("%s belongs to lane %s but runs in lane %s: scripts/make-test.sh's LANE1 lists exactly the tests that call firstPhase", t.Name(), want, lane)
 	}
 }
 
