@@ -665,10 +665,11 @@ func TestPublishS3(t *testing.T) {
 		t.Logf("peak RSS %d MiB\n%s%s", rss>>20, stdout.String(), stderr.String())
 		// Buffered parts would be 4 x 64 MiB = 256 MiB over the
 		// process's own. Measured: 56 MiB on an idle host; 127 and 128
-		// MiB (over the old bound of 128) in make test beside the first
-		// VM lane, whose TCG guest left this process a fraction of a core
-		// (session 16): the garbage collector, starved of CPU, lets the
-		// heap run ahead of it. Not profiled further yet.
+		// MiB (over the old bound of 128) when make test ran the
+		// integration tier beside TestDefaultRecipe's TCG guest (session
+		// 16's two lanes, reverted), which left this process a fraction of
+		// a core: by our reading a CPU-starved garbage collector, not
+		// buffering. Not profiled yet.
 		if rss > 192<<20 {
 			t.Errorf("peak RSS %d MiB uploading 512 MiB in 64 MiB parts, 4 at a time: the parts are buffered", rss>>20)
 		}

@@ -191,7 +191,8 @@ func (b *builder) debianLayer(ctx context.Context) (layerFile, debianInfo, error
 		// The sync hooks copy .debs in and out of debCache with tar, in
 		// place: a build that synced in while another synced out could
 		// read a half-written .deb. Builds that share the download dir
-		// (make test's two lanes, a user's parallel builds) take turns.
+		// (a user's parallel builds, the oci tests and the VM tier's
+		// builds) take turns.
 		unlock, err := flock.Lock(ctx, debCache+".lock")
 		if err != nil {
 			return layerFile{}, info, fmt.Errorf("debian layer: %w", err)
