@@ -54,6 +54,21 @@ func buildContainerImage(ctx context.Context, s *State, c recipe.Container) (v1.
 	}
 	spec := oci.OpenClawGatewaySpec(filepath.Dir(lockPath), epoch)
 	spec.App.Lockfile = lockPath
+	// The app's patches beside the lockfile (oci.PatchDirName/*.patch):
+	// host files too, under the same rule.
+	patches, err := oci.ListPatches(filepath.Dir(lockPath))
+	if err != nil {
+		return nil, fmt.Errorf("build.lockfile: patches: %w", err)
+	}
+	spec.App.Patches = nil
+	for _, p := range patches {
+		rel := filepath.Join(filepath.Dir(lock), oci.PatchDirName, filepath.Base(p))
+		real, err := s.Recipe.Resolve(rel)
+		if err != nil {
+			return nil, fmt.Errorf("build.lockfile: patch %s: %w", rel, err)
+		}
+		spec.App.Patches = append(spec.App.Patches, real)
+	}
 	// The compile cache list beside the lockfile is a host file too: the
 	// same rule (.git, .bakeignore) as every source.
 	if cc := spec.CompileCache; cc != nil {

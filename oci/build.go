@@ -94,9 +94,12 @@ type BuildInfo struct {
 	DebianPackages   []string          `json:"debian_packages"`
 	NpmPackages      int               `json:"npm_packages"` // installed in the image
 	Npm              string            `json:"npm"`          // npm version that installed the app
-	Layers           []LayerInfo       `json:"layers"`
-	CompileCache     *CompileCacheInfo `json:"compile_cache,omitempty"`
-	Duration         time.Duration     `json:"duration_ns"`
+	// Patches applied to the app (NAME sha256:SUM, in order), also in the
+	// image's label LabelPrefix+"npm.patches".
+	Patches      []string          `json:"patches,omitempty"`
+	Layers       []LayerInfo       `json:"layers"`
+	CompileCache *CompileCacheInfo `json:"compile_cache,omitempty"`
+	Duration     time.Duration     `json:"duration_ns"`
 }
 
 // Defaults for an image made from an npm app.
@@ -302,6 +305,10 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	if err := checkEngine(spec.App, al.Engine, spec.Node.Version); err != nil {
 		return nil, info, fmt.Errorf("image %s: %w", spec.Name, err)
 	}
+	patches, err := readPatches(spec.App.Patches)
+	if err != nil {
+		return nil, info, fmt.Errorf("image %s: %w", spec.Name, err)
+	}
 	if len(spec.Entrypoint) == 0 && len(al.Bin) != 1 {
 		return nil, info, fmt.Errorf("image %s: %s has %d executables; set the entrypoint", spec.Name, spec.App.spec(), len(al.Bin))
 	}
@@ -340,7 +347,7 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) { debLF, deb, err = b.debianLayer(gctx); return })
-	g.Go(func() (err error) { appLF, app, err = b.appLayer(gctx, lockb, al); return })
+	g.Go(func() (err error) { appLF, app, err = b.appLayer(gctx, lockb, al, patches); return })
 	if err := g.Wait(); err != nil {
 		return nil, info, fmt.Errorf("image %s: %w", spec.Name, err)
 	}
@@ -393,7 +400,7 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	cf = cf.DeepCopy()
 	cf.Architecture, cf.OS = "amd64", "linux"
 	cf.Created = v1.Time{Time: created}
-	cf.Config = imageConfig(spec, al, created, info.CompileCache != nil)
+	cf.Config = imageConfig(spec, al, created, info.CompileCache != nil, app.Patches)
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return nil, info, err
 	}
@@ -415,6 +422,7 @@ func Build(ctx context.Context, spec BuildSpec, runner execx.Runner, log io.Writ
 	info.DebianPackages = deb.Packages
 	info.NpmPackages = app.Packages
 	info.Npm = app.Npm
+	info.Patches = app.Patches
 	info.Duration = time.Since(start)
 	b.logf("image %s: %s (%s compressed, %s uncompressed) in %s", spec.Name, info.Digest,
 		humanSize(info.Size), humanSize(info.UncompressedSize), info.Duration.Round(time.Second))
@@ -433,7 +441,7 @@ func imageEnv(spec BuildSpec) []string {
 	}, spec.Env...)
 }
 
-func imageConfig(spec BuildSpec, al appLock, created time.Time, compileCache bool) v1.Config {
+func imageConfig(spec BuildSpec, al appLock, created time.Time, compileCache bool, patches []string) v1.Config {
 	env := imageEnv(spec)
 	if compileCache {
 		env = append(env, "NODE_COMPILE_CACHE="+spec.CompileCache.Dir)
@@ -467,6 +475,10 @@ func imageConfig(spec BuildSpec, al appLock, created time.Time, compileCache boo
 		LabelPrefix + "npm.version":        spec.App.Version,
 		LabelPrefix + "node.version":       spec.Node.Version,
 		LabelPrefix + "debian.suite":       spec.Debian.Suite,
+	}
+	if len(patches) > 0 {
+		// What bake changed in the app as npm installed it.
+		c.Labels[LabelPrefix+"npm.patches"] = strings.Join(patches, ", ")
 	}
 	for k, v := range spec.Labels {
 		c.Labels[k] = v

@@ -36,6 +36,10 @@ type NpmApp struct {
 	// it would otherwise try at first start, writing into the read-only
 	// /app as whatever uid runs the container.
 	Scripts []string
+	// Patches are unified diffs (host paths) applied in order to the
+	// installed tree after the install scripts (patch.go): by default
+	// PatchDirName/*.patch beside the lockfile (ListPatches).
+	Patches []string
 }
 
 func (a NpmApp) spec() string { return a.Package + "@" + a.Version }
@@ -270,12 +274,14 @@ type appInputs struct {
 	Epoch            int64
 	Home             string
 	WritableDirs     []string
-	Sandbox          string // npmSandboxVersion: how the install scripts ran
+	Sandbox          string   // npmSandboxVersion: how the install scripts ran
+	Patches          []string `json:",omitempty"` // NAME:SHA256 of each, in order
 }
 
 type appInfo struct {
 	Packages int
 	Npm      string
+	Patches  []string `json:",omitempty"` // NAME sha256:SUM of each, in order
 }
 
 const appDir = "app"
@@ -287,9 +293,14 @@ var npmTarget = []string{"--os=linux", "--cpu=x64", "--libc=glibc"}
 // appLayer installs the app with `npm ci --omit=dev --ignore-scripts` from
 // the lockfile into /app, links its executables into /usr/local/bin, and
 // adds the writable directories.
-func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layerFile, appInfo, error) {
+func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock, patches []AppPatch) (layerFile, appInfo, error) {
 	app := b.spec.App
 	info := appInfo{Packages: al.Packages}
+	var patchKeys []string
+	for _, p := range patches {
+		patchKeys = append(patchKeys, p.Name+":"+p.Sum())
+		info.Patches = append(info.Patches, p.Name+" sha256:"+p.Sum())
+	}
 	npmVersion, err := b.runner.Output(ctx, execx.Cmd{Name: "npm", Args: []string{"--version"}})
 	if err != nil {
 		return layerFile{}, info, fmt.Errorf("app layer: npm is needed: %w", err)
@@ -307,7 +318,7 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		Lockfile: hex.EncodeToString(lockSum[:]), PackageJSON: hex.EncodeToString(pjSum[:]),
 		Npm: info.Npm, Node: runNode, Scripts: app.Scripts, Target: strings.Join(npmTarget, " "),
 		Epoch: b.spec.SourceDateEpoch, Home: b.user.Home, WritableDirs: b.spec.WritableDirs,
-		Sandbox: npmSandboxVersion,
+		Sandbox: npmSandboxVersion, Patches: patchKeys,
 	})
 	if lf, ok := b.cache.get(key, &info); ok {
 		b.logf("app layer: cached %s", lf.Digest)
@@ -379,6 +390,12 @@ func (b *builder) appLayer(ctx context.Context, lockb []byte, al appLock) (layer
 		cmd.Stdout, cmd.Stderr = b.log, b.log
 		if err := b.runner.Run(ctx, cmd); err != nil {
 			return layerFile{}, info, fmt.Errorf("app layer: install scripts of %s (in the sandbox): %w", strings.Join(app.Scripts, " "), err)
+		}
+	}
+	if len(patches) > 0 {
+		b.logf("app layer: applying %d patch(es): %s", len(patches), strings.Join(info.Patches, ", "))
+		if err := applyPatches(dir, patches); err != nil {
+			return layerFile{}, info, fmt.Errorf("app layer: %w", err)
 		}
 	}
 	// What npm installed for the image's platform (a lockfile lists the

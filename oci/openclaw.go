@@ -63,7 +63,12 @@ const CompileCacheListName = "compile-cache.txt"
 // same image also runs under any uid without a mount (state is then lost
 // with the container); nothing else in the image is writable or needed
 // writable.
+//
+// The app's patches are recipeDir's PatchDirName/*.patch (ListPatches; a
+// directory that cannot be read leaves them out here, and Build reports
+// nothing: builder/gateway.go lists them itself and fails on an error).
 func OpenClawGatewaySpec(recipeDir string, epoch int64) BuildSpec {
+	patches, _ := ListPatches(recipeDir)
 	return BuildSpec{
 		Name: "openclaw-gateway",
 		Debian: DebianLayer{
@@ -78,7 +83,10 @@ func OpenClawGatewaySpec(recipeDir string, epoch int64) BuildSpec {
 			// Its postinstall completes the package lifecycle (and checks
 			// the native fs-safe addon); skipped, the gateway would try at
 			// first start and fail to write into the read-only /app.
-			Scripts: []string{"openclaw"}},
+			Scripts: []string{"openclaw"},
+			// recipes/openclaw-gateway/patches: OpenClaw's 5-second start
+			// of its state lease worker, too short under emulation.
+			Patches: patches},
 		User:         DefaultUser,
 		Home:         DefaultHome,
 		WritableDirs: []string{GatewayStateDir},

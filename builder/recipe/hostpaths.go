@@ -16,8 +16,8 @@ type HostPath struct {
 
 // HostPaths lists every host path a build of r reads, in recipe order:
 // the recipe itself, its context, overlay and file sources, repository
-// keys, a local base image, local container images, build lockfiles and
-// compile cache lists, and file: mirrors. `bake plan` prints them so that a reviewer sees what
+// keys, a local base image, local container images, build lockfiles,
+// compile cache lists and app patches, and file: mirrors. `bake plan` prints them so that a reviewer sees what
 // a recipe takes from the machine that builds it.
 func (r *Recipe) HostPaths() []HostPath {
 	var out []HostPath
@@ -109,6 +109,14 @@ func (r *Recipe) HostPaths() []HostPath {
 			// Beside it, the modules whose compile cache the image gets
 			// (oci.CompileCacheListName).
 			local("compile cache list "+c.Name, filepath.Join(filepath.Dir(lock), "compile-cache.txt"))
+			// And the patches applied to the installed app
+			// (oci.PatchDirName/*.patch).
+			if real, err := r.Resolve(lock); err == nil {
+				ps, _ := filepath.Glob(filepath.Join(filepath.Dir(real), "patches", "*.patch"))
+				for _, p := range ps {
+					local("app patch "+c.Name, filepath.Join(filepath.Dir(lock), "patches", filepath.Base(p)))
+				}
+			}
 		}
 	}
 	return out
