@@ -251,6 +251,18 @@ func TestOpenClawGatewayImage(t *testing.T) {
 			t.Errorf("image has %s", p)
 		}
 	}
+	// The recipe's patches (patches/*.patch) are in the app: OpenClaw's
+	// state lease worker gets 60 s to start, and the image says so.
+	if b, err := os.ReadFile(filepath.Join(rootDir, "app/node_modules/openclaw/dist/openclaw-state-lease-heartbeat-shared-D-D6j71P.mjs")); err != nil ||
+		!strings.Contains(string(b), "LEASE_HEARTBEAT_START_TIMEOUT_MS = 6e4;") {
+		t.Errorf("the lease worker patch is not in the image (%v):\n%.300s", err, b)
+	}
+	if len(info1.Patches) != 1 || !strings.HasPrefix(info1.Patches[0], "0001-state-lease-heartbeat-start-timeout.patch sha256:") {
+		t.Errorf("build info patches %q", info1.Patches)
+	}
+	if cf, err := img.ConfigFile(); err != nil || cf.Config.Labels[LabelPrefix+"npm.patches"] != strings.Join(info1.Patches, ", ") {
+		t.Errorf("label %s: %v", LabelPrefix+"npm.patches", err)
+	}
 	for _, scope := range cc.Scopes {
 		d := filepath.Join(rootDir, cc.Dir, scope, cc.Tag+"-"+itoa(gatewayTestUID))
 		if ents, err := os.ReadDir(d); err != nil || len(ents) != cc.Modules {

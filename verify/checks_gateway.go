@@ -139,8 +139,13 @@ func (c *checker) waitGateway(ctx context.Context) {
 	t0 := time.Now()
 	limit := c.gatewayLimit()
 	deadline := t0.Add(limit)
+	unit := "bake-container-" + g.Container + ".service"
+	// Once it answers, how often systemd started the container again
+	// (docker's own RestartCount stays 0: each start is a new --rm
+	// container): a gateway that crashed at start and came back is told
+	// from one that started once.
 	probe := fmt.Sprintf(`docker inspect -f 'status={{.State.Status}} restarts={{.RestartCount}} health={{if .State.Health}}{{.State.Health.Status}}{{end}}' %s 2>&1
-timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, shellQuote(g.Container), g.Port)
+timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS && echo "unit restarts $(systemctl show -p NRestarts --value %s)"`, shellQuote(g.Container), g.Port, shellQuote(unit))
 	var last cmdResult
 	for ctx.Err() == nil {
 		r, err := c.in.sudo(ctx, probe)
@@ -150,10 +155,16 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 		}
 		last = r
 		if strings.Contains(r.Stdout, "ANSWERS") {
-			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after power-on (waited %s here; %s)",
+			restarts := "unit restarts unknown"
+			for _, l := range strings.Split(r.Stdout, "\n") {
+				if strings.HasPrefix(l, "unit restarts ") {
+					restarts = strings.TrimSpace(l)
+				}
+			}
+			c.gwNote.add("the gateway answered on 127.0.0.1:%d %s after power-on (waited %s here; %s; %s %s)",
 				g.Port, time.Since(c.in.poweredOn).Round(time.Second), time.Since(t0).Round(time.Second),
-				strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]))
-			c.r.logf("%s: the gateway answered on 127.0.0.1:%d %s after power-on", c.in.name(), g.Port, time.Since(c.in.poweredOn).Round(time.Second))
+				strings.TrimSpace(strings.SplitN(r.Stdout, "\n", 2)[0]), unit, restarts)
+			c.r.logf("%s: the gateway answered on 127.0.0.1:%d %s after power-on (%s)", c.in.name(), g.Port, time.Since(c.in.poweredOn).Round(time.Second), restarts)
 			return
 		}
 		if time.Now().After(deadline) {
@@ -166,7 +177,6 @@ timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null && echo ANSWERS`, 
 	}
 	c.gwNote.add("nothing answered on 127.0.0.1:%d within %s of the system running (--gateway-timeout); last state:", g.Port, limit)
 	c.gwNote.cmd(last)
-	unit := "bake-container-" + g.Container + ".service"
 	if r, err := c.in.sudo(ctx, "systemctl status --no-pager -n 0 "+shellQuote(unit)+" 2>&1 | head -12; journalctl -b --no-pager -n 30 -u "+shellQuote(unit)+" 2>&1; docker logs --tail 30 "+shellQuote(g.Container)+" 2>&1"); err == nil {
 		c.gwNote.cmd(r)
 	}
