@@ -111,6 +111,11 @@ type seedSecret struct {
 	// NoControl: the Allowed files may hold the value but need not (the
 	// search is not required to find it there).
 	NoControl bool
+	// Private are Allowed files that may hold the value only when they
+	// are as private as Allowed[0]: mode 0600 or stricter and the same
+	// owner (an application's own backup of the file the design keeps
+	// the value in).
+	Private []string
 }
 
 // searchCopies looks for the secrets on in's disk (one pass): every file
@@ -171,26 +176,56 @@ func (r *runner) searchCopies(ctx context.Context, in *instance, secrets []seedS
 		for _, p := range copies {
 			problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s", in.name(), when, s.What, redact(s.Value), p))
 		}
+		for _, p := range kept {
+			if !slices.Contains(s.Private, p) {
+				continue
+			}
+			if msg := privateLike(ctx, in, p, s.Allowed[0]); msg != "" {
+				problems = append(problems, fmt.Sprintf("%s, %s: %s (%s) has a copy in %s: %s", in.name(), when, s.What, redact(s.Value), p, msg))
+			}
+		}
 		ev.add("  %s (%s): found in %s (allowed: %s)", s.What, redact(s.Value), orDash(strings.Join(kept, ", ")), orDash(strings.Join(s.Allowed, ", ")))
 	}
 	return problems, ev
+}
+
+// privateLike says what is wrong when p is not as private as ref (mode
+// 0600 or stricter, ref's owner), "" when it is. A stat that fails is a
+// problem too: the copy is allowed only when its privacy is shown.
+func privateLike(ctx context.Context, in *instance, p, ref string) string {
+	r, err := in.sudo(ctx, "stat -c '%a %u' -- "+shellQuote(ref)+" "+shellQuote(p))
+	if err != nil {
+		return "its mode and owner could not be read: " + err.Error()
+	}
+	f := strings.Fields(r.Stdout)
+	if r.Exit != 0 || len(f) != 4 {
+		return fmt.Sprintf("its mode and owner could not be read (stat exit %d: %q)", r.Exit, strings.TrimSpace(r.Stdout+r.Stderr))
+	}
+	mode, err := strconv.ParseUint(f[2], 8, 32)
+	if err != nil || mode&0o077 != 0 || f[3] != f[1] {
+		return fmt.Sprintf("mode %s owner uid %s, where only mode 0600 (or stricter) and %s's owner (uid %s) are allowed", f[2], f[3], ref, f[1])
+	}
+	return ""
 }
 
 // seedSecrets are the secrets of in's seed (and, without one, the token
 // its first boot generated, read from the gateway's config), with the
 // files the design keeps each in.
 func (r *runner) seedSecrets(ctx context.Context, in *instance) []seedSecret {
-	var allowed []string
+	var allowed, private []string
 	if g := r.o.Spec.Gateway; g != nil {
-		allowed = append(allowed, g.ConfigPath)
+		// OpenClaw keeps a copy of its config as it was at its last good
+		// start beside it: allowed when as private as the config.
+		allowed = append(allowed, g.ConfigPath, g.ConfigPath+LastGoodSuffix)
+		private = append(private, g.ConfigPath+LastGoodSuffix)
 	}
 	var out []seedSecret
 	if in.token != "" {
-		out = append(out, seedSecret{What: "the seed's gateway token", Value: in.token, Allowed: allowed})
+		out = append(out, seedSecret{What: "the seed's gateway token", Value: in.token, Allowed: allowed, Private: private})
 	} else if r.o.Spec.Gateway != nil {
 		c := &checker{r: r, in: in, spec: r.o.Spec}
 		if t, _, err := c.readToken(ctx, in); err == nil && t != "" {
-			out = append(out, seedSecret{What: "the gateway token its first boot generated", Value: t, Allowed: allowed})
+			out = append(out, seedSecret{What: "the gateway token its first boot generated", Value: t, Allowed: allowed, Private: private})
 		}
 	}
 	if in.tailnet {
@@ -268,5 +303,9 @@ func (r *runner) seedCopies(ctx context.Context, fw string, main, rebooted *inst
 
 var checkSecretsSeedCopies = Check{ID: "secrets.seed-copies", Scope: ScopeFirmware, Needs: "an SSH session (after a reboot too: --instances 2 or more)",
 	claim: func(s Spec, gw *GatewaySpec) string {
-		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads) and %s, nor of its user-data (cloud-init's stored copies scrubbed)", gw.ConfigPath, TailscaledState)
+		return fmt.Sprintf("after first boot (and a reboot with the seed still attached) no file on the guest's disk holds a copy of the seed's gateway token or Tailscale auth key, except %s (the token file the gateway reads), the gateway's own backup of it %s%s when as private (0600, the same owner), and %s, nor of its user-data (cloud-init's stored copies scrubbed)", gw.ConfigPath, gw.ConfigPath, LastGoodSuffix, TailscaledState)
 	}}
+
+// LastGoodSuffix names OpenClaw's copy of its config as it was at its last
+// good start (openclaw.json.last-good, beside it, written by the gateway).
+const LastGoodSuffix = ".last-good"

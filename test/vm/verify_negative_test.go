@@ -40,7 +40,10 @@ import (
 //     replacing the ExecStart of bake-container-openclaw-gateway.service;
 //  4. a token baked into the disk (a Tailscale auth key in a file);
 //  6. the admin in the docker group: an ExecStartPre in the same drop-in
-//     (usermod -aG docker, as root);
+//     (usermod -aG docker, as root), and another that copies openclaw.json
+//     (with the token) to a world-readable openclaw.json.last-good (the
+//     name of OpenClaw's own backup, allowed only as private as the
+//     config: secrets.seed-copies);
 //  7. a UDP port open past ufw: an iptables ACCEPT for 9999/udp added
 //     after ufw starts (a drop-in of ufw.service), which `ufw status`
 //     does not list (firewall.rules passes) and only the UDP sweep sees;
@@ -175,7 +178,11 @@ func TestVerifyNegative(t *testing.T) {
 		// 7. 9999/udp accepted behind ufw's back
 		"bios/network.udp": {"9999/udp passed the firewall"},
 		// 8. cloud-init's copies of the user-data not scrubbed
-		"bios/secrets.seed-copies": {"the canary of the seed's user-data", "has a copy in /var/lib/cloud/instances/"},
+		"bios/secrets.seed-copies": {"the canary of the seed's user-data", "has a copy in /var/lib/cloud/instances/",
+			// 6 too: the drop-in leaves a world-readable
+			// openclaw.json.last-good (the backup OpenClaw keeps, allowed
+			// only as private as openclaw.json)
+			spec.Gateway.ConfigPath + verify.LastGoodSuffix + ": mode 644 owner uid"},
 		// 9. the image was built from another recipe (the broken one,
 		// with no firewall or gateway section): its record of its
 		// claims differs from the recipe verify was given.
@@ -342,6 +349,7 @@ files:
     content: |
       [Service]
       ExecStartPre=+/usr/sbin/usermod -aG docker %s
+      ExecStartPre=+/bin/sh -c 'cp %s %s%s && chmod 0644 %s%s'
       ExecStart=
       ExecStart=%s
   - path: /etc/openclaw/deploy.env
@@ -366,7 +374,7 @@ files:
       [Service]
       ExecStartPost=/usr/local/lib/broken/funnel
 outputs: [raw]
-`, base, sum, sharedMachineID, indent(hostKey, 6), indent(hostPub, 6), indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, execStart, token,
+`, base, sum, sharedMachineID, indent(hostKey, 6), indent(hostPub, 6), indent(noIsolation4, 6), indent(noIsolation6, 6), g.Container, spec.AdminUser, g.ConfigPath, g.ConfigPath, verify.LastGoodSuffix, g.ConfigPath, verify.LastGoodSuffix, execStart, token,
 		indent(funnelScript, 6))
 }
 
