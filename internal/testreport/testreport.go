@@ -167,6 +167,7 @@ type testState struct {
 	start   time.Time
 	ended   bool
 	resumed time.Time // its last === CONT (a parallel test waited until then)
+	subEnd  time.Time // the latest end of one of its subtests
 	queued  float64   // seconds it said it waited for a slot (QueuedLine)
 	result  string
 	elapsed float64 // as go test reports it
@@ -600,13 +601,24 @@ func (r *Report) endTest(p *pkgState, ev *Event) {
 	t.result = strings.ToUpper(ev.Action)
 	t.elapsed = ev.Elapsed
 	t.seconds = t.elapsed
+	if t.depth > 0 && !ev.Time.IsZero() {
+		r.forEachParent(p, ev.Test, func(parent *testState) {
+			if ev.Time.After(parent.subEnd) {
+				parent.subEnd = ev.Time
+			}
+		})
+	}
 	indent := strings.Repeat("    ", t.depth)
 	goLine := fmt.Sprintf("%s--- %s: %s (%.2fs)", indent, t.result, t.name, t.elapsed)
 	report := goLine
 	// go test's time for a test leaves out its parallel subtests (they run
 	// after its function returned); the table wants the wall time from its
-	// start (or, for a parallel test, its last resume) to its result.
-	if wall := t.wall(ev.Time); wall > t.seconds {
+	// start (or, for a parallel test, its last resume) to its last
+	// subtest's end. Not to its own end event: go test may print a
+	// parallel test's result long after it ended (the CI after session 17
+	// saw TestVerifyInterrupted's 170 s reported 11 minutes late, when a
+	// test of its phase ended).
+	if wall := t.wall(t.subEnd); wall > t.seconds {
 		t.seconds = wall
 		if wall-t.elapsed >= 1 && t.depth == 0 {
 			report = fmt.Sprintf("%s--- %s: %s (%.2fs; wall %.2fs)", indent, t.result, t.name, t.elapsed, wall)

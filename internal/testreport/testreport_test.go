@@ -163,11 +163,17 @@ func TestParallelSubtestsWallTime(t *testing.T) {
 		// A parallel top-level test counts from its resume, not its start.
 		run(pkgVM, "TestPar").ev("pause", pkgVM, "TestPar", 0, "").wait(600*time.Second).ev("cont", pkgVM, "TestPar", 0, "").
 		wait(40*time.Second).end(pkgVM, "TestPar", "pass", 40).
+		// go test may print a parallel test's result long after it
+		// ended (TestVerifyInterrupted in the CI after session 17: 170 s,
+		// its PASS 11 minutes later): without subtests, its own time.
+		run(pkgVM, "TestLate").ev("pause", pkgVM, "TestLate", 0, "").ev("cont", pkgVM, "TestLate", 0, "").
+		wait(170*time.Second).out(pkgVM, "TestLate", "    late_test.go:9: done").wait(490*time.Second).
+		end(pkgVM, "TestLate", "pass", 170).
 		pkgEnd(pkgVM, "pass", 952)
 	res := feed(t, s.String())
-	wantLines(t, res.out, "--- PASS: TestBoot (0.00s; wall 312.01s)\n", "--- PASS: TestPar (40.00s)\n")
+	wantLines(t, res.out, "--- PASS: TestBoot (0.00s; wall 312.01s)\n", "--- PASS: TestPar (40.00s)\n", "--- PASS: TestLate (170.00s)\n")
 	got := res.r.Results()
-	if len(got) != 2 || got[0].Seconds < 312 || got[0].Seconds > 312.1 || got[1].Seconds < 40 || got[1].Seconds > 40.1 {
+	if len(got) != 3 || got[0].Seconds < 312 || got[0].Seconds > 312.1 || got[1].Seconds < 40 || got[1].Seconds > 40.1 || got[2].Seconds != 170 {
 		t.Errorf("results %+v", got)
 	}
 }
