@@ -6,30 +6,23 @@
 //
 // Two phases, to keep `make test` inside CI's time on a 2-core machine
 // where each VM runs in software emulation:
-//   - first, through firstPhase(t): the light tests that check what a
-//     build interrupted or a verify interrupted or killed leaves behind,
-//     one at a time (their checks are scoped to their own process trees,
+//   - first, through firstPhase(t): TestDefaultRecipe (its real gateway's
+//     two-vCPU guest burns far more CPU beside another appliance test than
+//     alone: 1395 s against 870 s in session 17) and, beside it, one at a
+//     time, the light tests that
+//     check what a build interrupted or a verify interrupted or killed
+//     leaves behind (their checks are scoped to their own process trees,
 //     mounts below their own dirs and namespaces named after their own
-//     processes), and beside them TestDefaultRecipe, which takes one VM
-//     slot from the start and keeps it to its end (its guest has one
-//     vCPU, as every BIOS guest here: BENCHMARKS.md, "The first phase,
-//     session 18");
+//     processes; run alone, they left the second core idle while
+//     TestDefaultRecipe ran: BENCHMARKS.md, "Session 13");
 //   - then every other test, through parallel(t): they only boot,
 //     bake into their own directories and verify, each with its own QEMU,
 //     ports and namespaces named after its process. vmSlots of them run at
-//     once (two: one per core, each VM with one vCPU; TestDefaultRecipe
-//     holds one of them while it runs), and a free slot
+//     once (two: one per core, each VM with one vCPU), and a free slot
 //     goes to the waiting test with the largest budget (its warm time in
 //     BENCHMARKS.md's budget table), so the longest start first and the
 //     run does not end with one long test alone. go test's own -parallel
 //     must be at least the number of these tests (make test: 64).
-//
-// Until session 18 TestDefaultRecipe ran beside nothing but the host-state
-// tests, with two vCPUs: its real gateway under TCG restarted whenever the
-// host was busy (OpenClaw's 5-second lease worker start, patched in
-// session 17), and a two-vCPU guest beside another VM burns far more CPU
-// than alone (1395 s against 870 s in session 17). With one vCPU it takes
-// one core and leaves the other to the rest.
 package vmtest
 
 import (
@@ -235,44 +228,22 @@ var (
 	hostStateMu sync.Mutex
 )
 
-// firstPhase runs t from the start of the run, before the tests of
-// parallel(t) get their slots. hostState: one of the tests whose point is
-// what an interrupted build or verify leaves on the host, which run one
-// at a time among themselves, and every test of parallel(t) waits for
-// them (phase1). Not hostState: TestDefaultRecipe, which takes one of the
-// vmSlots VM slots at once and holds it to its end, so that once the
-// host-state tests are done the other slot's tests run beside it.
+// firstPhase runs t in the first phase, before every test of parallel(t):
+// TestDefaultRecipe (hostState false) beside the tests whose point is
+// what an interrupted build or verify leaves on the host (hostState true),
+// which run one at a time among themselves.
 func firstPhase(t *testing.T, hostState bool) {
-	if !hostState {
-		// In t's sequential part, like phase1.Add: before any test of
-		// parallel(t) can ask for a slot.
-		sched.mu.Lock()
-		sched.busy++
-		sched.mu.Unlock()
-		t.Cleanup(func() {
-			sched.mu.Lock()
-			defer sched.mu.Unlock()
-			sched.busy--
-			// Before the first grant (the parallel tests still
-			// gathering), the grant itself hands the slot out.
-			select {
-			case <-gatherDone():
-				grantLocked()
-			default:
-			}
-		})
-		t.Parallel()
-		return
-	}
 	phase1.Add(1)
 	t.Cleanup(phase1.Done)
 	t.Parallel()
-	t0 := time.Now()
-	hostStateMu.Lock()
-	t.Cleanup(hostStateMu.Unlock)
-	// As parallel's: testreport takes the wait out of t's time.
-	if d := time.Since(t0); d > time.Second {
-		t.Logf("waited %s for a VM slot", since(t0))
+	if hostState {
+		t0 := time.Now()
+		hostStateMu.Lock()
+		t.Cleanup(hostStateMu.Unlock)
+		// As parallel's: testreport takes the wait out of t's time.
+		if d := time.Since(t0); d > time.Second {
+			t.Logf("waited %s for a VM slot", since(t0))
+		}
 	}
 }
 
