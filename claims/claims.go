@@ -58,11 +58,23 @@ type Spec struct {
 	// plain HTTP (gateway.tailscale_mode: serve-http, the tailnet only:
 	// serve status must show it and no funnel); 0 otherwise.
 	TailscaleServeHTTP int `json:"tailscale_serve_http,omitempty"`
+	// StateVolume is the volume the image keeps its instance state on
+	// (state: {volume: ...}); nil without a state section or with a state
+	// partition. A run that attaches none (every run but an upgrade run)
+	// sees first boot's warning and the root disk's state (state.no-volume).
+	StateVolume *StateVolumeSpec `json:"state_volume,omitempty"`
 	// Needles are secrets the recipe itself wrote literally (a baked
 	// token or auth key): the image must not carry them either... unless
 	// the recipe said so, in which case they are still reported. Never in
 	// the record.
 	Needles []Needle `json:"-"`
+}
+
+// StateVolumeSpec is how first boot looks for the state volume: by its
+// file system label, and by its virtio serial when one is set.
+type StateVolumeSpec struct {
+	Label  string `json:"label"`
+	Serial string `json:"serial,omitempty"`
 }
 
 // Needle is a secret the recipe wrote literally, by name.
@@ -114,6 +126,8 @@ func Default() Spec {
 		Docker:    true,
 		Gateway:   defaultGateway(DefaultGatewayName, DefaultGatewayPort),
 		Tailscale: true,
+		// state: {volume: {label: bake-state}}
+		StateVolume: &StateVolumeSpec{Label: "bake-state"},
 	}
 }
 
@@ -189,6 +203,9 @@ func FromRecipe(r *recipe.Recipe) (Spec, error) {
 		if t.AuthKey != "" {
 			s.Needles = append(s.Needles, Needle{"recipe-tailscale-auth-key", t.AuthKey})
 		}
+	}
+	if st := r.State; st != nil && st.Partition == nil {
+		s.StateVolume = &StateVolumeSpec{Label: st.Label(), Serial: st.Volume.Serial}
 	}
 	return s, nil
 }
@@ -292,6 +309,9 @@ func ParseRecord(b []byte) (Spec, error) {
 	}
 	if g := r.Gateway; g != nil && (g.Container == "" || g.Port < 1 || g.Port > 65535 || len(g.Probe) == 0) {
 		return Spec{}, fmt.Errorf("claims record: the gateway has no container, port or probe")
+	}
+	if v := r.StateVolume; v != nil && v.Label == "" && v.Serial == "" {
+		return Spec{}, fmt.Errorf("claims record: the state volume has neither label nor serial")
 	}
 	s := r.Spec
 	s.Source = "the image's record (" + RecordPath + ")"

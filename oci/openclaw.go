@@ -30,19 +30,30 @@ func GatewayCmd(port int) []string {
 	return []string{"gateway", "run", "--bind", "lan", "--port", itoa(port)}
 }
 
-// GatewayHealthcheck asks the gateway's unauthenticated /healthz with the
-// image's own Node (there is no curl in the image). The first start takes
-// about 17 s on 2 cores and much longer under software emulation, hence the
-// start period.
+// GatewayHealthcheck asks the gateway's unauthenticated /healthz (healthy:
+// a 2xx status, as fetch's r.ok) with bash's /dev/tcp: there is no curl in
+// the image, and the image's Node would be a second Node start every 30
+// seconds, about 4.5 s of CPU each in a TCG guest (BENCHMARKS.md, "The
+// first phase, again"), where bash costs milliseconds. The first start
+// takes about 17 s on 2 cores and much longer under software emulation,
+// hence the start period.
 func GatewayHealthcheck(port int) *v1.HealthConfig {
 	return &v1.HealthConfig{
-		Test: []string{"CMD", "/usr/local/bin/node", "-e",
-			"fetch('http://127.0.0.1:" + itoa(port) + "/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"},
+		Test:        []string{"CMD", "/bin/bash", "-c", healthzScript(port)},
 		Interval:    30 * time.Second,
 		Timeout:     10 * time.Second,
 		StartPeriod: 120 * time.Second,
 		Retries:     3,
 	}
+}
+
+// healthzScript is GatewayHealthcheck's HTTP GET of /healthz on
+// 127.0.0.1:port: exit 0 on a 2xx status line within 9 seconds, else 1.
+func healthzScript(port int) string {
+	return `exec 3<>/dev/tcp/127.0.0.1/` + itoa(port) + ` || exit 1
+printf 'GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 || exit 1
+IFS= read -r -t 9 line <&3 || exit 1
+[[ $line =~ ^HTTP/1\.[01]\ 2[0-9][0-9]([[:space:]]|$) ]]`
 }
 
 // CompileCacheListName is the compile cache list of an app, beside its

@@ -72,6 +72,7 @@ var catalog = []*Check{
 	&checkFirewallRules,
 	&checkTailscaleDaemon,
 	&checkTailscaleJoined, &checkTailscaleKeyGone, &checkTailscaleServe, &checkTailscaleReboot,
+	&checkStateNoVolume,
 	&checkGatewayConfig, &checkGatewayProcess, &checkGatewayListen, &checkGatewayAuth, &checkGatewayOffline,
 	&checkNetworkScan, &checkNetworkUDP,
 	&checkIsolationLoopback, &checkIsolationOutside, &checkIsolationViaMAC, &checkIsolationMetadata, &checkIsolationDockerGroup,

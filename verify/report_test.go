@@ -204,7 +204,7 @@ func TestPlanAndTitles(t *testing.T) {
 			t.Errorf("no title for %s", id)
 		}
 	}
-	if len(full) != 22 {
+	if len(full) != 23 {
 		t.Errorf("default plan has %d checks: %v", len(full), full)
 	}
 	bare := Spec{AdminUser: "admin", SSHPort: 22}

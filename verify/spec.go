@@ -11,6 +11,8 @@ type (
 	Spec         = claims.Spec
 	FirewallSpec = claims.FirewallSpec
 	GatewaySpec  = claims.GatewaySpec
+	// StateVolumeSpec is the state volume an image looks for.
+	StateVolumeSpec = claims.StateVolumeSpec
 )
 
 // Defaults of the appliance (recipes/openclaw.yaml, DESIGN.md section 2),

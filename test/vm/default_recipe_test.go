@@ -125,7 +125,7 @@ func TestDefaultRecipe(t *testing.T) {
 		t.Errorf("bake verify exit %d, want 0 (every check passes on the default image)", run.code)
 	}
 	for _, id := range []string{"gateway.config", "gateway.process", "gateway.listen", "gateway.auth", "gateway.offline",
-		"ssh.key-login", "system.running", "network.scan", "isolation.outside"} {
+		"ssh.key-login", "system.running", "network.scan", "isolation.outside", "state.no-volume"} {
 		if st := run.report.status("bios", id); st != "pass" {
 			t.Errorf("%s: %q, want pass", id, st)
 		}
