@@ -544,144 +544,64 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	} else if strings.TrimSpace(r.Stdout) != "running" {
 		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
 	}
-	probes := []*authProbe{
-		{what: "with the right token", argv: g.ProbeArgv(g.Container, tok), right: true},
-		{what: "with a wrong token", argv: g.ProbeArgv(g.Container, wrong)},
-		{what: "with no token", argv: noTokenArgv(g.ProbeArgv(g.Container, tok), tok), noToken: true},
-	}
+	// The right token first, retried while the gateway starts.
+	var good cmdResult
 	deadline := time.Now().Add(max(3*time.Minute, limit))
-	rounds := runAuthProbes(ctx, g, probes, run, func() time.Time { return deadline }, func() { sleepCtx(ctx, 5*time.Second) })
-	for _, p := range probes {
-		if p.err != nil {
-			return Fail, p.err.Error()
+	for {
+		r, err := run(g.ProbeArgv(g.Container, tok))
+		if err != nil {
+			return Fail, err.Error()
 		}
+		good = r
+		if r.OK() && strings.Contains(r.Stdout, g.ProbeOK) || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 5*time.Second)
 	}
-	if rounds > 1 {
-		ev.add("(%d rounds of probes: the right token is retried while the gateway settles, and a refusal that failed otherwise before it got through is asked again once)", rounds)
+	ev.add("with the right token:")
+	ev.cmd(good)
+	if !(good.OK() && strings.Contains(good.Stdout, g.ProbeOK)) {
+		problems = append(problems, fmt.Sprintf("the right token is not accepted (no %q)", g.ProbeOK))
 	}
-	for _, p := range probes {
-		ev.add("%s:", p.what)
-		ev.cmd(p.r)
-		switch out := authOutcome(g, p); {
-		case p.right && out != authAccepted:
-			problems = append(problems, fmt.Sprintf("the right token is not accepted (no %q)", g.ProbeOK))
-		case p.right:
-		case out == authNoCredentials:
+	// The two refusals at once (two sessions on the one connection): each
+	// is a Node client start, the longest part of the check under TCG.
+	refusals := []struct {
+		what string
+		argv []string
+		r    cmdResult
+		err  error
+	}{
+		{what: "with a wrong token", argv: g.ProbeArgv(g.Container, wrong)},
+		{what: "with no token", argv: noTokenArgv(g.ProbeArgv(g.Container, tok), tok)},
+	}
+	var wg sync.WaitGroup
+	for i := range refusals {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			refusals[i].r, refusals[i].err = run(refusals[i].argv)
+		}()
+	}
+	wg.Wait()
+	for _, v := range refusals {
+		r, err := v.r, v.err
+		if err != nil {
+			return Fail, err.Error()
+		}
+		ev.add("%s:", v.what)
+		ev.cmd(r)
+		out := r.Stdout + r.Stderr
+		if v.what == "with no token" && !r.OK() && g.ProbeNoCredentials != "" && strings.Contains(out, g.ProbeNoCredentials) {
 			ev.add("(the client itself will not connect without credentials; the wrong token above is refused by the gateway)")
-		case out == authAccepted:
-			problems = append(problems, "a client "+p.what+" is accepted")
-		case out == authOther:
-			problems = append(problems, fmt.Sprintf("a client %s is not refused with %q (it failed otherwise: the gateway may not be answering)", p.what, g.ProbeRefused))
+			continue
+		}
+		if r.OK() || (strings.Contains(r.Stdout, g.ProbeOK) && !strings.Contains(out, g.ProbeRefused)) {
+			problems = append(problems, "a client "+v.what+" is accepted")
+		} else if !strings.Contains(out, g.ProbeRefused) {
+			problems = append(problems, fmt.Sprintf("a client %s is not refused with %q (it failed otherwise: the gateway may not be answering)", v.what, g.ProbeRefused))
 		}
 	}
 	return verdict(problems, ev, fmt.Sprintf("right token: %q; wrong token and no token: %q", g.ProbeOK, g.ProbeRefused))
-}
-
-// authProbe is one client of gateway.auth: the gateway's own client with
-// the right token, a wrong one, or none.
-type authProbe struct {
-	what           string
-	argv           []string
-	right, noToken bool
-	r              cmdResult
-	err            error
-}
-
-// How the gateway answered one probe.
-type authResult int
-
-const (
-	authOther         authResult = iota // failed otherwise: the gateway may not be answering (yet)
-	authAccepted                        // ProbeOK, and no refusal
-	authRefused                         // ProbeRefused
-	authNoCredentials                   // the client would not connect without credentials (no token only)
-)
-
-// authOutcome judges p's last result.
-func authOutcome(g *GatewaySpec, p *authProbe) authResult {
-	r := p.r
-	out := r.Stdout + r.Stderr
-	switch {
-	case p.right:
-		if r.OK() && strings.Contains(r.Stdout, g.ProbeOK) {
-			return authAccepted
-		}
-		return authOther
-	case !r.OK() && g.ProbeNoCredentials != "" && strings.Contains(out, g.ProbeNoCredentials) && p.noToken:
-		return authNoCredentials
-	case r.OK() || (strings.Contains(r.Stdout, g.ProbeOK) && !strings.Contains(out, g.ProbeRefused)):
-		return authAccepted
-	case strings.Contains(out, g.ProbeRefused):
-		return authRefused
-	}
-	return authOther
-}
-
-// runAuthProbes runs gateway.auth's clients, each a start of the gateway's
-// own client (Node for OpenClaw: the longest part of the check under TCG),
-// and returns how many rounds it took. The first round runs them all at
-// once. The right token is then retried (after wait) until it is accepted
-// or deadline passes, as the gateway may still be settling when its port
-// first answers; once it is accepted, a refusal that failed otherwise in
-// an earlier round (not "refused", nor accepted) is asked again, once, and
-// that answer is judged. A refusal's "refused" or "accepted" is the
-// gateway's answer whenever it came: not asked again. An error of run
-// (the session, not the client) ends it.
-func runAuthProbes(ctx context.Context, g *GatewaySpec, probes []*authProbe, run func([]string) (cmdResult, error), deadline func() time.Time, wait func()) int {
-	runAll := func(ps []*authProbe) bool {
-		var wg sync.WaitGroup
-		for _, p := range ps {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.r, p.err = run(p.argv)
-			}()
-		}
-		wg.Wait()
-		for _, p := range ps {
-			if p.err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	rounds := 1
-	if !runAll(probes) {
-		return rounds
-	}
-	var right *authProbe
-	for _, p := range probes {
-		if p.right {
-			right = p
-		}
-	}
-	if right == nil {
-		return rounds
-	}
-	for authOutcome(g, right) != authAccepted && time.Now().Before(deadline()) && ctx.Err() == nil {
-		wait()
-		if ctx.Err() != nil {
-			break
-		}
-		rounds++
-		if !runAll([]*authProbe{right}) {
-			return rounds
-		}
-	}
-	if authOutcome(g, right) != authAccepted {
-		return rounds
-	}
-	var again []*authProbe
-	for _, p := range probes {
-		if !p.right && authOutcome(g, p) == authOther {
-			again = append(again, p)
-		}
-	}
-	if len(again) > 0 {
-		rounds++
-		runAll(again)
-	}
-	return rounds
 }
 
 // noTokenArgv drops "--token T" and, for docker exec, hides any config the

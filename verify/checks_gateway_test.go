@@ -1,15 +1,12 @@
 package verify
 
 import (
-	"context"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/bakeimg/bake/internal/testenv"
 )
@@ -99,87 +96,5 @@ func TestGatewayProcessScript(t *testing.T) {
 	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 3 {
 		t.Errorf("no container: %v", err)
-	}
-}
-
-// gateway.auth's clients: all three at once first, the right token
-// retried while the gateway settles, an inconclusive refusal asked again
-// once after the right token got through; the gateway's answer to a
-// refusal ("refused" or "accepted") is never asked again.
-func TestRunAuthProbes(t *testing.T) {
-	g := DefaultSpec().Gateway
-	ok := cmdResult{Stdout: "OK\n"}
-	refused := cmdResult{Exit: 1, Stderr: "Error: unauthorized: gateway token mismatch\n"}
-	noCreds := cmdResult{Exit: 1, Stderr: "gateway url override requires explicit credentials\n"}
-	down := cmdResult{Exit: 1, Stderr: "Error: connect ECONNREFUSED 127.0.0.1:18789\n"}
-	type answers map[string][]cmdResult // by probe: its answers in order (the last repeats)
-	for _, tc := range []struct {
-		name    string
-		ans     answers
-		rounds  int
-		calls   map[string]int
-		outcome map[string]authResult
-	}{
-		{"settled: one round of three", answers{"right": {ok}, "wrong": {refused}, "none": {noCreds}}, 1,
-			map[string]int{"right": 1, "wrong": 1, "none": 1},
-			map[string]authResult{"right": authAccepted, "wrong": authRefused, "none": authNoCredentials}},
-		{"not settled: the right token retried, the refusals asked again", answers{"right": {down, down, ok}, "wrong": {down, refused}, "none": {down, refused}}, 4,
-			map[string]int{"right": 3, "wrong": 2, "none": 2},
-			map[string]authResult{"right": authAccepted, "wrong": authRefused, "none": authRefused}},
-		{"a refusal already answered is not asked again", answers{"right": {down, ok}, "wrong": {refused}, "none": {down, noCreds}}, 3,
-			map[string]int{"right": 2, "wrong": 1, "none": 2},
-			map[string]authResult{"right": authAccepted, "wrong": authRefused, "none": authNoCredentials}},
-		{"a wrong token accepted stays accepted", answers{"right": {ok}, "wrong": {ok}, "none": {refused}}, 1,
-			map[string]int{"right": 1, "wrong": 1, "none": 1},
-			map[string]authResult{"right": authAccepted, "wrong": authAccepted, "none": authRefused}},
-		{"a refusal failing otherwise after the right token got through: asked once more, then judged", answers{"right": {ok}, "wrong": {down}, "none": {refused}}, 2,
-			map[string]int{"right": 1, "wrong": 2, "none": 1},
-			map[string]authResult{"right": authAccepted, "wrong": authOther, "none": authRefused}},
-		{"never settles: the right token until the deadline, the refusals not asked again", answers{"right": {down}, "wrong": {down}, "none": {down}}, 0,
-			map[string]int{"wrong": 1, "none": 1},
-			map[string]authResult{"right": authOther, "wrong": authOther, "none": authOther}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			calls := map[string]int{}
-			run := func(argv []string) (cmdResult, error) {
-				who := argv[len(argv)-1]
-				mu.Lock()
-				defer mu.Unlock()
-				a := tc.ans[who]
-				r := a[min(calls[who], len(a)-1)]
-				calls[who]++
-				return r, nil
-			}
-			probes := []*authProbe{
-				{what: "with the right token", argv: []string{"right"}, right: true},
-				{what: "with a wrong token", argv: []string{"wrong"}},
-				{what: "with no token", argv: []string{"none"}, noToken: true},
-			}
-			// The deadline is an hour away; the fifth wait sleeps past it.
-			waits := 0
-			now := time.Now()
-			deadline := now.Add(time.Hour)
-			wait := func() {
-				waits++
-				if waits >= 5 {
-					deadline = now
-				}
-			}
-			rounds := runAuthProbes(context.Background(), g, probes, run, func() time.Time { return deadline }, wait)
-			if tc.rounds != 0 && rounds != tc.rounds {
-				t.Errorf("rounds %d, want %d", rounds, tc.rounds)
-			}
-			for who, n := range tc.calls {
-				if calls[who] != n {
-					t.Errorf("%s asked %d times, want %d", who, calls[who], n)
-				}
-			}
-			for _, p := range probes {
-				if got := authOutcome(g, p); got != tc.outcome[p.argv[0]] {
-					t.Errorf("%s: outcome %d, want %d", p.what, got, tc.outcome[p.argv[0]])
-				}
-			}
-		})
 	}
 }
