@@ -101,9 +101,14 @@ func BuildTestGatewayImage(ctx context.Context, binPath string, epoch int64) (v1
 		Entrypoint:   []string{"/usr/local/bin/openclaw"},
 		Cmd:          GatewayCmd(GatewayPort),
 		ExposedPorts: map[string]struct{}{itoa(GatewayPort) + "/tcp": {}},
+		// Every 30 s, as the real image's (GatewayHealthcheck): each
+		// check is an exec in the container (containerd, its shim, runc,
+		// this binary), about 1 s of a one-vCPU TCG guest's CPU; at 10 s
+		// it was 5.7 s a minute, three quarters of what an idle test
+		// appliance burns (BENCHMARKS.md, session 19).
 		Healthcheck: &v1.HealthConfig{
 			Test:     []string{"CMD", "/usr/local/bin/openclaw", "healthz", "--port", itoa(GatewayPort)},
-			Interval: 10 * time.Second, Timeout: 5 * time.Second, Retries: 3,
+			Interval: 30 * time.Second, Timeout: 5 * time.Second, Retries: 3,
 		},
 		StopSignal: "SIGTERM",
 		Labels: map[string]string{
