@@ -274,12 +274,20 @@ type debugfsReader struct {
 }
 
 func (d *debugfsReader) request(p *Partition, cmd string) ([]byte, error) {
+	return d.requestMode(p, cmd, true)
+}
+
+// requestMode is request with the bitmaps read too (catastrophic false:
+// debugfs -c skips them, which testb needs).
+func (d *debugfsReader) requestMode(p *Partition, cmd string, catastrophic bool) ([]byte, error) {
 	// The image may be hostile: what debugfs prints is bounded (a
 	// file or listing over maxDebugfsOutput is an error, not memory).
 	out := &cappedBuffer{max: maxDebugfsOutput}
-	err := d.run.Run(d.ctx, execx.Cmd{Name: "debugfs", Args: []string{
-		"-c", "-R", cmd, d.raw + "?offset=" + strconv.FormatInt(p.Offset, 10),
-	}, Env: []string{"LC_ALL=C"}, Stdout: out})
+	args := []string{"-R", cmd, d.raw + "?offset=" + strconv.FormatInt(p.Offset, 10)}
+	if catastrophic {
+		args = append([]string{"-c"}, args...)
+	}
+	err := d.run.Run(d.ctx, execx.Cmd{Name: "debugfs", Args: args, Env: []string{"LC_ALL=C"}, Stdout: out})
 	if out.over {
 		return nil, fmt.Errorf("partition %d: debugfs %s: more than %d MiB of output", p.Number, cmd, maxDebugfsOutput>>20)
 	}

@@ -304,6 +304,7 @@ func (r *runner) secrets(ctx context.Context) {
 		r.record("", checkSecretsDisk.ID, Skip, "not run: "+err.Error(), time.Since(t0))
 		return
 	}
+	s.locate(ctx, raw)
 	status, ev := s.verdict()
 	r.record("", checkSecretsDisk.ID, status, ev, time.Since(t0))
 }

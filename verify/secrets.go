@@ -208,9 +208,10 @@ type Scanner struct {
 	stats    ScanStats
 	seen     map[string]bool
 	active   int
-	memory   int64        // reserved by the streams being decoded
-	used     atomic.Int64 // of MaxTotalBytes
-	bufs     sync.Pool    // scan buffers
+	memory   int64             // reserved by the streams being decoded
+	used     atomic.Int64      // of MaxTotalBytes
+	bufs     sync.Pool         // scan buffers
+	located  map[string]string // Finding.Where -> where on the disk (locate)
 }
 
 // NewScanner returns a scanner with DefaultRules plus extra.
@@ -613,7 +614,17 @@ func (s *Scanner) verdict() (Status, string) {
 	st := s.Stats()
 	var problems, ev evidence
 	if st.Findings > 0 {
-		problems.add("%d secret(s) in the image", st.Findings)
+		// The first few by name and place, so that the summary line says
+		// what to remove and from where.
+		var first []string
+		for i, f := range s.Findings() {
+			if i == 3 {
+				first = append(first, "...")
+				break
+			}
+			first = append(first, f.Rule+" at "+f.Where+s.locatedWord(f))
+		}
+		problems.add("%d secret(s) in the image: %s", st.Findings, strings.Join(first, "; "))
 	}
 	if st.UnscannedCount > 0 || st.AfterBound > 0 {
 		problems.add("%d compressed stream(s) not scanned to their end, so the image is not proven free of secrets:", st.UnscannedCount+st.AfterBound)
@@ -628,7 +639,7 @@ func (s *Scanner) verdict() (Status, string) {
 		}
 	}
 	for _, f := range s.Findings() {
-		ev.add("FOUND %s at %s: %s", f.Rule, f.Where, f.Excerpt)
+		ev.add("FOUND %s at %s%s: %s", f.Rule, f.Where, s.locatedWord(f), f.Excerpt)
 	}
 	if st.Findings > len(s.Findings()) {
 		ev.add("... and %d more", st.Findings-len(s.Findings()))

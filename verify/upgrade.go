@@ -1162,6 +1162,7 @@ func (r *runner) scanRoot(ctx context.Context, disk string, within [][2]int64, t
 	if err := s.ScanFileRanges(ctx, disk, within); err != nil {
 		return Fail, "not run: " + err.Error()
 	}
+	s.locate(ctx, disk)
 	st, ev := s.verdict()
 	also := ""
 	if authKey != "" {

@@ -100,6 +100,11 @@ func startVerifyIn(t *testing.T, ctx context.Context, netns string, onLine func(
 		args = append(args, "--cpus", strconv.Itoa(vmCPUs(vm.BIOS)))
 	}
 	argv := append(append([]string{bake(t), "verify"}, args...), "--report", report)
+	if os.Getenv("BAKE_VMTEST_VERIFY_KEEP") == "1" {
+		// Debugging: verify keeps its work directory (seeds, serial
+		// logs, the disks it booted) and prints where.
+		argv = append(argv, "--keep")
+	}
 	if netns != "" {
 		argv = append([]string{"ip", "netns", "exec", netns}, argv...)
 	}
