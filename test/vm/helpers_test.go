@@ -15,9 +15,6 @@
 //     mounts below their own dirs and namespaces named after their own
 //     processes; run alone, they left the second core idle while
 //     TestDefaultRecipe ran: BENCHMARKS.md, "Session 13");
-//     Once the host-state tests are done, the tests of parallel(t) with a
-//     short budget may take that lane, one at a time, while the lead
-//     runs (companion);
 //   - then every other test, through parallel(t): they only boot,
 //     bake into their own directories and verify, each with its own QEMU,
 //     ports and namespaces named after its process. vmSlots of them run at
@@ -188,16 +185,9 @@ func budgetWeight(t *testing.T) time.Duration {
 func parallel(t *testing.T) {
 	t.Parallel()
 	t0 := time.Now()
-	weight := budgetWeight(t)
-	if companion(t, weight) {
-		if d := time.Since(t0); d > time.Second {
-			t.Logf("waited %s for a VM slot", since(t0))
-		}
-		t.Logf("runs beside the first phase (its budget %s fits in what is left of its lead's)", weight)
-		return
-	}
 	// The first phase ends first (firstPhase).
 	phase1.Wait()
+	weight := budgetWeight(t)
 	w := &slotWaiter{name: t.Name(), weight: weight, ready: make(chan struct{})}
 	sched.mu.Lock()
 	sched.waiting = append(sched.waiting, w)
@@ -245,24 +235,7 @@ var (
 func firstPhase(t *testing.T, hostState bool) {
 	phase1.Add(1)
 	t.Cleanup(phase1.Done)
-	lane.mu.Lock()
-	if hostState {
-		lane.hostState++
-		t.Cleanup(func() {
-			lane.mu.Lock()
-			lane.hostState--
-			lane.mu.Unlock()
-		})
-	} else {
-		lane.lead = true
-	}
-	lane.mu.Unlock()
 	t.Parallel()
-	if !hostState {
-		lane.mu.Lock()
-		lane.leadStart, lane.leadWeight = time.Now(), budgetWeight(t)
-		lane.mu.Unlock()
-	}
 	if hostState {
 		t0 := time.Now()
 		hostStateMu.Lock()
@@ -270,115 +243,6 @@ func firstPhase(t *testing.T, hostState bool) {
 		// As parallel's: testreport takes the wait out of t's time.
 		if d := time.Since(t0); d > time.Second {
 			t.Logf("waited %s for a VM slot", since(t0))
-		}
-	}
-}
-
-// The first phase's second lane. TestDefaultRecipe (the lead) keeps most
-// of one core and part of the other; beside it the host-state tests run
-// one at a time, and after them that lane sat idle for the rest of the
-// lead's run (a quarter of the host idle for about 7 minutes in the runs
-// of session 19). A test of parallel(t) may run there instead of waiting
-// for the second phase, one at a time, once no host-state test is left:
-// a companion. Of the tests waiting to, the one with the largest budget
-// that fits in what is left of the lead's own budget goes first (budgets
-// as parallel's, companionMax at most, so that the lead shares the host
-// with short VMs only). A companion takes one of vmSlots at once, which it
-// keeps into the second phase if it is still running when the first ends.
-const companionMax = 2*time.Minute + 30*time.Second
-
-var lane = struct {
-	mu         sync.Mutex
-	lead       bool          // a lead is in this run (set before any test resumes)
-	leadStart  time.Time     // when it resumed
-	leadWeight time.Duration // its budget
-	hostState  int           // host-state tests not yet ended
-	busy       bool          // a companion runs
-	waiting    map[*testing.T]time.Duration
-}{waiting: map[*testing.T]time.Duration{}}
-
-var (
-	phase1DoneOnce sync.Once
-	phase1Closed   = make(chan struct{})
-)
-
-// phase1Done is closed once the first phase has ended. Called only from
-// the parallel part of a test, after every firstPhase Add.
-func phase1Done() <-chan struct{} {
-	phase1DoneOnce.Do(func() {
-		go func() {
-			phase1.Wait()
-			close(phase1Closed)
-		}()
-	})
-	return phase1Closed
-}
-
-// companion runs t in the first phase's second lane if it gets there
-// before the first phase ends, and reports whether it did.
-func companion(t *testing.T, weight time.Duration) bool {
-	lane.mu.Lock()
-	if !lane.lead || weight > companionMax {
-		lane.mu.Unlock()
-		return false
-	}
-	lane.waiting[t] = weight
-	lane.mu.Unlock()
-	defer func() {
-		lane.mu.Lock()
-		delete(lane.waiting, t)
-		lane.mu.Unlock()
-	}()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-phase1Done():
-			return false
-		default:
-		}
-		lane.mu.Lock()
-		if !lane.busy && lane.hostState == 0 && !lane.leadStart.IsZero() {
-			left := lane.leadWeight - time.Since(lane.leadStart)
-			var best *testing.T
-			for w, d := range lane.waiting {
-				if d <= left && (best == nil || d > lane.waiting[best] || d == lane.waiting[best] && w.Name() < best.Name()) {
-					best = w
-				}
-			}
-			if best == nil {
-				// Nothing waiting fits any more: the second phase.
-				lane.mu.Unlock()
-				return false
-			}
-			if best == t {
-				lane.busy = true
-				lane.mu.Unlock()
-				sched.mu.Lock()
-				sched.busy++
-				sched.mu.Unlock()
-				t.Cleanup(func() {
-					lane.mu.Lock()
-					lane.busy = false
-					lane.mu.Unlock()
-					sched.mu.Lock()
-					defer sched.mu.Unlock()
-					sched.busy--
-					select {
-					case <-phase1Done():
-						grantLocked()
-					default:
-						// No grant before the second phase's first one,
-						// which waits for its tests to queue up.
-					}
-				})
-				return true
-			}
-		}
-		lane.mu.Unlock()
-		select {
-		case <-tick.C:
-		case <-phase1Done():
 		}
 	}
 }
