@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/bakeimg/bake/internal/testenv"
-	"github.com/diskfs/go-diskfs/partition/gpt"
 )
 
 // A secret found on a disk names the file that holds it (or says the
@@ -33,20 +32,7 @@ func TestSecretsLocated(t *testing.T) {
 	}
 	raw := filepath.Join(dir, "disk.raw")
 	const size = 32 << 20
-	f, err := os.Create(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "11111111-2222-3333-4444-555555555555",
-		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: size/512 - 34, Size: (size/512 - 34 - 2048 + 1) * 512,
-			Type: gpt.LinuxFilesystem, GUID: "11111111-2222-3333-4444-000000000001", Name: "root"}}}
-	if err := tbl.Write(f, size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	gptDisk(t, raw, size)
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 2048*512), "-d", tree, raw,
 		fmt.Sprintf("%dk", (size/512-34-2048+1)/2)).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)

@@ -297,18 +297,9 @@ func TestSecretsQcow2ToRaw(t *testing.T) {
 	testenv.NeedTools(t, "qemu-img") // only to make the qcow2
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
-	const size = 16 << 20
-	f, err := os.Create(raw)
+	gptDisk(t, raw, 16<<20)
+	f, err := os.OpenFile(raw, os.O_RDWR, 0)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "11111111-2222-3333-4444-555555555555",
-		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: size/512 - 34, Size: (size/512 - 34 - 2048 + 1) * 512,
-			Type: gpt.LinuxFilesystem, GUID: "11111111-2222-3333-4444-000000000001", Name: "root"}}}
-	if err := tbl.Write(f, size); err != nil {
 		t.Fatal(err)
 	}
 	at := int64(5<<20 + 4096)
@@ -330,5 +321,25 @@ func TestSecretsQcow2ToRaw(t *testing.T) {
 	}
 	if fs := s.Findings(); len(fs) != 1 || fs[0].Where != fmt.Sprintf("disk+%#x", at) {
 		t.Fatalf("findings %v", fs)
+	}
+}
+
+// gptDisk writes a sparse disk of size bytes with a GPT and one Linux
+// partition from sector 2048 to the end (gptDiskPart).
+func gptDisk(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "11111111-2222-3333-4444-555555555555",
+		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: uint64(size/512 - 34), Size: uint64((size/512 - 34 - 2048 + 1) * 512),
+			Type: gpt.LinuxFilesystem, GUID: "11111111-2222-3333-4444-000000000001", Name: "root"}}}
+	if err := tbl.Write(f, size); err != nil {
+		t.Fatal(err)
 	}
 }
