@@ -101,8 +101,8 @@ func startVerifyIn(t *testing.T, ctx context.Context, netns string, onLine func(
 	}
 	argv := append(append([]string{bake(t), "verify"}, args...), "--report", report)
 	if os.Getenv("BAKE_VMTEST_VERIFY_KEEP") == "1" {
-		// Debugging: verify keeps its work directory (seeds, serial
-		// logs, the disks it booted) and prints where.
+		// Debugging: verify keeps its work directory (seeds, the
+		// throwaway key, serial logs; not the disks) and prints where.
 		argv = append(argv, "--keep")
 	}
 	if netns != "" {
