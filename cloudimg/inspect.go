@@ -157,15 +157,31 @@ func Inspect(ctx context.Context, path string, opts ...Option) (*Layout, error) 
 	return l, nil
 }
 
-func inspectRaw(ctx context.Context, raw string, o options) (*Layout, error) {
+// openTable opens the raw disk image raw (a regular file) and reads its
+// partition table (an error reading it starts with "what raw:"); the
+// caller closes the file.
+func openTable(ctx context.Context, what, raw string) (*os.File, *Table, error) {
 	f, fi, err := imgfile.OpenRegular(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := readTable(ctx, f, fi.Size())
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s %s: %w", what, raw, err)
+	}
+	return f, t, nil
+}
+
+func inspectRaw(ctx context.Context, raw string, o options) (*Layout, error) {
+	f, t, err := openTable(ctx, "inspect", raw)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	t, err := readTable(ctx, f, fi.Size())
+	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("inspect %s: %w", raw, err)
+		return nil, err
 	}
 	l := &Layout{Path: raw, Size: fi.Size(), Table: *t}
 	for i := range l.Table.Partitions {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-
-	"github.com/bakeimg/bake/internal/imgfile"
 )
 
 // MaxLocate bounds how many offsets one LocateOffsets call explains.
@@ -25,22 +23,19 @@ func LocateOffsets(ctx context.Context, raw string, offsets []int64, opts ...Opt
 		offsets = offsets[:MaxLocate]
 	}
 	o := makeOptions(opts)
-	f, fi, err := imgfile.OpenRegular(raw)
+	f, t, err := openTable(ctx, "locate in", raw)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	t, err := readTable(ctx, f, fi.Size())
-	if err != nil {
-		return nil, fmt.Errorf("locate in %s: %w", raw, err)
-	}
 	out := make([]string, len(offsets))
 	// The offsets of each ext partition, by block: one debugfs run each.
 	type ask struct {
 		i     int
 		block int64
 	}
-	asks := map[int][]ask{}
+	asks := map[*Partition][]ask{}
+	probed := map[*Partition]error{} // each partition's superblock read once
 	for i, off := range offsets {
 		var p *Partition
 		for j := range t.Partitions {
@@ -54,21 +49,25 @@ func LocateOffsets(ctx context.Context, raw string, offsets []int64, opts ...Opt
 			out[i] = "outside every partition (the partition table, a gap between partitions, or after the last)"
 			continue
 		}
-		fs, err := probeFS(f, p.Offset, p.Size)
+		err, done := probed[p]
+		if !done {
+			p.FS, err = probeFS(f, p.Offset, p.Size)
+			probed[p] = err
+		}
+		fs := p.FS
 		if err != nil || fs.Type == "" {
 			out[i] = fmt.Sprintf("partition %d, %d bytes in (no filesystem bake can read)", p.Number, off-p.Offset)
 			continue
 		}
-		p.FS = fs
 		if !fs.IsExt() || fs.BlockSize <= 0 {
 			out[i] = fmt.Sprintf("partition %d (%s), %d bytes in", p.Number, fs.Type, off-p.Offset)
 			continue
 		}
-		asks[p.Number] = append(asks[p.Number], ask{i, (off - p.Offset) / int64(fs.BlockSize)})
+		asks[p] = append(asks[p], ask{i, (off - p.Offset) / int64(fs.BlockSize)})
 	}
 	rd := &debugfsReader{ctx: ctx, run: o.runner, raw: raw}
-	for num, as := range asks {
-		p := &t.Partitions[jByNumber(t, num)]
+	for p, as := range asks {
+		num := p.Number
 		blocks := make([]string, len(as))
 		for k, a := range as {
 			blocks[k] = strconv.FormatInt(a.block, 10)
@@ -118,15 +117,6 @@ func LocateOffsets(ctx context.Context, raw string, offsets []int64, opts ...Opt
 		}
 	}
 	return out, nil
-}
-
-func jByNumber(t *Table, num int) int {
-	for i := range t.Partitions {
-		if t.Partitions[i].Number == num {
-			return i
-		}
-	}
-	return 0
 }
 
 // icheck maps blocks to the inodes whose data they are (0: none).
