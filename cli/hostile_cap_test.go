@@ -34,7 +34,9 @@ func TestMain(m *testing.M) {
 		fmt.Println("allocated", len(b))
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	// Tests here mount file systems: they run in a mount namespace of their
+	// own (testenv.MainInPrivateMounts).
+	os.Exit(testenv.MainInPrivateMounts(m))
 }
 
 // capMemory is the memory cap of each capped run: RLIMIT_DATA, which

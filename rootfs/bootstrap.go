@@ -107,7 +107,7 @@ func DivertBootHooks(ctx context.Context, ch *Chroot) error {
 // file (resolv.conf, hostname) remains.
 //
 // Warm builds: with CacheDir, the .debs of earlier builds are synced into
-// the tree's apt archive before the download (setup hook sync-in), apt finds
+// the tree's apt archive before the download (a setup hook), apt finds
 // them there and fetches only what is missing (download/empty is skipped so
 // they stay until the customize hook syncs them back out to CacheDir), so a
 // second build downloads nothing but the indexes. mmdebstrap's cleanup then
@@ -269,8 +269,8 @@ func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err e
 		if err := os.MkdirAll(cache, 0o755); err != nil {
 			return err
 		}
-		// Other builds share the cache: sync in from a snapshot, out into
-		// a directory of this build's (see debcache.go).
+		// Other builds share the cache: copy in from a snapshot, sync out
+		// into a directory of this build's (see debcache.go).
 		snap, serr := debCacheSnapshot(cache)
 		if serr != nil {
 			return fmt.Errorf("bootstrap: %w", serr)
@@ -289,7 +289,7 @@ func bootstrap(ctx context.Context, o BootstrapOptions, sources []string) (err e
 		args = append(args,
 			"--skip=download/empty",
 			`--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
-			"--setup-hook=sync-in "+snap+" /var/cache/apt/archives/",
+			"--setup-hook="+debCacheCopyInHook(snap),
 			"--customize-hook=sync-out /var/cache/apt/archives "+incoming,
 		)
 	}

@@ -16,14 +16,25 @@ import (
 // VM tests two at a time). mmdebstrap's sync-in and sync-out hooks copy the
 // whole directory with tar: a sync-out writing a .deb that another build's
 // sync-out is writing too fails ("Cannot open: File exists"), and a
-// sync-in could copy a .deb half written. So a bootstrap syncs in from a
+// sync-in could copy a .deb half written. So a bootstrap copies in from a
 // snapshot of hard links (debCacheSnapshot: stable whatever others add)
-// and out into a directory of its own, whose new .debs are then renamed
+// and syncs out into a directory of its own, whose new .debs are then renamed
 // into the cache one by one (publishDebs: rename is atomic, and a .deb's
 // name carries its version, so two builds never publish different bytes
 // under one name). InstallPackages, which bind-mounts the cache as the
 // tree's apt archive, holds lockDebCache while apt runs (apt refuses a
 // second apt on the same archive directory).
+//
+// The copy in is a plain cp (debCacheCopyInHook), not mmdebstrap's sync-in:
+// the snapshot's files are the cache's inodes, and every other build's
+// snapshot links to them and unlinks them again, which changes their ctime.
+// tar, which sync-in runs, takes a ctime that changes while it reads a file
+// for a file that changed ("file changed as we read it", exit 1), and
+// mmdebstrap's hook listener dies of it: the bootstrap fails at its next
+// special hook (sync-out: "special hook failed with exit code 13", the
+// helper's SIGPIPE). Found in make test with a 38 MB .deb in the cache. The
+// bytes of a cached .deb never change (publishDebs only adds new names), so
+// cp, which does not look at ctime, copies them whole.
 
 // debCacheTempAge: snapshot and sync-out directories whose names record no
 // owner (made by an older bake) and older than this were left by a build
@@ -61,6 +72,14 @@ func debCacheSnapshot(cache string) (string, error) {
 		}
 	}
 	return snap, nil
+}
+
+// debCacheCopyInHook is the setup hook that copies the snapshot snap into
+// the tree's apt archive (mmdebstrap runs it with sh -c, the tree as $1).
+// snap has no character the shell would split or expand (Bootstrap checks
+// the cache path; the rest is sweep.MkdirTemp's digits).
+func debCacheCopyInHook(snap string) string {
+	return `cp -a --reflink=auto ` + snap + `/. "$1"/var/cache/apt/archives/`
 }
 
 // debCacheIncoming makes cache/.bake-out-PID-XXXX for a bootstrap's

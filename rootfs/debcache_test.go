@@ -1,9 +1,11 @@
 package rootfs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -100,4 +102,74 @@ func TestLockDebCacheWaits(t *testing.T) {
 		t.Fatalf("after unlock: %v", err)
 	}
 	u2()
+}
+
+// The copy into a tree must not care that other builds link the cache's
+// .debs into their snapshots and unlink them while it reads (which changes
+// their ctime: tar, in mmdebstrap's sync-in, took that for a changed file
+// and failed the bootstrap).
+func TestDebCacheCopyInWhileOthersLink(t *testing.T) {
+	cache := t.TempDir()
+	big := make([]byte, 24<<20)
+	for i := range big {
+		big[i] = byte(i*7 + i>>13)
+	}
+	files := map[string][]byte{"big_1_amd64.deb": big, "a_1_all.deb": []byte("a")}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(cache, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := debCacheSnapshot(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(snap)
+
+	// Other builds: a snapshot's link to each .deb, made and removed again.
+	others := t.TempDir()
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for name := range files {
+				l := filepath.Join(others, name)
+				if os.Link(filepath.Join(cache, name), l) == nil {
+					n++
+				}
+				os.Remove(l)
+			}
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		tree := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(tree, "var/cache/apt/archives"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("sh", "-c", debCacheCopyInHook(snap), "exec", tree).CombinedOutput()
+		if err != nil {
+			close(stop)
+			<-done
+			t.Fatalf("copy-in hook: %v\n%s", err, out)
+		}
+		for name, want := range files {
+			got, err := os.ReadFile(filepath.Join(tree, "var/cache/apt/archives", name))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("copy %d: %s: %d bytes, %v; want %d bytes equal", i, name, len(got), err, len(want))
+			}
+		}
+	}
+	close(stop)
+	if n := <-done; n == 0 {
+		t.Fatal("no link was made beside the copies: the test proved nothing")
+	} else {
+		t.Logf("%d links made and removed beside 5 copies", n)
+	}
 }

@@ -305,8 +305,8 @@ func TestBootstrapCommand(t *testing.T) {
 	for _, want := range []string{
 		"--mode=root", "--format=directory", "--variant=minbase", "--components=main",
 		"--include=systemd,linux-image-amd64", "--skip=download/empty", "--dpkgopt=force-unsafe-io",
-		// A snapshot in, a dir of its own out (debcache.go).
-		"--setup-hook=sync-in " + cache + "/" + debSnapshotPrefix,
+		// A snapshot in (by cp, never tar: debcache.go), a dir of its own out.
+		"--setup-hook=cp -a --reflink=auto " + cache + "/" + debSnapshotPrefix,
 		"--customize-hook=sync-out /var/cache/apt/archives " + cache + "/" + debIncomingPrefix,
 		"bookworm\n" + tree + "\ndeb http://build.example/debian bookworm main\ndeb http://build.example/debian bookworm-updates main",
 	} {

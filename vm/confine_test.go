@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bakeimg/bake/internal/testenv"
 )
 
 // seccompExecEnv makes the test binary a seccomp wrapper: it installs an
@@ -25,7 +27,9 @@ func TestMain(m *testing.M) {
 		os.Unsetenv(seccompExecEnv)
 		seccompExec(os.Args[1:])
 	}
-	os.Exit(m.Run())
+	// Tests here mount file systems: they run in a mount namespace of their
+	// own (testenv.MainInPrivateMounts).
+	os.Exit(testenv.MainInPrivateMounts(m))
 }
 
 func seccompExec(argv []string) {

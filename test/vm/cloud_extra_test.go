@@ -13,7 +13,6 @@ import (
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/disk"
 	"github.com/bakeimg/bake/internal/execx"
-	"github.com/bakeimg/bake/rootfs"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -68,35 +67,17 @@ func TestCloudRebuiltBootNewKernel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The two steps that mount run in a mount namespace of their
+			// own (private_mounts_test.go); the extraction proves there
+			// that it leaves no mount.
 			tree := filepath.Join(dir, "tree")
-			mountsBefore := mounts(t)
-			if err := cloudimg.Extract(ctx, base, l, tree); err != nil {
-				t.Fatal(err)
-			}
-			for _, m := range newMounts(mountsBefore, mounts(t)) {
-				if strings.HasPrefix(m, dir+"/") { // other tests may mount their own meanwhile
-					t.Fatalf("mount left by Extract: %s", m)
-				}
-			}
+			inPrivateMounts(t, "extract", base, tree)
 			before, err := cloudimg.ReadBootChain(tree)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t0 := time.Now()
-			ch, err := rootfs.Open(ctx, tree, rootfs.WithRunner(execx.Host{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = rootfs.DivertBootHooks(ctx, ch)
-			if err == nil {
-				err = rootfs.InstallPackages(ctx, ch, []string{"linux-image-amd64"}, filepath.Join(cacheDir(), "apt", "bookworm"))
-			}
-			if cerr := ch.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			inPrivateMounts(t, "install-kernel", tree, filepath.Join(cacheDir(), "apt", "bookworm"))
 			t.Logf("installed linux-image-amd64 in %s", since(t0))
 			after, err := cloudimg.ReadBootChain(tree)
 			if err != nil {
