@@ -759,9 +759,16 @@ func TestContainerFiles(t *testing.T) {
 			t.Errorf("env file mode %v", f.Mode)
 		}
 	}
-	for _, want := range []string{ContainerImageScript, UnitDir + "/bake-container-openclaw-gateway.service", ContainersRecord} {
+	for _, want := range []string{ContainerImageScript, UnitDir + "/bake-container-openclaw-gateway.service", ContainersRecord, TmpMount} {
 		if !slices.Contains(paths, want) {
 			t.Errorf("no %s in %v", want, paths)
+		}
+	}
+	// /tmp on a tmpfs (docker exec's process specs never on a disk), as
+	// systemd parses it: %% is one %, and the unit can be enabled.
+	for _, want := range []string{"\nWhat=tmpfs\n", "\nWhere=/tmp\n", "\nType=tmpfs\n", "\nOptions=mode=1777,strictatime,nosuid,nodev,size=50%%,nr_inodes=1m\n", "\n[Install]\nWantedBy=local-fs.target\n"} {
+		if !strings.Contains(tmpMount, want) {
+			t.Errorf("tmp.mount lacks %q:\n%s", want, tmpMount)
 		}
 	}
 	if len(rec) != 1 || rec[0].ImageID != gatewaySpec().ImageID || rec[0].User != "999:996" || rec[0].Unit != "bake-container-openclaw-gateway.service" {

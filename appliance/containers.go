@@ -12,7 +12,45 @@ const (
 	ContainerImageScript = LibDir + "/container-image"
 	ContainersRecord     = ShareDir + "/containers.json"
 	containerEnvDir      = EtcDir + "/containers"
+	// TmpMount puts /tmp on a tmpfs in an image with containers (enabled
+	// by the containers stage as TmpMountName).
+	TmpMount     = UnitDir + "/" + TmpMountName
+	TmpMountName = "tmp.mount"
 )
+
+// tmpMount is /tmp on a tmpfs, as systemd's own tmp.mount (which Debian 12
+// ships but does not enable). Why an appliance with containers needs it:
+// Docker's runtime writes every `docker exec`'s process spec, its command
+// line and environment, to a temp file in /tmp (go-runc's Exec, in
+// containerd's runc shim, os.CreateTemp with no XDG_RUNTIME_DIR) and
+// removes it once runc has read it. On the root disk a secret on an exec's
+// command line (a health probe's --token, docker exec -e TOKEN=...) could
+// reach a data block before the removal and stay there in a free block:
+// verify's scan of an upgraded instance's root disk found the gateway token
+// once in a free block, 133 bytes into it: where verify's health probe's
+// spec, {"user":{"uid":999,"gid":999,"additionalGids":[999]},"args":
+// ["openclaw","gateway","health","--url","ws://127.0.0.1:18789","--token",
+// has it for a gateway user with a three-digit uid. On a tmpfs it never
+// reaches a disk. mode 1777 and nosuid,nodev as on any Debian /tmp;
+// half the memory at most, as systemd's default.
+const tmpMount = `[Unit]
+Description=Temporary Directory /tmp (a tmpfs: nothing written there reaches a disk)
+Documentation=https://systemd.io/TEMPORARY_DIRECTORIES
+ConditionPathIsSymbolicLink=!/tmp
+DefaultDependencies=no
+Conflicts=umount.target
+Before=local-fs.target umount.target
+After=swap.target
+
+[Mount]
+What=tmpfs
+Where=/tmp
+Type=tmpfs
+Options=mode=1777,strictatime,nosuid,nodev,size=50%%,nr_inodes=1m
+
+[Install]
+WantedBy=local-fs.target
+`
 
 // ContainerUnitName is the systemd unit that runs container name.
 func ContainerUnitName(name string) string { return "bake-container-" + name + ".service" }
@@ -157,7 +195,7 @@ func (c ContainerSpec) Record() ContainerRecord {
 // ContainerFiles are the files of the containers stage (the images are
 // preloaded into Docker's store separately).
 func ContainerFiles(specs []ContainerSpec) []File {
-	fs := []File{file(ContainerImageScript, containerImageScript, execMode)}
+	fs := []File{file(ContainerImageScript, containerImageScript, execMode), file(TmpMount, Header+tmpMount, unitMode)}
 	var recs []ContainerRecord
 	for _, c := range specs {
 		fs = append(fs, file(UnitDir+"/"+ContainerUnitName(c.Name), c.Unit(), unitMode))

@@ -390,6 +390,9 @@ func (p *Plan) containerInputs() []string {
 			in = append(in, fmt.Sprintf("%s: env (%s, 0600, in the image): %s", c.Name, appliance.ContainerEnvFile(c.Name), strings.Join(envShown(c), " ")))
 		}
 	}
+	if len(in) > 0 {
+		in = append(in, "/tmp: a tmpfs ("+appliance.TmpMount+", enabled): what docker exec writes there (each exec's command line and environment) never reaches a disk")
+	}
 	return in
 }
 
@@ -487,7 +490,7 @@ func (p *Plan) stageContainers(ctx context.Context, s *State) error {
 		return err
 	}
 	var recs []appliance.ContainerRecord
-	enable := []string{"docker.service"}
+	enable := []string{"docker.service", appliance.TmpMountName}
 	for i, sp := range specs {
 		rec := sp.Record()
 		rec.Versions = versions[i]

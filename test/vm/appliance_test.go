@@ -636,6 +636,17 @@ func TestApplianceBIOS(t *testing.T) {
 		}
 	})
 
+	// Every docker exec's command line and environment go through a temp
+	// file in /tmp (containerd's runc shim): on a tmpfs, never on a disk
+	// (appliance.TmpMount).
+	t.Run("tmp", func(t *testing.T) {
+		g.t = t
+		out := strings.TrimSpace(g.must("findmnt -n -o FSTYPE,OPTIONS /tmp"))
+		if f := strings.Fields(out); len(f) != 2 || f[0] != "tmpfs" || !strings.Contains(","+f[1]+",", ",nosuid,") || !strings.Contains(","+f[1]+",", ",nodev,") {
+			t.Errorf("/tmp: %q, want a tmpfs with nosuid,nodev", out)
+		}
+	})
+
 	t.Run("gateway", func(t *testing.T) {
 		g.t = t
 		if out := g.must("for i in $(seq 60); do systemctl is-active --quiet bake-container-openclaw-gateway.service && break; sleep 3; done; systemctl is-active bake-container-openclaw-gateway.service"); strings.TrimSpace(out) != "active" {
