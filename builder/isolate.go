@@ -1,7 +1,6 @@
 package builder
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -53,24 +52,6 @@ func RunIsolated(args []string) (int, error) {
 	if err != nil {
 		return 1, fmt.Errorf("entering a private mount namespace: %w", err)
 	}
-	for {
-		select {
-		case s := <-sigs:
-			// A second Ctrl-C is forwarded too; the child decides.
-			_ = cmd.Process.Signal(s)
-		case <-child.Done():
-			err := child.Wait()
-			if err == nil {
-				return 0, nil
-			}
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-					return 128 + int(ws.Signal()), nil
-				}
-				return ee.ExitCode(), nil
-			}
-			return 1, err
-		}
-	}
+	// A second Ctrl-C is forwarded too; the child decides.
+	return child.WaitForwarding(sigs)
 }

@@ -1,6 +1,8 @@
 package execx
 
 import (
+	"errors"
+	"os"
 	"os/exec"
 	"runtime"
 	"syscall"
@@ -92,4 +94,30 @@ func (c *Child) Stop(grace time.Duration) error {
 	_ = c.Cmd.Process.Kill()
 	<-c.done
 	return c.err
+}
+
+// WaitForwarding waits for the child, passing each signal that arrives on
+// sigs on to it (a process that stands in front of a child: bake's isolated
+// build, a test binary in a mount namespace of its own), and returns its
+// exit status as a shell reports it: the child's code, or 128+N when signal
+// N killed it. err is set only when the child could not be waited for.
+func (c *Child) WaitForwarding(sigs <-chan os.Signal) (int, error) {
+	for {
+		select {
+		case s := <-sigs:
+			_ = c.Cmd.Process.Signal(s)
+		case <-c.done:
+			if c.err == nil {
+				return 0, nil
+			}
+			var ee *exec.ExitError
+			if errors.As(c.err, &ee) {
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					return 128 + int(ws.Signal()), nil
+				}
+				return ee.ExitCode(), nil
+			}
+			return 1, c.err
+		}
+	}
 }

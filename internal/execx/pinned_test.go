@@ -1,6 +1,7 @@
 package execx
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -140,4 +141,42 @@ func TestChildStop(t *testing.T) {
 		t.Errorf("ended by %v, want SIGKILL", ps)
 	}
 	stubborn.Stop(time.Second) // again: returns at once
+}
+
+// WaitForwarding passes signals on and reports the child's status as a
+// shell does: its code, or 128+N when signal N killed it.
+func TestChildWaitForwarding(t *testing.T) {
+	for _, tc := range []struct {
+		script string
+		signal os.Signal // sent on the channel once the child runs
+		want   int
+	}{
+		{"exit 3", nil, 3},
+		{"exit 0", nil, 0},
+		{`trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done`, syscall.SIGTERM, 7},
+		{`echo ready; while :; do sleep 0.05; done`, syscall.SIGINT, 128 + int(syscall.SIGINT)},
+	} {
+		cmd := exec.Command("sh", "-c", tc.script)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := StartPinned(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sigs := make(chan os.Signal, 1)
+		if tc.signal != nil {
+			// Once the shell has set its trap and said so.
+			buf := make([]byte, 6)
+			if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
+				t.Fatalf("%q: %q, %v", tc.script, buf, err)
+			}
+			sigs <- tc.signal
+		}
+		code, err := c.WaitForwarding(sigs)
+		if err != nil || code != tc.want {
+			t.Errorf("%q: WaitForwarding = %d, %v; want %d", tc.script, code, err, tc.want)
+		}
+	}
 }

@@ -64,27 +64,13 @@ func MainInPrivateMounts(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "testenv: re-executing the tests in a mount namespace of their own: %v\n", err)
 		return 1
 	}
-	for {
-		select {
-		case s := <-sigs:
-			_ = cmd.Process.Signal(s)
-		case <-child.Done():
-			err := child.Wait()
-			if err == nil {
-				return 0
-			}
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-					fmt.Fprintf(os.Stderr, "testenv: the tests were killed by %v\n", ws.Signal())
-					return 128 + int(ws.Signal())
-				}
-				return ee.ExitCode()
-			}
-			fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
-			return 1
-		}
+	code, err := child.WaitForwarding(sigs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+	} else if code > 128 {
+		fmt.Fprintf(os.Stderr, "testenv: the tests were killed by signal %d\n", code-128)
 	}
+	return code
 }
 
 // InPrivateMounts reports whether this test binary runs in the mount
