@@ -28,10 +28,10 @@ const (
 // reach a data block before the removal and stay there in a free block:
 // verify's scan of an upgraded instance's root disk found the gateway token
 // once in a free block, 133 bytes into it: where verify's health probe's
-// spec, {"user":{"uid":999,"gid":999,"additionalGids":[999]},"args":
+// spec, {"user":{"uid":999,"gid":995,"additionalGids":[995]},"args":
 // ["openclaw","gateway","health","--url","ws://127.0.0.1:18789","--token",
-// has it for a gateway user with a three-digit uid. On a tmpfs it never
-// reaches a disk. mode 1777 and nosuid,nodev as on any Debian /tmp;
+// has it (seen in a guest: /tmp/runc-process*, the token at byte 133). On
+// a tmpfs it never reaches a disk. mode 1777 and nosuid,nodev as on any Debian /tmp;
 // half the memory at most, as systemd's default.
 const tmpMount = `[Unit]
 Description=Temporary Directory /tmp (a tmpfs: nothing written there reaches a disk)
