@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/bakeimg/bake/cloudimg"
 	"github.com/bakeimg/bake/internal/execx"
+	mountsafe "github.com/bakeimg/bake/internal/mounts"
 	"github.com/bakeimg/bake/rootfs"
 )
 
@@ -46,8 +46,8 @@ const (
 // returns an error for the test to report.
 var privateHelpers = map[string]func(ctx context.Context, args []string) error{
 	// extract RAW TREE: cloudimg.Extract of raw's root (and /boot) into
-	// tree; no mount may be left below tree's parent afterwards, in the
-	// helper's namespace, where the mounts were made.
+	// tree; no mount may be left at or below tree's parent afterwards, in
+	// the helper's namespace, where the mounts were made.
 	"extract": func(ctx context.Context, args []string) error {
 		if len(args) != 2 {
 			return fmt.Errorf("extract RAW TREE, got %q", args)
@@ -57,22 +57,15 @@ var privateHelpers = map[string]func(ctx context.Context, args []string) error{
 		if err != nil {
 			return err
 		}
-		before, err := mountPoints()
-		if err != nil {
-			return err
-		}
 		if err := cloudimg.Extract(ctx, raw, l, tree); err != nil {
 			return err
 		}
-		after, err := mountPoints()
+		left, err := mountsafe.Under(filepath.Dir(tree))
 		if err != nil {
 			return err
 		}
-		dir := filepath.Dir(tree)
-		for _, m := range newMounts(before, after) {
-			if m == dir || strings.HasPrefix(m, dir+"/") {
-				return fmt.Errorf("mount left by Extract: %s", m)
-			}
+		if len(left) > 0 {
+			return fmt.Errorf("mounts left by Extract: %s", strings.Join(left, " "))
 		}
 		return nil
 	},
@@ -150,33 +143,12 @@ func inPrivateMounts(t *testing.T, name string, args ...string) {
 	select {
 	case <-child.Done():
 	case <-deadline:
-		_ = cmd.Process.Kill()
-		<-child.Done()
+		child.Stop(0)
 	}
 	if err := child.Wait(); err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			t.Fatalf("helper %s: %v", name, err)
-		}
 		t.Fatalf("helper %s (%v): %s", name, err, strings.TrimSpace(out.String()))
 	}
 	if s := strings.TrimSpace(out.String()); s != "" {
 		t.Logf("helper %s: %s", name, s)
 	}
-}
-
-// mountPoints returns this process's mount points (mountinfo's fifth
-// field).
-func mountPoints() (map[string]bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 {
-			m[f[4]] = true
-		}
-	}
-	return m, nil
 }
