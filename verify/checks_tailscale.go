@@ -110,6 +110,69 @@ func (t *Tailnet) Check() error {
 // --timeout=5m, after the network is online).
 const tsWaitJoin = 7 * time.Minute
 
+// joinUnitProps are the join unit's properties the tailnet checks read.
+// ConditionTimestampMonotonic tells a unit whose condition was evaluated
+// this boot from one whose start job has not run yet: systemd shows both
+// as ActiveState=inactive ConditionResult=no (the property's zero value),
+// so ConditionResult alone cannot say "no key file" (a check that read it
+// before the job ran took a join still to come for a missing key: seen
+// once, on a slow host, session 22).
+const joinUnitProps = "ActiveState,Result,ConditionResult,ConditionTimestampMonotonic,ExecMainStatus,ExecMainStartTimestampMonotonic"
+
+// parseUnitProps reads `systemctl show -p ...` output (KEY=VALUE lines).
+func parseUnitProps(out string) map[string]string {
+	m := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// conditionEvaluated says whether the unit's start job ran this boot (its
+// conditions were checked, whatever they said).
+func conditionEvaluated(unit map[string]string) bool {
+	ts := unit["ConditionTimestampMonotonic"]
+	return ts != "" && ts != "0"
+}
+
+// joinSettled says whether first boot's join unit is done with this boot:
+// joined (active: a oneshot that remains), failed, or skipped by its
+// condition (no key file) once that condition was actually checked.
+func joinSettled(unit map[string]string) bool {
+	switch unit["ActiveState"] {
+	case "active", "failed":
+		return true
+	case "inactive":
+		return conditionEvaluated(unit)
+	}
+	return false
+}
+
+// tsWaitCondition bounds the wait for the join unit's start job to run on
+// a boot where it must not join (the reboot, an upgrade): its condition
+// is checked once the network is online.
+const tsWaitCondition = 3 * time.Minute
+
+// waitJoinCondition reads the join unit's properties until its condition
+// was evaluated this boot (or tsWaitCondition passes) and returns them,
+// with the command's result for the evidence.
+func waitJoinCondition(ctx context.Context, in *instance, extra string) (map[string]string, cmdResult, error) {
+	t0 := time.Now()
+	for {
+		res, err := in.sudo(ctx, "systemctl show -p "+joinUnitProps+" "+appliance.TailscaleUpUnitName+extra)
+		if err != nil {
+			return nil, res, err
+		}
+		unit := parseUnitProps(res.Stdout)
+		if conditionEvaluated(unit) || time.Since(t0) > tsWaitCondition || ctx.Err() != nil {
+			return unit, res, nil
+		}
+		sleepCtx(ctx, 3*time.Second)
+	}
+}
+
 // tsSelf is what `tailscale status --json` says of the node itself.
 type tsSelf struct {
 	BackendState string
@@ -177,17 +240,12 @@ func (r *runner) tailnetJoined(ctx context.Context, in *instance) (Status, strin
 	t0 := time.Now()
 	unit := map[string]string{}
 	for {
-		res, err := in.sudo(ctx, "systemctl show -p ActiveState,Result,ConditionResult,ExecMainStatus "+appliance.TailscaleUpUnitName)
+		res, err := in.sudo(ctx, "systemctl show -p "+joinUnitProps+" "+appliance.TailscaleUpUnitName)
 		if err != nil {
 			return Fail, err.Error(), tsSelf{}
 		}
-		unit = map[string]string{}
-		for _, l := range strings.Split(res.Stdout, "\n") {
-			if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-				unit[k] = v
-			}
-		}
-		if a := unit["ActiveState"]; a == "active" || a == "failed" || (a == "inactive" && unit["ConditionResult"] == "no") {
+		unit = parseUnitProps(res.Stdout)
+		if joinSettled(unit) {
 			break
 		}
 		if time.Since(t0) > tsWaitJoin || ctx.Err() != nil {
@@ -196,11 +254,18 @@ func (r *runner) tailnetJoined(ctx context.Context, in *instance) (Status, strin
 		}
 		sleepCtx(ctx, 3*time.Second)
 	}
-	ev.add("%s after %s: ActiveState=%s Result=%s ConditionResult=%s ExecMainStatus=%s", appliance.TailscaleUpUnitName, time.Since(t0).Round(time.Second),
-		unit["ActiveState"], unit["Result"], unit["ConditionResult"], unit["ExecMainStatus"])
+	ev.add("%s after %s: ActiveState=%s Result=%s ConditionResult=%s ConditionTimestampMonotonic=%s ExecMainStatus=%s", appliance.TailscaleUpUnitName, time.Since(t0).Round(time.Second),
+		unit["ActiveState"], unit["Result"], unit["ConditionResult"], orDash(unit["ConditionTimestampMonotonic"]), unit["ExecMainStatus"])
 	if unit["ActiveState"] != "active" || unit["Result"] != "success" {
-		problems = append(problems, fmt.Sprintf("first boot's join (%s) did not succeed: ActiveState=%s Result=%s ConditionResult=%s (no key file: the seed's key never arrived)",
-			appliance.TailscaleUpUnitName, unit["ActiveState"], unit["Result"], unit["ConditionResult"]))
+		why := "it failed"
+		switch {
+		case !conditionEvaluated(unit):
+			why = "its start job had not run: the network never came online, or the unit is not enabled"
+		case unit["ActiveState"] == "inactive" && unit["ConditionResult"] == "no":
+			why = "no key file: the seed's key never arrived"
+		}
+		problems = append(problems, fmt.Sprintf("first boot's join (%s) did not succeed: ActiveState=%s Result=%s ConditionResult=%s (%s)",
+			appliance.TailscaleUpUnitName, unit["ActiveState"], unit["Result"], unit["ConditionResult"], why))
 	}
 	if res, err := in.sudo(ctx, "journalctl -b -o short-monotonic --no-pager -u "+appliance.TailscaleUpUnitName+" | tail -n 30"); err == nil {
 		ev.add("its journal:\n%s", strings.TrimSpace(res.Stdout))
@@ -403,12 +468,17 @@ func (r *runner) tailnetReboot(ctx context.Context, in *instance, before tsSelf)
 	if after.Self.ID != before.Self.ID || after.Self.PublicKey != before.Self.PublicKey {
 		problems = append(problems, fmt.Sprintf("another node after the reboot: %s key %s (was %s key %s)", orDash(after.Self.ID), orDash(after.Self.PublicKey), before.Self.ID, before.Self.PublicKey))
 	}
-	res, err := in.sudo(ctx, "systemctl show -p ActiveState,ConditionResult "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	// The join unit's start job runs once the network is online: until
+	// then its ConditionResult reads "no" without meaning it.
+	unit, res, err := waitJoinCondition(ctx, in, "; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
 	if err != nil {
 		return Fail, err.Error()
 	}
 	ev.cmd(res)
-	if !strings.Contains(res.Stdout, "ConditionResult=no") {
+	switch {
+	case !conditionEvaluated(unit):
+		problems = append(problems, fmt.Sprintf("the join unit's start job had not run within %s after the reboot: cannot tell whether it would join again", tsWaitCondition))
+	case unit["ConditionResult"] != "no":
 		problems = append(problems, "the join unit's condition (the key file) was not false after the reboot: it may have joined again")
 	}
 	if strings.Contains(res.Stdout, "key-present") {
@@ -450,7 +520,7 @@ type tailnetObs struct {
 	StatusErr  string        // the last error reading the status, if any
 	Waited     time.Duration // from the login to Running and online (or the limit)
 	ControlURL string
-	Unit       map[string]string // the join unit: ActiveState, ConditionResult, ExecMainStartTimestampMonotonic
+	Unit       map[string]string // the join unit's joinUnitProps, read once its condition was evaluated (or the limit)
 	KeyPresent bool              // appliance.TailscaleAuthKeyFile exists
 	Err        string            // a command that could not run
 	Outbound   string            // what outboundUp found or did
@@ -520,22 +590,23 @@ func (r *runner) observeTailnet(ctx context.Context, in *instance) tailnetObs {
 			o.Diag = strings.TrimSpace(res.Stdout)
 		}
 	}
-	res, err := in.sudo(ctx, "tailscale debug prefs; echo '--- unit'; systemctl show -p ActiveState,ConditionResult,ExecMainStartTimestampMonotonic "+appliance.TailscaleUpUnitName+"; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	res, err := in.sudo(ctx, "tailscale debug prefs")
 	if err != nil {
 		o.Err = err.Error()
 		return o
 	}
-	prefs, unit, _ := strings.Cut(res.Stdout, "--- unit\n")
 	var p struct{ ControlURL string }
-	if err := json.Unmarshal([]byte(prefs), &p); err != nil {
+	if err := json.Unmarshal([]byte(res.Stdout), &p); err != nil {
 		o.Err = fmt.Sprintf("tailscale debug prefs: %v", err)
 	}
 	o.ControlURL = p.ControlURL
-	o.Unit = map[string]string{}
-	for _, l := range strings.Split(unit, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			o.Unit[k] = v
-		}
+	unit, res, err := waitJoinCondition(ctx, in, "; test -e "+appliance.TailscaleAuthKeyFile+" && echo key-present; true")
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	o.Unit = unit
+	for _, l := range strings.Split(res.Stdout, "\n") {
 		if strings.TrimSpace(l) == "key-present" {
 			o.KeyPresent = true
 		}
@@ -554,8 +625,8 @@ func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (
 		ev.add("%s: %s", who, o.Outbound)
 	}
 	ev.add("%s: tailscale status --json after %s: %s", who, o.Waited, o.Self)
-	ev.add("%s: control server %s; join unit ActiveState=%s ConditionResult=%s ExecMainStartTimestampMonotonic=%s; auth key file present: %v",
-		who, orDash(o.ControlURL), orDash(o.Unit["ActiveState"]), orDash(o.Unit["ConditionResult"]), orDash(o.Unit["ExecMainStartTimestampMonotonic"]), o.KeyPresent)
+	ev.add("%s: control server %s; join unit ActiveState=%s ConditionResult=%s ConditionTimestampMonotonic=%s ExecMainStartTimestampMonotonic=%s; auth key file present: %v",
+		who, orDash(o.ControlURL), orDash(o.Unit["ActiveState"]), orDash(o.Unit["ConditionResult"]), orDash(o.Unit["ConditionTimestampMonotonic"]), orDash(o.Unit["ExecMainStartTimestampMonotonic"]), o.KeyPresent)
 	if before.Self.ID == "" || before.Self.PublicKey == "" {
 		return []string{fmt.Sprintf("%s: not comparable: the old boot did not join the tailnet (no node to be the same as)", who)}, ev
 	}
@@ -575,8 +646,11 @@ func JudgeTailnetUpgrade(before tsSelf, o tailnetObs, loginServer, who string) (
 	if strings.TrimRight(o.ControlURL, "/") != strings.TrimRight(loginServer, "/") {
 		problems = append(problems, fmt.Sprintf("%s: the node's control server is %s, not %s", who, orDash(o.ControlURL), loginServer))
 	}
-	if o.Unit["ConditionResult"] != "no" {
+	switch {
+	case o.Unit["ConditionResult"] != "no":
 		problems = append(problems, fmt.Sprintf("%s: the join unit's condition (the auth key file) was not false (ConditionResult=%s): it may have joined again", who, orDash(o.Unit["ConditionResult"])))
+	case !conditionEvaluated(o.Unit):
+		problems = append(problems, fmt.Sprintf("%s: the join unit's start job had not run within %s (ConditionTimestampMonotonic=%s): cannot tell whether it would join again", who, tsWaitCondition, orDash(o.Unit["ConditionTimestampMonotonic"])))
 	}
 	if ts := o.Unit["ExecMainStartTimestampMonotonic"]; ts != "" && ts != "0" {
 		problems = append(problems, fmt.Sprintf("%s: the join unit ran (started at monotonic %s µs)", who, ts))

@@ -57,3 +57,31 @@ func TestJudgeServe(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinSettled: the join unit is done with a boot when it joined,
+// failed, or was skipped by a condition systemd actually checked. A unit
+// whose start job has not run shows the same ActiveState=inactive and
+// ConditionResult=no (zero values) and must be waited for, never read as
+// "no key file" (nor, after a reboot, as "did not join again").
+func TestJoinSettled(t *testing.T) {
+	out := "ActiveState=inactive\nResult=success\nConditionResult=no\nConditionTimestampMonotonic=0\nExecMainStatus=0\nExecMainStartTimestampMonotonic=0\n"
+	notYet := parseUnitProps(out)
+	if joinSettled(notYet) || conditionEvaluated(notYet) {
+		t.Errorf("a unit whose start job has not run is settled: %v", notYet)
+	}
+	for _, c := range []struct {
+		props map[string]string
+		want  bool
+	}{
+		{map[string]string{"ActiveState": "inactive", "ConditionResult": "no", "ConditionTimestampMonotonic": "158814400"}, true},
+		{map[string]string{"ActiveState": "inactive", "ConditionResult": "no"}, false},
+		{map[string]string{"ActiveState": "activating", "ConditionResult": "yes", "ConditionTimestampMonotonic": "158814400"}, false},
+		{map[string]string{"ActiveState": "active", "ConditionResult": "yes", "ConditionTimestampMonotonic": "158814400"}, true},
+		{map[string]string{"ActiveState": "failed", "ConditionResult": "yes", "ConditionTimestampMonotonic": "158814400"}, true},
+		{map[string]string{}, false},
+	} {
+		if got := joinSettled(c.props); got != c.want {
+			t.Errorf("joinSettled(%v) = %v, want %v", c.props, got, c.want)
+		}
+	}
+}

@@ -200,7 +200,7 @@ func TestJudgeTailnetUpgrade(t *testing.T) {
 	}
 	before := node("1", "nodekey:aa", "Running", true)
 	good := tailnetObs{Self: node("1", "nodekey:aa", "Running", true), ControlURL: url + "/",
-		Unit: map[string]string{"ActiveState": "inactive", "ConditionResult": "no", "ExecMainStartTimestampMonotonic": "0"}}
+		Unit: map[string]string{"ActiveState": "inactive", "ConditionResult": "no", "ConditionTimestampMonotonic": "61234567", "ExecMainStartTimestampMonotonic": "0"}}
 	with := func(f func(*tailnetObs)) tailnetObs {
 		o := good
 		o.Unit = maps.Clone(good.Unit)
@@ -223,6 +223,8 @@ func TestJudgeTailnetUpgrade(t *testing.T) {
 		{"another control server", before, with(func(o *tailnetObs) { o.ControlURL = "https://controlplane.tailscale.com" }), "control server is https://controlplane.tailscale.com"},
 		{"the join unit's condition held", before, with(func(o *tailnetObs) { o.Unit["ConditionResult"] = "yes" }), "may have joined again"},
 		{"no unit state", before, with(func(o *tailnetObs) { o.Unit = map[string]string{} }), "ConditionResult=-"},
+		// systemd's zero values: the start job has not run, so "no" says nothing.
+		{"the join unit's condition not evaluated yet", before, with(func(o *tailnetObs) { o.Unit["ConditionTimestampMonotonic"] = "0" }), "start job had not run"},
 		{"the join unit ran", before, with(func(o *tailnetObs) { o.Unit["ExecMainStartTimestampMonotonic"] = "12345678" }), "the join unit ran"},
 		{"a key file", before, with(func(o *tailnetObs) { o.KeyPresent = true }), "an auth key is on this boot's disk"},
 		{"a command failed", before, with(func(o *tailnetObs) { o.Err = "ssh: session closed" }), "new: ssh: session closed"},
