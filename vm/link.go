@@ -63,6 +63,8 @@ type Link struct {
 
 	noRoute bool // LinkNoDefaultRoute
 
+	release func() // gives the name back (sweep.Claim)
+
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
@@ -98,12 +100,21 @@ func NewLink(ctx context.Context, name string, opts ...LinkOption) (_ *Link, err
 		Tap:     linkTap,
 		closed:  make(chan struct{}),
 	}
-	// A namespace of this exact name can only be left over from an earlier
-	// process with our PID that died without cleaning up.
+	// A namespace of this exact name is a leftover of an earlier process
+	// with our PID that died without cleaning up, unless this process
+	// holds the name (sweep.Claim): then it is a live link of ours, whose
+	// Close would kill whatever runs in the namespace, and the name is
+	// refused instead.
+	release, ok := sweep.Claim(l.Netns)
+	if !ok {
+		return nil, fmt.Errorf("vm: link %s: this process has a link of that name already", l.Netns)
+	}
+	l.release = release
 	if _, err := os.Stat(filepath.Join("/run/netns", l.Netns)); err == nil {
 		_ = ipCmd(ctx, "netns", "delete", l.Netns)
 	}
 	if err := ipCmd(ctx, "netns", "add", l.Netns); err != nil {
+		release()
 		return nil, err
 	}
 	defer func() {
@@ -472,6 +483,9 @@ func (l *Link) Close() error {
 			}
 		}
 		l.closeErr = errors.Join(errs...)
+		if l.release != nil {
+			l.release()
+		}
 	})
 	return l.closeErr
 }

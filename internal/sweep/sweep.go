@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,6 +51,23 @@ func OwnerPID() int {
 		}
 	}
 	return os.Getpid()
+}
+
+// claimed are the names Claim handed out and not yet released.
+var claimed sync.Map
+
+// Claim reserves name (a network namespace, say, named after OwnerPID) for
+// the caller until release is called; ok is false when this process holds
+// it already. A name with our PID in it that exists on the host is either
+// a leftover of an earlier process with our PID, safe to remove, or one
+// this process is still using (two tests of one binary asking for the same
+// name): Claim tells the two apart, so that neither deletes the other's.
+func Claim(name string) (release func(), ok bool) {
+	if _, loaded := claimed.LoadOrStore(name, true); loaded {
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { claimed.Delete(name) }) }, true
 }
 
 // Alive reports whether process pid (an OwnerPID) runs. Another user's

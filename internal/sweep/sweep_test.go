@@ -198,3 +198,27 @@ func TestSweepRace(t *testing.T) {
 		t.Errorf("%v %v", removed, err)
 	}
 }
+
+// TestClaim: a name is held until released; a second claim fails while
+// it is held; release is idempotent.
+func TestClaim(t *testing.T) {
+	rel, ok := Claim("bake-test-claim-1")
+	if !ok {
+		t.Fatal("first claim refused")
+	}
+	if _, ok := Claim("bake-test-claim-1"); ok {
+		t.Fatal("second claim of a held name granted")
+	}
+	if r2, ok := Claim("bake-test-claim-2"); !ok {
+		t.Fatal("another name refused")
+	} else {
+		r2()
+	}
+	rel()
+	rel()
+	rel3, ok := Claim("bake-test-claim-1")
+	if !ok {
+		t.Fatal("a released name refused")
+	}
+	rel3()
+}

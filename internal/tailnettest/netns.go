@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"sync"
 
 	"github.com/bakeimg/bake/internal/execx"
@@ -20,20 +21,43 @@ var nsNameRE = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
 // Netns is a network namespace a test made: bake-tn<name>-<pid>, with only
 // lo up. Close deletes it (and with it every device inside).
 type Netns struct {
-	Name string
-	once sync.Once
+	Name    string
+	once    sync.Once
+	release func()
 }
 
 // NewNetns creates the namespace bake-tn<name>-<pid> (a leftover of that
 // exact name, from an earlier process with our PID, is deleted first).
-func NewNetns(ctx context.Context, name string) (*Netns, error) {
+// Tests of one binary that ask for the same name at once get
+// bake-tn<name>2-<pid>, 3, ...: before session 22 the second deleted the
+// first's namespace by name and made its own under it, so that the first
+// test's headscale, probes and `ip netns exec` landed in the second's
+// (TestVerifyAppliance, TestVerifyNegative and TestStateVolume all ask for
+// "verify"; seen as a headscale whose certificate another test's CA had
+// signed).
+func NewNetns(ctx context.Context, name string) (_ *Netns, err error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("tailnettest: a network namespace needs root")
 	}
 	if !nsNameRE.MatchString(name) {
 		return nil, fmt.Errorf("tailnettest: namespace name %q: want [a-z0-9], at most 12", name)
 	}
-	n := &Netns{Name: fmt.Sprintf("bake-tn%s-%d", name, sweep.OwnerPID())}
+	n := &Netns{}
+	for i := 1; n.release == nil; i++ {
+		suffix := ""
+		if i > 1 {
+			suffix = strconv.Itoa(i)
+		}
+		cand := fmt.Sprintf("bake-tn%s%s-%d", name, suffix, sweep.OwnerPID())
+		if release, ok := sweep.Claim(cand); ok {
+			n.Name, n.release = cand, release
+		}
+	}
+	defer func() {
+		if err != nil {
+			n.release()
+		}
+	}()
 	if _, err := os.Stat(filepath.Join("/run/netns", n.Name)); err == nil {
 		_ = ip(ctx, "netns", "delete", n.Name)
 	}
@@ -51,7 +75,10 @@ func NewNetns(ctx context.Context, name string) (*Netns, error) {
 // they exit: stop them first.
 func (n *Netns) Close() error {
 	var err error
-	n.once.Do(func() { err = ip(context.Background(), "netns", "delete", n.Name) })
+	n.once.Do(func() {
+		err = ip(context.Background(), "netns", "delete", n.Name)
+		n.release()
+	})
 	return err
 }
 
