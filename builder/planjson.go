@@ -6,8 +6,11 @@ import (
 	"io"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"unicode"
+
+	"github.com/bakeimg/bake/builder/recipe"
 )
 
 // PlanJSON is what `bake plan --json` prints: the recipe compiled once
@@ -43,7 +46,7 @@ type PlanStageJSON struct {
 // JSON is the plan as PlanJSON.
 func (p *Plan) JSON() PlanJSON {
 	r := p.Recipe
-	rel := relativizer(r.Dir)
+	rel := newRelativizer(r.Dir, r.HostPaths())
 	out := PlanJSON{
 		Recipe:    filepath.Base(r.Path),
 		Digest:    r.Digest,
@@ -177,52 +180,125 @@ func fieldName(f reflect.StructField) string {
 	return b.String()
 }
 
-// relativizer writes host paths under the recipe's folder relative to it.
-type relativizer string
+// relativizer writes host paths relative to the recipe's folder: paths
+// under it as "./...", and paths under its parents (up to three levels: a
+// context of ../../..) as "../..." when they are host paths the recipe
+// reads (r.HostPaths(): the recipe, its context, overlays, keys, ...).
+// Every other absolute path is the image's (/var/lib/tailscale, /etc/...)
+// and is written as it is, whatever folder the recipe lives in: before
+// session 22 every path under the folder's three parents was rewritten,
+// so that a recipe in /var/tmp/x/recipes printed /var/lib/tailscale as
+// ../../../lib/tailscale (and one in /home/me/proj/recipes would have
+// printed /home/openclaw/.openclaw as ../../openclaw/.openclaw).
+type relativizer struct {
+	dir   string   // the recipe's folder, absolute
+	hosts []string // the host paths the recipe reads, absolute and clean
+}
 
+func newRelativizer(dir string, hosts []recipe.HostPath) relativizer {
+	d := relativizer{dir: dir}
+	if dir != "" {
+		if abs, err := filepath.Abs(dir); err == nil {
+			d.dir = abs
+		}
+		if real, err := filepath.EvalSymlinks(d.dir); err == nil && real != d.dir {
+			// A host path is written with symlinks resolved (HostPaths).
+			d.hosts = append(d.hosts, real)
+		}
+	}
+	for _, h := range hosts {
+		if filepath.IsAbs(h.Path) {
+			d.hosts = append(d.hosts, filepath.Clean(h.Path))
+		}
+	}
+	return d
+}
+
+// under says whether p is dir or lies below it.
+func under(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// host says whether the absolute path p is a host path: under the
+// recipe's folder or under (or equal to) a host path the recipe reads.
+func (d relativizer) host(p string) bool {
+	p = filepath.Clean(p)
+	if d.dir != "" && under(p, d.dir) {
+		return true
+	}
+	for _, h := range d.hosts {
+		if under(p, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// path writes the host path p relative to the recipe's folder: "." or
+// "./x" below it, "../x" up to three levels above it; any other path as
+// it is.
 func (d relativizer) path(p string) string {
-	dir := string(d)
-	if dir == "" || !filepath.IsAbs(p) {
+	if d.dir == "" || !filepath.IsAbs(p) || !d.host(p) {
 		return p
 	}
-	if r, err := filepath.Rel(dir, p); err == nil {
+	bases := []string{d.dir}
+	if real, err := filepath.EvalSymlinks(d.dir); err == nil && real != d.dir {
+		bases = append(bases, real) // host paths are written resolved
+	}
+	for _, base := range bases {
+		r, err := filepath.Rel(base, filepath.Clean(p))
+		if err != nil {
+			continue
+		}
 		switch {
-		case r == "." || strings.HasPrefix(r, "../") && strings.Count(r, "../") <= 3:
+		case r == ".":
 			return r
-		case !strings.HasPrefix(r, "../"):
+		case strings.HasPrefix(r, "../"):
+			if strings.Count(r, "../") <= 3 {
+				return r
+			}
+		default:
 			return "./" + r
 		}
 	}
 	return p
 }
 
-// text rewrites every absolute path in s that lies under the recipe's
-// folder's parents (up to three levels: a context of ../../..).
+// absPathRE finds the absolute paths in a text: a "/" that starts a word
+// (at the start, or after a space, a quote, a parenthesis, "=" or ":"
+// followed by a space), then anything but spaces, quotes, commas,
+// parentheses and brackets.
+var absPathRE = regexp.MustCompile(`(?:^|[\s"'(=\[])(/[^\s"'(),;\[\]{}<>|]*)`)
+
+// text rewrites every host path in s (see relativizer) and leaves the
+// image's paths as they are.
 func (d relativizer) text(s string) string {
-	dir := string(d)
-	if dir == "" {
+	if d.dir == "" {
 		return s
 	}
-	// The longest prefix first: the folder, then its parents.
-	prefixes := []string{dir}
-	for p := dir; len(prefixes) < 4; {
-		p = filepath.Dir(p)
-		if p == "/" || p == "." {
-			break
+	var b strings.Builder
+	last := 0
+	for _, m := range absPathRE.FindAllStringSubmatchIndex(s, -1) {
+		i, j := m[2], m[3]
+		p := s[i:j]
+		// A sentence's full stop is not part of the path.
+		trail := ""
+		for strings.HasSuffix(p, ".") && len(p) > 1 {
+			p, trail = p[:len(p)-1], "."+trail
 		}
-		prefixes = append(prefixes, p)
+		r := d.path(p)
+		if r == p {
+			continue
+		}
+		b.WriteString(s[last:i])
+		b.WriteString(r + trail)
+		last = j
 	}
-	for i, p := range prefixes {
-		rel := "."
-		if i > 0 {
-			rel = strings.TrimSuffix(strings.Repeat("../", i), "/")
-		}
-		s = strings.ReplaceAll(s, p+"/", rel+"/")
-		if strings.HasSuffix(s, p) {
-			s = strings.TrimSuffix(s, p) + rel
-		}
+	if last == 0 {
+		return s
 	}
-	return s
+	b.WriteString(s[last:])
+	return b.String()
 }
 
 func (d relativizer) value(v any) any {
