@@ -192,6 +192,7 @@ func fieldName(f reflect.StructField) string {
 // printed /home/openclaw/.openclaw as ../../openclaw/.openclaw).
 type relativizer struct {
 	dir   string   // the recipe's folder, absolute
+	real  string   // dir with its symlinks resolved, when that differs
 	hosts []string // the host paths the recipe reads, absolute and clean
 }
 
@@ -203,6 +204,7 @@ func newRelativizer(dir string, hosts []recipe.HostPath) relativizer {
 		}
 		if real, err := filepath.EvalSymlinks(d.dir); err == nil && real != d.dir {
 			// A host path is written with symlinks resolved (HostPaths).
+			d.real = real
 			d.hosts = append(d.hosts, real)
 		}
 	}
@@ -242,8 +244,8 @@ func (d relativizer) path(p string) string {
 		return p
 	}
 	bases := []string{d.dir}
-	if real, err := filepath.EvalSymlinks(d.dir); err == nil && real != d.dir {
-		bases = append(bases, real) // host paths are written resolved
+	if d.real != "" {
+		bases = append(bases, d.real) // host paths are written resolved
 	}
 	for _, base := range bases {
 		r, err := filepath.Rel(base, filepath.Clean(p))
