@@ -102,17 +102,21 @@ type GatewaySpec struct {
 	// for a container the recipe runs by number.
 	User       string `json:"user"`
 	ConfigPath string `json:"config_path"` // on the host
-	// Probe is the health command run in the guest, with {container},
-	// {port} and {token} replaced: it must print ProbeOK with the right
-	// token and ProbeRefused with a wrong one.
+	// Probe is the gateway's own health command, with {container},
+	// {port} and {token} replaced, as an operator runs it in the guest:
+	// it prints ProbeOK with the right token. bake verify's gateway.auth
+	// does not run it: it speaks the gateway's WebSocket protocol itself
+	// (internal/gwprobe; under software emulation each run of the Node
+	// CLI cost a minute of guest CPU) and reads only ProbeRefused, the
+	// word of the gateway's refusal of a wrong token.
+	// The fields stay in the record (version 1) as they were written.
 	Probe        []string `json:"probe"`
 	ProbeOK      string   `json:"probe_ok"`
 	ProbeRefused string   `json:"probe_refused"`
 	// ProbeNoCredentials is what the probe's client prints when it will
 	// not even connect without credentials (OpenClaw's CLI: "gateway url
-	// override requires explicit credentials"). The no-token case then
-	// shows the client's refusal; the wrong-token case is what proves the
-	// server checks the token.
+	// override requires explicit credentials"): the CLI's refusal, not the
+	// server's, which is why bake verify no longer judges by the CLI.
 	ProbeNoCredentials string `json:"probe_no_credentials,omitempty"`
 }
 

@@ -33,6 +33,7 @@ import (
 	"github.com/bakeimg/bake/internal/testcache"
 
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/gwprobe"
 	"github.com/bakeimg/bake/internal/mounts"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -485,6 +486,60 @@ exec "$@"`
 		t.Fatalf("health with a wrong token: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
 	}
 	t.Logf("probe (wrong token): %s", strings.TrimSpace(strings.SplitN(strings.TrimSpace(stderr), "\n", 2)[0]))
+
+	// bake verify's gateway.auth client (internal/gwprobe) against the
+	// real gateway, through a byte relay as in the guest: from the
+	// gateway's loopback (as inside its container) and from another
+	// address of its namespace (as through docker's proxy on the guest's
+	// loopback, a peer the gateway does not count as local).
+	if out, err := nsenter("ip", "addr", "add", "192.0.2.7/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	wsProbe := func(addr, tok string) gwprobe.Result {
+		t.Helper()
+		relay := exec.Command("nsenter", "--target", itoa(initPid), "--net", "bash", "-c",
+			fmt.Sprintf("exec 3<>/dev/tcp/%s/%d || exit 97; cat <&3 & exec cat >&3", addr, GatewayPort))
+		in, err := relay.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := relay.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := relay.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		r, err := gwprobe.Probe(ctx, gwprobe.StreamConn(out, in, func() error {
+			in.Close()
+			relay.Process.Kill()
+			relay.Wait()
+			return nil
+		}), "127.0.0.1:"+itoa(GatewayPort), tok)
+		if err != nil {
+			t.Fatalf("gwprobe via %s: %v\ngateway:\n%s", addr, err, tail())
+		}
+		return r
+	}
+	for _, addr := range []string{"127.0.0.1", "192.0.2.7"} {
+		if r := wsProbe(addr, token); !r.Accepted || !r.Health || r.Protocol != gwprobe.Protocol {
+			t.Errorf("gwprobe via %s, the right token: %s", addr, r)
+		} else {
+			t.Logf("gwprobe via %s, the right token: %s", addr, r)
+		}
+		if r := wsProbe(addr, "wrong-"+token); !r.Refused() || !strings.Contains(r.Message, "unauthorized: gateway token mismatch") {
+			t.Errorf("gwprobe via %s, a wrong token: %s", addr, r)
+		} else {
+			t.Logf("gwprobe via %s, a wrong token: %s", addr, r)
+		}
+		if r := wsProbe(addr, ""); !r.Refused() {
+			t.Errorf("gwprobe via %s, no token: %s", addr, r)
+		} else {
+			t.Logf("gwprobe via %s, no token: %s", addr, r)
+		}
+	}
 
 	// The image's HEALTHCHECK command works in the image.
 	if hc := c.Healthcheck; hc == nil || len(hc.Test) < 2 || hc.Test[0] != "CMD" {

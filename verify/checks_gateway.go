@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/bakeimg/bake/appliance"
 	"github.com/bakeimg/bake/builder/recipe"
 	"github.com/bakeimg/bake/internal/execx"
+	"github.com/bakeimg/bake/internal/gwprobe"
 	"github.com/bakeimg/bake/vm"
 )
 
@@ -490,14 +492,27 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 	return verdict(problems, ev, fmt.Sprintf("published on %s:%d only; answers on the guest's loopback, not on its own address nor from outside", wantHost, g.Port))
 }
 
-func (c *checker) probeCmd(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		q[i] = shellQuote(a)
+// gatewayPaths are where gateway.auth speaks to the gateway from: the
+// port as every process of the guest reaches it (docker's proxy on the
+// guest's loopback), and the gateway's own loopback inside its container
+// (where OpenClaw trusts local clients most: the vantage point of its own
+// CLI run with docker exec). Each is a byte relay in the guest (bash's
+// /dev/tcp) over an SSH session; the host speaks the protocol on it.
+func gatewayPaths(g *GatewaySpec) []struct{ what, cmd string } {
+	dev := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", g.Port)
+	return []struct{ what, cmd string }{
+		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port),
+			"exec bash -c " + shellQuote(dev)},
+		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d)", g.Container, g.Port),
+			"sudo -n sh -c " + shellQuote(`pid=$(docker inspect -f '{{.State.Pid}}' `+shellQuote(g.Container)+`) && [ "${pid:-0}" -gt 0 ] && exec nsenter -n -t "$pid" bash -c `+shellQuote(dev))},
 	}
-	return strings.Join(q, " ")
 }
 
+// gatewayAuth speaks the gateway's WebSocket protocol (internal/gwprobe)
+// from the host, relayed into the guest: on each path the right token is
+// accepted (hello-ok, and health answers ok), a wrong one and none are
+// refused by the gateway itself. The same client differs only in the
+// token, so a refusal is the token's.
 func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	g := c.spec.Gateway
 	tok := c.token
@@ -515,110 +530,82 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	c.waitGateway(ctx)
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
-	hide := func(s string, secrets ...string) string {
-		for _, x := range secrets {
-			if x != "" {
-				s = strings.ReplaceAll(s, x, "<"+redact(x)+">")
-			}
-		}
-		return s
-	}
 	wrong, _ := NewToken()
-	// The gateway's own client is Node too: under software emulation on a
-	// busy host one call can take minutes. Its bounds follow the
-	// gateway's (--gateway-timeout): a call may take that long, and the
-	// right token is retried for that long while the gateway settles.
-	limit := c.gatewayLimit()
-	// The probe (which holds the token) goes to the shell on stdin: on
-	// sudo's command line it would be logged to the guest's journal, a
-	// copy of the token on its disk (secrets.seed-copies found it there).
-	run := func(argv []string) (cmdResult, error) {
-		script := c.probeCmd(argv)
-		r, err := c.in.runT(ctx, "sudo -n sh -s", []byte(script+"\n"), max(2*time.Minute, limit))
-		r.Cmd = hide("sudo -n sh -s <<< "+shellQuote(script), tok, wrong)
-		r.Stdout, r.Stderr = hide(r.Stdout, tok, wrong), hide(r.Stderr, tok, wrong)
-		return r, err
-	}
 	if r, err := c.in.sudo(ctx, "docker inspect -f '{{.State.Status}}' "+shellQuote(g.Container)); err != nil {
 		return Fail, err.Error()
 	} else if strings.TrimSpace(r.Stdout) != "running" {
 		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
 	}
-	// The right token first, retried while the gateway starts.
-	var good cmdResult
-	deadline := time.Now().Add(max(3*time.Minute, limit))
-	for {
-		r, err := run(g.ProbeArgv(g.Container, tok))
+	// The token never reaches a command line: it travels inside the
+	// relayed stream, from the host to the gateway.
+	host := fmt.Sprintf("127.0.0.1:%d", g.Port)
+	probe := func(cmd, token string) (gwprobe.Result, error) {
+		if c.in.sess == nil {
+			return gwprobe.Result{}, errors.New("no SSH session")
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		conn, errb, err := c.in.sess.relay(pctx, cmd, time.Minute)
 		if err != nil {
-			return Fail, err.Error()
+			return gwprobe.Result{}, err
 		}
-		good = r
-		if r.OK() && strings.Contains(r.Stdout, g.ProbeOK) || time.Now().After(deadline) || ctx.Err() != nil {
-			break
-		}
-		sleepCtx(ctx, 5*time.Second)
-	}
-	ev.add("with the right token:")
-	ev.cmd(good)
-	if !(good.OK() && strings.Contains(good.Stdout, g.ProbeOK)) {
-		problems = append(problems, fmt.Sprintf("the right token is not accepted (no %q)", g.ProbeOK))
-	}
-	// The two refusals at once (two sessions on the one connection): each
-	// is a Node client start, the longest part of the check under TCG.
-	refusals := []struct {
-		what string
-		argv []string
-		r    cmdResult
-		err  error
-	}{
-		{what: "with a wrong token", argv: g.ProbeArgv(g.Container, wrong)},
-		{what: "with no token", argv: noTokenArgv(g.ProbeArgv(g.Container, tok), tok)},
-	}
-	var wg sync.WaitGroup
-	for i := range refusals {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			refusals[i].r, refusals[i].err = run(refusals[i].argv)
-		}()
-	}
-	wg.Wait()
-	for _, v := range refusals {
-		r, err := v.r, v.err
+		r, err := gwprobe.Probe(pctx, conn, host, token)
 		if err != nil {
-			return Fail, err.Error()
+			if e := strings.TrimSpace(errb.String()); e != "" {
+				err = fmt.Errorf("%w (the relay in the guest: %s)", err, e)
+			}
 		}
-		ev.add("%s:", v.what)
-		ev.cmd(r)
-		out := r.Stdout + r.Stderr
-		if v.what == "with no token" && !r.OK() && g.ProbeNoCredentials != "" && strings.Contains(out, g.ProbeNoCredentials) {
-			ev.add("(the client itself will not connect without credentials; the wrong token above is refused by the gateway)")
-			continue
+		return r, err
+	}
+	// The right token first, retried while the gateway settles (it may
+	// answer TCP before it answers the protocol).
+	limit := c.gatewayLimit()
+	for i, p := range gatewayPaths(g) {
+		ev.add("%s:", p.what)
+		var good gwprobe.Result
+		var gerr error
+		deadline := time.Now().Add(max(3*time.Minute, limit))
+		for {
+			good, gerr = probe(p.cmd, tok)
+			if gerr == nil && good.Accepted && good.Health || i > 0 || time.Now().After(deadline) || ctx.Err() != nil {
+				break
+			}
+			sleepCtx(ctx, 5*time.Second)
 		}
-		if r.OK() || (strings.Contains(r.Stdout, g.ProbeOK) && !strings.Contains(out, g.ProbeRefused)) {
-			problems = append(problems, "a client "+v.what+" is accepted")
-		} else if !strings.Contains(out, g.ProbeRefused) {
-			problems = append(problems, fmt.Sprintf("a client %s is not refused with %q (it failed otherwise: the gateway may not be answering)", v.what, g.ProbeRefused))
+		if ctx.Err() != nil {
+			return Fail, ctx.Err().Error()
+		}
+		switch {
+		case gerr != nil:
+			ev.add("  the right token: %v", gerr)
+			problems = append(problems, fmt.Sprintf("%s: the right token got no answer from the gateway (%v)", p.what, gerr))
+		case !good.Accepted:
+			ev.add("  the right token: %s", good)
+			problems = append(problems, fmt.Sprintf("%s: the right token is not accepted (%s)", p.what, good))
+		case !good.Health:
+			ev.add("  the right token: %s", good)
+			problems = append(problems, fmt.Sprintf("%s: accepted, but health did not answer ok (%s)", p.what, good.HealthErr))
+		default:
+			ev.add("  the right token: %s", good)
+		}
+		for _, v := range []struct{ what, token string }{{"a wrong token", wrong}, {"no token", ""}} {
+			r, err := probe(p.cmd, v.token)
+			switch {
+			case err != nil:
+				ev.add("  %s: %v", v.what, err)
+				problems = append(problems, fmt.Sprintf("%s: a client with %s got no answer from the gateway, neither refused nor accepted (%v)", p.what, v.what, err))
+			case r.Accepted:
+				ev.add("  %s: %s", v.what, r)
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is accepted", p.what, v.what))
+			case v.token != "" && !strings.Contains(r.Message, g.ProbeRefused):
+				ev.add("  %s: %s", v.what, r)
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, v.what, g.ProbeRefused, r))
+			default:
+				ev.add("  %s: %s", v.what, r)
+			}
 		}
 	}
-	return verdict(problems, ev, fmt.Sprintf("right token: %q; wrong token and no token: %q", g.ProbeOK, g.ProbeRefused))
-}
-
-// noTokenArgv drops "--token T" and, for docker exec, hides any config the
-// CLI could take a token from.
-func noTokenArgv(argv []string, tok string) []string {
-	var out []string
-	for i := 0; i < len(argv); i++ {
-		if argv[i] == "--token" && i+1 < len(argv) && argv[i+1] == tok {
-			i++
-			continue
-		}
-		out = append(out, argv[i])
-		if len(out) == 2 && out[0] == "docker" && out[1] == "exec" {
-			out = append(out, "-e", "OPENCLAW_CONFIG_PATH=/nonexistent/openclaw.json", "-e", "OPENCLAW_GATEWAY_TOKEN=")
-		}
-	}
-	return out
+	return verdict(problems, ev, fmt.Sprintf("right token: hello-ok and health ok; wrong token: %q; no token: refused (on the published port and inside the container)", g.ProbeRefused))
 }
 
 func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/bakeimg/bake/internal/gwprobe"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -118,7 +120,13 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 	full := &overflow{C: make(chan struct{})}
 	out := &cappedBuffer{max: maxCmdOutput, full: full}
 	errb := &cappedBuffer{max: maxCmdOutput, full: full}
-	sess, err := s.open(ctx, cmd, stdin, out, errb, deadline, timeout)
+	sess, err := s.open(ctx, cmd, func(sess *ssh.Session) error {
+		sess.Stdout, sess.Stderr = out, errb
+		if stdin != nil {
+			sess.Stdin = bytes.NewReader(stdin)
+		}
+		return nil
+	}, deadline, timeout)
 	if err != nil {
 		return res, err
 	}
@@ -174,7 +182,9 @@ func (s *sshSession) Run(ctx context.Context, cmd string, stdin []byte, timeout 
 // deadline like the command itself; past either the connection is closed,
 // the one way to unblock the library, and every later command on it fails
 // (fail closed).
-func (s *sshSession) open(ctx context.Context, cmd string, stdin []byte, out, errb *cappedBuffer, deadline time.Time, timeout time.Duration) (*ssh.Session, error) {
+//
+// wire connects the session's streams before the command starts.
+func (s *sshSession) open(ctx context.Context, cmd string, wire func(*ssh.Session) error, deadline time.Time, timeout time.Duration) (*ssh.Session, error) {
 	opened := make(chan struct{})
 	guard := make(chan error, 1)
 	go func() {
@@ -193,11 +203,10 @@ func (s *sshSession) open(ctx context.Context, cmd string, stdin []byte, out, er
 	}()
 	sess, err := s.client.NewSession()
 	if err == nil {
-		sess.Stdout, sess.Stderr = out, errb
-		if stdin != nil {
-			sess.Stdin = bytes.NewReader(stdin)
-		}
-		if err = sess.Start(cmd); err != nil {
+		if err = wire(sess); err != nil {
+			sess.Close()
+			err = fmt.Errorf("ssh session %q: %w", cmd, err)
+		} else if err = sess.Start(cmd); err != nil {
 			sess.Close()
 			err = fmt.Errorf("ssh start %q: %w", cmd, err)
 		}
@@ -212,6 +221,36 @@ func (s *sshSession) open(ctx context.Context, cmd string, stdin []byte, out, er
 		return nil, gerr
 	}
 	return sess, err
+}
+
+// relay starts cmd in the guest and returns its stdout and stdin as one
+// stream: for a byte relay (bash's /dev/tcp) to a port that only the guest,
+// or one of its containers, reaches, over which the host then speaks a
+// protocol itself. What cmd prints on stderr is kept, capped, for the
+// evidence. Closing the stream kills cmd and closes the session; the
+// caller bounds the stream's use by ctx (gwprobe.Probe closes it when its
+// context ends).
+func (s *sshSession) relay(ctx context.Context, cmd string, timeout time.Duration) (net.Conn, *cappedBuffer, error) {
+	errb := &cappedBuffer{max: 64 << 10, full: &overflow{C: make(chan struct{})}}
+	var stdin io.WriteCloser
+	var stdout io.Reader
+	sess, err := s.open(ctx, cmd, func(sess *ssh.Session) error {
+		var err error
+		sess.Stderr = errb
+		if stdin, err = sess.StdinPipe(); err != nil {
+			return err
+		}
+		stdout, err = sess.StdoutPipe()
+		return err
+	}, time.Now().Add(timeout), timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	return gwprobe.StreamConn(stdout, stdin, func() error {
+		stdin.Close()
+		sess.Signal(ssh.SIGKILL)
+		return sess.Close()
+	}), errb, nil
 }
 
 // cutResult marks res as cut when either stream passed its cap, with a

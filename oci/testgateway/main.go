@@ -18,6 +18,15 @@
 // HTTP: /healthz answers 200 to anyone; /health answers "OK" to a request
 // with "Authorization: Bearer T" or "?token=T" and 401 "unauthorized:
 // gateway token mismatch" to any other.
+//
+// WebSocket (any other path, as the real gateway): the part of OpenClaw's
+// gateway protocol v4 that bake verify's gateway.auth speaks
+// (internal/gwprobe), answered as OpenClaw 2026.9 answers it: a
+// connect.challenge event first; a connect request with the token gets a
+// hello-ok, one with another token INVALID_REQUEST "unauthorized: gateway
+// token mismatch ...", one with none (and, as from bake, no device
+// identity) NOT_PAIRED "device identity required", each refusal followed
+// by a close with 1008; then a health request is answered ok.
 package main
 
 import (
@@ -38,6 +47,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 const (
@@ -178,7 +189,123 @@ func newHandler(token string) http.Handler {
 		}
 		io.WriteString(w, "OK\n")
 	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.NotFound(w, r)
+			return
+		}
+		serveWS(w, r, token)
+	})
 	return mux
+}
+
+type wsFrame struct {
+	Type   string          `json:"type"`
+	ID     string          `json:"id"`
+	Method string          `json:"method"`
+	Params json.RawMessage `json:"params"`
+}
+
+type wsError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// serveWS answers one WebSocket client (see the package comment).
+func serveWS(w http.ResponseWriter, r *http.Request, token string) {
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(1 << 20)
+	// The real gateway's pre-connect budget.
+	// The real gateway's pre-connect budget, then a minute for the rest.
+	ctx, cancel := context.WithTimeout(r.Context(), 75*time.Second)
+	defer cancel()
+	pre, preCancel := context.WithTimeout(ctx, 15*time.Second)
+	defer preCancel()
+	send := func(v any) error {
+		b, _ := json.Marshal(v)
+		return ws.Write(ctx, websocket.MessageText, b)
+	}
+	res := func(id string, payload any, e *wsError) error {
+		m := map[string]any{"type": "res", "id": id, "ok": e == nil}
+		if e != nil {
+			m["error"] = e
+		} else {
+			m["payload"] = payload
+		}
+		return send(m)
+	}
+	nonce := make([]byte, 16)
+	if f, err := os.Open("/dev/urandom"); err == nil {
+		io.ReadFull(f, nonce)
+		f.Close()
+	}
+	if send(map[string]any{"type": "event", "event": "connect.challenge",
+		"payload": map[string]any{"nonce": fmt.Sprintf("%x", nonce), "ts": time.Now().UnixMilli()}}) != nil {
+		return
+	}
+	connected := false
+	for {
+		rctx := ctx
+		if !connected {
+			rctx = pre
+		}
+		_, b, err := ws.Read(rctx)
+		if err != nil {
+			return
+		}
+		var f wsFrame
+		if json.Unmarshal(b, &f) != nil || f.Type != "req" {
+			ws.Close(websocket.StatusPolicyViolation, "invalid frame")
+			return
+		}
+		switch {
+		case !connected && f.Method != "connect":
+			res(f.ID, nil, &wsError{"INVALID_REQUEST", "invalid handshake: first request must be connect"})
+			ws.Close(websocket.StatusPolicyViolation, "invalid handshake")
+			return
+		case f.Method == "connect":
+			var p struct {
+				MinProtocol int      `json:"minProtocol"`
+				MaxProtocol int      `json:"maxProtocol"`
+				Scopes      []string `json:"scopes"`
+				Auth        struct {
+					Token string `json:"token"`
+				} `json:"auth"`
+			}
+			json.Unmarshal(f.Params, &p)
+			var refuse *wsError
+			switch {
+			case connected:
+				refuse = &wsError{"INVALID_REQUEST", "already connected"}
+			case p.MinProtocol > 4 || p.MaxProtocol < 4:
+				refuse = &wsError{"INVALID_REQUEST", "protocol mismatch"}
+			case p.Auth.Token == "":
+				refuse = &wsError{"NOT_PAIRED", "device identity required"}
+			case subtle.ConstantTimeCompare([]byte(p.Auth.Token), []byte(token)) != 1:
+				refuse = &wsError{"INVALID_REQUEST", mismatch}
+			}
+			if refuse != nil {
+				res(f.ID, nil, refuse)
+				ws.Close(websocket.StatusPolicyViolation, refuse.Message)
+				return
+			}
+			connected = true
+			if p.Scopes == nil {
+				p.Scopes = []string{}
+			}
+			res(f.ID, map[string]any{"type": "hello-ok", "protocol": 4,
+				"server": map[string]any{"version": "testgateway", "connId": fmt.Sprintf("%x", nonce[:8])},
+				"auth":   map[string]any{"method": "token", "role": "operator", "scopes": p.Scopes}}, nil)
+		case f.Method == "health":
+			res(f.ID, map[string]any{"ok": true, "ts": time.Now().UnixMilli()}, nil)
+		default:
+			res(f.ID, nil, &wsError{"INVALID_REQUEST", "unknown method: " + f.Method})
+		}
+	}
 }
 
 func gatewayRun(args []string, stdout, stderr io.Writer) int {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -9,6 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/bakeimg/bake/internal/gwprobe"
 )
 
 const token = "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD"
@@ -131,5 +136,46 @@ func TestRunRefusesWithoutConfig(t *testing.T) {
 	var out, errb bytes.Buffer
 	if rc := run([]string{"gateway", "run", "--port", "0"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "config") {
 		t.Errorf("rc %d err %q", rc, errb.String())
+	}
+}
+
+// The WebSocket side answers bake verify's client (internal/gwprobe) as
+// OpenClaw 2026.9 does: hello-ok and health for the token, the token
+// mismatch for another, "device identity required" for none.
+func TestWebSocketAuth(t *testing.T) {
+	srv := httptest.NewServer(newHandler(token))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	probe := func(tok string) gwprobe.Result {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := gwprobe.Probe(ctx, gwprobe.StreamConn(c, c, c.Close), "127.0.0.1:18789", tok)
+		if err != nil {
+			t.Fatalf("token %q: %v", tok, err)
+		}
+		return r
+	}
+	if r := probe(token); !r.Accepted || !r.Health || r.Protocol != gwprobe.Protocol || r.Role != "operator" {
+		t.Errorf("right token: %s", r)
+	}
+	if r := probe(token[:63] + "x"); !r.Refused() || r.Code != "INVALID_REQUEST" || r.Message != mismatch {
+		t.Errorf("wrong token: %s", r)
+	}
+	if r := probe(""); !r.Refused() || r.Code != "NOT_PAIRED" || r.Message != "device identity required" {
+		t.Errorf("no token: %s", r)
+	}
+	// A plain GET of / is not the WebSocket.
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /: %s", resp.Status)
 	}
 }

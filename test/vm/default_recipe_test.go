@@ -133,8 +133,11 @@ func TestDefaultRecipe(t *testing.T) {
 	for _, x := range run.report.Results {
 		switch x.ID {
 		case "gateway.auth":
-			// The real gateway's own words, not only the probe's keyword.
-			for _, want := range []string{"OK", "gateway token mismatch"} {
+			// The real gateway's own answers to bake verify's protocol
+			// client (internal/gwprobe), on both paths: its hello-ok and
+			// health for the token, its refusals of a wrong one and of none.
+			for _, want := range []string{"through the published port", "inside the container",
+				"connect accepted: hello-ok (server ", "; health: ok", "gateway token mismatch", "NOT_PAIRED"} {
 				if !strings.Contains(x.Evidence, want) {
 					t.Errorf("gateway.auth evidence lacks %q:\n%s", want, x.Evidence)
 				}
