@@ -705,7 +705,7 @@ var (
 		planned: hasGateway, run: (*checker).gatewayListen, ssh: true}
 	checkGatewayAuth = Check{ID: "gateway.auth", Scope: ScopeFirmware, Needs: "an SSH session",
 		claim: func(Spec, *GatewaySpec) string {
-			return "gateway refuses a client without the token or with a wrong one, accepts the right one"
+			return "gateway refuses a client without the token or with a wrong one, accepts the right one (its own answers to verify's client of its WebSocket protocol, through the published port in the guest and inside its container)"
 		},
 		planned: hasGateway, run: (*checker).gatewayAuth, ssh: true}
 	checkGatewayOffline = Check{ID: "gateway.offline", Scope: ScopeFirmware, Needs: "an SSH session",
