@@ -3,7 +3,6 @@ package verify
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -492,27 +491,22 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 	return verdict(problems, ev, fmt.Sprintf("published on %s:%d only; answers on the guest's loopback, not on its own address nor from outside", wantHost, g.Port))
 }
 
-// gatewayPaths are where gateway.auth speaks to the gateway from: the
-// port as every process of the guest reaches it (docker's proxy on the
-// guest's loopback), and the gateway's own loopback inside its container
-// (where OpenClaw trusts local clients most: the vantage point of its own
-// CLI run with docker exec). Each is a byte relay in the guest (bash's
-// /dev/tcp) over an SSH session; the host speaks the protocol on it.
-func gatewayPaths(g *GatewaySpec) []struct{ what, cmd string } {
-	dev := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", g.Port)
-	return []struct{ what, cmd string }{
-		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port),
-			"exec bash -c " + shellQuote(dev)},
-		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d)", g.Container, g.Port),
-			"sudo -n sh -c " + shellQuote(`pid=$(docker inspect -f '{{.State.Pid}}' `+shellQuote(g.Container)+`) && [ "${pid:-0}" -gt 0 ] && exec nsenter -n -t "$pid" bash -c `+shellQuote(dev))},
-	}
+// gatewayRelay is the guest's end of gateway.auth's connection: a byte
+// relay (bash's /dev/tcp) to 127.0.0.1:port, run over an SSH session; the
+// host speaks the protocol on it.
+func gatewayRelay(port int) string {
+	return "exec bash -c " + shellQuote(fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", port))
 }
 
 // gatewayAuth speaks the gateway's WebSocket protocol (internal/gwprobe)
-// from the host, relayed into the guest: on each path the right token is
-// accepted (hello-ok, and health answers ok), a wrong one and none are
-// refused by the gateway itself. The same client differs only in the
-// token, so a refusal is the token's.
+// from the host, relayed into the guest, on two paths: the port as every
+// process of the guest reaches it (docker's proxy on the guest's
+// loopback), and the gateway's own loopback inside its container (where
+// OpenClaw trusts local clients most: the vantage point of its own CLI
+// run with docker exec). On each the right token is accepted (hello-ok,
+// and health answers ok), a wrong one and none are refused by the gateway
+// itself. The same client differs only in the token, so a refusal is the
+// token's.
 func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	g := c.spec.Gateway
 	tok := c.token
@@ -527,81 +521,112 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	if tok == "" {
 		return Fail, "no token to probe with: openclaw.json has none and the seed gave none"
 	}
+	if c.in.sess == nil {
+		return Fail, "no SSH session"
+	}
 	c.waitGateway(ctx)
 	ev := append(evidence{}, c.gwNote...)
 	var problems []string
 	wrong, _ := NewToken()
-	if r, err := c.in.sudo(ctx, "docker inspect -f '{{.State.Status}}' "+shellQuote(g.Container)); err != nil {
+	r, err := c.in.sudo(ctx, "docker inspect -f 'status={{.State.Status}} pid={{.State.Pid}}' "+shellQuote(g.Container))
+	if err != nil {
 		return Fail, err.Error()
-	} else if strings.TrimSpace(r.Stdout) != "running" {
+	}
+	var pid int
+	if _, err := fmt.Sscanf(strings.TrimSpace(r.Stdout), "status=running pid=%d", &pid); err != nil || pid <= 0 {
 		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
+	}
+	paths := []struct{ what, cmd string }{
+		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port), gatewayRelay(g.Port)},
+		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d; nsenter -n -t %d)", g.Container, g.Port, pid),
+			fmt.Sprintf("sudo -n nsenter -n -t %d ", pid) + gatewayRelay(g.Port)},
 	}
 	// The token never reaches a command line: it travels inside the
 	// relayed stream, from the host to the gateway.
 	host := fmt.Sprintf("127.0.0.1:%d", g.Port)
-	probe := func(cmd, token string) (gwprobe.Result, error) {
-		if c.in.sess == nil {
-			return gwprobe.Result{}, errors.New("no SSH session")
-		}
+	type attempt struct {
+		what  string // the token: the right one, a wrong one, none
+		token string
+		res   gwprobe.Result
+		err   error
+		took  time.Duration
+	}
+	probe := func(cmd string, a *attempt) {
+		t0 := time.Now()
+		defer func() { a.took = time.Since(t0) }()
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		conn, errb, err := c.in.sess.relay(pctx, cmd, time.Minute)
 		if err != nil {
-			return gwprobe.Result{}, err
+			a.err = err
+			return
 		}
-		r, err := gwprobe.Probe(pctx, conn, host, token)
-		if err != nil {
+		a.res, a.err = gwprobe.Probe(pctx, conn, host, a.token)
+		if a.err != nil {
 			if e := strings.TrimSpace(errb.String()); e != "" {
-				err = fmt.Errorf("%w (the relay in the guest: %s)", err, e)
+				a.err = fmt.Errorf("%w (the relay in the guest: %s)", a.err, e)
 			}
 		}
-		return r, err
 	}
-	// The right token first, retried while the gateway settles (it may
-	// answer TCP before it answers the protocol).
-	limit := c.gatewayLimit()
-	for i, p := range gatewayPaths(g) {
-		ev.add("%s:", p.what)
-		var good gwprobe.Result
-		var gerr error
-		deadline := time.Now().Add(max(3*time.Minute, limit))
-		for {
-			good, gerr = probe(p.cmd, tok)
-			if gerr == nil && good.Accepted && good.Health || i > 0 || time.Now().After(deadline) || ctx.Err() != nil {
-				break
+	newAttempts := func() []*attempt {
+		return []*attempt{{what: "the right token", token: tok}, {what: "a wrong token", token: wrong}, {what: "no token", token: ""}}
+	}
+	runs := [][]*attempt{newAttempts(), newAttempts()}
+	// The right token on the published port first, retried while the
+	// gateway settles (it may answer TCP before it answers the
+	// protocol); then the five others at once (each its own SSH session
+	// and connection: under emulation the sessions' start-up is most of
+	// each one's time).
+	first := runs[0][0]
+	deadline := time.Now().Add(max(3*time.Minute, c.gatewayLimit()))
+	for {
+		probe(paths[0].cmd, first)
+		if first.err == nil && first.res.Accepted && first.res.Health || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 5*time.Second)
+	}
+	var wg sync.WaitGroup
+	for pi, run := range runs {
+		for _, a := range run {
+			if a == first {
+				continue
 			}
-			sleepCtx(ctx, 5*time.Second)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				probe(paths[pi].cmd, a)
+			}()
 		}
-		if ctx.Err() != nil {
-			return Fail, ctx.Err().Error()
-		}
-		switch {
-		case gerr != nil:
-			ev.add("  the right token: %v", gerr)
-			problems = append(problems, fmt.Sprintf("%s: the right token got no answer from the gateway (%v)", p.what, gerr))
-		case !good.Accepted:
-			ev.add("  the right token: %s", good)
-			problems = append(problems, fmt.Sprintf("%s: the right token is not accepted (%s)", p.what, good))
-		case !good.Health:
-			ev.add("  the right token: %s", good)
-			problems = append(problems, fmt.Sprintf("%s: accepted, but health did not answer ok (%s)", p.what, good.HealthErr))
-		default:
-			ev.add("  the right token: %s", good)
-		}
-		for _, v := range []struct{ what, token string }{{"a wrong token", wrong}, {"no token", ""}} {
-			r, err := probe(p.cmd, v.token)
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return Fail, ctx.Err().Error()
+	}
+	for pi, run := range runs {
+		p := paths[pi]
+		ev.add("%s:", p.what)
+		for _, a := range run {
+			if a.err != nil {
+				ev.add("  %s: %v (%s)", a.what, a.err, a.took.Round(100*time.Millisecond))
+			} else {
+				ev.add("  %s: %s (%s)", a.what, a.res, a.took.Round(100*time.Millisecond))
+			}
+			right := a.token == tok
 			switch {
-			case err != nil:
-				ev.add("  %s: %v", v.what, err)
-				problems = append(problems, fmt.Sprintf("%s: a client with %s got no answer from the gateway, neither refused nor accepted (%v)", p.what, v.what, err))
-			case r.Accepted:
-				ev.add("  %s: %s", v.what, r)
-				problems = append(problems, fmt.Sprintf("%s: a client with %s is accepted", p.what, v.what))
-			case v.token != "" && !strings.Contains(r.Message, g.ProbeRefused):
-				ev.add("  %s: %s", v.what, r)
-				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, v.what, g.ProbeRefused, r))
-			default:
-				ev.add("  %s: %s", v.what, r)
+			case a.err != nil && right:
+				problems = append(problems, fmt.Sprintf("%s: the right token got no answer from the gateway (%v)", p.what, a.err))
+			case a.err != nil:
+				problems = append(problems, fmt.Sprintf("%s: a client with %s got no answer from the gateway, neither refused nor accepted (%v)", p.what, a.what, a.err))
+			case right && !a.res.Accepted:
+				problems = append(problems, fmt.Sprintf("%s: the right token is not accepted (%s)", p.what, a.res))
+			case right && !a.res.Health:
+				problems = append(problems, fmt.Sprintf("%s: accepted, but health did not answer ok (%s)", p.what, a.res.HealthErr))
+			case right:
+			case a.res.Accepted:
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is accepted", p.what, a.what))
+			case a.token != "" && !strings.Contains(a.res.Message, g.ProbeRefused):
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, a.what, g.ProbeRefused, a.res))
 			}
 		}
 	}
