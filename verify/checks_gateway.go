@@ -495,7 +495,7 @@ func (c *checker) gatewayListen(ctx context.Context) (Status, string) {
 // relay (bash's /dev/tcp) to 127.0.0.1:port, run over an SSH session; the
 // host speaks the protocol on it.
 func gatewayRelay(port int) string {
-	return "exec bash -c " + shellQuote(fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", port))
+	return "bash -c " + shellQuote(fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", port))
 }
 
 // gatewayAuth speaks the gateway's WebSocket protocol (internal/gwprobe)
@@ -537,7 +537,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
 	}
 	paths := []struct{ what, cmd string }{
-		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port), gatewayRelay(g.Port)},
+		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port), "exec " + gatewayRelay(g.Port)},
 		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d; nsenter -n -t %d)", g.Container, g.Port, pid),
 			fmt.Sprintf("sudo -n nsenter -n -t %d ", pid) + gatewayRelay(g.Port)},
 	}
