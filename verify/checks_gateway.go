@@ -498,6 +498,17 @@ func gatewayRelay(port int) string {
 	return "bash -c " + shellQuote(fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d || exit 97; cat <&3 & exec cat >&3", port))
 }
 
+// gatewayAuthPaths are gateway.auth's two paths to the gateway and the
+// guest command of each: the relay on the guest's loopback, and the relay
+// run in the network namespace of the container's process pid.
+func gatewayAuthPaths(g *GatewaySpec, pid int) []struct{ what, cmd string } {
+	return []struct{ what, cmd string }{
+		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port), "exec " + gatewayRelay(g.Port)},
+		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d; nsenter -n -t %d)", g.Container, g.Port, pid),
+			fmt.Sprintf("sudo -n nsenter -n -t %d ", pid) + gatewayRelay(g.Port)},
+	}
+}
+
 // gatewayAuth speaks the gateway's WebSocket protocol (internal/gwprobe)
 // from the host, relayed into the guest, on two paths: the port as every
 // process of the guest reaches it (docker's proxy on the guest's
@@ -536,11 +547,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	if _, err := fmt.Sscanf(strings.TrimSpace(r.Stdout), "status=running pid=%d", &pid); err != nil || pid <= 0 {
 		return Fail, fmt.Sprintf("the gateway container %s is not running, nothing to probe\n\n%s\n%s", g.Container, r.Evidence(), ev)
 	}
-	paths := []struct{ what, cmd string }{
-		{fmt.Sprintf("through the published port (127.0.0.1:%d in the guest)", g.Port), "exec " + gatewayRelay(g.Port)},
-		{fmt.Sprintf("inside the container %s (its loopback, 127.0.0.1:%d; nsenter -n -t %d)", g.Container, g.Port, pid),
-			fmt.Sprintf("sudo -n nsenter -n -t %d ", pid) + gatewayRelay(g.Port)},
-	}
+	paths := gatewayAuthPaths(g, pid)
 	// The token never reaches a command line: it travels inside the
 	// relayed stream, from the host to the gateway.
 	host := fmt.Sprintf("127.0.0.1:%d", g.Port)

@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"bufio"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -96,5 +98,51 @@ func TestGatewayProcessScript(t *testing.T) {
 	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 3 {
 		t.Errorf("no container: %v", err)
+	}
+}
+
+// gateway.auth's guest commands relay bytes to 127.0.0.1:PORT both ways:
+// run here with sh (the guest's login shell runs them the same way), the
+// container path's "sudo -n nsenter -n -t PID" prefix replaced by env (a
+// program runner too, as nsenter is: what follows must be a program, not
+// a shell builtin), against an echo server on this host's loopback.
+func TestGatewayAuthRelays(t *testing.T) {
+	testenv.NeedTools(t, "sh", "bash", "env", "cat")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// One line back, then the gateway's end closes (the relay's
+			// reading half ends with it).
+			go func() {
+				defer c.Close()
+				l, _ := bufio.NewReader(c).ReadString('\n')
+				io.WriteString(c, l)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	paths := gatewayAuthPaths(&GatewaySpec{Container: "gw", Port: port}, 4242)
+	if len(paths) != 2 {
+		t.Fatalf("%d paths", len(paths))
+	}
+	for _, p := range paths {
+		cmd := strings.Replace(p.cmd, "sudo -n nsenter -n -t 4242 ", "env ", 1)
+		if strings.HasPrefix(p.cmd, "sudo") && cmd == p.cmd {
+			t.Fatalf("%s: unexpected prefix: %s", p.what, p.cmd)
+		}
+		c := exec.Command("sh", "-c", cmd)
+		c.Stdin = strings.NewReader("ping\n")
+		out, err := c.Output()
+		if err != nil || string(out) != "ping\n" {
+			t.Errorf("%s: %q: %v, relayed %q", p.what, cmd, err, out)
+		}
 	}
 }
