@@ -585,13 +585,23 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	// and connection: under emulation the sessions' start-up is most of
 	// each one's time).
 	first := runs[0][0]
-	deadline := time.Now().Add(max(3*time.Minute, c.gatewayLimit()))
+	t0 := time.Now()
+	deadline := t0.Add(max(3*time.Minute, c.gatewayLimit()))
+	var earlier []string // what the tries before the last one got
 	for {
 		probe(paths[0].cmd, first)
 		if first.err == nil && first.res.Accepted && first.res.Health || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
+		if first.err != nil {
+			earlier = append(earlier, first.err.Error())
+		} else {
+			earlier = append(earlier, first.res.String())
+		}
 		sleepCtx(ctx, 5*time.Second)
+	}
+	if len(earlier) > 0 {
+		ev.add("the right token on the published port: %d tries in %s while the gateway settled; the first got: %s", len(earlier)+1, time.Since(t0).Round(time.Second), earlier[0])
 	}
 	var wg sync.WaitGroup
 	for pi, run := range runs {
