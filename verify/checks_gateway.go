@@ -745,7 +745,7 @@ var (
 			return fmt.Sprintf("gateway listens on 127.0.0.1:%d only", gw.Port)
 		},
 		planned: hasGateway, run: (*checker).gatewayListen, ssh: true}
-	checkGatewayAuth = Check{ID: "gateway.auth", Scope: ScopeFirmware, Needs: "an SSH session",
+	checkGatewayAuth = Check{ID: "gateway.auth", Scope: ScopeFirmware, Needs: "an SSH session; bash, sudo and nsenter in the guest",
 		claim: func(Spec, *GatewaySpec) string {
 			return "gateway refuses a client without the token or with a wrong one, accepts the right one (its own answers to verify's client of its WebSocket protocol, through the published port in the guest and inside its container)"
 		},

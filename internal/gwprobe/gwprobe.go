@@ -131,12 +131,14 @@ type hello struct {
 // neither yes nor no.
 func Probe(ctx context.Context, conn net.Conn, host, token string) (Result, error) {
 	var res Result
+	// Closed on every way out (a second Close of a StreamConn does
+	// nothing; the WebSocket's own close comes first when it got that far).
+	defer conn.Close()
 	var once sync.Once
-	used := false
 	tr := &http.Transport{
 		DialContext: func(context.Context, string, string) (net.Conn, error) {
 			var c net.Conn
-			once.Do(func() { c, used = conn, true })
+			once.Do(func() { c = conn })
 			if c == nil {
 				return nil, errors.New("gwprobe: one connection only")
 			}
@@ -144,11 +146,6 @@ func Probe(ctx context.Context, conn net.Conn, host, token string) (Result, erro
 		},
 		DisableKeepAlives: true,
 	}
-	defer func() {
-		if !used {
-			conn.Close()
-		}
-	}()
 	ws, resp, err := websocket.Dial(ctx, "ws://"+host+"/", &websocket.DialOptions{
 		HTTPClient: &http.Client{Transport: tr},
 		HTTPHeader: http.Header{"User-Agent": {"bake-verify"}},
