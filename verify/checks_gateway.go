@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -549,16 +550,13 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	}
 	paths := gatewayAuthPaths(g, pid)
 	// The token never reaches a command line: it travels inside the
-	// relayed stream, from the host to the gateway.
+	// relayed stream, from the host to the gateway. What the gateway
+	// answers is evidence, written to the report: a gateway that echoes
+	// a token back (a hostile one, or a debug message) must not put it
+	// there.
+	hide := strings.NewReplacer(tok, "<"+redact(tok)+">", wrong, "<"+redact(wrong)+">")
 	host := fmt.Sprintf("127.0.0.1:%d", g.Port)
-	type attempt struct {
-		what  string // the token: the right one, a wrong one, none
-		token string
-		res   gwprobe.Result
-		err   error
-		took  time.Duration
-	}
-	probe := func(cmd string, a *attempt) {
+	probe := func(cmd string, a *gatewayAttempt) {
 		t0 := time.Now()
 		defer func() { a.took = time.Since(t0) }()
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -575,10 +573,10 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 			}
 		}
 	}
-	newAttempts := func() []*attempt {
-		return []*attempt{{what: "the right token", token: tok}, {what: "a wrong token", token: wrong}, {what: "no token", token: ""}}
+	newAttempts := func() []*gatewayAttempt {
+		return []*gatewayAttempt{{what: "the right token", token: tok}, {what: "a wrong token", token: wrong}, {what: "no token", token: ""}}
 	}
-	runs := [][]*attempt{newAttempts(), newAttempts()}
+	runs := [][]*gatewayAttempt{newAttempts(), newAttempts()}
 	// The right token on the published port first, retried while the
 	// gateway settles (it may answer TCP before it answers the
 	// protocol); then the five others at once (each its own SSH session
@@ -601,7 +599,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 		sleepCtx(ctx, 5*time.Second)
 	}
 	if len(earlier) > 0 {
-		ev.add("the right token on the published port: %d tries in %s while the gateway settled; the first got: %s", len(earlier)+1, time.Since(t0).Round(time.Second), earlier[0])
+		ev.add("the right token on the published port: %d tries in %s while the gateway settled; the first got: %s", len(earlier)+1, time.Since(t0).Round(time.Second), hide.Replace(earlier[0]))
 	}
 	var wg sync.WaitGroup
 	for pi, run := range runs {
@@ -620,13 +618,39 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	if ctx.Err() != nil {
 		return Fail, ctx.Err().Error()
 	}
+	problems, ev = judgeGatewayAuth(paths, runs, tok, wrong, g.ProbeRefused, problems, ev)
+	return verdict(problems, ev, fmt.Sprintf("right token: hello-ok and health ok; wrong token: %q; no token: refused (on the published port and inside the container)", g.ProbeRefused))
+}
+
+// gatewayAttempt is one connection of gateway.auth: which token, what the
+// gateway answered (or the error that left no answer), how long it took.
+type gatewayAttempt struct {
+	what  string // the token: the right one, a wrong one, none
+	token string
+	res   gwprobe.Result
+	err   error
+	took  time.Duration
+}
+
+// judgeGatewayAuth judges gateway.auth's attempts, one run of three per
+// path (the right token, a wrong one, none), into problems and evidence.
+// Neither token is written: a gateway's answer that echoes one is
+// redacted.
+func judgeGatewayAuth(paths []struct{ what, cmd string }, runs [][]*gatewayAttempt, tok, wrong, refused string, problems []string, ev evidence) ([]string, evidence) {
+	hide := strings.NewReplacer(tok, "<"+redact(tok)+">", wrong, "<"+redact(wrong)+">")
 	for pi, run := range runs {
 		p := paths[pi]
 		ev.add("%s:", p.what)
 		for _, a := range run {
 			if a.err != nil {
+				a.err = errors.New(hide.Replace(a.err.Error()))
 				ev.add("  %s: %v (%s)", a.what, a.err, a.took.Round(100*time.Millisecond))
 			} else {
+				a.res.Code, a.res.Message, a.res.HealthErr = hide.Replace(a.res.Code), hide.Replace(a.res.Message), hide.Replace(a.res.HealthErr)
+				a.res.Server, a.res.Role = hide.Replace(a.res.Server), hide.Replace(a.res.Role)
+				for i := range a.res.Scopes {
+					a.res.Scopes[i] = hide.Replace(a.res.Scopes[i])
+				}
 				ev.add("  %s: %s (%s)", a.what, a.res, a.took.Round(100*time.Millisecond))
 			}
 			right := a.token == tok
@@ -642,12 +666,12 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 			case right:
 			case a.res.Accepted:
 				problems = append(problems, fmt.Sprintf("%s: a client with %s is accepted", p.what, a.what))
-			case a.token != "" && !strings.Contains(a.res.Message, g.ProbeRefused):
-				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, a.what, g.ProbeRefused, a.res))
+			case a.token != "" && !strings.Contains(a.res.Message, refused):
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, a.what, refused, a.res))
 			}
 		}
 	}
-	return verdict(problems, ev, fmt.Sprintf("right token: hello-ok and health ok; wrong token: %q; no token: refused (on the published port and inside the container)", g.ProbeRefused))
+	return problems, ev
 }
 
 func (c *checker) gatewayOffline(ctx context.Context) (Status, string) {

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bakeimg/bake/internal/gwprobe"
 	"github.com/bakeimg/bake/internal/testenv"
 )
 
@@ -143,6 +145,60 @@ func TestGatewayAuthRelays(t *testing.T) {
 		out, err := c.Output()
 		if err != nil || string(out) != "ping\n" {
 			t.Errorf("%s: %q: %v, relayed %q", p.what, cmd, err, out)
+		}
+	}
+}
+
+// gateway.auth's verdict: each path's right token accepted with health,
+// a wrong one refused with the refusal word, none refused; anything else
+// is a problem named by its path; no token is ever written, even when a
+// gateway echoes one.
+func TestJudgeGatewayAuth(t *testing.T) {
+	tok := strings.Repeat("a", 64)
+	wrong := strings.Repeat("b", 64)
+	paths := gatewayAuthPaths(&GatewaySpec{Container: "gw", Port: 18789}, 42)
+	ok := gwprobe.Result{Challenge: true, Accepted: true, Health: true, Server: "2026.9.6", Protocol: 4, Role: "operator"}
+	mismatch := gwprobe.Result{Challenge: true, Code: "INVALID_REQUEST", Message: "unauthorized: gateway token mismatch"}
+	unpaired := gwprobe.Result{Challenge: true, Code: "NOT_PAIRED", Message: "device identity required"}
+	run := func(right, bad, none gwprobe.Result, errs ...error) []*gatewayAttempt {
+		r := []*gatewayAttempt{{what: "the right token", token: tok, res: right}, {what: "a wrong token", token: wrong, res: bad}, {what: "no token", token: "", res: none}}
+		for i, e := range errs {
+			r[i].err = e
+		}
+		return r
+	}
+	judge := func(a, b []*gatewayAttempt) ([]string, string) {
+		p, ev := judgeGatewayAuth(paths, [][]*gatewayAttempt{a, b}, tok, wrong, "unauthorized", nil, nil)
+		all := strings.Join(p, "\n") + "\n" + ev.String()
+		if strings.Contains(all, tok) || strings.Contains(all, wrong) {
+			t.Errorf("a token is written:\n%s", all)
+		}
+		return p, all
+	}
+	if p, all := judge(run(ok, mismatch, unpaired), run(ok, mismatch, unpaired)); len(p) != 0 ||
+		!strings.Contains(all, "through the published port") || !strings.Contains(all, "inside the container gw") {
+		t.Errorf("a good gateway: %q\n%s", p, all)
+	}
+	healthless := ok
+	healthless.Health, healthless.HealthErr = false, "refused: FORBIDDEN \"missing scope\""
+	echo := mismatch
+	echo.Message = "unauthorized: got " + wrong + ", want " + tok
+	for name, c := range map[string]struct {
+		a, b []*gatewayAttempt
+		want string
+	}{
+		"wrong token accepted":    {run(ok, ok, unpaired), run(ok, mismatch, unpaired), "through the published port (127.0.0.1:18789 in the guest): a client with a wrong token is accepted"},
+		"no token accepted":       {run(ok, mismatch, unpaired), run(ok, mismatch, ok), "inside the container gw (its loopback, 127.0.0.1:18789; nsenter -n -t 42): a client with no token is accepted"},
+		"refused otherwise":       {run(ok, unpaired, unpaired), run(ok, mismatch, unpaired), `a client with a wrong token is not refused with "unauthorized"`},
+		"right token refused":     {run(mismatch, mismatch, unpaired), run(ok, mismatch, unpaired), "the right token is not accepted"},
+		"accepted, no health":     {run(ok, mismatch, unpaired), run(healthless, mismatch, unpaired), "accepted, but health did not answer ok"},
+		"no answer":               {run(ok, mismatch, unpaired, nil, errors.New("EOF")), run(ok, mismatch, unpaired), "a client with a wrong token got no answer from the gateway, neither refused nor accepted (EOF)"},
+		"no answer to the right":  {run(ok, mismatch, unpaired), run(ok, mismatch, unpaired, errors.New("relay: nsenter failed")), "the right token got no answer from the gateway (relay: nsenter failed)"},
+		"echoed tokens, redacted": {run(ok, echo, unpaired, nil, nil, errors.New("closed: "+tok)), run(ok, mismatch, unpaired), "no token got no answer"},
+	} {
+		p, all := judge(c.a, c.b)
+		if len(p) != 1 || !strings.Contains(p[0], c.want) {
+			t.Errorf("%s: problems %q, want one with %q\n%s", name, p, c.want, all)
 		}
 	}
 }
