@@ -20,21 +20,7 @@ import (
 // 127.0.0.2 standing for the guest's own address.
 func TestGatewayListenScript(t *testing.T) {
 	testenv.NeedTools(t, "sh", "bash", "timeout", "cat")
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
+	port := serveLoopback(t, func(c net.Conn) {})
 	for _, tc := range []struct {
 		docker string
 		rc     int
@@ -110,27 +96,12 @@ func TestGatewayProcessScript(t *testing.T) {
 // a shell builtin), against an echo server on this host's loopback.
 func TestGatewayAuthRelays(t *testing.T) {
 	testenv.NeedTools(t, "sh", "bash", "env", "cat")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// One line back, then the gateway's end closes (the relay's
-			// reading half ends with it).
-			go func() {
-				defer c.Close()
-				l, _ := bufio.NewReader(c).ReadString('\n')
-				io.WriteString(c, l)
-			}()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	// One line back, then the gateway's end closes (the relay's reading
+	// half ends with it).
+	port := serveLoopback(t, func(c net.Conn) {
+		l, _ := bufio.NewReader(c).ReadString('\n')
+		io.WriteString(c, l)
+	})
 	paths := gatewayAuthPaths(&GatewaySpec{Container: "gw", Port: port}, 4242)
 	if len(paths) != 2 {
 		t.Fatalf("%d paths", len(paths))
@@ -201,4 +172,28 @@ func TestJudgeGatewayAuth(t *testing.T) {
 			t.Errorf("%s: problems %q, want one with %q\n%s", name, p, c.want, all)
 		}
 	}
+}
+
+// serveLoopback listens on 127.0.0.1 until the test ends and hands each
+// connection to serve, closing it after; it returns the port.
+func serveLoopback(t *testing.T, serve func(net.Conn)) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
 }
