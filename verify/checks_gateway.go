@@ -622,6 +622,11 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	return verdict(problems, ev, fmt.Sprintf("right token: hello-ok and health ok; wrong token: %q; no token: refused (on the published port and inside the container)", g.ProbeRefused))
 }
 
+// gatewayNotPaired is OpenClaw's refusal of a client with neither the
+// token nor a paired device identity ("device identity required"): the
+// answer to a client with no token.
+const gatewayNotPaired = "NOT_PAIRED"
+
 // gatewayAttempt is one connection of gateway.auth: which token, what the
 // gateway answered (or the error that left no answer), how long it took.
 type gatewayAttempt struct {
@@ -668,6 +673,10 @@ func judgeGatewayAuth(paths []struct{ what, cmd string }, runs [][]*gatewayAttem
 				problems = append(problems, fmt.Sprintf("%s: a client with %s is accepted", p.what, a.what))
 			case a.token != "" && !strings.Contains(a.res.Message, refused):
 				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused with %q (%s)", p.what, a.what, refused, a.res))
+			case a.token == "" && !strings.Contains(a.res.Message, refused) && a.res.Code != gatewayNotPaired:
+				// A refusal for another reason (UNAVAILABLE "gateway
+				// starting; retry shortly") says nothing of credentials.
+				problems = append(problems, fmt.Sprintf("%s: a client with %s is not refused for its credentials (%s; want %q or %s)", p.what, a.what, a.res, refused, gatewayNotPaired))
 			}
 		}
 	}

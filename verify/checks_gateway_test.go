@@ -158,14 +158,15 @@ func TestJudgeGatewayAuth(t *testing.T) {
 		a, b []*gatewayAttempt
 		want string
 	}{
-		"wrong token accepted":    {run(ok, ok, unpaired), run(ok, mismatch, unpaired), "through the published port (127.0.0.1:18789 in the guest): a client with a wrong token is accepted"},
-		"no token accepted":       {run(ok, mismatch, unpaired), run(ok, mismatch, ok), "inside the container gw (its loopback, 127.0.0.1:18789; nsenter -n -t 42): a client with no token is accepted"},
-		"refused otherwise":       {run(ok, unpaired, unpaired), run(ok, mismatch, unpaired), `a client with a wrong token is not refused with "unauthorized"`},
-		"right token refused":     {run(mismatch, mismatch, unpaired), run(ok, mismatch, unpaired), "the right token is not accepted"},
-		"accepted, no health":     {run(ok, mismatch, unpaired), run(healthless, mismatch, unpaired), "accepted, but health did not answer ok"},
-		"no answer":               {run(ok, mismatch, unpaired, nil, errors.New("EOF")), run(ok, mismatch, unpaired), "a client with a wrong token got no answer from the gateway, neither refused nor accepted (EOF)"},
-		"no answer to the right":  {run(ok, mismatch, unpaired), run(ok, mismatch, unpaired, errors.New("relay: nsenter failed")), "the right token got no answer from the gateway (relay: nsenter failed)"},
-		"echoed tokens, redacted": {run(ok, echo, unpaired, nil, nil, errors.New("closed: "+tok)), run(ok, mismatch, unpaired), "no token got no answer"},
+		"wrong token accepted":         {run(ok, ok, unpaired), run(ok, mismatch, unpaired), "through the published port (127.0.0.1:18789 in the guest): a client with a wrong token is accepted"},
+		"no token accepted":            {run(ok, mismatch, unpaired), run(ok, mismatch, ok), "inside the container gw (its loopback, 127.0.0.1:18789; nsenter -n -t 42): a client with no token is accepted"},
+		"refused otherwise":            {run(ok, unpaired, unpaired), run(ok, mismatch, unpaired), `a client with a wrong token is not refused with "unauthorized"`},
+		"right token refused":          {run(mismatch, mismatch, unpaired), run(ok, mismatch, unpaired), "the right token is not accepted"},
+		"accepted, no health":          {run(ok, mismatch, unpaired), run(healthless, mismatch, unpaired), "accepted, but health did not answer ok"},
+		"no answer":                    {run(ok, mismatch, unpaired, nil, errors.New("EOF")), run(ok, mismatch, unpaired), "a client with a wrong token got no answer from the gateway, neither refused nor accepted (EOF)"},
+		"no answer to the right":       {run(ok, mismatch, unpaired), run(ok, mismatch, unpaired, errors.New("relay: nsenter failed")), "the right token got no answer from the gateway (relay: nsenter failed)"},
+		"no token refused as starting": {run(ok, mismatch, unpaired), run(ok, mismatch, gwprobe.Result{Code: "UNAVAILABLE", Message: "gateway starting; retry shortly"}), "a client with no token is not refused for its credentials"},
+		"echoed tokens, redacted":      {run(ok, echo, unpaired, nil, nil, errors.New("closed: "+tok)), run(ok, mismatch, unpaired), "no token got no answer"},
 	} {
 		p, all := judge(c.a, c.b)
 		if len(p) != 1 || !strings.Contains(p[0], c.want) {
