@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +137,24 @@ func serveTestSSH(t *testing.T, handle func(ssh.NewChannel)) string {
 	}
 	cfg := &ssh.ServerConfig{NoClientAuth: true}
 	cfg.AddHostKey(signer)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port := serveLoopback(t, func(c net.Conn) {
+		_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+		if err != nil {
+			return
+		}
+		go ssh.DiscardRequests(reqs)
+		for nc := range chans {
+			handle(nc)
+		}
+	})
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
+
+// serveLoopback listens on 127.0.0.1 until the test ends and hands each
+// connection to serve, closing it after; it returns the port.
+func serveLoopback(t *testing.T, serve func(net.Conn)) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,18 +166,12 @@ func serveTestSSH(t *testing.T, handle func(ssh.NewChannel)) string {
 				return
 			}
 			go func() {
-				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
-				if err != nil {
-					return
-				}
-				go ssh.DiscardRequests(reqs)
-				for nc := range chans {
-					handle(nc)
-				}
+				defer c.Close()
+				serve(c)
 			}()
 		}
 	}()
-	return l.Addr().String()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // testSSHServer answers "exec" requests: "hello" prints a line and exits

@@ -174,27 +174,3 @@ func TestJudgeGatewayAuth(t *testing.T) {
 		}
 	}
 }
-
-// serveLoopback listens on 127.0.0.1 until the test ends and hands each
-// connection to serve, closing it after; it returns the port.
-func serveLoopback(t *testing.T, serve func(net.Conn)) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
-}
