@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/bakeimg/bake/builder/recipe"
 )
@@ -253,16 +251,6 @@ func (s Spec) ExpectedOpenTCP(from netip.Addr) []int {
 	}
 	sort.Ints(ports)
 	return ports
-}
-
-// ProbeArgv fills in the gateway probe's placeholders.
-func (g *GatewaySpec) ProbeArgv(container, token string) []string {
-	out := make([]string, len(g.Probe))
-	r := strings.NewReplacer("{container}", container, "{port}", strconv.Itoa(g.Port), "{token}", token)
-	for i, a := range g.Probe {
-		out[i] = r.Replace(a)
-	}
-	return out
 }
 
 // RecordPath is where the build writes an image's claims (Record), for

@@ -554,7 +554,7 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	// answers is evidence, written to the report: a gateway that echoes
 	// a token back (a hostile one, or a debug message) must not put it
 	// there.
-	hide := strings.NewReplacer(tok, "<"+redact(tok)+">", wrong, "<"+redact(wrong)+">")
+	hide := tokenHider(tok, wrong)
 	host := fmt.Sprintf("127.0.0.1:%d", g.Port)
 	probe := func(cmd string, a *gatewayAttempt) {
 		t0 := time.Now()
@@ -622,6 +622,17 @@ func (c *checker) gatewayAuth(ctx context.Context) (Status, string) {
 	return verdict(problems, ev, fmt.Sprintf("right token: hello-ok and health ok; wrong token: %q; no token: refused (on the published port and inside the container)", g.ProbeRefused))
 }
 
+// tokenHider replaces each token in a text with its redacted form.
+func tokenHider(tokens ...string) *strings.Replacer {
+	var pairs []string
+	for _, t := range tokens {
+		if t != "" {
+			pairs = append(pairs, t, "<"+redact(t)+">")
+		}
+	}
+	return strings.NewReplacer(pairs...)
+}
+
 // gatewayNotPaired is OpenClaw's refusal of a client with neither the
 // token nor a paired device identity ("device identity required"): the
 // answer to a client with no token.
@@ -642,7 +653,7 @@ type gatewayAttempt struct {
 // Neither token is written: a gateway's answer that echoes one is
 // redacted.
 func judgeGatewayAuth(paths []struct{ what, cmd string }, runs [][]*gatewayAttempt, tok, wrong, refused string, problems []string, ev evidence) ([]string, evidence) {
-	hide := strings.NewReplacer(tok, "<"+redact(tok)+">", wrong, "<"+redact(wrong)+">")
+	hide := tokenHider(tok, wrong)
 	for pi, run := range runs {
 		p := paths[pi]
 		ev.add("%s:", p.what)
