@@ -137,9 +137,14 @@ func TestVerifyNegative(t *testing.T) {
 	tv := time.Now()
 	// No check may be skipped: a skip fails the run (fail closed; --strict
 	// is a no-op alias). Two instances and a reboot (the default), for
-	// defect 11; the last one joins the tailnet, for defect 12.
+	// defect 11; the last one joins the tailnet, for defect 12. The seeds
+	// as in TestVerifyAppliance: bios-0's NoCloud volume (whose user-data,
+	// with verify's canary, cloud-init keeps for defect 8), bios-1's SMBIOS
+	// credentials, the tailnet's included: cloud-init has no datasource
+	// there and does not run, about a third of an appliance boot's CPU
+	// on its first boot and again on its reboot (BENCHMARKS.md, session 24).
 	run := runVerifyIn(t, ctx, hs.netns, img, "--recipe", recipePath, "--set", "gateway_image="+applImg.ref,
-		"--firmware", "bios", "--instances", "2", "--strict", "--timeout", "35m",
+		"--firmware", "bios", "--instances", "2", "--seed-via", "nocloud,smbios", "--strict", "--timeout", "35m",
 		"--tailnet-login-server", hs.URL, "--tailnet-authkey-file", hs.keyFile, "--tailnet-ca", hs.CA.CertFile)
 	t.Logf("output:\n%s", run.out)
 	t.Logf("times: build %s, verify %s, test %s", buildTime, since(tv), since(t0))
