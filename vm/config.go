@@ -47,6 +47,21 @@ const (
 	AccelTCG  = "tcg"
 )
 
+// TCGCPU is the CPU model under TCG: QEMU's "max" without the features
+// that make a guest slower to emulate, not faster. With ERMS and FSRM the
+// guest's glibc (memset, memcpy) and kernel (clear_page, copies to and
+// from user space) use rep stosb / rep movsb, which TCG runs one byte per
+// iteration: in a guest on "max", a 64 MiB memset took 0.08-0.10 s, and
+// 0.008 s without the two flags (glibc's vector loop); reading files
+// through the page cache took half the time. LA57 makes the guest kernel
+// use five-level page tables, one more level for every page walk of
+// TCG's software TLB, for guests of a few GiB. Measured on the test
+// appliance's first boot, two VMs at once (one with each model, four
+// pairs): 3-10% less QEMU CPU to `is-system-running` in every pair
+// (BENCHMARKS.md, session 25). KVM keeps "-cpu host"; AccelAuto, which
+// QEMU resolves by itself, keeps "max" (Start resolves it first).
+const TCGCPU = "max,-erms,-fsrm,-la57"
+
 // NetConfig modes.
 const (
 	NetNone = "none"
@@ -402,7 +417,7 @@ func Cmdline(c Config) ([]string, error) {
 	case AccelKVM:
 		add("-accel", "kvm", "-cpu", "host")
 	case AccelTCG:
-		add("-accel", "tcg", "-cpu", "max")
+		add("-accel", "tcg", "-cpu", TCGCPU)
 	case AccelAuto:
 		add("-accel", "kvm", "-accel", "tcg", "-cpu", "max")
 	default:

@@ -23,7 +23,7 @@ func TestCmdlineGolden(t *testing.T) {
 				}},
 				SerialLog: "/tmp/s.log",
 			},
-			want: base + " -accel tcg -cpu max -smp 2 -m 2048" +
+			want: base + " -accel tcg -cpu max,-erms,-fsrm,-la57 -smp 2 -m 2048" +
 				" -drive if=none,id=disk0,file=/img/a.qcow2,format=qcow2 -device virtio-blk-pci,drive=disk0,bootindex=1" +
 				" -device virtio-rng-pci" +
 				" -netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:127.0.0.1:41641-:41641" +
@@ -71,7 +71,7 @@ func TestCmdlineGolden(t *testing.T) {
 				Disk: "/img/a.raw", DiskFormat: "raw", Accel: AccelTCG,
 				SerialLog: "/v/serial.log", SerialPipe: "/w/con,sole", QMPSocket: "/w/qmp.sock",
 			},
-			want: base + " -accel tcg -cpu max -smp 1 -m 1024" +
+			want: base + " -accel tcg -cpu max,-erms,-fsrm,-la57 -smp 1 -m 1024" +
 				" -drive if=none,id=disk0,file=/img/a.raw,format=raw -device virtio-blk-pci,drive=disk0,bootindex=1" +
 				" -device virtio-rng-pci -nic none" +
 				" -chardev pipe,id=serial0,path=/w/con,,sole,logfile=/v/serial.log -serial chardev:serial0" +
@@ -85,7 +85,7 @@ func TestCmdlineGolden(t *testing.T) {
 			},
 			want: "/opt/qemu -nodefaults -no-user-config -display none" +
 				" -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" +
-				" -machine q35 -accel tcg -cpu max -smp 1 -m 1024" +
+				" -machine q35 -accel tcg -cpu max,-erms,-fsrm,-la57 -smp 1 -m 1024" +
 				" -kernel /k/vmlinuz -initrd /k/initrd -append console=ttyS0 panic=-1" +
 				" -device virtio-rng-pci -nic none -chardev file,id=serial0,path=/s -serial chardev:serial0 -no-reboot",
 		},
@@ -233,7 +233,7 @@ func TestCmdlineDescriptors(t *testing.T) {
 	want := []string{"qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", "-S",
 		"-add-fd", "fd=4,set=1", "-add-fd", "fd=5,set=2", "-add-fd", "fd=6,set=2",
-		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024",
+		"-machine", "q35", "-accel", "tcg", "-cpu", TCGCPU, "-smp", "1", "-m", "1024",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/dev/fdset/1",
 		"-drive", "if=pflash,format=raw,unit=1,file=/dev/fdset/2",
 		"-blockdev", `{"driver":"file","filename":"/dev/fdset/4","node-name":"disk0-base-file","read-only":true}`,

@@ -34,6 +34,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "BAKE-INIT: up"
+echo "BAKE-CPUFLAGS: $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) ."
 for m in ` + "$MODULES" + `; do insmod /lib/modules/$m.ko 2>/dev/null; done
 ip link set lo up
 # A NoCloud seed, if any: found by label as cloud-init does, read by the

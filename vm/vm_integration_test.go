@@ -150,6 +150,7 @@ func TestBootBIOSUserNet(t *testing.T) {
 	}
 	t.Logf("kernel banner after %s", time.Since(start).Round(time.Millisecond))
 	assertUnprivileged(t, v)
+	checkCPUFlags(t, v)
 	checkSeed(t, v, "iid-bios")
 	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-LEASE: (\S+)`), bootTimeout)
 	if err != nil {
@@ -210,6 +211,37 @@ func TestBootBIOSUserNet(t *testing.T) {
 	if fileSHA(t, disk) != before {
 		t.Error("disk modified despite Snapshot")
 	}
+}
+
+// checkCPUFlags: under TCG the guest's CPU is TCGCPU, "max" without the
+// features that are slow to emulate (ERMS and FSRM: rep stosb / movsb one
+// byte per iteration; LA57: five-level page tables), with the rest of
+// "max" (SSE4.2, AVX2, the ones Node and glibc's vector loops use).
+func checkCPUFlags(t *testing.T, v *VM) {
+	t.Helper()
+	m, err := v.WaitSerialRegexp(t.Context(), regexp.MustCompile(`BAKE-CPUFLAGS: ([^\n]*) \.`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]bool{}
+	for _, f := range strings.Fields(m[1]) {
+		flags[f] = true
+	}
+	if v.Config.Accel != AccelTCG {
+		t.Logf("accel %s: the guest's CPU flags are the host's (%d flags)", v.Config.Accel, len(flags))
+		return
+	}
+	for _, f := range []string{"erms", "fsrm", "la57"} {
+		if flags[f] {
+			t.Errorf("the guest's CPU (%s) has %s", TCGCPU, f)
+		}
+	}
+	for _, f := range []string{"sse4_2", "popcnt", "avx2", "aes", "rdrand"} {
+		if !flags[f] {
+			t.Errorf("the guest's CPU (%s) lacks %s", TCGCPU, f)
+		}
+	}
+	t.Logf("the guest's CPU under TCG (%s): %d flags, no erms, fsrm or la57", TCGCPU, len(flags))
 }
 
 // procCPU is pid's own CPU time (utime + stime of /proc/PID/stat, its
