@@ -47,19 +47,20 @@ const (
 	AccelTCG  = "tcg"
 )
 
-// TCGCPU is the CPU model under TCG: QEMU's "max" without the features
-// that make a guest slower to emulate, not faster. With ERMS and FSRM the
+// TCGCPU is the CPU model under TCG: QEMU's "max" without three features
+// that make an emulated guest slower, not faster. With ERMS and FSRM the
 // guest's glibc (memset, memcpy) and kernel (clear_page, copies to and
 // from user space) use rep stosb / rep movsb, which TCG runs one byte per
 // iteration: in a guest on "max", a 64 MiB memset took 0.08-0.10 s, and
-// 0.008 s without the two flags (glibc's vector loop); reading files
-// through the page cache took half the time. LA57 makes the guest kernel
+// 0.008 s without the two flags (glibc's vector loop); 200 process
+// starts took a fifth less. LA57 makes the guest kernel
 // use five-level page tables, one more level for every page walk of
 // TCG's software TLB, for guests of a few GiB. Measured on the test
 // appliance's first boot, two VMs at once (one with each model, four
 // pairs): 3-10% less QEMU CPU to `is-system-running` in every pair
-// (BENCHMARKS.md, session 25). KVM keeps "-cpu host"; AccelAuto, which
-// QEMU resolves by itself, keeps "max" (Start resolves it first).
+// (BENCHMARKS.md, session 25). KVM keeps "-cpu host". Cmdline's
+// AccelAuto ("-accel kvm -accel tcg", where QEMU picks) keeps "max"; Start
+// never passes it on: it resolves AccelAuto to KVM or TCG first.
 const TCGCPU = "max,-erms,-fsrm,-la57"
 
 // NetConfig modes.
